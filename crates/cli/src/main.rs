@@ -1,0 +1,252 @@
+//! `sotto`: the command-line client. Each command opens the profile, does its
+//! work over one connection, prints the result and exits; `listen` stays.
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Sotto: end-to-end encrypted messaging on a server you can run yourself.
+#[derive(Parser, Debug)]
+#[command(name = "sotto", version, about, long_about = None)]
+struct Cli {
+    /// Profile directory holding this device's keys and history
+    /// [default: the platform data directory, e.g. ~/.local/share/sotto].
+    #[arg(long, global = true, env = "SOTTO_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an account on a server, with this device as its first device.
+    Register {
+        username: String,
+        /// The server, e.g. http://127.0.0.1:8420
+        #[arg(long)]
+        server: String,
+    },
+    /// Show this profile's account, device and server.
+    Whoami,
+    /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`).
+    Send {
+        /// Send to this group instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// USERNAME TEXT, or just TEXT with --group. Several words are joined with spaces.
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+    },
+    /// Create and manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Receive everything waiting on the server, print new messages, exit.
+    Sync,
+    /// Stay connected and print messages as they arrive (Ctrl-C to stop).
+    Listen,
+    /// Show the history of a conversation with a user, or of a group.
+    History {
+        /// Show this group's history.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Create a group with the given members.
+    Create {
+        name: String,
+        /// Comma-separated usernames.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Add a user (all their devices) to a group.
+    Add { name: String, username: String },
+    /// Remove a user (all their devices) from a group.
+    Remove { name: String, username: String },
+    /// Leave a group.
+    Leave { name: String },
+    /// List the groups you are in.
+    List,
+    /// List a group's members (as of your last sync).
+    Members { name: String },
+}
+
+fn default_profile() -> Result<PathBuf> {
+    Ok(dirs::data_dir().context("cannot find a data directory; pass --profile DIR")?.join("sotto"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let profile = match cli.profile {
+        Some(dir) => dir,
+        None => default_profile()?,
+    };
+    let out = Printer { json: cli.json };
+    match cli.command {
+        Command::Register { username, server } => {
+            let mut client = Client::register(&profile, &username, &server).await?;
+            client.disconnect().await;
+            out.line(
+                &format!("registered {username} on {server} (profile {})", profile.display()),
+                &serde_json::json!({ "username": username, "server": server, "profile": profile }),
+            );
+        }
+        Command::Whoami => {
+            let client = Client::open(&profile)?;
+            out.line(
+                &format!(
+                    "{} on {}\ndevice {}\nidentity key {}",
+                    client.username(),
+                    client.server_url(),
+                    client.device_id(),
+                    client.identity_key()
+                ),
+                &serde_json::json!({
+                    "username": client.username().as_str(),
+                    "server": client.server_url(),
+                    "device_id": client.device_id().to_string(),
+                    "identity_key": client.identity_key(),
+                }),
+            );
+        }
+        Command::Send { group, args } => {
+            let mut client = Client::open(&profile)?;
+            let sent = match group {
+                Some(name) => client.send_group(&name, &args.join(" ")).await?,
+                None => {
+                    let Some((user, words)) = args.split_first() else { bail!("usage: sotto send USERNAME TEXT") };
+                    if words.is_empty() {
+                        bail!("nothing to send: usage is `sotto send USERNAME TEXT`");
+                    }
+                    client.send_direct(user, &words.join(" ")).await?
+                }
+            };
+            client.disconnect().await;
+            out.entry(&sent);
+        }
+        Command::Group(command) => group(&profile, command, &out).await?,
+        Command::Sync => {
+            let mut client = Client::open(&profile)?;
+            let entries = client.sync().await?;
+            client.disconnect().await;
+            for entry in &entries {
+                out.entry(entry);
+            }
+        }
+        Command::Listen => {
+            let mut client = Client::open(&profile)?;
+            tokio::select! {
+                result = client.listen(|entry| out.entry(entry)) => result?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Command::History { group, username } => {
+            let client = Client::open(&profile)?;
+            let entries = match (group, username) {
+                (Some(name), _) => client.history(ConversationKind::Group, &name)?,
+                (None, Some(user)) => client.history(ConversationKind::Direct, &user)?,
+                (None, None) => bail!("name a user or --group NAME"),
+            };
+            for entry in &entries {
+                out.entry(entry);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) -> Result<()> {
+    let mut client = Client::open(profile)?;
+    match command {
+        GroupCommand::Create { name, members } => {
+            client.create_group(&name, &members).await?;
+            out.line(&format!("created {name}"), &serde_json::json!({ "created": name }));
+        }
+        GroupCommand::Add { name, username } => {
+            client.add_member(&name, &username).await?;
+            out.line(&format!("added {username} to {name}"), &serde_json::json!({ "added": username, "group": name }));
+        }
+        GroupCommand::Remove { name, username } => {
+            client.remove_member(&name, &username).await?;
+            out.line(
+                &format!("removed {username} from {name}"),
+                &serde_json::json!({ "removed": username, "group": name }),
+            );
+        }
+        GroupCommand::Leave { name } => {
+            client.leave_group(&name).await?;
+            out.line(&format!("left {name}"), &serde_json::json!({ "left": name }));
+        }
+        GroupCommand::List => {
+            for name in client.groups()? {
+                let members = client.members(&name)?;
+                let mut users: Vec<&str> = members.iter().map(|m| m.username.as_str()).collect();
+                users.dedup();
+                out.line(
+                    &format!("{name} ({})", users.join(", ")),
+                    &serde_json::json!({ "name": name, "members": users }),
+                );
+            }
+        }
+        GroupCommand::Members { name } => {
+            for member in client.members(&name)? {
+                out.line(&format!("{} (device {})", member.username, member.device_id), &serde_json::to_value(&member)?);
+            }
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+/// Prints text for people or JSON lines for programs, flushing each line so
+/// `listen` output can be piped.
+struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    fn line(&self, text: &str, json: &serde_json::Value) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json { writeln!(stdout, "{json}") } else { writeln!(stdout, "{text}") };
+        let _ = stdout.flush();
+    }
+
+    fn entry(&self, entry: &HistoryEntry) {
+        let place = match entry.conversation_kind {
+            ConversationKind::Direct => entry.conversation.clone(),
+            ConversationKind::Group => format!("#{}", entry.conversation),
+        };
+        let text = match entry.kind {
+            EntryKind::Text => format!("[{place}] {}: {}", entry.sender, entry.text),
+            EntryKind::System => format!("[{place}] * {}", entry.text),
+        };
+        self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
+    }
+}

@@ -1,0 +1,158 @@
+//! The user-facing contract: the real `sotto-server` binary and real `sotto`
+//! processes, as a person would use them.
+
+use sotto_testkit::{ServerProcess, free_loopback_addr};
+use std::path::Path;
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+fn sotto(profile: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env_remove("SOTTO_PROFILE")
+        .output()
+        .expect("run sotto")
+}
+
+/// Runs `sotto` and returns its stdout, failing the test on a non-zero exit.
+fn ok(profile: &Path, args: &[&str]) -> String {
+    let out = sotto(profile, args);
+    assert!(
+        out.status.success(),
+        "sotto {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `sotto`, expects failure, returns stderr.
+fn fails(profile: &Path, args: &[&str]) -> String {
+    let out = sotto(profile, args);
+    assert!(!out.status.success(), "sotto {args:?} should have failed");
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+}
+
+fn texts(stdout: &str) -> Vec<String> {
+    json_lines(stdout)
+        .into_iter()
+        .filter(|m| m["type"] == "text")
+        .map(|m| format!("{}: {}", m["sender"].as_str().unwrap(), m["text"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn two_profiles_chat_through_the_real_binaries() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(bob.path(), &["register", "bob", "--server", server.url()]);
+
+    let whoami = json_lines(&ok(alice.path(), &["whoami", "--json"]));
+    assert_eq!(whoami[0]["username"], "alice");
+    assert_eq!(whoami[0]["server"], server.url());
+
+    ok(alice.path(), &["send", "bob", "hello", "bob"]);
+    let synced = json_lines(&ok(bob.path(), &["sync", "--json"]));
+    let message = synced.iter().find(|m| m["type"] == "text").expect("a text message");
+    assert_eq!(message["conversation"], "alice");
+    assert_eq!(message["sender"], "alice");
+    assert_eq!(message["text"], "hello bob");
+    assert_eq!(message["id"].as_str().unwrap().len(), 32);
+    assert!(message["sent_at"].as_u64().unwrap() > 1_700_000_000_000);
+
+    ok(bob.path(), &["send", "alice", "hi alice"]);
+    let human = ok(alice.path(), &["sync"]);
+    assert!(human.contains("[bob] bob: hi alice"), "{human}");
+
+    let history = texts(&ok(alice.path(), &["history", "bob", "--json"]));
+    assert_eq!(history, ["alice: hello bob", "bob: hi alice"]);
+    assert_eq!(texts(&ok(bob.path(), &["history", "alice", "--json"])), history);
+}
+
+#[test]
+fn a_group_of_three_on_the_command_line() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    for (profile, name) in profiles.iter().zip(["ann", "bo", "cy"]) {
+        ok(profile.path(), &["register", name, "--server", server.url()]);
+    }
+    let [ann, bo, cy] = [profiles[0].path(), profiles[1].path(), profiles[2].path()];
+
+    ok(ann, &["group", "create", "trio", "--members", "bo,cy"]);
+    ok(ann, &["send", "--group", "trio", "hello trio"]);
+    for member in [bo, cy] {
+        assert_eq!(texts(&ok(member, &["sync", "--json"])), ["ann: hello trio"]);
+    }
+    ok(cy, &["send", "--group", "trio", "hi from cy"]);
+    assert_eq!(texts(&ok(bo, &["sync", "--json"])), ["cy: hi from cy"]);
+
+    let groups = json_lines(&ok(bo, &["group", "list", "--json"]));
+    assert_eq!(groups[0]["name"], "trio");
+    assert_eq!(groups[0]["members"], serde_json::json!(["ann", "bo", "cy"]));
+    let members = json_lines(&ok(ann, &["group", "members", "trio", "--json"]));
+    assert_eq!(members.len(), 3);
+
+    ok(ann, &["group", "remove", "trio", "cy"]);
+    ok(ann, &["send", "--group", "trio", "cy is gone"]);
+    assert_eq!(texts(&ok(bo, &["sync", "--json"])), ["ann: cy is gone"]);
+    let cy_sync = ok(cy, &["sync"]);
+    assert!(cy_sync.contains("ann removed you"), "{cy_sync}");
+    assert!(!cy_sync.contains("cy is gone"));
+    assert_eq!(texts(&ok(bo, &["history", "--group", "trio", "--json"])).len(), 3);
+}
+
+#[test]
+fn sigkill_between_acknowledgement_and_sync_loses_nothing() {
+    let data = TempDir::new().unwrap();
+    let addr = free_loopback_addr();
+    let mut server = ServerProcess::spawn_at(data.path(), &addr);
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(bob.path(), &["register", "bob", "--server", server.url()]);
+
+    let sent: Vec<String> = (1..=5).map(|i| format!("durable message {i}")).collect();
+    for text in &sent {
+        // `send` exits 0 only after the server acknowledged the message.
+        ok(alice.path(), &["send", "bob", text]);
+    }
+    server.kill();
+    let _server = ServerProcess::spawn_at(data.path(), &addr);
+
+    let received = texts(&ok(bob.path(), &["sync", "--json"]));
+    let expected: Vec<String> = sent.iter().map(|t| format!("alice: {t}")).collect();
+    assert_eq!(received, expected);
+    assert!(texts(&ok(bob.path(), &["sync", "--json"])).is_empty(), "delivered twice");
+}
+
+#[test]
+fn errors_are_readable_and_exit_non_zero() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let alice = TempDir::new().unwrap();
+
+    let err = fails(alice.path(), &["whoami"]);
+    assert!(err.contains("no account in profile"), "{err}");
+    let err = fails(alice.path(), &["register", "Not Valid", "--server", server.url()]);
+    assert!(err.contains("invalid username"), "{err}");
+
+    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    let err = fails(alice.path(), &["send", "nobody", "hello"]);
+    assert!(err.contains("no account named nobody"), "{err}");
+    let err = fails(alice.path(), &["send", "--group", "nope", "hello"]);
+    assert!(err.contains("no group named nope"), "{err}");
+    let err = fails(alice.path(), &["history", "bob"]);
+    assert!(err.contains("no conversation with bob"), "{err}");
+
+    let stopped = TempDir::new().unwrap();
+    let err = fails(stopped.path(), &["register", "carol", "--server", "http://127.0.0.1:9"]);
+    assert!(err.contains("cannot connect"), "{err}");
+}

@@ -1,0 +1,63 @@
+//! The Sotto client driver: the sans-I/O [`sotto_core`] plus a WebSocket
+//! transport and a local SQLite profile. The `sotto` CLI is a thin layer over
+//! [`Client`]; tests drive it directly.
+//!
+//! Every incoming message is processed in one SQLite transaction together
+//! with the MLS state change it causes and its de-duplication record, and is
+//! acknowledged to the server only after that transaction committed. Every
+//! outgoing frame is written to an outbox in the same transaction as the MLS
+//! state change that produced it, and resent after a crash with the same
+//! message id, which the server de-duplicates.
+
+mod client;
+pub mod provider;
+pub mod store;
+pub mod transport;
+
+pub use client::{Client, CommitOutcome, MemberInfo};
+pub use store::{ConversationKind, EntryKind, HistoryEntry};
+
+use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
+
+/// What went wrong in a client operation, by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the request; its message says why.
+    #[error("the server refused: {0}")]
+    Server(sotto_proto::v1::Error),
+    /// The connection failed; try again later.
+    #[error("network error: {0}")]
+    Network(String),
+    /// The server sent something it should not have.
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+    /// The request cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+    #[error("local database error: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// Other members kept committing first.
+    #[error("gave up after {0} attempts because other members kept changing the group at the same time; try again")]
+    Conflict(usize),
+    /// A contact's identity key is not the one seen before.
+    #[error(
+        "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"
+    )]
+    IdentityChanged(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused.
+    pub fn server_code(&self) -> Option<sotto_proto::v1::ErrorCode> {
+        match self {
+            Self::Server(e) => sotto_proto::v1::ErrorCode::try_from(e.code).ok(),
+            _ => None,
+        }
+    }
+}

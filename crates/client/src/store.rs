@@ -1,0 +1,416 @@
+//! The profile's local database: account keys, conversations, history,
+//! de-duplication and the outbox, beside openmls' own tables in the same
+//! SQLite file. Functions take a `&Connection` so callers can run them inside
+//! the transaction that also holds the MLS state change.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use rusqlite::Error as StoreError;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE profile (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    server_url TEXT NOT NULL,
+    identity_secret BLOB NOT NULL,
+    device_id BLOB NOT NULL,
+    device_secret BLOB NOT NULL
+);
+-- Identity keys seen for other accounts (trust on first use until the
+-- transparency log lands).
+CREATE TABLE contacts (
+    username TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL
+);
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    -- The peer's username for direct conversations, the group's name otherwise.
+    name TEXT NOT NULL,
+    UNIQUE (kind, name)
+);
+-- MLS groups and the conversation each belongs to. A direct conversation may
+-- have several groups (both sides started one at once); all show as one.
+CREATE TABLE groups (
+    group_id BLOB PRIMARY KEY,
+    conversation_id INTEGER REFERENCES conversations(id),
+    state TEXT NOT NULL CHECK (state IN ('active', 'left', 'removed'))
+);
+CREATE TABLE messages (
+    id BLOB PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'system')),
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE INDEX messages_by_conversation ON messages (conversation_id, received_at_ms);
+-- Message ids already processed, so a redelivery is acknowledged, not replayed.
+CREATE TABLE processed (
+    message_id BLOB PRIMARY KEY
+);
+-- Frames sent but not yet acknowledged by the server, resent after a crash.
+CREATE TABLE outbox (
+    message_id BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    is_commit INTEGER NOT NULL,
+    frame BLOB NOT NULL
+);
+";
+
+/// Opens (creating if needed) the profile database and runs migrations,
+/// openmls' included.
+pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    openmls_sqlite_storage::SqliteStorageProvider::<crate::provider::JsonCodec, &mut Connection>::new(&mut conn)
+        .run_migrations()
+        .map_err(|e| StoreError::ToSqlConversionFailure(Box::new(e)))?;
+    Ok(conn)
+}
+
+/// The row of the `profile` table.
+pub struct ProfileRow {
+    pub username: String,
+    pub server_url: String,
+    pub identity_secret: Vec<u8>,
+    pub device_id: Vec<u8>,
+    pub device_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProfileRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileRow")
+            .field("username", &self.username)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError> {
+    conn.query_row(
+        "SELECT username, server_url, identity_secret, device_id, device_secret FROM profile",
+        [],
+        |r| {
+            Ok(ProfileRow {
+                username: r.get(0)?,
+                server_url: r.get(1)?,
+                identity_secret: r.get(2)?,
+                device_id: r.get(3)?,
+                device_secret: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub fn save_profile(conn: &Connection, row: &ProfileRow) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+        params![row.username, row.server_url, row.identity_secret, row.device_id, row.device_secret],
+    )?;
+    Ok(())
+}
+
+pub fn contact_key(conn: &Connection, username: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT identity_key FROM contacts WHERE username = ?1", [username], |r| r.get(0))
+        .optional()
+}
+
+pub fn save_contact(conn: &Connection, username: &str, identity_key: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO contacts (username, identity_key) VALUES (?1, ?2)
+         ON CONFLICT (username) DO NOTHING",
+        params![username, identity_key],
+    )?;
+    Ok(())
+}
+
+/// Direct or group conversation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+impl ConversationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Group => "group",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "direct" { Self::Direct } else { Self::Group }
+    }
+}
+
+/// A conversation as the user sees it.
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize)]
+pub struct Conversation {
+    #[serde(skip)]
+    pub id: i64,
+    pub kind: ConversationKind,
+    pub name: String,
+}
+
+pub fn conversation(conn: &Connection, kind: ConversationKind, name: &str) -> Result<Option<Conversation>, StoreError> {
+    conn.query_row(
+        "SELECT id FROM conversations WHERE kind = ?1 AND name = ?2",
+        params![kind.as_str(), name],
+        |r| Ok(Conversation { id: r.get(0)?, kind, name: name.to_owned() }),
+    )
+    .optional()
+}
+
+pub fn conversation_by_id(conn: &Connection, id: i64) -> Result<Option<Conversation>, StoreError> {
+    conn.query_row("SELECT kind, name FROM conversations WHERE id = ?1", [id], |r| {
+        Ok(Conversation { id, kind: ConversationKind::parse(&r.get::<_, String>(0)?), name: r.get(1)? })
+    })
+    .optional()
+}
+
+/// Finds or creates the conversation `(kind, name)`.
+pub fn ensure_conversation(conn: &Connection, kind: ConversationKind, name: &str) -> Result<Conversation, StoreError> {
+    if let Some(found) = conversation(conn, kind, name)? {
+        return Ok(found);
+    }
+    conn.execute("INSERT INTO conversations (kind, name) VALUES (?1, ?2)", params![kind.as_str(), name])?;
+    Ok(Conversation { id: conn.last_insert_rowid(), kind, name: name.to_owned() })
+}
+
+/// A group name not yet used locally: `name`, else `name-2`, `name-3`, …
+pub fn free_group_name(conn: &Connection, name: &str) -> Result<String, StoreError> {
+    let mut candidate = name.to_owned();
+    let mut n = 2;
+    while conversation(conn, ConversationKind::Group, &candidate)?.is_some() {
+        candidate = format!("{name}-{n}");
+        n += 1;
+    }
+    Ok(candidate)
+}
+
+pub fn all_conversations(conn: &Connection, kind: ConversationKind) -> Result<Vec<Conversation>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, name FROM conversations WHERE kind = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([kind.as_str()], |r| Ok(Conversation { id: r.get(0)?, kind, name: r.get(1)? }))?;
+    rows.collect()
+}
+
+/// Local state of an MLS group.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GroupState {
+    Active,
+    /// This device asked to leave.
+    Left,
+    /// Another member removed this device.
+    Removed,
+}
+
+impl GroupState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Left => "left",
+            Self::Removed => "removed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "left" => Self::Left,
+            _ => Self::Removed,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupRow {
+    pub group_id: Vec<u8>,
+    pub conversation_id: Option<i64>,
+    pub state: GroupState,
+}
+
+pub fn insert_group(conn: &Connection, group_id: &[u8], conversation_id: Option<i64>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO groups (group_id, conversation_id, state) VALUES (?1, ?2, 'active')
+         ON CONFLICT (group_id) DO UPDATE SET conversation_id = excluded.conversation_id, state = 'active'",
+        params![group_id, conversation_id],
+    )?;
+    Ok(())
+}
+
+pub fn group(conn: &Connection, group_id: &[u8]) -> Result<Option<GroupRow>, StoreError> {
+    conn.query_row("SELECT conversation_id, state FROM groups WHERE group_id = ?1", [group_id], |r| {
+        Ok(GroupRow {
+            group_id: group_id.to_vec(),
+            conversation_id: r.get(0)?,
+            state: GroupState::parse(&r.get::<_, String>(1)?),
+        })
+    })
+    .optional()
+}
+
+pub fn set_group_conversation(conn: &Connection, group_id: &[u8], conversation_id: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE groups SET conversation_id = ?2 WHERE group_id = ?1", params![group_id, conversation_id])?;
+    Ok(())
+}
+
+pub fn set_group_state(conn: &Connection, group_id: &[u8], state: GroupState) -> Result<(), StoreError> {
+    conn.execute("UPDATE groups SET state = ?2 WHERE group_id = ?1", params![group_id, state.as_str()])?;
+    Ok(())
+}
+
+/// The active group of a conversation. For direct conversations with several
+/// groups, both sides pick the same one: the smallest group id.
+pub fn active_group(conn: &Connection, conversation_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row(
+        "SELECT group_id FROM groups WHERE conversation_id = ?1 AND state = 'active' ORDER BY group_id LIMIT 1",
+        [conversation_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub fn active_groups(conn: &Connection) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut stmt = conn.prepare("SELECT group_id FROM groups WHERE state = 'active'")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// One line of a conversation's history.
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize)]
+pub struct HistoryEntry {
+    /// Hex message id.
+    pub id: String,
+    /// The peer for direct conversations, the group name otherwise.
+    pub conversation: String,
+    pub conversation_kind: ConversationKind,
+    /// Username of the author; `system` lines are about the conversation.
+    pub sender: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub text: String,
+    /// Sender's clock, milliseconds since the Unix epoch.
+    pub sent_at: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Text,
+    System,
+}
+
+/// A history line to record.
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    pub id: &'a [u8],
+    pub sender: &'a str,
+    pub kind: EntryKind,
+    pub text: &'a str,
+    pub sent_at_ms: u64,
+}
+
+/// Records a history line; `None` if a line with that id exists already.
+pub fn insert_message(
+    conn: &Connection,
+    conversation: &Conversation,
+    message: &NewMessage<'_>,
+    received_at_ms: u64,
+) -> Result<Option<HistoryEntry>, StoreError> {
+    let NewMessage { id, sender, kind, text, sent_at_ms } = *message;
+    let kind_str = match kind {
+        EntryKind::Text => "text",
+        EntryKind::System => "system",
+    };
+    let inserted = conn.execute(
+        "INSERT INTO messages (id, conversation_id, sender, kind, body, sent_at_ms, received_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+        params![id, conversation.id, sender, kind_str, text, sent_at_ms as i64, received_at_ms as i64],
+    )?;
+    Ok((inserted == 1).then(|| HistoryEntry {
+        id: hex::encode(id),
+        conversation: conversation.name.clone(),
+        conversation_kind: conversation.kind,
+        sender: sender.to_owned(),
+        kind,
+        text: text.to_owned(),
+        sent_at: sent_at_ms,
+    }))
+}
+
+pub fn history(conn: &Connection, conversation: &Conversation) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, sender, kind, body, sent_at_ms FROM messages WHERE conversation_id = ?1
+         ORDER BY received_at_ms, rowid",
+    )?;
+    let rows = stmt.query_map([conversation.id], |r| {
+        Ok(HistoryEntry {
+            id: hex::encode(r.get::<_, Vec<u8>>(0)?),
+            conversation: conversation.name.clone(),
+            conversation_kind: conversation.kind,
+            sender: r.get(1)?,
+            kind: if r.get::<_, String>(2)? == "system" { EntryKind::System } else { EntryKind::Text },
+            text: r.get(3)?,
+            sent_at: r.get::<_, i64>(4)?.max(0) as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn is_processed(conn: &Connection, message_id: &[u8]) -> Result<bool, StoreError> {
+    Ok(conn.query_row("SELECT 1 FROM processed WHERE message_id = ?1", [message_id], |_| Ok(())).optional()?.is_some())
+}
+
+pub fn mark_processed(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
+    conn.execute("INSERT INTO processed (message_id) VALUES (?1) ON CONFLICT DO NOTHING", [message_id])?;
+    Ok(())
+}
+
+/// A frame waiting for the server's acknowledgement.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub message_id: Vec<u8>,
+    pub group_id: Vec<u8>,
+    pub is_commit: bool,
+    /// An encoded `ClientFrame` body (request id 0).
+    pub frame: Vec<u8>,
+}
+
+pub fn push_outbox(conn: &Connection, entry: &OutboxEntry) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO outbox (message_id, group_id, is_commit, frame) VALUES (?1, ?2, ?3, ?4)",
+        params![entry.message_id, entry.group_id, entry.is_commit, entry.frame],
+    )?;
+    Ok(())
+}
+
+pub fn outbox(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
+    let mut stmt = conn.prepare("SELECT message_id, group_id, is_commit, frame FROM outbox ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(OutboxEntry { message_id: r.get(0)?, group_id: r.get(1)?, is_commit: r.get(2)?, frame: r.get(3)? })
+    })?;
+    rows.collect()
+}
+
+pub fn remove_outbox(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM outbox WHERE message_id = ?1", [message_id])?;
+    Ok(())
+}

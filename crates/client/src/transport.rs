@@ -1,0 +1,211 @@
+//! One WebSocket connection to a Sotto server: request/response by request
+//! id, with pushed deliveries buffered until the caller asks for them.
+
+use crate::ClientError;
+use futures_util::{SinkExt as _, StreamExt as _};
+use sotto_proto::Message as _;
+use sotto_proto::v1::{
+    Ack, ClientFrame, Delivery, ServerFrame, client_frame, response, server_frame,
+};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
+
+/// How long to wait for any single response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Something the server pushed.
+#[derive(Debug)]
+pub enum Push {
+    Delivery(Delivery),
+    KeyPackagesLow,
+}
+
+pub struct Transport {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_request_id: u64,
+    pushed: VecDeque<Push>,
+    /// The login challenge of this connection.
+    pub nonce: Vec<u8>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("pushed", &self.pushed.len()).finish_non_exhaustive()
+    }
+}
+
+/// `http://host:port` (or `ws://…`) → the server's WebSocket endpoint.
+pub fn websocket_url(server_url: &str) -> Result<String, ClientError> {
+    let trimmed = server_url.trim_end_matches('/');
+    let rest = if let Some(rest) = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("ws://")) {
+        rest
+    } else if trimmed.starts_with("https://") || trimmed.starts_with("wss://") {
+        return Err(ClientError::Usage(format!(
+            "{server_url}: TLS is not supported by this client yet; put the server on loopback or a trusted network and use http://"
+        )));
+    } else {
+        return Err(ClientError::Usage(format!("{server_url}: the server URL must start with http:// or ws://")));
+    };
+    let rest = rest.strip_suffix("/ws").unwrap_or(rest);
+    Ok(format!("ws://{rest}/ws"))
+}
+
+impl Transport {
+    /// Connects and reads the server's challenge.
+    pub async fn connect(server_url: &str) -> Result<Self, ClientError> {
+        let url = websocket_url(server_url)?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(sotto_proto::MAX_FRAME_BYTES))
+            .max_frame_size(Some(sotto_proto::MAX_FRAME_BYTES));
+        let (ws, _) = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(&url, Some(config), false),
+        )
+        .await
+        .map_err(|_| ClientError::Network(format!("connecting to {url} timed out")))?
+        .map_err(|e| ClientError::Network(format!("cannot connect to {url}: {e}")))?;
+        let mut transport = Self { ws, next_request_id: 1, pushed: VecDeque::new(), nonce: Vec::new() };
+        match transport.read_frame().await?.body {
+            Some(server_frame::Body::Challenge(challenge)) => {
+                if challenge.protocol_version != sotto_proto::PROTOCOL_VERSION {
+                    return Err(ClientError::Protocol(format!(
+                        "server speaks protocol version {}, this client {}",
+                        challenge.protocol_version,
+                        sotto_proto::PROTOCOL_VERSION
+                    )));
+                }
+                transport.nonce = challenge.nonce;
+                Ok(transport)
+            }
+            _ => Err(ClientError::Protocol("server did not start with a challenge".into())),
+        }
+    }
+
+    async fn send_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        self.ws
+            .send(WsMessage::Binary(frame.encode_to_vec().into()))
+            .await
+            .map_err(|e| ClientError::Network(format!("send failed: {e}")))
+    }
+
+    /// Reads frames until one is a `ServerFrame`, answering pings on the way.
+    async fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        loop {
+            let message = self
+                .ws
+                .next()
+                .await
+                .ok_or_else(|| ClientError::Network("server closed the connection".into()))?
+                .map_err(|e| ClientError::Network(format!("connection failed: {e}")))?;
+            match message {
+                WsMessage::Binary(bytes) => {
+                    return sotto_proto::decode_server_frame(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+                }
+                WsMessage::Close(frame) => {
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(ClientError::Network(format!("server closed the connection {reason}")));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response, buffering pushes that
+    /// arrive meanwhile. A server error becomes `ClientError::Server`.
+    pub async fn request(&mut self, body: client_frame::Body) -> Result<response::Result, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.send_frame(&ClientFrame { request_id, body: Some(body) }).await?;
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            loop {
+                match self.read_frame().await?.body {
+                    Some(server_frame::Body::Response(r)) if r.request_id == request_id => {
+                        return match r.result {
+                            Some(response::Result::Error(e)) => Err(ClientError::Server(e)),
+                            Some(ok) => Ok(ok),
+                            None => Err(ClientError::Protocol("empty response".into())),
+                        };
+                    }
+                    Some(server_frame::Body::Response(r)) => {
+                        if let Some(response::Result::Error(e)) = r.result {
+                            return Err(ClientError::Server(e));
+                        }
+                    }
+                    Some(server_frame::Body::Delivery(d)) => self.pushed.push_back(Push::Delivery(d)),
+                    Some(server_frame::Body::KeyPackagesLow(_)) => self.pushed.push_back(Push::KeyPackagesLow),
+                    Some(server_frame::Body::Challenge(_)) | None => {
+                        return Err(ClientError::Protocol("unexpected frame from server".into()));
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClientError::Network("the server did not answer in time".into()))?
+    }
+
+    /// Sends a request without waiting; its response arrives through
+    /// [`Transport::next`] as `Next::Response`.
+    pub async fn start_request(&mut self, body: client_frame::Body) -> Result<u64, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.send_frame(&ClientFrame { request_id, body: Some(body) }).await?;
+        Ok(request_id)
+    }
+
+    /// The next pushed item or response. Pushes buffered earlier come first.
+    /// With `idle_ping`, sends a WebSocket ping whenever nothing arrives for
+    /// that long, so the server does not close an idle connection.
+    pub async fn next(&mut self, idle_ping: Option<Duration>) -> Result<Next, ClientError> {
+        if let Some(push) = self.pushed.pop_front() {
+            return Ok(Next::Push(push));
+        }
+        loop {
+            let frame = match idle_ping {
+                Some(every) => match tokio::time::timeout(every, self.read_frame()).await {
+                    Ok(frame) => frame?,
+                    Err(_) => {
+                        self.ws
+                            .send(WsMessage::Ping(Vec::new().into()))
+                            .await
+                            .map_err(|e| ClientError::Network(format!("send failed: {e}")))?;
+                        continue;
+                    }
+                },
+                None => tokio::time::timeout(REQUEST_TIMEOUT, self.read_frame())
+                    .await
+                    .map_err(|_| ClientError::Network("the server did not answer in time".into()))??,
+            };
+            return match frame.body {
+                Some(server_frame::Body::Delivery(d)) => Ok(Next::Push(Push::Delivery(d))),
+                Some(server_frame::Body::KeyPackagesLow(_)) => Ok(Next::Push(Push::KeyPackagesLow)),
+                Some(server_frame::Body::Response(r)) => match r.result {
+                    Some(response::Result::Error(e)) => Err(ClientError::Server(e)),
+                    Some(ok) => Ok(Next::Response(r.request_id, ok)),
+                    None => Err(ClientError::Protocol("empty response".into())),
+                },
+                Some(server_frame::Body::Challenge(_)) | None => {
+                    Err(ClientError::Protocol("unexpected frame from server".into()))
+                }
+            };
+        }
+    }
+
+    pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame { request_id: 0, body: Some(client_frame::Body::Ack(Ack { seqs: vec![seq] })) })
+            .await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// What [`Transport::next`] returned.
+#[derive(Debug)]
+pub enum Next {
+    Push(Push),
+    Response(u64, response::Result),
+}

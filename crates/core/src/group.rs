@@ -1,0 +1,484 @@
+//! MLS conversations: creating groups, changing their members, encrypting,
+//! and processing whatever arrives. Every function takes the caller's
+//! [`OpenMlsProvider`], whose storage the caller wraps in one transaction
+//! around each call and the merge that follows, so a crash never leaves a
+//! half-applied epoch.
+
+use crate::identity::{Account, DeviceId, DeviceKey, IdentityError, MemberId, Username, VerifiedDevice};
+use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use sotto_proto::v1::ClaimedKeyPackage;
+
+/// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001), the default suite.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Epochs whose secrets are kept so that application messages sent just
+/// before a commit (and queued behind it) still decrypt.
+pub const MAX_PAST_EPOCHS: usize = 5;
+/// How far out of order messages from one sender may arrive within an epoch.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 32;
+/// How many messages from one sender may be skipped within an epoch.
+pub const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
+
+/// Why an MLS operation failed, by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// A peer (or the server) sent something invalid; drop it and carry on.
+    #[error("invalid message from a peer: {0}")]
+    PeerMisbehaved(String),
+    /// The message is for a group this device is not in (any more).
+    #[error("message for unknown group {0}")]
+    UnknownGroup(String),
+    /// The caller asked for something impossible in the group's state.
+    #[error("{0}")]
+    Misuse(String),
+    /// openmls or its storage failed.
+    #[error("MLS {op} failed: {detail}")]
+    Mls { op: &'static str, detail: String },
+}
+
+impl From<IdentityError> for GroupError {
+    fn from(e: IdentityError) -> Self {
+        Self::PeerMisbehaved(e.to_string())
+    }
+}
+
+fn mls(op: &'static str) -> impl FnOnce(&dyn std::fmt::Debug) -> GroupError {
+    move |e| GroupError::Mls { op, detail: format!("{e:?}") }
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAXIMUM_FORWARD_DISTANCE,
+        ))
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAXIMUM_FORWARD_DISTANCE,
+        ))
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
+    message.tls_serialize_detached().map_err(|e| mls("serialize")(&e))
+}
+
+/// A fresh KeyPackage for this device, serialized as an `MLSMessage`. Its
+/// private part goes into the provider's storage.
+pub fn new_key_package(
+    provider: &impl OpenMlsProvider,
+    account: &Account,
+    last_resort: bool,
+) -> Result<Vec<u8>, GroupError> {
+    let mut builder = KeyPackage::builder();
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    let bundle = builder
+        .build(CIPHERSUITE, provider, &account.device, account.credential_with_key())
+        .map_err(|e| mls("key package")(&e))?;
+    serialize(&MlsMessageOut::from(bundle.key_package().clone()))
+}
+
+/// A KeyPackage handed out by the server, checked: its leaf's credential and
+/// signature key must be those of a device certified by the account's
+/// identity key. (`BasicCredential` alone proves nothing.)
+#[derive(Debug)]
+pub struct CheckedKeyPackage {
+    pub device: VerifiedDevice,
+    pub key_package: KeyPackage,
+}
+
+pub fn check_key_package(
+    provider: &impl OpenMlsProvider,
+    expected: &Username,
+    identity_key: &[u8],
+    claimed: &ClaimedKeyPackage,
+) -> Result<CheckedKeyPackage, GroupError> {
+    let signed = claimed
+        .device
+        .as_ref()
+        .ok_or_else(|| GroupError::PeerMisbehaved("KeyPackage without device certificate".into()))?;
+    let device = VerifiedDevice::verify(identity_key, signed)?;
+    if &device.username != expected {
+        return Err(GroupError::PeerMisbehaved(format!(
+            "server returned a device of {} when asked for {expected}",
+            device.username
+        )));
+    }
+    let message = MlsMessageIn::tls_deserialize_exact_bytes(&claimed.key_package)
+        .map_err(|e| GroupError::PeerMisbehaved(format!("malformed KeyPackage: {e}")))?;
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return Err(GroupError::PeerMisbehaved("expected a KeyPackage".into()));
+    };
+    let key_package = key_package
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| GroupError::PeerMisbehaved(format!("invalid KeyPackage: {e:?}")))?;
+    if key_package.ciphersuite() != CIPHERSUITE {
+        return Err(GroupError::PeerMisbehaved("KeyPackage uses an unsupported ciphersuite".into()));
+    }
+    let leaf = key_package.leaf_node();
+    if MemberId::from_credential(leaf.credential())? != device.member_id()
+        || leaf.signature_key().as_slice() != device.device_key
+    {
+        return Err(GroupError::PeerMisbehaved(format!(
+            "KeyPackage of {} does not match its certified device key",
+            device.username
+        )));
+    }
+    Ok(CheckedKeyPackage { device, key_package })
+}
+
+/// A commit waiting for the server's verdict. The group holds it as its
+/// pending commit: merge it when the server accepts, clear it otherwise.
+#[derive(Debug)]
+pub struct PendingCommit {
+    /// The epoch the commit was created in.
+    pub epoch: u64,
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+    /// Devices that must receive the commit: every member but us, including
+    /// any being removed, so they learn it.
+    pub recipients: Vec<DeviceId>,
+    /// Devices that must receive the Welcome.
+    pub welcome_recipients: Vec<DeviceId>,
+}
+
+/// Creates a group with this device as its only member (epoch 0).
+pub fn create_group(provider: &impl OpenMlsProvider, account: &Account) -> Result<MlsGroup, GroupError> {
+    MlsGroup::new(provider, &account.device, &create_config(), account.credential_with_key())
+        .map_err(|e| mls("create group")(&e))
+}
+
+/// Loads a group from the provider's storage.
+pub fn load(provider: &impl OpenMlsProvider, group_id: &[u8]) -> Result<MlsGroup, GroupError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .map_err(|e| mls("load group")(&e))?
+        .ok_or_else(|| GroupError::UnknownGroup(hex::encode(group_id)))
+}
+
+/// The members of a group, as accounts' devices.
+pub fn members(group: &MlsGroup) -> Vec<MemberId> {
+    group.members().filter_map(|m| MemberId::from_credential(&m.credential).ok()).collect()
+}
+
+/// Every member device but `own`: who must receive what this device sends.
+pub fn recipients(group: &MlsGroup, own: DeviceId) -> Vec<DeviceId> {
+    members(group).into_iter().map(|m| m.device_id).filter(|d| *d != own).collect()
+}
+
+/// Commits adding the checked KeyPackages' devices.
+pub fn add_members(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+    new: &[CheckedKeyPackage],
+) -> Result<PendingCommit, GroupError> {
+    let existing = members(group);
+    if let Some(dup) = new.iter().find(|n| existing.contains(&n.device.member_id())) {
+        return Err(GroupError::Misuse(format!("{} is already a member", dup.device.username)));
+    }
+    let recipients = recipients(group, own);
+    let epoch = group.epoch().as_u64();
+    let key_packages: Vec<KeyPackage> = new.iter().map(|n| n.key_package.clone()).collect();
+    let (commit, welcome, _) =
+        group.add_members(provider, signer, &key_packages).map_err(|e| mls("add members")(&e))?;
+    Ok(PendingCommit {
+        epoch,
+        commit: serialize(&commit)?,
+        welcome: Some(serialize(&welcome)?),
+        recipients,
+        welcome_recipients: new.iter().map(|n| n.device.device_id).collect(),
+    })
+}
+
+/// Commits removing every device of `username`.
+pub fn remove_user(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+    username: &Username,
+) -> Result<PendingCommit, GroupError> {
+    let leaves: Vec<LeafNodeIndex> = group
+        .members()
+        .filter(|m| MemberId::from_credential(&m.credential).is_ok_and(|id| &id.username == username))
+        .map(|m| m.index)
+        .collect();
+    if leaves.is_empty() {
+        return Err(GroupError::Misuse(format!("{username} is not a member")));
+    }
+    if leaves.contains(&group.own_leaf_index()) {
+        return Err(GroupError::Misuse("to remove yourself, leave the group".into()));
+    }
+    let recipients = recipients(group, own);
+    let epoch = group.epoch().as_u64();
+    let (commit, welcome, _) =
+        group.remove_members(provider, signer, &leaves).map_err(|e| mls("remove members")(&e))?;
+    Ok(PendingCommit {
+        epoch,
+        commit: serialize(&commit)?,
+        welcome: welcome.as_ref().map(serialize).transpose()?,
+        recipients,
+        welcome_recipients: Vec::new(),
+    })
+}
+
+/// Commits a fresh leaf key for this device (post-compromise security).
+pub fn update_keys(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+) -> Result<PendingCommit, GroupError> {
+    let recipients = recipients(group, own);
+    let epoch = group.epoch().as_u64();
+    let bundle =
+        group.self_update(provider, signer, LeafNodeParameters::default()).map_err(|e| mls("self update")(&e))?;
+    Ok(PendingCommit {
+        epoch,
+        commit: serialize(bundle.commit())?,
+        welcome: None,
+        recipients,
+        welcome_recipients: Vec::new(),
+    })
+}
+
+/// Commits the proposals other members sent (for example, a member leaving).
+pub fn commit_pending_proposals(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+) -> Result<PendingCommit, GroupError> {
+    let recipients = recipients(group, own);
+    let epoch = group.epoch().as_u64();
+    let (commit, welcome, _) =
+        group.commit_to_pending_proposals(provider, signer).map_err(|e| mls("commit proposals")(&e))?;
+    Ok(PendingCommit {
+        epoch,
+        commit: serialize(&commit)?,
+        welcome: welcome.as_ref().map(serialize).transpose()?,
+        recipients,
+        welcome_recipients: Vec::new(),
+    })
+}
+
+/// A proposal to remove this device from the group, to be committed by
+/// another member.
+pub fn leave(provider: &impl OpenMlsProvider, group: &mut MlsGroup, signer: &DeviceKey) -> Result<Vec<u8>, GroupError> {
+    let proposal = group.leave_group(provider, signer).map_err(|e| mls("leave group")(&e))?;
+    serialize(&proposal)
+}
+
+/// Encrypts application content for the group.
+pub fn encrypt(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, GroupError> {
+    let message = group.create_message(provider, signer, plaintext).map_err(|e| mls("encrypt")(&e))?;
+    serialize(&message)
+}
+
+/// What an incoming MLS message turned out to be, after it was applied to
+/// the provider's storage.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A Welcome: this device joined a group.
+    Joined { group_id: Vec<u8>, members: Vec<MemberId> },
+    /// Application content from a member.
+    Application { group_id: Vec<u8>, sender: MemberId, plaintext: Vec<u8> },
+    /// A proposal was queued; some member must commit it.
+    Proposal { group_id: Vec<u8>, sender: MemberId, leaving: Option<MemberId> },
+    /// A commit was merged.
+    Commit { group_id: Vec<u8>, sender: MemberId, added: Vec<MemberId>, removed: Vec<MemberId>, self_removed: bool },
+}
+
+/// Processes one MLS message from the delivery service and applies it: joins
+/// on a Welcome, merges commits, queues proposals, decrypts application
+/// messages.
+pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inbound, GroupError> {
+    let message = MlsMessageIn::tls_deserialize_exact_bytes(payload)
+        .map_err(|e| GroupError::PeerMisbehaved(format!("malformed MLS message: {e}")))?;
+    let protocol = match message.extract() {
+        MlsMessageBodyIn::Welcome(welcome) => {
+            let group = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+                .map_err(|e| GroupError::PeerMisbehaved(format!("cannot join from Welcome: {e:?}")))?
+                .into_group(provider)
+                .map_err(|e| mls("join group")(&e))?;
+            return Ok(Inbound::Joined { group_id: group.group_id().to_vec(), members: members(&group) });
+        }
+        MlsMessageBodyIn::PrivateMessage(m) => ProtocolMessage::from(m),
+        MlsMessageBodyIn::PublicMessage(m) => ProtocolMessage::from(m),
+        _ => return Err(GroupError::PeerMisbehaved("unexpected MLS message type".into())),
+    };
+    let group_id = protocol.group_id().to_vec();
+    let mut group = load(provider, &group_id)?;
+    let processed = group
+        .process_message(provider, protocol)
+        .map_err(|e| GroupError::PeerMisbehaved(format!("cannot process message: {e:?}")))?;
+    let sender = MemberId::from_credential(processed.credential())?;
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            Ok(Inbound::Application { group_id, sender, plaintext: app.into_bytes() })
+        }
+        ProcessedMessageContent::ProposalMessage(proposal) => {
+            let leaving = match proposal.proposal() {
+                Proposal::Remove(remove) => group
+                    .member(remove.removed())
+                    .and_then(|c| MemberId::from_credential(c).ok()),
+                _ => None,
+            };
+            group.store_pending_proposal(provider.storage(), *proposal).map_err(|e| mls("queue proposal")(&e))?;
+            Ok(Inbound::Proposal { group_id, sender, leaving })
+        }
+        ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
+            Err(GroupError::PeerMisbehaved("the server echoed this device's own message".into()))
+        }
+        ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+            Err(GroupError::PeerMisbehaved("external joins are not allowed".into()))
+        }
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let added = staged
+                .add_proposals()
+                .filter_map(|p| MemberId::from_credential(p.add_proposal().key_package().leaf_node().credential()).ok())
+                .collect();
+            let removed = staged
+                .remove_proposals()
+                .filter_map(|p| group.member(p.remove_proposal().removed()).and_then(|c| MemberId::from_credential(c).ok()))
+                .collect();
+            let self_removed = staged.self_removed();
+            group.merge_staged_commit(provider, *staged).map_err(|e| mls("merge commit")(&e))?;
+            Ok(Inbound::Commit { group_id, sender, added, removed, self_removed })
+        }
+    }
+}
+
+/// Merges this device's commit once the server accepted it.
+pub fn merge_pending(provider: &impl OpenMlsProvider, group: &mut MlsGroup) -> Result<(), GroupError> {
+    group.merge_pending_commit(provider).map_err(|e| mls("merge pending commit")(&e))
+}
+
+/// Drops this device's commit after the server rejected it.
+pub fn clear_pending(provider: &impl OpenMlsProvider, group: &mut MlsGroup) -> Result<(), GroupError> {
+    group.clear_pending_commit(provider.storage()).map_err(|e| mls("clear pending commit")(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityKey;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use sotto_proto::v1::ClaimedKeyPackage;
+
+    struct Device {
+        account: Account,
+        provider: OpenMlsRustCrypto,
+    }
+
+    fn device(name: &str) -> Device {
+        Device { account: Account::generate(Username::parse(name).unwrap()), provider: OpenMlsRustCrypto::default() }
+    }
+
+    fn claim(d: &Device) -> CheckedKeyPackage {
+        let claimed = ClaimedKeyPackage {
+            device: Some(d.account.signed_device()),
+            key_package: new_key_package(&d.provider, &d.account, false).unwrap(),
+        };
+        check_key_package(&d.provider, &d.account.username, &d.account.identity_public(), &claimed).unwrap()
+    }
+
+    fn accept(d: &Device, group: &mut MlsGroup) {
+        merge_pending(&d.provider, group).unwrap();
+    }
+
+    #[test]
+    fn create_add_talk_remove() {
+        let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+        let mut group = create_group(&a.provider, &a.account).unwrap();
+        let pending =
+            add_members(&a.provider, &mut group, &a.account.device, a.account.device_id, &[claim(&b), claim(&c)])
+                .unwrap();
+        assert_eq!(pending.epoch, 0);
+        assert!(pending.recipients.is_empty());
+        assert_eq!(pending.welcome_recipients, vec![b.account.device_id, c.account.device_id]);
+        accept(&a, &mut group);
+        let welcome = pending.welcome.unwrap();
+        for d in [&b, &c] {
+            assert!(matches!(process(&d.provider, &welcome).unwrap(), Inbound::Joined { members, .. } if members.len() == 3));
+        }
+
+        let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hello").unwrap();
+        for d in [&b, &c] {
+            match process(&d.provider, &hello).unwrap() {
+                Inbound::Application { plaintext, sender, .. } => {
+                    assert_eq!(plaintext, b"hello");
+                    assert_eq!(sender, a.account.member_id());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        let pending = remove_user(&a.provider, &mut group, &a.account.device, a.account.device_id, &c.account.username)
+            .unwrap();
+        assert_eq!(pending.recipients.len(), 2, "the removed member must learn of its removal");
+        accept(&a, &mut group);
+        match process(&c.provider, &pending.commit).unwrap() {
+            Inbound::Commit { self_removed, .. } => assert!(self_removed),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(process(&b.provider, &pending.commit).unwrap(), Inbound::Commit { removed, .. } if removed == vec![c.account.member_id()]));
+
+        let secret = encrypt(&a.provider, &mut group, &a.account.device, b"after removal").unwrap();
+        assert!(process(&c.provider, &secret).is_err());
+        assert!(matches!(process(&b.provider, &secret).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal"));
+    }
+
+    #[test]
+    fn key_package_must_match_certified_device() {
+        let (b, mallory) = (device("ben"), device("mallory"));
+        // Mallory's KeyPackage presented under Ben's certificate.
+        let claimed = ClaimedKeyPackage {
+            device: Some(b.account.signed_device()),
+            key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
+        };
+        let err = check_key_package(&b.provider, &b.account.username, &b.account.identity_public(), &claimed);
+        assert!(matches!(err, Err(GroupError::PeerMisbehaved(_))), "{err:?}");
+        // Ben's real KeyPackage but a certificate signed by someone else.
+        let other = IdentityKey::generate();
+        let claimed = ClaimedKeyPackage {
+            device: Some(b.account.signed_device()),
+            key_package: new_key_package(&b.provider, &b.account, false).unwrap(),
+        };
+        assert!(check_key_package(&b.provider, &b.account.username, &other.public(), &claimed).is_err());
+        // And asking for "ben" but getting mallory's genuine device is refused.
+        let claimed = ClaimedKeyPackage {
+            device: Some(mallory.account.signed_device()),
+            key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
+        };
+        assert!(check_key_package(&b.provider, &b.account.username, &mallory.account.identity_public(), &claimed).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let d = device("dora");
+        for junk in [&b""[..], b"\x00\x01", &[0xff; 64]] {
+            assert!(process(&d.provider, junk).is_err());
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Accounts, devices and the certificates that bind them.
+//!
+//! An account is a username and an Ed25519 identity key. Each device has its
+//! own Ed25519 key, vouched for by the identity key in a `DeviceCertificate`.
+//! The device key is also the device's MLS signature key, so an MLS member's
+//! signature key can be checked against the account's certified devices.
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, SignatureScheme};
+use openmls_traits::signatures::{Signer, SignerError};
+use prost::Message as _;
+use rand::rngs::OsRng;
+use sotto_proto::v1::{DeviceCertificate, SignedDevice};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// A username that passed [`sotto_proto::is_valid_username`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Username(String);
+
+impl Username {
+    /// Parses a username; the error says what a valid one looks like.
+    pub fn parse(name: &str) -> Result<Self, IdentityError> {
+        if sotto_proto::is_valid_username(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(IdentityError::InvalidUsername(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A device's id: 16 random bytes chosen by the device.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId([u8; sotto_proto::ID_LEN]);
+
+impl DeviceId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, IdentityError> {
+        bytes.try_into().map(Self).map_err(|_| IdentityError::Malformed("device id"))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({})", hex::encode(self.0))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// Why an identity, certificate or credential was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "invalid username {0:?}: use 3 to 32 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit"
+    )]
+    InvalidUsername(String),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("bad signature on {0}")]
+    BadSignature(&'static str),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// A device this client has checked: its certificate is signed by the
+/// account's identity key.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct VerifiedDevice {
+    pub username: Username,
+    pub device_id: DeviceId,
+    /// Ed25519 public key; also the device's MLS signature key.
+    pub device_key: [u8; 32],
+}
+
+impl VerifiedDevice {
+    /// Checks that `signed` is a certificate signed by `identity_key`.
+    pub fn verify(identity_key: &[u8], signed: &SignedDevice) -> Result<Self, IdentityError> {
+        let identity = verifying_key(identity_key, "identity key")?;
+        let signature = Signature::from_slice(&signed.identity_signature)
+            .map_err(|_| IdentityError::Malformed("device signature"))?;
+        identity
+            .verify(&sotto_proto::device_transcript(&signed.certificate), &signature)
+            .map_err(|_| IdentityError::BadSignature("device certificate"))?;
+        let cert = DeviceCertificate::decode(signed.certificate.as_slice())
+            .map_err(|_| IdentityError::Malformed("device certificate"))?;
+        let device_key = verifying_key(&cert.device_key, "device key")?;
+        Ok(Self {
+            username: Username::parse(&cert.username)?,
+            device_id: DeviceId::from_slice(&cert.device_id)?,
+            device_key: device_key.to_bytes(),
+        })
+    }
+
+    pub fn member_id(&self) -> MemberId {
+        MemberId { username: self.username.clone(), device_id: self.device_id }
+    }
+}
+
+fn verifying_key(bytes: &[u8], what: &'static str) -> Result<VerifyingKey, IdentityError> {
+    let bytes: &[u8; 32] = bytes.try_into().map_err(|_| IdentityError::Malformed(what))?;
+    VerifyingKey::from_bytes(bytes).map_err(|_| IdentityError::Malformed(what))
+}
+
+/// Who an MLS leaf is: a device of an account. Encoded in the leaf's
+/// `BasicCredential` as `username/devicehex`. A credential proves nothing by
+/// itself; it is trusted only with a matching [`VerifiedDevice`].
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct MemberId {
+    pub username: Username,
+    pub device_id: DeviceId,
+}
+
+impl MemberId {
+    pub fn to_credential(&self) -> Credential {
+        BasicCredential::new(format!("{}/{}", self.username, self.device_id).into_bytes()).into()
+    }
+
+    pub fn from_credential(credential: &Credential) -> Result<Self, IdentityError> {
+        let basic = BasicCredential::try_from(credential.clone())
+            .map_err(|_| IdentityError::Malformed("credential"))?;
+        let text = std::str::from_utf8(basic.identity()).map_err(|_| IdentityError::Malformed("credential"))?;
+        let (name, device) = text.split_once('/').ok_or(IdentityError::Malformed("credential"))?;
+        let device = hex::decode(device).map_err(|_| IdentityError::Malformed("credential"))?;
+        Ok(Self { username: Username::parse(name)?, device_id: DeviceId::from_slice(&device)? })
+    }
+}
+
+/// A device's signing key. Signs logins and, as the MLS signer, everything the
+/// device says in a group. Never printed; zeroized on drop.
+pub struct DeviceKey(SigningKey);
+
+impl DeviceKey {
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut OsRng))
+    }
+
+    pub fn from_secret(secret: &[u8]) -> Result<Self, IdentityError> {
+        let bytes: &[u8; 32] = secret.try_into().map_err(|_| IdentityError::Malformed("device secret"))?;
+        Ok(Self(SigningKey::from_bytes(bytes)))
+    }
+
+    /// The secret seed, for the local profile database only.
+    pub fn secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Signs the login transcript for a server challenge.
+    pub fn sign_login(&self, nonce: &[u8], username: &Username, device_id: DeviceId) -> Vec<u8> {
+        let transcript = sotto_proto::auth_transcript(nonce, username.as_str(), device_id.as_bytes());
+        self.0.sign(&transcript).to_bytes().to_vec()
+    }
+}
+
+impl Signer for DeviceKey {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        Ok(self.0.sign(payload).to_bytes().to_vec())
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceKey(public: {}, secret: <redacted>)", hex::encode(self.public()))
+    }
+}
+
+/// The account's identity key. It only signs device certificates.
+pub struct IdentityKey(SigningKey);
+
+impl IdentityKey {
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut OsRng))
+    }
+
+    pub fn from_secret(secret: &[u8]) -> Result<Self, IdentityError> {
+        let bytes: &[u8; 32] = secret.try_into().map_err(|_| IdentityError::Malformed("identity secret"))?;
+        Ok(Self(SigningKey::from_bytes(bytes)))
+    }
+
+    pub fn secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Certifies a device of `username`.
+    pub fn certify(&self, username: &Username, device_id: DeviceId, device_key: [u8; 32]) -> SignedDevice {
+        let certificate = DeviceCertificate {
+            username: username.to_string(),
+            device_id: device_id.as_bytes().to_vec(),
+            device_key: device_key.to_vec(),
+        }
+        .encode_to_vec();
+        let identity_signature = self.0.sign(&sotto_proto::device_transcript(&certificate)).to_bytes().to_vec();
+        SignedDevice { certificate, identity_signature }
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityKey(public: {}, secret: <redacted>)", hex::encode(self.public()))
+    }
+}
+
+/// Everything one device knows about its own account.
+#[derive(Debug)]
+pub struct Account {
+    pub username: Username,
+    pub identity: IdentityKey,
+    pub device_id: DeviceId,
+    pub device: DeviceKey,
+}
+
+impl Account {
+    /// A new account with its first device.
+    pub fn generate(username: Username) -> Self {
+        Self { username, identity: IdentityKey::generate(), device_id: DeviceId::random(), device: DeviceKey::generate() }
+    }
+
+    pub fn identity_public(&self) -> [u8; 32] {
+        self.identity.public()
+    }
+
+    /// This device's certificate, signed by the identity key.
+    pub fn signed_device(&self) -> SignedDevice {
+        self.identity.certify(&self.username, self.device_id, self.device.public())
+    }
+
+    pub fn member_id(&self) -> MemberId {
+        MemberId { username: self.username.clone(), device_id: self.device_id }
+    }
+
+    /// The MLS credential of this device, bound to its device key.
+    pub fn credential_with_key(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: self.member_id().to_credential(),
+            signature_key: self.device.public().to_vec().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_round_trip_and_tamper() {
+        let account = Account::generate(Username::parse("alice").unwrap());
+        let mut signed = account.signed_device();
+        let device = VerifiedDevice::verify(&account.identity_public(), &signed).unwrap();
+        assert_eq!(device.device_id, account.device_id);
+        assert_eq!(device.device_key, account.device.public());
+
+        let other = IdentityKey::generate();
+        assert!(VerifiedDevice::verify(&other.public(), &signed).is_err());
+        signed.certificate[3] ^= 1;
+        assert!(VerifiedDevice::verify(&account.identity_public(), &signed).is_err());
+    }
+
+    #[test]
+    fn credential_round_trip() {
+        let account = Account::generate(Username::parse("bob").unwrap());
+        let credential = account.member_id().to_credential();
+        assert_eq!(MemberId::from_credential(&credential).unwrap(), account.member_id());
+        let bogus: Credential = BasicCredential::new(b"no-slash".to_vec()).into();
+        assert!(MemberId::from_credential(&bogus).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let account = Account::generate(Username::parse("carol").unwrap());
+        let printed = format!("{account:?}");
+        for secret in [hex::encode(*account.identity.secret()), hex::encode(*account.device.secret())] {
+            assert!(!printed.contains(&secret), "secret leaked in {printed}");
+        }
+        assert!(printed.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,8 @@
+//! Compiles `proto/sotto.proto` with the pure-Rust `protox`, so building needs
+//! no system `protoc`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/sotto.proto");
+    let descriptors = protox::compile(["proto/sotto.proto"], ["proto"])?;
+    prost_build::Config::new().compile_fds(descriptors)?;
+    Ok(())
+}

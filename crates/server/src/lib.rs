@@ -1,0 +1,172 @@
+//! Sotto's delivery server.
+//!
+//! It authenticates devices, keeps each device's mailbox of MLS ciphertext
+//! until the device acknowledges it, hands out KeyPackages once each, and
+//! orders commits so that exactly one commit wins each group epoch. It never
+//! sees message content.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sotto_server::ServerError> {
+//! use sotto_server::{Server, ServerConfig};
+//!
+//! let server = Server::bind(ServerConfig::default()).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Layout: [`config`] (settings), [`store`] (the `Store` trait and the SQLite
+//! backend), `connection` (per-connection protocol state), [`mailbox_hub`]
+//! (wakes connected devices).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod connection;
+pub mod mailbox_hub;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub use config::{Limits, ServerConfig};
+pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
+use connection::Context;
+use mailbox_hub::MailboxHub;
+use store::{SqliteStore, StoreError};
+
+/// How often expired mailbox entries are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// How long shutdown waits for open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database in the data directory could not be opened.
+    #[error("cannot open the database in {dir}: {source}")]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another server running there?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Serving connections failed.
+    #[error("server I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: SqliteStore,
+    config: ServerConfig,
+}
+
+#[derive(Debug)]
+struct AppState {
+    ctx: Arc<Context<SqliteStore>>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Server {
+    /// Opens (or creates) the data directory and its SQLite database, and
+    /// binds the listen address.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+            .await
+            .map_err(|e| ServerError::Storage {
+                dir: config.data_dir.clone(),
+                source: StoreError::Backend(format!("open task failed: {e}")),
+            })?
+            .map_err(|source| ServerError::Storage { dir: config.data_dir.clone(), source })?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr()?;
+        Ok(Server { listener, local_addr, store, config })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, closes every
+    /// connection and lets the database writer commit what it has queued.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Server { listener, store, config, .. } = self;
+        let store = Arc::new(store);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(Context { store: Arc::clone(&store), hub: MailboxHub::new(), limits: config.limits.clone() });
+        let max_connections = config.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let sweeper =
+            tokio::spawn(connection::sweep_expired(Arc::clone(&store), config.retention, SWEEP_INTERVAL, stop_rx.clone()));
+        let state = Arc::new(AppState { ctx, connections: Arc::clone(&connections), shutdown: stop_rx });
+        let app = Router::new().route("/ws", get(websocket)).route("/health", get(health)).with_state(state);
+        tracing::info!("serving");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        // Upgraded WebSocket connections are not tracked by `axum::serve`;
+        // each holds a permit until it has closed.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all)).await.is_err() {
+            tracing::warn!("some connections did not close in time");
+        }
+        let _ = sweeper.await;
+        store.close().await;
+        tracing::info!("stopped");
+        served.map_err(ServerError::Io)
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+    }
+    let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is at its connection limit; try again later").into_response();
+    };
+    let ctx = Arc::clone(&state.ctx);
+    let shutdown = state.shutdown.clone();
+    upgrade
+        .max_message_size(sotto_proto::MAX_FRAME_BYTES)
+        .max_frame_size(sotto_proto::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            connection::serve(socket, ctx, shutdown).await;
+            drop(permit);
+        })
+}

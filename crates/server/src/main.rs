@@ -1,0 +1,89 @@
+//! The `sotto-server` binary: parses flags, starts the server, and shuts it
+//! down gracefully on Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sotto_server::{Server, ServerConfig};
+
+/// Sotto delivery server: relays end-to-end encrypted (MLS) messages
+/// between devices. It stores only ciphertext, public keys, and day-granular
+/// creation / last-seen dates; it never logs IP addresses or message
+/// content.
+#[derive(Debug, Parser)]
+#[command(name = "sotto-server", version, about, long_about = None)]
+struct Args {
+    /// Address to listen on. Use 0.0.0.0:PORT to accept connections from
+    /// other machines (put TLS in front), or port 0 for any free port.
+    #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:8420", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Directory for the database (sotto.db); created if missing.
+    #[arg(long = "data", env = "SOTTO_DATA", default_value = "./sotto-data", value_name = "DIR")]
+    data: PathBuf,
+
+    /// Days an undelivered message is kept before it is deleted.
+    #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
+    retention_days: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = Args::parse();
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data.clone(),
+        retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config).await.context("cannot start sotto-server")?;
+    let addr = server.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "sotto-server listening on http://{addr}")?;
+        writeln!(out, "connect with: sotto register NAME --server http://{addr}")?;
+        out.flush()?;
+    }
+    server.run(shutdown_signal()).await.context("sotto-server failed")?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,682 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only write connection. It takes a write
+//! operation from its queue, drains up to [`MAX_BATCH`] more that are already
+//! waiting, runs them in one transaction (each inside its own SAVEPOINT, so
+//! one failing operation does not undo the others), commits with
+//! `synchronous=FULL`, and only then answers all of them. Many concurrent
+//! sends thus share one fsync, and every `Ok` means "on disk".
+//!
+//! Reads run on separate connections (WAL lets them proceed while the
+//! writer works), on tokio's blocking pool.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{
+    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord, Enqueued, EnqueueError,
+    Envelope, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus, MailboxEntry, MessageId, NewAccount,
+    RegisterError, SignedDevice, Store, StoreError, StoreStats, UnixDay, UnixSeconds,
+};
+
+/// Most write operations committed together in one transaction.
+const MAX_BATCH: usize = 512;
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 8;
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+/// Name of the database file inside the data directory.
+pub const DB_FILE_NAME: &str = "sotto.db";
+
+/// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n`
+/// to `n + 1`.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE accounts (
+    username     TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    created_day  INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    device_id          BLOB PRIMARY KEY,
+    username           TEXT NOT NULL REFERENCES accounts(username),
+    certificate        BLOB NOT NULL,
+    identity_signature BLOB NOT NULL,
+    device_key         BLOB NOT NULL,
+    created_day        INTEGER NOT NULL,
+    last_seen_day      INTEGER NOT NULL
+);
+CREATE INDEX devices_by_username ON devices(username);
+CREATE TABLE key_packages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   BLOB NOT NULL REFERENCES devices(device_id),
+    key_package BLOB NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, id);
+CREATE TABLE last_resort_key_packages (
+    device_id   BLOB PRIMARY KEY REFERENCES devices(device_id),
+    key_package BLOB NOT NULL
+);
+CREATE TABLE mls_groups (
+    group_id       BLOB PRIMARY KEY,
+    epoch          INTEGER NOT NULL,
+    last_commit_id BLOB NOT NULL
+);
+CREATE TABLE messages (
+    id         INTEGER PRIMARY KEY,
+    message_id BLOB NOT NULL UNIQUE,
+    payload    BLOB NOT NULL
+);
+CREATE TABLE mailbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   BLOB NOT NULL REFERENCES devices(device_id),
+    message_ref INTEGER NOT NULL REFERENCES messages(id),
+    enqueued_at INTEGER NOT NULL
+);
+CREATE INDEX mailbox_by_device ON mailbox(device_id, seq);
+CREATE INDEX mailbox_by_message ON mailbox(message_ref);
+CREATE INDEX mailbox_by_age ON mailbox(enqueued_at);
+"];
+
+/// The transaction a batch of write operations shares, and where a
+/// failure to begin or commit it is reported.
+type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Finish + Send>;
+/// Sends an operation's reply once its batch committed (or failed to).
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+enum WriterMsg {
+    Job(Job),
+    /// Finish what is queued, then stop.
+    Close,
+}
+
+/// SQLite-backed [`Store`], in `<data_dir>/sotto.db`.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer_tx: mpsc::Sender<WriterMsg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!("could not enable WAL mode (got {mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this server understands ({SCHEMA_VERSION}); \
+             upgrade sotto-server"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(usize::MAX)) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i64::try_from(index + 1).unwrap_or(i64::MAX))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (or creates and migrates) the database in `data_dir`, creating
+    /// the directory if needed, and starts the writer thread. Blocking.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let (writer_tx, writer_rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("sotto-db-writer".into())
+            .spawn(move || run_writer(&conn, &writer_rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner { path, writer_tx, writer: Mutex::new(Some(writer)), readers: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Lets the writer commit everything already queued, then stops it and
+    /// waits for it. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        // An error means the writer is already gone.
+        let _ = self.inner.writer_tx.send(WriterMsg::Close);
+        let handle = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// Runs a read on a pooled read-only connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open(&inner.path)?;
+                    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                    conn.execute_batch("PRAGMA query_only=ON;")?;
+                    conn
+                }
+            };
+            let result = f(&conn);
+            let mut readers = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if readers.len() < MAX_IDLE_READERS {
+                readers.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+
+    /// Queues a write for the writer thread; resolves once it is committed.
+    fn write<T, E, F>(&self, f: F) -> impl Future<Output = Result<T, E>> + Send + use<T, E, F>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => in_savepoint(conn, f),
+                Err(e) => Err(E::from(e)),
+            };
+            Box::new(move |committed| {
+                let reply = match (result, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                    (Err(e), _) => Err(e),
+                };
+                // The requester may have gone away; nothing to do then.
+                let _ = reply_tx.send(reply);
+            })
+        });
+        let queued = self.inner.writer_tx.send(WriterMsg::Job(job)).is_ok();
+        async move {
+            if !queued {
+                return Err(E::from(StoreError::Closed));
+            }
+            reply_rx.await.unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
+        }
+    }
+}
+
+/// Runs `f` inside a SAVEPOINT, rolling back its changes if it fails.
+fn in_savepoint<T, E, F>(conn: &Connection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&Connection) -> Result<T, E>,
+{
+    conn.execute_batch("SAVEPOINT op").map_err(StoreError::from)?;
+    let result = f(conn);
+    let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+    conn.execute_batch(end).map_err(StoreError::from)?;
+    result
+}
+
+fn run_writer(conn: &Connection, rx: &mpsc::Receiver<WriterMsg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut closing = false;
+        match first {
+            WriterMsg::Job(job) => batch.push(job),
+            WriterMsg::Close => closing = true,
+        }
+        while !closing && batch.len() <= MAX_BATCH {
+            match rx.try_recv() {
+                Ok(WriterMsg::Job(job)) => batch.push(job),
+                Ok(WriterMsg::Close) => closing = true,
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(conn, batch);
+        }
+        if closing {
+            break;
+        }
+    }
+    tracing::debug!("database writer stopped");
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = StoreError::from(e);
+        tracing::error!(error = %e, "cannot begin write transaction");
+        for job in batch {
+            job(Err(e.clone()))(Err(e.clone()));
+        }
+        return;
+    }
+    let finishers: Vec<Finish> = batch.into_iter().map(|job| job(Ok(conn))).collect();
+    let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, "write transaction failed to commit");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishers {
+        finish(committed.clone());
+    }
+}
+
+fn key32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Backend(format!("stored {what} is not 32 bytes")))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn key_package_status(conn: &Connection, device_id: DeviceId) -> Result<KeyPackageStatus, StoreError> {
+    let id = device_id.as_bytes().as_slice();
+    let remaining: i64 = conn.query_row("SELECT count(*) FROM key_packages WHERE device_id = ?1", [id], |r| r.get(0))?;
+    let has_last_resort: bool =
+        conn.query_row("SELECT EXISTS(SELECT 1 FROM last_resort_key_packages WHERE device_id = ?1)", [id], |r| {
+            r.get(0)
+        })?;
+    Ok(KeyPackageStatus { remaining: u32::try_from(remaining).unwrap_or(u32::MAX), has_last_resort })
+}
+
+fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM messages WHERE message_id = ?1)",
+        [message_id.as_bytes().as_slice()],
+        |r| r.get(0),
+    )?)
+}
+
+/// Stores the payload once and adds one mailbox entry per distinct
+/// recipient. Nothing is stored for an envelope without recipients.
+fn insert_envelope(conn: &Connection, envelope: &Envelope, now: UnixSeconds) -> Result<(), EnqueueError> {
+    let mut seen = HashSet::new();
+    let recipients: Vec<DeviceId> = envelope.recipients.iter().copied().filter(|d| seen.insert(*d)).collect();
+    let mut exists = conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)").map_err(StoreError::from)?;
+    for device in &recipients {
+        let found: bool = exists.query_row([device.as_bytes().as_slice()], |r| r.get(0)).map_err(StoreError::from)?;
+        if !found {
+            return Err(EnqueueError::UnknownDevice(*device));
+        }
+    }
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO messages (message_id, payload) VALUES (?1, ?2)",
+        params![envelope.message_id.as_bytes().as_slice(), envelope.payload],
+    )
+    .map_err(StoreError::from)?;
+    let message_ref = conn.last_insert_rowid();
+    let mut insert = conn
+        .prepare_cached("INSERT INTO mailbox (device_id, message_ref, enqueued_at) VALUES (?1, ?2, ?3)")
+        .map_err(StoreError::from)?;
+    for device in &recipients {
+        insert.execute(params![device.as_bytes().as_slice(), message_ref, to_i64(now)]).map_err(StoreError::from)?;
+    }
+    Ok(())
+}
+
+fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.message_ref = messages.id)",
+        [],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    async fn register(&self, account: NewAccount) -> Result<(), RegisterError> {
+        self.write(move |conn| {
+            let taken: bool = conn
+                .query_row("SELECT EXISTS(SELECT 1 FROM accounts WHERE username = ?1)", [&account.username], |r| r.get(0))
+                .map_err(StoreError::from)?;
+            if taken {
+                return Err(RegisterError::UsernameTaken);
+            }
+            let device_taken: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)",
+                    [account.device_id.as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if device_taken {
+                return Err(RegisterError::DeviceIdTaken(account.device_id));
+            }
+            let day = to_i64(account.today);
+            conn.execute(
+                "INSERT INTO accounts (username, identity_key, created_day) VALUES (?1, ?2, ?3)",
+                params![account.username, account.identity_key.as_slice(), day],
+            )
+            .map_err(StoreError::from)?;
+            conn.execute(
+                "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, \
+                 last_seen_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![
+                    account.device_id.as_bytes().as_slice(),
+                    account.username,
+                    account.device.certificate,
+                    account.device.identity_signature,
+                    account.device_key.as_slice(),
+                    day
+                ],
+            )
+            .map_err(StoreError::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device(&self, username: &str, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            let key: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT device_key FROM devices WHERE device_id = ?1 AND username = ?2",
+                    params![device_id.as_bytes().as_slice(), username],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            key.map(|key| Ok(DeviceRecord { device_id, username, device_key: key32(key, "device key")? })).transpose()
+        })
+        .await
+    }
+
+    async fn touch_device(&self, device_id: DeviceId, today: UnixDay) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE devices SET last_seen_day = ?1 WHERE device_id = ?2 AND last_seen_day < ?1",
+                params![to_i64(today), device_id.as_bytes().as_slice()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_package_status(&self, device_id: DeviceId) -> Result<KeyPackageStatus, StoreError> {
+        self.read(move |conn| key_package_status(conn, device_id)).await
+    }
+
+    async fn upload_key_packages(
+        &self,
+        device_id: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<KeyPackageStatus, StoreError> {
+        self.write(move |conn| {
+            let id = device_id.as_bytes().as_slice();
+            let mut insert = conn.prepare_cached("INSERT INTO key_packages (device_id, key_package) VALUES (?1, ?2)")?;
+            for kp in &key_packages {
+                insert.execute(params![id, kp])?;
+            }
+            if let Some(kp) = &last_resort {
+                conn.execute(
+                    "INSERT INTO last_resort_key_packages (device_id, key_package) VALUES (?1, ?2) \
+                     ON CONFLICT(device_id) DO UPDATE SET key_package = excluded.key_package",
+                    params![id, kp],
+                )?;
+            }
+            key_package_status(conn, device_id)
+        })
+        .await
+    }
+
+    async fn claim_key_packages(&self, username: &str) -> Result<Option<KeyPackageBundle>, StoreError> {
+        let username = username.to_owned();
+        self.write(move |conn| {
+            let identity_key: Option<Vec<u8>> = conn
+                .query_row("SELECT identity_key FROM accounts WHERE username = ?1", [&username], |r| r.get(0))
+                .optional()?;
+            let Some(identity_key) = identity_key else {
+                return Ok(None);
+            };
+            let mut devices_stmt = conn.prepare_cached(
+                "SELECT device_id, certificate, identity_signature FROM devices WHERE username = ?1 ORDER BY rowid",
+            )?;
+            let devices = devices_stmt
+                .query_map([&username], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut claimed = Vec::new();
+            for (raw_id, certificate, identity_signature) in devices {
+                let device_id = DeviceId::from_slice(&raw_id)
+                    .ok_or_else(|| StoreError::Backend("stored device id has the wrong length".into()))?;
+                let one_time: Option<(i64, Vec<u8>)> = conn
+                    .query_row(
+                        "SELECT id, key_package FROM key_packages WHERE device_id = ?1 ORDER BY id LIMIT 1",
+                        [&raw_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let (key_package, last_resort) = match one_time {
+                    Some((id, kp)) => {
+                        conn.execute("DELETE FROM key_packages WHERE id = ?1", [id])?;
+                        (kp, false)
+                    }
+                    None => {
+                        let kp: Option<Vec<u8>> = conn
+                            .query_row(
+                                "SELECT key_package FROM last_resort_key_packages WHERE device_id = ?1",
+                                [&raw_id],
+                                |r| r.get(0),
+                            )
+                            .optional()?;
+                        match kp {
+                            Some(kp) => (kp, true),
+                            None => continue,
+                        }
+                    }
+                };
+                let remaining = key_package_status(conn, device_id)?.remaining;
+                claimed.push(ClaimedKeyPackage {
+                    device_id,
+                    device: SignedDevice { certificate, identity_signature },
+                    key_package,
+                    remaining,
+                    last_resort,
+                });
+            }
+            Ok(Some(KeyPackageBundle { identity_key: key32(identity_key, "identity key")?, devices: claimed }))
+        })
+        .await
+    }
+
+    async fn enqueue(&self, message: GroupMessage) -> Result<Enqueued, EnqueueError> {
+        self.write(move |conn| {
+            if message_exists(conn, message.envelope.message_id)? {
+                return Ok(Enqueued::Duplicate);
+            }
+            let group_known: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM mls_groups WHERE group_id = ?1)",
+                    [message.group_id.as_bytes()],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if !group_known {
+                return Err(EnqueueError::UnknownGroup(message.group_id));
+            }
+            insert_envelope(conn, &message.envelope, message.now)?;
+            Ok(Enqueued::Queued)
+        })
+        .await
+    }
+
+    async fn submit_commit(&self, submission: CommitSubmission) -> Result<CommitAccepted, CommitError> {
+        self.write(move |conn| {
+            let group: Option<(i64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT epoch, last_commit_id FROM mls_groups WHERE group_id = ?1",
+                    [submission.group_id.as_bytes()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            let commit_id = submission.commit.message_id;
+            // A resend of the accepted commit: its id is still queued, or it
+            // is the group's latest commit (whose recipients may all have
+            // acknowledged it already, or which had none).
+            let is_latest = group.as_ref().is_some_and(|(_, last)| last.as_slice() == commit_id.as_bytes());
+            if is_latest || message_exists(conn, commit_id)? {
+                let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
+                return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
+            }
+            let new_epoch = match group {
+                None if submission.epoch == 0 => {
+                    conn.execute(
+                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id) VALUES (?1, 1, ?2)",
+                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice()],
+                    )
+                    .map_err(StoreError::from)?;
+                    1
+                }
+                None => return Err(CommitError::UnknownGroup(submission.group_id)),
+                Some((current, _)) => {
+                    let current = to_u64(current);
+                    if submission.epoch != current {
+                        return Err(CommitError::StaleEpoch { submitted: submission.epoch, current });
+                    }
+                    let next = current.saturating_add(1);
+                    conn.execute(
+                        "UPDATE mls_groups SET epoch = ?1, last_commit_id = ?2 WHERE group_id = ?3",
+                        params![to_i64(next), commit_id.as_bytes().as_slice(), submission.group_id.as_bytes()],
+                    )
+                    .map_err(StoreError::from)?;
+                    next
+                }
+            };
+            insert_envelope(conn, &submission.commit, submission.now)?;
+            if let Some(welcome) = &submission.welcome
+                && !message_exists(conn, welcome.message_id)?
+            {
+                insert_envelope(conn, welcome, submission.now)?;
+            }
+            Ok(CommitAccepted { new_epoch, outcome: Enqueued::Queued })
+        })
+        .await
+    }
+
+    async fn group_epoch(&self, group_id: &GroupId) -> Result<Option<u64>, StoreError> {
+        let group_id = group_id.clone();
+        self.read(move |conn| {
+            let epoch: Option<i64> = conn
+                .query_row("SELECT epoch FROM mls_groups WHERE group_id = ?1", [group_id.as_bytes()], |r| r.get(0))
+                .optional()?;
+            Ok(epoch.map(to_u64))
+        })
+        .await
+    }
+
+    async fn fetch_mailbox(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<Vec<MailboxEntry>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
+                 JOIN messages ON messages.id = mailbox.message_ref \
+                 WHERE mailbox.device_id = ?1 AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![device_id.as_bytes().as_slice(), to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)),
+            )?;
+            let mut entries = Vec::new();
+            for row in rows {
+                let (seq, message_id, payload) = row?;
+                let message_id = MessageId::from_slice(&message_id)
+                    .ok_or_else(|| StoreError::Backend("stored message id has the wrong length".into()))?;
+                entries.push(MailboxEntry { seq: to_u64(seq), message_id, payload });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn ack(&self, device_id: DeviceId, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |conn| {
+            let id = device_id.as_bytes().as_slice();
+            let mut find = conn.prepare_cached("SELECT message_ref FROM mailbox WHERE seq = ?1 AND device_id = ?2")?;
+            let mut delete = conn.prepare_cached("DELETE FROM mailbox WHERE seq = ?1")?;
+            let mut orphan = conn.prepare_cached(
+                "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
+            )?;
+            let mut deleted = 0;
+            for seq in seqs {
+                let seq = to_i64(seq);
+                let message_ref: Option<i64> = find.query_row(params![seq, id], |r| r.get(0)).optional()?;
+                if let Some(message_ref) = message_ref {
+                    delete.execute([seq])?;
+                    orphan.execute([message_ref])?;
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let deleted = conn.execute("DELETE FROM mailbox WHERE enqueued_at < ?1", [to_i64(cutoff)])?;
+            delete_orphaned_messages(conn)?;
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|conn| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok(to_u64(n))
+            };
+            Ok(StoreStats {
+                accounts: count("accounts")?,
+                devices: count("devices")?,
+                mailbox_entries: count("mailbox")?,
+                payloads: count("messages")?,
+            })
+        })
+        .await
+    }
+}

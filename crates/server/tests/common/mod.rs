@@ -1,0 +1,395 @@
+//! Helpers that make each integration test a few lines: a real server on
+//! port 0 in a temporary directory, and a raw WebSocket client that speaks
+//! the protobuf protocol with real Ed25519 keys.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use rand::RngCore;
+use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
+use sotto_server::{Server, ServerConfig, ServerError};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn random_id() -> Vec<u8> {
+    let mut id = vec![0; sotto_proto::ID_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    id
+}
+
+/// A running in-process server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        Self::start_in(dir, Some(tmp), |_| {}).await
+    }
+
+    /// Starts a server with adjusted configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        Self::start_in(dir, Some(tmp), adjust).await
+    }
+
+    async fn start_in(data_dir: PathBuf, tmp: Option<tempfile::TempDir>, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config =
+            ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), data_dir: data_dir.clone(), ..ServerConfig::default() };
+        adjust(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Self { addr, data_dir, tmp, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Shuts the server down gracefully and starts a new one on the same
+    /// data directory.
+    pub async fn restart(mut self) -> Self {
+        self.stop_in_place().await;
+        let tmp = self.tmp.take();
+        Self::start_in(self.data_dir.clone(), tmp, |_| {}).await
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.expect("server did not stop").unwrap().unwrap();
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// A fresh account, registered on a new connection.
+    pub async fn registered(&self, name: &str) -> (Client, Account) {
+        let account = Account::new(name);
+        let mut client = self.connect().await;
+        assert_done(&client.register(&account).await);
+        (client, account)
+    }
+
+    /// Read-only access to the server's database, to check what it stores.
+    pub fn db(&self) -> rusqlite::Connection {
+        open_db(&self.data_dir)
+    }
+}
+
+pub fn open_db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(dir.join("sotto.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
+/// An account with one device and its keys.
+pub struct Account {
+    pub username: String,
+    pub identity: SigningKey,
+    pub device: SigningKey,
+    pub device_id: Vec<u8>,
+    pub certificate: Vec<u8>,
+}
+
+impl Account {
+    pub fn new(username: &str) -> Self {
+        let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+        let device = SigningKey::generate(&mut rand::rngs::OsRng);
+        let device_id = random_id();
+        let certificate = v1::DeviceCertificate {
+            username: username.to_owned(),
+            device_id: device_id.clone(),
+            device_key: device.verifying_key().to_bytes().to_vec(),
+        }
+        .encode_to_vec();
+        Self { username: username.to_owned(), identity, device, device_id, certificate }
+    }
+
+    pub fn signed_device(&self) -> v1::SignedDevice {
+        v1::SignedDevice {
+            certificate: self.certificate.clone(),
+            identity_signature: self.identity.sign(&sotto_proto::device_transcript(&self.certificate)).to_bytes().to_vec(),
+        }
+    }
+
+    pub fn sign_challenge(&self, nonce: &[u8]) -> Vec<u8> {
+        self.device.sign(&sotto_proto::auth_transcript(nonce, &self.username, &self.device_id)).to_bytes().to_vec()
+    }
+
+    pub fn register(&self, nonce: &[u8]) -> Body {
+        Body::Register(v1::Register {
+            username: self.username.clone(),
+            identity_key: self.identity.verifying_key().to_bytes().to_vec(),
+            device: Some(self.signed_device()),
+            challenge_signature: self.sign_challenge(nonce),
+        })
+    }
+
+    pub fn login(&self, nonce: &[u8]) -> Body {
+        Body::Login(v1::Login {
+            username: self.username.clone(),
+            device_id: self.device_id.clone(),
+            challenge_signature: self.sign_challenge(nonce),
+        })
+    }
+}
+
+/// A raw protocol client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub nonce: Vec<u8>,
+    next_request_id: u64,
+    /// Frames received while waiting for something else.
+    buffered: VecDeque<v1::ServerFrame>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws")))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        let mut client = Self { ws, nonce: Vec::new(), next_request_id: 1, buffered: VecDeque::new() };
+        match client.next_frame().await.body {
+            Some(server_frame::Body::Challenge(c)) => {
+                assert_eq!(c.protocol_version, sotto_proto::PROTOCOL_VERSION);
+                assert_eq!(c.nonce.len(), sotto_proto::NONCE_LEN);
+                client.nonce = c.nonce;
+            }
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+        client
+    }
+
+    pub async fn register(&mut self, account: &Account) -> v1::Response {
+        let body = account.register(&self.nonce);
+        self.request(body).await
+    }
+
+    pub async fn login(&mut self, account: &Account) -> v1::Response {
+        let body = account.login(&self.nonce);
+        self.request(body).await
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.unwrap();
+    }
+
+    pub async fn send_frame(&mut self, frame: &v1::ClientFrame) {
+        self.send_raw(frame.encode_to_vec()).await;
+    }
+
+    /// Sends a request and waits for its response, buffering other frames.
+    pub async fn request(&mut self, body: Body) -> v1::Response {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.send_frame(&v1::ClientFrame { request_id, body: Some(body) }).await;
+        self.response_to(request_id).await
+    }
+
+    /// Waits for the response to `request_id`, buffering other frames.
+    pub async fn response_to(&mut self, request_id: u64) -> v1::Response {
+        if let Some(pos) = self.buffered.iter().position(|f| is_response_to(f, request_id)) {
+            return into_response(self.buffered.remove(pos).unwrap());
+        }
+        loop {
+            let frame = self.read_frame().await;
+            if is_response_to(&frame, request_id) {
+                return into_response(frame);
+            }
+            self.buffered.push_back(frame);
+        }
+    }
+
+    async fn read_frame(&mut self) -> v1::ServerFrame {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection closed")
+                .unwrap();
+            match message {
+                Message::Binary(bytes) => return sotto_proto::decode_server_frame(&bytes).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, buffered or new.
+    pub async fn next_frame(&mut self) -> v1::ServerFrame {
+        match self.buffered.pop_front() {
+            Some(frame) => frame,
+            None => self.read_frame().await,
+        }
+    }
+
+    /// The next Delivery, buffering anything else.
+    pub async fn next_delivery(&mut self) -> v1::Delivery {
+        if let Some(pos) = self.buffered.iter().position(|f| matches!(f.body, Some(server_frame::Body::Delivery(_)))) {
+            if let Some(server_frame::Body::Delivery(d)) = self.buffered.remove(pos).unwrap().body {
+                return d;
+            }
+        }
+        loop {
+            let frame = self.read_frame().await;
+            if let Some(server_frame::Body::Delivery(d)) = frame.body {
+                return d;
+            }
+            self.buffered.push_back(frame);
+        }
+    }
+
+    /// Asserts that no frame arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        assert!(self.buffered.is_empty(), "unexpected buffered frames: {:?}", self.buffered);
+        if let Ok(message) = tokio::time::timeout(wait, self.ws.next()).await {
+            panic!("expected no frame, got {message:?}");
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// Asserts that the server closes the connection within `wait`.
+    pub async fn assert_closed_within(&mut self, wait: Duration) {
+        let closed = tokio::time::timeout(wait, async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "connection was not closed");
+    }
+
+    /// Acknowledges deliveries (no response expected).
+    pub async fn ack(&mut self, seqs: &[u64]) {
+        self.send_frame(&v1::ClientFrame { request_id: 0, body: Some(Body::Ack(v1::Ack { seqs: seqs.to_vec() })) })
+            .await;
+    }
+
+    /// Sends `Sync`, acknowledges every delivery that arrives, and returns
+    /// them once the server answers `SyncDone`.
+    pub async fn sync(&mut self) -> Vec<v1::Delivery> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.send_frame(&v1::ClientFrame { request_id, body: Some(Body::Sync(v1::Sync {})) }).await;
+        let mut delivered = Vec::new();
+        let mut frames: VecDeque<v1::ServerFrame> = std::mem::take(&mut self.buffered);
+        loop {
+            let frame = match frames.pop_front() {
+                Some(frame) => frame,
+                None => self.read_frame().await,
+            };
+            match frame.body {
+                Some(server_frame::Body::Delivery(d)) => {
+                    self.ack(&[d.seq]).await;
+                    delivered.push(d);
+                }
+                Some(server_frame::Body::Response(ref r)) if r.request_id == request_id => {
+                    assert!(matches!(r.result, Some(response::Result::SyncDone(_))), "{r:?}");
+                    self.buffered.extend(frames);
+                    return delivered;
+                }
+                _ => self.buffered.push_back(frame),
+            }
+        }
+    }
+}
+
+fn is_response_to(frame: &v1::ServerFrame, request_id: u64) -> bool {
+    matches!(&frame.body, Some(server_frame::Body::Response(r)) if r.request_id == request_id)
+}
+
+fn into_response(frame: v1::ServerFrame) -> v1::Response {
+    match frame.body {
+        Some(server_frame::Body::Response(r)) => r,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn assert_done(response: &v1::Response) {
+    assert!(matches!(response.result, Some(response::Result::Done(_))), "expected Done, got {response:?}");
+}
+
+/// Asserts that `response` is an error with `code` and returns it.
+#[track_caller]
+pub fn assert_error(response: &v1::Response, code: ErrorCode) -> v1::Error {
+    match &response.result {
+        Some(response::Result::Error(e)) => {
+            assert_eq!(e.code, code as i32, "expected {code:?}, got {e}");
+            e.clone()
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+pub fn send_message(message_id: &[u8], group_id: &[u8], recipients: &[&[u8]], payload: &[u8]) -> Body {
+    Body::SendMessage(v1::SendMessage {
+        message_id: message_id.to_vec(),
+        group_id: group_id.to_vec(),
+        recipients: recipients.iter().map(|r| r.to_vec()).collect(),
+        payload: payload.to_vec(),
+    })
+}
+
+pub fn commit(message_id: &[u8], group_id: &[u8], epoch: u64, recipients: &[&[u8]], payload: &[u8]) -> v1::SubmitCommit {
+    v1::SubmitCommit {
+        message_id: message_id.to_vec(),
+        group_id: group_id.to_vec(),
+        epoch,
+        recipients: recipients.iter().map(|r| r.to_vec()).collect(),
+        commit: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Creates a group (an epoch-0 commit with no recipients); returns its id.
+pub async fn create_group(client: &mut Client) -> Vec<u8> {
+    let group_id = random_id();
+    assert_done(&client.request(Body::SubmitCommit(commit(&random_id(), &group_id, 0, &[], b"create"))).await);
+    group_id
+}
+
+/// A minimal HTTP/1.1 GET; returns the whole response as text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut out)).await.unwrap().unwrap();
+    out
+}

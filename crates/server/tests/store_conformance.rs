@@ -1,0 +1,299 @@
+//! The `Store` conformance suite. Every backend runs every case unchanged:
+//! add one `store_conformance_tests!` line per backend at the bottom.
+
+use sotto_server::store::{
+    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId,
+    NewAccount, RegisterError, SignedDevice, SqliteStore, Store,
+};
+
+/// The conformance cases, each a function of a fresh, empty store.
+mod conformance {
+    use super::*;
+
+    pub fn device_id(n: u8) -> DeviceId {
+        DeviceId::new([n; 16])
+    }
+
+    pub fn message_id(n: u8) -> MessageId {
+        MessageId::new([n; 16])
+    }
+
+    pub fn group(name: &str) -> GroupId {
+        GroupId::from_slice(name.as_bytes()).unwrap()
+    }
+
+    pub fn account(username: &str, device: u8) -> NewAccount {
+        NewAccount {
+            username: username.into(),
+            identity_key: [device; 32],
+            device_id: device_id(device),
+            device_key: [device.wrapping_add(100); 32],
+            device: SignedDevice { certificate: vec![device; 5], identity_signature: vec![device; 64] },
+            today: 20_000,
+        }
+    }
+
+    pub fn envelope(id: u8, recipients: &[u8], payload: &[u8]) -> Envelope {
+        Envelope {
+            message_id: message_id(id),
+            recipients: recipients.iter().map(|&d| device_id(d)).collect(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    pub fn commit(group_id: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> CommitSubmission {
+        CommitSubmission {
+            group_id: group_id.clone(),
+            epoch,
+            commit: envelope(id, recipients, b"commit"),
+            welcome: None,
+            now: 1_000,
+        }
+    }
+
+    pub async fn with_group<S: Store>(store: &S, name: &str) -> GroupId {
+        let g = group(name);
+        store.submit_commit(commit(&g, 0, 200, &[])).await.unwrap();
+        g
+    }
+
+    pub async fn register_and_look_up<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        let found = store.device("alice", device_id(1)).await.unwrap().unwrap();
+        assert_eq!(found.device_key, [101; 32]);
+        assert_eq!(found.username, "alice");
+        // Unknown user and unknown device look the same: None.
+        assert!(store.device("bob", device_id(1)).await.unwrap().is_none());
+        assert!(store.device("alice", device_id(2)).await.unwrap().is_none());
+
+        assert!(matches!(store.register(account("alice", 2)).await, Err(RegisterError::UsernameTaken)));
+        assert!(matches!(store.register(account("bob", 1)).await, Err(RegisterError::DeviceIdTaken(_))));
+        store.touch_device(device_id(1), 20_001).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.accounts, stats.devices), (1, 1));
+    }
+
+    pub async fn key_packages_are_claimed_once_then_last_resort<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let status = store.upload_key_packages(device_id(1), vec![b"a".to_vec(), b"b".to_vec()], Some(b"last".to_vec())).await.unwrap();
+        assert_eq!((status.remaining, status.has_last_resort), (2, true));
+
+        let mut claimed = Vec::new();
+        for _ in 0..4 {
+            let bundle = store.claim_key_packages("alice").await.unwrap().unwrap();
+            assert_eq!(bundle.identity_key, [1; 32]);
+            assert_eq!(bundle.devices.len(), 1);
+            let c = &bundle.devices[0];
+            assert_eq!(c.device_id, device_id(1));
+            assert_eq!(c.device.certificate, vec![1; 5]);
+            claimed.push((c.key_package.clone(), c.remaining, c.last_resort));
+        }
+        assert_eq!(
+            claimed,
+            [
+                (b"a".to_vec(), 1, false),
+                (b"b".to_vec(), 0, false),
+                (b"last".to_vec(), 0, true),
+                (b"last".to_vec(), 0, true)
+            ]
+        );
+        // A new last resort replaces the old one.
+        store.upload_key_packages(device_id(1), vec![], Some(b"newer".to_vec())).await.unwrap();
+        let bundle = store.claim_key_packages("alice").await.unwrap().unwrap();
+        assert_eq!(bundle.devices[0].key_package, b"newer");
+
+        assert!(store.claim_key_packages("nobody").await.unwrap().is_none());
+        // Bob has neither kind: his device is skipped.
+        assert!(store.claim_key_packages("bob").await.unwrap().unwrap().devices.is_empty());
+        let status = store.key_package_status(device_id(2)).await.unwrap();
+        assert_eq!((status.remaining, status.has_last_resort), (0, false));
+    }
+
+    pub async fn concurrent_claims_never_hand_out_a_key_package_twice<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        let kps: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
+        store.upload_key_packages(device_id(1), kps, None).await.unwrap();
+        let claims = futures_util::future::join_all((0..20).map(|_| store.claim_key_packages("alice"))).await;
+        let mut got: Vec<Vec<u8>> =
+            claims.into_iter().map(|b| b.unwrap().unwrap().devices[0].key_package.clone()).collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 20);
+    }
+
+    pub async fn commits_are_sequenced_one_per_epoch<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("carol", 3)).await.unwrap();
+        let g = group("g");
+        assert!(matches!(store.submit_commit(commit(&g, 3, 10, &[1])).await, Err(CommitError::UnknownGroup(_))));
+        assert_eq!(store.group_epoch(&g).await.unwrap(), None);
+
+        let created = store.submit_commit(commit(&g, 0, 11, &[1])).await.unwrap();
+        assert_eq!((created.new_epoch, created.outcome), (1, Enqueued::Queued));
+
+        // Two commits race for epoch 1: exactly one wins.
+        let with_welcome = |id: u8, welcome_id: u8| CommitSubmission {
+            welcome: Some(envelope(welcome_id, &[3], b"welcome")),
+            ..commit(&g, 1, id, &[1])
+        };
+        let (a, b) = tokio::join!(store.submit_commit(with_welcome(12, 22)), store.submit_commit(with_welcome(13, 23)));
+        let (winner, loser) = match (&a, &b) {
+            (Ok(_), Err(_)) => (22, b),
+            (Err(_), Ok(_)) => (23, a),
+            other => panic!("expected exactly one winner: {other:?}"),
+        };
+        assert!(matches!(loser, Err(CommitError::StaleEpoch { submitted: 1, current: 2 })), "{loser:?}");
+        assert_eq!(store.group_epoch(&g).await.unwrap(), Some(2));
+
+        // Only the winner's Welcome reached Carol.
+        let carol = store.fetch_mailbox(device_id(3), 0, 10).await.unwrap();
+        assert_eq!(carol.iter().map(|e| e.message_id).collect::<Vec<_>>(), [message_id(winner)]);
+
+        // Resending the accepted commit is idempotent, even with no
+        // recipients left to hold it.
+        let resend = store.submit_commit(commit(&g, 2, 14, &[])).await.unwrap();
+        assert_eq!(resend.new_epoch, 3);
+        let again = store.submit_commit(commit(&g, 2, 14, &[])).await.unwrap();
+        assert_eq!(again.outcome, Enqueued::Duplicate);
+        assert_eq!(store.group_epoch(&g).await.unwrap(), Some(3));
+
+        // A refused commit leaves nothing behind.
+        let before = store.stats().await.unwrap();
+        assert!(matches!(store.submit_commit(commit(&g, 3, 15, &[99])).await, Err(CommitError::UnknownDevice(_))));
+        assert_eq!(store.group_epoch(&g).await.unwrap(), Some(3));
+        assert_eq!(store.stats().await.unwrap(), before);
+    }
+
+    pub async fn enqueue_is_idempotent_and_stores_the_payload_once<S: Store>(store: S) {
+        for (name, d) in [("alice", 1), ("bob", 2), ("carol", 3)] {
+            store.register(account(name, d)).await.unwrap();
+        }
+        let g = with_group(&store, "g").await;
+        let message = |id: u8, recipients: &[u8]| GroupMessage {
+            group_id: g.clone(),
+            envelope: envelope(id, recipients, b"hello"),
+            now: 1_000,
+        };
+        assert_eq!(store.enqueue(message(1, &[1, 2, 3, 2])).await.unwrap(), Enqueued::Queued);
+        assert_eq!(store.enqueue(message(1, &[1, 2, 3])).await.unwrap(), Enqueued::Duplicate);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (1, 3));
+        for d in 1..=3 {
+            let entries = store.fetch_mailbox(device_id(d), 0, 10).await.unwrap();
+            assert_eq!(entries.len(), 1);
+            assert_eq!((entries[0].message_id, entries[0].payload.as_slice()), (message_id(1), b"hello".as_slice()));
+        }
+
+        let unknown_group = GroupMessage { group_id: group("nope"), ..message(2, &[1]) };
+        assert!(matches!(store.enqueue(unknown_group).await, Err(EnqueueError::UnknownGroup(_))));
+        match store.enqueue(message(3, &[1, 9])).await {
+            Err(EnqueueError::UnknownDevice(d)) => assert_eq!(d, device_id(9)),
+            other => panic!("expected UnknownDevice, got {other:?}"),
+        }
+        assert_eq!(store.stats().await.unwrap(), stats, "refused messages store nothing");
+    }
+
+    pub async fn mailbox_is_fetched_in_order_in_windows<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        for i in 1..=5u8 {
+            let m = GroupMessage { group_id: g.clone(), envelope: envelope(i, &[1], &[i]), now: 1_000 };
+            store.enqueue(m).await.unwrap();
+        }
+        let first = store.fetch_mailbox(device_id(1), 0, 2).await.unwrap();
+        assert_eq!(first.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [vec![1], vec![2]]);
+        let rest = store.fetch_mailbox(device_id(1), first[1].seq, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [vec![3], vec![4], vec![5]]);
+        assert!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn ack_deletes_entries_and_then_the_payload<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let m = GroupMessage { group_id: g.clone(), envelope: envelope(1, &[1, 2], b"x"), now: 1_000 };
+        store.enqueue(m).await.unwrap();
+        let alice = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        let bob = store.fetch_mailbox(device_id(2), 0, 10).await.unwrap();
+
+        // Bob cannot acknowledge Alice's entry; unknown seqs are ignored.
+        assert_eq!(store.ack(device_id(2), vec![alice[0].seq, 9_999]).await.unwrap(), 0);
+        assert_eq!(store.ack(device_id(1), vec![alice[0].seq]).await.unwrap(), 1);
+        assert!(store.fetch_mailbox(device_id(1), 0, 10).await.unwrap().is_empty());
+        assert_eq!(store.stats().await.unwrap().payloads, 1, "Bob still needs the payload");
+        assert_eq!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap(), bob);
+
+        assert_eq!(store.ack(device_id(2), vec![bob[0].seq, bob[0].seq]).await.unwrap(), 1);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (0, 0));
+    }
+
+    pub async fn expiry_deletes_old_entries_and_orphaned_payloads<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let at = |id: u8, recipients: &[u8], now| GroupMessage { group_id: g.clone(), envelope: envelope(id, recipients, &[id]), now };
+        store.enqueue(at(1, &[1, 2], 100)).await.unwrap();
+        store.enqueue(at(2, &[1], 1_000)).await.unwrap();
+        assert_eq!(store.expire(500).await.unwrap(), 2);
+        let left = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.message_id).collect::<Vec<_>>(), [message_id(2)]);
+        assert!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap().is_empty());
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (1, 1));
+        assert_eq!(store.expire(500).await.unwrap(), 0);
+    }
+}
+
+/// Runs every conformance case against a backend. `$make` is an async
+/// expression yielding `(store, guard)`; the guard lives as long as the test.
+macro_rules! store_conformance_tests {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            store_conformance_tests!(@cases $make;
+                register_and_look_up,
+                key_packages_are_claimed_once_then_last_resort,
+                concurrent_claims_never_hand_out_a_key_package_twice,
+                commits_are_sequenced_one_per_epoch,
+                enqueue_is_idempotent_and_stores_the_payload_once,
+                mailbox_is_fetched_in_order_in_windows,
+                ack_deletes_entries_and_then_the_payload,
+                expiry_deletes_old_entries_and_orphaned_payloads,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                tokio::time::timeout(std::time::Duration::from_secs(20), conformance::$case(store))
+                    .await
+                    .expect("conformance case timed out");
+            }
+        )*
+    };
+}
+
+async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    (store, dir)
+}
+
+store_conformance_tests!(sqlite, sqlite_store());
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.register(conformance::account("alice", 1)).await.unwrap();
+    store.close().await;
+    assert!(store.register(conformance::account("bob", 2)).await.is_err(), "closed stores take no writes");
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.device("alice", conformance::device_id(1)).await.unwrap().is_some());
+}

@@ -1,0 +1,165 @@
+//! Fixtures for Sotto's end-to-end tests: a real server in-process on port 0
+//! ([`TestServer`]), the real `sotto-server` binary as a child process
+//! ([`ServerProcess`]), and registered clients ([`register`]).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let server = sotto_testkit::TestServer::start().await;
+//! let (mut alice, _dir) = sotto_testkit::register(&server.url(), "alice").await;
+//! # }
+//! ```
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test fixtures fail loudly
+
+use sotto_client::Client;
+use sotto_server::{Server, ServerConfig};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A server running inside the test process on an ephemeral port, with its
+/// own data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    _temp: Option<TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh temporary data directory.
+    pub async fn start() -> Self {
+        let temp = TempDir::new().expect("temp dir");
+        let mut server = Self::start_in(temp.path()).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server on an existing data directory (to test restarts).
+    pub async fn start_in(data_dir: &Path) -> Self {
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: data_dir.to_path_buf(),
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        Self { addr, data_dir: data_dir.to_path_buf(), _temp: None, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+/// Registers `username` on the server at `url` in a fresh temporary profile.
+pub async fn register(url: &str, username: &str) -> (Client, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    let client = Client::register(dir.path(), username, url).await.expect("register");
+    (client, dir)
+}
+
+/// Path of a binary built from this workspace (`sotto`, `sotto-server`),
+/// next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+/// The real `sotto-server` binary running as a child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    /// Starts `sotto-server --listen 127.0.0.1:0 --data DIR` and reads the
+    /// address it prints.
+    pub fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_at(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts the server on a given address, e.g. to restart it where its
+    /// clients expect it.
+    pub fn spawn_at(data_dir: &Path, listen: &str) -> Self {
+        let mut child = Command::new(binary("sotto-server"))
+            .args(["--listen", listen, "--data"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sotto-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("read first line");
+        // Keep draining stdout so the server never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let url = first
+            .trim()
+            .strip_prefix("sotto-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from sotto-server: {first:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
