@@ -82,7 +82,9 @@ enum GroupCommand {
 }
 
 fn default_profile() -> Result<PathBuf> {
-    Ok(dirs::data_dir().context("cannot find a data directory; pass --profile DIR")?.join("sotto"))
+    Ok(dirs::data_dir()
+        .context("cannot find a data directory; pass --profile DIR")?
+        .join("sotto"))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -114,7 +116,10 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = Client::register(&profile, &username, &server).await?;
             client.disconnect().await;
             out.line(
-                &format!("registered {username} on {server} (profile {})", profile.display()),
+                &format!(
+                    "registered {username} on {server} (profile {})",
+                    profile.display()
+                ),
                 &serde_json::json!({ "username": username, "server": server, "profile": profile }),
             );
         }
@@ -141,7 +146,9 @@ async fn run(cli: Cli) -> Result<()> {
             let sent = match group {
                 Some(name) => client.send_group(&name, &args.join(" ")).await?,
                 None => {
-                    let Some((user, words)) = args.split_first() else { bail!("usage: sotto send USERNAME TEXT") };
+                    let Some((user, words)) = args.split_first() else {
+                        bail!("usage: sotto send USERNAME TEXT")
+                    };
                     if words.is_empty() {
                         bail!("nothing to send: usage is `sotto send USERNAME TEXT`");
                     }
@@ -187,11 +194,17 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
     match command {
         GroupCommand::Create { name, members } => {
             client.create_group(&name, &members).await?;
-            out.line(&format!("created {name}"), &serde_json::json!({ "created": name }));
+            out.line(
+                &format!("created {name}"),
+                &serde_json::json!({ "created": name }),
+            );
         }
         GroupCommand::Add { name, username } => {
             client.add_member(&name, &username).await?;
-            out.line(&format!("added {username} to {name}"), &serde_json::json!({ "added": username, "group": name }));
+            out.line(
+                &format!("added {username} to {name}"),
+                &serde_json::json!({ "added": username, "group": name }),
+            );
         }
         GroupCommand::Remove { name, username } => {
             client.remove_member(&name, &username).await?;
@@ -202,7 +215,10 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
         }
         GroupCommand::Leave { name } => {
             client.leave_group(&name).await?;
-            out.line(&format!("left {name}"), &serde_json::json!({ "left": name }));
+            out.line(
+                &format!("left {name}"),
+                &serde_json::json!({ "left": name }),
+            );
         }
         GroupCommand::List => {
             for name in client.groups()? {
@@ -217,7 +233,10 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
         }
         GroupCommand::Members { name } => {
             for member in client.members(&name)? {
-                out.line(&format!("{} (device {})", member.username, member.device_id), &serde_json::to_value(&member)?);
+                out.line(
+                    &format!("{} (device {})", member.username, member.device_id),
+                    &serde_json::to_value(&member)?,
+                );
             }
         }
     }
@@ -234,7 +253,11 @@ struct Printer {
 impl Printer {
     fn line(&self, text: &str, json: &serde_json::Value) {
         let mut stdout = std::io::stdout().lock();
-        let _ = if self.json { writeln!(stdout, "{json}") } else { writeln!(stdout, "{text}") };
+        let _ = if self.json {
+            writeln!(stdout, "{json}")
+        } else {
+            writeln!(stdout, "{text}")
+        };
         let _ = stdout.flush();
     }
 

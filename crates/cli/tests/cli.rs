@@ -1,6 +1,13 @@
 //! The user-facing contract: the real `sotto-server` binary and real `sotto`
 //! processes, as a person would use them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
 use sotto_testkit::{ServerProcess, free_loopback_addr};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -36,14 +43,23 @@ fn fails(profile: &Path, args: &[&str]) -> String {
 }
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
 }
 
 fn texts(stdout: &str) -> Vec<String> {
     json_lines(stdout)
         .into_iter()
         .filter(|m| m["type"] == "text")
-        .map(|m| format!("{}: {}", m["sender"].as_str().unwrap(), m["text"].as_str().unwrap()))
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m["sender"].as_str().unwrap(),
+                m["text"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -52,7 +68,10 @@ fn two_profiles_chat_through_the_real_binaries() {
     let data = TempDir::new().unwrap();
     let server = ServerProcess::spawn(data.path());
     let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
     ok(bob.path(), &["register", "bob", "--server", server.url()]);
 
     let whoami = json_lines(&ok(alice.path(), &["whoami", "--json"]));
@@ -61,7 +80,10 @@ fn two_profiles_chat_through_the_real_binaries() {
 
     ok(alice.path(), &["send", "bob", "hello", "bob"]);
     let synced = json_lines(&ok(bob.path(), &["sync", "--json"]));
-    let message = synced.iter().find(|m| m["type"] == "text").expect("a text message");
+    let message = synced
+        .iter()
+        .find(|m| m["type"] == "text")
+        .expect("a text message");
     assert_eq!(message["conversation"], "alice");
     assert_eq!(message["sender"], "alice");
     assert_eq!(message["text"], "hello bob");
@@ -74,7 +96,10 @@ fn two_profiles_chat_through_the_real_binaries() {
 
     let history = texts(&ok(alice.path(), &["history", "bob", "--json"]));
     assert_eq!(history, ["alice: hello bob", "bob: hi alice"]);
-    assert_eq!(texts(&ok(bob.path(), &["history", "alice", "--json"])), history);
+    assert_eq!(
+        texts(&ok(bob.path(), &["history", "alice", "--json"])),
+        history
+    );
 }
 
 #[test]
@@ -82,32 +107,41 @@ fn a_group_of_three_on_the_command_line() {
     let data = TempDir::new().unwrap();
     let server = ServerProcess::spawn(data.path());
     let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
-    for (profile, name) in profiles.iter().zip(["ann", "bo", "cy"]) {
-        ok(profile.path(), &["register", name, "--server", server.url()]);
+    for (profile, name) in profiles.iter().zip(["ann", "bob", "cyd"]) {
+        ok(
+            profile.path(),
+            &["register", name, "--server", server.url()],
+        );
     }
-    let [ann, bo, cy] = [profiles[0].path(), profiles[1].path(), profiles[2].path()];
+    let [ann, bob, cyd] = [profiles[0].path(), profiles[1].path(), profiles[2].path()];
 
-    ok(ann, &["group", "create", "trio", "--members", "bo,cy"]);
+    ok(ann, &["group", "create", "trio", "--members", "bob,cyd"]);
     ok(ann, &["send", "--group", "trio", "hello trio"]);
-    for member in [bo, cy] {
+    for member in [bob, cyd] {
         assert_eq!(texts(&ok(member, &["sync", "--json"])), ["ann: hello trio"]);
     }
-    ok(cy, &["send", "--group", "trio", "hi from cy"]);
-    assert_eq!(texts(&ok(bo, &["sync", "--json"])), ["cy: hi from cy"]);
+    ok(cyd, &["send", "--group", "trio", "hi from cyd"]);
+    assert_eq!(texts(&ok(bob, &["sync", "--json"])), ["cyd: hi from cyd"]);
 
-    let groups = json_lines(&ok(bo, &["group", "list", "--json"]));
+    let groups = json_lines(&ok(bob, &["group", "list", "--json"]));
     assert_eq!(groups[0]["name"], "trio");
-    assert_eq!(groups[0]["members"], serde_json::json!(["ann", "bo", "cy"]));
+    assert_eq!(
+        groups[0]["members"],
+        serde_json::json!(["ann", "bob", "cyd"])
+    );
     let members = json_lines(&ok(ann, &["group", "members", "trio", "--json"]));
     assert_eq!(members.len(), 3);
 
-    ok(ann, &["group", "remove", "trio", "cy"]);
-    ok(ann, &["send", "--group", "trio", "cy is gone"]);
-    assert_eq!(texts(&ok(bo, &["sync", "--json"])), ["ann: cy is gone"]);
-    let cy_sync = ok(cy, &["sync"]);
-    assert!(cy_sync.contains("ann removed you"), "{cy_sync}");
-    assert!(!cy_sync.contains("cy is gone"));
-    assert_eq!(texts(&ok(bo, &["history", "--group", "trio", "--json"])).len(), 3);
+    ok(ann, &["group", "remove", "trio", "cyd"]);
+    ok(ann, &["send", "--group", "trio", "cyd is gone"]);
+    assert_eq!(texts(&ok(bob, &["sync", "--json"])), ["ann: cyd is gone"]);
+    let cyd_sync = ok(cyd, &["sync"]);
+    assert!(cyd_sync.contains("ann removed you"), "{cyd_sync}");
+    assert!(!cyd_sync.contains("cyd is gone"));
+    assert_eq!(
+        texts(&ok(bob, &["history", "--group", "trio", "--json"])).len(),
+        3
+    );
 }
 
 #[test]
@@ -116,7 +150,10 @@ fn sigkill_between_acknowledgement_and_sync_loses_nothing() {
     let addr = free_loopback_addr();
     let mut server = ServerProcess::spawn_at(data.path(), &addr);
     let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
     ok(bob.path(), &["register", "bob", "--server", server.url()]);
 
     let sent: Vec<String> = (1..=5).map(|i| format!("durable message {i}")).collect();
@@ -130,7 +167,10 @@ fn sigkill_between_acknowledgement_and_sync_loses_nothing() {
     let received = texts(&ok(bob.path(), &["sync", "--json"]));
     let expected: Vec<String> = sent.iter().map(|t| format!("alice: {t}")).collect();
     assert_eq!(received, expected);
-    assert!(texts(&ok(bob.path(), &["sync", "--json"])).is_empty(), "delivered twice");
+    assert!(
+        texts(&ok(bob.path(), &["sync", "--json"])).is_empty(),
+        "delivered twice"
+    );
 }
 
 #[test]
@@ -141,10 +181,16 @@ fn errors_are_readable_and_exit_non_zero() {
 
     let err = fails(alice.path(), &["whoami"]);
     assert!(err.contains("no account in profile"), "{err}");
-    let err = fails(alice.path(), &["register", "Not Valid", "--server", server.url()]);
+    let err = fails(
+        alice.path(),
+        &["register", "Not Valid", "--server", server.url()],
+    );
     assert!(err.contains("invalid username"), "{err}");
 
-    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
     let err = fails(alice.path(), &["send", "nobody", "hello"]);
     assert!(err.contains("no account named nobody"), "{err}");
     let err = fails(alice.path(), &["send", "--group", "nope", "hello"]);
@@ -153,6 +199,9 @@ fn errors_are_readable_and_exit_non_zero() {
     assert!(err.contains("no conversation with bob"), "{err}");
 
     let stopped = TempDir::new().unwrap();
-    let err = fails(stopped.path(), &["register", "carol", "--server", "http://127.0.0.1:9"]);
+    let err = fails(
+        stopped.path(),
+        &["register", "carol", "--server", "http://127.0.0.1:9"],
+    );
     assert!(err.contains("cannot connect"), "{err}");
 }

@@ -1,16 +1,18 @@
-use crate::provider::MlsProvider;
-use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry, OutboxEntry};
-use crate::transport::{Next, Push, Transport};
 use crate::ClientError;
+use crate::provider::MlsProvider;
+use crate::store::{
+    self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry, OutboxEntry,
+};
+use crate::transport::{Next, Push, Transport};
 use openmls_rust_crypto::RustCrypto;
 use rusqlite::Connection;
 use sotto_core::content::{self, AppContent, Body, ConversationInfo, Text};
-use sotto_core::group::{self, CheckedKeyPackage, Inbound, PendingCommit};
+use sotto_core::group::{self, CheckedKeyPackage, Inbound, PendingCommit, RosterChange};
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, MemberId, Username};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    self, ClaimKeyPackages, ClientFrame, Delivery, ErrorCode, Login, Register, SendMessage, SubmitCommit, Sync,
-    UploadKeyPackages, client_frame, response,
+    self, ClaimKeyPackages, ClientFrame, Delivery, ErrorCode, Login, Register, SendMessage,
+    SubmitCommit, Sync, UploadKeyPackages, client_frame, response,
 };
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +51,9 @@ pub struct Client {
     server_url: String,
     transport: Option<Transport>,
     key_packages_low: bool,
+    /// History lines this device caused itself (its own accepted commits),
+    /// handed out with the next batch of received lines.
+    own_lines: Vec<HistoryEntry>,
 }
 
 impl std::fmt::Debug for Client {
@@ -62,7 +67,10 @@ impl std::fmt::Debug for Client {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn random_id() -> Vec<u8> {
@@ -75,10 +83,18 @@ fn profile_db(dir: &Path) -> std::path::PathBuf {
 
 impl Client {
     /// Creates an account on the server and stores it in the profile `dir`.
-    pub async fn register(dir: &Path, username: &str, server_url: &str) -> Result<Self, ClientError> {
+    pub async fn register(
+        dir: &Path,
+        username: &str,
+        server_url: &str,
+    ) -> Result<Self, ClientError> {
         let username = Username::parse(username)?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ClientError::Usage(format!("cannot create profile directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ClientError::Usage(format!(
+                "cannot create profile directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let db = store::open(&profile_db(dir))?;
         if let Some(existing) = store::load_profile(&db)? {
             return Err(ClientError::Usage(format!(
@@ -93,9 +109,15 @@ impl Client {
             username: account.username.to_string(),
             identity_key: account.identity_public().to_vec(),
             device: Some(account.signed_device()),
-            challenge_signature: account.device.sign_login(&transport.nonce, &account.username, account.device_id),
+            challenge_signature: account.device.sign_login(
+                &transport.nonce,
+                &account.username,
+                account.device_id,
+            ),
         };
-        transport.request(client_frame::Body::Register(register)).await?;
+        transport
+            .request(client_frame::Body::Register(register))
+            .await?;
         store::save_profile(
             &db,
             &store::ProfileRow {
@@ -113,8 +135,11 @@ impl Client {
             server_url: server_url.to_owned(),
             transport: None,
             key_packages_low: false,
+            own_lines: Vec::new(),
         };
-        client.upload_key_packages(&mut transport, KEY_PACKAGE_POOL, true).await?;
+        client
+            .upload_key_packages(&mut transport, KEY_PACKAGE_POOL, true)
+            .await?;
         client.transport = Some(transport);
         Ok(client)
     }
@@ -130,7 +155,10 @@ impl Client {
         }
         let db = store::open(&path)?;
         let row = store::load_profile(&db)?.ok_or_else(|| {
-            ClientError::Usage(format!("no account in profile {}; run `sotto register` first", dir.display()))
+            ClientError::Usage(format!(
+                "no account in profile {}; run `sotto register` first",
+                dir.display()
+            ))
         })?;
         let account = Account {
             username: Username::parse(&row.username)?,
@@ -145,6 +173,7 @@ impl Client {
             server_url: row.server_url,
             transport: None,
             key_packages_low: false,
+            own_lines: Vec::new(),
         })
     }
 
@@ -194,31 +223,49 @@ impl Client {
         let login = Login {
             username: self.account.username.to_string(),
             device_id: self.account.device_id.as_bytes().to_vec(),
-            challenge_signature: self.account.device.sign_login(&t.nonce, &self.account.username, self.account.device_id),
+            challenge_signature: self.account.device.sign_login(
+                &t.nonce,
+                &self.account.username,
+                self.account.device_id,
+            ),
         };
-        if let response::Result::LoggedIn(status) = t.request(client_frame::Body::Login(login)).await?
+        if let response::Result::LoggedIn(status) =
+            t.request(client_frame::Body::Login(login)).await?
             && (status.key_packages_remaining < KEY_PACKAGE_LOW || !status.has_last_resort)
         {
             let missing = KEY_PACKAGE_POOL.saturating_sub(status.key_packages_remaining);
-            self.upload_key_packages(&mut t, missing, !status.has_last_resort).await?;
+            self.upload_key_packages(&mut t, missing, !status.has_last_resort)
+                .await?;
         }
         self.flush_outbox(&mut t).await?;
         Ok(t)
     }
 
-    async fn upload_key_packages(&mut self, t: &mut Transport, count: u32, last_resort: bool) -> Result<(), ClientError> {
+    async fn upload_key_packages(
+        &mut self,
+        t: &mut Transport,
+        count: u32,
+        last_resort: bool,
+    ) -> Result<(), ClientError> {
         let tx = self.db.unchecked_transaction()?;
         let (key_packages, last_resort) = {
             let provider = MlsProvider::new(&self.crypto, &tx);
             let key_packages = (0..count)
                 .map(|_| group::new_key_package(&provider, &self.account, false))
                 .collect::<Result<Vec<_>, _>>()?;
-            let last_resort =
-                if last_resort { group::new_key_package(&provider, &self.account, true)? } else { Vec::new() };
+            let last_resort = if last_resort {
+                group::new_key_package(&provider, &self.account, true)?
+            } else {
+                Vec::new()
+            };
             (key_packages, last_resort)
         };
         tx.commit()?;
-        t.request(client_frame::Body::UploadKeyPackages(UploadKeyPackages { key_packages, last_resort })).await?;
+        t.request(client_frame::Body::UploadKeyPackages(UploadKeyPackages {
+            key_packages,
+            last_resort,
+        }))
+        .await?;
         self.key_packages_low = false;
         Ok(())
     }
@@ -232,6 +279,7 @@ impl Client {
         self.connected(async |c, t| {
             let mut entries = c.drain(t).await?;
             entries.extend(c.commit_pending_proposals(t).await?);
+            entries.append(&mut c.own_lines);
             Ok(entries)
         })
         .await
@@ -239,14 +287,19 @@ impl Client {
 
     /// Stays connected and calls `on_entry` for every new history line until
     /// the connection fails.
-    pub async fn listen(&mut self, mut on_entry: impl FnMut(&HistoryEntry)) -> Result<(), ClientError> {
+    pub async fn listen(
+        &mut self,
+        mut on_entry: impl FnMut(&HistoryEntry),
+    ) -> Result<(), ClientError> {
         self.connected(async |c, t| {
             for entry in c.drain(t).await? {
                 on_entry(&entry);
             }
             loop {
-                for entry in c.commit_pending_proposals(t).await? {
-                    on_entry(&entry);
+                let mut entries = c.commit_pending_proposals(t).await?;
+                entries.append(&mut c.own_lines);
+                for entry in &entries {
+                    on_entry(entry);
                 }
                 match t.next(Some(LISTEN_PING)).await? {
                     Next::Push(Push::Delivery(d)) => {
@@ -257,7 +310,8 @@ impl Client {
                         }
                     }
                     Next::Push(Push::KeyPackagesLow) => {
-                        c.upload_key_packages(t, KEY_PACKAGE_POOL - KEY_PACKAGE_LOW, false).await?;
+                        c.upload_key_packages(t, KEY_PACKAGE_POOL - KEY_PACKAGE_LOW, false)
+                            .await?;
                     }
                     Next::Response(..) => {}
                 }
@@ -279,7 +333,8 @@ impl Client {
             }
         }
         if self.key_packages_low {
-            self.upload_key_packages(t, KEY_PACKAGE_POOL - KEY_PACKAGE_LOW, false).await?;
+            self.upload_key_packages(t, KEY_PACKAGE_POOL - KEY_PACKAGE_LOW, false)
+                .await?;
         }
         Ok(entries)
     }
@@ -321,7 +376,12 @@ impl Client {
     }
 
     /// Turns a processed MLS message into conversations and history lines.
-    fn record_inbound(&self, conn: &Connection, message_id: &[u8], inbound: Inbound) -> Result<Vec<HistoryEntry>, ClientError> {
+    fn record_inbound(
+        &self,
+        conn: &Connection,
+        message_id: &[u8],
+        inbound: Inbound,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
         let now = now_ms();
         let system_id = |i: u8| [message_id, &[0xff, i]].concat();
         match inbound {
@@ -332,8 +392,14 @@ impl Client {
                 tracing::debug!(members = members.len(), "joined a group");
                 Ok(Vec::new())
             }
-            Inbound::Application { group_id, sender, plaintext } => {
-                let Some(row) = store::group(conn, &group_id)? else { return Ok(Vec::new()) };
+            Inbound::Application {
+                group_id,
+                sender,
+                plaintext,
+            } => {
+                let Some(row) = store::group(conn, &group_id)? else {
+                    return Ok(Vec::new());
+                };
                 if row.state != GroupState::Active {
                     return Ok(Vec::new());
                 }
@@ -344,23 +410,53 @@ impl Client {
                             return Ok(Vec::new());
                         }
                         let conversation = if info.kind == v1::ConversationKind::Direct as i32 {
-                            store::ensure_conversation(conn, ConversationKind::Direct, sender.username.as_str())?
+                            store::ensure_conversation(
+                                conn,
+                                ConversationKind::Direct,
+                                sender.username.as_str(),
+                            )?
                         } else {
                             let name = store::free_group_name(conn, &info.name)?;
                             store::ensure_conversation(conn, ConversationKind::Group, &name)?
                         };
                         store::set_group_conversation(conn, &group_id, conversation.id)?;
                         let text = match conversation.kind {
-                            ConversationKind::Direct => format!("{} started a conversation", sender.username),
-                            ConversationKind::Group => format!("{} added you to {}", sender.username, conversation.name),
+                            ConversationKind::Direct => {
+                                format!("{} started a conversation", sender.username)
+                            }
+                            ConversationKind::Group => {
+                                format!("{} added you to {}", sender.username, conversation.name)
+                            }
                         };
-                        Ok(store::insert_message(conn, &conversation, &store::NewMessage { id: &system_id(0), sender: "system", kind: EntryKind::System, text: &text, sent_at_ms: app.sent_at_ms }, now)?
-                            .into_iter()
-                            .collect())
+                        Ok(store::insert_message(
+                            conn,
+                            &conversation,
+                            &store::NewMessage {
+                                id: &system_id(0),
+                                sender: "system",
+                                kind: EntryKind::System,
+                                text: &text,
+                                sent_at_ms: app.sent_at_ms,
+                            },
+                            now,
+                        )?
+                        .into_iter()
+                        .collect())
                     }
                     Some(Body::Text(text)) => {
                         let conversation = self.conversation_of(conn, &row)?;
-                        Ok(store::insert_message(conn, &conversation, &store::NewMessage { id: message_id, sender: sender.username.as_str(), kind: EntryKind::Text, text: &text.text, sent_at_ms: app.sent_at_ms }, now)?
+                        Ok(store::insert_message(
+                            conn,
+                            &conversation,
+                            &store::NewMessage {
+                                id: message_id,
+                                sender: sender.username.as_str(),
+                                kind: EntryKind::Text,
+                                text: &text.text,
+                                sent_at_ms: app.sent_at_ms,
+                            },
+                            now,
+                        )?
                         .into_iter()
                         .collect())
                     }
@@ -368,8 +464,15 @@ impl Client {
                 }
             }
             Inbound::Proposal { .. } => Ok(Vec::new()),
-            Inbound::Commit { group_id, sender, added, removed, self_removed } => {
-                let Some(row) = store::group(conn, &group_id)? else { return Ok(Vec::new()) };
+            Inbound::Commit {
+                group_id,
+                sender,
+                change,
+                self_removed,
+            } => {
+                let Some(row) = store::group(conn, &group_id)? else {
+                    return Ok(Vec::new());
+                };
                 if self_removed {
                     store::set_group_state(conn, &group_id, GroupState::Removed)?;
                 }
@@ -377,36 +480,75 @@ impl Client {
                     return Ok(Vec::new());
                 }
                 let conversation = self.conversation_of(conn, &row)?;
-                let mut lines = Vec::new();
-                if !added.is_empty() {
-                    lines.push(format!("{} added {}", sender.username, usernames(&added)));
-                }
-                for m in &removed {
-                    if m.username == sender.username {
-                        lines.push(format!("{} left", m.username));
-                    } else if m.username == self.account.username {
-                        lines.push(format!("{} removed you", sender.username));
-                    } else {
-                        lines.push(format!("{} removed {}", sender.username, m.username));
-                    }
-                }
-                let mut entries = Vec::new();
-                for (i, line) in lines.iter().enumerate() {
-                    let id = system_id(u8::try_from(i).unwrap_or(u8::MAX));
-                    entries.extend(store::insert_message(conn, &conversation, &store::NewMessage { id: &id, sender: "system", kind: EntryKind::System, text: line, sent_at_ms: now }, now)?);
-                }
-                Ok(entries)
+                self.record_roster(
+                    conn,
+                    &conversation,
+                    message_id,
+                    sender.username.as_str(),
+                    &change,
+                )
             }
         }
     }
 
+    /// Records a roster change as system lines: "`actor` added …".
+    fn record_roster(
+        &self,
+        conn: &Connection,
+        conversation: &Conversation,
+        message_id: &[u8],
+        actor: &str,
+        change: &RosterChange,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let mut lines = Vec::new();
+        if !change.added.is_empty() {
+            lines.push(format!("{actor} added {}", usernames(&change.added)));
+        }
+        for m in &change.left {
+            lines.push(format!("{} left", m.username));
+        }
+        for m in &change.removed {
+            if m.username == self.account.username {
+                lines.push(format!("{actor} removed you"));
+            } else {
+                lines.push(format!("{actor} removed {}", m.username));
+            }
+        }
+        let now = now_ms();
+        let mut entries = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let id = [message_id, &[0xff, u8::try_from(i).unwrap_or(u8::MAX)]].concat();
+            let message = store::NewMessage {
+                id: &id,
+                sender: "system",
+                kind: EntryKind::System,
+                text: line,
+                sent_at_ms: now,
+            };
+            entries.extend(store::insert_message(conn, conversation, &message, now)?);
+        }
+        Ok(entries)
+    }
+
     /// The conversation a group belongs to; a group whose ConversationInfo
     /// has not arrived yet gets a placeholder named after its id.
-    fn conversation_of(&self, conn: &Connection, row: &store::GroupRow) -> Result<Conversation, ClientError> {
-        if let Some(found) = row.conversation_id.map(|id| store::conversation_by_id(conn, id)).transpose()?.flatten() {
+    fn conversation_of(
+        &self,
+        conn: &Connection,
+        row: &store::GroupRow,
+    ) -> Result<Conversation, ClientError> {
+        if let Some(found) = row
+            .conversation_id
+            .map(|id| store::conversation_by_id(conn, id))
+            .transpose()?
+            .flatten()
+        {
             return Ok(found);
         }
-        let name = format!("group-{}", hex::encode(row.group_id.get(..4).unwrap_or(&row.group_id)));
+        let name = format!(
+            "group-{}",
+            hex::encode(row.group_id.get(..4).unwrap_or(&row.group_id))
+        );
         let conversation = store::ensure_conversation(conn, ConversationKind::Group, &name)?;
         store::set_group_conversation(conn, &row.group_id, conversation.id)?;
         Ok(conversation)
@@ -415,19 +557,38 @@ impl Client {
     // ------------------------------------------------------------ sending
 
     /// Sends a text to `peer`, starting a direct conversation if needed.
-    pub async fn send_direct(&mut self, peer: &str, text: &str) -> Result<HistoryEntry, ClientError> {
+    pub async fn send_direct(
+        &mut self,
+        peer: &str,
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
         let peer = Username::parse(peer)?;
         if peer == self.account.username {
-            return Err(ClientError::Usage("you cannot start a conversation with yourself".into()));
+            return Err(ClientError::Usage(
+                "you cannot start a conversation with yourself".into(),
+            ));
         }
         check_text(text)?;
         self.connected(async |c, t| {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let existing = store::conversation(&c.db, ConversationKind::Direct, peer.as_str())?;
-            let group_id = match existing.map(|conv| store::active_group(&c.db, conv.id)).transpose()?.flatten() {
+            let group_id = match existing
+                .map(|conv| store::active_group(&c.db, conv.id))
+                .transpose()?
+                .flatten()
+            {
                 Some(group_id) => group_id,
-                None => c.start_conversation(t, ConversationKind::Direct, peer.as_str(), std::slice::from_ref(&peer)).await?.1,
+                None => {
+                    c.start_conversation(
+                        t,
+                        ConversationKind::Direct,
+                        peer.as_str(),
+                        std::slice::from_ref(&peer),
+                    )
+                    .await?
+                    .1
+                }
             };
             c.send_text(t, &group_id, text).await
         })
@@ -435,7 +596,11 @@ impl Client {
     }
 
     /// Sends a text to the group `name`.
-    pub async fn send_group(&mut self, name: &str, text: &str) -> Result<HistoryEntry, ClientError> {
+    pub async fn send_group(
+        &mut self,
+        name: &str,
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
         check_text(text)?;
         self.connected(async |c, t| {
             c.drain(t).await?;
@@ -447,12 +612,20 @@ impl Client {
     }
 
     /// Creates the group `name` with the given members.
-    pub async fn create_group(&mut self, name: &str, members: &[String]) -> Result<(), ClientError> {
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[String],
+    ) -> Result<(), ClientError> {
         if name.trim().is_empty() || name.len() > 64 {
-            return Err(ClientError::Usage("a group name must have 1 to 64 characters".into()));
+            return Err(ClientError::Usage(
+                "a group name must have 1 to 64 characters".into(),
+            ));
         }
         if store::conversation(&self.db, ConversationKind::Group, name)?.is_some() {
-            return Err(ClientError::Usage(format!("you already have a group named {name}")));
+            return Err(ClientError::Usage(format!(
+                "you already have a group named {name}"
+            )));
         }
         let mut usernames = Vec::new();
         for member in members {
@@ -463,7 +636,9 @@ impl Client {
         }
         self.connected(async |c, t| {
             c.drain(t).await?;
-            c.start_conversation(t, ConversationKind::Group, name, &usernames).await.map(|_| ())
+            c.start_conversation(t, ConversationKind::Group, name, &usernames)
+                .await
+                .map(|_| ())
         })
         .await
     }
@@ -476,8 +651,10 @@ impl Client {
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
             let key_packages = c.claim(t, &user).await?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| group::add_members(p, g, key, own, &key_packages))
-                .await?;
+            c.commit_with_retry(t, &group_id, |p, g, key, own| {
+                group::add_members(p, g, key, own, &key_packages)
+            })
+            .await?;
             // Tell the new members what this conversation is.
             c.send_content(t, &group_id, group_info_body(name)).await?;
             Ok(())
@@ -492,7 +669,10 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| group::remove_user(p, g, key, own, &user)).await
+            c.commit_with_retry(t, &group_id, |p, g, key, own| {
+                group::remove_user(p, g, key, own, &user)
+            })
+            .await
         })
         .await
     }
@@ -522,18 +702,31 @@ impl Client {
 
     /// Claims and checks KeyPackages for every device of `user`, pinning the
     /// user's identity key on first contact.
-    async fn claim(&mut self, t: &mut Transport, user: &Username) -> Result<Vec<CheckedKeyPackage>, ClientError> {
-        let request = ClaimKeyPackages { username: user.to_string() };
-        let bundle = match t.request(client_frame::Body::ClaimKeyPackages(request)).await {
+    async fn claim(
+        &mut self,
+        t: &mut Transport,
+        user: &Username,
+    ) -> Result<Vec<CheckedKeyPackage>, ClientError> {
+        let request = ClaimKeyPackages {
+            username: user.to_string(),
+        };
+        let bundle = match t
+            .request(client_frame::Body::ClaimKeyPackages(request))
+            .await
+        {
             Ok(response::Result::KeyPackages(bundle)) => bundle,
             Ok(_) => return Err(ClientError::Protocol("expected KeyPackages".into())),
             Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
-                return Err(ClientError::Usage(format!("there is no account named {user} on this server")));
+                return Err(ClientError::Usage(format!(
+                    "there is no account named {user} on this server"
+                )));
             }
             Err(e) => return Err(e),
         };
         match store::contact_key(&self.db, user.as_str())? {
-            Some(pinned) if pinned != bundle.identity_key => return Err(ClientError::IdentityChanged(user.to_string())),
+            Some(pinned) if pinned != bundle.identity_key => {
+                return Err(ClientError::IdentityChanged(user.to_string()));
+            }
             Some(_) => {}
             None => store::save_contact(&self.db, user.as_str(), &bundle.identity_key)?,
         }
@@ -544,7 +737,9 @@ impl Client {
             .map(|claimed| group::check_key_package(&provider, user, &bundle.identity_key, claimed))
             .collect::<Result<Vec<_>, _>>()?;
         if checked.is_empty() {
-            return Err(ClientError::Usage(format!("{user} has no device that can be added right now")));
+            return Err(ClientError::Usage(format!(
+                "{user} has no device that can be added right now"
+            )));
         }
         Ok(checked)
     }
@@ -572,7 +767,13 @@ impl Client {
             let entry = if key_packages.is_empty() {
                 None
             } else {
-                let pending = group::add_members(&provider, &mut g, &self.account.device, self.account.device_id, &key_packages)?;
+                let pending = group::add_members(
+                    &provider,
+                    &mut g,
+                    &self.account.device,
+                    self.account.device_id,
+                    &key_packages,
+                )?;
                 let entry = commit_entry(&group_id, pending);
                 store::push_outbox(&tx, &entry)?;
                 Some(entry)
@@ -589,8 +790,14 @@ impl Client {
             )));
         }
         let info = match kind {
-            ConversationKind::Direct => ConversationInfo { kind: v1::ConversationKind::Direct as i32, name: String::new() },
-            ConversationKind::Group => ConversationInfo { kind: v1::ConversationKind::Group as i32, name: name.to_owned() },
+            ConversationKind::Direct => ConversationInfo {
+                kind: v1::ConversationKind::Direct as i32,
+                name: String::new(),
+            },
+            ConversationKind::Group => ConversationInfo {
+                kind: v1::ConversationKind::Group as i32,
+                name: name.to_owned(),
+            },
         };
         if !members.is_empty() {
             self.send_content(t, &group_id, Body::Info(info)).await?;
@@ -598,14 +805,30 @@ impl Client {
         Ok((conversation, group_id))
     }
 
-    async fn send_text(&mut self, t: &mut Transport, group_id: &[u8], text: &str) -> Result<HistoryEntry, ClientError> {
-        self.send_content(t, group_id, Body::Text(Text { text: text.to_owned() }))
-            .await?
-            .ok_or_else(|| ClientError::Usage("message was not recorded".into()))
+    async fn send_text(
+        &mut self,
+        t: &mut Transport,
+        group_id: &[u8],
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
+        self.send_content(
+            t,
+            group_id,
+            Body::Text(Text {
+                text: text.to_owned(),
+            }),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Usage("message was not recorded".into()))
     }
 
     /// Encrypts `body` for the group and sends it; see [`Client::stage_content`].
-    async fn send_content(&mut self, t: &mut Transport, group_id: &[u8], body: Body) -> Result<Option<HistoryEntry>, ClientError> {
+    async fn send_content(
+        &mut self,
+        t: &mut Transport,
+        group_id: &[u8],
+        body: Body,
+    ) -> Result<Option<HistoryEntry>, ClientError> {
         let (entry, history) = self.stage_content(group_id, body)?;
         if let Some(entry) = entry {
             self.submit(t, &entry).await?;
@@ -616,7 +839,11 @@ impl Client {
     /// Encrypts `body` for the group and records it in history (for texts)
     /// and in the outbox, in one transaction. No outbox entry when this
     /// device is alone in the group.
-    fn stage_content(&self, group_id: &[u8], body: Body) -> Result<(Option<OutboxEntry>, Option<HistoryEntry>), ClientError> {
+    fn stage_content(
+        &self,
+        group_id: &[u8],
+        body: Body,
+    ) -> Result<(Option<OutboxEntry>, Option<HistoryEntry>), ClientError> {
         let message_id = random_id();
         let sent_at_ms = now_ms();
         let tx = self.db.unchecked_transaction()?;
@@ -624,7 +851,10 @@ impl Client {
             let provider = MlsProvider::new(&self.crypto, &tx);
             let mut g = group::load(&provider, group_id)?;
             let recipients = group::recipients(&g, self.account.device_id);
-            let history = match (&body, store::group(&tx, group_id)?.and_then(|r| r.conversation_id)) {
+            let history = match (
+                &body,
+                store::group(&tx, group_id)?.and_then(|r| r.conversation_id),
+            ) {
                 (Body::Text(text), Some(conversation_id)) => {
                     let conversation = store::conversation_by_id(&tx, conversation_id)?
                         .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
@@ -639,9 +869,14 @@ impl Client {
                 }
                 _ => None,
             };
-            let plaintext = content::encode(&AppContent { id: message_id.clone(), sent_at_ms, body: Some(body) });
+            let plaintext = content::encode(&AppContent {
+                id: message_id.clone(),
+                sent_at_ms,
+                body: Some(body),
+            });
             let ciphertext = group::encrypt(&provider, &mut g, &self.account.device, &plaintext)?;
-            let entry = (!recipients.is_empty()).then(|| send_entry(message_id, group_id, &recipients, ciphertext));
+            let entry = (!recipients.is_empty())
+                .then(|| send_entry(message_id, group_id, &recipients, ciphertext));
             if let Some(entry) = &entry {
                 store::push_outbox(&tx, entry)?;
             }
@@ -653,17 +888,24 @@ impl Client {
 
     /// Commits the proposals other members sent (someone leaving), in every
     /// active group that has some.
-    async fn commit_pending_proposals(&mut self, t: &mut Transport) -> Result<Vec<HistoryEntry>, ClientError> {
+    async fn commit_pending_proposals(
+        &mut self,
+        t: &mut Transport,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
         let mut entries = Vec::new();
         for group_id in store::active_groups(&self.db)? {
             let has_pending = {
                 let provider = MlsProvider::new(&self.crypto, &self.db);
-                group::load(&provider, &group_id).map(|g| g.pending_proposals().next().is_some()).unwrap_or(false)
+                group::load(&provider, &group_id)
+                    .map(|g| g.pending_proposals().next().is_some())
+                    .unwrap_or(false)
             };
             if has_pending {
                 self.commit_with_retry(t, &group_id, |p, g, key, own| {
                     if g.pending_proposals().next().is_none() {
-                        return Err(sotto_core::group::GroupError::Misuse("nothing to commit".into()));
+                        return Err(sotto_core::group::GroupError::Misuse(
+                            "nothing to commit".into(),
+                        ));
                     }
                     group::commit_pending_proposals(p, g, key, own)
                 })
@@ -684,7 +926,12 @@ impl Client {
         &mut self,
         t: &mut Transport,
         group_id: &[u8],
-        build: impl Fn(&MlsProvider<'_>, &mut openmls::group::MlsGroup, &DeviceKey, DeviceId) -> Result<PendingCommit, sotto_core::group::GroupError>,
+        build: impl Fn(
+            &MlsProvider<'_>,
+            &mut openmls::group::MlsGroup,
+            &DeviceKey,
+            DeviceId,
+        ) -> Result<PendingCommit, sotto_core::group::GroupError>,
     ) -> Result<(), ClientError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let entry = self.stage_commit(group_id, &build)?;
@@ -704,13 +951,23 @@ impl Client {
     fn stage_commit(
         &self,
         group_id: &[u8],
-        build: &impl Fn(&MlsProvider<'_>, &mut openmls::group::MlsGroup, &DeviceKey, DeviceId) -> Result<PendingCommit, sotto_core::group::GroupError>,
+        build: &impl Fn(
+            &MlsProvider<'_>,
+            &mut openmls::group::MlsGroup,
+            &DeviceKey,
+            DeviceId,
+        ) -> Result<PendingCommit, sotto_core::group::GroupError>,
     ) -> Result<OutboxEntry, ClientError> {
         let tx = self.db.unchecked_transaction()?;
         let entry = {
             let provider = MlsProvider::new(&self.crypto, &tx);
             let mut g = group::load(&provider, group_id)?;
-            let pending = build(&provider, &mut g, &self.account.device, self.account.device_id)?;
+            let pending = build(
+                &provider,
+                &mut g,
+                &self.account.device,
+                self.account.device_id,
+            )?;
             let entry = commit_entry(group_id, pending);
             store::push_outbox(&tx, &entry)?;
             entry
@@ -722,12 +979,23 @@ impl Client {
     /// Encrypts a text for an existing conversation and puts it in the
     /// outbox without connecting; it is sent by the next command that
     /// connects (or [`Client::submit_staged`]).
-    pub fn queue_text(&self, kind: ConversationKind, name: &str, text: &str) -> Result<HistoryEntry, ClientError> {
+    pub fn queue_text(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
         check_text(text)?;
         let conversation = self.conversation_named(kind, name)?;
-        let group_id = store::active_group(&self.db, conversation.id)?
-            .ok_or_else(|| ClientError::Usage(format!("you are no longer in the conversation {name}")))?;
-        let (_, history) = self.stage_content(&group_id, Body::Text(Text { text: text.to_owned() }))?;
+        let group_id = store::active_group(&self.db, conversation.id)?.ok_or_else(|| {
+            ClientError::Usage(format!("you are no longer in the conversation {name}"))
+        })?;
+        let (_, history) = self.stage_content(
+            &group_id,
+            Body::Text(Text {
+                text: text.to_owned(),
+            }),
+        )?;
         history.ok_or_else(|| ClientError::Usage("message was not recorded".into()))
     }
 
@@ -746,7 +1014,8 @@ impl Client {
     /// Points this profile at another server URL (the server moved).
     pub fn set_server_url(&mut self, url: &str) -> Result<(), ClientError> {
         crate::transport::websocket_url(url)?;
-        self.db.execute("UPDATE profile SET server_url = ?1", [url])?;
+        self.db
+            .execute("UPDATE profile SET server_url = ?1", [url])?;
         self.server_url = url.to_owned();
         self.transport = None;
         Ok(())
@@ -757,7 +1026,10 @@ impl Client {
     /// the same epoch.
     pub fn stage_key_update(&self, name: &str) -> Result<(), ClientError> {
         let group_id = self.active_group_named(name)?;
-        self.stage_commit(&group_id, &|p, g, key, own| group::update_keys(p, g, key, own)).map(|_| ())
+        self.stage_commit(&group_id, &|p, g, key, own| {
+            group::update_keys(p, g, key, own)
+        })
+        .map(|_| ())
     }
 
     /// Submits every staged frame in the outbox; see [`Client::stage_key_update`].
@@ -779,7 +1051,10 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| group::update_keys(p, g, key, own)).await
+            c.commit_with_retry(t, &group_id, |p, g, key, own| {
+                group::update_keys(p, g, key, own)
+            })
+            .await
         })
         .await
     }
@@ -787,8 +1062,13 @@ impl Client {
     /// Sends an outbox entry and applies the server's verdict: a commit is
     /// merged when accepted and cleared when another won; a refused
     /// application message is taken out of history.
-    async fn submit(&mut self, t: &mut Transport, entry: &OutboxEntry) -> Result<CommitOutcome, ClientError> {
-        let body = decode_body(&entry.frame)?.ok_or_else(|| ClientError::Protocol("empty outbox frame".into()))?;
+    async fn submit(
+        &mut self,
+        t: &mut Transport,
+        entry: &OutboxEntry,
+    ) -> Result<CommitOutcome, ClientError> {
+        let body = decode_body(&entry.frame)?
+            .ok_or_else(|| ClientError::Protocol("empty outbox frame".into()))?;
         let verdict = t.request(body).await;
         if matches!(verdict, Err(ClientError::Network(_))) {
             // Still in the outbox: resent, with the same id, on reconnect.
@@ -798,10 +1078,27 @@ impl Client {
         let outcome = {
             let provider = MlsProvider::new(&self.crypto, &tx);
             store::remove_outbox(&tx, &entry.message_id)?;
-            let mut g = if entry.is_commit { Some(group::load(&provider, &entry.group_id)?) } else { None };
+            let mut g = if entry.is_commit {
+                Some(group::load(&provider, &entry.group_id)?)
+            } else {
+                None
+            };
             match (&verdict, g.as_mut()) {
                 (Ok(_), Some(g)) => {
-                    group::merge_pending(&provider, g)?;
+                    let change = group::merge_pending(&provider, g)?;
+                    if let Some(row) = store::group(&tx, &entry.group_id)?
+                        && row.conversation_id.is_some()
+                    {
+                        let conversation = self.conversation_of(&tx, &row)?;
+                        let lines = self.record_roster(
+                            &tx,
+                            &conversation,
+                            &entry.message_id,
+                            "you",
+                            &change,
+                        )?;
+                        self.own_lines.extend(lines);
+                    }
                     Ok(CommitOutcome::Accepted)
                 }
                 (Ok(_), None) => Ok(CommitOutcome::Accepted),
@@ -809,7 +1106,9 @@ impl Client {
                     group::clear_pending(&provider, g)?;
                     match e {
                         ClientError::Server(err) if err.code == ErrorCode::StaleEpoch as i32 => {
-                            Ok(CommitOutcome::Rejected { current_epoch: err.current_epoch })
+                            Ok(CommitOutcome::Rejected {
+                                current_epoch: err.current_epoch,
+                            })
                         }
                         _ => Err(()),
                     }
@@ -843,20 +1142,36 @@ impl Client {
 
     fn active_group_named(&self, name: &str) -> Result<Vec<u8>, ClientError> {
         let conversation = store::conversation(&self.db, ConversationKind::Group, name)?
-            .ok_or_else(|| ClientError::Usage(format!("you have no group named {name}; see `sotto group list`")))?;
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "you have no group named {name}; see `sotto group list`"
+                ))
+            })?;
         store::active_group(&self.db, conversation.id)?
             .ok_or_else(|| ClientError::Usage(format!("you are no longer a member of {name}")))
     }
 
-    fn conversation_named(&self, kind: ConversationKind, name: &str) -> Result<Conversation, ClientError> {
+    fn conversation_named(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<Conversation, ClientError> {
         store::conversation(&self.db, kind, name)?.ok_or_else(|| match kind {
-            ConversationKind::Direct => ClientError::Usage(format!("you have no conversation with {name}")),
-            ConversationKind::Group => ClientError::Usage(format!("you have no group named {name}")),
+            ConversationKind::Direct => {
+                ClientError::Usage(format!("you have no conversation with {name}"))
+            }
+            ConversationKind::Group => {
+                ClientError::Usage(format!("you have no group named {name}"))
+            }
         })
     }
 
     /// The history of a conversation, oldest first.
-    pub fn history(&self, kind: ConversationKind, name: &str) -> Result<Vec<HistoryEntry>, ClientError> {
+    pub fn history(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
         let conversation = self.conversation_named(kind, name)?;
         Ok(store::history(&self.db, &conversation)?)
     }
@@ -879,7 +1194,10 @@ impl Client {
         let g = group::load(&provider, &group_id)?;
         let mut members: Vec<MemberInfo> = group::members(&g)
             .into_iter()
-            .map(|m: MemberId| MemberInfo { username: m.username.to_string(), device_id: m.device_id.to_string() })
+            .map(|m: MemberId| MemberInfo {
+                username: m.username.to_string(),
+                device_id: m.device_id.to_string(),
+            })
             .collect();
         members.sort_by(|a, b| a.username.cmp(&b.username));
         Ok(members)
@@ -887,13 +1205,20 @@ impl Client {
 
     /// The group's current epoch and epoch authenticator: equal on every
     /// member that has processed the same commits.
-    pub fn epoch_state(&self, kind: ConversationKind, name: &str) -> Result<(u64, Vec<u8>), ClientError> {
+    pub fn epoch_state(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
         let conversation = self.conversation_named(kind, name)?;
         let group_id = store::active_group(&self.db, conversation.id)?
             .ok_or_else(|| ClientError::Usage(format!("no active group for {name}")))?;
         let provider = MlsProvider::new(&self.crypto, &self.db);
         let g = group::load(&provider, &group_id)?;
-        Ok((g.epoch().as_u64(), g.epoch_authenticator().as_slice().to_vec()))
+        Ok((
+            g.epoch().as_u64(),
+            g.epoch_authenticator().as_slice().to_vec(),
+        ))
     }
 
     /// Tries to decrypt a raw MLS message with this device's state without
@@ -903,7 +1228,9 @@ impl Client {
         let provider = MlsProvider::new(&self.crypto, &tx);
         match group::process(&provider, payload)? {
             Inbound::Application { plaintext, .. } => Ok(plaintext),
-            other => Err(ClientError::Usage(format!("not an application message: {other:?}"))),
+            other => Err(ClientError::Usage(format!(
+                "not an application message: {other:?}"
+            ))),
         }
         // `tx` is dropped here: rolled back.
     }
@@ -911,6 +1238,7 @@ impl Client {
 
 fn usernames(members: &[MemberId]) -> String {
     let mut names: Vec<&str> = members.iter().map(|m| m.username.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     names.join(", ")
 }
@@ -930,25 +1258,44 @@ fn check_text(text: &str) -> Result<(), ClientError> {
 }
 
 fn group_info_body(name: &str) -> Body {
-    Body::Info(ConversationInfo { kind: v1::ConversationKind::Group as i32, name: name.to_owned() })
+    Body::Info(ConversationInfo {
+        kind: v1::ConversationKind::Group as i32,
+        name: name.to_owned(),
+    })
 }
 
 fn encode_body(body: client_frame::Body) -> Vec<u8> {
-    ClientFrame { request_id: 0, body: Some(body) }.encode_to_vec()
+    ClientFrame {
+        request_id: 0,
+        body: Some(body),
+    }
+    .encode_to_vec()
 }
 
 fn decode_body(frame: &[u8]) -> Result<Option<client_frame::Body>, ClientError> {
-    Ok(sotto_proto::decode_client_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?.body)
+    Ok(sotto_proto::decode_client_frame(frame)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .body)
 }
 
-fn send_entry(message_id: Vec<u8>, group_id: &[u8], recipients: &[DeviceId], payload: Vec<u8>) -> OutboxEntry {
+fn send_entry(
+    message_id: Vec<u8>,
+    group_id: &[u8],
+    recipients: &[DeviceId],
+    payload: Vec<u8>,
+) -> OutboxEntry {
     let frame = encode_body(client_frame::Body::SendMessage(SendMessage {
         message_id: message_id.clone(),
         group_id: group_id.to_vec(),
         recipients: recipients.iter().map(|d| d.as_bytes().to_vec()).collect(),
         payload,
     }));
-    OutboxEntry { message_id, group_id: group_id.to_vec(), is_commit: false, frame }
+    OutboxEntry {
+        message_id,
+        group_id: group_id.to_vec(),
+        is_commit: false,
+        frame,
+    }
 }
 
 fn commit_entry(group_id: &[u8], pending: PendingCommit) -> OutboxEntry {
@@ -957,11 +1304,24 @@ fn commit_entry(group_id: &[u8], pending: PendingCommit) -> OutboxEntry {
         message_id: message_id.clone(),
         group_id: group_id.to_vec(),
         epoch: pending.epoch,
-        recipients: pending.recipients.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        recipients: pending
+            .recipients
+            .iter()
+            .map(|d| d.as_bytes().to_vec())
+            .collect(),
         commit: pending.commit,
         welcome_message_id: random_id(),
-        welcome_recipients: pending.welcome_recipients.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        welcome_recipients: pending
+            .welcome_recipients
+            .iter()
+            .map(|d| d.as_bytes().to_vec())
+            .collect(),
         welcome: pending.welcome.unwrap_or_default(),
     }));
-    OutboxEntry { message_id, group_id: group_id.to_vec(), is_commit: true, frame }
+    OutboxEntry {
+        message_id,
+        group_id: group_id.to_vec(),
+        is_commit: true,
+        frame,
+    }
 }

@@ -43,7 +43,9 @@ pub enum ClientError {
     #[error(transparent)]
     Content(#[from] ContentError),
     /// Other members kept committing first.
-    #[error("gave up after {0} attempts because other members kept changing the group at the same time; try again")]
+    #[error(
+        "gave up after {0} attempts because other members kept changing the group at the same time; try again"
+    )]
     Conflict(usize),
     /// A contact's identity key is not the one seen before.
     #[error(

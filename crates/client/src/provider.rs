@@ -31,7 +31,10 @@ pub struct MlsProvider<'a> {
 
 impl<'a> MlsProvider<'a> {
     pub fn new(crypto: &'a RustCrypto, connection: &'a Connection) -> Self {
-        Self { crypto, storage: SqliteStorageProvider::new(connection) }
+        Self {
+            crypto,
+            storage: SqliteStorageProvider::new(connection),
+        }
     }
 }
 

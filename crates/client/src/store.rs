@@ -121,17 +121,31 @@ pub fn save_profile(conn: &Connection, row: &ProfileRow) -> Result<(), StoreErro
     conn.execute(
         "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret)
          VALUES (1, ?1, ?2, ?3, ?4, ?5)",
-        params![row.username, row.server_url, row.identity_secret, row.device_id, row.device_secret],
+        params![
+            row.username,
+            row.server_url,
+            row.identity_secret,
+            row.device_id,
+            row.device_secret
+        ],
     )?;
     Ok(())
 }
 
 pub fn contact_key(conn: &Connection, username: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    conn.query_row("SELECT identity_key FROM contacts WHERE username = ?1", [username], |r| r.get(0))
-        .optional()
+    conn.query_row(
+        "SELECT identity_key FROM contacts WHERE username = ?1",
+        [username],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
-pub fn save_contact(conn: &Connection, username: &str, identity_key: &[u8]) -> Result<(), StoreError> {
+pub fn save_contact(
+    conn: &Connection,
+    username: &str,
+    identity_key: &[u8],
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO contacts (username, identity_key) VALUES (?1, ?2)
          ON CONFLICT (username) DO NOTHING",
@@ -157,7 +171,11 @@ impl ConversationKind {
     }
 
     fn parse(s: &str) -> Self {
-        if s == "direct" { Self::Direct } else { Self::Group }
+        if s == "direct" {
+            Self::Direct
+        } else {
+            Self::Group
+        }
     }
 }
 
@@ -170,29 +188,58 @@ pub struct Conversation {
     pub name: String,
 }
 
-pub fn conversation(conn: &Connection, kind: ConversationKind, name: &str) -> Result<Option<Conversation>, StoreError> {
+pub fn conversation(
+    conn: &Connection,
+    kind: ConversationKind,
+    name: &str,
+) -> Result<Option<Conversation>, StoreError> {
     conn.query_row(
         "SELECT id FROM conversations WHERE kind = ?1 AND name = ?2",
         params![kind.as_str(), name],
-        |r| Ok(Conversation { id: r.get(0)?, kind, name: name.to_owned() }),
+        |r| {
+            Ok(Conversation {
+                id: r.get(0)?,
+                kind,
+                name: name.to_owned(),
+            })
+        },
     )
     .optional()
 }
 
 pub fn conversation_by_id(conn: &Connection, id: i64) -> Result<Option<Conversation>, StoreError> {
-    conn.query_row("SELECT kind, name FROM conversations WHERE id = ?1", [id], |r| {
-        Ok(Conversation { id, kind: ConversationKind::parse(&r.get::<_, String>(0)?), name: r.get(1)? })
-    })
+    conn.query_row(
+        "SELECT kind, name FROM conversations WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Conversation {
+                id,
+                kind: ConversationKind::parse(&r.get::<_, String>(0)?),
+                name: r.get(1)?,
+            })
+        },
+    )
     .optional()
 }
 
 /// Finds or creates the conversation `(kind, name)`.
-pub fn ensure_conversation(conn: &Connection, kind: ConversationKind, name: &str) -> Result<Conversation, StoreError> {
+pub fn ensure_conversation(
+    conn: &Connection,
+    kind: ConversationKind,
+    name: &str,
+) -> Result<Conversation, StoreError> {
     if let Some(found) = conversation(conn, kind, name)? {
         return Ok(found);
     }
-    conn.execute("INSERT INTO conversations (kind, name) VALUES (?1, ?2)", params![kind.as_str(), name])?;
-    Ok(Conversation { id: conn.last_insert_rowid(), kind, name: name.to_owned() })
+    conn.execute(
+        "INSERT INTO conversations (kind, name) VALUES (?1, ?2)",
+        params![kind.as_str(), name],
+    )?;
+    Ok(Conversation {
+        id: conn.last_insert_rowid(),
+        kind,
+        name: name.to_owned(),
+    })
 }
 
 /// A group name not yet used locally: `name`, else `name-2`, `name-3`, …
@@ -206,9 +253,19 @@ pub fn free_group_name(conn: &Connection, name: &str) -> Result<String, StoreErr
     Ok(candidate)
 }
 
-pub fn all_conversations(conn: &Connection, kind: ConversationKind) -> Result<Vec<Conversation>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id, name FROM conversations WHERE kind = ?1 ORDER BY name")?;
-    let rows = stmt.query_map([kind.as_str()], |r| Ok(Conversation { id: r.get(0)?, kind, name: r.get(1)? }))?;
+pub fn all_conversations(
+    conn: &Connection,
+    kind: ConversationKind,
+) -> Result<Vec<Conversation>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, name FROM conversations WHERE kind = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([kind.as_str()], |r| {
+        Ok(Conversation {
+            id: r.get(0)?,
+            kind,
+            name: r.get(1)?,
+        })
+    })?;
     rows.collect()
 }
 
@@ -247,7 +304,11 @@ pub struct GroupRow {
     pub state: GroupState,
 }
 
-pub fn insert_group(conn: &Connection, group_id: &[u8], conversation_id: Option<i64>) -> Result<(), StoreError> {
+pub fn insert_group(
+    conn: &Connection,
+    group_id: &[u8],
+    conversation_id: Option<i64>,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO groups (group_id, conversation_id, state) VALUES (?1, ?2, 'active')
          ON CONFLICT (group_id) DO UPDATE SET conversation_id = excluded.conversation_id, state = 'active'",
@@ -257,29 +318,50 @@ pub fn insert_group(conn: &Connection, group_id: &[u8], conversation_id: Option<
 }
 
 pub fn group(conn: &Connection, group_id: &[u8]) -> Result<Option<GroupRow>, StoreError> {
-    conn.query_row("SELECT conversation_id, state FROM groups WHERE group_id = ?1", [group_id], |r| {
-        Ok(GroupRow {
-            group_id: group_id.to_vec(),
-            conversation_id: r.get(0)?,
-            state: GroupState::parse(&r.get::<_, String>(1)?),
-        })
-    })
+    conn.query_row(
+        "SELECT conversation_id, state FROM groups WHERE group_id = ?1",
+        [group_id],
+        |r| {
+            Ok(GroupRow {
+                group_id: group_id.to_vec(),
+                conversation_id: r.get(0)?,
+                state: GroupState::parse(&r.get::<_, String>(1)?),
+            })
+        },
+    )
     .optional()
 }
 
-pub fn set_group_conversation(conn: &Connection, group_id: &[u8], conversation_id: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE groups SET conversation_id = ?2 WHERE group_id = ?1", params![group_id, conversation_id])?;
+pub fn set_group_conversation(
+    conn: &Connection,
+    group_id: &[u8],
+    conversation_id: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE groups SET conversation_id = ?2 WHERE group_id = ?1",
+        params![group_id, conversation_id],
+    )?;
     Ok(())
 }
 
-pub fn set_group_state(conn: &Connection, group_id: &[u8], state: GroupState) -> Result<(), StoreError> {
-    conn.execute("UPDATE groups SET state = ?2 WHERE group_id = ?1", params![group_id, state.as_str()])?;
+pub fn set_group_state(
+    conn: &Connection,
+    group_id: &[u8],
+    state: GroupState,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE groups SET state = ?2 WHERE group_id = ?1",
+        params![group_id, state.as_str()],
+    )?;
     Ok(())
 }
 
 /// The active group of a conversation. For direct conversations with several
 /// groups, both sides pick the same one: the smallest group id.
-pub fn active_group(conn: &Connection, conversation_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+pub fn active_group(
+    conn: &Connection,
+    conversation_id: i64,
+) -> Result<Option<Vec<u8>>, StoreError> {
     conn.query_row(
         "SELECT group_id FROM groups WHERE conversation_id = ?1 AND state = 'active' ORDER BY group_id LIMIT 1",
         [conversation_id],
@@ -335,7 +417,13 @@ pub fn insert_message(
     message: &NewMessage<'_>,
     received_at_ms: u64,
 ) -> Result<Option<HistoryEntry>, StoreError> {
-    let NewMessage { id, sender, kind, text, sent_at_ms } = *message;
+    let NewMessage {
+        id,
+        sender,
+        kind,
+        text,
+        sent_at_ms,
+    } = *message;
     let kind_str = match kind {
         EntryKind::Text => "text",
         EntryKind::System => "system",
@@ -343,7 +431,15 @@ pub fn insert_message(
     let inserted = conn.execute(
         "INSERT INTO messages (id, conversation_id, sender, kind, body, sent_at_ms, received_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-        params![id, conversation.id, sender, kind_str, text, sent_at_ms as i64, received_at_ms as i64],
+        params![
+            id,
+            conversation.id,
+            sender,
+            kind_str,
+            text,
+            sent_at_ms as i64,
+            received_at_ms as i64
+        ],
     )?;
     Ok((inserted == 1).then(|| HistoryEntry {
         id: hex::encode(id),
@@ -356,7 +452,10 @@ pub fn insert_message(
     }))
 }
 
-pub fn history(conn: &Connection, conversation: &Conversation) -> Result<Vec<HistoryEntry>, StoreError> {
+pub fn history(
+    conn: &Connection,
+    conversation: &Conversation,
+) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, sender, kind, body, sent_at_ms FROM messages WHERE conversation_id = ?1
          ORDER BY received_at_ms, rowid",
@@ -367,7 +466,11 @@ pub fn history(conn: &Connection, conversation: &Conversation) -> Result<Vec<His
             conversation: conversation.name.clone(),
             conversation_kind: conversation.kind,
             sender: r.get(1)?,
-            kind: if r.get::<_, String>(2)? == "system" { EntryKind::System } else { EntryKind::Text },
+            kind: if r.get::<_, String>(2)? == "system" {
+                EntryKind::System
+            } else {
+                EntryKind::Text
+            },
             text: r.get(3)?,
             sent_at: r.get::<_, i64>(4)?.max(0) as u64,
         })
@@ -376,11 +479,21 @@ pub fn history(conn: &Connection, conversation: &Conversation) -> Result<Vec<His
 }
 
 pub fn is_processed(conn: &Connection, message_id: &[u8]) -> Result<bool, StoreError> {
-    Ok(conn.query_row("SELECT 1 FROM processed WHERE message_id = ?1", [message_id], |_| Ok(())).optional()?.is_some())
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM processed WHERE message_id = ?1",
+            [message_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 pub fn mark_processed(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
-    conn.execute("INSERT INTO processed (message_id) VALUES (?1) ON CONFLICT DO NOTHING", [message_id])?;
+    conn.execute(
+        "INSERT INTO processed (message_id) VALUES (?1) ON CONFLICT DO NOTHING",
+        [message_id],
+    )?;
     Ok(())
 }
 
@@ -397,15 +510,26 @@ pub struct OutboxEntry {
 pub fn push_outbox(conn: &Connection, entry: &OutboxEntry) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO outbox (message_id, group_id, is_commit, frame) VALUES (?1, ?2, ?3, ?4)",
-        params![entry.message_id, entry.group_id, entry.is_commit, entry.frame],
+        params![
+            entry.message_id,
+            entry.group_id,
+            entry.is_commit,
+            entry.frame
+        ],
     )?;
     Ok(())
 }
 
 pub fn outbox(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
-    let mut stmt = conn.prepare("SELECT message_id, group_id, is_commit, frame FROM outbox ORDER BY rowid")?;
+    let mut stmt =
+        conn.prepare("SELECT message_id, group_id, is_commit, frame FROM outbox ORDER BY rowid")?;
     let rows = stmt.query_map([], |r| {
-        Ok(OutboxEntry { message_id: r.get(0)?, group_id: r.get(1)?, is_commit: r.get(2)?, frame: r.get(3)? })
+        Ok(OutboxEntry {
+            message_id: r.get(0)?,
+            group_id: r.get(1)?,
+            is_commit: r.get(2)?,
+            frame: r.get(3)?,
+        })
     })?;
     rows.collect()
 }

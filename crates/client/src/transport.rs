@@ -33,21 +33,28 @@ pub struct Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("pushed", &self.pushed.len()).finish_non_exhaustive()
+        f.debug_struct("Transport")
+            .field("pushed", &self.pushed.len())
+            .finish_non_exhaustive()
     }
 }
 
 /// `http://host:port` (or `ws://…`) → the server's WebSocket endpoint.
 pub fn websocket_url(server_url: &str) -> Result<String, ClientError> {
     let trimmed = server_url.trim_end_matches('/');
-    let rest = if let Some(rest) = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("ws://")) {
+    let rest = if let Some(rest) = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("ws://"))
+    {
         rest
     } else if trimmed.starts_with("https://") || trimmed.starts_with("wss://") {
         return Err(ClientError::Usage(format!(
             "{server_url}: TLS is not supported by this client yet; put the server on loopback or a trusted network and use http://"
         )));
     } else {
-        return Err(ClientError::Usage(format!("{server_url}: the server URL must start with http:// or ws://")));
+        return Err(ClientError::Usage(format!(
+            "{server_url}: the server URL must start with http:// or ws://"
+        )));
     };
     let rest = rest.strip_suffix("/ws").unwrap_or(rest);
     Ok(format!("ws://{rest}/ws"))
@@ -67,7 +74,12 @@ impl Transport {
         .await
         .map_err(|_| ClientError::Network(format!("connecting to {url} timed out")))?
         .map_err(|e| ClientError::Network(format!("cannot connect to {url}: {e}")))?;
-        let mut transport = Self { ws, next_request_id: 1, pushed: VecDeque::new(), nonce: Vec::new() };
+        let mut transport = Self {
+            ws,
+            next_request_id: 1,
+            pushed: VecDeque::new(),
+            nonce: Vec::new(),
+        };
         match transport.read_frame().await?.body {
             Some(server_frame::Body::Challenge(challenge)) => {
                 if challenge.protocol_version != sotto_proto::PROTOCOL_VERSION {
@@ -80,7 +92,9 @@ impl Transport {
                 transport.nonce = challenge.nonce;
                 Ok(transport)
             }
-            _ => Err(ClientError::Protocol("server did not start with a challenge".into())),
+            _ => Err(ClientError::Protocol(
+                "server did not start with a challenge".into(),
+            )),
         }
     }
 
@@ -102,11 +116,14 @@ impl Transport {
                 .map_err(|e| ClientError::Network(format!("connection failed: {e}")))?;
             match message {
                 WsMessage::Binary(bytes) => {
-                    return sotto_proto::decode_server_frame(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+                    return sotto_proto::decode_server_frame(&bytes)
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
                 }
                 WsMessage::Close(frame) => {
                     let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    return Err(ClientError::Network(format!("server closed the connection {reason}")));
+                    return Err(ClientError::Network(format!(
+                        "server closed the connection {reason}"
+                    )));
                 }
                 _ => {}
             }
@@ -115,10 +132,17 @@ impl Transport {
 
     /// Sends a request and waits for its response, buffering pushes that
     /// arrive meanwhile. A server error becomes `ClientError::Server`.
-    pub async fn request(&mut self, body: client_frame::Body) -> Result<response::Result, ClientError> {
+    pub async fn request(
+        &mut self,
+        body: client_frame::Body,
+    ) -> Result<response::Result, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.send_frame(&ClientFrame { request_id, body: Some(body) }).await?;
+        self.send_frame(&ClientFrame {
+            request_id,
+            body: Some(body),
+        })
+        .await?;
         tokio::time::timeout(REQUEST_TIMEOUT, async {
             loop {
                 match self.read_frame().await?.body {
@@ -134,8 +158,12 @@ impl Transport {
                             return Err(ClientError::Server(e));
                         }
                     }
-                    Some(server_frame::Body::Delivery(d)) => self.pushed.push_back(Push::Delivery(d)),
-                    Some(server_frame::Body::KeyPackagesLow(_)) => self.pushed.push_back(Push::KeyPackagesLow),
+                    Some(server_frame::Body::Delivery(d)) => {
+                        self.pushed.push_back(Push::Delivery(d))
+                    }
+                    Some(server_frame::Body::KeyPackagesLow(_)) => {
+                        self.pushed.push_back(Push::KeyPackagesLow)
+                    }
                     Some(server_frame::Body::Challenge(_)) | None => {
                         return Err(ClientError::Protocol("unexpected frame from server".into()));
                     }
@@ -151,7 +179,11 @@ impl Transport {
     pub async fn start_request(&mut self, body: client_frame::Body) -> Result<u64, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.send_frame(&ClientFrame { request_id, body: Some(body) }).await?;
+        self.send_frame(&ClientFrame {
+            request_id,
+            body: Some(body),
+        })
+        .await?;
         Ok(request_id)
     }
 
@@ -176,7 +208,9 @@ impl Transport {
                 },
                 None => tokio::time::timeout(REQUEST_TIMEOUT, self.read_frame())
                     .await
-                    .map_err(|_| ClientError::Network("the server did not answer in time".into()))??,
+                    .map_err(|_| {
+                        ClientError::Network("the server did not answer in time".into())
+                    })??,
             };
             return match frame.body {
                 Some(server_frame::Body::Delivery(d)) => Ok(Next::Push(Push::Delivery(d))),
@@ -194,8 +228,11 @@ impl Transport {
     }
 
     pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
-        self.send_frame(&ClientFrame { request_id: 0, body: Some(client_frame::Body::Ack(Ack { seqs: vec![seq] })) })
-            .await
+        self.send_frame(&ClientFrame {
+            request_id: 0,
+            body: Some(client_frame::Body::Ack(Ack { seqs: vec![seq] })),
+        })
+        .await
     }
 
     pub async fn close(mut self) {

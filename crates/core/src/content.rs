@@ -2,7 +2,9 @@
 //! protocol schema.
 
 use prost::Message as _;
-pub use sotto_proto::v1::{AppContent, ConversationInfo, ConversationKind, Text, app_content::Body};
+pub use sotto_proto::v1::{
+    AppContent, ConversationInfo, ConversationKind, Text, app_content::Body,
+};
 
 /// Longest text message, in bytes. Leaves room for MLS framing within
 /// [`sotto_proto::MAX_PAYLOAD_BYTES`].

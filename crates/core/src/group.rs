@@ -4,7 +4,9 @@
 //! around each call and the merge that follows, so a crash never leaves a
 //! half-applied epoch.
 
-use crate::identity::{Account, DeviceId, DeviceKey, IdentityError, MemberId, Username, VerifiedDevice};
+use crate::identity::{
+    Account, DeviceId, DeviceKey, IdentityError, MemberId, Username, VerifiedDevice,
+};
 use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
@@ -45,7 +47,10 @@ impl From<IdentityError> for GroupError {
 }
 
 fn mls(op: &'static str) -> impl FnOnce(&dyn std::fmt::Debug) -> GroupError {
-    move |e| GroupError::Mls { op, detail: format!("{e:?}") }
+    move |e| GroupError::Mls {
+        op,
+        detail: format!("{e:?}"),
+    }
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -72,7 +77,9 @@ fn create_config() -> MlsGroupCreateConfig {
 }
 
 fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
-    message.tls_serialize_detached().map_err(|e| mls("serialize")(&e))
+    message
+        .tls_serialize_detached()
+        .map_err(|e| mls("serialize")(&e))
 }
 
 /// A fresh KeyPackage for this device, serialized as an `MLSMessage`. Its
@@ -87,7 +94,12 @@ pub fn new_key_package(
         builder = builder.mark_as_last_resort();
     }
     let bundle = builder
-        .build(CIPHERSUITE, provider, &account.device, account.credential_with_key())
+        .build(
+            CIPHERSUITE,
+            provider,
+            &account.device,
+            account.credential_with_key(),
+        )
         .map_err(|e| mls("key package")(&e))?;
     serialize(&MlsMessageOut::from(bundle.key_package().clone()))
 }
@@ -107,10 +119,9 @@ pub fn check_key_package(
     identity_key: &[u8],
     claimed: &ClaimedKeyPackage,
 ) -> Result<CheckedKeyPackage, GroupError> {
-    let signed = claimed
-        .device
-        .as_ref()
-        .ok_or_else(|| GroupError::PeerMisbehaved("KeyPackage without device certificate".into()))?;
+    let signed = claimed.device.as_ref().ok_or_else(|| {
+        GroupError::PeerMisbehaved("KeyPackage without device certificate".into())
+    })?;
     let device = VerifiedDevice::verify(identity_key, signed)?;
     if &device.username != expected {
         return Err(GroupError::PeerMisbehaved(format!(
@@ -127,7 +138,9 @@ pub fn check_key_package(
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|e| GroupError::PeerMisbehaved(format!("invalid KeyPackage: {e:?}")))?;
     if key_package.ciphersuite() != CIPHERSUITE {
-        return Err(GroupError::PeerMisbehaved("KeyPackage uses an unsupported ciphersuite".into()));
+        return Err(GroupError::PeerMisbehaved(
+            "KeyPackage uses an unsupported ciphersuite".into(),
+        ));
     }
     let leaf = key_package.leaf_node();
     if MemberId::from_credential(leaf.credential())? != device.member_id()
@@ -138,7 +151,10 @@ pub fn check_key_package(
             device.username
         )));
     }
-    Ok(CheckedKeyPackage { device, key_package })
+    Ok(CheckedKeyPackage {
+        device,
+        key_package,
+    })
 }
 
 /// A commit waiting for the server's verdict. The group holds it as its
@@ -157,9 +173,17 @@ pub struct PendingCommit {
 }
 
 /// Creates a group with this device as its only member (epoch 0).
-pub fn create_group(provider: &impl OpenMlsProvider, account: &Account) -> Result<MlsGroup, GroupError> {
-    MlsGroup::new(provider, &account.device, &create_config(), account.credential_with_key())
-        .map_err(|e| mls("create group")(&e))
+pub fn create_group(
+    provider: &impl OpenMlsProvider,
+    account: &Account,
+) -> Result<MlsGroup, GroupError> {
+    MlsGroup::new(
+        provider,
+        &account.device,
+        &create_config(),
+        account.credential_with_key(),
+    )
+    .map_err(|e| mls("create group")(&e))
 }
 
 /// Loads a group from the provider's storage.
@@ -171,12 +195,19 @@ pub fn load(provider: &impl OpenMlsProvider, group_id: &[u8]) -> Result<MlsGroup
 
 /// The members of a group, as accounts' devices.
 pub fn members(group: &MlsGroup) -> Vec<MemberId> {
-    group.members().filter_map(|m| MemberId::from_credential(&m.credential).ok()).collect()
+    group
+        .members()
+        .filter_map(|m| MemberId::from_credential(&m.credential).ok())
+        .collect()
 }
 
 /// Every member device but `own`: who must receive what this device sends.
 pub fn recipients(group: &MlsGroup, own: DeviceId) -> Vec<DeviceId> {
-    members(group).into_iter().map(|m| m.device_id).filter(|d| *d != own).collect()
+    members(group)
+        .into_iter()
+        .map(|m| m.device_id)
+        .filter(|d| *d != own)
+        .collect()
 }
 
 /// Commits adding the checked KeyPackages' devices.
@@ -188,14 +219,21 @@ pub fn add_members(
     new: &[CheckedKeyPackage],
 ) -> Result<PendingCommit, GroupError> {
     let existing = members(group);
-    if let Some(dup) = new.iter().find(|n| existing.contains(&n.device.member_id())) {
-        return Err(GroupError::Misuse(format!("{} is already a member", dup.device.username)));
+    if let Some(dup) = new
+        .iter()
+        .find(|n| existing.contains(&n.device.member_id()))
+    {
+        return Err(GroupError::Misuse(format!(
+            "{} is already a member",
+            dup.device.username
+        )));
     }
     let recipients = recipients(group, own);
     let epoch = group.epoch().as_u64();
     let key_packages: Vec<KeyPackage> = new.iter().map(|n| n.key_package.clone()).collect();
-    let (commit, welcome, _) =
-        group.add_members(provider, signer, &key_packages).map_err(|e| mls("add members")(&e))?;
+    let (commit, welcome, _) = group
+        .add_members(provider, signer, &key_packages)
+        .map_err(|e| mls("add members")(&e))?;
     Ok(PendingCommit {
         epoch,
         commit: serialize(&commit)?,
@@ -215,19 +253,24 @@ pub fn remove_user(
 ) -> Result<PendingCommit, GroupError> {
     let leaves: Vec<LeafNodeIndex> = group
         .members()
-        .filter(|m| MemberId::from_credential(&m.credential).is_ok_and(|id| &id.username == username))
+        .filter(|m| {
+            MemberId::from_credential(&m.credential).is_ok_and(|id| &id.username == username)
+        })
         .map(|m| m.index)
         .collect();
     if leaves.is_empty() {
         return Err(GroupError::Misuse(format!("{username} is not a member")));
     }
     if leaves.contains(&group.own_leaf_index()) {
-        return Err(GroupError::Misuse("to remove yourself, leave the group".into()));
+        return Err(GroupError::Misuse(
+            "to remove yourself, leave the group".into(),
+        ));
     }
     let recipients = recipients(group, own);
     let epoch = group.epoch().as_u64();
-    let (commit, welcome, _) =
-        group.remove_members(provider, signer, &leaves).map_err(|e| mls("remove members")(&e))?;
+    let (commit, welcome, _) = group
+        .remove_members(provider, signer, &leaves)
+        .map_err(|e| mls("remove members")(&e))?;
     Ok(PendingCommit {
         epoch,
         commit: serialize(&commit)?,
@@ -246,8 +289,9 @@ pub fn update_keys(
 ) -> Result<PendingCommit, GroupError> {
     let recipients = recipients(group, own);
     let epoch = group.epoch().as_u64();
-    let bundle =
-        group.self_update(provider, signer, LeafNodeParameters::default()).map_err(|e| mls("self update")(&e))?;
+    let bundle = group
+        .self_update(provider, signer, LeafNodeParameters::default())
+        .map_err(|e| mls("self update")(&e))?;
     Ok(PendingCommit {
         epoch,
         commit: serialize(bundle.commit())?,
@@ -266,8 +310,9 @@ pub fn commit_pending_proposals(
 ) -> Result<PendingCommit, GroupError> {
     let recipients = recipients(group, own);
     let epoch = group.epoch().as_u64();
-    let (commit, welcome, _) =
-        group.commit_to_pending_proposals(provider, signer).map_err(|e| mls("commit proposals")(&e))?;
+    let (commit, welcome, _) = group
+        .commit_to_pending_proposals(provider, signer)
+        .map_err(|e| mls("commit proposals")(&e))?;
     Ok(PendingCommit {
         epoch,
         commit: serialize(&commit)?,
@@ -279,8 +324,14 @@ pub fn commit_pending_proposals(
 
 /// A proposal to remove this device from the group, to be committed by
 /// another member.
-pub fn leave(provider: &impl OpenMlsProvider, group: &mut MlsGroup, signer: &DeviceKey) -> Result<Vec<u8>, GroupError> {
-    let proposal = group.leave_group(provider, signer).map_err(|e| mls("leave group")(&e))?;
+pub fn leave(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+) -> Result<Vec<u8>, GroupError> {
+    let proposal = group
+        .leave_group(provider, signer)
+        .map_err(|e| mls("leave group")(&e))?;
     serialize(&proposal)
 }
 
@@ -291,7 +342,9 @@ pub fn encrypt(
     signer: &DeviceKey,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, GroupError> {
-    let message = group.create_message(provider, signer, plaintext).map_err(|e| mls("encrypt")(&e))?;
+    let message = group
+        .create_message(provider, signer, plaintext)
+        .map_err(|e| mls("encrypt")(&e))?;
     serialize(&message)
 }
 
@@ -300,13 +353,29 @@ pub fn encrypt(
 #[derive(Debug)]
 pub enum Inbound {
     /// A Welcome: this device joined a group.
-    Joined { group_id: Vec<u8>, members: Vec<MemberId> },
+    Joined {
+        group_id: Vec<u8>,
+        members: Vec<MemberId>,
+    },
     /// Application content from a member.
-    Application { group_id: Vec<u8>, sender: MemberId, plaintext: Vec<u8> },
+    Application {
+        group_id: Vec<u8>,
+        sender: MemberId,
+        plaintext: Vec<u8>,
+    },
     /// A proposal was queued; some member must commit it.
-    Proposal { group_id: Vec<u8>, sender: MemberId, leaving: Option<MemberId> },
+    Proposal {
+        group_id: Vec<u8>,
+        sender: MemberId,
+        leaving: Option<MemberId>,
+    },
     /// A commit was merged.
-    Commit { group_id: Vec<u8>, sender: MemberId, added: Vec<MemberId>, removed: Vec<MemberId>, self_removed: bool },
+    Commit {
+        group_id: Vec<u8>,
+        sender: MemberId,
+        change: RosterChange,
+        self_removed: bool,
+    },
 }
 
 /// Processes one MLS message from the delivery service and applies it: joins
@@ -318,14 +387,23 @@ pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inboun
     let protocol = match message.extract() {
         MlsMessageBodyIn::Welcome(welcome) => {
             let group = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
-                .map_err(|e| GroupError::PeerMisbehaved(format!("cannot join from Welcome: {e:?}")))?
+                .map_err(|e| {
+                    GroupError::PeerMisbehaved(format!("cannot join from Welcome: {e:?}"))
+                })?
                 .into_group(provider)
                 .map_err(|e| mls("join group")(&e))?;
-            return Ok(Inbound::Joined { group_id: group.group_id().to_vec(), members: members(&group) });
+            return Ok(Inbound::Joined {
+                group_id: group.group_id().to_vec(),
+                members: members(&group),
+            });
         }
         MlsMessageBodyIn::PrivateMessage(m) => ProtocolMessage::from(m),
         MlsMessageBodyIn::PublicMessage(m) => ProtocolMessage::from(m),
-        _ => return Err(GroupError::PeerMisbehaved("unexpected MLS message type".into())),
+        _ => {
+            return Err(GroupError::PeerMisbehaved(
+                "unexpected MLS message type".into(),
+            ));
+        }
     };
     let group_id = protocol.group_id().to_vec();
     let mut group = load(provider, &group_id)?;
@@ -334,9 +412,11 @@ pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inboun
         .map_err(|e| GroupError::PeerMisbehaved(format!("cannot process message: {e:?}")))?;
     let sender = MemberId::from_credential(processed.credential())?;
     match processed.into_content() {
-        ProcessedMessageContent::ApplicationMessage(app) => {
-            Ok(Inbound::Application { group_id, sender, plaintext: app.into_bytes() })
-        }
+        ProcessedMessageContent::ApplicationMessage(app) => Ok(Inbound::Application {
+            group_id,
+            sender,
+            plaintext: app.into_bytes(),
+        }),
         ProcessedMessageContent::ProposalMessage(proposal) => {
             let leaving = match proposal.proposal() {
                 Proposal::Remove(remove) => group
@@ -344,39 +424,104 @@ pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inboun
                     .and_then(|c| MemberId::from_credential(c).ok()),
                 _ => None,
             };
-            group.store_pending_proposal(provider.storage(), *proposal).map_err(|e| mls("queue proposal")(&e))?;
-            Ok(Inbound::Proposal { group_id, sender, leaving })
+            group
+                .store_pending_proposal(provider.storage(), *proposal)
+                .map_err(|e| mls("queue proposal")(&e))?;
+            Ok(Inbound::Proposal {
+                group_id,
+                sender,
+                leaving,
+            })
         }
         ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
-            Err(GroupError::PeerMisbehaved("the server echoed this device's own message".into()))
+            Err(GroupError::PeerMisbehaved(
+                "the server echoed this device's own message".into(),
+            ))
         }
-        ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
-            Err(GroupError::PeerMisbehaved("external joins are not allowed".into()))
-        }
+        ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(GroupError::PeerMisbehaved(
+            "external joins are not allowed".into(),
+        )),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            let added = staged
-                .add_proposals()
-                .filter_map(|p| MemberId::from_credential(p.add_proposal().key_package().leaf_node().credential()).ok())
-                .collect();
-            let removed = staged
-                .remove_proposals()
-                .filter_map(|p| group.member(p.remove_proposal().removed()).and_then(|c| MemberId::from_credential(c).ok()))
-                .collect();
+            let change = RosterChange::of(&group, &staged);
             let self_removed = staged.self_removed();
-            group.merge_staged_commit(provider, *staged).map_err(|e| mls("merge commit")(&e))?;
-            Ok(Inbound::Commit { group_id, sender, added, removed, self_removed })
+            group
+                .merge_staged_commit(provider, *staged)
+                .map_err(|e| mls("merge commit")(&e))?;
+            Ok(Inbound::Commit {
+                group_id,
+                sender,
+                change,
+                self_removed,
+            })
         }
     }
 }
 
+/// Who a commit adds and removes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RosterChange {
+    pub added: Vec<MemberId>,
+    /// Removed by the commit's sender.
+    pub removed: Vec<MemberId>,
+    /// Removed at their own request.
+    pub left: Vec<MemberId>,
+}
+
+impl RosterChange {
+    fn of(group: &MlsGroup, staged: &StagedCommit) -> Self {
+        let mut change = Self::default();
+        for p in staged.add_proposals() {
+            let credential = p.add_proposal().key_package().leaf_node().credential();
+            change
+                .added
+                .extend(MemberId::from_credential(credential).ok());
+        }
+        for p in staged.remove_proposals() {
+            let leaf = p.remove_proposal().removed();
+            let Some(id) = group
+                .member(leaf)
+                .and_then(|c| MemberId::from_credential(c).ok())
+            else {
+                continue;
+            };
+            // A member that proposed its own removal left.
+            if matches!(p.sender(), Sender::Member(by) if *by == leaf) {
+                change.left.push(id);
+            } else {
+                change.removed.push(id);
+            }
+        }
+        change
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.left.is_empty()
+    }
+}
+
 /// Merges this device's commit once the server accepted it.
-pub fn merge_pending(provider: &impl OpenMlsProvider, group: &mut MlsGroup) -> Result<(), GroupError> {
-    group.merge_pending_commit(provider).map_err(|e| mls("merge pending commit")(&e))
+pub fn merge_pending(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+) -> Result<RosterChange, GroupError> {
+    let change = group
+        .pending_commit()
+        .map(|staged| RosterChange::of(group, staged))
+        .unwrap_or_default();
+    group
+        .merge_pending_commit(provider)
+        .map_err(|e| mls("merge pending commit")(&e))?;
+    Ok(change)
 }
 
 /// Drops this device's commit after the server rejected it.
-pub fn clear_pending(provider: &impl OpenMlsProvider, group: &mut MlsGroup) -> Result<(), GroupError> {
-    group.clear_pending_commit(provider.storage()).map_err(|e| mls("clear pending commit")(&e))
+pub fn clear_pending(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+) -> Result<(), GroupError> {
+    group
+        .clear_pending_commit(provider.storage())
+        .map_err(|e| mls("clear pending commit")(&e))
 }
 
 #[cfg(test)]
@@ -392,7 +537,10 @@ mod tests {
     }
 
     fn device(name: &str) -> Device {
-        Device { account: Account::generate(Username::parse(name).unwrap()), provider: OpenMlsRustCrypto::default() }
+        Device {
+            account: Account::generate(Username::parse(name).unwrap()),
+            provider: OpenMlsRustCrypto::default(),
+        }
     }
 
     fn claim(d: &Device) -> CheckedKeyPackage {
@@ -400,7 +548,13 @@ mod tests {
             device: Some(d.account.signed_device()),
             key_package: new_key_package(&d.provider, &d.account, false).unwrap(),
         };
-        check_key_package(&d.provider, &d.account.username, &d.account.identity_public(), &claimed).unwrap()
+        check_key_package(
+            &d.provider,
+            &d.account.username,
+            &d.account.identity_public(),
+            &claimed,
+        )
+        .unwrap()
     }
 
     fn accept(d: &Device, group: &mut MlsGroup) {
@@ -411,22 +565,34 @@ mod tests {
     fn create_add_talk_remove() {
         let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
         let mut group = create_group(&a.provider, &a.account).unwrap();
-        let pending =
-            add_members(&a.provider, &mut group, &a.account.device, a.account.device_id, &[claim(&b), claim(&c)])
-                .unwrap();
+        let pending = add_members(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+            &[claim(&b), claim(&c)],
+        )
+        .unwrap();
         assert_eq!(pending.epoch, 0);
         assert!(pending.recipients.is_empty());
-        assert_eq!(pending.welcome_recipients, vec![b.account.device_id, c.account.device_id]);
+        assert_eq!(
+            pending.welcome_recipients,
+            vec![b.account.device_id, c.account.device_id]
+        );
         accept(&a, &mut group);
         let welcome = pending.welcome.unwrap();
         for d in [&b, &c] {
-            assert!(matches!(process(&d.provider, &welcome).unwrap(), Inbound::Joined { members, .. } if members.len() == 3));
+            assert!(
+                matches!(process(&d.provider, &welcome).unwrap(), Inbound::Joined { members, .. } if members.len() == 3)
+            );
         }
 
         let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hello").unwrap();
         for d in [&b, &c] {
             match process(&d.provider, &hello).unwrap() {
-                Inbound::Application { plaintext, sender, .. } => {
+                Inbound::Application {
+                    plaintext, sender, ..
+                } => {
                     assert_eq!(plaintext, b"hello");
                     assert_eq!(sender, a.account.member_id());
                 }
@@ -434,19 +600,33 @@ mod tests {
             }
         }
 
-        let pending = remove_user(&a.provider, &mut group, &a.account.device, a.account.device_id, &c.account.username)
-            .unwrap();
-        assert_eq!(pending.recipients.len(), 2, "the removed member must learn of its removal");
+        let pending = remove_user(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+            &c.account.username,
+        )
+        .unwrap();
+        assert_eq!(
+            pending.recipients.len(),
+            2,
+            "the removed member must learn of its removal"
+        );
         accept(&a, &mut group);
         match process(&c.provider, &pending.commit).unwrap() {
             Inbound::Commit { self_removed, .. } => assert!(self_removed),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(process(&b.provider, &pending.commit).unwrap(), Inbound::Commit { removed, .. } if removed == vec![c.account.member_id()]));
+        assert!(
+            matches!(process(&b.provider, &pending.commit).unwrap(), Inbound::Commit { change, .. } if change.removed == vec![c.account.member_id()])
+        );
 
         let secret = encrypt(&a.provider, &mut group, &a.account.device, b"after removal").unwrap();
         assert!(process(&c.provider, &secret).is_err());
-        assert!(matches!(process(&b.provider, &secret).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal"));
+        assert!(
+            matches!(process(&b.provider, &secret).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal")
+        );
     }
 
     #[test]
@@ -457,7 +637,12 @@ mod tests {
             device: Some(b.account.signed_device()),
             key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
         };
-        let err = check_key_package(&b.provider, &b.account.username, &b.account.identity_public(), &claimed);
+        let err = check_key_package(
+            &b.provider,
+            &b.account.username,
+            &b.account.identity_public(),
+            &claimed,
+        );
         assert!(matches!(err, Err(GroupError::PeerMisbehaved(_))), "{err:?}");
         // Ben's real KeyPackage but a certificate signed by someone else.
         let other = IdentityKey::generate();
@@ -465,13 +650,23 @@ mod tests {
             device: Some(b.account.signed_device()),
             key_package: new_key_package(&b.provider, &b.account, false).unwrap(),
         };
-        assert!(check_key_package(&b.provider, &b.account.username, &other.public(), &claimed).is_err());
+        assert!(
+            check_key_package(&b.provider, &b.account.username, &other.public(), &claimed).is_err()
+        );
         // And asking for "ben" but getting mallory's genuine device is refused.
         let claimed = ClaimedKeyPackage {
             device: Some(mallory.account.signed_device()),
             key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
         };
-        assert!(check_key_package(&b.provider, &b.account.username, &mallory.account.identity_public(), &claimed).is_err());
+        assert!(
+            check_key_package(
+                &b.provider,
+                &b.account.username,
+                &mallory.account.identity_public(),
+                &claimed
+            )
+            .is_err()
+        );
     }
 
     #[test]

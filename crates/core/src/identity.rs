@@ -49,7 +49,10 @@ impl DeviceId {
     }
 
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdentityError> {
-        bytes.try_into().map(Self).map_err(|_| IdentityError::Malformed("device id"))
+        bytes
+            .try_into()
+            .map(Self)
+            .map_err(|_| IdentityError::Malformed("device id"))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -101,7 +104,10 @@ impl VerifiedDevice {
         let signature = Signature::from_slice(&signed.identity_signature)
             .map_err(|_| IdentityError::Malformed("device signature"))?;
         identity
-            .verify(&sotto_proto::device_transcript(&signed.certificate), &signature)
+            .verify(
+                &sotto_proto::device_transcript(&signed.certificate),
+                &signature,
+            )
             .map_err(|_| IdentityError::BadSignature("device certificate"))?;
         let cert = DeviceCertificate::decode(signed.certificate.as_slice())
             .map_err(|_| IdentityError::Malformed("device certificate"))?;
@@ -114,12 +120,17 @@ impl VerifiedDevice {
     }
 
     pub fn member_id(&self) -> MemberId {
-        MemberId { username: self.username.clone(), device_id: self.device_id }
+        MemberId {
+            username: self.username.clone(),
+            device_id: self.device_id,
+        }
     }
 }
 
 fn verifying_key(bytes: &[u8], what: &'static str) -> Result<VerifyingKey, IdentityError> {
-    let bytes: &[u8; 32] = bytes.try_into().map_err(|_| IdentityError::Malformed(what))?;
+    let bytes: &[u8; 32] = bytes
+        .try_into()
+        .map_err(|_| IdentityError::Malformed(what))?;
     VerifyingKey::from_bytes(bytes).map_err(|_| IdentityError::Malformed(what))
 }
 
@@ -140,10 +151,16 @@ impl MemberId {
     pub fn from_credential(credential: &Credential) -> Result<Self, IdentityError> {
         let basic = BasicCredential::try_from(credential.clone())
             .map_err(|_| IdentityError::Malformed("credential"))?;
-        let text = std::str::from_utf8(basic.identity()).map_err(|_| IdentityError::Malformed("credential"))?;
-        let (name, device) = text.split_once('/').ok_or(IdentityError::Malformed("credential"))?;
+        let text = std::str::from_utf8(basic.identity())
+            .map_err(|_| IdentityError::Malformed("credential"))?;
+        let (name, device) = text
+            .split_once('/')
+            .ok_or(IdentityError::Malformed("credential"))?;
         let device = hex::decode(device).map_err(|_| IdentityError::Malformed("credential"))?;
-        Ok(Self { username: Username::parse(name)?, device_id: DeviceId::from_slice(&device)? })
+        Ok(Self {
+            username: Username::parse(name)?,
+            device_id: DeviceId::from_slice(&device)?,
+        })
     }
 }
 
@@ -157,7 +174,9 @@ impl DeviceKey {
     }
 
     pub fn from_secret(secret: &[u8]) -> Result<Self, IdentityError> {
-        let bytes: &[u8; 32] = secret.try_into().map_err(|_| IdentityError::Malformed("device secret"))?;
+        let bytes: &[u8; 32] = secret
+            .try_into()
+            .map_err(|_| IdentityError::Malformed("device secret"))?;
         Ok(Self(SigningKey::from_bytes(bytes)))
     }
 
@@ -172,7 +191,8 @@ impl DeviceKey {
 
     /// Signs the login transcript for a server challenge.
     pub fn sign_login(&self, nonce: &[u8], username: &Username, device_id: DeviceId) -> Vec<u8> {
-        let transcript = sotto_proto::auth_transcript(nonce, username.as_str(), device_id.as_bytes());
+        let transcript =
+            sotto_proto::auth_transcript(nonce, username.as_str(), device_id.as_bytes());
         self.0.sign(&transcript).to_bytes().to_vec()
     }
 }
@@ -189,7 +209,11 @@ impl Signer for DeviceKey {
 
 impl fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceKey(public: {}, secret: <redacted>)", hex::encode(self.public()))
+        write!(
+            f,
+            "DeviceKey(public: {}, secret: <redacted>)",
+            hex::encode(self.public())
+        )
     }
 }
 
@@ -202,7 +226,9 @@ impl IdentityKey {
     }
 
     pub fn from_secret(secret: &[u8]) -> Result<Self, IdentityError> {
-        let bytes: &[u8; 32] = secret.try_into().map_err(|_| IdentityError::Malformed("identity secret"))?;
+        let bytes: &[u8; 32] = secret
+            .try_into()
+            .map_err(|_| IdentityError::Malformed("identity secret"))?;
         Ok(Self(SigningKey::from_bytes(bytes)))
     }
 
@@ -215,21 +241,37 @@ impl IdentityKey {
     }
 
     /// Certifies a device of `username`.
-    pub fn certify(&self, username: &Username, device_id: DeviceId, device_key: [u8; 32]) -> SignedDevice {
+    pub fn certify(
+        &self,
+        username: &Username,
+        device_id: DeviceId,
+        device_key: [u8; 32],
+    ) -> SignedDevice {
         let certificate = DeviceCertificate {
             username: username.to_string(),
             device_id: device_id.as_bytes().to_vec(),
             device_key: device_key.to_vec(),
         }
         .encode_to_vec();
-        let identity_signature = self.0.sign(&sotto_proto::device_transcript(&certificate)).to_bytes().to_vec();
-        SignedDevice { certificate, identity_signature }
+        let identity_signature = self
+            .0
+            .sign(&sotto_proto::device_transcript(&certificate))
+            .to_bytes()
+            .to_vec();
+        SignedDevice {
+            certificate,
+            identity_signature,
+        }
     }
 }
 
 impl fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdentityKey(public: {}, secret: <redacted>)", hex::encode(self.public()))
+        write!(
+            f,
+            "IdentityKey(public: {}, secret: <redacted>)",
+            hex::encode(self.public())
+        )
     }
 }
 
@@ -245,7 +287,12 @@ pub struct Account {
 impl Account {
     /// A new account with its first device.
     pub fn generate(username: Username) -> Self {
-        Self { username, identity: IdentityKey::generate(), device_id: DeviceId::random(), device: DeviceKey::generate() }
+        Self {
+            username,
+            identity: IdentityKey::generate(),
+            device_id: DeviceId::random(),
+            device: DeviceKey::generate(),
+        }
     }
 
     pub fn identity_public(&self) -> [u8; 32] {
@@ -254,11 +301,15 @@ impl Account {
 
     /// This device's certificate, signed by the identity key.
     pub fn signed_device(&self) -> SignedDevice {
-        self.identity.certify(&self.username, self.device_id, self.device.public())
+        self.identity
+            .certify(&self.username, self.device_id, self.device.public())
     }
 
     pub fn member_id(&self) -> MemberId {
-        MemberId { username: self.username.clone(), device_id: self.device_id }
+        MemberId {
+            username: self.username.clone(),
+            device_id: self.device_id,
+        }
     }
 
     /// The MLS credential of this device, bound to its device key.
@@ -292,7 +343,10 @@ mod tests {
     fn credential_round_trip() {
         let account = Account::generate(Username::parse("bob").unwrap());
         let credential = account.member_id().to_credential();
-        assert_eq!(MemberId::from_credential(&credential).unwrap(), account.member_id());
+        assert_eq!(
+            MemberId::from_credential(&credential).unwrap(),
+            account.member_id()
+        );
         let bogus: Credential = BasicCredential::new(b"no-slash".to_vec()).into();
         assert!(MemberId::from_credential(&bogus).is_err());
     }
@@ -301,7 +355,10 @@ mod tests {
     fn debug_never_prints_secrets() {
         let account = Account::generate(Username::parse("carol").unwrap());
         let printed = format!("{account:?}");
-        for secret in [hex::encode(*account.identity.secret()), hex::encode(*account.device.secret())] {
+        for secret in [
+            hex::encode(*account.identity.secret()),
+            hex::encode(*account.device.secret()),
+        ] {
             assert!(!printed.contains(&secret), "secret leaked in {printed}");
         }
         assert!(printed.contains("<redacted>"));

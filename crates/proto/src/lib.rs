@@ -64,7 +64,8 @@ pub fn decode_server_frame(bytes: &[u8]) -> Result<v1::ServerFrame, DecodeError>
 /// challenge carried `nonce`.
 pub fn auth_transcript(nonce: &[u8], username: &str, device_id: &[u8]) -> Vec<u8> {
     let name = username.as_bytes();
-    let mut out = Vec::with_capacity(AUTH_CONTEXT.len() + nonce.len() + 1 + name.len() + device_id.len());
+    let mut out =
+        Vec::with_capacity(AUTH_CONTEXT.len() + nonce.len() + 1 + name.len() + device_id.len());
     out.extend_from_slice(AUTH_CONTEXT);
     out.extend_from_slice(nonce);
     // Usernames are at most 32 bytes (see `is_valid_username`); saturate
@@ -84,18 +85,26 @@ pub fn device_transcript(certificate: &[u8]) -> Vec<u8> {
 /// starting with a letter or digit.
 pub fn is_valid_username(name: &str) -> bool {
     let len_ok = (3..=32).contains(&name.len());
-    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     len_ok
         && first_ok
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 impl v1::Error {
     /// An error frame body with a code and a message for people.
     pub fn new(code: v1::ErrorCode, message: impl Into<String>) -> Self {
-        Self { code: code as i32, message: message.into(), current_epoch: 0, retry_after_ms: 0 }
+        Self {
+            code: code as i32,
+            message: message.into(),
+            current_epoch: 0,
+            retry_after_ms: 0,
+        }
     }
 }
 
@@ -129,6 +138,9 @@ mod tests {
     #[test]
     fn auth_transcript_separates_fields() {
         // "ab" + device "c…" must not collide with "a" + device "bc…".
-        assert_ne!(auth_transcript(b"n", "ab", b"c"), auth_transcript(b"n", "a", b"bc"));
+        assert_ne!(
+            auth_transcript(b"n", "ab", b"c"),
+            auth_transcript(b"n", "a", b"bc")
+        );
     }
 }

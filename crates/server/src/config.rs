@@ -7,7 +7,8 @@ use std::time::Duration;
 
 /// Default listen address: loopback only, so a fresh install is not exposed
 /// to the network by accident.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8420);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8420);
 
 /// How long an unacknowledged message waits in a mailbox by default before
 /// the expiry sweep deletes it: 30 days.

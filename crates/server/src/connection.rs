@@ -21,8 +21,9 @@ use tokio::time::{Instant, sleep_until};
 use crate::config::Limits;
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::store::{
-    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId,
-    NewAccount, RegisterError, SignedDevice, Store, StoreError, UnixSeconds, day_of,
+    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId,
+    GroupMessage, MessageId, NewAccount, RegisterError, SignedDevice, Store, StoreError,
+    UnixSeconds, day_of,
 };
 
 /// Largest KeyPackage accepted in an upload.
@@ -41,7 +42,9 @@ pub(crate) struct Context<S> {
 
 /// Seconds since the Unix epoch, from the system clock.
 pub(crate) fn now_seconds() -> UnixSeconds {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 type RequestResult = Result<Option<response::Result>, v1::Error>;
@@ -52,7 +55,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> v1::Error {
 
 fn internal(e: &StoreError) -> v1::Error {
     tracing::error!(error = %e, "storage failed while handling a request");
-    error(ErrorCode::Internal, "the server could not complete this request; try again later")
+    error(
+        ErrorCode::Internal,
+        "the server could not complete this request; try again later",
+    )
 }
 
 fn done() -> RequestResult {
@@ -65,7 +71,9 @@ fn shown(text: &str) -> String {
 }
 
 fn verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
-    <[u8; 32]>::try_from(bytes).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok())
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
 }
 
 fn verifies(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
@@ -74,17 +82,37 @@ fn verifies(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
 
 /// Parses one payload with its recipients; `min_recipients` is 1 for
 /// application messages and Welcomes, 0 for commits.
-fn envelope(message_id: &[u8], recipients: &[Vec<u8>], payload: Vec<u8>, min_recipients: usize, what: &str) -> Result<Envelope, v1::Error> {
+fn envelope(
+    message_id: &[u8],
+    recipients: &[Vec<u8>],
+    payload: Vec<u8>,
+    min_recipients: usize,
+    what: &str,
+) -> Result<Envelope, v1::Error> {
     let message_id = MessageId::from_slice(message_id).ok_or_else(|| {
-        error(ErrorCode::InvalidRequest, format!("{what} id must be {} bytes, got {}", sotto_proto::ID_LEN, message_id.len()))
+        error(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{what} id must be {} bytes, got {}",
+                sotto_proto::ID_LEN,
+                message_id.len()
+            ),
+        )
     })?;
     if payload.is_empty() {
-        return Err(error(ErrorCode::InvalidRequest, format!("{what} payload is empty")));
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            format!("{what} payload is empty"),
+        ));
     }
     if payload.len() > sotto_proto::MAX_PAYLOAD_BYTES {
         return Err(error(
             ErrorCode::TooLarge,
-            format!("{what} payload is {} bytes; the limit is {} bytes", payload.len(), sotto_proto::MAX_PAYLOAD_BYTES),
+            format!(
+                "{what} payload is {} bytes; the limit is {} bytes",
+                payload.len(),
+                sotto_proto::MAX_PAYLOAD_BYTES
+            ),
         ));
     }
     if recipients.len() < min_recipients || recipients.len() > sotto_proto::MAX_RECIPIENTS {
@@ -101,21 +129,42 @@ fn envelope(message_id: &[u8], recipients: &[Vec<u8>], payload: Vec<u8>, min_rec
         .iter()
         .map(|r| {
             DeviceId::from_slice(r).ok_or_else(|| {
-                error(ErrorCode::InvalidRequest, format!("recipient device ids must be {} bytes, got {}", sotto_proto::ID_LEN, r.len()))
+                error(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "recipient device ids must be {} bytes, got {}",
+                        sotto_proto::ID_LEN,
+                        r.len()
+                    ),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Envelope { message_id, recipients, payload })
+    Ok(Envelope {
+        message_id,
+        recipients,
+        payload,
+    })
 }
 
 fn group_id(bytes: &[u8]) -> Result<GroupId, v1::Error> {
     GroupId::from_slice(bytes).ok_or_else(|| {
-        error(ErrorCode::InvalidRequest, format!("group id must be 1 to {} bytes, got {}", GroupId::MAX_LEN, bytes.len()))
+        error(
+            ErrorCode::InvalidRequest,
+            format!(
+                "group id must be 1 to {} bytes, got {}",
+                GroupId::MAX_LEN,
+                bytes.len()
+            ),
+        )
     })
 }
 
 fn unknown_device(device: DeviceId) -> v1::Error {
-    error(ErrorCode::UnknownDevice, format!("unknown device {device}: every recipient must be a registered device"))
+    error(
+        ErrorCode::UnknownDevice,
+        format!("unknown device {device}: every recipient must be a registered device"),
+    )
 }
 
 fn unknown_group(group: &GroupId) -> v1::Error {
@@ -184,7 +233,9 @@ impl<S: Store> Session<S> {
                 None
             }
             MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
-                body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow { remaining })),
+                body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
+                    remaining,
+                })),
             }),
         }
     }
@@ -196,13 +247,19 @@ impl<S: Store> Session<S> {
             Err(e) => {
                 return Some(v1::Response {
                     request_id: 0,
-                    result: Some(response::Result::Error(error(ErrorCode::MalformedFrame, e.to_string()))),
+                    result: Some(response::Result::Error(error(
+                        ErrorCode::MalformedFrame,
+                        e.to_string(),
+                    ))),
                 });
             }
         };
         let request_id = frame.request_id;
         let result = match frame.body {
-            None => Err(error(ErrorCode::MalformedFrame, "frame has no body; is the client speaking protocol v1?")),
+            None => Err(error(
+                ErrorCode::MalformedFrame,
+                "frame has no body; is the client speaking protocol v1?",
+            )),
             Some(body) => self.handle(request_id, body).await,
         };
         let result = match result {
@@ -210,23 +267,36 @@ impl<S: Store> Session<S> {
             Ok(Some(result)) => result,
             Err(e) => response::Result::Error(e),
         };
-        Some(v1::Response { request_id, result: Some(result) })
+        Some(v1::Response {
+            request_id,
+            result: Some(result),
+        })
     }
 
     async fn handle(&mut self, request_id: u64, body: Body) -> RequestResult {
         match (self.device, body) {
             (None, Body::Register(register)) => self.register(register).await,
             (None, Body::Login(login)) => self.login(login).await,
-            (Some(_), Body::Register(_) | Body::Login(_)) => {
-                Err(error(ErrorCode::AlreadyAuthenticated, "this connection is already authenticated"))
+            (Some(_), Body::Register(_) | Body::Login(_)) => Err(error(
+                ErrorCode::AlreadyAuthenticated,
+                "this connection is already authenticated",
+            )),
+            (None, _) => Err(error(
+                ErrorCode::NotAuthenticated,
+                "register or log in first",
+            )),
+            (Some(device), Body::UploadKeyPackages(upload)) => {
+                self.upload_key_packages(device, upload).await
             }
-            (None, _) => Err(error(ErrorCode::NotAuthenticated, "register or log in first")),
-            (Some(device), Body::UploadKeyPackages(upload)) => self.upload_key_packages(device, upload).await,
             (Some(_), Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (Some(_), Body::SendMessage(send)) => self.send_message(send).await,
             (Some(_), Body::SubmitCommit(commit)) => self.submit_commit(commit).await,
             (Some(device), Body::Ack(ack)) => {
-                self.ctx.store.ack(device, ack.seqs.clone()).await.map_err(|e| internal(&e))?;
+                self.ctx
+                    .store
+                    .ack(device, ack.seqs.clone())
+                    .await
+                    .map_err(|e| internal(&e))?;
                 for seq in ack.seqs {
                     self.in_flight.remove(&seq);
                 }
@@ -254,29 +324,56 @@ impl<S: Store> Session<S> {
                 "a username is 3 to 32 characters of a-z, 0-9, '_', '.' and '-', starting with a letter or digit",
             ));
         }
-        let identity_key = verifying_key(&register.identity_key)
-            .ok_or_else(|| error(ErrorCode::InvalidRequest, "identity_key must be a 32-byte Ed25519 public key"))?;
-        let device = register.device.ok_or_else(|| error(ErrorCode::InvalidRequest, "the device is missing"))?;
-        let certificate = v1::DeviceCertificate::decode(device.certificate.as_slice())
-            .map_err(|_| error(ErrorCode::InvalidRequest, "the device certificate is not a valid DeviceCertificate"))?;
+        let identity_key = verifying_key(&register.identity_key).ok_or_else(|| {
+            error(
+                ErrorCode::InvalidRequest,
+                "identity_key must be a 32-byte Ed25519 public key",
+            )
+        })?;
+        let device = register
+            .device
+            .ok_or_else(|| error(ErrorCode::InvalidRequest, "the device is missing"))?;
+        let certificate =
+            v1::DeviceCertificate::decode(device.certificate.as_slice()).map_err(|_| {
+                error(
+                    ErrorCode::InvalidRequest,
+                    "the device certificate is not a valid DeviceCertificate",
+                )
+            })?;
         if certificate.username != register.username {
             return Err(error(
                 ErrorCode::InvalidRequest,
-                format!("the device certificate is for {:?}, not {:?}", shown(&certificate.username), register.username),
+                format!(
+                    "the device certificate is for {:?}, not {:?}",
+                    shown(&certificate.username),
+                    register.username
+                ),
             ));
         }
         let device_id = DeviceId::from_slice(&certificate.device_id).ok_or_else(|| {
-            error(ErrorCode::InvalidRequest, format!("device_id must be {} bytes", sotto_proto::ID_LEN))
+            error(
+                ErrorCode::InvalidRequest,
+                format!("device_id must be {} bytes", sotto_proto::ID_LEN),
+            )
         })?;
-        let device_key = verifying_key(&certificate.device_key)
-            .ok_or_else(|| error(ErrorCode::InvalidRequest, "device_key must be a 32-byte Ed25519 public key"))?;
-        if !verifies(&identity_key, &sotto_proto::device_transcript(&device.certificate), &device.identity_signature) {
+        let device_key = verifying_key(&certificate.device_key).ok_or_else(|| {
+            error(
+                ErrorCode::InvalidRequest,
+                "device_key must be a 32-byte Ed25519 public key",
+            )
+        })?;
+        if !verifies(
+            &identity_key,
+            &sotto_proto::device_transcript(&device.certificate),
+            &device.identity_signature,
+        ) {
             return Err(error(
                 ErrorCode::AuthenticationFailed,
                 "the identity key's signature over the device certificate does not verify",
             ));
         }
-        let transcript = sotto_proto::auth_transcript(&self.nonce, &register.username, device_id.as_bytes());
+        let transcript =
+            sotto_proto::auth_transcript(&self.nonce, &register.username, device_id.as_bytes());
         if !verifies(&device_key, &transcript, &register.challenge_signature) {
             return Err(error(
                 ErrorCode::AuthenticationFailed,
@@ -288,7 +385,10 @@ impl<S: Store> Session<S> {
             identity_key: identity_key.to_bytes(),
             device_id,
             device_key: device_key.to_bytes(),
-            device: SignedDevice { certificate: device.certificate, identity_signature: device.identity_signature },
+            device: SignedDevice {
+                certificate: device.certificate,
+                identity_signature: device.identity_signature,
+            },
             today: day_of(now_seconds()),
         };
         match self.ctx.store.register(account).await {
@@ -296,13 +396,18 @@ impl<S: Store> Session<S> {
             Err(RegisterError::UsernameTaken) => {
                 return Err(error(
                     ErrorCode::UsernameTaken,
-                    format!("the username {} is taken; choose another", register.username),
+                    format!(
+                        "the username {} is taken; choose another",
+                        register.username
+                    ),
                 ));
             }
             Err(RegisterError::DeviceIdTaken(id)) => {
                 return Err(error(
                     ErrorCode::InvalidRequest,
-                    format!("device id {id} is already registered; generate a new random device id"),
+                    format!(
+                        "device id {id} is already registered; generate a new random device id"
+                    ),
                 ));
             }
             Err(RegisterError::Store(e)) => return Err(internal(&e)),
@@ -313,16 +418,37 @@ impl<S: Store> Session<S> {
     }
 
     async fn login(&mut self, login: v1::Login) -> RequestResult {
-        let failed = || error(ErrorCode::AuthenticationFailed, "login failed: unknown device or bad signature");
+        let failed = || {
+            error(
+                ErrorCode::AuthenticationFailed,
+                "login failed: unknown device or bad signature",
+            )
+        };
         let device_id = DeviceId::from_slice(&login.device_id).ok_or_else(failed)?;
-        let record = self.ctx.store.device(&login.username, device_id).await.map_err(|e| internal(&e))?.ok_or_else(failed)?;
+        let record = self
+            .ctx
+            .store
+            .device(&login.username, device_id)
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(failed)?;
         let key = VerifyingKey::from_bytes(&record.device_key).map_err(|_| failed())?;
-        let transcript = sotto_proto::auth_transcript(&self.nonce, &login.username, device_id.as_bytes());
+        let transcript =
+            sotto_proto::auth_transcript(&self.nonce, &login.username, device_id.as_bytes());
         if !verifies(&key, &transcript, &login.challenge_signature) {
             return Err(failed());
         }
-        self.ctx.store.touch_device(device_id, day_of(now_seconds())).await.map_err(|e| internal(&e))?;
-        let status = self.ctx.store.key_package_status(device_id).await.map_err(|e| internal(&e))?;
+        self.ctx
+            .store
+            .touch_device(device_id, day_of(now_seconds()))
+            .await
+            .map_err(|e| internal(&e))?;
+        let status = self
+            .ctx
+            .store
+            .key_package_status(device_id)
+            .await
+            .map_err(|e| internal(&e))?;
         self.authenticate(device_id);
         Ok(Some(response::Result::LoggedIn(v1::LoggedIn {
             key_packages_remaining: status.remaining,
@@ -330,7 +456,11 @@ impl<S: Store> Session<S> {
         })))
     }
 
-    async fn upload_key_packages(&mut self, device: DeviceId, upload: v1::UploadKeyPackages) -> RequestResult {
+    async fn upload_key_packages(
+        &mut self,
+        device: DeviceId,
+        upload: v1::UploadKeyPackages,
+    ) -> RequestResult {
         if upload.key_packages.len() > sotto_proto::MAX_KEY_PACKAGES_PER_UPLOAD {
             return Err(error(
                 ErrorCode::TooLarge,
@@ -341,37 +471,70 @@ impl<S: Store> Session<S> {
                 ),
             ));
         }
-        for kp in upload.key_packages.iter().chain(std::iter::once(&upload.last_resort)) {
+        for kp in upload
+            .key_packages
+            .iter()
+            .chain(std::iter::once(&upload.last_resort))
+        {
             if kp.len() > MAX_KEY_PACKAGE_BYTES {
                 return Err(error(
                     ErrorCode::TooLarge,
-                    format!("a KeyPackage is {} bytes; the limit is {MAX_KEY_PACKAGE_BYTES} bytes", kp.len()),
+                    format!(
+                        "a KeyPackage is {} bytes; the limit is {MAX_KEY_PACKAGE_BYTES} bytes",
+                        kp.len()
+                    ),
                 ));
             }
         }
         if upload.key_packages.iter().any(Vec::is_empty) {
-            return Err(error(ErrorCode::InvalidRequest, "an uploaded KeyPackage is empty"));
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "an uploaded KeyPackage is empty",
+            ));
         }
         let last_resort = (!upload.last_resort.is_empty()).then_some(upload.last_resort);
-        self.ctx.store.upload_key_packages(device, upload.key_packages, last_resort).await.map_err(|e| internal(&e))?;
+        self.ctx
+            .store
+            .upload_key_packages(device, upload.key_packages, last_resort)
+            .await
+            .map_err(|e| internal(&e))?;
         done()
     }
 
     async fn claim_key_packages(&mut self, claim: v1::ClaimKeyPackages) -> RequestResult {
-        let unknown = || error(ErrorCode::UnknownUser, format!("no account named {}", shown(&claim.username)));
+        let unknown = || {
+            error(
+                ErrorCode::UnknownUser,
+                format!("no account named {}", shown(&claim.username)),
+            )
+        };
         if !sotto_proto::is_valid_username(&claim.username) {
             return Err(unknown());
         }
-        let bundle = self.ctx.store.claim_key_packages(&claim.username).await.map_err(|e| internal(&e))?.ok_or_else(unknown)?;
+        let bundle = self
+            .ctx
+            .store
+            .claim_key_packages(&claim.username)
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(unknown)?;
         if bundle.devices.is_empty() {
             return Err(error(
                 ErrorCode::NoKeyPackage,
-                format!("{} has no KeyPackages left; they must come online to upload more", claim.username),
+                format!(
+                    "{} has no KeyPackages left; they must come online to upload more",
+                    claim.username
+                ),
             ));
         }
         for claimed in &bundle.devices {
             if claimed.remaining < KEY_PACKAGES_LOW_WATERMARK {
-                self.ctx.hub.notify([&claimed.device_id], MailboxEvent::KeyPackagesLow { remaining: claimed.remaining });
+                self.ctx.hub.notify(
+                    [&claimed.device_id],
+                    MailboxEvent::KeyPackagesLow {
+                        remaining: claimed.remaining,
+                    },
+                );
             }
         }
         Ok(Some(response::Result::KeyPackages(v1::KeyPackageBundle {
@@ -391,10 +554,20 @@ impl<S: Store> Session<S> {
     }
 
     async fn send_message(&mut self, send: v1::SendMessage) -> RequestResult {
-        let envelope = envelope(&send.message_id, &send.recipients, send.payload, 1, "message")?;
+        let envelope = envelope(
+            &send.message_id,
+            &send.recipients,
+            send.payload,
+            1,
+            "message",
+        )?;
         let group_id = group_id(&send.group_id)?;
         let recipients = envelope.recipients.clone();
-        let message = GroupMessage { group_id, envelope, now: now_seconds() };
+        let message = GroupMessage {
+            group_id,
+            envelope,
+            now: now_seconds(),
+        };
         match self.ctx.store.enqueue(message).await {
             Ok(Enqueued::Queued | Enqueued::Duplicate) => {
                 self.ctx.hub.notify(&recipients, MailboxEvent::Wake);
@@ -408,16 +581,33 @@ impl<S: Store> Session<S> {
 
     async fn submit_commit(&mut self, commit: v1::SubmitCommit) -> RequestResult {
         let group_id = group_id(&commit.group_id)?;
-        let commit_envelope = envelope(&commit.message_id, &commit.recipients, commit.commit, 0, "commit")?;
+        let commit_envelope = envelope(
+            &commit.message_id,
+            &commit.recipients,
+            commit.commit,
+            0,
+            "commit",
+        )?;
         let welcome = if commit.welcome.is_empty() {
             None
         } else {
-            Some(envelope(&commit.welcome_message_id, &commit.welcome_recipients, commit.welcome, 1, "welcome")?)
+            Some(envelope(
+                &commit.welcome_message_id,
+                &commit.welcome_recipients,
+                commit.welcome,
+                1,
+                "welcome",
+            )?)
         };
         let mut woken: Vec<DeviceId> = commit_envelope.recipients.clone();
         woken.extend(welcome.iter().flat_map(|w| w.recipients.iter().copied()));
-        let submission =
-            CommitSubmission { group_id, epoch: commit.epoch, commit: commit_envelope, welcome, now: now_seconds() };
+        let submission = CommitSubmission {
+            group_id,
+            epoch: commit.epoch,
+            commit: commit_envelope,
+            welcome,
+            now: now_seconds(),
+        };
         match self.ctx.store.submit_commit(submission).await {
             Ok(_) => {
                 self.ctx.hub.notify(&woken, MailboxEvent::Wake);
@@ -446,9 +636,17 @@ impl<S: Store> Session<S> {
         let Some(device) = self.device else {
             return Ok(frames);
         };
-        let room = self.ctx.limits.max_in_flight.saturating_sub(self.in_flight.len());
+        let room = self
+            .ctx
+            .limits
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
         if self.need_fetch && room > 0 {
-            let entries = self.ctx.store.fetch_mailbox(device, self.cursor, room).await?;
+            let entries = self
+                .ctx
+                .store
+                .fetch_mailbox(device, self.cursor, room)
+                .await?;
             if entries.len() < room {
                 self.need_fetch = false;
             }
@@ -479,11 +677,19 @@ impl<S: Store> Session<S> {
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
-async fn send_frame(socket: &mut WebSocket, frame: &impl prost::Message) -> Result<(), axum::Error> {
-    socket.send(Message::Binary(frame.encode_to_vec().into())).await
+async fn send_frame(
+    socket: &mut WebSocket,
+    frame: &impl prost::Message,
+) -> Result<(), axum::Error> {
+    socket
+        .send(Message::Binary(frame.encode_to_vec().into()))
+        .await
 }
 
 /// Close code 1001: the server is going away.
@@ -495,7 +701,11 @@ const CLOSE_INTERNAL: u16 = 1011;
 
 /// Serves one WebSocket until the client leaves, a timeout fires, or the
 /// server shuts down.
-pub(crate) async fn serve<S: Store>(mut socket: WebSocket, ctx: Arc<Context<S>>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve<S: Store>(
+    mut socket: WebSocket,
+    ctx: Arc<Context<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = ctx.limits.clone();
     let mut session = Session::new(ctx);
     if send_frame(&mut socket, &session.challenge()).await.is_err() {
@@ -505,7 +715,9 @@ pub(crate) async fn serve<S: Store>(mut socket: WebSocket, ctx: Arc<Context<S>>,
     let mut idle_deadline = Instant::now() + limits.idle_timeout;
     loop {
         if *shutdown.borrow() {
-            let _ = socket.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+            let _ = socket
+                .send(close(CLOSE_GOING_AWAY, "server shutting down"))
+                .await;
             break;
         }
         match session.pump().await {
@@ -522,8 +734,11 @@ pub(crate) async fn serve<S: Store>(mut socket: WebSocket, ctx: Arc<Context<S>>,
                 break;
             }
         }
-        let deadline =
-            if session.is_authenticated() { idle_deadline } else { idle_deadline.min(handshake_deadline) };
+        let deadline = if session.is_authenticated() {
+            idle_deadline
+        } else {
+            idle_deadline.min(handshake_deadline)
+        };
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = socket.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;

@@ -42,8 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 pub use config::{Limits, ServerConfig};
-pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use connection::Context;
+pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use mailbox_hub::MailboxHub;
 use store::{SqliteStore, StoreError};
 
@@ -103,11 +103,24 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source: StoreError::Backend(format!("open task failed: {e}")),
             })?
-            .map_err(|source| ServerError::Storage { dir: config.data_dir.clone(), source })?;
+            .map_err(|source| ServerError::Storage {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
         let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr()?;
-        Ok(Server { listener, local_addr, store, config })
+        Ok(Server {
+            listener,
+            local_addr,
+            store,
+            config,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -117,17 +130,43 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every
     /// connection and lets the database writer commit what it has queued.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Server { listener, store, config, .. } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            store,
+            config,
+            ..
+        } = self;
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(Context { store: Arc::clone(&store), hub: MailboxHub::new(), limits: config.limits.clone() });
-        let max_connections = config.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let ctx = Arc::new(Context {
+            store: Arc::clone(&store),
+            hub: MailboxHub::new(),
+            limits: config.limits.clone(),
+        });
+        let max_connections = config
+            .limits
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS);
         let connections = Arc::new(Semaphore::new(max_connections));
-        let sweeper =
-            tokio::spawn(connection::sweep_expired(Arc::clone(&store), config.retention, SWEEP_INTERVAL, stop_rx.clone()));
-        let state = Arc::new(AppState { ctx, connections: Arc::clone(&connections), shutdown: stop_rx });
-        let app = Router::new().route("/ws", get(websocket)).route("/health", get(health)).with_state(state);
+        let sweeper = tokio::spawn(connection::sweep_expired(
+            Arc::clone(&store),
+            config.retention,
+            SWEEP_INTERVAL,
+            stop_rx.clone(),
+        ));
+        let state = Arc::new(AppState {
+            ctx,
+            connections: Arc::clone(&connections),
+            shutdown: stop_rx,
+        });
+        let app = Router::new()
+            .route("/ws", get(websocket))
+            .route("/health", get(health))
+            .with_state(state);
         tracing::info!("serving");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -139,7 +178,10 @@ impl Server {
         // Upgraded WebSocket connections are not tracked by `axum::serve`;
         // each holds a permit until it has closed.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all)).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all))
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close in time");
         }
         let _ = sweeper.await;
@@ -158,7 +200,11 @@ async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
     }
     let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "server is at its connection limit; try again later").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is at its connection limit; try again later",
+        )
+            .into_response();
     };
     let ctx = Arc::clone(&state.ctx);
     let shutdown = state.shutdown.clone();

@@ -63,13 +63,28 @@ impl MailboxHub {
     pub fn subscribe(&self, device_id: DeviceId) -> Subscription {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.devices.lock().unwrap_or_else(PoisonError::into_inner).entry(device_id).or_default().push((id, tx));
-        Subscription { hub: self.clone(), device_id, id, events }
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(device_id)
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            hub: self.clone(),
+            device_id,
+            id,
+            events,
+        }
     }
 
     /// Sends `event` to every connection of every listed device.
     pub fn notify<'a>(&self, devices: impl IntoIterator<Item = &'a DeviceId>, event: MailboxEvent) {
-        let map = self.inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for device in devices {
             for (_, tx) in map.get(device).into_iter().flatten() {
                 // Full: a wake is already pending. Closed: the connection is
@@ -81,13 +96,22 @@ impl MailboxHub {
 
     /// Whether any connection is authenticated as `device_id`.
     pub fn is_connected(&self, device_id: &DeviceId) -> bool {
-        self.inner.devices.lock().unwrap_or_else(PoisonError::into_inner).contains_key(device_id)
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(device_id)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut map = self.hub.inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .hub
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(list) = map.get_mut(&self.device_id) {
             list.retain(|(id, _)| *id != self.id);
             if list.is_empty() {

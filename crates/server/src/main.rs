@@ -15,15 +15,32 @@ use sotto_server::{Server, ServerConfig};
 /// creation / last-seen dates; it never logs IP addresses or message
 /// content.
 #[derive(Debug, Parser)]
-#[command(name = "sotto-server", version, about, long_about = None)]
+#[command(
+    name = "sotto-server",
+    version,
+    about,
+    long_about = None,
+    after_help = "Example: sotto-server --listen 127.0.0.1:8420 --data ./sotto-data\n\
+                  Logs go to stderr; set RUST_LOG=debug for more. Stop with Ctrl-C or SIGTERM."
+)]
 struct Args {
     /// Address to listen on. Use 0.0.0.0:PORT to accept connections from
     /// other machines (put TLS in front), or port 0 for any free port.
-    #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:8420", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "SOTTO_LISTEN",
+        default_value = "127.0.0.1:8420",
+        value_name = "ADDR"
+    )]
     listen: SocketAddr,
 
     /// Directory for the database (sotto.db); created if missing.
-    #[arg(long = "data", env = "SOTTO_DATA", default_value = "./sotto-data", value_name = "DIR")]
+    #[arg(
+        long = "data",
+        env = "SOTTO_DATA",
+        default_value = "./sotto-data",
+        value_name = "DIR"
+    )]
     data: PathBuf,
 
     /// Days an undelivered message is kept before it is deleted.
@@ -48,15 +65,23 @@ async fn main() -> anyhow::Result<()> {
         retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
         ..ServerConfig::default()
     };
-    let server = Server::bind(config).await.context("cannot start sotto-server")?;
+    let server = Server::bind(config)
+        .await
+        .context("cannot start sotto-server")?;
     let addr = server.local_addr();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "sotto-server listening on http://{addr}")?;
-        writeln!(out, "connect with: sotto register NAME --server http://{addr}")?;
+        writeln!(
+            out,
+            "connect with: sotto register NAME --server http://{addr}"
+        )?;
         out.flush()?;
     }
-    server.run(shutdown_signal()).await.context("sotto-server failed")?;
+    server
+        .run(shutdown_signal())
+        .await
+        .context("sotto-server failed")?;
     Ok(())
 }
 

@@ -1,5 +1,13 @@
 //! The protocol, end to end: a real server on port 0 and raw clients.
 
+// Test code: failing loudly is the point (clippy.toml only covers #[test] fns).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -26,8 +34,14 @@ async fn register_then_login_on_a_new_connection() {
         other => panic!("expected LoggedIn, got {other:?}"),
     }
     // Authenticated now: a second login is refused, the connection stays.
-    assert_error(&again.login(&account).await, ErrorCode::AlreadyAuthenticated);
-    assert_error(&again.register(&Account::new("alice2")).await, ErrorCode::AlreadyAuthenticated);
+    assert_error(
+        &again.login(&account).await,
+        ErrorCode::AlreadyAuthenticated,
+    );
+    assert_error(
+        &again.register(&Account::new("alice2")).await,
+        ErrorCode::AlreadyAuthenticated,
+    );
     assert!(again.sync().await.is_empty());
 }
 
@@ -44,15 +58,30 @@ async fn bad_login_signature_fails_and_other_clients_are_unaffected() {
         device_id: alice.device_id.clone(),
         challenge_signature: alice.sign_challenge(&[0; 32]),
     });
-    let bad_signature = assert_error(&attacker.request(forged).await, ErrorCode::AuthenticationFailed);
+    let bad_signature = assert_error(
+        &attacker.request(forged).await,
+        ErrorCode::AuthenticationFailed,
+    );
     // Unknown user gets exactly the same answer.
     let ghost = Account::new("ghost");
-    let unknown_user = assert_error(&attacker.login(&ghost).await, ErrorCode::AuthenticationFailed);
-    assert_eq!(bad_signature.message, "login failed: unknown device or bad signature");
+    let unknown_user = assert_error(
+        &attacker.login(&ghost).await,
+        ErrorCode::AuthenticationFailed,
+    );
+    assert_eq!(
+        bad_signature.message,
+        "login failed: unknown device or bad signature"
+    );
     assert_eq!(bad_signature.message, unknown_user.message);
     // Still unauthenticated, still connected; then a correct login works.
-    assert_error(&attacker.request(Body::Sync(v1::Sync {})).await, ErrorCode::NotAuthenticated);
-    assert!(matches!(attacker.login(&alice).await.result, Some(response::Result::LoggedIn(_))));
+    assert_error(
+        &attacker.request(Body::Sync(v1::Sync {})).await,
+        ErrorCode::NotAuthenticated,
+    );
+    assert!(matches!(
+        attacker.login(&alice).await.result,
+        Some(response::Result::LoggedIn(_))
+    ));
 
     assert!(bob.sync().await.is_empty());
 }
@@ -63,10 +92,19 @@ async fn username_taken_and_invalid_username() {
     let _alice = server.registered("alice").await;
 
     let mut client = server.connect().await;
-    let taken = assert_error(&client.register(&Account::new("alice")).await, ErrorCode::UsernameTaken);
+    let taken = assert_error(
+        &client.register(&Account::new("alice")).await,
+        ErrorCode::UsernameTaken,
+    );
     assert!(taken.message.contains("alice"), "{}", taken.message);
-    assert_error(&client.register(&Account::new("Not Valid")).await, ErrorCode::InvalidUsername);
-    assert_error(&client.register(&Account::new("ab")).await, ErrorCode::InvalidUsername);
+    assert_error(
+        &client.register(&Account::new("Not Valid")).await,
+        ErrorCode::InvalidUsername,
+    );
+    assert_error(
+        &client.register(&Account::new("ab")).await,
+        ErrorCode::InvalidUsername,
+    );
     // The same connection can still register a free name.
     assert_done(&client.register(&Account::new("carol")).await);
 }
@@ -77,19 +115,38 @@ async fn register_checks_signatures_and_certificate() {
     let mut client = server.connect().await;
     let account = Account::new("dave");
 
-    let Body::Register(mut wrong_challenge) = account.register(&[7; 32]) else { unreachable!() };
+    let Body::Register(mut wrong_challenge) = account.register(&[7; 32]) else {
+        unreachable!()
+    };
     wrong_challenge.username = "dave".into();
-    assert_error(&client.request(Body::Register(wrong_challenge)).await, ErrorCode::AuthenticationFailed);
+    assert_error(
+        &client.request(Body::Register(wrong_challenge)).await,
+        ErrorCode::AuthenticationFailed,
+    );
 
-    let Body::Register(mut wrong_identity) = account.register(&client.nonce) else { unreachable!() };
-    wrong_identity.identity_key = Account::new("x").identity.verifying_key().to_bytes().to_vec();
-    assert_error(&client.request(Body::Register(wrong_identity)).await, ErrorCode::AuthenticationFailed);
+    let Body::Register(mut wrong_identity) = account.register(&client.nonce) else {
+        unreachable!()
+    };
+    wrong_identity.identity_key = Account::new("x")
+        .identity
+        .verifying_key()
+        .to_bytes()
+        .to_vec();
+    assert_error(
+        &client.request(Body::Register(wrong_identity)).await,
+        ErrorCode::AuthenticationFailed,
+    );
 
     // Certificate for another name than the one registered.
     let other = Account::new("erin");
-    let Body::Register(mut mismatched) = other.register(&client.nonce) else { unreachable!() };
+    let Body::Register(mut mismatched) = other.register(&client.nonce) else {
+        unreachable!()
+    };
     mismatched.username = "frank".into();
-    assert_error(&client.request(Body::Register(mismatched)).await, ErrorCode::InvalidRequest);
+    assert_error(
+        &client.request(Body::Register(mismatched)).await,
+        ErrorCode::InvalidRequest,
+    );
 
     assert_done(&client.register(&account).await);
 }
@@ -100,14 +157,17 @@ async fn requests_before_authentication_are_refused() {
     let mut client = server.connect().await;
     let send = send_message(&random_id(), &random_id(), &[&random_id()], b"hi");
     assert_error(&client.request(send).await, ErrorCode::NotAuthenticated);
-    let claim = Body::ClaimKeyPackages(v1::ClaimKeyPackages { username: "alice".into() });
+    let claim = Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+        username: "alice".into(),
+    });
     assert_error(&client.request(claim).await, ErrorCode::NotAuthenticated);
     assert_done(&client.register(&Account::new("alice")).await);
 }
 
 #[tokio::test]
 async fn unauthenticated_connections_are_closed_after_the_handshake_timeout() {
-    let server = TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(200)).await;
+    let server =
+        TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(200)).await;
     let mut client = server.connect().await;
     client.assert_closed_within(Duration::from_secs(5)).await;
 }
@@ -127,27 +187,48 @@ async fn key_packages_are_claimed_once_then_last_resort() {
     let (mut bob, _) = server.registered("bob").await;
     let mut claimed = Vec::new();
     for _ in 0..3 {
-        let response = bob.request(Body::ClaimKeyPackages(v1::ClaimKeyPackages { username: "alice".into() })).await;
-        let Some(response::Result::KeyPackages(bundle)) = response.result else { panic!("{response:?}") };
+        let response = bob
+            .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+                username: "alice".into(),
+            }))
+            .await;
+        let Some(response::Result::KeyPackages(bundle)) = response.result else {
+            panic!("{response:?}")
+        };
         assert_eq!(bundle.devices.len(), 1);
         let device = bundle.devices[0].device.clone().unwrap();
-        let cert: v1::DeviceCertificate = prost::Message::decode(device.certificate.as_slice()).unwrap();
+        let cert: v1::DeviceCertificate =
+            prost::Message::decode(device.certificate.as_slice()).unwrap();
         assert_eq!(cert.username, "alice");
         claimed.push(bundle.devices[0].key_package.clone());
     }
-    assert_eq!(claimed, [b"kp1".to_vec(), b"kp2".to_vec(), b"last".to_vec()]);
+    assert_eq!(
+        claimed,
+        [b"kp1".to_vec(), b"kp2".to_vec(), b"last".to_vec()]
+    );
 
     // Alice's pool went below the low-water mark: she is told.
     let frame = alice.next_frame().await;
-    assert!(matches!(frame.body, Some(server_frame::Body::KeyPackagesLow(_))), "{frame:?}");
+    assert!(
+        matches!(frame.body, Some(server_frame::Body::KeyPackagesLow(_))),
+        "{frame:?}"
+    );
 
-    let unknown = bob.request(Body::ClaimKeyPackages(v1::ClaimKeyPackages { username: "nobody".into() })).await;
+    let unknown = bob
+        .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+            username: "nobody".into(),
+        }))
+        .await;
     let e = assert_error(&unknown, ErrorCode::UnknownUser);
     assert!(e.message.contains("nobody"));
 
     // A user that never uploaded anything has no KeyPackage at all.
     let _carol = server.registered("carol").await;
-    let none = bob.request(Body::ClaimKeyPackages(v1::ClaimKeyPackages { username: "carol".into() })).await;
+    let none = bob
+        .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+            username: "carol".into(),
+        }))
+        .await;
     assert_error(&none, ErrorCode::NoKeyPackage);
 }
 
@@ -162,10 +243,17 @@ async fn offline_device_receives_on_connect_and_acked_is_not_redelivered() {
     let group = create_group(&mut alice).await;
 
     let id = random_id();
-    assert_done(&alice.request(send_message(&id, &group, &[&bob.device_id], b"hello bob")).await);
+    assert_done(
+        &alice
+            .request(send_message(&id, &group, &[&bob.device_id], b"hello bob"))
+            .await,
+    );
 
     let mut bob_conn = server.connect().await;
-    assert!(matches!(bob_conn.login(&bob).await.result, Some(response::Result::LoggedIn(_))));
+    assert!(matches!(
+        bob_conn.login(&bob).await.result,
+        Some(response::Result::LoggedIn(_))
+    ));
     let delivery = bob_conn.next_delivery().await;
     assert_eq!(delivery.message_id, id);
     assert_eq!(delivery.payload, b"hello bob");
@@ -187,7 +275,11 @@ async fn unacknowledged_messages_are_redelivered_on_reconnect() {
     let group = create_group(&mut alice).await;
 
     let id = random_id();
-    assert_done(&alice.request(send_message(&id, &group, &[&bob.device_id], b"one")).await);
+    assert_done(
+        &alice
+            .request(send_message(&id, &group, &[&bob.device_id], b"one"))
+            .await,
+    );
     // Online: pushed at once.
     let first = bob_conn.next_delivery().await;
     assert_eq!(first.message_id, id);
@@ -210,12 +302,24 @@ async fn same_message_id_is_queued_once_and_payload_stored_once() {
 
     let id = random_id();
     let recipients: [&[u8]; 3] = [&bob.device_id, &carol.device_id, &alice_account.device_id];
-    assert_done(&alice.request(send_message(&id, &group, &recipients, b"to all")).await);
-    assert_done(&alice.request(send_message(&id, &group, &recipients, b"to all")).await);
+    assert_done(
+        &alice
+            .request(send_message(&id, &group, &recipients, b"to all"))
+            .await,
+    );
+    assert_done(
+        &alice
+            .request(send_message(&id, &group, &recipients, b"to all"))
+            .await,
+    );
 
     let db = server.db();
-    let payloads: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
-    let entries: i64 = db.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0)).unwrap();
+    let payloads: i64 = db
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    let entries: i64 = db
+        .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+        .unwrap();
     assert_eq!((payloads, entries), (1, 3));
 
     let delivered = alice.sync().await;
@@ -228,8 +332,12 @@ async fn same_message_id_is_queued_once_and_payload_stored_once() {
     assert_eq!(carol_conn.sync().await.len(), 1);
 
     // Every recipient acknowledged: the payload is gone.
-    let payloads: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
-    let entries: i64 = db.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0)).unwrap();
+    let payloads: i64 = db
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    let entries: i64 = db
+        .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+        .unwrap();
     assert_eq!((payloads, entries), (0, 0));
 }
 
@@ -241,7 +349,11 @@ async fn sync_completes_after_pending_deliveries_are_acknowledged() {
     drop(bob_conn);
     let group = create_group(&mut alice).await;
     for i in 0..5u8 {
-        assert_done(&alice.request(send_message(&random_id(), &group, &[&bob.device_id], &[i])).await);
+        assert_done(
+            &alice
+                .request(send_message(&random_id(), &group, &[&bob.device_id], &[i]))
+                .await,
+        );
     }
 
     let mut bob_conn = server.connect().await;
@@ -266,7 +378,11 @@ async fn queued_messages_survive_a_restart() {
     drop(bob_conn);
     let group = create_group(&mut alice).await;
     let id = random_id();
-    assert_done(&alice.request(send_message(&id, &group, &[&bob.device_id], b"durable")).await);
+    assert_done(
+        &alice
+            .request(send_message(&id, &group, &[&bob.device_id], b"durable"))
+            .await,
+    );
     drop(alice);
 
     let server = server.restart().await;
@@ -274,7 +390,13 @@ async fn queued_messages_survive_a_restart() {
     bob_conn.login(&bob).await;
     let delivered = bob_conn.sync().await;
     assert_eq!(delivered.len(), 1);
-    assert_eq!((delivered[0].message_id.clone(), delivered[0].payload.clone()), (id, b"durable".to_vec()));
+    assert_eq!(
+        (
+            delivered[0].message_id.clone(),
+            delivered[0].payload.clone()
+        ),
+        (id, b"durable".to_vec())
+    );
     server.stop().await;
 }
 
@@ -291,28 +413,58 @@ async fn send_validation_errors_keep_the_connection_open() {
     let group = create_group(&mut alice).await;
     let me: &[u8] = &account.device_id;
     let too_big = vec![0u8; sotto_proto::MAX_PAYLOAD_BYTES + 1];
-    let e = assert_error(&alice.request(send_message(&random_id(), &group, &[me], &too_big)).await, ErrorCode::TooLarge);
-    assert!(e.message.contains(&too_big.len().to_string()), "{}", e.message);
+    let e = assert_error(
+        &alice
+            .request(send_message(&random_id(), &group, &[me], &too_big))
+            .await,
+        ErrorCode::TooLarge,
+    );
+    assert!(
+        e.message.contains(&too_big.len().to_string()),
+        "{}",
+        e.message
+    );
 
     let unknown_group = random_id();
     let e = assert_error(
-        &alice.request(send_message(&random_id(), &unknown_group, &[me], b"x")).await,
+        &alice
+            .request(send_message(&random_id(), &unknown_group, &[me], b"x"))
+            .await,
         ErrorCode::UnknownGroup,
     );
-    assert_eq!(e.message, format!("unknown group {}", hex::encode(&unknown_group)));
+    assert_eq!(
+        e.message,
+        format!("unknown group {}", hex::encode(&unknown_group))
+    );
 
     let stranger = random_id();
     let e = assert_error(
-        &alice.request(send_message(&random_id(), &group, &[&stranger], b"x")).await,
+        &alice
+            .request(send_message(&random_id(), &group, &[&stranger], b"x"))
+            .await,
         ErrorCode::UnknownDevice,
     );
     assert!(e.message.contains(&hex::encode(&stranger)));
 
-    assert_error(&alice.request(send_message(&[1, 2, 3], &group, &[me], b"x")).await, ErrorCode::InvalidRequest);
-    assert_error(&alice.request(send_message(&random_id(), &group, &[], b"x")).await, ErrorCode::InvalidRequest);
+    assert_error(
+        &alice
+            .request(send_message(&[1, 2, 3], &group, &[me], b"x"))
+            .await,
+        ErrorCode::InvalidRequest,
+    );
+    assert_error(
+        &alice
+            .request(send_message(&random_id(), &group, &[], b"x"))
+            .await,
+        ErrorCode::InvalidRequest,
+    );
 
     // Nothing of the refused messages was queued; a good send still works.
-    assert_done(&alice.request(send_message(&random_id(), &group, &[me], b"fine")).await);
+    assert_done(
+        &alice
+            .request(send_message(&random_id(), &group, &[me], b"fine"))
+            .await,
+    );
     let delivered = alice.sync().await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].payload, b"fine");
@@ -339,8 +491,22 @@ async fn one_commit_wins_each_epoch_and_only_its_welcome_is_delivered() {
         })
     };
     let (winner_welcome, loser_welcome) = (random_id(), random_id());
-    assert_done(&alice.request(with_welcome(b"alice's commit", b"welcome from alice", &winner_welcome)).await);
-    let stale = bob.request(with_welcome(b"bob's commit", b"welcome from bob", &loser_welcome)).await;
+    assert_done(
+        &alice
+            .request(with_welcome(
+                b"alice's commit",
+                b"welcome from alice",
+                &winner_welcome,
+            ))
+            .await,
+    );
+    let stale = bob
+        .request(with_welcome(
+            b"bob's commit",
+            b"welcome from bob",
+            &loser_welcome,
+        ))
+        .await;
     let e = assert_error(&stale, ErrorCode::StaleEpoch);
     assert_eq!(e.current_epoch, 2);
     assert_eq!(
@@ -350,12 +516,21 @@ async fn one_commit_wins_each_epoch_and_only_its_welcome_is_delivered() {
 
     // Bob sees the winning commit; Carol only the winner's Welcome.
     let to_bob = bob.sync().await;
-    assert_eq!(to_bob.iter().map(|d| d.payload.as_slice()).collect::<Vec<_>>(), [b"alice's commit".as_slice()]);
+    assert_eq!(
+        to_bob
+            .iter()
+            .map(|d| d.payload.as_slice())
+            .collect::<Vec<_>>(),
+        [b"alice's commit".as_slice()]
+    );
     let mut carol_conn = server.connect().await;
     carol_conn.login(&carol).await;
     let to_carol = carol_conn.sync().await;
     assert_eq!(to_carol.len(), 1);
-    assert_eq!((to_carol[0].message_id.clone(), to_carol[0].payload.clone()), (winner_welcome, b"welcome from alice".to_vec()));
+    assert_eq!(
+        (to_carol[0].message_id.clone(), to_carol[0].payload.clone()),
+        (winner_welcome, b"welcome from alice".to_vec())
+    );
 
     // The next epoch is open again, and an unknown group needs epoch 0.
     let next = commit(&random_id(), &group, 2, &[], b"epoch 2");
@@ -363,7 +538,10 @@ async fn one_commit_wins_each_epoch_and_only_its_welcome_is_delivered() {
     // Resending the accepted commit is idempotent.
     assert_done(&bob.request(Body::SubmitCommit(next)).await);
     let orphan = commit(&random_id(), &random_id(), 5, &[], b"x");
-    assert_error(&bob.request(Body::SubmitCommit(orphan)).await, ErrorCode::UnknownGroup);
+    assert_error(
+        &bob.request(Body::SubmitCommit(orphan)).await,
+        ErrorCode::UnknownGroup,
+    );
 }
 
 // ------------------------------------------------------------ transport
@@ -379,4 +557,50 @@ async fn text_frames_are_malformed_and_health_answers() {
     let body = http_get(server.addr, "/health").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.ends_with("ok"), "{body}");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let server =
+        TestServer::start_with(|c| c.limits.idle_timeout = Duration::from_millis(300)).await;
+    let (mut alice, _) = server.registered("alice").await;
+    alice.assert_closed_within(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn oversized_frames_close_only_that_connection() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (mut bob, _) = server.registered("bob").await;
+    bob.send_raw(vec![0; sotto_proto::MAX_FRAME_BYTES + 1])
+        .await;
+    bob.assert_closed_within(Duration::from_secs(5)).await;
+    assert!(alice.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_senders_are_all_stored_and_delivered() {
+    let server = TestServer::start().await;
+    let (bob_conn, bob) = server.registered("bob").await;
+    drop(bob_conn);
+    let (mut creator, _) = server.registered("creator").await;
+    let group = create_group(&mut creator).await;
+
+    let mut senders = Vec::new();
+    for i in 0..8 {
+        let (mut client, _) = server.registered(&format!("sender{i}")).await;
+        let (group, bob_device) = (group.clone(), bob.device_id.clone());
+        senders.push(tokio::spawn(async move {
+            for j in 0..5u8 {
+                let send = send_message(&random_id(), &group, &[&bob_device], &[i, j]);
+                assert_done(&client.request(send).await);
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    assert_eq!(bob_conn.sync().await.len(), 40);
 }

@@ -1,9 +1,17 @@
 //! The `Store` conformance suite. Every backend runs every case unchanged:
 //! add one `store_conformance_tests!` line per backend at the bottom.
 
+// Test code: failing loudly is the point (clippy.toml only covers #[test] fns).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use sotto_server::store::{
-    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId,
-    NewAccount, RegisterError, SignedDevice, SqliteStore, Store,
+    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId,
+    GroupMessage, MessageId, NewAccount, RegisterError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -28,7 +36,10 @@ mod conformance {
             identity_key: [device; 32],
             device_id: device_id(device),
             device_key: [device.wrapping_add(100); 32],
-            device: SignedDevice { certificate: vec![device; 5], identity_signature: vec![device; 64] },
+            device: SignedDevice {
+                certificate: vec![device; 5],
+                identity_signature: vec![device; 64],
+            },
             today: 20_000,
         }
     }
@@ -66,8 +77,14 @@ mod conformance {
         assert!(store.device("bob", device_id(1)).await.unwrap().is_none());
         assert!(store.device("alice", device_id(2)).await.unwrap().is_none());
 
-        assert!(matches!(store.register(account("alice", 2)).await, Err(RegisterError::UsernameTaken)));
-        assert!(matches!(store.register(account("bob", 1)).await, Err(RegisterError::DeviceIdTaken(_))));
+        assert!(matches!(
+            store.register(account("alice", 2)).await,
+            Err(RegisterError::UsernameTaken)
+        ));
+        assert!(matches!(
+            store.register(account("bob", 1)).await,
+            Err(RegisterError::DeviceIdTaken(_))
+        ));
         store.touch_device(device_id(1), 20_001).await.unwrap();
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.accounts, stats.devices), (1, 1));
@@ -76,7 +93,14 @@ mod conformance {
     pub async fn key_packages_are_claimed_once_then_last_resort<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("bob", 2)).await.unwrap();
-        let status = store.upload_key_packages(device_id(1), vec![b"a".to_vec(), b"b".to_vec()], Some(b"last".to_vec())).await.unwrap();
+        let status = store
+            .upload_key_packages(
+                device_id(1),
+                vec![b"a".to_vec(), b"b".to_vec()],
+                Some(b"last".to_vec()),
+            )
+            .await
+            .unwrap();
         assert_eq!((status.remaining, status.has_last_resort), (2, true));
 
         let mut claimed = Vec::new();
@@ -99,13 +123,24 @@ mod conformance {
             ]
         );
         // A new last resort replaces the old one.
-        store.upload_key_packages(device_id(1), vec![], Some(b"newer".to_vec())).await.unwrap();
+        store
+            .upload_key_packages(device_id(1), vec![], Some(b"newer".to_vec()))
+            .await
+            .unwrap();
         let bundle = store.claim_key_packages("alice").await.unwrap().unwrap();
         assert_eq!(bundle.devices[0].key_package, b"newer");
 
         assert!(store.claim_key_packages("nobody").await.unwrap().is_none());
         // Bob has neither kind: his device is skipped.
-        assert!(store.claim_key_packages("bob").await.unwrap().unwrap().devices.is_empty());
+        assert!(
+            store
+                .claim_key_packages("bob")
+                .await
+                .unwrap()
+                .unwrap()
+                .devices
+                .is_empty()
+        );
         let status = store.key_package_status(device_id(2)).await.unwrap();
         assert_eq!((status.remaining, status.has_last_resort), (0, false));
     }
@@ -113,10 +148,17 @@ mod conformance {
     pub async fn concurrent_claims_never_hand_out_a_key_package_twice<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         let kps: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
-        store.upload_key_packages(device_id(1), kps, None).await.unwrap();
-        let claims = futures_util::future::join_all((0..20).map(|_| store.claim_key_packages("alice"))).await;
-        let mut got: Vec<Vec<u8>> =
-            claims.into_iter().map(|b| b.unwrap().unwrap().devices[0].key_package.clone()).collect();
+        store
+            .upload_key_packages(device_id(1), kps, None)
+            .await
+            .unwrap();
+        let claims =
+            futures_util::future::join_all((0..20).map(|_| store.claim_key_packages("alice")))
+                .await;
+        let mut got: Vec<Vec<u8>> = claims
+            .into_iter()
+            .map(|b| b.unwrap().unwrap().devices[0].key_package.clone())
+            .collect();
         got.sort();
         got.dedup();
         assert_eq!(got.len(), 20);
@@ -126,7 +168,10 @@ mod conformance {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("carol", 3)).await.unwrap();
         let g = group("g");
-        assert!(matches!(store.submit_commit(commit(&g, 3, 10, &[1])).await, Err(CommitError::UnknownGroup(_))));
+        assert!(matches!(
+            store.submit_commit(commit(&g, 3, 10, &[1])).await,
+            Err(CommitError::UnknownGroup(_))
+        ));
         assert_eq!(store.group_epoch(&g).await.unwrap(), None);
 
         let created = store.submit_commit(commit(&g, 0, 11, &[1])).await.unwrap();
@@ -137,18 +182,33 @@ mod conformance {
             welcome: Some(envelope(welcome_id, &[3], b"welcome")),
             ..commit(&g, 1, id, &[1])
         };
-        let (a, b) = tokio::join!(store.submit_commit(with_welcome(12, 22)), store.submit_commit(with_welcome(13, 23)));
+        let (a, b) = tokio::join!(
+            store.submit_commit(with_welcome(12, 22)),
+            store.submit_commit(with_welcome(13, 23))
+        );
         let (winner, loser) = match (&a, &b) {
             (Ok(_), Err(_)) => (22, b),
             (Err(_), Ok(_)) => (23, a),
             other => panic!("expected exactly one winner: {other:?}"),
         };
-        assert!(matches!(loser, Err(CommitError::StaleEpoch { submitted: 1, current: 2 })), "{loser:?}");
+        assert!(
+            matches!(
+                loser,
+                Err(CommitError::StaleEpoch {
+                    submitted: 1,
+                    current: 2
+                })
+            ),
+            "{loser:?}"
+        );
         assert_eq!(store.group_epoch(&g).await.unwrap(), Some(2));
 
         // Only the winner's Welcome reached Carol.
         let carol = store.fetch_mailbox(device_id(3), 0, 10).await.unwrap();
-        assert_eq!(carol.iter().map(|e| e.message_id).collect::<Vec<_>>(), [message_id(winner)]);
+        assert_eq!(
+            carol.iter().map(|e| e.message_id).collect::<Vec<_>>(),
+            [message_id(winner)]
+        );
 
         // Resending the accepted commit is idempotent, even with no
         // recipients left to hold it.
@@ -160,7 +220,10 @@ mod conformance {
 
         // A refused commit leaves nothing behind.
         let before = store.stats().await.unwrap();
-        assert!(matches!(store.submit_commit(commit(&g, 3, 15, &[99])).await, Err(CommitError::UnknownDevice(_))));
+        assert!(matches!(
+            store.submit_commit(commit(&g, 3, 15, &[99])).await,
+            Err(CommitError::UnknownDevice(_))
+        ));
         assert_eq!(store.group_epoch(&g).await.unwrap(), Some(3));
         assert_eq!(store.stats().await.unwrap(), before);
     }
@@ -175,56 +238,123 @@ mod conformance {
             envelope: envelope(id, recipients, b"hello"),
             now: 1_000,
         };
-        assert_eq!(store.enqueue(message(1, &[1, 2, 3, 2])).await.unwrap(), Enqueued::Queued);
-        assert_eq!(store.enqueue(message(1, &[1, 2, 3])).await.unwrap(), Enqueued::Duplicate);
+        assert_eq!(
+            store.enqueue(message(1, &[1, 2, 3, 2])).await.unwrap(),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            store.enqueue(message(1, &[1, 2, 3])).await.unwrap(),
+            Enqueued::Duplicate
+        );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 3));
         for d in 1..=3 {
             let entries = store.fetch_mailbox(device_id(d), 0, 10).await.unwrap();
             assert_eq!(entries.len(), 1);
-            assert_eq!((entries[0].message_id, entries[0].payload.as_slice()), (message_id(1), b"hello".as_slice()));
+            assert_eq!(
+                (entries[0].message_id, entries[0].payload.as_slice()),
+                (message_id(1), b"hello".as_slice())
+            );
         }
 
-        let unknown_group = GroupMessage { group_id: group("nope"), ..message(2, &[1]) };
-        assert!(matches!(store.enqueue(unknown_group).await, Err(EnqueueError::UnknownGroup(_))));
+        let unknown_group = GroupMessage {
+            group_id: group("nope"),
+            ..message(2, &[1])
+        };
+        assert!(matches!(
+            store.enqueue(unknown_group).await,
+            Err(EnqueueError::UnknownGroup(_))
+        ));
         match store.enqueue(message(3, &[1, 9])).await {
             Err(EnqueueError::UnknownDevice(d)) => assert_eq!(d, device_id(9)),
             other => panic!("expected UnknownDevice, got {other:?}"),
         }
-        assert_eq!(store.stats().await.unwrap(), stats, "refused messages store nothing");
+        assert_eq!(
+            store.stats().await.unwrap(),
+            stats,
+            "refused messages store nothing"
+        );
     }
 
     pub async fn mailbox_is_fetched_in_order_in_windows<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         let g = with_group(&store, "g").await;
         for i in 1..=5u8 {
-            let m = GroupMessage { group_id: g.clone(), envelope: envelope(i, &[1], &[i]), now: 1_000 };
+            let m = GroupMessage {
+                group_id: g.clone(),
+                envelope: envelope(i, &[1], &[i]),
+                now: 1_000,
+            };
             store.enqueue(m).await.unwrap();
         }
         let first = store.fetch_mailbox(device_id(1), 0, 2).await.unwrap();
-        assert_eq!(first.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [vec![1], vec![2]]);
-        let rest = store.fetch_mailbox(device_id(1), first[1].seq, 10).await.unwrap();
-        assert_eq!(rest.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [vec![3], vec![4], vec![5]]);
-        assert!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap().is_empty());
+        assert_eq!(
+            first.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+            [vec![1], vec![2]]
+        );
+        let rest = store
+            .fetch_mailbox(device_id(1), first[1].seq, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+            [vec![3], vec![4], vec![5]]
+        );
+        assert!(
+            store
+                .fetch_mailbox(device_id(2), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub async fn ack_deletes_entries_and_then_the_payload<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
-        let m = GroupMessage { group_id: g.clone(), envelope: envelope(1, &[1, 2], b"x"), now: 1_000 };
+        let m = GroupMessage {
+            group_id: g.clone(),
+            envelope: envelope(1, &[1, 2], b"x"),
+            now: 1_000,
+        };
         store.enqueue(m).await.unwrap();
         let alice = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
         let bob = store.fetch_mailbox(device_id(2), 0, 10).await.unwrap();
 
         // Bob cannot acknowledge Alice's entry; unknown seqs are ignored.
-        assert_eq!(store.ack(device_id(2), vec![alice[0].seq, 9_999]).await.unwrap(), 0);
-        assert_eq!(store.ack(device_id(1), vec![alice[0].seq]).await.unwrap(), 1);
-        assert!(store.fetch_mailbox(device_id(1), 0, 10).await.unwrap().is_empty());
-        assert_eq!(store.stats().await.unwrap().payloads, 1, "Bob still needs the payload");
+        assert_eq!(
+            store
+                .ack(device_id(2), vec![alice[0].seq, 9_999])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.ack(device_id(1), vec![alice[0].seq]).await.unwrap(),
+            1
+        );
+        assert!(
+            store
+                .fetch_mailbox(device_id(1), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.stats().await.unwrap().payloads,
+            1,
+            "Bob still needs the payload"
+        );
         assert_eq!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap(), bob);
 
-        assert_eq!(store.ack(device_id(2), vec![bob[0].seq, bob[0].seq]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .ack(device_id(2), vec![bob[0].seq, bob[0].seq])
+                .await
+                .unwrap(),
+            1
+        );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (0, 0));
     }
@@ -233,13 +363,26 @@ mod conformance {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
-        let at = |id: u8, recipients: &[u8], now| GroupMessage { group_id: g.clone(), envelope: envelope(id, recipients, &[id]), now };
+        let at = |id: u8, recipients: &[u8], now| GroupMessage {
+            group_id: g.clone(),
+            envelope: envelope(id, recipients, &[id]),
+            now,
+        };
         store.enqueue(at(1, &[1, 2], 100)).await.unwrap();
         store.enqueue(at(2, &[1], 1_000)).await.unwrap();
         assert_eq!(store.expire(500).await.unwrap(), 2);
         let left = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
-        assert_eq!(left.iter().map(|e| e.message_id).collect::<Vec<_>>(), [message_id(2)]);
-        assert!(store.fetch_mailbox(device_id(2), 0, 10).await.unwrap().is_empty());
+        assert_eq!(
+            left.iter().map(|e| e.message_id).collect::<Vec<_>>(),
+            [message_id(2)]
+        );
+        assert!(
+            store
+                .fetch_mailbox(device_id(2), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 1));
         assert_eq!(store.expire(500).await.unwrap(), 0);
@@ -290,10 +433,25 @@ store_conformance_tests!(sqlite, sqlite_store());
 async fn sqlite_data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    store.register(conformance::account("alice", 1)).await.unwrap();
+    store
+        .register(conformance::account("alice", 1))
+        .await
+        .unwrap();
     store.close().await;
-    assert!(store.register(conformance::account("bob", 2)).await.is_err(), "closed stores take no writes");
+    assert!(
+        store
+            .register(conformance::account("bob", 2))
+            .await
+            .is_err(),
+        "closed stores take no writes"
+    );
     drop(store);
     let store = SqliteStore::open(dir.path()).unwrap();
-    assert!(store.device("alice", conformance::device_id(1)).await.unwrap().is_some());
+    assert!(
+        store
+            .device("alice", conformance::device_id(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -59,7 +59,13 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        Self { addr, data_dir: data_dir.to_path_buf(), _temp: None, shutdown: Some(tx), task: Some(task) }
+        Self {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -84,7 +90,9 @@ impl TestServer {
 /// Registers `username` on the server at `url` in a fresh temporary profile.
 pub async fn register(url: &str, username: &str) -> (Client, TempDir) {
     let dir = TempDir::new().expect("temp dir");
-    let client = Client::register(dir.path(), username, url).await.expect("register");
+    let client = Client::register(dir.path(), username, url)
+        .await
+        .expect("register");
     (client, dir)
 }
 

@@ -1,6 +1,13 @@
 //! End-to-end messaging through a real server in-process: real sockets, real
 //! SQLite on both sides, real MLS.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
 use sotto_client::{Client, ClientError, CommitOutcome, ConversationKind, EntryKind, HistoryEntry};
 use sotto_testkit::{TestServer, register};
 use std::time::Duration;
@@ -21,7 +28,9 @@ fn pair(sender: &str, text: &str) -> (String, String) {
 }
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), f).await.expect("test step timed out")
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test step timed out")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,16 +43,26 @@ async fn direct_messages_both_ways_with_bob_offline() {
         bob.disconnect().await;
         drop(bob);
 
-        alice.send_direct("bob", "hi bob, are you there?").await.unwrap();
+        alice
+            .send_direct("bob", "hi bob, are you there?")
+            .await
+            .unwrap();
         alice.send_direct("bob", "second message").await.unwrap();
 
         let mut bob = Client::open(bob_dir.path()).unwrap();
         let received = bob.sync().await.unwrap();
         assert_eq!(
             texts(&received),
-            vec![pair("alice", "hi bob, are you there?"), pair("alice", "second message")]
+            vec![
+                pair("alice", "hi bob, are you there?"),
+                pair("alice", "second message")
+            ]
         );
-        assert!(received.iter().all(|e| e.conversation == "alice" && e.conversation_kind == DIRECT));
+        assert!(
+            received
+                .iter()
+                .all(|e| e.conversation == "alice" && e.conversation_kind == DIRECT)
+        );
 
         bob.send_direct("alice", "yes, hello alice").await.unwrap();
         let received = alice.sync().await.unwrap();
@@ -69,16 +88,27 @@ async fn group_of_three_then_remove_and_add() {
         let (mut c, _cd) = register(&url, "cleo").await;
         let (mut d, _dd) = register(&url, "dina").await;
 
-        a.create_group("team", &["ben".into(), "cleo".into()]).await.unwrap();
+        a.create_group("team", &["ben".into(), "cleo".into()])
+            .await
+            .unwrap();
         a.send_group("team", "welcome, both").await.unwrap();
         for member in [&mut b, &mut c] {
             let got = member.sync().await.unwrap();
             assert_eq!(texts(&got), vec![pair("anna", "welcome, both")]);
-            assert!(got.iter().any(|e| e.kind == EntryKind::System && e.text == "anna added you to team"));
+            assert!(
+                got.iter()
+                    .any(|e| e.kind == EntryKind::System && e.text == "anna added you to team")
+            );
         }
         b.send_group("team", "thanks anna").await.unwrap();
-        assert_eq!(texts(&a.sync().await.unwrap()), vec![pair("ben", "thanks anna")]);
-        assert_eq!(texts(&c.sync().await.unwrap()), vec![pair("ben", "thanks anna")]);
+        assert_eq!(
+            texts(&a.sync().await.unwrap()),
+            vec![pair("ben", "thanks anna")]
+        );
+        assert_eq!(
+            texts(&c.sync().await.unwrap()),
+            vec![pair("ben", "thanks anna")]
+        );
 
         // A message D must never see: sent before D is added.
         a.send_group("team", "before dina").await.unwrap();
@@ -95,25 +125,54 @@ async fn group_of_three_then_remove_and_add() {
 
         // The ciphertext the server stored for B: C cannot decrypt it, B can.
         let b_view = b.sync().await.unwrap();
-        assert_eq!(texts(&b_view), vec![pair("anna", "before dina"), pair("anna", "after the changes")]);
+        assert_eq!(
+            texts(&b_view),
+            vec![
+                pair("anna", "before dina"),
+                pair("anna", "after the changes")
+            ]
+        );
         a.queue_text(GROUP, "team", "secret after removal").unwrap();
         let raw = outbox_payload(&a);
-        assert!(c.try_decrypt(&raw).is_err(), "a removed member decrypted a later message");
+        assert!(
+            c.try_decrypt(&raw).is_err(),
+            "a removed member decrypted a later message"
+        );
         let plain = b.try_decrypt(&raw).unwrap();
         assert!(String::from_utf8_lossy(&plain).contains("secret after removal"));
         a.submit_staged().await.unwrap();
 
         // D sees messages from after the add, none from before.
         let got = d.sync().await.unwrap();
-        assert_eq!(texts(&got), vec![pair("anna", "after the changes"), pair("anna", "secret after removal")]);
+        assert_eq!(
+            texts(&got),
+            vec![
+                pair("anna", "after the changes"),
+                pair("anna", "secret after removal")
+            ]
+        );
         assert_eq!(d.groups().unwrap(), vec!["team".to_string()]);
-        let members: Vec<String> = d.members("team").unwrap().into_iter().map(|m| m.username).collect();
+        let members: Vec<String> = d
+            .members("team")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.username)
+            .collect();
         assert_eq!(members, ["anna", "ben", "dina"]);
 
         // And D can talk to the group.
         d.send_group("team", "hi from dina").await.unwrap();
-        assert_eq!(texts(&b.sync().await.unwrap()), vec![pair("anna", "secret after removal"), pair("dina", "hi from dina")]);
-        assert_eq!(texts(&a.sync().await.unwrap()), vec![pair("dina", "hi from dina")]);
+        assert_eq!(
+            texts(&b.sync().await.unwrap()),
+            vec![
+                pair("anna", "secret after removal"),
+                pair("dina", "hi from dina")
+            ]
+        );
+        assert_eq!(
+            texts(&a.sync().await.unwrap()),
+            vec![pair("dina", "hi from dina")]
+        );
         assert!(texts(&c.sync().await.unwrap()).is_empty());
     })
     .await;
@@ -121,7 +180,11 @@ async fn group_of_three_then_remove_and_add() {
 
 /// The last SendMessage payload in `client`'s outbox.
 fn outbox_payload(client: &Client) -> Vec<u8> {
-    client.outbox_payloads().unwrap().pop().expect("a queued message")
+    client
+        .outbox_payloads()
+        .unwrap()
+        .pop()
+        .expect("a queued message")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +195,9 @@ async fn concurrent_commits_one_wins_the_other_retries() {
         let (mut a, _ad) = register(&url, "alma").await;
         let (mut b, _bd) = register(&url, "boris").await;
         let (mut c, _cd) = register(&url, "carla").await;
-        a.create_group("race", &["boris".into(), "carla".into()]).await.unwrap();
+        a.create_group("race", &["boris".into(), "carla".into()])
+            .await
+            .unwrap();
         b.sync().await.unwrap();
         c.sync().await.unwrap();
 
@@ -142,7 +207,13 @@ async fn concurrent_commits_one_wins_the_other_retries() {
         let first = a.submit_staged().await.unwrap();
         let second = b.submit_staged().await.unwrap();
         assert_eq!(first, vec![CommitOutcome::Accepted]);
-        assert!(matches!(second.as_slice(), [CommitOutcome::Rejected { current_epoch: 2 }]), "{second:?}");
+        assert!(
+            matches!(
+                second.as_slice(),
+                [CommitOutcome::Rejected { current_epoch: 2 }]
+            ),
+            "{second:?}"
+        );
 
         // The loser retries through the normal path: it processes the winner
         // and commits on top of it.
@@ -158,7 +229,10 @@ async fn concurrent_commits_one_wins_the_other_retries() {
 
         // And the group still works.
         b.send_group("race", "still here").await.unwrap();
-        assert_eq!(texts(&a.sync().await.unwrap()), vec![pair("boris", "still here")]);
+        assert_eq!(
+            texts(&a.sync().await.unwrap()),
+            vec![pair("boris", "still here")]
+        );
     })
     .await;
 }
@@ -216,7 +290,10 @@ async fn queued_messages_survive_a_server_restart() {
         let (mut alice, _a) = register(&url, "alice").await;
         let (bob, bob_dir) = register(&url, "bob").await;
         drop(bob);
-        alice.send_direct("bob", "kept across restarts").await.unwrap();
+        alice
+            .send_direct("bob", "kept across restarts")
+            .await
+            .unwrap();
         alice.disconnect().await;
         server.stop().await;
 
@@ -224,7 +301,10 @@ async fn queued_messages_survive_a_server_restart() {
         let server = TestServer::start_in(data.path()).await;
         let mut bob = Client::open(bob_dir.path()).unwrap();
         bob.set_server_url(&server.url()).unwrap();
-        assert_eq!(texts(&bob.sync().await.unwrap()), vec![pair("alice", "kept across restarts")]);
+        assert_eq!(
+            texts(&bob.sync().await.unwrap()),
+            vec![pair("alice", "kept across restarts")]
+        );
     })
     .await;
 }
@@ -237,9 +317,16 @@ async fn server_database_holds_no_plaintext() {
         let (mut alice, _a) = register(&url, "alice").await;
         let (mut bob, _b) = register(&url, "bob").await;
         let (mut carol, _c) = register(&url, "carol").await;
-        let secrets = ["PLAINTEXT-direct-4f1c", "PLAINTEXT-group-9b2e", "PLAINTEXT-reply-77aa"];
+        let secrets = [
+            "PLAINTEXT-direct-4f1c",
+            "PLAINTEXT-group-9b2e",
+            "PLAINTEXT-reply-77aa",
+        ];
         alice.send_direct("bob", secrets[0]).await.unwrap();
-        alice.create_group("secret-club", &["bob".into(), "carol".into()]).await.unwrap();
+        alice
+            .create_group("secret-club", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
         alice.send_group("secret-club", secrets[1]).await.unwrap();
         // Search while the messages are still queued for offline recipients.
         assert_no_plaintext(server.data_dir(), &secrets[..2]);
@@ -262,7 +349,11 @@ fn assert_no_plaintext(dir: &std::path::Path, secrets: &[&str]) {
         files += 1;
         for secret in secrets {
             let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-            assert!(!found, "{secret:?} found in plaintext in {}", path.display());
+            assert!(
+                !found,
+                "{secret:?} found in plaintext in {}",
+                path.display()
+            );
         }
     }
     assert!(files >= 1, "no database files in {}", dir.display());
@@ -275,13 +366,24 @@ async fn clear_errors_for_unknown_users_and_groups() {
         let (mut alice, _a) = register(&server.url(), "alice").await;
         let err = alice.send_direct("nobody", "hello?").await.unwrap_err();
         assert!(err.to_string().contains("no account named nobody"), "{err}");
-        let err = alice.send_group("no-such-group", "hello?").await.unwrap_err();
-        assert!(err.to_string().contains("no group named no-such-group"), "{err}");
-        let err = alice.create_group("g", &["ghost".into()]).await.unwrap_err();
+        let err = alice
+            .send_group("no-such-group", "hello?")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no group named no-such-group"),
+            "{err}"
+        );
+        let err = alice
+            .create_group("g", &["ghost".into()])
+            .await
+            .unwrap_err();
         assert!(matches!(err, ClientError::Usage(_)), "{err}");
         // The username is taken.
         let dir = tempfile::TempDir::new().unwrap();
-        let err = Client::register(dir.path(), "alice", &server.url()).await.unwrap_err();
+        let err = Client::register(dir.path(), "alice", &server.url())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("USERNAME_TAKEN"), "{err}");
         // And the client still works.
         let (_bob, _b) = register(&server.url(), "bob").await;
@@ -298,7 +400,9 @@ async fn leaving_a_group_is_committed_by_a_remaining_member() {
         let (mut a, _ad) = register(&url, "ada").await;
         let (mut b, _bd) = register(&url, "bea").await;
         let (mut c, _cd) = register(&url, "cai").await;
-        a.create_group("club", &["bea".into(), "cai".into()]).await.unwrap();
+        a.create_group("club", &["bea".into(), "cai".into()])
+            .await
+            .unwrap();
         b.sync().await.unwrap();
         c.sync().await.unwrap();
 
@@ -307,10 +411,18 @@ async fn leaving_a_group_is_committed_by_a_remaining_member() {
         // The next member to sync commits C's removal.
         let got = a.sync().await.unwrap();
         assert!(got.iter().any(|e| e.text == "cai left"), "{got:?}");
-        let members: Vec<String> = a.members("club").unwrap().into_iter().map(|m| m.username).collect();
+        let members: Vec<String> = a
+            .members("club")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.username)
+            .collect();
         assert_eq!(members, ["ada", "bea"]);
         a.send_group("club", "just us").await.unwrap();
-        assert_eq!(texts(&b.sync().await.unwrap()), vec![pair("ada", "just us")]);
+        assert_eq!(
+            texts(&b.sync().await.unwrap()),
+            vec![pair("ada", "just us")]
+        );
         assert!(texts(&c.sync().await.unwrap()).is_empty());
     })
     .await;

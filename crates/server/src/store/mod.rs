@@ -341,7 +341,10 @@ impl From<EnqueueError> for CommitError {
 /// means "no such thing", never an error.
 pub trait Store: Send + Sync + 'static {
     /// Creates an account with its first device.
-    fn register(&self, account: NewAccount) -> impl Future<Output = Result<(), RegisterError>> + Send;
+    fn register(
+        &self,
+        account: NewAccount,
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
     /// Looks up a device of `username`. `Ok(None)`: the user does not exist
     /// or has no such device (callers must not tell the two apart).
@@ -352,10 +355,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
 
     /// Records that a device was seen on `today`.
-    fn touch_device(&self, device_id: DeviceId, today: UnixDay) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn touch_device(
+        &self,
+        device_id: DeviceId,
+        today: UnixDay,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Counts a device's KeyPackages (zero for an unknown device).
-    fn key_package_status(&self, device_id: DeviceId) -> impl Future<Output = Result<KeyPackageStatus, StoreError>> + Send;
+    fn key_package_status(
+        &self,
+        device_id: DeviceId,
+    ) -> impl Future<Output = Result<KeyPackageStatus, StoreError>> + Send;
 
     /// Adds one-time KeyPackages to a device's pool and, if `last_resort` is
     /// `Some`, replaces its last-resort KeyPackage.
@@ -369,17 +379,29 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically takes one KeyPackage for every device of `username`: a
     /// one-time one (deleted) or, if the pool is empty, the last-resort one
     /// (kept). `Ok(None)`: no account named `username`.
-    fn claim_key_packages(&self, username: &str) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
+    fn claim_key_packages(
+        &self,
+        username: &str,
+    ) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
 
     /// Queues an application message for an existing group.
-    fn enqueue(&self, message: GroupMessage) -> impl Future<Output = Result<Enqueued, EnqueueError>> + Send;
+    fn enqueue(
+        &self,
+        message: GroupMessage,
+    ) -> impl Future<Output = Result<Enqueued, EnqueueError>> + Send;
 
     /// The commit sequencer: accepts exactly one commit per group epoch and,
     /// in the same transaction, queues the commit and its Welcome.
-    fn submit_commit(&self, submission: CommitSubmission) -> impl Future<Output = Result<CommitAccepted, CommitError>> + Send;
+    fn submit_commit(
+        &self,
+        submission: CommitSubmission,
+    ) -> impl Future<Output = Result<CommitAccepted, CommitError>> + Send;
 
     /// The group's current epoch. `Ok(None)`: unknown group.
-    fn group_epoch(&self, group_id: &GroupId) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    fn group_epoch(
+        &self,
+        group_id: &GroupId,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Up to `limit` mailbox entries of a device with `seq > after`, oldest
     /// first.
@@ -393,7 +415,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the given entries of this device's mailbox (others' entries
     /// and unknown seqs are ignored) and every payload no entry refers to
     /// any more. Returns how many entries were deleted.
-    fn ack(&self, device_id: DeviceId, seqs: Vec<u64>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn ack(
+        &self,
+        device_id: DeviceId,
+        seqs: Vec<u64>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Deletes mailbox entries queued before `cutoff`, and orphaned
     /// payloads. Returns how many entries were deleted.

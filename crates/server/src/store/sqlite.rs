@@ -19,9 +19,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord, Enqueued, EnqueueError,
-    Envelope, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus, MailboxEntry, MessageId, NewAccount,
-    RegisterError, SignedDevice, Store, StoreError, StoreStats, UnixDay, UnixSeconds,
+    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
+    EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
+    MailboxEntry, MessageId, NewAccount, RegisterError, SignedDevice, Store, StoreError,
+    StoreStats, UnixDay, UnixSeconds,
 };
 
 /// Most write operations committed together in one transaction.
@@ -109,7 +110,9 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +120,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!("could not enable WAL mode (got {mode})")));
+        return Err(StoreError::Backend(format!(
+            "could not enable WAL mode (got {mode})"
+        )));
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
     Ok(())
@@ -131,10 +136,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
              upgrade sotto-server"
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(usize::MAX)) {
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(usize::MAX))
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(index + 1).unwrap_or(i64::MAX))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
         tx.commit()?;
     }
     Ok(())
@@ -144,8 +157,12 @@ impl SqliteStore {
     /// Opens (or creates and migrates) the database in `data_dir`, creating
     /// the directory if needed, and starts the writer thread. Blocking.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         let path = data_dir.join(DB_FILE_NAME);
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
@@ -156,7 +173,12 @@ impl SqliteStore {
             .spawn(move || run_writer(&conn, &writer_rx))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
-            inner: Arc::new(Inner { path, writer_tx, writer: Mutex::new(Some(writer)), readers: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                path,
+                writer_tx,
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -170,7 +192,12 @@ impl SqliteStore {
     pub async fn close(&self) {
         // An error means the writer is already gone.
         let _ = self.inner.writer_tx.send(WriterMsg::Close);
-        let handle = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -184,7 +211,11 @@ impl SqliteStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
             let conn = match pooled {
                 Some(conn) => conn,
                 None => {
@@ -195,7 +226,10 @@ impl SqliteStore {
                 }
             };
             let result = f(&conn);
-            let mut readers = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut readers = inner
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if readers.len() < MAX_IDLE_READERS {
                 readers.push(conn);
             }
@@ -233,7 +267,9 @@ impl SqliteStore {
             if !queued {
                 return Err(E::from(StoreError::Closed));
             }
-            reply_rx.await.unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
+            reply_rx
+                .await
+                .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
         }
     }
 }
@@ -244,9 +280,14 @@ where
     E: From<StoreError>,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
-    conn.execute_batch("SAVEPOINT op").map_err(StoreError::from)?;
+    conn.execute_batch("SAVEPOINT op")
+        .map_err(StoreError::from)?;
     let result = f(conn);
-    let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
     conn.execute_batch(end).map_err(StoreError::from)?;
     result
 }
@@ -297,7 +338,8 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
 }
 
 fn key32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
-    <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Backend(format!("stored {what} is not 32 bytes")))
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| StoreError::Backend(format!("stored {what} is not 32 bytes")))
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -308,14 +350,25 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn key_package_status(conn: &Connection, device_id: DeviceId) -> Result<KeyPackageStatus, StoreError> {
+fn key_package_status(
+    conn: &Connection,
+    device_id: DeviceId,
+) -> Result<KeyPackageStatus, StoreError> {
     let id = device_id.as_bytes().as_slice();
-    let remaining: i64 = conn.query_row("SELECT count(*) FROM key_packages WHERE device_id = ?1", [id], |r| r.get(0))?;
-    let has_last_resort: bool =
-        conn.query_row("SELECT EXISTS(SELECT 1 FROM last_resort_key_packages WHERE device_id = ?1)", [id], |r| {
-            r.get(0)
-        })?;
-    Ok(KeyPackageStatus { remaining: u32::try_from(remaining).unwrap_or(u32::MAX), has_last_resort })
+    let remaining: i64 = conn.query_row(
+        "SELECT count(*) FROM key_packages WHERE device_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    let has_last_resort: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM last_resort_key_packages WHERE device_id = ?1)",
+        [id],
+        |r| r.get(0),
+    )?;
+    Ok(KeyPackageStatus {
+        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+        has_last_resort,
+    })
 }
 
 fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
@@ -328,12 +381,25 @@ fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, Stor
 
 /// Stores the payload once and adds one mailbox entry per distinct
 /// recipient. Nothing is stored for an envelope without recipients.
-fn insert_envelope(conn: &Connection, envelope: &Envelope, now: UnixSeconds) -> Result<(), EnqueueError> {
+fn insert_envelope(
+    conn: &Connection,
+    envelope: &Envelope,
+    now: UnixSeconds,
+) -> Result<(), EnqueueError> {
     let mut seen = HashSet::new();
-    let recipients: Vec<DeviceId> = envelope.recipients.iter().copied().filter(|d| seen.insert(*d)).collect();
-    let mut exists = conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)").map_err(StoreError::from)?;
+    let recipients: Vec<DeviceId> = envelope
+        .recipients
+        .iter()
+        .copied()
+        .filter(|d| seen.insert(*d))
+        .collect();
+    let mut exists = conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)")
+        .map_err(StoreError::from)?;
     for device in &recipients {
-        let found: bool = exists.query_row([device.as_bytes().as_slice()], |r| r.get(0)).map_err(StoreError::from)?;
+        let found: bool = exists
+            .query_row([device.as_bytes().as_slice()], |r| r.get(0))
+            .map_err(StoreError::from)?;
         if !found {
             return Err(EnqueueError::UnknownDevice(*device));
         }
@@ -348,10 +414,18 @@ fn insert_envelope(conn: &Connection, envelope: &Envelope, now: UnixSeconds) -> 
     .map_err(StoreError::from)?;
     let message_ref = conn.last_insert_rowid();
     let mut insert = conn
-        .prepare_cached("INSERT INTO mailbox (device_id, message_ref, enqueued_at) VALUES (?1, ?2, ?3)")
+        .prepare_cached(
+            "INSERT INTO mailbox (device_id, message_ref, enqueued_at) VALUES (?1, ?2, ?3)",
+        )
         .map_err(StoreError::from)?;
     for device in &recipients {
-        insert.execute(params![device.as_bytes().as_slice(), message_ref, to_i64(now)]).map_err(StoreError::from)?;
+        insert
+            .execute(params![
+                device.as_bytes().as_slice(),
+                message_ref,
+                to_i64(now)
+            ])
+            .map_err(StoreError::from)?;
     }
     Ok(())
 }
@@ -407,7 +481,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn device(&self, username: &str, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device(
+        &self,
+        username: &str,
+        device_id: DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
             let key: Option<Vec<u8>> = conn
@@ -417,7 +495,14 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            key.map(|key| Ok(DeviceRecord { device_id, username, device_key: key32(key, "device key")? })).transpose()
+            key.map(|key| {
+                Ok(DeviceRecord {
+                    device_id,
+                    username,
+                    device_key: key32(key, "device key")?,
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -433,8 +518,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn key_package_status(&self, device_id: DeviceId) -> Result<KeyPackageStatus, StoreError> {
-        self.read(move |conn| key_package_status(conn, device_id)).await
+    async fn key_package_status(
+        &self,
+        device_id: DeviceId,
+    ) -> Result<KeyPackageStatus, StoreError> {
+        self.read(move |conn| key_package_status(conn, device_id))
+            .await
     }
 
     async fn upload_key_packages(
@@ -445,7 +534,9 @@ impl Store for SqliteStore {
     ) -> Result<KeyPackageStatus, StoreError> {
         self.write(move |conn| {
             let id = device_id.as_bytes().as_slice();
-            let mut insert = conn.prepare_cached("INSERT INTO key_packages (device_id, key_package) VALUES (?1, ?2)")?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO key_packages (device_id, key_package) VALUES (?1, ?2)",
+            )?;
             for kp in &key_packages {
                 insert.execute(params![id, kp])?;
             }
@@ -461,7 +552,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_key_packages(&self, username: &str) -> Result<Option<KeyPackageBundle>, StoreError> {
+    async fn claim_key_packages(
+        &self,
+        username: &str,
+    ) -> Result<Option<KeyPackageBundle>, StoreError> {
         let username = username.to_owned();
         self.write(move |conn| {
             let identity_key: Option<Vec<u8>> = conn
@@ -541,7 +635,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn submit_commit(&self, submission: CommitSubmission) -> Result<CommitAccepted, CommitError> {
+    async fn submit_commit(
+        &self,
+        submission: CommitSubmission,
+    ) -> Result<CommitAccepted, CommitError> {
         self.write(move |conn| {
             let group: Option<(i64, Vec<u8>)> = conn
                 .query_row(
@@ -599,14 +696,23 @@ impl Store for SqliteStore {
         let group_id = group_id.clone();
         self.read(move |conn| {
             let epoch: Option<i64> = conn
-                .query_row("SELECT epoch FROM mls_groups WHERE group_id = ?1", [group_id.as_bytes()], |r| r.get(0))
+                .query_row(
+                    "SELECT epoch FROM mls_groups WHERE group_id = ?1",
+                    [group_id.as_bytes()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             Ok(epoch.map(to_u64))
         })
         .await
     }
 
-    async fn fetch_mailbox(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<Vec<MailboxEntry>, StoreError> {
+    async fn fetch_mailbox(
+        &self,
+        device_id: DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
@@ -614,15 +720,30 @@ impl Store for SqliteStore {
                  WHERE mailbox.device_id = ?1 AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(
-                params![device_id.as_bytes().as_slice(), to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)),
+                params![
+                    device_id.as_bytes().as_slice(),
+                    to_i64(after),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
             )?;
             let mut entries = Vec::new();
             for row in rows {
                 let (seq, message_id, payload) = row?;
-                let message_id = MessageId::from_slice(&message_id)
-                    .ok_or_else(|| StoreError::Backend("stored message id has the wrong length".into()))?;
-                entries.push(MailboxEntry { seq: to_u64(seq), message_id, payload });
+                let message_id = MessageId::from_slice(&message_id).ok_or_else(|| {
+                    StoreError::Backend("stored message id has the wrong length".into())
+                })?;
+                entries.push(MailboxEntry {
+                    seq: to_u64(seq),
+                    message_id,
+                    payload,
+                });
             }
             Ok(entries)
         })
@@ -657,7 +778,10 @@ impl Store for SqliteStore {
 
     async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
         self.write(move |conn| {
-            let deleted = conn.execute("DELETE FROM mailbox WHERE enqueued_at < ?1", [to_i64(cutoff)])?;
+            let deleted = conn.execute(
+                "DELETE FROM mailbox WHERE enqueued_at < ?1",
+                [to_i64(cutoff)],
+            )?;
             delete_orphaned_messages(conn)?;
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
@@ -667,7 +791,8 @@ impl Store for SqliteStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|conn| {
             let count = |table: &str| -> Result<u64, StoreError> {
-                let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+                let n: i64 =
+                    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
                 Ok(to_u64(n))
             };
             Ok(StoreStats {

@@ -2,7 +2,13 @@
 //! port 0 in a temporary directory, and a raw WebSocket client that speaks
 //! the protobuf protocol with real Ed25519 keys.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -53,9 +59,16 @@ impl TestServer {
         Self::start_in(dir, Some(tmp), adjust).await
     }
 
-    async fn start_in(data_dir: PathBuf, tmp: Option<tempfile::TempDir>, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
-        let mut config =
-            ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), data_dir: data_dir.clone(), ..ServerConfig::default() };
+    async fn start_in(
+        data_dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.clone(),
+            ..ServerConfig::default()
+        };
         adjust(&mut config);
         let server = Server::bind(config).await.unwrap();
         let addr = server.local_addr();
@@ -63,7 +76,13 @@ impl TestServer {
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        Self { addr, data_dir, tmp, shutdown: Some(tx), task: Some(task) }
+        Self {
+            addr,
+            data_dir,
+            tmp,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Shuts the server down gracefully and starts a new one on the same
@@ -79,7 +98,11 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task).await.expect("server did not stop").unwrap().unwrap();
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server did not stop")
+                .unwrap()
+                .unwrap();
         }
     }
 
@@ -106,7 +129,11 @@ impl TestServer {
 }
 
 pub fn open_db(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(dir.join("sotto.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    rusqlite::Connection::open_with_flags(
+        dir.join("sotto.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
 }
 
 /// An account with one device and its keys.
@@ -129,18 +156,35 @@ impl Account {
             device_key: device.verifying_key().to_bytes().to_vec(),
         }
         .encode_to_vec();
-        Self { username: username.to_owned(), identity, device, device_id, certificate }
+        Self {
+            username: username.to_owned(),
+            identity,
+            device,
+            device_id,
+            certificate,
+        }
     }
 
     pub fn signed_device(&self) -> v1::SignedDevice {
         v1::SignedDevice {
             certificate: self.certificate.clone(),
-            identity_signature: self.identity.sign(&sotto_proto::device_transcript(&self.certificate)).to_bytes().to_vec(),
+            identity_signature: self
+                .identity
+                .sign(&sotto_proto::device_transcript(&self.certificate))
+                .to_bytes()
+                .to_vec(),
         }
     }
 
     pub fn sign_challenge(&self, nonce: &[u8]) -> Vec<u8> {
-        self.device.sign(&sotto_proto::auth_transcript(nonce, &self.username, &self.device_id)).to_bytes().to_vec()
+        self.device
+            .sign(&sotto_proto::auth_transcript(
+                nonce,
+                &self.username,
+                &self.device_id,
+            ))
+            .to_bytes()
+            .to_vec()
     }
 
     pub fn register(&self, nonce: &[u8]) -> Body {
@@ -172,11 +216,19 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws")))
-            .await
-            .expect("connect timed out")
-            .unwrap();
-        let mut client = Self { ws, nonce: Vec::new(), next_request_id: 1, buffered: VecDeque::new() };
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
+        .expect("connect timed out")
+        .unwrap();
+        let mut client = Self {
+            ws,
+            nonce: Vec::new(),
+            next_request_id: 1,
+            buffered: VecDeque::new(),
+        };
         match client.next_frame().await.body {
             Some(server_frame::Body::Challenge(c)) => {
                 assert_eq!(c.protocol_version, sotto_proto::PROTOCOL_VERSION);
@@ -210,13 +262,21 @@ impl Client {
     pub async fn request(&mut self, body: Body) -> v1::Response {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.send_frame(&v1::ClientFrame { request_id, body: Some(body) }).await;
+        self.send_frame(&v1::ClientFrame {
+            request_id,
+            body: Some(body),
+        })
+        .await;
         self.response_to(request_id).await
     }
 
     /// Waits for the response to `request_id`, buffering other frames.
     pub async fn response_to(&mut self, request_id: u64) -> v1::Response {
-        if let Some(pos) = self.buffered.iter().position(|f| is_response_to(f, request_id)) {
+        if let Some(pos) = self
+            .buffered
+            .iter()
+            .position(|f| is_response_to(f, request_id))
+        {
             return into_response(self.buffered.remove(pos).unwrap());
         }
         loop {
@@ -253,10 +313,14 @@ impl Client {
 
     /// The next Delivery, buffering anything else.
     pub async fn next_delivery(&mut self) -> v1::Delivery {
-        if let Some(pos) = self.buffered.iter().position(|f| matches!(f.body, Some(server_frame::Body::Delivery(_)))) {
-            if let Some(server_frame::Body::Delivery(d)) = self.buffered.remove(pos).unwrap().body {
-                return d;
-            }
+        let buffered = self
+            .buffered
+            .iter()
+            .position(|f| matches!(f.body, Some(server_frame::Body::Delivery(_))));
+        if let Some(pos) = buffered
+            && let Some(server_frame::Body::Delivery(d)) = self.buffered.remove(pos).unwrap().body
+        {
+            return d;
         }
         loop {
             let frame = self.read_frame().await;
@@ -269,7 +333,11 @@ impl Client {
 
     /// Asserts that no frame arrives within `wait`.
     pub async fn assert_quiet(&mut self, wait: Duration) {
-        assert!(self.buffered.is_empty(), "unexpected buffered frames: {:?}", self.buffered);
+        assert!(
+            self.buffered.is_empty(),
+            "unexpected buffered frames: {:?}",
+            self.buffered
+        );
         if let Ok(message) = tokio::time::timeout(wait, self.ws.next()).await {
             panic!("expected no frame, got {message:?}");
         }
@@ -295,8 +363,13 @@ impl Client {
 
     /// Acknowledges deliveries (no response expected).
     pub async fn ack(&mut self, seqs: &[u64]) {
-        self.send_frame(&v1::ClientFrame { request_id: 0, body: Some(Body::Ack(v1::Ack { seqs: seqs.to_vec() })) })
-            .await;
+        self.send_frame(&v1::ClientFrame {
+            request_id: 0,
+            body: Some(Body::Ack(v1::Ack {
+                seqs: seqs.to_vec(),
+            })),
+        })
+        .await;
     }
 
     /// Sends `Sync`, acknowledges every delivery that arrives, and returns
@@ -304,7 +377,11 @@ impl Client {
     pub async fn sync(&mut self) -> Vec<v1::Delivery> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.send_frame(&v1::ClientFrame { request_id, body: Some(Body::Sync(v1::Sync {})) }).await;
+        self.send_frame(&v1::ClientFrame {
+            request_id,
+            body: Some(Body::Sync(v1::Sync {})),
+        })
+        .await;
         let mut delivered = Vec::new();
         let mut frames: VecDeque<v1::ServerFrame> = std::mem::take(&mut self.buffered);
         loop {
@@ -318,7 +395,10 @@ impl Client {
                     delivered.push(d);
                 }
                 Some(server_frame::Body::Response(ref r)) if r.request_id == request_id => {
-                    assert!(matches!(r.result, Some(response::Result::SyncDone(_))), "{r:?}");
+                    assert!(
+                        matches!(r.result, Some(response::Result::SyncDone(_))),
+                        "{r:?}"
+                    );
                     self.buffered.extend(frames);
                     return delivered;
                 }
@@ -341,7 +421,10 @@ fn into_response(frame: v1::ServerFrame) -> v1::Response {
 
 #[track_caller]
 pub fn assert_done(response: &v1::Response) {
-    assert!(matches!(response.result, Some(response::Result::Done(_))), "expected Done, got {response:?}");
+    assert!(
+        matches!(response.result, Some(response::Result::Done(_))),
+        "expected Done, got {response:?}"
+    );
 }
 
 /// Asserts that `response` is an error with `code` and returns it.
@@ -356,7 +439,12 @@ pub fn assert_error(response: &v1::Response, code: ErrorCode) -> v1::Error {
     }
 }
 
-pub fn send_message(message_id: &[u8], group_id: &[u8], recipients: &[&[u8]], payload: &[u8]) -> Body {
+pub fn send_message(
+    message_id: &[u8],
+    group_id: &[u8],
+    recipients: &[&[u8]],
+    payload: &[u8],
+) -> Body {
     Body::SendMessage(v1::SendMessage {
         message_id: message_id.to_vec(),
         group_id: group_id.to_vec(),
@@ -365,7 +453,13 @@ pub fn send_message(message_id: &[u8], group_id: &[u8], recipients: &[&[u8]], pa
     })
 }
 
-pub fn commit(message_id: &[u8], group_id: &[u8], epoch: u64, recipients: &[&[u8]], payload: &[u8]) -> v1::SubmitCommit {
+pub fn commit(
+    message_id: &[u8],
+    group_id: &[u8],
+    epoch: u64,
+    recipients: &[&[u8]],
+    payload: &[u8],
+) -> v1::SubmitCommit {
     v1::SubmitCommit {
         message_id: message_id.to_vec(),
         group_id: group_id.to_vec(),
@@ -379,7 +473,17 @@ pub fn commit(message_id: &[u8], group_id: &[u8], epoch: u64, recipients: &[&[u8
 /// Creates a group (an epoch-0 commit with no recipients); returns its id.
 pub async fn create_group(client: &mut Client) -> Vec<u8> {
     let group_id = random_id();
-    assert_done(&client.request(Body::SubmitCommit(commit(&random_id(), &group_id, 0, &[], b"create"))).await);
+    assert_done(
+        &client
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group_id,
+                0,
+                &[],
+                b"create",
+            )))
+            .await,
+    );
     group_id
 }
 
@@ -390,6 +494,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     out
 }
