@@ -50,6 +50,25 @@ enum Command {
     Sync,
     /// Stay connected and print messages as they arrive (Ctrl-C to stop).
     Listen,
+    /// Link, list and remove this account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show the safety number you share with a user, to compare in person.
+    Verify {
+        username: String,
+        /// Mark the user as verified after you compared the numbers.
+        #[arg(long)]
+        mark: bool,
+        /// Accept the user's new identity key after a key-change warning
+        /// (it starts unverified).
+        #[arg(long)]
+        accept_new_key: bool,
+    },
+    /// Download a server's whole key log and check every entry, signature and head.
+    Audit {
+        /// The server, e.g. http://127.0.0.1:8420
+        server: String,
+    },
     /// Show the history of a conversation with a user, or of a group.
     History {
         /// Show this group's history.
@@ -58,6 +77,24 @@ enum Command {
         #[arg(required_unless_present = "group")]
         username: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// On an existing device: show a one-time code for a new device, and
+    /// approve it when it joins.
+    Link {
+        /// Approve the joining device without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// On a new device (with a new --profile): join an account with a code
+    /// from `sotto device link`.
+    Join { code: String },
+    /// List this account's devices, from the key log.
+    List,
+    /// Remove a device: it can no longer log in or read new messages.
+    Remove { device_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +211,46 @@ async fn run(cli: Cli) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
+        Command::Device(command) => device(&profile, command, &out).await?,
+        Command::Verify {
+            username,
+            mark,
+            accept_new_key,
+        } => {
+            let mut client = Client::open(&profile)?;
+            let (number, verified) = if mark {
+                (client.mark_verified(&username).await?, true)
+            } else {
+                client.safety_number(&username, accept_new_key).await?
+            };
+            client.disconnect().await;
+            let status = if verified { "verified" } else { "not verified" };
+            out.line(
+                &format!(
+                    "safety number with {username} ({status}):\n\n  {}\n\n{}\nCompare it with {username}'s screen; if it matches, run `sotto verify {username} --mark`.",
+                    number.grouped(),
+                    qr(number.digits())
+                ),
+                &serde_json::json!({ "username": username, "safety_number": number.digits(), "verified": verified }),
+            );
+        }
+        Command::Audit { server } => {
+            let report = sotto_client::audit(&server).await?;
+            out.line(
+                &format!(
+                    "key log of {server} verified: {} entries, {} accounts, {} active devices, root {}",
+                    report.entries,
+                    report.accounts,
+                    report.devices,
+                    hex::encode(report.root)
+                ),
+                &serde_json::json!({
+                    "entries": report.entries, "accounts": report.accounts,
+                    "devices": report.devices, "tree_size": report.tree_size,
+                    "root": hex::encode(report.root),
+                }),
+            );
+        }
         Command::History { group, username } => {
             let client = Client::open(&profile)?;
             let entries = match (group, username) {
@@ -244,6 +321,92 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
     Ok(())
 }
 
+async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer) -> Result<()> {
+    if let DeviceCommand::Join { code } = &command {
+        let mut client = Client::join_link(profile, code).await?;
+        client.disconnect().await;
+        out.line(
+            &format!("this device is now linked to {} (device {})", client.username(), client.device_id()),
+            &serde_json::json!({ "username": client.username().as_str(), "device_id": client.device_id().to_string() }),
+        );
+        return Ok(());
+    }
+    let mut client = Client::open(profile)?;
+    match command {
+        DeviceCommand::Join { .. } => {}
+        DeviceCommand::Link { yes } => {
+            let code = client.open_link().await?;
+            let text = code.reveal();
+            eprintln!(
+                "On the new device, run:\n\n  sotto --profile DIR device join {text}\n\nor scan:\n{}\nWaiting for the new device (10 minutes)...",
+                qr(&text)
+            );
+            out.line(
+                &format!("code {text}"),
+                &serde_json::json!({ "code": text }),
+            );
+            let request = client.wait_for_link_request(&code).await?;
+            let fingerprint = hex::encode(&request.device_key[..8]);
+            if !yes
+                && !confirm(&format!(
+                    "Device {} (key {fingerprint}…) wants to join your account. Approve? [y/N] ",
+                    request.device_id
+                ))?
+            {
+                bail!("not approved; the device was not linked");
+            }
+            for entry in client.approve_link(&code, &request).await? {
+                out.entry(&entry);
+            }
+            out.line(
+                &format!("linked device {}", request.device_id),
+                &serde_json::json!({ "linked": request.device_id.to_string() }),
+            );
+        }
+        DeviceCommand::List => {
+            for device in client.devices().await? {
+                let marker = if device.this_device {
+                    " (this device)"
+                } else {
+                    ""
+                };
+                out.line(
+                    &format!("{}{marker}", device.device_id),
+                    &serde_json::to_value(&device)?,
+                );
+            }
+        }
+        DeviceCommand::Remove { device_id } => {
+            client.remove_device(&device_id).await?;
+            out.line(
+                &format!("removed device {device_id}"),
+                &serde_json::json!({ "removed": device_id }),
+            );
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::BufRead as _;
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// A QR code drawn with Unicode half blocks.
+fn qr(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Prints text for people or JSON lines for programs, flushing each line so
 /// `listen` output can be piped.
 struct Printer {
@@ -268,8 +431,12 @@ impl Printer {
         };
         let text = match entry.kind {
             EntryKind::Text => format!("[{place}] {}: {}", entry.sender, entry.text),
+            EntryKind::System if entry.conversation.is_empty() => entry.text.clone(),
             EntryKind::System => format!("[{place}] * {}", entry.text),
         };
+        if !self.json && entry.text.starts_with("WARNING") {
+            eprintln!("{text}");
+        }
         self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
     }
 }

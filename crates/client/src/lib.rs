@@ -10,11 +10,19 @@
 //! message id, which the server de-duplicates.
 
 mod client;
+mod conversations;
+mod devices;
+mod keys;
 pub mod provider;
+mod receive;
 pub mod store;
 pub mod transport;
 
 pub use client::{Client, CommitOutcome, MemberInfo};
+pub use devices::{DeviceInfo, LinkRequestInfo};
+pub use keys::audit;
+pub use sotto_core::link::LinkCode;
+pub use sotto_core::safety::SafetyNumber;
 pub use store::{ConversationKind, EntryKind, HistoryEntry};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
@@ -47,6 +55,10 @@ pub enum ClientError {
         "gave up after {0} attempts because other members kept changing the group at the same time; try again"
     )]
     Conflict(usize),
+    /// The transparency log, or a key checked against it, does not add up:
+    /// the server may be lying. Nothing was sent.
+    #[error("WARNING: {0}")]
+    KeyLog(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"

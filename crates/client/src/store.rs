@@ -16,13 +16,22 @@ CREATE TABLE profile (
     server_url TEXT NOT NULL,
     identity_secret BLOB NOT NULL,
     device_id BLOB NOT NULL,
-    device_secret BLOB NOT NULL
+    device_secret BLOB NOT NULL,
+    -- The server's transparency-log key, pinned at registration or linking.
+    log_key BLOB NOT NULL
 );
--- Identity keys seen for other accounts (trust on first use until the
--- transparency log lands).
+-- The newest transparency-log head this device verified. Every later head
+-- must be consistent with it.
+CREATE TABLE log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    head BLOB NOT NULL
+);
+-- Identity keys of other accounts as the log showed them when first used.
+-- `verified` is set when the user compared safety numbers.
 CREATE TABLE contacts (
     username TEXT PRIMARY KEY,
-    identity_key BLOB NOT NULL
+    identity_key BLOB NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE conversations (
     id INTEGER PRIMARY KEY,
@@ -36,7 +45,7 @@ CREATE TABLE conversations (
 CREATE TABLE groups (
     group_id BLOB PRIMARY KEY,
     conversation_id INTEGER REFERENCES conversations(id),
-    state TEXT NOT NULL CHECK (state IN ('active', 'left', 'removed'))
+    state TEXT NOT NULL CHECK (state IN ('active', 'left', 'removed', 'refused'))
 );
 CREATE TABLE messages (
     id BLOB PRIMARY KEY,
@@ -89,6 +98,7 @@ pub struct ProfileRow {
     pub identity_secret: Vec<u8>,
     pub device_id: Vec<u8>,
     pub device_secret: Vec<u8>,
+    pub log_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for ProfileRow {
@@ -102,7 +112,8 @@ impl std::fmt::Debug for ProfileRow {
 
 pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError> {
     conn.query_row(
-        "SELECT username, server_url, identity_secret, device_id, device_secret FROM profile",
+        "SELECT username, server_url, identity_secret, device_id, device_secret, log_key
+         FROM profile",
         [],
         |r| {
             Ok(ProfileRow {
@@ -111,6 +122,7 @@ pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError>
                 identity_secret: r.get(2)?,
                 device_id: r.get(3)?,
                 device_secret: r.get(4)?,
+                log_key: r.get(5)?,
             })
         },
     )
@@ -119,28 +131,43 @@ pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError>
 
 pub fn save_profile(conn: &Connection, row: &ProfileRow) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret, log_key)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             row.username,
             row.server_url,
             row.identity_secret,
             row.device_id,
-            row.device_secret
+            row.device_secret,
+            row.log_key
         ],
     )?;
     Ok(())
 }
 
-pub fn contact_key(conn: &Connection, username: &str) -> Result<Option<Vec<u8>>, StoreError> {
+/// What this device knows of another account's identity key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contact {
+    pub identity_key: Vec<u8>,
+    pub verified: bool,
+}
+
+pub fn contact(conn: &Connection, username: &str) -> Result<Option<Contact>, StoreError> {
     conn.query_row(
-        "SELECT identity_key FROM contacts WHERE username = ?1",
+        "SELECT identity_key, verified FROM contacts WHERE username = ?1",
         [username],
-        |r| r.get(0),
+        |r| {
+            Ok(Contact {
+                identity_key: r.get(0)?,
+                verified: r.get(1)?,
+            })
+        },
     )
     .optional()
 }
 
+/// Records `identity_key` for `username`; a changed key loses the
+/// verified mark.
 pub fn save_contact(
     conn: &Connection,
     username: &str,
@@ -148,8 +175,30 @@ pub fn save_contact(
 ) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO contacts (username, identity_key) VALUES (?1, ?2)
-         ON CONFLICT (username) DO NOTHING",
+         ON CONFLICT (username) DO UPDATE SET identity_key = excluded.identity_key, verified = 0
+         WHERE identity_key != excluded.identity_key",
         params![username, identity_key],
+    )?;
+    Ok(())
+}
+
+pub fn set_verified(conn: &Connection, username: &str, verified: bool) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE contacts SET verified = ?2 WHERE username = ?1",
+        params![username, verified],
+    )?;
+    Ok(())
+}
+
+pub fn log_head(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT head FROM log_head", [], |r| r.get(0))
+        .optional()
+}
+
+pub fn save_log_head(conn: &Connection, head: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO log_head (id, head) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET head = excluded.head",
+        [head],
     )?;
     Ok(())
 }
@@ -277,6 +326,9 @@ pub enum GroupState {
     Left,
     /// Another member removed this device.
     Removed,
+    /// This device refused a change to the group (a member whose key is not
+    /// in the transparency log, or a withheld commit) and stopped using it.
+    Refused,
 }
 
 impl GroupState {
@@ -285,6 +337,7 @@ impl GroupState {
             Self::Active => "active",
             Self::Left => "left",
             Self::Removed => "removed",
+            Self::Refused => "refused",
         }
     }
 
@@ -292,6 +345,7 @@ impl GroupState {
         match s {
             "active" => Self::Active,
             "left" => Self::Left,
+            "refused" => Self::Refused,
             _ => Self::Removed,
         }
     }

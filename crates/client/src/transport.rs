@@ -5,7 +5,8 @@ use crate::ClientError;
 use futures_util::{SinkExt as _, StreamExt as _};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    Ack, ClientFrame, Delivery, ServerFrame, client_frame, response, server_frame,
+    Ack, ClientFrame, Delivery, LinkCompleted, LinkRequest, ServerFrame, client_frame, response,
+    server_frame,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,20 +22,39 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Push {
     Delivery(Delivery),
     KeyPackagesLow,
+    /// A new device asks to join a link this device opened.
+    LinkRequest(LinkRequest),
+    /// The existing device answered the link this device joined.
+    LinkCompleted(LinkCompleted),
+}
+
+impl Push {
+    fn from_frame(body: server_frame::Body) -> Option<Self> {
+        match body {
+            server_frame::Body::Delivery(d) => Some(Self::Delivery(d)),
+            server_frame::Body::KeyPackagesLow(_) => Some(Self::KeyPackagesLow),
+            server_frame::Body::LinkRequest(r) => Some(Self::LinkRequest(r)),
+            server_frame::Body::LinkCompleted(c) => Some(Self::LinkCompleted(c)),
+            server_frame::Body::Challenge(_) | server_frame::Body::Response(_) => None,
+        }
+    }
 }
 
 pub struct Transport {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_request_id: u64,
-    pushed: VecDeque<Push>,
+    /// Pushes, and responses to requests nobody is waiting for yet.
+    buffered: VecDeque<Next>,
     /// The login challenge of this connection.
     pub nonce: Vec<u8>,
+    /// The server's transparency-log key, as announced in the challenge.
+    pub log_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("pushed", &self.pushed.len())
+            .field("buffered", &self.buffered.len())
             .finish_non_exhaustive()
     }
 }
@@ -77,8 +97,9 @@ impl Transport {
         let mut transport = Self {
             ws,
             next_request_id: 1,
-            pushed: VecDeque::new(),
+            buffered: VecDeque::new(),
             nonce: Vec::new(),
+            log_key: Vec::new(),
         };
         match transport.read_frame().await?.body {
             Some(server_frame::Body::Challenge(challenge)) => {
@@ -90,6 +111,7 @@ impl Transport {
                     )));
                 }
                 transport.nonce = challenge.nonce;
+                transport.log_key = challenge.log_key;
                 Ok(transport)
             }
             _ => Err(ClientError::Protocol(
@@ -153,25 +175,30 @@ impl Transport {
                             None => Err(ClientError::Protocol("empty response".into())),
                         };
                     }
-                    Some(server_frame::Body::Response(r)) => {
-                        if let Some(response::Result::Error(e)) = r.result {
-                            return Err(ClientError::Server(e));
-                        }
-                    }
-                    Some(server_frame::Body::Delivery(d)) => {
-                        self.pushed.push_back(Push::Delivery(d))
-                    }
-                    Some(server_frame::Body::KeyPackagesLow(_)) => {
-                        self.pushed.push_back(Push::KeyPackagesLow)
-                    }
-                    Some(server_frame::Body::Challenge(_)) | None => {
-                        return Err(ClientError::Protocol("unexpected frame from server".into()));
-                    }
+                    // Another request's answer, or a push: kept for `next`.
+                    Some(body) => self.buffer(body)?,
+                    None => return Err(ClientError::Protocol("empty frame from server".into())),
                 }
             }
         })
         .await
         .map_err(|_| ClientError::Network("the server did not answer in time".into()))?
+    }
+
+    fn buffer(&mut self, body: server_frame::Body) -> Result<(), ClientError> {
+        let next = match body {
+            server_frame::Body::Response(r) => Next::Response(
+                r.request_id,
+                r.result
+                    .ok_or_else(|| ClientError::Protocol("empty response".into()))?,
+            ),
+            other => Next::Push(
+                Push::from_frame(other)
+                    .ok_or_else(|| ClientError::Protocol("unexpected frame from server".into()))?,
+            ),
+        };
+        self.buffered.push_back(next);
+        Ok(())
     }
 
     /// Sends a request without waiting; its response arrives through
@@ -191,10 +218,13 @@ impl Transport {
     /// With `idle_ping`, sends a WebSocket ping whenever nothing arrives for
     /// that long, so the server does not close an idle connection.
     pub async fn next(&mut self, idle_ping: Option<Duration>) -> Result<Next, ClientError> {
-        if let Some(push) = self.pushed.pop_front() {
-            return Ok(Next::Push(push));
-        }
         loop {
+            if let Some(next) = self.buffered.pop_front() {
+                return match next {
+                    Next::Response(_, response::Result::Error(e)) => Err(ClientError::Server(e)),
+                    other => Ok(other),
+                };
+            }
             let frame = match idle_ping {
                 Some(every) => match tokio::time::timeout(every, self.read_frame()).await {
                     Ok(frame) => frame?,
@@ -212,18 +242,10 @@ impl Transport {
                         ClientError::Network("the server did not answer in time".into())
                     })??,
             };
-            return match frame.body {
-                Some(server_frame::Body::Delivery(d)) => Ok(Next::Push(Push::Delivery(d))),
-                Some(server_frame::Body::KeyPackagesLow(_)) => Ok(Next::Push(Push::KeyPackagesLow)),
-                Some(server_frame::Body::Response(r)) => match r.result {
-                    Some(response::Result::Error(e)) => Err(ClientError::Server(e)),
-                    Some(ok) => Ok(Next::Response(r.request_id, ok)),
-                    None => Err(ClientError::Protocol("empty response".into())),
-                },
-                Some(server_frame::Body::Challenge(_)) | None => {
-                    Err(ClientError::Protocol("unexpected frame from server".into()))
-                }
-            };
+            let body = frame
+                .body
+                .ok_or_else(|| ClientError::Protocol("empty frame from server".into()))?;
+            self.buffer(body)?;
         }
     }
 

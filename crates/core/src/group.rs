@@ -29,6 +29,20 @@ pub enum GroupError {
     /// A peer (or the server) sent something invalid; drop it and carry on.
     #[error("invalid message from a peer: {0}")]
     PeerMisbehaved(String),
+    /// The message adds members whose accounts this device has not looked up
+    /// yet: fetch their transparency-log entries and process it again.
+    #[error("unverified members of {0:?}; look up their accounts and retry")]
+    Unverified(Vec<Username>),
+    /// A member's key is not the one the transparency log holds for its
+    /// account: a ghost device or a swapped key. Refuse, and warn loudly.
+    #[error("{0}")]
+    Ghost(String),
+    /// The message is from a later epoch than this device's: a commit (a
+    /// roster change) was withheld from it.
+    #[error(
+        "a message from epoch {message_epoch} arrived while this device is at epoch {own_epoch}: a change to the conversation's members was withheld from this device"
+    )]
+    Withheld { own_epoch: u64, message_epoch: u64 },
     /// The message is for a group this device is not in (any more).
     #[error("message for unknown group {0}")]
     UnknownGroup(String),
@@ -251,16 +265,45 @@ pub fn remove_user(
     own: DeviceId,
     username: &Username,
 ) -> Result<PendingCommit, GroupError> {
-    let leaves: Vec<LeafNodeIndex> = group
-        .members()
-        .filter(|m| {
-            MemberId::from_credential(&m.credential).is_ok_and(|id| &id.username == username)
-        })
-        .map(|m| m.index)
-        .collect();
-    if leaves.is_empty() {
+    if !members(group).iter().any(|m| &m.username == username) {
         return Err(GroupError::Misuse(format!("{username} is not a member")));
     }
+    remove_where(provider, group, signer, own, |m| &m.username == username)
+}
+
+/// Commits removing the given devices (a device removed from its account).
+/// `Ok(None)` if none of them is a member.
+pub fn remove_devices(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+    devices: &[DeviceId],
+) -> Result<Option<PendingCommit>, GroupError> {
+    if !members(group)
+        .iter()
+        .any(|m| devices.contains(&m.device_id))
+    {
+        return Ok(None);
+    }
+    remove_where(provider, group, signer, own, |m| {
+        devices.contains(&m.device_id)
+    })
+    .map(Some)
+}
+
+fn remove_where(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: DeviceId,
+    doomed: impl Fn(&MemberId) -> bool,
+) -> Result<PendingCommit, GroupError> {
+    let leaves: Vec<LeafNodeIndex> = group
+        .members()
+        .filter(|m| MemberId::from_credential(&m.credential).is_ok_and(|id| doomed(&id)))
+        .map(|m| m.index)
+        .collect();
     if leaves.contains(&group.own_leaf_index()) {
         return Err(GroupError::Misuse(
             "to remove yourself, leave the group".into(),
@@ -348,6 +391,55 @@ pub fn encrypt(
     serialize(&message)
 }
 
+/// Where a client checks that a member's signature key is one the
+/// transparency log lists for the member's account.
+pub trait KeyDirectory {
+    fn check(&self, member: &MemberId, signature_key: &[u8]) -> KeyCheck;
+}
+
+/// The verdict of a [`KeyDirectory`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The log lists this key for this device.
+    Listed,
+    /// The account (or this device of it) has not been looked up yet, or
+    /// was looked up before the device was added.
+    Unknown,
+    /// The log says otherwise; the reason says how.
+    Refused(String),
+}
+
+/// Checks every (member, key) against the directory: all listed, or the
+/// accounts to look up, or a ghost.
+fn check_members<'a>(
+    directory: &impl KeyDirectory,
+    members: impl IntoIterator<Item = (&'a Credential, &'a [u8])>,
+) -> Result<(), GroupError> {
+    let mut unknown = Vec::new();
+    for (credential, key) in members {
+        let member = MemberId::from_credential(credential)?;
+        match directory.check(&member, key) {
+            KeyCheck::Listed => {}
+            KeyCheck::Unknown => {
+                if !unknown.contains(&member.username) {
+                    unknown.push(member.username);
+                }
+            }
+            KeyCheck::Refused(reason) => {
+                return Err(GroupError::Ghost(format!(
+                    "refused device {} of {}: {reason}",
+                    member.device_id, member.username
+                )));
+            }
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(GroupError::Unverified(unknown))
+    }
+}
+
 /// What an incoming MLS message turned out to be, after it was applied to
 /// the provider's storage.
 #[derive(Debug)]
@@ -378,18 +470,43 @@ pub enum Inbound {
     },
 }
 
+/// The group a message is for, without processing it (`None` for a Welcome
+/// or anything unparsable).
+pub fn group_id_of(payload: &[u8]) -> Option<Vec<u8>> {
+    let message = MlsMessageIn::tls_deserialize_exact_bytes(payload).ok()?;
+    match message.extract() {
+        MlsMessageBodyIn::PrivateMessage(m) => Some(ProtocolMessage::from(m).group_id().to_vec()),
+        MlsMessageBodyIn::PublicMessage(m) => Some(ProtocolMessage::from(m).group_id().to_vec()),
+        _ => None,
+    }
+}
+
 /// Processes one MLS message from the delivery service and applies it: joins
 /// on a Welcome, merges commits, queues proposals, decrypts application
-/// messages.
-pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inbound, GroupError> {
+/// messages. Every member a Welcome or commit brings in is checked against
+/// `directory` first: no device joins a conversation unless the
+/// transparency log lists its key for its account.
+pub fn process(
+    provider: &impl OpenMlsProvider,
+    payload: &[u8],
+    directory: &impl KeyDirectory,
+) -> Result<Inbound, GroupError> {
     let message = MlsMessageIn::tls_deserialize_exact_bytes(payload)
         .map_err(|e| GroupError::PeerMisbehaved(format!("malformed MLS message: {e}")))?;
     let protocol = match message.extract() {
         MlsMessageBodyIn::Welcome(welcome) => {
-            let group = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+            let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
                 .map_err(|e| {
-                    GroupError::PeerMisbehaved(format!("cannot join from Welcome: {e:?}"))
-                })?
+                GroupError::PeerMisbehaved(format!("cannot join from Welcome: {e:?}"))
+            })?;
+            let roster: Vec<Member> = staged.members().collect();
+            check_members(
+                directory,
+                roster
+                    .iter()
+                    .map(|m| (&m.credential, m.signature_key.as_slice())),
+            )?;
+            let group = staged
                 .into_group(provider)
                 .map_err(|e| mls("join group")(&e))?;
             return Ok(Inbound::Joined {
@@ -407,6 +524,12 @@ pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inboun
     };
     let group_id = protocol.group_id().to_vec();
     let mut group = load(provider, &group_id)?;
+    if protocol.epoch() > group.epoch() {
+        return Err(GroupError::Withheld {
+            own_epoch: group.epoch().as_u64(),
+            message_epoch: protocol.epoch().as_u64(),
+        });
+    }
     let processed = group
         .process_message(provider, protocol)
         .map_err(|e| GroupError::PeerMisbehaved(format!("cannot process message: {e:?}")))?;
@@ -442,6 +565,23 @@ pub fn process(provider: &impl OpenMlsProvider, payload: &[u8]) -> Result<Inboun
             "external joins are not allowed".into(),
         )),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let mut joining: Vec<(Credential, Vec<u8>)> = staged
+                .add_proposals()
+                .map(|p| {
+                    let leaf = p.add_proposal().key_package().leaf_node();
+                    (
+                        leaf.credential().clone(),
+                        leaf.signature_key().as_slice().to_vec(),
+                    )
+                })
+                .collect();
+            if let Some(leaf) = staged.update_path_leaf_node() {
+                joining.push((
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                ));
+            }
+            check_members(directory, joining.iter().map(|(c, k)| (c, k.as_slice())))?;
             let change = RosterChange::of(&group, &staged);
             let self_removed = staged.self_removed();
             group
@@ -557,6 +697,32 @@ mod tests {
         .unwrap()
     }
 
+    /// Lists exactly the given devices' keys.
+    struct Directory(Vec<(MemberId, [u8; 32])>);
+
+    impl Directory {
+        fn of(devices: &[&Device]) -> Self {
+            Self(
+                devices
+                    .iter()
+                    .map(|d| (d.account.member_id(), d.account.device.public()))
+                    .collect(),
+            )
+        }
+    }
+
+    impl KeyDirectory for Directory {
+        fn check(&self, member: &MemberId, key: &[u8]) -> KeyCheck {
+            match self.0.iter().find(|(m, _)| m.username == member.username) {
+                None => KeyCheck::Unknown,
+                Some(_) => match self.0.iter().find(|(m, _)| m == member) {
+                    Some((_, k)) if k.as_slice() == key => KeyCheck::Listed,
+                    _ => KeyCheck::Refused("not in the log".into()),
+                },
+            }
+        }
+    }
+
     fn accept(d: &Device, group: &mut MlsGroup) {
         merge_pending(&d.provider, group).unwrap();
     }
@@ -564,6 +730,7 @@ mod tests {
     #[test]
     fn create_add_talk_remove() {
         let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+        let dir = Directory::of(&[&a, &b, &c]);
         let mut group = create_group(&a.provider, &a.account).unwrap();
         let pending = add_members(
             &a.provider,
@@ -583,13 +750,13 @@ mod tests {
         let welcome = pending.welcome.unwrap();
         for d in [&b, &c] {
             assert!(
-                matches!(process(&d.provider, &welcome).unwrap(), Inbound::Joined { members, .. } if members.len() == 3)
+                matches!(process(&d.provider, &welcome, &dir).unwrap(), Inbound::Joined { members, .. } if members.len() == 3)
             );
         }
 
         let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hello").unwrap();
         for d in [&b, &c] {
-            match process(&d.provider, &hello).unwrap() {
+            match process(&d.provider, &hello, &dir).unwrap() {
                 Inbound::Application {
                     plaintext, sender, ..
                 } => {
@@ -614,18 +781,18 @@ mod tests {
             "the removed member must learn of its removal"
         );
         accept(&a, &mut group);
-        match process(&c.provider, &pending.commit).unwrap() {
+        match process(&c.provider, &pending.commit, &dir).unwrap() {
             Inbound::Commit { self_removed, .. } => assert!(self_removed),
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(process(&b.provider, &pending.commit).unwrap(), Inbound::Commit { change, .. } if change.removed == vec![c.account.member_id()])
+            matches!(process(&b.provider, &pending.commit, &dir).unwrap(), Inbound::Commit { change, .. } if change.removed == vec![c.account.member_id()])
         );
 
         let secret = encrypt(&a.provider, &mut group, &a.account.device, b"after removal").unwrap();
-        assert!(process(&c.provider, &secret).is_err());
+        assert!(process(&c.provider, &secret, &dir).is_err());
         assert!(
-            matches!(process(&b.provider, &secret).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal")
+            matches!(process(&b.provider, &secret, &dir).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal")
         );
     }
 
@@ -672,8 +839,57 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let d = device("dora");
+        let dir = Directory::of(&[&d]);
         for junk in [&b""[..], b"\x00\x01", &[0xff; 64]] {
-            assert!(process(&d.provider, junk).is_err());
+            assert!(process(&d.provider, junk, &dir).is_err());
         }
+    }
+
+    #[test]
+    fn members_missing_from_the_log_are_refused() {
+        let (a, b, c, ghost) = (
+            device("anna"),
+            device("ben"),
+            device("cleo"),
+            device("ghost"),
+        );
+        let mut group = create_group(&a.provider, &a.account).unwrap();
+        let (b_kp, c_kp) = (claim(&b), claim(&c));
+        let pending = add_members(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+            &[b_kp, c_kp],
+        )
+        .unwrap();
+        accept(&a, &mut group);
+        let welcome = pending.welcome.unwrap();
+        // Ben has not looked up anna and cleo yet: he is told to. (The real
+        // client rolls back its transaction and retries after the lookup.)
+        let err = process(&b.provider, &welcome, &Directory::of(&[&b])).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::Unverified(users) if users.len() == 2),
+            "{err:?}"
+        );
+        process(&c.provider, &welcome, &Directory::of(&[&a, &b, &c])).unwrap();
+
+        // Anna adds a device whose key the log does not list.
+        let pending = add_members(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+            &[claim(&ghost)],
+        )
+        .unwrap();
+        accept(&a, &mut group);
+        let mut lying = Directory::of(&[&a, &b, &c]);
+        lying.0.push((ghost.account.member_id(), [9; 32]));
+        let err = process(&c.provider, &pending.commit, &lying).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::Ghost(reason) if reason.contains("ghost")),
+            "{err:?}"
+        );
     }
 }

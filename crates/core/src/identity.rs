@@ -10,7 +10,10 @@ use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, Signature
 use openmls_traits::signatures::{Signer, SignerError};
 use prost::Message as _;
 use rand::rngs::OsRng;
-use sotto_proto::v1::{DeviceCertificate, SignedDevice};
+use sotto_proto::v1::{
+    AccountEvent, DeviceAdded, DeviceCertificate, DeviceRemoved, IdentityRegistered, LogEntry,
+    SignedDevice, account_event::Change,
+};
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -265,6 +268,53 @@ impl IdentityKey {
     }
 }
 
+impl IdentityKey {
+    /// Signs an event of `username`'s account for the transparency log.
+    pub fn sign_event(&self, username: &Username, account_seq: u64, change: Change) -> LogEntry {
+        let event = AccountEvent {
+            username: username.to_string(),
+            identity_key: self.public().to_vec(),
+            account_seq,
+            change: Some(change),
+        }
+        .encode_to_vec();
+        let signature = self
+            .0
+            .sign(&sotto_proto::log_event_transcript(&event))
+            .to_bytes()
+            .to_vec();
+        LogEntry { event, signature }
+    }
+
+    /// The log event adding a device.
+    pub fn device_added(
+        &self,
+        username: &Username,
+        account_seq: u64,
+        device_id: DeviceId,
+        device_key: [u8; 32],
+    ) -> LogEntry {
+        let change = Change::DeviceAdded(DeviceAdded {
+            device_id: device_id.as_bytes().to_vec(),
+            device_key: device_key.to_vec(),
+        });
+        self.sign_event(username, account_seq, change)
+    }
+
+    /// The log event removing a device.
+    pub fn device_removed(
+        &self,
+        username: &Username,
+        account_seq: u64,
+        device_id: DeviceId,
+    ) -> LogEntry {
+        let change = Change::DeviceRemoved(DeviceRemoved {
+            device_id: device_id.as_bytes().to_vec(),
+        });
+        self.sign_event(username, account_seq, change)
+    }
+}
+
 impl fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -310,6 +360,19 @@ impl Account {
             username: self.username.clone(),
             device_id: self.device_id,
         }
+    }
+
+    /// The account's first two log entries: the identity, then this device.
+    pub fn registration_log_entries(&self) -> Vec<LogEntry> {
+        vec![
+            self.identity.sign_event(
+                &self.username,
+                0,
+                Change::IdentityRegistered(IdentityRegistered {}),
+            ),
+            self.identity
+                .device_added(&self.username, 1, self.device_id, self.device.public()),
+        ]
     }
 
     /// The MLS credential of this device, bound to its device key.

@@ -18,6 +18,8 @@
 pub mod content;
 pub mod group;
 pub mod identity;
+pub mod link;
+pub mod safety;
 
 pub use openmls;
 pub use openmls_rust_crypto;

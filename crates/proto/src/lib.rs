@@ -44,6 +44,14 @@ pub const NONCE_LEN: usize = 32;
 pub const AUTH_CONTEXT: &[u8] = b"sotto-auth-v1";
 /// Domain separator for the identity key's signature over a device certificate.
 pub const DEVICE_CONTEXT: &[u8] = b"sotto-device-v1";
+/// Domain separator for the identity key's signature over a log event.
+pub const LOG_EVENT_CONTEXT: &[u8] = b"sotto-log-event-v1";
+/// Domain separator for the log key's signature over a tree head.
+pub const TREE_HEAD_CONTEXT: &[u8] = b"sotto-tree-head-v1";
+/// Most log entries one `GetLogEntries` returns.
+pub const MAX_LOG_ENTRIES_PER_REQUEST: u32 = 1000;
+/// Length of a device-link id.
+pub const LINK_ID_LEN: usize = 16;
 
 /// A frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,21 @@ pub fn auth_transcript(nonce: &[u8], username: &str, device_id: &[u8]) -> Vec<u8
 /// The bytes an identity key signs to vouch for a device certificate.
 pub fn device_transcript(certificate: &[u8]) -> Vec<u8> {
     [DEVICE_CONTEXT, certificate].concat()
+}
+
+/// The bytes an identity key signs for a log event.
+pub fn log_event_transcript(event: &[u8]) -> Vec<u8> {
+    [LOG_EVENT_CONTEXT, event].concat()
+}
+
+/// The bytes the log key signs for a tree head.
+pub fn tree_head_transcript(tree_size: u64, root_hash: &[u8], timestamp_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TREE_HEAD_CONTEXT.len() + 16 + root_hash.len());
+    out.extend_from_slice(TREE_HEAD_CONTEXT);
+    out.extend_from_slice(&tree_size.to_be_bytes());
+    out.extend_from_slice(root_hash);
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out
 }
 
 /// Usernames are 3 to 32 characters of `a-z`, `0-9`, `_`, `.` and `-`,

@@ -18,13 +18,20 @@ use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_fram
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use sotto_transparency::{AccountState, LogError, leaf_bytes, open_entry};
+use tokio::sync::mpsc;
+
 use crate::config::Limits;
+use crate::link_rendezvous::{
+    ConnectionId, LINK_QUEUE, LinkError, LinkId, LinkRendezvous, MAX_SEALED_BYTES,
+};
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::store::{
-    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId,
-    GroupMessage, MessageId, NewAccount, RegisterError, SignedDevice, Store, StoreError,
-    UnixSeconds, day_of,
+    AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
+    Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
+    RemoveDeviceError, SignedDevice, Store, StoreError, UnixSeconds, day_of,
 };
+use crate::transparency_log::{TransparencyLog, decode_records};
 
 /// Largest KeyPackage accepted in an upload.
 pub const MAX_KEY_PACKAGE_BYTES: usize = 64 * 1024;
@@ -38,6 +45,8 @@ pub(crate) struct Context<S> {
     pub store: Arc<S>,
     pub hub: MailboxHub,
     pub limits: Limits,
+    pub log: TransparencyLog,
+    pub links: LinkRendezvous,
 }
 
 /// Seconds since the Unix epoch, from the system clock.
@@ -163,12 +172,131 @@ fn group_id(bytes: &[u8]) -> Result<GroupId, v1::Error> {
 fn unknown_device(device: DeviceId) -> v1::Error {
     error(
         ErrorCode::UnknownDevice,
-        format!("unknown device {device}: every recipient must be a registered device"),
+        format!(
+            "unknown device {device}: every recipient must be a registered device that was not removed"
+        ),
+    )
+}
+
+/// A client-supplied log entry was refused.
+fn bad_log_entry(what: &str, e: &LogError) -> v1::Error {
+    let code = match e {
+        LogError::BadSignature(_) => ErrorCode::AuthenticationFailed,
+        _ => ErrorCode::InvalidRequest,
+    };
+    error(code, format!("{what}: {e}"))
+}
+
+/// Parses a device certificate for `username` and checks the identity
+/// key's signature over it.
+fn certified_device(
+    device: &v1::SignedDevice,
+    username: &str,
+    identity_key: &VerifyingKey,
+) -> Result<(DeviceId, VerifyingKey), v1::Error> {
+    let certificate =
+        v1::DeviceCertificate::decode(device.certificate.as_slice()).map_err(|_| {
+            error(
+                ErrorCode::InvalidRequest,
+                "the device certificate is not a valid DeviceCertificate",
+            )
+        })?;
+    if certificate.username != username {
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the device certificate is for {:?}, not {:?}",
+                shown(&certificate.username),
+                username
+            ),
+        ));
+    }
+    let device_id = DeviceId::from_slice(&certificate.device_id).ok_or_else(|| {
+        error(
+            ErrorCode::InvalidRequest,
+            format!("device_id must be {} bytes", sotto_proto::ID_LEN),
+        )
+    })?;
+    let device_key = verifying_key(&certificate.device_key).ok_or_else(|| {
+        error(
+            ErrorCode::InvalidRequest,
+            "device_key must be a 32-byte Ed25519 public key",
+        )
+    })?;
+    if !verifies(
+        identity_key,
+        &sotto_proto::device_transcript(&device.certificate),
+        &device.identity_signature,
+    ) {
+        return Err(error(
+            ErrorCode::AuthenticationFailed,
+            "the identity key's signature over the device certificate does not verify",
+        ));
+    }
+    Ok((device_id, device_key))
+}
+
+fn link_id(bytes: &[u8]) -> Result<LinkId, v1::Error> {
+    LinkId::try_from(bytes).map_err(|_| {
+        error(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a link id is {} bytes, got {}",
+                sotto_proto::LINK_ID_LEN,
+                bytes.len()
+            ),
+        )
+    })
+}
+
+fn sealed(blob: &[u8], what: &str) -> Result<(), v1::Error> {
+    if blob.is_empty() {
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            format!("the {what} is empty"),
+        ));
+    }
+    if blob.len() > MAX_SEALED_BYTES {
+        return Err(error(
+            ErrorCode::TooLarge,
+            format!(
+                "the {what} is {} bytes; the limit is {MAX_SEALED_BYTES} bytes",
+                blob.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn link_error(e: LinkError) -> v1::Error {
+    let code = match e {
+        LinkError::Unknown => ErrorCode::UnknownLink,
+        LinkError::InUse | LinkError::NotJoined | LinkError::TooMany => ErrorCode::InvalidRequest,
+    };
+    error(code, e.to_string())
+}
+
+fn stale_sequence(expected: u64) -> v1::Error {
+    error(
+        ErrorCode::InvalidRequest,
+        format!(
+            "another change to this account was logged first; fetch the account log and sign \
+             the entry again with account_seq {expected}"
+        ),
     )
 }
 
 fn unknown_group(group: &GroupId) -> v1::Error {
     error(ErrorCode::UnknownGroup, format!("unknown group {group}"))
+}
+
+/// Something for a connection that did not come from its client.
+#[derive(Debug)]
+pub(crate) enum Signal {
+    /// From the mailbox hub; `None` when the hub dropped the device.
+    Hub(Option<MailboxEvent>),
+    /// A link frame to push.
+    Link(server_frame::Body),
 }
 
 /// The protocol state of one connection.
@@ -177,6 +305,18 @@ pub(crate) struct Session<S> {
     ctx: Arc<Context<S>>,
     nonce: [u8; sotto_proto::NONCE_LEN],
     device: Option<DeviceId>,
+    /// The account of `device`.
+    username: Option<String>,
+    /// This connection, for the link rendezvous.
+    connection_id: ConnectionId,
+    /// Link frames for this connection (from the rendezvous).
+    link_tx: mpsc::Sender<server_frame::Body>,
+    link_rx: mpsc::Receiver<server_frame::Body>,
+    /// When an unauthenticated connection is closed: the handshake
+    /// timeout, pushed back while it waits on a joined link.
+    handshake_deadline: Instant,
+    /// The connection only reads the public log: no handshake deadline.
+    log_reader: bool,
     subscription: Option<Subscription>,
     /// Highest seq pushed on this connection.
     cursor: u64,
@@ -192,10 +332,19 @@ impl<S: Store> Session<S> {
     pub fn new(ctx: Arc<Context<S>>) -> Self {
         let mut nonce = [0; sotto_proto::NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let (link_tx, link_rx) = mpsc::channel(LINK_QUEUE);
+        let connection_id = ctx.links.connection_id();
+        let handshake_deadline = Instant::now() + ctx.limits.handshake_timeout;
         Self {
             ctx,
             nonce,
             device: None,
+            username: None,
+            connection_id,
+            link_tx,
+            link_rx,
+            handshake_deadline,
+            log_reader: false,
             subscription: None,
             cursor: 0,
             in_flight: BTreeSet::new(),
@@ -209,6 +358,7 @@ impl<S: Store> Session<S> {
             body: Some(server_frame::Body::Challenge(v1::Challenge {
                 protocol_version: sotto_proto::PROTOCOL_VERSION,
                 nonce: self.nonce.to_vec(),
+                log_key: self.ctx.log.public_key().to_vec(),
             })),
         }
     }
@@ -217,11 +367,41 @@ impl<S: Store> Session<S> {
         self.device.is_some()
     }
 
-    /// Waits for the next hub signal; never resolves before login.
-    pub async fn next_event(&mut self) -> Option<MailboxEvent> {
-        match &mut self.subscription {
-            Some(sub) => sub.events.recv().await,
-            None => std::future::pending().await,
+    /// When the connection is closed for inactivity, given when the idle
+    /// timeout would close it.
+    pub fn deadline(&self, idle: Instant) -> Instant {
+        if self.device.is_some() || self.log_reader {
+            idle
+        } else {
+            idle.min(self.handshake_deadline)
+        }
+    }
+
+    /// Waits for the next hub signal (`None`: the hub dropped this device,
+    /// which was removed) or link frame; hub signals only after login.
+    pub async fn next_signal(&mut self) -> Signal {
+        let Self {
+            subscription,
+            link_rx,
+            ..
+        } = self;
+        let hub = async {
+            match subscription {
+                Some(sub) => sub.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = hub => Signal::Hub(event),
+            Some(frame) = link_rx.recv() => Signal::Link(frame),
+        }
+    }
+
+    /// Notes a link frame about to be pushed.
+    pub fn on_link_frame(&mut self, frame: &server_frame::Body) {
+        if let server_frame::Body::LinkCompleted(_) = frame {
+            // The new device now has what it needs to log in.
+            self.handshake_deadline = Instant::now() + self.ctx.limits.handshake_timeout;
         }
     }
 
@@ -275,6 +455,45 @@ impl<S: Store> Session<S> {
 
     async fn handle(&mut self, request_id: u64, body: Body) -> RequestResult {
         match (self.device, body) {
+            // Anyone may read the log, authenticated or not.
+            (device, Body::GetLogHead(_)) => {
+                self.log_reader |= device.is_none();
+                let head = self
+                    .ctx
+                    .log
+                    .head(&*self.ctx.store)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                Ok(Some(response::Result::LogHead(head)))
+            }
+            (device, Body::GetAccountLog(request)) => {
+                self.log_reader |= device.is_none();
+                self.get_account_log(&request.username).await
+            }
+            (device, Body::GetConsistency(request)) => {
+                self.log_reader |= device.is_none();
+                match self
+                    .ctx
+                    .log
+                    .consistency(&*self.ctx.store, request.old_size, request.new_size)
+                    .await
+                    .map_err(|e| internal(&e))?
+                {
+                    Ok(proof) => Ok(Some(response::Result::Consistency(proof))),
+                    Err(message) => Err(error(ErrorCode::InvalidRequest, message)),
+                }
+            }
+            (device, Body::GetLogEntries(request)) => {
+                self.log_reader |= device.is_none();
+                let entries = self
+                    .ctx
+                    .log
+                    .entries(&*self.ctx.store, request.start, request.count)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                Ok(Some(response::Result::LogEntries(entries)))
+            }
+            (_, Body::JoinLink(join)) => self.join_link(join),
             (None, Body::Register(register)) => self.register(register).await,
             (None, Body::Login(login)) => self.login(login).await,
             (Some(_), Body::Register(_) | Body::Login(_)) => Err(error(
@@ -308,10 +527,217 @@ impl<S: Store> Session<S> {
                 self.need_fetch = true;
                 Ok(None)
             }
+            (Some(_), Body::AddDevice(add)) => self.add_device(add).await,
+            (Some(_), Body::RemoveDevice(remove)) => self.remove_device(remove).await,
+            (Some(_), Body::OpenLink(open)) => {
+                let id = link_id(&open.link_id)?;
+                self.ctx
+                    .links
+                    .open(id, self.connection_id, self.link_tx.clone(), Instant::now())
+                    .map_err(link_error)?;
+                done()
+            }
+            (Some(_), Body::CompleteLink(complete)) => {
+                let id = link_id(&complete.link_id)?;
+                sealed(&complete.sealed_bundle, "sealed bundle")?;
+                self.ctx
+                    .links
+                    .complete(
+                        &id,
+                        self.connection_id,
+                        complete.sealed_bundle,
+                        Instant::now(),
+                    )
+                    .map_err(link_error)?;
+                done()
+            }
         }
     }
 
-    fn authenticate(&mut self, device: DeviceId) {
+    fn join_link(&mut self, join: v1::JoinLink) -> RequestResult {
+        let id = link_id(&join.link_id)?;
+        sealed(&join.sealed_request, "sealed request")?;
+        let expires = self
+            .ctx
+            .links
+            .join(
+                &id,
+                self.connection_id,
+                self.link_tx.clone(),
+                join.sealed_request,
+                Instant::now(),
+            )
+            .map_err(link_error)?;
+        // Wait for the answer as long as the link lives.
+        self.handshake_deadline = self.handshake_deadline.max(expires);
+        done()
+    }
+
+    async fn get_account_log(&mut self, username: &str) -> RequestResult {
+        let log = if sotto_proto::is_valid_username(username) {
+            self.ctx
+                .log
+                .account_log(&*self.ctx.store, username)
+                .await
+                .map_err(|e| internal(&e))?
+        } else {
+            None
+        };
+        let log = log.ok_or_else(|| {
+            error(
+                ErrorCode::UnknownUser,
+                format!("the log has no account named {}", shown(username)),
+            )
+        })?;
+        Ok(Some(response::Result::AccountLog(log)))
+    }
+
+    /// What the log says about the caller's account.
+    async fn own_account(&self) -> Result<(String, AccountState), v1::Error> {
+        let username = self
+            .username
+            .clone()
+            .ok_or_else(|| error(ErrorCode::NotAuthenticated, "register or log in first"))?;
+        let records = self
+            .ctx
+            .store
+            .account_log(&username)
+            .await
+            .map_err(|e| internal(&e))?;
+        if records.is_empty() {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "this account has no transparency-log history (it was created before the log \
+                 existed), so its devices cannot change; register a new account",
+            ));
+        }
+        let entries = decode_records(&records).map_err(|e| internal(&e))?;
+        let state = AccountState::replay(&username, &entries).map_err(|e| {
+            tracing::error!(error = %e, "an account's stored log entries do not replay");
+            error(
+                ErrorCode::Internal,
+                "the server's log for this account is inconsistent; tell the server's operator",
+            )
+        })?;
+        Ok((username, state))
+    }
+
+    async fn add_device(&mut self, add: v1::AddDevice) -> RequestResult {
+        let entry = add
+            .entry
+            .ok_or_else(|| error(ErrorCode::InvalidRequest, "the log entry is missing"))?;
+        let device = add
+            .device
+            .ok_or_else(|| error(ErrorCode::InvalidRequest, "the device is missing"))?;
+        let (username, mut state) = self.own_account().await?;
+        let identity_key = VerifyingKey::from_bytes(&state.identity_key).map_err(|_| {
+            error(
+                ErrorCode::Internal,
+                "the account's identity key is unusable",
+            )
+        })?;
+        let (device_id, device_key) = certified_device(&device, &username, &identity_key)?;
+        let event = open_entry(&entry).map_err(|e| bad_log_entry("the log entry", &e))?;
+        let Some(sotto_transparency::account_event::Change::DeviceAdded(added)) = &event.change
+        else {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "AddDevice needs a DeviceAdded log entry",
+            ));
+        };
+        if added.device_id != device_id.as_bytes() || added.device_key != device_key.as_bytes() {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "the DeviceAdded entry must name the certified device (its id and key)",
+            ));
+        }
+        state
+            .apply(&entry)
+            .map_err(|e| bad_log_entry("the DeviceAdded entry", &e))?;
+        let new = NewDevice {
+            username,
+            device_id,
+            device_key: device_key.to_bytes(),
+            device: SignedDevice {
+                certificate: device.certificate,
+                identity_signature: device.identity_signature,
+            },
+            today: day_of(now_seconds()),
+            log_entry: leaf_bytes(&entry),
+            account_seq: event.account_seq,
+        };
+        match self.ctx.store.add_device(new).await {
+            Ok(()) => {
+                tracing::info!("device added");
+                done()
+            }
+            Err(AddDeviceError::DeviceIdTaken(id)) => Err(error(
+                ErrorCode::InvalidRequest,
+                format!("device id {id} is already registered; generate a new random device id"),
+            )),
+            Err(AddDeviceError::StaleSequence { expected }) => Err(stale_sequence(expected)),
+            Err(AddDeviceError::UnknownUser) => Err(error(
+                ErrorCode::UnknownUser,
+                "this account no longer exists",
+            )),
+            Err(AddDeviceError::Store(e)) => Err(internal(&e)),
+        }
+    }
+
+    async fn remove_device(&mut self, remove: v1::RemoveDevice) -> RequestResult {
+        let entry = remove
+            .entry
+            .ok_or_else(|| error(ErrorCode::InvalidRequest, "the log entry is missing"))?;
+        let (username, mut state) = self.own_account().await?;
+        let event = open_entry(&entry).map_err(|e| bad_log_entry("the log entry", &e))?;
+        let Some(sotto_transparency::account_event::Change::DeviceRemoved(removed)) = &event.change
+        else {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "RemoveDevice needs a DeviceRemoved log entry",
+            ));
+        };
+        let device_id = DeviceId::from_slice(&removed.device_id).ok_or_else(|| {
+            error(
+                ErrorCode::InvalidRequest,
+                format!("device_id must be {} bytes", sotto_proto::ID_LEN),
+            )
+        })?;
+        if !state.devices.contains_key(device_id.as_bytes()) {
+            return Err(error(
+                ErrorCode::UnknownDevice,
+                format!("{device_id} is not an active device of this account"),
+            ));
+        }
+        state
+            .apply(&entry)
+            .map_err(|e| bad_log_entry("the DeviceRemoved entry", &e))?;
+        let removal = DeviceRemoval {
+            username,
+            device_id,
+            today: day_of(now_seconds()),
+            log_entry: leaf_bytes(&entry),
+            account_seq: event.account_seq,
+        };
+        match self.ctx.store.remove_device(removal).await {
+            Ok(()) => {
+                tracing::info!("device removed");
+                // Its connections (this one too, if it removed itself) close
+                // once this answer is sent.
+                self.ctx.hub.disconnect(&device_id);
+                done()
+            }
+            Err(RemoveDeviceError::UnknownDevice) => Err(error(
+                ErrorCode::UnknownDevice,
+                format!("{device_id} is not an active device of this account"),
+            )),
+            Err(RemoveDeviceError::StaleSequence { expected }) => Err(stale_sequence(expected)),
+            Err(RemoveDeviceError::Store(e)) => Err(internal(&e)),
+        }
+    }
+
+    fn authenticate(&mut self, device: DeviceId, username: String) {
+        self.username = Some(username);
         self.device = Some(device);
         self.subscription = Some(self.ctx.hub.subscribe(device));
         self.need_fetch = true;
@@ -333,43 +759,32 @@ impl<S: Store> Session<S> {
         let device = register
             .device
             .ok_or_else(|| error(ErrorCode::InvalidRequest, "the device is missing"))?;
-        let certificate =
-            v1::DeviceCertificate::decode(device.certificate.as_slice()).map_err(|_| {
-                error(
-                    ErrorCode::InvalidRequest,
-                    "the device certificate is not a valid DeviceCertificate",
-                )
-            })?;
-        if certificate.username != register.username {
+        let (device_id, device_key) = certified_device(&device, &register.username, &identity_key)?;
+        if register.log_entries.len() != 2 {
             return Err(error(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "the device certificate is for {:?}, not {:?}",
-                    shown(&certificate.username),
-                    register.username
+                    "Register carries {} log entries; it must carry the account's first two: \
+                     IdentityRegistered (account_seq 0), then DeviceAdded for the device (account_seq 1)",
+                    register.log_entries.len()
                 ),
             ));
         }
-        let device_id = DeviceId::from_slice(&certificate.device_id).ok_or_else(|| {
-            error(
-                ErrorCode::InvalidRequest,
-                format!("device_id must be {} bytes", sotto_proto::ID_LEN),
-            )
-        })?;
-        let device_key = verifying_key(&certificate.device_key).ok_or_else(|| {
-            error(
-                ErrorCode::InvalidRequest,
-                "device_key must be a 32-byte Ed25519 public key",
-            )
-        })?;
-        if !verifies(
-            &identity_key,
-            &sotto_proto::device_transcript(&device.certificate),
-            &device.identity_signature,
-        ) {
+        let state = AccountState::replay(&register.username, &register.log_entries)
+            .map_err(|e| bad_log_entry("the registration's log entries are invalid", &e))?;
+        if state.identity_key != identity_key.to_bytes() {
             return Err(error(
-                ErrorCode::AuthenticationFailed,
-                "the identity key's signature over the device certificate does not verify",
+                ErrorCode::InvalidRequest,
+                "the log entries name another identity key than identity_key",
+            ));
+        }
+        let logged_device = state.devices.iter().next();
+        if state.devices.len() != 1
+            || logged_device != Some((device_id.as_bytes(), &device_key.to_bytes()))
+        {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "the DeviceAdded entry must name the registered device (its id and key)",
             ));
         }
         let transcript =
@@ -390,6 +805,7 @@ impl<S: Store> Session<S> {
                 identity_signature: device.identity_signature,
             },
             today: day_of(now_seconds()),
+            log_entries: register.log_entries.iter().map(leaf_bytes).collect(),
         };
         match self.ctx.store.register(account).await {
             Ok(()) => {}
@@ -413,7 +829,7 @@ impl<S: Store> Session<S> {
             Err(RegisterError::Store(e)) => return Err(internal(&e)),
         }
         tracing::info!("account registered");
-        self.authenticate(device_id);
+        self.authenticate(device_id, register.username);
         done()
     }
 
@@ -438,6 +854,12 @@ impl<S: Store> Session<S> {
         if !verifies(&key, &transcript, &login.challenge_signature) {
             return Err(failed());
         }
+        if record.removed {
+            return Err(error(
+                ErrorCode::DeviceRemoved,
+                "this device was removed from its account",
+            ));
+        }
         self.ctx
             .store
             .touch_device(device_id, day_of(now_seconds()))
@@ -449,7 +871,7 @@ impl<S: Store> Session<S> {
             .key_package_status(device_id)
             .await
             .map_err(|e| internal(&e))?;
-        self.authenticate(device_id);
+        self.authenticate(device_id, record.username);
         Ok(Some(response::Result::LoggedIn(v1::LoggedIn {
             key_packages_remaining: status.remaining,
             has_last_resort: status.has_last_resort,
@@ -511,10 +933,36 @@ impl<S: Store> Session<S> {
         if !sotto_proto::is_valid_username(&claim.username) {
             return Err(unknown());
         }
+        if claim.device_ids.len() > sotto_proto::MAX_RECIPIENTS {
+            return Err(error(
+                ErrorCode::TooLarge,
+                format!(
+                    "{} device ids in one claim; the limit is {}",
+                    claim.device_ids.len(),
+                    sotto_proto::MAX_RECIPIENTS
+                ),
+            ));
+        }
+        let only = claim
+            .device_ids
+            .iter()
+            .map(|id| {
+                DeviceId::from_slice(id).ok_or_else(|| {
+                    error(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "device ids are {} bytes, got {}",
+                            sotto_proto::ID_LEN,
+                            id.len()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let bundle = self
             .ctx
             .store
-            .claim_key_packages(&claim.username)
+            .claim_key_packages(&claim.username, only)
             .await
             .map_err(|e| internal(&e))?
             .ok_or_else(unknown)?;
@@ -537,7 +985,14 @@ impl<S: Store> Session<S> {
                 );
             }
         }
+        let account_log = self
+            .ctx
+            .log
+            .account_log(&*self.ctx.store, &claim.username)
+            .await
+            .map_err(|e| internal(&e))?;
         Ok(Some(response::Result::KeyPackages(v1::KeyPackageBundle {
+            account_log,
             identity_key: bundle.identity_key.to_vec(),
             devices: bundle
                 .devices
@@ -692,6 +1147,12 @@ async fn send_frame(
         .await
 }
 
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        self.ctx.links.forget_connection(self.connection_id);
+    }
+}
+
 /// Close code 1001: the server is going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code 1008: the client broke a rule (here: a timeout).
@@ -711,7 +1172,6 @@ pub(crate) async fn serve<S: Store>(
     if send_frame(&mut socket, &session.challenge()).await.is_err() {
         return;
     }
-    let handshake_deadline = Instant::now() + limits.handshake_timeout;
     let mut idle_deadline = Instant::now() + limits.idle_timeout;
     loop {
         if *shutdown.borrow() {
@@ -734,11 +1194,7 @@ pub(crate) async fn serve<S: Store>(
                 break;
             }
         }
-        let deadline = if session.is_authenticated() {
-            idle_deadline
-        } else {
-            idle_deadline.min(handshake_deadline)
-        };
+        let deadline = session.deadline(idle_deadline);
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = socket.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
@@ -750,8 +1206,23 @@ pub(crate) async fn serve<S: Store>(
                 let _ = socket.send(close(CLOSE_POLICY, reason)).await;
                 break;
             }
-            event = session.next_event() => {
-                if let Some(frame) = event.and_then(|e| session.on_event(e))
+            signal = session.next_signal() => {
+                let event = match signal {
+                    Signal::Link(body) => {
+                        session.on_link_frame(&body);
+                        if send_frame(&mut socket, &v1::ServerFrame { body: Some(body) }).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Signal::Hub(event) => event,
+                };
+                let Some(event) = event else {
+                    // The hub dropped this device: it was removed.
+                    let _ = socket.send(close(CLOSE_POLICY, "this device was removed from its account")).await;
+                    break;
+                };
+                if let Some(frame) = session.on_event(event)
                     && send_frame(&mut socket, &frame).await.is_err()
                 {
                     break;

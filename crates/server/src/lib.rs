@@ -17,14 +17,19 @@
 //!
 //! Layout: [`config`] (settings), [`store`] (the `Store` trait and the SQLite
 //! backend), `connection` (per-connection protocol state), [`mailbox_hub`]
-//! (wakes connected devices).
+//! (wakes connected devices), `transparency_log` (the log key and Merkle
+//! tree behind the log requests), [`link_rendezvous`] (relays device-linking
+//! blobs), [`audit`] (checks a data directory's whole log offline).
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 mod connection;
+pub mod link_rendezvous;
 pub mod mailbox_hub;
 pub mod store;
+mod transparency_log;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,6 +51,7 @@ use connection::Context;
 pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use mailbox_hub::MailboxHub;
 use store::{SqliteStore, StoreError};
+use transparency_log::TransparencyLog;
 
 /// How often expired mailbox entries are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -82,6 +88,7 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: SqliteStore,
+    log: TransparencyLog,
     config: ServerConfig,
 }
 
@@ -107,6 +114,12 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source,
             })?;
+        let log = TransparencyLog::open(&store)
+            .await
+            .map_err(|source| ServerError::Storage {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -119,6 +132,7 @@ impl Server {
             listener,
             local_addr,
             store,
+            log,
             config,
         })
     }
@@ -137,6 +151,7 @@ impl Server {
         let Server {
             listener,
             store,
+            log,
             config,
             ..
         } = self;
@@ -146,6 +161,8 @@ impl Server {
             store: Arc::clone(&store),
             hub: MailboxHub::new(),
             limits: config.limits.clone(),
+            log,
+            links: link_rendezvous::LinkRendezvous::default(),
         });
         let max_connections = config
             .limits

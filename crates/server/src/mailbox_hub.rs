@@ -94,6 +94,16 @@ impl MailboxHub {
         }
     }
 
+    /// Closes the event queue of every connection of `device_id` (its
+    /// `events.recv()` returns `None`): used when the device is removed.
+    pub fn disconnect(&self, device_id: &DeviceId) {
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(device_id);
+    }
+
     /// Whether any connection is authenticated as `device_id`.
     pub fn is_connected(&self, device_id: &DeviceId) -> bool {
         self.inner
@@ -137,6 +147,12 @@ mod tests {
         drop(a);
         assert!(hub.is_connected(&device));
         drop(b);
+        assert!(!hub.is_connected(&device));
+
+        let mut c = hub.subscribe(device);
+        hub.disconnect(&device);
+        assert_eq!(c.events.recv().await, None);
+        drop(c);
         assert!(!hub.is_connected(&device));
     }
 }

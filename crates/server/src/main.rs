@@ -1,13 +1,15 @@
 //! The `sotto-server` binary: parses flags, starts the server, and shuts it
-//! down gracefully on Ctrl-C or SIGTERM.
+//! down gracefully on Ctrl-C or SIGTERM; or, with `audit`, checks the
+//! transparency log of a data directory.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sotto_server::{Server, ServerConfig};
 
 /// Sotto delivery server: relays end-to-end encrypted (MLS) messages
@@ -24,6 +26,9 @@ use sotto_server::{Server, ServerConfig};
                   Logs go to stderr; set RUST_LOG=debug for more. Stop with Ctrl-C or SIGTERM."
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on. Use 0.0.0.0:PORT to accept connections from
     /// other machines (put TLS in front), or port 0 for any free port.
     #[arg(
@@ -48,8 +53,86 @@ struct Args {
     retention_days: u64,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks the transparency log in a data directory, read-only: every
+    /// entry's signature, every account's history, the tree, and that the
+    /// server's tables match the log. Exits 1 naming the first bad entry.
+    #[command(after_help = "Example: sotto-server audit --data ./sotto-data\n\
+                      The server may keep running while this reads.")]
+    Audit {
+        /// The data directory to audit.
+        #[arg(
+            long = "data",
+            env = "SOTTO_DATA",
+            default_value = "./sotto-data",
+            value_name = "DIR"
+        )]
+        data: PathBuf,
+
+        /// The log key clients were shown (64 hex digits); the audit fails if
+        /// the stored key differs.
+        #[arg(long, value_name = "HEX")]
+        log_key: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Audit { data, log_key }) => audit(&data, log_key.as_deref()),
+        None => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Runs the audit and prints its summary (stdout) or failure (stderr).
+fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
+    let expected = match log_key.map(parse_key).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("audit failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sotto_server::audit::audit_data_dir(data, expected.as_ref()) {
+        Ok(summary) => {
+            let r = &summary.report;
+            println!("audit passed: {}", data.display());
+            println!("entries:        {}", r.entries);
+            println!("accounts:       {}", r.accounts);
+            println!("active devices: {}", r.devices);
+            println!("tree size:      {}", r.tree_size);
+            println!("root:           {}", hex::encode(r.root));
+            println!("log key:        {}", hex::encode(summary.log_key));
+            if summary.unlogged_accounts > 0 {
+                println!(
+                    "warning: {} accounts predate the log and cannot be verified by clients",
+                    summary.unlogged_accounts
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).context("--log-key is not hex")?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("--log-key must be 32 bytes (64 hex digits)"))
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -58,7 +141,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let args = Args::parse();
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data.clone(),

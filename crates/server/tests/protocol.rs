@@ -159,6 +159,7 @@ async fn requests_before_authentication_are_refused() {
     assert_error(&client.request(send).await, ErrorCode::NotAuthenticated);
     let claim = Body::ClaimKeyPackages(v1::ClaimKeyPackages {
         username: "alice".into(),
+        ..Default::default()
     });
     assert_error(&client.request(claim).await, ErrorCode::NotAuthenticated);
     assert_done(&client.register(&Account::new("alice")).await);
@@ -190,6 +191,7 @@ async fn key_packages_are_claimed_once_then_last_resort() {
         let response = bob
             .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
                 username: "alice".into(),
+                ..Default::default()
             }))
             .await;
         let Some(response::Result::KeyPackages(bundle)) = response.result else {
@@ -217,6 +219,7 @@ async fn key_packages_are_claimed_once_then_last_resort() {
     let unknown = bob
         .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
             username: "nobody".into(),
+            ..Default::default()
         }))
         .await;
     let e = assert_error(&unknown, ErrorCode::UnknownUser);
@@ -227,6 +230,7 @@ async fn key_packages_are_claimed_once_then_last_resort() {
     let none = bob
         .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
             username: "carol".into(),
+            ..Default::default()
         }))
         .await;
     assert_error(&none, ErrorCode::NoKeyPackage);

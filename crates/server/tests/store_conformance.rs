@@ -10,8 +10,9 @@
 )]
 
 use sotto_server::store::{
-    CommitError, CommitSubmission, DeviceId, EnqueueError, Enqueued, Envelope, GroupId,
-    GroupMessage, MessageId, NewAccount, RegisterError, SignedDevice, SqliteStore, Store,
+    AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
+    Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
+    RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -41,6 +42,7 @@ mod conformance {
                 identity_signature: vec![device; 64],
             },
             today: 20_000,
+            log_entries: vec![vec![device, 0], vec![device, 1]],
         }
     }
 
@@ -105,7 +107,11 @@ mod conformance {
 
         let mut claimed = Vec::new();
         for _ in 0..4 {
-            let bundle = store.claim_key_packages("alice").await.unwrap().unwrap();
+            let bundle = store
+                .claim_key_packages("alice", vec![])
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(bundle.identity_key, [1; 32]);
             assert_eq!(bundle.devices.len(), 1);
             let c = &bundle.devices[0];
@@ -127,14 +133,24 @@ mod conformance {
             .upload_key_packages(device_id(1), vec![], Some(b"newer".to_vec()))
             .await
             .unwrap();
-        let bundle = store.claim_key_packages("alice").await.unwrap().unwrap();
+        let bundle = store
+            .claim_key_packages("alice", vec![])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(bundle.devices[0].key_package, b"newer");
 
-        assert!(store.claim_key_packages("nobody").await.unwrap().is_none());
+        assert!(
+            store
+                .claim_key_packages("nobody", vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
         // Bob has neither kind: his device is skipped.
         assert!(
             store
-                .claim_key_packages("bob")
+                .claim_key_packages("bob", vec![])
                 .await
                 .unwrap()
                 .unwrap()
@@ -152,9 +168,10 @@ mod conformance {
             .upload_key_packages(device_id(1), kps, None)
             .await
             .unwrap();
-        let claims =
-            futures_util::future::join_all((0..20).map(|_| store.claim_key_packages("alice")))
-                .await;
+        let claims = futures_util::future::join_all(
+            (0..20).map(|_| store.claim_key_packages("alice", vec![])),
+        )
+        .await;
         let mut got: Vec<Vec<u8>> = claims
             .into_iter()
             .map(|b| b.unwrap().unwrap().devices[0].key_package.clone())
@@ -389,6 +406,208 @@ mod conformance {
     }
 }
 
+/// Transparency log and device cases.
+mod log_cases {
+    use super::conformance::*;
+    use super::*;
+
+    pub fn new_device(username: &str, device: u8, seq: u64) -> NewDevice {
+        NewDevice {
+            username: username.into(),
+            device_id: device_id(device),
+            device_key: [device.wrapping_add(100); 32],
+            device: SignedDevice {
+                certificate: vec![device; 5],
+                identity_signature: vec![device; 64],
+            },
+            today: 20_001,
+            log_entry: vec![device, 2],
+            account_seq: seq,
+        }
+    }
+
+    pub fn removal(username: &str, device: u8, seq: u64) -> DeviceRemoval {
+        DeviceRemoval {
+            username: username.into(),
+            device_id: device_id(device),
+            today: 20_002,
+            log_entry: vec![device, 3],
+            account_seq: seq,
+        }
+    }
+
+    pub async fn log_append_is_atomic_with_register<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        let log = store.log_entries(0, 10).await.unwrap();
+        assert_eq!(
+            log.iter()
+                .map(|r| (r.index, r.username.as_str(), r.entry.clone()))
+                .collect::<Vec<_>>(),
+            [(0, "alice", vec![1, 0]), (1, "alice", vec![1, 1])]
+        );
+        // Refused registrations append nothing.
+        assert!(store.register(account("alice", 2)).await.is_err());
+        assert!(store.register(account("bob", 1)).await.is_err());
+        assert_eq!(store.log_entries(0, 10).await.unwrap(), log);
+        assert!(store.account_log("bob").await.unwrap().is_empty());
+    }
+
+    pub async fn account_log_is_in_order_and_entries_page<S: Store>(store: S) {
+        let (a, b) = tokio::join!(
+            store.register(account("alice", 1)),
+            store.register(account("bob", 2))
+        );
+        a.unwrap();
+        b.unwrap();
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        let all = store.log_entries(0, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        let alice = store.account_log("alice").await.unwrap();
+        assert_eq!(
+            alice.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(),
+            [vec![1, 0], vec![1, 1], vec![3, 2]]
+        );
+        assert!(alice.windows(2).all(|w| w[0].index < w[1].index));
+        let page = store.log_entries(3, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0], all[3]);
+        assert!(store.log_entries(5, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn devices_are_added_and_removed<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        assert!(matches!(
+            store.add_device(new_device("alice", 3, 1)).await,
+            Err(AddDeviceError::StaleSequence { expected: 2 })
+        ));
+        assert!(matches!(
+            store.add_device(new_device("alice", 2, 2)).await,
+            Err(AddDeviceError::DeviceIdTaken(_))
+        ));
+        assert!(matches!(
+            store.add_device(new_device("nobody", 3, 0)).await,
+            Err(AddDeviceError::UnknownUser)
+        ));
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        let added = store.device("alice", device_id(3)).await.unwrap().unwrap();
+        assert!(!added.removed);
+        assert_eq!(store.stats().await.unwrap().devices, 3);
+
+        // Device 3 has KeyPackages and mail; removing it deletes both.
+        store
+            .upload_key_packages(device_id(3), vec![b"k".to_vec()], Some(b"l".to_vec()))
+            .await
+            .unwrap();
+        let g = with_group(&store, "g").await;
+        let mail = |id: u8, to: &[u8]| GroupMessage {
+            group_id: g.clone(),
+            envelope: envelope(id, to, b"m"),
+            now: 1_000,
+        };
+        store.enqueue(mail(1, &[1, 3])).await.unwrap();
+        store.enqueue(mail(2, &[3])).await.unwrap();
+
+        assert!(matches!(
+            store.remove_device(removal("bob", 3, 2)).await,
+            Err(RemoveDeviceError::UnknownDevice)
+        ));
+        assert!(matches!(
+            store.remove_device(removal("alice", 3, 2)).await,
+            Err(RemoveDeviceError::StaleSequence { expected: 3 })
+        ));
+        let before = store.log_entries(0, 100).await.unwrap().len();
+        store.remove_device(removal("alice", 3, 3)).await.unwrap();
+        assert_eq!(store.log_entries(0, 100).await.unwrap().len(), before + 1);
+        assert!(matches!(
+            store.remove_device(removal("alice", 3, 4)).await,
+            Err(RemoveDeviceError::UnknownDevice)
+        ));
+
+        let record = store.device("alice", device_id(3)).await.unwrap().unwrap();
+        assert!(
+            record.removed,
+            "a removed device is still found, marked removed"
+        );
+        assert!(
+            store
+                .fetch_mailbox(device_id(3), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let status = store.key_package_status(device_id(3)).await.unwrap();
+        assert_eq!((status.remaining, status.has_last_resort), (0, false));
+        let stats = store.stats().await.unwrap();
+        assert_eq!(
+            (stats.devices, stats.mailbox_entries, stats.payloads),
+            (2, 1, 1),
+            "only Alice's first device's mail and its payload are left"
+        );
+        // Not a recipient any more (skipped, nothing stored), and its id
+        // stays taken.
+        store.enqueue(mail(3, &[3])).await.unwrap();
+        let after = store.stats().await.unwrap();
+        assert_eq!((after.mailbox_entries, after.payloads), (1, 1));
+        assert!(matches!(
+            store.add_device(new_device("alice", 3, 4)).await,
+            Err(AddDeviceError::DeviceIdTaken(_))
+        ));
+    }
+
+    pub async fn removed_device_is_not_claimable<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        for d in [1, 3] {
+            store
+                .upload_key_packages(device_id(d), vec![vec![d]; 3], Some(vec![d, d]))
+                .await
+                .unwrap();
+        }
+        let both = store
+            .claim_key_packages("alice", vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.devices.len(), 2);
+        let only = store
+            .claim_key_packages("alice", vec![device_id(3)])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            only.devices.iter().map(|c| c.device_id).collect::<Vec<_>>(),
+            [device_id(3)]
+        );
+        store.remove_device(removal("alice", 3, 3)).await.unwrap();
+        let left = store
+            .claim_key_packages("alice", vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            left.devices.iter().map(|c| c.device_id).collect::<Vec<_>>(),
+            [device_id(1)]
+        );
+    }
+
+    pub async fn log_key_is_stored_once<S: Store>(store: S) {
+        let first = store
+            .log_key_secret(zeroize::Zeroizing::new([1; 32]))
+            .await
+            .unwrap();
+        assert_eq!(*first, [1; 32]);
+        let second = store
+            .log_key_secret(zeroize::Zeroizing::new([2; 32]))
+            .await
+            .unwrap();
+        assert_eq!(*second, [1; 32]);
+    }
+}
+
 /// Runs every conformance case against a backend. `$make` is an async
 /// expression yielding `(store, guard)`; the guard lives as long as the test.
 macro_rules! store_conformance_tests {
@@ -406,6 +625,13 @@ macro_rules! store_conformance_tests {
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
             );
+            store_conformance_tests!(@log_cases $make;
+                log_append_is_atomic_with_register,
+                account_log_is_in_order_and_entries_page,
+                devices_are_added_and_removed,
+                removed_device_is_not_claimable,
+                log_key_is_stored_once,
+            );
         }
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -414,6 +640,17 @@ macro_rules! store_conformance_tests {
             async fn $case() {
                 let (store, _guard) = $make.await;
                 tokio::time::timeout(std::time::Duration::from_secs(20), conformance::$case(store))
+                    .await
+                    .expect("conformance case timed out");
+            }
+        )*
+    };
+    (@log_cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                tokio::time::timeout(std::time::Duration::from_secs(20), log_cases::$case(store))
                     .await
                     .expect("conformance case timed out");
             }

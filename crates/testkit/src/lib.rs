@@ -11,6 +11,9 @@
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test fixtures fail loudly
 
+pub mod hostile;
+pub use hostile::{ConnView, HostileProxy, Tamper};
+
 use sotto_client::Client;
 use sotto_server::{Server, ServerConfig};
 use std::io::{BufRead as _, BufReader};
@@ -35,6 +38,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with a fresh temporary data directory.
     pub async fn start() -> Self {
+        init_tracing();
         let temp = TempDir::new().expect("temp dir");
         let mut server = Self::start_in(temp.path()).await;
         server._temp = Some(temp);
@@ -85,6 +89,14 @@ impl TestServer {
             task.await.expect("server task");
         }
     }
+}
+
+/// Sends `tracing` output (filtered by `RUST_LOG`) to the test's output.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// Registers `username` on the server at `url` in a fresh temporary profile.

@@ -8,10 +8,12 @@
 //! [`MessageId`], [`GroupId`]): backends never see malformed ids. Time is
 //! passed in as an argument, never read by a backend, so tests control it.
 
-mod sqlite;
+pub(crate) mod sqlite;
 
 use std::fmt;
 use std::future::Future;
+
+use zeroize::Zeroizing;
 
 pub use sqlite::SqliteStore;
 
@@ -129,6 +131,56 @@ pub struct NewAccount {
     pub device: SignedDevice,
     /// Day of registration (also the first last-seen day).
     pub today: UnixDay,
+    /// The account's first transparency-log leaves (encoded `LogEntry`s,
+    /// already verified), appended in order in the same transaction.
+    pub log_entries: Vec<Vec<u8>>,
+}
+
+/// A device added to an existing account, already verified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The account.
+    pub username: String,
+    /// The new device's id; must not be used by any device, even a removed
+    /// one.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key.
+    pub device_key: [u8; 32],
+    /// The device's certificate as signed by the identity key.
+    pub device: SignedDevice,
+    /// Day it was added (also its first last-seen day).
+    pub today: UnixDay,
+    /// The `DeviceAdded` leaf (an encoded `LogEntry`) to append.
+    pub log_entry: Vec<u8>,
+    /// The entry's `account_seq`: it must equal the number of log entries
+    /// the account already has, or nothing is written.
+    pub account_seq: u64,
+}
+
+/// A device to remove from its account, already verified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRemoval {
+    /// The account.
+    pub username: String,
+    /// The device; it must be an active device of `username`.
+    pub device_id: DeviceId,
+    /// Day of the removal.
+    pub today: UnixDay,
+    /// The `DeviceRemoved` leaf (an encoded `LogEntry`) to append.
+    pub log_entry: Vec<u8>,
+    /// The entry's `account_seq`, checked as in [`NewDevice::account_seq`].
+    pub account_seq: u64,
+}
+
+/// One stored transparency-log leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Position in the log, from 0, without gaps.
+    pub index: u64,
+    /// The account the entry is about.
+    pub username: String,
+    /// The leaf: an encoded `LogEntry`, exactly as hashed into the tree.
+    pub entry: Vec<u8>,
 }
 
 /// A registered device, as needed to log it in.
@@ -140,6 +192,8 @@ pub struct DeviceRecord {
     pub username: String,
     /// Ed25519 public key that signs login challenges.
     pub device_key: [u8; 32],
+    /// The device was removed from its account: it may not log in.
+    pub removed: bool,
 }
 
 /// How many KeyPackages a device has left.
@@ -248,7 +302,7 @@ pub struct MailboxEntry {
 pub struct StoreStats {
     /// Registered accounts.
     pub accounts: u64,
-    /// Registered devices.
+    /// Active (registered and not removed) devices.
     pub devices: u64,
     /// Mailbox entries waiting for acknowledgement.
     pub mailbox_entries: u64,
@@ -287,13 +341,50 @@ pub enum RegisterError {
     Store(#[from] StoreError),
 }
 
+/// Why [`Store::add_device`] refused a device.
+#[derive(Debug, thiserror::Error)]
+pub enum AddDeviceError {
+    /// No account has this username.
+    #[error("unknown account")]
+    UnknownUser,
+    /// Some device (of any account, removed or not) already has this id.
+    #[error("device id {0} is already registered")]
+    DeviceIdTaken(DeviceId),
+    /// The account's log moved on: the entry's `account_seq` is stale.
+    #[error("the account's next log entry has account_seq {expected}")]
+    StaleSequence {
+        /// The `account_seq` the next entry must carry.
+        expected: u64,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why [`Store::remove_device`] refused a removal.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveDeviceError {
+    /// The device is not an active device of the account.
+    #[error("no such active device")]
+    UnknownDevice,
+    /// The account's log moved on: the entry's `account_seq` is stale.
+    #[error("the account's next log entry has account_seq {expected}")]
+    StaleSequence {
+        /// The `account_seq` the next entry must carry.
+        expected: u64,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
     /// No commit ever created this group.
     #[error("unknown group {0}")]
     UnknownGroup(GroupId),
-    /// A recipient is not a registered device.
+    /// A recipient is not a registered device, or was removed.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
     /// Storage failed.
@@ -340,14 +431,16 @@ impl From<EnqueueError> for CommitError {
 /// Methods are `async` so a networked backend fits; an `Ok(None)` always
 /// means "no such thing", never an error.
 pub trait Store: Send + Sync + 'static {
-    /// Creates an account with its first device.
+    /// Creates an account with its first device and appends its log
+    /// entries, all in one transaction.
     fn register(
         &self,
         account: NewAccount,
     ) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
-    /// Looks up a device of `username`. `Ok(None)`: the user does not exist
-    /// or has no such device (callers must not tell the two apart).
+    /// Looks up a device of `username`, removed ones included (see
+    /// [`DeviceRecord::removed`]). `Ok(None)`: the user does not exist or
+    /// has no such device (callers must not tell the two apart).
     fn device(
         &self,
         username: &str,
@@ -376,12 +469,14 @@ pub trait Store: Send + Sync + 'static {
         last_resort: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<KeyPackageStatus, StoreError>> + Send;
 
-    /// Atomically takes one KeyPackage for every device of `username`: a
-    /// one-time one (deleted) or, if the pool is empty, the last-resort one
-    /// (kept). `Ok(None)`: no account named `username`.
+    /// Atomically takes one KeyPackage for every active device of `username`
+    /// (only those listed in `only`, if it is not empty): a one-time one
+    /// (deleted) or, if the pool is empty, the last-resort one (kept).
+    /// `Ok(None)`: no account named `username`.
     fn claim_key_packages(
         &self,
         username: &str,
+        only: Vec<DeviceId>,
     ) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
 
     /// Queues an application message for an existing group.
@@ -427,4 +522,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// The secret of the server's transparency-log signing key: the stored
+    /// one, or `fresh`, stored now, if there is none yet. Concurrent first
+    /// calls all get the same key.
+    fn log_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
+    /// Adds a device to an existing account and appends its `DeviceAdded`
+    /// leaf, in one transaction, if the entry's `account_seq` is still the
+    /// account's next one.
+    fn add_device(
+        &self,
+        device: NewDevice,
+    ) -> impl Future<Output = Result<(), AddDeviceError>> + Send;
+
+    /// Marks an active device removed (it can no longer log in or be
+    /// claimed or addressed), deletes its KeyPackages and mailbox, and
+    /// appends its `DeviceRemoved` leaf, in one transaction, if the entry's
+    /// `account_seq` is still the account's next one. The device id stays
+    /// taken.
+    fn remove_device(
+        &self,
+        removal: DeviceRemoval,
+    ) -> impl Future<Output = Result<(), RemoveDeviceError>> + Send;
+
+    /// Every log leaf of `username`, in log order. Empty: no such account
+    /// (or one created before the log existed).
+    fn account_log(
+        &self,
+        username: &str,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
+
+    /// Up to `limit` log leaves with `index >= start`, in log order. Every
+    /// committed prefix of the log is contiguous: a reader never sees leaf
+    /// `n + 1` without leaf `n`.
+    fn log_entries(
+        &self,
+        start: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
 }

@@ -18,11 +18,14 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use zeroize::Zeroizing;
+
 use super::{
-    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
-    EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
-    MailboxEntry, MessageId, NewAccount, RegisterError, SignedDevice, Store, StoreError,
-    StoreStats, UnixDay, UnixSeconds,
+    AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId,
+    DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage,
+    KeyPackageBundle, KeyPackageStatus, LogRecord, MailboxEntry, MessageId, NewAccount, NewDevice,
+    RegisterError, RemoveDeviceError, SignedDevice, Store, StoreError, StoreStats, UnixDay,
+    UnixSeconds,
 };
 
 /// Most write operations committed together in one transaction.
@@ -30,13 +33,14 @@ const MAX_BATCH: usize = 512;
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "sotto.db";
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n`
 /// to `n + 1`.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE accounts (
     username     TEXT PRIMARY KEY,
     identity_key BLOB NOT NULL,
@@ -81,7 +85,24 @@ CREATE TABLE mailbox (
 CREATE INDEX mailbox_by_device ON mailbox(device_id, seq);
 CREATE INDEX mailbox_by_message ON mailbox(message_ref);
 CREATE INDEX mailbox_by_age ON mailbox(enqueued_at);
-"];
+",
+    r"
+CREATE TABLE server_keys (
+    name   TEXT PRIMARY KEY,
+    secret BLOB NOT NULL
+);
+CREATE TABLE log_entries (
+    idx      INTEGER PRIMARY KEY,
+    username TEXT NOT NULL,
+    entry    BLOB NOT NULL
+);
+CREATE INDEX log_entries_by_username ON log_entries(username, idx);
+ALTER TABLE devices ADD COLUMN removed_day INTEGER;
+",
+];
+
+/// Name of the log signing key in `server_keys`.
+const LOG_KEY_NAME: &str = "log";
 
 /// The transaction a batch of write operations shares, and where a
 /// failure to begin or commit it is reported.
@@ -380,28 +401,33 @@ fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, Stor
 }
 
 /// Stores the payload once and adds one mailbox entry per distinct
-/// recipient. Nothing is stored for an envelope without recipients.
+/// recipient. Removed devices are skipped: a sender whose view of a roster
+/// is a moment old must not fail because of them. Nothing is stored for an
+/// envelope without (remaining) recipients.
 fn insert_envelope(
     conn: &Connection,
     envelope: &Envelope,
     now: UnixSeconds,
 ) -> Result<(), EnqueueError> {
     let mut seen = HashSet::new();
-    let recipients: Vec<DeviceId> = envelope
+    let mut active = conn
+        .prepare_cached("SELECT removed_day IS NULL FROM devices WHERE device_id = ?1")
+        .map_err(StoreError::from)?;
+    let mut recipients = Vec::new();
+    for device in envelope
         .recipients
         .iter()
         .copied()
         .filter(|d| seen.insert(*d))
-        .collect();
-    let mut exists = conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)")
-        .map_err(StoreError::from)?;
-    for device in &recipients {
-        let found: bool = exists
+    {
+        let status: Option<bool> = active
             .query_row([device.as_bytes().as_slice()], |r| r.get(0))
+            .optional()
             .map_err(StoreError::from)?;
-        if !found {
-            return Err(EnqueueError::UnknownDevice(*device));
+        match status {
+            None => return Err(EnqueueError::UnknownDevice(device)),
+            Some(true) => recipients.push(device),
+            Some(false) => {}
         }
     }
     if recipients.is_empty() {
@@ -438,6 +464,106 @@ fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Appends one leaf at the end of the log. The writer is the only one
+/// appending, so indexes are contiguous.
+fn append_log(conn: &Connection, username: &str, entry: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO log_entries (idx, username, entry) \
+         VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM log_entries), ?1, ?2)",
+    )?
+    .execute(params![username, entry])?;
+    Ok(())
+}
+
+/// How many log entries an account has: the `account_seq` of its next one.
+fn next_account_seq(conn: &Connection, username: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM log_entries WHERE username = ?1")?
+        .query_row([username], |r| r.get(0))?;
+    Ok(to_u64(n))
+}
+
+fn log_records(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<LogRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok(LogRecord {
+            index: to_u64(r.get(0)?),
+            username: r.get(1)?,
+            entry: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn device_id_taken(conn: &Connection, device_id: DeviceId) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)",
+        [device_id.as_bytes().as_slice()],
+        |r| r.get(0),
+    )?)
+}
+
+/// Reads the schema version of an existing database without changing it.
+pub(crate) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+/// Opens `<data_dir>/sotto.db` read-only, for the auditor. Fails if the
+/// database does not exist or predates the transparency log.
+pub(crate) fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DB_FILE_NAME);
+    let conn = Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version = schema_version(&conn)?;
+    if version < 2 {
+        return Err(StoreError::Backend(format!(
+            "{} has schema version {version}, without a transparency log; start sotto-server on it once to upgrade",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// The stored log signing key's secret, if any.
+pub(crate) fn read_log_key_secret(
+    conn: &Connection,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT secret FROM server_keys WHERE name = ?1",
+            [LOG_KEY_NAME],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?
+        .map(Zeroizing::new))
+}
+
+/// Calls `f` with every log leaf in index order, without loading the whole
+/// log into memory.
+pub(crate) fn for_each_log_record(
+    conn: &Connection,
+    mut f: impl FnMut(LogRecord) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("SELECT idx, username, entry FROM log_entries ORDER BY idx")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        f(LogRecord {
+            index: to_u64(row.get(0)?),
+            username: row.get(1)?,
+            entry: row.get(2)?,
+        })?;
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     async fn register(&self, account: NewAccount) -> Result<(), RegisterError> {
         self.write(move |conn| {
@@ -447,14 +573,7 @@ impl Store for SqliteStore {
             if taken {
                 return Err(RegisterError::UsernameTaken);
             }
-            let device_taken: bool = conn
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1)",
-                    [account.device_id.as_bytes().as_slice()],
-                    |r| r.get(0),
-                )
-                .map_err(StoreError::from)?;
-            if device_taken {
+            if device_id_taken(conn, account.device_id)? {
                 return Err(RegisterError::DeviceIdTaken(account.device_id));
             }
             let day = to_i64(account.today);
@@ -476,6 +595,9 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(StoreError::from)?;
+            for entry in &account.log_entries {
+                append_log(conn, &account.username, entry)?;
+            }
             Ok(())
         })
         .await
@@ -488,21 +610,23 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
-            let key: Option<Vec<u8>> = conn
+            let found: Option<(Vec<u8>, bool)> = conn
                 .query_row(
-                    "SELECT device_key FROM devices WHERE device_id = ?1 AND username = ?2",
+                    "SELECT device_key, removed_day IS NOT NULL FROM devices WHERE device_id = ?1 AND username = ?2",
                     params![device_id.as_bytes().as_slice(), username],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            key.map(|key| {
-                Ok(DeviceRecord {
-                    device_id,
-                    username,
-                    device_key: key32(key, "device key")?,
+            found
+                .map(|(key, removed)| {
+                    Ok(DeviceRecord {
+                        device_id,
+                        username,
+                        device_key: key32(key, "device key")?,
+                        removed,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
         })
         .await
     }
@@ -555,6 +679,7 @@ impl Store for SqliteStore {
     async fn claim_key_packages(
         &self,
         username: &str,
+        only: Vec<DeviceId>,
     ) -> Result<Option<KeyPackageBundle>, StoreError> {
         let username = username.to_owned();
         self.write(move |conn| {
@@ -565,7 +690,8 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let mut devices_stmt = conn.prepare_cached(
-                "SELECT device_id, certificate, identity_signature FROM devices WHERE username = ?1 ORDER BY rowid",
+                "SELECT device_id, certificate, identity_signature FROM devices \
+                 WHERE username = ?1 AND removed_day IS NULL ORDER BY rowid",
             )?;
             let devices = devices_stmt
                 .query_map([&username], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?
@@ -574,6 +700,9 @@ impl Store for SqliteStore {
             for (raw_id, certificate, identity_signature) in devices {
                 let device_id = DeviceId::from_slice(&raw_id)
                     .ok_or_else(|| StoreError::Backend("stored device id has the wrong length".into()))?;
+                if !only.is_empty() && !only.contains(&device_id) {
+                    continue;
+                }
                 let one_time: Option<(i64, Vec<u8>)> = conn
                     .query_row(
                         "SELECT id, key_package FROM key_packages WHERE device_id = ?1 ORDER BY id LIMIT 1",
@@ -797,10 +926,141 @@ impl Store for SqliteStore {
             };
             Ok(StoreStats {
                 accounts: count("accounts")?,
-                devices: count("devices")?,
+                devices: count("devices WHERE removed_day IS NULL")?,
                 mailbox_entries: count("mailbox")?,
                 payloads: count("messages")?,
             })
+        })
+        .await
+    }
+
+    async fn log_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO server_keys (name, secret) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                params![LOG_KEY_NAME, fresh.as_slice()],
+            )?;
+            let stored = read_log_key_secret(conn)?
+                .ok_or_else(|| StoreError::Backend("the log key was not stored".into()))?;
+            let mut secret = Zeroizing::new([0; 32]);
+            if stored.len() != secret.len() {
+                return Err(StoreError::Backend("the stored log key is not 32 bytes".into()));
+            }
+            secret.copy_from_slice(&stored);
+            Ok(secret)
+        })
+        .await
+    }
+
+    async fn add_device(&self, device: NewDevice) -> Result<(), AddDeviceError> {
+        self.write(move |conn| {
+            let known: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM accounts WHERE username = ?1)",
+                    [&device.username],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if !known {
+                return Err(AddDeviceError::UnknownUser);
+            }
+            let expected = next_account_seq(conn, &device.username)?;
+            if device.account_seq != expected {
+                return Err(AddDeviceError::StaleSequence { expected });
+            }
+            if device_id_taken(conn, device.device_id)? {
+                return Err(AddDeviceError::DeviceIdTaken(device.device_id));
+            }
+            conn.execute(
+                "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, \
+                 last_seen_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![
+                    device.device_id.as_bytes().as_slice(),
+                    device.username,
+                    device.device.certificate,
+                    device.device.identity_signature,
+                    device.device_key.as_slice(),
+                    to_i64(device.today)
+                ],
+            )
+            .map_err(StoreError::from)?;
+            append_log(conn, &device.username, &device.log_entry)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_device(&self, removal: DeviceRemoval) -> Result<(), RemoveDeviceError> {
+        self.write(move |conn| {
+            let id = removal.device_id.as_bytes().as_slice();
+            let active: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM devices WHERE device_id = ?1 AND username = ?2 AND removed_day IS NULL)",
+                    params![id, removal.username],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if !active {
+                return Err(RemoveDeviceError::UnknownDevice);
+            }
+            let expected = next_account_seq(conn, &removal.username)?;
+            if removal.account_seq != expected {
+                return Err(RemoveDeviceError::StaleSequence { expected });
+            }
+            conn.execute(
+                "UPDATE devices SET removed_day = ?1 WHERE device_id = ?2",
+                params![to_i64(removal.today), id],
+            )
+            .map_err(StoreError::from)?;
+            conn.execute("DELETE FROM key_packages WHERE device_id = ?1", [id])
+                .map_err(StoreError::from)?;
+            conn.execute("DELETE FROM last_resort_key_packages WHERE device_id = ?1", [id])
+                .map_err(StoreError::from)?;
+            let refs = conn
+                .prepare_cached("SELECT DISTINCT message_ref FROM mailbox WHERE device_id = ?1")
+                .map_err(StoreError::from)?
+                .query_map([id], |r| r.get::<_, i64>(0))
+                .map_err(StoreError::from)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?;
+            conn.execute("DELETE FROM mailbox WHERE device_id = ?1", [id])
+                .map_err(StoreError::from)?;
+            let mut orphan = conn
+                .prepare_cached(
+                    "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
+                )
+                .map_err(StoreError::from)?;
+            for message_ref in refs {
+                orphan.execute([message_ref]).map_err(StoreError::from)?;
+            }
+            append_log(conn, &removal.username, &removal.log_entry)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_log(&self, username: &str) -> Result<Vec<LogRecord>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            log_records(
+                conn,
+                "SELECT idx, username, entry FROM log_entries WHERE username = ?1 ORDER BY idx",
+                [&username],
+            )
+        })
+        .await
+    }
+
+    async fn log_entries(&self, start: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(move |conn| {
+            log_records(
+                conn,
+                "SELECT idx, username, entry FROM log_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                params![to_i64(start), i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
         })
         .await
     }

@@ -193,6 +193,82 @@ impl Account {
             identity_key: self.identity.verifying_key().to_bytes().to_vec(),
             device: Some(self.signed_device()),
             challenge_signature: self.sign_challenge(nonce),
+            log_entries: self.registration_entries(),
+        })
+    }
+
+    /// A log entry for this account, signed by its identity key.
+    pub fn log_entry(&self, seq: u64, change: v1::account_event::Change) -> v1::LogEntry {
+        let event = v1::AccountEvent {
+            username: self.username.clone(),
+            identity_key: self.identity.verifying_key().to_bytes().to_vec(),
+            account_seq: seq,
+            change: Some(change),
+        }
+        .encode_to_vec();
+        let signature = self
+            .identity
+            .sign(&sotto_proto::log_event_transcript(&event))
+            .to_bytes()
+            .to_vec();
+        v1::LogEntry { event, signature }
+    }
+
+    /// The `DeviceAdded` change for this device.
+    pub fn device_added(&self) -> v1::account_event::Change {
+        v1::account_event::Change::DeviceAdded(v1::DeviceAdded {
+            device_id: self.device_id.clone(),
+            device_key: self.device.verifying_key().to_bytes().to_vec(),
+        })
+    }
+
+    /// IdentityRegistered (seq 0) and DeviceAdded for this device (seq 1).
+    pub fn registration_entries(&self) -> Vec<v1::LogEntry> {
+        vec![
+            self.log_entry(
+                0,
+                v1::account_event::Change::IdentityRegistered(v1::IdentityRegistered {}),
+            ),
+            self.log_entry(1, self.device_added()),
+        ]
+    }
+
+    /// Another device of the same account (same identity key).
+    pub fn another_device(&self) -> Account {
+        let device = SigningKey::generate(&mut rand::rngs::OsRng);
+        let device_id = random_id();
+        let certificate = v1::DeviceCertificate {
+            username: self.username.clone(),
+            device_id: device_id.clone(),
+            device_key: device.verifying_key().to_bytes().to_vec(),
+        }
+        .encode_to_vec();
+        Account {
+            username: self.username.clone(),
+            identity: self.identity.clone(),
+            device,
+            device_id,
+            certificate,
+        }
+    }
+
+    /// `AddDevice` for `new` (a device of this account), at `seq`.
+    pub fn add_device(&self, new: &Account, seq: u64) -> Body {
+        Body::AddDevice(v1::AddDevice {
+            entry: Some(self.log_entry(seq, new.device_added())),
+            device: Some(new.signed_device()),
+        })
+    }
+
+    /// `RemoveDevice` for `device_id`, at `seq`.
+    pub fn remove_device(&self, device_id: &[u8], seq: u64) -> Body {
+        Body::RemoveDevice(v1::RemoveDevice {
+            entry: Some(self.log_entry(
+                seq,
+                v1::account_event::Change::DeviceRemoved(v1::DeviceRemoved {
+                    device_id: device_id.to_vec(),
+                }),
+            )),
         })
     }
 
@@ -209,6 +285,8 @@ impl Account {
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub nonce: Vec<u8>,
+    /// The server's log key, from the challenge.
+    pub log_key: Vec<u8>,
     next_request_id: u64,
     /// Frames received while waiting for something else.
     buffered: VecDeque<v1::ServerFrame>,
@@ -226,6 +304,7 @@ impl Client {
         let mut client = Self {
             ws,
             nonce: Vec::new(),
+            log_key: Vec::new(),
             next_request_id: 1,
             buffered: VecDeque::new(),
         };
@@ -233,7 +312,9 @@ impl Client {
             Some(server_frame::Body::Challenge(c)) => {
                 assert_eq!(c.protocol_version, sotto_proto::PROTOCOL_VERSION);
                 assert_eq!(c.nonce.len(), sotto_proto::NONCE_LEN);
+                assert_eq!(c.log_key.len(), 32);
                 client.nonce = c.nonce;
+                client.log_key = c.log_key;
             }
             other => panic!("expected a challenge, got {other:?}"),
         }

@@ -1,0 +1,189 @@
+//! The server's side of the transparency log: the signing key, the
+//! in-memory Merkle tree, and the answers to log requests.
+//!
+//! The store is the source of truth. Leaves are appended by the store in
+//! the same transaction as the change they describe (registration, device
+//! added or removed); the in-memory [`MerkleLog`] follows the committed
+//! leaves in index order: before every answer it reads any leaves it has
+//! not seen yet. So the tree can never differ from what was committed, a
+//! request that was cancelled after its commit leaves nothing behind, and
+//! another server node on the same database would stay in step too.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use sotto_proto::v1;
+use sotto_transparency::{LogKey, MerkleLog};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::store::{LogRecord, Store, StoreError};
+
+/// Leaves read from the store per query while catching up.
+const CATCH_UP_BATCH: usize = 1000;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the log answers to a request that can be refused.
+pub(crate) type Answer<T> = Result<Result<T, String>, StoreError>;
+
+/// The log signing key and the tree.
+#[derive(Debug)]
+pub(crate) struct TransparencyLog {
+    key: LogKey,
+    tree: Mutex<MerkleLog>,
+}
+
+impl TransparencyLog {
+    /// Loads (or creates, on first start) the log key and rebuilds the
+    /// tree from the stored leaves.
+    pub async fn open<S: Store>(store: &S) -> Result<Self, StoreError> {
+        let secret = store.log_key_secret(LogKey::generate().secret()).await?;
+        let key = LogKey::from_secret(secret.as_slice())
+            .map_err(|e| StoreError::Backend(format!("the stored log key is unusable: {e}")))?;
+        let log = Self {
+            key,
+            tree: Mutex::new(MerkleLog::new()),
+        };
+        let size = log.caught_up(store).await?.len();
+        tracing::info!(size, "transparency log loaded");
+        Ok(log)
+    }
+
+    /// The public key that signs heads (sent in every `Challenge`).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public()
+    }
+
+    /// The tree, after appending every leaf committed since last time.
+    async fn caught_up<S: Store>(
+        &self,
+        store: &S,
+    ) -> Result<MutexGuard<'_, MerkleLog>, StoreError> {
+        let mut tree = self.tree.lock().await;
+        loop {
+            let batch = store.log_entries(tree.len(), CATCH_UP_BATCH).await?;
+            for record in &batch {
+                if record.index != tree.len() {
+                    return Err(StoreError::Backend(format!(
+                        "log entry {} follows entry {}: the stored log has a gap",
+                        record.index,
+                        tree.len().wrapping_sub(1)
+                    )));
+                }
+                tree.push(&record.entry);
+            }
+            if batch.len() < CATCH_UP_BATCH {
+                return Ok(tree);
+            }
+        }
+    }
+
+    fn sign(&self, tree: &MerkleLog) -> v1::SignedTreeHead {
+        self.key.sign_head(tree.len(), tree.root(), now_ms())
+    }
+
+    /// A freshly signed head of the whole log.
+    pub async fn head<S: Store>(&self, store: &S) -> Result<v1::SignedTreeHead, StoreError> {
+        let tree = self.caught_up(store).await?;
+        Ok(self.sign(&tree))
+    }
+
+    /// Every entry of `username` with inclusion proofs against one fresh
+    /// head. `None`: the account has no entries.
+    pub async fn account_log<S: Store>(
+        &self,
+        store: &S,
+        username: &str,
+    ) -> Result<Option<v1::AccountLog>, StoreError> {
+        // Read the account's leaves first: the catch-up that follows sees
+        // at least everything they include.
+        let records = store.account_log(username).await?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let tree = self.caught_up(store).await?;
+        let head = self.sign(&tree);
+        let entries = records
+            .into_iter()
+            .map(|record| prove(&tree, record))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(v1::AccountLog {
+            head: Some(head),
+            entries,
+        }))
+    }
+
+    /// A consistency proof between two sizes of the log.
+    pub async fn consistency<S: Store>(
+        &self,
+        store: &S,
+        old_size: u64,
+        new_size: u64,
+    ) -> Answer<v1::ConsistencyProof> {
+        let tree = self.caught_up(store).await?;
+        if old_size > new_size || new_size > tree.len() {
+            return Ok(Err(format!(
+                "cannot prove consistency from {old_size} to {new_size} entries: the log has {} \
+                 entries and the old size must not exceed the new one",
+                tree.len()
+            )));
+        }
+        Ok(tree
+            .consistency_path(old_size, new_size)
+            .map(|path| v1::ConsistencyProof {
+                old_size,
+                new_size,
+                path,
+            })
+            .map_err(|e| e.to_string()))
+    }
+
+    /// Up to `count` leaves from `start` (at most
+    /// `MAX_LOG_ENTRIES_PER_REQUEST`); none past the end.
+    pub async fn entries<S: Store>(
+        &self,
+        store: &S,
+        start: u64,
+        count: u32,
+    ) -> Result<v1::LogEntries, StoreError> {
+        let tree = self.caught_up(store).await?;
+        let count = count.min(sotto_proto::MAX_LOG_ENTRIES_PER_REQUEST);
+        let mut entries = Vec::new();
+        for index in (start..tree.len()).take(usize::try_from(count).unwrap_or(usize::MAX)) {
+            let leaf = tree
+                .get(index)
+                .ok_or_else(|| StoreError::Backend(format!("log entry {index} is missing")))?;
+            entries.push(decode_leaf(index, leaf)?);
+        }
+        Ok(v1::LogEntries { start, entries })
+    }
+}
+
+fn decode_leaf(index: u64, leaf: &[u8]) -> Result<v1::LogEntry, StoreError> {
+    v1::LogEntry::decode(leaf)
+        .map_err(|_| StoreError::Backend(format!("stored log entry {index} is not a LogEntry")))
+}
+
+/// Decodes stored leaves back into entries.
+pub(crate) fn decode_records(records: &[LogRecord]) -> Result<Vec<v1::LogEntry>, StoreError> {
+    records
+        .iter()
+        .map(|r| decode_leaf(r.index, &r.entry))
+        .collect()
+}
+
+fn prove(tree: &MerkleLog, record: LogRecord) -> Result<v1::ProvenEntry, StoreError> {
+    let inclusion_path = tree.inclusion_path(record.index, tree.len()).map_err(|e| {
+        StoreError::Backend(format!("cannot prove log entry {}: {e}", record.index))
+    })?;
+    Ok(v1::ProvenEntry {
+        index: record.index,
+        entry: Some(decode_leaf(record.index, &record.entry)?),
+        inclusion_path,
+    })
+}

@@ -1,0 +1,544 @@
+use ct_merkle::mem_backed_tree::MemoryBackedTree;
+use ed25519_dalek::{Signer, SigningKey};
+use sotto_proto::v1::{DeviceAdded, DeviceRemoved, IdentityRegistered};
+
+use super::*;
+
+fn identity(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn signed(key: &SigningKey, event: &AccountEvent) -> LogEntry {
+    let event = event.encode_to_vec();
+    let signature = key.sign(&sotto_proto::log_event_transcript(&event));
+    LogEntry {
+        event,
+        signature: signature.to_bytes().to_vec(),
+    }
+}
+
+fn event(key: &SigningKey, user: &str, seq: u64, change: account_event::Change) -> AccountEvent {
+    AccountEvent {
+        username: user.into(),
+        identity_key: key.verifying_key().to_bytes().to_vec(),
+        account_seq: seq,
+        change: Some(change),
+    }
+}
+
+fn registered(key: &SigningKey, user: &str) -> LogEntry {
+    signed(
+        key,
+        &event(
+            key,
+            user,
+            0,
+            account_event::Change::IdentityRegistered(IdentityRegistered {}),
+        ),
+    )
+}
+
+fn device_key(id: u8) -> [u8; 32] {
+    identity(id.wrapping_add(100)).verifying_key().to_bytes()
+}
+
+fn added(key: &SigningKey, user: &str, seq: u64, id: u8) -> LogEntry {
+    signed(
+        key,
+        &event(
+            key,
+            user,
+            seq,
+            account_event::Change::DeviceAdded(DeviceAdded {
+                device_id: vec![id; 16],
+                device_key: device_key(id).to_vec(),
+            }),
+        ),
+    )
+}
+
+fn removed(key: &SigningKey, user: &str, seq: u64, id: u8) -> LogEntry {
+    signed(
+        key,
+        &event(
+            key,
+            user,
+            seq,
+            account_event::Change::DeviceRemoved(DeviceRemoved {
+                device_id: vec![id; 16],
+            }),
+        ),
+    )
+}
+
+fn leaves(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("leaf {i}").into_bytes()).collect()
+}
+
+fn log_of(leaves: &[Vec<u8>]) -> MerkleLog {
+    let mut log = MerkleLog::new();
+    for leaf in leaves {
+        log.push(leaf);
+    }
+    log
+}
+
+/// The root ct-merkle computes for a tree built directly of these leaves.
+fn reference_root(leaves: &[Vec<u8>]) -> Hash {
+    let mut tree = MemoryBackedTree::<Sha256, Vec<u8>>::new();
+    for leaf in leaves {
+        tree.push(leaf.clone());
+    }
+    (*tree.root().as_bytes()).into()
+}
+
+#[test]
+fn head_round_trip_and_tampering() {
+    let key = LogKey::generate();
+    let head = key.sign_head(5, [9; 32], 1_000);
+    verify_head(&key.public(), &head).unwrap();
+
+    let other = LogKey::generate();
+    assert!(matches!(
+        verify_head(&other.public(), &head),
+        Err(LogError::BadSignature(_))
+    ));
+    for tampered in [
+        SignedTreeHead {
+            tree_size: 6,
+            ..head.clone()
+        },
+        SignedTreeHead {
+            timestamp_ms: 1_001,
+            ..head.clone()
+        },
+        SignedTreeHead {
+            root_hash: vec![8; 32],
+            ..head.clone()
+        },
+    ] {
+        assert!(matches!(
+            verify_head(&key.public(), &tampered),
+            Err(LogError::BadSignature(_))
+        ));
+    }
+    let short_root = SignedTreeHead {
+        root_hash: vec![9; 31],
+        ..head.clone()
+    };
+    assert!(matches!(
+        verify_head(&key.public(), &short_root),
+        Err(LogError::Malformed(_))
+    ));
+    assert!(matches!(
+        verify_head(&[1; 31], &head),
+        Err(LogError::Malformed(_))
+    ));
+
+    let reloaded = LogKey::from_secret(&*key.secret()).unwrap();
+    assert_eq!(reloaded.public(), key.public());
+    assert!(LogKey::from_secret(&[1; 31]).is_err());
+}
+
+#[test]
+fn log_key_debug_has_no_secret() {
+    let key = LogKey::from_secret(&[0xab; 32]).unwrap();
+    let shown = format!("{key:?}");
+    assert!(!shown.contains(&hex::encode([0xab; 32])), "{shown}");
+    assert!(!shown.contains("171, 171"), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+    assert!(shown.contains(&hex::encode(key.public())), "{shown}");
+}
+
+#[test]
+fn empty_log_root_is_the_hash_of_nothing() {
+    let log = MerkleLog::new();
+    assert!(log.is_empty());
+    assert_eq!(log.root(), empty_root());
+    assert_eq!(
+        hex::encode(empty_root()),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+}
+
+#[test]
+fn known_answer_rfc6962_leaf_and_node_hashes() {
+    // Leaf hash = SHA-256(0x00 || leaf); node = SHA-256(0x01 || l || r).
+    let mut log = MerkleLog::new();
+    log.push(b"a");
+    let leaf_a: Hash = Sha256::digest([&[0u8][..], b"a"].concat()).into();
+    assert_eq!(log.root(), leaf_a);
+    log.push(b"b");
+    let leaf_b: Hash = Sha256::digest([&[0u8][..], b"b"].concat()).into();
+    let node: Hash = Sha256::digest([&[1u8][..], &leaf_a, &leaf_b].concat()).into();
+    assert_eq!(log.root(), node);
+}
+
+#[test]
+fn inclusion_round_trips_at_every_size_and_tampering_fails() {
+    let key = LogKey::generate();
+    let all = leaves(20);
+    let log = log_of(&all);
+    for size in 1..=20u64 {
+        let prefix = &all[..size as usize];
+        assert_eq!(log.root_at(size).unwrap(), reference_root(prefix));
+        let head = key.sign_head(size, log.root_at(size).unwrap(), 0);
+        for index in 0..size {
+            let leaf = &all[index as usize];
+            let path = log.inclusion_path(index, size).unwrap();
+            verify_inclusion(&head, index, leaf, &path).unwrap();
+
+            // Another leaf, another index, a changed path or root: refused.
+            assert!(verify_inclusion(&head, index, b"forged", &path).is_err());
+            if size > 1 {
+                let other = (index + 1) % size;
+                assert!(verify_inclusion(&head, other, leaf, &path).is_err());
+            }
+            if let Some(first) = path.first() {
+                let mut bad = path.clone();
+                bad[0][0] ^= 1;
+                assert!(verify_inclusion(&head, index, leaf, &bad).is_err());
+                let mut short = path.clone();
+                short[0] = first[..31].to_vec();
+                assert!(matches!(
+                    verify_inclusion(&head, index, leaf, &short),
+                    Err(LogError::Malformed(_))
+                ));
+            }
+            let mut bad_root = head.clone();
+            bad_root.root_hash[0] ^= 1;
+            assert!(verify_inclusion(&bad_root, index, leaf, &path).is_err());
+        }
+        assert!(verify_inclusion(&head, size, b"x", &[]).is_err());
+    }
+    assert!(matches!(
+        log.inclusion_path(3, 3),
+        Err(LogError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        log.inclusion_path(0, 21),
+        Err(LogError::OutOfRange(_))
+    ));
+}
+
+#[test]
+fn huge_sizes_and_indices_are_refused_without_panicking() {
+    let head = SignedTreeHead {
+        tree_size: u64::MAX,
+        root_hash: vec![0; 32],
+        timestamp_ms: 0,
+        signature: vec![0; 64],
+    };
+    assert!(verify_inclusion(&head, u64::MAX - 1, b"x", &[]).is_err());
+    let half = SignedTreeHead {
+        tree_size: u64::MAX / 2 + 2,
+        ..head.clone()
+    };
+    assert!(verify_inclusion(&half, u64::MAX / 2 + 1, b"x", &[]).is_err());
+    assert!(verify_consistency(&half, &head, &[]).is_err());
+    let small = SignedTreeHead {
+        tree_size: 3,
+        ..head.clone()
+    };
+    assert!(verify_consistency(&small, &head, &vec![vec![0; 32]; 200]).is_err());
+}
+
+#[test]
+fn consistency_across_sizes_1_to_20_matches_ct_merkle() {
+    let key = LogKey::generate();
+    let all = leaves(20);
+    let log = log_of(&all);
+    for old in 1..=20u64 {
+        for new in old..=20u64 {
+            let old_head = key.sign_head(old, reference_root(&all[..old as usize]), 0);
+            let new_head = key.sign_head(new, reference_root(&all[..new as usize]), 0);
+            let path = log.consistency_path(old, new).unwrap();
+            verify_consistency(&old_head, &new_head, &path)
+                .unwrap_or_else(|e| panic!("{old} -> {new}: {e}"));
+
+            // A rewritten old tree is caught.
+            let mut forged = old_head.clone();
+            forged.root_hash[5] ^= 1;
+            assert!(
+                verify_consistency(&forged, &new_head, &path).is_err(),
+                "{old} -> {new}"
+            );
+            if let Some(first) = path.first() {
+                let mut bad = path.clone();
+                bad[0] = first.iter().map(|b| b ^ 0xff).collect();
+                assert!(
+                    verify_consistency(&old_head, &new_head, &bad).is_err(),
+                    "{old} -> {new}"
+                );
+            }
+        }
+    }
+    // Empty old tree: anything is consistent; shrinking never is.
+    let empty = key.sign_head(0, empty_root(), 0);
+    let full = key.sign_head(20, log.root(), 0);
+    verify_consistency(&empty, &full, &[]).unwrap();
+    assert!(verify_consistency(&full, &empty, &[]).is_err());
+    assert!(log.consistency_path(0, 20).unwrap().is_empty());
+    assert!(matches!(
+        log.consistency_path(5, 4),
+        Err(LogError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        log.consistency_path(5, 21),
+        Err(LogError::OutOfRange(_))
+    ));
+    // Same size, different roots: a fork.
+    let fork = key.sign_head(20, [1; 32], 0);
+    assert!(matches!(
+        verify_consistency(&full, &fork, &[]),
+        Err(LogError::BadProof(_))
+    ));
+}
+
+fn three_entries(key: &SigningKey) -> Vec<LogEntry> {
+    vec![
+        registered(key, "alice"),
+        added(key, "alice", 1, 1),
+        added(key, "alice", 2, 2),
+    ]
+}
+
+#[test]
+fn replay_builds_the_device_set() {
+    let key = identity(1);
+    let mut entries = three_entries(&key);
+    entries.push(removed(&key, "alice", 3, 1));
+    let state = AccountState::replay("alice", &entries).unwrap();
+    assert_eq!(state.username, "alice");
+    assert_eq!(state.identity_key, key.verifying_key().to_bytes());
+    assert_eq!(state.next_seq, 4);
+    assert_eq!(
+        state.devices.into_iter().collect::<Vec<_>>(),
+        [([2; 16], device_key(2))]
+    );
+    assert_eq!(
+        open_entry(&entries[3]).unwrap().change,
+        Some(account_event::Change::DeviceRemoved(DeviceRemoved {
+            device_id: vec![1; 16]
+        }))
+    );
+}
+
+#[test]
+fn replay_rejects_each_broken_rule() {
+    let key = identity(1);
+    let other = identity(2);
+    let base = three_entries(&key);
+    let with = |extra: LogEntry| {
+        let mut entries = base.clone();
+        entries.push(extra);
+        AccountState::replay("alice", &entries)
+    };
+    let replay_error = |result: Result<AccountState, LogError>| match result {
+        Err(LogError::Replay(message)) => message,
+        other => panic!("expected a replay error, got {other:?}"),
+    };
+
+    replay_error(AccountState::replay("alice", &[]));
+    // First entry not IdentityRegistered, or not seq 0.
+    replay_error(AccountState::replay("alice", &base[1..]));
+    let late_start = signed(
+        &key,
+        &event(
+            &key,
+            "alice",
+            1,
+            account_event::Change::IdentityRegistered(IdentityRegistered {}),
+        ),
+    );
+    replay_error(AccountState::replay("alice", &[late_start]));
+    // Another account's entries.
+    assert!(replay_error(AccountState::replay("bob", &base)).contains("alice"));
+    // Username changes midway.
+    replay_error(with(added(&key, "alicia", 3, 3)));
+    // Another identity key (validly self-signed).
+    replay_error(with(added(&other, "alice", 3, 3)));
+    // Gap, repeat.
+    replay_error(with(added(&key, "alice", 4, 3)));
+    replay_error(with(added(&key, "alice", 2, 3)));
+    // A second IdentityRegistered.
+    replay_error(with(signed(
+        &key,
+        &event(
+            &key,
+            "alice",
+            3,
+            account_event::Change::IdentityRegistered(IdentityRegistered {}),
+        ),
+    )));
+    // Device added twice; unknown device removed; removed twice.
+    replay_error(with(added(&key, "alice", 3, 2)));
+    replay_error(with(removed(&key, "alice", 3, 9)));
+    let mut twice = base.clone();
+    twice.push(removed(&key, "alice", 3, 1));
+    twice.push(removed(&key, "alice", 4, 1));
+    replay_error(AccountState::replay("alice", &twice));
+
+    // Signatures: a tampered event or signature fails before any rule.
+    let mut tampered = base.clone();
+    tampered[1].signature[0] ^= 1;
+    assert!(matches!(
+        AccountState::replay("alice", &tampered),
+        Err(LogError::BadSignature(_))
+    ));
+    let mut forged = added(&key, "alice", 3, 3);
+    forged.signature = other
+        .sign(&sotto_proto::log_event_transcript(&forged.event))
+        .to_bytes()
+        .to_vec();
+    assert!(matches!(with(forged), Err(LogError::BadSignature(_))));
+    assert!(matches!(
+        with(LogEntry {
+            event: vec![0xff, 0xff],
+            signature: vec![]
+        }),
+        Err(LogError::Malformed(_))
+    ));
+
+    // A failed apply leaves the state untouched.
+    let mut state = AccountState::replay("alice", &base).unwrap();
+    let before = state.clone();
+    assert!(state.apply(&added(&key, "alice", 3, 2)).is_err());
+    assert_eq!(state, before);
+}
+
+fn published(key: &LogKey, entries: &[LogEntry]) -> (MerkleLog, SignedTreeHead) {
+    let mut log = MerkleLog::new();
+    for entry in entries {
+        log.push(&leaf_bytes(entry));
+    }
+    let head = key.sign_head(log.len(), log.root(), 42);
+    (log, head)
+}
+
+#[test]
+fn account_log_verifies_and_tampering_fails() {
+    let log_key = LogKey::generate();
+    let alice = identity(1);
+    let bob = identity(2);
+    let entries = vec![
+        registered(&alice, "alice"),
+        registered(&bob, "bob"),
+        added(&alice, "alice", 1, 1),
+        added(&bob, "bob", 1, 2),
+        added(&alice, "alice", 2, 3),
+    ];
+    let (log, head) = published(&log_key, &entries);
+    let proven = |indices: &[u64]| AccountLog {
+        head: Some(head.clone()),
+        entries: indices
+            .iter()
+            .map(|&i| ProvenEntry {
+                index: i,
+                entry: Some(entries[i as usize].clone()),
+                inclusion_path: log.inclusion_path(i, log.len()).unwrap(),
+            })
+            .collect(),
+    };
+    let state = verify_account_log(&log_key.public(), "alice", &proven(&[0, 2, 4])).unwrap();
+    assert_eq!(state.devices.len(), 2);
+
+    // Wrong log key; out of order; missing entry; wrong index.
+    assert!(
+        verify_account_log(&LogKey::generate().public(), "alice", &proven(&[0, 2, 4])).is_err()
+    );
+    assert!(verify_account_log(&log_key.public(), "alice", &proven(&[0, 4, 2])).is_err());
+    assert!(matches!(
+        verify_account_log(&log_key.public(), "alice", &proven(&[0, 4])),
+        Err(LogError::Replay(_))
+    ));
+    let mut moved = proven(&[0, 2, 4]);
+    moved.entries[1].index = 3;
+    assert!(matches!(
+        verify_account_log(&log_key.public(), "alice", &moved),
+        Err(LogError::BadProof(_))
+    ));
+    // An entry the log never held (validly signed by Alice) is refused.
+    let mut ghost = proven(&[0, 2, 4]);
+    ghost.entries[2].entry = Some(added(&alice, "alice", 2, 9));
+    assert!(matches!(
+        verify_account_log(&log_key.public(), "alice", &ghost),
+        Err(LogError::BadProof(_))
+    ));
+    let mut headless = proven(&[0]);
+    headless.head = None;
+    assert!(verify_account_log(&log_key.public(), "alice", &headless).is_err());
+}
+
+#[test]
+fn audit_passes_and_names_the_first_bad_entry() {
+    let log_key = LogKey::generate();
+    let alice = identity(1);
+    let bob = identity(2);
+    let entries = vec![
+        registered(&alice, "alice"),
+        added(&alice, "alice", 1, 1),
+        registered(&bob, "bob"),
+        added(&bob, "bob", 1, 2),
+        added(&bob, "bob", 2, 3),
+        removed(&bob, "bob", 3, 2),
+    ];
+    let (log, head) = published(&log_key, &entries);
+    let report = audit(&log_key.public(), entries.clone(), &head).unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            entries: 6,
+            accounts: 2,
+            devices: 2,
+            tree_size: 6,
+            root: log.root()
+        }
+    );
+
+    // One flipped byte in entry 3's event: its signature fails.
+    let mut tampered = entries.clone();
+    tampered[3].event[2] ^= 1;
+    let error = audit(&log_key.public(), tampered, &head).unwrap_err();
+    assert!(
+        matches!(error, AuditError::BadEntry { index: 3, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().starts_with("log entry 3:"), "{error}");
+
+    // A validly signed entry that breaks the rules (device re-added).
+    let mut rule_broken = entries.clone();
+    rule_broken.push(added(&alice, "alice", 2, 1));
+    let (_, longer) = published(&log_key, &rule_broken);
+    assert!(matches!(
+        audit(&log_key.public(), rule_broken, &longer),
+        Err(AuditError::BadEntry { index: 6, .. })
+    ));
+
+    // Valid entries that are not the ones the head was signed over.
+    let mut reordered = entries.clone();
+    reordered.swap(1, 2);
+    assert!(matches!(
+        audit(&log_key.public(), reordered, &head),
+        Err(AuditError::RootMismatch { tree_size: 6, .. })
+    ));
+    assert!(matches!(
+        audit(&log_key.public(), entries[..4].to_vec(), &head),
+        Err(AuditError::MissingEntries {
+            tree_size: 6,
+            entries: 4
+        })
+    ));
+    assert!(matches!(
+        audit(&LogKey::generate().public(), entries.clone(), &head),
+        Err(AuditError::BadHead(_))
+    ));
+    // An older head audits the prefix; later entries still follow the rules.
+    let old_head = log_key.sign_head(4, log.root_at(4).unwrap(), 1);
+    assert_eq!(
+        audit(&log_key.public(), entries, &old_head)
+            .unwrap()
+            .tree_size,
+        4
+    );
+}
