@@ -329,8 +329,11 @@ impl Client {
                     "you have no group named {name}; see `sotto group list`"
                 ))
             })?;
-        store::active_group(&self.db, conversation.id)?
-            .ok_or_else(|| ClientError::Usage(format!("you are no longer a member of {name}")))
+        store::active_group(&self.db, conversation.id)?.ok_or_else(|| {
+            ClientError::Usage(format!(
+                "you are no longer a member of {name} (see `sotto history --group {name}`)"
+            ))
+        })
     }
 
     pub(crate) fn conversation_named(

@@ -184,6 +184,11 @@ impl Client {
         .await
     }
 
+    /// Whether the user marked `username`'s current identity key verified.
+    pub fn is_verified(&self, username: &str) -> Result<bool, ClientError> {
+        Ok(store::contact(&self.db, username)?.is_some_and(|c| c.verified))
+    }
+
     /// Marks `username`'s current identity key as verified (the user
     /// compared safety numbers). Cleared if the key ever changes.
     pub async fn mark_verified(&mut self, username: &str) -> Result<SafetyNumber, ClientError> {

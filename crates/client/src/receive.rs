@@ -167,6 +167,13 @@ impl Client {
             .map(|id| store::group(&self.db, &id))
             .transpose()?
             .flatten();
+        if group_row
+            .as_ref()
+            .is_some_and(|row| row.state == GroupState::Refused)
+        {
+            // Already stopped and warned about.
+            return Ok(Vec::new());
+        }
         let conversation = match &group_row {
             Some(row) => {
                 store::set_group_state(&self.db, &row.group_id, GroupState::Refused)?;
@@ -384,7 +391,9 @@ impl Client {
             lines.push(format!("{} left", m.username));
         }
         for m in &change.removed {
-            if m.username == self.account.username {
+            if m.device_id == self.account.device_id {
+                lines.push(format!("{actor} removed you"));
+            } else if m.username == self.account.username {
                 lines.push(format!("{actor} removed your device {}", m.device_id));
             } else {
                 lines.push(format!("{actor} removed {}", m.username));
