@@ -205,3 +205,97 @@ fn errors_are_readable_and_exit_non_zero() {
     );
     assert!(err.contains("cannot connect"), "{err}");
 }
+
+#[test]
+fn link_a_device_compare_safety_numbers_audit_and_remove() {
+    use std::io::{BufRead as _, BufReader};
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let (alice, bob, bob2) = (
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+    );
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    ok(bob.path(), &["register", "bob", "--server", server.url()]);
+    ok(alice.path(), &["send", "bob", "before the new device"]);
+    ok(bob.path(), &["sync"]);
+
+    // `device link` prints the code, then waits for the new device.
+    let mut link = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .arg("--profile")
+        .arg(bob.path())
+        .args(["device", "link", "--yes", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(link.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let code: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let code = code["code"].as_str().unwrap().to_owned();
+    let joined = ok(bob2.path(), &["device", "join", &code]);
+    assert!(joined.contains("linked to bob"), "{joined}");
+    let status = link.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "device link failed: {rest}");
+    assert!(rest.contains("linked"), "{rest}");
+
+    let devices = json_lines(&ok(bob.path(), &["device", "list", "--json"]));
+    assert_eq!(devices.len(), 2);
+    let bob2_id = devices
+        .iter()
+        .find(|d| d["this_device"] == false)
+        .map(|d| d["device_id"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    ok(alice.path(), &["send", "bob", "to both devices"]);
+    assert_eq!(
+        texts(&ok(bob2.path(), &["sync", "--json"])),
+        ["alice: to both devices"]
+    );
+    assert_eq!(
+        texts(&ok(bob.path(), &["sync", "--json"])),
+        ["alice: to both devices"]
+    );
+
+    // Safety numbers: the same on both sides; marking one verified sticks.
+    let from_alice = json_lines(&ok(alice.path(), &["verify", "bob", "--json"]));
+    let from_bob = json_lines(&ok(bob2.path(), &["verify", "alice", "--json"]));
+    assert_eq!(from_alice[0]["safety_number"], from_bob[0]["safety_number"]);
+    assert_eq!(from_alice[0]["verified"], false);
+    ok(alice.path(), &["verify", "bob", "--mark"]);
+    assert_eq!(
+        json_lines(&ok(alice.path(), &["verify", "bob", "--json"]))[0]["verified"],
+        true
+    );
+    let human = ok(alice.path(), &["verify", "bob"]);
+    assert!(
+        human.contains("█") || human.contains("▀"),
+        "no QR code drawn:\n{human}"
+    );
+
+    // Anyone can audit the whole key log of a live server.
+    let audit = json_lines(&ok(alice.path(), &["audit", server.url(), "--json"]));
+    assert_eq!(audit[0]["accounts"], 2);
+    assert_eq!(audit[0]["devices"], 3);
+
+    // A removed device is out: it cannot log in, and its account has one device again.
+    ok(bob.path(), &["device", "remove", &bob2_id]);
+    let err = fails(bob2.path(), &["sync"]);
+    assert!(err.contains("removed"), "{err}");
+    assert_eq!(
+        json_lines(&ok(bob.path(), &["device", "list", "--json"])).len(),
+        1
+    );
+    ok(alice.path(), &["send", "bob", "after removal"]);
+    assert_eq!(
+        texts(&ok(bob.path(), &["sync", "--json"])),
+        ["alice: after removal"]
+    );
+}
