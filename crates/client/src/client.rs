@@ -47,6 +47,10 @@ pub struct Client {
     /// History lines this device caused itself (its own accepted commits),
     /// handed out with the next batch of received lines.
     pub(crate) own_lines: Vec<HistoryEntry>,
+    /// A connection that never logs in, for everything that need not say who
+    /// asks: sends (authorised by the group's capability), KeyPackage claims
+    /// and key-log lookups. Sealed sender.
+    pub(crate) anonymous: Option<Transport>,
     /// The server's transparency-log key, pinned when the profile was made.
     pub(crate) log_key: Vec<u8>,
     pub(crate) accounts: crate::keys::Accounts,
@@ -149,7 +153,7 @@ impl Client {
         )?;
         let mut client = Self::from_parts(db, account, server_url.to_owned(), log_key);
         let own = client.account.username.clone();
-        let state = client.verify_account(&mut transport, &own).await?;
+        let state = client.verify_account(&own).await?;
         if state.devices.get(client.account.device_id.as_bytes())
             != Some(&client.account.device.public())
         {
@@ -178,6 +182,7 @@ impl Client {
             transport: None,
             key_packages_low: false,
             own_lines: Vec::new(),
+            anonymous: None,
             log_key,
             accounts: Default::default(),
         }
@@ -225,11 +230,45 @@ impl Client {
         hex::encode(self.account.identity_public())
     }
 
-    /// Closes the connection, if any.
+    /// Closes the connections, if any.
     pub async fn disconnect(&mut self) {
-        if let Some(t) = self.transport.take() {
+        for t in [self.transport.take(), self.anonymous.take()]
+            .into_iter()
+            .flatten()
+        {
             t.close().await;
         }
+    }
+
+    /// Sends a request on the anonymous connection, connecting it if needed;
+    /// a request whose connection failed is tried once more on a new one
+    /// (everything sent here is safe to repeat).
+    pub(crate) async fn anonymous_request(
+        &mut self,
+        body: client_frame::Body,
+    ) -> Result<response::Result, ClientError> {
+        for attempt in 0..2 {
+            let t = match self.anonymous.as_mut() {
+                Some(t) => t,
+                None => self
+                    .anonymous
+                    .insert(Transport::connect(&self.server_url).await?),
+            };
+            match t.request(body.clone()).await {
+                Err(ClientError::Network(e)) if attempt == 0 => {
+                    tracing::debug!("anonymous connection failed, reconnecting: {e}");
+                    self.anonymous = None;
+                }
+                Err(e @ ClientError::Network(_)) => {
+                    self.anonymous = None;
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Network(
+            "the server keeps closing the connection".into(),
+        ))
     }
 
     /// Runs `f` in one transaction of the profile database, with an MLS
@@ -289,8 +328,8 @@ impl Client {
                 .await?;
         }
         self.accounts.fresh.clear();
-        self.refresh_head(&mut t).await?;
-        self.flush_outbox(&mut t).await?;
+        self.refresh_head().await?;
+        self.flush_outbox().await?;
         Ok(t)
     }
 

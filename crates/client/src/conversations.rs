@@ -43,7 +43,6 @@ impl Client {
                 Some(group_id) => group_id,
                 None => {
                     c.start_conversation(
-                        t,
                         ConversationKind::Direct,
                         peer.as_str(),
                         std::slice::from_ref(&peer),
@@ -52,7 +51,7 @@ impl Client {
                     .1
                 }
             };
-            c.send_text(t, &group_id, text).await
+            c.send_text(&group_id, text).await
         })
         .await
     }
@@ -68,7 +67,7 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            c.send_text(t, &group_id, text).await
+            c.send_text(&group_id, text).await
         })
         .await
     }
@@ -98,7 +97,7 @@ impl Client {
         }
         self.connected(async |c, t| {
             c.drain(t).await?;
-            c.start_conversation(t, ConversationKind::Group, name, &usernames)
+            c.start_conversation(ConversationKind::Group, name, &usernames)
                 .await
                 .map(|_| ())
         })
@@ -112,13 +111,13 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            let key_packages = c.claim(t, &user, &[]).await?;
+            let key_packages = c.claim(&user, &[]).await?;
             c.commit_with_retry(t, &group_id, |p, g, key, own| {
                 group::add_members(p, g, key, own, &key_packages)
             })
             .await?;
             // Tell the new members what this conversation is.
-            c.send_content(t, &group_id, group_info_body(name)).await?;
+            c.send_content(&group_id, group_info_body(name)).await?;
             Ok(())
         })
         .await
@@ -149,12 +148,13 @@ impl Client {
                 let mut g = group::load(provider, &group_id)?;
                 let proposal = group::leave(provider, &mut g, &c.account.device)?;
                 let recipients = group::recipients(&g, c.account.device_id);
-                let entry = send_entry(random_id(), &group_id, &recipients, proposal);
+                let token = group::send_token(provider, &g)?;
+                let entry = send_entry(random_id(), &group_id, &recipients, proposal, token);
                 store::push_outbox(tx, &entry)?;
                 store::set_group_state(tx, &group_id, GroupState::Left)?;
                 Ok(entry)
             })?;
-            c.submit(t, &entry).await.map(|_| ())
+            c.submit(&entry).await.map(|_| ())
         })
         .await
     }
@@ -167,7 +167,6 @@ impl Client {
     /// mismatch refuses the whole claim: nothing is sent to a ghost.
     pub(crate) async fn claim(
         &mut self,
-        t: &mut Transport,
         user: &Username,
         only: &[DeviceId],
     ) -> Result<Vec<CheckedKeyPackage>, ClientError> {
@@ -175,8 +174,8 @@ impl Client {
             username: user.to_string(),
             device_ids: only.iter().map(|d| d.as_bytes().to_vec()).collect(),
         };
-        let bundle = match t
-            .request(client_frame::Body::ClaimKeyPackages(request))
+        let bundle = match self
+            .anonymous_request(client_frame::Body::ClaimKeyPackages(request))
             .await
         {
             Ok(response::Result::KeyPackages(bundle)) => bundle,
@@ -193,7 +192,7 @@ impl Client {
                 "the server sent keys for {user} without their key-log entries"
             ))
         })?;
-        let state = self.accept_account_log(t, user, log).await?;
+        let state = self.accept_account_log(user, log).await?;
         if state.identity_key.as_slice() != bundle.identity_key {
             return Err(ClientError::KeyLog(format!(
                 "the server offered an identity key for {user} that is not the one in the key log; refusing"
@@ -234,10 +233,9 @@ impl Client {
     /// this device starts or joins a conversation.
     pub(crate) async fn claim_own_devices(
         &mut self,
-        t: &mut Transport,
     ) -> Result<Vec<CheckedKeyPackage>, ClientError> {
         let own = self.account.username.clone();
-        let state = self.verify_account(t, &own).await?;
+        let state = self.verify_account(&own).await?;
         let others: Vec<DeviceId> = state
             .devices
             .keys()
@@ -247,7 +245,7 @@ impl Client {
         if others.is_empty() {
             return Ok(Vec::new());
         }
-        match self.claim(t, &own, &others).await {
+        match self.claim(&own, &others).await {
             Ok(kps) => Ok(kps),
             // Another device with no KeyPackage left: add it later.
             Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => Ok(Vec::new()),
@@ -259,14 +257,13 @@ impl Client {
     /// it, and tells the members what the conversation is.
     pub(crate) async fn start_conversation(
         &mut self,
-        t: &mut Transport,
         kind: ConversationKind,
         name: &str,
         members: &[Username],
     ) -> Result<(Conversation, Vec<u8>), ClientError> {
-        let mut key_packages = self.claim_own_devices(t).await?;
+        let mut key_packages = self.claim_own_devices().await?;
         for user in members {
-            key_packages.extend(self.claim(t, user, &[]).await?);
+            key_packages.extend(self.claim(user, &[]).await?);
         }
         let (conversation, group_id, entry) = self.in_transaction(|provider, tx| {
             let mut g = group::create_group(provider, &self.account)?;
@@ -291,7 +288,7 @@ impl Client {
         })?;
         // A group of one exists only locally until someone is added.
         if let Some(entry) = entry
-            && let CommitOutcome::Rejected { current_epoch } = self.submit(t, &entry).await?
+            && let CommitOutcome::Rejected { current_epoch } = self.submit(&entry).await?
         {
             return Err(ClientError::Protocol(format!(
                 "the server refused a new group (it claims epoch {current_epoch})"
@@ -308,19 +305,17 @@ impl Client {
             },
         };
         if !members.is_empty() {
-            self.send_content(t, &group_id, Body::Info(info)).await?;
+            self.send_content(&group_id, Body::Info(info)).await?;
         }
         Ok((conversation, group_id))
     }
 
     pub(crate) async fn send_text(
         &mut self,
-        t: &mut Transport,
         group_id: &[u8],
         text: &str,
     ) -> Result<HistoryEntry, ClientError> {
         self.send_content(
-            t,
             group_id,
             Body::Text(Text {
                 text: text.to_owned(),
@@ -333,13 +328,12 @@ impl Client {
     /// Encrypts `body` for the group and sends it; see [`Client::stage_content`].
     pub(crate) async fn send_content(
         &mut self,
-        t: &mut Transport,
         group_id: &[u8],
         body: Body,
     ) -> Result<Option<HistoryEntry>, ClientError> {
         let (entry, history) = self.stage_content(group_id, body)?;
         if let Some(entry) = entry {
-            self.submit(t, &entry).await?;
+            self.submit(&entry).await?;
         }
         Ok(history)
     }
@@ -380,10 +374,12 @@ impl Client {
                 sent_at_ms,
                 body: Some(body),
                 log_head: self.pinned_head()?,
+                padding: Vec::new(),
             });
+            let token = group::send_token(provider, &g)?;
             let ciphertext = group::encrypt(provider, &mut g, &self.account.device, &plaintext)?;
             let entry = (!recipients.is_empty())
-                .then(|| send_entry(message_id, group_id, &recipients, ciphertext));
+                .then(|| send_entry(message_id, group_id, &recipients, ciphertext, token));
             if let Some(entry) = &entry {
                 store::push_outbox(tx, entry)?;
             }
@@ -441,7 +437,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let entry = self.stage_commit(group_id, &build)?;
-            match self.submit(t, &entry).await? {
+            match self.submit(&entry).await? {
                 CommitOutcome::Accepted => return Ok(()),
                 CommitOutcome::Rejected { .. } => {
                     self.drain(t).await?;
@@ -535,16 +531,14 @@ impl Client {
         .map(|_| ())
     }
 
-    /// Submits every staged frame in the outbox; see [`Client::stage_key_update`].
+    /// Submits every staged frame in the outbox (sends need no login); see
+    /// [`Client::stage_key_update`].
     pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
-        self.connected(async |c, t| {
-            let mut outcomes = Vec::new();
-            for entry in store::outbox(&c.db)? {
-                outcomes.push(c.submit(t, &entry).await?);
-            }
-            Ok(outcomes)
-        })
-        .await
+        let mut outcomes = Vec::new();
+        for entry in store::outbox(&self.db)? {
+            outcomes.push(self.submit(&entry).await?);
+        }
+        Ok(outcomes)
     }
 
     /// Updates this device's keys in the group `name` (post-compromise
@@ -567,12 +561,11 @@ impl Client {
     /// application message is taken out of history.
     pub(crate) async fn submit(
         &mut self,
-        t: &mut Transport,
         entry: &OutboxEntry,
     ) -> Result<CommitOutcome, ClientError> {
         let body = decode_body(&entry.frame)?
             .ok_or_else(|| ClientError::Protocol("empty outbox frame".into()))?;
-        let verdict = t.request(body).await;
+        let verdict = self.anonymous_request(body).await;
         if matches!(verdict, Err(ClientError::Network(_))) {
             // Still in the outbox: resent, with the same id, on reconnect.
             return verdict.map(|_| CommitOutcome::Accepted);
@@ -630,9 +623,9 @@ impl Client {
     }
 
     /// Resends whatever a crash left in the outbox.
-    pub(crate) async fn flush_outbox(&mut self, t: &mut Transport) -> Result<(), ClientError> {
+    pub(crate) async fn flush_outbox(&mut self) -> Result<(), ClientError> {
         for entry in store::outbox(&self.db)? {
-            match self.submit(t, &entry).await {
+            match self.submit(&entry).await {
                 Ok(_) => {}
                 Err(e @ ClientError::Network(_)) => return Err(e),
                 Err(e) => tracing::warn!("a message from before a restart could not be sent: {e}"),
@@ -684,17 +677,21 @@ pub(crate) fn decode_body(frame: &[u8]) -> Result<Option<client_frame::Body>, Cl
         .body)
 }
 
+/// An outbox entry for an application message or proposal, authorised by
+/// the group's send capability `send_token`.
 pub(crate) fn send_entry(
     message_id: Vec<u8>,
     group_id: &[u8],
     recipients: &[DeviceId],
     payload: Vec<u8>,
+    send_token: Vec<u8>,
 ) -> OutboxEntry {
     let frame = encode_body(client_frame::Body::SendMessage(SendMessage {
         message_id: message_id.clone(),
         group_id: group_id.to_vec(),
         recipients: recipients.iter().map(|d| d.as_bytes().to_vec()).collect(),
         payload,
+        send_token,
     }));
     OutboxEntry {
         message_id,
@@ -723,6 +720,8 @@ pub(crate) fn commit_entry(group_id: &[u8], pending: PendingCommit) -> OutboxEnt
             .map(|d| d.as_bytes().to_vec())
             .collect(),
         welcome: pending.welcome.unwrap_or_default(),
+        send_token: pending.send_token,
+        next_token_hash: pending.next_token_hash,
     }));
     OutboxEntry {
         message_id,

@@ -109,7 +109,7 @@ impl Client {
         let link_id = link_id(code)?;
         self.connected(async |c, t| {
             let own = c.account.username.clone();
-            let state = c.verify_account(t, &own).await?;
+            let state = c.verify_account(&own).await?;
             let entry = c.account.identity.device_added(
                 &own,
                 state.next_seq,
@@ -160,7 +160,7 @@ impl Client {
                 continue;
             };
             let key_packages = loop {
-                match self.claim(t, &own, &[device]).await {
+                match self.claim(&own, &[device]).await {
                     Ok(kps) if !kps.is_empty() => break kps,
                     Ok(_) => {}
                     Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => {}
@@ -187,7 +187,7 @@ impl Client {
                     name: conversation.name.clone(),
                 },
             };
-            self.send_content(t, &group_id, Body::Info(info)).await?;
+            self.send_content(&group_id, Body::Info(info)).await?;
         }
         Ok(std::mem::take(&mut self.own_lines))
     }
@@ -243,9 +243,9 @@ impl Client {
 
     /// The account's devices, from the key log.
     pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
-        self.connected(async |c, t| {
+        self.connected(async |c, _logged_in| {
             let own = c.account.username.clone();
-            let state = c.verify_account(t, &own).await?;
+            let state = c.verify_account(&own).await?;
             Ok(state
                 .devices
                 .iter()
@@ -278,7 +278,7 @@ impl Client {
         self.connected(async |c, t| {
             c.drain(t).await?;
             let own = c.account.username.clone();
-            let state = c.verify_account(t, &own).await?;
+            let state = c.verify_account(&own).await?;
             if !state.devices.contains_key(device.as_bytes()) {
                 return Err(ClientError::Usage(format!(
                     "{device} is not a device of your account; see `sotto device list`"

@@ -60,36 +60,33 @@ impl Client {
     /// pinned identity key, and remembers the result for this session.
     pub(crate) async fn verify_account(
         &mut self,
-        t: &mut Transport,
         username: &Username,
     ) -> Result<AccountState, ClientError> {
         let request = GetAccountLog {
             username: username.to_string(),
         };
-        let log = match t
-            .request(client_frame::Body::GetAccountLog(request))
+        let log = match self
+            .anonymous_request(client_frame::Body::GetAccountLog(request))
             .await?
         {
             response::Result::AccountLog(log) => log,
             _ => return Err(ClientError::Protocol("expected an account log".into())),
         };
-        self.accept_account_log(t, username, &log).await
+        self.accept_account_log(username, &log).await
     }
 
     /// Verifies an account log the server sent (on its own or with
     /// KeyPackages).
     pub(crate) async fn accept_account_log(
         &mut self,
-        t: &mut Transport,
         username: &Username,
         log: &AccountLog,
     ) -> Result<AccountState, ClientError> {
-        self.accept_account_log_with(t, username, log, false).await
+        self.accept_account_log_with(username, log, false).await
     }
 
     async fn accept_account_log_with(
         &mut self,
-        t: &mut Transport,
         username: &Username,
         log: &AccountLog,
         accept_new_identity: bool,
@@ -112,7 +109,7 @@ impl Client {
             ));
         }
         if let Some(head) = &log.head {
-            self.check_head(t, head).await?;
+            self.check_head(head).await?;
         }
         self.accounts
             .verified
@@ -157,11 +154,14 @@ impl Client {
                 "compare safety numbers with someone else".into(),
             ));
         }
-        self.connected(async |c, t| {
+        self.connected(async |c, _logged_in| {
             let request = GetAccountLog {
                 username: user.to_string(),
             };
-            let log = match t.request(client_frame::Body::GetAccountLog(request)).await {
+            let log = match c
+                .anonymous_request(client_frame::Body::GetAccountLog(request))
+                .await
+            {
                 Ok(response::Result::AccountLog(log)) => log,
                 Ok(_) => return Err(ClientError::Protocol("expected an account log".into())),
                 Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
@@ -172,7 +172,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             let state = c
-                .accept_account_log_with(t, &user, &log, accept_new_identity)
+                .accept_account_log_with(&user, &log, accept_new_identity)
                 .await?;
             let number = SafetyNumber::new(
                 (&c.account.username, &c.account.identity_public()),
@@ -198,12 +198,12 @@ impl Client {
     }
 
     /// Fetches the server's current head and checks it against the pinned one.
-    pub(crate) async fn refresh_head(&mut self, t: &mut Transport) -> Result<(), ClientError> {
-        match t
-            .request(client_frame::Body::GetLogHead(GetLogHead {}))
+    pub(crate) async fn refresh_head(&mut self) -> Result<(), ClientError> {
+        match self
+            .anonymous_request(client_frame::Body::GetLogHead(GetLogHead {}))
             .await?
         {
-            response::Result::LogHead(head) => self.check_head(t, &head).await,
+            response::Result::LogHead(head) => self.check_head(&head).await,
             _ => Err(ClientError::Protocol("expected a log head".into())),
         }
     }
@@ -211,11 +211,7 @@ impl Client {
     /// Verifies `head`'s signature and its consistency with the pinned head,
     /// asking the server for a consistency proof when sizes differ; pins it
     /// if it is newer.
-    pub(crate) async fn check_head(
-        &mut self,
-        t: &mut Transport,
-        head: &SignedTreeHead,
-    ) -> Result<(), ClientError> {
+    pub(crate) async fn check_head(&mut self, head: &SignedTreeHead) -> Result<(), ClientError> {
         sotto_transparency::verify_head(&self.log_key, head)
             .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
         let Some(pinned) = self.pinned_head()? else {
@@ -234,8 +230,8 @@ impl Client {
                 old_size: old.tree_size,
                 new_size: new.tree_size,
             };
-            match t
-                .request(client_frame::Body::GetConsistency(request))
+            match self
+                .anonymous_request(client_frame::Body::GetConsistency(request))
                 .await?
             {
                 response::Result::Consistency(proof) => proof.path,

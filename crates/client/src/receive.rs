@@ -120,7 +120,7 @@ impl Client {
         let mut result = self.apply_delivery(&d);
         if let Err(ClientError::Group(GroupError::Unverified(users))) = &result {
             for user in users.clone() {
-                if let Err(e) = self.verify_account(t, &user).await {
+                if let Err(e) = self.verify_account(&user).await {
                     tracing::warn!("looking up {user} failed: {e}");
                 }
                 self.accounts.fresh.insert(user);
@@ -131,7 +131,7 @@ impl Client {
             Ok(applied) => {
                 out.extend(applied.entries);
                 if let Some(peer) = applied.peer_head
-                    && let Err(e) = self.check_head(t, &peer.head).await
+                    && let Err(e) = self.check_head(&peer.head).await
                 {
                     let text = format!(
                         "WARNING: the key log {} sees disagrees with yours. The server may be showing you different keys. ({e})",

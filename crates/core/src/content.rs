@@ -19,8 +19,68 @@ pub enum ContentError {
     Empty,
 }
 
+/// Smallest size bucket: every content is padded to 256, 512, 1024, …
+/// bytes, so an observer of ciphertext lengths learns only the bucket.
+pub const MIN_BUCKET: usize = 256;
+
+/// Encodes content padded up to exactly its size bucket.
 pub fn encode(content: &AppContent) -> Vec<u8> {
-    content.encode_to_vec()
+    let mut padded = AppContent {
+        padding: Vec::new(),
+        ..content.clone()
+    };
+    let unpadded = padded.encoded_len();
+    let mut bucket = (unpadded + 2).next_power_of_two().max(MIN_BUCKET);
+    loop {
+        // The padding field takes a one-byte tag, a varint length, then the
+        // bytes: find a length whose varint size makes the total exact.
+        let fill = (1..=3).find_map(|varint| {
+            let fill = bucket.checked_sub(unpadded + 1 + varint)?;
+            (fill > 0 && prost::encoding::encoded_len_varint(fill as u64) == varint).then_some(fill)
+        });
+        if let Some(fill) = fill {
+            padded.padding = vec![0; fill];
+            return padded.encode_to_vec();
+        }
+        bucket *= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_of_different_lengths_share_a_bucket() {
+        let sized = |text: &str| {
+            encode(&AppContent {
+                id: vec![7; 16],
+                sent_at_ms: 1_700_000_000_000,
+                body: Some(Body::Text(Text { text: text.into() })),
+                log_head: None,
+                padding: Vec::new(),
+            })
+            .len()
+        };
+        assert_eq!(
+            sized("hi"),
+            sized("a somewhat longer message, but still short")
+        );
+        assert!(sized("hi") <= MIN_BUCKET);
+        assert!(sized(&"x".repeat(300)) > MIN_BUCKET);
+        assert_eq!(sized(&"x".repeat(300)), sized(&"y".repeat(400)));
+        let decoded = decode(&encode(&AppContent {
+            id: vec![1],
+            sent_at_ms: 5,
+            body: Some(Body::Text(Text {
+                text: "round trip".into(),
+            })),
+            log_head: None,
+            padding: Vec::new(),
+        }))
+        .unwrap();
+        assert!(matches!(decoded.body, Some(Body::Text(t)) if t.text == "round trip"));
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<AppContent, ContentError> {

@@ -171,6 +171,31 @@ pub fn check_key_package(
     })
 }
 
+/// The MLS exporter label of a group's send capability.
+pub const SEND_CAPABILITY_LABEL: &str = "sotto send capability";
+
+/// The group's send capability for its current epoch: what authorises a
+/// send to the server without saying who sends.
+pub fn send_token(
+    provider: &impl OpenMlsProvider,
+    group: &MlsGroup,
+) -> Result<Vec<u8>, GroupError> {
+    group
+        .export_secret(
+            provider.crypto(),
+            SEND_CAPABILITY_LABEL,
+            group.group_id().as_slice(),
+            32,
+        )
+        .map_err(|e| mls("export send capability")(&e))
+}
+
+/// SHA-256 of a send capability: all the server keeps of it.
+pub fn token_hash(token: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token).to_vec()
+}
+
 /// A commit waiting for the server's verdict. The group holds it as its
 /// pending commit: merge it when the server accepts, clear it otherwise.
 #[derive(Debug)]
@@ -184,6 +209,38 @@ pub struct PendingCommit {
     pub recipients: Vec<DeviceId>,
     /// Devices that must receive the Welcome.
     pub welcome_recipients: Vec<DeviceId>,
+    /// The current epoch's send capability (empty for a new group's first
+    /// commit, which the server accepts without one).
+    pub send_token: Vec<u8>,
+    /// SHA-256 of the capability of the epoch the commit starts.
+    pub next_token_hash: Vec<u8>,
+}
+
+/// Fills in a commit's capabilities: the current epoch's, and the hash of
+/// the next one's, from the group's pending commit.
+fn with_tokens(
+    provider: &impl OpenMlsProvider,
+    group: &MlsGroup,
+    mut pending: PendingCommit,
+) -> Result<PendingCommit, GroupError> {
+    pending.send_token = if pending.epoch == 0 {
+        Vec::new()
+    } else {
+        send_token(provider, group)?
+    };
+    let staged = group
+        .pending_commit()
+        .ok_or_else(|| GroupError::Misuse("no pending commit".into()))?;
+    let next = staged
+        .export_secret(
+            provider.crypto(),
+            SEND_CAPABILITY_LABEL,
+            group.group_id().as_slice(),
+            32,
+        )
+        .map_err(|e| mls("export next send capability")(&e))?;
+    pending.next_token_hash = token_hash(&next);
+    Ok(pending)
 }
 
 /// Creates a group with this device as its only member (epoch 0).
@@ -248,13 +305,19 @@ pub fn add_members(
     let (commit, welcome, _) = group
         .add_members(provider, signer, &key_packages)
         .map_err(|e| mls("add members")(&e))?;
-    Ok(PendingCommit {
-        epoch,
-        commit: serialize(&commit)?,
-        welcome: Some(serialize(&welcome)?),
-        recipients,
-        welcome_recipients: new.iter().map(|n| n.device.device_id).collect(),
-    })
+    with_tokens(
+        provider,
+        group,
+        PendingCommit {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: Some(serialize(&welcome)?),
+            recipients,
+            welcome_recipients: new.iter().map(|n| n.device.device_id).collect(),
+            send_token: Vec::new(),
+            next_token_hash: Vec::new(),
+        },
+    )
 }
 
 /// Commits removing every device of `username`.
@@ -314,13 +377,19 @@ fn remove_where(
     let (commit, welcome, _) = group
         .remove_members(provider, signer, &leaves)
         .map_err(|e| mls("remove members")(&e))?;
-    Ok(PendingCommit {
-        epoch,
-        commit: serialize(&commit)?,
-        welcome: welcome.as_ref().map(serialize).transpose()?,
-        recipients,
-        welcome_recipients: Vec::new(),
-    })
+    with_tokens(
+        provider,
+        group,
+        PendingCommit {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+            recipients,
+            welcome_recipients: Vec::new(),
+            send_token: Vec::new(),
+            next_token_hash: Vec::new(),
+        },
+    )
 }
 
 /// Commits a fresh leaf key for this device (post-compromise security).
@@ -335,13 +404,19 @@ pub fn update_keys(
     let bundle = group
         .self_update(provider, signer, LeafNodeParameters::default())
         .map_err(|e| mls("self update")(&e))?;
-    Ok(PendingCommit {
-        epoch,
-        commit: serialize(bundle.commit())?,
-        welcome: None,
-        recipients,
-        welcome_recipients: Vec::new(),
-    })
+    with_tokens(
+        provider,
+        group,
+        PendingCommit {
+            epoch,
+            commit: serialize(bundle.commit())?,
+            welcome: None,
+            recipients,
+            welcome_recipients: Vec::new(),
+            send_token: Vec::new(),
+            next_token_hash: Vec::new(),
+        },
+    )
 }
 
 /// Commits the proposals other members sent (for example, a member leaving).
@@ -356,13 +431,19 @@ pub fn commit_pending_proposals(
     let (commit, welcome, _) = group
         .commit_to_pending_proposals(provider, signer)
         .map_err(|e| mls("commit proposals")(&e))?;
-    Ok(PendingCommit {
-        epoch,
-        commit: serialize(&commit)?,
-        welcome: welcome.as_ref().map(serialize).transpose()?,
-        recipients,
-        welcome_recipients: Vec::new(),
-    })
+    with_tokens(
+        provider,
+        group,
+        PendingCommit {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+            recipients,
+            welcome_recipients: Vec::new(),
+            send_token: Vec::new(),
+            next_token_hash: Vec::new(),
+        },
+    )
 }
 
 /// A proposal to remove this device from the group, to be committed by

@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::rate_limit::Rate;
+
 /// Default listen address: loopback only, so a fresh install is not exposed
 /// to the network by accident.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -15,7 +17,7 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Everything [`crate::Server::bind`] needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8420`; port 0 picks a free
     /// port (see [`crate::Server::local_addr`]).
@@ -28,6 +30,15 @@ pub struct ServerConfig {
     /// How long a queued message is kept for a device that never fetches it.
     /// Default 30 days.
     pub retention: Duration,
+    /// Sets `SO_REUSEPORT` on the listening socket so several server
+    /// processes can share one port (the kernel spreads connections across
+    /// them). Default off. Only meaningful on Unix.
+    pub reuse_port: bool,
+    /// Logs the address of every connection as it opens and closes
+    /// (tracing, INFO), for operators legally required to keep such logs.
+    /// Default off: no IP address is logged or stored. Addresses never go
+    /// into the database either way.
+    pub log_connections: bool,
 }
 
 impl Default for ServerConfig {
@@ -37,13 +48,15 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./sotto-data"),
             limits: Limits::default(),
             retention: DEFAULT_RETENTION,
+            reuse_port: false,
+            log_connections: false,
         }
     }
 }
 
 /// Limits that keep one client from holding more than its share of the
 /// server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Deliveries pushed to one connection and not yet acknowledged.
     /// Default 64: enough to keep a link busy, small enough that a stalled
@@ -57,6 +70,18 @@ pub struct Limits {
     /// Concurrent WebSocket connections; more are refused with HTTP 503.
     /// Default 19 000, below a typical 20 000 file-descriptor limit.
     pub max_connections: usize,
+    /// Sends (messages and commits) on one connection. Sends carry no
+    /// identity, so this and the next are the abuse brakes. Default 2 000/s,
+    /// bursts of 4 000.
+    pub sends_per_connection: Rate,
+    /// Sends with one group's capability, over all connections. Default
+    /// 2 000/s, bursts of 4 000.
+    pub sends_per_capability: Rate,
+    /// KeyPackage claims on one connection. Default 20/s, bursts of 50.
+    pub claims_per_connection: Rate,
+    /// KeyPackage claims for one account, over all connections, so nobody
+    /// drains someone's pool. Default 2/s, bursts of 30.
+    pub claims_per_target: Rate,
 }
 
 impl Default for Limits {
@@ -66,6 +91,22 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_connections: 19_000,
+            sends_per_connection: Rate {
+                per_second: 2_000.0,
+                burst: 4_000.0,
+            },
+            sends_per_capability: Rate {
+                per_second: 2_000.0,
+                burst: 4_000.0,
+            },
+            claims_per_connection: Rate {
+                per_second: 20.0,
+                burst: 50.0,
+            },
+            claims_per_target: Rate {
+                per_second: 2.0,
+                burst: 30.0,
+            },
         }
     }
 }
@@ -80,6 +121,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8420");
         assert_eq!(config.data_dir, PathBuf::from("./sotto-data"));
         assert_eq!(config.retention, Duration::from_secs(2_592_000));
+        assert!(!config.log_connections);
         assert_eq!(config.limits.max_in_flight, 64);
         assert_eq!(config.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(90));

@@ -26,6 +26,7 @@ use crate::link_rendezvous::{
     ConnectionId, LINK_QUEUE, LinkError, LinkId, LinkRendezvous, MAX_SEALED_BYTES,
 };
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
+use crate::rate_limit::{RateLimiter, TokenBucket};
 use crate::store::{
     AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
     Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
@@ -47,6 +48,10 @@ pub(crate) struct Context<S> {
     pub limits: Limits,
     pub log: TransparencyLog,
     pub links: LinkRendezvous,
+    /// Sends per group capability (keyed by its hash).
+    pub capability_limits: RateLimiter<[u8; 32]>,
+    /// KeyPackage claims per target account.
+    pub claim_target_limits: RateLimiter<String>,
 }
 
 /// Seconds since the Unix epoch, from the system clock.
@@ -286,6 +291,30 @@ fn stale_sequence(expected: u64) -> v1::Error {
     )
 }
 
+fn not_authorized() -> v1::Error {
+    error(
+        ErrorCode::NotAuthorized,
+        "the send capability is not this group's; process pending messages (a commit may have changed it) and retry",
+    )
+}
+
+fn rate_limited(what: &str, wait: Duration) -> v1::Error {
+    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    v1::Error {
+        retry_after_ms,
+        ..error(
+            ErrorCode::RateLimited,
+            format!("too many {what}; retry in {retry_after_ms} ms"),
+        )
+    }
+}
+
+/// SHA-256 of a presented send capability (which must be 32 bytes).
+fn capability_hash(token: &[u8]) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    (token.len() == 32).then(|| sha2::Sha256::digest(token).into())
+}
+
 fn unknown_group(group: &GroupId) -> v1::Error {
     error(ErrorCode::UnknownGroup, format!("unknown group {group}"))
 }
@@ -315,8 +344,13 @@ pub(crate) struct Session<S> {
     /// When an unauthenticated connection is closed: the handshake
     /// timeout, pushed back while it waits on a joined link.
     handshake_deadline: Instant,
-    /// The connection only reads the public log: no handshake deadline.
+    /// The connection only reads the public log or sends anonymously (sealed
+    /// sender): no handshake deadline.
     log_reader: bool,
+    /// Sends on this connection.
+    send_bucket: TokenBucket,
+    /// KeyPackage claims on this connection.
+    claim_bucket: TokenBucket,
     subscription: Option<Subscription>,
     /// Highest seq pushed on this connection.
     cursor: u64,
@@ -335,6 +369,8 @@ impl<S: Store> Session<S> {
         let (link_tx, link_rx) = mpsc::channel(LINK_QUEUE);
         let connection_id = ctx.links.connection_id();
         let handshake_deadline = Instant::now() + ctx.limits.handshake_timeout;
+        let send_bucket = TokenBucket::full(ctx.limits.sends_per_connection, Instant::now());
+        let claim_bucket = TokenBucket::full(ctx.limits.claims_per_connection, Instant::now());
         Self {
             ctx,
             nonce,
@@ -345,6 +381,8 @@ impl<S: Store> Session<S> {
             link_rx,
             handshake_deadline,
             log_reader: false,
+            send_bucket,
+            claim_bucket,
             subscription: None,
             cursor: 0,
             in_flight: BTreeSet::new(),
@@ -494,6 +532,20 @@ impl<S: Store> Session<S> {
                 Ok(Some(response::Result::LogEntries(entries)))
             }
             (_, Body::JoinLink(join)) => self.join_link(join),
+            // Sealed sender: claims and sends need no login, and say nothing
+            // about who makes them; capabilities and rate limits govern them.
+            (device, Body::ClaimKeyPackages(claim)) => {
+                self.log_reader |= device.is_none();
+                self.claim_key_packages(claim).await
+            }
+            (device, Body::SendMessage(send)) => {
+                self.log_reader |= device.is_none();
+                self.send_message(send).await
+            }
+            (device, Body::SubmitCommit(commit)) => {
+                self.log_reader |= device.is_none();
+                self.submit_commit(commit).await
+            }
             (None, Body::Register(register)) => self.register(register).await,
             (None, Body::Login(login)) => self.login(login).await,
             (Some(_), Body::Register(_) | Body::Login(_)) => Err(error(
@@ -507,9 +559,6 @@ impl<S: Store> Session<S> {
             (Some(device), Body::UploadKeyPackages(upload)) => {
                 self.upload_key_packages(device, upload).await
             }
-            (Some(_), Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
-            (Some(_), Body::SendMessage(send)) => self.send_message(send).await,
-            (Some(_), Body::SubmitCommit(commit)) => self.submit_commit(commit).await,
             (Some(device), Body::Ack(ack)) => {
                 self.ctx
                     .store
@@ -933,6 +982,13 @@ impl<S: Store> Session<S> {
         if !sotto_proto::is_valid_username(&claim.username) {
             return Err(unknown());
         }
+        self.claim_bucket
+            .take(self.ctx.limits.claims_per_connection, Instant::now())
+            .map_err(|wait| rate_limited("KeyPackage claims on this connection", wait))?;
+        self.ctx
+            .claim_target_limits
+            .take(claim.username.clone())
+            .map_err(|wait| rate_limited("KeyPackage claims for this account", wait))?;
         if claim.device_ids.len() > sotto_proto::MAX_RECIPIENTS {
             return Err(error(
                 ErrorCode::TooLarge,
@@ -1008,7 +1064,28 @@ impl<S: Store> Session<S> {
         })))
     }
 
+    /// Charges one send to this connection's bucket and the capability's.
+    fn charge_send(&mut self, token_hash: Option<[u8; 32]>) -> Result<(), v1::Error> {
+        self.send_bucket
+            .take(self.ctx.limits.sends_per_connection, Instant::now())
+            .map_err(|wait| rate_limited("sends on this connection", wait))?;
+        if let Some(hash) = token_hash {
+            self.ctx
+                .capability_limits
+                .take(hash)
+                .map_err(|wait| rate_limited("sends to this group", wait))?;
+        }
+        Ok(())
+    }
+
     async fn send_message(&mut self, send: v1::SendMessage) -> RequestResult {
+        let token_hash = capability_hash(&send.send_token).ok_or_else(|| {
+            error(
+                ErrorCode::NotAuthorized,
+                "a send needs the group's 32-byte send capability",
+            )
+        })?;
+        self.charge_send(Some(token_hash))?;
         let envelope = envelope(
             &send.message_id,
             &send.recipients,
@@ -1020,6 +1097,7 @@ impl<S: Store> Session<S> {
         let recipients = envelope.recipients.clone();
         let message = GroupMessage {
             group_id,
+            token_hash,
             envelope,
             now: now_seconds(),
         };
@@ -1029,12 +1107,26 @@ impl<S: Store> Session<S> {
                 done()
             }
             Err(EnqueueError::UnknownGroup(group)) => Err(unknown_group(&group)),
+            Err(EnqueueError::NotAuthorized) => Err(not_authorized()),
             Err(EnqueueError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(EnqueueError::Store(e)) => Err(internal(&e)),
         }
     }
 
     async fn submit_commit(&mut self, commit: v1::SubmitCommit) -> RequestResult {
+        let token_hash = if commit.send_token.is_empty() {
+            None
+        } else {
+            Some(capability_hash(&commit.send_token).ok_or_else(not_authorized)?)
+        };
+        let next_token_hash: [u8; 32] =
+            commit.next_token_hash.as_slice().try_into().map_err(|_| {
+                error(
+                    ErrorCode::InvalidRequest,
+                    "a commit must carry the 32-byte hash of the next epoch's send capability",
+                )
+            })?;
+        self.charge_send(token_hash)?;
         let group_id = group_id(&commit.group_id)?;
         let commit_envelope = envelope(
             &commit.message_id,
@@ -1059,6 +1151,8 @@ impl<S: Store> Session<S> {
         let submission = CommitSubmission {
             group_id,
             epoch: commit.epoch,
+            token_hash,
+            next_token_hash,
             commit: commit_envelope,
             welcome,
             now: now_seconds(),
@@ -1079,6 +1173,7 @@ impl<S: Store> Session<S> {
                 )
             }),
             Err(CommitError::UnknownGroup(group)) => Err(unknown_group(&group)),
+            Err(CommitError::NotAuthorized) => Err(not_authorized()),
             Err(CommitError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(CommitError::Store(e)) => Err(internal(&e)),
         }

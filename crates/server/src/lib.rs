@@ -26,8 +26,10 @@
 pub mod audit;
 pub mod config;
 mod connection;
+pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
+mod rate_limit;
 pub mod store;
 mod transparency_log;
 
@@ -38,8 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -82,6 +84,32 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Binds a listening socket as `TcpListener::bind` does (`SO_REUSEADDR`,
+/// backlog 1024), adding `SO_REUSEPORT` if asked.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    {
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+    }
+    #[cfg(not(unix))]
+    if reuse_port {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "--reuse-port needs a Unix system",
+        ));
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// A bound, not yet running server.
 #[derive(Debug)]
 pub struct Server {
@@ -97,6 +125,10 @@ struct AppState {
     ctx: Arc<Context<SqliteStore>>,
     connections: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    /// [`ServerConfig::log_connections`].
+    log_connections: bool,
+    /// The database, read for `GET /canary`.
+    db_path: PathBuf,
 }
 
 impl Server {
@@ -121,12 +153,10 @@ impl Server {
                 source,
             })?;
         let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+            listen(config.listen, config.reuse_port).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr()?;
         Ok(Server {
             listener,
@@ -163,6 +193,8 @@ impl Server {
             limits: config.limits.clone(),
             log,
             links: link_rendezvous::LinkRendezvous::default(),
+            capability_limits: rate_limit::RateLimiter::new(config.limits.sends_per_capability),
+            claim_target_limits: rate_limit::RateLimiter::new(config.limits.claims_per_target),
         });
         let max_connections = config
             .limits
@@ -179,19 +211,25 @@ impl Server {
             ctx,
             connections: Arc::clone(&connections),
             shutdown: stop_rx,
+            log_connections: config.log_connections,
+            db_path: store.path().to_owned(),
         });
         let app = Router::new()
             .route("/ws", get(websocket))
             .route("/health", get(health))
+            .route("/canary", get(canary))
             .with_state(state);
         tracing::info!("serving");
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await;
         // Upgraded WebSocket connections are not tracked by `axum::serve`;
         // each holds a permit until it has closed.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
@@ -212,7 +250,47 @@ async fn health() -> &'static str {
     "ok"
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+/// `GET /canary`: the newest warrant canary (`legal::Canary::to_json`), or
+/// 404 if none was published.
+async fn canary(State(state): State<Arc<AppState>>) -> Response {
+    let path = state.db_path.clone();
+    match tokio::task::spawn_blocking(move || legal::read_latest_canary(&path)).await {
+        Ok(Ok(Some(canary))) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            canary.to_json().to_string(),
+        )
+            .into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no warrant canary published").into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the warrant canary");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the warrant canary",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "canary task failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the warrant canary",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn websocket(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The peer address is logged only when the operator asked for it, and
+    // never stored.
+    let peer = state.log_connections.then_some(peer);
+    if let Some(peer) = peer {
+        tracing::info!(%peer, "connection opened");
+    }
     if *state.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
     }
@@ -231,5 +309,8 @@ async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade
         .on_upgrade(move |socket| async move {
             connection::serve(socket, ctx, shutdown).await;
             drop(permit);
+            if let Some(peer) = peer {
+                tracing::info!(%peer, "connection closed");
+            }
         })
 }

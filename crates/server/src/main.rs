@@ -12,10 +12,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sotto_server::{Server, ServerConfig};
 
+mod legal_cli;
+
 /// Sotto delivery server: relays end-to-end encrypted (MLS) messages
 /// between devices. It stores only ciphertext, public keys, and day-granular
-/// creation / last-seen dates; it never logs IP addresses or message
-/// content.
+/// creation / last-seen dates; it never stores IP addresses, logs them
+/// only with --log-connections, and never sees message content.
 #[derive(Debug, Parser)]
 #[command(
     name = "sotto-server",
@@ -51,6 +53,18 @@ struct Args {
     /// Days an undelivered message is kept before it is deleted.
     #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
     retention_days: u64,
+
+    /// Set SO_REUSEPORT on the listening socket, so several sotto-server
+    /// processes (on the same data directory) can share one port.
+    #[arg(long)]
+    reuse_port: bool,
+
+    /// Log the IP address and port of every connection as it opens and
+    /// closes (stderr, INFO), for operators legally required to keep such
+    /// logs. Off by default: then no IP address is logged. Addresses are
+    /// never written to the database.
+    #[arg(long)]
+    log_connections: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,12 +89,20 @@ enum Command {
         #[arg(long, value_name = "HEX")]
         log_key: Option<String>,
     },
+    /// Court orders: export what the server holds about an account (signed),
+    /// the signed transparency report of such requests, and the warrant
+    /// canary. See docs/SERVER_DATA.md.
+    Legal {
+        #[command(subcommand)]
+        command: legal_cli::LegalCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Audit { data, log_key }) => audit(&data, log_key.as_deref()),
+        Some(Command::Legal { command }) => legal_cli::run(command),
         None => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -145,6 +167,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data.clone(),
         retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
+        reuse_port: args.reuse_port,
+        log_connections: args.log_connections,
         ..ServerConfig::default()
     };
     let server = Server::bind(config)

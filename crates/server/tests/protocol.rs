@@ -155,13 +155,15 @@ async fn register_checks_signatures_and_certificate() {
 async fn requests_before_authentication_are_refused() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
-    let send = send_message(&random_id(), &random_id(), &[&random_id()], b"hi");
-    assert_error(&client.request(send).await, ErrorCode::NotAuthenticated);
-    let claim = Body::ClaimKeyPackages(v1::ClaimKeyPackages {
-        username: "alice".into(),
-        ..Default::default()
+    // Sends, claims and log reads need no login (sealed sender); anything
+    // about one's own device does.
+    let upload = Body::UploadKeyPackages(v1::UploadKeyPackages {
+        key_packages: vec![b"kp".to_vec()],
+        last_resort: Vec::new(),
     });
-    assert_error(&client.request(claim).await, ErrorCode::NotAuthenticated);
+    assert_error(&client.request(upload).await, ErrorCode::NotAuthenticated);
+    let sync = Body::Sync(v1::Sync {});
+    assert_error(&client.request(sync).await, ErrorCode::NotAuthenticated);
     assert_done(&client.register(&Account::new("alice")).await);
 }
 

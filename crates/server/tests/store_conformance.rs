@@ -54,10 +54,15 @@ mod conformance {
         }
     }
 
+    /// The hash of every epoch's send capability in these tests.
+    pub const TOKEN_HASH: [u8; 32] = [7; 32];
+
     pub fn commit(group_id: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> CommitSubmission {
         CommitSubmission {
             group_id: group_id.clone(),
             epoch,
+            token_hash: (epoch > 0).then_some(TOKEN_HASH),
+            next_token_hash: TOKEN_HASH,
             commit: envelope(id, recipients, b"commit"),
             welcome: None,
             now: 1_000,
@@ -252,6 +257,7 @@ mod conformance {
         let g = with_group(&store, "g").await;
         let message = |id: u8, recipients: &[u8]| GroupMessage {
             group_id: g.clone(),
+            token_hash: TOKEN_HASH,
             envelope: envelope(id, recipients, b"hello"),
             now: 1_000,
         };
@@ -299,6 +305,7 @@ mod conformance {
         for i in 1..=5u8 {
             let m = GroupMessage {
                 group_id: g.clone(),
+                token_hash: TOKEN_HASH,
                 envelope: envelope(i, &[1], &[i]),
                 now: 1_000,
             };
@@ -332,6 +339,7 @@ mod conformance {
         let g = with_group(&store, "g").await;
         let m = GroupMessage {
             group_id: g.clone(),
+            token_hash: TOKEN_HASH,
             envelope: envelope(1, &[1, 2], b"x"),
             now: 1_000,
         };
@@ -382,12 +390,17 @@ mod conformance {
         let g = with_group(&store, "g").await;
         let at = |id: u8, recipients: &[u8], now| GroupMessage {
             group_id: g.clone(),
+            token_hash: TOKEN_HASH,
             envelope: envelope(id, recipients, &[id]),
             now,
         };
+        // Queue times are kept as days: day 0, and day 2.
+        const DAY: u64 = 86_400;
         store.enqueue(at(1, &[1, 2], 100)).await.unwrap();
-        store.enqueue(at(2, &[1], 1_000)).await.unwrap();
-        assert_eq!(store.expire(500).await.unwrap(), 2);
+        store.enqueue(at(2, &[1], 2 * DAY + 1_000)).await.unwrap();
+        // A cutoff inside day 0 deletes nothing: whole days only.
+        assert_eq!(store.expire(DAY - 1).await.unwrap(), 0);
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 2);
         let left = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
         assert_eq!(
             left.iter().map(|e| e.message_id).collect::<Vec<_>>(),
@@ -402,7 +415,7 @@ mod conformance {
         );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 1));
-        assert_eq!(store.expire(500).await.unwrap(), 0);
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 0);
     }
 }
 
@@ -505,6 +518,7 @@ mod log_cases {
         let g = with_group(&store, "g").await;
         let mail = |id: u8, to: &[u8]| GroupMessage {
             group_id: g.clone(),
+            token_hash: TOKEN_HASH,
             envelope: envelope(id, to, b"m"),
             now: 1_000,
         };

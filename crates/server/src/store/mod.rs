@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 
 pub use sqlite::SqliteStore;
 
-/// Seconds since the Unix epoch. Used only for mailbox expiry.
+/// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
+/// keep the day ([`day_of`]).
 pub type UnixSeconds = u64;
 /// Days since the Unix epoch: the only granularity at which the server
 /// records when an account was created or last seen.
@@ -247,6 +248,9 @@ pub struct Envelope {
 pub struct GroupMessage {
     /// The group; it must have been created by a commit.
     pub group_id: GroupId,
+    /// SHA-256 of the send capability presented: it must be the group's
+    /// current or previous epoch's.
+    pub token_hash: [u8; 32],
     /// What to queue.
     pub envelope: Envelope,
     /// When it was queued, for expiry.
@@ -260,6 +264,11 @@ pub struct CommitSubmission {
     pub group_id: GroupId,
     /// The epoch the commit was created in; 0 creates the group.
     pub epoch: u64,
+    /// SHA-256 of the send capability presented; must be the current
+    /// epoch's. `None` when creating a group.
+    pub token_hash: Option<[u8; 32]>,
+    /// SHA-256 of the capability of the epoch the commit starts.
+    pub next_token_hash: [u8; 32],
     /// The commit, queued for the existing members.
     pub commit: Envelope,
     /// The Welcome for new members, queued only if the commit is accepted.
@@ -384,6 +393,9 @@ pub enum EnqueueError {
     /// No commit ever created this group.
     #[error("unknown group {0}")]
     UnknownGroup(GroupId),
+    /// The send capability is not the group's.
+    #[error("not authorised to send to this group")]
+    NotAuthorized,
     /// A recipient is not a registered device, or was removed.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
@@ -398,6 +410,9 @@ pub enum CommitError {
     /// The group does not exist and the commit is not for epoch 0.
     #[error("unknown group {0}")]
     UnknownGroup(GroupId),
+    /// The send capability is not the current epoch's.
+    #[error("not authorised to commit to this group")]
+    NotAuthorized,
     /// Another commit for this epoch won; the group has moved on.
     #[error("commit for epoch {submitted} rejected: group is at epoch {current}")]
     StaleEpoch {
@@ -418,6 +433,7 @@ impl From<EnqueueError> for CommitError {
     fn from(e: EnqueueError) -> Self {
         match e {
             EnqueueError::UnknownGroup(g) => Self::UnknownGroup(g),
+            EnqueueError::NotAuthorized => Self::NotAuthorized,
             EnqueueError::UnknownDevice(d) => Self::UnknownDevice(d),
             EnqueueError::Store(s) => Self::Store(s),
         }
@@ -516,7 +532,9 @@ pub trait Store: Send + Sync + 'static {
         seqs: Vec<u64>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Deletes mailbox entries queued before `cutoff`, and orphaned
+    /// Deletes mailbox entries queued on a day before the day of `cutoff`
+    /// (queue times are kept as whole days, so an entry lives at least the
+    /// retention period and less than one day longer), and orphaned
     /// payloads. Returns how many entries were deleted.
     fn expire(&self, cutoff: UnixSeconds) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

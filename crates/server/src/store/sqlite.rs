@@ -33,7 +33,7 @@ const MAX_BATCH: usize = 512;
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "sotto.db";
 
@@ -67,9 +67,11 @@ CREATE TABLE last_resort_key_packages (
     key_package BLOB NOT NULL
 );
 CREATE TABLE mls_groups (
-    group_id       BLOB PRIMARY KEY,
-    epoch          INTEGER NOT NULL,
-    last_commit_id BLOB NOT NULL
+    group_id        BLOB PRIMARY KEY,
+    epoch           INTEGER NOT NULL,
+    last_commit_id  BLOB NOT NULL,
+    token_hash      BLOB NOT NULL,
+    prev_token_hash BLOB
 );
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY,
@@ -98,6 +100,29 @@ CREATE TABLE log_entries (
 );
 CREATE INDEX log_entries_by_username ON log_entries(username, idx);
 ALTER TABLE devices ADD COLUMN removed_day INTEGER;
+",
+    // Day granularity for the mailbox, and the legal tables (`crate::legal`,
+    // docs/SERVER_DATA.md).
+    r"
+ALTER TABLE mailbox RENAME COLUMN enqueued_at TO enqueued_day;
+UPDATE mailbox SET enqueued_day = enqueued_day / 86400;
+CREATE TABLE legal_requests (
+    seq        INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    accounts   INTEGER NOT NULL,
+    prev_hash  BLOB NOT NULL,
+    hash       BLOB NOT NULL,
+    signature  BLOB NOT NULL
+);
+CREATE TABLE canaries (
+    seq       INTEGER PRIMARY KEY,
+    day       INTEGER NOT NULL,
+    statement TEXT NOT NULL,
+    key       BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
 ",
 ];
 
@@ -441,7 +466,7 @@ fn insert_envelope(
     let message_ref = conn.last_insert_rowid();
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO mailbox (device_id, message_ref, enqueued_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO mailbox (device_id, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
         )
         .map_err(StoreError::from)?;
     for device in &recipients {
@@ -449,7 +474,7 @@ fn insert_envelope(
             .execute(params![
                 device.as_bytes().as_slice(),
                 message_ref,
-                to_i64(now)
+                to_i64(super::day_of(now))
             ])
             .map_err(StoreError::from)?;
     }
@@ -529,6 +554,24 @@ pub(crate) fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> 
             path.display()
         )));
     }
+    Ok(conn)
+}
+
+/// Opens an existing `<data_dir>/sotto.db` read-write for an admin command
+/// (`crate::legal`), bringing its schema up to date. Unlike
+/// [`SqliteStore::open`] it never creates a database.
+pub(crate) fn open_admin(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join(DB_FILE_NAME);
+    if !path.is_file() {
+        return Err(StoreError::Backend(format!(
+            "there is no server database at {}; check --data",
+            path.display()
+        )));
+    }
+    let mut conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
     Ok(conn)
 }
 
@@ -748,15 +791,22 @@ impl Store for SqliteStore {
             if message_exists(conn, message.envelope.message_id)? {
                 return Ok(Enqueued::Duplicate);
             }
-            let group_known: bool = conn
+            let hashes: Option<(Vec<u8>, Option<Vec<u8>>)> = conn
                 .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM mls_groups WHERE group_id = ?1)",
+                    "SELECT token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
                     [message.group_id.as_bytes()],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
+                .optional()
                 .map_err(StoreError::from)?;
-            if !group_known {
+            let Some((current, previous)) = hashes else {
                 return Err(EnqueueError::UnknownGroup(message.group_id));
+            };
+            // The current epoch's capability, or the previous one's for
+            // messages sent just before a commit.
+            let presented = message.token_hash.as_slice();
+            if presented != current.as_slice() && Some(presented) != previous.as_deref() {
+                return Err(EnqueueError::NotAuthorized);
             }
             insert_envelope(conn, &message.envelope, message.now)?;
             Ok(Enqueued::Queued)
@@ -786,11 +836,12 @@ impl Store for SqliteStore {
                 let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
                 return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
             }
+            let next_hash = submission.next_token_hash.as_slice();
             let new_epoch = match group {
                 None if submission.epoch == 0 => {
                     conn.execute(
-                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id) VALUES (?1, 1, ?2)",
-                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice()],
+                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash) VALUES (?1, 1, ?2, ?3)",
+                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice(), next_hash],
                     )
                     .map_err(StoreError::from)?;
                     1
@@ -801,10 +852,27 @@ impl Store for SqliteStore {
                     if submission.epoch != current {
                         return Err(CommitError::StaleEpoch { submitted: submission.epoch, current });
                     }
+                    // Only members of the current epoch may commit.
+                    let token_hash: Vec<u8> = conn
+                        .query_row(
+                            "SELECT token_hash FROM mls_groups WHERE group_id = ?1",
+                            [submission.group_id.as_bytes()],
+                            |r| r.get(0),
+                        )
+                        .map_err(StoreError::from)?;
+                    if submission.token_hash.as_ref().map(|h| h.as_slice()) != Some(token_hash.as_slice()) {
+                        return Err(CommitError::NotAuthorized);
+                    }
                     let next = current.saturating_add(1);
                     conn.execute(
-                        "UPDATE mls_groups SET epoch = ?1, last_commit_id = ?2 WHERE group_id = ?3",
-                        params![to_i64(next), commit_id.as_bytes().as_slice(), submission.group_id.as_bytes()],
+                        "UPDATE mls_groups SET epoch = ?1, last_commit_id = ?2, \
+                         prev_token_hash = token_hash, token_hash = ?3 WHERE group_id = ?4",
+                        params![
+                            to_i64(next),
+                            commit_id.as_bytes().as_slice(),
+                            next_hash,
+                            submission.group_id.as_bytes()
+                        ],
                     )
                     .map_err(StoreError::from)?;
                     next
@@ -908,8 +976,8 @@ impl Store for SqliteStore {
     async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let deleted = conn.execute(
-                "DELETE FROM mailbox WHERE enqueued_at < ?1",
-                [to_i64(cutoff)],
+                "DELETE FROM mailbox WHERE enqueued_day < ?1",
+                [to_i64(super::day_of(cutoff))],
             )?;
             delete_orphaned_messages(conn)?;
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))

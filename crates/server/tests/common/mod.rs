@@ -520,7 +520,36 @@ pub fn assert_error(response: &v1::Response, code: ErrorCode) -> v1::Error {
     }
 }
 
+/// The send capability these tests use for `group_id` at `epoch` (real
+/// clients derive it from the MLS exporter; the server only sees hashes).
+pub fn capability(group_id: &[u8], epoch: u64) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::new()
+        .chain_update(b"test capability")
+        .chain_update(group_id)
+        .chain_update(epoch.to_be_bytes())
+        .finalize()
+        .to_vec()
+}
+
+pub fn capability_hash(group_id: &[u8], epoch: u64) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(capability(group_id, epoch)).to_vec()
+}
+
+/// A message to a group at epoch 1 (a group just created).
 pub fn send_message(
+    message_id: &[u8],
+    group_id: &[u8],
+    recipients: &[&[u8]],
+    payload: &[u8],
+) -> Body {
+    send_message_at(1, message_id, group_id, recipients, payload)
+}
+
+/// A message carrying the capability of `epoch`.
+pub fn send_message_at(
+    epoch: u64,
     message_id: &[u8],
     group_id: &[u8],
     recipients: &[&[u8]],
@@ -531,6 +560,7 @@ pub fn send_message(
         group_id: group_id.to_vec(),
         recipients: recipients.iter().map(|r| r.to_vec()).collect(),
         payload: payload.to_vec(),
+        send_token: capability(group_id, epoch),
     })
 }
 
@@ -547,6 +577,12 @@ pub fn commit(
         epoch,
         recipients: recipients.iter().map(|r| r.to_vec()).collect(),
         commit: payload.to_vec(),
+        send_token: if epoch == 0 {
+            Vec::new()
+        } else {
+            capability(group_id, epoch)
+        },
+        next_token_hash: capability_hash(group_id, epoch + 1),
         ..Default::default()
     }
 }

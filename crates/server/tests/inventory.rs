@@ -1,0 +1,99 @@
+//! Every column the server stores is in the published inventory
+//! (docs/SERVER_DATA.md), and every inventory row still exists. The
+//! PostgreSQL backend will run the same check against its schema.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod inventory_doc;
+
+use std::collections::BTreeSet;
+
+use sotto_server::store::SqliteStore;
+
+/// `(table, column)` for every column of every table in a fresh database.
+async fn schema() -> BTreeSet<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+    let conn = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.len() >= 5, "schema looks empty: {tables:?}");
+    let mut columns = BTreeSet::new();
+    for table in tables {
+        let names: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!names.is_empty(), "table {table} has no columns?");
+        for name in names {
+            columns.insert((table.clone(), name));
+        }
+    }
+    columns
+}
+
+#[tokio::test]
+async fn every_stored_column_is_in_the_inventory_and_nothing_else() {
+    let stored = schema().await;
+    let rows = inventory_doc::rows();
+    let mut listed = BTreeSet::new();
+    for row in &rows {
+        assert!(
+            listed.insert((row.table.clone(), row.column.clone())),
+            "docs/SERVER_DATA.md lists {}.{} twice",
+            row.table,
+            row.column
+        );
+    }
+    let missing: Vec<String> = stored
+        .difference(&listed)
+        .map(|(t, c)| format!("{t}.{c}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "stored but not in docs/SERVER_DATA.md (add a row saying what it holds, why, how long, \
+         and whether a legal export includes it): {}",
+        missing.join(", ")
+    );
+    let stale: Vec<String> = listed
+        .difference(&stored)
+        .map(|(t, c)| format!("{t}.{c}"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/SERVER_DATA.md lists columns the schema no longer has: {}",
+        stale.join(", ")
+    );
+}
+
+#[test]
+fn inventory_promises_the_core_export_fields() {
+    let paths = inventory_doc::export_paths();
+    for path in [
+        "account.username",
+        "account.identity_key",
+        "account.created_day",
+        "account.devices[].device_id",
+        "account.devices[].last_seen_day",
+    ] {
+        assert!(paths.contains(path), "inventory lost export field {path}");
+    }
+}
