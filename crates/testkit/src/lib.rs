@@ -139,11 +139,24 @@ impl ServerProcess {
     /// Starts the server on a given address, e.g. to restart it where its
     /// clients expect it.
     pub fn spawn_at(data_dir: &Path, listen: &str) -> Self {
+        Self::spawn_with(data_dir, listen, Stdio::null(), "warn")
+    }
+
+    /// Starts the server with its log (at `level`, e.g. "debug") written to
+    /// `log_file`, to check what it logs.
+    pub fn spawn_logged(data_dir: &Path, log_file: &Path, level: &str) -> Self {
+        let log = std::fs::File::create(log_file).expect("log file");
+        Self::spawn_with(data_dir, "127.0.0.1:0", Stdio::from(log), level)
+    }
+
+    fn spawn_with(data_dir: &Path, listen: &str, stderr: Stdio, level: &str) -> Self {
         let mut child = Command::new(binary("sotto-server"))
             .args(["--listen", listen, "--data"])
             .arg(data_dir)
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn sotto-server");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,154 @@
+//! What the server keeps after people talk: no plaintext, no sender on any
+//! stored message, no IP address, no list of group members — in the
+//! database files and in the log, at debug level.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
+use sotto_client::Client;
+use sotto_testkit::ServerProcess;
+use std::path::Path;
+use tempfile::TempDir;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every column of every table in the server's database.
+fn schema(db: &rusqlite::Connection) -> Vec<(String, String)> {
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut columns = Vec::new();
+    for table in tables {
+        let mut stmt = db
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap();
+        for column in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            columns.push((table.clone(), column.unwrap()));
+        }
+    }
+    columns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list() {
+    let data = TempDir::new().unwrap();
+    let logs = TempDir::new().unwrap();
+    let log_file = logs.path().join("server.log");
+    let server = ServerProcess::spawn_logged(data.path(), &log_file, "debug");
+    let url = server.url().to_owned();
+    let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut alice = Client::register(profiles[0].path(), "alice", &url)
+        .await
+        .unwrap();
+    let mut bob = Client::register(profiles[1].path(), "bob", &url)
+        .await
+        .unwrap();
+    let mut carol = Client::register(profiles[2].path(), "carol", &url)
+        .await
+        .unwrap();
+    let secrets = [
+        "PLAINTEXT-one-to-one-5c1d",
+        "PLAINTEXT-group-a8e2",
+        "PLAINTEXT-reply-31f0",
+    ];
+    alice.send_direct("bob", secrets[0]).await.unwrap();
+    alice
+        .create_group("the-club", &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    alice.send_group("the-club", secrets[1]).await.unwrap();
+    // Carol stays offline: her copies stay queued while we look.
+    bob.sync().await.unwrap();
+    bob.send_group("the-club", secrets[2]).await.unwrap();
+    bob.send_direct("alice", secrets[2]).await.unwrap();
+    alice.sync().await.unwrap();
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.disconnect().await;
+    }
+
+    let db = rusqlite::Connection::open(data.path().join("sotto.db")).unwrap();
+    let columns = schema(&db);
+    // No sender on stored messages: nothing in `messages` or `mailbox` names
+    // an account, and the only device column is the recipient's mailbox.
+    for (table, column) in &columns {
+        if table == "messages" {
+            assert!(
+                !column.contains("user")
+                    && !column.contains("device")
+                    && !column.contains("sender"),
+                "{table}.{column}"
+            );
+        }
+        if table == "mailbox" {
+            assert!(
+                !column.contains("user") && !column.contains("sender") && !column.contains("group"),
+                "{table}.{column}"
+            );
+        }
+        assert!(
+            !column.contains("ip") && !column.contains("addr"),
+            "{table}.{column} looks like an address"
+        );
+    }
+    // No list of group members: no table pairs a group with a device or account.
+    let tables: std::collections::BTreeSet<&String> = columns.iter().map(|(t, _)| t).collect();
+    for table in tables {
+        let cols: Vec<&str> = columns
+            .iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        let has_group = cols.iter().any(|c| c.contains("group"));
+        let has_member = cols
+            .iter()
+            .any(|c| c.contains("device") || c.contains("user"));
+        assert!(
+            !(has_group && has_member),
+            "{table} links groups to members: {cols:?}"
+        );
+    }
+
+    // No plaintext, no group name, no address in any database file.
+    let mut files = 0;
+    for entry in std::fs::read_dir(data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        for needle in secrets.iter().chain(&["the-club", "127.0.0.1"]) {
+            assert!(
+                !contains(&bytes, needle.as_bytes()),
+                "{needle:?} found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(files >= 1);
+
+    // The log, at debug level: no plaintext, no group name, no address
+    // (other than the address the server itself listens on).
+    assert_log_clean(&log_file, &secrets, server.url());
+}
+
+fn assert_log_clean(log_file: &Path, secrets: &[&str], own_url: &str) {
+    let log = std::fs::read_to_string(log_file).unwrap();
+    assert!(!log.is_empty(), "the server logged nothing at debug level");
+    for line in log.lines() {
+        if line.contains(own_url.trim_start_matches("http://")) {
+            continue;
+        }
+        assert!(!line.contains("127.0.0.1"), "an address in the log: {line}");
+        for secret in secrets.iter().chain(&["the-club"]) {
+            assert!(!line.contains(secret), "{secret} in the log: {line}");
+        }
+    }
+}
