@@ -69,6 +69,15 @@ enum Command {
         /// The server, e.g. http://127.0.0.1:8420
         server: String,
     },
+    /// Fetch and check a server's warrant canary (a dated statement signed by
+    /// its operator).
+    Canary {
+        /// The server, e.g. http://127.0.0.1:8420
+        server: String,
+        /// Warn (and exit 1) if the statement is older than this.
+        #[arg(long, default_value_t = 31)]
+        max_age_days: u64,
+    },
     /// Show the history of a conversation with a user, or of a group.
     History {
         /// Show this group's history.
@@ -251,6 +260,34 @@ async fn run(cli: Cli) -> Result<()> {
                 }),
             );
         }
+        Command::Canary {
+            server,
+            max_age_days,
+        } => {
+            let Some(canary) = sotto_client::canary::fetch_canary(&server).await? else {
+                bail!("WARNING: {server} publishes no warrant canary");
+            };
+            let today = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() / 86_400)
+                .unwrap_or(0);
+            let age = today.saturating_sub(canary.day);
+            out.line(
+                &format!(
+                    "signed {} ({age} days ago) by key {}:\n\n  {}",
+                    date_of(canary.day),
+                    canary.key,
+                    canary.statement
+                ),
+                &serde_json::json!({
+                    "statement": canary.statement, "day": canary.day, "date": date_of(canary.day),
+                    "age_days": age, "key": canary.key,
+                }),
+            );
+            if age > max_age_days {
+                bail!("WARNING: the warrant canary is {age} days old (more than {max_age_days})");
+            }
+        }
         Command::History { group, username } => {
             let client = Client::open(&profile)?;
             let entries = match (group, username) {
@@ -394,6 +431,21 @@ fn confirm(question: &str) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01), by the civil
+/// calendar algorithm of H. Hinnant.
+fn date_of(day: u64) -> String {
+    let z = i64::try_from(day).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// A QR code drawn with Unicode half blocks.

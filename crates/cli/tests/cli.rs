@@ -299,3 +299,33 @@ fn link_a_device_compare_safety_numbers_audit_and_remove() {
         ["alice: after removal"]
     );
 }
+
+#[test]
+fn the_warrant_canary_is_published_and_checked() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let anyone = TempDir::new().unwrap();
+    let err = fails(anyone.path(), &["canary", server.url()]);
+    assert!(err.contains("publishes no warrant canary"), "{err}");
+
+    let published = Command::new(sotto_testkit::binary("sotto-server"))
+        .args([
+            "legal",
+            "canary",
+            "--statement",
+            "No orders received so far.",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let canary = json_lines(&ok(anyone.path(), &["canary", server.url(), "--json"]));
+    assert_eq!(canary[0]["statement"], "No orders received so far.");
+    assert_eq!(canary[0]["age_days"], 0);
+    assert_eq!(canary[0]["date"].as_str().unwrap().len(), 10);
+}

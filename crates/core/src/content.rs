@@ -46,6 +46,14 @@ pub fn encode(content: &AppContent) -> Vec<u8> {
     }
 }
 
+pub fn decode(bytes: &[u8]) -> Result<AppContent, ContentError> {
+    let content = AppContent::decode(bytes)?;
+    if content.body.is_none() {
+        return Err(ContentError::Empty);
+    }
+    Ok(content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,12 +89,4 @@ mod tests {
         .unwrap();
         assert!(matches!(decoded.body, Some(Body::Text(t)) if t.text == "round trip"));
     }
-}
-
-pub fn decode(bytes: &[u8]) -> Result<AppContent, ContentError> {
-    let content = AppContent::decode(bytes)?;
-    if content.body.is_none() {
-        return Err(ContentError::Empty);
-    }
-    Ok(content)
 }

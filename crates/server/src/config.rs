@@ -77,6 +77,9 @@ pub struct Limits {
     /// Sends with one group's capability, over all connections. Default
     /// 2 000/s, bursts of 4 000.
     pub sends_per_capability: Rate,
+    /// Sends and claims from one client address, over all its connections
+    /// (kept in memory only). Default 4 000/s, bursts of 8 000.
+    pub sends_per_address: Rate,
     /// KeyPackage claims on one connection. Default 20/s, bursts of 50.
     pub claims_per_connection: Rate,
     /// KeyPackage claims for one account, over all connections, so nobody
@@ -98,6 +101,10 @@ impl Default for Limits {
             sends_per_capability: Rate {
                 per_second: 2_000.0,
                 burst: 4_000.0,
+            },
+            sends_per_address: Rate {
+                per_second: 4_000.0,
+                burst: 8_000.0,
             },
             claims_per_connection: Rate {
                 per_second: 20.0,

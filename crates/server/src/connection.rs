@@ -7,6 +7,7 @@
 //! the timers and the shutdown signal.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +53,8 @@ pub(crate) struct Context<S> {
     pub capability_limits: RateLimiter<[u8; 32]>,
     /// KeyPackage claims per target account.
     pub claim_target_limits: RateLimiter<String>,
+    /// Sends and claims per client address (in memory only).
+    pub address_limits: RateLimiter<IpAddr>,
 }
 
 /// Seconds since the Unix epoch, from the system clock.
@@ -347,6 +350,9 @@ pub(crate) struct Session<S> {
     /// The connection only reads the public log or sends anonymously (sealed
     /// sender): no handshake deadline.
     log_reader: bool,
+    /// The client's address, for per-address rate limits; never stored or
+    /// logged.
+    address: IpAddr,
     /// Sends on this connection.
     send_bucket: TokenBucket,
     /// KeyPackage claims on this connection.
@@ -363,7 +369,7 @@ pub(crate) struct Session<S> {
 }
 
 impl<S: Store> Session<S> {
-    pub fn new(ctx: Arc<Context<S>>) -> Self {
+    pub fn new(ctx: Arc<Context<S>>, address: IpAddr) -> Self {
         let mut nonce = [0; sotto_proto::NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let (link_tx, link_rx) = mpsc::channel(LINK_QUEUE);
@@ -381,6 +387,7 @@ impl<S: Store> Session<S> {
             link_rx,
             handshake_deadline,
             log_reader: false,
+            address,
             send_bucket,
             claim_bucket,
             subscription: None,
@@ -986,6 +993,10 @@ impl<S: Store> Session<S> {
             .take(self.ctx.limits.claims_per_connection, Instant::now())
             .map_err(|wait| rate_limited("KeyPackage claims on this connection", wait))?;
         self.ctx
+            .address_limits
+            .take(self.address)
+            .map_err(|wait| rate_limited("sends and claims from your address", wait))?;
+        self.ctx
             .claim_target_limits
             .take(claim.username.clone())
             .map_err(|wait| rate_limited("KeyPackage claims for this account", wait))?;
@@ -1069,6 +1080,10 @@ impl<S: Store> Session<S> {
         self.send_bucket
             .take(self.ctx.limits.sends_per_connection, Instant::now())
             .map_err(|wait| rate_limited("sends on this connection", wait))?;
+        self.ctx
+            .address_limits
+            .take(self.address)
+            .map_err(|wait| rate_limited("sends and claims from your address", wait))?;
         if let Some(hash) = token_hash {
             self.ctx
                 .capability_limits
@@ -1261,9 +1276,10 @@ pub(crate) async fn serve<S: Store>(
     mut socket: WebSocket,
     ctx: Arc<Context<S>>,
     mut shutdown: watch::Receiver<bool>,
+    address: IpAddr,
 ) {
     let limits = ctx.limits.clone();
-    let mut session = Session::new(ctx);
+    let mut session = Session::new(ctx, address);
     if send_frame(&mut socket, &session.challenge()).await.is_err() {
         return;
     }

@@ -195,6 +195,7 @@ impl Server {
             links: link_rendezvous::LinkRendezvous::default(),
             capability_limits: rate_limit::RateLimiter::new(config.limits.sends_per_capability),
             claim_target_limits: rate_limit::RateLimiter::new(config.limits.claims_per_target),
+            address_limits: rate_limit::RateLimiter::new(config.limits.sends_per_address),
         });
         let max_connections = config
             .limits
@@ -286,7 +287,9 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // The peer address is logged only when the operator asked for it, and
-    // never stored.
+    // never stored; the connection keeps it in memory for per-address rate
+    // limits while it is open.
+    let address = peer.ip();
     let peer = state.log_connections.then_some(peer);
     if let Some(peer) = peer {
         tracing::info!(%peer, "connection opened");
@@ -307,7 +310,7 @@ async fn websocket(
         .max_message_size(sotto_proto::MAX_FRAME_BYTES)
         .max_frame_size(sotto_proto::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, ctx, shutdown).await;
+            connection::serve(socket, ctx, shutdown, address).await;
             drop(permit);
             if let Some(peer) = peer {
                 tracing::info!(%peer, "connection closed");

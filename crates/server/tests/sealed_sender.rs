@@ -212,3 +212,35 @@ async fn key_package_claims_are_rate_limited_per_target() {
     let err = assert_error(&b.request(claim()).await, ErrorCode::RateLimited);
     assert!(err.message.contains("for this account"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn sends_are_rate_limited_per_address_across_connections() {
+    let server = TestServer::start_with(|config| {
+        config.limits.sends_per_address = Rate {
+            per_second: 0.1,
+            burst: 3.0,
+        };
+    })
+    .await;
+    let (_bob, bob_account) = server.registered("bob").await;
+    let (mut alice, _) = server.registered("alice").await;
+    let group = create_group(&mut alice).await; // 1 of the address's 3
+    let to_bob: &[&[u8]] = &[&bob_account.device_id];
+    for _ in 0..2 {
+        let mut fresh = server.connect().await;
+        assert_done(
+            &fresh
+                .request(send_message(&random_id(), &group, to_bob, b"m"))
+                .await,
+        );
+    }
+    // A new connection does not reset the address's bucket.
+    let mut fresh = server.connect().await;
+    let err = assert_error(
+        &fresh
+            .request(send_message(&random_id(), &group, to_bob, b"m"))
+            .await,
+        ErrorCode::RateLimited,
+    );
+    assert!(err.message.contains("from your address"), "{}", err.message);
+}
