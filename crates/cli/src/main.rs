@@ -31,6 +31,9 @@ enum Command {
         /// The server, e.g. http://127.0.0.1:8420
         #[arg(long)]
         server: String,
+        /// The invite code, for servers where registration needs one.
+        #[arg(long)]
+        invite: Option<String>,
     },
     /// Show this profile's account, device and server.
     Whoami,
@@ -158,8 +161,14 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let out = Printer { json: cli.json };
     match cli.command {
-        Command::Register { username, server } => {
-            let mut client = Client::register(&profile, &username, &server).await?;
+        Command::Register {
+            username,
+            server,
+            invite,
+        } => {
+            let mut client =
+                Client::register_with_invite(&profile, &username, &server, invite.as_deref())
+                    .await?;
             client.disconnect().await;
             out.line(
                 &format!(

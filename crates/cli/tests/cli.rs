@@ -329,3 +329,54 @@ fn the_warrant_canary_is_published_and_checked() {
     assert_eq!(canary[0]["age_days"], 0);
     assert_eq!(canary[0]["date"].as_str().unwrap().len(), 10);
 }
+
+#[test]
+fn an_invite_only_server_takes_a_code_once() {
+    let data = TempDir::new().unwrap();
+    // Create the database (and an invite) before the server starts.
+    let first = ServerProcess::spawn(data.path());
+    drop(first);
+    let invite = Command::new(sotto_testkit::binary("sotto-server"))
+        .args(["invite", "create", "--count", "1", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        invite.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invite.stderr)
+    );
+    let code = String::from_utf8(invite.stdout).unwrap().trim().to_owned();
+    assert_eq!(code.len(), 32);
+
+    let server = ServerProcess::spawn_with_args(data.path(), &["--registration", "invite"]);
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let err = fails(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    assert!(err.contains("needs an invite code"), "{err}");
+    ok(
+        alice.path(),
+        &[
+            "register",
+            "alice",
+            "--server",
+            server.url(),
+            "--invite",
+            &code,
+        ],
+    );
+    let err = fails(
+        bob.path(),
+        &[
+            "register",
+            "bob",
+            "--server",
+            server.url(),
+            "--invite",
+            &code,
+        ],
+    );
+    assert!(err.contains("already used"), "{err}");
+}

@@ -108,6 +108,17 @@ impl Client {
         username: &str,
         server_url: &str,
     ) -> Result<Self, ClientError> {
+        Self::register_with_invite(dir, username, server_url, None).await
+    }
+
+    /// Like [`Client::register`], with the invite code a server with
+    /// invite-only registration asks for.
+    pub async fn register_with_invite(
+        dir: &Path,
+        username: &str,
+        server_url: &str,
+        invite_code: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let username = Username::parse(username)?;
         let db = open_new_profile(dir)?;
         let account = Account::generate(username);
@@ -122,6 +133,7 @@ impl Client {
                 account.device_id,
             ),
             log_entries: account.registration_log_entries(),
+            invite_code: invite_code.unwrap_or_default().to_owned(),
         };
         transport
             .request(client_frame::Body::Register(register))

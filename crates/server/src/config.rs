@@ -39,6 +39,30 @@ pub struct ServerConfig {
     /// Default off: no IP address is logged or stored. Addresses never go
     /// into the database either way.
     pub log_connections: bool,
+    /// Who may create accounts. Default [`RegistrationPolicy::Open`].
+    pub registration: RegistrationPolicy,
+    /// Web origins allowed to open a WebSocket (for the browser client), e.g.
+    /// `https://chat.example.org`. A request without an `Origin` header (a
+    /// native client) is always allowed; one with an `Origin` is allowed if
+    /// it is listed or is the server's own origin. Default empty.
+    pub allowed_origins: Vec<String>,
+    /// Operator quota on the database file, in bytes (SQLite
+    /// `max_page_count`, rounded down to whole pages). Writes that would grow
+    /// the database past it fail, and the send is refused instead of
+    /// acknowledged. Default `None`: no quota.
+    pub max_db_bytes: Option<u64>,
+}
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RegistrationPolicy {
+    /// Anyone who can reach the server (rate-limited per address).
+    #[default]
+    Open,
+    /// Only with a one-time code from `sotto-server invite create`.
+    Invite,
+    /// Nobody; existing accounts keep working.
+    Closed,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +74,9 @@ impl Default for ServerConfig {
             retention: DEFAULT_RETENTION,
             reuse_port: false,
             log_connections: false,
+            registration: RegistrationPolicy::Open,
+            allowed_origins: Vec::new(),
+            max_db_bytes: None,
         }
     }
 }
@@ -80,6 +107,21 @@ pub struct Limits {
     /// Sends and claims from one client address, over all its connections
     /// (kept in memory only). Default 4 000/s, bursts of 8 000.
     pub sends_per_address: Rate,
+    /// Account registrations from one address. Default one per 6 minutes,
+    /// bursts of 10.
+    pub registrations_per_address: Rate,
+    /// Device-link joins from one address (guessing link codes is hopeless
+    /// at 128 bits, but spam is not). Default one per 10 s, bursts of 10.
+    pub link_attempts_per_address: Rate,
+    /// Key-log requests (heads, proofs, account logs, entries) on one
+    /// connection. Default 100/s, bursts of 2 000 (an audit pages through
+    /// the log).
+    pub log_requests_per_connection: Rate,
+    /// Open connections from one address. Default 1 000.
+    pub max_connections_per_address: usize,
+    /// Messages waiting in one device's mailbox; a send that would exceed
+    /// it is refused with `MAILBOX_FULL`. Default 10 000.
+    pub max_mailbox_entries: u32,
     /// KeyPackage claims on one connection. Default 20/s, bursts of 50.
     pub claims_per_connection: Rate,
     /// KeyPackage claims for one account, over all connections, so nobody
@@ -106,6 +148,20 @@ impl Default for Limits {
                 per_second: 4_000.0,
                 burst: 8_000.0,
             },
+            registrations_per_address: Rate {
+                per_second: 1.0 / 360.0,
+                burst: 10.0,
+            },
+            link_attempts_per_address: Rate {
+                per_second: 0.1,
+                burst: 10.0,
+            },
+            log_requests_per_connection: Rate {
+                per_second: 100.0,
+                burst: 2_000.0,
+            },
+            max_connections_per_address: 1_000,
+            max_mailbox_entries: 10_000,
             claims_per_connection: Rate {
                 per_second: 20.0,
                 burst: 50.0,

@@ -22,12 +22,13 @@ use tokio::time::{Instant, sleep_until};
 use sotto_transparency::{AccountState, LogError, leaf_bytes, open_entry};
 use tokio::sync::mpsc;
 
-use crate::config::Limits;
+use crate::config::{Limits, RegistrationPolicy};
 use crate::link_rendezvous::{
     ConnectionId, LINK_QUEUE, LinkError, LinkId, LinkRendezvous, MAX_SEALED_BYTES,
 };
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::rate_limit::{RateLimiter, TokenBucket};
+use crate::store::invite_hash;
 use crate::store::{
     AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
     Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
@@ -55,6 +56,12 @@ pub(crate) struct Context<S> {
     pub claim_target_limits: RateLimiter<String>,
     /// Sends and claims per client address (in memory only).
     pub address_limits: RateLimiter<IpAddr>,
+    /// Registrations per client address (in memory only).
+    pub address_limits_for_registration: RateLimiter<IpAddr>,
+    /// Device-link joins per client address (in memory only).
+    pub link_attempt_limits: RateLimiter<IpAddr>,
+    /// Who may create accounts.
+    pub registration: RegistrationPolicy,
 }
 
 /// Seconds since the Unix epoch, from the system clock.
@@ -294,6 +301,15 @@ fn stale_sequence(expected: u64) -> v1::Error {
     )
 }
 
+fn mailbox_full(device: DeviceId) -> v1::Error {
+    error(
+        ErrorCode::MailboxFull,
+        format!(
+            "the mailbox of device {device} is full; it must fetch its messages before it can get more"
+        ),
+    )
+}
+
 fn not_authorized() -> v1::Error {
     error(
         ErrorCode::NotAuthorized,
@@ -357,6 +373,8 @@ pub(crate) struct Session<S> {
     send_bucket: TokenBucket,
     /// KeyPackage claims on this connection.
     claim_bucket: TokenBucket,
+    /// Key-log requests on this connection.
+    log_bucket: TokenBucket,
     subscription: Option<Subscription>,
     /// Highest seq pushed on this connection.
     cursor: u64,
@@ -377,6 +395,7 @@ impl<S: Store> Session<S> {
         let handshake_deadline = Instant::now() + ctx.limits.handshake_timeout;
         let send_bucket = TokenBucket::full(ctx.limits.sends_per_connection, Instant::now());
         let claim_bucket = TokenBucket::full(ctx.limits.claims_per_connection, Instant::now());
+        let log_bucket = TokenBucket::full(ctx.limits.log_requests_per_connection, Instant::now());
         Self {
             ctx,
             nonce,
@@ -390,6 +409,7 @@ impl<S: Store> Session<S> {
             address,
             send_bucket,
             claim_bucket,
+            log_bucket,
             subscription: None,
             cursor: 0,
             in_flight: BTreeSet::new(),
@@ -502,6 +522,7 @@ impl<S: Store> Session<S> {
         match (self.device, body) {
             // Anyone may read the log, authenticated or not.
             (device, Body::GetLogHead(_)) => {
+                self.charge_log_request()?;
                 self.log_reader |= device.is_none();
                 let head = self
                     .ctx
@@ -512,10 +533,12 @@ impl<S: Store> Session<S> {
                 Ok(Some(response::Result::LogHead(head)))
             }
             (device, Body::GetAccountLog(request)) => {
+                self.charge_log_request()?;
                 self.log_reader |= device.is_none();
                 self.get_account_log(&request.username).await
             }
             (device, Body::GetConsistency(request)) => {
+                self.charge_log_request()?;
                 self.log_reader |= device.is_none();
                 match self
                     .ctx
@@ -529,6 +552,7 @@ impl<S: Store> Session<S> {
                 }
             }
             (device, Body::GetLogEntries(request)) => {
+                self.charge_log_request()?;
                 self.log_reader |= device.is_none();
                 let entries = self
                     .ctx
@@ -538,7 +562,13 @@ impl<S: Store> Session<S> {
                     .map_err(|e| internal(&e))?;
                 Ok(Some(response::Result::LogEntries(entries)))
             }
-            (_, Body::JoinLink(join)) => self.join_link(join),
+            (_, Body::JoinLink(join)) => {
+                self.ctx
+                    .link_attempt_limits
+                    .take(self.address)
+                    .map_err(|wait| rate_limited("device-link attempts from your address", wait))?;
+                self.join_link(join)
+            }
             // Sealed sender: claims and sends need no login, and say nothing
             // about who makes them; capabilities and rate limits govern them.
             (device, Body::ClaimKeyPackages(claim)) => {
@@ -800,6 +830,26 @@ impl<S: Store> Session<S> {
     }
 
     async fn register(&mut self, register: v1::Register) -> RequestResult {
+        let invite = match self.ctx.registration {
+            RegistrationPolicy::Open => None,
+            RegistrationPolicy::Closed => {
+                return Err(error(
+                    ErrorCode::RegistrationClosed,
+                    "this server does not accept new accounts",
+                ));
+            }
+            RegistrationPolicy::Invite if register.invite_code.trim().is_empty() => {
+                return Err(error(
+                    ErrorCode::RegistrationClosed,
+                    "this server needs an invite code to register; ask its operator for one",
+                ));
+            }
+            RegistrationPolicy::Invite => Some(invite_hash(&register.invite_code)),
+        };
+        self.ctx
+            .address_limits_for_registration
+            .take(self.address)
+            .map_err(|wait| rate_limited("registrations from your address", wait))?;
         if !sotto_proto::is_valid_username(&register.username) {
             return Err(error(
                 ErrorCode::InvalidUsername,
@@ -862,9 +912,16 @@ impl<S: Store> Session<S> {
             },
             today: day_of(now_seconds()),
             log_entries: register.log_entries.iter().map(leaf_bytes).collect(),
+            invite,
         };
         match self.ctx.store.register(account).await {
             Ok(()) => {}
+            Err(RegisterError::BadInvite) => {
+                return Err(error(
+                    ErrorCode::RegistrationClosed,
+                    "this invite code is unknown or was already used",
+                ));
+            }
             Err(RegisterError::UsernameTaken) => {
                 return Err(error(
                     ErrorCode::UsernameTaken,
@@ -1075,6 +1132,13 @@ impl<S: Store> Session<S> {
         })))
     }
 
+    /// Charges one key-log request to this connection's bucket.
+    fn charge_log_request(&mut self) -> Result<(), v1::Error> {
+        self.log_bucket
+            .take(self.ctx.limits.log_requests_per_connection, Instant::now())
+            .map_err(|wait| rate_limited("key-log requests on this connection", wait))
+    }
+
     /// Charges one send to this connection's bucket and the capability's.
     fn charge_send(&mut self, token_hash: Option<[u8; 32]>) -> Result<(), v1::Error> {
         self.send_bucket
@@ -1123,6 +1187,7 @@ impl<S: Store> Session<S> {
             }
             Err(EnqueueError::UnknownGroup(group)) => Err(unknown_group(&group)),
             Err(EnqueueError::NotAuthorized) => Err(not_authorized()),
+            Err(EnqueueError::MailboxFull(device)) => Err(mailbox_full(device)),
             Err(EnqueueError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(EnqueueError::Store(e)) => Err(internal(&e)),
         }
@@ -1189,6 +1254,7 @@ impl<S: Store> Session<S> {
             }),
             Err(CommitError::UnknownGroup(group)) => Err(unknown_group(&group)),
             Err(CommitError::NotAuthorized) => Err(not_authorized()),
+            Err(CommitError::MailboxFull(device)) => Err(mailbox_full(device)),
             Err(CommitError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(CommitError::Store(e)) => Err(internal(&e)),
         }

@@ -26,6 +26,8 @@
 pub mod audit;
 pub mod config;
 mod connection;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
@@ -42,13 +44,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-pub use config::{Limits, ServerConfig};
+pub use config::{Limits, RegistrationPolicy, ServerConfig};
 use connection::Context;
 pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use mailbox_hub::MailboxHub;
@@ -129,6 +132,64 @@ struct AppState {
     log_connections: bool,
     /// The database, read for `GET /canary`.
     db_path: PathBuf,
+    /// [`ServerConfig::allowed_origins`].
+    allowed_origins: Vec<String>,
+    /// Open connections per address (in memory only), capped by
+    /// [`Limits::max_connections_per_address`].
+    per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    max_per_address: usize,
+}
+
+/// Counts one connection of an address while it lives.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    address: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(state: &AppState, address: std::net::IpAddr) -> Option<Self> {
+        let mut counts = state.per_address.lock().ok()?;
+        let count = counts.entry(address).or_insert(0);
+        if *count >= state.max_per_address {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: Arc::clone(&state.per_address),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(count) = counts.get_mut(&self.address)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Whether a WebSocket upgrade's `Origin` may connect: native clients send
+/// none; browsers must come from the server's own origin or a listed one.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let own = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        });
+    own || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
 }
 
 impl Server {
@@ -136,7 +197,8 @@ impl Server {
     /// binds the listen address.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+        let quota = config.max_db_bytes;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_with_quota(&dir, quota))
             .await
             .map_err(|e| ServerError::Storage {
                 dir: config.data_dir.clone(),
@@ -185,6 +247,7 @@ impl Server {
             config,
             ..
         } = self;
+        store.set_mailbox_limit(config.limits.max_mailbox_entries);
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Context {
@@ -196,6 +259,13 @@ impl Server {
             capability_limits: rate_limit::RateLimiter::new(config.limits.sends_per_capability),
             claim_target_limits: rate_limit::RateLimiter::new(config.limits.claims_per_target),
             address_limits: rate_limit::RateLimiter::new(config.limits.sends_per_address),
+            address_limits_for_registration: rate_limit::RateLimiter::new(
+                config.limits.registrations_per_address,
+            ),
+            link_attempt_limits: rate_limit::RateLimiter::new(
+                config.limits.link_attempts_per_address,
+            ),
+            registration: config.registration,
         });
         let max_connections = config
             .limits
@@ -214,6 +284,9 @@ impl Server {
             shutdown: stop_rx,
             log_connections: config.log_connections,
             db_path: store.path().to_owned(),
+            allowed_origins: config.allowed_origins.clone(),
+            per_address: Arc::default(),
+            max_per_address: config.limits.max_connections_per_address,
         });
         let app = Router::new()
             .route("/ws", get(websocket))
@@ -284,8 +357,23 @@ async fn canary(State(state): State<Arc<AppState>>) -> Response {
 async fn websocket(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if !origin_allowed(&headers, &state.allowed_origins) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this web origin may not connect; the operator can allow it with --allowed-origin",
+        )
+            .into_response();
+    }
+    let Some(slot) = AddressSlot::take(&state, peer.ip()) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address; close some and retry",
+        )
+            .into_response();
+    };
     // The peer address is logged only when the operator asked for it, and
     // never stored; the connection keeps it in memory for per-address rate
     // limits while it is open.
@@ -312,6 +400,7 @@ async fn websocket(
         .on_upgrade(move |socket| async move {
             connection::serve(socket, ctx, shutdown, address).await;
             drop(permit);
+            drop(slot);
             if let Some(peer) = peer {
                 tracing::info!(%peer, "connection closed");
             }

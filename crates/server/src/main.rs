@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sotto_server::{Server, ServerConfig};
+use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
 mod legal_cli;
 
@@ -65,6 +65,23 @@ struct Args {
     /// never written to the database.
     #[arg(long)]
     log_connections: bool,
+
+    /// Who may create accounts: anyone (open), holders of a one-time code
+    /// from `sotto-server invite create` (invite), or nobody (closed).
+    #[arg(long, value_enum, default_value_t = RegistrationPolicy::Open)]
+    registration: RegistrationPolicy,
+
+    /// A web origin allowed to connect (for the browser client), e.g.
+    /// https://chat.example.org; repeat for several. Native clients and the
+    /// server's own origin are always allowed.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+
+    /// Quota on the database size, in bytes: once it is reached, sends are
+    /// refused ("storage is full") instead of acknowledged, until space is
+    /// freed or the quota raised. Default: no quota.
+    #[arg(long, value_name = "BYTES")]
+    max_db_bytes: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +113,30 @@ enum Command {
         #[command(subcommand)]
         command: legal_cli::LegalCommand,
     },
+    /// Invite codes for `--registration invite`.
+    Invite {
+        #[command(subcommand)]
+        command: InviteCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InviteCommand {
+    /// Creates one-time invite codes and prints them, one per line. Only a
+    /// hash of each is stored.
+    Create {
+        /// How many codes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        /// The server's data directory.
+        #[arg(
+            long = "data",
+            env = "SOTTO_DATA",
+            default_value = "./sotto-data",
+            value_name = "DIR"
+        )]
+        data: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +144,20 @@ fn main() -> ExitCode {
     match args.command {
         Some(Command::Audit { data, log_key }) => audit(&data, log_key.as_deref()),
         Some(Command::Legal { command }) => legal_cli::run(command),
+        Some(Command::Invite {
+            command: InviteCommand::Create { count, data },
+        }) => match create_invites(&data, count) {
+            Ok(codes) => {
+                for code in codes {
+                    println!("{code}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         None => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -147,6 +202,19 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
     }
 }
 
+fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
+    let conn = sotto_server::legal::open(data).context("cannot open the server database")?;
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    Ok(sotto_server::store::create_invites(
+        &conn,
+        count as usize,
+        today,
+    )?)
+}
+
 fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = hex::decode(hex_key.trim()).context("--log-key is not hex")?;
     <[u8; 32]>::try_from(bytes.as_slice())
@@ -169,6 +237,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
         reuse_port: args.reuse_port,
         log_connections: args.log_connections,
+        registration: args.registration,
+        allowed_origins: args.allowed_origins,
+        max_db_bytes: args.max_db_bytes,
         ..ServerConfig::default()
     };
     let server = Server::bind(config)

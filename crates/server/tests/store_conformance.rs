@@ -43,6 +43,7 @@ mod conformance {
             },
             today: 20_000,
             log_entries: vec![vec![device, 0], vec![device, 1]],
+            invite: None,
         }
     }
 

@@ -487,6 +487,7 @@ async fn populate(dir: &std::path::Path, n: usize) {
                     .iter()
                     .map(leaf_bytes)
                     .collect(),
+                invite: None,
             }
         })
         .collect();

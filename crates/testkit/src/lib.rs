@@ -11,6 +11,7 @@
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test fixtures fail loudly
 
+pub mod faulty;
 pub mod hostile;
 pub use hostile::{ConnView, HostileProxy, Tamper};
 
@@ -142,6 +143,11 @@ impl ServerProcess {
         Self::spawn_with(data_dir, listen, Stdio::null(), "warn")
     }
 
+    /// Starts the server on port 0 with extra flags.
+    pub fn spawn_with_args(data_dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_full(data_dir, "127.0.0.1:0", Stdio::null(), "warn", args)
+    }
+
     /// Starts the server with its log (at `level`, e.g. "debug") written to
     /// `log_file`, to check what it logs.
     pub fn spawn_logged(data_dir: &Path, log_file: &Path, level: &str) -> Self {
@@ -150,9 +156,20 @@ impl ServerProcess {
     }
 
     fn spawn_with(data_dir: &Path, listen: &str, stderr: Stdio, level: &str) -> Self {
+        Self::spawn_full(data_dir, listen, stderr, level, &[])
+    }
+
+    fn spawn_full(
+        data_dir: &Path,
+        listen: &str,
+        stderr: Stdio,
+        level: &str,
+        args: &[&str],
+    ) -> Self {
         let mut child = Command::new(binary("sotto-server"))
             .args(["--listen", listen, "--data"])
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

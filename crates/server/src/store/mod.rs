@@ -15,7 +15,7 @@ use std::future::Future;
 
 use zeroize::Zeroizing;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, create_invites, invite_hash};
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
 /// keep the day ([`day_of`]).
@@ -135,6 +135,10 @@ pub struct NewAccount {
     /// The account's first transparency-log leaves (encoded `LogEntry`s,
     /// already verified), appended in order in the same transaction.
     pub log_entries: Vec<Vec<u8>>,
+    /// The hash of an invite code to consume (registration policy
+    /// "invite"): it must be unused, and is marked used in the same
+    /// transaction.
+    pub invite: Option<[u8; 32]>,
 }
 
 /// A device added to an existing account, already verified by the caller.
@@ -345,6 +349,9 @@ pub enum RegisterError {
     /// Another account already uses this device id.
     #[error("device id {0} is already registered")]
     DeviceIdTaken(DeviceId),
+    /// The invite code is unknown or was used already.
+    #[error("the invite code is unknown or already used")]
+    BadInvite,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -396,6 +403,9 @@ pub enum EnqueueError {
     /// The send capability is not the group's.
     #[error("not authorised to send to this group")]
     NotAuthorized,
+    /// A recipient's mailbox is at the server's limit.
+    #[error("the mailbox of device {0} is full")]
+    MailboxFull(DeviceId),
     /// A recipient is not a registered device, or was removed.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
@@ -413,6 +423,9 @@ pub enum CommitError {
     /// The send capability is not the current epoch's.
     #[error("not authorised to commit to this group")]
     NotAuthorized,
+    /// A recipient's mailbox is at the server's limit.
+    #[error("the mailbox of device {0} is full")]
+    MailboxFull(DeviceId),
     /// Another commit for this epoch won; the group has moved on.
     #[error("commit for epoch {submitted} rejected: group is at epoch {current}")]
     StaleEpoch {
@@ -434,6 +447,7 @@ impl From<EnqueueError> for CommitError {
         match e {
             EnqueueError::UnknownGroup(g) => Self::UnknownGroup(g),
             EnqueueError::NotAuthorized => Self::NotAuthorized,
+            EnqueueError::MailboxFull(d) => Self::MailboxFull(d),
             EnqueueError::UnknownDevice(d) => Self::UnknownDevice(d),
             EnqueueError::Store(s) => Self::Store(s),
         }

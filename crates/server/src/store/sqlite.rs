@@ -32,8 +32,10 @@ use super::{
 const MAX_BATCH: usize = 512;
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
-/// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+/// The schema version this code writes (`PRAGMA user_version`): one per
+/// migration.
+#[allow(clippy::cast_possible_wrap)] // a handful of migrations
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "sotto.db";
 
@@ -124,7 +126,43 @@ CREATE TABLE canaries (
     signature BLOB NOT NULL
 );
 ",
+    // Invite codes for the "invite" registration policy: only a hash of
+    // each code is kept, and the day it was created and used.
+    r"
+CREATE TABLE invites (
+    code_hash   BLOB PRIMARY KEY,
+    created_day INTEGER NOT NULL,
+    used_day    INTEGER
+);
+",
 ];
+
+/// Creates `count` one-time invite codes, storing only their hashes; returns
+/// the codes (hex) to hand out.
+pub fn create_invites(
+    conn: &Connection,
+    count: usize,
+    today: UnixDay,
+) -> Result<Vec<String>, StoreError> {
+    let mut codes = Vec::with_capacity(count);
+    let tx = conn.unchecked_transaction()?;
+    for _ in 0..count {
+        let code: [u8; 16] = rand::random();
+        tx.execute(
+            "INSERT INTO invites (code_hash, created_day) VALUES (?1, ?2)",
+            params![invite_hash(&hex::encode(code)).as_slice(), to_i64(today)],
+        )?;
+        codes.push(hex::encode(code));
+    }
+    tx.commit()?;
+    Ok(codes)
+}
+
+/// What the store keeps of an invite code.
+pub fn invite_hash(code: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(code.trim().to_ascii_lowercase().as_bytes()).into()
+}
 
 /// Name of the log signing key in `server_keys`.
 const LOG_KEY_NAME: &str = "log";
@@ -152,6 +190,11 @@ struct Inner {
     writer_tx: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// Most entries one device's mailbox may hold (see
+    /// [`SqliteStore::set_mailbox_limit`]).
+    mailbox_limit: std::sync::atomic::AtomicU32,
+    /// The operator's quota in pages (`PRAGMA max_page_count`), if any.
+    max_pages: Option<i64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -171,6 +214,15 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(())
+}
+
+/// Applies the operator's database quota to one connection. SQLite never
+/// sets it below the current size.
+fn set_max_pages(conn: &Connection, pages: i64) -> Result<(), StoreError> {
+    let _applied: i64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| {
+        row.get(0)
+    })?;
     Ok(())
 }
 
@@ -200,9 +252,33 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
+    /// Caps the entries one device's mailbox may hold; a message for a
+    /// device whose mailbox is full is refused (`EnqueueError::MailboxFull`)
+    /// rather than stored. Default: no cap.
+    pub fn set_mailbox_limit(&self, entries: u32) {
+        self.inner
+            .mailbox_limit
+            .store(entries, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn mailbox_limit(&self) -> u32 {
+        self.inner
+            .mailbox_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens (or creates and migrates) the database in `data_dir`, creating
     /// the directory if needed, and starts the writer thread. Blocking.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_quota(data_dir, None)
+    }
+
+    /// Like [`SqliteStore::open`], with an operator quota on the database
+    /// size: `PRAGMA max_page_count` on every connection, so a write that
+    /// would grow the file past `max_db_bytes` fails with `SQLITE_FULL` (and
+    /// the request is refused, never acknowledged). A quota below the
+    /// current size stops growth where it is.
+    pub fn open_with_quota(data_dir: &Path, max_db_bytes: Option<u64>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create data directory {}: {e}",
@@ -213,6 +289,16 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        let max_pages = max_db_bytes
+            .map(|bytes| {
+                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                let pages = bytes / u64::try_from(page_size.max(1)).unwrap_or(4096);
+                Ok::<_, StoreError>(to_i64(pages.max(1)))
+            })
+            .transpose()?;
+        if let Some(pages) = max_pages {
+            set_max_pages(&conn, pages)?;
+        }
         let (writer_tx, writer_rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("sotto-db-writer".into())
@@ -224,6 +310,8 @@ impl SqliteStore {
                 writer_tx,
                 writer: Mutex::new(Some(writer)),
                 readers: Mutex::new(Vec::new()),
+                mailbox_limit: std::sync::atomic::AtomicU32::new(u32::MAX),
+                max_pages,
             }),
         })
     }
@@ -268,6 +356,9 @@ impl SqliteStore {
                     let conn = Connection::open(&inner.path)?;
                     conn.busy_timeout(std::time::Duration::from_secs(5))?;
                     conn.execute_batch("PRAGMA query_only=ON;")?;
+                    if let Some(pages) = inner.max_pages {
+                        set_max_pages(&conn, pages)?;
+                    }
                     conn
                 }
             };
@@ -433,6 +524,7 @@ fn insert_envelope(
     conn: &Connection,
     envelope: &Envelope,
     now: UnixSeconds,
+    mailbox_limit: u32,
 ) -> Result<(), EnqueueError> {
     let mut seen = HashSet::new();
     let mut active = conn
@@ -453,6 +545,24 @@ fn insert_envelope(
             None => return Err(EnqueueError::UnknownDevice(device)),
             Some(true) => recipients.push(device),
             Some(false) => {}
+        }
+    }
+    if mailbox_limit < u32::MAX {
+        let mut full = conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_id = ?1 LIMIT 1 OFFSET ?2)",
+            )
+            .map_err(StoreError::from)?;
+        for device in &recipients {
+            let at_limit: bool = full
+                .query_row(
+                    params![device.as_bytes().as_slice(), i64::from(mailbox_limit) - 1],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if at_limit {
+                return Err(EnqueueError::MailboxFull(*device));
+            }
         }
     }
     if recipients.is_empty() {
@@ -620,6 +730,17 @@ impl Store for SqliteStore {
                 return Err(RegisterError::DeviceIdTaken(account.device_id));
             }
             let day = to_i64(account.today);
+            if let Some(invite) = account.invite {
+                let used = conn
+                    .execute(
+                        "UPDATE invites SET used_day = ?1 WHERE code_hash = ?2 AND used_day IS NULL",
+                        params![day, invite.as_slice()],
+                    )
+                    .map_err(StoreError::from)?;
+                if used != 1 {
+                    return Err(RegisterError::BadInvite);
+                }
+            }
             conn.execute(
                 "INSERT INTO accounts (username, identity_key, created_day) VALUES (?1, ?2, ?3)",
                 params![account.username, account.identity_key.as_slice(), day],
@@ -787,6 +908,7 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, message: GroupMessage) -> Result<Enqueued, EnqueueError> {
+        let limit = self.mailbox_limit();
         self.write(move |conn| {
             if message_exists(conn, message.envelope.message_id)? {
                 return Ok(Enqueued::Duplicate);
@@ -808,7 +930,7 @@ impl Store for SqliteStore {
             if presented != current.as_slice() && Some(presented) != previous.as_deref() {
                 return Err(EnqueueError::NotAuthorized);
             }
-            insert_envelope(conn, &message.envelope, message.now)?;
+            insert_envelope(conn, &message.envelope, message.now, limit)?;
             Ok(Enqueued::Queued)
         })
         .await
@@ -818,6 +940,7 @@ impl Store for SqliteStore {
         &self,
         submission: CommitSubmission,
     ) -> Result<CommitAccepted, CommitError> {
+        let limit = self.mailbox_limit();
         self.write(move |conn| {
             let group: Option<(i64, Vec<u8>)> = conn
                 .query_row(
@@ -878,11 +1001,11 @@ impl Store for SqliteStore {
                     next
                 }
             };
-            insert_envelope(conn, &submission.commit, submission.now)?;
+            insert_envelope(conn, &submission.commit, submission.now, limit)?;
             if let Some(welcome) = &submission.welcome
                 && !message_exists(conn, welcome.message_id)?
             {
-                insert_envelope(conn, welcome, submission.now)?;
+                insert_envelope(conn, welcome, submission.now, limit)?;
             }
             Ok(CommitAccepted { new_epoch, outcome: Enqueued::Queued })
         })

@@ -194,6 +194,7 @@ impl Account {
             device: Some(self.signed_device()),
             challenge_signature: self.sign_challenge(nonce),
             log_entries: self.registration_entries(),
+            invite_code: String::new(),
         })
     }
 

@@ -1,0 +1,229 @@
+//! Every limit and rate limit, hit on purpose: each answers with an error
+//! that says what happened (and when to retry), and the server keeps serving.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
+use sotto_server::RegistrationPolicy;
+use sotto_server::config::Rate;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+const SLOW: Rate = Rate {
+    per_second: 0.01,
+    burst: 2.0,
+};
+
+fn register_with_invite(account: &Account, nonce: &[u8], code: &str) -> Body {
+    let Body::Register(mut register) = account.register(nonce) else {
+        unreachable!()
+    };
+    register.invite_code = code.to_owned();
+    Body::Register(register)
+}
+
+#[tokio::test]
+async fn registration_policies_open_invite_and_closed() {
+    let closed = TestServer::start_with(|c| c.registration = RegistrationPolicy::Closed).await;
+    let mut client = closed.connect().await;
+    let err = assert_error(
+        &client.register(&Account::new("alice")).await,
+        ErrorCode::RegistrationClosed,
+    );
+    assert!(
+        err.message.contains("does not accept new accounts"),
+        "{}",
+        err.message
+    );
+
+    let invite_only = TestServer::start_with(|c| c.registration = RegistrationPolicy::Invite).await;
+    let mut client = invite_only.connect().await;
+    let alice = Account::new("alice");
+    let err = assert_error(
+        &client.register(&alice).await,
+        ErrorCode::RegistrationClosed,
+    );
+    assert!(
+        err.message.contains("needs an invite code"),
+        "{}",
+        err.message
+    );
+    let err = assert_error(
+        &client
+            .request(register_with_invite(&alice, &client.nonce.clone(), "0123"))
+            .await,
+        ErrorCode::RegistrationClosed,
+    );
+    assert!(
+        err.message.contains("unknown or was already used"),
+        "{}",
+        err.message
+    );
+
+    let writable = rusqlite::Connection::open(invite_only.data_dir.join("sotto.db")).unwrap();
+    let codes = sotto_server::store::create_invites(&writable, 1, 20_000).unwrap();
+    let nonce = client.nonce.clone();
+    assert_done(
+        &client
+            .request(register_with_invite(&alice, &nonce, &codes[0]))
+            .await,
+    );
+    // One use only.
+    let mut other = invite_only.connect().await;
+    let nonce = other.nonce.clone();
+    let err = assert_error(
+        &other
+            .request(register_with_invite(
+                &Account::new("bob"),
+                &nonce,
+                &codes[0],
+            ))
+            .await,
+        ErrorCode::RegistrationClosed,
+    );
+    assert!(err.message.contains("already used"), "{}", err.message);
+    // Only the code's hash is stored.
+    let stored: Vec<u8> = invite_only
+        .db()
+        .query_row("SELECT code_hash FROM invites", [], |r| r.get(0))
+        .unwrap();
+    assert_ne!(stored, codes[0].as_bytes());
+}
+
+#[tokio::test]
+async fn registrations_are_rate_limited_per_address() {
+    let server = TestServer::start_with(|c| c.limits.registrations_per_address = SLOW).await;
+    server.registered("alice").await;
+    server.registered("bob").await;
+    let mut third = server.connect().await;
+    let err = assert_error(
+        &third.register(&Account::new("carol")).await,
+        ErrorCode::RateLimited,
+    );
+    assert!(
+        err.retry_after_ms > 0 && err.message.contains("registrations"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn link_attempts_and_log_requests_are_rate_limited() {
+    let server = TestServer::start_with(|c| {
+        c.limits.link_attempts_per_address = SLOW;
+        c.limits.log_requests_per_connection = SLOW;
+    })
+    .await;
+    let mut guesser = server.connect().await;
+    let join = || {
+        Body::JoinLink(v1::JoinLink {
+            link_id: random_id(),
+            sealed_request: b"guess".to_vec(),
+        })
+    };
+    for _ in 0..2 {
+        assert_error(&guesser.request(join()).await, ErrorCode::UnknownLink);
+    }
+    let err = assert_error(&guesser.request(join()).await, ErrorCode::RateLimited);
+    assert!(
+        err.message.contains("device-link attempts"),
+        "{}",
+        err.message
+    );
+
+    let mut reader = server.connect().await;
+    for _ in 0..2 {
+        let response = reader.request(Body::GetLogHead(v1::GetLogHead {})).await;
+        assert!(matches!(
+            response.result,
+            Some(v1::response::Result::LogHead(_))
+        ));
+    }
+    let err = assert_error(
+        &reader.request(Body::GetLogHead(v1::GetLogHead {})).await,
+        ErrorCode::RateLimited,
+    );
+    assert!(err.message.contains("key-log requests"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn a_full_mailbox_refuses_more_until_it_is_fetched() {
+    let server = TestServer::start_with(|c| c.limits.max_mailbox_entries = 2).await;
+    let (bob, bob_account) = server.registered("bob").await;
+    drop(bob);
+    let (mut alice, _) = server.registered("alice").await;
+    let group = create_group(&mut alice).await;
+    let to_bob: &[&[u8]] = &[&bob_account.device_id];
+    for _ in 0..2 {
+        assert_done(
+            &alice
+                .request(send_message(&random_id(), &group, to_bob, b"m"))
+                .await,
+        );
+    }
+    let err = assert_error(
+        &alice
+            .request(send_message(&random_id(), &group, to_bob, b"m"))
+            .await,
+        ErrorCode::MailboxFull,
+    );
+    assert!(err.message.contains("full"), "{}", err.message);
+
+    let mut bob = server.connect().await;
+    bob.login(&bob_account).await;
+    let pending = bob.sync().await;
+    assert_eq!(pending.len(), 2);
+    assert_done(
+        &alice
+            .request(send_message(&random_id(), &group, to_bob, b"m"))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let server = TestServer::start_with(|c| c.limits.max_connections_per_address = 2).await;
+    let _a = server.connect().await;
+    let _b = server.connect().await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await;
+    let err = refused.expect_err("a third connection from one address");
+    assert!(err.to_string().contains("429"), "{err}");
+    drop(_a);
+    // Freed when one closes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _c = server.connect().await;
+}
+
+#[tokio::test]
+async fn browser_origins_must_be_allowed() {
+    let server =
+        TestServer::start_with(|c| c.allowed_origins = vec!["https://chat.example.org".into()])
+            .await;
+    let with_origin = |origin: &str| {
+        let mut request = format!("ws://{}/ws", server.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        request
+    };
+    let err = tokio_tungstenite::connect_async(with_origin("https://evil.example"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    tokio_tungstenite::connect_async(with_origin("https://chat.example.org"))
+        .await
+        .unwrap();
+    tokio_tungstenite::connect_async(with_origin(&format!("http://{}", server.addr)))
+        .await
+        .unwrap();
+    // Native clients send no Origin.
+    server.connect().await;
+}
