@@ -164,6 +164,10 @@ impl Client {
                     Ok(kps) if !kps.is_empty() => break kps,
                     Ok(_) => {}
                     Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => {}
+                    Err(ClientError::Server(e)) if e.code == ErrorCode::RateLimited as i32 => {
+                        let wait = Duration::from_millis(e.retry_after_ms.min(5_000));
+                        tokio::time::sleep(wait).await;
+                    }
                     Err(e) => return Err(e),
                 }
                 if started.elapsed() > NEW_DEVICE_KEY_PACKAGES_WAIT {

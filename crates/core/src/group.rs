@@ -216,13 +216,26 @@ pub struct PendingCommit {
     pub next_token_hash: Vec<u8>,
 }
 
-/// Fills in a commit's capabilities: the current epoch's, and the hash of
-/// the next one's, from the group's pending commit.
-fn with_tokens(
+/// A pending commit to submit, with its capabilities: the current epoch's,
+/// and the hash of the next one's (from the group's pending commit).
+fn finish_commit(
     provider: &impl OpenMlsProvider,
     group: &MlsGroup,
-    mut pending: PendingCommit,
+    epoch: u64,
+    recipients: Vec<DeviceId>,
+    commit: Vec<u8>,
+    welcome: Option<Vec<u8>>,
+    welcome_recipients: Vec<DeviceId>,
 ) -> Result<PendingCommit, GroupError> {
+    let mut pending = PendingCommit {
+        epoch,
+        commit,
+        welcome,
+        recipients,
+        welcome_recipients,
+        send_token: Vec::new(),
+        next_token_hash: Vec::new(),
+    };
     pending.send_token = if pending.epoch == 0 {
         Vec::new()
     } else {
@@ -305,18 +318,14 @@ pub fn add_members(
     let (commit, welcome, _) = group
         .add_members(provider, signer, &key_packages)
         .map_err(|e| mls("add members")(&e))?;
-    with_tokens(
+    finish_commit(
         provider,
         group,
-        PendingCommit {
-            epoch,
-            commit: serialize(&commit)?,
-            welcome: Some(serialize(&welcome)?),
-            recipients,
-            welcome_recipients: new.iter().map(|n| n.device.device_id).collect(),
-            send_token: Vec::new(),
-            next_token_hash: Vec::new(),
-        },
+        epoch,
+        recipients,
+        serialize(&commit)?,
+        Some(serialize(&welcome)?),
+        new.iter().map(|n| n.device.device_id).collect(),
     )
 }
 
@@ -377,18 +386,14 @@ fn remove_where(
     let (commit, welcome, _) = group
         .remove_members(provider, signer, &leaves)
         .map_err(|e| mls("remove members")(&e))?;
-    with_tokens(
+    finish_commit(
         provider,
         group,
-        PendingCommit {
-            epoch,
-            commit: serialize(&commit)?,
-            welcome: welcome.as_ref().map(serialize).transpose()?,
-            recipients,
-            welcome_recipients: Vec::new(),
-            send_token: Vec::new(),
-            next_token_hash: Vec::new(),
-        },
+        epoch,
+        recipients,
+        serialize(&commit)?,
+        welcome.as_ref().map(serialize).transpose()?,
+        Vec::new(),
     )
 }
 
@@ -404,18 +409,14 @@ pub fn update_keys(
     let bundle = group
         .self_update(provider, signer, LeafNodeParameters::default())
         .map_err(|e| mls("self update")(&e))?;
-    with_tokens(
+    finish_commit(
         provider,
         group,
-        PendingCommit {
-            epoch,
-            commit: serialize(bundle.commit())?,
-            welcome: None,
-            recipients,
-            welcome_recipients: Vec::new(),
-            send_token: Vec::new(),
-            next_token_hash: Vec::new(),
-        },
+        epoch,
+        recipients,
+        serialize(bundle.commit())?,
+        None,
+        Vec::new(),
     )
 }
 
@@ -431,18 +432,14 @@ pub fn commit_pending_proposals(
     let (commit, welcome, _) = group
         .commit_to_pending_proposals(provider, signer)
         .map_err(|e| mls("commit proposals")(&e))?;
-    with_tokens(
+    finish_commit(
         provider,
         group,
-        PendingCommit {
-            epoch,
-            commit: serialize(&commit)?,
-            welcome: welcome.as_ref().map(serialize).transpose()?,
-            recipients,
-            welcome_recipients: Vec::new(),
-            send_token: Vec::new(),
-            next_token_hash: Vec::new(),
-        },
+        epoch,
+        recipients,
+        serialize(&commit)?,
+        welcome.as_ref().map(serialize).transpose()?,
+        Vec::new(),
     )
 }
 
