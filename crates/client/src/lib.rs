@@ -68,6 +68,21 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A failure that says nothing about the message or the peer: the
+    /// connection, local storage, or a server that is busy or rate-limiting.
+    /// What failed this way is tried again later, never judged.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Network(_) | Self::Store(_) => true,
+            Self::Server(e) => [
+                sotto_proto::v1::ErrorCode::RateLimited as i32,
+                sotto_proto::v1::ErrorCode::Internal as i32,
+            ]
+            .contains(&e.code),
+            _ => false,
+        }
+    }
+
     /// The server's error code, if the server refused.
     pub fn server_code(&self) -> Option<sotto_proto::v1::ErrorCode> {
         match self {

@@ -120,8 +120,12 @@ impl Client {
         let mut result = self.apply_delivery(&d);
         if let Err(ClientError::Group(GroupError::Unverified(users))) = &result {
             for user in users.clone() {
-                if let Err(e) = self.verify_account(&user).await {
-                    tracing::warn!("looking up {user} failed: {e}");
+                match self.verify_account(&user).await {
+                    Ok(_) => {}
+                    // Could not look it up now: leave the delivery unacknowledged,
+                    // so it comes again, rather than judge the member a ghost.
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => tracing::warn!("looking up {user} failed: {e}"),
                 }
                 self.accounts.fresh.insert(user);
             }
@@ -140,7 +144,7 @@ impl Client {
                     out.extend(self.warn(Some(&peer.conversation), &d.message_id, &text)?);
                 }
             }
-            Err(e @ (ClientError::Store(_) | ClientError::Network(_))) => return Err(e),
+            Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 store::mark_processed(&self.db, &d.message_id)?;
                 out.extend(self.refuse(&d, &e)?);

@@ -78,6 +78,13 @@ fn error(code: ErrorCode, message: impl Into<String>) -> v1::Error {
 }
 
 fn internal(e: &StoreError) -> v1::Error {
+    if matches!(e, StoreError::Full) {
+        tracing::error!("storage is full: refusing writes until space is freed");
+        return error(
+            ErrorCode::Internal,
+            "the server's storage is full, so nothing was stored; try again later",
+        );
+    }
     tracing::error!(error = %e, "storage failed while handling a request");
     error(
         ErrorCode::Internal,

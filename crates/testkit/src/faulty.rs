@@ -103,9 +103,9 @@ pub struct FaultConfig {
 impl Default for FaultConfig {
     fn default() -> Self {
         Self {
-            refuse_per_mille: 80,
-            cut_per_mille: 300,
-            max_frames_before_cut: 16,
+            refuse_per_mille: 100,
+            cut_per_mille: 500,
+            max_frames_before_cut: 12,
             delay_per_mille: 150,
             max_delay_ms: 25,
             redeliver_per_mille: 60,

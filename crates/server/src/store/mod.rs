@@ -332,11 +332,17 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("storage is shutting down")]
     Closed,
+    /// The disk, or the operator's quota, is full: nothing was written.
+    #[error("storage is full")]
+    Full,
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Self::Full,
+            _ => Self::Backend(e.to_string()),
+        }
     }
 }
 

@@ -463,7 +463,19 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         }
         return;
     }
-    let finishers: Vec<Finish> = batch.into_iter().map(|job| job(Ok(conn))).collect();
+    let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
+    for job in batch {
+        if conn.is_autocommit() {
+            // An error (a full disk, say) made SQLite roll the whole
+            // transaction back: the remaining jobs must not run outside it,
+            // where they would be committed yet answered with an error.
+            finishers.push(job(Err(StoreError::Backend(
+                "the write transaction was rolled back by an earlier failure in its batch".into(),
+            ))));
+        } else {
+            finishers.push(job(Ok(conn)));
+        }
+    }
     let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
     if let Err(e) = &committed {
         tracing::error!(error = %e, "write transaction failed to commit");
