@@ -135,6 +135,16 @@ CREATE TABLE invites (
     used_day    INTEGER
 );
 ",
+    // Accepted commit ids, so that a resend after a lost answer is
+    // recognised even once the group has moved on and every recipient has
+    // acknowledged the commit. Kept for the retention period.
+    r"
+CREATE TABLE accepted_commits (
+    message_id BLOB PRIMARY KEY,
+    day        INTEGER NOT NULL
+);
+CREATE INDEX accepted_commits_by_day ON accepted_commits(day);
+",
 ];
 
 /// Creates `count` one-time invite codes, storing only their hashes; returns
@@ -967,7 +977,14 @@ impl Store for SqliteStore {
             // is the group's latest commit (whose recipients may all have
             // acknowledged it already, or which had none).
             let is_latest = group.as_ref().is_some_and(|(_, last)| last.as_slice() == commit_id.as_bytes());
-            if is_latest || message_exists(conn, commit_id)? {
+            let accepted_before: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM accepted_commits WHERE message_id = ?1)",
+                    [commit_id.as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if is_latest || accepted_before || message_exists(conn, commit_id)? {
                 let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
                 return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
             }
@@ -1014,6 +1031,11 @@ impl Store for SqliteStore {
                 }
             };
             insert_envelope(conn, &submission.commit, submission.now, limit)?;
+            conn.execute(
+                "INSERT INTO accepted_commits (message_id, day) VALUES (?1, ?2)",
+                params![commit_id.as_bytes().as_slice(), to_i64(super::day_of(submission.now))],
+            )
+            .map_err(StoreError::from)?;
             if let Some(welcome) = &submission.welcome
                 && !message_exists(conn, welcome.message_id)?
             {
@@ -1115,6 +1137,10 @@ impl Store for SqliteStore {
                 [to_i64(super::day_of(cutoff))],
             )?;
             delete_orphaned_messages(conn)?;
+            conn.execute(
+                "DELETE FROM accepted_commits WHERE day < ?1",
+                [to_i64(super::day_of(cutoff))],
+            )?;
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
