@@ -129,6 +129,28 @@ pub struct Limits {
     pub claims_per_target: Rate,
 }
 
+impl Limits {
+    /// Lifts every rate limit and per-address or per-mailbox cap, keeping
+    /// the protocol's own limits (frame and message sizes, timeouts, the
+    /// in-flight window, the connection total).
+    pub fn lift_rate_limits(&mut self) {
+        let unlimited = Rate {
+            per_second: f64::INFINITY,
+            burst: f64::INFINITY,
+        };
+        self.sends_per_connection = unlimited;
+        self.sends_per_capability = unlimited;
+        self.sends_per_address = unlimited;
+        self.registrations_per_address = unlimited;
+        self.link_attempts_per_address = unlimited;
+        self.log_requests_per_connection = unlimited;
+        self.claims_per_connection = unlimited;
+        self.claims_per_target = unlimited;
+        self.max_connections_per_address = usize::MAX;
+        self.max_mailbox_entries = u32::MAX;
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

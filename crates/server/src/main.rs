@@ -77,6 +77,11 @@ struct Args {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
 
+    /// Turn off every rate limit and per-address cap (for benchmarks, or a
+    /// server only trusted clients can reach). Not for a public server.
+    #[arg(long)]
+    no_rate_limits: bool,
+
     /// Quota on the database size, in bytes: once it is reached, sends are
     /// refused ("storage is full") instead of acknowledged, until space is
     /// freed or the quota raised. Default: no quota.
@@ -231,7 +236,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    let mut limits = sotto_server::Limits::default();
+    if args.no_rate_limits {
+        limits.lift_rate_limits();
+    }
     let config = ServerConfig {
+        limits,
         listen: args.listen,
         data_dir: args.data.clone(),
         retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
@@ -240,7 +250,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         registration: args.registration,
         allowed_origins: args.allowed_origins,
         max_db_bytes: args.max_db_bytes,
-        ..ServerConfig::default()
     };
     let server = Server::bind(config)
         .await

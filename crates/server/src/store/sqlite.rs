@@ -140,8 +140,10 @@ CREATE TABLE invites (
     // acknowledged the commit. Kept for the retention period.
     r"
 CREATE TABLE accepted_commits (
-    message_id BLOB PRIMARY KEY,
-    day        INTEGER NOT NULL
+    group_id   BLOB NOT NULL,
+    message_id BLOB NOT NULL,
+    day        INTEGER NOT NULL,
+    PRIMARY KEY (group_id, message_id)
 );
 CREATE INDEX accepted_commits_by_day ON accepted_commits(day);
 ",
@@ -979,8 +981,8 @@ impl Store for SqliteStore {
             let is_latest = group.as_ref().is_some_and(|(_, last)| last.as_slice() == commit_id.as_bytes());
             let accepted_before: bool = conn
                 .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM accepted_commits WHERE message_id = ?1)",
-                    [commit_id.as_bytes().as_slice()],
+                    "SELECT EXISTS(SELECT 1 FROM accepted_commits WHERE group_id = ?1 AND message_id = ?2)",
+                    params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice()],
                     |r| r.get(0),
                 )
                 .map_err(StoreError::from)?;
@@ -1032,8 +1034,12 @@ impl Store for SqliteStore {
             };
             insert_envelope(conn, &submission.commit, submission.now, limit)?;
             conn.execute(
-                "INSERT INTO accepted_commits (message_id, day) VALUES (?1, ?2)",
-                params![commit_id.as_bytes().as_slice(), to_i64(super::day_of(submission.now))],
+                "INSERT OR IGNORE INTO accepted_commits (group_id, message_id, day) VALUES (?1, ?2, ?3)",
+                params![
+                    submission.group_id.as_bytes(),
+                    commit_id.as_bytes().as_slice(),
+                    to_i64(super::day_of(submission.now))
+                ],
             )
             .map_err(StoreError::from)?;
             if let Some(welcome) = &submission.welcome

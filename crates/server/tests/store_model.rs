@@ -1,0 +1,913 @@
+//! Model-based property test of the `Store`: random sequences of
+//! operations run against a real `SqliteStore` (in a temporary directory)
+//! and against a plain in-memory model of what the trait documents. After
+//! every step the answers must agree, and so must everything observable:
+//! counts, every mailbox, every KeyPackage pool, every group's epoch and
+//! the key log.
+//!
+//! What it pins down: a one-time KeyPackage is claimed at most once (the
+//! last-resort one is kept); exactly one commit per epoch, with the current
+//! capability, and a failed commit changes nothing; enqueue is idempotent
+//! on the message id while the payload is stored; acknowledging deletes
+//! only the device's own entries; a payload lives exactly as long as some
+//! mailbox entry refers to it (acks, expiry and device removal);
+//! mailbox sequence numbers only grow.
+//!
+//! `PROPTEST_CASES` changes the number of sequences (default 256).
+
+// Test code: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use sotto_server::store::{
+    AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle,
+    KeyPackageStatus, MailboxEntry, MessageId, NewAccount, NewDevice, RegisterError,
+    RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats, day_of,
+};
+
+const USERS: u8 = 3;
+const DEVICES: u8 = 6;
+const GROUPS: u8 = 3;
+const MESSAGE_IDS: u8 = 14;
+const TOKENS: u8 = 4;
+const DAY: u64 = 86_400;
+/// Larger than any mailbox a sequence can build.
+const ALL: usize = 10_000;
+
+fn username(u: u8) -> String {
+    format!("user{u}")
+}
+
+fn device_id(d: u8) -> sotto_server::store::DeviceId {
+    sotto_server::store::DeviceId::new([d; 16])
+}
+
+fn message_id(m: u8) -> MessageId {
+    MessageId::new([m; 16])
+}
+
+fn group_id(g: u8) -> GroupId {
+    GroupId::from_slice(&[b'g', g]).unwrap()
+}
+
+fn token(t: u8) -> [u8; 32] {
+    [t; 32]
+}
+
+fn signed_device(d: u8) -> SignedDevice {
+    SignedDevice {
+        certificate: vec![d, 1, 2],
+        identity_signature: vec![d; 64],
+    }
+}
+
+/// Which capability hash an operation presents.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    /// The group's current one (or, for a group the model does not know,
+    /// token 0).
+    Current,
+    /// The previous epoch's (if any, else token 0).
+    Previous,
+    /// A fixed token, right or wrong by chance.
+    Fixed(u8),
+    /// None at all (only meaningful for commits).
+    Absent,
+}
+
+fn cap() -> impl Strategy<Value = Cap> {
+    prop_oneof![
+        4 => Just(Cap::Current),
+        1 => Just(Cap::Previous),
+        1 => (0..TOKENS).prop_map(Cap::Fixed),
+        1 => Just(Cap::Absent),
+    ]
+}
+
+/// Which epoch a commit claims.
+#[derive(Debug, Clone, Copy)]
+enum EpochChoice {
+    Current,
+    Fixed(u64),
+}
+
+#[derive(Debug, Clone)]
+struct EnvelopeSpec {
+    id: u8,
+    recipients: Vec<u8>,
+    payload: u8,
+}
+
+fn envelope_spec(min_recipients: usize) -> impl Strategy<Value = EnvelopeSpec> {
+    (
+        1..=MESSAGE_IDS,
+        proptest::collection::vec(1..=DEVICES + 1, min_recipients..4),
+        any::<u8>(),
+    )
+        .prop_map(|(id, recipients, payload)| EnvelopeSpec {
+            id,
+            recipients,
+            payload,
+        })
+}
+
+impl EnvelopeSpec {
+    fn payload(&self) -> Vec<u8> {
+        vec![self.payload, self.id, 0xee]
+    }
+
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            message_id: message_id(self.id),
+            recipients: self.recipients.iter().map(|&d| device_id(d)).collect(),
+            payload: self.payload(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Register {
+        user: u8,
+        device: u8,
+    },
+    AddDevice {
+        user: u8,
+        device: u8,
+        seq_skew: u8,
+    },
+    RemoveDevice {
+        user: u8,
+        device: u8,
+        seq_skew: u8,
+    },
+    Upload {
+        device: u8,
+        count: u8,
+        last_resort: Option<u8>,
+    },
+    Claim {
+        user: u8,
+        only: Vec<u8>,
+    },
+    Commit {
+        group: u8,
+        epoch: EpochChoice,
+        cap: Cap,
+        next: u8,
+        commit: EnvelopeSpec,
+        welcome: Option<EnvelopeSpec>,
+    },
+    Enqueue {
+        group: u8,
+        cap: Cap,
+        envelope: EnvelopeSpec,
+    },
+    Fetch {
+        device: u8,
+        after: Index,
+        limit: usize,
+    },
+    Ack {
+        device: u8,
+        picks: Vec<Index>,
+        junk: Option<u64>,
+    },
+    Expire {
+        days_back: u64,
+    },
+    Advance {
+        seconds: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let user = 0..USERS;
+    let device = 1..=DEVICES;
+    let skew = prop_oneof![6 => Just(0u8), 1 => 1u8..3];
+    prop_oneof![
+        3 => (user.clone(), device.clone()).prop_map(|(user, device)| Op::Register { user, device }),
+        2 => (user.clone(), device.clone(), skew.clone())
+            .prop_map(|(user, device, seq_skew)| Op::AddDevice { user, device, seq_skew }),
+        1 => (user.clone(), device.clone(), skew)
+            .prop_map(|(user, device, seq_skew)| Op::RemoveDevice { user, device, seq_skew }),
+        2 => (device.clone(), 0u8..3, proptest::option::of(any::<u8>()))
+            .prop_map(|(device, count, last_resort)| Op::Upload { device, count, last_resort }),
+        2 => (user, proptest::collection::vec(device.clone(), 0..3))
+            .prop_map(|(user, only)| Op::Claim { user, only }),
+        4 => (
+            0..GROUPS,
+            prop_oneof![4 => Just(EpochChoice::Current), 1 => (0u64..4).prop_map(EpochChoice::Fixed)],
+            cap(),
+            0..TOKENS,
+            envelope_spec(0),
+            proptest::option::of(envelope_spec(1)),
+        )
+            .prop_map(|(group, epoch, cap, next, commit, welcome)| Op::Commit {
+                group, epoch, cap, next, commit, welcome,
+            }),
+        5 => (0..GROUPS, cap(), envelope_spec(1))
+            .prop_map(|(group, cap, envelope)| Op::Enqueue { group, cap, envelope }),
+        1 => (device.clone(), any::<Index>(), 1usize..4)
+            .prop_map(|(device, after, limit)| Op::Fetch { device, after, limit }),
+        3 => (
+            device,
+            proptest::collection::vec(any::<Index>(), 0..4),
+            proptest::option::of(0u64..40),
+        )
+            .prop_map(|(device, picks, junk)| Op::Ack { device, picks, junk }),
+        1 => (0u64..3).prop_map(|days_back| Op::Expire { days_back }),
+        1 => prop_oneof![Just(1u64), Just(DAY / 2), Just(DAY)]
+            .prop_map(|seconds| Op::Advance { seconds }),
+    ]
+}
+
+// ---------------------------------------------------------------- the model
+
+#[derive(Debug, Clone)]
+struct Device {
+    user: String,
+    /// Registration order, which is the order claims walk devices in.
+    order: usize,
+    removed: bool,
+    one_time: VecDeque<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    epoch: u64,
+    last_commit: u8,
+    token: [u8; 32],
+    previous: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    device: u8,
+    message: u8,
+    day: u64,
+}
+
+/// What the `Store` trait promises, as plain collections.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    /// Username → identity key and number of log entries.
+    accounts: BTreeMap<String, ([u8; 32], u64)>,
+    devices: BTreeMap<u8, Device>,
+    groups: BTreeMap<u8, Group>,
+    /// Stored payloads by message id.
+    messages: BTreeMap<u8, Vec<u8>>,
+    /// Mailbox rows by seq.
+    mailbox: BTreeMap<u64, Row>,
+    /// The last seq ever handed out.
+    last_seq: u64,
+    /// Log leaves: (username, entry).
+    log: Vec<(String, Vec<u8>)>,
+    now: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum EnqueueOutcome {
+    Ok(Enqueued),
+    UnknownGroup,
+    NotAuthorized,
+    UnknownDevice(u8),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum CommitOutcome {
+    Ok(CommitAccepted),
+    UnknownGroup,
+    NotAuthorized,
+    StaleEpoch { submitted: u64, current: u64 },
+    UnknownDevice(u8),
+}
+
+impl Model {
+    fn cap_hash(&self, group: u8, cap: Cap) -> Option<[u8; 32]> {
+        let g = self.groups.get(&group);
+        match cap {
+            Cap::Current => Some(g.map_or(token(0), |g| g.token)),
+            Cap::Previous => Some(g.and_then(|g| g.previous).unwrap_or(token(0))),
+            Cap::Fixed(t) => Some(token(t)),
+            Cap::Absent => None,
+        }
+    }
+
+    fn register(&mut self, user: u8, device: u8) -> Result<(), String> {
+        let name = username(user);
+        if self.accounts.contains_key(&name) {
+            return Err("UsernameTaken".into());
+        }
+        if self.devices.contains_key(&device) {
+            return Err(format!("DeviceIdTaken({device})"));
+        }
+        self.accounts.insert(name.clone(), ([user; 32], 2));
+        self.log.push((name.clone(), vec![user, 0]));
+        self.log.push((name.clone(), vec![user, 1]));
+        self.add(name, device);
+        Ok(())
+    }
+
+    fn add(&mut self, user: String, device: u8) {
+        let order = self.devices.len();
+        self.devices.insert(
+            device,
+            Device {
+                user,
+                order,
+                removed: false,
+                one_time: VecDeque::new(),
+                last_resort: None,
+            },
+        );
+    }
+
+    fn add_device(&mut self, user: u8, device: u8, seq: u64) -> Result<(), String> {
+        let name = username(user);
+        let Some(&(_, expected)) = self.accounts.get(&name) else {
+            return Err("UnknownUser".into());
+        };
+        if seq != expected {
+            return Err(format!("StaleSequence({expected})"));
+        }
+        if self.devices.contains_key(&device) {
+            return Err(format!("DeviceIdTaken({device})"));
+        }
+        self.add(name.clone(), device);
+        self.append_log(&name, seq);
+        Ok(())
+    }
+
+    fn append_log(&mut self, name: &str, seq: u64) {
+        if let Some(account) = self.accounts.get_mut(name) {
+            account.1 += 1;
+        }
+        self.log
+            .push((name.to_owned(), vec![name.len() as u8, seq as u8]));
+    }
+
+    fn remove_device(&mut self, user: u8, device: u8, seq: u64) -> Result<(), String> {
+        let name = username(user);
+        let active = self
+            .devices
+            .get(&device)
+            .is_some_and(|d| d.user == name && !d.removed);
+        if !active {
+            return Err("UnknownDevice".into());
+        }
+        let expected = self.accounts.get(&name).map_or(0, |a| a.1);
+        if seq != expected {
+            return Err(format!("StaleSequence({expected})"));
+        }
+        if let Some(d) = self.devices.get_mut(&device) {
+            d.removed = true;
+            d.one_time.clear();
+            d.last_resort = None;
+        }
+        self.mailbox.retain(|_, row| row.device != device);
+        self.drop_orphans();
+        self.append_log(&name, seq);
+        Ok(())
+    }
+
+    fn drop_orphans(&mut self) {
+        let referenced: BTreeSet<u8> = self.mailbox.values().map(|r| r.message).collect();
+        self.messages.retain(|m, _| referenced.contains(m));
+    }
+
+    fn status(&self, device: u8) -> KeyPackageStatus {
+        self.devices
+            .get(&device)
+            .map_or(KeyPackageStatus::default(), |d| KeyPackageStatus {
+                remaining: d.one_time.len() as u32,
+                has_last_resort: d.last_resort.is_some(),
+            })
+    }
+
+    fn claim(&mut self, user: u8, only: &[u8]) -> Option<KeyPackageBundle> {
+        let name = username(user);
+        let &(identity_key, _) = self.accounts.get(&name)?;
+        let mut devices: Vec<(u8, usize)> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.user == name && !d.removed)
+            .map(|(&id, d)| (id, d.order))
+            .collect();
+        devices.sort_by_key(|&(_, order)| order);
+        let mut claimed = Vec::new();
+        for (id, _) in devices {
+            if !only.is_empty() && !only.contains(&id) {
+                continue;
+            }
+            let d = self.devices.get_mut(&id).unwrap();
+            let (key_package, last_resort) = match d.one_time.pop_front() {
+                Some(kp) => (kp, false),
+                None => match &d.last_resort {
+                    Some(kp) => (kp.clone(), true),
+                    None => continue,
+                },
+            };
+            claimed.push(ClaimedKeyPackage {
+                device_id: device_id(id),
+                device: signed_device(id),
+                key_package,
+                remaining: d.one_time.len() as u32,
+                last_resort,
+            });
+        }
+        Some(KeyPackageBundle {
+            identity_key,
+            devices: claimed,
+        })
+    }
+
+    /// `insert_envelope`: the payload once, one row per distinct active
+    /// recipient; unknown recipients fail; removed ones are skipped.
+    fn insert(&mut self, spec: &EnvelopeSpec) -> Result<(), u8> {
+        let mut seen = BTreeSet::new();
+        let mut recipients = Vec::new();
+        for &d in &spec.recipients {
+            if !seen.insert(d) {
+                continue;
+            }
+            match self.devices.get(&d) {
+                None => return Err(d),
+                Some(dev) if !dev.removed => recipients.push(d),
+                Some(_) => {}
+            }
+        }
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        self.messages.insert(spec.id, spec.payload());
+        for device in recipients {
+            self.last_seq += 1;
+            self.mailbox.insert(
+                self.last_seq,
+                Row {
+                    device,
+                    message: spec.id,
+                    day: day_of(self.now),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, group: u8, hash: [u8; 32], spec: &EnvelopeSpec) -> EnqueueOutcome {
+        if self.messages.contains_key(&spec.id) {
+            return EnqueueOutcome::Ok(Enqueued::Duplicate);
+        }
+        let Some(g) = self.groups.get(&group) else {
+            return EnqueueOutcome::UnknownGroup;
+        };
+        if hash != g.token && Some(hash) != g.previous {
+            return EnqueueOutcome::NotAuthorized;
+        }
+        let mut next = self.clone();
+        match next.insert(spec) {
+            Ok(()) => {
+                *self = next;
+                EnqueueOutcome::Ok(Enqueued::Queued)
+            }
+            Err(d) => EnqueueOutcome::UnknownDevice(d),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        group: u8,
+        epoch: u64,
+        hash: Option<[u8; 32]>,
+        next_token: [u8; 32],
+        commit: &EnvelopeSpec,
+        welcome: Option<&EnvelopeSpec>,
+    ) -> CommitOutcome {
+        let current = self.groups.get(&group).cloned();
+        let is_latest = current.as_ref().is_some_and(|g| g.last_commit == commit.id);
+        if is_latest || self.messages.contains_key(&commit.id) {
+            return CommitOutcome::Ok(CommitAccepted {
+                new_epoch: current.map_or(0, |g| g.epoch),
+                outcome: Enqueued::Duplicate,
+            });
+        }
+        let mut next = self.clone();
+        let new_epoch = match current {
+            None if epoch == 0 => {
+                next.groups.insert(
+                    group,
+                    Group {
+                        epoch: 1,
+                        last_commit: commit.id,
+                        token: next_token,
+                        previous: None,
+                    },
+                );
+                1
+            }
+            None => return CommitOutcome::UnknownGroup,
+            Some(g) => {
+                if epoch != g.epoch {
+                    return CommitOutcome::StaleEpoch {
+                        submitted: epoch,
+                        current: g.epoch,
+                    };
+                }
+                if hash != Some(g.token) {
+                    return CommitOutcome::NotAuthorized;
+                }
+                next.groups.insert(
+                    group,
+                    Group {
+                        epoch: g.epoch + 1,
+                        last_commit: commit.id,
+                        token: next_token,
+                        previous: Some(g.token),
+                    },
+                );
+                g.epoch + 1
+            }
+        };
+        if let Err(d) = next.insert(commit) {
+            return CommitOutcome::UnknownDevice(d);
+        }
+        if let Some(welcome) = welcome
+            && !next.messages.contains_key(&welcome.id)
+            && let Err(d) = next.insert(welcome)
+        {
+            return CommitOutcome::UnknownDevice(d);
+        }
+        *self = next;
+        CommitOutcome::Ok(CommitAccepted {
+            new_epoch,
+            outcome: Enqueued::Queued,
+        })
+    }
+
+    fn mailbox_of(&self, device: u8) -> Vec<MailboxEntry> {
+        self.mailbox
+            .iter()
+            .filter(|(_, r)| r.device == device)
+            .map(|(&seq, r)| MailboxEntry {
+                seq,
+                message_id: message_id(r.message),
+                payload: self.messages[&r.message].clone(),
+            })
+            .collect()
+    }
+
+    fn ack(&mut self, device: u8, seqs: &[u64]) -> u64 {
+        let mut deleted = 0;
+        for seq in seqs {
+            if self.mailbox.get(seq).is_some_and(|r| r.device == device) {
+                self.mailbox.remove(seq);
+                deleted += 1;
+            }
+        }
+        self.drop_orphans();
+        deleted
+    }
+
+    fn expire(&mut self, cutoff: u64) -> u64 {
+        let before = self.mailbox.len();
+        self.mailbox.retain(|_, r| r.day >= day_of(cutoff));
+        self.drop_orphans();
+        (before - self.mailbox.len()) as u64
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            accounts: self.accounts.len() as u64,
+            devices: self.devices.values().filter(|d| !d.removed).count() as u64,
+            mailbox_entries: self.mailbox.len() as u64,
+            payloads: self.messages.len() as u64,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- running
+
+fn enqueue_outcome(result: Result<Enqueued, EnqueueError>) -> EnqueueOutcome {
+    match result {
+        Ok(e) => EnqueueOutcome::Ok(e),
+        Err(EnqueueError::UnknownGroup(_)) => EnqueueOutcome::UnknownGroup,
+        Err(EnqueueError::NotAuthorized) => EnqueueOutcome::NotAuthorized,
+        Err(EnqueueError::UnknownDevice(d)) => EnqueueOutcome::UnknownDevice(d.as_bytes()[0]),
+        Err(e) => panic!("unexpected enqueue error: {e}"),
+    }
+}
+
+fn commit_outcome(result: Result<CommitAccepted, CommitError>) -> CommitOutcome {
+    match result {
+        Ok(a) => CommitOutcome::Ok(a),
+        Err(CommitError::UnknownGroup(_)) => CommitOutcome::UnknownGroup,
+        Err(CommitError::NotAuthorized) => CommitOutcome::NotAuthorized,
+        Err(CommitError::StaleEpoch { submitted, current }) => {
+            CommitOutcome::StaleEpoch { submitted, current }
+        }
+        Err(CommitError::UnknownDevice(d)) => CommitOutcome::UnknownDevice(d.as_bytes()[0]),
+        Err(e) => panic!("unexpected commit error: {e}"),
+    }
+}
+
+fn store_dir() -> tempfile::TempDir {
+    // tmpfs when there is one: the store fsyncs every commit.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Runs one operation on both sides and checks the answers agree.
+async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+    match op {
+        &Op::Register { user, device } => {
+            let result = store
+                .register(NewAccount {
+                    username: username(user),
+                    identity_key: [user; 32],
+                    device_id: device_id(device),
+                    device_key: [device; 32],
+                    device: signed_device(device),
+                    today: day_of(model.now),
+                    log_entries: vec![vec![user, 0], vec![user, 1]],
+                    invite: None,
+                })
+                .await
+                .map_err(|e| match e {
+                    RegisterError::UsernameTaken => "UsernameTaken".to_owned(),
+                    RegisterError::DeviceIdTaken(d) => {
+                        format!("DeviceIdTaken({})", d.as_bytes()[0])
+                    }
+                    e => panic!("unexpected register error: {e}"),
+                });
+            prop_assert_eq!(result, model.register(user, device));
+        }
+        &Op::AddDevice {
+            user,
+            device,
+            seq_skew,
+        } => {
+            let name = username(user);
+            let seq = model.accounts.get(&name).map_or(0, |a| a.1) + u64::from(seq_skew);
+            let result = store
+                .add_device(NewDevice {
+                    username: name.clone(),
+                    device_id: device_id(device),
+                    device_key: [device; 32],
+                    device: signed_device(device),
+                    today: day_of(model.now),
+                    log_entry: vec![name.len() as u8, seq as u8],
+                    account_seq: seq,
+                })
+                .await
+                .map_err(|e| match e {
+                    AddDeviceError::UnknownUser => "UnknownUser".to_owned(),
+                    AddDeviceError::DeviceIdTaken(d) => {
+                        format!("DeviceIdTaken({})", d.as_bytes()[0])
+                    }
+                    AddDeviceError::StaleSequence { expected } => {
+                        format!("StaleSequence({expected})")
+                    }
+                    AddDeviceError::Store(e) => panic!("storage failed: {e}"),
+                });
+            prop_assert_eq!(result, model.add_device(user, device, seq));
+        }
+        &Op::RemoveDevice {
+            user,
+            device,
+            seq_skew,
+        } => {
+            let name = username(user);
+            let seq = model.accounts.get(&name).map_or(0, |a| a.1) + u64::from(seq_skew);
+            let result = store
+                .remove_device(DeviceRemoval {
+                    username: name.clone(),
+                    device_id: device_id(device),
+                    today: day_of(model.now),
+                    log_entry: vec![name.len() as u8, seq as u8],
+                    account_seq: seq,
+                })
+                .await
+                .map_err(|e| match e {
+                    RemoveDeviceError::UnknownDevice => "UnknownDevice".to_owned(),
+                    RemoveDeviceError::StaleSequence { expected } => {
+                        format!("StaleSequence({expected})")
+                    }
+                    RemoveDeviceError::Store(e) => panic!("storage failed: {e}"),
+                });
+            prop_assert_eq!(result, model.remove_device(user, device, seq));
+        }
+        &Op::Upload {
+            device,
+            count,
+            last_resort,
+        } => {
+            // Only a logged-in (so active) device uploads.
+            if model.devices.get(&device).is_none_or(|d| d.removed) {
+                return Ok(());
+            }
+            let serial = model.last_seq * 1000 + model.log.len() as u64;
+            let one_time: Vec<Vec<u8>> = (0..count)
+                .map(|i| format!("kp-{device}-{serial}-{i}-{}", model.now).into_bytes())
+                .collect();
+            let last_resort = last_resort.map(|b| vec![b'L', device, b]);
+            let status = store
+                .upload_key_packages(device_id(device), one_time.clone(), last_resort.clone())
+                .await
+                .unwrap();
+            let d = model.devices.get_mut(&device).unwrap();
+            d.one_time.extend(one_time);
+            if last_resort.is_some() {
+                d.last_resort = last_resort;
+            }
+            prop_assert_eq!(status, model.status(device));
+        }
+        Op::Claim { user, only } => {
+            let bundle = store
+                .claim_key_packages(
+                    &username(*user),
+                    only.iter().map(|&d| device_id(d)).collect(),
+                )
+                .await
+                .unwrap();
+            prop_assert_eq!(bundle, model.claim(*user, only));
+        }
+        Op::Commit {
+            group,
+            epoch,
+            cap,
+            next,
+            commit,
+            welcome,
+        } => {
+            let epoch = match *epoch {
+                EpochChoice::Current => model.groups.get(group).map_or(0, |g| g.epoch),
+                EpochChoice::Fixed(e) => e,
+            };
+            // A group's first commit presents no capability.
+            let hash = if epoch == 0 && !model.groups.contains_key(group) {
+                None
+            } else {
+                model.cap_hash(*group, *cap)
+            };
+            let result = store
+                .submit_commit(CommitSubmission {
+                    group_id: group_id(*group),
+                    epoch,
+                    token_hash: hash,
+                    next_token_hash: token(*next),
+                    commit: commit.envelope(),
+                    welcome: welcome.as_ref().map(EnvelopeSpec::envelope),
+                    now: model.now,
+                })
+                .await;
+            let expected =
+                model.commit(*group, epoch, hash, token(*next), commit, welcome.as_ref());
+            prop_assert_eq!(commit_outcome(result), expected);
+        }
+        Op::Enqueue {
+            group,
+            cap,
+            envelope,
+        } => {
+            let hash = model.cap_hash(*group, *cap).unwrap_or(token(0));
+            let result = store
+                .enqueue(GroupMessage {
+                    group_id: group_id(*group),
+                    token_hash: hash,
+                    envelope: envelope.envelope(),
+                    now: model.now,
+                })
+                .await;
+            prop_assert_eq!(
+                enqueue_outcome(result),
+                model.enqueue(*group, hash, envelope)
+            );
+        }
+        &Op::Fetch {
+            device,
+            after,
+            limit,
+        } => {
+            let all = model.mailbox_of(device);
+            let after = if all.is_empty() {
+                0
+            } else {
+                all[after.index(all.len())].seq
+            };
+            let expected: Vec<MailboxEntry> = all
+                .into_iter()
+                .filter(|e| e.seq > after)
+                .take(limit)
+                .collect();
+            let got = store
+                .fetch_mailbox(device_id(device), after, limit)
+                .await
+                .unwrap();
+            prop_assert_eq!(got, expected);
+        }
+        Op::Ack {
+            device,
+            picks,
+            junk,
+        } => {
+            // Mostly this device's own seqs, sometimes anyone's, sometimes
+            // made up.
+            let everyone: Vec<u64> = model.mailbox.keys().copied().collect();
+            let own: Vec<u64> = model.mailbox_of(*device).iter().map(|e| e.seq).collect();
+            let mut seqs = Vec::new();
+            for (i, pick) in picks.iter().enumerate() {
+                let from = if i % 3 == 2 { &everyone } else { &own };
+                if !from.is_empty() {
+                    seqs.push(from[pick.index(from.len())]);
+                }
+            }
+            seqs.extend(*junk);
+            let deleted = store.ack(device_id(*device), seqs.clone()).await.unwrap();
+            prop_assert_eq!(deleted, model.ack(*device, &seqs));
+        }
+        &Op::Expire { days_back } => {
+            let cutoff = model.now.saturating_sub(days_back * DAY);
+            let deleted = store.expire(cutoff).await.unwrap();
+            prop_assert_eq!(deleted, model.expire(cutoff));
+        }
+        &Op::Advance { seconds } => model.now += seconds,
+    }
+    Ok(())
+}
+
+/// Everything observable must match the model.
+async fn check_state(store: &SqliteStore, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(store.stats().await.unwrap(), model.stats());
+    for d in 1..=DEVICES + 1 {
+        let mailbox = store.fetch_mailbox(device_id(d), 0, ALL).await.unwrap();
+        prop_assert_eq!(mailbox, model.mailbox_of(d), "mailbox of device {}", d);
+        prop_assert_eq!(
+            store.key_package_status(device_id(d)).await.unwrap(),
+            model.status(d),
+            "KeyPackages of device {}",
+            d
+        );
+        for u in 0..USERS {
+            let found = store.device(&username(u), device_id(d)).await.unwrap();
+            let expected = model
+                .devices
+                .get(&d)
+                .filter(|dev| dev.user == username(u))
+                .map(|dev| dev.removed);
+            prop_assert_eq!(
+                found.map(|r| r.removed),
+                expected,
+                "device {} of user{}",
+                d,
+                u
+            );
+        }
+    }
+    for g in 0..GROUPS {
+        prop_assert_eq!(
+            store.group_epoch(&group_id(g)).await.unwrap(),
+            model.groups.get(&g).map(|g| g.epoch),
+            "epoch of group {}",
+            g
+        );
+    }
+    let log = store.log_entries(0, ALL).await.unwrap();
+    let log: Vec<(String, Vec<u8>)> = log.into_iter().map(|r| (r.username, r.entry)).collect();
+    prop_assert_eq!(&log, &model.log);
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn sqlite_store_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..32)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = store_dir();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut model = Model { now: 20_000 * DAY, ..Model::default() };
+        let result: Result<(), TestCaseError> = runtime.block_on(async {
+            for op in &ops {
+                step(&store, &mut model, op).await?;
+                check_state(&store, &model).await?;
+            }
+            Ok(())
+        });
+        runtime.block_on(store.close());
+        result?;
+    }
+}
