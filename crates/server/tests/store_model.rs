@@ -247,6 +247,9 @@ struct Device {
 struct Group {
     epoch: u64,
     last_commit: u8,
+    /// Commit ids accepted in this group, with the day: a resend of one is
+    /// a duplicate until the retention expiry forgets it.
+    accepted: BTreeMap<u8, u64>,
     token: [u8; 32],
     previous: Option<[u8; 32]>,
 }
@@ -495,7 +498,9 @@ impl Model {
         welcome: Option<&EnvelopeSpec>,
     ) -> CommitOutcome {
         let current = self.groups.get(&group).cloned();
-        let is_latest = current.as_ref().is_some_and(|g| g.last_commit == commit.id);
+        let is_latest = current
+            .as_ref()
+            .is_some_and(|g| g.last_commit == commit.id || g.accepted.contains_key(&commit.id));
         if is_latest || self.messages.contains_key(&commit.id) {
             return CommitOutcome::Ok(CommitAccepted {
                 new_epoch: current.map_or(0, |g| g.epoch),
@@ -510,6 +515,7 @@ impl Model {
                     Group {
                         epoch: 1,
                         last_commit: commit.id,
+                        accepted: BTreeMap::from([(commit.id, day_of(self.now))]),
                         token: next_token,
                         previous: None,
                     },
@@ -532,6 +538,11 @@ impl Model {
                     Group {
                         epoch: g.epoch + 1,
                         last_commit: commit.id,
+                        accepted: {
+                            let mut accepted = g.accepted.clone();
+                            accepted.insert(commit.id, day_of(self.now));
+                            accepted
+                        },
                         token: next_token,
                         previous: Some(g.token),
                     },
@@ -582,6 +593,9 @@ impl Model {
     fn expire(&mut self, cutoff: u64) -> u64 {
         let before = self.mailbox.len();
         self.mailbox.retain(|_, r| r.day >= day_of(cutoff));
+        for group in self.groups.values_mut() {
+            group.accepted.retain(|_, day| *day >= day_of(cutoff));
+        }
         self.drop_orphans();
         (before - self.mailbox.len()) as u64
     }
