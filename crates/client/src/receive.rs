@@ -252,9 +252,16 @@ impl Client {
         let now = now_ms();
         match inbound {
             Inbound::Joined { group_id, .. } => {
-                // The conversation is named by the ConversationInfo that
-                // follows the Welcome.
+                // Listed at once under a placeholder name; the
+                // ConversationInfo that follows the Welcome names it (if
+                // that is lost, the conversation still shows).
                 store::insert_group(conn, &group_id, None)?;
+                let row = store::GroupRow {
+                    group_id,
+                    conversation_id: None,
+                    state: GroupState::Active,
+                };
+                self.conversation_of(conn, &row)?;
                 Ok(Applied::default())
             }
             Inbound::Application {
@@ -271,9 +278,14 @@ impl Client {
                 let app = content::decode(&plaintext)?;
                 let (conversation, entry) = match app.body {
                     Some(Body::Info(info)) => {
-                        if row.conversation_id.is_some() {
-                            return Ok(Applied::default());
-                        }
+                        let placeholder = match row.conversation_id {
+                            None => None,
+                            Some(id) => match store::conversation_by_id(conn, id)? {
+                                Some(c) if c.name == placeholder_name(&group_id) => Some(c),
+                                // Already named.
+                                _ => return Ok(Applied::default()),
+                            },
+                        };
                         let conversation = if info.kind == v1::ConversationKind::Direct as i32 {
                             let members = group::members(&group::load(provider, &group_id)?);
                             let peer = members
@@ -291,6 +303,9 @@ impl Client {
                             store::ensure_conversation(conn, ConversationKind::Group, &name)?
                         };
                         store::set_group_conversation(conn, &group_id, conversation.id)?;
+                        if let Some(placeholder) = placeholder {
+                            store::merge_conversation(conn, placeholder.id, conversation.id)?;
+                        }
                         let text =
                             match (conversation.kind, sender.username == self.account.username) {
                                 (_, true) => "this device was added to the conversation".to_owned(),
@@ -434,12 +449,17 @@ impl Client {
         {
             return Ok(found);
         }
-        let name = format!(
-            "group-{}",
-            hex::encode(row.group_id.get(..4).unwrap_or(&row.group_id))
-        );
+        let name = placeholder_name(&row.group_id);
         let conversation = store::ensure_conversation(conn, ConversationKind::Group, &name)?;
         store::set_group_conversation(conn, &row.group_id, conversation.id)?;
         Ok(conversation)
     }
+}
+
+/// The name a group goes by until its ConversationInfo arrives.
+fn placeholder_name(group_id: &[u8]) -> String {
+    format!(
+        "group-{}",
+        hex::encode(group_id.get(..4).unwrap_or(group_id))
+    )
 }

@@ -302,6 +302,24 @@ pub fn free_group_name(conn: &Connection, name: &str) -> Result<String, StoreErr
     Ok(candidate)
 }
 
+/// Moves everything of conversation `from` (its groups and history) into
+/// `into`, then deletes `from`.
+pub fn merge_conversation(conn: &Connection, from: i64, into: i64) -> Result<(), StoreError> {
+    if from == into {
+        return Ok(());
+    }
+    conn.execute(
+        "UPDATE groups SET conversation_id = ?2 WHERE conversation_id = ?1",
+        params![from, into],
+    )?;
+    conn.execute(
+        "UPDATE messages SET conversation_id = ?2 WHERE conversation_id = ?1",
+        params![from, into],
+    )?;
+    conn.execute("DELETE FROM conversations WHERE id = ?1", [from])?;
+    Ok(())
+}
+
 pub fn all_conversations(
     conn: &Connection,
     kind: ConversationKind,
