@@ -38,7 +38,10 @@ pub async fn echo_server(listen: SocketAddr) -> anyhow::Result<()> {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(crate::net::ws_config()))
+                    .await
+            else {
                 return;
             };
             for _ in 0..u64::MAX {

@@ -212,6 +212,9 @@ pub async fn run_step(
     let srv1 = server.map(|s| s.cpu_ticks()).unwrap_or(0);
     let cli1 = procs::cpu_ticks(me).unwrap_or(0);
     let figures = rec.take();
+    if !drained {
+        settle(rec, &figures, pairs.has_acks).await;
+    }
     let srv_s = srv1.saturating_sub(srv0) as f64 / tck;
     let cli_s = cli1.saturating_sub(cli0) as f64 / tck;
     StepResult {
@@ -228,6 +231,26 @@ pub async fn run_step(
         client_cpu_pct: 100.0 * cli_s / wall,
         figures,
     }
+}
+
+/// After an overloaded step, waits (unmeasured, at most two minutes) until
+/// its backlog is delivered and discards those late figures, so the next step
+/// starts from an idle server instead of inheriting a queue.
+async fn settle(rec: &Recorder, step: &StepFigures, has_acks: bool) {
+    let missing_deliveries = step.sent.saturating_sub(step.delivered);
+    let missing_acks = if has_acks {
+        step.sent.saturating_sub(step.acked)
+    } else {
+        0
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && (rec.delivered.load(Ordering::Relaxed) < missing_deliveries
+            || rec.acked.load(Ordering::Relaxed) < missing_acks)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = rec.take();
 }
 
 /// Runs the rate ladder, stopping after two unsustainable steps in a row.

@@ -376,8 +376,11 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
     }
     let rates: Vec<f64> = match mode {
         Mode::Smoke => vec![200.0, 500.0],
-        Mode::Quick => vec![1_000.0, 5_000.0, 10_000.0, 20_000.0],
-        Mode::All => vec![1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0],
+        Mode::Quick => vec![1_000.0, 3_000.0, 5_000.0, 10_000.0, 20_000.0],
+        Mode::All => vec![
+            1_000.0, 2_000.0, 3_000.0, 5_000.0, 7_000.0, 10_000.0, 14_000.0, 20_000.0, 30_000.0,
+            50_000.0,
+        ],
     };
     let pairs = pick(10, 100, 200);
     let step = Duration::from_secs(pick(1, 2, 5) as u64);

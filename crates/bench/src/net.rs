@@ -14,6 +14,7 @@ use sotto_proto::v1::{self, client_frame::Body, response, server_frame};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// How long any single protocol step may take before it counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -79,12 +80,24 @@ pub async fn tcp_connect(server: SocketAddr, src: Ipv4Addr) -> anyhow::Result<Tc
     Ok(stream)
 }
 
+/// WebSocket buffers for the generator and the echo baseline: the same
+/// small read buffer as sotto-server. tungstenite zero-fills its whole read
+/// buffer chunk on every read; with the 128 KiB default that memset was a
+/// third of the generator's CPU.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4 * 1024)
+}
+
 /// A WebSocket to `ws://server/path` from `src`.
 pub async fn ws_connect(server: SocketAddr, src: Ipv4Addr, path: &str) -> anyhow::Result<Ws> {
     let stream = tcp_connect(server, src).await?;
     let (ws, _) = tokio::time::timeout(
         STEP_TIMEOUT,
-        tokio_tungstenite::client_async(format!("ws://{server}{path}"), stream),
+        tokio_tungstenite::client_async_with_config(
+            format!("ws://{server}{path}"),
+            stream,
+            Some(ws_config()),
+        ),
     )
     .await
     .context("WebSocket handshake timed out")??;

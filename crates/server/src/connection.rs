@@ -31,7 +31,7 @@ use crate::rate_limit::{RateLimiter, TokenBucket};
 use crate::store::invite_hash;
 use crate::store::{
     AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
-    Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
+    Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, NewEntry, RegisterError,
     RemoveDeviceError, SignedDevice, Store, StoreError, UnixSeconds, day_of,
 };
 use crate::transparency_log::{TransparencyLog, decode_records};
@@ -350,6 +350,8 @@ fn unknown_group(group: &GroupId) -> v1::Error {
 pub(crate) enum Signal {
     /// From the mailbox hub; `None` when the hub dropped the device.
     Hub(Option<MailboxEvent>),
+    /// The hub dropped events for this connection.
+    Missed,
     /// A link frame to push.
     Link(server_frame::Body),
 }
@@ -457,14 +459,15 @@ impl<S: Store> Session<S> {
             link_rx,
             ..
         } = self;
-        let hub = async {
-            match subscription {
-                Some(sub) => sub.events.recv().await,
+        let Some(sub) = subscription else {
+            return match link_rx.recv().await {
+                Some(frame) => Signal::Link(frame),
                 None => std::future::pending().await,
-            }
+            };
         };
         tokio::select! {
-            event = hub => Signal::Hub(event),
+            event = sub.events.recv() => Signal::Hub(event),
+            () = sub.missed.wait() => Signal::Missed,
             Some(frame) = link_rx.recv() => Signal::Link(frame),
         }
     }
@@ -477,13 +480,17 @@ impl<S: Store> Session<S> {
         }
     }
 
+    /// Notes that the hub dropped events: fetch from the store.
+    pub fn on_missed(&mut self) {
+        if self.subscription.as_ref().is_some_and(|s| s.missed.take()) {
+            self.need_fetch = true;
+        }
+    }
+
     /// Reacts to a hub signal, returning a frame to push if any.
     pub fn on_event(&mut self, event: MailboxEvent) -> Option<v1::ServerFrame> {
         match event {
-            MailboxEvent::Wake => {
-                self.need_fetch = true;
-                None
-            }
+            MailboxEvent::Entry(entry) => self.push_new(entry),
             MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
                 body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
                     remaining,
@@ -609,10 +616,11 @@ impl<S: Store> Session<S> {
                     .ack(device, ack.seqs.clone())
                     .await
                     .map_err(|e| internal(&e))?;
+                // Room in the window: `pump` fetches if entries wait in the
+                // store (`need_fetch`); new ones come from the hub.
                 for seq in ack.seqs {
                     self.in_flight.remove(&seq);
                 }
-                self.need_fetch = true;
                 Ok(None)
             }
             (Some(_), Body::Sync(_)) => {
@@ -1110,7 +1118,7 @@ impl<S: Store> Session<S> {
             if claimed.remaining < KEY_PACKAGES_LOW_WATERMARK {
                 self.ctx.hub.notify(
                     [&claimed.device_id],
-                    MailboxEvent::KeyPackagesLow {
+                    &MailboxEvent::KeyPackagesLow {
                         remaining: claimed.remaining,
                     },
                 );
@@ -1180,7 +1188,6 @@ impl<S: Store> Session<S> {
             "message",
         )?;
         let group_id = group_id(&send.group_id)?;
-        let recipients = envelope.recipients.clone();
         let message = GroupMessage {
             group_id,
             token_hash,
@@ -1188,10 +1195,8 @@ impl<S: Store> Session<S> {
             now: now_seconds(),
         };
         match self.ctx.store.enqueue(message).await {
-            Ok(Enqueued::Queued | Enqueued::Duplicate) => {
-                self.ctx.hub.notify(&recipients, MailboxEvent::Wake);
-                done()
-            }
+            // The store hands new entries to the hub once committed.
+            Ok(Enqueued::Queued | Enqueued::Duplicate) => done(),
             Err(EnqueueError::UnknownGroup(group)) => Err(unknown_group(&group)),
             Err(EnqueueError::NotAuthorized) => Err(not_authorized()),
             Err(EnqueueError::MailboxFull(device)) => Err(mailbox_full(device)),
@@ -1233,8 +1238,6 @@ impl<S: Store> Session<S> {
                 "welcome",
             )?)
         };
-        let mut woken: Vec<DeviceId> = commit_envelope.recipients.clone();
-        woken.extend(welcome.iter().flat_map(|w| w.recipients.iter().copied()));
         let submission = CommitSubmission {
             group_id,
             epoch: commit.epoch,
@@ -1245,10 +1248,7 @@ impl<S: Store> Session<S> {
             now: now_seconds(),
         };
         match self.ctx.store.submit_commit(submission).await {
-            Ok(_) => {
-                self.ctx.hub.notify(&woken, MailboxEvent::Wake);
-                done()
-            }
+            Ok(_) => done(),
             Err(CommitError::StaleEpoch { submitted, current }) => Err(v1::Error {
                 current_epoch: current,
                 ..error(
@@ -1265,6 +1265,30 @@ impl<S: Store> Session<S> {
             Err(CommitError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(CommitError::Store(e)) => Err(internal(&e)),
         }
+    }
+
+    /// Pushes an entry straight from the hub when nothing older is waiting
+    /// in the store. Entries reach a connection in `seq` order, so one at or
+    /// below the cursor was already pushed by a fetch; anything else not
+    /// pushed now is left to the next fetch.
+    fn push_new(&mut self, entry: NewEntry) -> Option<v1::ServerFrame> {
+        // Dropped events must be noticed before a later entry moves the
+        // cursor past them.
+        self.on_missed();
+        if entry.seq <= self.cursor {
+            return None;
+        }
+        if self.need_fetch || self.in_flight.len() >= self.ctx.limits.max_in_flight {
+            self.need_fetch = true;
+            return None;
+        }
+        self.cursor = entry.seq;
+        self.in_flight.insert(entry.seq);
+        Some(delivery(
+            entry.seq,
+            entry.message_id,
+            entry.payload.to_vec(),
+        ))
     }
 
     /// Pushes more of the mailbox if the window has room, and answers
@@ -1291,13 +1315,7 @@ impl<S: Store> Session<S> {
             for entry in entries {
                 self.cursor = self.cursor.max(entry.seq);
                 self.in_flight.insert(entry.seq);
-                frames.push(v1::ServerFrame {
-                    body: Some(server_frame::Body::Delivery(v1::Delivery {
-                        seq: entry.seq,
-                        message_id: entry.message_id.as_bytes().to_vec(),
-                        payload: entry.payload,
-                    })),
-                });
+                frames.push(delivery(entry.seq, entry.message_id, entry.payload));
             }
         }
         if !self.need_fetch && self.in_flight.is_empty() {
@@ -1311,6 +1329,16 @@ impl<S: Store> Session<S> {
             }
         }
         Ok(frames)
+    }
+}
+
+fn delivery(seq: u64, message_id: MessageId, payload: Vec<u8>) -> v1::ServerFrame {
+    v1::ServerFrame {
+        body: Some(server_frame::Body::Delivery(v1::Delivery {
+            seq,
+            message_id: message_id.as_bytes().to_vec(),
+            payload,
+        })),
     }
 }
 
@@ -1397,6 +1425,10 @@ pub(crate) async fn serve<S: Store>(
                         if send_frame(&mut socket, &v1::ServerFrame { body: Some(body) }).await.is_err() {
                             break;
                         }
+                        continue;
+                    }
+                    Signal::Missed => {
+                        session.on_missed();
                         continue;
                     }
                     Signal::Hub(event) => event,

@@ -376,6 +376,95 @@ async fn sync_completes_after_pending_deliveries_are_acknowledged() {
     assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
+/// An online device gets new messages pushed without asking; when its window
+/// is full the rest comes from storage, still in order and exactly once.
+#[tokio::test]
+async fn online_device_gets_every_message_in_order_even_when_it_falls_behind() {
+    let server = TestServer::start_with(|c| c.limits.max_in_flight = 4).await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (mut bob_conn, bob) = server.registered("bob").await;
+    let group = create_group(&mut alice).await;
+    let first = b"first".to_vec();
+    assert_done(
+        &alice
+            .request(send_message(
+                &random_id(),
+                &group,
+                &[&bob.device_id],
+                &first,
+            ))
+            .await,
+    );
+    let pushed = bob_conn.next_delivery().await;
+    assert_eq!(pushed.payload, first, "pushed without a Sync");
+    bob_conn.ack(&[pushed.seq]).await;
+
+    // Bob stops reading while far more arrives than his window and his
+    // connection's event queue hold.
+    let total: u16 = 400;
+    for i in 0..total {
+        assert_done(
+            &alice
+                .request(send_message(
+                    &random_id(),
+                    &group,
+                    &[&bob.device_id],
+                    &i.to_be_bytes(),
+                ))
+                .await,
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < usize::from(total) {
+        let delivery = bob_conn.next_delivery().await;
+        bob_conn.ack(&[delivery.seq]).await;
+        let bytes: [u8; 2] = delivery.payload.as_slice().try_into().unwrap();
+        seen.push(u16::from_be_bytes(bytes));
+    }
+    assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    bob_conn.assert_quiet(QUIET).await;
+}
+
+/// A device that stops reading blocks its connection on a full socket; the
+/// hub then drops that connection's events and flags it. Nothing is lost:
+/// once it reads again, everything arrives in order and exactly once.
+#[tokio::test]
+async fn a_stalled_connection_loses_nothing_when_its_pushes_are_dropped() {
+    let server = TestServer::start_with(|c| c.limits.max_in_flight = 100_000).await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (mut bob_conn, bob) = server.registered("bob").await;
+    let group = create_group(&mut alice).await;
+    // ~30 MB: more than loopback socket buffers hold, so the server's writes
+    // to Bob block while the hub keeps handing his connection new entries.
+    let total: u16 = 600;
+    let filler = vec![0x5a; 48 * 1024];
+    for i in 0..total {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.extend_from_slice(&filler);
+        assert_done(
+            &alice
+                .request(send_message(
+                    &random_id(),
+                    &group,
+                    &[&bob.device_id],
+                    &payload,
+                ))
+                .await,
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < usize::from(total) {
+        let delivery = bob_conn.next_delivery().await;
+        bob_conn.ack(&[delivery.seq]).await;
+        seen.push(u16::from_be_bytes([
+            delivery.payload[0],
+            delivery.payload[1],
+        ]));
+    }
+    assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    bob_conn.assert_quiet(QUIET).await;
+}
+
 #[tokio::test]
 async fn queued_messages_survive_a_restart() {
     let server = TestServer::start().await;

@@ -310,6 +310,25 @@ pub struct MailboxEntry {
     pub payload: Vec<u8>,
 }
 
+/// A mailbox entry just committed, as told to the [`EntryListener`]. The
+/// payload is shared by every recipient of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Whose mailbox.
+    pub device_id: DeviceId,
+    /// Position in that mailbox.
+    pub seq: u64,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The MLS message.
+    pub payload: std::sync::Arc<[u8]>,
+}
+
+/// Told about every mailbox entry once it is committed, in commit order (so,
+/// for one device, in `seq` order), on the backend's writer. The server
+/// pushes these to connected devices without reading them back.
+pub type EntryListener = Box<dyn Fn(Vec<NewEntry>) + Send + Sync>;
+
 /// Counts of what the store holds, for operators and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -557,6 +576,9 @@ pub trait Store: Send + Sync + 'static {
     /// retention period and less than one day longer), and orphaned
     /// payloads. Returns how many entries were deleted.
     fn expire(&self, cutoff: UnixSeconds) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Sets the [`EntryListener`] (once; later calls are ignored).
+    fn set_entry_listener(&self, listener: EntryListener);
 
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;

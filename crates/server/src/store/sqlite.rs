@@ -10,9 +10,10 @@
 //! Reads run on separate connections (WAL lets them proceed while the
 //! writer works), on tokio's blocking pool.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -22,10 +23,10 @@ use zeroize::Zeroizing;
 
 use super::{
     AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId,
-    DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage,
-    KeyPackageBundle, KeyPackageStatus, LogRecord, MailboxEntry, MessageId, NewAccount, NewDevice,
-    RegisterError, RemoveDeviceError, SignedDevice, Store, StoreError, StoreStats, UnixDay,
-    UnixSeconds,
+    DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, GroupId,
+    GroupMessage, KeyPackageBundle, KeyPackageStatus, LogRecord, MailboxEntry, MessageId,
+    NewAccount, NewDevice, NewEntry, RegisterError, RemoveDeviceError, SignedDevice, Store,
+    StoreError, StoreStats, UnixDay, UnixSeconds,
 };
 
 /// Most write operations committed together in one transaction.
@@ -185,6 +186,12 @@ type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Finish + Send>;
 /// Sends an operation's reply once its batch committed (or failed to).
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+thread_local! {
+    /// Mailbox entries added by the writer's open transaction; told to the
+    /// [`EntryListener`] once it commits, dropped if it does not.
+    static UNCOMMITTED: RefCell<Vec<NewEntry>> = const { RefCell::new(Vec::new()) };
+}
+
 enum WriterMsg {
     Job(Job),
     /// Finish what is queued, then stop.
@@ -207,6 +214,8 @@ struct Inner {
     mailbox_limit: std::sync::atomic::AtomicU32,
     /// The operator's quota in pages (`PRAGMA max_page_count`), if any.
     max_pages: Option<i64>,
+    /// Shared with the writer thread.
+    entry_listener: Arc<OnceLock<EntryListener>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -219,6 +228,7 @@ impl std::fmt::Debug for Inner {
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    stable_plans(conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!(
@@ -226,6 +236,19 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(())
+}
+
+/// Turns on the query planner stability guarantee. The bundled SQLite is
+/// built with STAT4, which otherwise re-prepares a cached statement whenever
+/// a bound value that could change its plan changes (a `LIMIT ?`, a range
+/// bound): the mailbox fetch was re-parsed on every call, a sixth of the
+/// server's CPU under load. Our queries have one sensible plan each.
+fn stable_plans(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -312,9 +335,11 @@ impl SqliteStore {
             set_max_pages(&conn, pages)?;
         }
         let (writer_tx, writer_rx) = mpsc::channel();
+        let entry_listener = Arc::new(OnceLock::new());
+        let listener = Arc::clone(&entry_listener);
         let writer = std::thread::Builder::new()
             .name("sotto-db-writer".into())
-            .spawn(move || run_writer(&conn, &writer_rx))
+            .spawn(move || run_writer(&conn, &writer_rx, &listener))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -324,6 +349,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 mailbox_limit: std::sync::atomic::AtomicU32::new(u32::MAX),
                 max_pages,
+                entry_listener,
             }),
         })
     }
@@ -367,6 +393,7 @@ impl SqliteStore {
                 None => {
                     let conn = Connection::open(&inner.path)?;
                     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                    stable_plans(&conn)?;
                     conn.execute_batch("PRAGMA query_only=ON;")?;
                     if let Some(pages) = inner.max_pages {
                         set_max_pages(&conn, pages)?;
@@ -429,19 +456,31 @@ where
     E: From<StoreError>,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
-    conn.execute_batch("SAVEPOINT op")
-        .map_err(StoreError::from)?;
-    let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE op"
-    } else {
-        "ROLLBACK TO op; RELEASE op"
+    // Cached: one savepoint per request, so parsing them showed in profiles.
+    let step = |sql: &str| -> Result<(), StoreError> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
     };
-    conn.execute_batch(end).map_err(StoreError::from)?;
+    let mark = UNCOMMITTED.with_borrow(Vec::len);
+    let result = step("SAVEPOINT op").map_err(E::from).and_then(|()| {
+        let result = f(conn);
+        if result.is_err() {
+            step("ROLLBACK TO op")?;
+        }
+        step("RELEASE op")?;
+        result
+    });
+    if result.is_err() {
+        UNCOMMITTED.with_borrow_mut(|entries| entries.truncate(mark));
+    }
     result
 }
 
-fn run_writer(conn: &Connection, rx: &mpsc::Receiver<WriterMsg>) {
+fn run_writer(
+    conn: &Connection,
+    rx: &mpsc::Receiver<WriterMsg>,
+    listener: &OnceLock<EntryListener>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut closing = false;
@@ -457,7 +496,7 @@ fn run_writer(conn: &Connection, rx: &mpsc::Receiver<WriterMsg>) {
             }
         }
         if !batch.is_empty() {
-            run_batch(conn, batch);
+            run_batch(conn, batch, listener);
         }
         if closing {
             break;
@@ -466,7 +505,8 @@ fn run_writer(conn: &Connection, rx: &mpsc::Receiver<WriterMsg>) {
     tracing::debug!("database writer stopped");
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
+fn run_batch(conn: &Connection, batch: Vec<Job>, listener: &OnceLock<EntryListener>) {
+    UNCOMMITTED.with_borrow_mut(Vec::clear);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = StoreError::from(e);
         tracing::error!(error = %e, "cannot begin write transaction");
@@ -489,9 +529,19 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         }
     }
     let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, "write transaction failed to commit");
-        let _ = conn.execute_batch("ROLLBACK");
+    let entries = UNCOMMITTED.with_borrow_mut(std::mem::take);
+    match &committed {
+        Ok(()) => {
+            if let Some(listener) = listener.get()
+                && !entries.is_empty()
+            {
+                listener(entries);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "write transaction failed to commit");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
     for finish in finishers {
         finish(committed.clone());
@@ -533,11 +583,9 @@ fn key_package_status(
 }
 
 fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM messages WHERE message_id = ?1)",
-        [message_id.as_bytes().as_slice()],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE message_id = ?1)")?
+        .query_row([message_id.as_bytes().as_slice()], |r| r.get(0))?)
 }
 
 /// Stores the payload once and adds one mailbox entry per distinct
@@ -592,12 +640,16 @@ fn insert_envelope(
     if recipients.is_empty() {
         return Ok(());
     }
-    conn.execute(
-        "INSERT INTO messages (message_id, payload) VALUES (?1, ?2)",
-        params![envelope.message_id.as_bytes().as_slice(), envelope.payload],
-    )
-    .map_err(StoreError::from)?;
+    conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
+        .and_then(|mut insert| {
+            insert.execute(params![
+                envelope.message_id.as_bytes().as_slice(),
+                envelope.payload
+            ])
+        })
+        .map_err(StoreError::from)?;
     let message_ref = conn.last_insert_rowid();
+    let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO mailbox (device_id, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
@@ -611,6 +663,13 @@ fn insert_envelope(
                 to_i64(super::day_of(now))
             ])
             .map_err(StoreError::from)?;
+        let entry = NewEntry {
+            device_id: *device,
+            seq: to_u64(conn.last_insert_rowid()),
+            message_id: envelope.message_id,
+            payload: Arc::clone(&payload),
+        };
+        UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
     }
     Ok(())
 }
@@ -938,12 +997,15 @@ impl Store for SqliteStore {
                 return Ok(Enqueued::Duplicate);
             }
             let hashes: Option<(Vec<u8>, Option<Vec<u8>>)> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
-                    [message.group_id.as_bytes()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()
+                .and_then(|mut find| {
+                    find.query_row([message.group_id.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                })
                 .map_err(StoreError::from)?;
             let Some((current, previous)) = hashes else {
                 return Err(EnqueueError::UnknownGroup(message.group_id));
@@ -1116,17 +1178,17 @@ impl Store for SqliteStore {
         }
         self.write(move |conn| {
             let id = device_id.as_bytes().as_slice();
-            let mut find = conn.prepare_cached("SELECT message_ref FROM mailbox WHERE seq = ?1 AND device_id = ?2")?;
-            let mut delete = conn.prepare_cached("DELETE FROM mailbox WHERE seq = ?1")?;
+            let mut delete = conn.prepare_cached(
+                "DELETE FROM mailbox WHERE seq = ?1 AND device_id = ?2 RETURNING message_ref",
+            )?;
             let mut orphan = conn.prepare_cached(
                 "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
             )?;
             let mut deleted = 0;
             for seq in seqs {
                 let seq = to_i64(seq);
-                let message_ref: Option<i64> = find.query_row(params![seq, id], |r| r.get(0)).optional()?;
+                let message_ref: Option<i64> = delete.query_row(params![seq, id], |r| r.get(0)).optional()?;
                 if let Some(message_ref) = message_ref {
-                    delete.execute([seq])?;
                     orphan.execute([message_ref])?;
                     deleted += 1;
                 }
@@ -1150,6 +1212,11 @@ impl Store for SqliteStore {
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
+    }
+
+    fn set_entry_listener(&self, listener: EntryListener) {
+        // A second listener is ignored, as documented on the trait.
+        let _ = self.inner.entry_listener.set(listener);
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
