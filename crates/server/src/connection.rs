@@ -988,11 +988,16 @@ impl<S: Store> Session<S> {
                 "this device was removed from its account",
             ));
         }
-        self.ctx
-            .store
-            .touch_device(device_id, day_of(now_seconds()))
-            .await
-            .map_err(|e| internal(&e))?;
+        // Only the day is kept, so a second login the same day writes
+        // nothing (and waits for no fsync).
+        let today = day_of(now_seconds());
+        if record.last_seen_day < today {
+            self.ctx
+                .store
+                .touch_device(device_id, today)
+                .await
+                .map_err(|e| internal(&e))?;
+        }
         let status = self
             .ctx
             .store

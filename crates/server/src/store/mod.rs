@@ -199,6 +199,8 @@ pub struct DeviceRecord {
     pub device_key: [u8; 32],
     /// The device was removed from its account: it may not log in.
     pub removed: bool,
+    /// The last day it logged in (see [`Store::touch_device`]).
+    pub last_seen_day: UnixDay,
 }
 
 /// How many KeyPackages a device has left.

@@ -148,6 +148,12 @@ CREATE TABLE accepted_commits (
 );
 CREATE INDEX accepted_commits_by_day ON accepted_commits(day);
 ",
+    // Every message insert and acknowledgement paid for an index used only
+    // by the hourly expiry sweep; mailbox entries are appended in time
+    // order, so the sweep finds the expired ones as a prefix by seq instead.
+    r"
+DROP INDEX mailbox_by_age;
+",
 ];
 
 /// Creates `count` one-time invite codes, storing only their hashes; returns
@@ -857,20 +863,22 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
-            let found: Option<(Vec<u8>, bool)> = conn
+            let found: Option<(Vec<u8>, bool, i64)> = conn
                 .query_row(
-                    "SELECT device_key, removed_day IS NOT NULL FROM devices WHERE device_id = ?1 AND username = ?2",
+                    "SELECT device_key, removed_day IS NOT NULL, last_seen_day FROM devices \
+                     WHERE device_id = ?1 AND username = ?2",
                     params![device_id.as_bytes().as_slice(), username],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
             found
-                .map(|(key, removed)| {
+                .map(|(key, removed, last_seen_day)| {
                     Ok(DeviceRecord {
                         device_id,
                         username,
                         device_key: key32(key, "device key")?,
                         removed,
+                        last_seen_day: to_u64(last_seen_day),
                     })
                 })
                 .transpose()
@@ -1200,8 +1208,15 @@ impl Store for SqliteStore {
 
     async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
         self.write(move |conn| {
+            // Entries are appended in time order: the expired ones are the
+            // entries before the first unexpired one (found by walking the
+            // table in seq order, no index needed). Should the clock have
+            // gone back, an older entry after that point waits for a later
+            // sweep.
             let deleted = conn.execute(
-                "DELETE FROM mailbox WHERE enqueued_day < ?1",
+                "DELETE FROM mailbox WHERE enqueued_day < ?1 AND seq < coalesce(\
+                 (SELECT seq FROM mailbox WHERE enqueued_day >= ?1 ORDER BY seq LIMIT 1), \
+                 9223372036854775807)",
                 [to_i64(super::day_of(cutoff))],
             )?;
             delete_orphaned_messages(conn)?;
