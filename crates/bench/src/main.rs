@@ -48,8 +48,8 @@ struct Args {
     /// Tiny loads, no baselines, no criterion: checks the tool runs (CI).
     #[arg(long)]
     smoke: bool,
-    /// The sotto-server binary (default: next to this one; built with
-    /// `cargo build --release -p sotto-server` if missing).
+    /// The sotto-server binary (default: next to this one, built first with
+    /// this binary's cargo profile so it matches the checked-out code).
     #[arg(long, value_name = "PATH")]
     server_bin: Option<PathBuf>,
     /// Where REPORT.md and the plots go (default: bench/ in the workspace;
@@ -180,15 +180,24 @@ fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let beside = exe.with_file_name("sotto-server");
-    if !beside.is_file() {
-        eprintln!("building sotto-server (release)...");
-        let status = std::process::Command::new("cargo")
-            .args(["build", "--release", "-p", "sotto-server"])
-            .current_dir(workspace_root())
-            .status()?;
-        if !status.success() {
-            bail!("cargo build --release -p sotto-server failed");
-        }
+    // Always (re)build it with this binary's profile: `cargo run -p
+    // sotto-bench` builds only the bench, and a stale server binary once
+    // made a whole report measure old code. A no-op when it is up to date.
+    let profile = match exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+    {
+        Some("debug") | None => "dev".to_owned(),
+        Some(dir) => dir.to_owned(),
+    };
+    eprintln!("building sotto-server (profile {profile})...");
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--locked", "--profile", &profile, "-p", "sotto-server"])
+        .current_dir(workspace_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --profile {profile} -p sotto-server failed");
     }
     Ok(beside)
 }
