@@ -366,9 +366,13 @@ pub(crate) struct Session<S> {
     username: Option<String>,
     /// This connection, for the link rendezvous.
     connection_id: ConnectionId,
-    /// Link frames for this connection (from the rendezvous).
-    link_tx: mpsc::Sender<server_frame::Body>,
-    link_rx: mpsc::Receiver<server_frame::Body>,
+    /// Link frames for this connection (from the rendezvous). Made on first
+    /// use: few connections ever link a device, and a tokio channel
+    /// allocates its first block (~4.6 KiB here) up front.
+    link: Option<(
+        mpsc::Sender<server_frame::Body>,
+        mpsc::Receiver<server_frame::Body>,
+    )>,
     /// When an unauthenticated connection is closed: the handshake
     /// timeout, pushed back while it waits on a joined link.
     handshake_deadline: Instant,
@@ -399,7 +403,6 @@ impl<S: Store> Session<S> {
     pub fn new(ctx: Arc<Context<S>>, address: IpAddr) -> Self {
         let mut nonce = [0; sotto_proto::NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let (link_tx, link_rx) = mpsc::channel(LINK_QUEUE);
         let connection_id = ctx.links.connection_id();
         let handshake_deadline = Instant::now() + ctx.limits.handshake_timeout;
         let send_bucket = TokenBucket::full(ctx.limits.sends_per_connection, Instant::now());
@@ -411,8 +414,7 @@ impl<S: Store> Session<S> {
             device: None,
             username: None,
             connection_id,
-            link_tx,
-            link_rx,
+            link: None,
             handshake_deadline,
             log_reader: false,
             address,
@@ -455,20 +457,25 @@ impl<S: Store> Session<S> {
     /// which was removed) or link frame; hub signals only after login.
     pub async fn next_signal(&mut self) -> Signal {
         let Self {
-            subscription,
-            link_rx,
-            ..
+            subscription, link, ..
         } = self;
-        let Some(sub) = subscription else {
-            return match link_rx.recv().await {
-                Some(frame) => Signal::Link(frame),
+        // The session keeps a sender, so `recv` never ends while it lives.
+        let link_frame = async {
+            match link {
+                Some((_, rx)) => match rx.recv().await {
+                    Some(frame) => frame,
+                    None => std::future::pending().await,
+                },
                 None => std::future::pending().await,
-            };
+            }
+        };
+        let Some(sub) = subscription else {
+            return Signal::Link(link_frame.await);
         };
         tokio::select! {
             event = sub.events.recv() => Signal::Hub(event),
             () = sub.missed.wait() => Signal::Missed,
-            Some(frame) = link_rx.recv() => Signal::Link(frame),
+            frame = link_frame => Signal::Link(frame),
         }
     }
 
@@ -490,7 +497,7 @@ impl<S: Store> Session<S> {
     /// Reacts to a hub signal, returning a frame to push if any.
     pub fn on_event(&mut self, event: MailboxEvent) -> Option<v1::ServerFrame> {
         match event {
-            MailboxEvent::Entry(entry) => self.push_new(entry),
+            MailboxEvent::Entry(entry) => self.push_new(&entry),
             MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
                 body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
                     remaining,
@@ -632,9 +639,10 @@ impl<S: Store> Session<S> {
             (Some(_), Body::RemoveDevice(remove)) => self.remove_device(remove).await,
             (Some(_), Body::OpenLink(open)) => {
                 let id = link_id(&open.link_id)?;
+                let sender = self.link_sender();
                 self.ctx
                     .links
-                    .open(id, self.connection_id, self.link_tx.clone(), Instant::now())
+                    .open(id, self.connection_id, sender, Instant::now())
                     .map_err(link_error)?;
                 done()
             }
@@ -655,16 +663,23 @@ impl<S: Store> Session<S> {
         }
     }
 
+    /// Where the rendezvous sends this connection's link frames.
+    fn link_sender(&mut self) -> mpsc::Sender<server_frame::Body> {
+        let (tx, _) = self.link.get_or_insert_with(|| mpsc::channel(LINK_QUEUE));
+        tx.clone()
+    }
+
     fn join_link(&mut self, join: v1::JoinLink) -> RequestResult {
         let id = link_id(&join.link_id)?;
         sealed(&join.sealed_request, "sealed request")?;
+        let sender = self.link_sender();
         let expires = self
             .ctx
             .links
             .join(
                 &id,
                 self.connection_id,
-                self.link_tx.clone(),
+                sender,
                 join.sealed_request,
                 Instant::now(),
             )
@@ -1276,7 +1291,7 @@ impl<S: Store> Session<S> {
     /// in the store. Entries reach a connection in `seq` order, so one at or
     /// below the cursor was already pushed by a fetch; anything else not
     /// pushed now is left to the next fetch.
-    fn push_new(&mut self, entry: NewEntry) -> Option<v1::ServerFrame> {
+    fn push_new(&mut self, entry: &NewEntry) -> Option<v1::ServerFrame> {
         // Dropped events must be noticed before a later entry moves the
         // cursor past them.
         self.on_missed();

@@ -325,9 +325,9 @@ fn account_export(conn: &Connection, username: &str) -> Result<Value, LegalError
         "SELECT d.device_id, d.device_key, d.created_day, d.last_seen_day, d.removed_day, \
            (SELECT count(*) FROM key_packages k WHERE k.device_id = d.device_id), \
            EXISTS(SELECT 1 FROM last_resort_key_packages l WHERE l.device_id = d.device_id), \
-           (SELECT count(*) FROM mailbox m WHERE m.device_id = d.device_id), \
+           (SELECT count(*) FROM mailbox m WHERE m.device_num = d.num), \
            (SELECT coalesce(sum(length(p.payload)), 0) FROM mailbox m \
-              JOIN messages p ON p.id = m.message_ref WHERE m.device_id = d.device_id) \
+              JOIN messages p ON p.id = m.message_ref WHERE m.device_num = d.num) \
          FROM devices d WHERE d.username = ?1 ORDER BY d.rowid",
     )?;
     let devices = stmt

@@ -20,8 +20,9 @@ use crate::store::{DeviceId, NewEntry};
 /// Signals carried to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MailboxEvent {
-    /// A committed entry of the device's mailbox.
-    Entry(NewEntry),
+    /// A committed entry of the device's mailbox (boxed: events sit in a
+    /// channel per connection, whose buffer is sized by the largest event).
+    Entry(Arc<NewEntry>),
     /// The device's one-time KeyPackage pool is low.
     KeyPackagesLow {
         /// One-time KeyPackages left.
@@ -165,8 +166,9 @@ impl MailboxHub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for entry in entries {
+            let entry = Arc::new(entry);
             for subscriber in map.get(&entry.device_id).into_iter().flatten() {
-                subscriber.send(MailboxEvent::Entry(entry.clone()));
+                subscriber.send(MailboxEvent::Entry(Arc::clone(&entry)));
             }
         }
     }
@@ -234,15 +236,15 @@ mod tests {
         hub.deliver(vec![entry(device, 5), entry(other, 6)]);
         assert_eq!(
             a.events.recv().await,
-            Some(MailboxEvent::Entry(entry(device, 5)))
+            Some(MailboxEvent::Entry(Arc::new(entry(device, 5))))
         );
         assert_eq!(
             b.events.recv().await,
-            Some(MailboxEvent::Entry(entry(device, 5)))
+            Some(MailboxEvent::Entry(Arc::new(entry(device, 5))))
         );
         assert_eq!(
             c.events.recv().await,
-            Some(MailboxEvent::Entry(entry(other, 6)))
+            Some(MailboxEvent::Entry(Arc::new(entry(other, 6))))
         );
         assert!(
             a.events.try_recv().is_err(),

@@ -154,6 +154,29 @@ CREATE INDEX accepted_commits_by_day ON accepted_commits(day);
     r"
 DROP INDEX mailbox_by_age;
 ",
+    // Mailbox rows name their device by a small integer instead of its
+    // 16-byte id: the id was stored twice per recipient (row and index),
+    // most of the per-recipient storage of a group message.
+    r"
+ALTER TABLE devices ADD COLUMN num INTEGER;
+UPDATE devices SET num = rowid;
+CREATE UNIQUE INDEX devices_by_num ON devices(num);
+CREATE TABLE mailbox_by_num (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_num   INTEGER NOT NULL REFERENCES devices(num),
+    message_ref  INTEGER NOT NULL REFERENCES messages(id),
+    enqueued_day INTEGER NOT NULL
+);
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'mailbox_by_num', seq FROM sqlite_sequence WHERE name = 'mailbox';
+INSERT INTO mailbox_by_num (seq, device_num, message_ref, enqueued_day)
+    SELECT m.seq, d.num, m.message_ref, m.enqueued_day
+    FROM mailbox m JOIN devices d ON d.device_id = m.device_id;
+DROP TABLE mailbox;
+ALTER TABLE mailbox_by_num RENAME TO mailbox;
+CREATE INDEX mailbox_by_device ON mailbox(device_num, seq);
+CREATE INDEX mailbox_by_message ON mailbox(message_ref);
+",
 ];
 
 /// Creates `count` one-time invite codes, storing only their hashes; returns
@@ -606,8 +629,9 @@ fn insert_envelope(
 ) -> Result<(), EnqueueError> {
     let mut seen = HashSet::new();
     let mut active = conn
-        .prepare_cached("SELECT removed_day IS NULL FROM devices WHERE device_id = ?1")
+        .prepare_cached("SELECT num, removed_day IS NULL FROM devices WHERE device_id = ?1")
         .map_err(StoreError::from)?;
+    // (device, its number in mailbox rows)
     let mut recipients = Vec::new();
     for device in envelope
         .recipients
@@ -615,28 +639,27 @@ fn insert_envelope(
         .copied()
         .filter(|d| seen.insert(*d))
     {
-        let status: Option<bool> = active
-            .query_row([device.as_bytes().as_slice()], |r| r.get(0))
+        let status: Option<(i64, bool)> = active
+            .query_row([device.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(StoreError::from)?;
         match status {
             None => return Err(EnqueueError::UnknownDevice(device)),
-            Some(true) => recipients.push(device),
-            Some(false) => {}
+            Some((num, true)) => recipients.push((device, num)),
+            Some((_, false)) => {}
         }
     }
     if mailbox_limit < u32::MAX {
         let mut full = conn
             .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_id = ?1 LIMIT 1 OFFSET ?2)",
+                "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_num = ?1 LIMIT 1 OFFSET ?2)",
             )
             .map_err(StoreError::from)?;
-        for device in &recipients {
+        for (device, num) in &recipients {
             let at_limit: bool = full
-                .query_row(
-                    params![device.as_bytes().as_slice(), i64::from(mailbox_limit) - 1],
-                    |r| r.get(0),
-                )
+                .query_row(params![num, i64::from(mailbox_limit) - 1], |r| r.get(0))
                 .map_err(StoreError::from)?;
             if at_limit {
                 return Err(EnqueueError::MailboxFull(*device));
@@ -658,16 +681,12 @@ fn insert_envelope(
     let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO mailbox (device_id, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
         )
         .map_err(StoreError::from)?;
-    for device in &recipients {
+    for (device, num) in &recipients {
         insert
-            .execute(params![
-                device.as_bytes().as_slice(),
-                message_ref,
-                to_i64(super::day_of(now))
-            ])
+            .execute(params![num, message_ref, to_i64(super::day_of(now))])
             .map_err(StoreError::from)?;
         let entry = NewEntry {
             device_id: *device,
@@ -837,7 +856,7 @@ impl Store for SqliteStore {
             .map_err(StoreError::from)?;
             conn.execute(
                 "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, \
-                 last_seen_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                 last_seen_day, num) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, (SELECT coalesce(max(num), 0) + 1 FROM devices))",
                 params![
                     account.device_id.as_bytes().as_slice(),
                     account.username,
@@ -1147,7 +1166,8 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
                  JOIN messages ON messages.id = mailbox.message_ref \
-                 WHERE mailbox.device_id = ?1 AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
+                 WHERE mailbox.device_num = (SELECT num FROM devices WHERE device_id = ?1) \
+                 AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 params![
@@ -1187,7 +1207,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let id = device_id.as_bytes().as_slice();
             let mut delete = conn.prepare_cached(
-                "DELETE FROM mailbox WHERE seq = ?1 AND device_id = ?2 RETURNING message_ref",
+                "DELETE FROM mailbox WHERE seq = ?1 \
+                 AND device_num = (SELECT num FROM devices WHERE device_id = ?2) RETURNING message_ref",
             )?;
             let mut orphan = conn.prepare_cached(
                 "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
@@ -1293,7 +1314,7 @@ impl Store for SqliteStore {
             }
             conn.execute(
                 "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, \
-                 last_seen_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                 last_seen_day, num) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, (SELECT coalesce(max(num), 0) + 1 FROM devices))",
                 params![
                     device.device_id.as_bytes().as_slice(),
                     device.username,
@@ -1337,13 +1358,19 @@ impl Store for SqliteStore {
             conn.execute("DELETE FROM last_resort_key_packages WHERE device_id = ?1", [id])
                 .map_err(StoreError::from)?;
             let refs = conn
-                .prepare_cached("SELECT DISTINCT message_ref FROM mailbox WHERE device_id = ?1")
+                .prepare_cached(
+                    "SELECT DISTINCT message_ref FROM mailbox \
+                     WHERE device_num = (SELECT num FROM devices WHERE device_id = ?1)",
+                )
                 .map_err(StoreError::from)?
                 .query_map([id], |r| r.get::<_, i64>(0))
                 .map_err(StoreError::from)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(StoreError::from)?;
-            conn.execute("DELETE FROM mailbox WHERE device_id = ?1", [id])
+            conn.execute(
+                "DELETE FROM mailbox WHERE device_num = (SELECT num FROM devices WHERE device_id = ?1)",
+                [id],
+            )
                 .map_err(StoreError::from)?;
             let mut orphan = conn
                 .prepare_cached(
@@ -1380,5 +1407,64 @@ impl Store for SqliteStore {
             )
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with queued messages from before mailbox rows named
+    /// devices by number migrates without losing an entry or reusing a seq.
+    #[tokio::test]
+    async fn mailbox_rows_survive_the_move_to_device_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let device = DeviceId::new([9; 16]);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            configure(&conn).unwrap();
+            let tx = conn.transaction().unwrap();
+            // Schema version 6: before `DROP INDEX mailbox_by_age`.
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute_batch(
+                "INSERT INTO accounts VALUES ('alice', x'00', 1);
+                 INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, last_seen_day)
+                     VALUES (x'09090909090909090909090909090909', 'alice', x'', x'', x'', 1, 1);
+                 INSERT INTO messages (id, message_id, payload) VALUES
+                     (1, x'01010101010101010101010101010101', x'aa'),
+                     (2, x'02020202020202020202020202020202', x'bb');
+                 INSERT INTO mailbox (seq, device_id, message_ref, enqueued_day) VALUES
+                     (40, x'09090909090909090909090909090909', 1, 1),
+                     (41, x'09090909090909090909090909090909', 2, 1),
+                     (42, x'09090909090909090909090909090909', 2, 1);
+                 DELETE FROM mailbox WHERE seq = 42;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let entries = store.fetch_mailbox(device, 0, 10).await.unwrap();
+        let found: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.seq, e.payload)).collect();
+        assert_eq!(found, [(40, vec![0xaa]), (41, vec![0xbb])]);
+        store.close().await;
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.execute(
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (1, 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.last_insert_rowid() > 42,
+            "seqs continue after every seq ever handed out"
+        );
     }
 }
