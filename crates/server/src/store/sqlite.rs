@@ -699,6 +699,14 @@ fn insert_envelope(
     Ok(())
 }
 
+/// The number that names `device_id` in mailbox rows.
+fn device_num(conn: &Connection, device_id: DeviceId) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT num FROM devices WHERE device_id = ?1")?
+        .query_row([device_id.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?)
+}
+
 fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.message_ref = messages.id)",
@@ -1205,10 +1213,11 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         self.write(move |conn| {
-            let id = device_id.as_bytes().as_slice();
+            let Some(num) = device_num(conn, device_id)? else {
+                return Ok(0);
+            };
             let mut delete = conn.prepare_cached(
-                "DELETE FROM mailbox WHERE seq = ?1 \
-                 AND device_num = (SELECT num FROM devices WHERE device_id = ?2) RETURNING message_ref",
+                "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
             )?;
             let mut orphan = conn.prepare_cached(
                 "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
@@ -1216,7 +1225,7 @@ impl Store for SqliteStore {
             let mut deleted = 0;
             for seq in seqs {
                 let seq = to_i64(seq);
-                let message_ref: Option<i64> = delete.query_row(params![seq, id], |r| r.get(0)).optional()?;
+                let message_ref: Option<i64> = delete.query_row(params![seq, num], |r| r.get(0)).optional()?;
                 if let Some(message_ref) = message_ref {
                     orphan.execute([message_ref])?;
                     deleted += 1;
