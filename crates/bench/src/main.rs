@@ -193,7 +193,14 @@ fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
     };
     eprintln!("building sotto-server (profile {profile})...");
     let status = std::process::Command::new("cargo")
-        .args(["build", "--locked", "--profile", &profile, "-p", "sotto-server"])
+        .args([
+            "build",
+            "--locked",
+            "--profile",
+            &profile,
+            "-p",
+            "sotto-server",
+        ])
         .current_dir(workspace_root())
         .status()?;
     if !status.success() {
