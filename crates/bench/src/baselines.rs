@@ -654,14 +654,15 @@ async fn run_inner(
             b.version = version_of(&bin, "-h");
             b.durability = "no fsync before PUBACK: the in-memory store is written to disk only on \
                             autosave_interval (1800 s default) and at shutdown; max_queued_messages 0 \
-                            (unlimited), so nothing acked is dropped for being queued"
+                            (unlimited), so nothing acked is dropped for being queued; TCP_NODELAY on, as in Sotto"
                 .into();
             let conf = dir.join("mosquitto.conf");
             std::fs::write(
                 &conf,
                 format!(
                     "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                     max_queued_messages 0\nmax_inflight_messages 64\nmax_connections -1\nlog_dest stderr\nlog_type error\n",
+                     max_queued_messages 0\nmax_inflight_messages 64\nmax_connections -1\nlog_dest stderr\nlog_type error\n\
+                     set_tcp_nodelay true\n",
                     dir.display()
                 ),
             )?;

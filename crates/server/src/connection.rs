@@ -397,6 +397,8 @@ pub(crate) struct Session<S> {
     need_fetch: bool,
     /// Request ids of `Sync`s waiting for the mailbox to drain.
     pending_syncs: Vec<u64>,
+    /// The acknowledgement being committed, if any.
+    ack_write: Option<tokio::task::JoinHandle<Result<u64, StoreError>>>,
 }
 
 impl<S: Store> Session<S> {
@@ -426,6 +428,7 @@ impl<S: Store> Session<S> {
             in_flight: BTreeSet::new(),
             need_fetch: false,
             pending_syncs: Vec::new(),
+            ack_write: None,
         }
     }
 
@@ -618,16 +621,20 @@ impl<S: Store> Session<S> {
                 self.upload_key_packages(device, upload).await
             }
             (Some(device), Body::Ack(ack)) => {
-                self.ctx
-                    .store
-                    .ack(device, ack.seqs.clone())
-                    .await
-                    .map_err(|e| internal(&e))?;
+                // One acknowledgement commits while the connection goes on
+                // pushing; a second waits for it (backpressure).
+                self.finish_ack_write().await.map_err(|e| internal(&e))?;
                 // Room in the window: `pump` fetches if entries wait in the
-                // store (`need_fetch`); new ones come from the hub.
-                for seq in ack.seqs {
-                    self.in_flight.remove(&seq);
+                // store (`need_fetch`); new ones come from the hub. An
+                // acknowledged seq is at or below the cursor, so no fetch
+                // can return it again while its delete commits.
+                for seq in &ack.seqs {
+                    self.in_flight.remove(seq);
                 }
+                let store = Arc::clone(&self.ctx.store);
+                self.ack_write = Some(tokio::spawn(
+                    async move { store.ack(device, ack.seqs).await },
+                ));
                 Ok(None)
             }
             (Some(_), Body::Sync(_)) => {
@@ -1311,6 +1318,17 @@ impl<S: Store> Session<S> {
         ))
     }
 
+    /// Waits for the acknowledgement being committed, if any.
+    async fn finish_ack_write(&mut self) -> Result<(), StoreError> {
+        let Some(write) = self.ack_write.take() else {
+            return Ok(());
+        };
+        write
+            .await
+            .map_err(|e| StoreError::Backend(format!("acknowledgement task failed: {e}")))?
+            .map(|_deleted| ())
+    }
+
     /// Pushes more of the mailbox if the window has room, and answers
     /// `Sync`s once everything is pushed and acknowledged.
     pub async fn pump(&mut self) -> Result<Vec<v1::ServerFrame>, StoreError> {
@@ -1338,7 +1356,9 @@ impl<S: Store> Session<S> {
                 frames.push(delivery(entry.seq, entry.message_id, entry.payload));
             }
         }
-        if !self.need_fetch && self.in_flight.is_empty() {
+        if !self.need_fetch && self.in_flight.is_empty() && !self.pending_syncs.is_empty() {
+            // `SyncDone` promises the acknowledged entries are gone.
+            self.finish_ack_write().await?;
             for request_id in self.pending_syncs.drain(..) {
                 frames.push(v1::ServerFrame {
                     body: Some(server_frame::Body::Response(v1::Response {
