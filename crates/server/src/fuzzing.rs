@@ -20,7 +20,7 @@ use crate::connection::{Context, Session};
 use crate::link_rendezvous::LinkRendezvous;
 use crate::mailbox_hub::MailboxHub;
 use crate::rate_limit::RateLimiter;
-use crate::store::{SqliteStore, Store as _, StoreError};
+use crate::store::{SqliteStore, StoreError};
 use crate::transparency_log::TransparencyLog;
 
 /// A server without a listener: its store, log, hub and limits.
@@ -48,9 +48,7 @@ impl FuzzServer {
         let store = SqliteStore::open(data_dir)?;
         store.set_mailbox_limit(limits.max_mailbox_entries);
         let log = runtime.block_on(TransparencyLog::open(&store))?;
-        let hub = MailboxHub::new();
-        let entries_to = hub.clone();
-        store.set_entry_listener(Box::new(move |entries| entries_to.deliver(entries)));
+        let hub = MailboxHub::fed_by(&store);
         let ctx = Arc::new(Context {
             store: Arc::new(store),
             hub,

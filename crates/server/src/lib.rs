@@ -56,7 +56,7 @@ pub use config::{Limits, RegistrationPolicy, ServerConfig};
 use connection::Context;
 pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use mailbox_hub::MailboxHub;
-use store::{SqliteStore, Store as _, StoreError};
+use store::{SqliteStore, StoreError};
 use transparency_log::TransparencyLog;
 
 /// How often expired mailbox entries are swept.
@@ -251,12 +251,9 @@ impl Server {
         store.set_mailbox_limit(config.limits.max_mailbox_entries);
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let hub = MailboxHub::new();
-        let entries_to = hub.clone();
-        store.set_entry_listener(Box::new(move |entries| entries_to.deliver(entries)));
         let ctx = Arc::new(Context {
             store: Arc::clone(&store),
-            hub,
+            hub: MailboxHub::fed_by(&*store),
             limits: config.limits.clone(),
             log,
             links: link_rendezvous::LinkRendezvous::default(),

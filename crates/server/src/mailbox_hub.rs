@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::store::{DeviceId, NewEntry};
+use crate::store::{DeviceId, NewEntry, Store};
 
 /// Signals carried to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,14 @@ impl MailboxHub {
     /// An empty hub.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A hub that `store` tells about every entry it commits.
+    pub fn fed_by(store: &impl Store) -> Self {
+        let hub = Self::new();
+        let entries_to = hub.clone();
+        store.set_entry_listener(Box::new(move |entries| entries_to.deliver(entries)));
+        hub
     }
 
     /// Registers a connection authenticated as `device_id`.

@@ -376,6 +376,40 @@ async fn sync_completes_after_pending_deliveries_are_acknowledged() {
     assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
+/// Sends `total` messages to `to`, each starting with its number (two bytes,
+/// big-endian) followed by `filler`.
+async fn send_numbered(from: &mut Client, group: &[u8], to: &Account, total: u16, filler: &[u8]) {
+    for i in 0..total {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.extend_from_slice(filler);
+        assert_done(
+            &from
+                .request(send_message(
+                    &random_id(),
+                    group,
+                    &[&to.device_id],
+                    &payload,
+                ))
+                .await,
+        );
+    }
+}
+
+/// Reads and acknowledges `total` deliveries one at a time (no `Sync`),
+/// returning the numbers `send_numbered` put in front of them.
+async fn receive_numbered(conn: &mut Client, total: u16) -> Vec<u16> {
+    let mut seen = Vec::new();
+    while seen.len() < usize::from(total) {
+        let delivery = conn.next_delivery().await;
+        conn.ack(&[delivery.seq]).await;
+        seen.push(u16::from_be_bytes([
+            delivery.payload[0],
+            delivery.payload[1],
+        ]));
+    }
+    seen
+}
+
 /// An online device gets new messages pushed without asking; when its window
 /// is full the rest comes from storage, still in order and exactly once.
 #[tokio::test]
@@ -399,28 +433,10 @@ async fn online_device_gets_every_message_in_order_even_when_it_falls_behind() {
     assert_eq!(pushed.payload, first, "pushed without a Sync");
     bob_conn.ack(&[pushed.seq]).await;
 
-    // Bob stops reading while far more arrives than his window and his
-    // connection's event queue hold.
+    // Bob stops reading while far more arrives than his window holds.
     let total: u16 = 400;
-    for i in 0..total {
-        assert_done(
-            &alice
-                .request(send_message(
-                    &random_id(),
-                    &group,
-                    &[&bob.device_id],
-                    &i.to_be_bytes(),
-                ))
-                .await,
-        );
-    }
-    let mut seen = Vec::new();
-    while seen.len() < usize::from(total) {
-        let delivery = bob_conn.next_delivery().await;
-        bob_conn.ack(&[delivery.seq]).await;
-        let bytes: [u8; 2] = delivery.payload.as_slice().try_into().unwrap();
-        seen.push(u16::from_be_bytes(bytes));
-    }
+    send_numbered(&mut alice, &group, &bob, total, &[]).await;
+    let seen = receive_numbered(&mut bob_conn, total).await;
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
     bob_conn.assert_quiet(QUIET).await;
 }
@@ -437,30 +453,8 @@ async fn a_stalled_connection_loses_nothing_when_its_pushes_are_dropped() {
     // ~30 MB: more than loopback socket buffers hold, so the server's writes
     // to Bob block while the hub keeps handing his connection new entries.
     let total: u16 = 600;
-    let filler = vec![0x5a; 48 * 1024];
-    for i in 0..total {
-        let mut payload = i.to_be_bytes().to_vec();
-        payload.extend_from_slice(&filler);
-        assert_done(
-            &alice
-                .request(send_message(
-                    &random_id(),
-                    &group,
-                    &[&bob.device_id],
-                    &payload,
-                ))
-                .await,
-        );
-    }
-    let mut seen = Vec::new();
-    while seen.len() < usize::from(total) {
-        let delivery = bob_conn.next_delivery().await;
-        bob_conn.ack(&[delivery.seq]).await;
-        seen.push(u16::from_be_bytes([
-            delivery.payload[0],
-            delivery.payload[1],
-        ]));
-    }
+    send_numbered(&mut alice, &group, &bob, total, &[0x5a; 48 * 1024]).await;
+    let seen = receive_numbered(&mut bob_conn, total).await;
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
     bob_conn.assert_quiet(QUIET).await;
 }
