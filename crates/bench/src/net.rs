@@ -10,6 +10,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
 use rand::RngCore as _;
 use sotto_core::identity::{Account, Username};
+use sotto_proto::mls_framing::{ContentType, opaque_private_message, private_ciphertext};
 use sotto_proto::v1::{self, client_frame::Body, response, server_frame};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -221,12 +222,12 @@ pub struct BenchGroup {
     pub capability: Vec<u8>,
 }
 
-/// Creates a group (epoch-0 commit with random bytes: the server cannot tell
-/// MLS from noise) whose commit goes to `recipients`.
+/// Creates a group: an epoch-0 commit framed as MLS around random bytes
+/// (the server reads only the clear-text framing, and cannot tell the rest
+/// from noise).
 pub async fn create_group(
     ws: &mut Ws,
     request_id: u64,
-    recipients: &[Vec<u8>],
 ) -> anyhow::Result<(BenchGroup, Vec<v1::ServerFrame>)> {
     use sha2::Digest as _;
     let group_id = random_bytes(32);
@@ -239,8 +240,7 @@ pub async fn create_group(
             message_id: random_bytes(sotto_proto::ID_LEN),
             group_id: group_id.clone(),
             epoch: 0,
-            recipients: recipients.to_vec(),
-            commit: random_bytes(200),
+            commit: opaque_private_message(&group_id, 0, ContentType::Commit, &random_bytes(200)),
             next_token_hash,
             ..v1::SubmitCommit::default()
         }),
@@ -268,6 +268,26 @@ pub fn bench_payload(index: u64, scheduled_ns: u64, size: usize, filler: &[u8]) 
     let rest = size.saturating_sub(p.len());
     p.extend(filler.iter().cycle().take(rest));
     p
+}
+
+/// A bench payload framed as an MLS application message of `group_id` at
+/// epoch 1 (a group the bench created), `size` bytes in all.
+pub fn group_payload(
+    group_id: &[u8],
+    index: u64,
+    scheduled_ns: u64,
+    size: usize,
+    filler: &[u8],
+) -> Vec<u8> {
+    // Framing overhead, with the two-byte length most payloads need.
+    let overhead = opaque_private_message(group_id, 1, ContentType::Application, &[]).len() + 1;
+    let inner = bench_payload(index, scheduled_ns, size.saturating_sub(overhead), filler);
+    opaque_private_message(group_id, 1, ContentType::Application, &inner)
+}
+
+/// (index, scheduled ns) of a [`group_payload`]; `None` for anything else.
+pub fn parse_group_payload(p: &[u8]) -> Option<(u64, u64)> {
+    private_ciphertext(p).and_then(parse_payload)
 }
 
 /// (index, scheduled ns) of a bench payload; `None` for anything else.

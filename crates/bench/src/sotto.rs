@@ -57,7 +57,7 @@ pub async fn register_pairs(
             let (rws, _) = net::connect_authenticated(server, r_src, &receiver, true).await?;
             let (mut sws, _) = net::connect_authenticated(server, s_src, &sender, true).await?;
             let (group, _) =
-                net::create_group(&mut sws, 2, &[receiver.device_id.as_bytes().to_vec()]).await?;
+                net::create_group(&mut sws, 2).await?;
             let recipients = vec![receiver.device_id.as_bytes().to_vec()];
             anyhow::Ok((
                 PairKeys {
@@ -143,7 +143,7 @@ async fn sender_writer(
                     message_id,
                     group_id: keys.group.id.clone(),
                     recipients: recipients.clone(),
-                    payload: net::bench_payload(idx, sched, ENVELOPE, &filler),
+                    payload: net::group_payload(&keys.group.id, idx, sched, ENVELOPE, &filler),
                     send_token: keys.group.capability.clone(),
                     ..v1::SendMessage::default()
                 }),
@@ -200,7 +200,7 @@ async fn sender_reader(
 
 /// Handles one delivery: records it and queues its ack.
 fn on_delivery(d: &v1::Delivery, shared: &Shared, seqs: &mut Vec<u64>) {
-    if let Some((idx, sched)) = net::parse_payload(&d.payload) {
+    if let Some((idx, sched)) = net::parse_group_payload(&d.payload) {
         shared.rec.record_e2e(sched);
         shared.tracker.on_seen(idx);
         if shared.tracker.fanout {

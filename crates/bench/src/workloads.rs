@@ -597,7 +597,7 @@ async fn w4_one(
         let acc = net::account(&format!("x{tag}{i}"))?;
         let (mut ws, _) =
             net::connect_authenticated(a, src.pick_for_registration(), &acc, true).await?;
-        let group = net::create_group(&mut ws, 2, &recipients).await?.0;
+        let group = net::create_group(&mut ws, 2).await?.0;
         senders.push((acc, ws, group));
     }
 
@@ -614,7 +614,7 @@ async fn w4_one(
                     message_id: net::random_bytes(16),
                     group_id: group.id.clone(),
                     recipients: recipients.clone(),
-                    payload: net::bench_payload(u64::MAX - i, 0, sotto::ENVELOPE, &filler),
+                    payload: net::group_payload(&group.id, u64::MAX - i, 0, sotto::ENVELOPE, &filler),
                     send_token: group.capability.clone(),
                     ..v1::SendMessage::default()
                 }),

@@ -81,6 +81,19 @@ enum Command {
         #[arg(long, default_value_t = 31)]
         max_age_days: u64,
     },
+    /// List who can read a conversation with a user (`sotto members bob`) or
+    /// a group (`sotto members --group team`): every member device, as of
+    /// your last sync.
+    Members {
+        /// List this group's members.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+    },
+    /// Show warnings about messages that belonged to no conversation (for
+    /// example, ones that could not be decrypted).
+    Warnings,
     /// Show the history of a conversation with a user, or of a group.
     History {
         /// Show this group's history.
@@ -295,6 +308,26 @@ async fn run(cli: Cli) -> Result<()> {
             );
             if age > max_age_days {
                 bail!("WARNING: the warrant canary is {age} days old (more than {max_age_days})");
+            }
+        }
+        Command::Members { group, username } => {
+            let client = Client::open(&profile)?;
+            let members = match (group, username) {
+                (Some(name), _) => client.conversation_members(ConversationKind::Group, &name)?,
+                (None, Some(user)) => client.conversation_members(ConversationKind::Direct, &user)?,
+                (None, None) => bail!("name a user or --group NAME"),
+            };
+            for member in members {
+                out.line(
+                    &format!("{} (device {})", member.username, member.device_id),
+                    &serde_json::to_value(&member)?,
+                );
+            }
+        }
+        Command::Warnings => {
+            let client = Client::open(&profile)?;
+            for (at_ms, text) in client.device_warnings()? {
+                out.line(&text, &serde_json::json!({ "at": at_ms, "text": text }));
             }
         }
         Command::History { group, username } => {

@@ -373,6 +373,78 @@ impl Client {
 
     // ------------------------------------------------------------ local queries
 
+    /// The other account of the direct conversation held by `group_id`: its
+    /// roster must be this account's devices and one other account's
+    /// (DESIGN.md §5), or it is no direct conversation.
+    pub(crate) fn direct_peer_of(
+        &self,
+        provider: &MlsProvider<'_>,
+        group_id: &[u8],
+    ) -> Result<Username, ClientError> {
+        let roster = group::members(&group::load(provider, group_id)?);
+        group::direct_peer(&roster, &self.account.username).map_err(|extra| {
+            ClientError::Roster(if extra.is_empty() {
+                "a conversation called direct holds nobody but you".to_owned()
+            } else {
+                format!(
+                    "a conversation called direct holds more than two people: {}",
+                    extra
+                        .iter()
+                        .map(Username::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+    }
+
+    /// Checks that the group still is the direct conversation with `peer`.
+    pub(crate) fn check_direct_roster(
+        &self,
+        provider: &MlsProvider<'_>,
+        group_id: &[u8],
+        peer: &str,
+    ) -> Result<(), ClientError> {
+        let found = self.direct_peer_of(provider, group_id)?;
+        if found.as_str() == peer {
+            Ok(())
+        } else {
+            let roster = group::members(&group::load(provider, group_id)?);
+            let mut extra: Vec<&str> = roster
+                .iter()
+                .map(|m| m.username.as_str())
+                .filter(|u| *u != peer && *u != self.account.username.as_str())
+                .collect();
+            extra.dedup();
+            Err(ClientError::Roster(format!(
+                "your direct conversation with {peer} now also holds {}",
+                extra.join(", ")
+            )))
+        }
+    }
+
+    /// The group a conversation sends on. For a direct conversation with
+    /// several groups (both people started one at once), the smallest id
+    /// among those whose roster is exactly the two accounts: a group that
+    /// anyone else is in is never a candidate, so a third party cannot
+    /// steer the choice.
+    pub(crate) fn conversation_group(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        if conversation.kind == ConversationKind::Group {
+            return Ok(store::active_group(&self.db, conversation.id)?);
+        }
+        let provider = MlsProvider::new(&self.crypto, &self.db);
+        for group_id in store::active_groups_of(&self.db, conversation.id)? {
+            match self.check_direct_roster(&provider, &group_id, &conversation.name) {
+                Ok(()) => return Ok(Some(group_id)),
+                Err(e) => tracing::warn!("not sending on a group of {}: {e}", conversation.name),
+            }
+        }
+        Ok(None)
+    }
+
     pub(crate) fn active_group_named(&self, name: &str) -> Result<Vec<u8>, ClientError> {
         let conversation = store::conversation(&self.db, ConversationKind::Group, name)?
             .ok_or_else(|| {
@@ -380,7 +452,7 @@ impl Client {
                     "you have no group named {name}; see `sotto group list`"
                 ))
             })?;
-        store::active_group(&self.db, conversation.id)?.ok_or_else(|| {
+        self.conversation_group(&conversation)?.ok_or_else(|| {
             ClientError::Usage(format!(
                 "you are no longer a member of {name} (see `sotto history --group {name}`)"
             ))
@@ -416,7 +488,7 @@ impl Client {
     pub fn groups(&self) -> Result<Vec<String>, ClientError> {
         let mut names = Vec::new();
         for conversation in store::all_conversations(&self.db, ConversationKind::Group)? {
-            if store::active_group(&self.db, conversation.id)?.is_some() {
+            if self.conversation_group(&conversation)?.is_some() {
                 names.push(conversation.name);
             }
         }
@@ -425,7 +497,21 @@ impl Client {
 
     /// The member devices of the group `name`, as of the last sync.
     pub fn members(&self, name: &str) -> Result<Vec<MemberInfo>, ClientError> {
-        let group_id = self.active_group_named(name)?;
+        self.conversation_members(ConversationKind::Group, name)
+    }
+
+    /// The member devices of a conversation (a group, or the direct
+    /// conversation with a user), as of the last sync: everyone who can
+    /// read it.
+    pub fn conversation_members(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<Vec<MemberInfo>, ClientError> {
+        let conversation = self.conversation_named(kind, name)?;
+        let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
+            ClientError::Usage(format!("you are no longer in the conversation {name}"))
+        })?;
         let provider = MlsProvider::new(&self.crypto, &self.db);
         let g = group::load(&provider, &group_id)?;
         let mut members: Vec<MemberInfo> = group::members(&g)
@@ -439,6 +525,27 @@ impl Client {
         Ok(members)
     }
 
+    /// Warnings about deliveries that belonged to no known conversation,
+    /// oldest first: (milliseconds since the Unix epoch, text).
+    pub fn device_warnings(&self) -> Result<Vec<(u64, String)>, ClientError> {
+        Ok(store::device_log(&self.db)?)
+    }
+
+    /// How many messages of a conversation were dropped because their
+    /// sender had been removed by a commit this device already merged.
+    pub fn dropped_from_former_members(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<u64, ClientError> {
+        let conversation = self.conversation_named(kind, name)?;
+        let mut total = 0;
+        for group_id in store::groups_of(&self.db, conversation.id)? {
+            total += store::dropped_from_former_members(&self.db, &group_id)?;
+        }
+        Ok(total)
+    }
+
     /// The group's current epoch and epoch authenticator: equal on every
     /// member that has processed the same commits.
     pub fn epoch_state(
@@ -447,7 +554,8 @@ impl Client {
         name: &str,
     ) -> Result<(u64, Vec<u8>), ClientError> {
         let conversation = self.conversation_named(kind, name)?;
-        let group_id = store::active_group(&self.db, conversation.id)?
+        let group_id = self
+            .conversation_group(&conversation)?
             .ok_or_else(|| ClientError::Usage(format!("no active group for {name}")))?;
         let provider = MlsProvider::new(&self.crypto, &self.db);
         let g = group::load(&provider, &group_id)?;

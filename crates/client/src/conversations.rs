@@ -36,7 +36,7 @@ impl Client {
             c.commit_pending_proposals(t).await?;
             let existing = store::conversation(&c.db, ConversationKind::Direct, peer.as_str())?;
             let group_id = match existing
-                .map(|conv| store::active_group(&c.db, conv.id))
+                .map(|conv| c.conversation_group(&conv))
                 .transpose()?
                 .flatten()
             {
@@ -350,6 +350,7 @@ impl Client {
         let sent_at_ms = now_ms();
         let staged = self.in_transaction(|provider, tx| {
             let mut g = group::load(provider, group_id)?;
+            self.check_before_send(provider, tx, &g)?;
             let recipients = group::recipients(&g, self.account.device_id);
             let history = match (
                 &body,
@@ -386,6 +387,38 @@ impl Client {
             Ok((entry, history))
         })?;
         Ok(staged)
+    }
+
+    /// What every send checks first: a direct conversation still holds
+    /// exactly its two accounts, and this device is not missing a change to
+    /// the group that messages it holds say was made.
+    fn check_before_send(
+        &self,
+        provider: &MlsProvider<'_>,
+        tx: &rusqlite::Connection,
+        g: &openmls::group::MlsGroup,
+    ) -> Result<(), ClientError> {
+        let group_id = g.group_id().as_slice();
+        if let Some(conversation) = store::group(tx, group_id)?
+            .and_then(|row| row.conversation_id)
+            .map(|id| store::conversation_by_id(tx, id))
+            .transpose()?
+            .flatten()
+            && conversation.kind == ConversationKind::Direct
+        {
+            self.check_direct_roster(provider, group_id, &conversation.name)?;
+        }
+        if let Some(ahead) = store::held_epoch(tx, group_id)?
+            && ahead > g.epoch().as_u64()
+        {
+            return Err(ClientError::Usage(format!(
+                "this device has not received a change that others made to this conversation \
+                 (it holds messages from epoch {ahead}, and is at epoch {}); nothing was sent. \
+                 Run `sotto sync`; if this persists, the server may be withholding that change from you",
+                g.epoch().as_u64()
+            )));
+        }
+        Ok(())
     }
 
     /// Commits the proposals other members sent (someone leaving), in every
@@ -486,7 +519,7 @@ impl Client {
     ) -> Result<HistoryEntry, ClientError> {
         check_text(text)?;
         let conversation = self.conversation_named(kind, name)?;
-        let group_id = store::active_group(&self.db, conversation.id)?.ok_or_else(|| {
+        let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
             ClientError::Usage(format!("you are no longer in the conversation {name}"))
         })?;
         let (_, history) = self.stage_content(

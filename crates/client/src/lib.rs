@@ -60,6 +60,11 @@ pub enum ClientError {
     /// the server may be lying. Nothing was sent.
     #[error("WARNING: {0}")]
     KeyLog(String),
+    /// A conversation's members are not what it claims: a direct
+    /// conversation that holds a third account, or a third account calling
+    /// one direct. Nothing is sent to it.
+    #[error("WARNING: {0}")]
+    Roster(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"

@@ -9,6 +9,7 @@ use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
 use rusqlite::Connection;
+use std::collections::VecDeque;
 use sotto_core::content::{self, Body};
 use sotto_core::group::{self, GroupError, Inbound, RosterChange};
 use sotto_core::identity::{MemberId, Username};
@@ -27,6 +28,29 @@ pub(crate) struct PeerHead {
 pub(crate) struct Applied {
     entries: Vec<HistoryEntry>,
     peer_head: Option<PeerHead>,
+    /// The group whose commit this delivery merged.
+    merged_commit: Option<Vec<u8>>,
+}
+
+/// Transient failures of one delivery (across syncs) before it is skipped
+/// as poison, acknowledged with a warning.
+pub(crate) const MAX_DELIVERY_ATTEMPTS: u32 = 3;
+/// First wait before looking an account up again after a network failure;
+/// doubled each time, three tries in all.
+const LOOKUP_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A line shown now and not stored: about unauthenticated input, which must
+/// change nothing durable.
+fn notice(conversation: &Conversation, message_id: &[u8], text: &str) -> HistoryEntry {
+    HistoryEntry {
+        id: hex::encode([message_id, b"notice"].concat()),
+        conversation: conversation.name.clone(),
+        conversation_kind: conversation.kind,
+        sender: "system".into(),
+        kind: EntryKind::System,
+        text: text.to_owned(),
+        sent_at: now_ms(),
+    }
 }
 
 impl Client {
@@ -101,35 +125,89 @@ impl Client {
         Ok(entries)
     }
 
-    /// Applies one delivery atomically, then acknowledges it.
-    ///
-    /// New members are checked against the key log: if their accounts were
-    /// not looked up yet, the transaction is rolled back, they are looked up,
-    /// and the delivery is applied again. A message that is refused (a ghost
-    /// member, a withheld commit) or cannot be processed is recorded as
-    /// processed and acknowledged, so it cannot block the queue, with a
-    /// warning where it matters. A local storage failure is not
-    /// acknowledged, so the message comes again.
+    /// Applies one delivery atomically (with any held messages it unblocks),
+    /// then acknowledges it.
     pub(crate) async fn handle_delivery(
         &mut self,
         t: &mut Transport,
         d: Delivery,
         out: &mut Vec<HistoryEntry>,
     ) -> Result<(), ClientError> {
+        self.receive(&d.message_id, &d.payload, out).await?;
+        t.ack(d.seq).await
+    }
+
+    /// Processes one incoming MLS message, then every held message that a
+    /// commit it merged makes processable (in order).
+    ///
+    /// `Err` only for what must be tried again, unacknowledged: local
+    /// storage failures, and network failures while looking up a new
+    /// member's account, below [`MAX_DELIVERY_ATTEMPTS`]. Everything else is
+    /// recorded and then acknowledged, so it can never block the mailbox:
+    /// refusals that protect the user (a member not in the key log, a commit
+    /// that breaks the group policy) stop the conversation with a warning;
+    /// poison (malformed, undecryptable, a lookup the server refused) leaves
+    /// a warning line; a message from a later epoch is held.
+    pub(crate) async fn receive(
+        &mut self,
+        message_id: &[u8],
+        payload: &[u8],
+        out: &mut Vec<HistoryEntry>,
+    ) -> Result<(), ClientError> {
+        let mut queue = VecDeque::from([(message_id.to_vec(), payload.to_vec())]);
+        while let Some((id, payload)) = queue.pop_front() {
+            let Some(group_id) = self.receive_one(&id, &payload, out).await? else {
+                continue;
+            };
+            // A commit was merged: held messages up to the new epoch can be
+            // processed now.
+            let epoch = {
+                let provider = MlsProvider::new(&self.crypto, &self.db);
+                group::load(&provider, &group_id).map(|g| g.epoch().as_u64())
+            };
+            if let Ok(epoch) = epoch {
+                for held in store::held_up_to(&self.db, &group_id, epoch)? {
+                    if !queue.iter().any(|(q, _)| *q == held.0) {
+                        queue.push_back(held);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One message of [`Client::receive`]; `Some(group id)` if it merged a
+    /// commit.
+    async fn receive_one(
+        &mut self,
+        message_id: &[u8],
+        payload: &[u8],
+        out: &mut Vec<HistoryEntry>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         self.accounts.fresh.clear();
-        let mut result = self.apply_delivery(&d);
+        let mut result = self.apply_delivery(message_id, payload);
         if let Err(ClientError::Group(GroupError::Unverified(users))) = &result {
             for user in users.clone() {
-                match self.verify_account(&user).await {
-                    Ok(_) => {}
-                    // Could not look it up now: leave the delivery unacknowledged,
-                    // so it comes again, rather than judge the member a ghost.
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => tracing::warn!("looking up {user} failed: {e}"),
+                if let Err(e) = self.look_up_with_backoff(&user).await {
+                    if !e.is_transient() {
+                        tracing::warn!("looking up {user} failed: {e}");
+                    } else if !self.give_up_after_attempts(message_id)? {
+                        // Could not look it up now: leave the delivery
+                        // unacknowledged, so it comes again, rather than
+                        // judge the member a ghost.
+                        return Err(e);
+                    } else {
+                        result = Err(ClientError::KeyLog(format!(
+                            "gave up looking up {user} after {MAX_DELIVERY_ATTEMPTS} attempts ({e})"
+                        )));
+                        break;
+                    }
                 }
                 self.accounts.fresh.insert(user);
             }
-            result = self.apply_delivery(&d);
+            if !matches!(result, Err(ClientError::KeyLog(_))) {
+                result = self.apply_delivery(message_id, payload);
+            }
         }
         match result {
             Ok(applied) => {
@@ -141,36 +219,137 @@ impl Client {
                         "WARNING: the key log {} sees disagrees with yours. The server may be showing you different keys. ({e})",
                         peer.sender
                     );
-                    out.extend(self.warn(Some(&peer.conversation), &d.message_id, &text)?);
+                    out.extend(self.warn(Some(&peer.conversation), message_id, &text)?);
                 }
+                Ok(applied.merged_commit)
             }
-            Err(e) if e.is_transient() => return Err(e),
+            Err(ClientError::Group(GroupError::FromLaterEpoch {
+                own_epoch,
+                message_epoch,
+            })) => {
+                out.extend(self.hold(message_id, payload, own_epoch, message_epoch)?);
+                Ok(None)
+            }
+            Err(e) if e.is_transient() => Err(e),
             Err(e) => {
-                store::mark_processed(&self.db, &d.message_id)?;
-                out.extend(self.refuse(&d, &e)?);
+                self.in_transaction(|_, tx| {
+                    store::mark_processed(tx, message_id)?;
+                    store::remove_held(tx, message_id)?;
+                    Ok(store::forget_attempts(tx, message_id)?)
+                })?;
+                out.extend(self.refuse(message_id, payload, &e)?);
+                Ok(None)
             }
         }
-        t.ack(d.seq).await
     }
 
-    /// Records why a delivery was dropped. Refusals that protect the user (a
-    /// member not in the key log, a withheld roster change) stop the
-    /// conversation and warn loudly; other failures are logged.
-    fn refuse(&self, d: &Delivery, error: &ClientError) -> Result<Vec<HistoryEntry>, ClientError> {
-        let protective = matches!(
-            error,
-            ClientError::Group(GroupError::Ghost(_) | GroupError::Withheld { .. })
-                | ClientError::KeyLog(_)
-                | ClientError::IdentityChanged(_)
-        );
-        if !protective {
-            tracing::warn!(message_id = %hex::encode(&d.message_id), "dropped a message that could not be processed: {error}");
-            return Ok(Vec::new());
+    /// Looks an account up, trying again with backoff when the network (or
+    /// a busy server) fails.
+    async fn look_up_with_backoff(&mut self, user: &Username) -> Result<(), ClientError> {
+        let mut wait = LOOKUP_BACKOFF;
+        loop {
+            match self.verify_account(user).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() && wait <= LOOKUP_BACKOFF * 4 => {
+                    tracing::debug!("looking up {user} failed, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let group_row = group::group_id_of(&d.payload)
+    }
+
+    /// Counts a transient failure of a delivery; `true` once it has failed
+    /// [`MAX_DELIVERY_ATTEMPTS`] times, when it is skipped as poison.
+    fn give_up_after_attempts(&self, message_id: &[u8]) -> Result<bool, ClientError> {
+        Ok(store::count_attempt(&self.db, message_id)? >= MAX_DELIVERY_ATTEMPTS)
+    }
+
+    /// Holds a message framed for a later epoch than this device's group.
+    /// Its epoch is not authenticated, so nothing else changes: it waits
+    /// (bounded) for the commits that lead there, and the user is told now,
+    /// in a line that is not stored.
+    fn hold(
+        &self,
+        message_id: &[u8],
+        payload: &[u8],
+        own_epoch: u64,
+        message_epoch: u64,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let Some(group_id) = group::group_id_of(payload) else {
+            return Ok(Vec::new());
+        };
+        let row = store::group(&self.db, &group_id)?;
+        let Some(row) = row.filter(|r| r.state == GroupState::Active) else {
+            // Not a conversation this device is in any more: nothing to wait for.
+            store::mark_processed(&self.db, message_id)?;
+            return Ok(Vec::new());
+        };
+        store::hold(
+            &self.db,
+            message_id,
+            &group_id,
+            message_epoch,
+            payload,
+            now_ms(),
+        )?;
+        let conversation = self.conversation_of(&self.db, &row)?;
+        let text = format!(
+            "WARNING: a message from epoch {message_epoch} arrived while this device is at epoch {own_epoch}. \
+             It is held until the change to the conversation that leads there arrives; \
+             if it never does, that change (perhaps a new member) is being withheld from this device."
+        );
+        Ok(vec![notice(&conversation, message_id, &text)])
+    }
+
+    /// Records why a message was dropped. Refusals that protect the user (a
+    /// member not in the key log, a commit that breaks the group policy, a
+    /// direct conversation with a third account) stop the conversation and
+    /// warn loudly; other failures (poison) leave a warning line in the
+    /// conversation, or in the device log when it belongs to none.
+    fn refuse(
+        &self,
+        message_id: &[u8],
+        payload: &[u8],
+        error: &ClientError,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        let group_row = group::group_id_of(payload)
             .map(|id| store::group(&self.db, &id))
             .transpose()?
             .flatten();
+        let conversation = group_row
+            .as_ref()
+            .and_then(|row| row.conversation_id)
+            .map(|id| store::conversation_by_id(&self.db, id))
+            .transpose()?
+            .flatten();
+        let protective = matches!(
+            error,
+            ClientError::Group(GroupError::Ghost(_) | GroupError::PolicyViolation { .. })
+                | ClientError::KeyLog(_)
+                | ClientError::IdentityChanged(_)
+                | ClientError::Roster(_)
+        );
+        if !protective {
+            // Messages for groups this device is not in (any more) are
+            // expected after leaving or removal: not worth a warning.
+            let expected = matches!(
+                error,
+                ClientError::Group(GroupError::UnknownGroup(_))
+            ) || group_row
+                .as_ref()
+                .is_some_and(|row| row.state != GroupState::Active);
+            tracing::warn!(message_id = %hex::encode(message_id), "dropped a message that could not be processed: {error}");
+            if expected {
+                return Ok(Vec::new());
+            }
+            let text = format!("WARNING: a message could not be processed and was skipped: {error}");
+            if conversation.is_none() {
+                store::log_device_warning(&self.db, &text, now_ms())?;
+            }
+            return self.warn(conversation.as_ref(), message_id, &text);
+        }
         if group_row
             .as_ref()
             .is_some_and(|row| row.state == GroupState::Refused)
@@ -178,20 +357,13 @@ impl Client {
             // Already stopped and warned about.
             return Ok(Vec::new());
         }
-        let conversation = match &group_row {
-            Some(row) => {
-                store::set_group_state(&self.db, &row.group_id, GroupState::Refused)?;
-                row.conversation_id
-                    .map(|id| store::conversation_by_id(&self.db, id))
-                    .transpose()?
-                    .flatten()
-            }
-            None => None,
-        };
+        if let Some(row) = &group_row {
+            store::set_group_state(&self.db, &row.group_id, GroupState::Refused)?;
+        }
         let text = format!(
             "WARNING: {error}. This conversation is no longer used: nothing more is sent to it."
         );
-        self.warn(conversation.as_ref(), &d.message_id, &text)
+        self.warn(conversation.as_ref(), message_id, &text)
     }
 
     /// A warning line: stored in the conversation's history when there is
@@ -229,14 +401,21 @@ impl Client {
         })
     }
 
-    pub(crate) fn apply_delivery(&self, d: &Delivery) -> Result<Applied, ClientError> {
+    pub(crate) fn apply_delivery(
+        &self,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Applied, ClientError> {
         self.in_transaction(|provider, tx| {
-            if store::is_processed(tx, &d.message_id)? {
+            if store::is_processed(tx, message_id)? {
+                store::remove_held(tx, message_id)?;
                 return Ok(Applied::default());
             }
-            let inbound = group::process(provider, &d.payload, &self.accounts)?;
-            let applied = self.record_inbound(provider, tx, &d.message_id, inbound)?;
-            store::mark_processed(tx, &d.message_id)?;
+            let inbound = group::process(provider, payload, &self.accounts)?;
+            let applied = self.record_inbound(provider, tx, message_id, inbound)?;
+            store::mark_processed(tx, message_id)?;
+            store::remove_held(tx, message_id)?;
+            store::forget_attempts(tx, message_id)?;
             Ok(applied)
         })
     }
@@ -287,12 +466,16 @@ impl Client {
                             },
                         };
                         let conversation = if info.kind == v1::ConversationKind::Direct as i32 {
-                            let members = group::members(&group::load(provider, &group_id)?);
-                            let peer = members
-                                .iter()
-                                .map(|m| &m.username)
-                                .find(|u| **u != self.account.username)
-                                .unwrap_or(&sender.username);
+                            // Only a group of exactly two accounts is a direct
+                            // conversation, and only one of them says so.
+                            let peer = self.direct_peer_of(provider, &group_id)?;
+                            if sender.username != peer && sender.username != self.account.username
+                            {
+                                return Err(ClientError::Roster(format!(
+                                    "{} called a conversation between you and {peer} a direct one, but is not one of you",
+                                    sender.username
+                                )));
+                            }
                             store::ensure_conversation(
                                 conn,
                                 ConversationKind::Direct,
@@ -351,9 +534,18 @@ impl Client {
                         sender: sender.username,
                         head,
                     }),
+                    merged_commit: None,
                 })
             }
             Inbound::Proposal { .. } => Ok(Applied::default()),
+            Inbound::FromFormerMember { group_id, sender } => {
+                tracing::info!(
+                    "dropped a message {} sent before being removed",
+                    sender.username
+                );
+                store::count_from_former_member(conn, &group_id)?;
+                Ok(Applied::default())
+            }
             Inbound::Commit {
                 group_id,
                 sender,
@@ -370,6 +562,9 @@ impl Client {
                     return Ok(Applied::default());
                 }
                 let conversation = self.conversation_of(conn, &row)?;
+                if conversation.kind == ConversationKind::Direct {
+                    self.check_direct_roster(provider, &group_id, &conversation.name)?;
+                }
                 let entries = self.record_roster(
                     conn,
                     &conversation,
@@ -380,6 +575,7 @@ impl Client {
                 Ok(Applied {
                     entries,
                     peer_head: None,
+                    merged_commit: Some(group_id),
                 })
             }
         }

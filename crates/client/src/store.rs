@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -70,6 +70,36 @@ CREATE TABLE outbox (
 );
 ";
 
+/// Version 2: held messages, bounded retries, a device-level log, and a
+/// count of messages dropped because their sender had been removed.
+const MIGRATION_2: &str = "
+-- Messages framed for a later epoch than this device's copy of their group.
+-- The clear-text epoch is not authenticated, so they change nothing; they
+-- wait here (bounded per group and in age) until the commits leading to that
+-- epoch arrive, and are then processed.
+CREATE TABLE held (
+    message_id BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    held_at_ms INTEGER NOT NULL
+);
+CREATE INDEX held_by_group ON held (group_id, epoch);
+-- Deliveries whose processing failed for a reason that may pass (the
+-- network), and how often; past a bound they are skipped as poison.
+CREATE TABLE delivery_attempts (
+    message_id BLOB PRIMARY KEY,
+    attempts INTEGER NOT NULL
+);
+-- Warnings about deliveries that belong to no known conversation.
+CREATE TABLE device_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+ALTER TABLE groups ADD COLUMN dropped_from_former_members INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Opens (creating if needed) the profile database and runs migrations,
 /// openmls' included.
 pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
@@ -81,7 +111,10 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA)?;
+        }
+        tx.execute_batch(MIGRATION_2)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -426,6 +459,152 @@ pub fn set_group_state(
         params![group_id, state.as_str()],
     )?;
     Ok(())
+}
+
+/// The active groups of a conversation, smallest group id first.
+pub fn active_groups_of(conn: &Connection, conversation_id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT group_id FROM groups WHERE conversation_id = ?1 AND state = 'active' ORDER BY group_id",
+    )?;
+    let rows = stmt.query_map([conversation_id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Every group of a conversation, whatever its state.
+pub fn groups_of(conn: &Connection, conversation_id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut stmt = conn.prepare("SELECT group_id FROM groups WHERE conversation_id = ?1")?;
+    let rows = stmt.query_map([conversation_id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Counts an application message dropped because a commit this device had
+/// already merged removed its sender.
+pub fn count_from_former_member(conn: &Connection, group_id: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE groups SET dropped_from_former_members = dropped_from_former_members + 1 WHERE group_id = ?1",
+        [group_id],
+    )?;
+    Ok(())
+}
+
+/// How many messages from removed members were dropped in a group.
+pub fn dropped_from_former_members(conn: &Connection, group_id: &[u8]) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT dropped_from_former_members FROM groups WHERE group_id = ?1",
+        [group_id],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|n| n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+}
+
+/// At most this many messages are held per group; older ones make room.
+pub const MAX_HELD_PER_GROUP: i64 = 64;
+/// Held messages older than this are dropped: what they waited for never came.
+pub const MAX_HELD_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Holds a message framed for a later epoch of its group (see `held`).
+pub fn hold(
+    conn: &Connection,
+    message_id: &[u8],
+    group_id: &[u8],
+    epoch: u64,
+    payload: &[u8],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO held (message_id, group_id, epoch, payload, held_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+        params![
+            message_id,
+            group_id,
+            i64::try_from(epoch).unwrap_or(i64::MAX),
+            payload,
+            i64::try_from(now_ms).unwrap_or(i64::MAX)
+        ],
+    )?;
+    conn.execute(
+        "DELETE FROM held WHERE group_id = ?1 AND message_id NOT IN
+           (SELECT message_id FROM held WHERE group_id = ?1 ORDER BY held_at_ms DESC, rowid DESC LIMIT ?2)",
+        params![group_id, MAX_HELD_PER_GROUP],
+    )?;
+    let cutoff = now_ms.saturating_sub(MAX_HELD_AGE_MS);
+    conn.execute(
+        "DELETE FROM held WHERE held_at_ms < ?1",
+        [i64::try_from(cutoff).unwrap_or(0)],
+    )?;
+    Ok(())
+}
+
+/// Held messages of `group_id` framed at or before `epoch`, in arrival
+/// order: (message id, payload).
+pub fn held_up_to(
+    conn: &Connection,
+    group_id: &[u8],
+    epoch: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT message_id, payload FROM held WHERE group_id = ?1 AND epoch <= ?2 ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(
+        params![group_id, i64::try_from(epoch).unwrap_or(i64::MAX)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    rows.collect()
+}
+
+/// The latest epoch any held message of `group_id` is framed in.
+pub fn held_epoch(conn: &Connection, group_id: &[u8]) -> Result<Option<u64>, StoreError> {
+    conn.query_row(
+        "SELECT MAX(epoch) FROM held WHERE group_id = ?1",
+        [group_id],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .map(|e| e.and_then(|e| u64::try_from(e).ok()))
+}
+
+pub fn remove_held(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM held WHERE message_id = ?1", [message_id])?;
+    Ok(())
+}
+
+/// Records one more failed attempt at a delivery; returns the count.
+pub fn count_attempt(conn: &Connection, message_id: &[u8]) -> Result<u32, StoreError> {
+    conn.query_row(
+        "INSERT INTO delivery_attempts (message_id, attempts) VALUES (?1, 1)
+         ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1
+         RETURNING attempts",
+        [message_id],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+pub fn forget_attempts(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM delivery_attempts WHERE message_id = ?1",
+        [message_id],
+    )?;
+    Ok(())
+}
+
+/// Adds a line to the device-level log (warnings that belong to no known
+/// conversation).
+pub fn log_device_warning(conn: &Connection, text: &str, now_ms: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO device_log (at_ms, text) VALUES (?1, ?2)",
+        params![i64::try_from(now_ms).unwrap_or(i64::MAX), text],
+    )?;
+    Ok(())
+}
+
+/// The device-level log, oldest first: (milliseconds since the epoch, text).
+pub fn device_log(conn: &Connection) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT at_ms, text FROM device_log ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
+    })?;
+    rows.collect()
 }
 
 /// The active group of a conversation. For direct conversations with several

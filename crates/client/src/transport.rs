@@ -135,7 +135,14 @@ impl Transport {
                 .next()
                 .await
                 .ok_or_else(|| ClientError::Network("server closed the connection".into()))?
-                .map_err(|e| ClientError::Network(format!("connection failed: {e}")))?;
+                .map_err(|e| match e {
+                    // Not a network fault: the server sent more than any
+                    // answer may hold. Asking again would get the same.
+                    tokio_tungstenite::tungstenite::Error::Capacity(e) => ClientError::Protocol(
+                        format!("the server sent a frame over the size limit: {e}"),
+                    ),
+                    e => ClientError::Network(format!("connection failed: {e}")),
+                })?;
             match message {
                 WsMessage::Binary(bytes) => {
                     return sotto_proto::decode_server_frame(&bytes)

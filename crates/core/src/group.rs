@@ -37,12 +37,25 @@ pub enum GroupError {
     /// account: a ghost device or a swapped key. Refuse, and warn loudly.
     #[error("{0}")]
     Ghost(String),
-    /// The message is from a later epoch than this device's: a commit (a
-    /// roster change) was withheld from it.
+    /// The message is framed for a later epoch than this device's. Its
+    /// clear-text epoch is not authenticated, so it proves nothing yet: hold
+    /// it until the commits that lead to that epoch arrive (if they never
+    /// do, a change to the members may have been withheld from this device).
     #[error(
-        "a message from epoch {message_epoch} arrived while this device is at epoch {own_epoch}: a change to the conversation's members was withheld from this device"
+        "a message from epoch {message_epoch} arrived while this device is at epoch {own_epoch}: the change to the conversation that leads there has not arrived (it may have been withheld from this device)"
     )]
-    Withheld { own_epoch: u64, message_epoch: u64 },
+    FromLaterEpoch { own_epoch: u64, message_epoch: u64 },
+    /// A member sent a proposal that Sotto does not let anyone commit on
+    /// the proposer's behalf (only a member's own leave is). Authenticated,
+    /// but harmless once dropped.
+    #[error("{member} proposed a change that Sotto does not allow ({what}); ignored")]
+    ProposalRefused { member: MemberId, what: String },
+    /// A commit breaks the group policy: it changes someone else's leaf,
+    /// relabels the committer, commits another member's add or removal, or
+    /// changes the group in a way Sotto does not use. Authenticated evidence
+    /// of a misbehaving member: the conversation cannot be trusted.
+    #[error("{committer} made a change to the conversation that Sotto does not allow: {what}")]
+    PolicyViolation { committer: MemberId, what: String },
     /// The message is for a group this device is not in (any more).
     #[error("message for unknown group {0}")]
     UnknownGroup(String),
@@ -244,6 +257,23 @@ fn finish_commit(
     let staged = group
         .pending_commit()
         .ok_or_else(|| GroupError::Misuse("no pending commit".into()))?;
+    // The Welcome goes to exactly the devices the commit adds: the server
+    // releases it only with the commit, so nobody else can join by it.
+    let mut added: Vec<DeviceId> = staged
+        .add_proposals()
+        .filter_map(|p| {
+            MemberId::from_credential(p.add_proposal().key_package().leaf_node().credential()).ok()
+        })
+        .map(|m| m.device_id)
+        .collect();
+    let mut welcomed = pending.welcome_recipients.clone();
+    added.sort_unstable();
+    welcomed.sort_unstable();
+    if added != welcomed {
+        return Err(GroupError::Misuse(
+            "a commit's Welcome must go to exactly the devices it adds".into(),
+        ));
+    }
     let next = staged
         .export_secret(
             provider.crypto(),
@@ -533,12 +563,16 @@ pub enum Inbound {
         sender: MemberId,
         plaintext: Vec<u8>,
     },
-    /// A proposal was queued; some member must commit it.
+    /// A member's proposal to leave was queued; the next member who syncs
+    /// commits it.
     Proposal {
         group_id: Vec<u8>,
         sender: MemberId,
         leaving: Option<MemberId>,
     },
+    /// Application content sent (in an earlier epoch) by a member whom a
+    /// commit this device already merged has removed: not shown.
+    FromFormerMember { group_id: Vec<u8>, sender: MemberId },
     /// A commit was merged.
     Commit {
         group_id: Vec<u8>,
@@ -603,7 +637,7 @@ pub fn process(
     let group_id = protocol.group_id().to_vec();
     let mut group = load(provider, &group_id)?;
     if protocol.epoch() > group.epoch() {
-        return Err(GroupError::Withheld {
+        return Err(GroupError::FromLaterEpoch {
             own_epoch: group.epoch().as_u64(),
             message_epoch: protocol.epoch().as_u64(),
         });
@@ -612,18 +646,39 @@ pub fn process(
         .process_message(provider, protocol)
         .map_err(|e| GroupError::PeerMisbehaved(format!("cannot process message: {e:?}")))?;
     let sender = MemberId::from_credential(processed.credential())?;
+    let sender_leaf = match processed.sender() {
+        Sender::Member(leaf) => *leaf,
+        _ => {
+            return Err(GroupError::PeerMisbehaved(
+                "only members may send to a group".into(),
+            ));
+        }
+    };
     match processed.into_content() {
-        ProcessedMessageContent::ApplicationMessage(app) => Ok(Inbound::Application {
-            group_id,
-            sender,
-            plaintext: app.into_bytes(),
-        }),
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            // Sent in an earlier epoch by someone a later commit removed:
+            // the removal is already in effect for this device.
+            if !members(&group).contains(&sender) {
+                return Ok(Inbound::FromFormerMember { group_id, sender });
+            }
+            Ok(Inbound::Application {
+                group_id,
+                sender,
+                plaintext: app.into_bytes(),
+            })
+        }
         ProcessedMessageContent::ProposalMessage(proposal) => {
+            // A member may propose only its own departure, the one change
+            // another member commits on its behalf.
             let leaving = match proposal.proposal() {
-                Proposal::Remove(remove) => group
-                    .member(remove.removed())
-                    .and_then(|c| MemberId::from_credential(c).ok()),
-                _ => None,
+                Proposal::Remove(remove) if remove.removed() == sender_leaf => sender.clone(),
+                Proposal::SelfRemove => sender.clone(),
+                other => {
+                    return Err(GroupError::ProposalRefused {
+                        member: sender,
+                        what: format!("{:?} proposal", other.proposal_type()),
+                    });
+                }
             };
             group
                 .store_pending_proposal(provider.storage(), *proposal)
@@ -631,7 +686,7 @@ pub fn process(
             Ok(Inbound::Proposal {
                 group_id,
                 sender,
-                leaving,
+                leaving: Some(leaving),
             })
         }
         ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
@@ -643,23 +698,7 @@ pub fn process(
             "external joins are not allowed".into(),
         )),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            let mut joining: Vec<(Credential, Vec<u8>)> = staged
-                .add_proposals()
-                .map(|p| {
-                    let leaf = p.add_proposal().key_package().leaf_node();
-                    (
-                        leaf.credential().clone(),
-                        leaf.signature_key().as_slice().to_vec(),
-                    )
-                })
-                .collect();
-            if let Some(leaf) = staged.update_path_leaf_node() {
-                joining.push((
-                    leaf.credential().clone(),
-                    leaf.signature_key().as_slice().to_vec(),
-                ));
-            }
-            check_members(directory, joining.iter().map(|(c, k)| (c, k.as_slice())))?;
+            check_commit_policy(&group, &staged, sender_leaf, &sender, directory)?;
             let change = RosterChange::of(&group, &staged);
             let self_removed = staged.self_removed();
             group
@@ -672,6 +711,124 @@ pub fn process(
                 self_removed,
             })
         }
+    }
+}
+
+/// The group policy every commit must follow, checked before it is merged
+/// (DESIGN.md §5): nobody commits on someone else's behalf, and every leaf a
+/// commit introduces or changes carries a key the transparency log lists for
+/// that leaf's account.
+///
+/// - Add: only inline, by the committer; every new member's key is logged.
+/// - Remove: the committer removes someone (any member may, in the
+///   conversation's history the committer is named), or commits a member's
+///   own leave proposal.
+/// - Update: only of the proposer's own leaf, keeping its credential, to a
+///   logged key (Sotto clients never send one; they commit their updates).
+/// - The committer's own new leaf keeps its credential and has a logged key.
+/// - PSK, ReInit, external init, group-context extensions and anything else:
+///   refused; Sotto does not use them.
+fn check_commit_policy(
+    group: &MlsGroup,
+    staged: &StagedCommit,
+    committer_leaf: LeafNodeIndex,
+    committer: &MemberId,
+    directory: &impl KeyDirectory,
+) -> Result<(), GroupError> {
+    let violation = |what: String| GroupError::PolicyViolation {
+        committer: committer.clone(),
+        what,
+    };
+    let mut introduced: Vec<(Credential, Vec<u8>)> = Vec::new();
+    for queued in staged.queued_proposals() {
+        let proposer = match queued.sender() {
+            Sender::Member(leaf) => *leaf,
+            _ => return Err(violation("a proposal from a non-member".into())),
+        };
+        match queued.proposal() {
+            Proposal::Add(add) => {
+                if proposer != committer_leaf {
+                    return Err(violation("it commits another member's add".into()));
+                }
+                let leaf = add.key_package().leaf_node();
+                introduced.push((
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                ));
+            }
+            Proposal::Remove(remove) => {
+                if proposer != committer_leaf && proposer != remove.removed() {
+                    return Err(violation(format!(
+                        "it commits {}'s proposal to remove {}",
+                        member_name(group, proposer),
+                        member_name(group, remove.removed())
+                    )));
+                }
+            }
+            Proposal::SelfRemove => {}
+            Proposal::Update(update) => {
+                let leaf = update.leaf_node();
+                let before = group
+                    .member(proposer)
+                    .and_then(|c| MemberId::from_credential(c).ok());
+                if before != MemberId::from_credential(leaf.credential()).ok() {
+                    return Err(violation(format!(
+                        "it relabels {} as someone else",
+                        member_name(group, proposer)
+                    )));
+                }
+                introduced.push((
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                ));
+            }
+            other => {
+                return Err(violation(format!(
+                    "a {:?} proposal, which Sotto does not use",
+                    other.proposal_type()
+                )));
+            }
+        }
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        if MemberId::from_credential(leaf.credential()).ok().as_ref() != Some(committer) {
+            return Err(violation(
+                "its new leaf claims to be another device".into(),
+            ));
+        }
+        introduced.push((
+            leaf.credential().clone(),
+            leaf.signature_key().as_slice().to_vec(),
+        ));
+    }
+    check_members(
+        directory,
+        introduced.iter().map(|(c, k)| (c, k.as_slice())),
+    )
+}
+
+/// `username (device …)` of the member at `leaf`, for messages.
+fn member_name(group: &MlsGroup, leaf: LeafNodeIndex) -> String {
+    group
+        .member(leaf)
+        .and_then(|c| MemberId::from_credential(c).ok())
+        .map_or_else(|| format!("leaf {}", leaf.u32()), |m| m.to_string())
+}
+
+/// The other account of a direct conversation: the roster must hold this
+/// account's devices and one other account's, nobody else (DESIGN.md §5).
+/// Otherwise the accounts that do not belong (all others when there are
+/// several, or none when this account is alone).
+pub fn direct_peer(roster: &[MemberId], own: &Username) -> Result<Username, Vec<Username>> {
+    let mut others: Vec<Username> = Vec::new();
+    for member in roster {
+        if &member.username != own && !others.contains(&member.username) {
+            others.push(member.username.clone());
+        }
+    }
+    match others.as_slice() {
+        [peer] => Ok(peer.clone()),
+        _ => Err(others),
     }
 }
 

@@ -146,6 +146,13 @@ pub struct MemberId {
     pub device_id: DeviceId,
 }
 
+impl std::fmt::Display for MemberId {
+    /// `username (device 0123abcd…)`, as users see members.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (device {})", self.username, self.device_id)
+    }
+}
+
 impl MemberId {
     pub fn to_credential(&self) -> Credential {
         BasicCredential::new(format!("{}/{}", self.username, self.device_id).into_bytes()).into()

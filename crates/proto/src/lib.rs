@@ -15,6 +15,8 @@
 
 pub use prost::Message;
 
+pub mod mls_framing;
+
 /// Generated protocol types, version 1.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {

@@ -16,6 +16,10 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// the expiry sweep deletes it: 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
+/// How long after a commit the previous epoch's send capability is still
+/// accepted, by default: 60 s, for messages sent just before the commit.
+pub const DEFAULT_PREVIOUS_EPOCH_GRACE: Duration = Duration::from_secs(60);
+
 /// Everything [`crate::Server::bind`] needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -51,6 +55,11 @@ pub struct ServerConfig {
     /// the database past it fail, and the send is refused instead of
     /// acknowledged. Default `None`: no quota.
     pub max_db_bytes: Option<u64>,
+    /// How long after a commit a message framed in the previous epoch (sent
+    /// with that epoch's capability) is still accepted. Kept in memory: after
+    /// a restart, previous-epoch messages are refused. A member removed by
+    /// the commit can post for at most this long. Default 60 s.
+    pub previous_epoch_grace: Duration,
 }
 
 /// Who may create an account.
@@ -77,6 +86,7 @@ impl Default for ServerConfig {
             registration: RegistrationPolicy::Open,
             allowed_origins: Vec::new(),
             max_db_bytes: None,
+            previous_epoch_grace: DEFAULT_PREVIOUS_EPOCH_GRACE,
         }
     }
 }

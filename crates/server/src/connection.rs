@@ -15,6 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message as _;
 use rand::RngCore;
+use sotto_proto::mls_framing::{ContentType, Framing};
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -23,6 +24,7 @@ use sotto_transparency::{AccountState, LogError, leaf_bytes, open_entry};
 use tokio::sync::mpsc;
 
 use crate::config::{Limits, RegistrationPolicy};
+use crate::epoch_grace::EpochGrace;
 use crate::link_rendezvous::{
     ConnectionId, LINK_QUEUE, LinkError, LinkId, LinkRendezvous, MAX_SEALED_BYTES,
 };
@@ -62,6 +64,8 @@ pub(crate) struct Context<S> {
     pub link_attempt_limits: RateLimiter<IpAddr>,
     /// Who may create accounts.
     pub registration: RegistrationPolicy,
+    /// Groups whose previous epoch's capability is still accepted.
+    pub epoch_grace: EpochGrace,
 }
 
 /// Seconds since the Unix epoch, from the system clock.
@@ -339,6 +343,45 @@ fn rate_limited(what: &str, wait: Duration) -> v1::Error {
 fn capability_hash(token: &[u8]) -> Option<[u8; 32]> {
     use sha2::Digest as _;
     (token.len() == 32).then(|| sha2::Sha256::digest(token).into())
+}
+
+fn mismatched_framing(message: String) -> v1::Error {
+    error(ErrorCode::MismatchedFraming, message)
+}
+
+/// Reads the clear-text MLS framing of a payload sent to `group` and checks
+/// that it is a message of that group with one of the `allowed` content
+/// types; returns the epoch it is framed in. Clients authenticate the rest.
+fn group_framing(
+    payload: &[u8],
+    group: &GroupId,
+    allowed: &[ContentType],
+    what: &str,
+) -> Result<u64, v1::Error> {
+    match Framing::parse(payload) {
+        Ok(Framing::Group {
+            group_id,
+            epoch,
+            content_type,
+            ..
+        }) => {
+            if group_id.as_slice() != group.as_bytes() {
+                return Err(mismatched_framing(format!(
+                    "the {what}'s MLS group is not the group the request names"
+                )));
+            }
+            if !allowed.contains(&content_type) {
+                return Err(mismatched_framing(format!(
+                    "a {what} cannot carry MLS content of type {content_type:?}"
+                )));
+            }
+            Ok(epoch)
+        }
+        Ok(other) => Err(mismatched_framing(format!(
+            "a {what} must be an MLS group message, not {other:?}"
+        ))),
+        Err(e) => Err(error(ErrorCode::InvalidRequest, format!("{what}: {e}"))),
+    }
 }
 
 fn unknown_group(group: &GroupId) -> v1::Error {
@@ -1215,9 +1258,19 @@ impl<S: Store> Session<S> {
             "message",
         )?;
         let group_id = group_id(&send.group_id)?;
+        // A leave is a proposal; every other proposal and commit goes
+        // through the sequencer.
+        let epoch = group_framing(
+            &envelope.payload,
+            &group_id,
+            &[ContentType::Application, ContentType::Proposal],
+            "message",
+        )?;
         let message = GroupMessage {
+            previous_epoch_open: self.ctx.epoch_grace.is_open(&group_id, Instant::now()),
             group_id,
             token_hash,
+            epoch,
             envelope,
             now: now_seconds(),
         };
@@ -1226,6 +1279,11 @@ impl<S: Store> Session<S> {
             Ok(Enqueued::Queued | Enqueued::Duplicate) => done(),
             Err(EnqueueError::UnknownGroup(group)) => Err(unknown_group(&group)),
             Err(EnqueueError::NotAuthorized) => Err(not_authorized()),
+            Err(EnqueueError::WrongEpoch { framed, capability }) => Err(mismatched_framing(
+                format!(
+                    "the message is framed for epoch {framed} but its capability is for epoch {capability}"
+                ),
+            )),
             Err(EnqueueError::MailboxFull(device)) => Err(mailbox_full(device)),
             Err(EnqueueError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(EnqueueError::Store(e)) => Err(internal(&e)),
@@ -1254,16 +1312,43 @@ impl<S: Store> Session<S> {
             0,
             "commit",
         )?;
+        let framed_epoch = group_framing(
+            &commit_envelope.payload,
+            &group_id,
+            &[ContentType::Commit],
+            "commit",
+        )?;
+        if framed_epoch != commit.epoch {
+            return Err(mismatched_framing(format!(
+                "the commit is framed for epoch {framed_epoch} but submitted for epoch {}",
+                commit.epoch
+            )));
+        }
+        // At epoch 0 the creator is the only member: nobody else can be
+        // sent the commit (otherwise anyone could deliver anything to
+        // anyone by "creating" a group).
+        if commit.epoch == 0 && !commit_envelope.recipients.is_empty() {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "the commit that creates a group has no recipients; new members get the Welcome",
+            ));
+        }
         let welcome = if commit.welcome.is_empty() {
             None
         } else {
-            Some(envelope(
+            let welcome = envelope(
                 &commit.welcome_message_id,
                 &commit.welcome_recipients,
                 commit.welcome,
                 1,
                 "welcome",
-            )?)
+            )?;
+            if Framing::parse(&welcome.payload) != Ok(Framing::Welcome) {
+                return Err(mismatched_framing(
+                    "the welcome is not an MLS Welcome".to_owned(),
+                ));
+            }
+            Some(welcome)
         };
         let submission = CommitSubmission {
             group_id,
@@ -1274,8 +1359,16 @@ impl<S: Store> Session<S> {
             welcome,
             now: now_seconds(),
         };
+        let group_id = submission.group_id.clone();
         match self.ctx.store.submit_commit(submission).await {
-            Ok(_) => done(),
+            Ok(accepted) => {
+                if accepted.outcome == Enqueued::Queued {
+                    self.ctx
+                        .epoch_grace
+                        .commit_accepted(&group_id, Instant::now());
+                }
+                done()
+            }
             Err(CommitError::StaleEpoch { submitted, current }) => Err(v1::Error {
                 current_epoch: current,
                 ..error(

@@ -26,6 +26,7 @@
 pub mod audit;
 pub mod config;
 mod connection;
+mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod legal;
@@ -267,6 +268,7 @@ impl Server {
                 config.limits.link_attempts_per_address,
             ),
             registration: config.registration,
+            epoch_grace: epoch_grace::EpochGrace::new(config.previous_epoch_grace),
         });
         let max_connections = config
             .limits

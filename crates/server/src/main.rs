@@ -87,6 +87,12 @@ struct Args {
     /// freed or the quota raised. Default: no quota.
     #[arg(long, value_name = "BYTES")]
     max_db_bytes: Option<u64>,
+
+    /// Seconds after a commit during which messages sent with the previous
+    /// epoch's capability are still accepted (they were sent just before
+    /// the commit). A removed member can post for at most this long.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    previous_epoch_grace_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +256,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         registration: args.registration,
         allowed_origins: args.allowed_origins,
         max_db_bytes: args.max_db_bytes,
+        previous_epoch_grace: Duration::from_secs(args.previous_epoch_grace_secs),
     };
     let server = Server::bind(config)
         .await

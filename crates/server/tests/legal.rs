@@ -21,7 +21,6 @@ use std::process::{Output, Stdio};
 
 use common::*;
 use serde_json::Value;
-use sotto_proto::v1::client_frame::Body;
 use sotto_server::legal::{self, Canary, SignedDocument};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
@@ -81,12 +80,17 @@ fn http_body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
 }
 
-/// Queues one message of `payload` for `device_id`, through the protocol:
-/// the commit that creates a group, addressed to the device.
-async fn queue_for(client: &mut Client, device_id: &[u8], payload: &[u8]) {
-    let mut create = commit(&random_id(), &random_id(), 0, &[device_id], payload);
-    create.next_token_hash = vec![7; 32];
-    assert_done(&client.request(Body::SubmitCommit(create)).await);
+/// Queues one message of `payload` for `device_id`, through the protocol,
+/// in a new group; returns the size of what is stored (the framed payload).
+async fn queue_for(client: &mut Client, device_id: &[u8], payload: &[u8]) -> usize {
+    let group = create_group(client).await;
+    let stored = framed(&group, 1, sotto_proto::mls_framing::ContentType::Application, payload).len();
+    assert_done(
+        &client
+            .request(send_message(&random_id(), &group, &[device_id], payload))
+            .await,
+    );
+    stored
 }
 
 #[tokio::test]
@@ -95,7 +99,7 @@ async fn export_report_tampering_and_canary() {
     let data = server.data_dir.clone();
     let (mut client, alice) = server.registered("alice").await;
     let payload = vec![42u8; 1234];
-    queue_for(&mut client, &alice.device_id, &payload).await;
+    let stored = queue_for(&mut client, &alice.device_id, &payload).await;
 
     // Day granularity in what the protocol stored.
     {
@@ -191,7 +195,7 @@ async fn export_report_tampering_and_canary() {
     );
     assert_eq!(device["removed_day"], Value::Null);
     assert_eq!(device["queued_messages"], 1);
-    assert_eq!(device["queued_bytes"], payload.len());
+    assert_eq!(device["queued_bytes"], stored);
     assert_eq!(device["key_packages"], 0);
 
     // A signature over anything else fails.

@@ -35,7 +35,7 @@ async fn an_anonymous_connection_sends_with_the_capability() {
             .await,
     );
     let delivery = bob.next_delivery().await;
-    assert_eq!(delivery.payload, b"sealed");
+    assert_eq!(unframed(&delivery.payload), b"sealed");
 
     // Stored messages carry no sender: the messages table has no such column,
     // and the payload row is only the payload.
@@ -68,7 +68,7 @@ async fn a_send_without_the_groups_capability_is_refused() {
         message_id: random_id(),
         group_id: group.clone(),
         recipients: vec![bob_account.device_id.clone()],
-        payload: b"x".to_vec(),
+        payload: framed(&group, 1, sotto_proto::mls_framing::ContentType::Application, b"x"),
         send_token: Vec::new(),
     };
     assert_error(

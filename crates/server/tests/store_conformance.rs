@@ -259,6 +259,8 @@ mod conformance {
         let message = |id: u8, recipients: &[u8]| GroupMessage {
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
             envelope: envelope(id, recipients, b"hello"),
             now: 1_000,
         };
@@ -307,6 +309,8 @@ mod conformance {
             let m = GroupMessage {
                 group_id: g.clone(),
                 token_hash: TOKEN_HASH,
+                epoch: 1,
+                previous_epoch_open: false,
                 envelope: envelope(i, &[1], &[i]),
                 now: 1_000,
             };
@@ -341,6 +345,8 @@ mod conformance {
         let m = GroupMessage {
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
             envelope: envelope(1, &[1, 2], b"x"),
             now: 1_000,
         };
@@ -392,6 +398,8 @@ mod conformance {
         let at = |id: u8, recipients: &[u8], now| GroupMessage {
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
             envelope: envelope(id, recipients, &[id]),
             now,
         };
@@ -520,6 +528,8 @@ mod log_cases {
         let mail = |id: u8, to: &[u8]| GroupMessage {
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
             envelope: envelope(id, to, b"m"),
             now: 1_000,
         };

@@ -170,6 +170,11 @@ enum Op {
     Enqueue {
         group: u8,
         cap: Cap,
+        /// Whether the previous epoch's grace period is open.
+        grace: bool,
+        /// Added to the epoch of the capability to give the framed epoch
+        /// (0: honest; otherwise a forged framing).
+        epoch_skew: u64,
         envelope: EnvelopeSpec,
     },
     Fetch {
@@ -215,8 +220,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, epoch, cap, next, commit, welcome)| Op::Commit {
                 group, epoch, cap, next, commit, welcome,
             }),
-        5 => (0..GROUPS, cap(), envelope_spec(1))
-            .prop_map(|(group, cap, envelope)| Op::Enqueue { group, cap, envelope }),
+        5 => (0..GROUPS, cap(), any::<bool>(), prop_oneof![4 => Just(0u64), 1 => 1u64..3], envelope_spec(1))
+            .prop_map(|(group, cap, grace, epoch_skew, envelope)| Op::Enqueue { group, cap, grace, epoch_skew, envelope }),
         1 => (device.clone(), any::<Index>(), 1usize..4)
             .prop_map(|(device, after, limit)| Op::Fetch { device, after, limit }),
         3 => (
@@ -284,6 +289,7 @@ enum EnqueueOutcome {
     Ok(Enqueued),
     UnknownGroup,
     NotAuthorized,
+    WrongEpoch,
     UnknownDevice(u8),
 }
 
@@ -297,6 +303,15 @@ enum CommitOutcome {
 }
 
 impl Model {
+    /// The epoch an honest sender frames a message in with `cap`.
+    fn cap_epoch(&self, group: u8, cap: Cap) -> u64 {
+        let epoch = self.groups.get(&group).map_or(1, |g| g.epoch);
+        match cap {
+            Cap::Previous => epoch.saturating_sub(1),
+            _ => epoch,
+        }
+    }
+
     fn cap_hash(&self, group: u8, cap: Cap) -> Option<[u8; 32]> {
         let g = self.groups.get(&group);
         match cap {
@@ -468,15 +483,29 @@ impl Model {
         Ok(())
     }
 
-    fn enqueue(&mut self, group: u8, hash: [u8; 32], spec: &EnvelopeSpec) -> EnqueueOutcome {
+    fn enqueue(
+        &mut self,
+        group: u8,
+        hash: [u8; 32],
+        epoch: u64,
+        grace: bool,
+        spec: &EnvelopeSpec,
+    ) -> EnqueueOutcome {
         if self.messages.contains_key(&spec.id) {
             return EnqueueOutcome::Ok(Enqueued::Duplicate);
         }
         let Some(g) = self.groups.get(&group) else {
             return EnqueueOutcome::UnknownGroup;
         };
-        if hash != g.token && Some(hash) != g.previous {
+        let capability_epoch = if hash == g.token {
+            g.epoch
+        } else if grace && Some(hash) == g.previous {
+            g.epoch - 1
+        } else {
             return EnqueueOutcome::NotAuthorized;
+        };
+        if epoch != capability_epoch {
+            return EnqueueOutcome::WrongEpoch;
         }
         let mut next = self.clone();
         match next.insert(spec) {
@@ -617,6 +646,7 @@ fn enqueue_outcome(result: Result<Enqueued, EnqueueError>) -> EnqueueOutcome {
         Ok(e) => EnqueueOutcome::Ok(e),
         Err(EnqueueError::UnknownGroup(_)) => EnqueueOutcome::UnknownGroup,
         Err(EnqueueError::NotAuthorized) => EnqueueOutcome::NotAuthorized,
+        Err(EnqueueError::WrongEpoch { .. }) => EnqueueOutcome::WrongEpoch,
         Err(EnqueueError::UnknownDevice(d)) => EnqueueOutcome::UnknownDevice(d.as_bytes()[0]),
         Err(e) => panic!("unexpected enqueue error: {e}"),
     }
@@ -797,20 +827,25 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
         Op::Enqueue {
             group,
             cap,
+            grace,
+            epoch_skew,
             envelope,
         } => {
             let hash = model.cap_hash(*group, *cap).unwrap_or(token(0));
+            let epoch = model.cap_epoch(*group, *cap).saturating_add(*epoch_skew);
             let result = store
                 .enqueue(GroupMessage {
                     group_id: group_id(*group),
                     token_hash: hash,
+                    epoch,
+                    previous_epoch_open: *grace,
                     envelope: envelope.envelope(),
                     now: model.now,
                 })
                 .await;
             prop_assert_eq!(
                 enqueue_outcome(result),
-                model.enqueue(*group, hash, envelope)
+                model.enqueue(*group, hash, epoch, *grace, envelope)
             );
         }
         &Op::Fetch {

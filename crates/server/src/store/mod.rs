@@ -29,6 +29,33 @@ pub fn day_of(seconds: UnixSeconds) -> UnixDay {
     seconds / 86_400
 }
 
+/// The rule every backend applies to a send (backends call it so they
+/// agree): the current epoch's capability for a message framed in the
+/// current epoch, or — only while `previous_epoch_open` — the previous
+/// epoch's capability for a message framed in the previous epoch.
+pub fn check_capability(
+    message: &GroupMessage,
+    current_epoch: u64,
+    current_hash: &[u8],
+    previous_hash: Option<&[u8]>,
+) -> Result<(), EnqueueError> {
+    let presented = message.token_hash.as_slice();
+    let capability_epoch = if presented == current_hash {
+        current_epoch
+    } else if message.previous_epoch_open && Some(presented) == previous_hash {
+        current_epoch.saturating_sub(1)
+    } else {
+        return Err(EnqueueError::NotAuthorized);
+    };
+    if message.epoch != capability_epoch {
+        return Err(EnqueueError::WrongEpoch {
+            framed: message.epoch,
+            capability: capability_epoch,
+        });
+    }
+    Ok(())
+}
+
 /// A device id: exactly [`sotto_proto::ID_LEN`] bytes chosen by the device.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId([u8; sotto_proto::ID_LEN]);
@@ -255,8 +282,15 @@ pub struct GroupMessage {
     /// The group; it must have been created by a commit.
     pub group_id: GroupId,
     /// SHA-256 of the send capability presented: it must be the group's
-    /// current or previous epoch's.
+    /// current epoch's, or the previous epoch's while `previous_epoch_open`.
     pub token_hash: [u8; 32],
+    /// The epoch in the MLS message's clear-text framing: it must be the
+    /// epoch of the capability presented.
+    pub epoch: u64,
+    /// Whether the previous epoch's capability is still accepted: only for
+    /// a short grace period after the commit that ended it (the server keeps
+    /// that in memory, so after a restart it is refused).
+    pub previous_epoch_open: bool,
     /// What to queue.
     pub envelope: Envelope,
     /// When it was queued, for expiry.
@@ -430,6 +464,10 @@ pub enum EnqueueError {
     /// The send capability is not the group's.
     #[error("not authorised to send to this group")]
     NotAuthorized,
+    /// The capability is the group's, but the MLS message is framed for
+    /// another epoch than the capability's.
+    #[error("the message is for epoch {framed}, its capability for epoch {capability}")]
+    WrongEpoch { framed: u64, capability: u64 },
     /// A recipient's mailbox is at the server's limit.
     #[error("the mailbox of device {0} is full")]
     MailboxFull(DeviceId),
@@ -473,7 +511,7 @@ impl From<EnqueueError> for CommitError {
     fn from(e: EnqueueError) -> Self {
         match e {
             EnqueueError::UnknownGroup(g) => Self::UnknownGroup(g),
-            EnqueueError::NotAuthorized => Self::NotAuthorized,
+            EnqueueError::NotAuthorized | EnqueueError::WrongEpoch { .. } => Self::NotAuthorized,
             EnqueueError::MailboxFull(d) => Self::MailboxFull(d),
             EnqueueError::UnknownDevice(d) => Self::UnknownDevice(d),
             EnqueueError::Store(s) => Self::Store(s),

@@ -1031,26 +1031,21 @@ impl Store for SqliteStore {
             if message_exists(conn, message.envelope.message_id)? {
                 return Ok(Enqueued::Duplicate);
             }
-            let hashes: Option<(Vec<u8>, Option<Vec<u8>>)> = conn
+            let group: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = conn
                 .prepare_cached(
-                    "SELECT token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
+                    "SELECT epoch, token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
                 )
                 .and_then(|mut find| {
                     find.query_row([message.group_id.as_bytes()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
                     .optional()
                 })
                 .map_err(StoreError::from)?;
-            let Some((current, previous)) = hashes else {
+            let Some((epoch, current, previous)) = group else {
                 return Err(EnqueueError::UnknownGroup(message.group_id));
             };
-            // The current epoch's capability, or the previous one's for
-            // messages sent just before a commit.
-            let presented = message.token_hash.as_slice();
-            if presented != current.as_slice() && Some(presented) != previous.as_deref() {
-                return Err(EnqueueError::NotAuthorized);
-            }
+            super::check_capability(&message, to_u64(epoch), &current, previous.as_deref())?;
             insert_envelope(conn, &message.envelope, message.now, limit)?;
             Ok(Enqueued::Queued)
         })

@@ -19,6 +19,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rand::RngCore;
+use sotto_proto::mls_framing::{self, ContentType};
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
 use sotto_server::{Server, ServerConfig, ServerError};
 use tokio::net::TcpStream;
@@ -548,7 +549,8 @@ pub fn send_message(
     send_message_at(1, message_id, group_id, recipients, payload)
 }
 
-/// A message carrying the capability of `epoch`.
+/// A message carrying the capability of `epoch`, its payload framed as an
+/// MLS application message of that group and epoch.
 pub fn send_message_at(
     epoch: u64,
     message_id: &[u8],
@@ -560,9 +562,27 @@ pub fn send_message_at(
         message_id: message_id.to_vec(),
         group_id: group_id.to_vec(),
         recipients: recipients.iter().map(|r| r.to_vec()).collect(),
-        payload: payload.to_vec(),
+        payload: framed(group_id, epoch, ContentType::Application, payload),
         send_token: capability(group_id, epoch),
     })
+}
+
+/// `body` framed as an MLS `PrivateMessage` of `group_id` at `epoch`: all the
+/// server sees of a real one.
+pub fn framed(group_id: &[u8], epoch: u64, content_type: ContentType, body: &[u8]) -> Vec<u8> {
+    mls_framing::opaque_private_message(group_id, epoch, content_type, body)
+}
+
+/// What a test put inside [`framed`] (or a Welcome made by [`welcome`]).
+pub fn unframed(payload: &[u8]) -> Vec<u8> {
+    mls_framing::private_ciphertext(payload)
+        .expect("a framed payload")
+        .to_vec()
+}
+
+/// `body` behind an MLS Welcome header.
+pub fn welcome(body: &[u8]) -> Vec<u8> {
+    mls_framing::opaque_welcome(body)
 }
 
 pub fn commit(
@@ -577,7 +597,7 @@ pub fn commit(
         group_id: group_id.to_vec(),
         epoch,
         recipients: recipients.iter().map(|r| r.to_vec()).collect(),
-        commit: payload.to_vec(),
+        commit: framed(group_id, epoch, ContentType::Commit, payload),
         send_token: if epoch == 0 {
             Vec::new()
         } else {
