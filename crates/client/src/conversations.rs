@@ -390,8 +390,9 @@ impl Client {
     }
 
     /// What every send checks first: a direct conversation still holds
-    /// exactly its two accounts, and this device is not missing a change to
-    /// the group that messages it holds say was made.
+    /// exactly its two accounts. (Messages held from a later epoch do not
+    /// stop a send: they prove nothing, and what this device sends in its
+    /// epoch is readable only by the members it knows.)
     fn check_before_send(
         &self,
         provider: &MlsProvider<'_>,
@@ -407,16 +408,6 @@ impl Client {
             && conversation.kind == ConversationKind::Direct
         {
             self.check_direct_roster(provider, group_id, &conversation.name)?;
-        }
-        if let Some(ahead) = store::held_epoch(tx, group_id)?
-            && ahead > g.epoch().as_u64()
-        {
-            return Err(ClientError::Usage(format!(
-                "this device has not received a change that others made to this conversation \
-                 (it holds messages from epoch {ahead}, and is at epoch {}); nothing was sent. \
-                 Run `sotto sync`; if this persists, the server may be withholding that change from you",
-                g.epoch().as_u64()
-            )));
         }
         Ok(())
     }

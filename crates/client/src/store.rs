@@ -553,16 +553,6 @@ pub fn held_up_to(
     rows.collect()
 }
 
-/// The latest epoch any held message of `group_id` is framed in.
-pub fn held_epoch(conn: &Connection, group_id: &[u8]) -> Result<Option<u64>, StoreError> {
-    conn.query_row(
-        "SELECT MAX(epoch) FROM held WHERE group_id = ?1",
-        [group_id],
-        |r| r.get::<_, Option<i64>>(0),
-    )
-    .map(|e| e.and_then(|e| u64::try_from(e).ok()))
-}
-
 pub fn remove_held(conn: &Connection, message_id: &[u8]) -> Result<(), StoreError> {
     conn.execute("DELETE FROM held WHERE message_id = ?1", [message_id])?;
     Ok(())
