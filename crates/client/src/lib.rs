@@ -22,6 +22,7 @@ pub mod transport;
 pub use client::{Client, CommitOutcome, MemberInfo};
 pub use devices::{DeviceInfo, LinkRequestInfo};
 pub use keys::audit;
+pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::{ConversationKind, EntryKind, HistoryEntry};

@@ -34,7 +34,7 @@ pub(crate) struct Applied {
 
 /// Transient failures of one delivery (across syncs) before it is skipped
 /// as poison, acknowledged with a warning.
-pub(crate) const MAX_DELIVERY_ATTEMPTS: u32 = 3;
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 3;
 /// First wait before looking an account up again after a network failure;
 /// doubled each time, three tries in all.
 const LOOKUP_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
@@ -345,9 +345,6 @@ impl Client {
                 return Ok(Vec::new());
             }
             let text = format!("WARNING: a message could not be processed and was skipped: {error}");
-            if conversation.is_none() {
-                store::log_device_warning(&self.db, &text, now_ms())?;
-            }
             return self.warn(conversation.as_ref(), message_id, &text);
         }
         if group_row
@@ -367,7 +364,8 @@ impl Client {
     }
 
     /// A warning line: stored in the conversation's history when there is
-    /// one, always returned so the user sees it now.
+    /// one (in the device log otherwise), always returned so the user sees
+    /// it now.
     pub(crate) fn warn(
         &self,
         conversation: Option<&Conversation>,
@@ -376,6 +374,9 @@ impl Client {
     ) -> Result<Vec<HistoryEntry>, ClientError> {
         let now = now_ms();
         let id = [message_id, b"warning"].concat();
+        if conversation.is_none() {
+            store::log_device_warning(&self.db, text, now)?;
+        }
         Ok(match conversation {
             Some(conversation) => {
                 let message = store::NewMessage {

@@ -118,6 +118,10 @@ async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>) {
                     Some(frame) => {
                         if to_client.send(WsMessage::Binary(frame.encode_to_vec().into())).await.is_err() { break }
                     }
+                    // Dropping anything but a delivery cuts the connection,
+                    // as a network fault would (the client sees it at once
+                    // instead of waiting for an answer).
+                    None if delivery_seq.is_none() => break,
                     None => {
                         if let Some(seq) = delivery_seq {
                             let ack = ClientFrame { request_id: 0, body: Some(client_frame::Body::Ack(Ack { seqs: vec![seq] })) };

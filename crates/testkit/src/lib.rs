@@ -13,7 +13,9 @@
 
 pub mod faulty;
 pub mod hostile;
+pub mod mallory;
 pub use hostile::{ConnView, HostileProxy, Tamper};
+pub use mallory::Mallory;
 
 use sotto_client::Client;
 use sotto_server::{Server, ServerConfig};
@@ -46,13 +48,28 @@ impl TestServer {
         server
     }
 
+    /// Starts a server with a fresh temporary data directory and adjusted
+    /// configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        init_tracing();
+        let temp = TempDir::new().expect("temp dir");
+        let mut server = Self::start_in_with(temp.path(), adjust).await;
+        server._temp = Some(temp);
+        server
+    }
+
     /// Starts a server on an existing data directory (to test restarts).
     pub async fn start_in(data_dir: &Path) -> Self {
-        let config = ServerConfig {
+        Self::start_in_with(data_dir, |_| {}).await
+    }
+
+    async fn start_in_with(data_dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: data_dir.to_path_buf(),
             ..ServerConfig::default()
         };
+        adjust(&mut config);
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel();
