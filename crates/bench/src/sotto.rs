@@ -56,8 +56,7 @@ pub async fn register_pairs(
             let receiver = net::account(&format!("r{tag}{i}"))?;
             let (rws, _) = net::connect_authenticated(server, r_src, &receiver, true).await?;
             let (mut sws, _) = net::connect_authenticated(server, s_src, &sender, true).await?;
-            let (group, _) =
-                net::create_group(&mut sws, 2).await?;
+            let (group, _) = net::create_group(&mut sws, 2).await?;
             let recipients = vec![receiver.device_id.as_bytes().to_vec()];
             anyhow::Ok((
                 PairKeys {

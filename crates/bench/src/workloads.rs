@@ -614,7 +614,13 @@ async fn w4_one(
                     message_id: net::random_bytes(16),
                     group_id: group.id.clone(),
                     recipients: recipients.clone(),
-                    payload: net::group_payload(&group.id, u64::MAX - i, 0, sotto::ENVELOPE, &filler),
+                    payload: net::group_payload(
+                        &group.id,
+                        u64::MAX - i,
+                        0,
+                        sotto::ENVELOPE,
+                        &filler,
+                    ),
                     send_token: group.capability.clone(),
                     ..v1::SendMessage::default()
                 }),

@@ -314,7 +314,9 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::open(&profile)?;
             let members = match (group, username) {
                 (Some(name), _) => client.conversation_members(ConversationKind::Group, &name)?,
-                (None, Some(user)) => client.conversation_members(ConversationKind::Direct, &user)?,
+                (None, Some(user)) => {
+                    client.conversation_members(ConversationKind::Direct, &user)?
+                }
                 (None, None) => bail!("name a user or --group NAME"),
             };
             for member in members {

@@ -9,11 +9,11 @@ use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
 use rusqlite::Connection;
-use std::collections::VecDeque;
 use sotto_core::content::{self, Body};
 use sotto_core::group::{self, GroupError, Inbound, RosterChange};
 use sotto_core::identity::{MemberId, Username};
 use sotto_proto::v1::{self, Delivery, SignedTreeHead, Sync, client_frame, response};
+use std::collections::VecDeque;
 
 /// A log head a peer carried in a message, to compare with ours.
 #[derive(Debug)]
@@ -334,17 +334,16 @@ impl Client {
         if !protective {
             // Messages for groups this device is not in (any more) are
             // expected after leaving or removal: not worth a warning.
-            let expected = matches!(
-                error,
-                ClientError::Group(GroupError::UnknownGroup(_))
-            ) || group_row
-                .as_ref()
-                .is_some_and(|row| row.state != GroupState::Active);
+            let expected = matches!(error, ClientError::Group(GroupError::UnknownGroup(_)))
+                || group_row
+                    .as_ref()
+                    .is_some_and(|row| row.state != GroupState::Active);
             tracing::warn!(message_id = %hex::encode(message_id), "dropped a message that could not be processed: {error}");
             if expected {
                 return Ok(Vec::new());
             }
-            let text = format!("WARNING: a message could not be processed and was skipped: {error}");
+            let text =
+                format!("WARNING: a message could not be processed and was skipped: {error}");
             return self.warn(conversation.as_ref(), message_id, &text);
         }
         if group_row
@@ -470,8 +469,7 @@ impl Client {
                             // Only a group of exactly two accounts is a direct
                             // conversation, and only one of them says so.
                             let peer = self.direct_peer_of(provider, &group_id)?;
-                            if sender.username != peer && sender.username != self.account.username
-                            {
+                            if sender.username != peer && sender.username != self.account.username {
                                 return Err(ClientError::Roster(format!(
                                     "{} called a conversation between you and {peer} a direct one, but is not one of you",
                                     sender.username

@@ -462,7 +462,10 @@ pub fn set_group_state(
 }
 
 /// The active groups of a conversation, smallest group id first.
-pub fn active_groups_of(conn: &Connection, conversation_id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+pub fn active_groups_of(
+    conn: &Connection,
+    conversation_id: i64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT group_id FROM groups WHERE conversation_id = ?1 AND state = 'active' ORDER BY group_id",
     )?;
@@ -536,13 +539,16 @@ pub fn hold(
     Ok(())
 }
 
+/// A held message: (message id, MLS payload).
+pub type HeldMessage = (Vec<u8>, Vec<u8>);
+
 /// Held messages of `group_id` framed at or before `epoch`, in arrival
-/// order: (message id, payload).
+/// order.
 pub fn held_up_to(
     conn: &Connection,
     group_id: &[u8],
     epoch: u64,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Vec<HeldMessage>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT message_id, payload FROM held WHERE group_id = ?1 AND epoch <= ?2 ORDER BY rowid",
     )?;

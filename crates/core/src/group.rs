@@ -792,19 +792,14 @@ fn check_commit_policy(
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
         if MemberId::from_credential(leaf.credential()).ok().as_ref() != Some(committer) {
-            return Err(violation(
-                "its new leaf claims to be another device".into(),
-            ));
+            return Err(violation("its new leaf claims to be another device".into()));
         }
         introduced.push((
             leaf.credential().clone(),
             leaf.signature_key().as_slice().to_vec(),
         ));
     }
-    check_members(
-        directory,
-        introduced.iter().map(|(c, k)| (c, k.as_slice())),
-    )
+    check_members(directory, introduced.iter().map(|(c, k)| (c, k.as_slice())))
 }
 
 /// `username (device …)` of the member at `leaf`, for messages.

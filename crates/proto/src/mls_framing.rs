@@ -64,12 +64,16 @@ impl<'a> Reader<'a> {
 
     fn u16(&mut self) -> Result<u16, FramingError> {
         let b = self.take(2)?;
-        Ok(u16::from_be_bytes(b.try_into().map_err(|_| FramingError("truncated"))?))
+        Ok(u16::from_be_bytes(
+            b.try_into().map_err(|_| FramingError("truncated"))?,
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, FramingError> {
         let b = self.take(8)?;
-        Ok(u64::from_be_bytes(b.try_into().map_err(|_| FramingError("truncated"))?))
+        Ok(u64::from_be_bytes(
+            b.try_into().map_err(|_| FramingError("truncated"))?,
+        ))
     }
 
     /// A variable-length vector (RFC 9420 §2.1.2): a 1-, 2- or 4-byte
@@ -266,7 +270,10 @@ mod tests {
     fn refuses_what_is_not_mls() {
         let good = private(b"g", 1, 3);
         for n in 0..good.len() {
-            assert!(Framing::parse(good.get(..n).unwrap()).is_err(), "prefix {n}");
+            assert!(
+                Framing::parse(good.get(..n).unwrap()).is_err(),
+                "prefix {n}"
+            );
         }
         assert!(Framing::parse(&[good.as_slice(), &[0]].concat()).is_err());
         assert!(Framing::parse(&private(b"g", 1, 9)).is_err());

@@ -1279,11 +1279,11 @@ impl<S: Store> Session<S> {
             Ok(Enqueued::Queued | Enqueued::Duplicate) => done(),
             Err(EnqueueError::UnknownGroup(group)) => Err(unknown_group(&group)),
             Err(EnqueueError::NotAuthorized) => Err(not_authorized()),
-            Err(EnqueueError::WrongEpoch { framed, capability }) => Err(mismatched_framing(
-                format!(
+            Err(EnqueueError::WrongEpoch { framed, capability }) => {
+                Err(mismatched_framing(format!(
                     "the message is framed for epoch {framed} but its capability is for epoch {capability}"
-                ),
-            )),
+                )))
+            }
             Err(EnqueueError::MailboxFull(device)) => Err(mailbox_full(device)),
             Err(EnqueueError::UnknownDevice(device)) => Err(unknown_device(device)),
             Err(EnqueueError::Store(e)) => Err(internal(&e)),

@@ -96,27 +96,46 @@ async fn a_message_framed_for_a_later_epoch_is_refused() {
 /// commit still holds) works only for the grace period after that commit.
 #[tokio::test]
 async fn the_previous_epoch_capability_expires_after_the_grace_period() {
-    let server = TestServer::start_with(|c| c.previous_epoch_grace = Duration::from_millis(500)).await;
+    let server =
+        TestServer::start_with(|c| c.previous_epoch_grace = Duration::from_millis(500)).await;
     let (mut bob, bob_account) = server.registered("bob").await;
     let (mut alice, _) = server.registered("alice").await;
     let group = create_group(&mut alice).await;
     let to_bob: &[&[u8]] = &[&bob_account.device_id];
     assert_done(
         &alice
-            .request(Body::SubmitCommit(commit(&random_id(), &group, 1, &[], b"removes mallory")))
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                &[],
+                b"removes mallory",
+            )))
             .await,
     );
     let mut mallory = server.connect().await;
     // Just after the commit: a message sent just before it still goes through.
     assert_done(
         &mallory
-            .request(send_message_at(1, &random_id(), &group, to_bob, b"in flight"))
+            .request(send_message_at(
+                1,
+                &random_id(),
+                &group,
+                to_bob,
+                b"in flight",
+            ))
             .await,
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let err = assert_error(
         &mallory
-            .request(send_message_at(1, &random_id(), &group, to_bob, b"still here"))
+            .request(send_message_at(
+                1,
+                &random_id(),
+                &group,
+                to_bob,
+                b"still here",
+            ))
             .await,
         ErrorCode::NotAuthorized,
     );
@@ -127,7 +146,12 @@ async fn the_previous_epoch_capability_expires_after_the_grace_period() {
             .request(send_message_at(2, &random_id(), &group, to_bob, b"current"))
             .await,
     );
-    let got: Vec<Vec<u8>> = bob.sync().await.iter().map(|d| unframed(&d.payload)).collect();
+    let got: Vec<Vec<u8>> = bob
+        .sync()
+        .await
+        .iter()
+        .map(|d| unframed(&d.payload))
+        .collect();
     assert_eq!(got, [b"in flight".to_vec(), b"current".to_vec()]);
 }
 
@@ -142,7 +166,13 @@ async fn after_a_restart_the_previous_epoch_capability_is_refused() {
     let group = create_group(&mut alice).await;
     assert_done(
         &alice
-            .request(Body::SubmitCommit(commit(&random_id(), &group, 1, &[], b"c")))
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                &[],
+                b"c",
+            )))
             .await,
     );
     drop(alice);

@@ -84,7 +84,13 @@ fn http_body(response: &str) -> &str {
 /// in a new group; returns the size of what is stored (the framed payload).
 async fn queue_for(client: &mut Client, device_id: &[u8], payload: &[u8]) -> usize {
     let group = create_group(client).await;
-    let stored = framed(&group, 1, sotto_proto::mls_framing::ContentType::Application, payload).len();
+    let stored = framed(
+        &group,
+        1,
+        sotto_proto::mls_framing::ContentType::Application,
+        payload,
+    )
+    .len();
     assert_done(
         &client
             .request(send_message(&random_id(), &group, &[device_id], payload))

@@ -507,8 +507,10 @@ async fn send_validation_errors_keep_the_connection_open() {
         ErrorCode::TooLarge,
     );
     assert!(
-        e.message
-            .contains(&format!("the limit is {} bytes", sotto_proto::MAX_PAYLOAD_BYTES)),
+        e.message.contains(&format!(
+            "the limit is {} bytes",
+            sotto_proto::MAX_PAYLOAD_BYTES
+        )),
         "{}",
         e.message
     );
@@ -616,7 +618,10 @@ async fn one_commit_wins_each_epoch_and_only_its_welcome_is_delivered() {
     let to_carol = carol_conn.sync().await;
     assert_eq!(to_carol.len(), 1);
     assert_eq!(
-        (to_carol[0].message_id.clone(), unframed(&to_carol[0].payload)),
+        (
+            to_carol[0].message_id.clone(),
+            unframed(&to_carol[0].payload)
+        ),
         (winner_welcome, b"welcome from alice".to_vec())
     );
 

@@ -68,7 +68,12 @@ async fn a_send_without_the_groups_capability_is_refused() {
         message_id: random_id(),
         group_id: group.clone(),
         recipients: vec![bob_account.device_id.clone()],
-        payload: framed(&group, 1, sotto_proto::mls_framing::ContentType::Application, b"x"),
+        payload: framed(
+            &group,
+            1,
+            sotto_proto::mls_framing::ContentType::Application,
+            b"x",
+        ),
         send_token: Vec::new(),
     };
     assert_error(

@@ -414,7 +414,9 @@ async fn a_withheld_roster_change_is_caught() {
 
         // What Bob sends meanwhile is in the epoch he knows: Alice reads it,
         // the member added behind his back cannot.
-        bob.send_group("team", "only for those I know").await.unwrap();
+        bob.send_group("team", "only for those I know")
+            .await
+            .unwrap();
         let sent = bob_sent_payload(&server);
         assert!(
             eve.try_decrypt(&sent).is_err(),

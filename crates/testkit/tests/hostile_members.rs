@@ -249,7 +249,8 @@ async fn a_member_cannot_have_someone_else_remove_a_third() {
             .group
             .members()
             .find(|m| {
-                MemberId::from_credential(&m.credential).is_ok_and(|id| id.username.as_str() == "carol")
+                MemberId::from_credential(&m.credential)
+                    .is_ok_and(|id| id.username.as_str() == "carol")
             })
             .unwrap()
             .index;
@@ -262,7 +263,10 @@ async fn a_member_cannot_have_someone_else_remove_a_third() {
             .await
             .unwrap();
         let got = t.bob.sync().await.unwrap();
-        assert!(warnings(&got).iter().any(|w| w.contains("mallory")), "{got:?}");
+        assert!(
+            warnings(&got).iter().any(|w| w.contains("mallory")),
+            "{got:?}"
+        );
         t.alice.sync().await.unwrap();
         carol.sync().await.unwrap();
         t.alice.send_group("team", "carol is here").await.unwrap();
@@ -320,7 +324,8 @@ async fn a_remove_proposal_aimed_at_a_device_does_not_wedge_it() {
             .group
             .members()
             .find(|m| {
-                MemberId::from_credential(&m.credential).is_ok_and(|id| id.username.as_str() == "bob")
+                MemberId::from_credential(&m.credential)
+                    .is_ok_and(|id| id.username.as_str() == "bob")
             })
             .unwrap()
             .index;
@@ -359,7 +364,10 @@ async fn a_group_context_proposal_is_refused() {
             .await
             .unwrap();
         let got = t.alice.sync().await.unwrap();
-        assert!(warnings(&got).iter().any(|w| w.contains("mallory")), "{got:?}");
+        assert!(
+            warnings(&got).iter().any(|w| w.contains("mallory")),
+            "{got:?}"
+        );
         t.bob.sync().await.unwrap();
         still_works(&mut t.alice, &mut t.bob, "unchanged").await;
     })
@@ -407,15 +415,22 @@ async fn forged_framing_is_refused_and_changes_nothing() {
         let mut t = team().await;
         let group_id = t.group.group_id().to_vec();
         let epoch = t.group.epoch().as_u64();
-        let future = opaque_private_message(&group_id, epoch + 1, ContentType::Application, &[7; 64]);
+        let future =
+            opaque_private_message(&group_id, epoch + 1, ContentType::Application, &[7; 64]);
         let err = t.mallory.send_payload(&t.group, future).await.unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::MismatchedFraming), "{err}");
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::MismatchedFraming),
+            "{err}"
+        );
 
         // Mallory's own group, and a message framed for the team in it.
         let mut own = t.mallory.create_group(&[1; 16]);
         let bob = t.mallory.claim("bob").await;
         t.mallory.add(&mut own, &bob).await.unwrap();
-        let for_team = t.mallory.encrypt(&mut t.group, Mallory::text("via another group"));
+        let for_team = t
+            .mallory
+            .encrypt(&mut t.group, Mallory::text("via another group"));
         let send = v1::SendMessage {
             message_id: vec![5; 16],
             group_id: own.group_id().to_vec(),
@@ -428,7 +443,11 @@ async fn forged_framing_is_refused_and_changes_nothing() {
             .request(client_frame::Body::SendMessage(send))
             .await
             .unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::MismatchedFraming), "{err}");
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::MismatchedFraming),
+            "{err}"
+        );
 
         let got = t.bob.sync().await.unwrap();
         assert!(texts(&got).is_empty(), "{got:?}");
@@ -461,7 +480,9 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
             ..Default::default()
         };
         let err = outsider
-            .request(client_frame::Body::SubmitCommit(create(vec![bob_device.clone()])))
+            .request(client_frame::Body::SubmitCommit(create(vec![
+                bob_device.clone(),
+            ])))
             .await
             .unwrap_err();
         assert_eq!(err.server_code(), Some(ErrorCode::InvalidRequest), "{err}");
@@ -481,12 +502,26 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
             })
         };
         let err = outsider
-            .request(send(opaque_private_message(&team_id, epoch + 1, ContentType::Application, &[0; 64])))
+            .request(send(opaque_private_message(
+                &team_id,
+                epoch + 1,
+                ContentType::Application,
+                &[0; 64],
+            )))
             .await
             .unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::MismatchedFraming), "{err}");
+        assert_eq!(
+            err.server_code(),
+            Some(ErrorCode::MismatchedFraming),
+            "{err}"
+        );
         outsider
-            .request(send(opaque_private_message(&own_group, 1, ContentType::Application, &[0; 64])))
+            .request(send(opaque_private_message(
+                &own_group,
+                1,
+                ContentType::Application,
+                &[0; 64],
+            )))
             .await
             .unwrap();
         let got = t.bob.sync().await.unwrap();
@@ -522,7 +557,10 @@ async fn a_removed_member_cannot_keep_posting() {
             .unwrap();
         let got = t.bob.sync().await.unwrap();
         assert!(texts(&got).is_empty(), "{got:?}");
-        assert!(got.iter().any(|e| e.text == "alice removed mallory"), "{got:?}");
+        assert!(
+            got.iter().any(|e| e.text == "alice removed mallory"),
+            "{got:?}"
+        );
         assert_eq!(
             t.bob
                 .dropped_from_former_members(ConversationKind::Group, "team")
@@ -550,9 +588,13 @@ async fn a_poison_delivery_is_skipped_with_a_warning() {
         let mut t = team().await;
         let group_id = t.group.group_id().to_vec();
         let epoch = t.group.epoch().as_u64();
-        let garbage = opaque_private_message(&group_id, epoch, ContentType::Application, &[0xee; 300]);
+        let garbage =
+            opaque_private_message(&group_id, epoch, ContentType::Application, &[0xee; 300]);
         t.mallory.send_payload(&t.group, garbage).await.unwrap();
-        t.alice.send_group("team", "behind the poison").await.unwrap();
+        t.alice
+            .send_group("team", "behind the poison")
+            .await
+            .unwrap();
         let got = t.bob.sync().await.unwrap();
         assert!(
             warnings(&got)
@@ -593,7 +635,10 @@ async fn a_lookup_that_keeps_failing_is_retried_a_bounded_number_of_times() {
         let bob_key_packages = mallory.claim("bob").await;
         let mut trap = mallory.create_group(&[2; 16]);
         mallory.add(&mut trap, &bob_key_packages).await.unwrap();
-        alice.send_direct("bob", "behind the welcome").await.unwrap();
+        alice
+            .send_direct("bob", "behind the welcome")
+            .await
+            .unwrap();
 
         for attempt in 1..sotto_client_max_attempts() {
             let err = bob.sync().await.unwrap_err();
