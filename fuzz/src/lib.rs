@@ -49,6 +49,27 @@ pub fn client_frame(data: &[u8]) {
     }
 }
 
+/// `sotto_proto::mls_framing`: the MLS header the server reads from every
+/// payload it queues. What parses as a `PrivateMessage` must give back its
+/// ciphertext, and re-framing that must parse the same.
+pub fn mls_framing(data: &[u8]) {
+    use sotto_proto::mls_framing::{Framing, opaque_private_message, private_ciphertext};
+    if let Ok(Framing::Group {
+        group_id,
+        epoch,
+        content_type,
+        encrypted: true,
+    }) = Framing::parse(data)
+    {
+        let ciphertext = private_ciphertext(data).unwrap_or_default();
+        let again = opaque_private_message(&group_id, epoch, content_type, ciphertext);
+        assert!(matches!(
+            Framing::parse(&again),
+            Ok(Framing::Group { epoch: e, .. }) if e == epoch
+        ));
+    }
+}
+
 /// `sotto_proto::decode_server_frame`: what a client decodes first.
 pub fn server_frame(data: &[u8]) {
     if let Ok(frame) = sotto_proto::decode_server_frame(data) {
