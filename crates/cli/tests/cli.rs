@@ -100,6 +100,20 @@ fn two_profiles_chat_through_the_real_binaries() {
         texts(&ok(bob.path(), &["history", "alice", "--json"])),
         history
     );
+
+    // Who can read the chat: one device each, nobody else.
+    let members = json_lines(&ok(alice.path(), &["members", "bob", "--json"]));
+    let mut names: Vec<&str> = members
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(
+        members
+            .iter()
+            .all(|m| m["device_id"].as_str().unwrap().len() == 32)
+    );
 }
 
 #[test]
