@@ -1122,4 +1122,131 @@ mod tests {
             "{err:?}"
         );
     }
+
+    /// Anna, Ben and Cleo in one group, everyone at epoch 1.
+    fn trio() -> (Device, Device, Device, Directory, MlsGroup) {
+        let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+        let dir = Directory::of(&[&a, &b, &c]);
+        let mut group = create_group(&a.provider, &a.account).unwrap();
+        let pending = add_members(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+            &[claim(&b), claim(&c)],
+        )
+        .unwrap();
+        accept(&a, &mut group);
+        let welcome = pending.welcome.unwrap();
+        for d in [&b, &c] {
+            process(&d.provider, &welcome, &dir).unwrap();
+        }
+        (a, b, c, dir, group)
+    }
+
+    #[test]
+    fn a_commit_whose_author_relabels_itself_is_refused() {
+        let (_a, b, c, dir, group) = trio();
+        let mut ben = load(&b.provider, group.group_id().as_slice()).unwrap();
+        // Ben's new leaf claims to be Cleo's device (with his own key).
+        let as_cleo = LeafNodeParameters::builder()
+            .with_credential_with_key(CredentialWithKey {
+                credential: c.account.member_id().to_credential(),
+                signature_key: b.account.device.public().to_vec().into(),
+            })
+            .build();
+        let bundle = ben
+            .self_update(&b.provider, &b.account.device, as_cleo)
+            .unwrap();
+        let commit = serialize(bundle.commit()).unwrap();
+        let err = process(&c.provider, &commit, &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::PolicyViolation { committer, what }
+                if committer.username.as_str() == "ben" && what.contains("another device")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_members_own_leave_is_kept_as_a_proposal() {
+        let (_a, b, c, dir, group) = trio();
+        let group_id = group.group_id().to_vec();
+        let mut ben = load(&b.provider, &group_id).unwrap();
+        let cleo_leaf = ben
+            .members()
+            .find(|m| m.credential == c.account.member_id().to_credential())
+            .unwrap()
+            .index;
+        let (remove_cleo, _) = ben
+            .propose_remove_member(&b.provider, &b.account.device, cleo_leaf)
+            .unwrap();
+        let err = process(&c.provider, &serialize(&remove_cleo).unwrap(), &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::ProposalRefused { member, .. } if member.username.as_str() == "ben"),
+            "{err:?}"
+        );
+        let cleo = load(&c.provider, &group_id).unwrap();
+        assert_eq!(cleo.pending_proposals().count(), 0);
+
+        let leaving = leave(&b.provider, &mut ben, &b.account.device).unwrap();
+        match process(&c.provider, &leaving, &dir).unwrap() {
+            Inbound::Proposal { leaving, .. } => {
+                assert_eq!(leaving, Some(b.account.member_id()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_servers_framing_reader_agrees_with_openmls() {
+        use sotto_proto::mls_framing::{ContentType, Framing};
+        let (a, b, _c, _dir, mut group) = trio();
+        let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hi").unwrap();
+        let framed = |bytes: &[u8]| Framing::parse(bytes).unwrap();
+        let group_id = group.group_id().to_vec();
+        assert_eq!(
+            framed(&hello),
+            Framing::Group {
+                group_id: group_id.clone(),
+                epoch: 1,
+                content_type: ContentType::Application,
+                encrypted: true
+            }
+        );
+        let pending = update_keys(
+            &a.provider,
+            &mut group,
+            &a.account.device,
+            a.account.device_id,
+        )
+        .unwrap();
+        assert!(matches!(
+            framed(&pending.commit),
+            Framing::Group { epoch: 1, content_type: ContentType::Commit, ref group_id, .. } if *group_id == group.group_id().to_vec()
+        ));
+        let mut ben = load(&b.provider, &group_id).unwrap();
+        let leaving = leave(&b.provider, &mut ben, &b.account.device).unwrap();
+        assert!(matches!(
+            framed(&leaving),
+            Framing::Group {
+                content_type: ContentType::Proposal,
+                ..
+            }
+        ));
+        let d = device("dora");
+        let mut fresh = create_group(&a.provider, &a.account).unwrap();
+        let added = add_members(
+            &a.provider,
+            &mut fresh,
+            &a.account.device,
+            a.account.device_id,
+            &[claim(&d)],
+        )
+        .unwrap();
+        assert_eq!(framed(&added.welcome.unwrap()), Framing::Welcome);
+        assert!(matches!(
+            framed(&new_key_package(&d.provider, &d.account, false).unwrap()),
+            Framing::KeyPackage
+        ));
+    }
 }

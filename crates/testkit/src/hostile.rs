@@ -24,9 +24,40 @@ pub struct ConnView {
 
 /// The operator's mischief: given each frame the server sends to a client,
 /// return the frame to pass on (changed or not), or `None` to drop it. A
-/// dropped delivery is acknowledged to the server, so it is gone for good.
+/// dropped delivery is acknowledged to the server, so it is gone for good
+/// (or delayed: see [`Tamper::delays_dropped_deliveries`]); dropping any
+/// other frame cuts the connection.
 pub trait Tamper: Send + Sync + 'static {
     fn server_frame(&self, conn: &ConnView, frame: ServerFrame) -> Option<ServerFrame>;
+
+    /// What happens to a delivery `server_frame` dropped: by default (0)
+    /// it is withheld for good (the proxy acknowledges it to the server);
+    /// with `n > 0` it is only delayed, passed on right after the next `n`
+    /// deliveries (a server that reorders).
+    fn delays_dropped_deliveries(&self) -> usize {
+        0
+    }
+}
+
+/// A tamper that delays the deliveries its closure picks until `after`
+/// more deliveries have passed, instead of withholding them.
+#[derive(Debug)]
+pub struct Reorder<F> {
+    pub after: usize,
+    pub pick: F,
+}
+
+impl<F> Tamper for Reorder<F>
+where
+    F: Fn(&ConnView, &ServerFrame) -> bool + Send + Sync + 'static,
+{
+    fn server_frame(&self, conn: &ConnView, frame: ServerFrame) -> Option<ServerFrame> {
+        (!(self.pick)(conn, &frame)).then_some(frame)
+    }
+
+    fn delays_dropped_deliveries(&self) -> usize {
+        self.after
+    }
 }
 
 impl<F> Tamper for F
@@ -82,6 +113,9 @@ async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>) {
     let (mut to_client, mut from_client) = client.split();
     let (mut to_server, mut from_server) = server.split();
     let mut view = ConnView::default();
+    // A delivery held back by a reordering tamper, and how many more
+    // deliveries pass before it.
+    let mut delayed: Option<(WsMessage, usize)> = None;
     let mut requests: HashMap<u64, client_frame::Body> = HashMap::new();
     loop {
         tokio::select! {
@@ -117,11 +151,23 @@ async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>) {
                 match tamper.server_frame(&conn, frame) {
                     Some(frame) => {
                         if to_client.send(WsMessage::Binary(frame.encode_to_vec().into())).await.is_err() { break }
+                        if delivery_seq.is_some()
+                            && let Some((late, left)) = delayed.take()
+                        {
+                            if left > 1 {
+                                delayed = Some((late, left - 1));
+                            } else if to_client.send(late).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                     // Dropping anything but a delivery cuts the connection,
                     // as a network fault would (the client sees it at once
                     // instead of waiting for an answer).
                     None if delivery_seq.is_none() => break,
+                    None if delivery_seq.is_some() && tamper.delays_dropped_deliveries() > 0 => {
+                        delayed = Some((message, tamper.delays_dropped_deliveries()));
+                    }
                     None => {
                         if let Some(seq) = delivery_seq {
                             let ack = ClientFrame { request_id: 0, body: Some(client_frame::Body::Ack(Ack { seqs: vec![seq] })) };

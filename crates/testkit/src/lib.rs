@@ -14,7 +14,7 @@
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;
-pub use hostile::{ConnView, HostileProxy, Tamper};
+pub use hostile::{ConnView, HostileProxy, Reorder, Tamper};
 pub use mallory::Mallory;
 
 use sotto_client::Client;

@@ -17,7 +17,7 @@ use sotto_proto::v1::{
     self, AccountLog, ClaimedKeyPackage, IdentityRegistered, LogEntry, ProvenEntry, ServerFrame,
     SignedTreeHead, account_event::Change, client_frame, response, server_frame,
 };
-use sotto_testkit::{ConnView, HostileProxy, TestServer, register};
+use sotto_testkit::{ConnView, HostileProxy, Reorder, TestServer, register};
 use sotto_transparency::{LogKey, MerkleLog, leaf_bytes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -365,8 +365,7 @@ fn bob_sent_payload(server: &TestServer) -> Vec<u8> {
 /// authenticated, and the server refuses such messages from anyone but
 /// itself), so Bob is warned and holds them, and nothing durable changes.
 /// Nothing he sends meanwhile is readable by the new member, whose epoch
-/// starts after his. (`held_messages_are_processed_once_their_commit_arrives`
-/// in messaging.rs shows the release.)
+/// starts after his. (`a_message_ahead_of_its_commit_is_held_then_shown` shows the release.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withheld_roster_change_is_caught() {
     within(async {
@@ -424,6 +423,63 @@ async fn a_withheld_roster_change_is_caught() {
         );
         let to_alice = alice.sync().await.unwrap();
         assert_eq!(texts(&to_alice), ["only for those I know"]);
+    })
+    .await;
+}
+
+/// The operator (or a reordering path) delivers a message before the commit
+/// that starts its epoch. Bob holds it, with a notice, and shows it right
+/// after the commit, in order; nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_ahead_of_its_commit_is_held_then_shown() {
+    within(async {
+        let server = TestServer::start().await;
+        let delay_next = Arc::new(AtomicBool::new(false));
+        let delaying = Arc::clone(&delay_next);
+        let proxy = HostileProxy::start(
+            &server.url(),
+            // The commit comes after the two messages that follow it (the
+            // new member's ConversationInfo, then the text).
+            Reorder {
+                after: 2,
+                pick: move |conn: &ConnView, frame: &ServerFrame| {
+                    let is_delivery = matches!(frame.body, Some(server_frame::Body::Delivery(_)));
+                    is_for(conn, "bob") && is_delivery && delaying.swap(false, Ordering::SeqCst)
+                },
+            },
+        )
+        .await;
+        let (mut alice, _a) = register(&server.url(), "alice").await;
+        let (mut bob, _b) = register(&proxy.url(), "bob").await;
+        let (_eve, _e) = register(&server.url(), "eve").await;
+        alice.create_group("team", &["bob".into()]).await.unwrap();
+        assert!(warnings(&bob.sync().await.unwrap()).is_empty());
+
+        delay_next.store(true, Ordering::SeqCst);
+        alice.add_member("team", "eve").await.unwrap(); // its commit reaches Bob late
+        alice.send_group("team", "hello eve and bob").await.unwrap();
+        let got = bob.sync().await.unwrap();
+        let shown: Vec<&str> = got
+            .iter()
+            .filter(|e| !e.text.starts_with("WARNING"))
+            .map(|e| e.text.as_str())
+            .collect();
+        assert_eq!(shown, ["alice added eve", "hello eve and bob"], "{got:?}");
+        assert!(
+            !warnings(&got).is_empty(),
+            "Bob was told a message was held: {got:?}"
+        );
+        assert_eq!(bob.groups().unwrap(), ["team"]);
+        let history: Vec<String> = bob
+            .history(ConversationKind::Group, "team")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert!(
+            history.iter().all(|t| !t.starts_with("WARNING")),
+            "{history:?}"
+        );
     })
     .await;
 }
