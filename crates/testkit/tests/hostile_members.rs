@@ -192,6 +192,42 @@ async fn a_third_party_cannot_sit_inside_a_direct_conversation() {
     .await;
 }
 
+/// Hole 1, from the inside: Mallory and Alice have a direct conversation;
+/// Mallory adds a third account to it. Alice refuses it, naming the newcomer,
+/// and sends nothing more there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_conversation_that_gains_a_third_account_is_refused() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut alice, _a) = register(&server.url(), "alice").await;
+        let mut mallory = Mallory::register(&server.url(), "mallory").await;
+        let _zed = Mallory::register(&server.url(), "zed").await;
+        let alice_key_packages = mallory.claim("alice").await;
+        let mut direct = mallory.create_group(&[6; 16]);
+        mallory.add(&mut direct, &alice_key_packages).await.unwrap();
+        mallory.say(&mut direct, Mallory::direct_info()).await.unwrap();
+        mallory.say(&mut direct, Mallory::text("just us")).await.unwrap();
+        assert_eq!(texts(&alice.sync().await.unwrap()), ["just us"]);
+
+        let zed = mallory.claim("zed").await;
+        mallory.add(&mut direct, &zed).await.unwrap();
+        let got = alice.sync().await.unwrap();
+        let warned = warnings(&got);
+        assert!(
+            warned.iter().any(|w| w.contains("also holds zed")),
+            "{got:?}"
+        );
+        // Alice's next message starts a new two-person group: never the one
+        // Zed is in.
+        alice.send_direct("mallory", "still private?").await.unwrap();
+        let members = alice
+            .conversation_members(ConversationKind::Direct, "mallory")
+            .unwrap();
+        assert!(members.iter().all(|m| m.username != "zed"), "{members:?}");
+    })
+    .await;
+}
+
 /// Hole 2a. Mallory proposes an Update that relabels her leaf as Bob's
 /// device. Honest clients never commit it, and drop it with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
