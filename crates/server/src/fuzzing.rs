@@ -5,7 +5,7 @@
 //! [`SqliteStore`] in a directory the caller chooses, with its own
 //! single-threaded Tokio runtime; [`FuzzSession`] is one connection's
 //! protocol state ([`Session`]) fed raw WebSocket message bytes, exactly as
-//! `connection::serve` feeds them, without a socket.
+//! `socket::serve` feeds them, without a socket.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
@@ -15,11 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message as _;
 use sotto_proto::v1::server_frame;
 
-use crate::config::{Limits, RegistrationPolicy};
-use crate::connection::{Context, Session};
-use crate::link_rendezvous::LinkRendezvous;
-use crate::mailbox_hub::MailboxHub;
-use crate::rate_limit::RateLimiter;
+use crate::config::{Limits, ServerConfig};
+use crate::session::{Context, Session};
 use crate::store::{SqliteStore, StoreError};
 use crate::transparency_log::TransparencyLog;
 
@@ -48,20 +45,11 @@ impl FuzzServer {
         let store = SqliteStore::open(data_dir)?;
         store.set_mailbox_limit(limits.max_mailbox_entries);
         let log = runtime.block_on(TransparencyLog::open(&store))?;
-        let hub = MailboxHub::fed_by(&store);
-        let ctx = Arc::new(Context {
-            store: Arc::new(store),
-            hub,
-            log,
-            links: LinkRendezvous::default(),
-            capability_limits: RateLimiter::new(limits.sends_per_capability),
-            claim_target_limits: RateLimiter::new(limits.claims_per_target),
-            address_limits: RateLimiter::new(limits.sends_per_address),
-            address_limits_for_registration: RateLimiter::new(limits.registrations_per_address),
-            link_attempt_limits: RateLimiter::new(limits.link_attempts_per_address),
-            registration: RegistrationPolicy::default(),
+        let config = ServerConfig {
             limits,
-        });
+            ..ServerConfig::default()
+        };
+        let ctx = Arc::new(Context::new(Arc::new(store), log, &config));
         Ok(Self {
             runtime,
             ctx,

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Layout: [`config`] (settings), [`store`] (the `Store` trait and the SQLite
-//! backend), `connection` (per-connection protocol state), [`mailbox_hub`]
+//! backend), `session` (per-connection protocol state, one module per
+//! request family), `socket` (the WebSocket loop), [`mailbox_hub`]
 //! (wakes connected devices), `transparency_log` (the log key and Merkle
 //! tree behind the log requests), [`link_rendezvous`] (relays device-linking
 //! blobs), [`audit`] (checks a data directory's whole log offline).
@@ -25,7 +26,6 @@
 
 pub mod audit;
 pub mod config;
-mod connection;
 mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -33,6 +33,8 @@ pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
 mod rate_limit;
+mod session;
+mod socket;
 pub mod store;
 mod transparency_log;
 
@@ -54,9 +56,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 pub use config::{Limits, RegistrationPolicy, ServerConfig};
-use connection::Context;
-pub use connection::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
-use mailbox_hub::MailboxHub;
+use session::Context;
+pub use session::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
 use store::{SqliteStore, StoreError};
 use transparency_log::TransparencyLog;
 
@@ -252,30 +253,13 @@ impl Server {
         store.set_mailbox_limit(config.limits.max_mailbox_entries);
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(Context {
-            store: Arc::clone(&store),
-            hub: MailboxHub::fed_by(&*store),
-            limits: config.limits.clone(),
-            log,
-            links: link_rendezvous::LinkRendezvous::default(),
-            capability_limits: rate_limit::RateLimiter::new(config.limits.sends_per_capability),
-            claim_target_limits: rate_limit::RateLimiter::new(config.limits.claims_per_target),
-            address_limits: rate_limit::RateLimiter::new(config.limits.sends_per_address),
-            address_limits_for_registration: rate_limit::RateLimiter::new(
-                config.limits.registrations_per_address,
-            ),
-            link_attempt_limits: rate_limit::RateLimiter::new(
-                config.limits.link_attempts_per_address,
-            ),
-            registration: config.registration,
-            epoch_grace: epoch_grace::EpochGrace::new(config.previous_epoch_grace),
-        });
+        let ctx = Arc::new(Context::new(Arc::clone(&store), log, &config));
         let max_connections = config
             .limits
             .max_connections
             .clamp(1, Semaphore::MAX_PERMITS);
         let connections = Arc::new(Semaphore::new(max_connections));
-        let sweeper = tokio::spawn(connection::sweep_expired(
+        let sweeper = tokio::spawn(store::expiry::sweep_expired(
             Arc::clone(&store),
             config.retention,
             SWEEP_INTERVAL,
@@ -412,7 +396,7 @@ async fn websocket(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, ctx, shutdown, address).await;
+            socket::serve(socket, ctx, shutdown, address).await;
             drop(permit);
             drop(slot);
             if let Some(peer) = peer {

@@ -2,8 +2,10 @@
 //! identity, so abuse is held back per connection and per capability (and,
 //! in memory only, per address) instead of per account.
 
+use crate::config::Limits;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -85,6 +87,125 @@ impl<K: Hash + Eq> RateLimiter<K> {
             .entry(key)
             .or_insert_with(|| TokenBucket::full(self.rate, now))
             .take(self.rate, now)
+    }
+}
+
+/// A request refused by a rate limit: what was limited, and how long until
+/// it would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limited {
+    pub what: &'static str,
+    pub wait: Duration,
+}
+
+fn limited(what: &'static str) -> impl FnOnce(Duration) -> Limited {
+    move |wait| Limited { what, wait }
+}
+
+/// One connection's own buckets (see [`RateLimits::connection`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionBuckets {
+    sends: TokenBucket,
+    claims: TokenBucket,
+    log_requests: TokenBucket,
+}
+
+/// Every rate limit the server applies, in one place: the buckets shared by
+/// all connections (per capability, per claimed account, per address; in
+/// memory only) and the rates of each connection's own buckets. Sends carry
+/// no identity (sealed sender), so these are the abuse brakes.
+#[derive(Debug)]
+pub(crate) struct RateLimits {
+    limits: Limits,
+    per_capability: RateLimiter<[u8; 32]>,
+    per_claim_target: RateLimiter<String>,
+    per_address: RateLimiter<IpAddr>,
+    registrations_per_address: RateLimiter<IpAddr>,
+    link_attempts_per_address: RateLimiter<IpAddr>,
+}
+
+impl RateLimits {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            per_capability: RateLimiter::new(limits.sends_per_capability),
+            per_claim_target: RateLimiter::new(limits.claims_per_target),
+            per_address: RateLimiter::new(limits.sends_per_address),
+            registrations_per_address: RateLimiter::new(limits.registrations_per_address),
+            link_attempts_per_address: RateLimiter::new(limits.link_attempts_per_address),
+            limits: limits.clone(),
+        }
+    }
+
+    /// Full buckets for a new connection.
+    pub fn connection(&self, now: Instant) -> ConnectionBuckets {
+        ConnectionBuckets {
+            sends: TokenBucket::full(self.limits.sends_per_connection, now),
+            claims: TokenBucket::full(self.limits.claims_per_connection, now),
+            log_requests: TokenBucket::full(self.limits.log_requests_per_connection, now),
+        }
+    }
+
+    /// A send or commit: the connection's bucket, the address's, and the
+    /// capability's (a group's creation carries none).
+    pub fn charge_send(
+        &self,
+        connection: &mut ConnectionBuckets,
+        address: IpAddr,
+        capability: Option<[u8; 32]>,
+    ) -> Result<(), Limited> {
+        connection
+            .sends
+            .take(self.limits.sends_per_connection, Instant::now())
+            .map_err(limited("sends on this connection"))?;
+        self.per_address
+            .take(address)
+            .map_err(limited("sends and claims from your address"))?;
+        if let Some(hash) = capability {
+            self.per_capability
+                .take(hash)
+                .map_err(limited("sends to this group"))?;
+        }
+        Ok(())
+    }
+
+    /// A KeyPackage claim: the connection's bucket, the address's, and the
+    /// claimed account's (so nobody drains someone's pool).
+    pub fn charge_claim(
+        &self,
+        connection: &mut ConnectionBuckets,
+        address: IpAddr,
+        target: &str,
+    ) -> Result<(), Limited> {
+        connection
+            .claims
+            .take(self.limits.claims_per_connection, Instant::now())
+            .map_err(limited("KeyPackage claims on this connection"))?;
+        self.per_address
+            .take(address)
+            .map_err(limited("sends and claims from your address"))?;
+        self.per_claim_target
+            .take(target.to_owned())
+            .map_err(limited("KeyPackage claims for this account"))
+    }
+
+    /// A key-log request (head, account log, proof, entries).
+    pub fn charge_log_request(&self, connection: &mut ConnectionBuckets) -> Result<(), Limited> {
+        connection
+            .log_requests
+            .take(self.limits.log_requests_per_connection, Instant::now())
+            .map_err(limited("key-log requests on this connection"))
+    }
+
+    pub fn charge_registration(&self, address: IpAddr) -> Result<(), Limited> {
+        self.registrations_per_address
+            .take(address)
+            .map_err(limited("registrations from your address"))
+    }
+
+    pub fn charge_link_attempt(&self, address: IpAddr) -> Result<(), Limited> {
+        self.link_attempts_per_address
+            .take(address)
+            .map_err(limited("device-link attempts from your address"))
     }
 }
 

@@ -205,8 +205,14 @@ async fn a_direct_conversation_that_gains_a_third_account_is_refused() {
         let alice_key_packages = mallory.claim("alice").await;
         let mut direct = mallory.create_group(&[6; 16]);
         mallory.add(&mut direct, &alice_key_packages).await.unwrap();
-        mallory.say(&mut direct, Mallory::direct_info()).await.unwrap();
-        mallory.say(&mut direct, Mallory::text("just us")).await.unwrap();
+        mallory
+            .say(&mut direct, Mallory::direct_info())
+            .await
+            .unwrap();
+        mallory
+            .say(&mut direct, Mallory::text("just us"))
+            .await
+            .unwrap();
         assert_eq!(texts(&alice.sync().await.unwrap()), ["just us"]);
 
         let zed = mallory.claim("zed").await;
@@ -219,7 +225,10 @@ async fn a_direct_conversation_that_gains_a_third_account_is_refused() {
         );
         // Alice's next message starts a new two-person group: never the one
         // Zed is in.
-        alice.send_direct("mallory", "still private?").await.unwrap();
+        alice
+            .send_direct("mallory", "still private?")
+            .await
+            .unwrap();
         let members = alice
             .conversation_members(ConversationKind::Direct, "mallory")
             .unwrap();

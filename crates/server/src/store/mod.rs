@@ -8,6 +8,7 @@
 //! [`MessageId`], [`GroupId`]): backends never see malformed ids. Time is
 //! passed in as an argument, never read by a backend, so tests control it.
 
+pub(crate) mod expiry;
 pub(crate) mod sqlite;
 
 use std::fmt;

@@ -1,0 +1,132 @@
+//! `SendMessage` and `SubmitCommit`: sealed-sender sends, authorised by the
+//! group's capability, and the commit sequencer (one commit per epoch).
+
+use super::parse::{capability_hash, envelope, group_framing, group_id};
+use super::wire_error::{done, error, mismatched_framing, not_authorized};
+use super::{RequestResult, Session, now_seconds};
+use crate::store::{CommitSubmission, Enqueued, GroupMessage, Store};
+use sotto_proto::mls_framing::{ContentType, Framing};
+use sotto_proto::v1::{self, ErrorCode};
+use tokio::time::Instant;
+
+impl<S: Store> Session<S> {
+    pub(super) async fn send_message(&mut self, send: v1::SendMessage) -> RequestResult {
+        let token_hash = capability_hash(&send.send_token).ok_or_else(|| {
+            error(
+                ErrorCode::NotAuthorized,
+                "a send needs the group's 32-byte send capability",
+            )
+        })?;
+        self.ctx
+            .rate_limits
+            .charge_send(&mut self.buckets, self.address, Some(token_hash))?;
+        let envelope = envelope(
+            &send.message_id,
+            &send.recipients,
+            send.payload,
+            1,
+            "message",
+        )?;
+        let group_id = group_id(&send.group_id)?;
+        // A leave is a proposal; every other proposal and commit goes
+        // through the sequencer.
+        let epoch = group_framing(
+            &envelope.payload,
+            &group_id,
+            &[ContentType::Application, ContentType::Proposal],
+            "message",
+        )?;
+        let message = GroupMessage {
+            previous_epoch_open: self.ctx.epoch_grace.is_open(&group_id, Instant::now()),
+            group_id,
+            token_hash,
+            epoch,
+            envelope,
+            now: now_seconds(),
+        };
+        // The store hands new entries to the hub once committed.
+        self.ctx.store.enqueue(message).await?;
+        done()
+    }
+
+    pub(super) async fn submit_commit(&mut self, commit: v1::SubmitCommit) -> RequestResult {
+        let token_hash = if commit.send_token.is_empty() {
+            None
+        } else {
+            Some(capability_hash(&commit.send_token).ok_or_else(not_authorized)?)
+        };
+        let next_token_hash: [u8; 32] =
+            commit.next_token_hash.as_slice().try_into().map_err(|_| {
+                error(
+                    ErrorCode::InvalidRequest,
+                    "a commit must carry the 32-byte hash of the next epoch's send capability",
+                )
+            })?;
+        self.ctx
+            .rate_limits
+            .charge_send(&mut self.buckets, self.address, token_hash)?;
+        let group_id = group_id(&commit.group_id)?;
+        let commit_envelope = envelope(
+            &commit.message_id,
+            &commit.recipients,
+            commit.commit,
+            0,
+            "commit",
+        )?;
+        let framed_epoch = group_framing(
+            &commit_envelope.payload,
+            &group_id,
+            &[ContentType::Commit],
+            "commit",
+        )?;
+        if framed_epoch != commit.epoch {
+            return Err(mismatched_framing(format!(
+                "the commit is framed for epoch {framed_epoch} but submitted for epoch {}",
+                commit.epoch
+            )));
+        }
+        // At epoch 0 the creator is the only member: nobody else can be
+        // sent the commit (otherwise anyone could deliver anything to
+        // anyone by "creating" a group).
+        if commit.epoch == 0 && !commit_envelope.recipients.is_empty() {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "the commit that creates a group has no recipients; new members get the Welcome",
+            ));
+        }
+        let welcome = if commit.welcome.is_empty() {
+            None
+        } else {
+            let welcome = envelope(
+                &commit.welcome_message_id,
+                &commit.welcome_recipients,
+                commit.welcome,
+                1,
+                "welcome",
+            )?;
+            if Framing::parse(&welcome.payload) != Ok(Framing::Welcome) {
+                return Err(mismatched_framing(
+                    "the welcome is not an MLS Welcome".to_owned(),
+                ));
+            }
+            Some(welcome)
+        };
+        let submission = CommitSubmission {
+            group_id,
+            epoch: commit.epoch,
+            token_hash,
+            next_token_hash,
+            commit: commit_envelope,
+            welcome,
+            now: now_seconds(),
+        };
+        let group_id = submission.group_id.clone();
+        let accepted = self.ctx.store.submit_commit(submission).await?;
+        if accepted.outcome == Enqueued::Queued {
+            self.ctx
+                .epoch_grace
+                .commit_accepted(&group_id, Instant::now());
+        }
+        done()
+    }
+}
