@@ -10,9 +10,9 @@
 )]
 
 use sotto_server::store::{
-    AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval, EnqueueError, Enqueued,
-    Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice, RegisterError,
-    RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
+    EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice,
+    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.

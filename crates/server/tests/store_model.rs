@@ -28,10 +28,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sotto_server::store::{
-    AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
+    AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
     DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle,
-    KeyPackageStatus, MailboxEntry, MessageId, NewAccount, NewDevice, RegisterError,
-    RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats, day_of,
+    KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore, MessageId, NewAccount,
+    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats,
+    day_of,
 };
 
 const USERS: u8 = 3;

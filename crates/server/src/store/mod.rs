@@ -520,13 +520,21 @@ impl From<EnqueueError> for CommitError {
     }
 }
 
-/// Storage for accounts, devices, KeyPackages, groups and mailboxes.
+/// Storage for accounts, devices, KeyPackages, groups, mailboxes and the
+/// transparency log: one trait per role, so each backend module implements
+/// one family of tables, and this umbrella trait for what the server needs.
 ///
 /// Every method that changes state returns only after the change is
 /// durable: a `Done` sent to a client after an `Ok` here survives a crash.
 /// Methods are `async` so a networked backend fits; an `Ok(None)` always
 /// means "no such thing", never an error.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccountStore + KeyPackageStore + MailboxStore + LogStore {
+    /// Counts what is stored.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+}
+
+/// Accounts and their devices.
+pub trait AccountStore: Send + Sync + 'static {
     /// Creates an account with its first device and appends its log
     /// entries, all in one transaction.
     fn register(
@@ -550,6 +558,27 @@ pub trait Store: Send + Sync + 'static {
         today: UnixDay,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Adds a device to an existing account and appends its `DeviceAdded`
+    /// leaf, in one transaction, if the entry's `account_seq` is still the
+    /// account's next one.
+    fn add_device(
+        &self,
+        device: NewDevice,
+    ) -> impl Future<Output = Result<(), AddDeviceError>> + Send;
+
+    /// Marks an active device removed (it can no longer log in or be
+    /// claimed or addressed), deletes its KeyPackages and mailbox, and
+    /// appends its `DeviceRemoved` leaf, in one transaction, if the entry's
+    /// `account_seq` is still the account's next one. The device id stays
+    /// taken.
+    fn remove_device(
+        &self,
+        removal: DeviceRemoval,
+    ) -> impl Future<Output = Result<(), RemoveDeviceError>> + Send;
+}
+
+/// Each device's pool of KeyPackages.
+pub trait KeyPackageStore: Send + Sync + 'static {
     /// Counts a device's KeyPackages (zero for an unknown device).
     fn key_package_status(
         &self,
@@ -574,7 +603,11 @@ pub trait Store: Send + Sync + 'static {
         username: &str,
         only: Vec<DeviceId>,
     ) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
+}
 
+/// Groups (their epoch and capability), the commit sequencer, and
+/// per-device mailboxes.
+pub trait MailboxStore: Send + Sync + 'static {
     /// Queues an application message for an existing group.
     fn enqueue(
         &self,
@@ -620,10 +653,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets the [`EntryListener`] (once; later calls are ignored).
     fn set_entry_listener(&self, listener: EntryListener);
+}
 
-    /// Counts what is stored.
-    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
-
+/// The transparency log's leaves and signing key.
+pub trait LogStore: Send + Sync + 'static {
     /// The secret of the server's transparency-log signing key: the stored
     /// one, or `fresh`, stored now, if there is none yet. Concurrent first
     /// calls all get the same key.
@@ -631,24 +664,6 @@ pub trait Store: Send + Sync + 'static {
         &self,
         fresh: Zeroizing<[u8; 32]>,
     ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
-
-    /// Adds a device to an existing account and appends its `DeviceAdded`
-    /// leaf, in one transaction, if the entry's `account_seq` is still the
-    /// account's next one.
-    fn add_device(
-        &self,
-        device: NewDevice,
-    ) -> impl Future<Output = Result<(), AddDeviceError>> + Send;
-
-    /// Marks an active device removed (it can no longer log in or be
-    /// claimed or addressed), deletes its KeyPackages and mailbox, and
-    /// appends its `DeviceRemoved` leaf, in one transaction, if the entry's
-    /// `account_seq` is still the account's next one. The device id stays
-    /// taken.
-    fn remove_device(
-        &self,
-        removal: DeviceRemoval,
-    ) -> impl Future<Output = Result<(), RemoveDeviceError>> + Send;
 
     /// Every log leaf of `username`, in log order. Empty: no such account
     /// (or one created before the log existed).

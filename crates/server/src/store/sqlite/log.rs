@@ -1,0 +1,123 @@
+//! The transparency log's leaves and signing key.
+
+use super::*;
+
+/// Name of the log signing key in `server_keys`.
+pub(super) const LOG_KEY_NAME: &str = "log";
+
+/// Appends one leaf at the end of the log. The writer is the only one
+/// appending, so indexes are contiguous.
+pub(super) fn append_log(
+    conn: &Connection,
+    username: &str,
+    entry: &[u8],
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO log_entries (idx, username, entry) \
+         VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM log_entries), ?1, ?2)",
+    )?
+    .execute(params![username, entry])?;
+    Ok(())
+}
+
+/// How many log entries an account has: the `account_seq` of its next one.
+pub(super) fn next_account_seq(conn: &Connection, username: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM log_entries WHERE username = ?1")?
+        .query_row([username], |r| r.get(0))?;
+    Ok(to_u64(n))
+}
+
+pub(super) fn log_records(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<LogRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok(LogRecord {
+            index: to_u64(r.get(0)?),
+            username: r.get(1)?,
+            entry: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The stored log signing key's secret, if any.
+pub(crate) fn read_log_key_secret(
+    conn: &Connection,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT secret FROM server_keys WHERE name = ?1",
+            [LOG_KEY_NAME],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?
+        .map(Zeroizing::new))
+}
+
+/// Calls `f` with every log leaf in index order, without loading the whole
+/// log into memory.
+pub(crate) fn for_each_log_record(
+    conn: &Connection,
+    mut f: impl FnMut(LogRecord) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("SELECT idx, username, entry FROM log_entries ORDER BY idx")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        f(LogRecord {
+            index: to_u64(row.get(0)?),
+            username: row.get(1)?,
+            entry: row.get(2)?,
+        })?;
+    }
+    Ok(())
+}
+
+impl LogStore for SqliteStore {
+    async fn log_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO server_keys (name, secret) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                params![LOG_KEY_NAME, fresh.as_slice()],
+            )?;
+            let stored = read_log_key_secret(conn)?
+                .ok_or_else(|| StoreError::Backend("the log key was not stored".into()))?;
+            let mut secret = Zeroizing::new([0; 32]);
+            if stored.len() != secret.len() {
+                return Err(StoreError::Backend("the stored log key is not 32 bytes".into()));
+            }
+            secret.copy_from_slice(&stored);
+            Ok(secret)
+        })
+        .await
+    }
+
+    async fn account_log(&self, username: &str) -> Result<Vec<LogRecord>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            log_records(
+                conn,
+                "SELECT idx, username, entry FROM log_entries WHERE username = ?1 ORDER BY idx",
+                [&username],
+            )
+        })
+        .await
+    }
+
+    async fn log_entries(&self, start: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(move |conn| {
+            log_records(
+                conn,
+                "SELECT idx, username, entry FROM log_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                params![to_i64(start), i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+        })
+        .await
+    }
+}

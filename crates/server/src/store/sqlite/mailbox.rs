@@ -1,0 +1,347 @@
+//! Groups and mailboxes: the commit sequencer, queued payloads (stored
+//! once) and one row per recipient device, acknowledgement and expiry.
+
+use super::*;
+
+pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE message_id = ?1)")?
+        .query_row([message_id.as_bytes().as_slice()], |r| r.get(0))?)
+}
+
+/// Stores the payload once and adds one mailbox entry per distinct
+/// recipient. Removed devices are skipped: a sender whose view of a roster
+/// is a moment old must not fail because of them. Nothing is stored for an
+/// envelope without (remaining) recipients.
+pub(super) fn insert_envelope(
+    conn: &Connection,
+    envelope: &Envelope,
+    now: UnixSeconds,
+    mailbox_limit: u32,
+) -> Result<(), EnqueueError> {
+    let mut seen = HashSet::new();
+    let mut active = conn
+        .prepare_cached("SELECT num, removed_day IS NULL FROM devices WHERE device_id = ?1")
+        .map_err(StoreError::from)?;
+    // (device, its number in mailbox rows)
+    let mut recipients = Vec::new();
+    for device in envelope
+        .recipients
+        .iter()
+        .copied()
+        .filter(|d| seen.insert(*d))
+    {
+        let status: Option<(i64, bool)> = active
+            .query_row([device.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(StoreError::from)?;
+        match status {
+            None => return Err(EnqueueError::UnknownDevice(device)),
+            Some((num, true)) => recipients.push((device, num)),
+            Some((_, false)) => {}
+        }
+    }
+    if mailbox_limit < u32::MAX {
+        let mut full = conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_num = ?1 LIMIT 1 OFFSET ?2)",
+            )
+            .map_err(StoreError::from)?;
+        for (device, num) in &recipients {
+            let at_limit: bool = full
+                .query_row(params![num, i64::from(mailbox_limit) - 1], |r| r.get(0))
+                .map_err(StoreError::from)?;
+            if at_limit {
+                return Err(EnqueueError::MailboxFull(*device));
+            }
+        }
+    }
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
+        .and_then(|mut insert| {
+            insert.execute(params![
+                envelope.message_id.as_bytes().as_slice(),
+                envelope.payload
+            ])
+        })
+        .map_err(StoreError::from)?;
+    let message_ref = conn.last_insert_rowid();
+    let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(StoreError::from)?;
+    for (device, num) in &recipients {
+        insert
+            .execute(params![num, message_ref, to_i64(day_of(now))])
+            .map_err(StoreError::from)?;
+        let entry = NewEntry {
+            device_id: *device,
+            seq: to_u64(conn.last_insert_rowid()),
+            message_id: envelope.message_id,
+            payload: Arc::clone(&payload),
+        };
+        UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
+    }
+    Ok(())
+}
+
+/// The number that names `device_id` in mailbox rows.
+pub(super) fn device_num(
+    conn: &Connection,
+    device_id: DeviceId,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT num FROM devices WHERE device_id = ?1")?
+        .query_row([device_id.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?)
+}
+
+pub(super) fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.message_ref = messages.id)",
+        [],
+    )?;
+    Ok(())
+}
+
+impl MailboxStore for SqliteStore {
+    async fn enqueue(&self, message: GroupMessage) -> Result<Enqueued, EnqueueError> {
+        let limit = self.mailbox_limit();
+        self.write(move |conn| {
+            if message_exists(conn, message.envelope.message_id)? {
+                return Ok(Enqueued::Duplicate);
+            }
+            let group: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = conn
+                .prepare_cached(
+                    "SELECT epoch, token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
+                )
+                .and_then(|mut find| {
+                    find.query_row([message.group_id.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                })
+                .map_err(StoreError::from)?;
+            let Some((epoch, current, previous)) = group else {
+                return Err(EnqueueError::UnknownGroup(message.group_id));
+            };
+            check_capability(&message, to_u64(epoch), &current, previous.as_deref())?;
+            insert_envelope(conn, &message.envelope, message.now, limit)?;
+            Ok(Enqueued::Queued)
+        })
+        .await
+    }
+
+    async fn submit_commit(
+        &self,
+        submission: CommitSubmission,
+    ) -> Result<CommitAccepted, CommitError> {
+        let limit = self.mailbox_limit();
+        self.write(move |conn| {
+            let group: Option<(i64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT epoch, last_commit_id FROM mls_groups WHERE group_id = ?1",
+                    [submission.group_id.as_bytes()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            let commit_id = submission.commit.message_id;
+            // A resend of the accepted commit: its id is still queued, or it
+            // is the group's latest commit (whose recipients may all have
+            // acknowledged it already, or which had none).
+            let is_latest = group.as_ref().is_some_and(|(_, last)| last.as_slice() == commit_id.as_bytes());
+            let accepted_before: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM accepted_commits WHERE group_id = ?1 AND message_id = ?2)",
+                    params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            if is_latest || accepted_before || message_exists(conn, commit_id)? {
+                let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
+                return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
+            }
+            let next_hash = submission.next_token_hash.as_slice();
+            let new_epoch = match group {
+                None if submission.epoch == 0 => {
+                    conn.execute(
+                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash) VALUES (?1, 1, ?2, ?3)",
+                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice(), next_hash],
+                    )
+                    .map_err(StoreError::from)?;
+                    1
+                }
+                None => return Err(CommitError::UnknownGroup(submission.group_id)),
+                Some((current, _)) => {
+                    let current = to_u64(current);
+                    if submission.epoch != current {
+                        return Err(CommitError::StaleEpoch { submitted: submission.epoch, current });
+                    }
+                    // Only members of the current epoch may commit.
+                    let token_hash: Vec<u8> = conn
+                        .query_row(
+                            "SELECT token_hash FROM mls_groups WHERE group_id = ?1",
+                            [submission.group_id.as_bytes()],
+                            |r| r.get(0),
+                        )
+                        .map_err(StoreError::from)?;
+                    if submission.token_hash.as_ref().map(|h| h.as_slice()) != Some(token_hash.as_slice()) {
+                        return Err(CommitError::NotAuthorized);
+                    }
+                    let next = current.saturating_add(1);
+                    conn.execute(
+                        "UPDATE mls_groups SET epoch = ?1, last_commit_id = ?2, \
+                         prev_token_hash = token_hash, token_hash = ?3 WHERE group_id = ?4",
+                        params![
+                            to_i64(next),
+                            commit_id.as_bytes().as_slice(),
+                            next_hash,
+                            submission.group_id.as_bytes()
+                        ],
+                    )
+                    .map_err(StoreError::from)?;
+                    next
+                }
+            };
+            insert_envelope(conn, &submission.commit, submission.now, limit)?;
+            conn.execute(
+                "INSERT OR IGNORE INTO accepted_commits (group_id, message_id, day) VALUES (?1, ?2, ?3)",
+                params![
+                    submission.group_id.as_bytes(),
+                    commit_id.as_bytes().as_slice(),
+                    to_i64(day_of(submission.now))
+                ],
+            )
+            .map_err(StoreError::from)?;
+            if let Some(welcome) = &submission.welcome
+                && !message_exists(conn, welcome.message_id)?
+            {
+                insert_envelope(conn, welcome, submission.now, limit)?;
+            }
+            Ok(CommitAccepted { new_epoch, outcome: Enqueued::Queued })
+        })
+        .await
+    }
+
+    async fn group_epoch(&self, group_id: &GroupId) -> Result<Option<u64>, StoreError> {
+        let group_id = group_id.clone();
+        self.read(move |conn| {
+            let epoch: Option<i64> = conn
+                .query_row(
+                    "SELECT epoch FROM mls_groups WHERE group_id = ?1",
+                    [group_id.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(epoch.map(to_u64))
+        })
+        .await
+    }
+
+    async fn fetch_mailbox(
+        &self,
+        device_id: DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
+                 JOIN messages ON messages.id = mailbox.message_ref \
+                 WHERE mailbox.device_num = (SELECT num FROM devices WHERE device_id = ?1) \
+                 AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    device_id.as_bytes().as_slice(),
+                    to_i64(after),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )?;
+            let mut entries = Vec::new();
+            for row in rows {
+                let (seq, message_id, payload) = row?;
+                let message_id = MessageId::from_slice(&message_id).ok_or_else(|| {
+                    StoreError::Backend("stored message id has the wrong length".into())
+                })?;
+                entries.push(MailboxEntry {
+                    seq: to_u64(seq),
+                    message_id,
+                    payload,
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn ack(&self, device_id: DeviceId, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |conn| {
+            let Some(num) = device_num(conn, device_id)? else {
+                return Ok(0);
+            };
+            let mut delete = conn.prepare_cached(
+                "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
+            )?;
+            let mut orphan = conn.prepare_cached(
+                "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
+            )?;
+            let mut deleted = 0;
+            for seq in seqs {
+                let seq = to_i64(seq);
+                let message_ref: Option<i64> = delete.query_row(params![seq, num], |r| r.get(0)).optional()?;
+                if let Some(message_ref) = message_ref {
+                    orphan.execute([message_ref])?;
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            // Entries are appended in time order: the expired ones are the
+            // entries before the first unexpired one (found by walking the
+            // table in seq order, no index needed). Should the clock have
+            // gone back, an older entry after that point waits for a later
+            // sweep.
+            let deleted = conn.execute(
+                "DELETE FROM mailbox WHERE enqueued_day < ?1 AND seq < coalesce(\
+                 (SELECT seq FROM mailbox WHERE enqueued_day >= ?1 ORDER BY seq LIMIT 1), \
+                 9223372036854775807)",
+                [to_i64(day_of(cutoff))],
+            )?;
+            delete_orphaned_messages(conn)?;
+            conn.execute(
+                "DELETE FROM accepted_commits WHERE day < ?1",
+                [to_i64(day_of(cutoff))],
+            )?;
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    fn set_entry_listener(&self, listener: EntryListener) {
+        // A second listener is ignored, as documented on the trait.
+        let _ = self.inner.entry_listener.set(listener);
+    }
+}

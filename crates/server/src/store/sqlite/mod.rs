@@ -1,0 +1,267 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only write connection. It takes a write
+//! operation from its queue, drains up to `MAX_BATCH` more that are already
+//! waiting, runs them in one transaction (each inside its own SAVEPOINT, so
+//! one failing operation does not undo the others), commits with
+//! `synchronous=FULL`, and only then answers all of them. Many concurrent
+//! sends thus share one fsync, and every `Ok` means "on disk".
+//!
+//! Reads run on separate connections (WAL lets them proceed while the
+//! writer works), on tokio's blocking pool.
+//!
+//! - `schema`: migrations and connection pragmas
+//! - `writer`: the writer thread, batches, SAVEPOINTs, the read pool
+//! - `accounts`, `key_packages`, `mailbox`, `log`: one role trait of
+//!   [`Store`] each, over its family of tables
+//! - `admin`: invites, and opening the file for the operator's commands
+//!
+//! Shared by the modules: the row conversions below, and the helpers the
+//! `use` lines bring in (sub-modules see them through `use super::*`).
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use zeroize::Zeroizing;
+
+use super::{
+    AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
+    DeviceId, DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope,
+    GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogRecord,
+    LogStore, MailboxEntry, MailboxStore, MessageId, NewAccount, NewDevice, NewEntry,
+    RegisterError, RemoveDeviceError, SignedDevice, Store, StoreError, StoreStats, UnixDay,
+    UnixSeconds, check_capability, day_of,
+};
+
+mod accounts;
+mod admin;
+mod key_packages;
+mod log;
+mod mailbox;
+mod schema;
+mod writer;
+
+pub use admin::{create_invites, invite_hash};
+pub(crate) use admin::{open_admin, open_read_only};
+use log::{append_log, next_account_seq};
+pub(crate) use log::{for_each_log_record, read_log_key_secret};
+pub use schema::DB_FILE_NAME;
+pub(crate) use schema::schema_version;
+use schema::{configure, migrate, set_max_pages, stable_plans};
+use writer::{UNCOMMITTED, WriterMsg, run_writer};
+
+/// SQLite-backed [`Store`], in `<data_dir>/sotto.db`.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer_tx: mpsc::Sender<WriterMsg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Most entries one device's mailbox may hold (see
+    /// [`SqliteStore::set_mailbox_limit`]).
+    mailbox_limit: std::sync::atomic::AtomicU32,
+    /// The operator's quota in pages (`PRAGMA max_page_count`), if any.
+    max_pages: Option<i64>,
+    /// Shared with the writer thread.
+    entry_listener: Arc<OnceLock<EntryListener>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Caps the entries one device's mailbox may hold; a message for a
+    /// device whose mailbox is full is refused (`EnqueueError::MailboxFull`)
+    /// rather than stored. Default: no cap.
+    pub fn set_mailbox_limit(&self, entries: u32) {
+        self.inner
+            .mailbox_limit
+            .store(entries, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn mailbox_limit(&self) -> u32 {
+        self.inner
+            .mailbox_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Opens (or creates and migrates) the database in `data_dir`, creating
+    /// the directory if needed, and starts the writer thread. Blocking.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_quota(data_dir, None)
+    }
+
+    /// Like [`SqliteStore::open`], with an operator quota on the database
+    /// size: `PRAGMA max_page_count` on every connection, so a write that
+    /// would grow the file past `max_db_bytes` fails with `SQLITE_FULL` (and
+    /// the request is refused, never acknowledged). A quota below the
+    /// current size stops growth where it is.
+    pub fn open_with_quota(data_dir: &Path, max_db_bytes: Option<u64>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let max_pages = max_db_bytes
+            .map(|bytes| {
+                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                let pages = bytes / u64::try_from(page_size.max(1)).unwrap_or(4096);
+                Ok::<_, StoreError>(to_i64(pages.max(1)))
+            })
+            .transpose()?;
+        if let Some(pages) = max_pages {
+            set_max_pages(&conn, pages)?;
+        }
+        let (writer_tx, writer_rx) = mpsc::channel();
+        let entry_listener = Arc::new(OnceLock::new());
+        let listener = Arc::clone(&entry_listener);
+        let writer = std::thread::Builder::new()
+            .name("sotto-db-writer".into())
+            .spawn(move || run_writer(&conn, &writer_rx, &listener))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer_tx,
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+                mailbox_limit: std::sync::atomic::AtomicU32::new(u32::MAX),
+                max_pages,
+                entry_listener,
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Lets the writer commit everything already queued, then stops it and
+    /// waits for it. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        // An error means the writer is already gone.
+        let _ = self.inner.writer_tx.send(WriterMsg::Close);
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+pub(super) fn key32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| StoreError::Backend(format!("stored {what} is not 32 bytes")))
+}
+
+pub(super) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Store for SqliteStore {
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|conn| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                let n: i64 =
+                    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok(to_u64(n))
+            };
+            Ok(StoreStats {
+                accounts: count("accounts")?,
+                devices: count("devices WHERE removed_day IS NULL")?,
+                mailbox_entries: count("mailbox")?,
+                payloads: count("messages")?,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+    use super::*;
+
+    /// A database with queued messages from before mailbox rows named
+    /// devices by number migrates without losing an entry or reusing a seq.
+    #[tokio::test]
+    async fn mailbox_rows_survive_the_move_to_device_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let device = DeviceId::new([9; 16]);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            configure(&conn).unwrap();
+            let tx = conn.transaction().unwrap();
+            // Schema version 6: before `DROP INDEX mailbox_by_age`.
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute_batch(
+                "INSERT INTO accounts VALUES ('alice', x'00', 1);
+                 INSERT INTO devices (device_id, username, certificate, identity_signature, device_key, created_day, last_seen_day)
+                     VALUES (x'09090909090909090909090909090909', 'alice', x'', x'', x'', 1, 1);
+                 INSERT INTO messages (id, message_id, payload) VALUES
+                     (1, x'01010101010101010101010101010101', x'aa'),
+                     (2, x'02020202020202020202020202020202', x'bb');
+                 INSERT INTO mailbox (seq, device_id, message_ref, enqueued_day) VALUES
+                     (40, x'09090909090909090909090909090909', 1, 1),
+                     (41, x'09090909090909090909090909090909', 2, 1),
+                     (42, x'09090909090909090909090909090909', 2, 1);
+                 DELETE FROM mailbox WHERE seq = 42;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let entries = store.fetch_mailbox(device, 0, 10).await.unwrap();
+        let found: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.seq, e.payload)).collect();
+        assert_eq!(found, [(40, vec![0xaa]), (41, vec![0xbb])]);
+        store.close().await;
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.execute(
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (1, 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.last_insert_rowid() > 42,
+            "seqs continue after every seq ever handed out"
+        );
+    }
+}
