@@ -9,12 +9,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use common::*;
+use sotto_testkit::wire::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod common;
-
-use common::*;
 use sotto_proto::mls_framing::ContentType;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 use std::time::Duration;
 
 /// A send with a valid capability for one group, carrying an MLS message of

@@ -13,8 +13,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -148,8 +146,8 @@ async fn server_session_regressions_do_not_panic() {
         previous(info);
     }));
 
-    let server = common::TestServer::start().await;
-    let url = format!("ws://{}/ws", server.addr);
+    let server = sotto_testkit::TestServer::start().await;
+    let url = format!("ws://{}/ws", server.addr());
     for (n, (path, data)) in files.iter().enumerate() {
         let Some((&mode, rest)) = data.split_first() else {
             continue;
@@ -161,7 +159,7 @@ async fn server_session_regressions_do_not_panic() {
         };
         if mode & 1 == 1 {
             // Logged in, as the fuzz target's odd inputs are.
-            let account = common::Account::new(&format!("fuzz{n}"));
+            let account = sotto_testkit::wire::Account::new(&format!("fuzz{n}"));
             let register = v1::ClientFrame {
                 request_id: 1,
                 body: Some(account.register(&nonce)),
@@ -201,7 +199,7 @@ async fn server_session_regressions_do_not_panic() {
             .await
             .is_ok()
         {
-            let _ = tokio::time::timeout(common::WAIT, async {
+            let _ = tokio::time::timeout(sotto_testkit::wire::WAIT, async {
                 while let Some(frame) = next_frame(&mut ws).await {
                     if matches!(&frame.body, Some(v1::server_frame::Body::Response(r)) if r.request_id == u64::MAX)
                     {
@@ -219,7 +217,7 @@ async fn server_session_regressions_do_not_panic() {
         );
     }
     // The server still serves.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr()))
         .await
         .unwrap();
     let challenge = ws.next().await.unwrap().unwrap();
@@ -235,7 +233,7 @@ async fn next_frame(
     >,
 ) -> Option<v1::ServerFrame> {
     loop {
-        match tokio::time::timeout(common::WAIT, ws.next()).await {
+        match tokio::time::timeout(sotto_testkit::wire::WAIT, ws.next()).await {
             Ok(Some(Ok(Message::Binary(bytes)))) => {
                 return sotto_proto::decode_server_frame(&bytes).ok();
             }

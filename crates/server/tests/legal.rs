@@ -11,7 +11,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
 mod inventory_doc;
 
 use std::collections::BTreeSet;
@@ -19,9 +18,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::*;
 use serde_json::Value;
 use sotto_server::legal::{self, Canary, SignedDocument};
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
@@ -102,7 +102,7 @@ async fn queue_for(client: &mut Client, device_id: &[u8], payload: &[u8]) -> usi
 #[tokio::test]
 async fn export_report_tampering_and_canary() {
     let server = TestServer::start().await;
-    let data = server.data_dir.clone();
+    let data = server.data_dir().to_path_buf();
     let (mut client, alice) = server.registered("alice").await;
     let payload = vec![42u8; 1234];
     let stored = queue_for(&mut client, &alice.device_id, &payload).await;
@@ -133,7 +133,7 @@ async fn export_report_tampering_and_canary() {
 
     // No canary yet.
     assert!(
-        http_get(server.addr, "/canary")
+        http_get(server.addr(), "/canary")
             .await
             .starts_with("HTTP/1.1 404")
     );
@@ -304,7 +304,7 @@ async fn export_report_tampering_and_canary() {
     let statement = "No secret orders received as of today. \u{e9}\"quoted\"";
     let published = legal_cmd(&data, &["canary", "--statement", statement]).await;
     assert_success(&published);
-    let served = http_get(server.addr, "/canary").await;
+    let served = http_get(server.addr(), "/canary").await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     let canary_json: Value = serde_json::from_str(http_body(&served)).unwrap();
     assert_eq!(

@@ -8,12 +8,11 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
 use sotto_server::RegistrationPolicy;
 use sotto_server::config::Rate;
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const SLOW: Rate = Rate {
@@ -67,7 +66,7 @@ async fn registration_policies_open_invite_and_closed() {
         err.message
     );
 
-    let writable = rusqlite::Connection::open(invite_only.data_dir.join("sotto.db")).unwrap();
+    let writable = rusqlite::Connection::open(invite_only.data_dir().join("sotto.db")).unwrap();
     let codes = sotto_server::store::create_invites(&writable, 1, 20_000).unwrap();
     let nonce = client.nonce.clone();
     assert_done(
@@ -191,7 +190,7 @@ async fn connections_per_address_are_capped() {
     let server = TestServer::start_with(|c| c.limits.max_connections_per_address = 2).await;
     let _a = server.connect().await;
     let _b = server.connect().await;
-    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr())).await;
     let err = refused.expect_err("a third connection from one address");
     assert!(err.to_string().contains("429"), "{err}");
     drop(_a);
@@ -206,7 +205,7 @@ async fn browser_origins_must_be_allowed() {
         TestServer::start_with(|c| c.allowed_origins = vec!["https://chat.example.org".into()])
             .await;
     let with_origin = |origin: &str| {
-        let mut request = format!("ws://{}/ws", server.addr)
+        let mut request = format!("ws://{}/ws", server.addr())
             .into_client_request()
             .unwrap();
         request
@@ -221,7 +220,7 @@ async fn browser_origins_must_be_allowed() {
     tokio_tungstenite::connect_async(with_origin("https://chat.example.org"))
         .await
         .unwrap();
-    tokio_tungstenite::connect_async(with_origin(&format!("http://{}", server.addr)))
+    tokio_tungstenite::connect_async(with_origin(&format!("http://{}", server.addr())))
         .await
         .unwrap();
     // Native clients send no Origin.

@@ -8,12 +8,11 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -576,7 +575,7 @@ async fn one_commit_wins_each_epoch_and_only_its_welcome_is_delivered() {
         Body::SubmitCommit(v1::SubmitCommit {
             welcome_message_id: welcome_id.to_vec(),
             welcome_recipients: vec![carol.device_id.clone()],
-            welcome: common::welcome(welcome),
+            welcome: sotto_testkit::wire::welcome(welcome),
             ..commit(&random_id(), &group, 1, &recipients, payload)
         })
     };
@@ -647,7 +646,7 @@ async fn text_frames_are_malformed_and_health_answers() {
     assert_error(&alice.response_to(0).await, ErrorCode::MalformedFrame);
     assert!(alice.sync().await.is_empty());
 
-    let body = http_get(server.addr, "/health").await;
+    let body = http_get(server.addr(), "/health").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.ends_with("ok"), "{body}");
 }

@@ -9,11 +9,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
 use sotto_server::config::Rate;
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 
 #[tokio::test]
 async fn an_anonymous_connection_sends_with_the_capability() {

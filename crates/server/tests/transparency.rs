@@ -9,14 +9,13 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use prost::Message as _;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
 use sotto_server::store::{AccountStore, LogStore, NewAccount, SignedDevice, SqliteStore};
+use sotto_testkit::TestServer;
+use sotto_testkit::wire::*;
 use sotto_transparency::{
     LogKey, leaf_bytes, verify_account_log, verify_consistency, verify_head, verify_inclusion,
 };

@@ -1,6 +1,8 @@
-//! Fixtures for Sotto's end-to-end tests: a real server in-process on port 0
-//! ([`TestServer`]), the real `sotto-server` binary as a child process
-//! ([`ServerProcess`]), and registered clients ([`register`]).
+//! Fixtures for every Sotto test that needs a server: a real server
+//! in-process on port 0 ([`TestServer`]), the real `sotto-server` binary as a
+//! child process ([`ServerProcess`]), registered clients ([`register`]), the
+//! raw wire protocol for protocol tests ([`wire`]), a hostile server
+//! ([`hostile`]) and a hostile member ([`mallory`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -14,6 +16,7 @@
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;
+pub mod wire;
 pub use hostile::{ConnView, HostileProxy, Reorder, Tamper};
 pub use mallory::Mallory;
 
@@ -94,18 +97,57 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
     /// Shuts the server down gracefully and waits for it.
     pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    async fn stop_in_place(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task");
+            tokio::time::timeout(wire::WAIT, task)
+                .await
+                .expect("server did not stop")
+                .expect("server task");
         }
+    }
+
+    /// Shuts the server down gracefully and starts a new one on the same
+    /// data directory, with the default configuration.
+    pub async fn restart(mut self) -> Self {
+        self.stop_in_place().await;
+        let temp = self._temp.take();
+        let mut server = Self::start_in_with(&self.data_dir, |_| {}).await;
+        server._temp = temp;
+        server
+    }
+
+    /// A raw protocol connection (see [`wire`]).
+    pub async fn connect(&self) -> wire::Client {
+        wire::Client::connect(self.addr).await
+    }
+
+    /// A fresh raw account, registered on a new raw connection.
+    pub async fn registered(&self, name: &str) -> (wire::Client, wire::Account) {
+        let account = wire::Account::new(name);
+        let mut client = self.connect().await;
+        wire::assert_done(&client.register(&account).await);
+        (client, account)
+    }
+
+    /// Read-only access to the server's database, to check what it stores.
+    pub fn db(&self) -> rusqlite::Connection {
+        wire::open_db(&self.data_dir)
     }
 }
 

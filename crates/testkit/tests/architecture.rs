@@ -2,7 +2,12 @@
 //! checks that each file exists and defines the function, so the map a
 //! newcomer follows never points at code that moved.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 
@@ -37,15 +42,15 @@ fn the_message_path_names_files_and_functions_that_exist() {
             missing.push(format!("{file} does not exist"));
             continue;
         };
-        let defines = [
-            format!("fn {function}("),
-            format!("fn {function}<"),
-        ]
-        .iter()
-        .any(|needle| source.contains(needle.as_str()));
+        let defines = [format!("fn {function}("), format!("fn {function}<")]
+            .iter()
+            .any(|needle| source.contains(needle.as_str()));
         if !defines {
             missing.push(format!("{file} defines no fn {function}"));
         }
     }
-    assert!(missing.is_empty(), "ARCHITECTURE.md is out of date: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md is out of date: {missing:#?}"
+    );
 }

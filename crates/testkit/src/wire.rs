@@ -1,18 +1,24 @@
-//! Helpers that make each integration test a few lines: a real server on
-//! port 0 in a temporary directory, and a raw WebSocket client that speaks
-//! the protobuf protocol with real Ed25519 keys.
-
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! The raw wire protocol for tests that play a client byte by byte: a
+//! WebSocket [`Client`] that speaks the protobuf frames, an [`Account`] with
+//! raw Ed25519 keys, and helpers for the frames tests send most.
+//!
+//! `Account` is deliberately not `sotto_core`'s: protocol tests must be able
+//! to build what an honest client never would (an invalid username, a
+//! certificate for someone else, a log entry out of sequence), so it holds
+//! raw keys and builds every frame by hand.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use sotto_testkit::wire::*;
+//! let server = sotto_testkit::TestServer::start().await;
+//! let (mut alice, account) = server.registered("alice").await;
+//! let group = create_group(&mut alice).await;
+//! # }
+//! ```
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -21,10 +27,7 @@ use prost::Message as _;
 use rand::RngCore;
 use sotto_proto::mls_framing::{self, ContentType};
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
-use sotto_server::{Server, ServerConfig, ServerError};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -37,98 +40,6 @@ pub fn random_id() -> Vec<u8> {
     id
 }
 
-/// A running in-process server.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    tmp: Option<tempfile::TempDir>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServerError>>>,
-}
-
-impl TestServer {
-    pub async fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        Self::start_in(dir, Some(tmp), |_| {}).await
-    }
-
-    /// Starts a server with adjusted configuration.
-    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        Self::start_in(dir, Some(tmp), adjust).await
-    }
-
-    async fn start_in(
-        data_dir: PathBuf,
-        tmp: Option<tempfile::TempDir>,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> Self {
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.clone(),
-            ..ServerConfig::default()
-        };
-        adjust(&mut config);
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            addr,
-            data_dir,
-            tmp,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Shuts the server down gracefully and starts a new one on the same
-    /// data directory.
-    pub async fn restart(mut self) -> Self {
-        self.stop_in_place().await;
-        let tmp = self.tmp.take();
-        Self::start_in(self.data_dir.clone(), tmp, |_| {}).await
-    }
-
-    async fn stop_in_place(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server did not stop")
-                .unwrap()
-                .unwrap();
-        }
-    }
-
-    pub async fn stop(mut self) {
-        self.stop_in_place().await;
-    }
-
-    pub async fn connect(&self) -> Client {
-        Client::connect(self.addr).await
-    }
-
-    /// A fresh account, registered on a new connection.
-    pub async fn registered(&self, name: &str) -> (Client, Account) {
-        let account = Account::new(name);
-        let mut client = self.connect().await;
-        assert_done(&client.register(&account).await);
-        (client, account)
-    }
-
-    /// Read-only access to the server's database, to check what it stores.
-    pub fn db(&self) -> rusqlite::Connection {
-        open_db(&self.data_dir)
-    }
-}
-
 pub fn open_db(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(
         dir.join("sotto.db"),
@@ -138,6 +49,14 @@ pub fn open_db(dir: &Path) -> rusqlite::Connection {
 }
 
 /// An account with one device and its keys.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct Account {
     pub username: String,
     pub identity: SigningKey,
@@ -284,6 +203,12 @@ impl Account {
 }
 
 /// A raw protocol client.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub nonce: Vec<u8>,
