@@ -4,7 +4,7 @@ use crate::store::{self, Conversation, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use openmls_rust_crypto::RustCrypto;
 use rusqlite::Connection;
-use sotto_core::group::{self, Inbound};
+use sotto_core::group;
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, MemberId, Username};
 use sotto_proto::v1::{Login, Register, UploadKeyPackages, client_frame, response};
 use std::path::Path;
@@ -564,18 +564,86 @@ impl Client {
             g.epoch_authenticator().as_slice().to_vec(),
         ))
     }
+}
 
-    /// Tries to decrypt a raw MLS message with this device's state without
-    /// storing anything. For tests proving a removed member cannot read.
-    pub fn try_decrypt(&self, payload: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let tx = self.db.unchecked_transaction()?;
-        let provider = MlsProvider::new(&self.crypto, &tx);
-        match group::process(&provider, payload, &self.accounts)? {
-            Inbound::Application { plaintext, .. } => Ok(plaintext),
-            other => Err(ClientError::Usage(format!(
-                "not an application message: {other:?}"
-            ))),
+/// Hooks for tests that must reach inside (enabled by the `test-hooks`
+/// feature, which `sotto-testkit` turns on; never in the CLI's build).
+#[cfg(feature = "test-hooks")]
+mod hooks {
+    use super::*;
+    use crate::conversations::{check_text, decode_body};
+    use sotto_core::content::{Body, Text};
+    use sotto_core::group::Inbound;
+    use sotto_proto::v1::client_frame;
+    impl Client {
+        /// Encrypts a text for an existing conversation and puts it in the
+        /// outbox without connecting; it is sent by the next command that
+        /// connects (or [`Client::submit_staged`]).
+        pub fn queue_text(
+            &self,
+            kind: ConversationKind,
+            name: &str,
+            text: &str,
+        ) -> Result<HistoryEntry, ClientError> {
+            check_text(text)?;
+            let conversation = self.conversation_named(kind, name)?;
+            let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
+                ClientError::Usage(format!("you are no longer in the conversation {name}"))
+            })?;
+            let (_, history) = self.stage_content(
+                &group_id,
+                Body::Text(Text {
+                    text: text.to_owned(),
+                }),
+            )?;
+            history.ok_or_else(|| ClientError::Usage("message was not recorded".into()))
         }
-        // `tx` is dropped here: rolled back.
+
+        /// The MLS payloads of application messages waiting in the outbox. For
+        /// tests that need the exact ciphertext the server will hold.
+        pub fn outbox_payloads(&self) -> Result<Vec<Vec<u8>>, ClientError> {
+            let mut payloads = Vec::new();
+            for entry in store::outbox(&self.db)? {
+                if let Some(client_frame::Body::SendMessage(m)) = decode_body(&entry.frame)? {
+                    payloads.push(m.payload);
+                }
+            }
+            Ok(payloads)
+        }
+
+        /// Stages a key-update commit in the group `name` without sending it.
+        /// With [`Client::submit_staged`], lets tests make two members commit at
+        /// the same epoch.
+        pub fn stage_key_update(&self, name: &str) -> Result<(), ClientError> {
+            let group_id = self.active_group_named(name)?;
+            self.stage_commit(&group_id, &|p, g, key, own| {
+                group::update_keys(p, g, key, own).map(Some)
+            })
+            .map(|_| ())
+        }
+
+        /// Submits every staged frame in the outbox (sends need no login); see
+        /// [`Client::stage_key_update`].
+        pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
+            let mut outcomes = Vec::new();
+            for entry in store::outbox(&self.db)? {
+                outcomes.push(self.submit(&entry).await?);
+            }
+            Ok(outcomes)
+        }
+
+        /// Tries to decrypt a raw MLS message with this device's state without
+        /// storing anything. For tests proving a removed member cannot read.
+        pub fn try_decrypt(&self, payload: &[u8]) -> Result<Vec<u8>, ClientError> {
+            let tx = self.db.unchecked_transaction()?;
+            let provider = MlsProvider::new(&self.crypto, &tx);
+            match group::process(&provider, payload, &self.accounts)? {
+                Inbound::Application { plaintext, .. } => Ok(plaintext),
+                other => Err(ClientError::Usage(format!(
+                    "not an application message: {other:?}"
+                ))),
+            }
+            // `tx` is dropped here: rolled back.
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::store::{
 use crate::transport::Transport;
 use sotto_core::content::{self, AppContent, Body, ConversationInfo, Text};
 use sotto_core::group::{self, CheckedKeyPackage, PendingCommit};
-use sotto_core::identity::{DeviceId, DeviceKey, MemberId, Username};
+use sotto_core::identity::{DeviceId, DeviceKey, Username};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     self, ClaimKeyPackages, ClientFrame, ErrorCode, SendMessage, SubmitCommit, client_frame,
@@ -113,7 +113,7 @@ impl Client {
             let group_id = c.active_group_named(name)?;
             let key_packages = c.claim(&user, &[]).await?;
             c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::add_members(p, g, key, own, &key_packages)
+                group::add_members(p, g, key, own, &key_packages).map(Some)
             })
             .await?;
             // Tell the new members what this conversation is.
@@ -131,7 +131,7 @@ impl Client {
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
             c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::remove_user(p, g, key, own, &user)
+                group::remove_user(p, g, key, own, &user).map(Some)
             })
             .await
         })
@@ -429,17 +429,11 @@ impl Client {
             if has_pending {
                 self.commit_with_retry(t, &group_id, |p, g, key, own| {
                     if g.pending_proposals().next().is_none() {
-                        return Err(sotto_core::group::GroupError::Misuse(
-                            "nothing to commit".into(),
-                        ));
+                        return Ok(None);
                     }
-                    group::commit_pending_proposals(p, g, key, own)
+                    group::commit_pending_proposals(p, g, key, own).map(Some)
                 })
-                .await
-                .or_else(|e| match e {
-                    ClientError::Group(sotto_core::group::GroupError::Misuse(_)) => Ok(()),
-                    e => Err(e),
-                })?;
+                .await?;
                 entries.extend(self.drain(t).await?);
             }
         }
@@ -447,7 +441,8 @@ impl Client {
     }
 
     /// Builds a commit with `build`, submits it, and if another member's
-    /// commit won the epoch, processes that one and tries again.
+    /// commit won the epoch, processes that one and tries again. `build`
+    /// returns `None` when there is nothing to commit (any more).
     pub(crate) async fn commit_with_retry(
         &mut self,
         t: &mut Transport,
@@ -457,10 +452,13 @@ impl Client {
             &mut openmls::group::MlsGroup,
             &DeviceKey,
             DeviceId,
-        ) -> Result<PendingCommit, sotto_core::group::GroupError>,
+        ) -> Result<Option<PendingCommit>, sotto_core::group::GroupError>,
     ) -> Result<(), ClientError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let entry = self.stage_commit(group_id, &build)?;
+            // Nothing (left) to commit: another member's commit did it.
+            let Some(entry) = self.stage_commit(group_id, &build)? else {
+                return Ok(());
+            };
             match self.submit(&entry).await? {
                 CommitOutcome::Accepted => return Ok(()),
                 CommitOutcome::Rejected { .. } => {
@@ -482,87 +480,32 @@ impl Client {
             &mut openmls::group::MlsGroup,
             &DeviceKey,
             DeviceId,
-        ) -> Result<PendingCommit, sotto_core::group::GroupError>,
-    ) -> Result<OutboxEntry, ClientError> {
-        let entry = self.in_transaction(|provider, tx| {
+        ) -> Result<Option<PendingCommit>, sotto_core::group::GroupError>,
+    ) -> Result<Option<OutboxEntry>, ClientError> {
+        self.in_transaction(|provider, tx| {
             let mut g = group::load(provider, group_id)?;
-            let pending = build(
+            let Some(pending) = build(
                 provider,
                 &mut g,
                 &self.account.device,
                 self.account.device_id,
-            )?;
+            )?
+            else {
+                return Ok(None);
+            };
             let entry = commit_entry(group_id, pending);
             store::push_outbox(tx, &entry)?;
-            Ok(entry)
-        })?;
-        Ok(entry)
-    }
-
-    /// Encrypts a text for an existing conversation and puts it in the
-    /// outbox without connecting; it is sent by the next command that
-    /// connects (or [`Client::submit_staged`]).
-    pub fn queue_text(
-        &self,
-        kind: ConversationKind,
-        name: &str,
-        text: &str,
-    ) -> Result<HistoryEntry, ClientError> {
-        check_text(text)?;
-        let conversation = self.conversation_named(kind, name)?;
-        let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
-            ClientError::Usage(format!("you are no longer in the conversation {name}"))
-        })?;
-        let (_, history) = self.stage_content(
-            &group_id,
-            Body::Text(Text {
-                text: text.to_owned(),
-            }),
-        )?;
-        history.ok_or_else(|| ClientError::Usage("message was not recorded".into()))
-    }
-
-    /// The MLS payloads of application messages waiting in the outbox. For
-    /// tests that need the exact ciphertext the server will hold.
-    pub fn outbox_payloads(&self) -> Result<Vec<Vec<u8>>, ClientError> {
-        let mut payloads = Vec::new();
-        for entry in store::outbox(&self.db)? {
-            if let Some(client_frame::Body::SendMessage(m)) = decode_body(&entry.frame)? {
-                payloads.push(m.payload);
-            }
-        }
-        Ok(payloads)
+            Ok(Some(entry))
+        })
     }
 
     /// Points this profile at another server URL (the server moved).
     pub fn set_server_url(&mut self, url: &str) -> Result<(), ClientError> {
         crate::transport::websocket_url(url)?;
-        self.db
-            .execute("UPDATE profile SET server_url = ?1", [url])?;
+        store::set_server_url(&self.db, url)?;
         self.server_url = url.to_owned();
         self.transport = None;
         Ok(())
-    }
-
-    /// Stages a key-update commit in the group `name` without sending it.
-    /// With [`Client::submit_staged`], lets tests make two members commit at
-    /// the same epoch.
-    pub fn stage_key_update(&self, name: &str) -> Result<(), ClientError> {
-        let group_id = self.active_group_named(name)?;
-        self.stage_commit(&group_id, &|p, g, key, own| {
-            group::update_keys(p, g, key, own)
-        })
-        .map(|_| ())
-    }
-
-    /// Submits every staged frame in the outbox (sends need no login); see
-    /// [`Client::stage_key_update`].
-    pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
-        let mut outcomes = Vec::new();
-        for entry in store::outbox(&self.db)? {
-            outcomes.push(self.submit(&entry).await?);
-        }
-        Ok(outcomes)
     }
 
     /// Updates this device's keys in the group `name` (post-compromise
@@ -573,7 +516,7 @@ impl Client {
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
             c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::update_keys(p, g, key, own)
+                group::update_keys(p, g, key, own).map(Some)
             })
             .await
         })
@@ -634,7 +577,7 @@ impl Client {
                     (outcome, Vec::new())
                 }
                 (Err(_), None) => {
-                    tx.execute("DELETE FROM messages WHERE id = ?1", [&entry.message_id])?;
+                    store::delete_message(tx, &entry.message_id)?;
                     (Err(()), Vec::new())
                 }
             })
@@ -657,13 +600,6 @@ impl Client {
         }
         Ok(())
     }
-}
-
-pub(crate) fn usernames(members: &[MemberId]) -> String {
-    let mut names: Vec<&str> = members.iter().map(|m| m.username.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    names.join(", ")
 }
 
 pub(crate) fn check_text(text: &str) -> Result<(), ClientError> {

@@ -178,7 +178,7 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
             self.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::add_members(p, g, key, own, &key_packages)
+                group::add_members(p, g, key, own, &key_packages).map(Some)
             })
             .await?;
             let info = match conversation.kind {
@@ -308,9 +308,8 @@ impl Client {
                         .is_some_and(|r| r.state == GroupState::Active)
                 {
                     c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                        group::remove_devices(p, g, key, own, &[device])?.ok_or_else(|| {
-                            sotto_core::group::GroupError::Misuse("already removed".into())
-                        })
+                        // `None`: another member's commit removed it first.
+                        group::remove_devices(p, g, key, own, &[device])
                     })
                     .await?;
                 }

@@ -4,14 +4,14 @@
 
 use crate::ClientError;
 use crate::client::*;
-use crate::conversations::usernames;
 use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
 use rusqlite::Connection;
 use sotto_core::content::{self, Body};
 use sotto_core::group::{self, GroupError, Inbound, RosterChange};
-use sotto_core::identity::{MemberId, Username};
+use sotto_core::history;
+use sotto_core::identity::Username;
 use sotto_proto::v1::{self, Delivery, SignedTreeHead, Sync, client_frame, response};
 use std::collections::VecDeque;
 
@@ -488,19 +488,13 @@ impl Client {
                         if let Some(placeholder) = placeholder {
                             store::merge_conversation(conn, placeholder.id, conversation.id)?;
                         }
-                        let text =
-                            match (conversation.kind, sender.username == self.account.username) {
-                                (_, true) => "this device was added to the conversation".to_owned(),
-                                (ConversationKind::Direct, false) => {
-                                    format!("{} started a conversation", sender.username)
-                                }
-                                (ConversationKind::Group, false) => {
-                                    format!(
-                                        "{} added you to {}",
-                                        sender.username, conversation.name
-                                    )
-                                }
-                            };
+                        let group_name = (conversation.kind == ConversationKind::Group)
+                            .then_some(conversation.name.as_str());
+                        let text = history::joined_line(
+                            &self.account.username,
+                            &sender.username,
+                            group_name,
+                        );
                         let id = [message_id, &[0xff, 0]].concat();
                         let message = store::NewMessage {
                             id: &id,
@@ -589,30 +583,7 @@ impl Client {
         actor: &str,
         change: &RosterChange,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let mut lines = Vec::new();
-        let (own_devices, others): (Vec<MemberId>, Vec<MemberId>) = change
-            .added
-            .iter()
-            .cloned()
-            .partition(|m| m.username == self.account.username);
-        if !others.is_empty() {
-            lines.push(format!("{actor} added {}", usernames(&others)));
-        }
-        for device in &own_devices {
-            lines.push(format!("{actor} added your device {}", device.device_id));
-        }
-        for m in &change.left {
-            lines.push(format!("{} left", m.username));
-        }
-        for m in &change.removed {
-            if m.device_id == self.account.device_id {
-                lines.push(format!("{actor} removed you"));
-            } else if m.username == self.account.username {
-                lines.push(format!("{actor} removed your device {}", m.device_id));
-            } else {
-                lines.push(format!("{actor} removed {}", m.username));
-            }
-        }
+        let lines = history::roster_lines(&self.account.member_id(), actor, change);
         let now = now_ms();
         let mut entries = Vec::new();
         for (i, line) in lines.iter().enumerate() {

@@ -185,6 +185,12 @@ pub struct Contact {
     pub verified: bool,
 }
 
+/// Points the profile at another server URL.
+pub fn set_server_url(conn: &Connection, url: &str) -> Result<(), StoreError> {
+    conn.execute("UPDATE profile SET server_url = ?1", [url])?;
+    Ok(())
+}
+
 pub fn contact(conn: &Connection, username: &str) -> Result<Option<Contact>, StoreError> {
     conn.query_row(
         "SELECT identity_key, verified FROM contacts WHERE username = ?1",
@@ -723,6 +729,12 @@ pub fn history(
         })
     })?;
     rows.collect()
+}
+
+/// Takes a message out of history (one the server refused to queue).
+pub fn delete_message(conn: &Connection, id: &[u8]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+    Ok(())
 }
 
 pub fn is_processed(conn: &Connection, message_id: &[u8]) -> Result<bool, StoreError> {

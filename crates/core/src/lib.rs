@@ -17,6 +17,7 @@
 
 pub mod content;
 pub mod group;
+pub mod history;
 pub mod identity;
 pub mod link;
 pub mod safety;
