@@ -195,3 +195,263 @@ fn errors(o: &mut String, errors: &[String]) {
     }
     let _ = writeln!(o);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Pcts, StepFigures};
+    use crate::workloads::ProcessShare;
+
+    /// A measured step at `offered` msg/s with an e2e p99 of `p99` ms.
+    fn step(offered: f64, p99: f64, drained: bool) -> StepResult {
+        StepResult {
+            offered,
+            figures: StepFigures {
+                sent: 100,
+                acked: 99,
+                delivered: 98,
+                errors: 1,
+                first_error: None,
+                e2e: Pcts {
+                    p50: 1.25,
+                    p99,
+                    p999: p99 * 2.0,
+                },
+                ack: Pcts {
+                    p50: 0.5,
+                    p99: 0.75,
+                    p999: 3.0,
+                },
+            },
+            achieved: offered * 0.97,
+            drained,
+            drain_s: 0.25,
+            server_cpu_us_per_msg: 71.4,
+            server_cpu_pct: 55.0,
+            client_cpu_pct: 33.3,
+        }
+    }
+
+    /// A run in which every workload produced figures, one baseline was
+    /// skipped and one workload failed: every section of the report appears.
+    fn every_section() -> Results {
+        Results {
+            mode: "--all".into(),
+            machine: vec![("cores".into(), "2".into()), ("CPU".into(), "x".into())],
+            core_split: "pinned".into(),
+            startup: Some(Startup {
+                cold_start_ms: 12.5,
+                cold_starts_ms: vec![12.0, 13.0],
+                idle_rss_kib: 9000,
+                binary_bytes: 12_000_000,
+            }),
+            idle_connections: Some(IdleConnections {
+                target: 19000,
+                registered: 19000,
+                register_per_s: 1234.5,
+                ramp: vec![(0, 10000), (3800, 50000), (19000, 250000)],
+                rss_before_kib: 10000,
+                rss_per_conn_kib: 12.6,
+                login_per_s: 2000.4,
+                idle_cpu_pct: 1.234,
+                idle_window_s: 10.0,
+                heartbeat_s: 30,
+                reconnect_n: 19000,
+                reconnect_s: 4.2,
+                failures: 3,
+                reuse_port: vec![
+                    ProcessShare {
+                        pid: 100,
+                        open_fds: 2000,
+                        rss_kib: 30000,
+                    },
+                    ProcessShare {
+                        pid: 101,
+                        open_fds: 2100,
+                        rss_kib: 31000,
+                    },
+                ],
+                reuse_port_conns: 4100,
+            }),
+            durable_delivery: Some(DurableDelivery {
+                pairs: 200,
+                step_s: 5.0,
+                steps: vec![step(1000.0, 3.0, true), step(5000.0, 80.0, false)],
+                max_sustainable: 1000.0,
+                half_load: Some(step(500.0, 2.0, true)),
+            }),
+            offline_drain: Some(OfflineDrain {
+                devices: 2000,
+                queued: 192480,
+                enqueue_per_s: 15655.2,
+                drained: 192480,
+                drain_s: 14.84,
+                drain_per_s: 12974.1,
+                errors: 0,
+            }),
+            group_fanout: vec![
+                GroupFanout {
+                    devices: 10,
+                    stored_bytes_per_msg: 1500.0,
+                    payload_bytes_per_msg: 540.0,
+                    mailbox_rows_per_msg: 10.0,
+                    overhead_per_recipient: 98.8,
+                    lat_msgs: 100,
+                    last_p50_ms: 1.5,
+                    last_p99_ms: 4.5,
+                    incomplete: 0,
+                    burst_msgs: 2000,
+                    deliveries: 20000,
+                    deliveries_per_s: 100000.0,
+                    server_cpu_us_per_delivery: 3.25,
+                    errors: 0,
+                },
+                GroupFanout {
+                    devices: 1000,
+                    stored_bytes_per_msg: 50000.0,
+                    payload_bytes_per_msg: 540.0,
+                    mailbox_rows_per_msg: 1000.0,
+                    overhead_per_recipient: 49.5,
+                    lat_msgs: 10,
+                    last_p50_ms: 20.5,
+                    last_p99_ms: 45.5,
+                    incomplete: 1,
+                    burst_msgs: 300,
+                    deliveries: 300000,
+                    deliveries_per_s: 160000.0,
+                    server_cpu_us_per_delivery: 1.25,
+                    errors: 2,
+                },
+            ],
+            crash_recovery: Some(CrashRecovery {
+                cycles: 20,
+                pairs: 20,
+                rate: 2000.0,
+                sent: 50000,
+                acked: 49000,
+                lost: 0,
+                duplicates: 12,
+                restart_ms: vec![30.0, 40.0, 35.0],
+                failures: vec!["cycle 1: oops".into()],
+            }),
+            mls_timings: vec![
+                ("mls/encrypt/2".into(), 12345.0),
+                ("mls/join/1000".into(), 12_345_678.0),
+            ],
+            mls_wire_sizes: vec![sotto_bench::mls::WireSizes {
+                size: 2,
+                app_message: 200,
+                update_commit: 300,
+                add_commit: 400,
+                add_welcome: 500,
+                remove_commit: 600,
+            }],
+            mls_note: "a note".into(),
+            baselines: vec![
+                crate::baselines::Baseline {
+                    name: "WebSocket echo (tokio-tungstenite)".into(),
+                    version: "v|1".into(),
+                    durability: "none".into(),
+                    steps: vec![step(1000.0, 0.5, true), step(100000.0, 9.0, true)],
+                    max_sustainable: 100000.0,
+                    skipped: None,
+                },
+                crate::baselines::Baseline {
+                    name: "Mosquitto, MQTT QoS 1, persistent sessions".into(),
+                    version: "2.0".into(),
+                    durability: "no fsync".into(),
+                    steps: vec![step(1000.0, 0.0, true)],
+                    max_sustainable: 0.0,
+                    skipped: None,
+                },
+                crate::baselines::Baseline {
+                    name: "NATS JetStream, file storage".into(),
+                    skipped: Some("not | installed".into()),
+                    ..Default::default()
+                },
+            ],
+            errors: vec!["W6: a\nb".into()],
+            wall_s: 568.2,
+        }
+    }
+
+    fn targets_md() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/TARGETS.md");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// T1..T8 and W1..W7 as they appear in `text` (a letter, then digits, as
+    /// a word of its own).
+    fn ids_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut prev = ' ';
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if (c == 'T' || c == 'W') && !prev.is_alphanumeric() {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    digits.push(d);
+                    chars.next();
+                }
+                let next = chars.peek().copied().unwrap_or(' ');
+                if !digits.is_empty() && !next.is_alphanumeric() {
+                    ids.insert(format!("{c}{digits}"));
+                }
+                prev = digits.chars().last().unwrap_or(c);
+                continue;
+            }
+            prev = c;
+        }
+        ids
+    }
+
+    #[test]
+    fn the_report_names_bench_targets_md_and_nothing_outside_the_repository() {
+        let report = render(&every_section());
+        assert!(report.contains("bench/TARGETS.md"));
+        assert!(!report.contains("BENCHMARKS"), "{report}");
+        assert!(!report.contains("shared/"), "{report}");
+    }
+
+    #[test]
+    fn every_target_and_workload_the_report_names_is_defined_in_bench_targets_md() {
+        let targets = targets_md();
+        let ids = ids_in(&render(&every_section()));
+        let expected: Vec<String> = (1..=8)
+            .map(|i| format!("T{i}"))
+            .chain((1..=7).map(|i| format!("W{i}")))
+            .collect();
+        assert_eq!(ids.iter().cloned().collect::<Vec<_>>(), expected);
+        for id in &ids {
+            assert!(
+                targets.contains(&format!("\n| {id} | ")),
+                "{id} has no row in bench/TARGETS.md"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_run_still_renders_every_always_present_section() {
+        let report = render(&Results::default());
+        for heading in [
+            "# Sotto benchmark report",
+            "## The bar ([bench/TARGETS.md](TARGETS.md)) — T1–T8",
+            "## W6 — scale-out",
+            "## W7 — client MLS costs",
+        ] {
+            assert!(report.contains(heading), "{heading} missing:\n{report}");
+        }
+        assert!(!report.contains("## Errors during the run"));
+    }
+
+    #[test]
+    fn write_puts_the_report_and_both_plots_in_the_directory() {
+        let dir =
+            std::env::temp_dir().join(format!("sotto-bench-report-test-{}", std::process::id()));
+        write(&dir, &every_section()).unwrap();
+        for file in ["REPORT.md", "latency_vs_load.svg", "rss_vs_connections.svg"] {
+            assert!(dir.join(file).is_file(), "{file} missing");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

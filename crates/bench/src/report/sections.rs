@@ -23,7 +23,7 @@ pub(super) fn idle_connections(o: &mut String, w1: &IdleConnections) {
     }
     let _ = writeln!(
         o,
-        "\n- RSS per idle authenticated connection: **{:.1} KiB** (bare tokio-tungstenite: ~10.8 KiB per BENCHMARKS.md)\n\
+        "\n- RSS per idle authenticated connection: **{:.1} KiB** (bare tokio-tungstenite: ~10.8 KiB per bench/TARGETS.md)\n\
          - logins/s during the ramp (128 in flight): **{:.0}**\n\
          - idle server CPU at {} connections over {:.0} s: **{:.2} % of a core**\n\
          - all {} drop and reconnect at once (512 in flight, plain WebSocket, no TLS): **{:.2} s**\n",
@@ -91,7 +91,7 @@ pub(super) fn offline_drain(o: &mut String, w3: &OfflineDrain) {
     let _ = writeln!(
         o,
         "{} messages queued for {} offline devices (enqueued at {:.0} msg/s), then every device logs in at once and drains (`Sync` answers when its mailbox is empty): \
-         **{} delivered in {:.2} s = {:.0} msg/s**; errors {}. (The BENCHMARKS.md shape is 1M messages for 10k devices; this run is scaled down to stay in the time budget.)\n",
+         **{} delivered in {:.2} s = {:.0} msg/s**; errors {}. (W3 in bench/TARGETS.md is 1M messages for 10k devices; this run is scaled down to stay in the time budget.)\n",
         w3.queued, w3.devices, w3.enqueue_per_s, w3.drained, w3.drain_s, w3.drain_per_s, w3.errors
     );
 }

@@ -7,7 +7,7 @@ use super::{Results, f0, f2, mark};
 
 /// The T1–T8 table.
 pub(super) fn table(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## The bar (BENCHMARKS.md) — T1–T8\n");
+    let _ = writeln!(o, "## The bar ([bench/TARGETS.md](TARGETS.md)) — T1–T8\n");
     let _ = writeln!(o, "| id | target | measured | status |\n|---|---|---|---|");
     if let Some(w1) = &r.idle_connections {
         let ok = w1.rss_per_conn_kib <= 8.0 && w1.ramp.last().is_some_and(|l| l.0 >= 19_000);
