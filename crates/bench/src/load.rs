@@ -162,16 +162,35 @@ impl StepResult {
     }
 }
 
-/// Runs one step of `total_rate` msg/s spread over all pairs for `dur`,
-/// then waits (at most `drain`) for everything to arrive.
-pub async fn run_step(
-    pairs: &Pairs,
-    rec: &Recorder,
-    total_rate: f64,
-    dur: Duration,
-    drain: Duration,
-    server: Option<&Proc>,
-) -> StepResult {
+/// How one rate step is timed.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTiming {
+    /// How long load is offered.
+    pub offer_for: Duration,
+    /// How long after that everything sent may take to be delivered (and
+    /// acked) before the step counts as not drained.
+    pub drain_within: Duration,
+}
+
+/// What a step loads and measures: the pairs offering the load, the
+/// recorder they report to, and the process (server or broker) whose CPU
+/// each step is charged.
+#[derive(Debug, Clone, Copy)]
+pub struct Rig<'a> {
+    pub pairs: &'a Pairs,
+    pub rec: &'a Recorder,
+    /// `None`: server CPU is not measured.
+    pub server: Option<&'a Proc>,
+}
+
+/// Runs one step of `total_rate` msg/s spread over all pairs, then waits
+/// (at most `timing.drain_within`) for everything to arrive.
+pub async fn run_step(rig: &Rig<'_>, total_rate: f64, timing: StepTiming) -> StepResult {
+    let Rig { pairs, rec, server } = *rig;
+    let StepTiming {
+        offer_for: dur,
+        drain_within: drain,
+    } = timing;
     let n = pairs.steps.len().max(1) as f64;
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + dur;
@@ -255,18 +274,15 @@ async fn settle(rec: &Recorder, step: &StepFigures, has_acks: bool) {
 
 /// Runs the rate ladder, stopping after two unsustainable steps in a row.
 pub async fn ladder(
-    pairs: &Pairs,
-    rec: &Recorder,
+    rig: &Rig<'_>,
     rates: &[f64],
-    dur: Duration,
-    drain: Duration,
-    server: Option<&Proc>,
+    timing: StepTiming,
     label: &str,
 ) -> Vec<StepResult> {
     let mut out = Vec::new();
     let mut bad = 0;
     for &rate in rates {
-        let r = run_step(pairs, rec, rate, dur, drain, server).await;
+        let r = run_step(rig, rate, timing).await;
         eprintln!(
             "  {label} {rate:>7.0}/s: delivered {} ({:.0}/s) e2e p50 {:.2} p99 {:.2} p99.9 {:.2} ms, ack p99 {:.2} ms, drained {} ({:.2}s), errors {}{}",
             r.figures.delivered,
@@ -294,7 +310,16 @@ pub async fn ladder(
     out
 }
 
-/// Runs a tracked pair index: high bits pair, low 40 bits sequence.
+/// The highest offered rate whose step was sustainable (0 if none was).
+pub fn max_sustainable(steps: &[StepResult]) -> f64 {
+    steps
+        .iter()
+        .filter(|s| s.sustainable())
+        .map(|s| s.offered)
+        .fold(0.0, f64::max)
+}
+
+/// A tracked message index: high bits pair, low 40 bits sequence.
 pub fn index(pair: usize, seq: u64) -> u64 {
     ((pair as u64) << 40) | (seq & ((1 << 40) - 1))
 }

@@ -31,6 +31,10 @@ use crate::baselines::Kind;
 use crate::net::SourceAddrs;
 use crate::procs::SottoBin;
 use crate::report::Results;
+use crate::workloads::{
+    CrashRecoveryConfig, DurableDeliveryConfig, GroupFanoutConfig, IdleConnectionsConfig,
+    OfflineDrainConfig, Testbed,
+};
 
 /// Sotto's load generator: drives real sotto-server processes (and baseline
 /// brokers) over loopback and writes bench/REPORT.md.
@@ -346,6 +350,11 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
     // Rotate source addresses between runs (TIME_WAIT holds ports 60 s).
     let first_host = 2 + (std::process::id() % 200) * 256;
     let src = SourceAddrs::new(first_host, 64);
+    let bed = Testbed {
+        bin: &bin,
+        scratch: &scratch,
+        src: &src,
+    };
     let mut r = Results {
         mode: match mode {
             Mode::Smoke => "--smoke",
@@ -374,19 +383,22 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
 
     if want("t8") {
         eprintln!("T8: cold start, idle RSS, binary size");
-        match workloads::t8(&bin, &scratch, pick(1, 3, 5)).await {
-            Ok(t) => r.t8 = Some(t),
+        match workloads::measure_startup(&bed, pick(1, 3, 5)).await {
+            Ok(t) => r.startup = Some(t),
             Err(e) => r.errors.push(format!("T8: {e:#}")),
         }
     }
     if want("w1") {
         eprintln!("W1: idle connections");
-        // 19,000 is the server's default connection cap and fits in the
-        // generator's own 20,000 open files.
-        let n = pick(50, 2_000, 19_000);
-        let idle = Duration::from_secs(pick(1, 3, 10) as u64);
-        match workloads::w1(&bin, &scratch, &src, n, idle, pick(2, 2, 3)).await {
-            Ok(w) => r.w1 = Some(w),
+        let config = IdleConnectionsConfig {
+            // 19,000 is the server's default connection cap and fits in the
+            // generator's own 20,000 open files.
+            connections: pick(50, 2_000, 19_000),
+            idle_window: Duration::from_secs(pick(1, 3, 10) as u64),
+            reuse_port_processes: pick(2, 2, 3),
+        };
+        match workloads::measure_idle_connections(&bed, &config).await {
+            Ok(w) => r.idle_connections = Some(w),
             Err(e) => r.errors.push(format!("W1: {e:#}")),
         }
     }
@@ -398,24 +410,24 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
             50_000.0,
         ],
     };
-    let pairs = pick(10, 100, 200);
-    let step = Duration::from_secs(pick(1, 2, 5) as u64);
+    let ladder = DurableDeliveryConfig {
+        pairs: pick(10, 100, 200),
+        rates,
+        step: Duration::from_secs(pick(1, 2, 5) as u64),
+    };
     if want("w2") {
-        eprintln!("W2: 1:1 durable delivery, {pairs} pairs");
-        match workloads::w2(&bin, &scratch, &src, pairs, &rates, step).await {
-            Ok(w) => r.w2 = Some(w),
+        eprintln!("W2: 1:1 durable delivery, {} pairs", ladder.pairs);
+        match workloads::measure_durable_delivery(&bed, &ladder).await {
+            Ok(w) => r.durable_delivery = Some(w),
             Err(e) => r.errors.push(format!("W2: {e:#}")),
         }
     }
     if !smoke && want("baselines") {
-        let mut brates = rates.clone();
-        brates.push(100_000.0);
+        let mut baseline_ladder = ladder.clone();
+        baseline_ladder.rates.push(100_000.0);
         for kind in [Kind::Echo, Kind::Mosquitto, Kind::Nats] {
             eprintln!("baseline {kind:?}");
-            let b = baselines::run(
-                kind, &self_exe, &scratch, &src, bin.core, pairs, &brates, step,
-            )
-            .await;
+            let b = baselines::run(kind, &bed, &self_exe, &baseline_ladder).await;
             r.baselines.push(b);
         }
     }
@@ -423,51 +435,47 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
         let (devices, msgs) = (pick(20, 200, 2_000), pick(1_000, 20_000, 200_000) as u64);
         // Filling the mailboxes is not what W3 measures: enqueue at the
         // highest rate W2 saw the server absorb (bounded to 30 s of filling).
-        let rate =
-            r.w2.as_ref()
-                .and_then(|w| w.steps.iter().map(|s| s.achieved).reduce(f64::max))
-                .filter(|m| *m > 0.0)
-                .unwrap_or(2_000.0)
-                .clamp(1_000.0, 20_000.0);
+        let rate = r
+            .durable_delivery
+            .as_ref()
+            .and_then(|w| w.steps.iter().map(|s| s.achieved).reduce(f64::max))
+            .filter(|m| *m > 0.0)
+            .unwrap_or(2_000.0)
+            .clamp(1_000.0, 20_000.0);
         let msgs = msgs.min((rate * 30.0) as u64);
         eprintln!("W3: offline drain, {msgs} messages for {devices} devices");
-        match workloads::w3(&bin, &scratch, &src, devices, msgs, rate).await {
-            Ok(w) => r.w3 = Some(w),
+        let config = OfflineDrainConfig {
+            devices,
+            messages: msgs,
+            enqueue_rate: rate,
+        };
+        match workloads::measure_offline_drain(&bed, &config).await {
+            Ok(w) => r.offline_drain = Some(w),
             Err(e) => r.errors.push(format!("W3: {e:#}")),
         }
     }
     if want("w4") {
-        let sizes: Vec<usize> = if smoke { vec![10] } else { vec![10, 100, 1000] };
-        eprintln!("W4: group fan-out {sizes:?}");
-        match workloads::w4(
-            &bin,
-            &scratch,
-            &src,
-            &sizes,
-            20.0,
-            Duration::from_secs(pick(1, 2, 5) as u64),
-            pick(2_000, 100_000, 300_000) as u64,
-        )
-        .await
-        {
-            Ok(w) => r.w4 = w,
+        let config = GroupFanoutConfig {
+            group_sizes: if smoke { vec![10] } else { vec![10, 100, 1000] },
+            latency_rate: 20.0,
+            latency_window: Duration::from_secs(pick(1, 2, 5) as u64),
+            burst_deliveries: pick(2_000, 100_000, 300_000) as u64,
+        };
+        eprintln!("W4: group fan-out {:?}", config.group_sizes);
+        match workloads::measure_group_fanout(&bed, &config).await {
+            Ok(w) => r.group_fanout = w,
             Err(e) => r.errors.push(format!("W4: {e:#}")),
         }
     }
     if want("w5") {
-        let cycles = pick(2, 5, 20);
-        eprintln!("W5: {cycles} crash cycles");
-        match workloads::w5(
-            &bin,
-            &scratch,
-            &src,
-            cycles,
-            pick(5, 20, 20),
-            pick(500, 2_000, 2_000) as f64,
-        )
-        .await
-        {
-            Ok(w) => r.w5 = Some(w),
+        let config = CrashRecoveryConfig {
+            cycles: pick(2, 5, 20),
+            pairs: pick(5, 20, 20),
+            rate: pick(500, 2_000, 2_000) as f64,
+        };
+        eprintln!("W5: {} crash cycles", config.cycles);
+        match workloads::measure_crash_recovery(&bed, &config).await {
+            Ok(w) => r.crash_recovery = Some(w),
             Err(e) => r.errors.push(format!("W5: {e:#}")),
         }
     }
@@ -483,7 +491,7 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
         eprintln!("W7: MLS wire sizes {sizes:?}");
         for &s in &sizes {
             match tokio::task::spawn_blocking(move || sotto_bench::mls::wire_sizes(s)).await {
-                Ok(Ok(w)) => r.w7_sizes.push(w),
+                Ok(Ok(w)) => r.mls_wire_sizes.push(w),
                 Ok(Err(e)) => r.errors.push(format!("W7 sizes {s}: {e:#}")),
                 Err(e) => r.errors.push(format!("W7 sizes {s}: {e}")),
             }
@@ -494,10 +502,10 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
             .collect::<Vec<_>>()
             .join(",");
         if smoke || args.no_criterion {
-            r.w7_note = "Criterion not run in this mode; run `cargo bench -p sotto-bench --bench mls` (sizes via SOTTO_BENCH_MLS_SIZES).".into();
+            r.mls_note = "Criterion not run in this mode; run `cargo bench -p sotto-bench --bench mls` (sizes via SOTTO_BENCH_MLS_SIZES).".into();
         } else {
             eprintln!("W7: criterion (cargo bench, sizes {list})");
-            r.w7_note = format!(
+            r.mls_note = format!(
                 "`cargo bench -p sotto-bench --bench mls` with SOTTO_BENCH_MLS_SIZES={list}: openmls 0.9.2, ciphersuite 0x0001 \
                  (X25519, AES-128-GCM, SHA-256, Ed25519), OpenMlsRustCrypto with in-memory storage (the real client adds a SQLite \
                  transaction per operation on top). 10 samples per benchmark, 1 s each: a short run. commit_* include clearing the \
@@ -505,7 +513,7 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
                  one application message. Ran on the generator's core."
             );
             match run_criterion(&list, Duration::from_secs(pick(60, 420, 600) as u64)).await {
-                Ok(rows) => r.w7 = rows,
+                Ok(rows) => r.mls_timings = rows,
                 Err(e) => r.errors.push(format!("W7 criterion: {e:#}")),
             }
         }
@@ -536,29 +544,29 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
 
 /// The smoke run asserts that the tool produced numbers, not how fast.
 fn smoke_check(r: &Results) -> anyhow::Result<()> {
-    let t8 = r.t8.as_ref().context("T8 produced nothing")?;
+    let t8 = r.startup.as_ref().context("T8 produced nothing")?;
     if t8.cold_start_ms <= 0.0 || t8.binary_bytes == 0 {
         bail!("T8 numbers missing");
     }
-    let w1 = r.w1.as_ref().context("W1 produced nothing")?;
+    let w1 = r.idle_connections.as_ref().context("W1 produced nothing")?;
     if w1.ramp.last().is_none_or(|l| l.0 == 0) {
         bail!("W1 opened no connection");
     }
-    let w2 = r.w2.as_ref().context("W2 produced nothing")?;
+    let w2 = r.durable_delivery.as_ref().context("W2 produced nothing")?;
     if w2.steps.iter().all(|s| s.figures.delivered == 0) {
         bail!("W2 delivered nothing");
     }
-    if r.w4.iter().all(|g| g.deliveries == 0) {
+    if r.group_fanout.iter().all(|g| g.deliveries == 0) {
         bail!("W4 delivered nothing");
     }
-    let w5 = r.w5.as_ref().context("W5 produced nothing")?;
+    let w5 = r.crash_recovery.as_ref().context("W5 produced nothing")?;
     if w5.acked == 0 {
         bail!("W5 acknowledged nothing");
     }
     if w5.lost > 0 {
         bail!("W5 lost {} acknowledged messages", w5.lost);
     }
-    if r.w3.as_ref().is_none_or(|w| w.drained == 0) {
+    if r.offline_drain.as_ref().is_none_or(|w| w.drained == 0) {
         bail!("W3 drained nothing");
     }
     Ok(())

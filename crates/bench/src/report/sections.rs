@@ -1,0 +1,216 @@
+//! One report section per workload, W1–W7.
+
+use std::fmt::Write as _;
+
+use super::{Results, f0, f2, step_rows};
+use crate::workloads::{
+    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, ProcessShare,
+};
+
+/// W1.
+pub(super) fn idle_connections(o: &mut String, w1: &IdleConnections) {
+    let _ = writeln!(o, "## W1 — idle authenticated connections\n");
+    let _ = writeln!(
+        o,
+        "Target {} connections. {} accounts registered first ({:.0} registrations/s, connections closed), then logged in and kept idle in five steps, \
+         each client sending a WebSocket ping every {} s. RSS is the server's VmRSS; per connection = (RSS at the top − RSS before the ramp) / connections. \
+         Failures: {}.\n",
+        w1.target, w1.registered, w1.register_per_s, w1.heartbeat_s, w1.failures
+    );
+    let _ = writeln!(o, "| connections | server RSS KiB |\n|---:|---:|");
+    for (c, rss) in &w1.ramp {
+        let _ = writeln!(o, "| {c} | {rss} |");
+    }
+    let _ = writeln!(
+        o,
+        "\n- RSS per idle authenticated connection: **{:.1} KiB** (bare tokio-tungstenite: ~10.8 KiB per bench/TARGETS.md)\n\
+         - logins/s during the ramp (128 in flight): **{:.0}**\n\
+         - idle server CPU at {} connections over {:.0} s: **{:.2} % of a core**\n\
+         - all {} drop and reconnect at once (512 in flight, plain WebSocket, no TLS): **{:.2} s**\n",
+        w1.rss_per_conn_kib,
+        w1.login_per_s,
+        w1.ramp.last().map_or(0, |l| l.0),
+        w1.idle_window_s,
+        w1.idle_cpu_pct,
+        w1.reconnect_n,
+        w1.reconnect_s
+    );
+    if !w1.reuse_port.is_empty() {
+        let _ = writeln!(
+            o,
+            "Several processes on one port (`sotto-server --reuse-port`, same data directory; accounts registered beforehand): {} connections spread as:\n",
+            w1.reuse_port_conns
+        );
+        let _ = writeln!(o, "| pid | open fds | RSS KiB |\n|---:|---:|---:|");
+        for ProcessShare {
+            pid,
+            open_fds,
+            rss_kib,
+        } in &w1.reuse_port
+        {
+            let _ = writeln!(o, "| {pid} | {open_fds} | {rss_kib} |");
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(o, "![RSS against connections](rss_vs_connections.svg)\n");
+}
+
+/// W2.
+pub(super) fn durable_delivery(o: &mut String, w2: &DurableDelivery) {
+    let _ = writeln!(o, "## W2 — 1:1 durable delivery (512-byte envelopes)\n");
+    let _ = writeln!(
+        o,
+        "{} sender/receiver device pairs, each pair its own group and connections; {} s per step; Sotto answers `Done` only after the SQLite \
+         transaction (WAL, `synchronous=FULL`) committed, i.e. **fsync before ack**. e2e = scheduled send → delivery at the receiver; \
+         send→ack = scheduled send → `Done`. Receivers acknowledge every delivery (batched per read).\n",
+        w2.pairs, w2.step_s
+    );
+    step_rows(o, &w2.steps, true);
+    let _ = writeln!(
+        o,
+        "\nMax sustainable rate: **{} msg/s**.",
+        f0(w2.max_sustainable)
+    );
+    if let Some(h) = &w2.half_load {
+        let _ = writeln!(
+            o,
+            "At half of it ({} msg/s): e2e p50 {} ms, p99 {} ms, p99.9 {} ms; send→ack p99 {} ms.\n",
+            f0(h.offered),
+            f2(h.figures.e2e.p50),
+            f2(h.figures.e2e.p99),
+            f2(h.figures.e2e.p999),
+            f2(h.figures.ack.p99)
+        );
+    }
+    let _ = writeln!(o, "![latency against offered load](latency_vs_load.svg)\n");
+}
+
+/// W3.
+pub(super) fn offline_drain(o: &mut String, w3: &OfflineDrain) {
+    let _ = writeln!(o, "## W3 — offline drain\n");
+    let _ = writeln!(
+        o,
+        "{} messages queued for {} offline devices (enqueued at {:.0} msg/s), then every device logs in at once and drains (`Sync` answers when its mailbox is empty): \
+         **{} delivered in {:.2} s = {:.0} msg/s**; errors {}. (W3 in bench/TARGETS.md is 1M messages for 10k devices; this run is scaled down to stay in the time budget.)\n",
+        w3.queued, w3.devices, w3.enqueue_per_s, w3.drained, w3.drain_s, w3.drain_per_s, w3.errors
+    );
+}
+
+/// W4, a row per group size.
+pub(super) fn group_fanout(o: &mut String, groups: &[GroupFanout]) {
+    let _ = writeln!(o, "## W4 — group fan-out\n");
+    let _ = writeln!(
+        o,
+        "One group per size; four sender devices; every message names all recipient devices. Storage: 20 messages queued while every recipient is offline; \
+         bytes = growth of the SQLite database (page_count × page_size, WAL included) per message. Latency: Poisson sends at a light rate, \
+         time from the scheduled send to the **last** recipient's delivery. Throughput: a burst from four senders, deliveries/s until all arrived.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| devices | stored bytes/msg | payload bytes/msg | mailbox rows/msg | bytes/recipient above payload | msgs timed | last-recipient p50 ms | p99 ms | incomplete | burst msgs | deliveries | deliveries/s | server CPU µs/delivery | errors |"
+    );
+    let _ = writeln!(
+        o,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for g in groups {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            g.devices,
+            f0(g.stored_bytes_per_msg),
+            f0(g.payload_bytes_per_msg),
+            f0(g.mailbox_rows_per_msg),
+            f0(g.overhead_per_recipient),
+            g.lat_msgs,
+            f2(g.last_p50_ms),
+            f2(g.last_p99_ms),
+            g.incomplete,
+            g.burst_msgs,
+            g.deliveries,
+            f0(g.deliveries_per_s),
+            f2(g.server_cpu_us_per_delivery),
+            g.errors
+        );
+    }
+    let _ = writeln!(o);
+}
+
+/// W5.
+pub(super) fn crash_recovery(o: &mut String, w5: &CrashRecovery) {
+    let _ = writeln!(o, "## W5 — crash during load\n");
+    let _ = writeln!(
+        o,
+        "{} cycles: {} pairs at {} msg/s (Poisson); `kill -9` of the server 0.3–0.9 s into the load; restart on the same data directory; every receiver logs in and drains (Sync). \
+         A message counts as acknowledged when its sender got `Done`.\n\n\
+         | cycles | sent | acknowledged | **lost (acked, never delivered)** | duplicates seen by receivers | restart median ms |\n|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | **{}** | {} | {} |\n",
+        w5.cycles,
+        w5.pairs,
+        f0(w5.rate),
+        w5.cycles,
+        w5.sent,
+        w5.acked,
+        w5.lost,
+        w5.duplicates,
+        f0(crate::stats::median(w5.restart_ms.clone()))
+    );
+    let _ = writeln!(
+        o,
+        "Duplicates are deliveries a receiver saw twice because its Ack had not been committed when the server died; \
+         the protocol is at-least-once and clients de-duplicate on the message id.\n"
+    );
+    for f in w5.failures.iter().take(10) {
+        let _ = writeln!(o, "- failure: {f}");
+    }
+}
+
+/// W6: not measured yet.
+pub(super) fn scale_out(o: &mut String) {
+    let _ = writeln!(
+        o,
+        "## W6 — scale-out (PostgreSQL + NATS)\n\nNot measured: there is no PostgreSQL backend yet. (W1 above checks that several processes can share a port with `--reuse-port`; \
+         note that they do not share the in-process mailbox hub, so only idle/login load is meaningful across processes today.)\n"
+    );
+}
+
+/// W7: criterion timings and bytes on the wire.
+pub(super) fn mls(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## W7 — client MLS costs (criterion)\n");
+    let _ = writeln!(o, "{}\n", r.mls_note);
+    if !r.mls_timings.is_empty() {
+        let _ = writeln!(
+            o,
+            "| benchmark (operation/group size) | time per op |\n|---|---:|"
+        );
+        for (name, ns) in &r.mls_timings {
+            let t = if *ns >= 1e6 {
+                format!("{:.2} ms", ns / 1e6)
+            } else {
+                format!("{:.1} µs", ns / 1e3)
+            };
+            let _ = writeln!(o, "| {name} | {t} |");
+        }
+        let _ = writeln!(o);
+    }
+    if !r.mls_wire_sizes.is_empty() {
+        let _ = writeln!(o, "Bytes on the wire (100-byte plaintext):\n");
+        let _ = writeln!(
+            o,
+            "| members | application message | update commit | add-one commit | add-one Welcome | remove-one commit |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        for s in &r.mls_wire_sizes {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.size,
+                s.app_message,
+                s.update_commit,
+                s.add_commit,
+                s.add_welcome,
+                s.remove_commit
+            );
+        }
+        let _ = writeln!(o);
+    }
+}
