@@ -1,0 +1,169 @@
+//! The group policy every client enforces (DESIGN.md §5): which keys may
+//! appear in a group (the transparency directory's), which proposals and
+//! commits a member may make, and what a direct conversation's roster is.
+
+use super::GroupError;
+use crate::identity::{MemberId, Username};
+use openmls::prelude::*;
+
+/// Where a client checks that a member's signature key is one the
+/// transparency log lists for the member's account.
+pub trait KeyDirectory {
+    fn check(&self, member: &MemberId, signature_key: &[u8]) -> KeyCheck;
+}
+
+/// The verdict of a [`KeyDirectory`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The log lists this key for this device.
+    Listed,
+    /// The account (or this device of it) has not been looked up yet, or
+    /// was looked up before the device was added.
+    Unknown,
+    /// The log says otherwise; the reason says how.
+    Refused(String),
+}
+
+/// Checks every (member, key) against the directory: all listed, or the
+/// accounts to look up, or a ghost.
+pub(super) fn check_members<'a>(
+    directory: &impl KeyDirectory,
+    members: impl IntoIterator<Item = (&'a Credential, &'a [u8])>,
+) -> Result<(), GroupError> {
+    let mut unknown = Vec::new();
+    for (credential, key) in members {
+        let member = MemberId::from_credential(credential)?;
+        match directory.check(&member, key) {
+            KeyCheck::Listed => {}
+            KeyCheck::Unknown => {
+                if !unknown.contains(&member.username) {
+                    unknown.push(member.username);
+                }
+            }
+            KeyCheck::Refused(reason) => {
+                return Err(GroupError::Ghost(format!(
+                    "refused device {} of {}: {reason}",
+                    member.device_id, member.username
+                )));
+            }
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(GroupError::Unverified(unknown))
+    }
+}
+
+/// The group policy every commit must follow, checked before it is merged
+/// (DESIGN.md §5): nobody commits on someone else's behalf, and every leaf a
+/// commit introduces or changes carries a key the transparency log lists for
+/// that leaf's account.
+///
+/// - Add: only inline, by the committer; every new member's key is logged.
+/// - Remove: the committer removes someone (any member may, in the
+///   conversation's history the committer is named), or commits a member's
+///   own leave proposal.
+/// - Update: only of the proposer's own leaf, keeping its credential, to a
+///   logged key (Sotto clients never send one; they commit their updates).
+/// - The committer's own new leaf keeps its credential and has a logged key.
+/// - PSK, ReInit, external init, group-context extensions and anything else:
+///   refused; Sotto does not use them.
+pub(super) fn check_commit_policy(
+    group: &MlsGroup,
+    staged: &StagedCommit,
+    committer_leaf: LeafNodeIndex,
+    committer: &MemberId,
+    directory: &impl KeyDirectory,
+) -> Result<(), GroupError> {
+    let violation = |what: String| GroupError::PolicyViolation {
+        committer: committer.clone(),
+        what,
+    };
+    let mut introduced: Vec<(Credential, Vec<u8>)> = Vec::new();
+    for queued in staged.queued_proposals() {
+        let proposer = match queued.sender() {
+            Sender::Member(leaf) => *leaf,
+            _ => return Err(violation("a proposal from a non-member".into())),
+        };
+        match queued.proposal() {
+            Proposal::Add(add) => {
+                if proposer != committer_leaf {
+                    return Err(violation("it commits another member's add".into()));
+                }
+                let leaf = add.key_package().leaf_node();
+                introduced.push((
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                ));
+            }
+            Proposal::Remove(remove) => {
+                if proposer != committer_leaf && proposer != remove.removed() {
+                    return Err(violation(format!(
+                        "it commits {}'s proposal to remove {}",
+                        member_name(group, proposer),
+                        member_name(group, remove.removed())
+                    )));
+                }
+            }
+            Proposal::SelfRemove => {}
+            Proposal::Update(update) => {
+                let leaf = update.leaf_node();
+                let before = group
+                    .member(proposer)
+                    .and_then(|c| MemberId::from_credential(c).ok());
+                if before != MemberId::from_credential(leaf.credential()).ok() {
+                    return Err(violation(format!(
+                        "it relabels {} as someone else",
+                        member_name(group, proposer)
+                    )));
+                }
+                introduced.push((
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                ));
+            }
+            other => {
+                return Err(violation(format!(
+                    "a {:?} proposal, which Sotto does not use",
+                    other.proposal_type()
+                )));
+            }
+        }
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        if MemberId::from_credential(leaf.credential()).ok().as_ref() != Some(committer) {
+            return Err(violation("its new leaf claims to be another device".into()));
+        }
+        introduced.push((
+            leaf.credential().clone(),
+            leaf.signature_key().as_slice().to_vec(),
+        ));
+    }
+    check_members(directory, introduced.iter().map(|(c, k)| (c, k.as_slice())))
+}
+
+/// `username (device …)` of the member at `leaf`, for messages.
+fn member_name(group: &MlsGroup, leaf: LeafNodeIndex) -> String {
+    group
+        .member(leaf)
+        .and_then(|c| MemberId::from_credential(c).ok())
+        .map_or_else(|| format!("leaf {}", leaf.u32()), |m| m.to_string())
+}
+
+/// The other account of a direct conversation: the roster must hold this
+/// account's devices and one other account's, nobody else (DESIGN.md §5).
+/// Otherwise the accounts that do not belong (all others when there are
+/// several, or none when this account is alone).
+pub fn direct_peer(roster: &[MemberId], own: &Username) -> Result<Username, Vec<Username>> {
+    let mut others: Vec<Username> = Vec::new();
+    for member in roster {
+        if &member.username != own && !others.contains(&member.username) {
+            others.push(member.username.clone());
+        }
+    }
+    match others.as_slice() {
+        [peer] => Ok(peer.clone()),
+        _ => Err(others),
+    }
+}

@@ -1,0 +1,355 @@
+//! Unit tests of the MLS operations and of the group policy.
+
+use super::*;
+use crate::identity::IdentityKey;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use sotto_proto::v1::ClaimedKeyPackage;
+
+struct Device {
+    account: Account,
+    provider: OpenMlsRustCrypto,
+}
+
+fn device(name: &str) -> Device {
+    Device {
+        account: Account::generate(Username::parse(name).unwrap()),
+        provider: OpenMlsRustCrypto::default(),
+    }
+}
+
+fn claim(d: &Device) -> CheckedKeyPackage {
+    let claimed = ClaimedKeyPackage {
+        device: Some(d.account.signed_device()),
+        key_package: new_key_package(&d.provider, &d.account, false).unwrap(),
+    };
+    check_key_package(
+        &d.provider,
+        &d.account.username,
+        &d.account.identity_public(),
+        &claimed,
+    )
+    .unwrap()
+}
+
+/// Lists exactly the given devices' keys.
+struct Directory(Vec<(MemberId, [u8; 32])>);
+
+impl Directory {
+    fn of(devices: &[&Device]) -> Self {
+        Self(
+            devices
+                .iter()
+                .map(|d| (d.account.member_id(), d.account.device.public()))
+                .collect(),
+        )
+    }
+}
+
+impl KeyDirectory for Directory {
+    fn check(&self, member: &MemberId, key: &[u8]) -> KeyCheck {
+        match self.0.iter().find(|(m, _)| m.username == member.username) {
+            None => KeyCheck::Unknown,
+            Some(_) => match self.0.iter().find(|(m, _)| m == member) {
+                Some((_, k)) if k.as_slice() == key => KeyCheck::Listed,
+                _ => KeyCheck::Refused("not in the log".into()),
+            },
+        }
+    }
+}
+
+fn accept(d: &Device, group: &mut MlsGroup) {
+    merge_pending(&d.provider, group).unwrap();
+}
+
+#[test]
+fn create_add_talk_remove() {
+    let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+    let dir = Directory::of(&[&a, &b, &c]);
+    let mut group = create_group(&a.provider, &a.account).unwrap();
+    let pending = add_members(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+        &[claim(&b), claim(&c)],
+    )
+    .unwrap();
+    assert_eq!(pending.epoch, 0);
+    assert!(pending.recipients.is_empty());
+    assert_eq!(
+        pending.welcome_recipients,
+        vec![b.account.device_id, c.account.device_id]
+    );
+    accept(&a, &mut group);
+    let welcome = pending.welcome.unwrap();
+    for d in [&b, &c] {
+        assert!(
+            matches!(process(&d.provider, &welcome, &dir).unwrap(), Inbound::Joined { members, .. } if members.len() == 3)
+        );
+    }
+
+    let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hello").unwrap();
+    for d in [&b, &c] {
+        match process(&d.provider, &hello, &dir).unwrap() {
+            Inbound::Application {
+                plaintext, sender, ..
+            } => {
+                assert_eq!(plaintext, b"hello");
+                assert_eq!(sender, a.account.member_id());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let pending = remove_user(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+        &c.account.username,
+    )
+    .unwrap();
+    assert_eq!(
+        pending.recipients.len(),
+        2,
+        "the removed member must learn of its removal"
+    );
+    accept(&a, &mut group);
+    match process(&c.provider, &pending.commit, &dir).unwrap() {
+        Inbound::Commit { self_removed, .. } => assert!(self_removed),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(process(&b.provider, &pending.commit, &dir).unwrap(), Inbound::Commit { change, .. } if change.removed == vec![c.account.member_id()])
+    );
+
+    let secret = encrypt(&a.provider, &mut group, &a.account.device, b"after removal").unwrap();
+    assert!(process(&c.provider, &secret, &dir).is_err());
+    assert!(
+        matches!(process(&b.provider, &secret, &dir).unwrap(), Inbound::Application { plaintext, .. } if plaintext == b"after removal")
+    );
+}
+
+#[test]
+fn key_package_must_match_certified_device() {
+    let (b, mallory) = (device("ben"), device("mallory"));
+    // Mallory's KeyPackage presented under Ben's certificate.
+    let claimed = ClaimedKeyPackage {
+        device: Some(b.account.signed_device()),
+        key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
+    };
+    let err = check_key_package(
+        &b.provider,
+        &b.account.username,
+        &b.account.identity_public(),
+        &claimed,
+    );
+    assert!(matches!(err, Err(GroupError::PeerMisbehaved(_))), "{err:?}");
+    // Ben's real KeyPackage but a certificate signed by someone else.
+    let other = IdentityKey::generate();
+    let claimed = ClaimedKeyPackage {
+        device: Some(b.account.signed_device()),
+        key_package: new_key_package(&b.provider, &b.account, false).unwrap(),
+    };
+    assert!(
+        check_key_package(&b.provider, &b.account.username, &other.public(), &claimed).is_err()
+    );
+    // And asking for "ben" but getting mallory's genuine device is refused.
+    let claimed = ClaimedKeyPackage {
+        device: Some(mallory.account.signed_device()),
+        key_package: new_key_package(&mallory.provider, &mallory.account, false).unwrap(),
+    };
+    assert!(
+        check_key_package(
+            &b.provider,
+            &b.account.username,
+            &mallory.account.identity_public(),
+            &claimed
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    let d = device("dora");
+    let dir = Directory::of(&[&d]);
+    for junk in [&b""[..], b"\x00\x01", &[0xff; 64]] {
+        assert!(process(&d.provider, junk, &dir).is_err());
+    }
+}
+
+#[test]
+fn members_missing_from_the_log_are_refused() {
+    let (a, b, c, ghost) = (
+        device("anna"),
+        device("ben"),
+        device("cleo"),
+        device("ghost"),
+    );
+    let mut group = create_group(&a.provider, &a.account).unwrap();
+    let (b_kp, c_kp) = (claim(&b), claim(&c));
+    let pending = add_members(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+        &[b_kp, c_kp],
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    let welcome = pending.welcome.unwrap();
+    // Ben has not looked up anna and cleo yet: he is told to. (The real
+    // client rolls back its transaction and retries after the lookup.)
+    let err = process(&b.provider, &welcome, &Directory::of(&[&b])).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::Unverified(users) if users.len() == 2),
+        "{err:?}"
+    );
+    process(&c.provider, &welcome, &Directory::of(&[&a, &b, &c])).unwrap();
+
+    // Anna adds a device whose key the log does not list.
+    let pending = add_members(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+        &[claim(&ghost)],
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    let mut lying = Directory::of(&[&a, &b, &c]);
+    lying.0.push((ghost.account.member_id(), [9; 32]));
+    let err = process(&c.provider, &pending.commit, &lying).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::Ghost(reason) if reason.contains("ghost")),
+        "{err:?}"
+    );
+}
+
+/// Anna, Ben and Cleo in one group, everyone at epoch 1.
+fn trio() -> (Device, Device, Device, Directory, MlsGroup) {
+    let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+    let dir = Directory::of(&[&a, &b, &c]);
+    let mut group = create_group(&a.provider, &a.account).unwrap();
+    let pending = add_members(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+        &[claim(&b), claim(&c)],
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    let welcome = pending.welcome.unwrap();
+    for d in [&b, &c] {
+        process(&d.provider, &welcome, &dir).unwrap();
+    }
+    (a, b, c, dir, group)
+}
+
+#[test]
+fn a_commit_whose_author_relabels_itself_is_refused() {
+    let (_a, b, c, dir, group) = trio();
+    let mut ben = load(&b.provider, group.group_id().as_slice()).unwrap();
+    // Ben's new leaf claims to be Cleo's device (with his own key).
+    let as_cleo = LeafNodeParameters::builder()
+        .with_credential_with_key(CredentialWithKey {
+            credential: c.account.member_id().to_credential(),
+            signature_key: b.account.device.public().to_vec().into(),
+        })
+        .build();
+    let bundle = ben
+        .self_update(&b.provider, &b.account.device, as_cleo)
+        .unwrap();
+    let commit = serialize(bundle.commit()).unwrap();
+    let err = process(&c.provider, &commit, &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::PolicyViolation { committer, what }
+            if committer.username.as_str() == "ben" && what.contains("another device")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn only_a_members_own_leave_is_kept_as_a_proposal() {
+    let (_a, b, c, dir, group) = trio();
+    let group_id = group.group_id().to_vec();
+    let mut ben = load(&b.provider, &group_id).unwrap();
+    let cleo_leaf = ben
+        .members()
+        .find(|m| m.credential == c.account.member_id().to_credential())
+        .unwrap()
+        .index;
+    let (remove_cleo, _) = ben
+        .propose_remove_member(&b.provider, &b.account.device, cleo_leaf)
+        .unwrap();
+    let err = process(&c.provider, &serialize(&remove_cleo).unwrap(), &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::ProposalRefused { member, .. } if member.username.as_str() == "ben"),
+        "{err:?}"
+    );
+    let cleo = load(&c.provider, &group_id).unwrap();
+    assert_eq!(cleo.pending_proposals().count(), 0);
+
+    let leaving = leave(&b.provider, &mut ben, &b.account.device).unwrap();
+    match process(&c.provider, &leaving, &dir).unwrap() {
+        Inbound::Proposal { leaving, .. } => {
+            assert_eq!(leaving, Some(b.account.member_id()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_servers_framing_reader_agrees_with_openmls() {
+    use sotto_proto::mls_framing::{ContentType, Framing};
+    let (a, b, _c, _dir, mut group) = trio();
+    let hello = encrypt(&a.provider, &mut group, &a.account.device, b"hi").unwrap();
+    let framed = |bytes: &[u8]| Framing::parse(bytes).unwrap();
+    let group_id = group.group_id().to_vec();
+    assert_eq!(
+        framed(&hello),
+        Framing::Group {
+            group_id: group_id.clone(),
+            epoch: 1,
+            content_type: ContentType::Application,
+            encrypted: true
+        }
+    );
+    let pending = update_keys(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        a.account.device_id,
+    )
+    .unwrap();
+    assert!(matches!(
+        framed(&pending.commit),
+        Framing::Group { epoch: 1, content_type: ContentType::Commit, ref group_id, .. } if *group_id == group.group_id().to_vec()
+    ));
+    let mut ben = load(&b.provider, &group_id).unwrap();
+    let leaving = leave(&b.provider, &mut ben, &b.account.device).unwrap();
+    assert!(matches!(
+        framed(&leaving),
+        Framing::Group {
+            content_type: ContentType::Proposal,
+            ..
+        }
+    ));
+    let d = device("dora");
+    let mut fresh = create_group(&a.provider, &a.account).unwrap();
+    let added = add_members(
+        &a.provider,
+        &mut fresh,
+        &a.account.device,
+        a.account.device_id,
+        &[claim(&d)],
+    )
+    .unwrap();
+    assert_eq!(framed(&added.welcome.unwrap()), Framing::Welcome);
+    assert!(matches!(
+        framed(&new_key_package(&d.provider, &d.account, false).unwrap()),
+        Framing::KeyPackage
+    ));
+}
