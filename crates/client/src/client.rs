@@ -398,29 +398,34 @@ impl Client {
         })
     }
 
-    /// Checks that the group still is the direct conversation with `peer`.
+    /// Checks that the group still is the direct conversation with `peer`:
+    /// nobody but this account's devices and `peer`'s.
     pub(crate) fn check_direct_roster(
         &self,
         provider: &MlsProvider<'_>,
         group_id: &[u8],
         peer: &str,
     ) -> Result<(), ClientError> {
-        let found = self.direct_peer_of(provider, group_id)?;
-        if found.as_str() == peer {
-            Ok(())
-        } else {
-            let roster = group::members(&group::load(provider, group_id)?);
-            let mut extra: Vec<&str> = roster
-                .iter()
-                .map(|m| m.username.as_str())
-                .filter(|u| *u != peer && *u != self.account.username.as_str())
-                .collect();
-            extra.dedup();
-            Err(ClientError::Roster(format!(
+        let roster = group::members(&group::load(provider, group_id)?);
+        let mut extra: Vec<&str> = roster
+            .iter()
+            .map(|m| m.username.as_str())
+            .filter(|u| *u != peer && *u != self.account.username.as_str())
+            .collect();
+        extra.sort_unstable();
+        extra.dedup();
+        if !extra.is_empty() {
+            return Err(ClientError::Roster(format!(
                 "your direct conversation with {peer} now also holds {}",
                 extra.join(", ")
-            )))
+            )));
         }
+        if !roster.iter().any(|m| m.username.as_str() == peer) {
+            return Err(ClientError::Roster(format!(
+                "your direct conversation with {peer} no longer holds {peer}"
+            )));
+        }
+        Ok(())
     }
 
     /// The group a conversation sends on. For a direct conversation with

@@ -342,6 +342,8 @@ impl Client {
             if expected {
                 return Ok(Vec::new());
             }
+            let error = error.to_string();
+            let error = error.strip_prefix("WARNING: ").unwrap_or(&error);
             let text =
                 format!("WARNING: a message could not be processed and was skipped: {error}");
             return self.warn(conversation.as_ref(), message_id, &text);
@@ -356,6 +358,8 @@ impl Client {
         if let Some(row) = &group_row {
             store::set_group_state(&self.db, &row.group_id, GroupState::Refused)?;
         }
+        let error = error.to_string();
+        let error = error.strip_prefix("WARNING: ").unwrap_or(&error);
         let text = format!(
             "WARNING: {error}. This conversation is no longer used: nothing more is sent to it."
         );

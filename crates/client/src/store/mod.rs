@@ -1,0 +1,144 @@
+//! The profile's local database: account keys, conversations, history,
+//! de-duplication and the outbox, beside openmls' own tables in the same
+//! SQLite file. Functions take a `&Connection` so callers can run them inside
+//! the transaction that also holds the MLS state change.
+
+//!
+//! - `profile`: the account's keys, contacts, the pinned log head
+//! - `conversations`: conversations and their MLS groups
+//! - `history`: history lines
+//! - `inbox`: de-duplication, held messages, the poison bound, warnings
+//! - `outbox`: frames to resend after a crash
+
+use rusqlite::Connection;
+
+mod conversations;
+mod history;
+mod inbox;
+mod outbox;
+mod profile;
+
+pub use conversations::*;
+pub use history::*;
+pub use inbox::*;
+pub use outbox::*;
+pub use profile::*;
+
+pub use rusqlite::Error as StoreError;
+
+const SCHEMA_VERSION: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE profile (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    server_url TEXT NOT NULL,
+    identity_secret BLOB NOT NULL,
+    device_id BLOB NOT NULL,
+    device_secret BLOB NOT NULL,
+    -- The server's transparency-log key, pinned at registration or linking.
+    log_key BLOB NOT NULL
+);
+-- The newest transparency-log head this device verified. Every later head
+-- must be consistent with it.
+CREATE TABLE log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    head BLOB NOT NULL
+);
+-- Identity keys of other accounts as the log showed them when first used.
+-- `verified` is set when the user compared safety numbers.
+CREATE TABLE contacts (
+    username TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    -- The peer's username for direct conversations, the group's name otherwise.
+    name TEXT NOT NULL,
+    UNIQUE (kind, name)
+);
+-- MLS groups and the conversation each belongs to. A direct conversation may
+-- have several groups (both sides started one at once); all show as one.
+CREATE TABLE groups (
+    group_id BLOB PRIMARY KEY,
+    conversation_id INTEGER REFERENCES conversations(id),
+    state TEXT NOT NULL CHECK (state IN ('active', 'left', 'removed', 'refused'))
+);
+CREATE TABLE messages (
+    id BLOB PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'system')),
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE INDEX messages_by_conversation ON messages (conversation_id, received_at_ms);
+-- Message ids already processed, so a redelivery is acknowledged, not replayed.
+CREATE TABLE processed (
+    message_id BLOB PRIMARY KEY
+);
+-- Frames sent but not yet acknowledged by the server, resent after a crash.
+CREATE TABLE outbox (
+    message_id BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    is_commit INTEGER NOT NULL,
+    frame BLOB NOT NULL
+);
+";
+
+/// Version 2: held messages, bounded retries, a device-level log, and a
+/// count of messages dropped because their sender had been removed.
+const MIGRATION_2: &str = "
+-- Messages framed for a later epoch than this device's copy of their group.
+-- The clear-text epoch is not authenticated, so they change nothing; they
+-- wait here (bounded per group and in age) until the commits leading to that
+-- epoch arrive, and are then processed.
+CREATE TABLE held (
+    message_id BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    held_at_ms INTEGER NOT NULL
+);
+CREATE INDEX held_by_group ON held (group_id, epoch);
+-- Deliveries whose processing failed for a reason that may pass (the
+-- network), and how often; past a bound they are skipped as poison.
+CREATE TABLE delivery_attempts (
+    message_id BLOB PRIMARY KEY,
+    attempts INTEGER NOT NULL
+);
+-- Warnings about deliveries that belong to no known conversation.
+CREATE TABLE device_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+ALTER TABLE groups ADD COLUMN dropped_from_former_members INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Opens (creating if needed) the profile database and runs migrations,
+/// openmls' included.
+pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA)?;
+        }
+        tx.execute_batch(MIGRATION_2)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    openmls_sqlite_storage::SqliteStorageProvider::<crate::provider::JsonCodec, &mut Connection>::new(&mut conn)
+        .run_migrations()
+        .map_err(|e| StoreError::ToSqlConversionFailure(Box::new(e)))?;
+    Ok(conn)
+}

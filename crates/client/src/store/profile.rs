@@ -1,0 +1,123 @@
+//! The profile row (account keys, server), contacts' pinned identity keys,
+//! and the newest key-log head this device verified.
+
+use super::StoreError;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The row of the `profile` table.
+pub struct ProfileRow {
+    pub username: String,
+    pub server_url: String,
+    pub identity_secret: Vec<u8>,
+    pub device_id: Vec<u8>,
+    pub device_secret: Vec<u8>,
+    pub log_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProfileRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileRow")
+            .field("username", &self.username)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError> {
+    conn.query_row(
+        "SELECT username, server_url, identity_secret, device_id, device_secret, log_key
+         FROM profile",
+        [],
+        |r| {
+            Ok(ProfileRow {
+                username: r.get(0)?,
+                server_url: r.get(1)?,
+                identity_secret: r.get(2)?,
+                device_id: r.get(3)?,
+                device_secret: r.get(4)?,
+                log_key: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub fn save_profile(conn: &Connection, row: &ProfileRow) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret, log_key)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            row.username,
+            row.server_url,
+            row.identity_secret,
+            row.device_id,
+            row.device_secret,
+            row.log_key
+        ],
+    )?;
+    Ok(())
+}
+
+/// What this device knows of another account's identity key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contact {
+    pub identity_key: Vec<u8>,
+    pub verified: bool,
+}
+
+/// Points the profile at another server URL.
+pub fn set_server_url(conn: &Connection, url: &str) -> Result<(), StoreError> {
+    conn.execute("UPDATE profile SET server_url = ?1", [url])?;
+    Ok(())
+}
+
+pub fn contact(conn: &Connection, username: &str) -> Result<Option<Contact>, StoreError> {
+    conn.query_row(
+        "SELECT identity_key, verified FROM contacts WHERE username = ?1",
+        [username],
+        |r| {
+            Ok(Contact {
+                identity_key: r.get(0)?,
+                verified: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Records `identity_key` for `username`; a changed key loses the
+/// verified mark.
+pub fn save_contact(
+    conn: &Connection,
+    username: &str,
+    identity_key: &[u8],
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO contacts (username, identity_key) VALUES (?1, ?2)
+         ON CONFLICT (username) DO UPDATE SET identity_key = excluded.identity_key, verified = 0
+         WHERE identity_key != excluded.identity_key",
+        params![username, identity_key],
+    )?;
+    Ok(())
+}
+
+pub fn set_verified(conn: &Connection, username: &str, verified: bool) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE contacts SET verified = ?2 WHERE username = ?1",
+        params![username, verified],
+    )?;
+    Ok(())
+}
+
+pub fn log_head(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT head FROM log_head", [], |r| r.get(0))
+        .optional()
+}
+
+pub fn save_log_head(conn: &Connection, head: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO log_head (id, head) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET head = excluded.head",
+        [head],
+    )?;
+    Ok(())
+}
