@@ -84,7 +84,11 @@ pub(crate) fn profile_db(dir: &Path) -> std::path::PathBuf {
 /// Creates (or opens) the profile database in `dir`, which must not hold an
 /// account yet.
 pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
         ClientError::Usage(format!(
             "cannot create profile directory {}: {e}",
             dir.display()

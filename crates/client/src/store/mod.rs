@@ -122,6 +122,7 @@ ALTER TABLE groups ADD COLUMN dropped_from_former_members INTEGER NOT NULL DEFAU
 /// Opens (creating if needed) the profile database and runs migrations,
 /// openmls' included.
 pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    keep_private(path)?;
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -141,4 +142,46 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
         .run_migrations()
         .map_err(|e| StoreError::ToSqlConversionFailure(Box::new(e)))?;
     Ok(conn)
+}
+
+/// The profile holds the identity key, device keys, MLS secrets and the
+/// history: its directory is owner-only (0700) and its files 0600. A looser
+/// one is fixed, with a warning. The database file is created 0600 before
+/// SQLite opens it, so its `-wal` and `-shm` files are private too.
+#[cfg(unix)]
+fn keep_private(db: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |e: std::io::Error| StoreError::ToSqlConversionFailure(Box::new(e));
+    let fix = |path: &std::path::Path, mode: u32| -> Result<(), StoreError> {
+        let current = std::fs::metadata(path).map_err(fail)?.permissions();
+        if current.mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "readable by other users; making it owner-only"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+        }
+        Ok(())
+    };
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fix(dir, 0o700)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(fail)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if file.exists() {
+            fix(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn keep_private(_db: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
 }

@@ -112,13 +112,18 @@ impl SqliteStore {
     /// the request is refused, never acknowledged). A quota below the
     /// current size stops growth where it is.
     pub fn open_with_quota(data_dir: &Path, max_db_bytes: Option<u64>) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(data_dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
         let path = data_dir.join(DB_FILE_NAME);
+        keep_private(data_dir, &path)?;
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
@@ -185,6 +190,53 @@ pub(super) fn to_i64(value: u64) -> i64 {
 
 pub(super) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// The data directory holds the log and legal signing keys and every queued
+/// message: owner-only (0700, files 0600). A looser one is fixed, with a
+/// warning. The database file is created 0600 before SQLite opens it, so
+/// its `-wal` and `-shm` files (which SQLite creates with the database's
+/// mode) are private too.
+#[cfg(unix)]
+fn keep_private(data_dir: &Path, db: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |what: &Path, e: std::io::Error| {
+        StoreError::Backend(format!("cannot make {} private: {e}", what.display()))
+    };
+    let fix = |path: &Path, mode: u32| -> Result<(), StoreError> {
+        let current = std::fs::metadata(path)
+            .map_err(|e| fail(path, e))?
+            .permissions();
+        if current.mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", current.mode() & 0o777),
+                "readable by other users; making it owner-only"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| fail(path, e))?;
+        }
+        Ok(())
+    };
+    fix(data_dir, 0o700)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| fail(db, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        if file.exists() {
+            fix(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn keep_private(_data_dir: &Path, _db: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 impl Store for SqliteStore {
