@@ -91,14 +91,9 @@ impl Fixture {
             );
             kps.push(key_package_of(&account, &shared, false)?);
         }
-        let pending = group::add_members(
-            &creator.provider,
-            &mut group,
-            &creator.account.device,
-            creator.account.device_id,
-            &kps,
-        )
-        .map_err(|e| anyhow!("add members: {e:?}"))?;
+        let pending =
+            group::add_members(&creator.provider, &mut group, &creator.account.device, &kps)
+                .map_err(|e| anyhow!("add members: {e:?}"))?;
         group::merge_pending(&creator.provider, &mut group).map_err(|e| anyhow!("merge: {e:?}"))?;
         let welcome = pending.welcome.context("add produced no Welcome")?;
         match group::process(&member.provider, &welcome, &AllowAll)
@@ -146,7 +141,6 @@ impl Fixture {
             &self.creator.provider,
             &mut self.group,
             &self.creator.account.device,
-            self.creator.account.device_id,
         )
         .map_err(|e| anyhow!("update: {e:?}"))?;
         self.clear()?;
@@ -167,7 +161,6 @@ impl Fixture {
             &self.creator.provider,
             &mut self.group,
             &self.creator.account.device,
-            self.creator.account.device_id,
             &[self.member.account.device_id],
         )
         .map_err(|e| anyhow!("remove: {e:?}"))?
@@ -193,7 +186,6 @@ impl Fixture {
             &self.creator.provider,
             &mut self.group,
             &self.creator.account.device,
-            self.creator.account.device_id,
             std::slice::from_ref(kp),
         )
         .map_err(|e| anyhow!("add: {e:?}"))

@@ -625,8 +625,8 @@ mod hooks {
         /// the same epoch.
         pub fn stage_key_update(&self, name: &str) -> Result<(), ClientError> {
             let group_id = self.active_group_named(name)?;
-            self.stage_commit(&group_id, &|p, g, key, own| {
-                group::update_keys(p, g, key, own).map(Some)
+            self.stage_commit(&group_id, &|p, g, key| {
+                group::update_keys(p, g, key).map(Some)
             })
             .map(|_| ())
         }

@@ -112,8 +112,8 @@ impl Client {
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
             let key_packages = c.claim(&user, &[]).await?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::add_members(p, g, key, own, &key_packages).map(Some)
+            c.commit_with_retry(t, &group_id, |p, g, key| {
+                group::add_members(p, g, key, &key_packages).map(Some)
             })
             .await?;
             // Tell the new members what this conversation is.
@@ -130,8 +130,8 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::remove_user(p, g, key, own, &user).map(Some)
+            c.commit_with_retry(t, &group_id, |p, g, key| {
+                group::remove_user(p, g, key, &user).map(Some)
             })
             .await
         })
@@ -147,7 +147,7 @@ impl Client {
             let entry = c.in_transaction(|provider, tx| {
                 let mut g = group::load(provider, &group_id)?;
                 let proposal = group::leave(provider, &mut g, &c.account.device)?;
-                let recipients = group::recipients(&g, c.account.device_id);
+                let recipients = group::recipients(&g);
                 let token = group::send_token(provider, &g)?;
                 let entry = send_entry(random_id(), &group_id, &recipients, proposal, token);
                 store::push_outbox(tx, &entry)?;
@@ -273,13 +273,8 @@ impl Client {
             let entry = if key_packages.is_empty() {
                 None
             } else {
-                let pending = group::add_members(
-                    provider,
-                    &mut g,
-                    &self.account.device,
-                    self.account.device_id,
-                    &key_packages,
-                )?;
+                let pending =
+                    group::add_members(provider, &mut g, &self.account.device, &key_packages)?;
                 let entry = commit_entry(&group_id, pending);
                 store::push_outbox(tx, &entry)?;
                 Some(entry)
@@ -351,7 +346,7 @@ impl Client {
         let staged = self.in_transaction(|provider, tx| {
             let mut g = group::load(provider, group_id)?;
             self.check_before_send(provider, tx, &g)?;
-            let recipients = group::recipients(&g, self.account.device_id);
+            let recipients = group::recipients(&g);
             let history = match (
                 &body,
                 store::group(tx, group_id)?.and_then(|r| r.conversation_id),
@@ -379,8 +374,10 @@ impl Client {
             });
             let token = group::send_token(provider, &g)?;
             let ciphertext = group::encrypt(provider, &mut g, &self.account.device, &plaintext)?;
-            let entry = (!recipients.is_empty())
-                .then(|| send_entry(message_id, group_id, &recipients, ciphertext, token));
+            // Alone in the group (the only recipient is this device): nothing to send.
+            let alone = recipients.iter().all(|d| *d == self.account.device_id);
+            let entry =
+                (!alone).then(|| send_entry(message_id, group_id, &recipients, ciphertext, token));
             if let Some(entry) = &entry {
                 store::push_outbox(tx, entry)?;
             }
@@ -427,11 +424,11 @@ impl Client {
                     .unwrap_or(false)
             };
             if has_pending {
-                self.commit_with_retry(t, &group_id, |p, g, key, own| {
+                self.commit_with_retry(t, &group_id, |p, g, key| {
                     if g.pending_proposals().next().is_none() {
                         return Ok(None);
                     }
-                    group::commit_pending_proposals(p, g, key, own).map(Some)
+                    group::commit_pending_proposals(p, g, key).map(Some)
                 })
                 .await?;
                 entries.extend(self.drain(t).await?);
@@ -451,7 +448,6 @@ impl Client {
             &MlsProvider<'_>,
             &mut openmls::group::MlsGroup,
             &DeviceKey,
-            DeviceId,
         ) -> Result<Option<PendingCommit>, sotto_core::group::GroupError>,
     ) -> Result<(), ClientError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
@@ -479,18 +475,11 @@ impl Client {
             &MlsProvider<'_>,
             &mut openmls::group::MlsGroup,
             &DeviceKey,
-            DeviceId,
         ) -> Result<Option<PendingCommit>, sotto_core::group::GroupError>,
     ) -> Result<Option<OutboxEntry>, ClientError> {
         self.in_transaction(|provider, tx| {
             let mut g = group::load(provider, group_id)?;
-            let Some(pending) = build(
-                provider,
-                &mut g,
-                &self.account.device,
-                self.account.device_id,
-            )?
-            else {
+            let Some(pending) = build(provider, &mut g, &self.account.device)? else {
                 return Ok(None);
             };
             let entry = commit_entry(group_id, pending);
@@ -515,8 +504,8 @@ impl Client {
             c.drain(t).await?;
             c.commit_pending_proposals(t).await?;
             let group_id = c.active_group_named(name)?;
-            c.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::update_keys(p, g, key, own).map(Some)
+            c.commit_with_retry(t, &group_id, |p, g, key| {
+                group::update_keys(p, g, key).map(Some)
             })
             .await
         })

@@ -177,8 +177,8 @@ impl Client {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
-            self.commit_with_retry(t, &group_id, |p, g, key, own| {
-                group::add_members(p, g, key, own, &key_packages).map(Some)
+            self.commit_with_retry(t, &group_id, |p, g, key| {
+                group::add_members(p, g, key, &key_packages).map(Some)
             })
             .await?;
             let info = match conversation.kind {
@@ -307,9 +307,9 @@ impl Client {
                     && store::group(&c.db, &group_id)?
                         .is_some_and(|r| r.state == GroupState::Active)
                 {
-                    c.commit_with_retry(t, &group_id, |p, g, key, own| {
+                    c.commit_with_retry(t, &group_id, |p, g, key| {
                         // `None`: another member's commit removed it first.
-                        group::remove_devices(p, g, key, own, &[device])
+                        group::remove_devices(p, g, key, &[device])
                     })
                     .await?;
                 }

@@ -155,14 +155,8 @@ impl Mallory {
         group: &mut MlsGroup,
         key_packages: &[CheckedKeyPackage],
     ) -> Result<response::Result, ClientError> {
-        let pending = group::add_members(
-            &self.provider,
-            group,
-            &self.account.device,
-            self.device_id(),
-            key_packages,
-        )
-        .expect("add members");
+        let pending = group::add_members(&self.provider, group, &self.account.device, key_packages)
+            .expect("add members");
         self.submit(group, pending).await
     }
 
@@ -215,7 +209,7 @@ impl Mallory {
             epoch,
             commit: commit.tls_serialize_detached().expect("serialize"),
             welcome: None,
-            recipients: group::recipients(group, self.device_id()),
+            recipients: others(group, self.device_id()),
             welcome_recipients: Vec::new(),
             send_token: group::send_token(&self.provider, group).expect("capability"),
             next_token_hash: group::token_hash(&next),
@@ -238,7 +232,7 @@ impl Mallory {
         let send = SendMessage {
             message_id: random_id(),
             group_id: group.group_id().to_vec(),
-            recipients: ids(&group::recipients(group, self.device_id())),
+            recipients: ids(&others(group, self.device_id())),
             payload,
             send_token: self.capability(group),
         };
@@ -322,6 +316,15 @@ impl Mallory {
     pub fn load(&self, group_id: &[u8]) -> MlsGroup {
         group::load(&self.provider, group_id).expect("group")
     }
+}
+
+/// Every member device but Mallory's own (she does not care for sealed
+/// sender, and keeps her mailbox free of her own echoes).
+fn others(group: &MlsGroup, own: DeviceId) -> Vec<DeviceId> {
+    group::recipients(group)
+        .into_iter()
+        .filter(|d| *d != own)
+        .collect()
 }
 
 fn ids(devices: &[DeviceId]) -> Vec<Vec<u8>> {

@@ -149,7 +149,6 @@ async fn a_third_party_cannot_sit_inside_a_direct_conversation() {
             &zed.provider,
             &mut trap,
             &zed.account.device,
-            zed.device_id(),
             &Username::parse("mallory").unwrap(),
         )
         .unwrap();

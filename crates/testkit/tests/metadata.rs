@@ -152,3 +152,102 @@ fn assert_log_clean(log_file: &Path, secrets: &[&str], own_url: &str) {
         }
     }
 }
+
+/// Sealed sender holds only if the recipient list does not name the sender
+/// by leaving it out: every message and commit Alice sends lists every
+/// member device, hers included (her client drops its own copy unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_cannot_be_told_from_the_recipient_list() {
+    use sotto_proto::v1::{ServerFrame, client_frame};
+    use sotto_testkit::{ConnView, HostileProxy, TestServer, register};
+    use std::sync::{Arc, Mutex};
+
+    let server = TestServer::start().await;
+    // Recipient lists of Alice's sends and commits, as the server saw them.
+    let seen: Arc<Mutex<Vec<(&'static str, Vec<Vec<u8>>)>>> = Arc::default();
+    let recording = Arc::clone(&seen);
+    let proxy = HostileProxy::start(&server.url(), move |conn: &ConnView, frame: ServerFrame| {
+        match &conn.request {
+            Some(client_frame::Body::SendMessage(m)) => {
+                recording
+                    .lock()
+                    .unwrap()
+                    .push(("message", m.recipients.clone()));
+            }
+            Some(client_frame::Body::SubmitCommit(c)) => {
+                recording
+                    .lock()
+                    .unwrap()
+                    .push(("commit", c.recipients.clone()));
+            }
+            _ => {}
+        }
+        Some(frame)
+    })
+    .await;
+    let (mut alice, _a) = register(&proxy.url(), "alice").await;
+    let (mut bob, _b) = register(&server.url(), "bob").await;
+    let (mut carol, _c) = register(&server.url(), "carol").await;
+    alice
+        .create_group("trio", &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    alice.send_group("trio", "from alice").await.unwrap();
+    alice.send_direct("bob", "just bob").await.unwrap();
+
+    let mut trio: Vec<Vec<u8>> = [&alice, &bob, &carol]
+        .iter()
+        .map(|c| c.device_id().as_bytes().to_vec())
+        .collect();
+    trio.sort();
+    let mut pair = vec![device_of(&alice), device_of(&bob)];
+    pair.sort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 4, "{seen:?}");
+    for (what, recipients) in &seen {
+        let mut recipients = recipients.clone();
+        recipients.sort();
+        // A group's first commit goes to nobody (its Welcome to the others).
+        if *what == "commit" && recipients.is_empty() {
+            continue;
+        }
+        assert!(
+            recipients == trio || recipients == pair,
+            "a {what} left someone out: {recipients:?}"
+        );
+        assert!(
+            recipients.contains(&device_of(&alice)),
+            "the sender was left out"
+        );
+    }
+    // Alice's own copies are acknowledged unread; the others read theirs.
+    let mine = alice.sync().await.unwrap();
+    assert!(
+        mine.iter().all(|e| !e.text.starts_with("WARNING")),
+        "{mine:?}"
+    );
+    assert!(mine.iter().all(|e| e.text != "from alice"), "{mine:?}");
+    let to_bob: Vec<String> = bob
+        .sync()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(
+        to_bob.contains(&"from alice".to_owned()) && to_bob.contains(&"just bob".to_owned()),
+        "{to_bob:?}"
+    );
+    let to_carol: Vec<String> = carol
+        .sync()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert!(to_carol.contains(&"from alice".to_owned()), "{to_carol:?}");
+}
+
+fn device_of(client: &Client) -> Vec<u8> {
+    client.device_id().as_bytes().to_vec()
+}

@@ -14,7 +14,11 @@ pub struct OutboxEntry {
     pub frame: Vec<u8>,
 }
 
+/// Queues a frame to send. Its message id is also marked processed: every
+/// message goes to every member device, the sender included (sealed
+/// sender), and this device's own copy must be acknowledged unread.
 pub fn push_outbox(conn: &Connection, entry: &OutboxEntry) -> Result<(), StoreError> {
+    super::mark_processed(conn, &entry.message_id)?;
     conn.execute(
         "INSERT INTO outbox (message_id, group_id, is_commit, frame) VALUES (?1, ?2, ?3, ?4)",
         params![

@@ -239,13 +239,12 @@ pub fn members(group: &MlsGroup) -> Vec<MemberId> {
         .collect()
 }
 
-/// Every member device but `own`: who must receive what this device sends.
-pub fn recipients(group: &MlsGroup, own: DeviceId) -> Vec<DeviceId> {
-    members(group)
-        .into_iter()
-        .map(|m| m.device_id)
-        .filter(|d| *d != own)
-        .collect()
+/// Who must receive what a member sends: every member device, the sending
+/// device included (it drops its own echo), so that the list says nothing
+/// about who sent (sealed sender): the same list for every member's
+/// messages in an epoch.
+pub fn recipients(group: &MlsGroup) -> Vec<DeviceId> {
+    members(group).into_iter().map(|m| m.device_id).collect()
 }
 
 /// What an incoming MLS message turned out to be, after it was applied to

@@ -18,8 +18,9 @@ pub struct PendingCommit {
     pub epoch: u64,
     pub commit: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
-    /// Devices that must receive the commit: every member but us, including
-    /// any being removed, so they learn it.
+    /// Devices that must receive the commit: every member, this device and
+    /// any being removed included (see [`super::recipients`]); none for a
+    /// group's first commit, when this device is its only member.
     pub recipients: Vec<DeviceId>,
     /// Devices that must receive the Welcome.
     pub welcome_recipients: Vec<DeviceId>,
@@ -41,6 +42,7 @@ pub(super) fn finish_commit(
     welcome: Option<Vec<u8>>,
     welcome_recipients: Vec<DeviceId>,
 ) -> Result<PendingCommit, GroupError> {
+    let recipients = if epoch == 0 { Vec::new() } else { recipients };
     let mut pending = PendingCommit {
         epoch,
         commit,
@@ -106,7 +108,6 @@ pub fn add_members(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
     new: &[CheckedKeyPackage],
 ) -> Result<PendingCommit, GroupError> {
     let existing = members(group);
@@ -119,7 +120,7 @@ pub fn add_members(
             dup.device.username
         )));
     }
-    let recipients = recipients(group, own);
+    let recipients = recipients(group);
     let epoch = group.epoch().as_u64();
     let key_packages: Vec<KeyPackage> = new.iter().map(|n| n.key_package.clone()).collect();
     let (commit, welcome, _) = group
@@ -141,13 +142,12 @@ pub fn remove_user(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
     username: &Username,
 ) -> Result<PendingCommit, GroupError> {
     if !members(group).iter().any(|m| &m.username == username) {
         return Err(GroupError::Misuse(format!("{username} is not a member")));
     }
-    remove_where(provider, group, signer, own, |m| &m.username == username)
+    remove_where(provider, group, signer, |m| &m.username == username)
 }
 
 /// Commits removing the given devices (a device removed from its account).
@@ -156,7 +156,6 @@ pub fn remove_devices(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
     devices: &[DeviceId],
 ) -> Result<Option<PendingCommit>, GroupError> {
     if !members(group)
@@ -165,17 +164,13 @@ pub fn remove_devices(
     {
         return Ok(None);
     }
-    remove_where(provider, group, signer, own, |m| {
-        devices.contains(&m.device_id)
-    })
-    .map(Some)
+    remove_where(provider, group, signer, |m| devices.contains(&m.device_id)).map(Some)
 }
 
 pub(super) fn remove_where(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
     doomed: impl Fn(&MemberId) -> bool,
 ) -> Result<PendingCommit, GroupError> {
     let leaves: Vec<LeafNodeIndex> = group
@@ -188,7 +183,7 @@ pub(super) fn remove_where(
             "to remove yourself, leave the group".into(),
         ));
     }
-    let recipients = recipients(group, own);
+    let recipients = recipients(group);
     let epoch = group.epoch().as_u64();
     let (commit, welcome, _) = group
         .remove_members(provider, signer, &leaves)
@@ -209,9 +204,8 @@ pub fn update_keys(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
 ) -> Result<PendingCommit, GroupError> {
-    let recipients = recipients(group, own);
+    let recipients = recipients(group);
     let epoch = group.epoch().as_u64();
     let bundle = group
         .self_update(provider, signer, LeafNodeParameters::default())
@@ -232,9 +226,8 @@ pub fn commit_pending_proposals(
     provider: &impl OpenMlsProvider,
     group: &mut MlsGroup,
     signer: &DeviceKey,
-    own: DeviceId,
 ) -> Result<PendingCommit, GroupError> {
-    let recipients = recipients(group, own);
+    let recipients = recipients(group);
     let epoch = group.epoch().as_u64();
     let (commit, welcome, _) = group
         .commit_to_pending_proposals(provider, signer)
