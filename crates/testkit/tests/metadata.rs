@@ -164,7 +164,7 @@ async fn the_sender_cannot_be_told_from_the_recipient_list() {
 
     let server = TestServer::start().await;
     // Recipient lists of Alice's sends and commits, as the server saw them.
-    let seen: Arc<Mutex<Vec<(&'static str, Vec<Vec<u8>>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
     let recording = Arc::clone(&seen);
     let proxy = HostileProxy::start(&server.url(), move |conn: &ConnView, frame: ServerFrame| {
         match &conn.request {
@@ -247,6 +247,9 @@ async fn the_sender_cannot_be_told_from_the_recipient_list() {
         .collect();
     assert!(to_carol.contains(&"from alice".to_owned()), "{to_carol:?}");
 }
+
+/// What a request was, and the recipient device ids it named.
+type Recorded = (&'static str, Vec<Vec<u8>>);
 
 fn device_of(client: &Client) -> Vec<u8> {
     client.device_id().as_bytes().to_vec()
