@@ -137,6 +137,17 @@ pub struct Limits {
     /// KeyPackage claims for one account, over all connections, so nobody
     /// drains someone's pool. Default 2/s, bursts of 30.
     pub claims_per_target: Rate,
+    /// Devices added to one account (each is a transparency-log entry every
+    /// contact must download). Default one per 10 s, bursts of 5.
+    pub devices_added_per_account: Rate,
+    /// Active devices one account may have. Default 16.
+    pub max_devices_per_account: usize,
+    /// Groups created on one connection (creating one needs no capability
+    /// and no account). Default one per second, bursts of 20.
+    pub groups_created_per_connection: Rate,
+    /// Groups created from one address, over all its connections. Default
+    /// 5/s, bursts of 100.
+    pub groups_created_per_address: Rate,
 }
 
 impl Limits {
@@ -156,6 +167,9 @@ impl Limits {
         self.log_requests_per_connection = unlimited;
         self.claims_per_connection = unlimited;
         self.claims_per_target = unlimited;
+        self.devices_added_per_account = unlimited;
+        self.groups_created_per_connection = unlimited;
+        self.groups_created_per_address = unlimited;
         self.max_connections_per_address = usize::MAX;
         self.max_mailbox_entries = u32::MAX;
     }
@@ -201,6 +215,19 @@ impl Default for Limits {
             claims_per_target: Rate {
                 per_second: 2.0,
                 burst: 30.0,
+            },
+            devices_added_per_account: Rate {
+                per_second: 0.1,
+                burst: 5.0,
+            },
+            max_devices_per_account: 16,
+            groups_created_per_connection: Rate {
+                per_second: 1.0,
+                burst: 20.0,
+            },
+            groups_created_per_address: Rate {
+                per_second: 5.0,
+                burst: 100.0,
             },
         }
     }

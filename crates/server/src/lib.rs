@@ -361,7 +361,9 @@ async fn websocket(
         )
             .into_response();
     }
-    let Some(slot) = AddressSlot::take(&state, peer.ip()) else {
+    // Per-address caps and rate limits count an IPv6 client by its /64.
+    let address = rate_limit::address_key(peer.ip());
+    let Some(slot) = AddressSlot::take(&state, address) else {
         return (
             StatusCode::TOO_MANY_REQUESTS,
             "too many connections from your address; close some and retry",
@@ -371,7 +373,6 @@ async fn websocket(
     // The peer address is logged only when the operator asked for it, and
     // never stored; the connection keeps it in memory for per-address rate
     // limits while it is open.
-    let address = peer.ip();
     let peer = state.log_connections.then_some(peer);
     if let Some(peer) = peer {
         tracing::info!(%peer, "connection opened");

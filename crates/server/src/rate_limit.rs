@@ -102,12 +102,30 @@ fn limited(what: &'static str) -> impl FnOnce(Duration) -> Limited {
     move |wait| Limited { what, wait }
 }
 
+/// The key per-address limits count a client address under: an IPv4
+/// address itself, an IPv6 address's /64 prefix (one subscriber usually
+/// holds a whole /64, so counting single IPv6 addresses would give each
+/// client billions of buckets).
+pub(crate) fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 /// One connection's own buckets (see [`RateLimits::connection`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionBuckets {
     sends: TokenBucket,
     claims: TokenBucket,
     log_requests: TokenBucket,
+    groups_created: TokenBucket,
 }
 
 /// Every rate limit the server applies, in one place: the buckets shared by
@@ -122,6 +140,8 @@ pub(crate) struct RateLimits {
     per_address: RateLimiter<IpAddr>,
     registrations_per_address: RateLimiter<IpAddr>,
     link_attempts_per_address: RateLimiter<IpAddr>,
+    devices_added_per_account: RateLimiter<String>,
+    groups_created_per_address: RateLimiter<IpAddr>,
 }
 
 impl RateLimits {
@@ -132,6 +152,8 @@ impl RateLimits {
             per_address: RateLimiter::new(limits.sends_per_address),
             registrations_per_address: RateLimiter::new(limits.registrations_per_address),
             link_attempts_per_address: RateLimiter::new(limits.link_attempts_per_address),
+            devices_added_per_account: RateLimiter::new(limits.devices_added_per_account),
+            groups_created_per_address: RateLimiter::new(limits.groups_created_per_address),
             limits: limits.clone(),
         }
     }
@@ -142,7 +164,31 @@ impl RateLimits {
             sends: TokenBucket::full(self.limits.sends_per_connection, now),
             claims: TokenBucket::full(self.limits.claims_per_connection, now),
             log_requests: TokenBucket::full(self.limits.log_requests_per_connection, now),
+            groups_created: TokenBucket::full(self.limits.groups_created_per_connection, now),
         }
+    }
+
+    /// A group's creation (its epoch-0 commit, which needs no capability):
+    /// the connection's bucket and the address's.
+    pub fn charge_group_creation(
+        &self,
+        connection: &mut ConnectionBuckets,
+        address: IpAddr,
+    ) -> Result<(), Limited> {
+        connection
+            .groups_created
+            .take(self.limits.groups_created_per_connection, Instant::now())
+            .map_err(limited("new groups on this connection"))?;
+        self.groups_created_per_address
+            .take(address)
+            .map_err(limited("new groups from your address"))
+    }
+
+    /// A device added to `account`.
+    pub fn charge_device_added(&self, account: &str) -> Result<(), Limited> {
+        self.devices_added_per_account
+            .take(account.to_owned())
+            .map_err(limited("devices added to this account"))
     }
 
     /// A send or commit: the connection's bucket, the address's, and the
@@ -212,6 +258,20 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_bit_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(other));
+        assert_eq!(address_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), v4);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_allows_its_burst_then_its_rate() {

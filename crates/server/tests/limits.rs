@@ -226,3 +226,77 @@ async fn browser_origins_must_be_allowed() {
     // Native clients send no Origin.
     server.connect().await;
 }
+
+/// Every device is a log entry each contact downloads: an account cannot
+/// bloat its log (and so everyone's lookups of it) at will.
+#[tokio::test]
+async fn adding_devices_is_rate_limited_and_capped() {
+    let server = TestServer::start_with(|c| {
+        c.limits.devices_added_per_account = Rate {
+            per_second: 0.001,
+            burst: 1.0,
+        };
+    })
+    .await;
+    let (mut alice, account) = server.registered("alice").await;
+    let (first, second) = (account.another_device(), account.another_device());
+    assert_done(&alice.request(account.add_device(&first, 2)).await);
+    let err = assert_error(
+        &alice.request(account.add_device(&second, 3)).await,
+        ErrorCode::RateLimited,
+    );
+    assert!(
+        err.message.contains("devices added to this account"),
+        "{err:?}"
+    );
+
+    let server = TestServer::start_with(|c| c.limits.max_devices_per_account = 2).await;
+    let (mut bob, account) = server.registered("bob").await;
+    let (first, second) = (account.another_device(), account.another_device());
+    assert_done(&bob.request(account.add_device(&first, 2)).await);
+    let err = assert_error(
+        &bob.request(account.add_device(&second, 3)).await,
+        ErrorCode::TooLarge,
+    );
+    assert!(err.message.contains("remove one"), "{err:?}");
+    // Removing one makes room again.
+    assert_done(
+        &bob.request(account.remove_device(&first.device_id, 3))
+            .await,
+    );
+    assert_done(&bob.request(account.add_device(&second, 4)).await);
+}
+
+/// Creating a group needs no capability and no account, so it is rate
+/// limited per connection and per address.
+#[tokio::test]
+async fn creating_groups_is_rate_limited() {
+    let server = TestServer::start_with(|c| {
+        c.limits.groups_created_per_connection = Rate {
+            per_second: 0.001,
+            burst: 2.0,
+        };
+        c.limits.groups_created_per_address = Rate {
+            per_second: 0.001,
+            burst: 3.0,
+        };
+    })
+    .await;
+    let create = || Body::SubmitCommit(commit(&random_id(), &random_id(), 0, &[], b"c"));
+    let mut first = server.connect().await;
+    assert_done(&first.request(create()).await);
+    assert_done(&first.request(create()).await);
+    let err = assert_error(&first.request(create()).await, ErrorCode::RateLimited);
+    assert!(
+        err.message.contains("new groups on this connection"),
+        "{err:?}"
+    );
+    // A new connection has its own bucket, but the address has one left.
+    let mut second = server.connect().await;
+    assert_done(&second.request(create()).await);
+    let err = assert_error(&second.request(create()).await, ErrorCode::RateLimited);
+    assert!(
+        err.message.contains("new groups from your address"),
+        "{err:?}"
+    );
+}

@@ -46,6 +46,18 @@ impl<S: Store> Session<S> {
             .device
             .ok_or_else(|| error(ErrorCode::InvalidRequest, "the device is missing"))?;
         let (username, mut state) = self.own_account().await?;
+        // Every device is a log entry each contact downloads: a cap keeps an
+        // account's log (and the lookups of it) small.
+        if state.devices.len() >= self.ctx.limits.max_devices_per_account {
+            return Err(error(
+                ErrorCode::TooLarge,
+                format!(
+                    "this account has {} devices, the most this server allows; remove one before adding another",
+                    state.devices.len()
+                ),
+            ));
+        }
+        self.ctx.rate_limits.charge_device_added(&username)?;
         let identity_key = VerifyingKey::from_bytes(&state.identity_key).map_err(|_| {
             error(
                 ErrorCode::Internal,

@@ -65,6 +65,11 @@ impl<S: Store> Session<S> {
         self.ctx
             .rate_limits
             .charge_send(&mut self.buckets, self.address, token_hash)?;
+        if commit.epoch == 0 {
+            self.ctx
+                .rate_limits
+                .charge_group_creation(&mut self.buckets, self.address)?;
+        }
         let group_id = group_id(&commit.group_id)?;
         let commit_envelope = envelope(
             &commit.message_id,
