@@ -151,6 +151,32 @@ impl TestServer {
     }
 }
 
+/// Runs a test step, failing the test if it takes over two minutes (a hang
+/// shows up as a failure, not a stuck CI run).
+pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(120), f)
+        .await
+        .expect("test step timed out")
+}
+
+/// The `WARNING` system lines among history entries.
+pub fn warnings(entries: &[sotto_client::HistoryEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.kind == sotto_client::EntryKind::System && e.text.starts_with("WARNING"))
+        .map(|e| e.text.clone())
+        .collect()
+}
+
+/// The texts (not system lines) among history entries.
+pub fn texts(entries: &[sotto_client::HistoryEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.kind == sotto_client::EntryKind::Text)
+        .map(|e| e.text.clone())
+        .collect()
+}
+
 /// Sends `tracing` output (filtered by `RUST_LOG`) to the test's output.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

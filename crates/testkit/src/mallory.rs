@@ -312,6 +312,18 @@ impl Mallory {
         inbound
     }
 
+    /// The leaf of `username`'s (first) device in `group`.
+    pub fn leaf_of(group: &MlsGroup, username: &str) -> LeafNodeIndex {
+        group
+            .members()
+            .find(|m| {
+                MemberId::from_credential(&m.credential)
+                    .is_ok_and(|id| id.username.as_str() == username)
+            })
+            .expect("a member")
+            .index
+    }
+
     /// A group Mallory is in, from her storage.
     pub fn load(&self, group_id: &[u8]) -> MlsGroup {
         group::load(&self.provider, group_id).expect("group")

@@ -11,39 +11,18 @@
 )] // tests fail loudly
 
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use sotto_client::{ClientError, ConversationKind, EntryKind, HistoryEntry};
+use sotto_client::{ClientError, ConversationKind};
 use sotto_core::identity::{Account, Username};
 use sotto_proto::v1::{
     self, AccountLog, ClaimedKeyPackage, IdentityRegistered, LogEntry, ProvenEntry, ServerFrame,
     SignedTreeHead, account_event::Change, client_frame, response, server_frame,
 };
-use sotto_testkit::{ConnView, HostileProxy, Reorder, TestServer, register};
+use sotto_testkit::{
+    ConnView, HostileProxy, Reorder, TestServer, register, texts, warnings, within,
+};
 use sotto_transparency::{LogKey, MerkleLog, leaf_bytes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(90), f)
-        .await
-        .expect("test step timed out")
-}
-
-fn warnings(entries: &[HistoryEntry]) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::System && e.text.starts_with("WARNING"))
-        .map(|e| e.text.clone())
-        .collect()
-}
-
-fn texts(entries: &[HistoryEntry]) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Text)
-        .map(|e| e.text.clone())
-        .collect()
-}
 
 /// The operator's copy of the server's log key.
 fn stolen_log_key(server: &TestServer) -> LogKey {

@@ -13,35 +13,15 @@
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
-use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry};
+use sotto_client::{Client, ConversationKind};
 use sotto_core::group::{self, Inbound};
 use sotto_core::identity::{MemberId, Username};
 use sotto_proto::mls_framing::{ContentType, opaque_private_message};
 use sotto_proto::v1::{self, ErrorCode, ServerFrame, client_frame, server_frame};
-use sotto_testkit::{ConnView, HostileProxy, Mallory, TestServer, register};
+use sotto_testkit::{
+    ConnView, HostileProxy, Mallory, TestServer, register, texts, warnings, within,
+};
 use std::time::Duration;
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(120), f)
-        .await
-        .expect("test step timed out")
-}
-
-fn warnings(entries: &[HistoryEntry]) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::System && e.text.starts_with("WARNING"))
-        .map(|e| e.text.clone())
-        .collect()
-}
-
-fn texts(entries: &[HistoryEntry]) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Text)
-        .map(|e| e.text.clone())
-        .collect()
-}
 
 /// (username, device id) of every member of a group, sorted.
 fn roster(client: &Client, name: &str) -> Vec<(String, String)> {
@@ -289,15 +269,7 @@ async fn a_member_cannot_have_someone_else_remove_a_third() {
     within(async {
         let (mut t, mut others) = team_with(TestServer::start().await, &["carol"]).await;
         let mut carol = others.pop().unwrap();
-        let carol_leaf = t
-            .group
-            .members()
-            .find(|m| {
-                MemberId::from_credential(&m.credential)
-                    .is_ok_and(|id| id.username.as_str() == "carol")
-            })
-            .unwrap()
-            .index;
+        let carol_leaf = Mallory::leaf_of(&t.group, "carol");
         let (proposal, _) = t
             .group
             .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, carol_leaf)
@@ -364,15 +336,7 @@ async fn a_proposed_add_does_not_wedge_the_group() {
 async fn a_remove_proposal_aimed_at_a_device_does_not_wedge_it() {
     within(async {
         let mut t = team().await;
-        let bob_leaf = t
-            .group
-            .members()
-            .find(|m| {
-                MemberId::from_credential(&m.credential)
-                    .is_ok_and(|id| id.username.as_str() == "bob")
-            })
-            .unwrap()
-            .index;
+        let bob_leaf = Mallory::leaf_of(&t.group, "bob");
         let (proposal, _) = t
             .group
             .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, bob_leaf)
