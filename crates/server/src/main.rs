@@ -93,6 +93,11 @@ struct Args {
     /// the commit). A removed member can post for at most this long.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     previous_epoch_grace_secs: u64,
+
+    /// Most active devices one account may have (each is a key-log entry
+    /// every contact downloads).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_devices_per_account: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +248,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .init();
 
     let mut limits = sotto_server::Limits::default();
+    limits.max_devices_per_account =
+        usize::try_from(args.max_devices_per_account).unwrap_or(usize::MAX);
     if args.no_rate_limits {
         limits.lift_rate_limits();
     }
