@@ -334,14 +334,7 @@ static MLS: LazyLock<MlsFixture> = LazyLock::new(|| {
         .unwrap()
     };
     let mut g = group::create_group(&pa, &alice).unwrap();
-    let add = group::add_members(
-        &pa,
-        &mut g,
-        &alice.device,
-        alice.device_id,
-        &[claim(&pb, &bob)],
-    )
-    .unwrap();
+    let add = group::add_members(&pa, &mut g, &alice.device, &[claim(&pb, &bob)]).unwrap();
     group::merge_pending(&pa, &mut g).unwrap();
     let welcome = add.welcome.unwrap();
     group::process(&pb, &welcome, &Directory(true)).unwrap();
@@ -351,17 +344,10 @@ static MLS: LazyLock<MlsFixture> = LazyLock::new(|| {
     messages.push(group::encrypt(&pa, &mut g, &alice.device, b"hello bob").unwrap());
     let content = sotto_core::content::encode(&v1::AppContent::default());
     messages.push(group::encrypt(&pa, &mut g, &alice.device, &content).unwrap());
-    let update = group::update_keys(&pa, &mut g, &alice.device, alice.device_id).unwrap();
+    let update = group::update_keys(&pa, &mut g, &alice.device).unwrap();
     messages.push(update.commit);
     group::clear_pending(&pa, &mut g).unwrap();
-    let add_carol = group::add_members(
-        &pa,
-        &mut g,
-        &alice.device,
-        alice.device_id,
-        &[claim(&pc, &carol)],
-    )
-    .unwrap();
+    let add_carol = group::add_members(&pa, &mut g, &alice.device, &[claim(&pc, &carol)]).unwrap();
     messages.push(add_carol.commit);
     messages.extend(add_carol.welcome);
     group::clear_pending(&pa, &mut g).unwrap();
