@@ -9,19 +9,24 @@
 //! agree with the log: every account's identity key and active devices are
 //! exactly what its log entries say (a device the server would let log in
 //! without a log entry is a "ghost" and fails the audit).
+//!
+//! It reads through [`AdminStore`] and [`LogStore`], so any backend can be
+//! audited ([`audit_store`]); [`audit_data_dir`] opens a SQLite data
+//! directory read-only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
-use rusqlite::Connection;
 use sotto_transparency::{
     AccountEvent, AccountState, AuditError, AuditReport, LogEntry, LogError, LogKey, MerkleLog,
 };
 
-use crate::store::sqlite::{for_each_log_record, open_read_only, read_log_key_secret};
-use crate::store::{LogRecord, StoreError};
+use crate::store::{AccountIdentity, AdminStore, LogRecord, LogStore, SqliteStore, StoreError};
+
+/// Log leaves read per request.
+const LOG_PAGE: usize = 4096;
 
 /// What a successful audit found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,15 +80,29 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Audits the log in `<data_dir>/sotto.db` without changing anything. With
-/// `expected_log_key`, also checks that the stored key is that one (the key
-/// clients were shown).
-pub fn audit_data_dir(
+/// Audits the log in `<data_dir>/sotto.db`, opened read-only, without
+/// changing anything. With `expected_log_key`, also checks that the stored
+/// key is that one (the key clients were shown).
+pub async fn audit_data_dir(
     data_dir: &Path,
     expected_log_key: Option<&[u8; 32]>,
 ) -> Result<AuditSummary, AuditFailure> {
-    let conn = open_read_only(data_dir)?;
-    let secret = read_log_key_secret(&conn)?.ok_or(AuditFailure::NoLogKey)?;
+    let dir = data_dir.to_owned();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&dir))
+        .await
+        .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
+    audit_store(&store, expected_log_key).await
+}
+
+/// Audits the log kept by `store`, reading only; see [`audit_data_dir`].
+pub async fn audit_store<S: AdminStore + LogStore>(
+    store: &S,
+    expected_log_key: Option<&[u8; 32]>,
+) -> Result<AuditSummary, AuditFailure> {
+    let secret = store
+        .stored_log_key()
+        .await?
+        .ok_or(AuditFailure::NoLogKey)?;
     let key = LogKey::from_secret(&secret).map_err(AuditFailure::BadLogKey)?;
     if let Some(expected) = expected_log_key
         && *expected != key.public()
@@ -94,18 +113,7 @@ pub fn audit_data_dir(
         });
     }
 
-    let mut records: Vec<LogRecord> = Vec::new();
-    let mut gap = None;
-    for_each_log_record(&conn, |record| {
-        if gap.is_none() && record.index != records.len() as u64 {
-            gap = Some(records.len() as u64);
-        }
-        records.push(record);
-        Ok(())
-    })?;
-    if let Some(index) = gap {
-        return Err(AuditFailure::Gap { index });
-    }
+    let records = whole_log(store).await?;
 
     // The tree the server serves: the stored bytes, as they are.
     let mut tree = MerkleLog::new();
@@ -129,7 +137,7 @@ pub fn audit_data_dir(
         .into());
     }
 
-    let unlogged_accounts = check_tables(&conn, &records, &decoded)?;
+    let unlogged_accounts = check_tables(store, &records, &decoded).await?;
     Ok(AuditSummary {
         log_key: key.public(),
         report,
@@ -137,10 +145,31 @@ pub fn audit_data_dir(
     })
 }
 
-/// Checks the accounts and devices tables against the log. Returns how many
+/// Every stored log leaf, in index order, read a page at a time. Fails
+/// naming the first missing index.
+async fn whole_log<S: LogStore>(store: &S) -> Result<Vec<LogRecord>, AuditFailure> {
+    let mut records: Vec<LogRecord> = Vec::new();
+    loop {
+        let start = records.last().map_or(0, |r| r.index.saturating_add(1));
+        let page = store.log_entries(start, LOG_PAGE).await?;
+        let last_page = page.len() < LOG_PAGE;
+        for record in page {
+            let expected = records.len() as u64;
+            if record.index != expected {
+                return Err(AuditFailure::Gap { index: expected });
+            }
+            records.push(record);
+        }
+        if last_page {
+            return Ok(records);
+        }
+    }
+}
+
+/// Checks the stored accounts and devices against the log. Returns how many
 /// accounts have no log entries at all.
-fn check_tables(
-    conn: &Connection,
+async fn check_tables<S: AdminStore>(
+    store: &S,
     records: &[LogRecord],
     entries: &[LogEntry],
 ) -> Result<u64, AuditFailure> {
@@ -163,36 +192,21 @@ fn check_tables(
             .push(entry.clone());
     }
 
-    let mut stmt = conn
-        .prepare("SELECT username, identity_key FROM accounts")
-        .map_err(StoreError::from)?;
-    let accounts = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .map_err(StoreError::from)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from)?;
-    let mut stmt = conn
-        .prepare("SELECT username, device_id, device_key FROM devices WHERE removed_day IS NULL")
-        .map_err(StoreError::from)?;
+    let accounts = store.account_identities().await?;
     let mut active: HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = HashMap::new();
-    for row in stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })
-        .map_err(StoreError::from)?
-    {
-        let (username, id, key) = row.map_err(StoreError::from)?;
-        active.entry(username).or_default().insert(id, key);
+    for device in store.active_devices().await? {
+        active
+            .entry(device.username)
+            .or_default()
+            .insert(device.device_id, device.device_key);
     }
 
     let mut unlogged = 0;
-    for (username, identity_key) in &accounts {
+    for AccountIdentity {
+        username,
+        identity_key,
+    } in &accounts
+    {
         let Some(entries) = by_account.remove(username.as_str()) else {
             unlogged += 1;
             continue;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use sotto_server::legal::{self, LegalError, Report, SignedDocument};
-use sotto_server::store::{UnixDay, day_of};
+use sotto_server::store::{SqliteStore, UnixDay, day_of};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LegalCommand {
@@ -91,17 +91,20 @@ pub(crate) enum LegalCommand {
 
 /// Runs a legal command; errors go to stderr and exit 1.
 pub(crate) fn run(command: LegalCommand) -> ExitCode {
-    let result = match command {
-        LegalCommand::Export {
-            usernames,
-            request_id,
-            data,
-            out,
-        } => export(&data, &usernames, &request_id, out.as_deref()),
-        LegalCommand::Report { data, json } => report(&data, json),
-        LegalCommand::VerifyReport { file, key } => verify_report(&file, key.as_deref()),
-        LegalCommand::Canary { statement, data } => canary(&data, &statement),
-    };
+    let result = crate::block_on(async {
+        match command {
+            LegalCommand::Export {
+                usernames,
+                request_id,
+                data,
+                out,
+            } => export(&data, &usernames, &request_id, out).await,
+            LegalCommand::Report { data, json } => report(&data, json).await,
+            LegalCommand::VerifyReport { file, key } => verify_report(&file, key.as_deref()),
+            LegalCommand::Canary { statement, data } => canary(&data, &statement).await,
+        }
+    })
+    .unwrap_or_else(|e| Err(format!("cannot start a runtime: {e}")));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -111,7 +114,8 @@ pub(crate) fn run(command: LegalCommand) -> ExitCode {
     }
 }
 
-fn today() -> UnixDay {
+/// Today's day number, from the system clock.
+pub(crate) fn today() -> UnixDay {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -137,17 +141,24 @@ fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-fn export(
+/// Opens the existing database in `data` (the legal commands never create
+/// one).
+fn open(data: &Path) -> Result<SqliteStore, String> {
+    SqliteStore::open_existing(data).map_err(|e| e.to_string())
+}
+
+async fn export(
     data: &Path,
     usernames: &[String],
     request_id: &str,
-    out: Option<&Path>,
+    out: Option<PathBuf>,
 ) -> Result<(), String> {
-    let mut conn = legal::open(data).map_err(|e| e.to_string())?;
-    let write = |signed: &SignedDocument| -> std::io::Result<()> {
+    let store = open(data)?;
+    let target = out.clone();
+    let write = move |signed: &SignedDocument| -> std::io::Result<()> {
         let mut text = pretty(&signed.to_json());
         text.push('\n');
-        match out {
+        match &target {
             Some(path) => write_private(path, text.as_bytes()),
             None => {
                 let mut stdout = std::io::stdout().lock();
@@ -156,14 +167,16 @@ fn export(
             }
         }
     };
-    let (signed, entry) = legal::export_accounts(&mut conn, usernames, request_id, today(), write)
-        .map_err(|e| match e {
-            LegalError::Output(e) => format!(
-                "cannot write {}: {e}; nothing was recorded",
-                out.map_or_else(|| "to stdout".to_owned(), |p| p.display().to_string())
-            ),
-            other => other.to_string(),
-        })?;
+    let exported = legal::export_accounts(&store, usernames, request_id, today(), write).await;
+    store.close().await;
+    let out = out.as_deref();
+    let (signed, entry) = exported.map_err(|e| match e {
+        LegalError::Output(e) => format!(
+            "cannot write {}: {e}; nothing was recorded",
+            out.map_or_else(|| "to stdout".to_owned(), |p| p.display().to_string())
+        ),
+        other => other.to_string(),
+    })?;
     eprintln!(
         "exported {} account(s) for request {:?}{}",
         usernames.len(),
@@ -193,9 +206,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn report(data: &Path, as_json: bool) -> Result<(), String> {
-    let conn = legal::open(data).map_err(|e| e.to_string())?;
-    let (report, signed) = legal::report(&conn, today()).map_err(|e| e.to_string())?;
+async fn report(data: &Path, as_json: bool) -> Result<(), String> {
+    let store = open(data)?;
+    let reported = legal::report(&store, today()).await;
+    store.close().await;
+    let (report, signed) = reported.map_err(|e| e.to_string())?;
     if as_json {
         println!("{}", pretty(&signed.to_json()));
     } else {
@@ -258,9 +273,11 @@ fn verify_report(file: &Path, key: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn canary(data: &Path, statement: &str) -> Result<(), String> {
-    let conn = legal::open(data).map_err(|e| e.to_string())?;
-    let canary = legal::publish_canary(&conn, statement, today()).map_err(|e| e.to_string())?;
+async fn canary(data: &Path, statement: &str) -> Result<(), String> {
+    let store = open(data)?;
+    let published = legal::publish_canary(&store, statement, today()).await;
+    store.close().await;
+    let canary = published.map_err(|e| e.to_string())?;
     println!(
         "canary signed for day {} ({}); served at GET /canary",
         canary.day,

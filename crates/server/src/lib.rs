@@ -133,8 +133,6 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
     /// [`ServerConfig::log_connections`].
     log_connections: bool,
-    /// The database, read for `GET /canary`.
-    db_path: PathBuf,
     /// [`ServerConfig::allowed_origins`].
     allowed_origins: Vec<String>,
     /// Open connections per address (in memory only), capped by
@@ -270,7 +268,6 @@ impl Server {
             connections: Arc::clone(&connections),
             shutdown: stop_rx,
             log_connections: config.log_connections,
-            db_path: store.path().to_owned(),
             allowed_origins: config.allowed_origins.clone(),
             per_address: Arc::default(),
             max_per_address: config.limits.max_connections_per_address,
@@ -319,26 +316,18 @@ async fn health() -> &'static str {
 }
 
 /// `GET /canary`: the newest warrant canary (`legal::Canary::to_json`), or
-/// 404 if none was published.
+/// 404 if none was published. Read through the server's own store (its
+/// read pool, off the async threads).
 async fn canary(State(state): State<Arc<AppState>>) -> Response {
-    let path = state.db_path.clone();
-    match tokio::task::spawn_blocking(move || legal::read_latest_canary(&path)).await {
-        Ok(Ok(Some(canary))) => (
+    match legal::latest_canary(&*state.ctx.store).await {
+        Ok(Some(canary)) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             canary.to_json().to_string(),
         )
             .into_response(),
-        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no warrant canary published").into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read the warrant canary");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot read the warrant canary",
-            )
-                .into_response()
-        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no warrant canary published").into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "canary task failed");
+            tracing::error!(error = %e, "cannot read the warrant canary");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot read the warrant canary",

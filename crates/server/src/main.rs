@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sotto_server::store::{AdminStore as _, SqliteStore, invite_hash, new_invite_code};
 use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
 mod legal_cli;
@@ -193,7 +194,14 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match sotto_server::audit::audit_data_dir(data, expected.as_ref()) {
+    let audited = match block_on(sotto_server::audit::audit_data_dir(data, expected.as_ref())) {
+        Ok(audited) => audited,
+        Err(e) => {
+            eprintln!("audit failed: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match audited {
         Ok(summary) => {
             let r = &summary.report;
             println!("audit passed: {}", data.display());
@@ -218,17 +226,26 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
     }
 }
 
+/// Creates `count` invite codes, stores their hashes, and returns them.
 fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
-    let conn = sotto_server::legal::open(data).context("cannot open the server database")?;
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0);
-    Ok(sotto_server::store::create_invites(
-        &conn,
-        count as usize,
-        today,
-    )?)
+    let store = SqliteStore::open_existing(data).context("cannot open the server database")?;
+    let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
+    let hashes = codes.iter().map(|code| invite_hash(code)).collect();
+    block_on(async {
+        let added = store.add_invites(hashes, legal_cli::today()).await;
+        store.close().await;
+        added
+    })??;
+    Ok(codes)
+}
+
+/// Runs an operator command's future (the store is async) on a runtime of
+/// its own, on this thread.
+fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future))
 }
 
 fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {

@@ -550,6 +550,7 @@ async fn audit_catches_a_ghost_device() {
     populate(dir.path(), 3).await;
     assert_eq!(
         sotto_server::audit::audit_data_dir(dir.path(), None)
+            .await
             .unwrap()
             .report
             .devices,
@@ -565,9 +566,13 @@ async fn audit_catches_a_ghost_device() {
         )
         .unwrap();
     }
-    let error = sotto_server::audit::audit_data_dir(dir.path(), None).unwrap_err();
+    let error = sotto_server::audit::audit_data_dir(dir.path(), None)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("user0001"), "{error}");
-    let wrong_key = sotto_server::audit::audit_data_dir(dir.path(), Some(&[0; 32])).unwrap_err();
+    let wrong_key = sotto_server::audit::audit_data_dir(dir.path(), Some(&[0; 32]))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             wrong_key,

@@ -7,6 +7,12 @@
 //! Values crossing this boundary are already parsed ([`DeviceId`],
 //! [`MessageId`], [`GroupId`]): backends never see malformed ids. Time is
 //! passed in as an argument, never read by a backend, so tests control it.
+//!
+//! Besides the server's roles ([`Store`]), two traits serve the operator's
+//! commands, so that they too work on any backend: [`LegalStore`] (the
+//! legal key, the export and its transparency report, the warrant canary)
+//! and [`AdminStore`] (invite codes, and what the auditor compares with the
+//! log). Only `sqlite` knows SQL.
 
 pub(crate) mod expiry;
 pub(crate) mod sqlite;
@@ -16,7 +22,7 @@ use std::future::Future;
 
 use zeroize::Zeroizing;
 
-pub use sqlite::{SqliteStore, create_invites, invite_hash};
+pub use sqlite::{SqliteStore, create_invites};
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
 /// keep the day ([`day_of`]).
@@ -28,6 +34,20 @@ pub type UnixDay = u64;
 /// Converts seconds to the day they fall in.
 pub fn day_of(seconds: UnixSeconds) -> UnixDay {
     seconds / 86_400
+}
+
+/// A fresh one-time invite code to hand out (`--registration invite`): 16
+/// random bytes, in hex. Store only its [`invite_hash`]
+/// ([`AdminStore::add_invites`]).
+pub fn new_invite_code() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// What a store keeps of an invite code, and what registration presents
+/// ([`NewAccount::invite`]): SHA-256 of the code, trimmed and lowercased.
+pub fn invite_hash(code: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(code.trim().to_ascii_lowercase().as_bytes()).into()
 }
 
 /// The rule every backend applies to a send (backends call it so they
@@ -379,6 +399,117 @@ pub struct StoreStats {
     pub payloads: u64,
 }
 
+/// What the server holds about one account, as a legal export hands it
+/// over (`crate::legal`; `docs/SERVER_DATA.md`, column "legal export").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedAccount {
+    /// The username.
+    pub username: String,
+    /// Ed25519 identity public key.
+    pub identity_key: [u8; 32],
+    /// Day of registration.
+    pub created_day: UnixDay,
+    /// How many transparency-log leaves the account has.
+    pub log_entries: u64,
+    /// Every device the account ever had, removed ones included, in the
+    /// order they were added.
+    pub devices: Vec<ExportedDevice>,
+}
+
+/// What the server holds about one device of an [`ExportedAccount`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedDevice {
+    /// The device id.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key.
+    pub device_key: [u8; 32],
+    /// Day it was added.
+    pub created_day: UnixDay,
+    /// Last day it logged in.
+    pub last_seen_day: UnixDay,
+    /// Day it was removed; `None` while it is active.
+    pub removed_day: Option<UnixDay>,
+    /// One-time KeyPackages in its pool.
+    pub key_packages: u64,
+    /// Whether a last-resort KeyPackage is stored.
+    pub last_resort_key_package: bool,
+    /// Mailbox entries waiting for it.
+    pub queued_messages: u64,
+    /// Total size of those entries' payloads, in bytes.
+    pub queued_bytes: u64,
+}
+
+/// One entry of the transparency report of legal requests (`crate::legal`),
+/// as stored. The hashes and the signature are the stored bytes, unchecked:
+/// the legal module verifies the chain and names the entry that fails, which
+/// it could not do if a backend refused to read a tampered row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// Position in the report, from 1.
+    pub seq: u64,
+    /// The operator's reference for the request.
+    pub request_id: String,
+    /// Day the request was answered.
+    pub day: UnixDay,
+    /// What was done (`export`).
+    pub kind: String,
+    /// How many accounts it covered.
+    pub accounts: u64,
+    /// The previous entry's hash (32 bytes when intact).
+    pub prev_hash: Vec<u8>,
+    /// This entry's hash (32 bytes when intact).
+    pub hash: Vec<u8>,
+    /// The legal key's signature (64 bytes when intact).
+    pub signature: Vec<u8>,
+}
+
+/// What [`LegalStore::record_export`] read inside its transaction, for the
+/// caller's `plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSnapshot {
+    /// One per requested username, in the order requested: `None` if no
+    /// account has that name.
+    pub accounts: Vec<Option<ExportedAccount>>,
+    /// The report's last entry, which the new one must chain onto; `None`
+    /// if the report is empty.
+    pub last_entry: Option<ReportRecord>,
+}
+
+/// A signed, dated warrant-canary statement, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRecord {
+    /// Day it was signed.
+    pub day: UnixDay,
+    /// The operator's statement.
+    pub statement: String,
+    /// The legal public key that signed it.
+    pub key: [u8; 32],
+    /// The signature (see `crate::legal::Canary`).
+    pub signature: [u8; 64],
+}
+
+/// An account's identity key as stored, for the auditor to compare with the
+/// log (so not parsed: a malformed key is a finding, not a storage failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountIdentity {
+    /// The username.
+    pub username: String,
+    /// The stored identity key bytes.
+    pub identity_key: Vec<u8>,
+}
+
+/// An active (not removed) device as stored, for the auditor to compare
+/// with the log (so not parsed, like [`AccountIdentity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveDevice {
+    /// Its account.
+    pub username: String,
+    /// The stored device id bytes.
+    pub device_id: Vec<u8>,
+    /// The stored device key bytes.
+    pub device_key: Vec<u8>,
+}
+
 /// The storage backend failed; not the client's fault.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -391,15 +522,6 @@ pub enum StoreError {
     /// The disk, or the operator's quota, is full: nothing was written.
     #[error("storage is full")]
     Full,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => Self::Full,
-            _ => Self::Backend(e.to_string()),
-        }
-    }
 }
 
 /// Why [`Store::register`] refused an account.
@@ -680,4 +802,107 @@ pub trait LogStore: Send + Sync + 'static {
         start: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
+}
+
+/// What `crate::legal` keeps: the legal signing key, the hash-chained
+/// transparency report of legal requests (appended to only by the export
+/// that it records), and the warrant canary. The operator's `legal`
+/// commands use all of it; the running server reads the canary for
+/// `GET /canary`.
+///
+/// Backends store and return what they are given; signing, chaining and
+/// verifying stay in `crate::legal`. As in [`Store`], an `Ok(None)` means
+/// "no such thing", never an error.
+pub trait LegalStore: Send + Sync + 'static {
+    /// The secret of the server's legal signing key (separate from the
+    /// log key): the stored one, or `fresh`, stored now, if there is none
+    /// yet. Concurrent first calls all get the same key.
+    fn legal_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
+    /// Exports accounts and records the export in the transparency report,
+    /// atomically. In one transaction that no other writer can interleave
+    /// with, the backend:
+    ///
+    /// 1. reads the [`ExportSnapshot`] of `usernames` (each account's
+    ///    [`ExportedAccount`], and the report's last entry);
+    /// 2. calls `plan` with it, which builds what to hand over (`T`, the
+    ///    signed document) and the report entry recording it, chained onto
+    ///    the last one; `plan` refuses (an unknown account, say) by
+    ///    returning an error;
+    /// 3. appends that entry (the seq must be new);
+    /// 4. calls `deliver` with the `T` (writes the file);
+    /// 5. commits, only if every step succeeded, and returns the `T`.
+    ///
+    /// So every delivered export is in the report, and nothing is recorded
+    /// for one that was refused or could not be delivered. The caller's
+    /// error type `E` carries its own failures through unchanged.
+    ///
+    /// Why closures rather than `record_export(entry)` after separate
+    /// reads: the entry must chain onto the last one as of the same
+    /// snapshot the document was built from, and be kept only if that
+    /// document was delivered; only the backend's transaction can hold all
+    /// of that together, while signing stays with the caller. Both closures
+    /// run while the transaction is open (SQLite: on the writer thread),
+    /// so they must be quick and must not call the store.
+    fn record_export<T, E, P, D>(
+        &self,
+        usernames: Vec<String>,
+        plan: P,
+        deliver: D,
+    ) -> impl Future<Output = Result<T, E>> + Send
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(ExportSnapshot) -> Result<(ReportRecord, T), E> + Send + 'static,
+        D: FnOnce(&T) -> Result<(), E> + Send + 'static;
+
+    /// Every entry of the transparency report, by seq, oldest first.
+    fn report_entries(&self) -> impl Future<Output = Result<Vec<ReportRecord>, StoreError>> + Send;
+
+    /// Stores a signed canary; it becomes the latest.
+    fn publish_canary(
+        &self,
+        canary: CanaryRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The most recently published canary. `Ok(None)`: none was ever
+    /// published.
+    fn latest_canary(
+        &self,
+    ) -> impl Future<Output = Result<Option<CanaryRecord>, StoreError>> + Send;
+}
+
+/// What the operator's other commands use: invite codes
+/// (`sotto-server invite create`), and the stored state that
+/// `sotto-server audit` compares with the transparency log (whose leaves it
+/// reads through [`LogStore::log_entries`]). The audit's reads change
+/// nothing, so a read-only backend can serve them.
+pub trait AdminStore: Send + Sync + 'static {
+    /// Stores one-time invite codes (their [`invite_hash`]es), unused,
+    /// created on `today`, in one transaction. Fails, storing none, if a
+    /// hash is already stored.
+    fn add_invites(
+        &self,
+        code_hashes: Vec<[u8; 32]>,
+        today: UnixDay,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The transparency-log signing key's secret as stored (unchecked, for
+    /// the auditor to judge), without creating one. `Ok(None)`: no log key
+    /// is stored (the server never ran on this store).
+    fn stored_log_key(
+        &self,
+    ) -> impl Future<Output = Result<Option<Zeroizing<Vec<u8>>>, StoreError>> + Send;
+
+    /// Every account with its identity key, in no particular order.
+    fn account_identities(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AccountIdentity>, StoreError>> + Send;
+
+    /// Every active (not removed) device of every account, in no
+    /// particular order.
+    fn active_devices(&self) -> impl Future<Output = Result<Vec<ActiveDevice>, StoreError>> + Send;
 }

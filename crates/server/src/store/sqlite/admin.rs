@@ -1,69 +1,121 @@
-//! What the operator's commands open: invites, and the database read-only
-//! (audit) or read-write (legal commands).
+//! What the operator's commands open and use besides the legal tables:
+//! an existing database read-write (legal and invite commands) or
+//! read-only (the audit), invites, and the auditor's reads.
 
 use super::*;
 
-/// Creates `count` one-time invite codes, storing only their hashes; returns
-/// the codes (hex) to hand out.
+impl SqliteStore {
+    /// Opens the existing database in `data_dir` for an operator's command,
+    /// bringing its schema up to date, and starts the writer thread.
+    /// Unlike [`SqliteStore::open`] it never creates a database (or the
+    /// directory). Blocking.
+    pub fn open_existing(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::Backend(format!(
+                "there is no server database at {}; check --data",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        Self::start(path, conn, None)
+    }
+
+    /// Opens the existing database in `data_dir` read-only, for the
+    /// auditor: nothing is migrated or written (writes fail with
+    /// [`StoreError::Closed`]), so a running server is not disturbed. Fails
+    /// if the database does not exist or predates the transparency log.
+    /// Blocking.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        let conn = open_reader(&path, true, None)?;
+        let version = schema_version(&conn)?;
+        if version < 2 {
+            return Err(StoreError::Backend(format!(
+                "{} has schema version {version}, without a transparency log; start sotto-server on it once to upgrade",
+                path.display()
+            )));
+        }
+        Ok(Self::reader_only(path, conn))
+    }
+}
+
+/// Creates `count` one-time invite codes on the database `conn`, storing
+/// only their hashes; returns the codes to hand out. For tests that hold a
+/// connection; the operator's command uses [`AdminStore::add_invites`].
 pub fn create_invites(
     conn: &Connection,
     count: usize,
     today: UnixDay,
 ) -> Result<Vec<String>, StoreError> {
-    let mut codes = Vec::with_capacity(count);
+    let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
+    let hashes: Vec<[u8; 32]> = codes.iter().map(|code| invite_hash(code)).collect();
     let tx = conn.unchecked_transaction()?;
-    for _ in 0..count {
-        let code: [u8; 16] = rand::random();
-        tx.execute(
-            "INSERT INTO invites (code_hash, created_day) VALUES (?1, ?2)",
-            params![invite_hash(&hex::encode(code)).as_slice(), to_i64(today)],
-        )?;
-        codes.push(hex::encode(code));
-    }
+    insert_invites(&tx, &hashes, today)?;
     tx.commit()?;
     Ok(codes)
 }
 
-/// What the store keeps of an invite code.
-pub fn invite_hash(code: &str) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(code.trim().to_ascii_lowercase().as_bytes()).into()
+fn insert_invites(
+    conn: &Connection,
+    code_hashes: &[[u8; 32]],
+    today: UnixDay,
+) -> Result<(), StoreError> {
+    let mut insert =
+        conn.prepare_cached("INSERT INTO invites (code_hash, created_day) VALUES (?1, ?2)")?;
+    for hash in code_hashes {
+        insert.execute(params![hash.as_slice(), to_i64(today)])?;
+    }
+    Ok(())
 }
 
-/// Opens `<data_dir>/sotto.db` read-only, for the auditor. Fails if the
-/// database does not exist or predates the transparency log.
-pub(crate) fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
-    let path = data_dir.join(DB_FILE_NAME);
-    let conn = Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let version = schema_version(&conn)?;
-    if version < 2 {
-        return Err(StoreError::Backend(format!(
-            "{} has schema version {version}, without a transparency log; start sotto-server on it once to upgrade",
-            path.display()
-        )));
+impl AdminStore for SqliteStore {
+    async fn add_invites(
+        &self,
+        code_hashes: Vec<[u8; 32]>,
+        today: UnixDay,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| insert_invites(conn, &code_hashes, today))
+            .await
     }
-    Ok(conn)
-}
 
-/// Opens an existing `<data_dir>/sotto.db` read-write for an admin command
-/// (`crate::legal`), bringing its schema up to date. Unlike
-/// [`SqliteStore::open`] it never creates a database.
-pub(crate) fn open_admin(data_dir: &Path) -> Result<Connection, StoreError> {
-    let path = data_dir.join(DB_FILE_NAME);
-    if !path.is_file() {
-        return Err(StoreError::Backend(format!(
-            "there is no server database at {}; check --data",
-            path.display()
-        )));
+    async fn stored_log_key(&self) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        self.read(|conn| stored_server_key(conn, LOG_KEY_NAME))
+            .await
     }
-    let mut conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-    configure(&conn)?;
-    migrate(&mut conn)?;
-    Ok(conn)
+
+    async fn account_identities(&self) -> Result<Vec<AccountIdentity>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT username, identity_key FROM accounts")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AccountIdentity {
+                    username: r.get(0)?,
+                    identity_key: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn active_devices(&self) -> Result<Vec<ActiveDevice>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT username, device_id, device_key FROM devices WHERE removed_day IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ActiveDevice {
+                    username: r.get(0)?,
+                    device_id: r.get(1)?,
+                    device_key: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }

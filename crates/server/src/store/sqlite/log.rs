@@ -44,58 +44,13 @@ pub(super) fn log_records(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The stored log signing key's secret, if any.
-pub(crate) fn read_log_key_secret(
-    conn: &Connection,
-) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT secret FROM server_keys WHERE name = ?1",
-            [LOG_KEY_NAME],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .optional()?
-        .map(Zeroizing::new))
-}
-
-/// Calls `f` with every log leaf in index order, without loading the whole
-/// log into memory.
-pub(crate) fn for_each_log_record(
-    conn: &Connection,
-    mut f: impl FnMut(LogRecord) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare("SELECT idx, username, entry FROM log_entries ORDER BY idx")?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        f(LogRecord {
-            index: to_u64(row.get(0)?),
-            username: row.get(1)?,
-            entry: row.get(2)?,
-        })?;
-    }
-    Ok(())
-}
-
 impl LogStore for SqliteStore {
     async fn log_key_secret(
         &self,
         fresh: Zeroizing<[u8; 32]>,
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO server_keys (name, secret) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-                params![LOG_KEY_NAME, fresh.as_slice()],
-            )?;
-            let stored = read_log_key_secret(conn)?
-                .ok_or_else(|| StoreError::Backend("the log key was not stored".into()))?;
-            let mut secret = Zeroizing::new([0; 32]);
-            if stored.len() != secret.len() {
-                return Err(StoreError::Backend("the stored log key is not 32 bytes".into()));
-            }
-            secret.copy_from_slice(&stored);
-            Ok(secret)
-        })
-        .await
+        self.write(move |conn| server_key_secret(conn, LOG_KEY_NAME, &fresh))
+            .await
     }
 
     async fn account_log(&self, username: &str) -> Result<Vec<LogRecord>, StoreError> {

@@ -14,7 +14,9 @@
 //! - `writer`: the writer thread, batches, SAVEPOINTs, the read pool
 //! - `accounts`, `key_packages`, `mailbox`, `log`: one role trait of
 //!   [`Store`] each, over its family of tables
-//! - `admin`: invites, and opening the file for the operator's commands
+//! - `legal`: [`LegalStore`] (the legal key, `legal_requests`, `canaries`)
+//! - `admin`: [`AdminStore`] (invites, the auditor's reads), and opening an
+//!   existing database for the operator's commands, read-write or read-only
 //!
 //! Shared by the modules: the row conversions below, and the helpers the
 //! `use` lines bring in (sub-modules see them through `use super::*`).
@@ -31,30 +33,30 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use super::{
-    AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceId, DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope,
-    GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogRecord,
-    LogStore, MailboxEntry, MailboxStore, MessageId, NewAccount, NewDevice, NewEntry,
-    RegisterError, RemoveDeviceError, SignedDevice, Store, StoreError, StoreStats, UnixDay,
-    UnixSeconds, check_capability, day_of,
+    AccountIdentity, AccountStore, ActiveDevice, AddDeviceError, AdminStore, CanaryRecord,
+    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
+    DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, ExportSnapshot,
+    ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
+    KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore, MessageId,
+    NewAccount, NewDevice, NewEntry, RegisterError, RemoveDeviceError, ReportRecord, SignedDevice,
+    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of, invite_hash,
+    new_invite_code,
 };
 
 mod accounts;
 mod admin;
 mod key_packages;
+mod legal;
 mod log;
 mod mailbox;
 mod schema;
 mod writer;
 
-pub use admin::{create_invites, invite_hash};
-pub(crate) use admin::{open_admin, open_read_only};
-use log::{append_log, next_account_seq};
-pub(crate) use log::{for_each_log_record, read_log_key_secret};
+pub use admin::create_invites;
+use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
-pub(crate) use schema::schema_version;
-use schema::{configure, migrate, set_max_pages, stable_plans};
-use writer::{UNCOMMITTED, WriterMsg, run_writer};
+use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
+use writer::{UNCOMMITTED, WriterMsg, open_reader, run_writer};
 
 /// SQLite-backed [`Store`], in `<data_dir>/sotto.db`.
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ struct Inner {
     mailbox_limit: std::sync::atomic::AtomicU32,
     /// The operator's quota in pages (`PRAGMA max_page_count`), if any.
     max_pages: Option<i64>,
+    /// Opened with [`SqliteStore::open_read_only`]: readers open the file
+    /// read-only, and there is no writer.
+    read_only: bool,
     /// Shared with the writer thread.
     entry_listener: Arc<OnceLock<EntryListener>>,
 }
@@ -124,7 +129,17 @@ impl SqliteStore {
         })?;
         let path = data_dir.join(DB_FILE_NAME);
         keep_private(data_dir, &path)?;
-        let mut conn = Connection::open(&path)?;
+        let conn = Connection::open(&path)?;
+        Self::start(path, conn, max_db_bytes)
+    }
+
+    /// Brings the schema of the database `conn` opened at `path` up to date,
+    /// applies the quota, and starts the writer thread on `conn`.
+    fn start(
+        path: PathBuf,
+        mut conn: Connection,
+        max_db_bytes: Option<u64>,
+    ) -> Result<Self, StoreError> {
         configure(&conn)?;
         migrate(&mut conn)?;
         let max_pages = max_db_bytes
@@ -152,9 +167,30 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 mailbox_limit: std::sync::atomic::AtomicU32::new(u32::MAX),
                 max_pages,
+                read_only: false,
                 entry_listener,
             }),
         })
+    }
+
+    /// A store on the database at `path` without a writer: reads open the
+    /// file read-only and writes fail with [`StoreError::Closed`]. `first`
+    /// is a reader already opened (and checked) by the caller.
+    fn reader_only(path: PathBuf, first: Connection) -> Self {
+        // No receiver: every write is refused as if the store had closed.
+        let (writer_tx, _) = mpsc::channel();
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                writer_tx,
+                writer: Mutex::new(None),
+                readers: Mutex::new(vec![first]),
+                mailbox_limit: std::sync::atomic::AtomicU32::new(u32::MAX),
+                max_pages: None,
+                read_only: true,
+                entry_listener: Arc::new(OnceLock::new()),
+            }),
+        }
     }
 
     /// Path of the database file.
@@ -177,6 +213,53 @@ impl SqliteStore {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Self::Full,
+            _ => Self::Backend(e.to_string()),
+        }
+    }
+}
+
+/// The secret stored in `server_keys` under `name`, or `fresh`, stored now,
+/// if there is none yet (one statement, so concurrent first calls agree).
+pub(super) fn server_key_secret(
+    conn: &Connection,
+    name: &str,
+    fresh: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    conn.execute(
+        "INSERT INTO server_keys (name, secret) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+        params![name, fresh.as_slice()],
+    )?;
+    let stored = stored_server_key(conn, name)?
+        .ok_or_else(|| StoreError::Backend(format!("the {name} key was not stored")))?;
+    let mut secret = Zeroizing::new([0; 32]);
+    if stored.len() != secret.len() {
+        return Err(StoreError::Backend(format!(
+            "the stored {name} key is not 32 bytes"
+        )));
+    }
+    secret.copy_from_slice(&stored);
+    Ok(secret)
+}
+
+/// The secret stored in `server_keys` under `name`, as stored, if any.
+pub(super) fn stored_server_key(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT secret FROM server_keys WHERE name = ?1",
+            [name],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?
+        .map(Zeroizing::new))
 }
 
 pub(super) fn key32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {

@@ -43,16 +43,7 @@ impl SqliteStore {
                 .pop();
             let conn = match pooled {
                 Some(conn) => conn,
-                None => {
-                    let conn = Connection::open(&inner.path)?;
-                    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                    stable_plans(&conn)?;
-                    conn.execute_batch("PRAGMA query_only=ON;")?;
-                    if let Some(pages) = inner.max_pages {
-                        set_max_pages(&conn, pages)?;
-                    }
-                    conn
-                }
+                None => open_reader(&inner.path, inner.read_only, inner.max_pages)?,
             };
             let result = f(&conn);
             let mut readers = inner
@@ -104,6 +95,31 @@ impl SqliteStore {
                 .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
         }
     }
+}
+
+/// Opens a connection for the read pool: query-only, or, for a read-only
+/// store, on the file opened read-only (which must exist).
+pub(super) fn open_reader(
+    path: &Path,
+    read_only: bool,
+    max_pages: Option<i64>,
+) -> Result<Connection, StoreError> {
+    let conn = if read_only {
+        Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?
+    } else {
+        Connection::open(path)?
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    stable_plans(&conn)?;
+    conn.execute_batch("PRAGMA query_only=ON;")?;
+    if let Some(pages) = max_pages {
+        set_max_pages(&conn, pages)?;
+    }
+    Ok(conn)
 }
 
 /// Runs `f` inside a SAVEPOINT, rolling back its changes if it fails.
