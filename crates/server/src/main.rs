@@ -264,9 +264,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut limits = sotto_server::Limits::default();
-    limits.max_devices_per_account =
-        usize::try_from(args.max_devices_per_account).unwrap_or(usize::MAX);
+    let mut limits = sotto_server::Limits {
+        max_devices_per_account: usize::try_from(args.max_devices_per_account)
+            .unwrap_or(usize::MAX),
+        ..sotto_server::Limits::default()
+    };
     if args.no_rate_limits {
         limits.lift_rate_limits();
     }
