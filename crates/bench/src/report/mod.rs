@@ -181,9 +181,9 @@ fn header(o: &mut String, r: &Results) {
          every latency is measured from the **scheduled** send time, so a stall shows up as latency instead of silently \
          slowing the generator (no coordinated omission). Latencies go into HdrHistogram (1 µs – 10 min, 3 significant digits). \
          Client sockets bind 127.0.0.2, 127.0.0.3, … (traffic stays on 127.0.0.0/8). Sotto is driven over its real protocol \
-         (WebSocket + protobuf, Ed25519 register/login, SubmitCommit, SendMessage, Delivery, Ack); envelopes are 512 bytes of \
-         random bytes instead of MLS ciphertext, which the server cannot tell apart. A group is created with an epoch-0 \
-         SubmitCommit carrying random bytes. \"Sustainable\" = everything delivered within 1 s after the step, e2e p99 ≤ 50 ms, \
+         (WebSocket + protobuf, Ed25519 register/login, SubmitCommit, SendMessage, Delivery, Ack); envelopes are 512-byte \
+         MLS PrivateMessages whose ciphertext is random bytes (the server reads only the clear-text framing and cannot \
+         tell the rest from real ciphertext). A group is created with an epoch-0 SubmitCommit framed the same way. \"Sustainable\" = everything delivered within 1 s after the step, e2e p99 ≤ 50 ms, \
          no errors, ≥ 95 % of the offered rate achieved; the ladder stops after two unsustainable steps.\n"
     );
 }
