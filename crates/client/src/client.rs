@@ -1,4 +1,5 @@
 use crate::ClientError;
+use crate::endpoint::Trust;
 use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
@@ -42,6 +43,8 @@ pub struct Client {
     pub(crate) crypto: RustCrypto,
     pub(crate) account: Account,
     pub(crate) server_url: String,
+    /// What to trust on the way to the server (TLS roots, plain HTTP).
+    pub(crate) trust: Trust,
     pub(crate) transport: Option<Transport>,
     pub(crate) key_packages_low: bool,
     /// History lines this device caused itself (its own accepted commits),
@@ -112,21 +115,23 @@ impl Client {
         username: &str,
         server_url: &str,
     ) -> Result<Self, ClientError> {
-        Self::register_with_invite(dir, username, server_url, None).await
+        Self::register_with_invite(dir, username, server_url, None, &Trust::web_roots()).await
     }
 
     /// Like [`Client::register`], with the invite code a server with
-    /// invite-only registration asks for.
+    /// invite-only registration asks for, and what to trust on the way to
+    /// the server (`--ca-file`, `--insecure-transport`; the profile keeps it).
     pub async fn register_with_invite(
         dir: &Path,
         username: &str,
         server_url: &str,
         invite_code: Option<&str>,
+        trust: &Trust,
     ) -> Result<Self, ClientError> {
         let username = Username::parse(username)?;
         let db = open_new_profile(dir)?;
         let account = Account::generate(username);
-        let mut transport = Transport::connect(server_url).await?;
+        let mut transport = Transport::connect(server_url, trust).await?;
         let register = Register {
             username: account.username.to_string(),
             identity_key: account.identity_public().to_vec(),
@@ -143,7 +148,7 @@ impl Client {
             .request(client_frame::Body::Register(register))
             .await?;
         let log_key = transport.log_key.clone();
-        Self::create(db, account, server_url, log_key, transport).await
+        Self::create(db, account, server_url, trust, log_key, transport).await
     }
 
     /// Saves a new profile and finishes setting up its device: checks the
@@ -153,6 +158,7 @@ impl Client {
         db: Connection,
         account: Account,
         server_url: &str,
+        trust: &Trust,
         log_key: Vec<u8>,
         mut transport: Transport,
     ) -> Result<Self, ClientError> {
@@ -165,9 +171,12 @@ impl Client {
                 device_id: account.device_id.as_bytes().to_vec(),
                 device_secret: account.device.secret().to_vec(),
                 log_key: log_key.clone(),
+                ca_pem: trust.ca_pem().map(str::to_owned),
+                insecure_transport: trust.insecure_transport,
             },
         )?;
-        let mut client = Self::from_parts(db, account, server_url.to_owned(), log_key);
+        let mut client =
+            Self::from_parts(db, account, server_url.to_owned(), trust.clone(), log_key);
         let own = client.account.username.clone();
         let state = client.verify_account(&own).await?;
         if state.devices.get(client.account.device_id.as_bytes())
@@ -188,6 +197,7 @@ impl Client {
         db: Connection,
         account: Account,
         server_url: String,
+        trust: Trust,
         log_key: Vec<u8>,
     ) -> Self {
         Self {
@@ -195,6 +205,7 @@ impl Client {
             crypto: RustCrypto::default(),
             account,
             server_url,
+            trust,
             transport: None,
             key_packages_low: false,
             own_lines: Vec::new(),
@@ -226,7 +237,17 @@ impl Client {
             device_id: DeviceId::from_slice(&row.device_id)?,
             device: DeviceKey::from_secret(&row.device_secret)?,
         };
-        Ok(Self::from_parts(db, account, row.server_url, row.log_key))
+        let mut trust = Trust::web_roots().allow_insecure_transport(row.insecure_transport);
+        if let Some(pem) = row.ca_pem {
+            trust = trust.with_ca_pem(pem)?;
+        }
+        Ok(Self::from_parts(
+            db,
+            account,
+            row.server_url,
+            trust,
+            row.log_key,
+        ))
     }
 
     pub fn username(&self) -> &Username {
@@ -268,7 +289,7 @@ impl Client {
                 Some(t) => t,
                 None => self
                     .anonymous
-                    .insert(Transport::connect(&self.server_url).await?),
+                    .insert(Transport::connect(&self.server_url, &self.trust).await?),
             };
             match t.request(body.clone()).await {
                 Err(ClientError::Network(e)) if attempt == 0 => {
@@ -318,7 +339,7 @@ impl Client {
     }
 
     pub(crate) async fn login(&mut self) -> Result<Transport, ClientError> {
-        let mut t = Transport::connect(&self.server_url).await?;
+        let mut t = Transport::connect(&self.server_url, &self.trust).await?;
         if t.log_key != self.log_key {
             return Err(ClientError::KeyLog(
                 "the server's key-log key changed since this profile was made; \

@@ -488,12 +488,20 @@ impl Client {
         })
     }
 
-    /// Points this profile at another server URL (the server moved).
+    /// Points this profile at another server URL (the server moved),
+    /// trusting what it trusted before.
     pub fn set_server_url(&mut self, url: &str) -> Result<(), ClientError> {
-        crate::transport::websocket_url(url)?;
-        store::set_server_url(&self.db, url)?;
+        self.set_server(url, self.trust.clone())
+    }
+
+    /// Points this profile at another server URL with what to trust for it.
+    pub fn set_server(&mut self, url: &str, trust: crate::Trust) -> Result<(), ClientError> {
+        crate::endpoint::ServerUrl::parse(url)?.check(&trust)?;
+        store::set_server_url(&self.db, url, trust.ca_pem(), trust.insecure_transport)?;
         self.server_url = url.to_owned();
+        self.trust = trust;
         self.transport = None;
+        self.anonymous = None;
         Ok(())
     }
 

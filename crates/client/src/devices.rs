@@ -9,6 +9,7 @@
 
 use crate::ClientError;
 use crate::client::*;
+use crate::endpoint::Trust;
 use crate::provider::MlsProvider;
 use crate::store::{self, ConversationKind, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
@@ -198,13 +199,14 @@ impl Client {
 
     /// Joins an account as a new device with a code from one of its devices,
     /// creating the profile in `dir`. Returns once the existing device
-    /// approved.
-    pub async fn join_link(dir: &Path, code: &str) -> Result<Self, ClientError> {
+    /// approved. `trust` is what to trust on the way to the server in the
+    /// code (`--ca-file`, `--insecure-transport`); the profile keeps it.
+    pub async fn join_link(dir: &Path, code: &str, trust: &Trust) -> Result<Self, ClientError> {
         let code = LinkCode::parse(code).map_err(link_error)?;
         let db = crate::client::open_new_profile(dir)?;
         let device = DeviceKey::generate();
         let device_id = DeviceId::random();
-        let mut t = Transport::connect(&code.server_url).await?;
+        let mut t = Transport::connect(&code.server_url, trust).await?;
         let request = LinkJoinRequest {
             device_id: device_id.as_bytes().to_vec(),
             device_key: device.public().to_vec(),
@@ -242,7 +244,7 @@ impl Client {
         };
         t.request(client_frame::Body::Login(login)).await?;
         let log_key = t.log_key.clone();
-        Self::create(db, account, &code.server_url, log_key, t).await
+        Self::create(db, account, &code.server_url, trust, log_key, t).await
     }
 
     /// The account's devices, from the key log.

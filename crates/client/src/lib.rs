@@ -13,6 +13,7 @@ pub mod canary;
 mod client;
 mod conversations;
 mod devices;
+pub mod endpoint;
 mod keys;
 pub mod provider;
 mod receive;
@@ -21,6 +22,7 @@ pub mod transport;
 
 pub use client::{Client, CommitOutcome, MemberInfo};
 pub use devices::{DeviceInfo, LinkRequestInfo};
+pub use endpoint::Trust;
 pub use keys::audit;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
@@ -66,6 +68,10 @@ pub enum ClientError {
     /// one direct. Nothing is sent to it.
     #[error("WARNING: {0}")]
     Roster(String),
+    /// The server's TLS certificate is not trusted, or TLS failed in a way
+    /// that retrying will not fix.
+    #[error("{0}")]
+    Certificate(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"
