@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// `--tls-key`). Default `None`: plain HTTP, for loopback or behind a
     /// proxy that terminates TLS.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Host names this server answers to (`--server-name`), besides IP
+    /// addresses, `localhost` and, with TLS, the names on its certificate.
+    /// A request naming any other host is refused (421), against DNS
+    /// rebinding. Default empty.
+    pub server_names: Vec<String>,
 }
 
 /// Who may create an account.
@@ -92,6 +97,7 @@ impl Default for ServerConfig {
             max_db_bytes: None,
             previous_epoch_grace: DEFAULT_PREVIOUS_EPOCH_GRACE,
             tls: None,
+            server_names: Vec::new(),
         }
     }
 }

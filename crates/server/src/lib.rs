@@ -29,6 +29,7 @@ pub mod config;
 mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod host_check;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
@@ -287,6 +288,10 @@ impl Server {
             stop_rx.clone(),
         ));
         let tls_stop = stop_rx.clone();
+        let host_check = Arc::new(host_check::HostCheck::new(
+            &config.server_names,
+            tls.clone(),
+        ));
         let state = Arc::new(AppState {
             ctx,
             connections: Arc::clone(&connections),
@@ -300,6 +305,10 @@ impl Server {
             .route("/ws", get(websocket))
             .route("/health", get(health))
             .route("/canary", get(canary))
+            .layer(axum::middleware::from_fn_with_state(
+                host_check,
+                host_check::refuse_other_hosts,
+            ))
             .with_state(state);
         tracing::info!("serving");
         let shutdown = async move {

@@ -112,6 +112,14 @@ struct Args {
     )]
     tls_cert: Option<PathBuf>,
 
+    /// A host name this server answers to (e.g. chat.example.org), when
+    /// clients reach it by a name its TLS certificate does not list (a
+    /// proxy in front, say); repeat for several. Requests for other names
+    /// are refused, against DNS rebinding. IP addresses, localhost and the
+    /// certificate's names are always accepted.
+    #[arg(long = "server-name", env = "SOTTO_SERVER_NAME", value_name = "NAME")]
+    server_names: Vec<String>,
+
     /// The private key (PEM) of --tls-cert.
     #[arg(
         long,
@@ -308,6 +316,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| sotto_server::tls::TlsConfig::new(cert, key)),
+        server_names: args.server_names,
     };
     let server = Server::bind(config)
         .await

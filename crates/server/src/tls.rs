@@ -20,7 +20,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -153,6 +153,21 @@ impl Tls {
             current,
             provider,
             config: config.clone(),
+        })
+    }
+
+    /// Whether the current certificate is valid for the DNS name `name`
+    /// (the `Host` check, [`crate::host_check`]).
+    pub(crate) fn serves(&self, name: &str) -> bool {
+        let Ok(name) = ServerName::try_from(name.to_owned()) else {
+            return false;
+        };
+        let Ok(current) = self.current.0.read() else {
+            return false;
+        };
+        current.end_entity_cert().is_ok_and(|der| {
+            webpki::EndEntityCert::try_from(der)
+                .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
         })
     }
 

@@ -69,8 +69,17 @@ impl TestServer {
     /// [`TestServer::url`] is `https://127.0.0.1:PORT`; the certificate
     /// files are in [`TestServer::tls_dir`].
     pub async fn start_tls(ca: &tls::TestCa) -> Self {
-        let certificate = ca.issue("sotto test server");
+        Self::start_tls_with(ca.issue("sotto test server"), |_| {}).await
+    }
+
+    /// Like [`TestServer::start_tls`], with a given certificate and adjusted
+    /// configuration.
+    pub async fn start_tls_with(
+        certificate: tls::ServerCertificate,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         Self::start_with(|config| {
+            adjust(config);
             let dir = config.data_dir.join("tls");
             std::fs::create_dir_all(&dir).expect("tls dir");
             let (cert, key) = certificate.write(&dir);

@@ -49,12 +49,18 @@ impl TestCa {
     /// A certificate for loopback (`localhost`, `127.0.0.1`, `::1`) named
     /// `common_name`, signed by this CA.
     pub fn issue(&self, common_name: &str) -> ServerCertificate {
-        let mut params = CertificateParams::new(vec![
+        self.issue_for(common_name, &[])
+    }
+
+    /// Like [`TestCa::issue`], also valid for the DNS names `names`.
+    pub fn issue_for(&self, common_name: &str, names: &[&str]) -> ServerCertificate {
+        let mut sans = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
             "::1".to_owned(),
-        ])
-        .expect("server params");
+        ];
+        sans.extend(names.iter().map(|n| (*n).to_owned()));
+        let mut params = CertificateParams::new(sans).expect("server params");
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -97,6 +103,50 @@ impl ServerCertificate {
 /// Opens a TLS connection to `addr` trusting only `ca`, and returns the
 /// certificate the server presented (DER), or the handshake's error.
 pub async fn presented_certificate(addr: SocketAddr, ca: &TestCa) -> Result<Vec<u8>, String> {
+    let stream = connect(addr, ca).await?;
+    let (_, connection) = stream.get_ref();
+    connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.to_vec())
+        .ok_or_else(|| "the server presented no certificate".to_owned())
+}
+
+/// `GET path` with the given `Host` header, over TLS trusting `ca` or, with
+/// `None`, plain; returns the response's status code.
+pub async fn get_status(addr: SocketAddr, ca: Option<&TestCa>, host: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    async fn exchange(
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        request: String,
+    ) -> String {
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let response = match ca {
+        Some(ca) => exchange(connect(addr, ca).await.expect("TLS connect"), request).await,
+        None => {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            exchange(tcp, request).await
+        }
+    };
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+async fn connect(
+    addr: SocketAddr,
+    ca: &TestCa,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA PEM"))
@@ -112,14 +162,8 @@ pub async fn presented_certificate(addr: SocketAddr, ca: &TestCa) -> Result<Vec<
         .await
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(addr.ip().to_string()).expect("server name");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())?;
-    let (_, connection) = stream.get_ref();
-    connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| leaf.to_vec())
-        .ok_or_else(|| "the server presented no certificate".to_owned())
+        .map_err(|e| e.to_string())
 }
