@@ -16,7 +16,7 @@ use crate::transport::{Next, Push, Transport};
 use sotto_core::content::{Body, ConversationInfo};
 use sotto_core::group;
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
-use sotto_core::link::LinkCode;
+use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     self, AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, Login,
@@ -72,7 +72,9 @@ impl Client {
                 loop {
                     match t.next(Some(LISTEN_PING)).await? {
                         Next::Push(Push::LinkRequest(r)) if r.link_id == link_id => {
-                            let opened = code.open(&r.sealed_request).map_err(link_error)?;
+                            let opened = code
+                                .open(LinkDirection::JoinRequest, &r.sealed_request)
+                                .map_err(link_error)?;
                             let request = LinkJoinRequest::decode(opened.as_slice())
                                 .map_err(|e| ClientError::Protocol(format!("link request: {e}")))?;
                             let device_key: [u8; 32] =
@@ -130,7 +132,9 @@ impl Client {
                 username: own.to_string(),
                 identity_secret: c.account.identity.secret().to_vec(),
             };
-            let sealed_bundle = code.seal(&bundle.encode_to_vec()).map_err(link_error)?;
+            let sealed_bundle = code
+                .seal(LinkDirection::AccountBundle, &bundle.encode_to_vec())
+                .map_err(link_error)?;
             t.request(client_frame::Body::CompleteLink(CompleteLink {
                 link_id,
                 sealed_bundle,
@@ -211,7 +215,9 @@ impl Client {
             device_id: device_id.as_bytes().to_vec(),
             device_key: device.public().to_vec(),
         };
-        let sealed_request = code.seal(&request.encode_to_vec()).map_err(link_error)?;
+        let sealed_request = code
+            .seal(LinkDirection::JoinRequest, &request.encode_to_vec())
+            .map_err(link_error)?;
         t.request(client_frame::Body::JoinLink(JoinLink {
             link_id: link_id(&code)?,
             sealed_request,
@@ -226,7 +232,9 @@ impl Client {
         })
         .await
         .map_err(|_| ClientError::Usage("the other device did not approve in time".into()))??;
-        let opened = code.open(&bundle).map_err(link_error)?;
+        let opened = code
+            .open(LinkDirection::AccountBundle, &bundle)
+            .map_err(link_error)?;
         let bundle = LinkBundle::decode(opened.as_slice())
             .map_err(|e| ClientError::Protocol(format!("link bundle: {e}")))?;
         let account = Account {
