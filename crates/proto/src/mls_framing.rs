@@ -138,7 +138,10 @@ impl Framing {
                 r.vector()?; // authenticated_data
                 r.vector()?; // encrypted_sender_data
                 r.vector()?; // ciphertext
-                if !r.0.is_empty() {
+                // Commits are padded with zeros to a size bucket (see
+                // `sotto_core::group`); anything else after the message is
+                // not MLS.
+                if r.0.iter().any(|&b| b != 0) {
                     return Err(FramingError("trailing bytes"));
                 }
                 Ok(Self::Group {
@@ -275,7 +278,9 @@ mod tests {
                 "prefix {n}"
             );
         }
-        assert!(Framing::parse(&[good.as_slice(), &[0]].concat()).is_err());
+        assert!(Framing::parse(&[good.as_slice(), &[1]].concat()).is_err());
+        // Zero padding after a message (a padded commit) is not "more".
+        assert!(Framing::parse(&[good.as_slice(), &[0; 100]].concat()).is_ok());
         assert!(Framing::parse(&private(b"g", 1, 9)).is_err());
         assert!(Framing::parse(&[0, 2, 0, 2]).is_err());
         assert!(Framing::parse(&[0, 1, 0, 9]).is_err());

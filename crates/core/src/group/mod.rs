@@ -124,6 +124,36 @@ fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
         .map_err(|e| mls("serialize")(&e))
 }
 
+/// Smallest size a padded commit or Welcome takes on the wire.
+const MIN_HANDSHAKE_BUCKET: usize = 256;
+
+/// Pads a serialized commit or Welcome with zeros up to a power of two (at
+/// least 256 bytes; the payload cap for the largest), as application
+/// messages are padded inside MLS: a commit's size grows with the group's
+/// tree and a Welcome's with its roster, so unpadded they would tell the
+/// server and the network how big a group is. Receivers read one MLS
+/// message and check that only zeros follow ([`deserialize_padded`]).
+pub(super) fn pad_to_bucket(mut bytes: Vec<u8>) -> Vec<u8> {
+    let bucket = bytes
+        .len()
+        .next_power_of_two()
+        .clamp(MIN_HANDSHAKE_BUCKET, sotto_proto::MAX_PAYLOAD_BYTES);
+    if bucket > bytes.len() {
+        bytes.resize(bucket, 0);
+    }
+    bytes
+}
+
+/// Reads one MLS message followed by nothing but zero padding.
+fn deserialize_padded(payload: &[u8]) -> Result<MlsMessageIn, String> {
+    let (message, rest) =
+        MlsMessageIn::tls_deserialize_bytes(payload).map_err(|e| e.to_string())?;
+    if rest.iter().any(|&b| b != 0) {
+        return Err("bytes other than padding after the message".into());
+    }
+    Ok(message)
+}
+
 /// A fresh KeyPackage for this device, serialized as an `MLSMessage`. Its
 /// private part goes into the provider's storage.
 pub fn new_key_package(
@@ -284,7 +314,7 @@ pub enum Inbound {
 /// The group a message is for, without processing it (`None` for a Welcome
 /// or anything unparsable).
 pub fn group_id_of(payload: &[u8]) -> Option<Vec<u8>> {
-    let message = MlsMessageIn::tls_deserialize_exact_bytes(payload).ok()?;
+    let message = deserialize_padded(payload).ok()?;
     match message.extract() {
         MlsMessageBodyIn::PrivateMessage(m) => Some(ProtocolMessage::from(m).group_id().to_vec()),
         MlsMessageBodyIn::PublicMessage(m) => Some(ProtocolMessage::from(m).group_id().to_vec()),
@@ -302,7 +332,7 @@ pub fn process(
     payload: &[u8],
     directory: &impl KeyDirectory,
 ) -> Result<Inbound, GroupError> {
-    let message = MlsMessageIn::tls_deserialize_exact_bytes(payload)
+    let message = deserialize_padded(payload)
         .map_err(|e| GroupError::PeerMisbehaved(format!("malformed MLS message: {e}")))?;
     let protocol = match message.extract() {
         MlsMessageBodyIn::Welcome(welcome) => {

@@ -4,7 +4,7 @@
 
 use super::{
     CheckedKeyPackage, GroupError, RosterChange, SEND_CAPABILITY_LABEL, create_config, members,
-    mls, recipients, send_token, serialize, token_hash,
+    mls, pad_to_bucket, recipients, send_token, serialize, token_hash,
 };
 use crate::identity::{Account, DeviceId, DeviceKey, MemberId, Username};
 use openmls::prelude::*;
@@ -45,8 +45,8 @@ pub(super) fn finish_commit(
     let recipients = if epoch == 0 { Vec::new() } else { recipients };
     let mut pending = PendingCommit {
         epoch,
-        commit,
-        welcome,
+        commit: pad_to_bucket(commit),
+        welcome: welcome.map(pad_to_bucket),
         recipients,
         welcome_recipients,
         send_token: Vec::new(),

@@ -324,3 +324,52 @@ fn the_servers_framing_reader_agrees_with_openmls() {
         Framing::KeyPackage
     ));
 }
+
+#[test]
+fn commits_and_welcomes_are_padded_so_their_size_hides_the_group_size() {
+    // Sizes are powers of two, so they tell a group's size only to within a
+    // factor of two: adding two or three members to a group of one (3 or 4
+    // members), or four to six (5 to 7), looks the same.
+    let mut sizes = Vec::new();
+    for others in [2, 3, 4, 5, 6] {
+        let a = device("anna");
+        let joiners: Vec<Device> = (0..others).map(|i| device(&format!("member{i}"))).collect();
+        let mut group = create_group(&a.provider, &a.account).unwrap();
+        let claimed: Vec<CheckedKeyPackage> = joiners.iter().map(claim).collect();
+        let pending = add_members(&a.provider, &mut group, &a.account.device, &claimed).unwrap();
+        let welcome = pending.welcome.clone().unwrap();
+        assert!(welcome.len().is_power_of_two(), "{}", welcome.len());
+        assert!(
+            pending.commit.len().is_power_of_two(),
+            "{}",
+            pending.commit.len()
+        );
+        accept(&a, &mut group);
+        // The padded Welcome still joins.
+        let mut devices: Vec<&Device> = joiners.iter().collect();
+        devices.push(&a);
+        let dir = Directory::of(&devices);
+        assert!(matches!(
+            process(&joiners[0].provider, &welcome, &dir).unwrap(),
+            Inbound::Joined { .. }
+        ));
+        sizes.push(welcome.len());
+        eprintln!("SIZES {others} welcome {} commit {}", welcome.len(), pending.commit.len());
+    }
+    assert_eq!(
+        sizes[0], sizes[1],
+        "Welcomes for 2 and 3 members differ in size"
+    );
+}
+
+#[test]
+fn only_zeros_may_follow_a_message() {
+    let a = device("anna");
+    let key_package = new_key_package(&a.provider, &a.account, false).unwrap();
+    assert!(deserialize_padded(&[key_package.as_slice(), &[0; 64]].concat()).is_ok());
+    assert!(deserialize_padded(&[key_package.as_slice(), &[0, 0, 7]].concat()).is_err());
+    assert_eq!(pad_to_bucket(vec![1; 300]).len(), 512);
+    assert_eq!(pad_to_bucket(vec![1; 10]).len(), 256);
+    let too_big = sotto_proto::MAX_PAYLOAD_BYTES + 1;
+    assert_eq!(pad_to_bucket(vec![1; too_big]).len(), too_big);
+}
