@@ -218,6 +218,79 @@ fn errors_are_readable_and_exit_non_zero() {
         &["register", "carol", "--server", "http://127.0.0.1:9"],
     );
     assert!(err.contains("cannot connect"), "{err}");
+
+    // Plain HTTP to another machine is refused before anything is sent.
+    let err = fails(
+        stopped.path(),
+        &["register", "carol", "--server", "http://192.0.2.7:8420"],
+    );
+    assert!(err.contains("--insecure-transport"), "{err}");
+}
+
+#[test]
+fn tls_through_the_real_binaries_with_a_self_signed_ca() {
+    let data = TempDir::new().unwrap();
+    let ca = sotto_testkit::tls::TestCa::new("Sotto test CA");
+    let (cert, key) = ca.issue("sotto-server").write(data.path());
+    let ca_file = ca.write(data.path());
+    let ca_file = ca_file.to_str().unwrap();
+    let server = ServerProcess::spawn_with_args(
+        data.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = server.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+
+    let err = fails(alice.path(), &["register", "alice", "--server", url]);
+    assert!(
+        err.contains("not trusted") && err.contains("--ca-file"),
+        "{err}"
+    );
+    for (profile, name) in [(&alice, "alice"), (&bob, "bob")] {
+        ok(
+            profile.path(),
+            &["register", name, "--server", url, "--ca-file", ca_file],
+        );
+    }
+    // The profiles remember the CA.
+    ok(alice.path(), &["send", "bob", "over TLS"]);
+    assert_eq!(
+        texts(&ok(bob.path(), &["sync", "--json"])),
+        ["alice: over TLS"]
+    );
+
+    // `audit --log-key` pins the key from a second source: a wrong one
+    // fails and names the key the server announced; that one passes.
+    let wrong = "00".repeat(32);
+    let err = fails(
+        alice.path(),
+        &["audit", url, "--ca-file", ca_file, "--log-key", &wrong],
+    );
+    let announced = err
+        .split("announces the log key ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no announced key in: {err}"));
+    assert_eq!(announced.len(), 64, "{err}");
+    let audit = json_lines(&ok(
+        alice.path(),
+        &[
+            "audit",
+            url,
+            "--ca-file",
+            ca_file,
+            "--log-key",
+            announced,
+            "--json",
+        ],
+    ));
+    assert_eq!(audit[0]["accounts"], 2);
 }
 
 #[test]

@@ -354,7 +354,11 @@ fn commits_and_welcomes_are_padded_so_their_size_hides_the_group_size() {
             Inbound::Joined { .. }
         ));
         sizes.push(welcome.len());
-        eprintln!("SIZES {others} welcome {} commit {}", welcome.len(), pending.commit.len());
+        eprintln!(
+            "SIZES {others} welcome {} commit {}",
+            welcome.len(),
+            pending.commit.len()
+        );
     }
     assert_eq!(
         sizes[0], sizes[1],
