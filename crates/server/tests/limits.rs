@@ -11,6 +11,7 @@
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
 use sotto_server::RegistrationPolicy;
 use sotto_server::config::Rate;
+use sotto_server::store::{AdminStore as _, SqliteStore, invite_hash, new_invite_code};
 use sotto_testkit::TestServer;
 use sotto_testkit::wire::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -66,8 +67,15 @@ async fn registration_policies_open_invite_and_closed() {
         err.message
     );
 
-    let writable = rusqlite::Connection::open(invite_only.data_dir().join("sotto.db")).unwrap();
-    let codes = sotto_server::store::create_invites(&writable, 1, 20_000).unwrap();
+    // As `sotto-server invite create` does while the server runs: through
+    // the store's admin role, on the same database.
+    let codes = [new_invite_code()];
+    let admin = SqliteStore::open_existing(invite_only.data_dir()).unwrap();
+    admin
+        .add_invites(codes.iter().map(|c| invite_hash(c)).collect(), 20_000)
+        .await
+        .unwrap();
+    admin.close().await;
     let nonce = client.nonce.clone();
     assert_done(
         &client

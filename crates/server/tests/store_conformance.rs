@@ -1,5 +1,7 @@
-//! The `Store` conformance suite. Every backend runs every case unchanged:
-//! add one `store_conformance_tests!` line per backend at the bottom.
+//! The store conformance suite: the server's roles ([`Store`]) and the
+//! operator's ([`LegalStore`], [`AdminStore`], in `store_conformance/operator.rs`).
+//! Every backend runs every case unchanged: add one
+//! `store_conformance_tests!` line per backend at the bottom.
 
 // Test code: failing loudly is the point (clippy.toml only covers #[test] fns).
 #![allow(
@@ -633,6 +635,9 @@ mod log_cases {
     }
 }
 
+#[path = "store_conformance/operator.rs"]
+mod operator;
+
 /// Runs every conformance case against a backend. `$make` is an async
 /// expression yielding `(store, guard)`; the guard lives as long as the test.
 macro_rules! store_conformance_tests {
@@ -657,6 +662,14 @@ macro_rules! store_conformance_tests {
                 removed_device_is_not_claimable,
                 log_key_is_stored_once,
             );
+            store_conformance_tests!(@operator_cases $make;
+                export_is_recorded_only_when_delivered,
+                report_entries_read_back_unchanged,
+                legal_key_is_stored_once_apart_from_the_log_key,
+                the_latest_canary_is_the_last_published,
+                invites_are_added_atomically_and_used_once,
+                auditor_reads_what_is_stored,
+            );
         }
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -665,6 +678,17 @@ macro_rules! store_conformance_tests {
             async fn $case() {
                 let (store, _guard) = $make.await;
                 tokio::time::timeout(std::time::Duration::from_secs(20), conformance::$case(store))
+                    .await
+                    .expect("conformance case timed out");
+            }
+        )*
+    };
+    (@operator_cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                tokio::time::timeout(std::time::Duration::from_secs(20), operator::$case(store))
                     .await
                     .expect("conformance case timed out");
             }

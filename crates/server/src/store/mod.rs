@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 pub use errors::*;
 pub use records::*;
-pub use sqlite::{SqliteStore, create_invites};
+pub use sqlite::SqliteStore;
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
 /// keep the day ([`day_of`]).

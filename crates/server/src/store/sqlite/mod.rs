@@ -39,8 +39,7 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
     KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore, MessageId,
     NewAccount, NewDevice, NewEntry, RegisterError, RemoveDeviceError, ReportRecord, SignedDevice,
-    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of, invite_hash,
-    new_invite_code,
+    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
@@ -52,7 +51,6 @@ mod mailbox;
 mod schema;
 mod writer;
 
-pub use admin::create_invites;
 use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
