@@ -13,8 +13,8 @@
 
 use sotto_server::store::{
     AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice,
-    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, MessageId, NewAccount,
+    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -410,8 +410,12 @@ mod conformance {
         store.enqueue(at(1, &[1, 2], 100)).await.unwrap();
         store.enqueue(at(2, &[1], 2 * DAY + 1_000)).await.unwrap();
         // A cutoff inside day 0 deletes nothing: whole days only.
-        assert_eq!(store.expire(DAY - 1).await.unwrap(), 0);
-        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 2);
+        let expired = |mailbox_entries| Expired {
+            mailbox_entries,
+            groups: 0,
+        };
+        assert_eq!(store.expire(DAY - 1).await.unwrap(), expired(0));
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(2));
         let left = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
         assert_eq!(
             left.iter().map(|e| e.message_id).collect::<Vec<_>>(),
@@ -426,7 +430,81 @@ mod conformance {
         );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 1));
-        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 0);
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(0));
+    }
+
+    /// A group with no accepted commit or message within the retention
+    /// period is deleted with its accepted-commit ids; a message or a
+    /// commit keeps a group alive.
+    pub async fn dead_groups_expire_with_the_retention_period<S: Store>(store: S) {
+        const DAY: u64 = 86_400;
+        store.register(account("alice", 1)).await.unwrap();
+        let at_day = |day: u64, commit: CommitSubmission| CommitSubmission {
+            now: day * DAY,
+            ..commit
+        };
+        let (dead, talking, committing) = (group("dead"), group("talking"), group("committing"));
+        for (i, g) in [&dead, &talking, &committing].into_iter().enumerate() {
+            let id = 100 + u8::try_from(i).unwrap();
+            store
+                .submit_commit(at_day(10, commit(g, 0, id, &[])))
+                .await
+                .unwrap();
+        }
+        // Day 20: a message to one group, a commit in another.
+        store
+            .enqueue(GroupMessage {
+                group_id: talking.clone(),
+                token_hash: TOKEN_HASH,
+                epoch: 1,
+                previous_epoch_open: false,
+                envelope: envelope(1, &[1], b"hi"),
+                now: 20 * DAY,
+            })
+            .await
+            .unwrap();
+        store
+            .submit_commit(at_day(20, commit(&committing, 1, 111, &[1])))
+            .await
+            .unwrap();
+
+        // A cutoff on day 10 keeps groups active on day 10.
+        let kept = store.expire(10 * DAY).await.unwrap();
+        assert_eq!(kept.groups, 0);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), Some(1));
+        // A cutoff on day 11 deletes only the group unused since day 10.
+        let expired = store.expire(11 * DAY).await.unwrap();
+        assert_eq!(expired.groups, 1);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&talking).await.unwrap(), Some(1));
+        assert_eq!(store.group_epoch(&committing).await.unwrap(), Some(2));
+        assert!(matches!(
+            store
+                .enqueue(GroupMessage {
+                    group_id: dead.clone(),
+                    token_hash: TOKEN_HASH,
+                    epoch: 1,
+                    previous_epoch_open: false,
+                    envelope: envelope(2, &[1], b"late"),
+                    now: 21 * DAY,
+                })
+                .await,
+            Err(EnqueueError::UnknownGroup(_))
+        ));
+        // Its accepted commit is forgotten too: the creation is not a
+        // resend any more, so it creates the group afresh.
+        let again = store
+            .submit_commit(at_day(21, commit(&dead, 0, 100, &[])))
+            .await
+            .unwrap();
+        assert_eq!((again.new_epoch, again.outcome), (1, Enqueued::Queued));
+
+        // Past day 20 the others go as well.
+        let expired = store.expire(21 * DAY).await.unwrap();
+        assert_eq!(expired.groups, 2);
+        assert_eq!(store.group_epoch(&talking).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&committing).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), Some(1));
     }
 }
 
@@ -654,6 +732,7 @@ macro_rules! store_conformance_tests {
                 mailbox_is_fetched_in_order_in_windows,
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
+                dead_groups_expire_with_the_retention_period,
             );
             store_conformance_tests!(@log_cases $make;
                 log_append_is_atomic_with_register,

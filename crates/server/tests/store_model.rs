@@ -29,10 +29,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use sotto_server::store::{
     AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle,
-    KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore, MessageId, NewAccount,
-    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats,
-    day_of,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore,
+    MessageId, NewAccount, NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore,
+    Store, StoreStats, day_of,
 };
 
 const USERS: u8 = 3;
@@ -258,6 +258,9 @@ struct Group {
     accepted: BTreeMap<u8, u64>,
     token: [u8; 32],
     previous: Option<[u8; 32]>,
+    /// The last day a commit or message was accepted: the group expires
+    /// with the retention period after it.
+    active_day: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -511,6 +514,9 @@ impl Model {
         let mut next = self.clone();
         match next.insert(spec) {
             Ok(()) => {
+                if let Some(g) = next.groups.get_mut(&group) {
+                    g.active_day = g.active_day.max(day_of(self.now));
+                }
                 *self = next;
                 EnqueueOutcome::Ok(Enqueued::Queued)
             }
@@ -548,6 +554,7 @@ impl Model {
                         accepted: BTreeMap::from([(commit.id, day_of(self.now))]),
                         token: next_token,
                         previous: None,
+                        active_day: day_of(self.now),
                     },
                 );
                 1
@@ -575,6 +582,7 @@ impl Model {
                         },
                         token: next_token,
                         previous: Some(g.token),
+                        active_day: g.active_day.max(day_of(self.now)),
                     },
                 );
                 g.epoch + 1
@@ -620,14 +628,18 @@ impl Model {
         deleted
     }
 
-    fn expire(&mut self, cutoff: u64) -> u64 {
-        let before = self.mailbox.len();
+    fn expire(&mut self, cutoff: u64) -> Expired {
+        let (entries, groups) = (self.mailbox.len(), self.groups.len());
         self.mailbox.retain(|_, r| r.day >= day_of(cutoff));
+        self.groups.retain(|_, g| g.active_day >= day_of(cutoff));
         for group in self.groups.values_mut() {
             group.accepted.retain(|_, day| *day >= day_of(cutoff));
         }
         self.drop_orphans();
-        (before - self.mailbox.len()) as u64
+        Expired {
+            mailbox_entries: (entries - self.mailbox.len()) as u64,
+            groups: (groups - self.groups.len()) as u64,
+        }
     }
 
     fn stats(&self) -> StoreStats {

@@ -209,11 +209,19 @@ pub trait MailboxStore: Send + Sync + 'static {
         seqs: Vec<u64>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Deletes mailbox entries queued on a day before the day of `cutoff`
-    /// (queue times are kept as whole days, so an entry lives at least the
-    /// retention period and less than one day longer), and orphaned
-    /// payloads. Returns how many entries were deleted.
-    fn expire(&self, cutoff: UnixSeconds) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Deletes what is older than the retention period, by whole days (an
+    /// entry lives at least the retention period and less than one day
+    /// longer): mailbox entries queued on a day before the day of
+    /// `cutoff`, orphaned payloads, accepted-commit ids recorded before
+    /// it, and groups whose last accepted commit or message was before it
+    /// (a dead group's row would otherwise stay forever; its members could
+    /// not have caught up anyway, since everything queued for them has
+    /// expired). Afterwards such a group is unknown: sends to it are
+    /// refused, and an epoch-0 commit may create it afresh.
+    fn expire(
+        &self,
+        cutoff: UnixSeconds,
+    ) -> impl Future<Output = Result<Expired, StoreError>> + Send;
 
     /// Sets the [`EntryListener`] (once; later calls are ignored).
     fn set_entry_listener(&self, listener: EntryListener);

@@ -315,6 +315,15 @@ pub struct NewEntry {
 /// pushes these to connected devices without reading them back.
 pub type EntryListener = Box<dyn Fn(Vec<NewEntry>) + Send + Sync>;
 
+/// What one [`MailboxStore::expire`](super::MailboxStore::expire) deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expired {
+    /// Mailbox entries nobody fetched within the retention period.
+    pub mailbox_entries: u64,
+    /// Groups with no accepted commit or message within it.
+    pub groups: u64,
+}
+
 /// Counts of what the store holds, for operators and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
