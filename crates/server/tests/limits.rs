@@ -308,3 +308,79 @@ async fn creating_groups_is_rate_limited() {
         "{err:?}"
     );
 }
+
+fn claim(username: &str) -> Body {
+    Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+        username: username.into(),
+        device_ids: Vec::new(),
+    })
+}
+
+/// The KeyPackages a claim handed out.
+fn claimed(response: &v1::Response) -> Vec<Vec<u8>> {
+    match &response.result {
+        Some(v1::response::Result::KeyPackages(bundle)) => bundle
+            .devices
+            .iter()
+            .map(|d| d.key_package.clone())
+            .collect(),
+        other => panic!("expected KeyPackages, got {other:?}"),
+    }
+}
+
+/// A flood of claims against one account neither drains its pool nor
+/// stops anyone from adding it: beyond the account's claim rate, claims get
+/// its reusable last-resort KeyPackage and take nothing, and its devices
+/// are not told about them. The claimer's own limits still refuse.
+#[tokio::test]
+async fn a_claim_flood_neither_drains_a_pool_nor_stops_adds() {
+    let server = TestServer::start_with(|c| {
+        c.limits.claims_per_target = SLOW;
+        c.limits.claims_per_connection = Rate {
+            per_second: 0.001,
+            burst: 22.0,
+        };
+    })
+    .await;
+    let (mut bob, _) = server.registered("bob").await;
+    assert_done(
+        &bob.request(Body::UploadKeyPackages(v1::UploadKeyPackages {
+            key_packages: vec![b"kp-1".to_vec(), b"kp-2".to_vec(), b"kp-3".to_vec()],
+            last_resort: b"kp-last".to_vec(),
+        }))
+        .await,
+    );
+
+    let mut mallory = server.connect().await;
+    // Within bob's rate (a burst of 2): one-time KeyPackages.
+    for expected in [b"kp-1", b"kp-2"] {
+        assert_eq!(claimed(&mallory.request(claim("bob")).await), [expected]);
+    }
+    // Beyond it: the last-resort one, as often as asked.
+    for _ in 0..20 {
+        assert_eq!(claimed(&mallory.request(claim("bob")).await), [b"kp-last"]);
+    }
+    // The claimer's own bucket (here the connection's) still refuses.
+    let err = assert_error(&mallory.request(claim("bob")).await, ErrorCode::RateLimited);
+    assert!(err.message.contains("on this connection"), "{err:?}");
+
+    // Alice can still add bob, and one of his one-time KeyPackages is left.
+    let mut alice = server.connect().await;
+    assert_eq!(claimed(&alice.request(claim("bob")).await), [b"kp-last"]);
+    let left: i64 = server
+        .db()
+        .query_row("SELECT count(*) FROM key_packages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
+    // Bob heard of the two claims that took from his pool, not the flood.
+    for remaining in [2, 1] {
+        match bob.next_frame().await.body {
+            Some(v1::server_frame::Body::KeyPackagesLow(low)) => {
+                assert_eq!(low.remaining, remaining);
+            }
+            other => panic!("expected KeyPackagesLow, got {other:?}"),
+        }
+    }
+    bob.assert_quiet(std::time::Duration::from_millis(300))
+        .await;
+}

@@ -699,6 +699,88 @@ mod log_cases {
         );
     }
 
+    /// Claims beyond an account's rate get only last-resort KeyPackages
+    /// and take nothing, so a flood neither drains a pool nor finds nothing
+    /// to hand out.
+    pub async fn last_resort_claims_take_nothing<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        for d in [3, 4, 5] {
+            let seq = u64::from(d) - 1;
+            store.add_device(new_device("alice", d, seq)).await.unwrap();
+        }
+        store
+            .upload_key_packages(device_id(1), vec![vec![1]; 2], Some(b"last-1".to_vec()))
+            .await
+            .unwrap();
+        // Device 3 has no last-resort KeyPackage; device 5 is removed.
+        store
+            .upload_key_packages(device_id(3), vec![vec![3]], None)
+            .await
+            .unwrap();
+        store
+            .upload_key_packages(device_id(4), vec![], Some(b"last-4".to_vec()))
+            .await
+            .unwrap();
+        store
+            .upload_key_packages(device_id(5), vec![], Some(b"last-5".to_vec()))
+            .await
+            .unwrap();
+        store.remove_device(removal("alice", 5, 5)).await.unwrap();
+
+        for _ in 0..3 {
+            let bundle = store
+                .last_resort_key_packages("alice", vec![])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(bundle.identity_key, [1; 32]);
+            let got: Vec<_> = bundle
+                .devices
+                .iter()
+                .map(|c| {
+                    (
+                        c.device_id,
+                        c.key_package.clone(),
+                        c.last_resort,
+                        c.remaining,
+                        c.device.certificate.clone(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (device_id(1), b"last-1".to_vec(), true, 2, vec![1; 5]),
+                    (device_id(4), b"last-4".to_vec(), true, 0, vec![4; 5]),
+                ]
+            );
+        }
+        let only = store
+            .last_resort_key_packages("alice", vec![device_id(4), device_id(3)])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            only.devices.iter().map(|c| c.device_id).collect::<Vec<_>>(),
+            [device_id(4)]
+        );
+        assert!(
+            store
+                .last_resort_key_packages("nobody", vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        for (d, remaining, last_resort) in [(1, 2, true), (3, 1, false), (4, 0, true)] {
+            let status = store.key_package_status(device_id(d)).await.unwrap();
+            assert_eq!(
+                (status.remaining, status.has_last_resort),
+                (remaining, last_resort),
+                "device {d} lost nothing"
+            );
+        }
+    }
+
     pub async fn log_key_is_stored_once<S: Store>(store: S) {
         let first = store
             .log_key_secret(zeroize::Zeroizing::new([1; 32]))
@@ -739,6 +821,7 @@ macro_rules! store_conformance_tests {
                 account_log_is_in_order_and_entries_page,
                 devices_are_added_and_removed,
                 removed_device_is_not_claimable,
+                last_resort_claims_take_nothing,
                 log_key_is_stored_once,
             );
             store_conformance_tests!(@operator_cases $make;

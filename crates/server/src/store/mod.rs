@@ -167,6 +167,18 @@ pub trait KeyPackageStore: Send + Sync + 'static {
         username: &str,
         only: Vec<DeviceId>,
     ) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
+
+    /// Like [`claim_key_packages`](Self::claim_key_packages), but hands out
+    /// only last-resort KeyPackages and takes nothing: devices without one
+    /// are left out. For claims beyond the target's rate limit, so that a
+    /// flood of claims neither drains a pool nor stops others from adding
+    /// the account. Changes nothing, so a backend may serve it from a read
+    /// replica. `Ok(None)`: no account named `username`.
+    fn last_resort_key_packages(
+        &self,
+        username: &str,
+        only: Vec<DeviceId>,
+    ) -> impl Future<Output = Result<Option<KeyPackageBundle>, StoreError>> + Send;
 }
 
 /// Groups (their epoch and capability), the commit sequencer, and
