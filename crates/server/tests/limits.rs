@@ -384,3 +384,51 @@ async fn a_claim_flood_neither_drains_a_pool_nor_stops_adds() {
     bob.assert_quiet(std::time::Duration::from_millis(300))
         .await;
 }
+
+/// Every connection that has not logged in has a handshake deadline, also
+/// one that only reads the key log (or sends anonymously): each such
+/// request renews it, pings do not. So a connection cannot take a slot for
+/// free, while the anonymous connection lives as long as it works; logged-in
+/// connections are unaffected.
+#[tokio::test]
+async fn connections_that_never_log_in_have_a_handshake_deadline() {
+    use std::time::Duration;
+    let server =
+        TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
+    let head = || Body::GetLogHead(v1::GetLogHead {});
+    let (mut alice, _) = server.registered("alice").await;
+
+    // A log reader that keeps asking stays open well past the deadline.
+    let mut reader = server.connect().await;
+    for _ in 0..8 {
+        let response = reader.request(head()).await;
+        assert!(
+            matches!(response.result, Some(v1::response::Result::LogHead(_))),
+            "{response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once it stops, pinging does not keep it.
+    assert!(
+        reader
+            .pings_until_closed(Duration::from_millis(50), Duration::from_secs(5))
+            .await,
+        "an idle log reader keeps its connection"
+    );
+
+    // One that read the log once, then only pings, is closed too.
+    let mut once = server.connect().await;
+    once.request(head()).await;
+    assert!(
+        once.pings_until_closed(Duration::from_millis(50), Duration::from_secs(5))
+            .await
+    );
+
+    // A logged-in connection is not held to it.
+    alice.assert_quiet(Duration::from_millis(600)).await;
+    let response = alice.request(head()).await;
+    assert!(matches!(
+        response.result,
+        Some(v1::response::Result::LogHead(_))
+    ));
+}

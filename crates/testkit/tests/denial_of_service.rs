@@ -1,6 +1,7 @@
-//! Floods by an outsider against one account, end to end with real clients
-//! (real MLS, real SQLite on both sides): the victim stays reachable. The
-//! server-side limits are tested one by one in `crates/server/tests/limits.rs`.
+//! Denial of service, end to end with real clients (real MLS, real SQLite
+//! on both sides): what the server does against outsiders must leave honest
+//! users working. The server-side limits are tested one by one in
+//! `crates/server/tests/limits.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -62,6 +63,32 @@ async fn a_claim_flood_does_not_stop_a_contact_from_adding_the_victim() {
         assert_eq!(texts(&received), ["hi bob"]);
         bob.send_direct("alice", "hi alice").await.unwrap();
         assert_eq!(texts(&alice.sync().await.unwrap()), ["hi alice"]);
+    })
+    .await;
+}
+
+/// Every connection that has not logged in is closed once idle for the
+/// handshake timeout, the client's anonymous connection (sends, claims,
+/// key-log reads) included: the client opens a new one when it next needs
+/// it, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anonymous_connection_is_reopened_after_its_handshake_deadline() {
+    within(async {
+        let server = TestServer::start_with(|c| {
+            c.limits.handshake_timeout = std::time::Duration::from_millis(300);
+        })
+        .await;
+        let (mut bob, _bob_dir) = register(&server.url(), "bob").await;
+        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+        alice.send_direct("bob", "one").await.unwrap();
+        // Well past the deadline: the server closed Alice's anonymous
+        // connection.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        alice.send_direct("bob", "two").await.unwrap();
+        assert_eq!(texts(&bob.sync().await.unwrap()), ["one", "two"]);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        bob.send_direct("alice", "three").await.unwrap();
+        assert_eq!(texts(&alice.sync().await.unwrap()), ["three"]);
     })
     .await;
 }
