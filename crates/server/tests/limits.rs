@@ -432,3 +432,113 @@ async fn connections_that_never_log_in_have_a_handshake_deadline() {
         Some(v1::response::Result::LogHead(_))
     ));
 }
+
+/// Recipients must be devices the server knows: a send or a commit naming
+/// a device id no account has is refused whole (nothing stored, no mailbox
+/// made, the epoch still free), so nobody with a group's capability can
+/// make the server keep mailboxes for invented devices. A removed device is
+/// skipped rather than refused, with nothing queued for it: the commit that
+/// removes it from its groups still names it, and refusing would block
+/// every removal. The real recipient keeps getting everything.
+#[tokio::test]
+async fn recipients_must_be_registered_devices() {
+    let server = TestServer::start().await;
+    let (mut bob, bob_account) = server.registered("bob").await;
+    let (mut alice, alice_account) = server.registered("alice").await;
+    let laptop = alice_account.another_device();
+    assert_done(&alice.request(alice_account.add_device(&laptop, 2)).await);
+    assert_done(
+        &alice
+            .request(alice_account.remove_device(&laptop.device_id, 3))
+            .await,
+    );
+    let group = create_group(&mut alice).await;
+    let bob_device = bob_account.device_id.as_slice();
+    let invented: Vec<Vec<u8>> = (1..sotto_proto::MAX_RECIPIENTS)
+        .map(|_| random_id())
+        .collect();
+    let mut many: Vec<&[u8]> = invented.iter().map(Vec::as_slice).collect();
+    many.push(bob_device);
+
+    let err = assert_error(
+        &alice
+            .request(send_message(&random_id(), &group, &many, b"m"))
+            .await,
+        ErrorCode::UnknownDevice,
+    );
+    assert!(err.message.contains("nothing was sent"), "{}", err.message);
+    let one_invented: &[&[u8]] = &[bob_device, &invented[0]];
+    assert_error(
+        &alice
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                one_invented,
+                b"c",
+            )))
+            .await,
+        ErrorCode::UnknownDevice,
+    );
+    let mut invented_welcome = commit(&random_id(), &group, 1, &[bob_device], b"c");
+    invented_welcome.welcome_message_id = random_id();
+    invented_welcome.welcome_recipients = vec![invented[1].clone()];
+    invented_welcome.welcome = welcome(b"w");
+    assert_error(
+        &alice.request(Body::SubmitCommit(invented_welcome)).await,
+        ErrorCode::UnknownDevice,
+    );
+    let stored: i64 = server
+        .db()
+        .query_row(
+            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM mailbox)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0, "a refused request stores nothing");
+
+    // The epoch is still free for an honest commit; the removed device is
+    // skipped, and Bob gets both.
+    let with_removed: &[&[u8]] = &[bob_device, &laptop.device_id];
+    assert_done(
+        &alice
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                with_removed,
+                b"c",
+            )))
+            .await,
+    );
+    assert_done(
+        &alice
+            .request(send_message_at(
+                2,
+                &random_id(),
+                &group,
+                with_removed,
+                b"hi",
+            ))
+            .await,
+    );
+    let queued_for_removed: i64 = server
+        .db()
+        .query_row(
+            "SELECT count(*) FROM mailbox WHERE device_num = \
+             (SELECT num FROM devices WHERE device_id = ?1)",
+            [&laptop.device_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued_for_removed, 0);
+    let delivered = bob.sync().await;
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|d| unframed(&d.payload))
+            .collect::<Vec<_>>(),
+        [b"c".to_vec(), b"hi".to_vec()]
+    );
+}
