@@ -160,6 +160,11 @@ enum Op {
         user: u8,
         only: Vec<u8>,
     },
+    /// A claim beyond the account's rate: last-resort KeyPackages only.
+    ClaimLastResort {
+        user: u8,
+        only: Vec<u8>,
+    },
     Commit {
         group: u8,
         epoch: EpochChoice,
@@ -208,8 +213,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, device, seq_skew)| Op::RemoveDevice { user, device, seq_skew }),
         2 => (device.clone(), 0u8..3, proptest::option::of(any::<u8>()))
             .prop_map(|(device, count, last_resort)| Op::Upload { device, count, last_resort }),
-        2 => (user, proptest::collection::vec(device.clone(), 0..3))
+        2 => (user.clone(), proptest::collection::vec(device.clone(), 0..3))
             .prop_map(|(user, only)| Op::Claim { user, only }),
+        1 => (user, proptest::collection::vec(device.clone(), 0..3))
+            .prop_map(|(user, only)| Op::ClaimLastResort { user, only }),
         4 => (
             0..GROUPS,
             prop_oneof![4 => Just(EpochChoice::Current), 1 => (0u64..4).prop_map(EpochChoice::Fixed)],
@@ -415,6 +422,37 @@ impl Model {
                 remaining: d.one_time.len() as u32,
                 has_last_resort: d.last_resort.is_some(),
             })
+    }
+
+    /// What a claim beyond the rate hands out: every listed active device's
+    /// last-resort KeyPackage, taking nothing.
+    fn last_resort(&self, user: u8, only: &[u8]) -> Option<KeyPackageBundle> {
+        let name = username(user);
+        let &(identity_key, _) = self.accounts.get(&name)?;
+        let mut devices: Vec<(&u8, &Device)> = self
+            .devices
+            .iter()
+            .filter(|(id, d)| {
+                d.user == name && !d.removed && (only.is_empty() || only.contains(id))
+            })
+            .collect();
+        devices.sort_by_key(|(_, d)| d.order);
+        let devices = devices
+            .into_iter()
+            .filter_map(|(&id, d)| {
+                Some(ClaimedKeyPackage {
+                    device_id: device_id(id),
+                    device: signed_device(id),
+                    key_package: d.last_resort.clone()?,
+                    remaining: d.one_time.len() as u32,
+                    last_resort: true,
+                })
+            })
+            .collect();
+        Some(KeyPackageBundle {
+            identity_key,
+            devices,
+        })
     }
 
     fn claim(&mut self, user: u8, only: &[u8]) -> Option<KeyPackageBundle> {
@@ -793,6 +831,16 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
                 d.last_resort = last_resort;
             }
             prop_assert_eq!(status, model.status(device));
+        }
+        Op::ClaimLastResort { user, only } => {
+            let bundle = store
+                .last_resort_key_packages(
+                    &username(*user),
+                    only.iter().map(|&d| device_id(d)).collect(),
+                )
+                .await
+                .unwrap();
+            prop_assert_eq!(bundle, model.last_resort(*user, only));
         }
         Op::Claim { user, only } => {
             let bundle = store
