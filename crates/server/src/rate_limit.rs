@@ -119,6 +119,19 @@ pub(crate) fn address_key(address: IpAddr) -> IpAddr {
     }
 }
 
+/// What a KeyPackage claim may take from the claimed account, once the
+/// claimer's own limits passed ([`RateLimits::charge_claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetBudget {
+    /// Within the account's rate: a one-time KeyPackage per device (the
+    /// last-resort one where the pool is empty).
+    Pool,
+    /// Beyond it: only last-resort KeyPackages, taking nothing. The
+    /// [`Limited`] says when the pool opens again, for a device that has
+    /// no last-resort KeyPackage to give.
+    LastResortOnly(Limited),
+}
+
 /// One connection's own buckets (see [`RateLimits::connection`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionBuckets {
@@ -214,14 +227,19 @@ impl RateLimits {
         Ok(())
     }
 
-    /// A KeyPackage claim: the connection's bucket, the address's, and the
-    /// claimed account's (so nobody drains someone's pool).
+    /// A KeyPackage claim. The claimer's buckets (the connection's, the
+    /// address's) refuse it when empty. The claimed account's bucket does
+    /// not: it only decides whether the claim may take from the account's
+    /// pool of one-time KeyPackages. Were it to refuse, anyone claiming two
+    /// a second from a few addresses would stop everyone else from adding
+    /// the account; beyond it, claims get the reusable last-resort
+    /// KeyPackage, which no flood can use up.
     pub fn charge_claim(
         &self,
         connection: &mut ConnectionBuckets,
         address: IpAddr,
         target: &str,
-    ) -> Result<(), Limited> {
+    ) -> Result<TargetBudget, Limited> {
         connection
             .claims
             .take(self.limits.claims_per_connection, Instant::now())
@@ -229,9 +247,13 @@ impl RateLimits {
         self.per_address
             .take(address)
             .map_err(limited("sends and claims from your address"))?;
-        self.per_claim_target
-            .take(target.to_owned())
-            .map_err(limited("KeyPackage claims for this account"))
+        Ok(match self.per_claim_target.take(target.to_owned()) {
+            Ok(()) => TargetBudget::Pool,
+            Err(wait) => TargetBudget::LastResortOnly(Limited {
+                what: "KeyPackage claims for this account",
+                wait,
+            }),
+        })
     }
 
     /// A key-log request (head, account log, proof, entries).

@@ -11,6 +11,7 @@
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
 use sotto_server::RegistrationPolicy;
 use sotto_server::config::Rate;
+use sotto_server::store::{AdminStore as _, SqliteStore, invite_hash, new_invite_code};
 use sotto_testkit::TestServer;
 use sotto_testkit::wire::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -66,8 +67,15 @@ async fn registration_policies_open_invite_and_closed() {
         err.message
     );
 
-    let writable = rusqlite::Connection::open(invite_only.data_dir().join("sotto.db")).unwrap();
-    let codes = sotto_server::store::create_invites(&writable, 1, 20_000).unwrap();
+    // As `sotto-server invite create` does while the server runs: through
+    // the store's admin role, on the same database.
+    let codes = [new_invite_code()];
+    let admin = SqliteStore::open_existing(invite_only.data_dir()).unwrap();
+    admin
+        .add_invites(codes.iter().map(|c| invite_hash(c)).collect(), 20_000)
+        .await
+        .unwrap();
+    admin.close().await;
     let nonce = client.nonce.clone();
     assert_done(
         &client
@@ -298,5 +306,239 @@ async fn creating_groups_is_rate_limited() {
     assert!(
         err.message.contains("new groups from your address"),
         "{err:?}"
+    );
+}
+
+fn claim(username: &str) -> Body {
+    Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+        username: username.into(),
+        device_ids: Vec::new(),
+    })
+}
+
+/// The KeyPackages a claim handed out.
+fn claimed(response: &v1::Response) -> Vec<Vec<u8>> {
+    match &response.result {
+        Some(v1::response::Result::KeyPackages(bundle)) => bundle
+            .devices
+            .iter()
+            .map(|d| d.key_package.clone())
+            .collect(),
+        other => panic!("expected KeyPackages, got {other:?}"),
+    }
+}
+
+/// A flood of claims against one account neither drains its pool nor
+/// stops anyone from adding it: beyond the account's claim rate, claims get
+/// its reusable last-resort KeyPackage and take nothing, and its devices
+/// are not told about them. The claimer's own limits still refuse.
+#[tokio::test]
+async fn a_claim_flood_neither_drains_a_pool_nor_stops_adds() {
+    let server = TestServer::start_with(|c| {
+        c.limits.claims_per_target = SLOW;
+        c.limits.claims_per_connection = Rate {
+            per_second: 0.001,
+            burst: 22.0,
+        };
+    })
+    .await;
+    let (mut bob, _) = server.registered("bob").await;
+    assert_done(
+        &bob.request(Body::UploadKeyPackages(v1::UploadKeyPackages {
+            key_packages: vec![b"kp-1".to_vec(), b"kp-2".to_vec(), b"kp-3".to_vec()],
+            last_resort: b"kp-last".to_vec(),
+        }))
+        .await,
+    );
+
+    let mut mallory = server.connect().await;
+    // Within bob's rate (a burst of 2): one-time KeyPackages.
+    for expected in [b"kp-1", b"kp-2"] {
+        assert_eq!(claimed(&mallory.request(claim("bob")).await), [expected]);
+    }
+    // Beyond it: the last-resort one, as often as asked.
+    for _ in 0..20 {
+        assert_eq!(claimed(&mallory.request(claim("bob")).await), [b"kp-last"]);
+    }
+    // The claimer's own bucket (here the connection's) still refuses.
+    let err = assert_error(&mallory.request(claim("bob")).await, ErrorCode::RateLimited);
+    assert!(err.message.contains("on this connection"), "{err:?}");
+
+    // Alice can still add bob, and one of his one-time KeyPackages is left.
+    let mut alice = server.connect().await;
+    assert_eq!(claimed(&alice.request(claim("bob")).await), [b"kp-last"]);
+    let left: i64 = server
+        .db()
+        .query_row("SELECT count(*) FROM key_packages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
+    // Bob heard of the two claims that took from his pool, not the flood.
+    for remaining in [2, 1] {
+        match bob.next_frame().await.body {
+            Some(v1::server_frame::Body::KeyPackagesLow(low)) => {
+                assert_eq!(low.remaining, remaining);
+            }
+            other => panic!("expected KeyPackagesLow, got {other:?}"),
+        }
+    }
+    bob.assert_quiet(std::time::Duration::from_millis(300))
+        .await;
+}
+
+/// Every connection that has not logged in has a handshake deadline, also
+/// one that only reads the key log (or sends anonymously): each such
+/// request renews it, pings do not. So a connection cannot take a slot for
+/// free, while the anonymous connection lives as long as it works; logged-in
+/// connections are unaffected.
+#[tokio::test]
+async fn connections_that_never_log_in_have_a_handshake_deadline() {
+    use std::time::Duration;
+    let server =
+        TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
+    let head = || Body::GetLogHead(v1::GetLogHead {});
+    let (mut alice, _) = server.registered("alice").await;
+
+    // A log reader that keeps asking stays open well past the deadline.
+    let mut reader = server.connect().await;
+    for _ in 0..8 {
+        let response = reader.request(head()).await;
+        assert!(
+            matches!(response.result, Some(v1::response::Result::LogHead(_))),
+            "{response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once it stops, pinging does not keep it.
+    assert!(
+        reader
+            .pings_until_closed(Duration::from_millis(50), Duration::from_secs(5))
+            .await,
+        "an idle log reader keeps its connection"
+    );
+
+    // One that read the log once, then only pings, is closed too.
+    let mut once = server.connect().await;
+    once.request(head()).await;
+    assert!(
+        once.pings_until_closed(Duration::from_millis(50), Duration::from_secs(5))
+            .await
+    );
+
+    // A logged-in connection is not held to it.
+    alice.assert_quiet(Duration::from_millis(600)).await;
+    let response = alice.request(head()).await;
+    assert!(matches!(
+        response.result,
+        Some(v1::response::Result::LogHead(_))
+    ));
+}
+
+/// Recipients must be devices the server knows: a send or a commit naming
+/// a device id no account has is refused whole (nothing stored, no mailbox
+/// made, the epoch still free), so nobody with a group's capability can
+/// make the server keep mailboxes for invented devices. A removed device is
+/// skipped rather than refused, with nothing queued for it: the commit that
+/// removes it from its groups still names it, and refusing would block
+/// every removal. The real recipient keeps getting everything.
+#[tokio::test]
+async fn recipients_must_be_registered_devices() {
+    let server = TestServer::start().await;
+    let (mut bob, bob_account) = server.registered("bob").await;
+    let (mut alice, alice_account) = server.registered("alice").await;
+    let laptop = alice_account.another_device();
+    assert_done(&alice.request(alice_account.add_device(&laptop, 2)).await);
+    assert_done(
+        &alice
+            .request(alice_account.remove_device(&laptop.device_id, 3))
+            .await,
+    );
+    let group = create_group(&mut alice).await;
+    let bob_device = bob_account.device_id.as_slice();
+    let invented: Vec<Vec<u8>> = (1..sotto_proto::MAX_RECIPIENTS)
+        .map(|_| random_id())
+        .collect();
+    let mut many: Vec<&[u8]> = invented.iter().map(Vec::as_slice).collect();
+    many.push(bob_device);
+
+    let err = assert_error(
+        &alice
+            .request(send_message(&random_id(), &group, &many, b"m"))
+            .await,
+        ErrorCode::UnknownDevice,
+    );
+    assert!(err.message.contains("nothing was sent"), "{}", err.message);
+    let one_invented: &[&[u8]] = &[bob_device, &invented[0]];
+    assert_error(
+        &alice
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                one_invented,
+                b"c",
+            )))
+            .await,
+        ErrorCode::UnknownDevice,
+    );
+    let mut invented_welcome = commit(&random_id(), &group, 1, &[bob_device], b"c");
+    invented_welcome.welcome_message_id = random_id();
+    invented_welcome.welcome_recipients = vec![invented[1].clone()];
+    invented_welcome.welcome = welcome(b"w");
+    assert_error(
+        &alice.request(Body::SubmitCommit(invented_welcome)).await,
+        ErrorCode::UnknownDevice,
+    );
+    let stored: i64 = server
+        .db()
+        .query_row(
+            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM mailbox)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0, "a refused request stores nothing");
+
+    // The epoch is still free for an honest commit; the removed device is
+    // skipped, and Bob gets both.
+    let with_removed: &[&[u8]] = &[bob_device, &laptop.device_id];
+    assert_done(
+        &alice
+            .request(Body::SubmitCommit(commit(
+                &random_id(),
+                &group,
+                1,
+                with_removed,
+                b"c",
+            )))
+            .await,
+    );
+    assert_done(
+        &alice
+            .request(send_message_at(
+                2,
+                &random_id(),
+                &group,
+                with_removed,
+                b"hi",
+            ))
+            .await,
+    );
+    let queued_for_removed: i64 = server
+        .db()
+        .query_row(
+            "SELECT count(*) FROM mailbox WHERE device_num = \
+             (SELECT num FROM devices WHERE device_id = ?1)",
+            [&laptop.device_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued_for_removed, 0);
+    let delivered = bob.sync().await;
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|d| unframed(&d.payload))
+            .collect::<Vec<_>>(),
+        [b"c".to_vec(), b"hi".to_vec()]
     );
 }

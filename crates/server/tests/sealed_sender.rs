@@ -211,7 +211,10 @@ async fn key_package_claims_are_rate_limited_per_target() {
     for _ in 0..2 {
         assert_error(&a.request(claim()).await, ErrorCode::NoKeyPackage);
     }
-    // … until bob's pool is protected, whichever connection asks.
+    // … until bob's pool is protected, whichever connection asks: beyond
+    // the rate only a last-resort KeyPackage is handed out, and bob has
+    // none, so the claim is told when to retry (limits.rs has the flood
+    // against an account that has one).
     let mut b = server.connect().await;
     let err = assert_error(&b.request(claim()).await, ErrorCode::RateLimited);
     assert!(err.message.contains("for this account"), "{}", err.message);

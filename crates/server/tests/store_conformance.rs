@@ -1,5 +1,7 @@
-//! The `Store` conformance suite. Every backend runs every case unchanged:
-//! add one `store_conformance_tests!` line per backend at the bottom.
+//! The store conformance suite: the server's roles ([`Store`]) and the
+//! operator's ([`LegalStore`], [`AdminStore`], in `store_conformance/operator.rs`).
+//! Every backend runs every case unchanged: add one
+//! `store_conformance_tests!` line per backend at the bottom.
 
 // Test code: failing loudly is the point (clippy.toml only covers #[test] fns).
 #![allow(
@@ -11,8 +13,8 @@
 
 use sotto_server::store::{
     AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, MessageId, NewAccount, NewDevice,
-    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, MessageId, NewAccount,
+    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -408,8 +410,12 @@ mod conformance {
         store.enqueue(at(1, &[1, 2], 100)).await.unwrap();
         store.enqueue(at(2, &[1], 2 * DAY + 1_000)).await.unwrap();
         // A cutoff inside day 0 deletes nothing: whole days only.
-        assert_eq!(store.expire(DAY - 1).await.unwrap(), 0);
-        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 2);
+        let expired = |mailbox_entries| Expired {
+            mailbox_entries,
+            groups: 0,
+        };
+        assert_eq!(store.expire(DAY - 1).await.unwrap(), expired(0));
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(2));
         let left = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
         assert_eq!(
             left.iter().map(|e| e.message_id).collect::<Vec<_>>(),
@@ -424,7 +430,81 @@ mod conformance {
         );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 1));
-        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), 0);
+        assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(0));
+    }
+
+    /// A group with no accepted commit or message within the retention
+    /// period is deleted with its accepted-commit ids; a message or a
+    /// commit keeps a group alive.
+    pub async fn dead_groups_expire_with_the_retention_period<S: Store>(store: S) {
+        const DAY: u64 = 86_400;
+        store.register(account("alice", 1)).await.unwrap();
+        let at_day = |day: u64, commit: CommitSubmission| CommitSubmission {
+            now: day * DAY,
+            ..commit
+        };
+        let (dead, talking, committing) = (group("dead"), group("talking"), group("committing"));
+        for (i, g) in [&dead, &talking, &committing].into_iter().enumerate() {
+            let id = 100 + u8::try_from(i).unwrap();
+            store
+                .submit_commit(at_day(10, commit(g, 0, id, &[])))
+                .await
+                .unwrap();
+        }
+        // Day 20: a message to one group, a commit in another.
+        store
+            .enqueue(GroupMessage {
+                group_id: talking.clone(),
+                token_hash: TOKEN_HASH,
+                epoch: 1,
+                previous_epoch_open: false,
+                envelope: envelope(1, &[1], b"hi"),
+                now: 20 * DAY,
+            })
+            .await
+            .unwrap();
+        store
+            .submit_commit(at_day(20, commit(&committing, 1, 111, &[1])))
+            .await
+            .unwrap();
+
+        // A cutoff on day 10 keeps groups active on day 10.
+        let kept = store.expire(10 * DAY).await.unwrap();
+        assert_eq!(kept.groups, 0);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), Some(1));
+        // A cutoff on day 11 deletes only the group unused since day 10.
+        let expired = store.expire(11 * DAY).await.unwrap();
+        assert_eq!(expired.groups, 1);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&talking).await.unwrap(), Some(1));
+        assert_eq!(store.group_epoch(&committing).await.unwrap(), Some(2));
+        assert!(matches!(
+            store
+                .enqueue(GroupMessage {
+                    group_id: dead.clone(),
+                    token_hash: TOKEN_HASH,
+                    epoch: 1,
+                    previous_epoch_open: false,
+                    envelope: envelope(2, &[1], b"late"),
+                    now: 21 * DAY,
+                })
+                .await,
+            Err(EnqueueError::UnknownGroup(_))
+        ));
+        // Its accepted commit is forgotten too: the creation is not a
+        // resend any more, so it creates the group afresh.
+        let again = store
+            .submit_commit(at_day(21, commit(&dead, 0, 100, &[])))
+            .await
+            .unwrap();
+        assert_eq!((again.new_epoch, again.outcome), (1, Enqueued::Queued));
+
+        // Past day 20 the others go as well.
+        let expired = store.expire(21 * DAY).await.unwrap();
+        assert_eq!(expired.groups, 2);
+        assert_eq!(store.group_epoch(&talking).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&committing).await.unwrap(), None);
+        assert_eq!(store.group_epoch(&dead).await.unwrap(), Some(1));
     }
 }
 
@@ -619,6 +699,88 @@ mod log_cases {
         );
     }
 
+    /// Claims beyond an account's rate get only last-resort KeyPackages
+    /// and take nothing, so a flood neither drains a pool nor finds nothing
+    /// to hand out.
+    pub async fn last_resort_claims_take_nothing<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        for d in [3, 4, 5] {
+            let seq = u64::from(d) - 1;
+            store.add_device(new_device("alice", d, seq)).await.unwrap();
+        }
+        store
+            .upload_key_packages(device_id(1), vec![vec![1]; 2], Some(b"last-1".to_vec()))
+            .await
+            .unwrap();
+        // Device 3 has no last-resort KeyPackage; device 5 is removed.
+        store
+            .upload_key_packages(device_id(3), vec![vec![3]], None)
+            .await
+            .unwrap();
+        store
+            .upload_key_packages(device_id(4), vec![], Some(b"last-4".to_vec()))
+            .await
+            .unwrap();
+        store
+            .upload_key_packages(device_id(5), vec![], Some(b"last-5".to_vec()))
+            .await
+            .unwrap();
+        store.remove_device(removal("alice", 5, 5)).await.unwrap();
+
+        for _ in 0..3 {
+            let bundle = store
+                .last_resort_key_packages("alice", vec![])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(bundle.identity_key, [1; 32]);
+            let got: Vec<_> = bundle
+                .devices
+                .iter()
+                .map(|c| {
+                    (
+                        c.device_id,
+                        c.key_package.clone(),
+                        c.last_resort,
+                        c.remaining,
+                        c.device.certificate.clone(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (device_id(1), b"last-1".to_vec(), true, 2, vec![1; 5]),
+                    (device_id(4), b"last-4".to_vec(), true, 0, vec![4; 5]),
+                ]
+            );
+        }
+        let only = store
+            .last_resort_key_packages("alice", vec![device_id(4), device_id(3)])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            only.devices.iter().map(|c| c.device_id).collect::<Vec<_>>(),
+            [device_id(4)]
+        );
+        assert!(
+            store
+                .last_resort_key_packages("nobody", vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        for (d, remaining, last_resort) in [(1, 2, true), (3, 1, false), (4, 0, true)] {
+            let status = store.key_package_status(device_id(d)).await.unwrap();
+            assert_eq!(
+                (status.remaining, status.has_last_resort),
+                (remaining, last_resort),
+                "device {d} lost nothing"
+            );
+        }
+    }
+
     pub async fn log_key_is_stored_once<S: Store>(store: S) {
         let first = store
             .log_key_secret(zeroize::Zeroizing::new([1; 32]))
@@ -632,6 +794,9 @@ mod log_cases {
         assert_eq!(*second, [1; 32]);
     }
 }
+
+#[path = "store_conformance/operator.rs"]
+mod operator;
 
 /// Runs every conformance case against a backend. `$make` is an async
 /// expression yielding `(store, guard)`; the guard lives as long as the test.
@@ -649,13 +814,23 @@ macro_rules! store_conformance_tests {
                 mailbox_is_fetched_in_order_in_windows,
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
+                dead_groups_expire_with_the_retention_period,
             );
             store_conformance_tests!(@log_cases $make;
                 log_append_is_atomic_with_register,
                 account_log_is_in_order_and_entries_page,
                 devices_are_added_and_removed,
                 removed_device_is_not_claimable,
+                last_resort_claims_take_nothing,
                 log_key_is_stored_once,
+            );
+            store_conformance_tests!(@operator_cases $make;
+                export_is_recorded_only_when_delivered,
+                report_entries_read_back_unchanged,
+                legal_key_is_stored_once_apart_from_the_log_key,
+                the_latest_canary_is_the_last_published,
+                invites_are_added_atomically_and_used_once,
+                auditor_reads_what_is_stored,
             );
         }
     };
@@ -665,6 +840,17 @@ macro_rules! store_conformance_tests {
             async fn $case() {
                 let (store, _guard) = $make.await;
                 tokio::time::timeout(std::time::Duration::from_secs(20), conformance::$case(store))
+                    .await
+                    .expect("conformance case timed out");
+            }
+        )*
+    };
+    (@operator_cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                tokio::time::timeout(std::time::Duration::from_secs(20), operator::$case(store))
                     .await
                     .expect("conformance case timed out");
             }

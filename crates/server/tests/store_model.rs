@@ -29,10 +29,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use sotto_server::store::{
     AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceRemoval, EnqueueError, Enqueued, Envelope, GroupId, GroupMessage, KeyPackageBundle,
-    KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore, MessageId, NewAccount,
-    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats,
-    day_of,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore,
+    MessageId, NewAccount, NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore,
+    Store, StoreStats, day_of,
 };
 
 const USERS: u8 = 3;
@@ -160,6 +160,11 @@ enum Op {
         user: u8,
         only: Vec<u8>,
     },
+    /// A claim beyond the account's rate: last-resort KeyPackages only.
+    ClaimLastResort {
+        user: u8,
+        only: Vec<u8>,
+    },
     Commit {
         group: u8,
         epoch: EpochChoice,
@@ -208,8 +213,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, device, seq_skew)| Op::RemoveDevice { user, device, seq_skew }),
         2 => (device.clone(), 0u8..3, proptest::option::of(any::<u8>()))
             .prop_map(|(device, count, last_resort)| Op::Upload { device, count, last_resort }),
-        2 => (user, proptest::collection::vec(device.clone(), 0..3))
+        2 => (user.clone(), proptest::collection::vec(device.clone(), 0..3))
             .prop_map(|(user, only)| Op::Claim { user, only }),
+        1 => (user, proptest::collection::vec(device.clone(), 0..3))
+            .prop_map(|(user, only)| Op::ClaimLastResort { user, only }),
         4 => (
             0..GROUPS,
             prop_oneof![4 => Just(EpochChoice::Current), 1 => (0u64..4).prop_map(EpochChoice::Fixed)],
@@ -258,6 +265,9 @@ struct Group {
     accepted: BTreeMap<u8, u64>,
     token: [u8; 32],
     previous: Option<[u8; 32]>,
+    /// The last day a commit or message was accepted: the group expires
+    /// with the retention period after it.
+    active_day: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +424,37 @@ impl Model {
             })
     }
 
+    /// What a claim beyond the rate hands out: every listed active device's
+    /// last-resort KeyPackage, taking nothing.
+    fn last_resort(&self, user: u8, only: &[u8]) -> Option<KeyPackageBundle> {
+        let name = username(user);
+        let &(identity_key, _) = self.accounts.get(&name)?;
+        let mut devices: Vec<(&u8, &Device)> = self
+            .devices
+            .iter()
+            .filter(|(id, d)| {
+                d.user == name && !d.removed && (only.is_empty() || only.contains(id))
+            })
+            .collect();
+        devices.sort_by_key(|(_, d)| d.order);
+        let devices = devices
+            .into_iter()
+            .filter_map(|(&id, d)| {
+                Some(ClaimedKeyPackage {
+                    device_id: device_id(id),
+                    device: signed_device(id),
+                    key_package: d.last_resort.clone()?,
+                    remaining: d.one_time.len() as u32,
+                    last_resort: true,
+                })
+            })
+            .collect();
+        Some(KeyPackageBundle {
+            identity_key,
+            devices,
+        })
+    }
+
     fn claim(&mut self, user: u8, only: &[u8]) -> Option<KeyPackageBundle> {
         let name = username(user);
         let &(identity_key, _) = self.accounts.get(&name)?;
@@ -511,6 +552,9 @@ impl Model {
         let mut next = self.clone();
         match next.insert(spec) {
             Ok(()) => {
+                if let Some(g) = next.groups.get_mut(&group) {
+                    g.active_day = g.active_day.max(day_of(self.now));
+                }
                 *self = next;
                 EnqueueOutcome::Ok(Enqueued::Queued)
             }
@@ -548,6 +592,7 @@ impl Model {
                         accepted: BTreeMap::from([(commit.id, day_of(self.now))]),
                         token: next_token,
                         previous: None,
+                        active_day: day_of(self.now),
                     },
                 );
                 1
@@ -575,6 +620,7 @@ impl Model {
                         },
                         token: next_token,
                         previous: Some(g.token),
+                        active_day: g.active_day.max(day_of(self.now)),
                     },
                 );
                 g.epoch + 1
@@ -620,14 +666,18 @@ impl Model {
         deleted
     }
 
-    fn expire(&mut self, cutoff: u64) -> u64 {
-        let before = self.mailbox.len();
+    fn expire(&mut self, cutoff: u64) -> Expired {
+        let (entries, groups) = (self.mailbox.len(), self.groups.len());
         self.mailbox.retain(|_, r| r.day >= day_of(cutoff));
+        self.groups.retain(|_, g| g.active_day >= day_of(cutoff));
         for group in self.groups.values_mut() {
             group.accepted.retain(|_, day| *day >= day_of(cutoff));
         }
         self.drop_orphans();
-        (before - self.mailbox.len()) as u64
+        Expired {
+            mailbox_entries: (entries - self.mailbox.len()) as u64,
+            groups: (groups - self.groups.len()) as u64,
+        }
     }
 
     fn stats(&self) -> StoreStats {
@@ -781,6 +831,16 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
                 d.last_resort = last_resort;
             }
             prop_assert_eq!(status, model.status(device));
+        }
+        Op::ClaimLastResort { user, only } => {
+            let bundle = store
+                .last_resort_key_packages(
+                    &username(*user),
+                    only.iter().map(|&d| device_id(d)).collect(),
+                )
+                .await
+                .unwrap();
+            prop_assert_eq!(bundle, model.last_resort(*user, only));
         }
         Op::Claim { user, only } => {
             let bundle = store

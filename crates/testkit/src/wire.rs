@@ -355,6 +355,32 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// Sends a WebSocket ping (activity, but no request) every `every`
+    /// until the server closes the connection; whether it did within
+    /// `wait`.
+    pub async fn pings_until_closed(&mut self, every: Duration, wait: Duration) -> bool {
+        tokio::time::timeout(wait, async {
+            loop {
+                if self
+                    .ws
+                    .send(Message::Ping(Vec::new().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // A pong, or nothing yet: still open.
+                if let Ok(None | Some(Err(_) | Ok(Message::Close(_)))) =
+                    tokio::time::timeout(every, self.ws.next()).await
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Asserts that the server closes the connection within `wait`.
     pub async fn assert_closed_within(&mut self, wait: Duration) {
         let closed = tokio::time::timeout(wait, async {

@@ -163,7 +163,19 @@ pub fn new_key_package(
 ) -> Result<Vec<u8>, GroupError> {
     let mut builder = KeyPackage::builder();
     if last_resort {
-        builder = builder.mark_as_last_resort();
+        // The leaf must list every KeyPackage extension it carries, or
+        // whoever claims it refuses it (openmls: `UnsupportedExtension`),
+        // and the KeyPackage meant to keep adds possible when the pool is
+        // empty (or flooded) would keep none possible.
+        builder = builder
+            .mark_as_last_resort()
+            .leaf_node_capabilities(Capabilities::new(
+                None,
+                None,
+                Some(&[ExtensionType::LastResort]),
+                None,
+                None,
+            ));
     }
     let bundle = builder
         .build(

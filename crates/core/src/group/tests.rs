@@ -128,6 +128,28 @@ fn create_add_talk_remove() {
     );
 }
 
+/// The last-resort KeyPackage is what keeps a device addable when its pool
+/// is empty or a flood of claims is past its rate: a claimer must accept it,
+/// and more than once.
+#[test]
+fn a_last_resort_key_package_is_accepted_by_claimers() {
+    let d = device("lara");
+    let claimed = ClaimedKeyPackage {
+        device: Some(d.account.signed_device()),
+        key_package: new_key_package(&d.provider, &d.account, true).unwrap(),
+    };
+    for _ in 0..2 {
+        let checked = check_key_package(
+            &d.provider,
+            &d.account.username,
+            &d.account.identity_public(),
+            &claimed,
+        )
+        .unwrap();
+        assert!(checked.key_package.last_resort());
+    }
+}
+
 #[test]
 fn key_package_must_match_certified_device() {
     let (b, mallory) = (device("ben"), device("mallory"));

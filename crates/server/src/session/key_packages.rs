@@ -1,9 +1,11 @@
 //! `UploadKeyPackages` (a device tops up its pool) and `ClaimKeyPackages`
-//! (anyone, anonymously, takes one KeyPackage per device of an account).
+//! (anyone, anonymously, takes one KeyPackage per device of an account;
+//! beyond the account's claim rate, only its reusable last-resort ones).
 
 use super::wire_error::{done, error, shown};
 use super::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES, RequestResult, Session};
 use crate::mailbox_hub::MailboxEvent;
+use crate::rate_limit::TargetBudget;
 use crate::store::{DeviceId, Store};
 use sotto_proto::v1::{self, ErrorCode, response};
 
@@ -65,9 +67,10 @@ impl<S: Store> Session<S> {
         if !sotto_proto::is_valid_username(&claim.username) {
             return Err(unknown());
         }
-        self.ctx
-            .rate_limits
-            .charge_claim(&mut self.buckets, self.address, &claim.username)?;
+        let budget =
+            self.ctx
+                .rate_limits
+                .charge_claim(&mut self.buckets, self.address, &claim.username)?;
         if claim.device_ids.len() > sotto_proto::MAX_RECIPIENTS {
             return Err(error(
                 ErrorCode::TooLarge,
@@ -94,23 +97,34 @@ impl<S: Store> Session<S> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let bundle = self
-            .ctx
-            .store
-            .claim_key_packages(&claim.username, only)
-            .await?
-            .ok_or_else(unknown)?;
-        if bundle.devices.is_empty() {
-            return Err(error(
-                ErrorCode::NoKeyPackage,
-                format!(
-                    "{} has no KeyPackages left; they must come online to upload more",
-                    claim.username
-                ),
-            ));
+        let store = &self.ctx.store;
+        let bundle = match budget {
+            TargetBudget::Pool => store.claim_key_packages(&claim.username, only).await?,
+            TargetBudget::LastResortOnly(_) => {
+                store
+                    .last_resort_key_packages(&claim.username, only)
+                    .await?
+            }
         }
+        .ok_or_else(unknown)?;
+        if bundle.devices.is_empty() {
+            return Err(match budget {
+                // No device has a reusable one to give: what stops this
+                // claim is the account's rate, so say when to retry.
+                TargetBudget::LastResortOnly(limited) => limited.into(),
+                TargetBudget::Pool => error(
+                    ErrorCode::NoKeyPackage,
+                    format!(
+                        "{} has no KeyPackages left; they must come online to upload more",
+                        claim.username
+                    ),
+                ),
+            });
+        }
+        // Only claims within the account's rate notify its devices: one per
+        // claim beyond it would let a flood flood them too.
         for claimed in &bundle.devices {
-            if claimed.remaining < KEY_PACKAGES_LOW_WATERMARK {
+            if budget == TargetBudget::Pool && claimed.remaining < KEY_PACKAGES_LOW_WATERMARK {
                 self.ctx.hub.notify(
                     [&claimed.device_id],
                     &MailboxEvent::KeyPackagesLow {

@@ -118,12 +118,12 @@ pub(crate) struct Session<S> {
         mpsc::Sender<server_frame::Body>,
         mpsc::Receiver<server_frame::Body>,
     )>,
-    /// When an unauthenticated connection is closed: the handshake
-    /// timeout, pushed back while it waits on a joined link.
+    /// When a connection that has not logged in is closed: the handshake
+    /// timeout after it opened or after its last request that needs no
+    /// login (key log, claims, sends), pushed back while it waits on a
+    /// joined link. Every connection has one until it logs in, so one that
+    /// read the log once cannot then hold its slot with pings alone.
     handshake_deadline: Instant,
-    /// The connection only reads the public log or sends anonymously (sealed
-    /// sender): no handshake deadline.
-    log_reader: bool,
     /// The client's address, for per-address rate limits; never stored or
     /// logged.
     address: IpAddr,
@@ -152,7 +152,6 @@ impl<S: Store> Session<S> {
             connection_id,
             link: None,
             handshake_deadline,
-            log_reader: false,
             address,
             buckets,
             subscription: None,
@@ -178,7 +177,7 @@ impl<S: Store> Session<S> {
     /// When the connection is closed for inactivity, given when the idle
     /// timeout would close it.
     pub fn deadline(&self, idle: Instant) -> Instant {
-        if self.device.is_some() || self.log_reader {
+        if self.device.is_some() {
             idle
         } else {
             idle.min(self.handshake_deadline)
@@ -275,8 +274,12 @@ impl<S: Store> Session<S> {
     async fn handle(&mut self, request_id: u64, body: Body) -> RequestResult {
         // The key log, claims and sends need no login (sealed sender: they
         // say nothing about who makes them; capabilities and rate limits
-        // govern them). A connection that makes them without logging in
-        // has no handshake deadline.
+        // govern them). Each one renews the handshake deadline of a
+        // connection that has not logged in: the anonymous connection lives
+        // while it works (each request costs it rate-limit tokens; pings
+        // cost nothing, so they do not count), and is closed once idle for
+        // the handshake timeout (the client reconnects when it next needs
+        // one, which also keeps anonymous connections short-lived).
         if self.device.is_none()
             && matches!(
                 body,
@@ -289,7 +292,9 @@ impl<S: Store> Session<S> {
                     | Body::SubmitCommit(_)
             )
         {
-            self.log_reader = true;
+            self.handshake_deadline = self
+                .handshake_deadline
+                .max(Instant::now() + self.ctx.limits.handshake_timeout);
         }
         match (self.device, body) {
             (_, Body::GetLogHead(_)) => self.get_log_head().await,

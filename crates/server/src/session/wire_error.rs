@@ -40,11 +40,16 @@ pub(super) fn shown(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
+/// A recipient no account has: the whole request is refused, so nobody can
+/// make the server keep mailboxes for invented devices. (A removed device
+/// is not refused but skipped, by the store: a commit that removes a
+/// device from a group still names it.)
 pub(super) fn unknown_device(device: DeviceId) -> v1::Error {
     error(
         ErrorCode::UnknownDevice,
         format!(
-            "unknown device {device}: every recipient must be a registered device that was not removed"
+            "unknown device {device}: no account has it, so nothing was sent; \
+             recipients must be devices their account's key log lists"
         ),
     )
 }

@@ -1,14 +1,15 @@
 //! The expiry sweep: deletes mailbox entries nobody fetched within the
-//! retention period.
+//! retention period, and the rows of groups nobody used within it
+//! ([`MailboxStore::expire`](super::MailboxStore::expire)).
 
-use super::Store;
+use super::{Expired, Store};
 use crate::session::now_seconds;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Deletes expired mailbox entries now and then every `interval`, until
-/// `stop` fires.
+/// Deletes expired mailbox entries and dead groups now and then every
+/// `interval`, until `stop` fires.
 pub(crate) async fn sweep_expired<S: Store>(
     store: Arc<S>,
     retention: Duration,
@@ -22,8 +23,10 @@ pub(crate) async fn sweep_expired<S: Store>(
             _ = ticker.tick() => {
                 let cutoff = now_seconds().saturating_sub(retention.as_secs());
                 match store.expire(cutoff).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, "expired mailbox entries"),
+                    Ok(Expired { mailbox_entries: 0, groups: 0 }) => {}
+                    Ok(Expired { mailbox_entries, groups }) => {
+                        tracing::info!(mailbox_entries, groups, "expired mailbox entries and dead groups");
+                    }
                     Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
                 }
             }

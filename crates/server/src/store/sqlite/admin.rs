@@ -44,22 +44,6 @@ impl SqliteStore {
     }
 }
 
-/// Creates `count` one-time invite codes on the database `conn`, storing
-/// only their hashes; returns the codes to hand out. For tests that hold a
-/// connection; the operator's command uses [`AdminStore::add_invites`].
-pub fn create_invites(
-    conn: &Connection,
-    count: usize,
-    today: UnixDay,
-) -> Result<Vec<String>, StoreError> {
-    let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
-    let hashes: Vec<[u8; 32]> = codes.iter().map(|code| invite_hash(code)).collect();
-    let tx = conn.unchecked_transaction()?;
-    insert_invites(&tx, &hashes, today)?;
-    tx.commit()?;
-    Ok(codes)
-}
-
 fn insert_invites(
     conn: &Connection,
     code_hashes: &[[u8; 32]],

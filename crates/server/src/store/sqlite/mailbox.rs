@@ -110,6 +110,15 @@ pub(super) fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreErr
     Ok(())
 }
 
+/// What a send needs of its group's row.
+struct GroupRow {
+    epoch: i64,
+    token_hash: Vec<u8>,
+    prev_token_hash: Option<Vec<u8>>,
+    /// The last day a commit or message was accepted.
+    active_day: i64,
+}
+
 impl MailboxStore for SqliteStore {
     async fn enqueue(&self, message: GroupMessage) -> Result<Enqueued, EnqueueError> {
         let limit = self.mailbox_limit();
@@ -117,22 +126,42 @@ impl MailboxStore for SqliteStore {
             if message_exists(conn, message.envelope.message_id)? {
                 return Ok(Enqueued::Duplicate);
             }
-            let group: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = conn
+            let group: Option<GroupRow> = conn
                 .prepare_cached(
-                    "SELECT epoch, token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
+                    "SELECT epoch, token_hash, prev_token_hash, active_day FROM mls_groups \
+                     WHERE group_id = ?1",
                 )
                 .and_then(|mut find| {
                     find.query_row([message.group_id.as_bytes()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok(GroupRow {
+                            epoch: r.get(0)?,
+                            token_hash: r.get(1)?,
+                            prev_token_hash: r.get(2)?,
+                            active_day: r.get(3)?,
+                        })
                     })
                     .optional()
                 })
                 .map_err(StoreError::from)?;
-            let Some((epoch, current, previous)) = group else {
+            let Some(group) = group else {
                 return Err(EnqueueError::UnknownGroup(message.group_id));
             };
-            check_capability(&message, to_u64(epoch), &current, previous.as_deref())?;
+            check_capability(
+                &message,
+                to_u64(group.epoch),
+                &group.token_hash,
+                group.prev_token_hash.as_deref(),
+            )?;
             insert_envelope(conn, &message.envelope, message.now, limit)?;
+            // At most one write per group and day: the row was just read.
+            let today = to_i64(day_of(message.now));
+            if group.active_day < today {
+                conn.prepare_cached("UPDATE mls_groups SET active_day = ?1 WHERE group_id = ?2")
+                    .and_then(|mut touch| {
+                        touch.execute(params![today, message.group_id.as_bytes()])
+                    })
+                    .map_err(StoreError::from)?;
+            }
             Ok(Enqueued::Queued)
         })
         .await
@@ -169,11 +198,13 @@ impl MailboxStore for SqliteStore {
                 return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
             }
             let next_hash = submission.next_token_hash.as_slice();
+            let today = to_i64(day_of(submission.now));
             let new_epoch = match group {
                 None if submission.epoch == 0 => {
                     conn.execute(
-                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash) VALUES (?1, 1, ?2, ?3)",
-                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice(), next_hash],
+                        "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash, active_day) \
+                         VALUES (?1, 1, ?2, ?3, ?4)",
+                        params![submission.group_id.as_bytes(), commit_id.as_bytes().as_slice(), next_hash, today],
                     )
                     .map_err(StoreError::from)?;
                     1
@@ -198,11 +229,13 @@ impl MailboxStore for SqliteStore {
                     let next = current.saturating_add(1);
                     conn.execute(
                         "UPDATE mls_groups SET epoch = ?1, last_commit_id = ?2, \
-                         prev_token_hash = token_hash, token_hash = ?3 WHERE group_id = ?4",
+                         prev_token_hash = token_hash, token_hash = ?3, \
+                         active_day = max(active_day, ?4) WHERE group_id = ?5",
                         params![
                             to_i64(next),
                             commit_id.as_bytes().as_slice(),
                             next_hash,
+                            today,
                             submission.group_id.as_bytes()
                         ],
                     )
@@ -317,8 +350,9 @@ impl MailboxStore for SqliteStore {
         .await
     }
 
-    async fn expire(&self, cutoff: UnixSeconds) -> Result<u64, StoreError> {
+    async fn expire(&self, cutoff: UnixSeconds) -> Result<Expired, StoreError> {
         self.write(move |conn| {
+            let cutoff_day = to_i64(day_of(cutoff));
             // Entries are appended in time order: the expired ones are the
             // entries before the first unexpired one (found by walking the
             // table in seq order, no index needed). Should the clock have
@@ -328,14 +362,18 @@ impl MailboxStore for SqliteStore {
                 "DELETE FROM mailbox WHERE enqueued_day < ?1 AND seq < coalesce(\
                  (SELECT seq FROM mailbox WHERE enqueued_day >= ?1 ORDER BY seq LIMIT 1), \
                  9223372036854775807)",
-                [to_i64(day_of(cutoff))],
+                [cutoff_day],
             )?;
             delete_orphaned_messages(conn)?;
-            conn.execute(
-                "DELETE FROM accepted_commits WHERE day < ?1",
-                [to_i64(day_of(cutoff))],
-            )?;
-            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+            // A group's accepted commits are no newer than its last
+            // activity, so a dead group's go with this too.
+            conn.execute("DELETE FROM accepted_commits WHERE day < ?1", [cutoff_day])?;
+            let groups =
+                conn.execute("DELETE FROM mls_groups WHERE active_day < ?1", [cutoff_day])?;
+            Ok(Expired {
+                mailbox_entries: u64::try_from(deleted).unwrap_or(u64::MAX),
+                groups: u64::try_from(groups).unwrap_or(u64::MAX),
+            })
         })
         .await
     }

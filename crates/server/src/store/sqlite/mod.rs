@@ -35,12 +35,11 @@ use zeroize::Zeroizing;
 use super::{
     AccountIdentity, AccountStore, ActiveDevice, AddDeviceError, AdminStore, CanaryRecord,
     ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
-    DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, ExportSnapshot,
+    DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, Expired, ExportSnapshot,
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
     KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore, MessageId,
     NewAccount, NewDevice, NewEntry, RegisterError, RemoveDeviceError, ReportRecord, SignedDevice,
-    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of, invite_hash,
-    new_invite_code,
+    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
@@ -52,7 +51,6 @@ mod mailbox;
 mod schema;
 mod writer;
 
-pub use admin::create_invites;
 use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
@@ -398,5 +396,42 @@ mod tests {
             conn.last_insert_rowid() > 42,
             "seqs continue after every seq ever handed out"
         );
+    }
+
+    /// Groups from before `active_day` count as active on the day of the
+    /// upgrade: none is deleted by the first sweep after it, and they
+    /// expire a retention period later like any other.
+    #[tokio::test]
+    async fn groups_from_before_activity_days_get_a_full_retention_period() {
+        const DAY: u64 = 86_400;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let before = MIGRATIONS.len() - 1;
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            configure(&conn).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..before] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", to_i64(before as u64))
+                .unwrap();
+            tx.execute_batch(
+                "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash) \
+                 VALUES (x'0102', 3, x'00', x'00');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let group = GroupId::from_slice(&[1, 2]).unwrap();
+        let now = crate::session::now_seconds();
+        let swept = store.expire(now).await.unwrap();
+        assert_eq!(swept.groups, 0);
+        assert_eq!(store.group_epoch(&group).await.unwrap(), Some(3));
+        let swept = store.expire(now + DAY).await.unwrap();
+        assert_eq!(swept.groups, 1);
+        assert_eq!(store.group_epoch(&group).await.unwrap(), None);
+        store.close().await;
     }
 }

@@ -147,6 +147,17 @@ ALTER TABLE mailbox_by_num RENAME TO mailbox;
 CREATE INDEX mailbox_by_device ON mailbox(device_num, seq);
 CREATE INDEX mailbox_by_message ON mailbox(message_ref);
 ",
+    // The last day each group had an accepted commit or message, so that
+    // the expiry sweep can delete groups nobody used for the retention
+    // period. Groups from before this migration count as active on the
+    // day of the upgrade (the one place a backend reads the clock: their
+    // real last day was never recorded), so none expires before a full
+    // retention period has passed.
+    r"
+ALTER TABLE mls_groups ADD COLUMN active_day INTEGER NOT NULL DEFAULT 0;
+UPDATE mls_groups SET active_day = CAST(strftime('%s', 'now') AS INTEGER) / 86400;
+CREATE INDEX mls_groups_by_active_day ON mls_groups(active_day);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -1,0 +1,449 @@
+//! The values that cross the store boundary: ids parsed once at the edge
+//! ([`DeviceId`], [`MessageId`], [`GroupId`]), what callers hand a backend to
+//! write, and what a backend hands back. Plain data: no backend logic here.
+
+use std::fmt;
+
+use super::{UnixDay, UnixSeconds};
+
+/// A device id: exactly [`sotto_proto::ID_LEN`] bytes chosen by the device.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId([u8; sotto_proto::ID_LEN]);
+
+/// A sender-chosen message id: exactly [`sotto_proto::ID_LEN`] bytes;
+/// enqueue is idempotent on it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId([u8; sotto_proto::ID_LEN]);
+
+macro_rules! fixed_id {
+    ($name:ident) => {
+        impl $name {
+            /// Parses wire bytes; `None` unless exactly `ID_LEN` bytes long.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                <[u8; sotto_proto::ID_LEN]>::try_from(bytes).ok().map(Self)
+            }
+
+            /// Wraps an array.
+            pub const fn new(bytes: [u8; sotto_proto::ID_LEN]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes.
+            pub fn as_bytes(&self) -> &[u8; sotto_proto::ID_LEN] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self)
+            }
+        }
+    };
+}
+
+fixed_id!(DeviceId);
+fixed_id!(MessageId);
+
+/// An MLS group id, opaque to the server: 1 to [`GroupId::MAX_LEN`] bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct GroupId(Vec<u8>);
+
+impl GroupId {
+    /// Longest group id accepted. openmls uses 16 random bytes; this leaves
+    /// room for other clients without letting ids become storage.
+    pub const MAX_LEN: usize = 256;
+
+    /// Parses wire bytes; `None` if empty or longer than [`Self::MAX_LEN`].
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        (!bytes.is_empty() && bytes.len() <= Self::MAX_LEN).then(|| Self(bytes.to_vec()))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId({self})")
+    }
+}
+
+/// A device as it was registered: the certificate bytes the identity key
+/// signed, and that signature. Handed out unchanged with KeyPackages so
+/// clients can verify it themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDevice {
+    /// Encoded `DeviceCertificate`.
+    pub certificate: Vec<u8>,
+    /// Identity-key signature over `device_transcript(certificate)`.
+    pub identity_signature: Vec<u8>,
+}
+
+/// A new account with its first device, already verified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    /// A valid username (see `sotto_proto::is_valid_username`).
+    pub username: String,
+    /// Ed25519 identity public key.
+    pub identity_key: [u8; 32],
+    /// The first device's id.
+    pub device_id: DeviceId,
+    /// The first device's Ed25519 public key.
+    pub device_key: [u8; 32],
+    /// The device's certificate as signed by the identity key.
+    pub device: SignedDevice,
+    /// Day of registration (also the first last-seen day).
+    pub today: UnixDay,
+    /// The account's first transparency-log leaves (encoded `LogEntry`s,
+    /// already verified), appended in order in the same transaction.
+    pub log_entries: Vec<Vec<u8>>,
+    /// The hash of an invite code to consume (registration policy
+    /// "invite"): it must be unused, and is marked used in the same
+    /// transaction.
+    pub invite: Option<[u8; 32]>,
+}
+
+/// A device added to an existing account, already verified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The account.
+    pub username: String,
+    /// The new device's id; must not be used by any device, even a removed
+    /// one.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key.
+    pub device_key: [u8; 32],
+    /// The device's certificate as signed by the identity key.
+    pub device: SignedDevice,
+    /// Day it was added (also its first last-seen day).
+    pub today: UnixDay,
+    /// The `DeviceAdded` leaf (an encoded `LogEntry`) to append.
+    pub log_entry: Vec<u8>,
+    /// The entry's `account_seq`: it must equal the number of log entries
+    /// the account already has, or nothing is written.
+    pub account_seq: u64,
+}
+
+/// A device to remove from its account, already verified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRemoval {
+    /// The account.
+    pub username: String,
+    /// The device; it must be an active device of `username`.
+    pub device_id: DeviceId,
+    /// Day of the removal.
+    pub today: UnixDay,
+    /// The `DeviceRemoved` leaf (an encoded `LogEntry`) to append.
+    pub log_entry: Vec<u8>,
+    /// The entry's `account_seq`, checked as in [`NewDevice::account_seq`].
+    pub account_seq: u64,
+}
+
+/// One stored transparency-log leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Position in the log, from 0, without gaps.
+    pub index: u64,
+    /// The account the entry is about.
+    pub username: String,
+    /// The leaf: an encoded `LogEntry`, exactly as hashed into the tree.
+    pub entry: Vec<u8>,
+}
+
+/// A registered device, as needed to log it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device id.
+    pub device_id: DeviceId,
+    /// Owner of the device.
+    pub username: String,
+    /// Ed25519 public key that signs login challenges.
+    pub device_key: [u8; 32],
+    /// The device was removed from its account: it may not log in.
+    pub removed: bool,
+    /// The last day it logged in (see [`AccountStore::touch_device`](super::AccountStore::touch_device)).
+    pub last_seen_day: UnixDay,
+}
+
+/// How many KeyPackages a device has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyPackageStatus {
+    /// One-time KeyPackages in the pool.
+    pub remaining: u32,
+    /// Whether a last-resort KeyPackage is stored.
+    pub has_last_resort: bool,
+}
+
+/// One KeyPackage claimed for one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    /// The device the KeyPackage belongs to.
+    pub device_id: DeviceId,
+    /// The device as registered.
+    pub device: SignedDevice,
+    /// The KeyPackage bytes, as uploaded.
+    pub key_package: Vec<u8>,
+    /// One-time KeyPackages left in this device's pool after the claim.
+    pub remaining: u32,
+    /// Whether this is the last-resort KeyPackage (which stays stored).
+    pub last_resort: bool,
+}
+
+/// The result of claiming KeyPackages for every device of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageBundle {
+    /// The account's identity key.
+    pub identity_key: [u8; 32],
+    /// One entry per device that had a KeyPackage; devices with neither a
+    /// one-time nor a last-resort KeyPackage are left out, so this may be
+    /// empty.
+    pub devices: Vec<ClaimedKeyPackage>,
+}
+
+/// A payload to queue for a set of devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Sender-chosen id; a second enqueue with the same id is a no-op.
+    pub message_id: MessageId,
+    /// Recipient devices; all must be registered.
+    pub recipients: Vec<DeviceId>,
+    /// The MLS message, opaque to the server.
+    pub payload: Vec<u8>,
+}
+
+/// An application message (or proposal) for an existing group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// The group; it must have been created by a commit.
+    pub group_id: GroupId,
+    /// SHA-256 of the send capability presented: it must be the group's
+    /// current epoch's, or the previous epoch's while `previous_epoch_open`.
+    pub token_hash: [u8; 32],
+    /// The epoch in the MLS message's clear-text framing: it must be the
+    /// epoch of the capability presented.
+    pub epoch: u64,
+    /// Whether the previous epoch's capability is still accepted: only for
+    /// a short grace period after the commit that ended it (the server keeps
+    /// that in memory, so after a restart it is refused).
+    pub previous_epoch_open: bool,
+    /// What to queue.
+    pub envelope: Envelope,
+    /// When it was queued, for expiry.
+    pub now: UnixSeconds,
+}
+
+/// A commit offered to the [`MailboxStore::submit_commit`](super::MailboxStore::submit_commit) sequencer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSubmission {
+    /// The group.
+    pub group_id: GroupId,
+    /// The epoch the commit was created in; 0 creates the group.
+    pub epoch: u64,
+    /// SHA-256 of the send capability presented; must be the current
+    /// epoch's. `None` when creating a group.
+    pub token_hash: Option<[u8; 32]>,
+    /// SHA-256 of the capability of the epoch the commit starts.
+    pub next_token_hash: [u8; 32],
+    /// The commit, queued for the existing members.
+    pub commit: Envelope,
+    /// The Welcome for new members, queued only if the commit is accepted.
+    pub welcome: Option<Envelope>,
+    /// When it was queued, for expiry.
+    pub now: UnixSeconds,
+}
+
+/// Whether an enqueue stored something new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Newly stored and queued for every recipient.
+    Queued,
+    /// The message id was already stored: nothing was queued again.
+    Duplicate,
+}
+
+/// The outcome of an accepted (or idempotently re-sent) commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitAccepted {
+    /// The group's epoch after the commit.
+    pub new_epoch: u64,
+    /// Whether this was a resend of an already accepted commit.
+    pub outcome: Enqueued,
+}
+
+/// One queued message in a device's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    /// Position in the device's mailbox, increasing.
+    pub seq: u64,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The MLS message.
+    pub payload: Vec<u8>,
+}
+
+/// A mailbox entry just committed, as told to the [`EntryListener`]. The
+/// payload is shared by every recipient of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Whose mailbox.
+    pub device_id: DeviceId,
+    /// Position in that mailbox.
+    pub seq: u64,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The MLS message.
+    pub payload: std::sync::Arc<[u8]>,
+}
+
+/// Told about every mailbox entry once it is committed, in commit order (so,
+/// for one device, in `seq` order), on the backend's writer. The server
+/// pushes these to connected devices without reading them back.
+pub type EntryListener = Box<dyn Fn(Vec<NewEntry>) + Send + Sync>;
+
+/// What one [`MailboxStore::expire`](super::MailboxStore::expire) deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expired {
+    /// Mailbox entries nobody fetched within the retention period.
+    pub mailbox_entries: u64,
+    /// Groups with no accepted commit or message within it.
+    pub groups: u64,
+}
+
+/// Counts of what the store holds, for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Active (registered and not removed) devices.
+    pub devices: u64,
+    /// Mailbox entries waiting for acknowledgement.
+    pub mailbox_entries: u64,
+    /// Stored payloads (each shared by all its mailbox entries).
+    pub payloads: u64,
+}
+
+/// What the server holds about one account, as a legal export hands it
+/// over (`crate::legal`; `docs/SERVER_DATA.md`, column "legal export").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedAccount {
+    /// The username.
+    pub username: String,
+    /// Ed25519 identity public key.
+    pub identity_key: [u8; 32],
+    /// Day of registration.
+    pub created_day: UnixDay,
+    /// How many transparency-log leaves the account has.
+    pub log_entries: u64,
+    /// Every device the account ever had, removed ones included, in the
+    /// order they were added.
+    pub devices: Vec<ExportedDevice>,
+}
+
+/// What the server holds about one device of an [`ExportedAccount`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedDevice {
+    /// The device id.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key.
+    pub device_key: [u8; 32],
+    /// Day it was added.
+    pub created_day: UnixDay,
+    /// Last day it logged in.
+    pub last_seen_day: UnixDay,
+    /// Day it was removed; `None` while it is active.
+    pub removed_day: Option<UnixDay>,
+    /// One-time KeyPackages in its pool.
+    pub key_packages: u64,
+    /// Whether a last-resort KeyPackage is stored.
+    pub last_resort_key_package: bool,
+    /// Mailbox entries waiting for it.
+    pub queued_messages: u64,
+    /// Total size of those entries' payloads, in bytes.
+    pub queued_bytes: u64,
+}
+
+/// One entry of the transparency report of legal requests (`crate::legal`),
+/// as stored. The hashes and the signature are the stored bytes, unchecked:
+/// the legal module verifies the chain and names the entry that fails, which
+/// it could not do if a backend refused to read a tampered row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// Position in the report, from 1.
+    pub seq: u64,
+    /// The operator's reference for the request.
+    pub request_id: String,
+    /// Day the request was answered.
+    pub day: UnixDay,
+    /// What was done (`export`).
+    pub kind: String,
+    /// How many accounts it covered.
+    pub accounts: u64,
+    /// The previous entry's hash (32 bytes when intact).
+    pub prev_hash: Vec<u8>,
+    /// This entry's hash (32 bytes when intact).
+    pub hash: Vec<u8>,
+    /// The legal key's signature (64 bytes when intact).
+    pub signature: Vec<u8>,
+}
+
+/// What [`LegalStore::record_export`](super::LegalStore::record_export) read inside its transaction, for the
+/// caller's `plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSnapshot {
+    /// One per requested username, in the order requested: `None` if no
+    /// account has that name.
+    pub accounts: Vec<Option<ExportedAccount>>,
+    /// The report's last entry, which the new one must chain onto; `None`
+    /// if the report is empty.
+    pub last_entry: Option<ReportRecord>,
+}
+
+/// A signed, dated warrant-canary statement, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRecord {
+    /// Day it was signed.
+    pub day: UnixDay,
+    /// The operator's statement.
+    pub statement: String,
+    /// The legal public key that signed it.
+    pub key: [u8; 32],
+    /// The signature (see `crate::legal::Canary`).
+    pub signature: [u8; 64],
+}
+
+/// An account's identity key as stored, for the auditor to compare with the
+/// log (so not parsed: a malformed key is a finding, not a storage failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountIdentity {
+    /// The username.
+    pub username: String,
+    /// The stored identity key bytes.
+    pub identity_key: Vec<u8>,
+}
+
+/// An active (not removed) device as stored, for the auditor to compare
+/// with the log (so not parsed, like [`AccountIdentity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveDevice {
+    /// Its account.
+    pub username: String,
+    /// The stored device id bytes.
+    pub device_id: Vec<u8>,
+    /// The stored device key bytes.
+    pub device_key: Vec<u8>,
+}

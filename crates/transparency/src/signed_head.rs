@@ -1,0 +1,88 @@
+//! The server's log key and the tree heads it signs: [`LogKey`] signs,
+//! [`verify_head`] checks.
+
+use std::fmt;
+
+use ed25519_dalek::{Signer, SigningKey};
+use zeroize::Zeroizing;
+
+use crate::{
+    Hash, LogError, MAX_TREE_SIZE, SignedTreeHead, to_hash, verify_signature, verifying_key,
+};
+
+/// The server's log signing key (Ed25519). It signs tree heads; clients
+/// learn its public half from the server's `Challenge`. `Debug` redacts the
+/// secret, and the secret is zeroized on drop.
+pub struct LogKey {
+    key: SigningKey,
+}
+
+impl fmt::Debug for LogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogKey")
+            .field("public", &hex::encode(self.public()))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl LogKey {
+    /// A new random key, from the operating system's RNG.
+    pub fn generate() -> Self {
+        Self {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// Loads a key from its 32-byte secret (as returned by [`Self::secret`]).
+    pub fn from_secret(secret: &[u8]) -> Result<Self, LogError> {
+        let bytes = Zeroizing::new(
+            <[u8; 32]>::try_from(secret)
+                .map_err(|_| LogError::Malformed("a log key secret is 32 bytes"))?,
+        );
+        Ok(Self {
+            key: SigningKey::from_bytes(&bytes),
+        })
+    }
+
+    /// The 32-byte secret, for storing the key.
+    pub fn secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
+    }
+
+    /// The public key that verifies heads.
+    pub fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs a statement that the tree of `tree_size` leaves has root `root`.
+    pub fn sign_head(&self, tree_size: u64, root: Hash, timestamp_ms: u64) -> SignedTreeHead {
+        let transcript = sotto_proto::tree_head_transcript(tree_size, &root, timestamp_ms);
+        SignedTreeHead {
+            tree_size,
+            root_hash: root.to_vec(),
+            timestamp_ms,
+            signature: self.key.sign(&transcript).to_bytes().to_vec(),
+        }
+    }
+}
+
+/// Checks that `head` is signed by `log_key` (the server's public log key)
+/// and well formed.
+pub fn verify_head(log_key: &[u8], head: &SignedTreeHead) -> Result<(), LogError> {
+    let key = verifying_key(log_key, "the log key must be a 32-byte Ed25519 public key")?;
+    to_hash(&head.root_hash, "a tree head's root hash must be 32 bytes")?;
+    if head.tree_size > MAX_TREE_SIZE {
+        return Err(LogError::Malformed(
+            "a tree head's size is impossibly large",
+        ));
+    }
+    let transcript =
+        sotto_proto::tree_head_transcript(head.tree_size, &head.root_hash, head.timestamp_ms);
+    verify_signature(
+        &key,
+        &transcript,
+        &head.signature,
+        "the tree head is not signed by the server's log key",
+    )
+}
