@@ -96,23 +96,25 @@ impl Outgoing {
     }
 
     /// Queues the frame in `tx`, the transaction holding the state change
-    /// that produced it. On disk it is an encoded `ClientFrame` (request id
-    /// 0), as profiles have always stored it.
+    /// that produced it.
     pub(crate) fn queue(&self, tx: &Connection) -> Result<(), ClientError> {
+        Ok(store::push_outbox(tx, &self.row())?)
+    }
+
+    /// The frame as the outbox table holds it: an encoded `ClientFrame`
+    /// (request id 0), as profiles have always stored it.
+    fn row(&self) -> OutboxEntry {
         let frame = ClientFrame {
             request_id: 0,
             body: Some(self.body()),
         }
         .encode_to_vec();
-        Ok(store::push_outbox(
-            tx,
-            &OutboxEntry {
-                message_id: self.message_id.clone(),
-                group_id: self.group_id.clone(),
-                is_commit: self.is_commit(),
-                frame,
-            },
-        )?)
+        OutboxEntry {
+            message_id: self.message_id.clone(),
+            group_id: self.group_id.clone(),
+            is_commit: self.is_commit(),
+            frame,
+        }
     }
 
     /// A frame read back from the outbox table.
@@ -243,5 +245,96 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_proto::v1::Sync;
+
+    fn device(n: u8) -> DeviceId {
+        DeviceId::from_slice(&[n; 16]).unwrap()
+    }
+
+    /// What the outbox wrote before frames were typed: profiles written
+    /// then must still be read, and new rows must look the same.
+    fn old_encoding(body: client_frame::Body) -> Vec<u8> {
+        ClientFrame {
+            request_id: 0,
+            body: Some(body),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_message_is_stored_as_before_and_reads_back() {
+        let outgoing = Outgoing::message(
+            vec![1; 16],
+            &[2; 16],
+            &[device(3), device(4)],
+            b"ciphertext".to_vec(),
+            b"token".to_vec(),
+        );
+        let row = outgoing.row();
+        let Request::Send(message) = &outgoing.request else {
+            panic!("a message is a send");
+        };
+        assert_eq!(
+            row.frame,
+            old_encoding(client_frame::Body::SendMessage(message.clone()))
+        );
+        assert!(!row.is_commit);
+        assert_eq!(message.recipients, vec![vec![3; 16], vec![4; 16]]);
+        let read = Outgoing::from_row(row).unwrap();
+        assert_eq!(read.message_id, vec![1; 16]);
+        assert_eq!(read.group_id, vec![2; 16]);
+        assert!(matches!(read.request, Request::Send(m) if m == *message));
+    }
+
+    #[test]
+    fn a_commit_is_stored_as_before_and_reads_back() {
+        let outgoing = Outgoing::commit(
+            &[2; 16],
+            PendingCommit {
+                epoch: 7,
+                commit: b"commit".to_vec(),
+                welcome: Some(b"welcome".to_vec()),
+                recipients: vec![device(3)],
+                welcome_recipients: vec![device(5)],
+                send_token: b"token".to_vec(),
+                next_token_hash: b"next".to_vec(),
+            },
+        );
+        let row = outgoing.row();
+        let Request::Commit(commit) = &outgoing.request else {
+            panic!("a commit is a commit");
+        };
+        assert_eq!(commit.message_id, outgoing.message_id);
+        assert_eq!(commit.epoch, 7);
+        assert_eq!(commit.welcome_recipients, vec![vec![5; 16]]);
+        assert_eq!(
+            row.frame,
+            old_encoding(client_frame::Body::SubmitCommit(commit.clone()))
+        );
+        assert!(row.is_commit);
+        let read = Outgoing::from_row(row).unwrap();
+        assert!(matches!(read.request, Request::Commit(c) if c == *commit));
+    }
+
+    #[test]
+    fn a_row_that_is_no_send_or_commit_is_refused() {
+        for frame in [old_encoding(client_frame::Body::Sync(Sync {})), Vec::new()] {
+            let row = OutboxEntry {
+                message_id: vec![1; 16],
+                group_id: vec![2; 16],
+                is_commit: false,
+                frame,
+            };
+            assert!(matches!(
+                Outgoing::from_row(row),
+                Err(ClientError::Protocol(_))
+            ));
+        }
     }
 }

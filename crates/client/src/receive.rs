@@ -133,7 +133,7 @@ async fn receive(
         };
         // A commit was merged: held messages up to the new epoch can be
         // processed now.
-        let epoch = { group::load(&s.profile.provider(), &group_id).map(|g| g.epoch().as_u64()) };
+        let epoch = group::load(&s.profile.provider(), &group_id).map(|g| g.epoch().as_u64());
         if let Ok(epoch) = epoch {
             for held in store::held_up_to(&s.profile.db, &group_id, epoch)? {
                 if !queue.iter().any(|(q, _)| *q == held.0) {
