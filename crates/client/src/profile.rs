@@ -59,7 +59,9 @@ pub struct MemberInfo {
     pub device_id: String,
 }
 
-/// The account on this device and its profile database.
+/// The account on this device and its profile database. Async code takes
+/// it as `&mut Profile` even to read: a SQLite connection is not `Sync`, so
+/// a future holding `&Profile` could not move between threads.
 pub(crate) struct Profile {
     pub(crate) db: Connection,
     pub(crate) crypto: RustCrypto,
