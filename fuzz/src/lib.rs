@@ -20,7 +20,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use prost::Message as _;
 use sotto_core::group::{self, KeyCheck, KeyDirectory};
 use sotto_core::identity::{Account, MemberId, Username};
-use sotto_core::link::LinkCode;
+use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_core::openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto_core::openmls_traits::OpenMlsProvider as _;
 use sotto_proto::v1::{self, client_frame};
@@ -270,11 +270,12 @@ pub fn link(data: &[u8]) {
         let _ = code.link_id();
         let _ = code.reveal();
     }
-    let _ = CODE.open(data);
+    let _ = CODE.open(LinkDirection::JoinRequest, data);
+    let _ = CODE.fingerprint(data, data);
     // A well-sealed envelope around arbitrary content: what a client
     // decodes after `open`.
-    if let Ok(sealed) = CODE.seal(data)
-        && let Ok(opened) = CODE.open(&sealed)
+    if let Ok(sealed) = CODE.seal(LinkDirection::AccountBundle, data)
+        && let Ok(opened) = CODE.open(LinkDirection::AccountBundle, &sealed)
     {
         let _ = v1::LinkJoinRequest::decode(opened.as_slice());
         let _ = v1::LinkBundle::decode(opened.as_slice());

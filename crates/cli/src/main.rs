@@ -28,12 +28,15 @@ enum Command {
     /// Create an account on a server, with this device as its first device.
     Register {
         username: String,
-        /// The server, e.g. http://127.0.0.1:8420
+        /// The server, e.g. https://chat.example.org (or http://127.0.0.1:8420
+        /// for one on this machine)
         #[arg(long)]
         server: String,
         /// The invite code, for servers where registration needs one.
         #[arg(long)]
         invite: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Show this profile's account, device and server.
     Whoami,
@@ -69,14 +72,23 @@ enum Command {
     },
     /// Download a server's whole key log and check every entry, signature and head.
     Audit {
-        /// The server, e.g. http://127.0.0.1:8420
+        /// The server, e.g. https://chat.example.org
         server: String,
+        /// The log key you expect (64 hex digits, from a second source such
+        /// as the operator's website); the audit fails if the server
+        /// announces another.
+        #[arg(long, value_name = "HEX")]
+        log_key: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Fetch and check a server's warrant canary (a dated statement signed by
     /// its operator).
     Canary {
-        /// The server, e.g. http://127.0.0.1:8420
+        /// The server, e.g. https://chat.example.org
         server: String,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Warn (and exit 1) if the statement is older than this.
         #[arg(long, default_value_t = 31)]
         max_age_days: u64,
@@ -104,6 +116,31 @@ enum Command {
     },
 }
 
+/// What to trust on the way to a server; a profile remembers it.
+#[derive(clap::Args, Debug)]
+struct TrustArgs {
+    /// Trust this CA certificate (PEM) too, for a server with a
+    /// self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a host other than this machine. Anyone on the
+    /// network path can then read and change what is sent; only for a
+    /// network you control.
+    #[arg(long)]
+    insecure_transport: bool,
+}
+
+impl TrustArgs {
+    fn trust(&self) -> Result<sotto_client::Trust> {
+        let trust =
+            sotto_client::Trust::web_roots().allow_insecure_transport(self.insecure_transport);
+        Ok(match &self.ca_file {
+            Some(path) => trust.with_ca_file(path)?,
+            None => trust,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum DeviceCommand {
     /// On an existing device: show a one-time code for a new device, and
@@ -115,7 +152,11 @@ enum DeviceCommand {
     },
     /// On a new device (with a new --profile): join an account with a code
     /// from `sotto device link`.
-    Join { code: String },
+    Join {
+        code: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
     /// List this account's devices, from the key log.
     List,
     /// Remove a device: it can no longer log in or read new messages.
@@ -178,10 +219,16 @@ async fn run(cli: Cli) -> Result<()> {
             username,
             server,
             invite,
+            trust,
         } => {
-            let mut client =
-                Client::register_with_invite(&profile, &username, &server, invite.as_deref())
-                    .await?;
+            let mut client = Client::register_with_invite(
+                &profile,
+                &username,
+                &server,
+                invite.as_deref(),
+                &trust.trust()?,
+            )
+            .await?;
             client.disconnect().await;
             out.line(
                 &format!(
@@ -265,8 +312,15 @@ async fn run(cli: Cli) -> Result<()> {
                 &serde_json::json!({ "username": username, "safety_number": number.digits(), "verified": verified }),
             );
         }
-        Command::Audit { server } => {
-            let report = sotto_client::audit(&server).await?;
+        Command::Audit {
+            server,
+            log_key,
+            trust,
+        } => {
+            let log_key = log_key
+                .map(|key| hex::decode(key.trim()).context("--log-key is not hex"))
+                .transpose()?;
+            let report = sotto_client::audit(&server, &trust.trust()?, log_key.as_deref()).await?;
             out.line(
                 &format!(
                     "key log of {server} verified: {} entries, {} accounts, {} active devices, root {}",
@@ -285,8 +339,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Canary {
             server,
             max_age_days,
+            trust,
         } => {
-            let Some(canary) = sotto_client::canary::fetch_canary(&server).await? else {
+            let Some(canary) = sotto_client::canary::fetch_canary(&server, &trust.trust()?).await?
+            else {
                 bail!("WARNING: {server} publishes no warrant canary");
             };
             let today = std::time::SystemTime::now()
@@ -403,8 +459,8 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
 }
 
 async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer) -> Result<()> {
-    if let DeviceCommand::Join { code } = &command {
-        let mut client = Client::join_link(profile, code).await?;
+    if let DeviceCommand::Join { code, trust } = &command {
+        let mut client = Client::join_link(profile, code, &trust.trust()?).await?;
         client.disconnect().await;
         out.line(
             &format!("this device is now linked to {} (device {})", client.username(), client.device_id()),

@@ -25,21 +25,20 @@ struct Published {
 }
 
 /// Fetches and verifies the canary of the server at `server_url`
-/// (`http://host:port`). `Ok(None)`: the server publishes none.
-pub async fn fetch_canary(server_url: &str) -> Result<Option<Canary>, ClientError> {
-    let authority = server_url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Usage(format!("{server_url}: use an http:// server URL")))?
-        .trim_end_matches('/');
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| ClientError::Network(format!("cannot connect to {authority}: {e}")))?;
+/// (`https://host` or, on loopback, `http://host:port`). `Ok(None)`: the
+/// server publishes none.
+pub async fn fetch_canary(
+    server_url: &str,
+    trust: &crate::Trust,
+) -> Result<Option<Canary>, ClientError> {
+    let server = crate::endpoint::ServerUrl::parse(server_url)?;
+    let stream = server.open(trust).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/canary")
-        .header(hyper::header::HOST, authority)
+    let request = hyper::Request::get(server.path("/canary"))
+        .header(hyper::header::HOST, &server.authority)
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
     let response = sender

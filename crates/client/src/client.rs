@@ -5,19 +5,20 @@
 
 use crate::ClientError;
 use crate::devices::{self, DeviceInfo, LinkRequestInfo};
+use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
 use crate::outbox::{CommitOutcome, Outbox};
-use crate::profile::{MemberInfo, Profile, open_new_profile, profile_db};
-use crate::session::{Anonymous, Session};
+use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
+use crate::session::{Anonymous, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{conversations, membership, receive};
 use rusqlite::Connection;
-use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
+use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
 use sotto_core::safety::SafetyNumber;
-use sotto_proto::v1::{Login, Register, client_frame, response};
+use sotto_proto::v1::{Register, client_frame, response};
 use std::path::Path;
 
 /// A Sotto account on this device: its profile database and, while
@@ -25,6 +26,8 @@ use std::path::Path;
 pub struct Client {
     profile: Profile,
     server_url: String,
+    /// What to trust on the way to the server (TLS roots, plain HTTP).
+    trust: Trust,
     /// The logged-in connection: the mailbox, and requests that must say
     /// who asks (KeyPackage uploads, device and link changes).
     transport: Option<Transport>,
@@ -54,21 +57,23 @@ impl Client {
         username: &str,
         server_url: &str,
     ) -> Result<Self, ClientError> {
-        Self::register_with_invite(dir, username, server_url, None).await
+        Self::register_with_invite(dir, username, server_url, None, &Trust::web_roots()).await
     }
 
     /// Like [`Client::register`], with the invite code a server with
-    /// invite-only registration asks for.
+    /// invite-only registration asks for, and what to trust on the way to
+    /// the server (`--ca-file`, `--insecure-transport`; the profile keeps it).
     pub async fn register_with_invite(
         dir: &Path,
         username: &str,
         server_url: &str,
         invite_code: Option<&str>,
+        trust: &Trust,
     ) -> Result<Self, ClientError> {
         let username = Username::parse(username)?;
         let db = open_new_profile(dir)?;
         let account = Account::generate(username);
-        let mut transport = Transport::connect(server_url).await?;
+        let mut transport = Transport::connect(server_url, trust).await?;
         let register = Register {
             username: account.username.to_string(),
             identity_key: account.identity_public().to_vec(),
@@ -85,7 +90,7 @@ impl Client {
             .request(client_frame::Body::Register(register))
             .await?;
         let log_key = transport.log_key.clone();
-        Self::create(db, account, server_url, log_key, transport).await
+        Self::create(db, account, server_url, trust, log_key, transport).await
     }
 
     /// Saves a new profile and finishes setting up its device: checks the
@@ -95,22 +100,21 @@ impl Client {
         db: Connection,
         account: Account,
         server_url: &str,
+        trust: &Trust,
         log_key: Vec<u8>,
         mut transport: Transport,
     ) -> Result<Self, ClientError> {
-        store::save_profile(
-            &db,
-            &store::ProfileRow {
-                username: account.username.to_string(),
-                server_url: server_url.to_owned(),
-                identity_secret: account.identity.secret().to_vec(),
-                device_id: account.device_id.as_bytes().to_vec(),
-                device_secret: account.device.secret().to_vec(),
-                log_key: log_key.clone(),
-            },
-        )?;
-        let mut client = Self::from_parts(db, account, server_url.to_owned(), log_key);
-        let mut anonymous = Anonymous::new(&client.server_url, &mut client.anonymous);
+        let stored = Stored {
+            db,
+            account,
+            server_url: server_url.to_owned(),
+            trust: trust.clone(),
+            log_key,
+        };
+        stored.save()?;
+        let mut client = Self::from_stored(stored);
+        let mut anonymous =
+            Anonymous::new(&client.server_url, &client.trust, &mut client.anonymous);
         client
             .key_log
             .verify_this_device(&mut client.profile, &mut anonymous)
@@ -123,10 +127,18 @@ impl Client {
         Ok(client)
     }
 
-    fn from_parts(db: Connection, account: Account, server_url: String, log_key: Vec<u8>) -> Self {
+    fn from_stored(stored: Stored) -> Self {
+        let Stored {
+            db,
+            account,
+            server_url,
+            trust,
+            log_key,
+        } = stored;
         Self {
             profile: Profile::new(db, account),
             server_url,
+            trust,
             transport: None,
             anonymous: None,
             key_log: KeyLog::new(log_key),
@@ -137,27 +149,7 @@ impl Client {
 
     /// Opens the account stored in the profile `dir`.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
-        let path = profile_db(dir);
-        if !path.exists() {
-            return Err(ClientError::Usage(format!(
-                "no account in profile {}; create one with `sotto register USERNAME --server URL`",
-                dir.display()
-            )));
-        }
-        let db = store::open(&path)?;
-        let row = store::load_profile(&db)?.ok_or_else(|| {
-            ClientError::Usage(format!(
-                "no account in profile {}; run `sotto register` first",
-                dir.display()
-            ))
-        })?;
-        let account = Account {
-            username: Username::parse(&row.username)?,
-            identity: IdentityKey::from_secret(&row.identity_secret)?,
-            device_id: DeviceId::from_slice(&row.device_id)?,
-            device: DeviceKey::from_secret(&row.device_secret)?,
-        };
-        Ok(Self::from_parts(db, account, row.server_url, row.log_key))
+        Ok(Self::from_stored(Stored::open(dir)?))
     }
 
     pub fn username(&self) -> &Username {
@@ -177,12 +169,25 @@ impl Client {
         hex::encode(self.profile.account.identity_public())
     }
 
-    /// Points this profile at another server URL (the server moved).
+    /// Points this profile at another server URL (the server moved),
+    /// trusting what it trusted before.
     pub fn set_server_url(&mut self, url: &str) -> Result<(), ClientError> {
-        crate::transport::websocket_url(url)?;
-        store::set_server_url(&self.profile.db, url)?;
+        self.set_server(url, self.trust.clone())
+    }
+
+    /// Points this profile at another server URL with what to trust for it.
+    pub fn set_server(&mut self, url: &str, trust: Trust) -> Result<(), ClientError> {
+        crate::endpoint::ServerUrl::parse(url)?.check(&trust)?;
+        store::set_server_url(
+            &self.profile.db,
+            url,
+            trust.ca_pem(),
+            trust.insecure_transport,
+        )?;
         self.server_url = url.to_owned();
+        self.trust = trust;
         self.transport = None;
+        self.anonymous = None;
         Ok(())
     }
 
@@ -213,7 +218,7 @@ impl Client {
             key_log: &mut self.key_log,
             outbox: &mut self.outbox,
             key_packages: &mut self.key_packages,
-            anonymous: Anonymous::new(&self.server_url, &mut self.anonymous),
+            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous),
             connection: &mut t,
         };
         let result = op(&mut session).await;
@@ -224,7 +229,7 @@ impl Client {
     }
 
     async fn login(&mut self) -> Result<Transport, ClientError> {
-        let mut t = Transport::connect(&self.server_url).await?;
+        let mut t = Transport::connect(&self.server_url, &self.trust).await?;
         if t.log_key != self.key_log.log_key() {
             return Err(ClientError::KeyLog(
                 "the server's key-log key changed since this profile was made; \
@@ -232,18 +237,8 @@ impl Client {
                     .into(),
             ));
         }
-        let account = &self.profile.account;
-        let login = Login {
-            username: account.username.to_string(),
-            device_id: account.device_id.as_bytes().to_vec(),
-            challenge_signature: account.device.sign_login(
-                &t.nonce,
-                &account.username,
-                account.device_id,
-            ),
-        };
-        if let response::Result::LoggedIn(status) =
-            t.request(client_frame::Body::Login(login)).await?
+        let login = login_request(&self.profile.account, &t.nonce);
+        if let response::Result::LoggedIn(status) = t.request(login).await?
             && (status.key_packages_remaining < KEY_PACKAGE_LOW || !status.has_last_resort)
         {
             let missing = KEY_PACKAGE_POOL.saturating_sub(status.key_packages_remaining);
@@ -252,7 +247,7 @@ impl Client {
                 .await?;
         }
         self.key_log.start_round();
-        let mut anonymous = Anonymous::new(&self.server_url, &mut self.anonymous);
+        let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
         self.key_log
             .refresh_head(&mut self.profile, &mut anonymous)
             .await?;
@@ -418,13 +413,15 @@ impl Client {
 
     /// Joins an account as a new device with a code from one of its devices,
     /// creating the profile in `dir`. Returns once the existing device
-    /// approved.
-    pub async fn join_link(dir: &Path, code: &str) -> Result<Self, ClientError> {
-        let joined = devices::join_link(dir, code).await?;
+    /// approved. `trust` is what to trust on the way to the server in the
+    /// code (`--ca-file`, `--insecure-transport`); the profile keeps it.
+    pub async fn join_link(dir: &Path, code: &str, trust: &Trust) -> Result<Self, ClientError> {
+        let joined = devices::join_link(dir, code, trust).await?;
         Self::create(
             joined.db,
             joined.account,
             &joined.server_url,
+            trust,
             joined.log_key,
             joined.transport,
         )
@@ -562,7 +559,7 @@ mod hooks {
         /// Submits every staged frame in the outbox (sends need no login); see
         /// [`Client::stage_key_update`].
         pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
-            let mut anonymous = Anonymous::new(&self.server_url, &mut self.anonymous);
+            let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
             let mut outcomes = Vec::new();
             for row in store::outbox(&self.profile.db)? {
                 let outgoing = Outgoing::from_row(row)?;

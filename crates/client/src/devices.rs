@@ -9,19 +9,20 @@
 
 use crate::ClientError;
 use crate::conversations::{conversation_info, send_content};
+use crate::endpoint::Trust;
 use crate::membership::{claim, commit_with_retry};
 use crate::profile::Profile;
 use crate::receive::{drain, handle_delivery};
-use crate::session::{LISTEN_PING, Session};
+use crate::session::{LISTEN_PING, Session, login_request};
 use crate::store::{self, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
 use rusqlite::Connection;
 use sotto_core::group;
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
-use sotto_core::link::LinkCode;
+use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, Login, OpenLink,
+    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, OpenLink,
     RemoveDevice, client_frame,
 };
 use std::path::Path;
@@ -68,7 +69,9 @@ pub(crate) async fn wait_for_link_request(
         loop {
             match s.connection.next(Some(LISTEN_PING)).await? {
                 Next::Push(Push::LinkRequest(r)) if r.link_id == link_id => {
-                    let opened = code.open(&r.sealed_request).map_err(link_error)?;
+                    let opened = code
+                        .open(LinkDirection::JoinRequest, &r.sealed_request)
+                        .map_err(link_error)?;
                     let request = LinkJoinRequest::decode(opened.as_slice())
                         .map_err(|e| ClientError::Protocol(format!("link request: {e}")))?;
                     let device_key: [u8; 32] =
@@ -118,7 +121,9 @@ pub(crate) async fn approve_link(
         username: own.to_string(),
         identity_secret: identity.secret().to_vec(),
     };
-    let sealed_bundle = code.seal(&bundle.encode_to_vec()).map_err(link_error)?;
+    let sealed_bundle = code
+        .seal(LinkDirection::AccountBundle, &bundle.encode_to_vec())
+        .map_err(link_error)?;
     s.connection
         .request(client_frame::Body::CompleteLink(CompleteLink {
             link_id,
@@ -187,17 +192,23 @@ pub(crate) struct Joined {
 /// Joins an account as a new device with a code from one of its devices,
 /// creating the profile database in `dir`. Returns once the existing device
 /// approved and this one logged in.
-pub(crate) async fn join_link(dir: &Path, code: &str) -> Result<Joined, ClientError> {
+pub(crate) async fn join_link(
+    dir: &Path,
+    code: &str,
+    trust: &Trust,
+) -> Result<Joined, ClientError> {
     let code = LinkCode::parse(code).map_err(link_error)?;
     let db = crate::profile::open_new_profile(dir)?;
     let device = DeviceKey::generate();
     let device_id = DeviceId::random();
-    let mut t = Transport::connect(&code.server_url).await?;
+    let mut t = Transport::connect(&code.server_url, trust).await?;
     let request = LinkJoinRequest {
         device_id: device_id.as_bytes().to_vec(),
         device_key: device.public().to_vec(),
     };
-    let sealed_request = code.seal(&request.encode_to_vec()).map_err(link_error)?;
+    let sealed_request = code
+        .seal(LinkDirection::JoinRequest, &request.encode_to_vec())
+        .map_err(link_error)?;
     t.request(client_frame::Body::JoinLink(JoinLink {
         link_id: link_id(&code)?,
         sealed_request,
@@ -212,7 +223,9 @@ pub(crate) async fn join_link(dir: &Path, code: &str) -> Result<Joined, ClientEr
     })
     .await
     .map_err(|_| ClientError::Usage("the other device did not approve in time".into()))??;
-    let opened = code.open(&bundle).map_err(link_error)?;
+    let opened = code
+        .open(LinkDirection::AccountBundle, &bundle)
+        .map_err(link_error)?;
     let bundle = LinkBundle::decode(opened.as_slice())
         .map_err(|e| ClientError::Protocol(format!("link bundle: {e}")))?;
     let account = Account {
@@ -221,14 +234,7 @@ pub(crate) async fn join_link(dir: &Path, code: &str) -> Result<Joined, ClientEr
         device_id,
         device,
     };
-    let login = Login {
-        username: account.username.to_string(),
-        device_id: device_id.as_bytes().to_vec(),
-        challenge_signature: account
-            .device
-            .sign_login(&t.nonce, &account.username, device_id),
-    };
-    t.request(client_frame::Body::Login(login)).await?;
+    t.request(login_request(&account, &t.nonce)).await?;
     let log_key = t.log_key.clone();
     Ok(Joined {
         db,

@@ -299,9 +299,25 @@ pub(crate) fn pinned_head(db: &Connection) -> Result<Option<SignedTreeHead>, Cli
 
 /// Downloads the whole key log of the server at `server_url` and audits it:
 /// every entry's signature, every account's history, and that the entries
-/// hash to the root of the server's signed head.
-pub async fn audit(server_url: &str) -> Result<sotto_transparency::AuditReport, ClientError> {
-    let mut t = Transport::connect(server_url).await?;
+/// hash to the root of the server's signed head. With `log_key`, the
+/// server must announce exactly that key (a pin from a second source, such
+/// as the operator's website); otherwise the key it announces is audited.
+pub async fn audit(
+    server_url: &str,
+    trust: &crate::Trust,
+    log_key: Option<&[u8]>,
+) -> Result<sotto_transparency::AuditReport, ClientError> {
+    let mut t = Transport::connect(server_url, trust).await?;
+    if let Some(expected) = log_key
+        && expected != t.log_key.as_slice()
+    {
+        return Err(ClientError::KeyLog(format!(
+            "{server_url} announces the log key {}, not the one you gave ({}): \
+             this is not the server you meant, or it changed its key",
+            hex::encode(&t.log_key),
+            hex::encode(expected)
+        )));
+    }
     let head = match t
         .request(client_frame::Body::GetLogHead(GetLogHead {}))
         .await?

@@ -13,6 +13,7 @@ pub mod canary;
 mod client;
 mod conversations;
 mod devices;
+pub mod endpoint;
 mod inbound;
 mod key_packages;
 mod keys;
@@ -27,6 +28,7 @@ pub mod transport;
 
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo};
+pub use endpoint::Trust;
 pub use keys::audit;
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
@@ -74,6 +76,10 @@ pub enum ClientError {
     /// one direct. Nothing is sent to it.
     #[error("WARNING: {0}")]
     Roster(String),
+    /// The server's TLS certificate is not trusted, or TLS failed in a way
+    /// that retrying will not fix.
+    #[error("{0}")]
+    Certificate(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"

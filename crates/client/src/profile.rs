@@ -4,12 +4,13 @@
 //! rows it implies commit in one transaction, or not at all.
 
 use crate::ClientError;
+use crate::endpoint::Trust;
 use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, HistoryEntry};
 use openmls_rust_crypto::RustCrypto;
 use rusqlite::Connection;
 use sotto_core::group;
-use sotto_core::identity::{Account, MemberId, Username};
+use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, MemberId, Username};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -57,6 +58,72 @@ pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
 pub struct MemberInfo {
     pub username: String,
     pub device_id: String,
+}
+
+/// What a profile directory holds: the database, the account, and the
+/// server it talks to with what to trust on the way.
+pub(crate) struct Stored {
+    pub db: Connection,
+    pub account: Account,
+    pub server_url: String,
+    pub trust: Trust,
+    pub log_key: Vec<u8>,
+}
+
+impl Stored {
+    /// Opens the account stored in the profile `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Self, ClientError> {
+        let path = profile_db(dir);
+        if !path.exists() {
+            return Err(ClientError::Usage(format!(
+                "no account in profile {}; create one with `sotto register USERNAME --server URL`",
+                dir.display()
+            )));
+        }
+        let db = store::open(&path)?;
+        let row = store::load_profile(&db)?.ok_or_else(|| {
+            ClientError::Usage(format!(
+                "no account in profile {}; run `sotto register` first",
+                dir.display()
+            ))
+        })?;
+        let account = Account {
+            username: Username::parse(&row.username)?,
+            identity: IdentityKey::from_secret(&row.identity_secret)?,
+            device_id: DeviceId::from_slice(&row.device_id)?,
+            device: DeviceKey::from_secret(&row.device_secret)?,
+        };
+        let mut trust = Trust::web_roots().allow_insecure_transport(row.insecure_transport);
+        if let Some(pem) = row.ca_pem {
+            trust = trust.with_ca_pem(pem)?;
+        }
+        Ok(Self {
+            db,
+            account,
+            server_url: row.server_url,
+            trust,
+            log_key: row.log_key,
+        })
+    }
+
+    /// Saves a new profile: the account's keys, the server and the log key
+    /// pinned for it.
+    pub(crate) fn save(&self) -> Result<(), ClientError> {
+        let account = &self.account;
+        Ok(store::save_profile(
+            &self.db,
+            &store::ProfileRow {
+                username: account.username.to_string(),
+                server_url: self.server_url.clone(),
+                identity_secret: account.identity.secret().to_vec(),
+                device_id: account.device_id.as_bytes().to_vec(),
+                device_secret: account.device.secret().to_vec(),
+                log_key: self.log_key.clone(),
+                ca_pem: self.trust.ca_pem().map(str::to_owned),
+                insecure_transport: self.trust.insecure_transport,
+            },
+        )?)
+    }
 }
 
 /// The account on this device and its profile database. Async code takes

@@ -4,29 +4,49 @@
 //! outbox, the KeyPackage pool) do its part while the others are in use.
 
 use crate::ClientError;
+use crate::endpoint::Trust;
 use crate::key_packages::KeyPackagePool;
 use crate::keys::KeyLog;
 use crate::outbox::Outbox;
 use crate::profile::Profile;
 use crate::transport::Transport;
-use sotto_proto::v1::{client_frame, response};
+use sotto_core::identity::Account;
+use sotto_proto::v1::{Login, client_frame, response};
 use std::time::Duration;
 
 /// Ping interval while listening, well inside the server's idle timeout.
 pub(crate) const LISTEN_PING: Duration = Duration::from_secs(30);
+
+/// The request that logs `account`'s device in on a connection whose
+/// challenge was `nonce`.
+pub(crate) fn login_request(account: &Account, nonce: &[u8]) -> client_frame::Body {
+    client_frame::Body::Login(Login {
+        username: account.username.to_string(),
+        device_id: account.device_id.as_bytes().to_vec(),
+        challenge_signature: account
+            .device
+            .sign_login(nonce, &account.username, account.device_id),
+    })
+}
 
 /// The anonymous connection, borrowed apart from the rest of the client so
 /// the key log, the outbox and KeyPackage claims can ask the server while
 /// they hold their own state.
 pub(crate) struct Anonymous<'a> {
     server_url: &'a str,
+    trust: &'a Trust,
     connection: &'a mut Option<Transport>,
 }
 
 impl<'a> Anonymous<'a> {
-    pub(crate) fn new(server_url: &'a str, connection: &'a mut Option<Transport>) -> Self {
+    pub(crate) fn new(
+        server_url: &'a str,
+        trust: &'a Trust,
+        connection: &'a mut Option<Transport>,
+    ) -> Self {
         Self {
             server_url,
+            trust,
             connection,
         }
     }
@@ -43,7 +63,7 @@ impl<'a> Anonymous<'a> {
                 Some(t) => t,
                 None => self
                     .connection
-                    .insert(Transport::connect(self.server_url).await?),
+                    .insert(Transport::connect(self.server_url, self.trust).await?),
             };
             match t.request(body.clone()).await {
                 Err(ClientError::Network(e)) if attempt == 0 => {

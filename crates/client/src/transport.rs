@@ -2,6 +2,7 @@
 //! id, with pushed deliveries buffered until the caller asks for them.
 
 use crate::ClientError;
+use crate::endpoint::{ServerUrl, Trust};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
@@ -59,41 +60,28 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// `http://host:port` (or `ws://…`) → the server's WebSocket endpoint.
+/// `http[s]://host:port` (or `ws[s]://…`) → the server's WebSocket endpoint.
 pub fn websocket_url(server_url: &str) -> Result<String, ClientError> {
-    let trimmed = server_url.trim_end_matches('/');
-    let rest = if let Some(rest) = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("ws://"))
-    {
-        rest
-    } else if trimmed.starts_with("https://") || trimmed.starts_with("wss://") {
-        return Err(ClientError::Usage(format!(
-            "{server_url}: TLS is not supported by this client yet; put the server on loopback or a trusted network and use http://"
-        )));
-    } else {
-        return Err(ClientError::Usage(format!(
-            "{server_url}: the server URL must start with http:// or ws://"
-        )));
-    };
-    let rest = rest.strip_suffix("/ws").unwrap_or(rest);
-    Ok(format!("ws://{rest}/ws"))
+    Ok(ServerUrl::parse(server_url)?.websocket())
 }
 
 impl Transport {
-    /// Connects and reads the server's challenge.
-    pub async fn connect(server_url: &str) -> Result<Self, ClientError> {
-        let url = websocket_url(server_url)?;
+    /// Connects (over TLS for `https://`, see [`crate::endpoint`]) and
+    /// reads the server's challenge.
+    pub async fn connect(server_url: &str, trust: &Trust) -> Result<Self, ClientError> {
+        let server = ServerUrl::parse(server_url)?;
+        let url = server.websocket();
         let config = WebSocketConfig::default()
             .max_message_size(Some(sotto_proto::MAX_FRAME_BYTES))
             .max_frame_size(Some(sotto_proto::MAX_FRAME_BYTES));
-        let (ws, _) = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(&url, Some(config), false),
-        )
+        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let stream = server.open(trust).await?;
+            tokio_tungstenite::client_async_with_config(&url, stream, Some(config))
+                .await
+                .map_err(|e| ClientError::Network(format!("cannot connect to {url}: {e}")))
+        })
         .await
-        .map_err(|_| ClientError::Network(format!("connecting to {url} timed out")))?
-        .map_err(|e| ClientError::Network(format!("cannot connect to {url}: {e}")))?;
+        .map_err(|_| ClientError::Network(format!("connecting to {url} timed out")))??;
         let mut transport = Self {
             ws,
             next_request_id: 1,

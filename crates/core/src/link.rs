@@ -4,7 +4,7 @@
 //! and the key that seals what the two devices exchange through the server,
 //! so the server relays bytes it can neither read nor alter.
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -22,6 +22,25 @@ pub enum LinkError {
     BadCode,
     #[error("the link envelope was altered or sealed with another code")]
     BadSeal,
+}
+
+/// Which way a sealed link message goes. Bound into each seal, so the
+/// server cannot hand one direction's message back as the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDirection {
+    /// New device → existing device: the new device's id and key.
+    JoinRequest,
+    /// Existing device → new device: the account.
+    AccountBundle,
+}
+
+impl LinkDirection {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::JoinRequest => b"sotto-link-v1 join request",
+            Self::AccountBundle => b"sotto-link-v1 account bundle",
+        }
+    }
 }
 
 /// A one-time device-link code: `SECRETHEX@SERVERURL`.
@@ -78,25 +97,61 @@ impl LinkCode {
         Ok(ChaCha20Poly1305::new(Key::from_slice(key.as_ref())))
     }
 
-    /// Encrypts and authenticates `plaintext` under the code's key.
-    pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, LinkError> {
+    /// Encrypts and authenticates `plaintext` under the code's key, bound
+    /// to `direction`.
+    pub fn seal(&self, direction: LinkDirection, plaintext: &[u8]) -> Result<Vec<u8>, LinkError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: plaintext,
+            aad: direction.label(),
+        };
         let sealed = self
             .cipher()?
-            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .encrypt(Nonce::from_slice(&nonce), payload)
             .map_err(|_| LinkError::BadSeal)?;
         Ok([nonce.as_slice(), &sealed].concat())
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, LinkError> {
+    /// Opens what [`LinkCode::seal`] sealed for `direction`.
+    pub fn open(
+        &self,
+        direction: LinkDirection,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
         let (nonce, ciphertext) = sealed
             .split_at_checked(NONCE_LEN)
             .ok_or(LinkError::BadSeal)?;
+        let payload = Payload {
+            msg: ciphertext,
+            aad: direction.label(),
+        };
         self.cipher()?
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .decrypt(Nonce::from_slice(nonce), payload)
             .map(Zeroizing::new)
             .map_err(|_| LinkError::BadSeal)
+    }
+
+    /// Twelve digits both devices show for the joining device (its id and
+    /// key, under this code), so the user can check that the device asking
+    /// to join is the one in their hand and not someone who saw the code.
+    pub fn fingerprint(&self, device_id: &[u8], device_key: &[u8]) -> Result<String, LinkError> {
+        use sha2::Digest as _;
+        let digest = Sha256::new()
+            .chain_update(b"sotto-link-v1 fingerprint")
+            .chain_update(self.link_id()?)
+            .chain_update(device_id)
+            .chain_update(device_key)
+            .finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(digest.get(..8).ok_or(LinkError::BadCode)?);
+        let digits = format!("{:012}", u64::from_be_bytes(first) % 1_000_000_000_000);
+        Ok(digits
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 }
 
@@ -119,13 +174,19 @@ mod tests {
         let code = LinkCode::generate("http://127.0.0.1:8420");
         let parsed = LinkCode::parse(&code.reveal()).unwrap();
         assert_eq!(parsed.link_id().unwrap(), code.link_id().unwrap());
-        let sealed = code.seal(b"the account").unwrap();
-        assert_eq!(parsed.open(&sealed).unwrap().as_slice(), b"the account");
+        let bundle = LinkDirection::AccountBundle;
+        let sealed = code.seal(bundle, b"the account").unwrap();
+        assert_eq!(
+            parsed.open(bundle, &sealed).unwrap().as_slice(),
+            b"the account"
+        );
         let mut tampered = sealed.clone();
         tampered[20] ^= 1;
-        assert!(parsed.open(&tampered).is_err());
+        assert!(parsed.open(bundle, &tampered).is_err());
+        // A message of one direction does not open as the other's.
+        assert!(parsed.open(LinkDirection::JoinRequest, &sealed).is_err());
         let other = LinkCode::generate("http://127.0.0.1:8420");
-        assert!(other.open(&sealed).is_err());
+        assert!(other.open(bundle, &sealed).is_err());
         assert_ne!(other.link_id().unwrap(), code.link_id().unwrap());
         assert!(!format!("{code:?}").contains(&code.reveal()[..32]));
         for bad in [
@@ -137,5 +198,21 @@ mod tests {
         ] {
             assert!(LinkCode::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_fingerprint_is_twelve_digits_bound_to_code_and_device() {
+        let code = LinkCode::generate("http://127.0.0.1:8420");
+        let shown = code.fingerprint(b"device-1", b"key-1").unwrap();
+        assert_eq!(shown.len(), 14, "{shown}");
+        assert!(
+            shown.chars().all(|c| c.is_ascii_digit() || c == ' '),
+            "{shown}"
+        );
+        let parsed = LinkCode::parse(&code.reveal()).unwrap();
+        assert_eq!(parsed.fingerprint(b"device-1", b"key-1").unwrap(), shown);
+        assert_ne!(code.fingerprint(b"device-1", b"key-2").unwrap(), shown);
+        let other = LinkCode::generate("http://127.0.0.1:8420");
+        assert_ne!(other.fingerprint(b"device-1", b"key-1").unwrap(), shown);
     }
 }

@@ -60,6 +60,15 @@ pub struct ServerConfig {
     /// a restart, previous-epoch messages are refused. A member removed by
     /// the commit can post for at most this long. Default 60 s.
     pub previous_epoch_grace: Duration,
+    /// Terminate TLS with this certificate and key (`--tls-cert`,
+    /// `--tls-key`). Default `None`: plain HTTP, for loopback or behind a
+    /// proxy that terminates TLS.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Host names this server answers to (`--server-name`), besides IP
+    /// addresses, `localhost` and, with TLS, the names on its certificate.
+    /// A request naming any other host is refused (421), against DNS
+    /// rebinding. Default empty.
+    pub server_names: Vec<String>,
 }
 
 /// Who may create an account.
@@ -87,6 +96,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             max_db_bytes: None,
             previous_epoch_grace: DEFAULT_PREVIOUS_EPOCH_GRACE,
+            tls: None,
+            server_names: Vec::new(),
         }
     }
 }

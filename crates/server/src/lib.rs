@@ -29,6 +29,7 @@ pub mod config;
 mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod host_check;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
@@ -36,6 +37,7 @@ mod rate_limit;
 mod session;
 mod socket;
 pub mod store;
+pub mod tls;
 mod transparency_log;
 
 use std::future::Future;
@@ -85,6 +87,9 @@ pub enum ServerError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Serving connections failed.
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -123,6 +128,7 @@ pub struct Server {
     local_addr: SocketAddr,
     store: SqliteStore,
     log: TransparencyLog,
+    tls: Option<tls::Tls>,
     config: ServerConfig,
 }
 
@@ -197,6 +203,9 @@ impl Server {
     /// Opens (or creates) the data directory and its SQLite database, and
     /// binds the listen address.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        // The certificate first: a typo in its path should not leave a
+        // freshly created data directory behind.
+        let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
         let dir = config.data_dir.clone();
         let quota = config.max_db_bytes;
         let store = tokio::task::spawn_blocking(move || SqliteStore::open_with_quota(&dir, quota))
@@ -221,11 +230,18 @@ impl Server {
                 source,
             })?;
         let local_addr = listener.local_addr()?;
+        if tls.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "serving plain HTTP beyond loopback: clients will refuse it unless a proxy terminates TLS in front (or use --tls-cert and --tls-key)"
+            );
+        }
         Ok(Server {
             listener,
             local_addr,
             store,
             log,
+            tls,
             config,
         })
     }
@@ -233,6 +249,13 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The URL clients connect to: `https://` when the server terminates
+    /// TLS, `http://` otherwise.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every
@@ -245,6 +268,7 @@ impl Server {
             listener,
             store,
             log,
+            tls,
             config,
             ..
         } = self;
@@ -263,6 +287,11 @@ impl Server {
             SWEEP_INTERVAL,
             stop_rx.clone(),
         ));
+        let tls_stop = stop_rx.clone();
+        let host_check = Arc::new(host_check::HostCheck::new(
+            &config.server_names,
+            tls.clone(),
+        ));
         let state = Arc::new(AppState {
             ctx,
             connections: Arc::clone(&connections),
@@ -276,25 +305,42 @@ impl Server {
             .route("/ws", get(websocket))
             .route("/health", get(health))
             .route("/canary", get(canary))
+            .layer(axum::middleware::from_fn_with_state(
+                host_check,
+                host_check::refuse_other_hosts,
+            ))
             .with_state(state);
         tracing::info!("serving");
-        // Small frames (a Done, a Delivery) must not wait for Nagle's
-        // algorithm: without this, answers stalled ~40 ms behind delayed ACKs.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
-        })
-        .await;
+        };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let served = match tls {
+            None => {
+                // Small frames (a Done, a Delivery) must not wait for Nagle's
+                // algorithm: without this, answers stalled ~40 ms behind
+                // delayed ACKs.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => {
+                tokio::spawn(tls.clone().watch_files(tls_stop));
+                // `tap_io` with nothing to do: it gives the TLS listener
+                // axum's connect-info (the peer address) for free.
+                let listener = tls::TlsListener::new(listener, &tls)?.tap_io(|_| {});
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
         // Upgraded WebSocket connections are not tracked by `axum::serve`;
         // each holds a permit until it has closed.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);

@@ -33,7 +33,8 @@ struct Args {
     command: Option<Command>,
 
     /// Address to listen on. Use 0.0.0.0:PORT to accept connections from
-    /// other machines (put TLS in front), or port 0 for any free port.
+    /// other machines (with --tls-cert and --tls-key, or a TLS proxy in
+    /// front), or port 0 for any free port.
     #[arg(
         long,
         env = "SOTTO_LISTEN",
@@ -99,6 +100,34 @@ struct Args {
     /// every contact downloads).
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     max_devices_per_account: u64,
+
+    /// Serve TLS (https:// and wss://) with this certificate chain (PEM,
+    /// server certificate first). Re-read when the file changes or on
+    /// SIGHUP, without dropping open connections.
+    #[arg(
+        long,
+        env = "SOTTO_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// A host name this server answers to (e.g. chat.example.org), when
+    /// clients reach it by a name its TLS certificate does not list (a
+    /// proxy in front, say); repeat for several. Requests for other names
+    /// are refused, against DNS rebinding. IP addresses, localhost and the
+    /// certificate's names are always accepted.
+    #[arg(long = "server-name", env = "SOTTO_SERVER_NAME", value_name = "NAME")]
+    server_names: Vec<String>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "SOTTO_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,18 +312,20 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         max_db_bytes: args.max_db_bytes,
         previous_epoch_grace: Duration::from_secs(args.previous_epoch_grace_secs),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| sotto_server::tls::TlsConfig::new(cert, key)),
+        server_names: args.server_names,
     };
     let server = Server::bind(config)
         .await
         .context("cannot start sotto-server")?;
-    let addr = server.local_addr();
+    let url = server.url();
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "sotto-server listening on http://{addr}")?;
-        writeln!(
-            out,
-            "connect with: sotto register NAME --server http://{addr}"
-        )?;
+        writeln!(out, "sotto-server listening on {url}")?;
+        writeln!(out, "connect with: sotto register NAME --server {url}")?;
         out.flush()?;
     }
     server

@@ -16,6 +16,7 @@
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;
+pub mod tls;
 pub mod wire;
 pub use hostile::{ConnView, HostileProxy, Reorder, Tamper};
 pub use mallory::Mallory;
@@ -36,6 +37,8 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     addr: SocketAddr,
     data_dir: PathBuf,
+    /// Set when the server terminates TLS: its certificate files.
+    tls: Option<sotto_server::tls::TlsConfig>,
     _temp: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -61,6 +64,38 @@ impl TestServer {
         server
     }
 
+    /// Starts a server that terminates TLS with a certificate for loopback
+    /// issued by `ca`, re-reading its files every 100 ms. Its
+    /// [`TestServer::url`] is `https://127.0.0.1:PORT`; the certificate
+    /// files are in [`TestServer::tls_dir`].
+    pub async fn start_tls(ca: &tls::TestCa) -> Self {
+        Self::start_tls_with(ca.issue("sotto test server"), |_| {}).await
+    }
+
+    /// Like [`TestServer::start_tls`], with a given certificate and adjusted
+    /// configuration.
+    pub async fn start_tls_with(
+        certificate: tls::ServerCertificate,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        Self::start_with(|config| {
+            adjust(config);
+            let dir = config.data_dir.join("tls");
+            std::fs::create_dir_all(&dir).expect("tls dir");
+            let (cert, key) = certificate.write(&dir);
+            config.tls = Some(sotto_server::tls::TlsConfig {
+                reload_interval: std::time::Duration::from_millis(100),
+                ..sotto_server::tls::TlsConfig::new(cert, key)
+            });
+        })
+        .await
+    }
+
+    /// Where a TLS server's `cert.pem` and `key.pem` are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
     /// Starts a server on an existing data directory (to test restarts).
     pub async fn start_in(data_dir: &Path) -> Self {
         Self::start_in_with(data_dir, |_| {}).await
@@ -73,6 +108,7 @@ impl TestServer {
             ..ServerConfig::default()
         };
         adjust(&mut config);
+        let tls = config.tls.clone();
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel();
@@ -87,14 +123,17 @@ impl TestServer {
         Self {
             addr,
             data_dir: data_dir.to_path_buf(),
+            tls,
             _temp: None,
             shutdown: Some(tx),
             task: Some(task),
         }
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://…` for [`TestServer::start_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -123,11 +162,13 @@ impl TestServer {
     }
 
     /// Shuts the server down gracefully and starts a new one on the same
-    /// data directory, with the default configuration.
+    /// data directory, with the default configuration (and the same TLS
+    /// certificate files, if it had any).
     pub async fn restart(mut self) -> Self {
         self.stop_in_place().await;
         let temp = self._temp.take();
-        let mut server = Self::start_in_with(&self.data_dir, |_| {}).await;
+        let tls = self.tls.take();
+        let mut server = Self::start_in_with(&self.data_dir, |c| c.tls = tls).await;
         server._temp = temp;
         server
     }

@@ -64,7 +64,9 @@ impl Mallory {
     pub async fn register(url: &str, name: &str) -> Self {
         let account = Account::generate(Username::parse(name).expect("username"));
         let provider = OpenMlsRustCrypto::default();
-        let mut conn = Transport::connect(url).await.expect("connect");
+        let mut conn = Transport::connect(url, &sotto_client::Trust::web_roots())
+            .await
+            .expect("connect");
         let register = Register {
             username: account.username.to_string(),
             identity_key: account.identity_public().to_vec(),
@@ -90,7 +92,9 @@ impl Mallory {
         }))
         .await
         .expect("upload key packages");
-        let anonymous = Transport::connect(url).await.expect("connect");
+        let anonymous = Transport::connect(url, &sotto_client::Trust::web_roots())
+            .await
+            .expect("connect");
         Self {
             account,
             provider,
@@ -111,7 +115,9 @@ impl Mallory {
 
     /// A fresh connection that never registered: an outsider's.
     pub async fn outsider(&self) -> Transport {
-        Transport::connect(&self.url).await.expect("connect")
+        Transport::connect(&self.url, &sotto_client::Trust::web_roots())
+            .await
+            .expect("connect")
     }
 
     /// KeyPackages for every device of `user`, certified by the account's

@@ -8,7 +8,7 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
-use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry};
+use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry, Trust};
 use sotto_testkit::{TestServer, register};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -37,7 +37,8 @@ async fn link(existing: &mut Client) -> (Client, TempDir) {
     let code = existing.open_link().await.unwrap();
     let path = dir.path().to_path_buf();
     let text = code.reveal();
-    let joining = tokio::spawn(async move { Client::join_link(&path, &text).await });
+    let joining =
+        tokio::spawn(async move { Client::join_link(&path, &text, &Trust::web_roots()).await });
     let request = existing.wait_for_link_request(&code).await.unwrap();
     existing.approve_link(&code, &request).await.unwrap();
     let new = joining.await.unwrap().unwrap();
@@ -209,11 +210,11 @@ async fn a_wrong_link_code_is_refused() {
         let _code = bob.open_link().await.unwrap();
         let other = sotto_client::LinkCode::generate(&server.url());
         let dir = TempDir::new().unwrap();
-        let err = Client::join_link(dir.path(), &other.reveal())
+        let err = Client::join_link(dir.path(), &other.reveal(), &Trust::web_roots())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("unknown or expired"), "{err}");
-        let err = Client::join_link(dir.path(), "not-a-code")
+        let err = Client::join_link(dir.path(), "not-a-code", &Trust::web_roots())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not a link code"), "{err}");

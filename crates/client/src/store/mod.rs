@@ -26,7 +26,7 @@ pub use profile::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -119,6 +119,14 @@ CREATE TABLE device_log (
 ALTER TABLE groups ADD COLUMN dropped_from_former_members INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 3: what the profile trusts to reach its server (TLS).
+const MIGRATION_3: &str = "
+-- PEM of a CA the user gave with --ca-file (a self-signed server).
+ALTER TABLE profile ADD COLUMN ca_pem TEXT;
+-- --insecure-transport: plain http:// to a host other than loopback.
+ALTER TABLE profile ADD COLUMN insecure_transport INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Opens (creating if needed) the profile database and runs migrations,
 /// openmls' included.
 pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
@@ -134,7 +142,10 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
         if version < 1 {
             tx.execute_batch(SCHEMA)?;
         }
-        tx.execute_batch(MIGRATION_2)?;
+        if version < 2 {
+            tx.execute_batch(MIGRATION_2)?;
+        }
+        tx.execute_batch(MIGRATION_3)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }

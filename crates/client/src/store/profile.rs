@@ -12,6 +12,10 @@ pub struct ProfileRow {
     pub device_id: Vec<u8>,
     pub device_secret: Vec<u8>,
     pub log_key: Vec<u8>,
+    /// PEM of the CA given with `--ca-file`, if any.
+    pub ca_pem: Option<String>,
+    /// `--insecure-transport`.
+    pub insecure_transport: bool,
 }
 
 impl std::fmt::Debug for ProfileRow {
@@ -25,7 +29,8 @@ impl std::fmt::Debug for ProfileRow {
 
 pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError> {
     conn.query_row(
-        "SELECT username, server_url, identity_secret, device_id, device_secret, log_key
+        "SELECT username, server_url, identity_secret, device_id, device_secret, log_key,
+                ca_pem, insecure_transport
          FROM profile",
         [],
         |r| {
@@ -36,6 +41,8 @@ pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError>
                 device_id: r.get(3)?,
                 device_secret: r.get(4)?,
                 log_key: r.get(5)?,
+                ca_pem: r.get(6)?,
+                insecure_transport: r.get(7)?,
             })
         },
     )
@@ -44,15 +51,18 @@ pub fn load_profile(conn: &Connection) -> Result<Option<ProfileRow>, StoreError>
 
 pub fn save_profile(conn: &Connection, row: &ProfileRow) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret, log_key)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO profile (id, username, server_url, identity_secret, device_id, device_secret,
+                              log_key, ca_pem, insecure_transport)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             row.username,
             row.server_url,
             row.identity_secret,
             row.device_id,
             row.device_secret,
-            row.log_key
+            row.log_key,
+            row.ca_pem,
+            row.insecure_transport
         ],
     )?;
     Ok(())
@@ -65,9 +75,17 @@ pub struct Contact {
     pub verified: bool,
 }
 
-/// Points the profile at another server URL.
-pub fn set_server_url(conn: &Connection, url: &str) -> Result<(), StoreError> {
-    conn.execute("UPDATE profile SET server_url = ?1", [url])?;
+/// Points the profile at another server URL, trusting `ca_pem` for it.
+pub fn set_server_url(
+    conn: &Connection,
+    url: &str,
+    ca_pem: Option<&str>,
+    insecure_transport: bool,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE profile SET server_url = ?1, ca_pem = ?2, insecure_transport = ?3",
+        params![url, ca_pem, insecure_transport],
+    )?;
     Ok(())
 }
 
