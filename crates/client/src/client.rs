@@ -1,111 +1,53 @@
+//! [`Client`]: one account on this device. It owns the pieces (the profile,
+//! the key log, the outbox, the KeyPackage pool, the two connections) and
+//! the public API; each method connects if it must and hands the pieces, as
+//! a [`Session`], to the module that does the work.
+
 use crate::ClientError;
+use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
-use crate::provider::MlsProvider;
-use crate::store::{self, Conversation, ConversationKind, HistoryEntry};
+use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
+use crate::keys::KeyLog;
+use crate::outbox::{CommitOutcome, Outbox};
+use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
+use crate::session::{Anonymous, Session, login_request};
+use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use openmls_rust_crypto::RustCrypto;
+use crate::{conversations, membership, receive};
 use rusqlite::Connection;
-use sotto_core::group;
-use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, MemberId, Username};
-use sotto_proto::v1::{Login, Register, UploadKeyPackages, client_frame, response};
+use sotto_core::identity::{Account, DeviceId, Username};
+use sotto_core::link::LinkCode;
+use sotto_core::safety::SafetyNumber;
+use sotto_proto::v1::{Register, client_frame, response};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// One-time KeyPackages a device keeps on the server.
-pub(crate) const KEY_PACKAGE_POOL: u32 = 20;
-/// Below this many, the device tops its pool up.
-pub(crate) const KEY_PACKAGE_LOW: u32 = 10;
-/// How often a commit is retried when other members commit first.
-pub(crate) const MAX_COMMIT_ATTEMPTS: usize = 8;
-/// Ping interval while listening, well inside the server's idle timeout.
-pub(crate) const LISTEN_PING: Duration = Duration::from_secs(30);
-
-/// The verdict on a commit this device submitted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Accepted and merged.
-    Accepted,
-    /// Another member's commit for the same epoch won; ours was dropped.
-    Rejected { current_epoch: u64 },
-}
-
-/// A member device of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct MemberInfo {
-    pub username: String,
-    pub device_id: String,
-}
 
 /// A Sotto account on this device: its profile database and, while
 /// connected, its connection to the server.
 pub struct Client {
-    pub(crate) db: Connection,
-    pub(crate) crypto: RustCrypto,
-    pub(crate) account: Account,
-    pub(crate) server_url: String,
+    profile: Profile,
+    server_url: String,
     /// What to trust on the way to the server (TLS roots, plain HTTP).
-    pub(crate) trust: Trust,
-    pub(crate) transport: Option<Transport>,
-    pub(crate) key_packages_low: bool,
-    /// History lines this device caused itself (its own accepted commits),
-    /// handed out with the next batch of received lines.
-    pub(crate) own_lines: Vec<HistoryEntry>,
+    trust: Trust,
+    /// The logged-in connection: the mailbox, and requests that must say
+    /// who asks (KeyPackage uploads, device and link changes).
+    transport: Option<Transport>,
     /// A connection that never logs in, for everything that need not say who
     /// asks: sends (authorised by the group's capability), KeyPackage claims
     /// and key-log lookups. Sealed sender.
-    pub(crate) anonymous: Option<Transport>,
-    /// The server's transparency-log key, pinned when the profile was made.
-    pub(crate) log_key: Vec<u8>,
-    pub(crate) accounts: crate::keys::Accounts,
+    anonymous: Option<Transport>,
+    key_log: KeyLog,
+    outbox: Outbox,
+    key_packages: KeyPackagePool,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("username", &self.account.username)
-            .field("device_id", &self.account.device_id)
+            .field("username", &self.profile.account.username)
+            .field("device_id", &self.profile.account.device_id)
             .field("server_url", &self.server_url)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn random_id() -> Vec<u8> {
-    rand::random::<[u8; sotto_proto::ID_LEN]>().to_vec()
-}
-
-pub(crate) fn profile_db(dir: &Path) -> std::path::PathBuf {
-    dir.join("sotto.db")
-}
-
-/// Creates (or opens) the profile database in `dir`, which must not hold an
-/// account yet.
-pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| {
-        ClientError::Usage(format!(
-            "cannot create profile directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let db = store::open(&profile_db(dir))?;
-    if let Some(existing) = store::load_profile(&db)? {
-        return Err(ClientError::Usage(format!(
-            "profile {} already holds the account {}; use another --profile",
-            dir.display(),
-            existing.username
-        )));
-    }
-    Ok(db)
 }
 
 impl Client {
@@ -154,7 +96,7 @@ impl Client {
     /// Saves a new profile and finishes setting up its device: checks the
     /// account's own log entries (pinning the log head) and uploads
     /// KeyPackages.
-    pub(crate) async fn create(
+    async fn create(
         db: Connection,
         account: Account,
         server_url: &str,
@@ -162,100 +104,60 @@ impl Client {
         log_key: Vec<u8>,
         mut transport: Transport,
     ) -> Result<Self, ClientError> {
-        store::save_profile(
-            &db,
-            &store::ProfileRow {
-                username: account.username.to_string(),
-                server_url: server_url.to_owned(),
-                identity_secret: account.identity.secret().to_vec(),
-                device_id: account.device_id.as_bytes().to_vec(),
-                device_secret: account.device.secret().to_vec(),
-                log_key: log_key.clone(),
-                ca_pem: trust.ca_pem().map(str::to_owned),
-                insecure_transport: trust.insecure_transport,
-            },
-        )?;
-        let mut client =
-            Self::from_parts(db, account, server_url.to_owned(), trust.clone(), log_key);
-        let own = client.account.username.clone();
-        let state = client.verify_account(&own).await?;
-        if state.devices.get(client.account.device_id.as_bytes())
-            != Some(&client.account.device.public())
-        {
-            return Err(ClientError::KeyLog(
-                "the key log does not list this device for your account".into(),
-            ));
-        }
+        let stored = Stored {
+            db,
+            account,
+            server_url: server_url.to_owned(),
+            trust: trust.clone(),
+            log_key,
+        };
+        stored.save()?;
+        let mut client = Self::from_stored(stored);
+        let mut anonymous =
+            Anonymous::new(&client.server_url, &client.trust, &mut client.anonymous);
         client
-            .upload_key_packages(&mut transport, KEY_PACKAGE_POOL, true)
+            .key_log
+            .verify_this_device(&mut client.profile, &mut anonymous)
+            .await?;
+        client
+            .key_packages
+            .upload(&mut client.profile, &mut transport, KEY_PACKAGE_POOL, true)
             .await?;
         client.transport = Some(transport);
         Ok(client)
     }
 
-    pub(crate) fn from_parts(
-        db: Connection,
-        account: Account,
-        server_url: String,
-        trust: Trust,
-        log_key: Vec<u8>,
-    ) -> Self {
-        Self {
+    fn from_stored(stored: Stored) -> Self {
+        let Stored {
             db,
-            crypto: RustCrypto::default(),
             account,
             server_url,
             trust,
-            transport: None,
-            key_packages_low: false,
-            own_lines: Vec::new(),
-            anonymous: None,
             log_key,
-            accounts: Default::default(),
+        } = stored;
+        Self {
+            profile: Profile::new(db, account),
+            server_url,
+            trust,
+            transport: None,
+            anonymous: None,
+            key_log: KeyLog::new(log_key),
+            outbox: Outbox::default(),
+            key_packages: KeyPackagePool::default(),
         }
     }
 
     /// Opens the account stored in the profile `dir`.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
-        let path = profile_db(dir);
-        if !path.exists() {
-            return Err(ClientError::Usage(format!(
-                "no account in profile {}; create one with `sotto register USERNAME --server URL`",
-                dir.display()
-            )));
-        }
-        let db = store::open(&path)?;
-        let row = store::load_profile(&db)?.ok_or_else(|| {
-            ClientError::Usage(format!(
-                "no account in profile {}; run `sotto register` first",
-                dir.display()
-            ))
-        })?;
-        let account = Account {
-            username: Username::parse(&row.username)?,
-            identity: IdentityKey::from_secret(&row.identity_secret)?,
-            device_id: DeviceId::from_slice(&row.device_id)?,
-            device: DeviceKey::from_secret(&row.device_secret)?,
-        };
-        let mut trust = Trust::web_roots().allow_insecure_transport(row.insecure_transport);
-        if let Some(pem) = row.ca_pem {
-            trust = trust.with_ca_pem(pem)?;
-        }
-        Ok(Self::from_parts(
-            db,
-            account,
-            row.server_url,
-            trust,
-            row.log_key,
-        ))
+        Ok(Self::from_stored(Stored::open(dir)?))
     }
 
     pub fn username(&self) -> &Username {
-        &self.account.username
+        &self.profile.account.username
     }
 
     pub fn device_id(&self) -> DeviceId {
-        self.account.device_id
+        self.profile.account.device_id
     }
 
     pub fn server_url(&self) -> &str {
@@ -264,7 +166,29 @@ impl Client {
 
     /// Hex of the account's identity key.
     pub fn identity_key(&self) -> String {
-        hex::encode(self.account.identity_public())
+        hex::encode(self.profile.account.identity_public())
+    }
+
+    /// Points this profile at another server URL (the server moved),
+    /// trusting what it trusted before.
+    pub fn set_server_url(&mut self, url: &str) -> Result<(), ClientError> {
+        self.set_server(url, self.trust.clone())
+    }
+
+    /// Points this profile at another server URL with what to trust for it.
+    pub fn set_server(&mut self, url: &str, trust: Trust) -> Result<(), ClientError> {
+        crate::endpoint::ServerUrl::parse(url)?.check(&trust)?;
+        store::set_server_url(
+            &self.profile.db,
+            url,
+            trust.ca_pem(),
+            trust.insecure_transport,
+        )?;
+        self.server_url = url.to_owned();
+        self.trust = trust;
+        self.transport = None;
+        self.anonymous = None;
+        Ok(())
     }
 
     /// Closes the connections, if any.
@@ -277,232 +201,247 @@ impl Client {
         }
     }
 
-    /// Sends a request on the anonymous connection, connecting it if needed;
-    /// a request whose connection failed is tried once more on a new one
-    /// (everything sent here is safe to repeat).
-    pub(crate) async fn anonymous_request(
-        &mut self,
-        body: client_frame::Body,
-    ) -> Result<response::Result, ClientError> {
-        for attempt in 0..2 {
-            let t = match self.anonymous.as_mut() {
-                Some(t) => t,
-                None => self
-                    .anonymous
-                    .insert(Transport::connect(&self.server_url, &self.trust).await?),
-            };
-            match t.request(body.clone()).await {
-                Err(ClientError::Network(e)) if attempt == 0 => {
-                    tracing::debug!("anonymous connection failed, reconnecting: {e}");
-                    self.anonymous = None;
-                }
-                Err(e @ ClientError::Network(_)) => {
-                    self.anonymous = None;
-                    return Err(e);
-                }
-                other => return other,
-            }
-        }
-        Err(ClientError::Network(
-            "the server keeps closing the connection".into(),
-        ))
-    }
-
-    /// Runs `f` in one transaction of the profile database, with an MLS
-    /// provider over the same transaction: MLS state and Sotto's own tables
-    /// commit together, or (on any error) not at all.
-    pub(crate) fn in_transaction<T>(
-        &self,
-        f: impl FnOnce(&MlsProvider<'_>, &Connection) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        let tx = self.db.unchecked_transaction()?;
-        let out = f(&MlsProvider::new(&self.crypto, &tx), &tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
+    // ------------------------------------------------------------ connections
 
     /// Runs `op` with a logged-in connection, connecting first if needed. A
     /// connection that failed is dropped, so the next call reconnects.
-    pub(crate) async fn connected<T>(
+    async fn connected<T>(
         &mut self,
-        op: impl AsyncFnOnce(&mut Self, &mut Transport) -> Result<T, ClientError>,
+        op: impl AsyncFnOnce(&mut Session<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let mut t = match self.transport.take() {
             Some(t) => t,
             None => self.login().await?,
         };
-        let result = op(self, &mut t).await;
+        let mut session = Session {
+            profile: &mut self.profile,
+            key_log: &mut self.key_log,
+            outbox: &mut self.outbox,
+            key_packages: &mut self.key_packages,
+            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous),
+            connection: &mut t,
+        };
+        let result = op(&mut session).await;
         if !matches!(result, Err(ClientError::Network(_))) {
             self.transport = Some(t);
         }
         result
     }
 
-    pub(crate) async fn login(&mut self) -> Result<Transport, ClientError> {
+    async fn login(&mut self) -> Result<Transport, ClientError> {
         let mut t = Transport::connect(&self.server_url, &self.trust).await?;
-        if t.log_key != self.log_key {
+        if t.log_key != self.key_log.log_key() {
             return Err(ClientError::KeyLog(
                 "the server's key-log key changed since this profile was made; \
                  this is not the server you registered with, or it was reset"
                     .into(),
             ));
         }
-        let login = Login {
-            username: self.account.username.to_string(),
-            device_id: self.account.device_id.as_bytes().to_vec(),
-            challenge_signature: self.account.device.sign_login(
-                &t.nonce,
-                &self.account.username,
-                self.account.device_id,
-            ),
-        };
-        if let response::Result::LoggedIn(status) =
-            t.request(client_frame::Body::Login(login)).await?
+        let login = login_request(&self.profile.account, &t.nonce);
+        if let response::Result::LoggedIn(status) = t.request(login).await?
             && (status.key_packages_remaining < KEY_PACKAGE_LOW || !status.has_last_resort)
         {
             let missing = KEY_PACKAGE_POOL.saturating_sub(status.key_packages_remaining);
-            self.upload_key_packages(&mut t, missing, !status.has_last_resort)
+            self.key_packages
+                .upload(&mut self.profile, &mut t, missing, !status.has_last_resort)
                 .await?;
         }
-        self.accounts.fresh.clear();
-        self.refresh_head().await?;
-        self.flush_outbox().await?;
+        self.key_log.start_round();
+        let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
+        self.key_log
+            .refresh_head(&mut self.profile, &mut anonymous)
+            .await?;
+        self.outbox.flush(&mut self.profile, &mut anonymous).await?;
         Ok(t)
     }
 
-    pub(crate) async fn upload_key_packages(
+    // ------------------------------------------------------------ sending
+
+    /// Sends a text to `peer`, starting a direct conversation if needed.
+    pub async fn send_direct(
         &mut self,
-        t: &mut Transport,
-        count: u32,
-        last_resort: bool,
+        peer: &str,
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
+        let peer = Username::parse(peer)?;
+        if peer == self.profile.account.username {
+            return Err(ClientError::Usage(
+                "you cannot start a conversation with yourself".into(),
+            ));
+        }
+        conversations::check_text(text)?;
+        self.connected(async |s| conversations::send_direct(s, &peer, text).await)
+            .await
+    }
+
+    /// Sends a text to the group `name`.
+    pub async fn send_group(
+        &mut self,
+        name: &str,
+        text: &str,
+    ) -> Result<HistoryEntry, ClientError> {
+        conversations::check_text(text)?;
+        self.connected(async |s| conversations::send_group(s, name, text).await)
+            .await
+    }
+
+    // ------------------------------------------------------------ membership
+
+    /// Creates the group `name` with the given members.
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[String],
     ) -> Result<(), ClientError> {
-        let (key_packages, last_resort) = self.in_transaction(|provider, _tx| {
-            let key_packages = (0..count)
-                .map(|_| group::new_key_package(provider, &self.account, false))
-                .collect::<Result<Vec<_>, _>>()?;
-            let last_resort = if last_resort {
-                group::new_key_package(provider, &self.account, true)?
-            } else {
-                Vec::new()
-            };
-            Ok((key_packages, last_resort))
-        })?;
-        t.request(client_frame::Body::UploadKeyPackages(UploadKeyPackages {
-            key_packages,
-            last_resort,
-        }))
-        .await?;
-        self.key_packages_low = false;
-        Ok(())
+        let usernames = membership::new_group_members(&self.profile, name, members)?;
+        self.connected(async |s| membership::create_group(s, name, &usernames).await)
+            .await
+    }
+
+    /// Adds `username` (all their devices) to the group `name`.
+    pub async fn add_member(&mut self, name: &str, username: &str) -> Result<(), ClientError> {
+        let user = Username::parse(username)?;
+        self.connected(async |s| membership::add_member(s, name, &user).await)
+            .await
+    }
+
+    /// Removes `username` (all their devices) from the group `name`.
+    pub async fn remove_member(&mut self, name: &str, username: &str) -> Result<(), ClientError> {
+        let user = Username::parse(username)?;
+        self.connected(async |s| membership::remove_member(s, name, &user).await)
+            .await
+    }
+
+    /// Leaves the group `name`: proposes this device's removal (a remaining
+    /// member commits it) and stops showing the conversation's messages.
+    pub async fn leave_group(&mut self, name: &str) -> Result<(), ClientError> {
+        self.connected(async |s| membership::leave_group(s, name).await)
+            .await
+    }
+
+    /// Updates this device's keys in the group `name` (post-compromise
+    /// security), retrying if another member commits first.
+    pub async fn update_keys(&mut self, name: &str) -> Result<(), ClientError> {
+        self.connected(async |s| membership::update_keys(s, name).await)
+            .await
+    }
+
+    // ------------------------------------------------------------ receiving
+
+    /// Receives and processes everything queued for this device, commits
+    /// proposals other members are waiting on, and returns the new history
+    /// lines (warnings included).
+    pub async fn sync(&mut self) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.connected(async |s| receive::sync(s).await).await
+    }
+
+    /// Stays connected and calls `on_entry` for every new history line until
+    /// the connection fails.
+    pub async fn listen(&mut self, on_entry: impl FnMut(&HistoryEntry)) -> Result<(), ClientError> {
+        self.connected(async |s| receive::listen(s, on_entry).await)
+            .await
+    }
+
+    // ------------------------------------------------------------ keys
+
+    /// The safety number of this account and `username`, and whether the
+    /// user marked it verified. With `accept_new_identity`, a changed
+    /// identity key (after the warning) is accepted, unverified.
+    pub async fn safety_number(
+        &mut self,
+        username: &str,
+        accept_new_identity: bool,
+    ) -> Result<(SafetyNumber, bool), ClientError> {
+        let user = Username::parse(username)?;
+        if user == self.profile.account.username {
+            return Err(ClientError::Usage(
+                "compare safety numbers with someone else".into(),
+            ));
+        }
+        self.connected(async |s| {
+            s.key_log
+                .safety_number(s.profile, &mut s.anonymous, &user, accept_new_identity)
+                .await
+        })
+        .await
+    }
+
+    /// Whether the user marked `username`'s current identity key verified.
+    pub fn is_verified(&self, username: &str) -> Result<bool, ClientError> {
+        Ok(store::contact(&self.profile.db, username)?.is_some_and(|c| c.verified))
+    }
+
+    /// Marks `username`'s current identity key as verified (the user
+    /// compared safety numbers). Cleared if the key ever changes.
+    pub async fn mark_verified(&mut self, username: &str) -> Result<SafetyNumber, ClientError> {
+        let (number, _) = self.safety_number(username, false).await?;
+        store::set_verified(&self.profile.db, username, true)?;
+        Ok(number)
+    }
+
+    // ------------------------------------------------------------ devices
+
+    /// Opens a link rendezvous on the server; show the returned code (and
+    /// its QR) to the user, then call [`Client::wait_for_link_request`].
+    pub async fn open_link(&mut self) -> Result<LinkCode, ClientError> {
+        let code = LinkCode::generate(&self.server_url);
+        self.connected(async |s| devices::open_link(s, &code).await)
+            .await?;
+        Ok(code)
+    }
+
+    /// Waits for the new device to join with the code. Messages arriving
+    /// meanwhile are processed as usual.
+    pub async fn wait_for_link_request(
+        &mut self,
+        code: &LinkCode,
+    ) -> Result<LinkRequestInfo, ClientError> {
+        self.connected(async |s| devices::wait_for_link_request(s, code).await)
+            .await
+    }
+
+    /// Approves the device: logs it in the key log, hands it the account,
+    /// then adds it to every conversation of this account.
+    pub async fn approve_link(
+        &mut self,
+        code: &LinkCode,
+        request: &LinkRequestInfo,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.connected(async |s| devices::approve_link(s, code, request).await)
+            .await
+    }
+
+    /// Joins an account as a new device with a code from one of its devices,
+    /// creating the profile in `dir`. Returns once the existing device
+    /// approved. `trust` is what to trust on the way to the server in the
+    /// code (`--ca-file`, `--insecure-transport`); the profile keeps it.
+    pub async fn join_link(dir: &Path, code: &str, trust: &Trust) -> Result<Self, ClientError> {
+        let joined = devices::join_link(dir, code, trust).await?;
+        Self::create(
+            joined.db,
+            joined.account,
+            &joined.server_url,
+            trust,
+            joined.log_key,
+            joined.transport,
+        )
+        .await
+    }
+
+    /// The account's devices, from the key log.
+    pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.connected(async |s| devices::devices(s).await).await
+    }
+
+    /// Removes a device from the account (it can no longer log in) and from
+    /// every conversation (it can no longer decrypt).
+    pub async fn remove_device(&mut self, device_id: &str) -> Result<(), ClientError> {
+        let device = devices::device_to_remove(&self.profile, device_id)?;
+        self.connected(async |s| devices::remove_device(s, device).await)
+            .await
     }
 
     // ------------------------------------------------------------ local queries
-
-    /// The other account of the direct conversation held by `group_id`: its
-    /// roster must be this account's devices and one other account's
-    /// (DESIGN.md §5), or it is no direct conversation.
-    pub(crate) fn direct_peer_of(
-        &self,
-        provider: &MlsProvider<'_>,
-        group_id: &[u8],
-    ) -> Result<Username, ClientError> {
-        let roster = group::members(&group::load(provider, group_id)?);
-        group::direct_peer(&roster, &self.account.username).map_err(|extra| {
-            ClientError::Roster(if extra.is_empty() {
-                "a conversation called direct holds nobody but you".to_owned()
-            } else {
-                format!(
-                    "a conversation called direct holds more than two people: {}",
-                    extra
-                        .iter()
-                        .map(Username::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        })
-    }
-
-    /// Checks that the group still is the direct conversation with `peer`:
-    /// nobody but this account's devices and `peer`'s.
-    pub(crate) fn check_direct_roster(
-        &self,
-        provider: &MlsProvider<'_>,
-        group_id: &[u8],
-        peer: &str,
-    ) -> Result<(), ClientError> {
-        let roster = group::members(&group::load(provider, group_id)?);
-        let mut extra: Vec<&str> = roster
-            .iter()
-            .map(|m| m.username.as_str())
-            .filter(|u| *u != peer && *u != self.account.username.as_str())
-            .collect();
-        extra.sort_unstable();
-        extra.dedup();
-        if !extra.is_empty() {
-            return Err(ClientError::Roster(format!(
-                "your direct conversation with {peer} now also holds {}",
-                extra.join(", ")
-            )));
-        }
-        if !roster.iter().any(|m| m.username.as_str() == peer) {
-            return Err(ClientError::Roster(format!(
-                "your direct conversation with {peer} no longer holds {peer}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The group a conversation sends on. For a direct conversation with
-    /// several groups (both people started one at once), the smallest id
-    /// among those whose roster is exactly the two accounts: a group that
-    /// anyone else is in is never a candidate, so a third party cannot
-    /// steer the choice.
-    pub(crate) fn conversation_group(
-        &self,
-        conversation: &Conversation,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
-        if conversation.kind == ConversationKind::Group {
-            return Ok(store::active_group(&self.db, conversation.id)?);
-        }
-        let provider = MlsProvider::new(&self.crypto, &self.db);
-        for group_id in store::active_groups_of(&self.db, conversation.id)? {
-            match self.check_direct_roster(&provider, &group_id, &conversation.name) {
-                Ok(()) => return Ok(Some(group_id)),
-                Err(e) => tracing::warn!("not sending on a group of {}: {e}", conversation.name),
-            }
-        }
-        Ok(None)
-    }
-
-    pub(crate) fn active_group_named(&self, name: &str) -> Result<Vec<u8>, ClientError> {
-        let conversation = store::conversation(&self.db, ConversationKind::Group, name)?
-            .ok_or_else(|| {
-                ClientError::Usage(format!(
-                    "you have no group named {name}; see `sotto group list`"
-                ))
-            })?;
-        self.conversation_group(&conversation)?.ok_or_else(|| {
-            ClientError::Usage(format!(
-                "you are no longer a member of {name} (see `sotto history --group {name}`)"
-            ))
-        })
-    }
-
-    pub(crate) fn conversation_named(
-        &self,
-        kind: ConversationKind,
-        name: &str,
-    ) -> Result<Conversation, ClientError> {
-        store::conversation(&self.db, kind, name)?.ok_or_else(|| match kind {
-            ConversationKind::Direct => {
-                ClientError::Usage(format!("you have no conversation with {name}"))
-            }
-            ConversationKind::Group => {
-                ClientError::Usage(format!("you have no group named {name}"))
-            }
-        })
-    }
 
     /// The history of a conversation, oldest first.
     pub fn history(
@@ -510,19 +449,12 @@ impl Client {
         kind: ConversationKind,
         name: &str,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        let conversation = self.conversation_named(kind, name)?;
-        Ok(store::history(&self.db, &conversation)?)
+        self.profile.history(kind, name)
     }
 
     /// The names of this account's group conversations that it is still in.
     pub fn groups(&self) -> Result<Vec<String>, ClientError> {
-        let mut names = Vec::new();
-        for conversation in store::all_conversations(&self.db, ConversationKind::Group)? {
-            if self.conversation_group(&conversation)?.is_some() {
-                names.push(conversation.name);
-            }
-        }
-        Ok(names)
+        self.profile.groups()
     }
 
     /// The member devices of the group `name`, as of the last sync.
@@ -538,27 +470,13 @@ impl Client {
         kind: ConversationKind,
         name: &str,
     ) -> Result<Vec<MemberInfo>, ClientError> {
-        let conversation = self.conversation_named(kind, name)?;
-        let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
-            ClientError::Usage(format!("you are no longer in the conversation {name}"))
-        })?;
-        let provider = MlsProvider::new(&self.crypto, &self.db);
-        let g = group::load(&provider, &group_id)?;
-        let mut members: Vec<MemberInfo> = group::members(&g)
-            .into_iter()
-            .map(|m: MemberId| MemberInfo {
-                username: m.username.to_string(),
-                device_id: m.device_id.to_string(),
-            })
-            .collect();
-        members.sort_by(|a, b| a.username.cmp(&b.username));
-        Ok(members)
+        self.profile.conversation_members(kind, name)
     }
 
     /// Warnings about deliveries that belonged to no known conversation,
     /// oldest first: (milliseconds since the Unix epoch, text).
     pub fn device_warnings(&self) -> Result<Vec<(u64, String)>, ClientError> {
-        Ok(store::device_log(&self.db)?)
+        Ok(store::device_log(&self.profile.db)?)
     }
 
     /// How many messages of a conversation were dropped because their
@@ -568,12 +486,7 @@ impl Client {
         kind: ConversationKind,
         name: &str,
     ) -> Result<u64, ClientError> {
-        let conversation = self.conversation_named(kind, name)?;
-        let mut total = 0;
-        for group_id in store::groups_of(&self.db, conversation.id)? {
-            total += store::dropped_from_former_members(&self.db, &group_id)?;
-        }
-        Ok(total)
+        self.profile.dropped_from_former_members(kind, name)
     }
 
     /// The group's current epoch and epoch authenticator: equal on every
@@ -583,16 +496,7 @@ impl Client {
         kind: ConversationKind,
         name: &str,
     ) -> Result<(u64, Vec<u8>), ClientError> {
-        let conversation = self.conversation_named(kind, name)?;
-        let group_id = self
-            .conversation_group(&conversation)?
-            .ok_or_else(|| ClientError::Usage(format!("no active group for {name}")))?;
-        let provider = MlsProvider::new(&self.crypto, &self.db);
-        let g = group::load(&provider, &group_id)?;
-        Ok((
-            g.epoch().as_u64(),
-            g.epoch_authenticator().as_slice().to_vec(),
-        ))
+        self.profile.epoch_state(kind, name)
     }
 }
 
@@ -601,10 +505,12 @@ impl Client {
 #[cfg(feature = "test-hooks")]
 mod hooks {
     use super::*;
-    use crate::conversations::{check_text, decode_body};
+    use crate::conversations::{check_text, stage_content};
+    use crate::membership::stage_commit;
+    use crate::outbox::{Outgoing, Request};
     use sotto_core::content::{Body, Text};
-    use sotto_core::group::Inbound;
-    use sotto_proto::v1::client_frame;
+    use sotto_core::group::{self, Inbound};
+
     impl Client {
         /// Encrypts a text for an existing conversation and puts it in the
         /// outbox without connecting; it is sent by the next command that
@@ -616,11 +522,9 @@ mod hooks {
             text: &str,
         ) -> Result<HistoryEntry, ClientError> {
             check_text(text)?;
-            let conversation = self.conversation_named(kind, name)?;
-            let group_id = self.conversation_group(&conversation)?.ok_or_else(|| {
-                ClientError::Usage(format!("you are no longer in the conversation {name}"))
-            })?;
-            let (_, history) = self.stage_content(
+            let group_id = self.profile.group_of_named(kind, name)?;
+            let (_, history) = stage_content(
+                &self.profile,
                 &group_id,
                 Body::Text(Text {
                     text: text.to_owned(),
@@ -633,8 +537,8 @@ mod hooks {
         /// tests that need the exact ciphertext the server will hold.
         pub fn outbox_payloads(&self) -> Result<Vec<Vec<u8>>, ClientError> {
             let mut payloads = Vec::new();
-            for entry in store::outbox(&self.db)? {
-                if let Some(client_frame::Body::SendMessage(m)) = decode_body(&entry.frame)? {
+            for row in store::outbox(&self.profile.db)? {
+                if let Request::Send(m) = Outgoing::from_row(row)?.request {
                     payloads.push(m.payload);
                 }
             }
@@ -645,8 +549,8 @@ mod hooks {
         /// With [`Client::submit_staged`], lets tests make two members commit at
         /// the same epoch.
         pub fn stage_key_update(&self, name: &str) -> Result<(), ClientError> {
-            let group_id = self.active_group_named(name)?;
-            self.stage_commit(&group_id, &|p, g, key| {
+            let group_id = self.profile.active_group_named(name)?;
+            stage_commit(&self.profile, &group_id, &|p, g, key| {
                 group::update_keys(p, g, key).map(Some)
             })
             .map(|_| ())
@@ -655,9 +559,15 @@ mod hooks {
         /// Submits every staged frame in the outbox (sends need no login); see
         /// [`Client::stage_key_update`].
         pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
+            let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
             let mut outcomes = Vec::new();
-            for entry in store::outbox(&self.db)? {
-                outcomes.push(self.submit(&entry).await?);
+            for row in store::outbox(&self.profile.db)? {
+                let outgoing = Outgoing::from_row(row)?;
+                outcomes.push(
+                    self.outbox
+                        .submit(&mut self.profile, &mut anonymous, &outgoing)
+                        .await?,
+                );
             }
             Ok(outcomes)
         }
@@ -665,9 +575,9 @@ mod hooks {
         /// Tries to decrypt a raw MLS message with this device's state without
         /// storing anything. For tests proving a removed member cannot read.
         pub fn try_decrypt(&self, payload: &[u8]) -> Result<Vec<u8>, ClientError> {
-            let tx = self.db.unchecked_transaction()?;
-            let provider = MlsProvider::new(&self.crypto, &tx);
-            match group::process(&provider, payload, &self.accounts)? {
+            let tx = self.profile.db.unchecked_transaction()?;
+            let provider = crate::provider::MlsProvider::new(&self.profile.crypto, &tx);
+            match group::process(&provider, payload, &self.key_log)? {
                 Inbound::Application { plaintext, .. } => Ok(plaintext),
                 other => Err(ClientError::Usage(format!(
                     "not an application message: {other:?}"

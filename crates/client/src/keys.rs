@@ -5,9 +5,11 @@
 //! ours. Anything that does not add up is refused with a warning.
 
 use crate::ClientError;
-use crate::client::Client;
+use crate::profile::Profile;
+use crate::session::Anonymous;
 use crate::store;
 use crate::transport::Transport;
+use rusqlite::Connection;
 use sotto_core::group::{KeyCheck, KeyDirectory};
 use sotto_core::identity::{MemberId, Username};
 use sotto_core::safety::SafetyNumber;
@@ -19,16 +21,19 @@ use sotto_proto::v1::{
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};
 
-/// Accounts verified against the log during this session.
-#[derive(Debug, Default)]
-pub(crate) struct Accounts {
-    pub verified: HashMap<Username, AccountState>,
+/// The server's transparency log as this device sees it: the log's key,
+/// pinned when the profile was made, and the accounts verified against it
+/// during this session. The newest head verified is pinned in the profile.
+#[derive(Debug)]
+pub(crate) struct KeyLog {
+    log_key: Vec<u8>,
+    verified: HashMap<Username, AccountState>,
     /// Looked up in this processing round: a device missing from these is
     /// not in the log, as opposed to not looked up yet.
-    pub fresh: HashSet<Username>,
+    fresh: HashSet<Username>,
 }
 
-impl KeyDirectory for Accounts {
+impl KeyDirectory for KeyLog {
     fn check(&self, member: &MemberId, signature_key: &[u8]) -> KeyCheck {
         let fresh = self.fresh.contains(&member.username);
         let Some(state) = self.verified.get(&member.username) else {
@@ -55,38 +60,81 @@ impl KeyDirectory for Accounts {
     }
 }
 
-impl Client {
+impl KeyLog {
+    pub(crate) fn new(log_key: Vec<u8>) -> Self {
+        Self {
+            log_key,
+            verified: HashMap::new(),
+            fresh: HashSet::new(),
+        }
+    }
+
+    /// The log key this profile pinned; a server that presents another is
+    /// not the one the profile registered with.
+    pub(crate) fn log_key(&self) -> &[u8] {
+        &self.log_key
+    }
+
+    /// Starts a processing round: accounts must be looked up again before
+    /// a device missing from them counts as not in the log.
+    pub(crate) fn start_round(&mut self) {
+        self.fresh.clear();
+    }
+
+    /// Counts `username` as looked up in this round (even when the look-up
+    /// failed for good: its devices are then not in the log).
+    pub(crate) fn mark_fresh(&mut self, username: Username) {
+        self.fresh.insert(username);
+    }
+
     /// Looks `username` up in the log, verifies it, checks the head and the
     /// pinned identity key, and remembers the result for this session.
     pub(crate) async fn verify_account(
         &mut self,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
         username: &Username,
     ) -> Result<AccountState, ClientError> {
         let request = GetAccountLog {
             username: username.to_string(),
         };
-        let log = match self
-            .anonymous_request(client_frame::Body::GetAccountLog(request))
+        let log = match anonymous
+            .request(client_frame::Body::GetAccountLog(request))
             .await?
         {
             response::Result::AccountLog(log) => log,
             _ => return Err(ClientError::Protocol("expected an account log".into())),
         };
-        self.accept_account_log(username, &log).await
+        self.accept_account_log(profile, anonymous, username, &log, false)
+            .await
+    }
+
+    /// Checks that the key log lists this device, with its key, for this
+    /// account: the first thing a new profile does (pinning the log head).
+    pub(crate) async fn verify_this_device(
+        &mut self,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
+    ) -> Result<(), ClientError> {
+        let own = profile.account.username.clone();
+        let state = self.verify_account(profile, anonymous, &own).await?;
+        if state.devices.get(profile.account.device_id.as_bytes())
+            != Some(&profile.account.device.public())
+        {
+            return Err(ClientError::KeyLog(
+                "the key log does not list this device for your account".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Verifies an account log the server sent (on its own or with
-    /// KeyPackages).
+    /// KeyPackages). With `accept_new_identity`, a changed identity key is
+    /// pinned instead of refused (the user saw the warning and accepted it).
     pub(crate) async fn accept_account_log(
         &mut self,
-        username: &Username,
-        log: &AccountLog,
-    ) -> Result<AccountState, ClientError> {
-        self.accept_account_log_with(username, log, false).await
-    }
-
-    async fn accept_account_log_with(
-        &mut self,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
         username: &Username,
         log: &AccountLog,
         accept_new_identity: bool,
@@ -98,112 +146,75 @@ impl Client {
             ))
         })?;
         // The identity first: a changed key is the clearest warning to give.
-        if *username != self.account.username {
+        if *username != profile.account.username {
             if accept_new_identity {
-                store::save_contact(&self.db, username.as_str(), &state.identity_key)?;
+                store::save_contact(&profile.db, username.as_str(), &state.identity_key)?;
             }
-            self.check_identity(username, &state.identity_key)?;
-        } else if state.identity_key != self.account.identity_public() {
+            check_identity(&profile.db, username, &state.identity_key)?;
+        } else if state.identity_key != profile.account.identity_public() {
             return Err(ClientError::KeyLog(
                 "the key log shows another identity key for your own account".into(),
             ));
         }
         if let Some(head) = &log.head {
-            self.check_head(head).await?;
+            self.check_head(profile, anonymous, head).await?;
         }
-        self.accounts
-            .verified
-            .insert(username.clone(), state.clone());
-        self.accounts.fresh.insert(username.clone());
+        self.verified.insert(username.clone(), state.clone());
+        self.fresh.insert(username.clone());
         Ok(state)
     }
 
-    /// Compares the log's identity key for `username` with the one pinned
-    /// on first contact.
-    pub(crate) fn check_identity(
-        &self,
-        username: &Username,
-        identity_key: &[u8],
-    ) -> Result<(), ClientError> {
-        match store::contact(&self.db, username.as_str())? {
-            Some(pinned) if pinned.identity_key != identity_key => {
-                // Whatever the user verified, it was not this key.
-                store::set_verified(&self.db, username.as_str(), false)?;
-                Err(ClientError::IdentityChanged(username.to_string()))
-            }
-            Some(_) => Ok(()),
-            None => Ok(store::save_contact(
-                &self.db,
-                username.as_str(),
-                identity_key,
-            )?),
-        }
-    }
-
-    /// The safety number of this account and `username`, and whether the
-    /// user marked it verified. With `accept_new_identity`, a changed
-    /// identity key (after the warning) is accepted, unverified.
-    pub async fn safety_number(
+    /// The safety number of this account and `user`, and whether the user
+    /// marked it verified. With `accept_new_identity`, a changed identity
+    /// key (after the warning) is accepted, unverified.
+    pub(crate) async fn safety_number(
         &mut self,
-        username: &str,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
+        user: &Username,
         accept_new_identity: bool,
     ) -> Result<(SafetyNumber, bool), ClientError> {
-        let user = Username::parse(username)?;
-        if user == self.account.username {
-            return Err(ClientError::Usage(
-                "compare safety numbers with someone else".into(),
-            ));
-        }
-        self.connected(async |c, _logged_in| {
-            let request = GetAccountLog {
-                username: user.to_string(),
-            };
-            let log = match c
-                .anonymous_request(client_frame::Body::GetAccountLog(request))
-                .await
-            {
-                Ok(response::Result::AccountLog(log)) => log,
-                Ok(_) => return Err(ClientError::Protocol("expected an account log".into())),
-                Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
-                    return Err(ClientError::Usage(format!(
-                        "there is no account named {user} on this server"
-                    )));
-                }
-                Err(e) => return Err(e),
-            };
-            let state = c
-                .accept_account_log_with(&user, &log, accept_new_identity)
-                .await?;
-            let number = SafetyNumber::new(
-                (&c.account.username, &c.account.identity_public()),
-                (&user, &state.identity_key),
-            );
-            let verified = store::contact(&c.db, user.as_str())?.is_some_and(|k| k.verified);
-            Ok((number, verified))
-        })
-        .await
-    }
-
-    /// Whether the user marked `username`'s current identity key verified.
-    pub fn is_verified(&self, username: &str) -> Result<bool, ClientError> {
-        Ok(store::contact(&self.db, username)?.is_some_and(|c| c.verified))
-    }
-
-    /// Marks `username`'s current identity key as verified (the user
-    /// compared safety numbers). Cleared if the key ever changes.
-    pub async fn mark_verified(&mut self, username: &str) -> Result<SafetyNumber, ClientError> {
-        let (number, _) = self.safety_number(username, false).await?;
-        store::set_verified(&self.db, username, true)?;
-        Ok(number)
+        let request = GetAccountLog {
+            username: user.to_string(),
+        };
+        let log = match anonymous
+            .request(client_frame::Body::GetAccountLog(request))
+            .await
+        {
+            Ok(response::Result::AccountLog(log)) => log,
+            Ok(_) => return Err(ClientError::Protocol("expected an account log".into())),
+            Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
+                return Err(ClientError::Usage(format!(
+                    "there is no account named {user} on this server"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let state = self
+            .accept_account_log(profile, anonymous, user, &log, accept_new_identity)
+            .await?;
+        let number = SafetyNumber::new(
+            (
+                &profile.account.username,
+                &profile.account.identity_public(),
+            ),
+            (user, &state.identity_key),
+        );
+        let verified = store::contact(&profile.db, user.as_str())?.is_some_and(|k| k.verified);
+        Ok((number, verified))
     }
 
     /// Fetches the server's current head and checks it against the pinned one.
-    pub(crate) async fn refresh_head(&mut self) -> Result<(), ClientError> {
-        match self
-            .anonymous_request(client_frame::Body::GetLogHead(GetLogHead {}))
+    pub(crate) async fn refresh_head(
+        &mut self,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
+    ) -> Result<(), ClientError> {
+        match anonymous
+            .request(client_frame::Body::GetLogHead(GetLogHead {}))
             .await?
         {
-            response::Result::LogHead(head) => self.check_head(&head).await,
+            response::Result::LogHead(head) => self.check_head(profile, anonymous, &head).await,
             _ => Err(ClientError::Protocol("expected a log head".into())),
         }
     }
@@ -211,11 +222,16 @@ impl Client {
     /// Verifies `head`'s signature and its consistency with the pinned head,
     /// asking the server for a consistency proof when sizes differ; pins it
     /// if it is newer.
-    pub(crate) async fn check_head(&mut self, head: &SignedTreeHead) -> Result<(), ClientError> {
+    pub(crate) async fn check_head(
+        &self,
+        profile: &mut Profile,
+        anonymous: &mut Anonymous<'_>,
+        head: &SignedTreeHead,
+    ) -> Result<(), ClientError> {
         sotto_transparency::verify_head(&self.log_key, head)
             .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
-        let Some(pinned) = self.pinned_head()? else {
-            store::save_log_head(&self.db, &head.encode_to_vec())?;
+        let Some(pinned) = pinned_head(&profile.db)? else {
+            store::save_log_head(&profile.db, &head.encode_to_vec())?;
             return Ok(());
         };
         let (old, new) = if head.tree_size >= pinned.tree_size {
@@ -230,8 +246,8 @@ impl Client {
                 old_size: old.tree_size,
                 new_size: new.tree_size,
             };
-            match self
-                .anonymous_request(client_frame::Body::GetConsistency(request))
+            match anonymous
+                .request(client_frame::Body::GetConsistency(request))
                 .await?
             {
                 response::Result::Consistency(proof) => proof.path,
@@ -246,19 +262,39 @@ impl Client {
             ))
         })?;
         if head.tree_size > pinned.tree_size {
-            store::save_log_head(&self.db, &head.encode_to_vec())?;
+            store::save_log_head(&profile.db, &head.encode_to_vec())?;
         }
         Ok(())
     }
+}
 
-    pub(crate) fn pinned_head(&self) -> Result<Option<SignedTreeHead>, ClientError> {
-        store::log_head(&self.db)?
-            .map(|bytes| {
-                SignedTreeHead::decode(bytes.as_slice())
-                    .map_err(|e| ClientError::Protocol(format!("stored log head: {e}")))
-            })
-            .transpose()
+/// Compares the log's identity key for `username` with the one pinned on
+/// first contact (pinning it if there is none).
+fn check_identity(
+    db: &Connection,
+    username: &Username,
+    identity_key: &[u8],
+) -> Result<(), ClientError> {
+    match store::contact(db, username.as_str())? {
+        Some(pinned) if pinned.identity_key != identity_key => {
+            // Whatever the user verified, it was not this key.
+            store::set_verified(db, username.as_str(), false)?;
+            Err(ClientError::IdentityChanged(username.to_string()))
+        }
+        Some(_) => Ok(()),
+        None => Ok(store::save_contact(db, username.as_str(), identity_key)?),
     }
+}
+
+/// The newest log head this device verified, which every message it sends
+/// carries so peers can compare.
+pub(crate) fn pinned_head(db: &Connection) -> Result<Option<SignedTreeHead>, ClientError> {
+    store::log_head(db)?
+        .map(|bytes| {
+            SignedTreeHead::decode(bytes.as_slice())
+                .map_err(|e| ClientError::Protocol(format!("stored log head: {e}")))
+        })
+        .transpose()
 }
 
 /// Downloads the whole key log of the server at `server_url` and audits it:

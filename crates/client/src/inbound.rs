@@ -1,0 +1,260 @@
+//! From a processed MLS message to conversations and history lines: the
+//! local, synchronous half of receiving, run inside the transaction that
+//! holds the MLS state change (see `receive` for the network half).
+
+use crate::ClientError;
+use crate::keys::KeyLog;
+use crate::profile::{Profile, now_ms};
+use crate::provider::MlsProvider;
+use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
+use rusqlite::Connection;
+use sotto_core::content::{self, Body};
+use sotto_core::group::{self, Inbound, RosterChange};
+use sotto_core::history;
+use sotto_core::identity::{MemberId, Username};
+use sotto_proto::v1::{self, SignedTreeHead};
+
+/// A log head a peer carried in a message, to compare with ours.
+#[derive(Debug)]
+pub(crate) struct PeerHead {
+    pub conversation: Conversation,
+    pub sender: Username,
+    pub head: SignedTreeHead,
+}
+
+/// What one delivery produced.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub entries: Vec<HistoryEntry>,
+    pub peer_head: Option<PeerHead>,
+    /// The group whose commit this delivery merged.
+    pub merged_commit: Option<Vec<u8>>,
+}
+
+/// Processes one delivery in one transaction: MLS state, history lines and
+/// the de-duplication record commit together. A message already processed
+/// changes nothing.
+pub(crate) fn apply_delivery(
+    profile: &Profile,
+    key_log: &KeyLog,
+    message_id: &[u8],
+    payload: &[u8],
+) -> Result<Applied, ClientError> {
+    profile.in_transaction(|provider, tx| {
+        if store::is_processed(tx, message_id)? {
+            store::remove_held(tx, message_id)?;
+            return Ok(Applied::default());
+        }
+        let inbound = group::process(provider, payload, key_log)?;
+        let applied = record_inbound(profile, provider, tx, message_id, inbound)?;
+        store::mark_processed(tx, message_id)?;
+        store::remove_held(tx, message_id)?;
+        store::forget_attempts(tx, message_id)?;
+        Ok(applied)
+    })
+}
+
+/// Turns a processed MLS message into conversations and history lines.
+fn record_inbound(
+    profile: &Profile,
+    provider: &MlsProvider<'_>,
+    conn: &Connection,
+    message_id: &[u8],
+    inbound: Inbound,
+) -> Result<Applied, ClientError> {
+    let now = now_ms();
+    match inbound {
+        Inbound::Joined { group_id, .. } => {
+            // Listed at once under a placeholder name; the
+            // ConversationInfo that follows the Welcome names it (if
+            // that is lost, the conversation still shows).
+            store::insert_group(conn, &group_id, None)?;
+            let row = store::GroupRow {
+                group_id,
+                conversation_id: None,
+                state: GroupState::Active,
+            };
+            conversation_of(conn, &row)?;
+            Ok(Applied::default())
+        }
+        Inbound::Application {
+            group_id,
+            sender,
+            plaintext,
+        } => {
+            let Some(row) = store::group(conn, &group_id)? else {
+                return Ok(Applied::default());
+            };
+            if row.state != GroupState::Active {
+                return Ok(Applied::default());
+            }
+            let app = content::decode(&plaintext)?;
+            let (conversation, entry) = match app.body {
+                Some(Body::Info(info)) => {
+                    let placeholder = match row.conversation_id {
+                        None => None,
+                        Some(id) => match store::conversation_by_id(conn, id)? {
+                            Some(c) if c.name == placeholder_name(&group_id) => Some(c),
+                            // Already named.
+                            _ => return Ok(Applied::default()),
+                        },
+                    };
+                    let conversation = if info.kind == v1::ConversationKind::Direct as i32 {
+                        // Only a group of exactly two accounts is a direct
+                        // conversation, and only one of them says so.
+                        let peer = profile.direct_peer_of(provider, &group_id)?;
+                        if sender.username != peer && sender.username != profile.account.username {
+                            return Err(ClientError::Roster(format!(
+                                "{} called a conversation between you and {peer} a direct one, but is not one of you",
+                                sender.username
+                            )));
+                        }
+                        store::ensure_conversation(conn, ConversationKind::Direct, peer.as_str())?
+                    } else {
+                        let name = store::free_group_name(conn, &info.name)?;
+                        store::ensure_conversation(conn, ConversationKind::Group, &name)?
+                    };
+                    store::set_group_conversation(conn, &group_id, conversation.id)?;
+                    if let Some(placeholder) = placeholder {
+                        store::merge_conversation(conn, placeholder.id, conversation.id)?;
+                    }
+                    let group_name = (conversation.kind == ConversationKind::Group)
+                        .then_some(conversation.name.as_str());
+                    let text = history::joined_line(
+                        &profile.account.username,
+                        &sender.username,
+                        group_name,
+                    );
+                    let id = [message_id, &[0xff, 0]].concat();
+                    let message = store::NewMessage {
+                        id: &id,
+                        sender: "system",
+                        kind: EntryKind::System,
+                        text: &text,
+                        sent_at_ms: app.sent_at_ms,
+                    };
+                    let entry = store::insert_message(conn, &conversation, &message, now)?;
+                    (conversation, entry)
+                }
+                Some(Body::Text(text)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let message = store::NewMessage {
+                        id: message_id,
+                        sender: sender.username.as_str(),
+                        kind: EntryKind::Text,
+                        text: &text.text,
+                        sent_at_ms: app.sent_at_ms,
+                    };
+                    let entry = store::insert_message(conn, &conversation, &message, now)?;
+                    (conversation, entry)
+                }
+                None => return Ok(Applied::default()),
+            };
+            Ok(Applied {
+                entries: entry.into_iter().collect(),
+                peer_head: app.log_head.map(|head| PeerHead {
+                    conversation,
+                    sender: sender.username,
+                    head,
+                }),
+                merged_commit: None,
+            })
+        }
+        Inbound::Proposal { .. } => Ok(Applied::default()),
+        Inbound::FromFormerMember { group_id, sender } => {
+            tracing::info!(
+                "dropped a message {} sent before being removed",
+                sender.username
+            );
+            store::count_from_former_member(conn, &group_id)?;
+            Ok(Applied::default())
+        }
+        Inbound::Commit {
+            group_id,
+            sender,
+            change,
+            self_removed,
+        } => {
+            let Some(row) = store::group(conn, &group_id)? else {
+                return Ok(Applied::default());
+            };
+            if self_removed {
+                store::set_group_state(conn, &group_id, GroupState::Removed)?;
+            }
+            if row.state != GroupState::Active {
+                return Ok(Applied::default());
+            }
+            let conversation = conversation_of(conn, &row)?;
+            if conversation.kind == ConversationKind::Direct {
+                profile.check_direct_roster(provider, &group_id, &conversation.name)?;
+            }
+            let entries = record_roster(
+                conn,
+                &profile.account.member_id(),
+                &conversation,
+                message_id,
+                sender.username.as_str(),
+                &change,
+            )?;
+            Ok(Applied {
+                entries,
+                peer_head: None,
+                merged_commit: Some(group_id),
+            })
+        }
+    }
+}
+
+/// Records a roster change as system lines: "`actor` added …".
+pub(crate) fn record_roster(
+    conn: &Connection,
+    own: &MemberId,
+    conversation: &Conversation,
+    message_id: &[u8],
+    actor: &str,
+    change: &RosterChange,
+) -> Result<Vec<HistoryEntry>, ClientError> {
+    let lines = history::roster_lines(own, actor, change);
+    let now = now_ms();
+    let mut entries = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let id = [message_id, &[0xff, u8::try_from(i).unwrap_or(u8::MAX)]].concat();
+        let message = store::NewMessage {
+            id: &id,
+            sender: "system",
+            kind: EntryKind::System,
+            text: line,
+            sent_at_ms: now,
+        };
+        entries.extend(store::insert_message(conn, conversation, &message, now)?);
+    }
+    Ok(entries)
+}
+
+/// The conversation a group belongs to; a group whose ConversationInfo
+/// has not arrived yet gets a placeholder named after its id.
+pub(crate) fn conversation_of(
+    conn: &Connection,
+    row: &store::GroupRow,
+) -> Result<Conversation, ClientError> {
+    if let Some(found) = row
+        .conversation_id
+        .map(|id| store::conversation_by_id(conn, id))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(found);
+    }
+    let name = placeholder_name(&row.group_id);
+    let conversation = store::ensure_conversation(conn, ConversationKind::Group, &name)?;
+    store::set_group_conversation(conn, &row.group_id, conversation.id)?;
+    Ok(conversation)
+}
+
+/// The name a group goes by until its ConversationInfo arrives.
+fn placeholder_name(group_id: &[u8]) -> String {
+    format!(
+        "group-{}",
+        hex::encode(group_id.get(..4).unwrap_or(group_id))
+    )
+}
