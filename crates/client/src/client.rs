@@ -10,7 +10,7 @@ use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
 use crate::outbox::{CommitOutcome, Outbox};
 use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
-use crate::session::{Anonymous, Session, login_request};
+use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{conversations, membership, receive};
@@ -34,7 +34,7 @@ pub struct Client {
     /// A connection that never logs in, for everything that need not say who
     /// asks: sends (authorised by the group's capability), KeyPackage claims
     /// and key-log lookups. Sealed sender.
-    anonymous: Option<Transport>,
+    anonymous: Option<AnonymousConnection>,
     key_log: KeyLog,
     outbox: Outbox,
     key_packages: KeyPackagePool,
@@ -113,11 +113,15 @@ impl Client {
         };
         stored.save()?;
         let mut client = Self::from_stored(stored);
-        let mut anonymous =
-            Anonymous::new(&client.server_url, &client.trust, &mut client.anonymous);
+        let mut anonymous = Anonymous::new(
+            &client.server_url,
+            &client.trust,
+            &mut client.anonymous,
+            client.profile.account.username.clone(),
+        );
         client
             .key_log
-            .verify_this_device(&mut client.profile, &mut anonymous)
+            .verify_this_device(&mut client.profile, &mut anonymous, &mut transport)
             .await?;
         client
             .key_packages
@@ -193,9 +197,14 @@ impl Client {
 
     /// Closes the connections, if any.
     pub async fn disconnect(&mut self) {
-        for t in [self.transport.take(), self.anonymous.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.transport.take(),
+            self.anonymous
+                .take()
+                .map(AnonymousConnection::into_transport),
+        ]
+        .into_iter()
+        .flatten()
         {
             t.close().await;
         }
@@ -213,12 +222,13 @@ impl Client {
             Some(t) => t,
             None => self.login().await?,
         };
+        let owner = self.profile.account.username.clone();
         let mut session = Session {
             profile: &mut self.profile,
             key_log: &mut self.key_log,
             outbox: &mut self.outbox,
             key_packages: &mut self.key_packages,
-            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous),
+            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous, owner),
             connection: &mut t,
         };
         let result = op(&mut session).await;
@@ -247,7 +257,12 @@ impl Client {
                 .await?;
         }
         self.key_log.start_round();
-        let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
+        let mut anonymous = Anonymous::new(
+            &self.server_url,
+            &self.trust,
+            &mut self.anonymous,
+            self.profile.account.username.clone(),
+        );
         self.key_log
             .refresh_head(&mut self.profile, &mut anonymous)
             .await?;
@@ -360,7 +375,13 @@ impl Client {
         }
         self.connected(async |s| {
             s.key_log
-                .safety_number(s.profile, &mut s.anonymous, &user, accept_new_identity)
+                .safety_number(
+                    s.profile,
+                    &mut s.anonymous,
+                    s.connection,
+                    &user,
+                    accept_new_identity,
+                )
                 .await
         })
         .await
@@ -559,7 +580,12 @@ mod hooks {
         /// Submits every staged frame in the outbox (sends need no login); see
         /// [`Client::stage_key_update`].
         pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
-            let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
+            let mut anonymous = Anonymous::new(
+                &self.server_url,
+                &self.trust,
+                &mut self.anonymous,
+                self.profile.account.username.clone(),
+            );
             let mut outcomes = Vec::new();
             for row in store::outbox(&self.profile.db)? {
                 let outgoing = Outgoing::from_row(row)?;

@@ -106,7 +106,7 @@ pub(crate) async fn approve_link(
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     let identity = &s.profile.account.identity;
     let entry = identity.device_added(&own, state.next_seq, request.device_id, request.device_key);
@@ -152,7 +152,16 @@ async fn add_own_device_everywhere(
             continue;
         };
         let key_packages = loop {
-            match claim(s.profile, s.key_log, &mut s.anonymous, &own, &[device]).await {
+            match claim(
+                s.profile,
+                s.key_log,
+                &mut s.anonymous,
+                s.connection,
+                &own,
+                &[device],
+            )
+            .await
+            {
                 Ok(kps) if !kps.is_empty() => break kps,
                 Ok(_) => {}
                 Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => {}
@@ -250,7 +259,7 @@ pub(crate) async fn devices(s: &mut Session<'_>) -> Result<Vec<DeviceInfo>, Clie
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     Ok(state
         .devices
@@ -294,7 +303,7 @@ pub(crate) async fn remove_device(
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     if !state.devices.contains_key(device.as_bytes()) {
         return Err(ClientError::Usage(format!(

@@ -6,7 +6,7 @@
 
 use crate::ClientError;
 use crate::profile::Profile;
-use crate::session::Anonymous;
+use crate::session::{Anonymous, look_up};
 use crate::store;
 use crate::transport::Transport;
 use rusqlite::Connection;
@@ -89,18 +89,23 @@ impl KeyLog {
 
     /// Looks `username` up in the log, verifies it, checks the head and the
     /// pinned identity key, and remembers the result for this session.
+    /// Looks of this account go on `logged_in` ([`look_up`]).
     pub(crate) async fn verify_account(
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
         username: &Username,
     ) -> Result<AccountState, ClientError> {
         let request = GetAccountLog {
             username: username.to_string(),
         };
-        let log = match anonymous
-            .request(client_frame::Body::GetAccountLog(request))
-            .await?
+        let log = match look_up(
+            anonymous,
+            logged_in,
+            client_frame::Body::GetAccountLog(request),
+        )
+        .await?
         {
             response::Result::AccountLog(log) => log,
             _ => return Err(ClientError::Protocol("expected an account log".into())),
@@ -115,9 +120,12 @@ impl KeyLog {
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
     ) -> Result<(), ClientError> {
         let own = profile.account.username.clone();
-        let state = self.verify_account(profile, anonymous, &own).await?;
+        let state = self
+            .verify_account(profile, anonymous, logged_in, &own)
+            .await?;
         if state.devices.get(profile.account.device_id.as_bytes())
             != Some(&profile.account.device.public())
         {
@@ -171,15 +179,19 @@ impl KeyLog {
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
         user: &Username,
         accept_new_identity: bool,
     ) -> Result<(SafetyNumber, bool), ClientError> {
         let request = GetAccountLog {
             username: user.to_string(),
         };
-        let log = match anonymous
-            .request(client_frame::Body::GetAccountLog(request))
-            .await
+        let log = match look_up(
+            anonymous,
+            logged_in,
+            client_frame::Body::GetAccountLog(request),
+        )
+        .await
         {
             Ok(response::Result::AccountLog(log)) => log,
             Ok(_) => return Err(ClientError::Protocol("expected an account log".into())),

@@ -80,6 +80,9 @@ pub enum ClientError {
     /// that retrying will not fix.
     #[error("{0}")]
     Certificate(String),
+    /// A bug in this client, caught before it could do harm.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"

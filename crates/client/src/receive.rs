@@ -233,7 +233,7 @@ async fn look_up_with_backoff(s: &mut Session<'_>, user: &Username) -> Result<()
     loop {
         match s
             .key_log
-            .verify_account(s.profile, &mut s.anonymous, user)
+            .verify_account(s.profile, &mut s.anonymous, s.connection, user)
             .await
         {
             Ok(_) => return Ok(()),

@@ -235,6 +235,29 @@ pub async fn register(url: &str, username: &str) -> (Client, TempDir) {
     (client, dir)
 }
 
+/// Links a new device to `existing`'s account (approving it), in a fresh
+/// temporary profile.
+pub async fn link(existing: &mut Client) -> (Client, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    let code = existing.open_link().await.expect("open link");
+    let path = dir.path().to_path_buf();
+    let text = code.reveal();
+    let joining = tokio::spawn(async move {
+        Client::join_link(&path, &text, &sotto_client::Trust::web_roots()).await
+    });
+    let request = existing
+        .wait_for_link_request(&code)
+        .await
+        .expect("link request");
+    existing
+        .approve_link(&code, &request)
+        .await
+        .expect("approve link");
+    let new = joining.await.expect("join task").expect("join link");
+    assert_eq!(new.device_id(), request.device_id);
+    (new, dir)
+}
+
 /// Path of a binary built from this workspace (`sotto`, `sotto-server`),
 /// next to the running test executable.
 pub fn binary(name: &str) -> PathBuf {

@@ -9,7 +9,7 @@
 )] // tests fail loudly
 
 use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry, Trust};
-use sotto_testkit::{TestServer, register};
+use sotto_testkit::{TestServer, link, register};
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -29,21 +29,6 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(90), f)
         .await
         .expect("test step timed out")
-}
-
-/// Links a new device to `existing`'s account, approving it.
-async fn link(existing: &mut Client) -> (Client, TempDir) {
-    let dir = TempDir::new().unwrap();
-    let code = existing.open_link().await.unwrap();
-    let path = dir.path().to_path_buf();
-    let text = code.reveal();
-    let joining =
-        tokio::spawn(async move { Client::join_link(&path, &text, &Trust::web_roots()).await });
-    let request = existing.wait_for_link_request(&code).await.unwrap();
-    existing.approve_link(&code, &request).await.unwrap();
-    let new = joining.await.unwrap().unwrap();
-    assert_eq!(new.device_id(), request.device_id);
-    (new, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
