@@ -33,7 +33,7 @@ pub use crash_recovery::{CrashRecovery, CrashRecoveryConfig, measure_crash_recov
 pub use durable_delivery::{DurableDelivery, DurableDeliveryConfig, measure_durable_delivery};
 pub use group_fanout::{GroupFanout, GroupFanoutConfig, measure_group_fanout};
 pub use idle_connections::{
-    IdleConnections, IdleConnectionsConfig, ProcessShare, measure_idle_connections,
+    IdleConnections, IdleConnectionsConfig, ProcessShare, TlsReconnect, measure_idle_connections,
 };
 pub use offline_drain::{OfflineDrain, OfflineDrainConfig, measure_offline_drain};
 pub use startup::{Startup, measure_startup};
