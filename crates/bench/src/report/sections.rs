@@ -71,8 +71,8 @@ pub(super) fn idle_connections(o: &mut String, w1: &IdleConnections) {
 fn idle_connections_tls(o: &mut String, tls: &TlsReconnect) {
     let _ = writeln!(
         o,
-        "Over TLS: the server restarted on the same data directory with `--tls-cert/--tls-key` ({}); every client makes a full \
-         handshake (no session resumption: separate devices cannot share tickets) and verifies the chain; first handshake: {}.\n\n\
+        "Over TLS: the server restarted on the same data directory with `--tls-cert/--tls-key` ({}); every client verifies it \
+         against that CA and makes a full handshake (no session resumption: separate devices cannot share tickets); first handshake: {}.\n\n\
          - {} TLS connections open: server RSS {} KiB ({} KiB after the restart, before any connection), **{:.1} KiB per idle TLS connection** \
          (this includes the SQLite page cache filling again after the restart)\n\
          - TLS logins/s while they opened (128 in flight): **{:.0}**\n\
