@@ -258,6 +258,8 @@ mod tests {
                 heartbeat_s: 30,
                 plain_reconnect_n: 19000,
                 plain_reconnect_s: 3.3,
+                plain_server_cpu_s: 3.0,
+                plain_generator_cpu_s: 2.0,
                 tls: Some(TlsReconnect {
                     negotiated: "TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519".into(),
                     certificate: "ECDSA P-256".into(),

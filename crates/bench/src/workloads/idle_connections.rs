@@ -71,6 +71,9 @@ pub struct IdleConnections {
     pub plain_reconnect_n: usize,
     /// How long that plain reconnect storm took (512 in flight).
     pub plain_reconnect_s: f64,
+    /// CPU time of the server and of the generator during that storm, s.
+    pub plain_server_cpu_s: f64,
+    pub plain_generator_cpu_s: f64,
     /// The same data directory served over TLS: RSS per TLS connection and
     /// the TLS reconnect storm (T5).
     pub tls: Option<TlsReconnect>,
@@ -189,11 +192,13 @@ pub async fn measure_idle_connections(
     clients.close().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut clients = IdleClients::new();
+    let cpu = CpuClock::start(&server.process);
     let t = Instant::now();
     out.failures += clients
         .open(&Transport::Plain, a, bed.src, &accounts, STORM_IN_FLIGHT)
         .await;
     out.plain_reconnect_s = t.elapsed().as_secs_f64();
+    (out.plain_server_cpu_s, out.plain_generator_cpu_s) = cpu.seconds(&server.process);
     out.plain_reconnect_n = clients.len();
     clients.close().await;
     let data_dir = server.data_dir.clone();
@@ -259,18 +264,14 @@ async fn tls_phase(
     clients.close().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut clients = IdleClients::new();
-    let generator = std::process::id();
-    let (s0, g0) = (server.cpu_ticks(), procs::cpu_ticks(generator).unwrap_or(0));
+    let cpu = CpuClock::start(&server);
     let t = Instant::now();
     *failures += clients
         .open(&transport, a, bed.src, accounts, STORM_IN_FLIGHT)
         .await;
     out.reconnect_s = t.elapsed().as_secs_f64();
-    let (s1, g1) = (server.cpu_ticks(), procs::cpu_ticks(generator).unwrap_or(0));
+    (out.server_cpu_s, out.generator_cpu_s) = cpu.seconds(&server);
     out.reconnect_n = clients.len();
-    let tck = procs::clk_tck().max(1) as f64;
-    out.server_cpu_s = s1.saturating_sub(s0) as f64 / tck;
-    out.generator_cpu_s = g1.saturating_sub(g0) as f64 / tck;
     eprintln!(
         "  W1 TLS reconnect storm: {} clients in {:.2} s (server CPU {:.2} s, generator CPU {:.2} s)",
         out.reconnect_n, out.reconnect_s, out.server_cpu_s, out.generator_cpu_s
@@ -314,6 +315,32 @@ async fn register_all(
         }
     }
     (registered, failures)
+}
+
+/// CPU time of the server and of this generator since `start`.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    server: u64,
+    generator: u64,
+}
+
+impl CpuClock {
+    fn start(server: &Proc) -> Self {
+        Self {
+            server: server.cpu_ticks(),
+            generator: procs::cpu_ticks(std::process::id()).unwrap_or(0),
+        }
+    }
+
+    /// (server, generator) CPU seconds since `start`.
+    fn seconds(self, server: &Proc) -> (f64, f64) {
+        let tck = procs::clk_tck().max(1) as f64;
+        let generator = procs::cpu_ticks(std::process::id()).unwrap_or(0);
+        (
+            server.cpu_ticks().saturating_sub(self.server) as f64 / tck,
+            generator.saturating_sub(self.generator) as f64 / tck,
+        )
+    }
 }
 
 /// Server CPU over `window`, in % of one core.
