@@ -460,7 +460,12 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
 
 async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer) -> Result<()> {
     if let DeviceCommand::Join { code, trust } = &command {
-        let mut client = Client::join_link(profile, code, &trust.trust()?).await?;
+        let show = |fingerprint: String| {
+            eprintln!(
+                "Waiting for approval on your other device. It will show a number: check it is\n\n  {fingerprint}\n\nIf it is not, someone else used the code: refuse there."
+            );
+        };
+        let mut client = Client::join_link(profile, code, &trust.trust()?, show).await?;
         client.disconnect().await;
         out.line(
             &format!("this device is now linked to {} (device {})", client.username(), client.device_id()),
@@ -483,10 +488,13 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
                 &serde_json::json!({ "code": text }),
             );
             let request = client.wait_for_link_request(&code).await?;
-            let fingerprint = hex::encode(&request.device_key[..8]);
+            eprintln!(
+                "A device asks to join your account. The new device shows a number; it must be\n\n  {}\n",
+                request.fingerprint
+            );
             if !yes
                 && !confirm(&format!(
-                    "Device {} (key {fingerprint}…) wants to join your account. Approve? [y/N] ",
+                    "Is that the number on the new device (device {})? Approve? [y/N] ",
                     request.device_id
                 ))?
             {

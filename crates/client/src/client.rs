@@ -436,8 +436,22 @@ impl Client {
     /// creating the profile in `dir`. Returns once the existing device
     /// approved. `trust` is what to trust on the way to the server in the
     /// code (`--ca-file`, `--insecure-transport`); the profile keeps it.
-    pub async fn join_link(dir: &Path, code: &str, trust: &Trust) -> Result<Self, ClientError> {
-        let joined = devices::join_link(dir, code, trust).await?;
+    /// `show_fingerprint` gets the twelve digits the approving device shows
+    /// too (see [`LinkRequestInfo::fingerprint`]), before waiting for it.
+    ///
+    /// The linking device's pinned log key and newest head come inside the
+    /// sealed bundle: a server presenting another key is refused, and the
+    /// server's heads must extend the linking device's.
+    pub async fn join_link(
+        dir: &Path,
+        code: &str,
+        trust: &Trust,
+        show_fingerprint: impl FnOnce(String),
+    ) -> Result<Self, ClientError> {
+        let joined = devices::join_link(dir, code, trust, show_fingerprint).await?;
+        if let Some(head) = &joined.head {
+            store::save_log_head(&joined.db, &sotto_proto::Message::encode_to_vec(head))?;
+        }
         Self::create(
             joined.db,
             joined.account,

@@ -10,6 +10,7 @@
 use crate::ClientError;
 use crate::conversations::{conversation_info, send_content};
 use crate::endpoint::Trust;
+use crate::keys::pinned_head;
 use crate::membership::{claim, commit_with_retry};
 use crate::profile::Profile;
 use crate::receive::{drain, handle_delivery};
@@ -23,7 +24,7 @@ use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, OpenLink,
-    RemoveDevice, client_frame,
+    RemoveDevice, SignedTreeHead, client_frame,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct DeviceInfo {
 pub struct LinkRequestInfo {
     pub device_id: DeviceId,
     pub device_key: [u8; 32],
+    /// Twelve digits the joining device shows too: if they differ, someone
+    /// else used the code.
+    pub fingerprint: String,
 }
 
 /// Opens a link rendezvous for `code` on the server.
@@ -78,9 +82,13 @@ pub(crate) async fn wait_for_link_request(
                         request.device_key.as_slice().try_into().map_err(|_| {
                             ClientError::Protocol("link request: bad device key".into())
                         })?;
+                    let fingerprint = code
+                        .fingerprint(&request.device_id, &device_key)
+                        .map_err(link_error)?;
                     return Ok(LinkRequestInfo {
                         device_id: DeviceId::from_slice(&request.device_id)?,
                         device_key,
+                        fingerprint,
                     });
                 }
                 Next::Push(Push::Delivery(d)) => {
@@ -120,6 +128,8 @@ pub(crate) async fn approve_link(
     let bundle = LinkBundle {
         username: own.to_string(),
         identity_secret: identity.secret().to_vec(),
+        log_key: s.key_log.log_key().to_vec(),
+        head: pinned_head(&s.profile.db)?,
     };
     let sealed_bundle = code
         .seal(LinkDirection::AccountBundle, &bundle.encode_to_vec())
@@ -195,6 +205,9 @@ pub(crate) struct Joined {
     pub account: Account,
     pub server_url: String,
     pub log_key: Vec<u8>,
+    /// The newest head the linking device verified, to pin before anything
+    /// else is checked.
+    pub head: Option<SignedTreeHead>,
     pub transport: Transport,
 }
 
@@ -205,6 +218,7 @@ pub(crate) async fn join_link(
     dir: &Path,
     code: &str,
     trust: &Trust,
+    show_fingerprint: impl FnOnce(String),
 ) -> Result<Joined, ClientError> {
     let code = LinkCode::parse(code).map_err(link_error)?;
     let db = crate::profile::open_new_profile(dir)?;
@@ -218,6 +232,10 @@ pub(crate) async fn join_link(
     let sealed_request = code
         .seal(LinkDirection::JoinRequest, &request.encode_to_vec())
         .map_err(link_error)?;
+    show_fingerprint(
+        code.fingerprint(&request.device_id, &request.device_key)
+            .map_err(link_error)?,
+    );
     t.request(client_frame::Body::JoinLink(JoinLink {
         link_id: link_id(&code)?,
         sealed_request,
@@ -243,13 +261,34 @@ pub(crate) async fn join_link(
         device_id,
         device,
     };
+    // The linking device's pins, a second source: a server (or someone in
+    // the way) presenting another log key is not the one the account is on.
+    let log_key = if bundle.log_key.is_empty() {
+        t.log_key.clone()
+    } else if bundle.log_key != t.log_key {
+        return Err(ClientError::KeyLog(format!(
+            "the server presents the log key {}, but your other device pinned {}: this is not \
+             the server your account is on, or someone is in the way. Nothing was saved",
+            hex::encode(&t.log_key),
+            hex::encode(&bundle.log_key)
+        )));
+    } else {
+        bundle.log_key
+    };
+    if let Some(head) = &bundle.head {
+        sotto_transparency::verify_head(&log_key, head).map_err(|e| {
+            ClientError::KeyLog(format!(
+                "the head your other device sent does not verify: {e}"
+            ))
+        })?;
+    }
     t.request(login_request(&account, &t.nonce)).await?;
-    let log_key = t.log_key.clone();
     Ok(Joined {
         db,
         account,
         server_url: code.server_url,
         log_key,
+        head: bundle.head,
         transport: t,
     })
 }
