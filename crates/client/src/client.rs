@@ -8,7 +8,7 @@ use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
-use crate::outbox::{CommitOutcome, Outbox};
+use crate::outbox::Outbox;
 use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
@@ -166,6 +166,12 @@ impl Client {
 
     pub fn server_url(&self) -> &str {
         &self.server_url
+    }
+
+    /// The server's log key this profile pinned: what to give others as
+    /// a second source (`sotto audit --log-key`, `sotto canary --log-key`).
+    pub fn log_key(&self) -> &[u8] {
+        self.key_log.log_key()
     }
 
     /// Hex of the account's identity key.
@@ -593,7 +599,9 @@ mod hooks {
 
         /// Submits every staged frame in the outbox (sends need no login); see
         /// [`Client::stage_key_update`].
-        pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
+        pub async fn submit_staged(
+            &mut self,
+        ) -> Result<Vec<crate::outbox::CommitOutcome>, ClientError> {
             let mut anonymous = Anonymous::new(
                 &self.server_url,
                 &self.trust,
