@@ -168,6 +168,13 @@ impl Client {
         &self.server_url
     }
 
+    /// How old a key-log head the server presents may be once this device
+    /// has seen a newer one (default [`crate::DEFAULT_MAX_HEAD_AGE`],
+    /// a day); an older one is refused as a stale view.
+    pub fn set_max_head_age(&mut self, age: std::time::Duration) {
+        self.key_log.max_head_age = age;
+    }
+
     /// The server's log key this profile pinned: what to give others as
     /// a second source (`sotto audit --log-key`, `sotto canary --log-key`).
     pub fn log_key(&self) -> &[u8] {

@@ -29,7 +29,7 @@ pub mod transport;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo};
 pub use endpoint::Trust;
-pub use keys::audit;
+pub use keys::{DEFAULT_MAX_HEAD_AGE, audit};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
