@@ -267,11 +267,15 @@ mod conformance {
             now: 1_000,
         };
         assert_eq!(
-            store.enqueue(message(1, &[1, 2, 3, 2])).await.unwrap(),
+            store
+                .enqueue(message(1, &[1, 2, 3, 2]))
+                .await
+                .unwrap()
+                .outcome,
             Enqueued::Queued
         );
         assert_eq!(
-            store.enqueue(message(1, &[1, 2, 3])).await.unwrap(),
+            store.enqueue(message(1, &[1, 2, 3])).await.unwrap().outcome,
             Enqueued::Duplicate
         );
         let stats = store.stats().await.unwrap();
