@@ -123,9 +123,12 @@ pub(crate) async fn handle_delivery(
 /// Only a warning: the notice is the server's word, not authenticated by
 /// MLS, so it changes nothing else. And it can promise no repair: MLS
 /// cannot skip a commit, so after a lost commit every later message of the
-/// group is held as coming from a future epoch until a member removes this
-/// device and adds it again (which the warning asks for). A lost Welcome
-/// likewise needs the device added again.
+/// group is held as coming from a future epoch, for good. A member adding
+/// the device back to the same group does not help yet: its Welcome names
+/// a group id this device already holds state for, and is refused
+/// (`GroupAlreadyExists`); so the warning asks for the device to be removed
+/// (so nothing more is queued for a leaf that cannot read) and for a new
+/// conversation. A lost Welcome needs only the device added again.
 fn missed(
     profile: &Profile,
     message_id: &[u8],
@@ -179,7 +182,8 @@ fn missed(
         text.push_str(
             " A change to the group's membership or keys was among them, and MLS cannot skip \
              one: this device can no longer read this conversation. Ask a member to remove \
-             this device and add it again.",
+             this device from it and start a new conversation with you (adding this device \
+             back to this one does not work yet).",
         );
     }
     if notice.welcomes > 0 {

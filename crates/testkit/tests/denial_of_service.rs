@@ -175,10 +175,30 @@ async fn a_member_flooding_a_mailbox_does_not_freeze_the_group() {
             "{warning}"
         );
         assert!(
-            warning.contains("remove this device and add it again"),
-            "a lost commit asks to be added again: {warning}"
+            warning.contains("can no longer read this conversation"),
+            "a lost commit is said to be fatal to the group: {warning}"
         );
         assert!(mailbox_warnings(&bob, "team").is_none());
+
+        // What the warning asks for repairs it: Carol removed from the
+        // group she cannot follow, and a new conversation with her.
+        alice.remove_member("team", "carol").await.unwrap();
+        alice
+            .create_group("team again", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        alice
+            .send_group("team again", "welcome back")
+            .await
+            .unwrap();
+        let received = carol.sync().await.unwrap();
+        assert!(
+            texts(&received).contains(&"welcome back".to_owned()),
+            "{received:?}"
+        );
+        bob.sync().await.unwrap();
+        alice.send_group("team", "without carol").await.unwrap();
+        assert_eq!(texts(&bob.sync().await.unwrap()), ["without carol"]);
     })
     .await;
 }
@@ -237,7 +257,7 @@ async fn an_outsider_filling_a_mailbox_does_not_freeze_the_victims_groups() {
         let warning =
             mailbox_warnings(&carol, "team").expect("a mailbox warning in the conversation");
         assert!(
-            warning.contains("remove this device and add it again"),
+            warning.contains("can no longer read this conversation"),
             "{warning}"
         );
         // The garbage group's loss is reported in the device log.
