@@ -273,3 +273,66 @@ async fn an_outsider_filling_a_mailbox_does_not_freeze_the_victims_groups() {
     })
     .await;
 }
+
+/// Carol's mailbox is full when Alice adds her: the group is created all
+/// the same (the commit is not refused), and Carol is told in her device
+/// log that an invitation was lost. Removed and added again, she joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_lost_to_a_full_mailbox_is_reported_and_can_be_sent_again() {
+    within(async {
+        let server = TestServer::start_with(|c| c.limits.max_mailbox_entries = 3).await;
+        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+        let (mut bob, _bob_dir) = register(&server.url(), "bob").await;
+        let (mut carol, _carol_dir) = register(&server.url(), "carol").await;
+        carol.disconnect().await;
+        let mut mallory = server.connect().await;
+        let garbage = create_group(&mut mallory).await;
+        let carol_device = carol.device_id().as_bytes().to_vec();
+        for _ in 0..3 {
+            mallory
+                .request(send_message(
+                    &random_id(),
+                    &garbage,
+                    &[&carol_device],
+                    b"junk",
+                ))
+                .await;
+        }
+
+        alice
+            .create_group("team", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            alice.skipped_recipients(),
+            2,
+            "only Carol was skipped: for the Welcome and the conversation's info"
+        );
+        alice.send_group("team", "hi").await.unwrap();
+        assert_eq!(texts(&bob.sync().await.unwrap()), ["hi"]);
+
+        carol.sync().await.unwrap();
+        let log = carol.device_warnings().unwrap();
+        assert!(
+            log.iter()
+                .any(|(_, w)| w.contains("the invitation was lost")),
+            "{log:?}"
+        );
+        assert!(carol.groups().unwrap().is_empty());
+
+        // (Carol drains as she goes: the cap is tiny.)
+        alice.remove_member("team", "carol").await.unwrap();
+        carol.sync().await.unwrap();
+        alice.add_member("team", "carol").await.unwrap();
+        carol.sync().await.unwrap();
+        alice.send_group("team", "now with carol").await.unwrap();
+        let received = carol.sync().await.unwrap();
+        assert_eq!(
+            texts(&received),
+            ["now with carol"],
+            "{received:?} {:?}",
+            carol.device_warnings()
+        );
+    })
+    .await;
+}
