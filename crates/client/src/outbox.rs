@@ -201,16 +201,17 @@ impl Outbox {
         outgoing: &Outgoing,
     ) -> Result<CommitOutcome, ClientError> {
         let verdict = anonymous.request(outgoing.body()).await;
+        if matches!(verdict, Err(ClientError::Network(_))) {
+            // Still in the outbox: resent, with the same id, on reconnect.
+            return verdict.map(|_| CommitOutcome::Accepted);
+        }
+
         let what = if outgoing.is_commit() {
             "commit"
         } else {
             "message"
         };
         self.note_skipped(&verdict, what);
-        if matches!(verdict, Err(ClientError::Network(_))) {
-            // Still in the outbox: resent, with the same id, on reconnect.
-            return verdict.map(|_| CommitOutcome::Accepted);
-        }
         // `Err(())`: refused for another reason, reported as the verdict.
         let (outcome, lines) = profile.in_transaction(|provider, tx| {
             store::remove_outbox(tx, &outgoing.message_id)?;
