@@ -407,7 +407,11 @@ mod tests {
         const DAY: u64 = 86_400;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE_NAME);
-        let before = MIGRATIONS.len() - 1;
+        // The schema just before the migration that added `active_day`.
+        let before = MIGRATIONS
+            .iter()
+            .position(|sql| sql.contains("ADD COLUMN active_day"))
+            .unwrap();
         {
             let mut conn = Connection::open(&path).unwrap();
             configure(&conn).unwrap();
