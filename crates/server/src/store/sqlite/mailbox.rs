@@ -2,6 +2,8 @@
 //! once) and one row per recipient device, acknowledgement and expiry.
 
 use super::*;
+use sotto_proto::missed_notice;
+use sotto_proto::v1::MissedMessages;
 
 pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
     Ok(conn
@@ -150,17 +152,15 @@ fn mailbox_is_full(conn: &Connection, num: i64, limit: u32) -> Result<bool, Stor
     Ok(at_least.query_row(params![num, limit - 1 + notices], |r| r.get::<_, bool>(0))?)
 }
 
-/// One queued notice, as `missed` holds it.
-struct Notice {
-    message_ref: i64,
-    messages: i64,
-    commits: i64,
-    welcomes: i64,
-}
-
 /// Tells a skipped device what it missed: updates its queued notice for the
 /// group, or queues a new one (see [`MailboxStore::enqueue`] for the rules
 /// and why).
+///
+/// The `missed` table only marks which payloads are notices and for which
+/// device; the group and the counts are in the notice itself, read back
+/// here. So no column pairs a device with a group: a notice's payload tells
+/// the server no more than the clear-text MLS framing of the payloads
+/// already queued for the device.
 fn record_missed(
     conn: &Connection,
     device: DeviceId,
@@ -170,79 +170,62 @@ fn record_missed(
     lost_message: MessageId,
     now: UnixSeconds,
 ) -> Result<(), StoreError> {
-    let newest = |group: &[u8]| -> Result<Option<Notice>, StoreError> {
-        Ok(conn
-            .prepare_cached(
-                "SELECT message_ref, messages, commits, welcomes FROM missed \
-                 WHERE device_num = ?1 AND group_id = ?2 ORDER BY message_ref DESC LIMIT 1",
-            )?
-            .query_row(params![num, group], |r| {
-                Ok(Notice {
-                    message_ref: r.get(0)?,
-                    messages: r.get(1)?,
-                    commits: r.get(2)?,
-                    welcomes: r.get(3)?,
-                })
-            })
-            .optional()?)
-    };
-    let own = newest(group_id.as_bytes())?;
-    let absorbs = |n: &Notice| missed == Missed::Message || n.commits + n.welcomes > 0;
-    let (group, notice): (&[u8], Option<Notice>) = match own {
-        Some(n) if absorbs(&n) => (group_id.as_bytes(), Some(n)),
-        _ => {
-            let queued: i64 = conn
-                .prepare_cached("SELECT count(*) FROM missed WHERE device_num = ?1")?
-                .query_row([num], |r| r.get(0))?;
-            if to_u64(queued) < MAX_MISSED_NOTICES {
-                (group_id.as_bytes(), None)
-            } else {
-                // "Other groups": one notice that absorbs everything.
-                (&[], newest(&[])?)
-            }
+    // The device's queued notices, oldest first: at most
+    // MAX_MISSED_NOTICES + 1 (see below).
+    let mut queued: Vec<(i64, MissedMessages)> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT missed.message_ref, messages.payload FROM missed \
+             JOIN messages ON messages.id = missed.message_ref \
+             WHERE missed.device_num = ?1 ORDER BY missed.message_ref",
+        )?;
+        let rows = stmt.query_map([num], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        for row in rows {
+            let (message_ref, payload) = row?;
+            let notice = missed_notice::parse(&payload).ok_or_else(|| {
+                StoreError::Backend("a stored missed-messages notice does not decode".into())
+            })?;
+            queued.push((message_ref, notice));
         }
-    };
-    let (mut messages, mut commits, mut welcomes) = notice
-        .as_ref()
-        .map_or((0, 0, 0), |n| (n.messages, n.commits, n.welcomes));
-    match missed {
-        Missed::Message => messages = messages.saturating_add(1),
-        Missed::Commit => commits = commits.saturating_add(1),
-        Missed::Welcome => welcomes = welcomes.saturating_add(1),
     }
-    let payload = sotto_proto::missed_notice::encode(&sotto_proto::v1::MissedMessages {
-        group_id: group.to_vec(),
-        messages: to_u64(messages),
-        commits: to_u64(commits),
-        welcomes: to_u64(welcomes),
-    });
-    if let Some(notice) = notice {
+    let newest = |group: &[u8]| queued.iter().rev().find(|(_, n)| n.group_id == group);
+    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits + n.welcomes > 0;
+    let (existing, mut notice) = match newest(group_id.as_bytes()) {
+        Some((message_ref, n)) if absorbs(n) => (Some(*message_ref), n.clone()),
+        _ if u64::try_from(queued.len()).unwrap_or(u64::MAX) < MAX_MISSED_NOTICES => (
+            None,
+            MissedMessages {
+                group_id: group_id.as_bytes().to_vec(),
+                ..MissedMessages::default()
+            },
+        ),
+        // "Other groups": one notice, naming none, that absorbs everything.
+        _ => match newest(&[]) {
+            Some((message_ref, n)) => (Some(*message_ref), n.clone()),
+            None => (None, MissedMessages::default()),
+        },
+    };
+    match missed {
+        Missed::Message => notice.messages = notice.messages.saturating_add(1),
+        Missed::Commit => notice.commits = notice.commits.saturating_add(1),
+        Missed::Welcome => notice.welcomes = notice.welcomes.saturating_add(1),
+    }
+    let payload = missed_notice::encode(&notice);
+    if let Some(message_ref) = existing {
         // Still queued (its row goes with its payload): the device reads
         // the new counts when it fetches it.
         conn.prepare_cached("UPDATE messages SET payload = ?1 WHERE id = ?2")?
-            .execute(params![payload, notice.message_ref])?;
-        conn.prepare_cached(
-            "UPDATE missed SET messages = ?1, commits = ?2, welcomes = ?3 WHERE message_ref = ?4",
-        )?
-        .execute(params![messages, commits, welcomes, notice.message_ref])?;
+            .execute(params![payload, message_ref])?;
         return Ok(());
     }
     let notice_id = notice_id(conn, device, lost_message)?;
     conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")?
         .execute(params![notice_id.as_bytes().as_slice(), payload])?;
     let message_ref = conn.last_insert_rowid();
-    conn.prepare_cached(
-        "INSERT INTO missed (message_ref, device_num, group_id, messages, commits, welcomes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        message_ref,
-        num,
-        group,
-        messages,
-        commits,
-        welcomes
-    ])?;
+    conn.prepare_cached("INSERT INTO missed (message_ref, device_num) VALUES (?1, ?2)")?
+        .execute(params![message_ref, num])?;
     queue_entry(
         conn,
         device,

@@ -160,19 +160,16 @@ CREATE INDEX mls_groups_by_active_day ON mls_groups(active_day);
 ",
     // Missed-messages notices (`MailboxStore::enqueue`): a notice is a
     // queued payload like any other (so it is delivered, acknowledged and
-    // expired with the mailbox); this row says which device and group it
-    // is about and what it counts, so that later losses update it. It goes
-    // with its payload (ON DELETE CASCADE).
+    // expired with the mailbox); this row marks the payload as a notice for
+    // one device, so that later losses update it and the cap does not count
+    // it. Its group and counts are in the payload: no column pairs a device
+    // with a group. It goes with its payload (ON DELETE CASCADE).
     r"
 CREATE TABLE missed (
     message_ref INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-    device_num  INTEGER NOT NULL,
-    group_id    BLOB NOT NULL,
-    messages    INTEGER NOT NULL,
-    commits     INTEGER NOT NULL,
-    welcomes    INTEGER NOT NULL
+    device_num  INTEGER NOT NULL
 );
-CREATE INDEX missed_by_device ON missed(device_num, group_id);
+CREATE INDEX missed_by_device ON missed(device_num);
 ",
 ];
 
