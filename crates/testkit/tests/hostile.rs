@@ -408,6 +408,58 @@ async fn a_withheld_roster_change_is_caught() {
     .await;
 }
 
+/// The operator forges a missed-messages notice (it is the server's word,
+/// not authenticated by MLS): Carol sees the warning, and nothing else
+/// changes: she keeps reading and sending in the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_missed_messages_notice_only_warns() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+        let (mut carol, _carol_dir) = register(&server.url(), "carol").await;
+        alice.create_group("team", &["carol".into()]).await.unwrap();
+        carol.sync().await.unwrap();
+
+        let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let group_id: Vec<u8> = db
+            .query_row("SELECT group_id FROM mls_groups", [], |r| r.get(0))
+            .unwrap();
+        let forged = sotto_proto::missed_notice::encode(&v1::MissedMessages {
+            group_id,
+            messages: 0,
+            commits: 1,
+            welcomes: 0,
+        });
+        db.execute(
+            "INSERT INTO messages (message_id, payload) VALUES (?1, ?2)",
+            rusqlite::params![[0x5a_u8; 16].as_slice(), forged],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) \
+             VALUES ((SELECT num FROM devices WHERE device_id = ?1), last_insert_rowid(), 0)",
+            [carol.device_id().as_bytes()],
+        )
+        .unwrap();
+        drop(db);
+
+        carol.sync().await.unwrap();
+        let shown = warnings(&carol.history(ConversationKind::Group, "team").unwrap());
+        assert!(
+            shown
+                .iter()
+                .any(|w| w.contains("can no longer read this conversation")),
+            "{shown:?}"
+        );
+        alice.send_group("team", "still readable").await.unwrap();
+        assert_eq!(texts(&carol.sync().await.unwrap()), ["still readable"]);
+        carol.send_group("team", "and writable").await.unwrap();
+        assert_eq!(texts(&alice.sync().await.unwrap()), ["and writable"]);
+    })
+    .await;
+}
+
 /// The operator (or a reordering path) delivers a message before the commit
 /// that starts its epoch. Bob holds it, with a notice, and shows it right
 /// after the commit, in order; nothing is refused.
@@ -461,58 +513,6 @@ async fn a_message_ahead_of_its_commit_is_held_then_shown() {
             history.iter().all(|t| !t.starts_with("WARNING")),
             "{history:?}"
         );
-    })
-    .await;
-}
-
-/// The operator forges a missed-messages notice (it is the server's word,
-/// not authenticated by MLS): Carol sees the warning, and nothing else
-/// changes: she keeps reading and sending in the conversation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_missed_messages_notice_only_warns() {
-    within(async {
-        let server = TestServer::start().await;
-        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
-        let (mut carol, _carol_dir) = register(&server.url(), "carol").await;
-        alice.create_group("team", &["carol".into()]).await.unwrap();
-        carol.sync().await.unwrap();
-
-        let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
-        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-        let group_id: Vec<u8> = db
-            .query_row("SELECT group_id FROM mls_groups", [], |r| r.get(0))
-            .unwrap();
-        let forged = sotto_proto::missed_notice::encode(&v1::MissedMessages {
-            group_id,
-            messages: 0,
-            commits: 1,
-            welcomes: 0,
-        });
-        db.execute(
-            "INSERT INTO messages (message_id, payload) VALUES (?1, ?2)",
-            rusqlite::params![[0x5a_u8; 16].as_slice(), forged],
-        )
-        .unwrap();
-        db.execute(
-            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) \
-             VALUES ((SELECT num FROM devices WHERE device_id = ?1), last_insert_rowid(), 0)",
-            [carol.device_id().as_bytes()],
-        )
-        .unwrap();
-        drop(db);
-
-        carol.sync().await.unwrap();
-        let shown = warnings(&carol.history(ConversationKind::Group, "team").unwrap());
-        assert!(
-            shown
-                .iter()
-                .any(|w| w.contains("can no longer read this conversation")),
-            "{shown:?}"
-        );
-        alice.send_group("team", "still readable").await.unwrap();
-        assert_eq!(texts(&carol.sync().await.unwrap()), ["still readable"]);
-        carol.send_group("team", "and writable").await.unwrap();
-        assert_eq!(texts(&alice.sync().await.unwrap()), ["and writable"]);
     })
     .await;
 }
