@@ -324,18 +324,24 @@ impl Notice {
 }
 
 /// The id the store gives a notice: derived from the device and the
-/// message it lost.
-fn notice_id(device: u8, lost: u8) -> MessageId {
+/// message it lost, hashed again while taken (a message id lost twice, in
+/// two sends that stored nothing, by the same device).
+fn notice_id(device: u8, lost: u8, taken: impl Fn(MessageId) -> bool) -> MessageId {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(
-        [
-            b"sotto missed notice".as_slice(),
-            device_id(device).as_bytes(),
-            message_id(lost).as_bytes(),
-        ]
-        .concat(),
-    );
-    MessageId::from_slice(&digest[..16]).unwrap()
+    let mut seed = [
+        b"sotto missed notice".as_slice(),
+        device_id(device).as_bytes(),
+        message_id(lost).as_bytes(),
+    ]
+    .concat();
+    loop {
+        let digest = sha2::Sha256::digest(&seed);
+        let id = MessageId::from_slice(&digest[..16]).unwrap();
+        if !taken(id) {
+            return id;
+        }
+        seed = digest.to_vec();
+    }
 }
 
 /// What the `Store` trait promises, as plain collections.
@@ -509,6 +515,7 @@ impl Model {
         let notice = match own {
             Some((_, n)) if missed == Missed::Message || n.commits + n.welcomes > 0 => n,
             _ => {
+                let id = notice_id(device, lost, |id| self.notices.values().any(|n| n.id == id));
                 self.last_notice += 1;
                 self.last_seq += 1;
                 self.mailbox.insert(
@@ -523,7 +530,7 @@ impl Model {
                 self.notices.entry(self.last_notice).or_insert(Notice {
                     device,
                     group: Some(group),
-                    id: notice_id(device, lost),
+                    id,
                     messages: 0,
                     commits: 0,
                     welcomes: 0,

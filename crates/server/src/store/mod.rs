@@ -216,6 +216,11 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// - a device with [`MAX_MISSED_NOTICES`] queued notices gets losses
     ///   of further groups counted in one more notice with an empty group
     ///   id ("other groups").
+    ///
+    /// A send that skipped every recipient stores no payload, so its
+    /// message id is not remembered: a resend counts again in the notices
+    /// (which is why they say "at least"). A notice's message id is derived
+    /// from the device and the lost message's id, hashed again while taken.
     fn enqueue(
         &self,
         message: GroupMessage,
