@@ -513,7 +513,7 @@ impl Model {
             .rev()
             .find(|(_, n)| n.device == device && n.group == Some(group));
         let notice = match own {
-            Some((_, n)) if missed == Missed::Message || n.commits + n.welcomes > 0 => n,
+            Some((_, n)) if missed == Missed::Message || n.commits > 0 || n.welcomes > 0 => n,
             _ => {
                 let id = notice_id(device, lost, |id| self.notices.values().any(|n| n.id == id));
                 self.last_notice += 1;

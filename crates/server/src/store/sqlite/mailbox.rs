@@ -191,7 +191,7 @@ fn record_missed(
         }
     }
     let newest = |group: &[u8]| queued.iter().rev().find(|(_, n)| n.group_id == group);
-    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits + n.welcomes > 0;
+    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits > 0 || n.welcomes > 0;
     let (existing, mut notice) = match newest(group_id.as_bytes()) {
         Some((message_ref, n)) if absorbs(n) => (Some(*message_ref), n.clone()),
         _ if u64::try_from(queued.len()).unwrap_or(u64::MAX) < MAX_MISSED_NOTICES => (
