@@ -527,6 +527,13 @@ impl Client {
         Ok(store::device_log(&self.profile.db)?)
     }
 
+    /// How many recipient devices the server skipped, because their
+    /// mailbox was full, in what this `Client` sent (not stored: logged
+    /// too). A skip is not a failure; the skipped device is told.
+    pub fn skipped_recipients(&self) -> u64 {
+        self.outbox.skipped_recipients()
+    }
+
     /// How many messages of a conversation were dropped because their
     /// sender had been removed by a commit this device already merged.
     pub fn dropped_from_former_members(

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use sotto_core::group::{self, PendingCommit};
 use sotto_core::identity::DeviceId;
 use sotto_proto::Message as _;
-use sotto_proto::v1::{ClientFrame, ErrorCode, SendMessage, SubmitCommit, client_frame};
+use sotto_proto::v1::{ClientFrame, ErrorCode, SendMessage, SubmitCommit, client_frame, response};
 
 /// What an outgoing frame asks of the server.
 #[derive(Clone, Debug)]
@@ -151,6 +151,8 @@ pub enum CommitOutcome {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     own_lines: Vec<HistoryEntry>,
+    /// Recipients the server skipped since this `Outbox` was made.
+    skipped_recipients: u64,
 }
 
 impl Outbox {
@@ -158,6 +160,35 @@ impl Outbox {
     /// call.
     pub(crate) fn take_lines(&mut self) -> Vec<HistoryEntry> {
         std::mem::take(&mut self.own_lines)
+    }
+
+    /// How many recipients the server skipped (full mailboxes) in the
+    /// sends and commits this `Outbox` submitted.
+    pub(crate) fn skipped_recipients(&self) -> u64 {
+        self.skipped_recipients
+    }
+
+    /// A send the server stored for everyone but devices with a full
+    /// mailbox. Not a failure, and nothing to resend: the server queued a
+    /// missed-messages notice for each, which tells that device what it
+    /// lost (and, for a commit, that it must be added again). Logged and
+    /// counted only.
+    fn note_skipped(&mut self, verdict: &Result<response::Result, ClientError>, what: &str) {
+        let Ok(response::Result::Done(done)) = verdict else {
+            return;
+        };
+        if done.skipped_recipients.is_empty() {
+            return;
+        }
+        let count = u64::try_from(done.skipped_recipients.len()).unwrap_or(u64::MAX);
+        self.skipped_recipients = self.skipped_recipients.saturating_add(count);
+        let devices: Vec<String> = done.skipped_recipients.iter().map(hex::encode).collect();
+        tracing::warn!(
+            skipped = count,
+            devices = %devices.join(","),
+            "the server stored this {what} for every recipient but those whose mailbox is full; \
+             they will be told what they missed"
+        );
     }
 
     /// Sends a queued frame and applies the server's verdict: a commit is
@@ -174,6 +205,13 @@ impl Outbox {
             // Still in the outbox: resent, with the same id, on reconnect.
             return verdict.map(|_| CommitOutcome::Accepted);
         }
+
+        let what = if outgoing.is_commit() {
+            "commit"
+        } else {
+            "message"
+        };
+        self.note_skipped(&verdict, what);
         // `Err(())`: refused for another reason, reported as the verdict.
         let (outcome, lines) = profile.in_transaction(|provider, tx| {
             store::remove_outbox(tx, &outgoing.message_id)?;

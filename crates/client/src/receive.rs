@@ -13,7 +13,8 @@ use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, 
 use crate::transport::{Next, Push};
 use sotto_core::group::{self, GroupError};
 use sotto_core::identity::Username;
-use sotto_proto::v1::{Delivery, Sync, client_frame, response};
+use sotto_proto::missed_notice;
+use sotto_proto::v1::{Delivery, MissedMessages, Sync, client_frame, response};
 use std::collections::VecDeque;
 
 /// Transient failures of one delivery (across syncs) before it is skipped
@@ -100,14 +101,105 @@ pub(crate) async fn drain(s: &mut Session<'_>) -> Result<Vec<HistoryEntry>, Clie
 }
 
 /// Applies one delivery atomically (with any held messages it unblocks),
-/// then acknowledges it.
+/// then acknowledges it. A missed-messages notice from the server (this
+/// device's mailbox was full) becomes a warning line instead.
 pub(crate) async fn handle_delivery(
     s: &mut Session<'_>,
     d: Delivery,
     out: &mut Vec<HistoryEntry>,
 ) -> Result<(), ClientError> {
-    receive(s, &d.message_id, &d.payload, out).await?;
+    match missed_notice::parse(&d.payload) {
+        Some(notice) => out.extend(missed(s.profile, &d.message_id, &notice)?),
+        None => receive(s, &d.message_id, &d.payload, out).await?,
+    }
     s.connection.ack(d.seq).await
+}
+
+/// Warns that messages were lost because this device's mailbox on the
+/// server was full (`MissedMessages`): in the conversation of the group it
+/// names, or in the device log when this device knows no such
+/// conversation (a lost Welcome, a group it is not in, or too many groups
+/// for the server to name).
+///
+/// Only a warning: the notice is the server's word, not authenticated by
+/// MLS, so it changes nothing else. And it can promise no repair: MLS
+/// cannot skip a commit, so after a lost commit every later message of the
+/// group is held as coming from a future epoch, for good. A member adding
+/// the device back to the same group does not help yet: its Welcome names
+/// a group id this device already holds state for, and is refused
+/// (`GroupAlreadyExists`); so the warning asks for the device to be removed
+/// (so nothing more is queued for a leaf that cannot read) and for a new
+/// conversation. A lost Welcome needs only the device added again.
+fn missed(
+    profile: &Profile,
+    message_id: &[u8],
+    notice: &MissedMessages,
+) -> Result<Vec<HistoryEntry>, ClientError> {
+    let group_row = if notice.group_id.is_empty() {
+        None
+    } else {
+        store::group(&profile.db, &notice.group_id)?
+    };
+    if group_row
+        .as_ref()
+        .is_some_and(|row| row.state != GroupState::Active)
+    {
+        // A conversation this device left or refused: nothing to repair.
+        tracing::info!("messages of a group this device no longer uses were lost (mailbox full)");
+        return Ok(Vec::new());
+    }
+    let conversation = group_row
+        .as_ref()
+        .and_then(|row| row.conversation_id)
+        .map(|id| store::conversation_by_id(&profile.db, id))
+        .transpose()?
+        .flatten();
+    let lost = notice.messages.saturating_add(notice.commits);
+    let mut text = if notice.group_id.is_empty() {
+        format!(
+            "WARNING: {lost} or more messages of several conversations were lost because this \
+             device's mailbox on the server was full (it was offline too long, or someone \
+             flooded it)."
+        )
+    } else if conversation.is_some() {
+        format!(
+            "WARNING: {lost} or more messages of this conversation were lost because this \
+             device's mailbox on the server was full (it was offline too long, or someone \
+             flooded it)."
+        )
+    } else {
+        format!(
+            "WARNING: {lost} or more messages of a conversation this device is not in were lost \
+             because its mailbox on the server was full."
+        )
+    };
+    if notice.group_id.is_empty() {
+        text.push_str(
+            " Any conversation may be affected: one whose new messages stay waiting for an \
+             earlier change can only be repaired by a member removing this device and adding \
+             it again.",
+        );
+    } else if notice.commits > 0 {
+        text.push_str(
+            " A change to the group's membership or keys was among them, and MLS cannot skip \
+             one: this device can no longer read this conversation. Ask a member to remove \
+             this device from it and start a new conversation with you (adding this device \
+             back to this one does not work yet).",
+        );
+    }
+    if notice.welcomes > 0 {
+        text.push_str(
+            " This device was added to a conversation, but the invitation was lost too: ask \
+             whoever added it to remove this device and add it again.",
+        );
+    }
+    tracing::warn!(
+        messages = notice.messages,
+        commits = notice.commits,
+        welcomes = notice.welcomes,
+        "messages were lost because this device's mailbox was full"
+    );
+    warn(profile, conversation.as_ref(), message_id, &text)
 }
 
 /// Processes one incoming MLS message, then every held message that a

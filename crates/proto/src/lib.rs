@@ -15,6 +15,7 @@
 
 pub use prost::Message;
 
+pub mod missed_notice;
 pub mod mls_framing;
 
 /// Generated protocol types, version 1.

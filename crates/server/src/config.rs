@@ -140,8 +140,10 @@ pub struct Limits {
     pub log_requests_per_connection: Rate,
     /// Open connections from one address. Default 1 000.
     pub max_connections_per_address: usize,
-    /// Messages waiting in one device's mailbox; a send that would exceed
-    /// it is refused with `MAILBOX_FULL`. Default 10 000.
+    /// Messages waiting in one device's mailbox. A send or commit is not
+    /// refused because a recipient is at it: that device is skipped (the
+    /// sender is told in `Done.skipped_recipients`) and gets a
+    /// missed-messages notice, which does not count. Default 10 000.
     pub max_mailbox_entries: u32,
     /// KeyPackage claims on one connection. Default 20/s, bursts of 50.
     pub claims_per_connection: Rate,

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use sotto_proto::missed_notice;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body};
 use sotto_server::RegistrationPolicy;
 use sotto_server::config::Rate;
@@ -159,38 +160,138 @@ async fn link_attempts_and_log_requests_are_rate_limited() {
     assert!(err.message.contains("key-log requests"), "{}", err.message);
 }
 
+/// The devices a successful send skipped because their mailbox was full.
+#[track_caller]
+fn skipped(response: &v1::Response) -> Vec<Vec<u8>> {
+    match &response.result {
+        Some(v1::response::Result::Done(done)) => done.skipped_recipients.clone(),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+/// An outsider fills a member's mailbox with garbage from a group of its
+/// own: the member's groups keep working. Messages and commits are stored
+/// for everyone else, the response names exactly the skipped device, the
+/// full mailbox does not grow, and the device finds out what it missed, in
+/// order, once it drains.
 #[tokio::test]
-async fn a_full_mailbox_refuses_more_until_it_is_fetched() {
+async fn a_full_mailbox_skips_only_its_device() {
     let server = TestServer::start_with(|c| c.limits.max_mailbox_entries = 2).await;
     let (bob, bob_account) = server.registered("bob").await;
     drop(bob);
-    let (mut alice, _) = server.registered("alice").await;
-    let group = create_group(&mut alice).await;
-    let to_bob: &[&[u8]] = &[&bob_account.device_id];
-    for _ in 0..2 {
-        assert_done(
-            &alice
-                .request(send_message(&random_id(), &group, to_bob, b"m"))
-                .await,
-        );
-    }
-    let err = assert_error(
-        &alice
-            .request(send_message(&random_id(), &group, to_bob, b"m"))
-            .await,
-        ErrorCode::MailboxFull,
-    );
-    assert!(err.message.contains("full"), "{}", err.message);
+    let (mut carol, carol_account) = server.registered("carol").await;
+    let (mut alice, alice_account) = server.registered("alice").await;
+    let bob_id: &[u8] = &bob_account.device_id;
 
+    // The outsider: an anonymous connection and a group of its own.
+    let mut mallory = server.connect().await;
+    let garbage = create_group(&mut mallory).await;
+    for _ in 0..2 {
+        let sent = mallory
+            .request(send_message(&random_id(), &garbage, &[bob_id], b"junk"))
+            .await;
+        assert!(skipped(&sent).is_empty());
+    }
+    let sent = mallory
+        .request(send_message(&random_id(), &garbage, &[bob_id], b"junk"))
+        .await;
+    assert_eq!(
+        skipped(&sent),
+        [bob_id.to_vec()],
+        "a full mailbox is skipped, not refused"
+    );
+
+    // The victim's group: a message reaches everyone else.
+    let group = create_group(&mut alice).await;
+    let members: &[&[u8]] = &[&alice_account.device_id, bob_id, &carol_account.device_id];
+    let sent = alice
+        .request(send_message(&random_id(), &group, members, b"hello"))
+        .await;
+    assert_eq!(
+        skipped(&sent),
+        [bob_id.to_vec()],
+        "exactly the full device is named"
+    );
+    // (Alice's own copy, acknowledged unread as a real client does.)
+    alice.sync().await;
+    let delivered = carol.sync().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(unframed(&delivered[0].payload), b"hello");
+
+    // A commit is never refused because a recipient is full, and the group
+    // moves on.
+    let sent = alice
+        .request(Body::SubmitCommit(commit(
+            &random_id(),
+            &group,
+            1,
+            members,
+            b"commit",
+        )))
+        .await;
+    assert_eq!(skipped(&sent), [bob_id.to_vec()]);
+    alice.sync().await;
+    let sent = alice
+        .request(send_message_at(2, &random_id(), &group, members, b"after"))
+        .await;
+    assert_eq!(skipped(&sent), [bob_id.to_vec()]);
+    let delivered = carol.sync().await;
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|d| unframed(&d.payload))
+            .collect::<Vec<_>>(),
+        [b"commit".to_vec(), b"after".to_vec()]
+    );
+
+    // Bob drains: his two messages, then what he missed, in order; the
+    // mailbox did not grow past the cap.
     let mut bob = server.connect().await;
     bob.login(&bob_account).await;
-    let pending = bob.sync().await;
-    assert_eq!(pending.len(), 2);
-    assert_done(
-        &alice
-            .request(send_message(&random_id(), &group, to_bob, b"m"))
-            .await,
+    let delivered = bob.sync().await;
+    let (notices, messages): (Vec<_>, Vec<_>) = delivered
+        .iter()
+        .partition(|d| missed_notice::parse(&d.payload).is_some());
+    assert_eq!(messages.len(), 2, "the cap held");
+    assert!(
+        delivered[..2]
+            .iter()
+            .all(|d| missed_notice::parse(&d.payload).is_none())
     );
+    let notices: Vec<v1::MissedMessages> = notices
+        .iter()
+        .filter_map(|d| missed_notice::parse(&d.payload))
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            v1::MissedMessages {
+                group_id: garbage.clone(),
+                messages: 1,
+                commits: 0,
+                welcomes: 0
+            },
+            v1::MissedMessages {
+                group_id: group.clone(),
+                messages: 1,
+                commits: 0,
+                welcomes: 0
+            },
+            v1::MissedMessages {
+                group_id: group.clone(),
+                messages: 1,
+                commits: 1,
+                welcomes: 0
+            },
+        ]
+    );
+
+    // Drained, bob gets messages again.
+    let sent = alice
+        .request(send_message_at(2, &random_id(), &group, members, b"again"))
+        .await;
+    assert!(skipped(&sent).is_empty());
+    assert_eq!(unframed(&bob.next_delivery().await.payload), b"again");
 }
 
 #[tokio::test]

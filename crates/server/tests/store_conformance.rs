@@ -11,10 +11,12 @@
     clippy::indexing_slicing
 )]
 
+use sotto_proto::v1::MissedMessages;
 use sotto_server::store::{
     AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, MessageId, NewAccount,
-    NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, MAX_MISSED_NOTICES,
+    MailboxEntry, MessageId, NewAccount, NewDevice, Queued, RegisterError, RemoveDeviceError,
+    SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -267,11 +269,15 @@ mod conformance {
             now: 1_000,
         };
         assert_eq!(
-            store.enqueue(message(1, &[1, 2, 3, 2])).await.unwrap(),
+            store
+                .enqueue(message(1, &[1, 2, 3, 2]))
+                .await
+                .unwrap()
+                .outcome,
             Enqueued::Queued
         );
         assert_eq!(
-            store.enqueue(message(1, &[1, 2, 3])).await.unwrap(),
+            store.enqueue(message(1, &[1, 2, 3])).await.unwrap().outcome,
             Enqueued::Duplicate
         );
         let stats = store.stats().await.unwrap();
@@ -301,6 +307,227 @@ mod conformance {
             store.stats().await.unwrap(),
             stats,
             "refused messages store nothing"
+        );
+    }
+
+    /// The missed-messages notice in a mailbox entry, if it is one.
+    pub fn notice_of(entry: &MailboxEntry) -> Option<MissedMessages> {
+        sotto_proto::missed_notice::parse(&entry.payload)
+    }
+
+    pub fn to(g: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> GroupMessage {
+        GroupMessage {
+            group_id: g.clone(),
+            token_hash: TOKEN_HASH,
+            epoch,
+            previous_epoch_open: false,
+            envelope: envelope(id, recipients, b"hello"),
+            now: 1_000,
+        }
+    }
+
+    /// Acknowledges everything in a device's mailbox.
+    pub async fn drain<S: Store>(store: &S, d: u8) {
+        let seqs = store.fetch_mailbox(device_id(d), 0, 100).await.unwrap();
+        let seqs: Vec<u64> = seqs.iter().map(|e| e.seq).collect();
+        store.ack(device_id(d), seqs).await.unwrap();
+    }
+
+    /// A device whose mailbox is at the cap is skipped (and told, by a
+    /// notice), never a reason to refuse a message or a commit; the cap
+    /// holds.
+    pub async fn full_mailboxes_skip_only_their_device<S: Store>(store: S) {
+        store.set_mailbox_limit(2);
+        for (name, d) in [("alice", 1), ("bob", 2), ("carol", 3)] {
+            store.register(account(name, d)).await.unwrap();
+        }
+        let g = with_group(&store, "g").await;
+        for id in [1, 2] {
+            assert!(
+                store
+                    .enqueue(to(&g, 1, id, &[1]))
+                    .await
+                    .unwrap()
+                    .skipped
+                    .is_empty()
+            );
+        }
+
+        // A message: stored for 2 and 3, device 1 skipped and told.
+        let sent = store.enqueue(to(&g, 1, 3, &[2, 1, 3])).await.unwrap();
+        assert_eq!(
+            (sent.outcome, sent.skipped),
+            (Enqueued::Queued, vec![device_id(1)])
+        );
+        assert_eq!(
+            store.enqueue(to(&g, 1, 3, &[2, 1, 3])).await.unwrap(),
+            Queued {
+                outcome: Enqueued::Duplicate,
+                skipped: vec![]
+            },
+            "a resend is a duplicate"
+        );
+        for d in [2, 3] {
+            let mailbox = store.fetch_mailbox(device_id(d), 0, 10).await.unwrap();
+            assert_eq!(mailbox.len(), 1);
+            assert_eq!(mailbox[0].message_id, message_id(3));
+            drain(&store, d).await;
+        }
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        assert_eq!(mailbox.len(), 3, "two messages, then the notice");
+        let first_notice = mailbox[2].clone();
+        assert_eq!(
+            notice_of(&first_notice),
+            Some(MissedMessages {
+                group_id: b"g".to_vec(),
+                messages: 1,
+                commits: 0,
+                welcomes: 0
+            })
+        );
+        assert!(mailbox[..2].iter().all(|e| notice_of(e).is_none()));
+
+        // Another lost message updates the queued notice in place.
+        let sent = store.enqueue(to(&g, 1, 4, &[1, 2])).await.unwrap();
+        assert_eq!(sent.skipped, vec![device_id(1)]);
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        assert_eq!(mailbox.len(), 3);
+        assert_eq!(
+            (mailbox[2].seq, mailbox[2].message_id),
+            (first_notice.seq, first_notice.message_id)
+        );
+        assert_eq!(notice_of(&mailbox[2]).unwrap().messages, 2);
+
+        // A commit is accepted for everyone else; device 1 gets a second
+        // notice, since it may already have processed the first.
+        let accepted = store
+            .submit_commit(commit(&g, 1, 5, &[1, 2, 3]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (accepted.new_epoch, accepted.outcome, accepted.skipped),
+            (2, Enqueued::Queued, vec![device_id(1)])
+        );
+        assert_eq!(store.group_epoch(&g).await.unwrap(), Some(2));
+        for d in [2, 3] {
+            let mailbox = store.fetch_mailbox(device_id(d), 0, 10).await.unwrap();
+            assert_eq!(mailbox.last().unwrap().message_id, message_id(5));
+            drain(&store, d).await;
+        }
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        assert_eq!(mailbox.len(), 4);
+        assert_eq!(
+            notice_of(&mailbox[3]),
+            Some(MissedMessages {
+                group_id: b"g".to_vec(),
+                messages: 0,
+                commits: 1,
+                welcomes: 0
+            })
+        );
+        // Once a commit is reported, later losses join that notice.
+        store.enqueue(to(&g, 2, 6, &[1, 2])).await.unwrap();
+        let welcome = CommitSubmission {
+            welcome: Some(envelope(8, &[1, 3], b"welcome")),
+            ..commit(&g, 2, 7, &[2])
+        };
+        let accepted = store.submit_commit(welcome).await.unwrap();
+        assert_eq!(
+            accepted.skipped,
+            vec![device_id(1)],
+            "a full Welcome recipient is named"
+        );
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        assert_eq!(mailbox.len(), 4, "the cap holds: no new entry for device 1");
+        assert_eq!(
+            notice_of(&mailbox[3]),
+            Some(MissedMessages {
+                group_id: b"g".to_vec(),
+                messages: 1,
+                commits: 1,
+                welcomes: 1
+            })
+        );
+
+        // Notices do not count against the cap: acknowledging one message
+        // makes room for exactly one more.
+        assert_eq!(
+            store.ack(device_id(1), vec![mailbox[0].seq]).await.unwrap(),
+            1
+        );
+        let sent = store.enqueue(to(&g, 3, 9, &[1])).await.unwrap();
+        assert!(sent.skipped.is_empty());
+        let sent = store.enqueue(to(&g, 3, 10, &[1, 3])).await.unwrap();
+        assert_eq!(sent.skipped, vec![device_id(1)]);
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 10).await.unwrap();
+        let messages: Vec<MessageId> = mailbox
+            .iter()
+            .filter(|e| notice_of(e).is_none())
+            .map(|e| e.message_id)
+            .collect();
+        assert_eq!(messages, [message_id(2), message_id(9)]);
+        assert_eq!(
+            notice_of(&mailbox[2]),
+            Some(MissedMessages {
+                group_id: b"g".to_vec(),
+                messages: 2,
+                commits: 1,
+                welcomes: 1
+            }),
+            "a queued notice that reports a commit takes every later loss of its group"
+        );
+
+        // An acknowledged notice is gone with its payload.
+        let before = store.stats().await.unwrap();
+        let notices: Vec<u64> = mailbox
+            .iter()
+            .filter(|e| notice_of(e).is_some())
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(notices.len(), 2);
+        assert_eq!(store.ack(device_id(1), notices).await.unwrap(), 2);
+        let after = store.stats().await.unwrap();
+        assert_eq!(
+            (after.mailbox_entries, after.payloads),
+            (before.mailbox_entries - 2, before.payloads - 2)
+        );
+    }
+
+    /// Losses in more groups than `MAX_MISSED_NOTICES` are counted in one
+    /// notice that names no group.
+    pub async fn missed_notices_are_bounded_per_device<S: Store>(store: S) {
+        store.set_mailbox_limit(1);
+        store.register(account("alice", 1)).await.unwrap();
+        let first = with_group(&store, "first").await;
+        store.enqueue(to(&first, 1, 1, &[1])).await.unwrap();
+        let groups = MAX_MISSED_NOTICES as usize + 2;
+        for n in 0..groups {
+            let g = group(&format!("group {n}"));
+            let mut create = commit(&g, 0, 0, &[]);
+            create.commit.message_id =
+                MessageId::new([0xc0, n as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            store.submit_commit(create).await.unwrap();
+            let mut m = to(&g, 1, 0, &[1]);
+            m.envelope.message_id =
+                MessageId::new([0xd0, n as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(store.enqueue(m).await.unwrap().skipped, vec![device_id(1)]);
+        }
+        let mailbox = store.fetch_mailbox(device_id(1), 0, 1_000).await.unwrap();
+        let notices: Vec<MissedMessages> = mailbox.iter().filter_map(notice_of).collect();
+        assert_eq!(notices.len(), MAX_MISSED_NOTICES as usize + 1);
+        assert!(
+            notices[..MAX_MISSED_NOTICES as usize]
+                .iter()
+                .all(|n| !n.group_id.is_empty())
+        );
+        assert_eq!(
+            notices.last(),
+            Some(&MissedMessages {
+                group_id: vec![],
+                messages: 2,
+                commits: 0,
+                welcomes: 0
+            })
         );
     }
 
@@ -812,6 +1039,8 @@ macro_rules! store_conformance_tests {
                 commits_are_sequenced_one_per_epoch,
                 enqueue_is_idempotent_and_stores_the_payload_once,
                 mailbox_is_fetched_in_order_in_windows,
+                full_mailboxes_skip_only_their_device,
+                missed_notices_are_bounded_per_device,
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
                 dead_groups_expire_with_the_retention_period,

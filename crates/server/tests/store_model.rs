@@ -11,7 +11,10 @@
 //! on the message id while the payload is stored; acknowledging deletes
 //! only the device's own entries; a payload lives exactly as long as some
 //! mailbox entry refers to it (acks, expiry and device removal);
-//! mailbox sequence numbers only grow.
+//! mailbox sequence numbers only grow; a device whose mailbox is at the
+//! cap ([`MAILBOX_CAP`]) is skipped, never refused, and gets a
+//! missed-messages notice that does not count against the cap and that
+//! later losses of the same kind update in place.
 //!
 //! `PROPTEST_CASES` changes the number of sequences (default 256).
 
@@ -27,12 +30,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use sotto_proto::v1::MissedMessages;
 use sotto_server::store::{
     AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    DeviceId, DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
     KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore,
-    MessageId, NewAccount, NewDevice, RegisterError, RemoveDeviceError, SignedDevice, SqliteStore,
-    Store, StoreStats, day_of,
+    MessageId, NewAccount, NewDevice, Queued, RegisterError, RemoveDeviceError, SignedDevice,
+    SqliteStore, Store, StoreStats, day_of,
 };
 
 const USERS: u8 = 3;
@@ -43,6 +47,8 @@ const TOKENS: u8 = 4;
 const DAY: u64 = 86_400;
 /// Larger than any mailbox a sequence can build.
 const ALL: usize = 10_000;
+/// The mailbox cap the store runs with: small, so sequences fill it.
+const MAILBOX_CAP: usize = 1;
 
 fn username(u: u8) -> String {
     format!("user{u}")
@@ -111,7 +117,11 @@ struct EnvelopeSpec {
 fn envelope_spec(min_recipients: usize) -> impl Strategy<Value = EnvelopeSpec> {
     (
         1..=MESSAGE_IDS,
-        proptest::collection::vec(1..=DEVICES + 1, min_recipients..4),
+        // Mostly devices 1 and 2, so that their mailboxes reach the cap.
+        proptest::collection::vec(
+            prop_oneof![2 => 1..=2u8, 1 => 1..=DEVICES + 1],
+            min_recipients..4,
+        ),
         any::<u8>(),
     )
         .prop_map(|(id, recipients, payload)| EnvelopeSpec {
@@ -273,8 +283,65 @@ struct Group {
 #[derive(Debug, Clone)]
 struct Row {
     device: u8,
+    /// The message, unless `notice` is set.
     message: u8,
+    /// A missed-messages notice (its key in `Model::notices`).
+    notice: Option<u64>,
     day: u64,
+}
+
+/// What a skipped device missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missed {
+    Message,
+    Commit,
+    Welcome,
+}
+
+/// A queued missed-messages notice.
+#[derive(Debug, Clone)]
+struct Notice {
+    device: u8,
+    /// `None`: "other groups" (never reached with `GROUPS` groups).
+    group: Option<u8>,
+    id: MessageId,
+    messages: u64,
+    commits: u64,
+    welcomes: u64,
+}
+
+impl Notice {
+    fn payload(&self) -> Vec<u8> {
+        sotto_proto::missed_notice::encode(&MissedMessages {
+            group_id: self
+                .group
+                .map_or(Vec::new(), |g| group_id(g).as_bytes().to_vec()),
+            messages: self.messages,
+            commits: self.commits,
+            welcomes: self.welcomes,
+        })
+    }
+}
+
+/// The id the store gives a notice: derived from the device and the
+/// message it lost, hashed again while taken (a message id lost twice, in
+/// two sends that stored nothing, by the same device).
+fn notice_id(device: u8, lost: u8, taken: impl Fn(MessageId) -> bool) -> MessageId {
+    use sha2::Digest as _;
+    let mut seed = [
+        b"sotto missed notice".as_slice(),
+        device_id(device).as_bytes(),
+        message_id(lost).as_bytes(),
+    ]
+    .concat();
+    loop {
+        let digest = sha2::Sha256::digest(&seed);
+        let id = MessageId::from_slice(&digest[..16]).unwrap();
+        if !taken(id) {
+            return id;
+        }
+        seed = digest.to_vec();
+    }
 }
 
 /// What the `Store` trait promises, as plain collections.
@@ -288,6 +355,10 @@ struct Model {
     messages: BTreeMap<u8, Vec<u8>>,
     /// Mailbox rows by seq.
     mailbox: BTreeMap<u64, Row>,
+    /// Queued missed-messages notices, by creation order.
+    notices: BTreeMap<u64, Notice>,
+    /// The last notice key handed out.
+    last_notice: u64,
     /// The last seq ever handed out.
     last_seq: u64,
     /// Log leaves: (username, entry).
@@ -297,7 +368,7 @@ struct Model {
 
 #[derive(Debug, PartialEq, Eq)]
 enum EnqueueOutcome {
-    Ok(Enqueued),
+    Ok(Queued),
     UnknownGroup,
     NotAuthorized,
     WrongEpoch,
@@ -411,8 +482,66 @@ impl Model {
     }
 
     fn drop_orphans(&mut self) {
-        let referenced: BTreeSet<u8> = self.mailbox.values().map(|r| r.message).collect();
+        let referenced: BTreeSet<u8> = self
+            .mailbox
+            .values()
+            .filter(|r| r.notice.is_none())
+            .map(|r| r.message)
+            .collect();
         self.messages.retain(|m, _| referenced.contains(m));
+        let notices: BTreeSet<u64> = self.mailbox.values().filter_map(|r| r.notice).collect();
+        self.notices.retain(|n, _| notices.contains(n));
+    }
+
+    /// A device's mailbox holds the cap's number of messages (notices
+    /// not counted).
+    fn is_full(&self, device: u8) -> bool {
+        self.mailbox
+            .values()
+            .filter(|r| r.device == device && r.notice.is_none())
+            .count()
+            >= MAILBOX_CAP
+    }
+
+    /// The store's rule: update the device's newest notice for the group
+    /// if the loss is a message or that notice already reports a commit or
+    /// Welcome; otherwise queue a new one.
+    fn record_missed(&mut self, device: u8, group: u8, missed: Missed, lost: u8) {
+        let own = self
+            .notices
+            .iter_mut()
+            .rev()
+            .find(|(_, n)| n.device == device && n.group == Some(group));
+        let notice = match own {
+            Some((_, n)) if missed == Missed::Message || n.commits > 0 || n.welcomes > 0 => n,
+            _ => {
+                let id = notice_id(device, lost, |id| self.notices.values().any(|n| n.id == id));
+                self.last_notice += 1;
+                self.last_seq += 1;
+                self.mailbox.insert(
+                    self.last_seq,
+                    Row {
+                        device,
+                        message: 0,
+                        notice: Some(self.last_notice),
+                        day: day_of(self.now),
+                    },
+                );
+                self.notices.entry(self.last_notice).or_insert(Notice {
+                    device,
+                    group: Some(group),
+                    id,
+                    messages: 0,
+                    commits: 0,
+                    welcomes: 0,
+                })
+            }
+        };
+        match missed {
+            Missed::Message => notice.messages += 1,
+            Missed::Commit => notice.commits += 1,
+            Missed::Welcome => notice.welcomes += 1,
+        }
     }
 
     fn status(&self, device: u8) -> KeyPackageStatus {
@@ -493,8 +622,14 @@ impl Model {
     }
 
     /// `insert_envelope`: the payload once, one row per distinct active
-    /// recipient; unknown recipients fail; removed ones are skipped.
-    fn insert(&mut self, spec: &EnvelopeSpec) -> Result<(), u8> {
+    /// recipient; unknown recipients fail; removed ones are skipped, and
+    /// so are full ones (returned), which get a notice.
+    fn insert(
+        &mut self,
+        group: u8,
+        spec: &EnvelopeSpec,
+        missed: Missed,
+    ) -> Result<Vec<DeviceId>, u8> {
         let mut seen = BTreeSet::new();
         let mut recipients = Vec::new();
         for &d in &spec.recipients {
@@ -507,22 +642,33 @@ impl Model {
                 Some(_) => {}
             }
         }
-        if recipients.is_empty() {
-            return Ok(());
+        let mut skipped = Vec::new();
+        let mut kept = Vec::new();
+        for device in recipients {
+            if self.is_full(device) {
+                self.record_missed(device, group, missed, spec.id);
+                skipped.push(device_id(device));
+            } else {
+                kept.push(device);
+            }
+        }
+        if kept.is_empty() {
+            return Ok(skipped);
         }
         self.messages.insert(spec.id, spec.payload());
-        for device in recipients {
+        for device in kept {
             self.last_seq += 1;
             self.mailbox.insert(
                 self.last_seq,
                 Row {
                     device,
                     message: spec.id,
+                    notice: None,
                     day: day_of(self.now),
                 },
             );
         }
-        Ok(())
+        Ok(skipped)
     }
 
     fn enqueue(
@@ -534,7 +680,10 @@ impl Model {
         spec: &EnvelopeSpec,
     ) -> EnqueueOutcome {
         if self.messages.contains_key(&spec.id) {
-            return EnqueueOutcome::Ok(Enqueued::Duplicate);
+            return EnqueueOutcome::Ok(Queued {
+                outcome: Enqueued::Duplicate,
+                skipped: Vec::new(),
+            });
         }
         let Some(g) = self.groups.get(&group) else {
             return EnqueueOutcome::UnknownGroup;
@@ -550,13 +699,16 @@ impl Model {
             return EnqueueOutcome::WrongEpoch;
         }
         let mut next = self.clone();
-        match next.insert(spec) {
-            Ok(()) => {
+        match next.insert(group, spec, Missed::Message) {
+            Ok(skipped) => {
                 if let Some(g) = next.groups.get_mut(&group) {
                     g.active_day = g.active_day.max(day_of(self.now));
                 }
                 *self = next;
-                EnqueueOutcome::Ok(Enqueued::Queued)
+                EnqueueOutcome::Ok(Queued {
+                    outcome: Enqueued::Queued,
+                    skipped,
+                })
             }
             Err(d) => EnqueueOutcome::UnknownDevice(d),
         }
@@ -579,6 +731,7 @@ impl Model {
             return CommitOutcome::Ok(CommitAccepted {
                 new_epoch: current.map_or(0, |g| g.epoch),
                 outcome: Enqueued::Duplicate,
+                skipped: Vec::new(),
             });
         }
         let mut next = self.clone();
@@ -626,19 +779,29 @@ impl Model {
                 g.epoch + 1
             }
         };
-        if let Err(d) = next.insert(commit) {
-            return CommitOutcome::UnknownDevice(d);
-        }
+        let mut skipped = match next.insert(group, commit, Missed::Commit) {
+            Ok(skipped) => skipped,
+            Err(d) => return CommitOutcome::UnknownDevice(d),
+        };
         if let Some(welcome) = welcome
             && !next.messages.contains_key(&welcome.id)
-            && let Err(d) = next.insert(welcome)
         {
-            return CommitOutcome::UnknownDevice(d);
+            match next.insert(group, welcome, Missed::Welcome) {
+                Ok(more) => {
+                    for d in more {
+                        if !skipped.contains(&d) {
+                            skipped.push(d);
+                        }
+                    }
+                }
+                Err(d) => return CommitOutcome::UnknownDevice(d),
+            }
         }
         *self = next;
         CommitOutcome::Ok(CommitAccepted {
             new_epoch,
             outcome: Enqueued::Queued,
+            skipped,
         })
     }
 
@@ -646,10 +809,17 @@ impl Model {
         self.mailbox
             .iter()
             .filter(|(_, r)| r.device == device)
-            .map(|(&seq, r)| MailboxEntry {
-                seq,
-                message_id: message_id(r.message),
-                payload: self.messages[&r.message].clone(),
+            .map(|(&seq, r)| match r.notice {
+                None => MailboxEntry {
+                    seq,
+                    message_id: message_id(r.message),
+                    payload: self.messages[&r.message].clone(),
+                },
+                Some(n) => MailboxEntry {
+                    seq,
+                    message_id: self.notices[&n].id,
+                    payload: self.notices[&n].payload(),
+                },
             })
             .collect()
     }
@@ -685,14 +855,14 @@ impl Model {
             accounts: self.accounts.len() as u64,
             devices: self.devices.values().filter(|d| !d.removed).count() as u64,
             mailbox_entries: self.mailbox.len() as u64,
-            payloads: self.messages.len() as u64,
+            payloads: (self.messages.len() + self.notices.len()) as u64,
         }
     }
 }
 
 // ---------------------------------------------------------------- running
 
-fn enqueue_outcome(result: Result<Enqueued, EnqueueError>) -> EnqueueOutcome {
+fn enqueue_outcome(result: Result<Queued, EnqueueError>) -> EnqueueOutcome {
     match result {
         Ok(e) => EnqueueOutcome::Ok(e),
         Err(EnqueueError::UnknownGroup(_)) => EnqueueOutcome::UnknownGroup,
@@ -1009,6 +1179,7 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = store_dir();
         let store = SqliteStore::open(dir.path()).unwrap();
+        store.set_mailbox_limit(MAILBOX_CAP as u32);
         let mut model = Model { now: 20_000 * DAY, ..Model::default() };
         let result: Result<(), TestCaseError> = runtime.block_on(async {
             for op in &ops {

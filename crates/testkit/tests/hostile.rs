@@ -1,7 +1,9 @@
 //! A hostile server: the operator tries to add a ghost device, swap a key,
-//! show two people different key logs, and withhold a roster change. Each
-//! test puts a `HostileProxy` between one client and the real server and
-//! asserts the warning the user sees, and that nothing reached the ghost.
+//! show two people different key logs, withhold a roster change, and forge
+//! a missed-messages notice. Each test puts a `HostileProxy` between one
+//! client and the real server (or, for the notice, writes the operator's
+//! own database) and asserts the warning the user sees, and that nothing
+//! reached the ghost.
 
 #![allow(
     clippy::unwrap_used,
@@ -402,6 +404,58 @@ async fn a_withheld_roster_change_is_caught() {
         );
         let to_alice = alice.sync().await.unwrap();
         assert_eq!(texts(&to_alice), ["only for those I know"]);
+    })
+    .await;
+}
+
+/// The operator forges a missed-messages notice (it is the server's word,
+/// not authenticated by MLS): Carol sees the warning, and nothing else
+/// changes: she keeps reading and sending in the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_missed_messages_notice_only_warns() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+        let (mut carol, _carol_dir) = register(&server.url(), "carol").await;
+        alice.create_group("team", &["carol".into()]).await.unwrap();
+        carol.sync().await.unwrap();
+
+        let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let group_id: Vec<u8> = db
+            .query_row("SELECT group_id FROM mls_groups", [], |r| r.get(0))
+            .unwrap();
+        let forged = sotto_proto::missed_notice::encode(&v1::MissedMessages {
+            group_id,
+            messages: 0,
+            commits: 1,
+            welcomes: 0,
+        });
+        db.execute(
+            "INSERT INTO messages (message_id, payload) VALUES (?1, ?2)",
+            rusqlite::params![[0x5a_u8; 16].as_slice(), forged],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) \
+             VALUES ((SELECT num FROM devices WHERE device_id = ?1), last_insert_rowid(), 0)",
+            [carol.device_id().as_bytes()],
+        )
+        .unwrap();
+        drop(db);
+
+        carol.sync().await.unwrap();
+        let shown = warnings(&carol.history(ConversationKind::Group, "team").unwrap());
+        assert!(
+            shown
+                .iter()
+                .any(|w| w.contains("can no longer read this conversation")),
+            "{shown:?}"
+        );
+        alice.send_group("team", "still readable").await.unwrap();
+        assert_eq!(texts(&carol.sync().await.unwrap()), ["still readable"]);
+        carol.send_group("team", "and writable").await.unwrap();
+        assert_eq!(texts(&alice.sync().await.unwrap()), ["and writable"]);
     })
     .await;
 }

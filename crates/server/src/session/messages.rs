@@ -2,7 +2,7 @@
 //! group's capability, and the commit sequencer (one commit per epoch).
 
 use super::parse::{capability_hash, envelope, group_framing, group_id};
-use super::wire_error::{done, error, mismatched_framing, not_authorized};
+use super::wire_error::{error, mismatched_framing, not_authorized, sent};
 use super::{RequestResult, Session, now_seconds};
 use crate::store::{CommitSubmission, Enqueued, GroupMessage, Store};
 use sotto_proto::mls_framing::{ContentType, Framing};
@@ -45,8 +45,8 @@ impl<S: Store> Session<S> {
             now: now_seconds(),
         };
         // The store hands new entries to the hub once committed.
-        self.ctx.store.enqueue(message).await?;
-        done()
+        let queued = self.ctx.store.enqueue(message).await?;
+        sent(&queued.skipped)
     }
 
     pub(super) async fn submit_commit(&mut self, commit: v1::SubmitCommit) -> RequestResult {
@@ -132,6 +132,6 @@ impl<S: Store> Session<S> {
                 .epoch_grace
                 .commit_accepted(&group_id, Instant::now());
         }
-        done()
+        sent(&accepted.skipped)
     }
 }

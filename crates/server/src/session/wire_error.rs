@@ -32,7 +32,21 @@ pub(super) fn internal(e: &StoreError) -> v1::Error {
 }
 
 pub(super) fn done() -> RequestResult {
-    Ok(Some(response::Result::Done(v1::Done {})))
+    Ok(Some(response::Result::Done(v1::Done::default())))
+}
+
+/// A send stored for every recipient but the `skipped` ones (full
+/// mailboxes): not an error, the sender is only told.
+pub(super) fn sent(skipped: &[DeviceId]) -> RequestResult {
+    if !skipped.is_empty() {
+        tracing::debug!(
+            skipped = skipped.len(),
+            "stored a send; recipients with a full mailbox were skipped"
+        );
+    }
+    Ok(Some(response::Result::Done(v1::Done {
+        skipped_recipients: skipped.iter().map(|d| d.as_bytes().to_vec()).collect(),
+    })))
 }
 
 /// Shortens client-supplied text before echoing it in an error.
@@ -77,15 +91,6 @@ pub(super) fn stale_sequence(expected: u64) -> v1::Error {
         format!(
             "another change to this account was logged first; fetch the account log and sign \
              the entry again with account_seq {expected}"
-        ),
-    )
-}
-
-pub(super) fn mailbox_full(device: DeviceId) -> v1::Error {
-    error(
-        ErrorCode::MailboxFull,
-        format!(
-            "the mailbox of device {device} is full; it must fetch its messages before it can get more"
         ),
     )
 }
@@ -143,7 +148,6 @@ impl From<EnqueueError> for v1::Error {
             EnqueueError::WrongEpoch { framed, capability } => mismatched_framing(format!(
                 "the message is framed for epoch {framed} but its capability is for epoch {capability}"
             )),
-            EnqueueError::MailboxFull(device) => mailbox_full(device),
             EnqueueError::UnknownDevice(device) => unknown_device(device),
             EnqueueError::Store(e) => internal(&e),
         }
@@ -165,7 +169,6 @@ impl From<CommitError> for v1::Error {
             },
             CommitError::UnknownGroup(group) => unknown_group(&group),
             CommitError::NotAuthorized => not_authorized(),
-            CommitError::MailboxFull(device) => mailbox_full(device),
             CommitError::UnknownDevice(device) => unknown_device(device),
             CommitError::Store(e) => internal(&e),
         }

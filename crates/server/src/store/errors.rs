@@ -1,5 +1,5 @@
 //! Why a store operation failed: one enum per operation, each separating
-//! the caller's fault (an unknown group, a full mailbox, a stale epoch) from
+//! the caller's fault (an unknown group, a stale epoch) from
 //! the backend's ([`StoreError`], which the server answers with `INTERNAL`).
 
 use super::{DeviceId, GroupId};
@@ -85,9 +85,6 @@ pub enum EnqueueError {
     /// another epoch than the capability's.
     #[error("the message is for epoch {framed}, its capability for epoch {capability}")]
     WrongEpoch { framed: u64, capability: u64 },
-    /// A recipient's mailbox is at the server's limit.
-    #[error("the mailbox of device {0} is full")]
-    MailboxFull(DeviceId),
     /// A recipient is not a registered device, or was removed.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
@@ -105,9 +102,6 @@ pub enum CommitError {
     /// The send capability is not the current epoch's.
     #[error("not authorised to commit to this group")]
     NotAuthorized,
-    /// A recipient's mailbox is at the server's limit.
-    #[error("the mailbox of device {0} is full")]
-    MailboxFull(DeviceId),
     /// Another commit for this epoch won; the group has moved on.
     #[error("commit for epoch {submitted} rejected: group is at epoch {current}")]
     StaleEpoch {
@@ -129,7 +123,6 @@ impl From<EnqueueError> for CommitError {
         match e {
             EnqueueError::UnknownGroup(g) => Self::UnknownGroup(g),
             EnqueueError::NotAuthorized | EnqueueError::WrongEpoch { .. } => Self::NotAuthorized,
-            EnqueueError::MailboxFull(d) => Self::MailboxFull(d),
             EnqueueError::UnknownDevice(d) => Self::UnknownDevice(d),
             EnqueueError::Store(s) => Self::Store(s),
         }

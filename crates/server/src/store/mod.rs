@@ -38,6 +38,11 @@ pub type UnixSeconds = u64;
 /// records when an account was created or last seen.
 pub type UnixDay = u64;
 
+/// Most missed-messages notices queued for one device that each name a
+/// group (see [`MailboxStore::enqueue`]); beyond them, losses are counted in
+/// one notice that names none.
+pub const MAX_MISSED_NOTICES: u64 = 64;
+
 /// Converts seconds to the day they fall in.
 pub fn day_of(seconds: UnixSeconds) -> UnixDay {
     seconds / 86_400
@@ -185,13 +190,47 @@ pub trait KeyPackageStore: Send + Sync + 'static {
 /// per-device mailboxes.
 pub trait MailboxStore: Send + Sync + 'static {
     /// Queues an application message for an existing group.
+    ///
+    /// A recipient whose mailbox holds the cap's number of messages (see
+    /// [`set_mailbox_limit`](Self::set_mailbox_limit)) is skipped, not
+    /// refused: the message is queued for every other recipient and the
+    /// skipped devices are returned ([`Queued::skipped`]). Otherwise one
+    /// full mailbox (which anyone can fill) would stop a whole group.
+    ///
+    /// Each skipped device is told, in its own mailbox order, by a
+    /// *missed-messages notice*: an entry whose payload is
+    /// `sotto_proto::missed_notice::encode` of a `MissedMessages` (group
+    /// id, and how many messages, commits and Welcomes were lost). Why a
+    /// queued entry rather than a flag read at login: it reaches the
+    /// device through the same push, fetch and acknowledgement as
+    /// messages, after exactly the entries queued before the loss, and a
+    /// crash between delivery and processing loses nothing. Notices do not
+    /// count against the cap, and are bounded apart:
+    ///
+    /// - a device has at most one queued notice per group that a loss of
+    ///   the same kind updates in place (its counts grow, so they are "at
+    ///   least"); a lost commit or Welcome after a queued notice that
+    ///   reported none adds a new notice, so a device that already
+    ///   processed the first still learns it can no longer follow the
+    ///   group;
+    /// - a device with [`MAX_MISSED_NOTICES`] queued notices gets losses
+    ///   of further groups counted in one more notice with an empty group
+    ///   id ("other groups").
+    ///
+    /// A send that skipped every recipient stores no payload, so its
+    /// message id is not remembered: a resend counts again in the notices
+    /// (which is why they say "at least"). A notice's message id is derived
+    /// from the device and the lost message's id, hashed again while taken.
     fn enqueue(
         &self,
         message: GroupMessage,
-    ) -> impl Future<Output = Result<Enqueued, EnqueueError>> + Send;
+    ) -> impl Future<Output = Result<Queued, EnqueueError>> + Send;
 
     /// The commit sequencer: accepts exactly one commit per group epoch and,
-    /// in the same transaction, queues the commit and its Welcome.
+    /// in the same transaction, queues the commit and its Welcome. Full
+    /// mailboxes never refuse a commit: their devices are skipped and sent a
+    /// notice as in [`enqueue`](Self::enqueue), and the commit is queued
+    /// for every other recipient in the same transaction or not at all.
     fn submit_commit(
         &self,
         submission: CommitSubmission,
@@ -234,6 +273,11 @@ pub trait MailboxStore: Send + Sync + 'static {
         &self,
         cutoff: UnixSeconds,
     ) -> impl Future<Output = Result<Expired, StoreError>> + Send;
+
+    /// Caps the entries (messages, commits, Welcomes; not missed-messages
+    /// notices) one device's mailbox may hold; beyond it the device is
+    /// skipped (see [`enqueue`](Self::enqueue)). Default: no cap.
+    fn set_mailbox_limit(&self, entries: u32);
 
     /// Sets the [`EntryListener`] (once; later calls are ignored).
     fn set_entry_listener(&self, listener: EntryListener);

@@ -270,19 +270,34 @@ pub struct CommitSubmission {
 /// Whether an enqueue stored something new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Newly stored and queued for every recipient.
+    /// Newly stored and queued for every recipient whose mailbox had room.
     Queued,
     /// The message id was already stored: nothing was queued again.
     Duplicate,
 }
 
+/// The outcome of an accepted (or idempotently re-sent) message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Whether this was a resend of an already stored message.
+    pub outcome: Enqueued,
+    /// Recipients whose mailbox was full: nothing was queued for them but
+    /// a missed-messages notice (see [`MailboxStore::enqueue`](super::MailboxStore::enqueue)).
+    /// In the order the request named them, each once; empty for a
+    /// resend.
+    pub skipped: Vec<DeviceId>,
+}
+
 /// The outcome of an accepted (or idempotently re-sent) commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitAccepted {
     /// The group's epoch after the commit.
     pub new_epoch: u64,
     /// Whether this was a resend of an already accepted commit.
     pub outcome: Enqueued,
+    /// Recipients of the commit or of its Welcome whose mailbox was full,
+    /// as in [`Queued::skipped`].
+    pub skipped: Vec<DeviceId>,
 }
 
 /// One queued message in a device's mailbox.

@@ -2,6 +2,8 @@
 //! once) and one row per recipient device, acknowledgement and expiry.
 
 use super::*;
+use sotto_proto::missed_notice;
+use sotto_proto::v1::MissedMessages;
 
 pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
     Ok(conn
@@ -9,16 +11,31 @@ pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result
         .query_row([message_id.as_bytes().as_slice()], |r| r.get(0))?)
 }
 
+/// What a skipped device missed, for its notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missed {
+    /// An application message or proposal.
+    Message,
+    /// A commit: the device can no longer follow the group.
+    Commit,
+    /// A Welcome: the device cannot join the group.
+    Welcome,
+}
+
 /// Stores the payload once and adds one mailbox entry per distinct
 /// recipient. Removed devices are skipped: a sender whose view of a roster
-/// is a moment old must not fail because of them. Nothing is stored for an
+/// is a moment old must not fail because of them. So are devices whose
+/// mailbox is full, which get a missed-messages notice instead
+/// ([`record_missed`]); they are returned. Nothing is stored for an
 /// envelope without (remaining) recipients.
 pub(super) fn insert_envelope(
     conn: &Connection,
+    group_id: &GroupId,
     envelope: &Envelope,
+    missed: Missed,
     now: UnixSeconds,
     mailbox_limit: u32,
-) -> Result<(), EnqueueError> {
+) -> Result<Vec<DeviceId>, EnqueueError> {
     let mut seen = HashSet::new();
     let mut active = conn
         .prepare_cached("SELECT num, removed_day IS NULL FROM devices WHERE device_id = ?1")
@@ -43,23 +60,29 @@ pub(super) fn insert_envelope(
             Some((_, false)) => {}
         }
     }
+    let mut skipped = Vec::new();
     if mailbox_limit < u32::MAX {
-        let mut full = conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_num = ?1 LIMIT 1 OFFSET ?2)",
-            )
-            .map_err(StoreError::from)?;
-        for (device, num) in &recipients {
-            let at_limit: bool = full
-                .query_row(params![num, i64::from(mailbox_limit) - 1], |r| r.get(0))
-                .map_err(StoreError::from)?;
-            if at_limit {
-                return Err(EnqueueError::MailboxFull(*device));
+        let mut kept = Vec::with_capacity(recipients.len());
+        for (device, num) in recipients {
+            if mailbox_is_full(conn, num, mailbox_limit)? {
+                record_missed(
+                    conn,
+                    device,
+                    num,
+                    group_id,
+                    missed,
+                    envelope.message_id,
+                    now,
+                )?;
+                skipped.push(device);
+            } else {
+                kept.push((device, num));
             }
         }
+        recipients = kept;
     }
     if recipients.is_empty() {
-        return Ok(());
+        return Ok(skipped);
     }
     conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
         .and_then(|mut insert| {
@@ -71,24 +94,177 @@ pub(super) fn insert_envelope(
         .map_err(StoreError::from)?;
     let message_ref = conn.last_insert_rowid();
     let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
-        )
-        .map_err(StoreError::from)?;
     for (device, num) in &recipients {
-        insert
-            .execute(params![num, message_ref, to_i64(day_of(now))])
-            .map_err(StoreError::from)?;
-        let entry = NewEntry {
-            device_id: *device,
-            seq: to_u64(conn.last_insert_rowid()),
-            message_id: envelope.message_id,
-            payload: Arc::clone(&payload),
-        };
-        UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
+        queue_entry(
+            conn,
+            *device,
+            *num,
+            message_ref,
+            envelope.message_id,
+            &payload,
+            now,
+        )?;
     }
+    Ok(skipped)
+}
+
+/// Adds one mailbox row and tells the listener once it commits.
+fn queue_entry(
+    conn: &Connection,
+    device: DeviceId,
+    num: i64,
+    message_ref: i64,
+    message_id: MessageId,
+    payload: &Arc<[u8]>,
+    now: UnixSeconds,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![num, message_ref, to_i64(day_of(now))])?;
+    let entry = NewEntry {
+        device_id: device,
+        seq: to_u64(conn.last_insert_rowid()),
+        message_id,
+        payload: Arc::clone(payload),
+    };
+    UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
     Ok(())
+}
+
+/// Whether a device's mailbox holds `limit` entries, its notices not
+/// counted.
+fn mailbox_is_full(conn: &Connection, num: i64, limit: u32) -> Result<bool, StoreError> {
+    let mut at_least = conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM mailbox WHERE device_num = ?1 LIMIT 1 OFFSET ?2)",
+    )?;
+    let limit = i64::from(limit);
+    if !at_least.query_row(params![num, limit - 1], |r| r.get::<_, bool>(0))? {
+        return Ok(false);
+    }
+    // Rarely reached: only for a mailbox at the cap counting its notices.
+    let notices: i64 = conn
+        .prepare_cached("SELECT count(*) FROM missed WHERE device_num = ?1")?
+        .query_row([num], |r| r.get(0))?;
+    if notices == 0 {
+        return Ok(true);
+    }
+    Ok(at_least.query_row(params![num, limit - 1 + notices], |r| r.get::<_, bool>(0))?)
+}
+
+/// Tells a skipped device what it missed: updates its queued notice for the
+/// group, or queues a new one (see [`MailboxStore::enqueue`] for the rules
+/// and why).
+///
+/// The `missed` table only marks which payloads are notices and for which
+/// device; the group and the counts are in the notice itself, read back
+/// here. So no column pairs a device with a group: a notice's payload tells
+/// the server no more than the clear-text MLS framing of the payloads
+/// already queued for the device.
+fn record_missed(
+    conn: &Connection,
+    device: DeviceId,
+    num: i64,
+    group_id: &GroupId,
+    missed: Missed,
+    lost_message: MessageId,
+    now: UnixSeconds,
+) -> Result<(), StoreError> {
+    // The device's queued notices, oldest first: at most
+    // MAX_MISSED_NOTICES + 1 (see below).
+    let mut queued: Vec<(i64, MissedMessages)> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT missed.message_ref, messages.payload FROM missed \
+             JOIN messages ON messages.id = missed.message_ref \
+             WHERE missed.device_num = ?1 ORDER BY missed.message_ref",
+        )?;
+        let rows = stmt.query_map([num], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        for row in rows {
+            let (message_ref, payload) = row?;
+            let notice = missed_notice::parse(&payload).ok_or_else(|| {
+                StoreError::Backend("a stored missed-messages notice does not decode".into())
+            })?;
+            queued.push((message_ref, notice));
+        }
+    }
+    let newest = |group: &[u8]| queued.iter().rev().find(|(_, n)| n.group_id == group);
+    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits > 0 || n.welcomes > 0;
+    let (existing, mut notice) = match newest(group_id.as_bytes()) {
+        Some((message_ref, n)) if absorbs(n) => (Some(*message_ref), n.clone()),
+        _ if u64::try_from(queued.len()).unwrap_or(u64::MAX) < MAX_MISSED_NOTICES => (
+            None,
+            MissedMessages {
+                group_id: group_id.as_bytes().to_vec(),
+                ..MissedMessages::default()
+            },
+        ),
+        // "Other groups": one notice, naming none, that absorbs everything.
+        _ => match newest(&[]) {
+            Some((message_ref, n)) => (Some(*message_ref), n.clone()),
+            None => (None, MissedMessages::default()),
+        },
+    };
+    match missed {
+        Missed::Message => notice.messages = notice.messages.saturating_add(1),
+        Missed::Commit => notice.commits = notice.commits.saturating_add(1),
+        Missed::Welcome => notice.welcomes = notice.welcomes.saturating_add(1),
+    }
+    let payload = missed_notice::encode(&notice);
+    if let Some(message_ref) = existing {
+        // Still queued (its row goes with its payload): the device reads
+        // the new counts when it fetches it.
+        conn.prepare_cached("UPDATE messages SET payload = ?1 WHERE id = ?2")?
+            .execute(params![payload, message_ref])?;
+        return Ok(());
+    }
+    let notice_id = notice_id(conn, device, lost_message)?;
+    conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")?
+        .execute(params![notice_id.as_bytes().as_slice(), payload])?;
+    let message_ref = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT INTO missed (message_ref, device_num) VALUES (?1, ?2)")?
+        .execute(params![message_ref, num])?;
+    queue_entry(
+        conn,
+        device,
+        num,
+        message_ref,
+        notice_id,
+        &Arc::from(payload.as_slice()),
+        now,
+    )
+}
+
+/// A message id for a new notice: derived from the device and the message
+/// it lost (each message is stored once, and skips a device once), so no
+/// randomness is needed; one taken already (only by a deliberate clash)
+/// is hashed again.
+fn notice_id(
+    conn: &Connection,
+    device: DeviceId,
+    lost_message: MessageId,
+) -> Result<MessageId, StoreError> {
+    use sha2::Digest as _;
+    let mut seed: Vec<u8> = [
+        b"sotto missed notice".as_slice(),
+        device.as_bytes(),
+        lost_message.as_bytes(),
+    ]
+    .concat();
+    for _ in 0..8 {
+        let digest = sha2::Sha256::digest(&seed);
+        let id = MessageId::from_slice(digest.get(..sotto_proto::ID_LEN).unwrap_or_default())
+            .ok_or_else(|| StoreError::Backend("SHA-256 is shorter than an id".into()))?;
+        if !message_exists(conn, id)? {
+            return Ok(id);
+        }
+        seed = digest.to_vec();
+    }
+    Err(StoreError::Backend(
+        "no free message id for a missed-messages notice".into(),
+    ))
 }
 
 /// The number that names `device_id` in mailbox rows.
@@ -120,11 +296,14 @@ struct GroupRow {
 }
 
 impl MailboxStore for SqliteStore {
-    async fn enqueue(&self, message: GroupMessage) -> Result<Enqueued, EnqueueError> {
+    async fn enqueue(&self, message: GroupMessage) -> Result<Queued, EnqueueError> {
         let limit = self.mailbox_limit();
         self.write(move |conn| {
             if message_exists(conn, message.envelope.message_id)? {
-                return Ok(Enqueued::Duplicate);
+                return Ok(Queued {
+                    outcome: Enqueued::Duplicate,
+                    skipped: Vec::new(),
+                });
             }
             let group: Option<GroupRow> = conn
                 .prepare_cached(
@@ -152,7 +331,14 @@ impl MailboxStore for SqliteStore {
                 &group.token_hash,
                 group.prev_token_hash.as_deref(),
             )?;
-            insert_envelope(conn, &message.envelope, message.now, limit)?;
+            let skipped = insert_envelope(
+                conn,
+                &message.group_id,
+                &message.envelope,
+                Missed::Message,
+                message.now,
+                limit,
+            )?;
             // At most one write per group and day: the row was just read.
             let today = to_i64(day_of(message.now));
             if group.active_day < today {
@@ -162,7 +348,10 @@ impl MailboxStore for SqliteStore {
                     })
                     .map_err(StoreError::from)?;
             }
-            Ok(Enqueued::Queued)
+            Ok(Queued {
+                outcome: Enqueued::Queued,
+                skipped,
+            })
         })
         .await
     }
@@ -195,7 +384,11 @@ impl MailboxStore for SqliteStore {
                 .map_err(StoreError::from)?;
             if is_latest || accepted_before || message_exists(conn, commit_id)? {
                 let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
-                return Ok(CommitAccepted { new_epoch: current, outcome: Enqueued::Duplicate });
+                return Ok(CommitAccepted {
+                    new_epoch: current,
+                    outcome: Enqueued::Duplicate,
+                    skipped: Vec::new(),
+                });
             }
             let next_hash = submission.next_token_hash.as_slice();
             let today = to_i64(day_of(submission.now));
@@ -243,7 +436,16 @@ impl MailboxStore for SqliteStore {
                     next
                 }
             };
-            insert_envelope(conn, &submission.commit, submission.now, limit)?;
+            // Full mailboxes are skipped, never a reason to refuse: the
+            // commit is queued for everyone else or (on error) for nobody.
+            let mut skipped = insert_envelope(
+                conn,
+                &submission.group_id,
+                &submission.commit,
+                Missed::Commit,
+                submission.now,
+                limit,
+            )?;
             conn.execute(
                 "INSERT OR IGNORE INTO accepted_commits (group_id, message_id, day) VALUES (?1, ?2, ?3)",
                 params![
@@ -256,9 +458,24 @@ impl MailboxStore for SqliteStore {
             if let Some(welcome) = &submission.welcome
                 && !message_exists(conn, welcome.message_id)?
             {
-                insert_envelope(conn, welcome, submission.now, limit)?;
+                for device in insert_envelope(
+                    conn,
+                    &submission.group_id,
+                    welcome,
+                    Missed::Welcome,
+                    submission.now,
+                    limit,
+                )? {
+                    if !skipped.contains(&device) {
+                        skipped.push(device);
+                    }
+                }
             }
-            Ok(CommitAccepted { new_epoch, outcome: Enqueued::Queued })
+            Ok(CommitAccepted {
+                new_epoch,
+                outcome: Enqueued::Queued,
+                skipped,
+            })
         })
         .await
     }
@@ -376,6 +593,10 @@ impl MailboxStore for SqliteStore {
             })
         })
         .await
+    }
+
+    fn set_mailbox_limit(&self, entries: u32) {
+        SqliteStore::set_mailbox_limit(self, entries);
     }
 
     fn set_entry_listener(&self, listener: EntryListener) {

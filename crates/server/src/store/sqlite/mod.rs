@@ -37,9 +37,10 @@ use super::{
     ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
     DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, Expired, ExportSnapshot,
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
-    KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore, MessageId,
-    NewAccount, NewDevice, NewEntry, RegisterError, RemoveDeviceError, ReportRecord, SignedDevice,
-    Store, StoreError, StoreStats, UnixDay, UnixSeconds, check_capability, day_of,
+    KeyPackageStore, LegalStore, LogRecord, LogStore, MAX_MISSED_NOTICES, MailboxEntry,
+    MailboxStore, MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError,
+    RemoveDeviceError, ReportRecord, SignedDevice, Store, StoreError, StoreStats, UnixDay,
+    UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
@@ -88,9 +89,9 @@ impl std::fmt::Debug for Inner {
 }
 
 impl SqliteStore {
-    /// Caps the entries one device's mailbox may hold; a message for a
-    /// device whose mailbox is full is refused (`EnqueueError::MailboxFull`)
-    /// rather than stored. Default: no cap.
+    /// Caps the entries one device's mailbox may hold; a device whose
+    /// mailbox is full is skipped and sent a missed-messages notice
+    /// ([`MailboxStore::enqueue`]). Default: no cap.
     pub fn set_mailbox_limit(&self, entries: u32) {
         self.inner
             .mailbox_limit
@@ -406,7 +407,11 @@ mod tests {
         const DAY: u64 = 86_400;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE_NAME);
-        let before = MIGRATIONS.len() - 1;
+        // The schema just before the migration that added `active_day`.
+        let before = MIGRATIONS
+            .iter()
+            .position(|sql| sql.contains("ADD COLUMN active_day"))
+            .unwrap();
         {
             let mut conn = Connection::open(&path).unwrap();
             configure(&conn).unwrap();

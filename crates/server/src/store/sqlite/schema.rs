@@ -158,6 +158,19 @@ ALTER TABLE mls_groups ADD COLUMN active_day INTEGER NOT NULL DEFAULT 0;
 UPDATE mls_groups SET active_day = CAST(strftime('%s', 'now') AS INTEGER) / 86400;
 CREATE INDEX mls_groups_by_active_day ON mls_groups(active_day);
 ",
+    // Missed-messages notices (`MailboxStore::enqueue`): a notice is a
+    // queued payload like any other (so it is delivered, acknowledged and
+    // expired with the mailbox); this row marks the payload as a notice for
+    // one device, so that later losses update it and the cap does not count
+    // it. Its group and counts are in the payload: no column pairs a device
+    // with a group. It goes with its payload (ON DELETE CASCADE).
+    r"
+CREATE TABLE missed (
+    message_ref INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    device_num  INTEGER NOT NULL
+);
+CREATE INDEX missed_by_device ON missed(device_num);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
