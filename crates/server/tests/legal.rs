@@ -314,11 +314,22 @@ async fn export_report_tampering_and_canary() {
             .keys()
             .cloned()
             .collect::<BTreeSet<_>>(),
-        ["day", "key", "signature", "statement"]
-            .map(String::from)
-            .into()
+        [
+            "day",
+            "key",
+            "key_certificate",
+            "log_key",
+            "signature",
+            "statement"
+        ]
+        .map(String::from)
+        .into()
     );
     let canary = Canary::verify(&canary_json).unwrap();
+    // The log key clients pinned vouches for the canary's key.
+    let log_key = hex::decode(canary_json["log_key"].as_str().unwrap()).unwrap();
+    let certificate = hex::decode(canary_json["key_certificate"].as_str().unwrap()).unwrap();
+    sotto_transparency::verify_legal_key(&log_key, &canary.key, &certificate).unwrap();
     assert_eq!(canary.statement, statement);
     assert_eq!(canary.key, signed.key);
     assert_today(canary.day, "canary day");
