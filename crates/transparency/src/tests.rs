@@ -14,6 +14,7 @@ fn signed(key: &SigningKey, event: &AccountEvent) -> LogEntry {
     LogEntry {
         event,
         signature: signature.to_bytes().to_vec(),
+        ..LogEntry::default()
     }
 }
 
@@ -395,7 +396,8 @@ fn replay_rejects_each_broken_rule() {
     assert!(matches!(
         with(LogEntry {
             event: vec![0xff, 0xff],
-            signature: vec![]
+            signature: vec![],
+            ..LogEntry::default()
         }),
         Err(LogError::Malformed(_))
     ));

@@ -1,0 +1,292 @@
+//! Watching your own account (issue 13, item 3): a change to Alice's
+//! account that none of her devices made — a device the server adds with
+//! her stolen identity key, a device a removed phone adds, an old entry
+//! replayed, one of her own changes hidden — makes every Alice device warn
+//! at its next sync, and the warning stays until she acknowledges it.
+//! Changes her own devices make (a device linked later included) raise no
+//! warning.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
+use sotto_client::Client;
+use sotto_core::identity::{DeviceId, DeviceKey, IdentityKey, Username};
+use sotto_proto::v1::{LogEntry, ServerFrame, client_frame, response, server_frame};
+use sotto_testkit::{ConnView, HostileProxy, TestServer, link, register, warnings, within};
+use sotto_transparency::leaf_bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How many log entries `username` has: the `account_seq` of the next one.
+fn next_seq(server: &TestServer, username: &str) -> u64 {
+    let db = server.db();
+    db.query_row(
+        "SELECT count(*) FROM log_entries WHERE username = ?1",
+        [username],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as u64
+}
+
+/// The server (or anyone who can write its database) appends `entry` to
+/// `username`'s log, as if the account had made it.
+fn server_appends(server: &TestServer, username: &str, entry: &LogEntry) {
+    let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute(
+        "INSERT INTO log_entries (idx, username, entry)
+         VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM log_entries), ?1, ?2)",
+        rusqlite::params![username, leaf_bytes(entry)],
+    )
+    .unwrap();
+}
+
+/// A server holding Alice's identity key (stolen from one of her devices)
+/// adds a device of its own to her account: a certified device row and
+/// its `DeviceAdded` entry, signed with her identity key. `attest` marks
+/// the entry as made by a device (one that still has its device key).
+fn server_adds_device(
+    server: &TestServer,
+    identity_secret: &[u8],
+    attest: impl FnOnce(LogEntry) -> LogEntry,
+) -> DeviceId {
+    let identity = IdentityKey::from_secret(identity_secret).unwrap();
+    let alice = Username::parse("alice").unwrap();
+    let device = DeviceKey::generate();
+    let device_id = DeviceId::random();
+    let entry = attest(identity.device_added(
+        &alice,
+        next_seq(server, "alice"),
+        device_id,
+        device.public(),
+    ));
+    let certified = identity.certify(&alice, device_id, device.public());
+    let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute(
+        "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key,
+                              created_day, last_seen_day, num)
+         VALUES (?1, 'alice', ?2, ?3, ?4, 0, 0, (SELECT coalesce(max(num), 0) + 1 FROM devices))",
+        rusqlite::params![
+            device_id.as_bytes(),
+            certified.certificate,
+            certified.identity_signature,
+            device.public().as_slice()
+        ],
+    )
+    .unwrap();
+    server_appends(server, "alice", &entry);
+    device_id
+}
+
+/// Syncs and returns the warnings the sync raised.
+async fn sync_warnings(client: &mut Client) -> Vec<String> {
+    warnings(&client.sync().await.unwrap())
+}
+
+/// The devices `client`'s account lists that none of its devices added.
+async fn unknown_devices(client: &mut Client) -> Vec<String> {
+    client
+        .devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.unknown)
+        .map(|d| d.device_id)
+        .collect()
+}
+
+/// The acceptance test of the issue: a server that adds a device to
+/// Alice's account with her stolen identity key. Both her devices warn at
+/// their next sync, naming the device; `devices` marks it; the warning
+/// stays (on each device) until acknowledged there; removing the device
+/// settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_added_with_a_stolen_identity_key_makes_every_alice_device_warn() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut phone, _p) = register(&server.url(), "alice").await;
+        let (mut laptop, _l) = link(&mut phone).await;
+        assert!(sync_warnings(&mut phone).await.is_empty());
+        assert!(sync_warnings(&mut laptop).await.is_empty());
+
+        let ghost = server_adds_device(&server, &phone.identity_secret(), |e| e);
+        let ghost_hex = ghost.to_string();
+
+        for device in [&mut phone, &mut laptop] {
+            let warned = sync_warnings(device).await;
+            assert_eq!(warned.len(), 1, "{warned:?}");
+            assert!(warned[0].contains(&ghost_hex), "{}", warned[0]);
+            assert!(warned[0].contains("none of your devices"), "{}", warned[0]);
+            assert_eq!(unknown_devices(device).await, [ghost_hex.clone()]);
+            // Raised once, shown until acknowledged.
+            assert!(sync_warnings(device).await.is_empty());
+            let pending = device.account_warnings(false).unwrap();
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].text, warned[0]);
+        }
+
+        assert_eq!(phone.acknowledge_account_warnings().unwrap(), 1);
+        assert!(phone.account_warnings(false).unwrap().is_empty());
+        assert_eq!(phone.account_warnings(true).unwrap().len(), 1);
+        // Acknowledged on the phone only.
+        assert_eq!(laptop.account_warnings(false).unwrap().len(), 1);
+        // Still marked until removed.
+        assert_eq!(unknown_devices(&mut phone).await, [ghost_hex.clone()]);
+
+        // The laptop removes the ghost: that settles its warning there, and
+        // the phone learns of the removal without a warning.
+        laptop.remove_device(&ghost_hex).await.unwrap();
+        assert!(laptop.account_warnings(false).unwrap().is_empty());
+        assert!(unknown_devices(&mut laptop).await.is_empty());
+        assert!(sync_warnings(&mut phone).await.is_empty());
+        assert!(unknown_devices(&mut phone).await.is_empty());
+    })
+    .await;
+}
+
+/// No false alarms: devices linked and removed by Alice's own devices —
+/// including one linked later, which learns the history when linked, and
+/// changes made after a device was linked — raise no warning anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_alices_own_devices_make_raise_no_warning() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut phone, _p) = register(&server.url(), "alice").await;
+        let (mut laptop, _l) = link(&mut phone).await;
+        // Linked by the laptop, not by the device that registered.
+        let (mut tablet, _t) = link(&mut laptop).await;
+        // Linked after the laptop and tablet: they learn of it from the
+        // phone's signature on the entry.
+        let (desktop, _d) = link(&mut phone).await;
+        for device in [&mut phone, &mut laptop, &mut tablet] {
+            assert!(sync_warnings(device).await.is_empty());
+        }
+        tablet
+            .remove_device(&desktop.device_id().to_string())
+            .await
+            .unwrap();
+        for device in [&mut phone, &mut laptop, &mut tablet] {
+            assert!(sync_warnings(device).await.is_empty());
+            assert!(unknown_devices(device).await.is_empty());
+            assert!(device.account_warnings(true).unwrap().is_empty());
+            assert_eq!(device.devices().await.unwrap().len(), 3);
+        }
+    })
+    .await;
+}
+
+/// A phone Alice removed still holds her identity key and its own device
+/// key. With a server that lets it, it adds a device and signs the entry as
+/// its author: Alice's devices no longer trust it, so they warn, and say
+/// which device claims to have done it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_that_adds_a_device_is_caught() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut laptop, _l) = register(&server.url(), "alice").await;
+        let (stolen_phone, _p) = link(&mut laptop).await;
+        let phone_hex = stolen_phone.device_id().to_string();
+        laptop.remove_device(&phone_hex).await.unwrap();
+        assert!(sync_warnings(&mut laptop).await.is_empty());
+
+        let ghost = server_adds_device(&server, &stolen_phone.identity_secret(), |e| {
+            stolen_phone.attest(e)
+        });
+
+        let warned = sync_warnings(&mut laptop).await;
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains(&ghost.to_string()), "{}", warned[0]);
+        assert!(
+            warned[0].contains(&format!("names device {phone_hex} as its author")),
+            "{}",
+            warned[0]
+        );
+        assert_eq!(unknown_devices(&mut laptop).await, [ghost.to_string()]);
+    })
+    .await;
+}
+
+/// The server replays one of Alice's old entries (same bytes, signed by
+/// her): her account's history no longer replays, and she is warned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_old_entry_is_caught() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut alice, _a) = register(&server.url(), "alice").await;
+        let (_laptop, _l) = link(&mut alice).await;
+        assert!(sync_warnings(&mut alice).await.is_empty());
+        let db = server.db();
+        let old: Vec<u8> = db
+            .query_row(
+                "SELECT entry FROM log_entries WHERE username = 'alice' ORDER BY idx LIMIT 1 OFFSET 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let old = <LogEntry as sotto_proto::Message>::decode(old.as_slice()).unwrap();
+        server_appends(&server, "alice", &old);
+
+        let warned = sync_warnings(&mut alice).await;
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("your own account's key log does not add up"),
+            "{}",
+            warned[0]
+        );
+        assert_eq!(alice.account_warnings(false).unwrap().len(), 1);
+    })
+    .await;
+}
+
+/// The server hides Alice's newest entry (her removal of a stolen phone)
+/// from her own look-ups. The entries it shows still verify, but her
+/// device knows it made that entry: it warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_removal_is_caught_by_the_device_that_made_it() {
+    within(async {
+        let server = TestServer::start().await;
+        let hiding = Arc::new(AtomicBool::new(false));
+        let hide = Arc::clone(&hiding);
+        let proxy = HostileProxy::start(
+            &server.url(),
+            move |conn: &ConnView, mut frame: ServerFrame| {
+                let about_alice = matches!(
+                    &conn.request,
+                    Some(client_frame::Body::GetAccountLog(g)) if g.username == "alice"
+                );
+                if about_alice
+                    && hide.load(Ordering::SeqCst)
+                    && let Some(server_frame::Body::Response(r)) = &mut frame.body
+                    && let Some(response::Result::AccountLog(log)) = &mut r.result
+                {
+                    log.entries.pop();
+                }
+                Some(frame)
+            },
+        )
+        .await;
+        let (mut laptop, _l) = register(&proxy.url(), "alice").await;
+        let (phone, _p) = link(&mut laptop).await;
+        let seq = next_seq(&server, "alice");
+        laptop
+            .remove_device(&phone.device_id().to_string())
+            .await
+            .unwrap();
+        assert!(sync_warnings(&mut laptop).await.is_empty());
+
+        hiding.store(true, Ordering::SeqCst);
+        let warned = sync_warnings(&mut laptop).await;
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains(&format!("no longer shows entry {seq} of your account")),
+            "{}",
+            warned[0]
+        );
+    })
+    .await;
+}
