@@ -24,8 +24,8 @@ use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
 use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, LogEntry,
-    OpenLink, RemoveDevice, SignedTreeHead, client_frame,
+    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, LogEntry, OpenLink,
+    RemoveDevice, SignedTreeHead, client_frame,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -378,7 +378,11 @@ pub(crate) async fn remove_device(
         )));
     }
     let account = &s.profile.account;
-    let entry = account.attest(account.identity.device_removed(&own, state.next_seq, device));
+    let entry = account.attest(
+        account
+            .identity
+            .device_removed(&own, state.next_seq, device),
+    );
     s.connection
         .request(client_frame::Body::RemoveDevice(RemoveDevice {
             entry: Some(entry.clone()),

@@ -85,7 +85,12 @@ fn review(
     let mut raised = Vec::new();
     for finding in &review.findings {
         let (key, device, text) = describe(finding);
-        raised.extend(raise(profile, &key, device.as_ref().map(|d| d.as_slice()), &text)?);
+        raised.extend(raise(
+            profile,
+            &key,
+            device.as_ref().map(|d| d.as_slice()),
+            &text,
+        )?);
     }
     Ok((raised, Some(review)))
 }

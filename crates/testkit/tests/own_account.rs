@@ -14,73 +14,29 @@
 )] // tests fail loudly
 
 use sotto_client::Client;
-use sotto_core::identity::{DeviceId, DeviceKey, IdentityKey, Username};
+use sotto_core::identity::DeviceId;
 use sotto_proto::v1::{LogEntry, ServerFrame, client_frame, response, server_frame};
-use sotto_testkit::{ConnView, HostileProxy, TestServer, link, register, warnings, within};
-use sotto_transparency::leaf_bytes;
+use sotto_testkit::{
+    ConnView, HostileProxy, TestServer, link, register, server_log, warnings, within,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many log entries `username` has: the `account_seq` of the next one.
 fn next_seq(server: &TestServer, username: &str) -> u64 {
-    let db = server.db();
-    db.query_row(
-        "SELECT count(*) FROM log_entries WHERE username = ?1",
-        [username],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap() as u64
+    server_log::next_seq(server.data_dir(), username)
 }
 
-/// The server (or anyone who can write its database) appends `entry` to
-/// `username`'s log, as if the account had made it.
 fn server_appends(server: &TestServer, username: &str, entry: &LogEntry) {
-    let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db.execute(
-        "INSERT INTO log_entries (idx, username, entry)
-         VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM log_entries), ?1, ?2)",
-        rusqlite::params![username, leaf_bytes(entry)],
-    )
-    .unwrap();
+    server_log::append(server.data_dir(), username, entry);
 }
 
-/// A server holding Alice's identity key (stolen from one of her devices)
-/// adds a device of its own to her account: a certified device row and
-/// its `DeviceAdded` entry, signed with her identity key. `attest` marks
-/// the entry as made by a device (one that still has its device key).
 fn server_adds_device(
     server: &TestServer,
     identity_secret: &[u8],
     attest: impl FnOnce(LogEntry) -> LogEntry,
 ) -> DeviceId {
-    let identity = IdentityKey::from_secret(identity_secret).unwrap();
-    let alice = Username::parse("alice").unwrap();
-    let device = DeviceKey::generate();
-    let device_id = DeviceId::random();
-    let entry = attest(identity.device_added(
-        &alice,
-        next_seq(server, "alice"),
-        device_id,
-        device.public(),
-    ));
-    let certified = identity.certify(&alice, device_id, device.public());
-    let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db.execute(
-        "INSERT INTO devices (device_id, username, certificate, identity_signature, device_key,
-                              created_day, last_seen_day, num)
-         VALUES (?1, 'alice', ?2, ?3, ?4, 0, 0, (SELECT coalesce(max(num), 0) + 1 FROM devices))",
-        rusqlite::params![
-            device_id.as_bytes(),
-            certified.certificate,
-            certified.identity_signature,
-            device.public().as_slice()
-        ],
-    )
-    .unwrap();
-    server_appends(server, "alice", &entry);
-    device_id
+    server_log::add_device(server.data_dir(), "alice", identity_secret, attest)
 }
 
 /// Syncs and returns the warnings the sync raised.
@@ -287,6 +243,26 @@ async fn a_hidden_removal_is_caught_by_the_device_that_made_it() {
             "{}",
             warned[0]
         );
+    })
+    .await;
+}
+
+/// A device linked later starts from the history its linking device
+/// hands it, not from the log as the server shows it: a ghost the server
+/// added before the link (that the linking device had not yet seen) makes
+/// the new device warn too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_linked_after_a_ghost_was_added_warns_about_it() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut phone, _p) = register(&server.url(), "alice").await;
+        let ghost = server_adds_device(&server, &phone.identity_secret(), |e| e);
+        let (mut laptop, _l) = link(&mut phone).await;
+        for device in [&mut laptop, &mut phone] {
+            let warned = sync_warnings(device).await;
+            assert_eq!(warned.len(), 1, "{warned:?}");
+            assert!(warned[0].contains(&ghost.to_string()), "{}", warned[0]);
+        }
     })
     .await;
 }

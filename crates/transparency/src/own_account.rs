@@ -91,7 +91,9 @@ pub fn review_own_account(
         let seq = event.account_seq;
         let change = match &event.change {
             Some(account_event::Change::IdentityRegistered(_)) => OwnChange::IdentityRegistered,
-            Some(account_event::Change::DeviceAdded(a)) => OwnChange::DeviceAdded(id(&a.device_id)?),
+            Some(account_event::Change::DeviceAdded(a)) => {
+                OwnChange::DeviceAdded(id(&a.device_id)?)
+            }
             Some(account_event::Change::DeviceRemoved(r)) => {
                 OwnChange::DeviceRemoved(id(&r.device_id)?)
             }
@@ -140,9 +142,8 @@ pub fn review_own_account(
             OwnChange::IdentityRegistered => {}
         }
     }
-    let state = state.ok_or_else(|| {
-        LogError::Replay(format!("the log has no entries for {username}"))
-    })?;
+    let state =
+        state.ok_or_else(|| LogError::Replay(format!("the log has no entries for {username}")))?;
     for &account_seq in known.keys().filter(|&&seq| seq >= state.next_seq) {
         review.findings.push(Finding::Hidden { account_seq });
     }
@@ -160,7 +161,11 @@ fn vouched_by_trusted(
     let Ok(author) = id(&entry.author_device_id) else {
         return false;
     };
-    let Some(key) = state.devices.get(&author).filter(|_| trusted.contains(&author)) else {
+    let Some(key) = state
+        .devices
+        .get(&author)
+        .filter(|_| trusted.contains(&author))
+    else {
         return false;
     };
     verifying_key(key.as_slice(), "device key").is_ok_and(|key| {

@@ -7,7 +7,11 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 /// Records an entry (encoded `LogEntry`) of this account as made by one of
 /// its devices. A known entry is kept as it was first recorded.
-pub fn record_own_event(conn: &Connection, account_seq: u64, entry: &[u8]) -> Result<(), StoreError> {
+pub fn record_own_event(
+    conn: &Connection,
+    account_seq: u64,
+    entry: &[u8],
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO own_events (account_seq, entry) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![i64::try_from(account_seq).unwrap_or(i64::MAX), entry],
@@ -18,7 +22,8 @@ pub fn record_own_event(conn: &Connection, account_seq: u64, entry: &[u8]) -> Re
 /// The entries this device knows its account's devices made, by
 /// `account_seq`, oldest first.
 pub fn own_events(conn: &Connection) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT account_seq, entry FROM own_events ORDER BY account_seq")?;
+    let mut stmt =
+        conn.prepare("SELECT account_seq, entry FROM own_events ORDER BY account_seq")?;
     let rows = stmt.query_map([], |r| {
         Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
     })?;
@@ -46,7 +51,12 @@ pub fn raise_account_alert(
     let inserted = conn.execute(
         "INSERT INTO account_alerts (key, device_id, text, raised_at_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT DO NOTHING",
-        params![key, device_id, text, i64::try_from(now_ms).unwrap_or(i64::MAX)],
+        params![
+            key,
+            device_id,
+            text,
+            i64::try_from(now_ms).unwrap_or(i64::MAX)
+        ],
     )?;
     Ok(inserted > 0)
 }
