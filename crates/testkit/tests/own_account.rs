@@ -78,7 +78,7 @@ async fn a_device_added_with_a_stolen_identity_key_makes_every_alice_device_warn
             assert_eq!(warned.len(), 1, "{warned:?}");
             assert!(warned[0].contains(&ghost_hex), "{}", warned[0]);
             assert!(warned[0].contains("none of your devices"), "{}", warned[0]);
-            assert_eq!(unknown_devices(device).await, [ghost_hex.clone()]);
+            assert_eq!(unknown_devices(device).await, vec![ghost_hex.clone()]);
             // Raised once, shown until acknowledged.
             assert!(sync_warnings(device).await.is_empty());
             let pending = device.account_warnings(false).unwrap();
@@ -92,7 +92,7 @@ async fn a_device_added_with_a_stolen_identity_key_makes_every_alice_device_warn
         // Acknowledged on the phone only.
         assert_eq!(laptop.account_warnings(false).unwrap().len(), 1);
         // Still marked until removed.
-        assert_eq!(unknown_devices(&mut phone).await, [ghost_hex.clone()]);
+        assert_eq!(unknown_devices(&mut phone).await, vec![ghost_hex.clone()]);
 
         // The laptop removes the ghost: that settles its warning there, and
         // the phone learns of the removal without a warning.
