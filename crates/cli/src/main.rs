@@ -595,7 +595,14 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
             );
         }
         DeviceCommand::List => {
-            for device in client.devices().await? {
+            let shown = client.account_warnings(false)?.len();
+            let devices = client.devices().await?;
+            // Warnings this listing raised (the older ones were printed
+            // when the profile was opened).
+            for alert in client.account_warnings(false)?.iter().skip(shown) {
+                eprintln!("{}", alert.text);
+            }
+            for device in devices {
                 let marker = if device.this_device {
                     " (this device)"
                 } else if device.unknown {

@@ -517,6 +517,14 @@ fn an_unknown_device_is_shown_by_every_command_until_acknowledged() {
         })
         .to_string();
 
+    // `device list` checks the account too: it marks the device and warns.
+    let listed = sotto(alice.path(), &["device", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let line = stdout.lines().find(|l| l.contains(&ghost)).unwrap();
+    assert!(line.contains("UNKNOWN"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert_eq!(stderr.matches("WARNING").count(), 1, "{stderr}");
+
     let synced = sotto(alice.path(), &["sync"]);
     assert!(synced.status.success());
     let stderr = String::from_utf8_lossy(&synced.stderr);
