@@ -3,7 +3,7 @@
 //! server picks them up before its next answer), as an operator holding a
 //! stolen identity key, or colluding with a thief, could.
 
-use sotto_core::identity::{DeviceId, DeviceKey, IdentityKey, Username};
+use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
 use sotto_proto::v1::LogEntry;
 use sotto_transparency::leaf_bytes;
 use std::path::Path;
@@ -49,6 +49,17 @@ pub fn add_device(
     identity_secret: &[u8],
     attest: impl FnOnce(LogEntry) -> LogEntry,
 ) -> DeviceId {
+    add_device_account(data_dir, username, identity_secret, attest).device_id
+}
+
+/// Like [`add_device`], returning the whole device (its key too), to log in
+/// as it (`Mallory::log_in`).
+pub fn add_device_account(
+    data_dir: &Path,
+    username: &str,
+    identity_secret: &[u8],
+    attest: impl FnOnce(LogEntry) -> LogEntry,
+) -> Account {
     let identity = IdentityKey::from_secret(identity_secret).expect("identity secret");
     let user = Username::parse(username).expect("username");
     let device = DeviceKey::generate();
@@ -75,5 +86,10 @@ pub fn add_device(
         )
         .expect("insert device");
     append(data_dir, username, &entry);
-    device_id
+    Account {
+        username: user,
+        identity,
+        device_id,
+        device,
+    }
 }

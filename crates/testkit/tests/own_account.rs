@@ -13,11 +13,11 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
-use sotto_client::Client;
+use sotto_client::{Client, ConversationKind};
 use sotto_core::identity::DeviceId;
 use sotto_proto::v1::{LogEntry, ServerFrame, client_frame, response, server_frame};
 use sotto_testkit::{
-    ConnView, HostileProxy, TestServer, link, register, server_log, warnings, within,
+    ConnView, HostileProxy, Mallory, TestServer, link, register, server_log, warnings, within,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,8 +70,15 @@ async fn a_device_added_with_a_stolen_identity_key_makes_every_alice_device_warn
         assert!(sync_warnings(&mut phone).await.is_empty());
         assert!(sync_warnings(&mut laptop).await.is_empty());
 
-        let ghost = server_adds_device(&server, &phone.identity_secret(), |e| e);
-        let ghost_hex = ghost.to_string();
+        let ghost = server_log::add_device_account(
+            server.data_dir(),
+            "alice",
+            &phone.identity_secret(),
+            |e| e,
+        );
+        let ghost_hex = ghost.device_id.to_string();
+        // It logs in and offers KeyPackages, so it could be added.
+        let _ghost = Mallory::log_in(&server.url(), ghost).await;
 
         for device in [&mut phone, &mut laptop] {
             let warned = sync_warnings(device).await;
@@ -85,6 +92,22 @@ async fn a_device_added_with_a_stolen_identity_key_makes_every_alice_device_warn
             assert_eq!(pending.len(), 1);
             assert_eq!(pending[0].text, warned[0]);
         }
+
+        // A conversation Alice starts now has her laptop in it, not the
+        // unknown device.
+        let (_bob, _b) = register(&server.url(), "bob").await;
+        phone.send_direct("bob", "hi").await.unwrap();
+        let members: Vec<String> = phone
+            .conversation_members(ConversationKind::Direct, "bob")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.device_id)
+            .collect();
+        assert!(
+            members.contains(&laptop.device_id().to_string()),
+            "{members:?}"
+        );
+        assert!(!members.contains(&ghost_hex), "{members:?}");
 
         assert_eq!(phone.acknowledge_account_warnings().unwrap(), 1);
         assert!(phone.account_warnings(false).unwrap().is_empty());
