@@ -289,3 +289,30 @@ async fn a_device_linked_after_a_ghost_was_added_warns_about_it() {
     })
     .await;
 }
+
+/// A profile made before the watch knows no entries: it trusts its log as
+/// it finds it at its first check (no warning for the past), then watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_from_before_the_watch_starts_from_its_log_then_watches() {
+    within(async {
+        let server = TestServer::start().await;
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut alice = Client::register(dir.path(), "alice", &server.url())
+            .await
+            .unwrap();
+        let (_laptop, _l) = link(&mut alice).await;
+        alice.disconnect().await;
+        drop(alice);
+        let db = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        db.execute("DELETE FROM own_events", []).unwrap();
+        drop(db);
+
+        let mut alice = Client::open(dir.path()).unwrap();
+        assert!(sync_warnings(&mut alice).await.is_empty());
+        let ghost = server_adds_device(&server, &alice.identity_secret(), |e| e);
+        let warned = sync_warnings(&mut alice).await;
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains(&ghost.to_string()), "{}", warned[0]);
+    })
+    .await;
+}

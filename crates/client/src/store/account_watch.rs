@@ -3,7 +3,7 @@
 //! (`account_alerts`), shown until the user acknowledges them.
 
 use super::StoreError;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 
 /// Records an entry (encoded `LogEntry`) of this account as made by one of
 /// its devices. A known entry is kept as it was first recorded.
@@ -91,14 +91,42 @@ pub fn acknowledge_account_alerts(
     )
 }
 
-/// Whether any alert (acknowledged or not) is about `device_id`.
-pub fn has_account_alert_about(conn: &Connection, device_id: &[u8]) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM account_alerts WHERE device_id = ?1 LIMIT 1",
-            [device_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A profile made before the watch (schema version 3) gains its tables
+    /// when opened, and nothing of version 3 runs twice.
+    #[test]
+    fn a_version_3_profile_gains_the_watch_tables() {
+        let dir = std::env::temp_dir().join(format!(
+            "sotto-account-watch-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sotto.db");
+        super::super::open(&path)
+            .unwrap()
+            .execute_batch(
+                "DROP TABLE own_events; DROP TABLE account_alerts; PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        let conn = super::super::open(&path).unwrap();
+        record_own_event(&conn, 0, b"first").unwrap();
+        record_own_event(&conn, 0, b"again").unwrap();
+        assert_eq!(own_events(&conn).unwrap(), [(0, b"first".to_vec())]);
+        assert!(raise_account_alert(&conn, "k", Some(b"d"), "WARNING: x", 1).unwrap());
+        assert!(!raise_account_alert(&conn, "k", Some(b"d"), "WARNING: x", 2).unwrap());
+        assert_eq!(account_alerts(&conn, false).unwrap().len(), 1);
+        assert_eq!(
+            acknowledge_account_alerts(&conn, Some(b"other")).unwrap(),
+            0
+        );
+        assert_eq!(acknowledge_account_alerts(&conn, Some(b"d")).unwrap(), 1);
+        assert!(account_alerts(&conn, false).unwrap().is_empty());
+        assert!(account_alerts(&conn, true).unwrap()[0].acknowledged);
+        drop(conn);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
