@@ -63,6 +63,7 @@ pub(crate) async fn check_own_account(
         // A profile from before this watch: trust the log as it is now.
         tracing::info!("starting to watch this account from its current log");
         record_entries(&s.profile.db, &entries)?;
+        known = known_from(&entries);
     }
     review(s.profile, &entries, &known)
 }
@@ -72,13 +73,9 @@ fn review(
     entries: &[LogEntry],
     known: &BTreeMap<u64, LogEntry>,
 ) -> Result<(Vec<HistoryEntry>, Option<OwnAccountReview>), ClientError> {
-    let own = profile.account.username.clone();
-    let review = if known.is_empty() {
-        sotto_transparency::review_own_account(own.as_str(), entries, &known_from(entries))
-    } else {
-        sotto_transparency::review_own_account(own.as_str(), entries, known)
-    }
-    .map_err(|e| ClientError::KeyLog(format!("your account's key log: {e}")))?;
+    let own = profile.account.username.as_str();
+    let review = sotto_transparency::review_own_account(own, entries, known)
+        .map_err(|e| ClientError::KeyLog(format!("your account's key log: {e}")))?;
     for (seq, entry) in &review.newly_explained {
         store::record_own_event(&profile.db, *seq, &entry.encode_to_vec())?;
     }
@@ -132,7 +129,7 @@ pub(crate) fn known_entries(db: &rusqlite::Connection) -> Result<Vec<LogEntry>, 
 /// The alert's key (one alert per key), the device it is about, and its text.
 fn describe(finding: &Finding) -> (String, Option<[u8; 16]>, String) {
     let what = |change: &OwnChange| match change {
-        OwnChange::IdentityRegistered => ("the registration of your identity".to_owned(), None),
+        OwnChange::IdentityRegistered => ("your identity was registered".to_owned(), None),
         OwnChange::DeviceAdded(id) => (format!("device {} was added", hex::encode(id)), Some(*id)),
         OwnChange::DeviceRemoved(id) => {
             (format!("device {} was removed", hex::encode(id)), Some(*id))
@@ -161,7 +158,10 @@ fn describe(finding: &Finding) -> (String, Option<[u8; 16]>, String) {
                 _ => String::new(),
             };
             (
-                format!("unexplained:{account_seq}"),
+                format!(
+                    "unexplained:{account_seq}:{}",
+                    device.map(hex::encode).unwrap_or_default()
+                ),
                 device,
                 format!(
                     "WARNING: {what} (entry {account_seq} of your account's key log), but none of \
