@@ -126,6 +126,7 @@ pub fn log_replay(data: &[u8]) {
             v1::LogEntry {
                 event: bytes,
                 signature,
+                ..v1::LogEntry::default()
             }
         })
         .collect();

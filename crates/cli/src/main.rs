@@ -114,9 +114,19 @@ enum Command {
         #[arg(required_unless_present = "group")]
         username: Option<String>,
     },
-    /// Show warnings about messages that belonged to no conversation (for
+    /// Show warnings about your account (a device that none of your devices
+    /// added, ...) and about messages that belonged to no conversation (for
     /// example, ones that could not be decrypted).
-    Warnings,
+    ///
+    /// Account warnings are printed by every command until acknowledged
+    /// with --ack (or, for an unknown device, until you remove it).
+    Warnings {
+        /// Acknowledge the account warnings: stop printing them with every
+        /// command. An unknown device stays marked in `sotto device list`
+        /// until you remove it.
+        #[arg(long)]
+        ack: bool,
+    },
     /// Show the history of a conversation with a user, or of a group.
     History {
         /// Show this group's history.
@@ -195,6 +205,21 @@ enum GroupCommand {
     Members { name: String },
 }
 
+/// Opens the profile, first printing (on stderr) every warning about the
+/// account that the user has not acknowledged: a device that none of the
+/// account's devices added is shown by every command until then.
+fn open(profile: &std::path::Path) -> Result<Client> {
+    let client = Client::open(profile)?;
+    let alerts = client.account_warnings(false)?;
+    for alert in &alerts {
+        eprintln!("{}", alert.text);
+    }
+    if !alerts.is_empty() {
+        eprintln!("(`sotto warnings --ack` stops showing these warnings)");
+    }
+    Ok(client)
+}
+
 fn default_profile() -> Result<PathBuf> {
     Ok(dirs::data_dir()
         .context("cannot find a data directory; pass --profile DIR")?
@@ -250,7 +275,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Whoami => {
-            let client = Client::open(&profile)?;
+            let client = open(&profile)?;
             out.line(
                 &format!(
                     "{} on {}\ndevice {}\nidentity key {}\nserver's log key {}",
@@ -270,7 +295,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Send { group, args } => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open(&profile)?;
             let sent = match group {
                 Some(name) => client.send_group(&name, &args.join(" ")).await?,
                 None => {
@@ -288,7 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Group(command) => group(&profile, command, &out).await?,
         Command::Sync => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open(&profile)?;
             let entries = client.sync().await?;
             client.disconnect().await;
             for entry in &entries {
@@ -296,7 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Listen => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open(&profile)?;
             tokio::select! {
                 result = client.listen(|entry| out.entry(entry)) => result?,
                 _ = tokio::signal::ctrl_c() => {}
@@ -308,7 +333,7 @@ async fn run(cli: Cli) -> Result<()> {
             mark,
             accept_new_key,
         } => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open(&profile)?;
             let (number, verified) = if mark {
                 (client.mark_verified(&username).await?, true)
             } else {
@@ -406,7 +431,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Members { group, username } => {
-            let client = Client::open(&profile)?;
+            let client = open(&profile)?;
             let members = match (group, username) {
                 (Some(name), _) => client.conversation_members(ConversationKind::Group, &name)?,
                 (None, Some(user)) => {
@@ -421,14 +446,36 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Warnings => {
+        Command::Warnings { ack } => {
             let client = Client::open(&profile)?;
+            if ack {
+                let n = client.acknowledge_account_warnings()?;
+                out.line(
+                    &format!("acknowledged {n} account warning(s)"),
+                    &serde_json::json!({ "acknowledged": n }),
+                );
+                return Ok(());
+            }
+            for alert in client.account_warnings(true)? {
+                let mark = if alert.acknowledged {
+                    " (acknowledged)"
+                } else {
+                    ""
+                };
+                out.line(
+                    &format!("{}{mark}", alert.text),
+                    &serde_json::json!({
+                        "at": alert.raised_at_ms, "text": alert.text,
+                        "acknowledged": alert.acknowledged, "account": true,
+                    }),
+                );
+            }
             for (at_ms, text) in client.device_warnings()? {
                 out.line(&text, &serde_json::json!({ "at": at_ms, "text": text }));
             }
         }
         Command::History { group, username } => {
-            let client = Client::open(&profile)?;
+            let client = open(&profile)?;
             let entries = match (group, username) {
                 (Some(name), _) => client.history(ConversationKind::Group, &name)?,
                 (None, Some(user)) => client.history(ConversationKind::Direct, &user)?,
@@ -443,7 +490,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) -> Result<()> {
-    let mut client = Client::open(profile)?;
+    let mut client = open(profile)?;
     match command {
         GroupCommand::Create { name, members } => {
             client.create_group(&name, &members).await?;
@@ -512,7 +559,7 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
         );
         return Ok(());
     }
-    let mut client = Client::open(profile)?;
+    let mut client = open(profile)?;
     match command {
         DeviceCommand::Join { .. } => {}
         DeviceCommand::Link { yes } => {
@@ -548,9 +595,18 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
             );
         }
         DeviceCommand::List => {
-            for device in client.devices().await? {
+            let shown = client.account_warnings(false)?.len();
+            let devices = client.devices().await?;
+            // Warnings this listing raised (the older ones were printed
+            // when the profile was opened).
+            for alert in client.account_warnings(false)?.iter().skip(shown) {
+                eprintln!("{}", alert.text);
+            }
+            for device in devices {
                 let marker = if device.this_device {
                     " (this device)"
+                } else if device.unknown {
+                    " UNKNOWN: none of your devices added it (see `sotto warnings`)"
                 } else {
                     ""
                 };

@@ -489,3 +489,76 @@ fn an_invite_only_server_takes_a_code_once() {
     );
     assert!(err.contains("already used"), "{err}");
 }
+
+/// Issue 13, item 3, as the user sees it: a device that none of Alice's
+/// devices added (the server added it with her stolen identity key) is
+/// warned about by `sync`, marked by `device list`, and printed (on stderr)
+/// by every command until `sotto warnings --ack`.
+#[test]
+fn an_unknown_device_is_shown_by_every_command_until_acknowledged() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let alice = TempDir::new().unwrap();
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    ok(alice.path(), &["sync"]);
+    let quiet = sotto(alice.path(), &["whoami"]);
+    assert!(String::from_utf8_lossy(&quiet.stderr).is_empty());
+
+    // The thief's copy of the identity key, and the server's hand.
+    let identity_secret: Vec<u8> = sotto_testkit::wire::open_db(alice.path())
+        .query_row("SELECT identity_secret FROM profile", [], |r| r.get(0))
+        .unwrap();
+    let ghost =
+        sotto_testkit::server_log::add_device(data.path(), "alice", &identity_secret, |entry| {
+            entry
+        })
+        .to_string();
+
+    // `device list` checks the account too: it marks the device and warns.
+    let listed = sotto(alice.path(), &["device", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let line = stdout.lines().find(|l| l.contains(&ghost)).unwrap();
+    assert!(line.contains("UNKNOWN"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert_eq!(stderr.matches("WARNING").count(), 1, "{stderr}");
+
+    let synced = sotto(alice.path(), &["sync"]);
+    assert!(synced.status.success());
+    let stderr = String::from_utf8_lossy(&synced.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains(&ghost),
+        "{stderr}"
+    );
+
+    let listed = sotto(alice.path(), &["device", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let line = stdout.lines().find(|l| l.contains(&ghost)).unwrap();
+    assert!(line.contains("UNKNOWN"), "{stdout}");
+    assert!(String::from_utf8_lossy(&listed.stderr).contains(&ghost));
+
+    for command in [
+        &["whoami"][..],
+        &["group", "list"][..],
+        &["history", "bob"][..],
+    ] {
+        let out = sotto(alice.path(), command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("WARNING") && stderr.contains(&ghost),
+            "{command:?}: {stderr}"
+        );
+    }
+    let listed = ok(alice.path(), &["warnings"]);
+    assert!(listed.contains(&ghost), "{listed}");
+
+    assert!(ok(alice.path(), &["warnings", "--ack"]).contains("acknowledged 1"));
+    let after = sotto(alice.path(), &["whoami"]);
+    assert!(after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).is_empty());
+    // Still listed, marked, in `warnings` and `device list`.
+    assert!(ok(alice.path(), &["warnings"]).contains("(acknowledged)"));
+    assert!(ok(alice.path(), &["device", "list"]).contains("UNKNOWN"));
+}

@@ -13,7 +13,7 @@ use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use crate::{conversations, membership, receive};
+use crate::{conversations, membership, own_account, receive};
 use rusqlite::Connection;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
@@ -74,6 +74,7 @@ impl Client {
         let db = open_new_profile(dir)?;
         let account = Account::generate(username);
         let mut transport = Transport::connect(server_url, trust).await?;
+        let log_entries = account.registration_log_entries();
         let register = Register {
             username: account.username.to_string(),
             identity_key: account.identity_public().to_vec(),
@@ -83,12 +84,14 @@ impl Client {
                 &account.username,
                 account.device_id,
             ),
-            log_entries: account.registration_log_entries(),
+            log_entries: log_entries.clone(),
             invite_code: invite_code.unwrap_or_default().to_owned(),
         };
         transport
             .request(client_frame::Body::Register(register))
             .await?;
+        // This device made the account's first entries.
+        own_account::record_entries(&db, &log_entries)?;
         let log_key = transport.log_key.clone();
         Self::create(db, account, server_url, trust, log_key, transport).await
     }
@@ -359,15 +362,30 @@ impl Client {
     /// Receives and processes everything queued for this device, commits
     /// proposals other members are waiting on, and returns the new history
     /// lines (warnings included).
+    /// Then checks this account's own log: a change no device of the
+    /// account made raises a warning (see [`Client::account_warnings`]).
     pub async fn sync(&mut self) -> Result<Vec<HistoryEntry>, ClientError> {
-        self.connected(async |s| receive::sync(s).await).await
+        self.connected(async |s| {
+            let mut entries = receive::sync(s).await?;
+            entries.extend(own_account::check_own_account(s).await?.0);
+            Ok(entries)
+        })
+        .await
     }
 
     /// Stays connected and calls `on_entry` for every new history line until
     /// the connection fails.
-    pub async fn listen(&mut self, on_entry: impl FnMut(&HistoryEntry)) -> Result<(), ClientError> {
-        self.connected(async |s| receive::listen(s, on_entry).await)
-            .await
+    pub async fn listen(
+        &mut self,
+        mut on_entry: impl FnMut(&HistoryEntry),
+    ) -> Result<(), ClientError> {
+        self.connected(async |s| {
+            for entry in &own_account::check_own_account(s).await?.0 {
+                on_entry(entry);
+            }
+            receive::listen(s, on_entry).await
+        })
+        .await
     }
 
     // ------------------------------------------------------------ keys
@@ -465,6 +483,9 @@ impl Client {
         if let Some(head) = &joined.head {
             store::save_log_head(&joined.db, &sotto_proto::Message::encode_to_vec(head))?;
         }
+        // What the account's devices made so far, from the linking device
+        // (checked against the log at the first sync).
+        own_account::record_entries(&joined.db, &joined.own_history)?;
         Self::create(
             joined.db,
             joined.account,
@@ -476,9 +497,27 @@ impl Client {
         .await
     }
 
-    /// The account's devices, from the key log.
+    /// The account's devices, from the key log; a device no device of this
+    /// account added is marked [`DeviceInfo::unknown`] (and warned about,
+    /// see [`Client::account_warnings`]).
     pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
-        self.connected(async |s| devices::devices(s).await).await
+        self.connected(async |s| devices::devices(s).await.map(|(d, _)| d))
+            .await
+    }
+
+    /// Warnings about changes to this account that none of its devices
+    /// made (a device added or removed, the identity), oldest first: the
+    /// ones not acknowledged, or all with `all`. Local; raised by
+    /// [`Client::sync`] and [`Client::devices`].
+    pub fn account_warnings(&self, all: bool) -> Result<Vec<store::AccountAlert>, ClientError> {
+        Ok(store::account_alerts(&self.profile.db, all)?)
+    }
+
+    /// Acknowledges every account warning (the user has seen them): they
+    /// are no longer shown by every command. A device they are about stays
+    /// marked in [`Client::devices`] until it is removed. Returns how many.
+    pub fn acknowledge_account_warnings(&self) -> Result<usize, ClientError> {
+        Ok(store::acknowledge_account_alerts(&self.profile.db, None)?)
     }
 
     /// Removes a device from the account (it can no longer log in) and from
@@ -632,6 +671,19 @@ mod hooks {
                 );
             }
             Ok(outcomes)
+        }
+
+        /// This account's identity key secret: for tests that play a thief
+        /// (or a server) holding it.
+        pub fn identity_secret(&self) -> Vec<u8> {
+            self.profile.account.identity.secret().to_vec()
+        }
+
+        /// `entry` marked as made by this device (its device key's
+        /// signature), as an honest device of the account marks its own:
+        /// for tests that play a device that still has its key.
+        pub fn attest(&self, entry: sotto_proto::v1::LogEntry) -> sotto_proto::v1::LogEntry {
+            self.profile.account.attest(entry)
         }
 
         /// Tries to decrypt a raw MLS message with this device's state without

@@ -12,6 +12,7 @@ use crate::conversations::{conversation_info, send_content};
 use crate::endpoint::Trust;
 use crate::keys::pinned_head;
 use crate::membership::{claim, commit_with_retry};
+use crate::own_account::{check_own_account, known_entries};
 use crate::profile::Profile;
 use crate::receive::{drain, handle_delivery};
 use crate::session::{LISTEN_PING, Session, login_request};
@@ -23,7 +24,7 @@ use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
 use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, OpenLink,
+    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, LogEntry, OpenLink,
     RemoveDevice, SignedTreeHead, client_frame,
 };
 use std::path::Path;
@@ -41,6 +42,8 @@ pub struct DeviceInfo {
     /// Hex of the device's public key.
     pub device_key: String,
     pub this_device: bool,
+    /// No device of this account added it (see `sotto warnings`).
+    pub unknown: bool,
 }
 
 /// A new device asking to join through a link this device opened.
@@ -116,20 +119,30 @@ pub(crate) async fn approve_link(
         .key_log
         .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
-    let identity = &s.profile.account.identity;
-    let entry = identity.device_added(&own, state.next_seq, request.device_id, request.device_key);
-    let device = identity.certify(&own, request.device_id, request.device_key);
+    let account = &s.profile.account;
+    let entry = account.attest(account.identity.device_added(
+        &own,
+        state.next_seq,
+        request.device_id,
+        request.device_key,
+    ));
+    let device = account
+        .identity
+        .certify(&own, request.device_id, request.device_key);
     s.connection
         .request(client_frame::Body::AddDevice(AddDevice {
-            entry: Some(entry),
+            entry: Some(entry.clone()),
             device: Some(device),
         }))
         .await?;
+    // This device made it: no warning about it, here or on the new device.
+    store::record_own_event(&s.profile.db, state.next_seq, &entry.encode_to_vec())?;
     let bundle = LinkBundle {
         username: own.to_string(),
-        identity_secret: identity.secret().to_vec(),
+        identity_secret: s.profile.account.identity.secret().to_vec(),
         log_key: s.key_log.log_key().to_vec(),
         head: pinned_head(&s.profile.db)?,
+        own_history: known_entries(&s.profile.db)?,
     };
     let sealed_bundle = code
         .seal(LinkDirection::AccountBundle, &bundle.encode_to_vec())
@@ -208,6 +221,8 @@ pub(crate) struct Joined {
     /// The newest head the linking device verified, to pin before anything
     /// else is checked.
     pub head: Option<SignedTreeHead>,
+    /// The account's log entries the linking device knows its devices made.
+    pub own_history: Vec<LogEntry>,
     pub transport: Transport,
 }
 
@@ -289,26 +304,39 @@ pub(crate) async fn join_link(
         server_url: code.server_url,
         log_key,
         head: bundle.head,
+        own_history: bundle.own_history,
         transport: t,
     })
 }
 
-/// The account's devices, from the key log.
-pub(crate) async fn devices(s: &mut Session<'_>) -> Result<Vec<DeviceInfo>, ClientError> {
-    let own = s.profile.account.username.clone();
-    let state = s
-        .key_log
-        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
-        .await?;
-    Ok(state
+/// The account's devices, from the key log, each marked if no device of
+/// this account added it; and the warnings this check raised.
+pub(crate) async fn devices(
+    s: &mut Session<'_>,
+) -> Result<(Vec<DeviceInfo>, Vec<HistoryEntry>), ClientError> {
+    let (raised, review) = check_own_account(s).await?;
+    let Some(review) = review else {
+        // The log does not verify: say why.
+        let own = s.profile.account.username.clone();
+        s.key_log
+            .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
+            .await?;
+        return Err(ClientError::KeyLog(
+            "your account's key log does not add up; see `sotto warnings`".into(),
+        ));
+    };
+    let devices = review
+        .state
         .devices
         .iter()
         .map(|(id, key)| DeviceInfo {
             device_id: hex::encode(id),
             device_key: hex::encode(key),
             this_device: id.as_slice() == s.profile.account.device_id.as_bytes(),
+            unknown: review.unknown_devices.contains(id),
         })
-        .collect())
+        .collect();
+    Ok((devices, raised))
 }
 
 /// The device a user named for removal: another device of this account.
@@ -349,16 +377,20 @@ pub(crate) async fn remove_device(
             "{device} is not a device of your account; see `sotto device list`"
         )));
     }
-    let entry = s
-        .profile
-        .account
-        .identity
-        .device_removed(&own, state.next_seq, device);
+    let account = &s.profile.account;
+    let entry = account.attest(
+        account
+            .identity
+            .device_removed(&own, state.next_seq, device),
+    );
     s.connection
         .request(client_frame::Body::RemoveDevice(RemoveDevice {
-            entry: Some(entry),
+            entry: Some(entry.clone()),
         }))
         .await?;
+    store::record_own_event(&s.profile.db, state.next_seq, &entry.encode_to_vec())?;
+    // Removing a device nobody of the account added settles its warnings.
+    store::acknowledge_account_alerts(&s.profile.db, Some(device.as_bytes()))?;
     for group_id in store::active_groups(&s.profile.db)? {
         let is_member = group::load(&s.profile.provider(), &group_id)
             .map(|g| group::members(&g).iter().any(|m| m.device_id == device))

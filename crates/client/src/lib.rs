@@ -19,6 +19,7 @@ mod key_packages;
 mod keys;
 mod membership;
 mod outbox;
+mod own_account;
 mod profile;
 pub mod provider;
 mod receive;
@@ -35,7 +36,7 @@ pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
-pub use store::{ConversationKind, EntryKind, HistoryEntry};
+pub use store::{AccountAlert, ConversationKind, EntryKind, HistoryEntry};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
 

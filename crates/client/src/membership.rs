@@ -9,6 +9,7 @@ use crate::conversations::{conversation_info, send_content};
 use crate::keys::KeyLog;
 use crate::outbox::CommitOutcome;
 use crate::outbox::Outgoing;
+use crate::own_account::check_own_account;
 use crate::profile::{Profile, random_id};
 use crate::provider::MlsProvider;
 use crate::receive::drain;
@@ -221,16 +222,23 @@ pub(crate) async fn claim(
 }
 
 /// KeyPackages for this account's other devices, to add them wherever
-/// this device starts or joins a conversation.
+/// this device starts or joins a conversation: only devices that a device
+/// of this account added (an unknown one is warned about, never added).
 async fn claim_own_devices(s: &mut Session<'_>) -> Result<Vec<CheckedKeyPackage>, ClientError> {
     let own = s.profile.account.username.clone();
-    let state = s
-        .key_log
-        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
-        .await?;
-    let others: Vec<DeviceId> = state
+    let (_, review) = check_own_account(s).await?;
+    let Some(review) = review else {
+        return Err(ClientError::KeyLog(
+            "your own account's key log does not add up, so no conversation is started; \
+             see `sotto warnings`"
+                .into(),
+        ));
+    };
+    let others: Vec<DeviceId> = review
+        .state
         .devices
         .keys()
+        .filter(|id| !review.unknown_devices.contains(*id))
         .filter_map(|id| DeviceId::from_slice(id).ok())
         .filter(|id| *id != s.profile.account.device_id)
         .collect();

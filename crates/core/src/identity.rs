@@ -290,7 +290,11 @@ impl IdentityKey {
             .sign(&sotto_proto::log_event_transcript(&event))
             .to_bytes()
             .to_vec();
-        LogEntry { event, signature }
+        LogEntry {
+            event,
+            signature,
+            ..LogEntry::default()
+        }
     }
 
     /// The log event adding a device.
@@ -369,17 +373,38 @@ impl Account {
         }
     }
 
-    /// The account's first two log entries: the identity, then this device.
+    /// The account's first two log entries: the identity, then this device,
+    /// both vouched for by this device ([`Account::attest`]).
     pub fn registration_log_entries(&self) -> Vec<LogEntry> {
         vec![
-            self.identity.sign_event(
+            self.attest(self.identity.sign_event(
                 &self.username,
                 0,
                 Change::IdentityRegistered(IdentityRegistered {}),
-            ),
-            self.identity
-                .device_added(&self.username, 1, self.device_id, self.device.public()),
+            )),
+            self.attest(self.identity.device_added(
+                &self.username,
+                1,
+                self.device_id,
+                self.device.public(),
+            )),
         ]
+    }
+
+    /// Marks a log event of this account as made by this device: its id and
+    /// its device key's signature over the event. The identity key is on
+    /// every device (and a thief may have it); a device key is not, so the
+    /// account's other devices can tell this device's changes from anyone
+    /// else's.
+    pub fn attest(&self, mut entry: LogEntry) -> LogEntry {
+        entry.author_device_id = self.device_id.as_bytes().to_vec();
+        entry.author_signature = self
+            .device
+            .0
+            .sign(&sotto_proto::log_author_transcript(&entry.event))
+            .to_bytes()
+            .to_vec();
+        entry
     }
 
     /// The MLS credential of this device, bound to its device key.

@@ -49,6 +49,9 @@ pub const AUTH_CONTEXT: &[u8] = b"sotto-auth-v1";
 pub const DEVICE_CONTEXT: &[u8] = b"sotto-device-v1";
 /// Domain separator for the identity key's signature over a log event.
 pub const LOG_EVENT_CONTEXT: &[u8] = b"sotto-log-event-v1";
+/// Domain separation for a device key vouching that its device made a log
+/// event.
+pub const LOG_AUTHOR_CONTEXT: &[u8] = b"sotto-log-author-v1";
 /// Domain separator for the log key's signature over a tree head.
 pub const TREE_HEAD_CONTEXT: &[u8] = b"sotto-tree-head-v1";
 /// Most log entries one `GetLogEntries` returns.
@@ -95,6 +98,12 @@ pub fn device_transcript(certificate: &[u8]) -> Vec<u8> {
 /// The bytes an identity key signs for a log event.
 pub fn log_event_transcript(event: &[u8]) -> Vec<u8> {
     [LOG_EVENT_CONTEXT, event].concat()
+}
+
+/// The bytes a device key signs to say that its device made a log event
+/// of its own account (`LogEntry.author_signature`).
+pub fn log_author_transcript(event: &[u8]) -> Vec<u8> {
+    [LOG_AUTHOR_CONTEXT, event].concat()
 }
 
 /// The bytes the log key signs for a tree head.

@@ -16,6 +16,7 @@
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;
+pub mod server_log;
 pub mod tls;
 pub mod wire;
 pub use hostile::{ConnView, HostileProxy, Reorder, Tamper};

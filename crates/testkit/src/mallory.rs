@@ -63,7 +63,6 @@ impl Mallory {
     /// an honest client would: honest clients can add her to groups.
     pub async fn register(url: &str, name: &str) -> Self {
         let account = Account::generate(Username::parse(name).expect("username"));
-        let provider = OpenMlsRustCrypto::default();
         let mut conn = Transport::connect(url, &sotto_client::Trust::web_roots())
             .await
             .expect("connect");
@@ -82,6 +81,31 @@ impl Mallory {
         conn.request(Request::Register(register))
             .await
             .expect("register");
+        Self::with_key_packages(url, account, conn).await
+    }
+
+    /// Logs in as a device the log already lists for its account (one a
+    /// server added behind the account's back, say) and uploads
+    /// KeyPackages: honest clients that trust the log can now add it.
+    pub async fn log_in(url: &str, account: Account) -> Self {
+        let mut conn = Transport::connect(url, &sotto_client::Trust::web_roots())
+            .await
+            .expect("connect");
+        let login = v1::Login {
+            username: account.username.to_string(),
+            device_id: account.device_id.as_bytes().to_vec(),
+            challenge_signature: account.device.sign_login(
+                &conn.nonce,
+                &account.username,
+                account.device_id,
+            ),
+        };
+        conn.request(Request::Login(login)).await.expect("log in");
+        Self::with_key_packages(url, account, conn).await
+    }
+
+    async fn with_key_packages(url: &str, account: Account, mut conn: Transport) -> Self {
+        let provider = OpenMlsRustCrypto::default();
         let key_packages = (0..5)
             .map(|_| group::new_key_package(&provider, &account, false).expect("key package"))
             .collect();

@@ -132,7 +132,11 @@ impl Account {
             .sign(&sotto_proto::log_event_transcript(&event))
             .to_bytes()
             .to_vec();
-        v1::LogEntry { event, signature }
+        v1::LogEntry {
+            event,
+            signature,
+            ..v1::LogEntry::default()
+        }
     }
 
     /// The `DeviceAdded` change for this device.

@@ -18,6 +18,7 @@
 //! - `signed_head`: the log key and signed tree heads
 //! - `account`: opening entries and replaying an account's history
 //! - `audit`: checking a whole log
+//! - `own_account`: which of an account's events its own devices made
 //!
 //! ```
 //! use ed25519_dalek::{Signer, SigningKey};
@@ -37,7 +38,7 @@
 //! }
 //! .encode_to_vec();
 //! let signature = identity.sign(&sotto_proto::log_event_transcript(&event));
-//! let entry = LogEntry { event, signature: signature.to_bytes().to_vec() };
+//! let entry = LogEntry { event, signature: signature.to_bytes().to_vec(), ..Default::default() };
 //!
 //! // The server appends it and signs a head.
 //! let key = LogKey::generate();
@@ -55,11 +56,13 @@
 
 mod account;
 mod audit;
+mod own_account;
 mod signed_head;
 mod tree;
 
 pub use account::{AccountState, open_entry, verify_account_log};
 pub use audit::{AuditError, AuditReport, audit};
+pub use own_account::{DeviceIdBytes, Finding, OwnAccountReview, OwnChange, review_own_account};
 pub use signed_head::{LogKey, verify_head, verify_legal_key};
 pub use tree::{MerkleLog, verify_consistency, verify_inclusion};
 

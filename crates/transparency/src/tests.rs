@@ -14,6 +14,7 @@ fn signed(key: &SigningKey, event: &AccountEvent) -> LogEntry {
     LogEntry {
         event,
         signature: signature.to_bytes().to_vec(),
+        ..LogEntry::default()
     }
 }
 
@@ -395,7 +396,8 @@ fn replay_rejects_each_broken_rule() {
     assert!(matches!(
         with(LogEntry {
             event: vec![0xff, 0xff],
-            signature: vec![]
+            signature: vec![],
+            ..LogEntry::default()
         }),
         Err(LogError::Malformed(_))
     ));
@@ -541,4 +543,115 @@ fn audit_passes_and_names_the_first_bad_entry() {
             .tree_size,
         4
     );
+}
+
+// ---------------------------------------------------------------- own account
+
+/// `entry` marked as made by device `id` (signed with `signer`'s device key).
+fn authored(mut entry: LogEntry, id: u8, signer: u8) -> LogEntry {
+    entry.author_device_id = vec![id; 16];
+    entry.author_signature = identity(signer.wrapping_add(100))
+        .sign(&sotto_proto::log_author_transcript(&entry.event))
+        .to_bytes()
+        .to_vec();
+    entry
+}
+
+/// Alice's registration (identity, device 1), known to the device.
+fn alice_known(key: &SigningKey) -> (Vec<LogEntry>, BTreeMap<u64, LogEntry>) {
+    let entries = vec![registered(key, "alice"), added(key, "alice", 1, 1)];
+    let known = entries
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, e)| (i as u64, e))
+        .collect();
+    (entries, known)
+}
+
+use std::collections::BTreeMap;
+
+#[test]
+fn an_entry_a_trusted_device_signed_is_explained_and_its_device_trusted() {
+    let key = identity(1);
+    let (mut entries, known) = alice_known(&key);
+    entries.push(authored(added(&key, "alice", 2, 2), 1, 1));
+    entries.push(authored(added(&key, "alice", 3, 3), 2, 2));
+    entries.push(authored(removed(&key, "alice", 4, 3), 2, 2));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    assert!(review.findings.is_empty(), "{:?}", review.findings);
+    assert!(review.unknown_devices.is_empty());
+    let seqs: Vec<u64> = review.newly_explained.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(review.state.devices.len(), 2);
+}
+
+#[test]
+fn an_entry_signed_only_with_the_identity_key_is_unexplained_and_so_is_what_its_device_signs() {
+    let key = identity(1);
+    let (mut entries, known) = alice_known(&key);
+    entries.push(added(&key, "alice", 2, 9));
+    entries.push(authored(added(&key, "alice", 3, 8), 9, 9));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    assert_eq!(
+        review.findings,
+        [
+            Finding::Unexplained {
+                account_seq: 2,
+                change: OwnChange::DeviceAdded([9; 16]),
+                author: None,
+            },
+            Finding::Unexplained {
+                account_seq: 3,
+                change: OwnChange::DeviceAdded([8; 16]),
+                author: Some([9; 16]),
+            },
+        ]
+    );
+    assert_eq!(review.unknown_devices, [[8; 16], [9; 16]].into());
+    assert!(review.newly_explained.is_empty());
+}
+
+#[test]
+fn a_removed_device_or_a_wrong_device_signature_explains_nothing() {
+    let key = identity(1);
+    let (mut entries, known) = alice_known(&key);
+    entries.push(authored(added(&key, "alice", 2, 2), 1, 1));
+    entries.push(authored(removed(&key, "alice", 3, 2), 1, 1));
+    // The removed device 2 still has its keys.
+    entries.push(authored(added(&key, "alice", 4, 7), 2, 2));
+    // Device 1's id, someone else's signature.
+    entries.push(authored(removed(&key, "alice", 5, 1), 1, 7));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    let unexplained: Vec<u64> = review
+        .findings
+        .iter()
+        .map(|f| match f {
+            Finding::Unexplained { account_seq, .. } => *account_seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(unexplained, [4, 5]);
+}
+
+#[test]
+fn a_known_entry_replaced_or_hidden_is_a_finding() {
+    let key = identity(1);
+    let (mut entries, mut known) = alice_known(&key);
+    known.insert(2, authored(added(&key, "alice", 2, 2), 1, 1));
+    known.insert(3, authored(removed(&key, "alice", 3, 2), 1, 1));
+    // The log shows another device at seq 2, and stops there.
+    entries.push(authored(added(&key, "alice", 2, 5), 1, 1));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    assert_eq!(
+        review.findings,
+        [
+            Finding::Replaced {
+                account_seq: 2,
+                change: OwnChange::DeviceAdded([5; 16]),
+            },
+            Finding::Hidden { account_seq: 3 },
+        ]
+    );
+    assert_eq!(review.unknown_devices, [[5; 16]].into());
 }

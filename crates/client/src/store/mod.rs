@@ -9,15 +9,18 @@
 //! - `history`: history lines
 //! - `inbox`: de-duplication, held messages, the poison bound, warnings
 //! - `outbox`: frames to resend after a crash
+//! - `account_watch`: this account's known log events and its alerts
 
 use rusqlite::Connection;
 
+mod account_watch;
 mod conversations;
 mod history;
 mod inbox;
 mod outbox;
 mod profile;
 
+pub use account_watch::*;
 pub use conversations::*;
 pub use history::*;
 pub use inbox::*;
@@ -26,7 +29,7 @@ pub use profile::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -145,7 +148,12 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
         if version < 2 {
             tx.execute_batch(MIGRATION_2)?;
         }
-        tx.execute_batch(MIGRATION_3)?;
+        if version < 3 {
+            tx.execute_batch(MIGRATION_3)?;
+        }
+        if version < 4 {
+            tx.execute_batch(MIGRATION_4)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -196,3 +204,23 @@ fn keep_private(db: &std::path::Path) -> Result<(), StoreError> {
 fn keep_private(_db: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
+
+/// Version 4: watching this account's own log (`account_watch`).
+const MIGRATION_4: &str = "
+-- The account's log entries this device knows a device of the account
+-- made: its own, the history it was handed when linked, and entries a
+-- trusted device of the account vouched for. Anything else is an alert.
+CREATE TABLE own_events (
+    account_seq INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL
+);
+-- Changes to this account that no device of it made, shown by every
+-- command until the user acknowledges them.
+CREATE TABLE account_alerts (
+    key TEXT PRIMARY KEY,
+    device_id BLOB,
+    text TEXT NOT NULL,
+    raised_at_ms INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0
+);
+";
