@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry};
+use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry, Passphrase};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,14 @@ enum Command {
     },
     /// Show this profile's account, device and server.
     Whoami,
+    /// Encrypt this profile at rest under a passphrase (asked twice, or
+    /// SOTTO_PASSPHRASE); every later command asks for it.
+    Lock,
+    /// Decrypt a locked profile (asks its passphrase, or SOTTO_PASSPHRASE).
+    Unlock,
+    /// Change a locked profile's passphrase (the new one from
+    /// SOTTO_NEW_PASSPHRASE when SOTTO_PASSPHRASE gives the old one).
+    ChangePassphrase,
     /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`).
     Send {
         /// Send to this group instead of a user.
@@ -238,8 +246,15 @@ async fn run(cli: Cli) -> Result<()> {
                 &serde_json::json!({ "username": username, "server": server, "profile": profile }),
             );
         }
+        command @ (Command::Lock | Command::Unlock | Command::ChangePassphrase) => {
+            let done = lock_command(&profile, &command)?;
+            out.line(
+                &format!("{done}: {}", profile.display()),
+                &serde_json::json!({ "profile": profile, "done": done }),
+            );
+        }
         Command::Whoami => {
-            let client = Client::open(&profile)?;
+            let client = open_profile(&profile)?;
             out.line(
                 &format!(
                     "{} on {}\ndevice {}\nidentity key {}",
@@ -257,7 +272,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Send { group, args } => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open_profile(&profile)?;
             let sent = match group {
                 Some(name) => client.send_group(&name, &args.join(" ")).await?,
                 None => {
@@ -275,7 +290,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Group(command) => group(&profile, command, &out).await?,
         Command::Sync => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open_profile(&profile)?;
             let entries = client.sync().await?;
             client.disconnect().await;
             for entry in &entries {
@@ -283,7 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Listen => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open_profile(&profile)?;
             tokio::select! {
                 result = client.listen(|entry| out.entry(entry)) => result?,
                 _ = tokio::signal::ctrl_c() => {}
@@ -295,7 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
             mark,
             accept_new_key,
         } => {
-            let mut client = Client::open(&profile)?;
+            let mut client = open_profile(&profile)?;
             let (number, verified) = if mark {
                 (client.mark_verified(&username).await?, true)
             } else {
@@ -367,7 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Members { group, username } => {
-            let client = Client::open(&profile)?;
+            let client = open_profile(&profile)?;
             let members = match (group, username) {
                 (Some(name), _) => client.conversation_members(ConversationKind::Group, &name)?,
                 (None, Some(user)) => {
@@ -383,13 +398,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Warnings => {
-            let client = Client::open(&profile)?;
+            let client = open_profile(&profile)?;
             for (at_ms, text) in client.device_warnings()? {
                 out.line(&text, &serde_json::json!({ "at": at_ms, "text": text }));
             }
         }
         Command::History { group, username } => {
-            let client = Client::open(&profile)?;
+            let client = open_profile(&profile)?;
             let entries = match (group, username) {
                 (Some(name), _) => client.history(ConversationKind::Group, &name)?,
                 (None, Some(user)) => client.history(ConversationKind::Direct, &user)?,
@@ -404,7 +419,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) -> Result<()> {
-    let mut client = Client::open(profile)?;
+    let mut client = open_profile(profile)?;
     match command {
         GroupCommand::Create { name, members } => {
             client.create_group(&name, &members).await?;
@@ -468,7 +483,7 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
         );
         return Ok(());
     }
-    let mut client = Client::open(profile)?;
+    let mut client = open_profile(profile)?;
     match command {
         DeviceCommand::Join { .. } => {}
         DeviceCommand::Link { yes } => {
@@ -591,4 +606,86 @@ impl Printer {
         }
         self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
     }
+}
+
+// ------------------------------------------------------------ locked profiles
+
+/// Opens the profile, asking for its passphrase if it is locked.
+fn open_profile(profile: &std::path::Path) -> Result<Client> {
+    let passphrase = if sotto_client::store::lock::is_locked(profile)? {
+        Some(ask_passphrase(&format!(
+            "Passphrase for the locked profile {}: ",
+            profile.display()
+        ))?)
+    } else {
+        None
+    };
+    Ok(Client::open_with_passphrase(profile, passphrase.as_ref())?)
+}
+
+/// `lock`, `unlock`, `change-passphrase`; says what it did.
+fn lock_command(profile: &std::path::Path, command: &Command) -> Result<&'static str> {
+    use sotto_client::store::lock;
+    match command {
+        Command::Lock => {
+            if lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::AlreadyLocked(profile.to_owned()));
+            }
+            lock::lock(profile, &new_passphrase("SOTTO_PASSPHRASE")?)?;
+            Ok("locked")
+        }
+        Command::Unlock => {
+            if !lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::NotLocked(profile.to_owned()));
+            }
+            lock::unlock(profile, &ask_passphrase("Passphrase: ")?)?;
+            Ok("unlocked")
+        }
+        _ => {
+            if !lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::NotLocked(profile.to_owned()));
+            }
+            let old = ask_passphrase("Current passphrase: ")?;
+            let new = new_passphrase("SOTTO_NEW_PASSPHRASE")?;
+            lock::change_passphrase(profile, &old, &new)?;
+            Ok("passphrase changed")
+        }
+    }
+}
+
+/// The passphrase from SOTTO_PASSPHRASE (for scripts), or asked on the
+/// terminal without echo.
+fn ask_passphrase(prompt: &str) -> Result<Passphrase> {
+    if let Ok(text) = std::env::var("SOTTO_PASSPHRASE") {
+        return Ok(Passphrase::new(text)?);
+    }
+    let mut text = prompt_passphrase(prompt, "SOTTO_PASSPHRASE")?;
+    Ok(Passphrase::new(std::mem::take(&mut *text))?)
+}
+
+/// A new passphrase from the variable `var`, or asked twice.
+fn new_passphrase(var: &str) -> Result<Passphrase> {
+    if let Ok(text) = std::env::var(var) {
+        return Ok(Passphrase::new(text)?);
+    }
+    let mut first = prompt_passphrase("New passphrase: ", var)?;
+    let second = prompt_passphrase("The same passphrase again: ", var)?;
+    if first != second {
+        bail!("the two passphrases differ; nothing was changed");
+    }
+    Ok(Passphrase::new(std::mem::take(&mut *first))?)
+}
+
+/// Asks on the terminal, without echo; without a terminal, says which
+/// variable to set instead of waiting.
+fn prompt_passphrase(prompt: &str, var: &str) -> Result<zeroize::Zeroizing<String>> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the profile's passphrase is needed and there is no terminal to ask it on: set {var}"
+        );
+    }
+    rpassword::prompt_password(prompt)
+        .map(zeroize::Zeroizing::new)
+        .with_context(|| format!("cannot read the passphrase; set {var} instead"))
 }
