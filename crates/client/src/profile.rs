@@ -43,14 +43,13 @@ pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
             dir.display()
         ))
     })?;
-    let path = profile_db(dir);
-    if store::lock::is_locked(&path)? {
+    if store::lock::is_locked(dir)? {
         return Err(ClientError::Usage(format!(
             "profile {} is locked and already holds an account; use another --profile",
             dir.display()
         )));
     }
-    let db = store::open(&path)?;
+    let db = store::open(&profile_db(dir))?;
     if let Some(existing) = store::load_profile(&db)? {
         return Err(ClientError::Usage(format!(
             "profile {} already holds the account {}; use another --profile",

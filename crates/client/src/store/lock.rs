@@ -167,6 +167,9 @@ pub fn is_locked(dir: &Path) -> Result<bool, LockError> {
 /// Sets the key on a freshly opened connection and proves it right: with a
 /// wrong key the first read fails with `NotADatabase`.
 pub(crate) fn apply_key(conn: &Connection, key: &ProfileKey) -> Result<(), StoreError> {
+    // SQLCipher writes a wrong key's decryption failure to stderr; the
+    // caller reports it instead.
+    conn.pragma_update(None, "cipher_log_level", "NONE")?;
     let literal = key.sqlcipher_literal();
     conn.pragma_update(None, "key", literal.as_str())?;
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
