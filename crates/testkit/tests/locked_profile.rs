@@ -33,7 +33,8 @@ const MLS_SECRET_TABLES: &[&str] = &[
 ];
 
 /// Every byte string in a JSON value: arrays of numbers 0..=255 (how serde
-/// writes bytes), at least 16 long so they are keys and secrets, not flags.
+/// writes bytes), at least 16 long so they are keys and secrets, not flags;
+/// each both as JSON text and as raw bytes.
 fn byte_strings(value: &serde_json::Value, out: &mut Vec<Vec<u8>>) {
     match value {
         serde_json::Value::Array(items) => {
@@ -42,7 +43,11 @@ fn byte_strings(value: &serde_json::Value, out: &mut Vec<Vec<u8>>) {
                 .map(|v| v.as_u64().and_then(|n| u8::try_from(n).ok()))
                 .collect();
             match bytes {
-                Some(bytes) if bytes.len() >= 16 => out.push(bytes),
+                Some(bytes) if bytes.len() >= 16 => {
+                    // As stored (JSON text) and as the raw key bytes.
+                    out.push(serde_json::to_vec(&bytes).unwrap());
+                    out.push(bytes);
+                }
                 _ => items.iter().for_each(|v| byte_strings(v, out)),
             }
         }
@@ -140,9 +145,15 @@ async fn a_locked_profile_holds_no_secret_in_clear_and_keeps_chatting() {
 
         let dir = alice_dir.path();
         let secrets = secrets_of(dir);
-        // The search works: the plain profile shows them.
+        // The search works: the plain profile shows the account's keys, the
+        // message and openmls' secrets.
         let plain = found_in_files(dir, &secrets);
-        assert!(plain.len() >= 3, "{plain:?}");
+        assert!(plain.len() >= 10, "{plain:?}");
+        for secret in &secrets[..2] {
+            assert!(!found_in_files(dir, std::slice::from_ref(secret)).is_empty());
+        }
+        let text = [SECRET_TEXT.as_bytes().to_vec()];
+        assert!(!found_in_files(dir, &text).is_empty());
 
         lock::lock(dir, &passphrase("correct horse battery")).unwrap();
         assert!(lock::is_locked(dir).unwrap());

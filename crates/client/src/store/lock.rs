@@ -18,6 +18,12 @@
 //! crash leaves either the old profile or the new one, never half of each.
 //!
 //! A plain file starts with `SQLite format 3\0`; anything else is locked.
+//!
+//! Limits: locking replaces the plain file but does not scrub the disk
+//! blocks it occupied (nor backups or snapshots of it); the key literal
+//! passes through SQL text that SQLite copies and does not zeroize; a
+//! passphrase given through `SOTTO_PASSPHRASE` is readable by the same
+//! user's processes.
 
 use super::StoreError;
 use rusqlite::{Connection, ErrorCode};
