@@ -104,3 +104,70 @@ fn lock_then_every_command_needs_the_passphrase() {
     ok(alice.path(), Some("other pass"), &["unlock"]);
     assert!(ok(alice.path(), None, &["history", "bob"]).contains("while locked"));
 }
+
+/// `sotto lock` killed at any moment leaves a profile that opens, plain or
+/// locked, with its account and history: the locked copy is written beside
+/// the profile and renamed over it.
+#[test]
+fn a_lock_killed_at_any_moment_loses_nothing() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    ok(
+        alice.path(),
+        None,
+        &["register", "alice", "--server", server.url()],
+    );
+    ok(
+        bob.path(),
+        None,
+        &["register", "bob", "--server", server.url()],
+    );
+    ok(
+        alice.path(),
+        None,
+        &["send", "bob", "kept through every crash"],
+    );
+    // How long a whole `lock` takes here, to spread the kills over it.
+    let started = std::time::Instant::now();
+    ok(alice.path(), Some("crash pass"), &["lock"]);
+    let whole = started.elapsed();
+    ok(alice.path(), Some("crash pass"), &["unlock"]);
+    let (mut plain, mut locked) = (0, 0);
+    // Kills from the start to well past the measured time (a loaded machine
+    // varies), until a few came too late to stop it.
+    for step in 0..40u32 {
+        if locked >= 3 {
+            break;
+        }
+        let delay = whole * step / 10;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sotto"))
+            .arg("--profile")
+            .arg(alice.path())
+            .arg("lock")
+            .env("SOTTO_PASSPHRASE", "crash pass")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Whatever state it stopped in, the profile opens and holds it all.
+        let out = sotto(alice.path(), None, &["history", "bob"]);
+        if out.status.success() {
+            plain += 1;
+            assert!(String::from_utf8_lossy(&out.stdout).contains("kept through every crash"));
+        } else {
+            locked += 1;
+            let history = ok(alice.path(), Some("crash pass"), &["history", "bob"]);
+            assert!(history.contains("kept through every crash"), "{history}");
+            ok(alice.path(), Some("crash pass"), &["unlock"]);
+        }
+    }
+    // Both outcomes happened: the kills spanned the whole rewrite.
+    assert!(plain > 0 && locked > 0, "plain {plain}, locked {locked}");
+    ok(alice.path(), None, &["send", "bob", "and still chatting"]);
+    assert!(ok(bob.path(), None, &["sync"]).contains("and still chatting"));
+}
