@@ -285,7 +285,9 @@ pub fn link(data: &[u8]) {
 /// `sotto_client::canary::verify`: the JSON a server publishes at
 /// `GET /canary`.
 pub fn canary(data: &[u8]) {
-    let _ = sotto_client::canary::verify(data);
+    use sotto_client::canary::{CanaryPin, verify};
+    let _ = verify(data, CanaryPin::LogKey(&[7; 32]));
+    let _ = verify(data, CanaryPin::LegalKey(&[7; 32]));
 }
 
 /// Answers every key lookup with one verdict.

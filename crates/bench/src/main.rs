@@ -17,6 +17,7 @@ mod procs;
 mod report;
 mod sotto;
 mod stats;
+mod tls;
 mod workloads;
 
 use std::net::SocketAddr;
@@ -551,6 +552,14 @@ fn smoke_check(r: &Results) -> anyhow::Result<()> {
     let w1 = r.idle_connections.as_ref().context("W1 produced nothing")?;
     if w1.ramp.last().is_none_or(|l| l.0 == 0) {
         bail!("W1 opened no connection");
+    }
+    match &w1.tls {
+        Some(tls) if tls.reconnect_n > 0 => {}
+        Some(_) => bail!("W1 reconnected nobody over TLS"),
+        None => bail!(
+            "W1's TLS phase failed: {}",
+            w1.tls_failure.as_deref().unwrap_or("no figures")
+        ),
     }
     let w2 = r.durable_delivery.as_ref().context("W2 produced nothing")?;
     if w2.steps.iter().all(|s| s.figures.delivered == 0) {

@@ -13,14 +13,26 @@ use sotto_core::identity::{Account, Username};
 use sotto_proto::mls_framing::{ContentType, opaque_private_message, private_ciphertext};
 use sotto_proto::v1::{self, client_frame::Body, response, server_frame};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::tls::TlsClient;
 
 /// How long any single protocol step may take before it counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket, plain or over TLS (plain costs one `match` per
+/// read or write).
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a client reaches the server: plain TCP, or TLS trusting the run's CA.
+#[derive(Debug, Clone, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(TlsClient),
+}
 
 /// Hands out source addresses 127.0.0.2, 127.0.0.3, … round-robin, so that
 /// many connections do not run out of ephemeral ports on one address.
@@ -91,11 +103,32 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// A WebSocket to `ws://server/path` from `src`.
 pub async fn ws_connect(server: SocketAddr, src: Ipv4Addr, path: &str) -> anyhow::Result<Ws> {
-    let stream = tcp_connect(server, src).await?;
+    ws_connect_over(&Transport::Plain, server, src, path).await
+}
+
+/// A WebSocket to `server/path` from `src`: `ws://`, or `wss://` after a
+/// full TLS handshake.
+pub async fn ws_connect_over(
+    transport: &Transport,
+    server: SocketAddr,
+    src: Ipv4Addr,
+    path: &str,
+) -> anyhow::Result<Ws> {
+    let tcp = tcp_connect(server, src).await?;
+    let (stream, scheme) = match transport {
+        Transport::Plain => (MaybeTlsStream::Plain(tcp), "ws"),
+        Transport::Tls(tls) => {
+            let stream = tokio::time::timeout(STEP_TIMEOUT, tls.handshake(tcp, server.ip()))
+                .await
+                .context("TLS handshake timed out")?
+                .context("TLS handshake failed")?;
+            (MaybeTlsStream::Rustls(stream), "wss")
+        }
+    };
     let (ws, _) = tokio::time::timeout(
         STEP_TIMEOUT,
         tokio_tungstenite::client_async_with_config(
-            format!("ws://{server}{path}"),
+            format!("{scheme}://{server}{path}"),
             stream,
             Some(ws_config()),
         ),
@@ -175,15 +208,27 @@ pub fn check_done(r: &v1::Response, what: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Connects, answers the challenge with Register (new account) or Login,
-/// and returns the authenticated socket plus any frames already pushed.
+/// Connects over plain WebSocket, answers the challenge with Register (new
+/// account) or Login, and returns the authenticated socket plus any frames
+/// already pushed.
 pub async fn connect_authenticated(
     server: SocketAddr,
     src: Ipv4Addr,
     account: &Account,
     register: bool,
 ) -> anyhow::Result<(Ws, Vec<v1::ServerFrame>)> {
-    let mut ws = ws_connect(server, src, "/ws").await?;
+    connect_authenticated_over(&Transport::Plain, server, src, account, register).await
+}
+
+/// [`connect_authenticated`] over `transport`.
+pub async fn connect_authenticated_over(
+    transport: &Transport,
+    server: SocketAddr,
+    src: Ipv4Addr,
+    account: &Account,
+    register: bool,
+) -> anyhow::Result<(Ws, Vec<v1::ServerFrame>)> {
+    let mut ws = ws_connect_over(transport, server, src, "/ws").await?;
     let nonce = match read_frame(&mut ws).await?.body {
         Some(server_frame::Body::Challenge(c)) => c.nonce,
         other => bail!("expected a challenge, got {other:?}"),

@@ -10,6 +10,8 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::tls::ServerTlsFiles;
+
 /// A running child process we started.
 #[derive(Debug)]
 pub struct Proc {
@@ -232,8 +234,20 @@ pub struct SottoBin {
 }
 
 impl SottoBin {
-    /// Starts one server on `data` at `port`.
+    /// Starts one server on `data` at `port`, plain WebSocket.
     pub async fn start(&self, data: &Path, port: u16, reuse_port: bool) -> anyhow::Result<Proc> {
+        self.start_with(data, port, reuse_port, None).await
+    }
+
+    /// Starts one server on `data` at `port`, terminating TLS itself with
+    /// `tls` (`--tls-cert`, `--tls-key`) when given.
+    pub async fn start_with(
+        &self,
+        data: &Path,
+        port: u16,
+        reuse_port: bool,
+        tls: Option<&ServerTlsFiles>,
+    ) -> anyhow::Result<Proc> {
         let mut cmd = command(&self.path, self.core);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -244,6 +258,12 @@ impl SottoBin {
             .env("RUST_LOG", "warn");
         if reuse_port {
             cmd.arg("--reuse-port");
+        }
+        if let Some(tls) = tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key);
         }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -92,9 +92,20 @@ enum Command {
     },
     /// Fetch and check a server's warrant canary (a dated statement signed by
     /// its operator).
+    ///
+    /// The canary's key must be vouched for: by the server's log key (your
+    /// profile's, when it is registered on this server, or --log-key), or
+    /// given directly with --legal-key.
     Canary {
         /// The server, e.g. https://chat.example.org
         server: String,
+        /// The server's log key (64 hex digits) to check the canary's key
+        /// against, e.g. from `sotto whoami` on a profile registered there.
+        #[arg(long, value_name = "HEX", conflicts_with = "legal_key")]
+        log_key: Option<String>,
+        /// The operator's legal key (64 hex digits), published by them.
+        #[arg(long, value_name = "HEX")]
+        legal_key: Option<String>,
         #[command(flatten)]
         trust: TrustArgs,
         /// Warn (and exit 1) if the statement is older than this.
@@ -257,17 +268,19 @@ async fn run(cli: Cli) -> Result<()> {
             let client = open_profile(&profile)?;
             out.line(
                 &format!(
-                    "{} on {}\ndevice {}\nidentity key {}",
+                    "{} on {}\ndevice {}\nidentity key {}\nserver's log key {}",
                     client.username(),
                     client.server_url(),
                     client.device_id(),
-                    client.identity_key()
+                    client.identity_key(),
+                    hex::encode(client.log_key())
                 ),
                 &serde_json::json!({
                     "username": client.username().as_str(),
                     "server": client.server_url(),
                     "device_id": client.device_id().to_string(),
                     "identity_key": client.identity_key(),
+                    "log_key": hex::encode(client.log_key()),
                 }),
             );
         }
@@ -353,10 +366,36 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Canary {
             server,
+            log_key,
+            legal_key,
             max_age_days,
             trust,
         } => {
-            let Some(canary) = sotto_client::canary::fetch_canary(&server, &trust.trust()?).await?
+            let hex_key = |key: &str, flag: &str| {
+                hex::decode(key.trim()).with_context(|| format!("{flag} is not hex"))
+            };
+            let (pin_key, by_log_key) = match (log_key, legal_key) {
+                (_, Some(key)) => (hex_key(&key, "--legal-key")?, false),
+                (Some(key), None) => (hex_key(&key, "--log-key")?, true),
+                (None, None) => match Client::open(&profile) {
+                    Ok(client)
+                        if client.server_url().trim_end_matches('/')
+                            == server.trim_end_matches('/') =>
+                    {
+                        (client.log_key().to_vec(), true)
+                    }
+                    _ => bail!(
+                        "give --log-key HEX (the log key, e.g. from `sotto whoami` on a profile registered on {server}) or --legal-key HEX (from the operator)"
+                    ),
+                },
+            };
+            let pin = if by_log_key {
+                sotto_client::canary::CanaryPin::LogKey(&pin_key)
+            } else {
+                sotto_client::canary::CanaryPin::LegalKey(&pin_key)
+            };
+            let Some(canary) =
+                sotto_client::canary::fetch_canary(&server, &trust.trust()?, pin).await?
             else {
                 bail!("WARNING: {server} publishes no warrant canary");
             };
@@ -475,7 +514,12 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
 
 async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer) -> Result<()> {
     if let DeviceCommand::Join { code, trust } = &command {
-        let mut client = Client::join_link(profile, code, &trust.trust()?).await?;
+        let show = |fingerprint: String| {
+            eprintln!(
+                "Waiting for approval on your other device. It will show a number: check it is\n\n  {fingerprint}\n\nIf it is not, someone else used the code: refuse there."
+            );
+        };
+        let mut client = Client::join_link(profile, code, &trust.trust()?, show).await?;
         client.disconnect().await;
         out.line(
             &format!("this device is now linked to {} (device {})", client.username(), client.device_id()),
@@ -498,10 +542,13 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
                 &serde_json::json!({ "code": text }),
             );
             let request = client.wait_for_link_request(&code).await?;
-            let fingerprint = hex::encode(&request.device_key[..8]);
+            eprintln!(
+                "A device asks to join your account. The new device shows a number; it must be\n\n  {}\n",
+                request.fingerprint
+            );
             if !yes
                 && !confirm(&format!(
-                    "Device {} (key {fingerprint}…) wants to join your account. Approve? [y/N] ",
+                    "Is that the number on the new device (device {})? Approve? [y/N] ",
                     request.device_id
                 ))?
             {

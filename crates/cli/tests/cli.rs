@@ -392,7 +392,16 @@ fn the_warrant_canary_is_published_and_checked() {
     let data = TempDir::new().unwrap();
     let server = ServerProcess::spawn(data.path());
     let anyone = TempDir::new().unwrap();
+    // Nothing vouches for a canary's key without a pin.
     let err = fails(anyone.path(), &["canary", server.url()]);
+    assert!(err.contains("--log-key"), "{err}");
+    // A profile registered on the server pins its log key.
+    let alice = TempDir::new().unwrap();
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    let err = fails(alice.path(), &["canary", server.url()]);
     assert!(err.contains("publishes no warrant canary"), "{err}");
 
     let published = Command::new(sotto_testkit::binary("sotto-server"))
@@ -411,10 +420,23 @@ fn the_warrant_canary_is_published_and_checked() {
         "{}",
         String::from_utf8_lossy(&published.stderr)
     );
-    let canary = json_lines(&ok(anyone.path(), &["canary", server.url(), "--json"]));
+    let canary = json_lines(&ok(alice.path(), &["canary", server.url(), "--json"]));
     assert_eq!(canary[0]["statement"], "No orders received so far.");
     assert_eq!(canary[0]["age_days"], 0);
     assert_eq!(canary[0]["date"].as_str().unwrap().len(), 10);
+
+    // Anyone with the log key from a second source (here alice's profile).
+    let whoami = json_lines(&ok(alice.path(), &["whoami", "--json"]));
+    let log_key = whoami[0]["log_key"].as_str().unwrap().to_owned();
+    ok(
+        anyone.path(),
+        &["canary", server.url(), "--log-key", &log_key],
+    );
+    let err = fails(
+        anyone.path(),
+        &["canary", server.url(), "--log-key", &"11".repeat(32)],
+    );
+    assert!(err.contains("another log key"), "{err}");
 }
 
 #[test]

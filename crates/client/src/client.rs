@@ -8,9 +8,9 @@ use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
-use crate::outbox::{CommitOutcome, Outbox};
+use crate::outbox::Outbox;
 use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
-use crate::session::{Anonymous, Session, login_request};
+use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{conversations, membership, receive};
@@ -34,7 +34,7 @@ pub struct Client {
     /// A connection that never logs in, for everything that need not say who
     /// asks: sends (authorised by the group's capability), KeyPackage claims
     /// and key-log lookups. Sealed sender.
-    anonymous: Option<Transport>,
+    anonymous: Option<AnonymousConnection>,
     key_log: KeyLog,
     outbox: Outbox,
     key_packages: KeyPackagePool,
@@ -113,11 +113,15 @@ impl Client {
         };
         stored.save()?;
         let mut client = Self::from_stored(stored);
-        let mut anonymous =
-            Anonymous::new(&client.server_url, &client.trust, &mut client.anonymous);
+        let mut anonymous = Anonymous::new(
+            &client.server_url,
+            &client.trust,
+            &mut client.anonymous,
+            client.profile.account.username.clone(),
+        );
         client
             .key_log
-            .verify_this_device(&mut client.profile, &mut anonymous)
+            .verify_this_device(&mut client.profile, &mut anonymous, &mut transport)
             .await?;
         client
             .key_packages
@@ -173,6 +177,19 @@ impl Client {
         &self.server_url
     }
 
+    /// How old a key-log head the server presents may be once this device
+    /// has seen a newer one (default [`crate::DEFAULT_MAX_HEAD_AGE`],
+    /// a day); an older one is refused as a stale view.
+    pub fn set_max_head_age(&mut self, age: std::time::Duration) {
+        self.key_log.max_head_age = age;
+    }
+
+    /// The server's log key this profile pinned: what to give others as
+    /// a second source (`sotto audit --log-key`, `sotto canary --log-key`).
+    pub fn log_key(&self) -> &[u8] {
+        self.key_log.log_key()
+    }
+
     /// Hex of the account's identity key.
     pub fn identity_key(&self) -> String {
         hex::encode(self.profile.account.identity_public())
@@ -202,9 +219,14 @@ impl Client {
 
     /// Closes the connections, if any.
     pub async fn disconnect(&mut self) {
-        for t in [self.transport.take(), self.anonymous.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.transport.take(),
+            self.anonymous
+                .take()
+                .map(AnonymousConnection::into_transport),
+        ]
+        .into_iter()
+        .flatten()
         {
             t.close().await;
         }
@@ -222,12 +244,13 @@ impl Client {
             Some(t) => t,
             None => self.login().await?,
         };
+        let owner = self.profile.account.username.clone();
         let mut session = Session {
             profile: &mut self.profile,
             key_log: &mut self.key_log,
             outbox: &mut self.outbox,
             key_packages: &mut self.key_packages,
-            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous),
+            anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous, owner),
             connection: &mut t,
         };
         let result = op(&mut session).await;
@@ -256,7 +279,12 @@ impl Client {
                 .await?;
         }
         self.key_log.start_round();
-        let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
+        let mut anonymous = Anonymous::new(
+            &self.server_url,
+            &self.trust,
+            &mut self.anonymous,
+            self.profile.account.username.clone(),
+        );
         self.key_log
             .refresh_head(&mut self.profile, &mut anonymous)
             .await?;
@@ -369,7 +397,13 @@ impl Client {
         }
         self.connected(async |s| {
             s.key_log
-                .safety_number(s.profile, &mut s.anonymous, &user, accept_new_identity)
+                .safety_number(
+                    s.profile,
+                    &mut s.anonymous,
+                    s.connection,
+                    &user,
+                    accept_new_identity,
+                )
                 .await
         })
         .await
@@ -424,8 +458,22 @@ impl Client {
     /// creating the profile in `dir`. Returns once the existing device
     /// approved. `trust` is what to trust on the way to the server in the
     /// code (`--ca-file`, `--insecure-transport`); the profile keeps it.
-    pub async fn join_link(dir: &Path, code: &str, trust: &Trust) -> Result<Self, ClientError> {
-        let joined = devices::join_link(dir, code, trust).await?;
+    /// `show_fingerprint` gets the twelve digits the approving device shows
+    /// too (see [`LinkRequestInfo::fingerprint`]), before waiting for it.
+    ///
+    /// The linking device's pinned log key and newest head come inside the
+    /// sealed bundle: a server presenting another key is refused, and the
+    /// server's heads must extend the linking device's.
+    pub async fn join_link(
+        dir: &Path,
+        code: &str,
+        trust: &Trust,
+        show_fingerprint: impl FnOnce(String),
+    ) -> Result<Self, ClientError> {
+        let joined = devices::join_link(dir, code, trust, show_fingerprint).await?;
+        if let Some(head) = &joined.head {
+            store::save_log_head(&joined.db, &sotto_proto::Message::encode_to_vec(head))?;
+        }
         Self::create(
             joined.db,
             joined.account,
@@ -567,8 +615,15 @@ mod hooks {
 
         /// Submits every staged frame in the outbox (sends need no login); see
         /// [`Client::stage_key_update`].
-        pub async fn submit_staged(&mut self) -> Result<Vec<CommitOutcome>, ClientError> {
-            let mut anonymous = Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous);
+        pub async fn submit_staged(
+            &mut self,
+        ) -> Result<Vec<crate::outbox::CommitOutcome>, ClientError> {
+            let mut anonymous = Anonymous::new(
+                &self.server_url,
+                &self.trust,
+                &mut self.anonymous,
+                self.profile.account.username.clone(),
+            );
             let mut outcomes = Vec::new();
             for row in store::outbox(&self.profile.db)? {
                 let outgoing = Outgoing::from_row(row)?;

@@ -10,6 +10,7 @@
 use crate::ClientError;
 use crate::conversations::{conversation_info, send_content};
 use crate::endpoint::Trust;
+use crate::keys::pinned_head;
 use crate::membership::{claim, commit_with_retry};
 use crate::profile::Profile;
 use crate::receive::{drain, handle_delivery};
@@ -23,7 +24,7 @@ use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, OpenLink,
-    RemoveDevice, client_frame,
+    RemoveDevice, SignedTreeHead, client_frame,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct DeviceInfo {
 pub struct LinkRequestInfo {
     pub device_id: DeviceId,
     pub device_key: [u8; 32],
+    /// Twelve digits the joining device shows too: if they differ, someone
+    /// else used the code.
+    pub fingerprint: String,
 }
 
 /// Opens a link rendezvous for `code` on the server.
@@ -78,9 +82,13 @@ pub(crate) async fn wait_for_link_request(
                         request.device_key.as_slice().try_into().map_err(|_| {
                             ClientError::Protocol("link request: bad device key".into())
                         })?;
+                    let fingerprint = code
+                        .fingerprint(&request.device_id, &device_key)
+                        .map_err(link_error)?;
                     return Ok(LinkRequestInfo {
                         device_id: DeviceId::from_slice(&request.device_id)?,
                         device_key,
+                        fingerprint,
                     });
                 }
                 Next::Push(Push::Delivery(d)) => {
@@ -106,7 +114,7 @@ pub(crate) async fn approve_link(
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     let identity = &s.profile.account.identity;
     let entry = identity.device_added(&own, state.next_seq, request.device_id, request.device_key);
@@ -120,6 +128,8 @@ pub(crate) async fn approve_link(
     let bundle = LinkBundle {
         username: own.to_string(),
         identity_secret: identity.secret().to_vec(),
+        log_key: s.key_log.log_key().to_vec(),
+        head: pinned_head(&s.profile.db)?,
     };
     let sealed_bundle = code
         .seal(LinkDirection::AccountBundle, &bundle.encode_to_vec())
@@ -152,7 +162,16 @@ async fn add_own_device_everywhere(
             continue;
         };
         let key_packages = loop {
-            match claim(s.profile, s.key_log, &mut s.anonymous, &own, &[device]).await {
+            match claim(
+                s.profile,
+                s.key_log,
+                &mut s.anonymous,
+                s.connection,
+                &own,
+                &[device],
+            )
+            .await
+            {
                 Ok(kps) if !kps.is_empty() => break kps,
                 Ok(_) => {}
                 Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => {}
@@ -186,6 +205,9 @@ pub(crate) struct Joined {
     pub account: Account,
     pub server_url: String,
     pub log_key: Vec<u8>,
+    /// The newest head the linking device verified, to pin before anything
+    /// else is checked.
+    pub head: Option<SignedTreeHead>,
     pub transport: Transport,
 }
 
@@ -196,6 +218,7 @@ pub(crate) async fn join_link(
     dir: &Path,
     code: &str,
     trust: &Trust,
+    show_fingerprint: impl FnOnce(String),
 ) -> Result<Joined, ClientError> {
     let code = LinkCode::parse(code).map_err(link_error)?;
     let db = crate::profile::open_new_profile(dir)?;
@@ -209,6 +232,10 @@ pub(crate) async fn join_link(
     let sealed_request = code
         .seal(LinkDirection::JoinRequest, &request.encode_to_vec())
         .map_err(link_error)?;
+    show_fingerprint(
+        code.fingerprint(&request.device_id, &request.device_key)
+            .map_err(link_error)?,
+    );
     t.request(client_frame::Body::JoinLink(JoinLink {
         link_id: link_id(&code)?,
         sealed_request,
@@ -234,13 +261,34 @@ pub(crate) async fn join_link(
         device_id,
         device,
     };
+    // The linking device's pins, a second source: a server (or someone in
+    // the way) presenting another log key is not the one the account is on.
+    let log_key = if bundle.log_key.is_empty() {
+        t.log_key.clone()
+    } else if bundle.log_key != t.log_key {
+        return Err(ClientError::KeyLog(format!(
+            "the server presents the log key {}, but your other device pinned {}: this is not \
+             the server your account is on, or someone is in the way. Nothing was saved",
+            hex::encode(&t.log_key),
+            hex::encode(&bundle.log_key)
+        )));
+    } else {
+        bundle.log_key
+    };
+    if let Some(head) = &bundle.head {
+        sotto_transparency::verify_head(&log_key, head).map_err(|e| {
+            ClientError::KeyLog(format!(
+                "the head your other device sent does not verify: {e}"
+            ))
+        })?;
+    }
     t.request(login_request(&account, &t.nonce)).await?;
-    let log_key = t.log_key.clone();
     Ok(Joined {
         db,
         account,
         server_url: code.server_url,
         log_key,
+        head: bundle.head,
         transport: t,
     })
 }
@@ -250,7 +298,7 @@ pub(crate) async fn devices(s: &mut Session<'_>) -> Result<Vec<DeviceInfo>, Clie
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     Ok(state
         .devices
@@ -294,7 +342,7 @@ pub(crate) async fn remove_device(
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     if !state.devices.contains_key(device.as_bytes()) {
         return Err(ClientError::Usage(format!(

@@ -5,8 +5,8 @@
 //! ours. Anything that does not add up is refused with a warning.
 
 use crate::ClientError;
-use crate::profile::Profile;
-use crate::session::Anonymous;
+use crate::profile::{Profile, now_ms};
+use crate::session::{Anonymous, look_up};
 use crate::store;
 use crate::transport::Transport;
 use rusqlite::Connection;
@@ -20,6 +20,26 @@ use sotto_proto::v1::{
 };
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// By default, how old a head the server presents may be once this device
+/// has seen a newer one: a day. The server signs a fresh head for every
+/// request, so an honest one never comes near it.
+pub const DEFAULT_MAX_HEAD_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A head of the same tree size is pinned again when it is this much
+/// newer than the pinned one (one write an hour at most).
+const REPIN_AFTER_MS: u64 = 60 * 60 * 1000;
+
+/// Where a head comes from, for the freshness rule in
+/// [`KeyLog::check_head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadSource {
+    /// The server, answering now: it must be fresh.
+    Server,
+    /// Inside another member's message, which may have waited in a mailbox.
+    Peer,
+}
 
 /// The server's transparency log as this device sees it: the log's key,
 /// pinned when the profile was made, and the accounts verified against it
@@ -27,6 +47,9 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug)]
 pub(crate) struct KeyLog {
     log_key: Vec<u8>,
+    /// How old a head the server presents may be once a newer one was
+    /// seen ([`DEFAULT_MAX_HEAD_AGE`]).
+    pub(crate) max_head_age: Duration,
     verified: HashMap<Username, AccountState>,
     /// Looked up in this processing round: a device missing from these is
     /// not in the log, as opposed to not looked up yet.
@@ -64,6 +87,7 @@ impl KeyLog {
     pub(crate) fn new(log_key: Vec<u8>) -> Self {
         Self {
             log_key,
+            max_head_age: DEFAULT_MAX_HEAD_AGE,
             verified: HashMap::new(),
             fresh: HashSet::new(),
         }
@@ -89,18 +113,23 @@ impl KeyLog {
 
     /// Looks `username` up in the log, verifies it, checks the head and the
     /// pinned identity key, and remembers the result for this session.
+    /// Looks of this account go on `logged_in` ([`look_up`]).
     pub(crate) async fn verify_account(
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
         username: &Username,
     ) -> Result<AccountState, ClientError> {
         let request = GetAccountLog {
             username: username.to_string(),
         };
-        let log = match anonymous
-            .request(client_frame::Body::GetAccountLog(request))
-            .await?
+        let log = match look_up(
+            anonymous,
+            logged_in,
+            client_frame::Body::GetAccountLog(request),
+        )
+        .await?
         {
             response::Result::AccountLog(log) => log,
             _ => return Err(ClientError::Protocol("expected an account log".into())),
@@ -115,9 +144,12 @@ impl KeyLog {
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
     ) -> Result<(), ClientError> {
         let own = profile.account.username.clone();
-        let state = self.verify_account(profile, anonymous, &own).await?;
+        let state = self
+            .verify_account(profile, anonymous, logged_in, &own)
+            .await?;
         if state.devices.get(profile.account.device_id.as_bytes())
             != Some(&profile.account.device.public())
         {
@@ -157,7 +189,8 @@ impl KeyLog {
             ));
         }
         if let Some(head) = &log.head {
-            self.check_head(profile, anonymous, head).await?;
+            self.check_head(profile, anonymous, head, HeadSource::Server)
+                .await?;
         }
         self.verified.insert(username.clone(), state.clone());
         self.fresh.insert(username.clone());
@@ -171,15 +204,19 @@ impl KeyLog {
         &mut self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
+        logged_in: &mut Transport,
         user: &Username,
         accept_new_identity: bool,
     ) -> Result<(SafetyNumber, bool), ClientError> {
         let request = GetAccountLog {
             username: user.to_string(),
         };
-        let log = match anonymous
-            .request(client_frame::Body::GetAccountLog(request))
-            .await
+        let log = match look_up(
+            anonymous,
+            logged_in,
+            client_frame::Body::GetAccountLog(request),
+        )
+        .await
         {
             Ok(response::Result::AccountLog(log)) => log,
             Ok(_) => return Err(ClientError::Protocol("expected an account log".into())),
@@ -214,19 +251,26 @@ impl KeyLog {
             .request(client_frame::Body::GetLogHead(GetLogHead {}))
             .await?
         {
-            response::Result::LogHead(head) => self.check_head(profile, anonymous, &head).await,
+            response::Result::LogHead(head) => {
+                self.check_head(profile, anonymous, &head, HeadSource::Server)
+                    .await
+            }
             _ => Err(ClientError::Protocol("expected a log head".into())),
         }
     }
 
     /// Verifies `head`'s signature and its consistency with the pinned head,
     /// asking the server for a consistency proof when sizes differ; pins it
-    /// if it is newer.
+    /// if it is newer. A head the server presents now must also be fresh:
+    /// older than [`KeyLog::max_head_age`] while this device has pinned a
+    /// newer one, it is a stale view (a server hiding newer key changes by
+    /// replaying an old head), and refused.
     pub(crate) async fn check_head(
         &self,
         profile: &mut Profile,
         anonymous: &mut Anonymous<'_>,
         head: &SignedTreeHead,
+        source: HeadSource,
     ) -> Result<(), ClientError> {
         sotto_transparency::verify_head(&self.log_key, head)
             .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
@@ -234,6 +278,17 @@ impl KeyLog {
             store::save_log_head(&profile.db, &head.encode_to_vec())?;
             return Ok(());
         };
+        let age_ms = now_ms().saturating_sub(head.timestamp_ms);
+        if source == HeadSource::Server
+            && pinned.timestamp_ms > head.timestamp_ms
+            && u128::from(age_ms) > self.max_head_age.as_millis()
+        {
+            return Err(ClientError::KeyLog(format!(
+                "the server presented a key-log head signed {} minutes ago, though this device \
+                 has seen a newer one: it may be hiding newer key changes",
+                age_ms / 60_000
+            )));
+        }
         let (old, new) = if head.tree_size >= pinned.tree_size {
             (&pinned, head)
         } else {
@@ -261,7 +316,12 @@ impl KeyLog {
                 new.tree_size, old.tree_size
             ))
         })?;
-        if head.tree_size > pinned.tree_size {
+        // The newest head is pinned: a bigger tree, or the same tree signed
+        // much later (so "a newer one was seen" stays true).
+        if head.tree_size > pinned.tree_size
+            || (head.tree_size == pinned.tree_size
+                && head.timestamp_ms > pinned.timestamp_ms.saturating_add(REPIN_AFTER_MS))
+        {
             store::save_log_head(&profile.db, &head.encode_to_vec())?;
         }
         Ok(())

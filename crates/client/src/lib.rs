@@ -29,7 +29,7 @@ pub mod transport;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo};
 pub use endpoint::Trust;
-pub use keys::audit;
+pub use keys::{DEFAULT_MAX_HEAD_AGE, audit};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
@@ -84,6 +84,9 @@ pub enum ClientError {
     /// that retrying will not fix.
     #[error("{0}")]
     Certificate(String),
+    /// A bug in this client, caught before it could do harm.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A contact's identity key is not the one seen before.
     #[error(
         "WARNING: the identity key of {0} has changed since you first talked. Someone may be impersonating them; nothing was sent"

@@ -12,8 +12,9 @@ use crate::outbox::Outgoing;
 use crate::profile::{Profile, random_id};
 use crate::provider::MlsProvider;
 use crate::receive::drain;
-use crate::session::{Anonymous, Session};
+use crate::session::{Anonymous, Session, look_up};
 use crate::store::{self, Conversation, ConversationKind, GroupState, HistoryEntry};
+use crate::transport::Transport;
 use sotto_core::group::{self, CheckedKeyPackage, GroupError, PendingCommit};
 use sotto_core::identity::{DeviceId, DeviceKey, Username};
 use sotto_proto::v1::{ClaimKeyPackages, ErrorCode, client_frame, response};
@@ -70,7 +71,15 @@ pub(crate) async fn add_member(
     drain(s).await?;
     commit_pending_proposals(s).await?;
     let group_id = s.profile.active_group_named(name)?;
-    let key_packages = claim(s.profile, s.key_log, &mut s.anonymous, user, &[]).await?;
+    let key_packages = claim(
+        s.profile,
+        s.key_log,
+        &mut s.anonymous,
+        s.connection,
+        user,
+        &[],
+    )
+    .await?;
     commit_with_retry(s, &group_id, |p, g, key| {
         group::add_members(p, g, key, &key_packages).map(Some)
     })
@@ -144,6 +153,7 @@ pub(crate) async fn claim(
     profile: &mut Profile,
     key_log: &mut KeyLog,
     anonymous: &mut Anonymous<'_>,
+    logged_in: &mut Transport,
     user: &Username,
     only: &[DeviceId],
 ) -> Result<Vec<CheckedKeyPackage>, ClientError> {
@@ -151,9 +161,13 @@ pub(crate) async fn claim(
         username: user.to_string(),
         device_ids: only.iter().map(|d| d.as_bytes().to_vec()).collect(),
     };
-    let bundle = match anonymous
-        .request(client_frame::Body::ClaimKeyPackages(request))
-        .await
+    // This account's own devices are claimed on the logged-in connection.
+    let bundle = match look_up(
+        anonymous,
+        logged_in,
+        client_frame::Body::ClaimKeyPackages(request),
+    )
+    .await
     {
         Ok(response::Result::KeyPackages(bundle)) => bundle,
         Ok(_) => return Err(ClientError::Protocol("expected KeyPackages".into())),
@@ -212,7 +226,7 @@ async fn claim_own_devices(s: &mut Session<'_>) -> Result<Vec<CheckedKeyPackage>
     let own = s.profile.account.username.clone();
     let state = s
         .key_log
-        .verify_account(s.profile, &mut s.anonymous, &own)
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
     let others: Vec<DeviceId> = state
         .devices
@@ -223,7 +237,16 @@ async fn claim_own_devices(s: &mut Session<'_>) -> Result<Vec<CheckedKeyPackage>
     if others.is_empty() {
         return Ok(Vec::new());
     }
-    match claim(s.profile, s.key_log, &mut s.anonymous, &own, &others).await {
+    match claim(
+        s.profile,
+        s.key_log,
+        &mut s.anonymous,
+        s.connection,
+        &own,
+        &others,
+    )
+    .await
+    {
         Ok(kps) => Ok(kps),
         // Another device with no KeyPackage left: add it later.
         Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => Ok(Vec::new()),
@@ -241,7 +264,17 @@ pub(crate) async fn start_conversation(
 ) -> Result<(Conversation, Vec<u8>), ClientError> {
     let mut key_packages = claim_own_devices(s).await?;
     for user in members {
-        key_packages.extend(claim(s.profile, s.key_log, &mut s.anonymous, user, &[]).await?);
+        key_packages.extend(
+            claim(
+                s.profile,
+                s.key_log,
+                &mut s.anonymous,
+                s.connection,
+                user,
+                &[],
+            )
+            .await?,
+        );
     }
     let profile = &*s.profile;
     let (conversation, group_id, outgoing) = profile.in_transaction(|provider, tx| {

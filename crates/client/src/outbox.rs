@@ -169,7 +169,7 @@ impl Outbox {
         anonymous: &mut Anonymous<'_>,
         outgoing: &Outgoing,
     ) -> Result<CommitOutcome, ClientError> {
-        let verdict = anonymous.request(outgoing.body()).await;
+        let verdict = anonymous.send(&outgoing.group_id, outgoing.body()).await;
         if matches!(verdict, Err(ClientError::Network(_))) {
             // Still in the outbox: resent, with the same id, on reconnect.
             return verdict.map(|_| CommitOutcome::Accepted);

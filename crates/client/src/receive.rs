@@ -5,6 +5,7 @@
 
 use crate::ClientError;
 use crate::inbound::{apply_delivery, conversation_of};
+use crate::keys::HeadSource;
 use crate::membership;
 use crate::profile::{Profile, now_ms};
 use crate::session::{LISTEN_PING, Session};
@@ -184,7 +185,7 @@ async fn receive_one(
             if let Some(peer) = applied.peer_head
                 && let Err(e) = s
                     .key_log
-                    .check_head(s.profile, &mut s.anonymous, &peer.head)
+                    .check_head(s.profile, &mut s.anonymous, &peer.head, HeadSource::Peer)
                     .await
             {
                 let text = format!(
@@ -233,7 +234,7 @@ async fn look_up_with_backoff(s: &mut Session<'_>, user: &Username) -> Result<()
     loop {
         match s
             .key_log
-            .verify_account(s.profile, &mut s.anonymous, user)
+            .verify_account(s.profile, &mut s.anonymous, s.connection, user)
             .await
         {
             Ok(_) => return Ok(()),

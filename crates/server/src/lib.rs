@@ -361,16 +361,30 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// `GET /canary`: the newest warrant canary (`legal::Canary::to_json`), or
-/// 404 if none was published. Read through the server's own store (its
-/// read pool, off the async threads).
+/// `GET /canary`: the newest warrant canary (`legal::Canary::to_json`),
+/// with the log key and its certificate for the canary's key, or 404 if
+/// none was published. Read through the server's own store (its read pool,
+/// off the async threads).
 async fn canary(State(state): State<Arc<AppState>>) -> Response {
     match legal::latest_canary(&*state.ctx.store).await {
-        Ok(Some(canary)) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            canary.to_json().to_string(),
-        )
-            .into_response(),
+        Ok(Some(canary)) => {
+            let mut json = canary.to_json();
+            if let Some(fields) = json.as_object_mut() {
+                fields.insert(
+                    "log_key".into(),
+                    hex::encode(state.ctx.log.public_key()).into(),
+                );
+                fields.insert(
+                    "key_certificate".into(),
+                    hex::encode(state.ctx.log.certify_legal_key(&canary.key)).into(),
+                );
+            }
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                json.to_string(),
+            )
+                .into_response()
+        }
         Ok(None) => (StatusCode::NOT_FOUND, "no warrant canary published").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the warrant canary");

@@ -59,6 +59,12 @@ impl TransparencyLog {
         self.key.public()
     }
 
+    /// The log key's certificate for the operator's legal key (served with
+    /// the warrant canary).
+    pub fn certify_legal_key(&self, legal_key: &[u8; 32]) -> [u8; 64] {
+        self.key.certify_legal_key(legal_key)
+    }
+
     /// The tree, after appending every leaf committed since last time.
     async fn caught_up<S: Store>(
         &self,

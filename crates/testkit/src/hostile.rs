@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// What the proxy knows when a frame goes from server to client.
 #[derive(Debug, Clone, Default)]
 pub struct ConnView {
+    /// Which connection through the proxy (numbered from 0 as they open).
+    pub connection: u64,
     /// The account this connection registered or logged in as, if any.
     pub username: Option<String>,
     /// For a response: the request it answers.
@@ -85,8 +87,15 @@ impl HostileProxy {
         let upstream = sotto_client::transport::websocket_url(upstream).expect("upstream url");
         let tamper: Arc<dyn Tamper> = Arc::new(tamper);
         let task = tokio::spawn(async move {
+            let mut opened = 0..;
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(relay(stream, upstream.clone(), Arc::clone(&tamper)));
+                let connection = opened.next().unwrap_or_default();
+                tokio::spawn(relay(
+                    stream,
+                    upstream.clone(),
+                    Arc::clone(&tamper),
+                    connection,
+                ));
             }
         });
         Self { addr, task }
@@ -103,7 +112,7 @@ impl Drop for HostileProxy {
     }
 }
 
-async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>) {
+async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>, connection: u64) {
     let Ok(client) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
@@ -112,7 +121,10 @@ async fn relay(stream: TcpStream, upstream: String, tamper: Arc<dyn Tamper>) {
     };
     let (mut to_client, mut from_client) = client.split();
     let (mut to_server, mut from_server) = server.split();
-    let mut view = ConnView::default();
+    let mut view = ConnView {
+        connection,
+        ..ConnView::default()
+    };
     // A delivery held back by a reordering tamper, and how many more
     // deliveries pass before it.
     let mut delayed: Option<(WsMessage, usize)> = None;

@@ -235,6 +235,41 @@ pub async fn register(url: &str, username: &str) -> (Client, TempDir) {
     (client, dir)
 }
 
+/// Links a new device to `existing`'s account (approving it), in a fresh
+/// temporary profile. Checks that both devices showed the same
+/// fingerprint, as the user would.
+pub async fn link(existing: &mut Client) -> (Client, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    let code = existing.open_link().await.expect("open link");
+    let path = dir.path().to_path_buf();
+    let text = code.reveal();
+    let (shown_tx, shown) = oneshot::channel();
+    let joining = tokio::spawn(async move {
+        let show = move |fingerprint| {
+            let _ = shown_tx.send(fingerprint);
+        };
+        Client::join_link(&path, &text, &sotto_client::Trust::web_roots(), show).await
+    });
+    let request = existing
+        .wait_for_link_request(&code)
+        .await
+        .expect("link request");
+    assert_eq!(
+        shown
+            .await
+            .expect("the joining device showed a fingerprint"),
+        request.fingerprint,
+        "the two devices show different fingerprints"
+    );
+    existing
+        .approve_link(&code, &request)
+        .await
+        .expect("approve link");
+    let new = joining.await.expect("join task").expect("join link");
+    assert_eq!(new.device_id(), request.device_id);
+    (new, dir)
+}
+
 /// Path of a binary built from this workspace (`sotto`, `sotto-server`),
 /// next to the running test executable.
 pub fn binary(name: &str) -> PathBuf {

@@ -9,7 +9,7 @@
 )] // tests fail loudly
 
 use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry, Trust};
-use sotto_testkit::{TestServer, register};
+use sotto_testkit::{TestServer, link, register};
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -29,21 +29,6 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(90), f)
         .await
         .expect("test step timed out")
-}
-
-/// Links a new device to `existing`'s account, approving it.
-async fn link(existing: &mut Client) -> (Client, TempDir) {
-    let dir = TempDir::new().unwrap();
-    let code = existing.open_link().await.unwrap();
-    let path = dir.path().to_path_buf();
-    let text = code.reveal();
-    let joining =
-        tokio::spawn(async move { Client::join_link(&path, &text, &Trust::web_roots()).await });
-    let request = existing.wait_for_link_request(&code).await.unwrap();
-    existing.approve_link(&code, &request).await.unwrap();
-    let new = joining.await.unwrap().unwrap();
-    assert_eq!(new.device_id(), request.device_id);
-    (new, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,14 +195,60 @@ async fn a_wrong_link_code_is_refused() {
         let _code = bob.open_link().await.unwrap();
         let other = sotto_client::LinkCode::generate(&server.url());
         let dir = TempDir::new().unwrap();
-        let err = Client::join_link(dir.path(), &other.reveal(), &Trust::web_roots())
+        let err = Client::join_link(dir.path(), &other.reveal(), &Trust::web_roots(), |_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("unknown or expired"), "{err}");
-        let err = Client::join_link(dir.path(), "not-a-code", &Trust::web_roots())
+        let err = Client::join_link(dir.path(), "not-a-code", &Trust::web_roots(), |_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not a link code"), "{err}");
+    })
+    .await;
+}
+
+/// The linking device hands the new one its pinned log key inside the
+/// sealed bundle: a server (or someone in the way) that shows the new
+/// device another key is refused, and nothing is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_refuses_a_server_whose_log_key_differs_from_its_other_devices_pin() {
+    use sotto_proto::v1::server_frame;
+    use sotto_testkit::HostileProxy;
+    within(async {
+        let server = TestServer::start().await;
+        let (mut bob, _b) = register(&server.url(), "bob").await;
+        // The new device reaches the server through a proxy that swaps the
+        // log key in every challenge.
+        let proxy = HostileProxy::start(
+            &server.url(),
+            |_: &_, mut frame: sotto_proto::v1::ServerFrame| {
+                if let Some(server_frame::Body::Challenge(c)) = frame.body.as_mut() {
+                    c.log_key = vec![7; 32];
+                }
+                Some(frame)
+            },
+        )
+        .await;
+        let code = bob.open_link().await.unwrap();
+        let secret = code.reveal().split('@').next().unwrap().to_owned();
+        let text = format!("{secret}@{}", proxy.url());
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().to_path_buf();
+        let joining = tokio::spawn(async move {
+            Client::join_link(&path, &text, &Trust::web_roots(), |_| {}).await
+        });
+        let request = bob.wait_for_link_request(&code).await.unwrap();
+        bob.approve_link(&code, &request).await.unwrap();
+        let err = joining
+            .await
+            .unwrap()
+            .expect_err("a swapped log key must be refused");
+        assert!(
+            matches!(&err, ClientError::KeyLog(m) if m.contains("your other device pinned")),
+            "{err:?}"
+        );
+        let reopened = Client::open(dir.path());
+        assert!(reopened.is_err(), "a profile was saved despite the refusal");
     })
     .await;
 }

@@ -462,3 +462,58 @@ async fn a_message_ahead_of_its_commit_is_held_then_shown() {
     })
     .await;
 }
+
+/// A server that replays an old head (to hide key changes made since) is
+/// caught once the head is older than the maximum age and the device has
+/// seen a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_head_is_refused_once_a_newer_one_was_seen() {
+    within(async {
+        let server = TestServer::start().await;
+        // The proxy keeps the first head it relays, and replays it once
+        // told to.
+        let first: Arc<Mutex<Option<SignedTreeHead>>> = Arc::default();
+        let replay = Arc::new(AtomicBool::new(false));
+        let (kept, replaying) = (Arc::clone(&first), Arc::clone(&replay));
+        let proxy = HostileProxy::start(
+            &server.url(),
+            move |_: &ConnView, mut frame: ServerFrame| {
+                if let Some(server_frame::Body::Response(r)) = frame.body.as_mut()
+                    && let Some(response::Result::LogHead(head)) = r.result.as_mut()
+                {
+                    let mut kept = kept.lock().unwrap();
+                    match kept.as_ref() {
+                        None => *kept = Some(head.clone()),
+                        Some(old) if replaying.load(Ordering::SeqCst) => *head = old.clone(),
+                        Some(_) => {}
+                    }
+                }
+                Some(frame)
+            },
+        )
+        .await;
+        let (mut alice, _a) = register(&proxy.url(), "alice").await;
+        alice.set_max_head_age(std::time::Duration::from_millis(500));
+        // Each login asks for the current head.
+        alice.disconnect().await;
+        alice.sync().await.unwrap();
+        assert!(first.lock().unwrap().is_some(), "the proxy saw no head");
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        // The log grows and alice pins a newer head.
+        let (_bob, _b) = register(&server.url(), "bob").await;
+        alice.disconnect().await;
+        alice.sync().await.unwrap();
+        // Now the server shows the old head again.
+        replay.store(true, Ordering::SeqCst);
+        alice.disconnect().await;
+        let err = alice
+            .sync()
+            .await
+            .expect_err("a stale head must be refused");
+        assert!(
+            matches!(&err, ClientError::KeyLog(m) if m.contains("seen a newer one")),
+            "{err:?}"
+        );
+    })
+    .await;
+}

@@ -254,3 +254,95 @@ type Recorded = (&'static str, Vec<Vec<u8>>);
 fn device_of(client: &Client) -> Vec<u8> {
     client.device_id().as_bytes().to_vec()
 }
+
+/// Sealed sender holds only if the anonymous connection never says whose
+/// it is: every request on it that names an account names someone else
+/// (this account's own log and KeyPackages go on the logged-in
+/// connection), and it carries sends for one group only (two groups'
+/// sends on one connection would tie the sender to both rosters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anonymous_connection_never_names_its_owner_and_carries_one_group() {
+    use sotto_proto::v1::client_frame::Body;
+    use sotto_testkit::{ConnView, HostileProxy, TestServer, link, register, within};
+    use std::sync::{Arc, Mutex};
+
+    within(async {
+        let server = TestServer::start().await;
+        // Only alice's devices go through the proxy: every connection it
+        // sees is hers.
+        let seen: Arc<Mutex<Vec<ConnView>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let proxy = HostileProxy::start(&server.url(), move |conn: &ConnView, frame| {
+            if conn.request.is_some() {
+                record.lock().unwrap().push(conn.clone());
+            }
+            Some(frame)
+        })
+        .await;
+        let (mut alice, _a) = register(&proxy.url(), "alice").await;
+        let (mut bob, _b) = register(&server.url(), "bob").await;
+        let (_carol, _c) = register(&server.url(), "carol").await;
+        // A second device: starting a conversation now claims KeyPackages
+        // of alice's own other device and reads her own log.
+        let (mut alice2, _a2) = link(&mut alice).await;
+        alice.send_direct("bob", "one").await.unwrap();
+        alice
+            .create_group("club", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        alice.send_group("club", "two").await.unwrap();
+        alice.send_direct("bob", "three").await.unwrap();
+        alice.send_group("club", "four").await.unwrap();
+        alice2.sync().await.unwrap();
+        alice2.send_direct("bob", "five").await.unwrap();
+        assert_eq!(
+            sotto_testkit::texts(&bob.sync().await.unwrap()),
+            ["one", "two", "three", "four", "five"]
+        );
+
+        let seen = seen.lock().unwrap();
+        let mut groups_per_connection: std::collections::HashMap<u64, Vec<Vec<u8>>> =
+            std::collections::HashMap::new();
+        let mut anonymous_lookups = 0;
+        for conn in seen.iter().filter(|c| c.username.is_none()) {
+            match conn.request.as_ref().unwrap() {
+                Body::GetAccountLog(r) => {
+                    anonymous_lookups += 1;
+                    assert_ne!(r.username, "alice", "own log looked up anonymously");
+                }
+                Body::ClaimKeyPackages(r) => {
+                    anonymous_lookups += 1;
+                    assert_ne!(r.username, "alice", "own KeyPackages claimed anonymously");
+                }
+                Body::SendMessage(m) => groups_per_connection
+                    .entry(conn.connection)
+                    .or_default()
+                    .push(m.group_id.clone()),
+                Body::SubmitCommit(c) => groups_per_connection
+                    .entry(conn.connection)
+                    .or_default()
+                    .push(c.group_id.clone()),
+                _ => {}
+            }
+        }
+        assert!(anonymous_lookups > 0, "the test saw no anonymous look-up");
+        let mut distinct_groups = std::collections::HashSet::new();
+        for (connection, mut groups) in groups_per_connection {
+            distinct_groups.extend(groups.iter().cloned());
+            groups.dedup();
+            assert_eq!(
+                groups.len(),
+                1,
+                "connection {connection} carried several groups"
+            );
+        }
+        assert!(
+            distinct_groups.len() >= 2,
+            "the test sent to one group only"
+        );
+        // Her own log and devices were asked for, on a logged-in connection.
+        assert!(seen.iter().any(|c| c.username.as_deref() == Some("alice")
+            && matches!(c.request, Some(Body::ClaimKeyPackages(ref r)) if r.username == "alice")));
+    })
+    .await;
+}

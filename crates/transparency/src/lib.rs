@@ -60,7 +60,7 @@ mod tree;
 
 pub use account::{AccountState, open_entry, verify_account_log};
 pub use audit::{AuditError, AuditReport, audit};
-pub use signed_head::{LogKey, verify_head};
+pub use signed_head::{LogKey, verify_head, verify_legal_key};
 pub use tree::{MerkleLog, verify_consistency, verify_inclusion};
 
 use ed25519_dalek::{Signature, VerifyingKey};

@@ -67,6 +67,36 @@ impl LogKey {
     }
 }
 
+/// Domain separation for [`LogKey::certify_legal_key`].
+const LEGAL_KEY_LABEL: &[u8] = b"sotto-legal-key-v1";
+
+impl LogKey {
+    /// Vouches, with the log key every client pinned, for the operator's
+    /// legal key (which signs the warrant canary and court-order exports):
+    /// a canary is then trusted as far as the log key is, instead of on
+    /// the word of whatever key it carries.
+    pub fn certify_legal_key(&self, legal_key: &[u8; 32]) -> [u8; 64] {
+        self.key
+            .sign(&[LEGAL_KEY_LABEL, legal_key.as_slice()].concat())
+            .to_bytes()
+    }
+}
+
+/// Checks a [`LogKey::certify_legal_key`] certificate.
+pub fn verify_legal_key(
+    log_key: &[u8],
+    legal_key: &[u8],
+    certificate: &[u8],
+) -> Result<(), LogError> {
+    let key = verifying_key(log_key, "the log key must be a 32-byte Ed25519 public key")?;
+    verify_signature(
+        &key,
+        &[LEGAL_KEY_LABEL, legal_key].concat(),
+        certificate,
+        "the legal key is not certified by the log key",
+    )
+}
+
 /// Checks that `head` is signed by `log_key` (the server's public log key)
 /// and well formed.
 pub fn verify_head(log_key: &[u8], head: &SignedTreeHead) -> Result<(), LogError> {

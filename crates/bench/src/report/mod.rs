@@ -200,7 +200,7 @@ fn errors(o: &mut String, errors: &[String]) {
 mod tests {
     use super::*;
     use crate::stats::{Pcts, StepFigures};
-    use crate::workloads::ProcessShare;
+    use crate::workloads::{ProcessShare, TlsReconnect};
 
     /// A measured step at `offered` msg/s with an e2e p99 of `p99` ms.
     fn step(offered: f64, p99: f64, drained: bool) -> StepResult {
@@ -256,8 +256,24 @@ mod tests {
                 idle_cpu_pct: 1.234,
                 idle_window_s: 10.0,
                 heartbeat_s: 30,
-                reconnect_n: 19000,
-                reconnect_s: 4.2,
+                plain_reconnect_n: 19000,
+                plain_reconnect_s: 3.3,
+                plain_server_cpu_s: 3.0,
+                plain_generator_cpu_s: 2.0,
+                tls: Some(TlsReconnect {
+                    negotiated: "TLSv1_3, TLS13_AES_256_GCM_SHA384, X25519".into(),
+                    certificate: "ECDSA P-256".into(),
+                    rss_before_kib: 11000,
+                    connections: 19000,
+                    rss_open_kib: 400000,
+                    rss_per_conn_kib: 20.5,
+                    login_per_s: 3000.0,
+                    reconnect_n: 19000,
+                    reconnect_s: 4.2,
+                    server_cpu_s: 2.5,
+                    generator_cpu_s: 4.0,
+                }),
+                tls_failure: None,
                 failures: 3,
                 reuse_port: vec![
                     ProcessShare {
@@ -428,6 +444,55 @@ mod tests {
                 "{id} has no row in bench/TARGETS.md"
             );
         }
+    }
+
+    /// The T5 row of `report`.
+    fn t5_row(report: &str) -> &str {
+        report
+            .lines()
+            .find(|l| l.starts_with("| T5 |"))
+            .unwrap_or_else(|| panic!("no T5 row:\n{report}"))
+    }
+
+    #[test]
+    fn t5_is_judged_on_the_tls_storm_with_the_plain_one_beside_it() {
+        let mut r = every_section();
+        let report = render(&r);
+        let row = t5_row(&report);
+        assert!(row.contains("19000 TLS clients in 4.20 s"), "{row}");
+        assert!(row.contains("TLSv1_3"), "{row}");
+        assert!(
+            row.contains("plain WebSocket in the same run: 19000 in 3.30 s"),
+            "{row}"
+        );
+        assert!(row.ends_with("| **met** |"), "{row}");
+
+        // A fast plain storm does not meet T5 when the TLS one is slow.
+        if let Some(w1) = r.idle_connections.as_mut() {
+            w1.tls = w1.tls.take().map(|t| TlsReconnect {
+                reconnect_s: 5.5,
+                ..t
+            });
+        }
+        let report = render(&r);
+        assert!(t5_row(&report).ends_with("| **not met** |"), "{report}");
+    }
+
+    #[test]
+    fn without_a_tls_storm_t5_is_not_met_and_says_why() {
+        let mut r = every_section();
+        if let Some(w1) = r.idle_connections.as_mut() {
+            w1.tls = None;
+            w1.tls_failure = Some("sotto-server did not start | at all".into());
+        }
+        let report = render(&r);
+        let row = t5_row(&report);
+        assert!(
+            row.contains("TLS storm not measured (sotto-server did not start   at all)"),
+            "{row}"
+        );
+        assert!(row.ends_with("| **not met** (TLS not measured) |"), "{row}");
+        assert!(report.contains("Over TLS: not measured"), "{report}");
     }
 
     #[test]

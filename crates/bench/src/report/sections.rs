@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::{Results, f0, f2, step_rows};
 use crate::workloads::{
     CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, ProcessShare,
+    TlsReconnect,
 };
 
 /// W1.
@@ -26,15 +27,31 @@ pub(super) fn idle_connections(o: &mut String, w1: &IdleConnections) {
         "\n- RSS per idle authenticated connection: **{:.1} KiB** (bare tokio-tungstenite: ~10.8 KiB per bench/TARGETS.md)\n\
          - logins/s during the ramp (128 in flight): **{:.0}**\n\
          - idle server CPU at {} connections over {:.0} s: **{:.2} % of a core**\n\
-         - all {} drop and reconnect at once (512 in flight, plain WebSocket, no TLS): **{:.2} s**\n",
+         - all {} drop and reconnect at once over plain WebSocket (512 in flight): **{:.2} s**; CPU during the storm: {}\n",
         w1.rss_per_conn_kib,
         w1.login_per_s,
         w1.ramp.last().map_or(0, |l| l.0),
         w1.idle_window_s,
         w1.idle_cpu_pct,
-        w1.reconnect_n,
-        w1.reconnect_s
+        w1.plain_reconnect_n,
+        w1.plain_reconnect_s,
+        storm_cpu(
+            w1.plain_server_cpu_s,
+            w1.plain_generator_cpu_s,
+            w1.plain_reconnect_s
+        )
     );
+    match (&w1.tls, &w1.tls_failure) {
+        (Some(tls), _) => idle_connections_tls(o, tls),
+        (None, Some(why)) => {
+            let _ = writeln!(
+                o,
+                "Over TLS: not measured, the phase failed: {}\n",
+                why.replace('\n', " ")
+            );
+        }
+        (None, None) => {}
+    }
     if !w1.reuse_port.is_empty() {
         let _ = writeln!(
             o,
@@ -53,6 +70,40 @@ pub(super) fn idle_connections(o: &mut String, w1: &IdleConnections) {
         let _ = writeln!(o);
     }
     let _ = writeln!(o, "![RSS against connections](rss_vs_connections.svg)\n");
+}
+
+/// W1's TLS phase.
+fn idle_connections_tls(o: &mut String, tls: &TlsReconnect) {
+    let _ = writeln!(
+        o,
+        "Over TLS: the server restarted on the same data directory with `--tls-cert/--tls-key` ({}); every client verifies it \
+         against that CA and makes a full handshake (no session resumption: separate devices cannot share tickets); first handshake: {}.\n\n\
+         - {} TLS connections open: server RSS {} KiB ({} KiB after the restart, before any connection), **{:.1} KiB per idle TLS connection** \
+         (this includes the SQLite page cache filling again after the restart)\n\
+         - TLS logins/s while they opened (128 in flight): **{:.0}**\n\
+         - all {} drop and reconnect at once over TLS (512 in flight): **{:.2} s**; CPU during the storm: {} \
+         (the generator's one core also runs every client's handshake: near 100 % of it, the figure is the generator's limit as much as the server's)\n",
+        tls.certificate,
+        tls.negotiated,
+        tls.connections,
+        tls.rss_open_kib,
+        tls.rss_before_kib,
+        tls.rss_per_conn_kib,
+        tls.login_per_s,
+        tls.reconnect_n,
+        tls.reconnect_s,
+        storm_cpu(tls.server_cpu_s, tls.generator_cpu_s, tls.reconnect_s)
+    );
+}
+
+/// "server 1.20 s (80 % of its core), generator …" for a storm of `wall_s`.
+fn storm_cpu(server_s: f64, generator_s: f64, wall_s: f64) -> String {
+    let pct = |cpu: f64| 100.0 * cpu / wall_s.max(1e-3);
+    format!(
+        "server {server_s:.2} s ({:.0} % of its core), generator {generator_s:.2} s ({:.0} % of its core)",
+        pct(server_s),
+        pct(generator_s)
+    )
 }
 
 /// W2.

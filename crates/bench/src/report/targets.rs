@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{Results, f0, f2, mark};
+use crate::workloads::IdleConnections;
 
 /// The T1–T8 table.
 pub(super) fn table(o: &mut String, r: &Results) {
@@ -71,17 +72,7 @@ pub(super) fn table(o: &mut String, r: &Results) {
         );
     }
     if let Some(w1) = &r.idle_connections {
-        let _ = writeln!(
-            o,
-            "| T5 | 19k TLS clients reconnect in ≤ 5 s | plain WebSocket (no TLS in the server yet): {} clients in {:.2} s | {} |",
-            w1.reconnect_n,
-            w1.reconnect_s,
-            if w1.reconnect_n >= 19_000 && w1.reconnect_s <= 5.0 {
-                "met without TLS; TLS not measured"
-            } else {
-                "**not met** (and TLS not measured)"
-            }
-        );
+        t5(o, w1);
     }
     match &r.offline_drain {
         Some(w3) => {
@@ -130,4 +121,37 @@ pub(super) fn table(o: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(o);
+}
+
+/// T5 is judged on the TLS storm; the plain one of the same run is shown
+/// beside it for comparison.
+fn t5(o: &mut String, w1: &IdleConnections) {
+    let plain = format!(
+        "plain WebSocket in the same run: {} in {:.2} s",
+        w1.plain_reconnect_n, w1.plain_reconnect_s
+    );
+    match &w1.tls {
+        Some(tls) => {
+            let _ = writeln!(
+                o,
+                "| T5 | 19k TLS clients reconnect in ≤ 5 s | {} TLS clients in {:.2} s (a full handshake each, {}; 512 in flight); {} | {} |",
+                tls.reconnect_n,
+                tls.reconnect_s,
+                tls.negotiated,
+                plain,
+                mark(tls.reconnect_n >= 19_000 && tls.reconnect_s <= 5.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "| T5 | 19k TLS clients reconnect in ≤ 5 s | TLS storm not measured ({}); {} | **not met** (TLS not measured) |",
+                w1.tls_failure
+                    .as_deref()
+                    .unwrap_or("did not run")
+                    .replace(['|', '\n'], " "),
+                plain
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! W1: authenticated, idle WebSocket clients with heartbeats, ramped to the
 //! per-process limit: server RSS per connection, logins/s, idle CPU, a
-//! reconnect storm, and several processes sharing a port.
+//! reconnect storm (plain, then over TLS on a restarted server), and several
+//! processes sharing a port.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,15 +16,22 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Testbed, loopback};
-use crate::net::{self, SourceAddrs, Ws};
+use crate::net::{self, SourceAddrs, Transport, Ws};
 use crate::procs::{self, Proc};
 use crate::sotto;
+use crate::tls::{self, BenchCa};
 
 /// How often each idle client pings the server.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// The ramp opens the connections in this many equal steps.
 const RAMP_STEPS: usize = 5;
+
+/// Logins in flight while the ramp (and the TLS phase's first open) runs.
+const RAMP_IN_FLIGHT: usize = 128;
+
+/// Logins in flight during a reconnect storm.
+const STORM_IN_FLIGHT: usize = 512;
 
 /// What W1 runs.
 #[derive(Debug, Clone)]
@@ -58,16 +66,55 @@ pub struct IdleConnections {
     pub idle_window_s: f64,
     /// Ping interval of each idle client.
     pub heartbeat_s: u64,
-    /// Clients that logged in again when all dropped and reconnected at once.
-    pub reconnect_n: usize,
-    /// How long that reconnect storm took (512 in flight).
-    pub reconnect_s: f64,
+    /// Clients that logged in again when all dropped and reconnected at
+    /// once over plain WebSocket.
+    pub plain_reconnect_n: usize,
+    /// How long that plain reconnect storm took (512 in flight).
+    pub plain_reconnect_s: f64,
+    /// CPU time of the server and of the generator during that storm, s.
+    pub plain_server_cpu_s: f64,
+    pub plain_generator_cpu_s: f64,
+    /// The same data directory served over TLS: RSS per TLS connection and
+    /// the TLS reconnect storm (T5).
+    pub tls: Option<TlsReconnect>,
+    /// Why the TLS phase produced no figures, if it failed.
+    pub tls_failure: Option<String>,
     /// Registrations and logins that failed, over every phase.
     pub failures: usize,
     /// Several processes behind SO_REUSEPORT: how the connections spread.
     pub reuse_port: Vec<ProcessShare>,
     /// Connections open across the `--reuse-port` processes.
     pub reuse_port_conns: usize,
+}
+
+/// W1's TLS phase: the server restarted on the same data directory with
+/// `--tls-cert/--tls-key`, every account logged in over TLS (128 in
+/// flight), then all dropped and reconnected at once (512 in flight).
+#[derive(Debug, Clone, Default)]
+pub struct TlsReconnect {
+    /// What the first handshake negotiated (version, cipher suite, key
+    /// exchange), and the certificate the server presented.
+    pub negotiated: String,
+    pub certificate: String,
+    /// Server RSS after the restart, before any connection, KiB.
+    pub rss_before_kib: u64,
+    /// Connections open over TLS, and server RSS with all of them open.
+    pub connections: usize,
+    pub rss_open_kib: u64,
+    /// (`rss_open_kib` − `rss_before_kib`) / `connections`.
+    pub rss_per_conn_kib: f64,
+    /// TLS logins completed per second while they were opened (128 in flight).
+    pub login_per_s: f64,
+    /// Clients that logged in again over TLS when all dropped and
+    /// reconnected at once.
+    pub reconnect_n: usize,
+    /// How long that TLS reconnect storm took (512 in flight).
+    pub reconnect_s: f64,
+    /// CPU time during the storm, seconds: the server's (pinned to its own
+    /// core) and the generator's (which also runs the 19k client
+    /// handshakes on its one core).
+    pub server_cpu_s: f64,
+    pub generator_cpu_s: f64,
 }
 
 /// One `--reuse-port` process's share of the connections.
@@ -80,8 +127,9 @@ pub struct ProcessShare {
 }
 
 /// W1: registers `connections` accounts, ramps them up idle, measures idle
-/// CPU, drops and reconnects them all at once, then (optionally) spreads them
-/// over several processes on one port.
+/// CPU, drops and reconnects them all at once; restarts the server with TLS
+/// and does the same over TLS (the storm T5 is judged on); then
+/// (optionally) spreads them over several processes on one port.
 pub async fn measure_idle_connections(
     bed: &Testbed<'_>,
     config: &IdleConnectionsConfig,
@@ -121,7 +169,9 @@ pub async fn measure_idle_connections(
             break;
         };
         let t = Instant::now();
-        out.failures += clients.open(a, bed.src, slice, 128).await;
+        out.failures += clients
+            .open(&Transport::Plain, a, bed.src, slice, RAMP_IN_FLIGHT)
+            .await;
         open_time += t.elapsed();
         done = upto;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -137,21 +187,100 @@ pub async fn measure_idle_connections(
     }
     out.idle_cpu_pct = cpu_pct_over(&server.process, config.idle_window).await;
 
-    // Everyone drops and reconnects at once (plain WebSocket; no TLS yet).
+    // Everyone drops and reconnects at once, plain WebSocket (for
+    // comparison with the TLS storm below, and with earlier runs).
     clients.close().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut clients = IdleClients::new();
+    let cpu = CpuClock::start(&server.process);
     let t = Instant::now();
-    out.failures += clients.open(a, bed.src, &accounts, 512).await;
-    out.reconnect_s = t.elapsed().as_secs_f64();
-    out.reconnect_n = clients.len();
+    out.failures += clients
+        .open(&Transport::Plain, a, bed.src, &accounts, STORM_IN_FLIGHT)
+        .await;
+    out.plain_reconnect_s = t.elapsed().as_secs_f64();
+    (out.plain_server_cpu_s, out.plain_generator_cpu_s) = cpu.seconds(&server.process);
+    out.plain_reconnect_n = clients.len();
     clients.close().await;
     let data_dir = server.data_dir.clone();
     server.stop().await?;
 
+    match tls_phase(bed, &data_dir, &accounts, &mut out.failures).await {
+        Ok(t) => out.tls = Some(t),
+        Err(e) => {
+            eprintln!("  W1 TLS phase failed: {e:#}");
+            out.tls_failure = Some(format!("{e:#}"));
+        }
+    }
+
     if config.reuse_port_processes > 1 {
         spread_over_reuse_port(bed, &data_dir, &accounts, config, &mut out).await?;
     }
+    Ok(out)
+}
+
+/// The same data directory served over TLS: every account logs in over TLS
+/// (RSS per TLS connection), then all drop and reconnect at once (T5).
+async fn tls_phase(
+    bed: &Testbed<'_>,
+    data_dir: &Path,
+    accounts: &[Arc<Account>],
+    failures: &mut usize,
+) -> anyhow::Result<TlsReconnect> {
+    let port = procs::free_port()?;
+    let ca = BenchCa::generate()?;
+    let files = ca.write_server_files(data_dir)?;
+    let client = ca.client()?;
+    let transport = Transport::Tls(client.clone());
+    let server = bed
+        .bin
+        .start_with(data_dir, port, false, Some(&files))
+        .await?;
+    let a = loopback(port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut out = TlsReconnect {
+        certificate: tls::CERTIFICATE.to_owned(),
+        rss_before_kib: server.rss_kib(),
+        ..TlsReconnect::default()
+    };
+
+    let mut clients = IdleClients::new();
+    let t = Instant::now();
+    *failures += clients
+        .open(&transport, a, bed.src, accounts, RAMP_IN_FLIGHT)
+        .await;
+    out.login_per_s = clients.len() as f64 / t.elapsed().as_secs_f64().max(1e-3);
+    out.connections = clients.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    out.rss_open_kib = server.rss_kib();
+    if out.connections > 0 {
+        out.rss_per_conn_kib =
+            out.rss_open_kib.saturating_sub(out.rss_before_kib) as f64 / out.connections as f64;
+    }
+    eprintln!(
+        "  W1 {} TLS connections: server RSS {} KiB",
+        out.connections, out.rss_open_kib
+    );
+
+    clients.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut clients = IdleClients::new();
+    let cpu = CpuClock::start(&server);
+    let t = Instant::now();
+    *failures += clients
+        .open(&transport, a, bed.src, accounts, STORM_IN_FLIGHT)
+        .await;
+    out.reconnect_s = t.elapsed().as_secs_f64();
+    (out.server_cpu_s, out.generator_cpu_s) = cpu.seconds(&server);
+    out.reconnect_n = clients.len();
+    eprintln!(
+        "  W1 TLS reconnect storm: {} clients in {:.2} s (server CPU {:.2} s, generator CPU {:.2} s)",
+        out.reconnect_n, out.reconnect_s, out.server_cpu_s, out.generator_cpu_s
+    );
+    out.negotiated = client
+        .negotiated()
+        .unwrap_or_else(|| "no handshake completed".to_owned());
+    clients.close().await;
+    server.stop(Duration::from_secs(10)).await?;
     Ok(out)
 }
 
@@ -188,6 +317,32 @@ async fn register_all(
     (registered, failures)
 }
 
+/// CPU time of the server and of this generator since `start`.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    server: u64,
+    generator: u64,
+}
+
+impl CpuClock {
+    fn start(server: &Proc) -> Self {
+        Self {
+            server: server.cpu_ticks(),
+            generator: procs::cpu_ticks(std::process::id()).unwrap_or(0),
+        }
+    }
+
+    /// (server, generator) CPU seconds since `start`.
+    fn seconds(self, server: &Proc) -> (f64, f64) {
+        let tck = procs::clk_tck().max(1) as f64;
+        let generator = procs::cpu_ticks(std::process::id()).unwrap_or(0);
+        (
+            server.cpu_ticks().saturating_sub(self.server) as f64 / tck,
+            generator.saturating_sub(self.generator) as f64 / tck,
+        )
+    }
+}
+
 /// Server CPU over `window`, in % of one core.
 async fn cpu_pct_over(server: &Proc, window: Duration) -> f64 {
     let tck = procs::clk_tck().max(1) as f64;
@@ -216,7 +371,15 @@ async fn spread_over_reuse_port(
     let m = config.connections.min(4000 * processes);
     let slice = accounts.get(..m).unwrap_or(&[]);
     let mut clients = IdleClients::new();
-    out.failures += clients.open(loopback(port), bed.src, slice, 128).await;
+    out.failures += clients
+        .open(
+            &Transport::Plain,
+            loopback(port),
+            bed.src,
+            slice,
+            RAMP_IN_FLIGHT,
+        )
+        .await;
     out.reuse_port_conns = clients.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for s in &servers {
@@ -256,6 +419,7 @@ impl IdleClients {
     /// connection idle; returns how many logins failed.
     async fn open(
         &mut self,
+        transport: &Transport,
         server: SocketAddr,
         src: &SourceAddrs,
         accounts: &[Arc<Account>],
@@ -265,7 +429,7 @@ impl IdleClients {
         let mut futs = futures_util::stream::iter(accounts.iter().map(|a| {
             let a = Arc::clone(a);
             let s = src.pick();
-            async move { net::connect_authenticated(server, s, &a, false).await }
+            async move { net::connect_authenticated_over(transport, server, s, &a, false).await }
         }))
         .buffer_unordered(in_flight.max(1));
         for _ in 0..accounts.len() {

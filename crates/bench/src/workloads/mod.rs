@@ -4,7 +4,7 @@
 //! | id | module | what it measures |
 //! |---|---|---|
 //! | T8 | [`startup`] | cold start, idle RSS and binary size of a fresh server |
-//! | W1 | [`idle_connections`] | memory and CPU of idle authenticated connections; login and reconnect rates |
+//! | W1 | [`idle_connections`] | memory and CPU of idle authenticated connections; login and reconnect rates, plain and over TLS |
 //! | W2 | [`durable_delivery`] | 1:1 latency and the max sustainable rate with fsync before ack |
 //! | W3 | [`offline_drain`] | how fast queued messages drain when every device comes back |
 //! | W4 | [`group_fanout`] | bytes stored, last-recipient latency and deliveries/s per group size |
@@ -33,7 +33,7 @@ pub use crash_recovery::{CrashRecovery, CrashRecoveryConfig, measure_crash_recov
 pub use durable_delivery::{DurableDelivery, DurableDeliveryConfig, measure_durable_delivery};
 pub use group_fanout::{GroupFanout, GroupFanoutConfig, measure_group_fanout};
 pub use idle_connections::{
-    IdleConnections, IdleConnectionsConfig, ProcessShare, measure_idle_connections,
+    IdleConnections, IdleConnectionsConfig, ProcessShare, TlsReconnect, measure_idle_connections,
 };
 pub use offline_drain::{OfflineDrain, OfflineDrainConfig, measure_offline_drain};
 pub use startup::{Startup, measure_startup};
