@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> Result<()> {
             let (pin_key, by_log_key) = match (log_key, legal_key) {
                 (_, Some(key)) => (hex_key(&key, "--legal-key")?, false),
                 (Some(key), None) => (hex_key(&key, "--log-key")?, true),
-                (None, None) => match Client::open(&profile) {
+                (None, None) => match open_profile(&profile) {
                     Ok(client)
                         if client.server_url().trim_end_matches('/')
                             == server.trim_end_matches('/') =>
