@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry};
+use sotto_client::{Client, ConversationKind, EntryKind, HistoryEntry, Passphrase};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,14 @@ enum Command {
     },
     /// Show this profile's account, device and server.
     Whoami,
+    /// Encrypt this profile at rest under a passphrase (asked twice, or
+    /// SOTTO_PASSPHRASE); every later command asks for it.
+    Lock,
+    /// Decrypt a locked profile (asks its passphrase, or SOTTO_PASSPHRASE).
+    Unlock,
+    /// Change a locked profile's passphrase (the new one from
+    /// SOTTO_NEW_PASSPHRASE when SOTTO_PASSPHRASE gives the old one).
+    ChangePassphrase,
     /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`).
     Send {
         /// Send to this group instead of a user.
@@ -208,8 +216,10 @@ enum GroupCommand {
 /// Opens the profile, first printing (on stderr) every warning about the
 /// account that the user has not acknowledged: a device that none of the
 /// account's devices added is shown by every command until then.
+/// Opens the profile (asking for its passphrase if it is locked) and
+/// prints the account warnings not yet acknowledged.
 fn open(profile: &std::path::Path) -> Result<Client> {
-    let client = Client::open(profile)?;
+    let client = open_profile(profile)?;
     let alerts = client.account_warnings(false)?;
     for alert in &alerts {
         eprintln!("{}", alert.text);
@@ -272,6 +282,13 @@ async fn run(cli: Cli) -> Result<()> {
                     profile.display()
                 ),
                 &serde_json::json!({ "username": username, "server": server, "profile": profile }),
+            );
+        }
+        command @ (Command::Lock | Command::Unlock | Command::ChangePassphrase) => {
+            let done = lock_command(&profile, &command)?;
+            out.line(
+                &format!("{done}: {}", profile.display()),
+                &serde_json::json!({ "profile": profile, "done": done }),
             );
         }
         Command::Whoami => {
@@ -387,7 +404,7 @@ async fn run(cli: Cli) -> Result<()> {
             let (pin_key, by_log_key) = match (log_key, legal_key) {
                 (_, Some(key)) => (hex_key(&key, "--legal-key")?, false),
                 (Some(key), None) => (hex_key(&key, "--log-key")?, true),
-                (None, None) => match Client::open(&profile) {
+                (None, None) => match open_profile(&profile) {
                     Ok(client)
                         if client.server_url().trim_end_matches('/')
                             == server.trim_end_matches('/') =>
@@ -447,7 +464,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Warnings { ack } => {
-            let client = Client::open(&profile)?;
+            let client = open_profile(&profile)?;
             if ack {
                 let n = client.acknowledge_account_warnings()?;
                 out.line(
@@ -694,4 +711,86 @@ impl Printer {
         }
         self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
     }
+}
+
+// ------------------------------------------------------------ locked profiles
+
+/// Opens the profile, asking for its passphrase if it is locked.
+fn open_profile(profile: &std::path::Path) -> Result<Client> {
+    let passphrase = if sotto_client::store::lock::is_locked(profile)? {
+        Some(ask_passphrase(&format!(
+            "Passphrase for the locked profile {}: ",
+            profile.display()
+        ))?)
+    } else {
+        None
+    };
+    Ok(Client::open_with_passphrase(profile, passphrase.as_ref())?)
+}
+
+/// `lock`, `unlock`, `change-passphrase`; says what it did.
+fn lock_command(profile: &std::path::Path, command: &Command) -> Result<&'static str> {
+    use sotto_client::store::lock;
+    match command {
+        Command::Lock => {
+            if lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::AlreadyLocked(profile.to_owned()));
+            }
+            lock::lock(profile, &new_passphrase("SOTTO_PASSPHRASE")?)?;
+            Ok("locked")
+        }
+        Command::Unlock => {
+            if !lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::NotLocked(profile.to_owned()));
+            }
+            lock::unlock(profile, &ask_passphrase("Passphrase: ")?)?;
+            Ok("unlocked")
+        }
+        _ => {
+            if !lock::is_locked(profile)? {
+                bail!(sotto_client::LockError::NotLocked(profile.to_owned()));
+            }
+            let old = ask_passphrase("Current passphrase: ")?;
+            let new = new_passphrase("SOTTO_NEW_PASSPHRASE")?;
+            lock::change_passphrase(profile, &old, &new)?;
+            Ok("passphrase changed")
+        }
+    }
+}
+
+/// The passphrase from SOTTO_PASSPHRASE (for scripts), or asked on the
+/// terminal without echo.
+fn ask_passphrase(prompt: &str) -> Result<Passphrase> {
+    if let Ok(text) = std::env::var("SOTTO_PASSPHRASE") {
+        return Ok(Passphrase::new(text)?);
+    }
+    let mut text = prompt_passphrase(prompt, "SOTTO_PASSPHRASE")?;
+    Ok(Passphrase::new(std::mem::take(&mut *text))?)
+}
+
+/// A new passphrase from the variable `var`, or asked twice.
+fn new_passphrase(var: &str) -> Result<Passphrase> {
+    if let Ok(text) = std::env::var(var) {
+        return Ok(Passphrase::new(text)?);
+    }
+    let mut first = prompt_passphrase("New passphrase: ", var)?;
+    let second = prompt_passphrase("The same passphrase again: ", var)?;
+    if first != second {
+        bail!("the two passphrases differ; nothing was changed");
+    }
+    Ok(Passphrase::new(std::mem::take(&mut *first))?)
+}
+
+/// Asks on the terminal, without echo; without a terminal, says which
+/// variable to set instead of waiting.
+fn prompt_passphrase(prompt: &str, var: &str) -> Result<zeroize::Zeroizing<String>> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the profile's passphrase is needed and there is no terminal to ask it on: set {var}"
+        );
+    }
+    rpassword::prompt_password(prompt)
+        .map(zeroize::Zeroizing::new)
+        .with_context(|| format!("cannot read the passphrase; set {var} instead"))
 }

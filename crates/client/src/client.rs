@@ -156,7 +156,16 @@ impl Client {
 
     /// Opens the account stored in the profile `dir`.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
-        Ok(Self::from_stored(Stored::open(dir)?))
+        Self::open_with_passphrase(dir, None)
+    }
+
+    /// Opens the account stored in the profile `dir`; a locked profile
+    /// needs its passphrase (a plain one ignores it).
+    pub fn open_with_passphrase(
+        dir: &Path,
+        passphrase: Option<&crate::Passphrase>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::from_stored(Stored::open(dir, passphrase)?))
     }
 
     pub fn username(&self) -> &Username {

@@ -36,6 +36,7 @@ pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
+pub use store::lock::{LockError, Passphrase};
 pub use store::{AccountAlert, ConversationKind, EntryKind, HistoryEntry};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
@@ -57,6 +58,9 @@ pub enum ClientError {
     Usage(String),
     #[error("local database error: {0}")]
     Store(#[from] rusqlite::Error),
+    /// A locked profile without its passphrase, or with a wrong one.
+    #[error(transparent)]
+    Lock(#[from] store::lock::LockError),
     #[error(transparent)]
     Group(#[from] GroupError),
     #[error(transparent)]

@@ -6,6 +6,7 @@
 use crate::ClientError;
 use crate::endpoint::Trust;
 use crate::provider::MlsProvider;
+use crate::store::lock::Passphrase;
 use crate::store::{self, Conversation, ConversationKind, HistoryEntry};
 use openmls_rust_crypto::RustCrypto;
 use rusqlite::Connection;
@@ -42,6 +43,12 @@ pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
             dir.display()
         ))
     })?;
+    if store::lock::is_locked(dir)? {
+        return Err(ClientError::Usage(format!(
+            "profile {} is locked and already holds an account; use another --profile",
+            dir.display()
+        )));
+    }
     let db = store::open(&profile_db(dir))?;
     if let Some(existing) = store::load_profile(&db)? {
         return Err(ClientError::Usage(format!(
@@ -71,8 +78,9 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    /// Opens the account stored in the profile `dir`.
-    pub(crate) fn open(dir: &Path) -> Result<Self, ClientError> {
+    /// Opens the account stored in the profile `dir`; a locked profile
+    /// needs its `passphrase`.
+    pub(crate) fn open(dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, ClientError> {
         let path = profile_db(dir);
         if !path.exists() {
             return Err(ClientError::Usage(format!(
@@ -80,7 +88,7 @@ impl Stored {
                 dir.display()
             )));
         }
-        let db = store::open(&path)?;
+        let db = store::lock::open(&path, passphrase)?;
         let row = store::load_profile(&db)?.ok_or_else(|| {
             ClientError::Usage(format!(
                 "no account in profile {}; run `sotto register` first",

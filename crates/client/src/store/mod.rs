@@ -17,6 +17,7 @@ mod account_watch;
 mod conversations;
 mod history;
 mod inbox;
+pub mod lock;
 mod outbox;
 mod profile;
 
@@ -133,8 +134,19 @@ ALTER TABLE profile ADD COLUMN insecure_transport INTEGER NOT NULL DEFAULT 0;
 /// Opens (creating if needed) the profile database and runs migrations,
 /// openmls' included.
 pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    open_keyed(path, None)
+}
+
+/// Opens the profile database, a locked one with its key (see [`lock`]).
+pub(crate) fn open_keyed(
+    path: &std::path::Path,
+    key: Option<&lock::ProfileKey>,
+) -> Result<Connection, StoreError> {
     keep_private(path)?;
     let mut conn = Connection::open(path)?;
+    if let Some(key) = key {
+        lock::apply_key(&conn, key)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
