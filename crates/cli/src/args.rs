@@ -1,0 +1,210 @@
+//! The command line: every command, subcommand and flag of `sotto`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Sotto: end-to-end encrypted messaging on a server you can run yourself.
+#[derive(Parser, Debug)]
+#[command(name = "sotto", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Profile directory holding this device's keys and history
+    /// [default: the platform data directory, e.g. ~/.local/share/sotto].
+    #[arg(long, global = true, env = "SOTTO_PROFILE")]
+    pub(crate) profile: Option<PathBuf>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Create an account on a server, with this device as its first device.
+    Register {
+        username: String,
+        /// The server, e.g. https://chat.example.org (or http://127.0.0.1:8420
+        /// for one on this machine)
+        #[arg(long)]
+        server: String,
+        /// The invite code, for servers where registration needs one.
+        #[arg(long)]
+        invite: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Show this profile's account, device and server.
+    Whoami,
+    /// Encrypt this profile at rest under a passphrase (asked twice, or
+    /// SOTTO_PASSPHRASE); every later command asks for it.
+    Lock,
+    /// Decrypt a locked profile (asks its passphrase, or SOTTO_PASSPHRASE).
+    Unlock,
+    /// Change a locked profile's passphrase (the new one from
+    /// SOTTO_NEW_PASSPHRASE when SOTTO_PASSPHRASE gives the old one).
+    ChangePassphrase,
+    /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`).
+    Send {
+        /// Send to this group instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// USERNAME TEXT, or just TEXT with --group. Several words are joined with spaces.
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+    },
+    /// Create and manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Receive everything waiting on the server, print new messages, exit.
+    Sync,
+    /// Stay connected and print messages as they arrive (Ctrl-C to stop).
+    Listen,
+    /// Link, list and remove this account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show the safety number you share with a user, to compare in person.
+    Verify {
+        username: String,
+        /// Mark the user as verified after you compared the numbers.
+        #[arg(long)]
+        mark: bool,
+        /// Accept the user's new identity key after a key-change warning
+        /// (it starts unverified).
+        #[arg(long)]
+        accept_new_key: bool,
+    },
+    /// Download a server's whole key log and check every entry, signature and head.
+    Audit {
+        /// The server, e.g. https://chat.example.org
+        server: String,
+        /// The log key you expect (64 hex digits, from a second source such
+        /// as the operator's website); the audit fails if the server
+        /// announces another.
+        #[arg(long, value_name = "HEX")]
+        log_key: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Fetch and check a server's warrant canary (a dated statement signed by
+    /// its operator).
+    ///
+    /// The canary's key must be vouched for: by the server's log key (your
+    /// profile's, when it is registered on this server, or --log-key), or
+    /// given directly with --legal-key.
+    Canary {
+        /// The server, e.g. https://chat.example.org
+        server: String,
+        /// The server's log key (64 hex digits) to check the canary's key
+        /// against, e.g. from `sotto whoami` on a profile registered there.
+        #[arg(long, value_name = "HEX", conflicts_with = "legal_key")]
+        log_key: Option<String>,
+        /// The operator's legal key (64 hex digits), published by them.
+        #[arg(long, value_name = "HEX")]
+        legal_key: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Warn (and exit 1) if the statement is older than this.
+        #[arg(long, default_value_t = 31)]
+        max_age_days: u64,
+    },
+    /// List who can read a conversation with a user (`sotto members bob`) or
+    /// a group (`sotto members --group team`): every member device, as of
+    /// your last sync.
+    Members {
+        /// List this group's members.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+    },
+    /// Show warnings about your account (a device that none of your devices
+    /// added, ...) and about messages that belonged to no conversation (for
+    /// example, ones that could not be decrypted).
+    ///
+    /// Account warnings are printed by every command until acknowledged
+    /// with --ack (or, for an unknown device, until you remove it).
+    Warnings {
+        /// Acknowledge the account warnings: stop printing them with every
+        /// command. An unknown device stays marked in `sotto device list`
+        /// until you remove it.
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Show the history of a conversation with a user, or of a group.
+    History {
+        /// Show this group's history.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+    },
+}
+
+/// What to trust on the way to a server; a profile remembers it.
+#[derive(clap::Args, Debug)]
+pub(crate) struct TrustArgs {
+    /// Trust this CA certificate (PEM) too, for a server with a
+    /// self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a host other than this machine. Anyone on the
+    /// network path can then read and change what is sent; only for a
+    /// network you control.
+    #[arg(long)]
+    pub(crate) insecure_transport: bool,
+}
+
+impl TrustArgs {
+    pub(crate) fn trust(&self) -> Result<sotto_client::Trust> {
+        let trust =
+            sotto_client::Trust::web_roots().allow_insecure_transport(self.insecure_transport);
+        Ok(match &self.ca_file {
+            Some(path) => trust.with_ca_file(path)?,
+            None => trust,
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DeviceCommand {
+    /// On an existing device: show a one-time code for a new device, and
+    /// approve it when it joins.
+    Link {
+        /// Approve the joining device without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// On a new device (with a new --profile): join an account with a code
+    /// from `sotto device link`.
+    Join {
+        code: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// List this account's devices, from the key log.
+    List,
+    /// Remove a device: it can no longer log in or read new messages.
+    Remove { device_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum GroupCommand {
+    /// Create a group with the given members.
+    Create {
+        name: String,
+        /// Comma-separated usernames.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Add a user (all their devices) to a group.
+    Add { name: String, username: String },
+    /// Remove a user (all their devices) from a group.
+    Remove { name: String, username: String },
+    /// Leave a group.
+    Leave { name: String },
+    /// List the groups you are in.
+    List,
+    /// List a group's members (as of your last sync).
+    Members { name: String },
+}

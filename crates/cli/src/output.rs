@@ -1,0 +1,74 @@
+//! What the CLI prints: text for people or JSON lines for programs, dates,
+//! QR codes, and yes/no questions.
+
+use anyhow::Result;
+use sotto_client::{ConversationKind, EntryKind, HistoryEntry};
+use std::io::Write as _;
+
+pub(crate) fn confirm(question: &str) -> Result<bool> {
+    use std::io::BufRead as _;
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01), by the civil
+/// calendar algorithm of H. Hinnant.
+pub(crate) fn date_of(day: u64) -> String {
+    let z = i64::try_from(day).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A QR code drawn with Unicode half blocks.
+pub(crate) fn qr(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Prints text for people or JSON lines for programs, flushing each line so
+/// `listen` output can be piped.
+pub(crate) struct Printer {
+    pub(crate) json: bool,
+}
+
+impl Printer {
+    pub(crate) fn line(&self, text: &str, json: &serde_json::Value) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(stdout, "{json}")
+        } else {
+            writeln!(stdout, "{text}")
+        };
+        let _ = stdout.flush();
+    }
+
+    pub(crate) fn entry(&self, entry: &HistoryEntry) {
+        let place = match entry.conversation_kind {
+            ConversationKind::Direct => entry.conversation.clone(),
+            ConversationKind::Group => format!("#{}", entry.conversation),
+        };
+        let text = match entry.kind {
+            EntryKind::Text => format!("[{place}] {}: {}", entry.sender, entry.text),
+            EntryKind::System if entry.conversation.is_empty() => entry.text.clone(),
+            EntryKind::System => format!("[{place}] * {}", entry.text),
+        };
+        if !self.json && entry.text.starts_with("WARNING") {
+            eprintln!("{text}");
+        }
+        self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
+    }
+}
