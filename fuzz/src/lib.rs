@@ -75,6 +75,8 @@ pub fn server_frame(data: &[u8]) {
     if let Ok(frame) = sotto_proto::decode_server_frame(data) {
         let _ = frame.encode_to_vec();
     }
+    // A delivery's payload may be the server's missed-messages notice.
+    let _ = sotto_proto::missed_notice::parse(data);
 }
 
 /// `sotto_core::content::decode`: the plaintext inside an MLS application
