@@ -1,3 +1,7 @@
+//! Unit tests of the log: trees, proofs, heads, account replay and the
+//! audit. Over the ~600 lines source files keep to because each proof and
+//! replay case is spelled out on its own; there is no logic here.
+
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use ed25519_dalek::{Signer, SigningKey};
 use sotto_proto::v1::{DeviceAdded, DeviceRemoved, IdentityRegistered};
