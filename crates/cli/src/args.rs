@@ -15,6 +15,11 @@ pub(crate) struct Cli {
     /// Print one JSON object per line instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Refuse the server's key-log head once it is older than this and a
+    /// newer one was seen (the server may be hiding newer entries): `30m`,
+    /// `12h`, `2d` [default: 1d].
+    #[arg(long, global = true, env = "SOTTO_MAX_HEAD_AGE", value_parser = parse_duration)]
+    pub(crate) max_head_age: Option<std::time::Duration>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -207,4 +212,48 @@ pub(crate) enum GroupCommand {
     List,
     /// List a group's members (as of your last sync).
     Members { name: String },
+}
+
+/// A duration as people write it: a whole number and a unit, `s`, `m`, `h`
+/// or `d` (`30s`, `5m`, `1h`, `7d`).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 1h or 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} needs a unit: s, m, h or d (like 30s, 5m, 1h, 7d)"
+            ));
+        }
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "5", "m", "1.5h", "-1d", "1w", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

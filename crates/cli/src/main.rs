@@ -36,6 +36,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(dir) => dir,
         None => default_profile()?,
     };
+    if let Some(age) = cli.max_head_age {
+        profile::set_max_head_age(age);
+    }
     let out = Printer { json: cli.json };
     match cli.command {
         Command::Register {

@@ -6,14 +6,27 @@ use crate::args::Command;
 use anyhow::{Context as _, Result, bail};
 use sotto_client::{Client, Passphrase};
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-/// Opens the profile, first printing (on stderr) every warning about the
-/// account that the user has not acknowledged: a device that none of the
-/// account's devices added is shown by every command until then.
-/// Opens the profile (asking for its passphrase if it is locked) and
-/// prints the account warnings not yet acknowledged.
+/// The key-log head age `--max-head-age` set for this run, if any.
+static MAX_HEAD_AGE: OnceLock<Duration> = OnceLock::new();
+
+/// Applies `--max-head-age` to every profile this run opens.
+pub(crate) fn set_max_head_age(age: Duration) {
+    // Set once, from the command line, before any profile is opened.
+    let _ = MAX_HEAD_AGE.set(age);
+}
+
+/// Opens the profile (asking for its passphrase if it is locked), first
+/// printing (on stderr) every warning about the account that the user has
+/// not acknowledged: a device that none of the account's devices added is
+/// shown by every command until then.
 pub(crate) fn open(profile: &std::path::Path) -> Result<Client> {
-    let client = open_profile(profile)?;
+    let mut client = open_profile(profile)?;
+    if let Some(age) = MAX_HEAD_AGE.get() {
+        client.set_max_head_age(*age);
+    }
     let alerts = client.account_warnings(false)?;
     for alert in &alerts {
         eprintln!("{}", alert.text);

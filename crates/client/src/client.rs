@@ -687,6 +687,12 @@ mod hooks {
             Ok(outcomes)
         }
 
+        /// Names at most `n` recipients per frame, as if the server's cap
+        /// were `n`: a small group then goes out in several frames.
+        pub fn set_recipients_per_frame(&mut self, n: usize) {
+            self.outbox.recipients_per_frame = n;
+        }
+
         /// This account's identity key secret: for tests that play a thief
         /// (or a server) holding it.
         pub fn identity_secret(&self) -> Vec<u8> {

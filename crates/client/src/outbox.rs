@@ -56,6 +56,7 @@ impl Outgoing {
                 recipients: recipients.iter().map(|d| d.as_bytes().to_vec()).collect(),
                 payload,
                 send_token,
+                more_recipients: false,
             }),
         }
     }
@@ -80,6 +81,7 @@ impl Outgoing {
                 welcome: pending.welcome.unwrap_or_default(),
                 send_token: pending.send_token,
                 next_token_hash: pending.next_token_hash,
+                more_recipients: false,
             }),
         }
     }
@@ -92,6 +94,63 @@ impl Outgoing {
         match &self.request {
             Request::Send(m) => client_frame::Body::SendMessage(m.clone()),
             Request::Commit(c) => client_frame::Body::SubmitCommit(c.clone()),
+        }
+    }
+
+    /// The frames that carry this request: one, unless it names more than
+    /// `per_frame` recipients (a group above the server's cap). Then every
+    /// frame holds the same ids and bytes, and those after the first are
+    /// marked `more_recipients` and name the rest, `per_frame` at a time
+    /// (for a commit, its recipients first, then the Welcome's).
+    fn frames(&self, per_frame: usize) -> Vec<client_frame::Body> {
+        let per_frame = per_frame.max(1);
+        match &self.request {
+            Request::Send(m) if m.recipients.len() > per_frame => m
+                .recipients
+                .chunks(per_frame)
+                .enumerate()
+                .map(|(i, recipients)| {
+                    client_frame::Body::SendMessage(SendMessage {
+                        recipients: recipients.to_vec(),
+                        more_recipients: i > 0,
+                        ..m.clone()
+                    })
+                })
+                .collect(),
+            Request::Commit(c)
+                if c.recipients.len() > per_frame || c.welcome_recipients.len() > per_frame =>
+            {
+                let commit_parts = c
+                    .recipients
+                    .chunks(per_frame)
+                    .map(|recipients| SubmitCommit {
+                        recipients: recipients.to_vec(),
+                        welcome_recipients: Vec::new(),
+                        welcome: Vec::new(),
+                        ..c.clone()
+                    });
+                let welcome_parts =
+                    c.welcome_recipients
+                        .chunks(per_frame)
+                        .map(|welcome_recipients| SubmitCommit {
+                            recipients: Vec::new(),
+                            welcome_recipients: welcome_recipients.to_vec(),
+                            ..c.clone()
+                        });
+                // The first frame is the one the sequencer accepts; the
+                // Welcome goes out only in frames after the commit's own.
+                commit_parts
+                    .chain(welcome_parts)
+                    .enumerate()
+                    .map(|(i, part)| {
+                        client_frame::Body::SubmitCommit(SubmitCommit {
+                            more_recipients: i > 0,
+                            ..part
+                        })
+                    })
+                    .collect()
+            }
+            _ => vec![self.body()],
         }
     }
 
@@ -148,11 +207,24 @@ pub enum CommitOutcome {
 /// Submits queued frames and applies the server's verdicts. Holds the
 /// history lines this device caused itself (its own accepted commits),
 /// handed out with the next batch of received lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Outbox {
     own_lines: Vec<HistoryEntry>,
     /// Recipients the server skipped since this `Outbox` was made.
     skipped_recipients: u64,
+    /// How many recipients one frame names: the server's cap (lowered by
+    /// tests, so a small group exercises the split).
+    pub(crate) recipients_per_frame: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            own_lines: Vec::new(),
+            skipped_recipients: 0,
+            recipients_per_frame: sotto_proto::MAX_RECIPIENTS,
+        }
+    }
 }
 
 impl Outbox {
@@ -200,18 +272,33 @@ impl Outbox {
         anonymous: &mut Anonymous<'_>,
         outgoing: &Outgoing,
     ) -> Result<CommitOutcome, ClientError> {
-        let verdict = anonymous.send(&outgoing.group_id, outgoing.body()).await;
-        if matches!(verdict, Err(ClientError::Network(_))) {
-            // Still in the outbox: resent, with the same id, on reconnect.
-            return verdict.map(|_| CommitOutcome::Accepted);
-        }
-
         let what = if outgoing.is_commit() {
             "commit"
         } else {
             "message"
         };
+        let mut frames = outgoing.frames(self.recipients_per_frame).into_iter();
+        let first = frames.next().unwrap_or_else(|| outgoing.body());
+        let verdict = anonymous.send(&outgoing.group_id, first).await;
+        if matches!(verdict, Err(ClientError::Network(_))) {
+            // Still in the outbox: resent, with the same id, on reconnect.
+            return verdict.map(|_| CommitOutcome::Accepted);
+        }
         self.note_skipped(&verdict, what);
+        if verdict.is_ok() {
+            for more in frames {
+                let more = anonymous.send(&outgoing.group_id, more).await;
+                match more {
+                    // Still in the outbox: every frame is resent on
+                    // reconnect, the first answered as a duplicate.
+                    Err(e @ ClientError::Network(_)) => return Err(e),
+                    Err(e) => tracing::warn!(
+                        "some recipients of this {what} were not sent it (the rest were): {e}"
+                    ),
+                    Ok(_) => self.note_skipped(&more, what),
+                }
+            }
+        }
         // `Err(())`: refused for another reason, reported as the verdict.
         let (outcome, lines) = profile.in_transaction(|provider, tx| {
             store::remove_outbox(tx, &outgoing.message_id)?;

@@ -29,6 +29,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         recipients: vec![bob_account.device_id.clone()],
         payload: framed(&victims, 1, ContentType::Application, b"for their group"),
         send_token: capability(&mine, 1),
+        more_recipients: false,
     });
     let err = assert_error(
         &anonymous.request(forged).await,
@@ -43,6 +44,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         recipients: vec![bob_account.device_id.clone()],
         payload: framed(&mine, 1, ContentType::Commit, b"c"),
         send_token: capability(&mine, 1),
+        more_recipients: false,
     });
     assert_error(
         &anonymous.request(commit_as_message).await,
@@ -55,6 +57,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         recipients: vec![bob_account.device_id.clone()],
         payload: b"noise".to_vec(),
         send_token: capability(&mine, 1),
+        more_recipients: false,
     });
     assert_error(&anonymous.request(noise).await, ErrorCode::InvalidRequest);
     assert!(bob.sync().await.is_empty(), "nothing reached bob");
@@ -75,6 +78,7 @@ async fn a_message_framed_for_a_later_epoch_is_refused() {
         recipients: vec![bob_account.device_id.clone()],
         payload: framed(&group, 2, ContentType::Application, b"from the future"),
         send_token: capability(&group, 1),
+        more_recipients: false,
     });
     let err = assert_error(
         &anonymous.request(future).await,

@@ -74,6 +74,7 @@ async fn a_send_without_the_groups_capability_is_refused() {
             b"x",
         ),
         send_token: Vec::new(),
+        more_recipients: false,
     };
     assert_error(
         &anonymous.request(Body::SendMessage(no_token.clone())).await,

@@ -280,6 +280,36 @@ mod conformance {
             store.enqueue(message(1, &[1, 2, 3])).await.unwrap().outcome,
             Enqueued::Duplicate
         );
+        // De-duplication comes after authorisation: without the capability
+        // a queued id is not a duplicate (an outsider cannot probe ids)...
+        let outsider = GroupMessage {
+            token_hash: [8; 32],
+            envelope: envelope(1, &[1], b"other bytes"),
+            ..message(1, &[1])
+        };
+        assert!(matches!(
+            store.enqueue(outsider).await,
+            Err(EnqueueError::NotAuthorized)
+        ));
+        // ...an authorised sender cannot reuse it for other bytes...
+        let reused = GroupMessage {
+            envelope: envelope(1, &[1], b"other bytes"),
+            ..message(1, &[1])
+        };
+        match store.enqueue(reused).await {
+            Err(EnqueueError::IdInUse(id)) => assert_eq!(id, message_id(1)),
+            other => panic!("expected IdInUse, got {other:?}"),
+        }
+        // ...and a resend of the same bytes is a duplicate even with a
+        // capability that is no longer current (a resend after a crash).
+        let resend = GroupMessage {
+            token_hash: [8; 32],
+            ..message(1, &[1])
+        };
+        assert_eq!(
+            store.enqueue(resend).await.unwrap().outcome,
+            Enqueued::Duplicate
+        );
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.payloads, stats.mailbox_entries), (1, 3));
         for d in 1..=3 {
@@ -308,6 +338,31 @@ mod conformance {
             stats,
             "refused messages store nothing"
         );
+
+        // A commit is held to the same rule: a queued message's id with
+        // other bytes is refused (once authorised), and so is its Welcome's.
+        assert!(matches!(
+            store.submit_commit(commit(&g, 1, 1, &[2])).await,
+            Err(CommitError::IdInUse(_))
+        ));
+        let welcome_clash = CommitSubmission {
+            welcome: Some(envelope(1, &[3], b"welcome")),
+            ..commit(&g, 1, 30, &[2])
+        };
+        assert!(matches!(
+            store.submit_commit(welcome_clash).await,
+            Err(CommitError::IdInUse(_))
+        ));
+        let outsider = CommitSubmission {
+            token_hash: Some([8; 32]),
+            ..commit(&g, 1, 1, &[2])
+        };
+        assert!(matches!(
+            store.submit_commit(outsider).await,
+            Err(CommitError::NotAuthorized)
+        ));
+        assert_eq!(store.group_epoch(&g).await.unwrap(), Some(1));
+        assert_eq!(store.stats().await.unwrap(), stats);
     }
 
     /// The missed-messages notice in a mailbox entry, if it is one.
@@ -324,6 +379,137 @@ mod conformance {
             envelope: envelope(id, recipients, b"hello"),
             now: 1_000,
         }
+    }
+
+    /// A group with more devices than one frame may name gets a message and
+    /// a commit in parts: the same id and bytes, stored once, more
+    /// recipients each time, under the same checks as the first part.
+    pub async fn large_groups_are_sent_in_parts<S: Store>(store: S) {
+        for (name, d) in [
+            ("alice", 1),
+            ("bob", 2),
+            ("carol", 3),
+            ("dave", 4),
+            ("erin", 5),
+        ] {
+            store.register(account(name, d)).await.unwrap();
+        }
+        let g = with_group(&store, "g").await;
+        let holders = |id: u8| {
+            let store = &store;
+            async move {
+                let mut holders = Vec::new();
+                for d in 1..=5 {
+                    let entries = store.fetch_mailbox(device_id(d), 0, 100).await.unwrap();
+                    if entries.iter().any(|e| e.message_id == message_id(id)) {
+                        holders.push(d);
+                    }
+                }
+                holders
+            }
+        };
+
+        let first = store.enqueue(to(&g, 1, 1, &[1, 2])).await.unwrap();
+        assert_eq!(first.outcome, Enqueued::Queued);
+        let more = store.enqueue_more(to(&g, 1, 1, &[2, 3, 4])).await.unwrap();
+        assert_eq!(more.outcome, Enqueued::Queued);
+        assert_eq!(holders(1).await, [1, 2, 3, 4], "bob is not queued twice");
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (1, 4));
+        // A resent part adds nothing.
+        let again = store.enqueue_more(to(&g, 1, 1, &[3, 4])).await.unwrap();
+        assert_eq!(again.outcome, Enqueued::Duplicate);
+        // A part needs the capability, even with the same bytes...
+        let stranger = GroupMessage {
+            token_hash: [8; 32],
+            ..to(&g, 1, 1, &[5])
+        };
+        assert!(matches!(
+            store.enqueue_more(stranger).await,
+            Err(EnqueueError::NotAuthorized)
+        ));
+        // ...and the same bytes.
+        let other_bytes = GroupMessage {
+            envelope: envelope(1, &[5], b"other bytes"),
+            ..to(&g, 1, 1, &[5])
+        };
+        assert!(matches!(
+            store.enqueue_more(other_bytes).await,
+            Err(EnqueueError::IdInUse(_))
+        ));
+        assert_eq!(store.stats().await.unwrap(), stats);
+        // Once every recipient acknowledged, a late part stores it again.
+        for d in 1..=4 {
+            drain(&store, d).await;
+        }
+        let late = store.enqueue_more(to(&g, 1, 1, &[5])).await.unwrap();
+        assert_eq!(late.outcome, Enqueued::Queued);
+        assert_eq!(holders(1).await, [5]);
+        drain(&store, 5).await;
+
+        // A commit: the first part is sequenced, the others add recipients
+        // and the Welcome's.
+        let accepted = store
+            .submit_commit(commit(&g, 1, 20, &[1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(accepted.new_epoch, 2);
+        let with_welcome = CommitSubmission {
+            welcome: Some(envelope(21, &[5], b"welcome")),
+            ..commit(&g, 1, 20, &[3, 4])
+        };
+        let more = store
+            .submit_commit_more(with_welcome.clone())
+            .await
+            .unwrap();
+        assert_eq!((more.new_epoch, more.outcome), (2, Enqueued::Queued));
+        assert_eq!(holders(20).await, [1, 2, 3, 4]);
+        assert_eq!(holders(21).await, [5]);
+        assert_eq!(
+            store.group_epoch(&g).await.unwrap(),
+            Some(2),
+            "a part is not a new epoch"
+        );
+        let again = store.submit_commit_more(with_welcome).await.unwrap();
+        assert_eq!(again.outcome, Enqueued::Duplicate);
+        // Parts of a commit need the capability of the epoch it ended and
+        // the next capability it set.
+        let stranger = CommitSubmission {
+            token_hash: Some([8; 32]),
+            ..commit(&g, 1, 20, &[5])
+        };
+        assert!(matches!(
+            store.submit_commit_more(stranger).await,
+            Err(CommitError::NotAuthorized)
+        ));
+        let other_next = CommitSubmission {
+            next_token_hash: [9; 32],
+            ..commit(&g, 1, 20, &[5])
+        };
+        assert!(matches!(
+            store.submit_commit_more(other_next).await,
+            Err(CommitError::NotAuthorized)
+        ));
+        // Only the latest commit takes parts.
+        store.submit_commit(commit(&g, 2, 22, &[1])).await.unwrap();
+        assert!(matches!(
+            store.submit_commit_more(commit(&g, 1, 20, &[5])).await,
+            Err(CommitError::StaleEpoch {
+                submitted: 1,
+                current: 3
+            })
+        ));
+        assert!(matches!(
+            store.submit_commit_more(commit(&g, 3, 23, &[5])).await,
+            Err(CommitError::StaleEpoch { .. })
+        ));
+        assert!(matches!(
+            store
+                .submit_commit_more(commit(&group("nope"), 1, 24, &[5]))
+                .await,
+            Err(CommitError::UnknownGroup(_))
+        ));
+        assert_eq!(holders(20).await, [1, 2, 3, 4]);
     }
 
     /// Acknowledges everything in a device's mailbox.
@@ -1038,6 +1224,7 @@ macro_rules! store_conformance_tests {
                 concurrent_claims_never_hand_out_a_key_package_twice,
                 commits_are_sequenced_one_per_epoch,
                 enqueue_is_idempotent_and_stores_the_payload_once,
+                large_groups_are_sent_in_parts,
                 mailbox_is_fetched_in_order_in_windows,
                 full_mailboxes_skip_only_their_device,
                 missed_notices_are_bounded_per_device,

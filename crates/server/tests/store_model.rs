@@ -373,6 +373,7 @@ enum EnqueueOutcome {
     NotAuthorized,
     WrongEpoch,
     UnknownDevice(u8),
+    IdInUse,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -382,6 +383,7 @@ enum CommitOutcome {
     NotAuthorized,
     StaleEpoch { submitted: u64, current: u64 },
     UnknownDevice(u8),
+    IdInUse,
 }
 
 impl Model {
@@ -679,7 +681,10 @@ impl Model {
         grace: bool,
         spec: &EnvelopeSpec,
     ) -> EnqueueOutcome {
-        if self.messages.contains_key(&spec.id) {
+        // The same bytes again are a resend, whatever the capability; other
+        // bytes under a queued id are refused, but only once authorised.
+        let stored = self.messages.get(&spec.id).map(|p| *p == spec.payload());
+        if stored == Some(true) {
             return EnqueueOutcome::Ok(Queued {
                 outcome: Enqueued::Duplicate,
                 skipped: Vec::new(),
@@ -697,6 +702,9 @@ impl Model {
         };
         if epoch != capability_epoch {
             return EnqueueOutcome::WrongEpoch;
+        }
+        if stored == Some(false) {
+            return EnqueueOutcome::IdInUse;
         }
         let mut next = self.clone();
         match next.insert(group, spec, Missed::Message) {
@@ -727,7 +735,9 @@ impl Model {
         let is_latest = current
             .as_ref()
             .is_some_and(|g| g.last_commit == commit.id || g.accepted.contains_key(&commit.id));
-        if is_latest || self.messages.contains_key(&commit.id) {
+        let stored =
+            |m: &Self, spec: &EnvelopeSpec| m.messages.get(&spec.id).map(|p| *p == spec.payload());
+        if is_latest || stored(self, commit) == Some(true) {
             return CommitOutcome::Ok(CommitAccepted {
                 new_epoch: current.map_or(0, |g| g.epoch),
                 outcome: Enqueued::Duplicate,
@@ -779,13 +789,19 @@ impl Model {
                 g.epoch + 1
             }
         };
+        if stored(self, commit) == Some(false) {
+            return CommitOutcome::IdInUse;
+        }
         let mut skipped = match next.insert(group, commit, Missed::Commit) {
             Ok(skipped) => skipped,
             Err(d) => return CommitOutcome::UnknownDevice(d),
         };
-        if let Some(welcome) = welcome
-            && !next.messages.contains_key(&welcome.id)
-        {
+        let welcome = match welcome.map(|w| (w, stored(&next, w))) {
+            Some((_, Some(false))) => return CommitOutcome::IdInUse,
+            Some((w, None)) => Some(w),
+            _ => None,
+        };
+        if let Some(welcome) = welcome {
             match next.insert(group, welcome, Missed::Welcome) {
                 Ok(more) => {
                     for d in more {
@@ -869,6 +885,7 @@ fn enqueue_outcome(result: Result<Queued, EnqueueError>) -> EnqueueOutcome {
         Err(EnqueueError::NotAuthorized) => EnqueueOutcome::NotAuthorized,
         Err(EnqueueError::WrongEpoch { .. }) => EnqueueOutcome::WrongEpoch,
         Err(EnqueueError::UnknownDevice(d)) => EnqueueOutcome::UnknownDevice(d.as_bytes()[0]),
+        Err(EnqueueError::IdInUse(_)) => EnqueueOutcome::IdInUse,
         Err(e) => panic!("unexpected enqueue error: {e}"),
     }
 }
@@ -882,6 +899,7 @@ fn commit_outcome(result: Result<CommitAccepted, CommitError>) -> CommitOutcome 
             CommitOutcome::StaleEpoch { submitted, current }
         }
         Err(CommitError::UnknownDevice(d)) => CommitOutcome::UnknownDevice(d.as_bytes()[0]),
+        Err(CommitError::IdInUse(_)) => CommitOutcome::IdInUse,
         Err(e) => panic!("unexpected commit error: {e}"),
     }
 }

@@ -207,6 +207,7 @@ impl Mallory {
             welcome: pending.welcome.unwrap_or_default(),
             send_token: pending.send_token,
             next_token_hash: pending.next_token_hash,
+            more_recipients: false,
         });
         let result = self.request(request).await;
         if result.is_ok() {
@@ -265,6 +266,7 @@ impl Mallory {
             recipients: ids(&others(group, self.device_id())),
             payload,
             send_token: self.capability(group),
+            more_recipients: false,
         };
         self.request(Request::SendMessage(send)).await
     }

@@ -519,6 +519,7 @@ pub fn send_message_at(
         recipients: recipients.iter().map(|r| r.to_vec()).collect(),
         payload: framed(group_id, epoch, ContentType::Application, payload),
         send_token: capability(group_id, epoch),
+        more_recipients: false,
     })
 }
 

@@ -445,6 +445,7 @@ async fn forged_framing_is_refused_and_changes_nothing() {
             recipients: vec![t.bob.device_id().as_bytes().to_vec()],
             payload: for_team,
             send_token: t.mallory.capability(&own),
+            more_recipients: false,
         };
         let err = t
             .mallory
@@ -507,6 +508,7 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
                 recipients: vec![bob_device.clone()],
                 payload,
                 send_token: capability.clone(),
+                more_recipients: false,
             })
         };
         let err = outsider

@@ -427,3 +427,89 @@ async fn leaving_a_group_is_committed_by_a_remaining_member() {
     })
     .await;
 }
+
+/// A group with more member devices than one frame may name (the server's
+/// cap, lowered here to 2 on anna's side) gets its Welcome, its messages and
+/// its commits in parts, and every member gets each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_larger_than_one_frame_is_sent_in_parts() {
+    use sotto_proto::v1::client_frame::Body;
+    use sotto_testkit::{ConnView, HostileProxy};
+    use std::sync::{Arc, Mutex};
+
+    within(async {
+        let server = TestServer::start().await;
+        // Anna's connections go through a proxy that records her frames.
+        let frames: Arc<Mutex<Vec<Body>>> = Arc::default();
+        let record = Arc::clone(&frames);
+        let proxy = HostileProxy::start(&server.url(), move |conn: &ConnView, frame| {
+            if let Some(request @ (Body::SendMessage(_) | Body::SubmitCommit(_))) = &conn.request {
+                record.lock().unwrap().push(request.clone());
+            }
+            Some(frame)
+        })
+        .await;
+        let url = server.url();
+        let (mut anna, _ad) = register(&proxy.url(), "anna").await;
+        anna.set_recipients_per_frame(2);
+        let (mut ben, _bd) = register(&url, "ben").await;
+        let (mut cleo, _cd) = register(&url, "cleo").await;
+        let (mut dina, _dd) = register(&url, "dina").await;
+        let (mut emil, _ed) = register(&url, "emil").await;
+
+        // Three Welcomes, four devices for each message, four for the commit
+        // that adds emil.
+        anna.create_group("big", &["ben".into(), "cleo".into(), "dina".into()])
+            .await
+            .unwrap();
+        anna.send_group("big", "hello all").await.unwrap();
+        anna.add_member("big", "emil").await.unwrap();
+        anna.send_group("big", "and emil").await.unwrap();
+
+        for member in [&mut ben, &mut cleo, &mut dina] {
+            assert_eq!(
+                texts(&member.sync().await.unwrap()),
+                vec![pair("anna", "hello all"), pair("anna", "and emil")]
+            );
+        }
+        assert_eq!(
+            texts(&emil.sync().await.unwrap()),
+            vec![pair("anna", "and emil")]
+        );
+        // A member with the normal cap answers; everyone gets it once.
+        emil.send_group("big", "thanks").await.unwrap();
+        for member in [&mut anna, &mut ben, &mut cleo, &mut dina] {
+            assert_eq!(
+                texts(&member.sync().await.unwrap()),
+                vec![pair("emil", "thanks")]
+            );
+        }
+        for member in [&mut anna, &mut ben, &mut cleo, &mut dina, &mut emil] {
+            assert!(member.sync().await.unwrap().is_empty());
+            assert_eq!(
+                member.members("big").unwrap().len(),
+                5,
+                "every member sees the same roster"
+            );
+        }
+
+        let frames = frames.lock().unwrap();
+        let mut parts = 0;
+        for frame in frames.iter() {
+            let (named, more) = match frame {
+                Body::SendMessage(m) => (m.recipients.len(), m.more_recipients),
+                Body::SubmitCommit(c) => (
+                    c.recipients.len().max(c.welcome_recipients.len()),
+                    c.more_recipients,
+                ),
+                _ => unreachable!(),
+            };
+            assert!(named <= 2, "a frame named {named} recipients: {frame:?}");
+            parts += usize::from(more);
+        }
+        // Welcomes 2+1, messages 2+2 twice, the commit adding emil 2+2 and
+        // its Welcome 1: at least one extra part for each.
+        assert!(parts >= 4, "only {parts} frames were extra parts");
+    })
+    .await;
+}

@@ -45,7 +45,11 @@ impl<S: Store> Session<S> {
             now: now_seconds(),
         };
         // The store hands new entries to the hub once committed.
-        let queued = self.ctx.store.enqueue(message).await?;
+        let queued = if send.more_recipients {
+            self.ctx.store.enqueue_more(message).await?
+        } else {
+            self.ctx.store.enqueue(message).await?
+        };
         sent(&queued.skipped)
     }
 
@@ -65,7 +69,7 @@ impl<S: Store> Session<S> {
         self.ctx
             .rate_limits
             .charge_send(&mut self.buckets, self.address, token_hash)?;
-        if commit.epoch == 0 {
+        if commit.epoch == 0 && !commit.more_recipients {
             self.ctx
                 .rate_limits
                 .charge_group_creation(&mut self.buckets, self.address)?;
@@ -125,6 +129,10 @@ impl<S: Store> Session<S> {
             welcome,
             now: now_seconds(),
         };
+        if commit.more_recipients {
+            let more = self.ctx.store.submit_commit_more(submission).await?;
+            return sent(&more.skipped);
+        }
         let group_id = submission.group_id.clone();
         let accepted = self.ctx.store.submit_commit(submission).await?;
         if accepted.outcome == Enqueued::Queued {

@@ -140,6 +140,14 @@ impl From<LinkError> for v1::Error {
     }
 }
 
+/// An authorised sender reused a queued message's id for other bytes.
+fn id_in_use() -> v1::Error {
+    error(
+        ErrorCode::InvalidRequest,
+        "this message id is taken by another message; send with a fresh random id",
+    )
+}
+
 impl From<EnqueueError> for v1::Error {
     fn from(e: EnqueueError) -> Self {
         match e {
@@ -149,6 +157,7 @@ impl From<EnqueueError> for v1::Error {
                 "the message is framed for epoch {framed} but its capability is for epoch {capability}"
             )),
             EnqueueError::UnknownDevice(device) => unknown_device(device),
+            EnqueueError::IdInUse(_) => id_in_use(),
             EnqueueError::Store(e) => internal(&e),
         }
     }
@@ -170,6 +179,7 @@ impl From<CommitError> for v1::Error {
             CommitError::UnknownGroup(group) => unknown_group(&group),
             CommitError::NotAuthorized => not_authorized(),
             CommitError::UnknownDevice(device) => unknown_device(device),
+            CommitError::IdInUse(_) => id_in_use(),
             CommitError::Store(e) => internal(&e),
         }
     }

@@ -2,7 +2,7 @@
 //! the caller's fault (an unknown group, a stale epoch) from
 //! the backend's ([`StoreError`], which the server answers with `INTERNAL`).
 
-use super::{DeviceId, GroupId};
+use super::{DeviceId, GroupId, MessageId};
 
 /// The storage backend failed; not the client's fault.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,6 +88,10 @@ pub enum EnqueueError {
     /// A recipient is not a registered device, or was removed.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
+    /// Another message is queued under this id (a resend of the same bytes
+    /// is a duplicate, not this).
+    #[error("message id {0} is taken by another message")]
+    IdInUse(MessageId),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -113,6 +117,9 @@ pub enum CommitError {
     /// A recipient is not a registered device.
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
+    /// The commit's or Welcome's id is taken by another message.
+    #[error("message id {0} is taken by another message")]
+    IdInUse(MessageId),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -124,6 +131,7 @@ impl From<EnqueueError> for CommitError {
             EnqueueError::UnknownGroup(g) => Self::UnknownGroup(g),
             EnqueueError::NotAuthorized | EnqueueError::WrongEpoch { .. } => Self::NotAuthorized,
             EnqueueError::UnknownDevice(d) => Self::UnknownDevice(d),
+            EnqueueError::IdInUse(id) => Self::IdInUse(id),
             EnqueueError::Store(s) => Self::Store(s),
         }
     }

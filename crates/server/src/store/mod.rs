@@ -221,7 +221,28 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// message id is not remembered: a resend counts again in the notices
     /// (which is why they say "at least"). A notice's message id is derived
     /// from the device and the lost message's id, hashed again while taken.
+    ///
+    /// De-duplication: a message id queued with the same bytes is a resend,
+    /// answered [`Enqueued::Duplicate`] before the capability is checked
+    /// (after a crash a sender resends with the capability of an epoch
+    /// that may have moved on, and only a holder of the ciphertext can
+    /// produce it). A queued id with other bytes is [`EnqueueError::IdInUse`],
+    /// but only once the capability passed, so an outsider cannot probe
+    /// which ids are queued.
     fn enqueue(
+        &self,
+        message: GroupMessage,
+    ) -> impl Future<Output = Result<Queued, EnqueueError>> + Send;
+
+    /// Adds recipients to a message sent by [`enqueue`](Self::enqueue): a
+    /// group with more member devices than one frame may name
+    /// ([`sotto_proto::MAX_RECIPIENTS`]) gets the same message id and bytes
+    /// in several frames. Checked like `enqueue` (the capability always);
+    /// recipients that already hold an entry for the message are not
+    /// queued again. Nothing new queued: `Duplicate`. If every earlier
+    /// recipient acknowledged already (the payload is gone), the message is
+    /// stored again for these recipients.
+    fn enqueue_more(
         &self,
         message: GroupMessage,
     ) -> impl Future<Output = Result<Queued, EnqueueError>> + Send;
@@ -232,6 +253,19 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// notice as in [`enqueue`](Self::enqueue), and the commit is queued
     /// for every other recipient in the same transaction or not at all.
     fn submit_commit(
+        &self,
+        submission: CommitSubmission,
+    ) -> impl Future<Output = Result<CommitAccepted, CommitError>> + Send;
+
+    /// Adds recipients to the group's latest accepted commit and to its
+    /// Welcome, as [`enqueue_more`](Self::enqueue_more) does for messages:
+    /// the same commit id and bytes, the capability of the epoch the commit
+    /// ended, and the `next_token_hash` it set. A commit that is no longer
+    /// the latest is refused with `StaleEpoch` (a member committed in
+    /// between; the sender sends its parts back to back, so this is a
+    /// narrow race, and a device it leaves out is behind as after a lost
+    /// commit).
+    fn submit_commit_more(
         &self,
         submission: CommitSubmission,
     ) -> impl Future<Output = Result<CommitAccepted, CommitError>> + Send;

@@ -11,6 +11,33 @@ pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result
         .query_row([message_id.as_bytes().as_slice()], |r| r.get(0))?)
 }
 
+/// Whether an envelope's id is already queued, and if so with its bytes.
+fn stored_copy(conn: &Connection, envelope: &Envelope) -> Result<StoredCopy, StoreError> {
+    let stored: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT id, payload FROM messages WHERE message_id = ?1")?
+        .query_row([envelope.message_id.as_bytes().as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(match stored {
+        None => StoredCopy::None,
+        Some((message_ref, payload)) if payload == envelope.payload => {
+            StoredCopy::Same(message_ref)
+        }
+        Some(_) => StoredCopy::Different,
+    })
+}
+
+/// What the store holds under an envelope's message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredCopy {
+    None,
+    /// The same bytes (in this `messages` row): a resend.
+    Same(i64),
+    /// Other bytes: the id is taken.
+    Different,
+}
+
 /// What a skipped device missed, for its notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Missed {
@@ -36,7 +63,47 @@ pub(super) fn insert_envelope(
     now: UnixSeconds,
     mailbox_limit: u32,
 ) -> Result<Vec<DeviceId>, EnqueueError> {
-    let mut seen = HashSet::new();
+    place_envelope(conn, group_id, envelope, missed, now, mailbox_limit, None).map(|p| p.skipped)
+}
+
+/// What [`place_envelope`] did.
+struct Placed {
+    /// Devices skipped because their mailbox is full.
+    skipped: Vec<DeviceId>,
+    /// How many mailbox entries it added.
+    queued: usize,
+}
+
+/// [`insert_envelope`], or, with `stored` (the row of the copy already
+/// stored under the envelope's id, same bytes), adds entries for the
+/// recipients that hold none for it yet.
+fn place_envelope(
+    conn: &Connection,
+    group_id: &GroupId,
+    envelope: &Envelope,
+    missed: Missed,
+    now: UnixSeconds,
+    mailbox_limit: u32,
+    stored: Option<i64>,
+) -> Result<Placed, EnqueueError> {
+    // Devices that hold an entry for the stored copy already.
+    let mut seen: HashSet<DeviceId> = HashSet::new();
+    if let Some(message_ref) = stored {
+        let mut holders = conn
+            .prepare_cached(
+                "SELECT devices.device_id FROM mailbox JOIN devices ON devices.num = mailbox.device_num \
+                 WHERE mailbox.message_ref = ?1",
+            )
+            .map_err(StoreError::from)?;
+        let rows = holders
+            .query_map([message_ref], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(StoreError::from)?;
+        for row in rows {
+            if let Some(device) = DeviceId::from_slice(&row.map_err(StoreError::from)?) {
+                seen.insert(device);
+            }
+        }
+    }
     let mut active = conn
         .prepare_cached("SELECT num, removed_day IS NULL FROM devices WHERE device_id = ?1")
         .map_err(StoreError::from)?;
@@ -82,17 +149,22 @@ pub(super) fn insert_envelope(
         recipients = kept;
     }
     if recipients.is_empty() {
-        return Ok(skipped);
+        return Ok(Placed { skipped, queued: 0 });
     }
-    conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
-        .and_then(|mut insert| {
-            insert.execute(params![
-                envelope.message_id.as_bytes().as_slice(),
-                envelope.payload
-            ])
-        })
-        .map_err(StoreError::from)?;
-    let message_ref = conn.last_insert_rowid();
+    let message_ref = match stored {
+        Some(message_ref) => message_ref,
+        None => {
+            conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        envelope.message_id.as_bytes().as_slice(),
+                        envelope.payload
+                    ])
+                })
+                .map_err(StoreError::from)?;
+            conn.last_insert_rowid()
+        }
+    };
     let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
     for (device, num) in &recipients {
         queue_entry(
@@ -105,7 +177,10 @@ pub(super) fn insert_envelope(
             now,
         )?;
     }
-    Ok(skipped)
+    Ok(Placed {
+        skipped,
+        queued: recipients.len(),
+    })
 }
 
 /// Adds one mailbox row and tells the listener once it commits.
@@ -295,65 +370,94 @@ struct GroupRow {
     active_day: i64,
 }
 
+/// [`MailboxStore::enqueue`], or with `more`, [`MailboxStore::enqueue_more`].
+fn queue_message(
+    conn: &Connection,
+    message: &GroupMessage,
+    limit: u32,
+    more: bool,
+) -> Result<Queued, EnqueueError> {
+    let duplicate = Queued {
+        outcome: Enqueued::Duplicate,
+        skipped: Vec::new(),
+    };
+    // A resend of the very bytes that are queued is answered before the
+    // capability check: after a crash the sender resends with the
+    // capability of an epoch that may have moved on. Only a holder of the
+    // ciphertext (its sender or a recipient) can produce it, and nothing
+    // new is stored.
+    let stored = stored_copy(conn, &message.envelope)?;
+    if !more && matches!(stored, StoredCopy::Same(_)) {
+        return Ok(duplicate);
+    }
+    let group: Option<GroupRow> = conn
+        .prepare_cached(
+            "SELECT epoch, token_hash, prev_token_hash, active_day FROM mls_groups \
+             WHERE group_id = ?1",
+        )
+        .and_then(|mut find| {
+            find.query_row([message.group_id.as_bytes()], |r| {
+                Ok(GroupRow {
+                    epoch: r.get(0)?,
+                    token_hash: r.get(1)?,
+                    prev_token_hash: r.get(2)?,
+                    active_day: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(StoreError::from)?;
+    let Some(group) = group else {
+        return Err(EnqueueError::UnknownGroup(message.group_id.clone()));
+    };
+    check_capability(
+        message,
+        to_u64(group.epoch),
+        &group.token_hash,
+        group.prev_token_hash.as_deref(),
+    )?;
+    let into = match stored {
+        // Only now, to an authorised sender, is a taken id a refusal.
+        StoredCopy::Different => return Err(EnqueueError::IdInUse(message.envelope.message_id)),
+        StoredCopy::Same(message_ref) => Some(message_ref),
+        StoredCopy::None => None,
+    };
+    let placed = place_envelope(
+        conn,
+        &message.group_id,
+        &message.envelope,
+        Missed::Message,
+        message.now,
+        limit,
+        into,
+    )?;
+    if more && placed.queued == 0 && placed.skipped.is_empty() {
+        return Ok(duplicate);
+    }
+    // At most one write per group and day: the row was just read.
+    let today = to_i64(day_of(message.now));
+    if group.active_day < today {
+        conn.prepare_cached("UPDATE mls_groups SET active_day = ?1 WHERE group_id = ?2")
+            .and_then(|mut touch| touch.execute(params![today, message.group_id.as_bytes()]))
+            .map_err(StoreError::from)?;
+    }
+    Ok(Queued {
+        outcome: Enqueued::Queued,
+        skipped: placed.skipped,
+    })
+}
+
 impl MailboxStore for SqliteStore {
     async fn enqueue(&self, message: GroupMessage) -> Result<Queued, EnqueueError> {
         let limit = self.mailbox_limit();
-        self.write(move |conn| {
-            if message_exists(conn, message.envelope.message_id)? {
-                return Ok(Queued {
-                    outcome: Enqueued::Duplicate,
-                    skipped: Vec::new(),
-                });
-            }
-            let group: Option<GroupRow> = conn
-                .prepare_cached(
-                    "SELECT epoch, token_hash, prev_token_hash, active_day FROM mls_groups \
-                     WHERE group_id = ?1",
-                )
-                .and_then(|mut find| {
-                    find.query_row([message.group_id.as_bytes()], |r| {
-                        Ok(GroupRow {
-                            epoch: r.get(0)?,
-                            token_hash: r.get(1)?,
-                            prev_token_hash: r.get(2)?,
-                            active_day: r.get(3)?,
-                        })
-                    })
-                    .optional()
-                })
-                .map_err(StoreError::from)?;
-            let Some(group) = group else {
-                return Err(EnqueueError::UnknownGroup(message.group_id));
-            };
-            check_capability(
-                &message,
-                to_u64(group.epoch),
-                &group.token_hash,
-                group.prev_token_hash.as_deref(),
-            )?;
-            let skipped = insert_envelope(
-                conn,
-                &message.group_id,
-                &message.envelope,
-                Missed::Message,
-                message.now,
-                limit,
-            )?;
-            // At most one write per group and day: the row was just read.
-            let today = to_i64(day_of(message.now));
-            if group.active_day < today {
-                conn.prepare_cached("UPDATE mls_groups SET active_day = ?1 WHERE group_id = ?2")
-                    .and_then(|mut touch| {
-                        touch.execute(params![today, message.group_id.as_bytes()])
-                    })
-                    .map_err(StoreError::from)?;
-            }
-            Ok(Queued {
-                outcome: Enqueued::Queued,
-                skipped,
-            })
-        })
-        .await
+        self.write(move |conn| queue_message(conn, &message, limit, false))
+            .await
+    }
+
+    async fn enqueue_more(&self, message: GroupMessage) -> Result<Queued, EnqueueError> {
+        let limit = self.mailbox_limit();
+        self.write(move |conn| queue_message(conn, &message, limit, true))
+            .await
     }
 
     async fn submit_commit(
@@ -382,7 +486,7 @@ impl MailboxStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(StoreError::from)?;
-            if is_latest || accepted_before || message_exists(conn, commit_id)? {
+            if is_latest || accepted_before || matches!(stored_copy(conn, &submission.commit)?, StoredCopy::Same(_)) {
                 let current = group.map_or(0, |(epoch, _)| to_u64(epoch));
                 return Ok(CommitAccepted {
                     new_epoch: current,
@@ -436,6 +540,11 @@ impl MailboxStore for SqliteStore {
                     next
                 }
             };
+            // Checked only after the capability, so an outsider cannot probe
+            // which ids are queued.
+            if stored_copy(conn, &submission.commit)? == StoredCopy::Different {
+                return Err(CommitError::IdInUse(commit_id));
+            }
             // Full mailboxes are skipped, never a reason to refuse: the
             // commit is queued for everyone else or (on error) for nobody.
             let mut skipped = insert_envelope(
@@ -455,9 +564,17 @@ impl MailboxStore for SqliteStore {
                 ],
             )
             .map_err(StoreError::from)?;
-            if let Some(welcome) = &submission.welcome
-                && !message_exists(conn, welcome.message_id)?
-            {
+            let welcome = match &submission.welcome {
+                Some(welcome) => match stored_copy(conn, welcome)? {
+                    StoredCopy::None => Some(welcome),
+                    StoredCopy::Same(_) => None,
+                    StoredCopy::Different => {
+                        return Err(CommitError::IdInUse(welcome.message_id));
+                    }
+                },
+                None => None,
+            };
+            if let Some(welcome) = welcome {
                 for device in insert_envelope(
                     conn,
                     &submission.group_id,
@@ -474,6 +591,84 @@ impl MailboxStore for SqliteStore {
             Ok(CommitAccepted {
                 new_epoch,
                 outcome: Enqueued::Queued,
+                skipped,
+            })
+        })
+        .await
+    }
+
+    async fn submit_commit_more(
+        &self,
+        submission: CommitSubmission,
+    ) -> Result<CommitAccepted, CommitError> {
+        let limit = self.mailbox_limit();
+        self.write(move |conn| {
+            type Row = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+            let group: Option<Row> = conn
+                .query_row(
+                    "SELECT epoch, last_commit_id, token_hash, prev_token_hash FROM mls_groups \
+                     WHERE group_id = ?1",
+                    [submission.group_id.as_bytes()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            let Some((epoch, last_commit_id, token_hash, prev_token_hash)) = group else {
+                return Err(CommitError::UnknownGroup(submission.group_id));
+            };
+            let current = to_u64(epoch);
+            if last_commit_id.as_slice() != submission.commit.message_id.as_bytes()
+                || submission.epoch.saturating_add(1) != current
+            {
+                return Err(CommitError::StaleEpoch {
+                    submitted: submission.epoch,
+                    current,
+                });
+            }
+            // The capability of the epoch the commit ended (none at epoch
+            // 0), and the next one it set.
+            let presented = submission.token_hash.as_ref().map(|h| h.as_slice());
+            if presented != prev_token_hash.as_deref()
+                || submission.next_token_hash.as_slice() != token_hash.as_slice()
+            {
+                return Err(CommitError::NotAuthorized);
+            }
+            let mut skipped = Vec::new();
+            let mut queued = 0;
+            let parts = [
+                Some((&submission.commit, Missed::Commit)),
+                submission.welcome.as_ref().map(|w| (w, Missed::Welcome)),
+            ];
+            for (envelope, missed) in parts.into_iter().flatten() {
+                let into = match stored_copy(conn, envelope)? {
+                    StoredCopy::Different => return Err(CommitError::IdInUse(envelope.message_id)),
+                    StoredCopy::Same(message_ref) => Some(message_ref),
+                    StoredCopy::None => None,
+                };
+                let placed = place_envelope(
+                    conn,
+                    &submission.group_id,
+                    envelope,
+                    missed,
+                    submission.now,
+                    limit,
+                    into,
+                )?;
+                queued += placed.queued;
+                for device in placed.skipped {
+                    if !skipped.contains(&device) {
+                        skipped.push(device);
+                    }
+                }
+            }
+            let outcome = if queued == 0 && skipped.is_empty() {
+                Enqueued::Duplicate
+            } else {
+                Enqueued::Queued
+            };
+            Ok(CommitAccepted {
+                new_epoch: current,
+                outcome,
                 skipped,
             })
         })
