@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// A request naming any other host is refused (421), against DNS
     /// rebinding. Default empty.
     pub server_names: Vec<String>,
+    /// Serve `GET /metrics` (Prometheus text format) on this address, a
+    /// listener of its own (`--metrics-listen`). Default `None`: no
+    /// metrics. Keep it private (loopback or an internal network): even
+    /// aggregate counters show an observer when traffic happens.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Who may create an account.
@@ -98,6 +103,7 @@ impl Default for ServerConfig {
             previous_epoch_grace: DEFAULT_PREVIOUS_EPOCH_GRACE,
             tls: None,
             server_names: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use prost::Message as _;
 use sotto_proto::v1::server_frame;
 
 use crate::config::{Limits, ServerConfig};
+use crate::metrics::Metrics;
 use crate::session::{Context, Session};
 use crate::store::{SqliteStore, StoreError};
 use crate::transparency_log::TransparencyLog;
@@ -49,7 +50,8 @@ impl FuzzServer {
             limits,
             ..ServerConfig::default()
         };
-        let ctx = Arc::new(Context::new(Arc::new(store), log, &config));
+        let metrics = Arc::new(Metrics::new(&store.writer_metrics()));
+        let ctx = Arc::new(Context::new(Arc::new(store), log, &config, metrics));
         Ok(Self {
             runtime,
             ctx,

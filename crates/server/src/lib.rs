@@ -33,6 +33,7 @@ mod host_check;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
+pub mod metrics;
 mod rate_limit;
 mod session;
 mod socket;
@@ -60,7 +61,7 @@ use tokio::sync::{Semaphore, watch};
 pub use config::{Limits, RegistrationPolicy, ServerConfig};
 use session::Context;
 pub use session::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
-use store::{SqliteStore, StoreError};
+use store::{SqliteStore, Store as _, StoreError};
 use transparency_log::TransparencyLog;
 
 /// How often expired mailbox entries are swept.
@@ -275,7 +276,13 @@ impl Server {
         store.set_mailbox_limit(config.limits.max_mailbox_entries);
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(Context::new(Arc::clone(&store), log, &config));
+        let metrics = Arc::new(metrics::Metrics::new(&store.writer_metrics()));
+        let ctx = Arc::new(Context::new(
+            Arc::clone(&store),
+            log,
+            &config,
+            Arc::clone(&metrics),
+        ));
         let max_connections = config
             .limits
             .max_connections
@@ -301,9 +308,17 @@ impl Server {
             per_address: Arc::default(),
             max_per_address: config.limits.max_connections_per_address,
         });
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => Some(
+                serve_metrics(addr, Arc::clone(&state), metrics, state.shutdown.clone()).await?,
+            ),
+            None => None,
+        };
         let app = Router::new()
             .route("/ws", get(websocket))
             .route("/health", get(health))
+            .route("/healthz", get(health))
+            .route("/readyz", get(ready))
             .route("/canary", get(canary))
             .layer(axum::middleware::from_fn_with_state(
                 host_check,
@@ -351,14 +366,82 @@ impl Server {
             tracing::warn!("some connections did not close in time");
         }
         let _ = sweeper.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         store.close().await;
         tracing::info!("stopped");
         served.map_err(ServerError::Io)
     }
 }
 
+/// `GET /health` and `/healthz`: the process is up.
 async fn health() -> &'static str {
     "ok"
+}
+
+/// `GET /readyz`: the server takes connections and its database answers.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match state.ctx.store.stats().await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (a listener of its own, see
+/// [`ServerConfig::metrics_listen`]) until the server stops.
+async fn serve_metrics(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    metrics: Arc<metrics::Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving metrics");
+    let app = Router::new().route(
+        "/metrics",
+        get(move || async move {
+            let rendered = async {
+                let stats = state.ctx.store.stats().await?;
+                let log_entries = state.ctx.log.size(&*state.ctx.store).await?;
+                metrics.render(&stats, log_entries, session::now_seconds())
+            }
+            .await;
+            match rendered {
+                Ok(text) => (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+                    .into_response(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot gather metrics");
+                    (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable").into_response()
+                }
+            }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    }))
 }
 
 /// `GET /canary`: the newest warrant canary (`legal::Canary::to_json`),

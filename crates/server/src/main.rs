@@ -120,6 +120,12 @@ struct Args {
     #[arg(long = "server-name", env = "SOTTO_SERVER_NAME", value_name = "NAME")]
     server_names: Vec<String>,
 
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9420: aggregates only, no account, device, group or
+    /// address. Keep it off the internet. Default: no metrics.
+    #[arg(long, env = "SOTTO_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// The private key (PEM) of --tls-cert.
     #[arg(
         long,
@@ -317,6 +323,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .zip(args.tls_key)
             .map(|(cert, key)| sotto_server::tls::TlsConfig::new(cert, key)),
         server_names: args.server_names,
+        metrics_listen: args.metrics_listen,
     };
     let server = Server::bind(config)
         .await

@@ -3,10 +3,11 @@
 //! in memory only, per address) instead of per account.
 
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -98,10 +99,6 @@ pub(crate) struct Limited {
     pub wait: Duration,
 }
 
-fn limited(what: &'static str) -> impl FnOnce(Duration) -> Limited {
-    move |wait| Limited { what, wait }
-}
-
 /// The key per-address limits count a client address under: an IPv4
 /// address itself, an IPv6 address's /64 prefix (one subscriber usually
 /// holds a whole /64, so counting single IPv6 addresses would give each
@@ -155,11 +152,14 @@ pub(crate) struct RateLimits {
     link_attempts_per_address: RateLimiter<IpAddr>,
     devices_added_per_account: RateLimiter<String>,
     groups_created_per_address: RateLimiter<IpAddr>,
+    /// Counts every hit, by limit.
+    metrics: Arc<Metrics>,
 }
 
 impl RateLimits {
-    pub fn new(limits: &Limits) -> Self {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             per_capability: RateLimiter::new(limits.sends_per_capability),
             per_claim_target: RateLimiter::new(limits.claims_per_target),
             per_address: RateLimiter::new(limits.sends_per_address),
@@ -168,6 +168,15 @@ impl RateLimits {
             devices_added_per_account: RateLimiter::new(limits.devices_added_per_account),
             groups_created_per_address: RateLimiter::new(limits.groups_created_per_address),
             limits: limits.clone(),
+        }
+    }
+
+    /// Turns an empty bucket's wait into a refusal naming `what`, and
+    /// counts it.
+    fn limited(&self, what: &'static str) -> impl FnOnce(Duration) -> Limited + '_ {
+        move |wait| {
+            self.metrics.rate_limited(what);
+            Limited { what, wait }
         }
     }
 
@@ -191,17 +200,17 @@ impl RateLimits {
         connection
             .groups_created
             .take(self.limits.groups_created_per_connection, Instant::now())
-            .map_err(limited("new groups on this connection"))?;
+            .map_err(self.limited("new groups on this connection"))?;
         self.groups_created_per_address
             .take(address)
-            .map_err(limited("new groups from your address"))
+            .map_err(self.limited("new groups from your address"))
     }
 
     /// A device added to `account`.
     pub fn charge_device_added(&self, account: &str) -> Result<(), Limited> {
         self.devices_added_per_account
             .take(account.to_owned())
-            .map_err(limited("devices added to this account"))
+            .map_err(self.limited("devices added to this account"))
     }
 
     /// A send or commit: the connection's bucket, the address's, and the
@@ -215,14 +224,14 @@ impl RateLimits {
         connection
             .sends
             .take(self.limits.sends_per_connection, Instant::now())
-            .map_err(limited("sends on this connection"))?;
+            .map_err(self.limited("sends on this connection"))?;
         self.per_address
             .take(address)
-            .map_err(limited("sends and claims from your address"))?;
+            .map_err(self.limited("sends and claims from your address"))?;
         if let Some(hash) = capability {
             self.per_capability
                 .take(hash)
-                .map_err(limited("sends to this group"))?;
+                .map_err(self.limited("sends to this group"))?;
         }
         Ok(())
     }
@@ -243,16 +252,16 @@ impl RateLimits {
         connection
             .claims
             .take(self.limits.claims_per_connection, Instant::now())
-            .map_err(limited("KeyPackage claims on this connection"))?;
+            .map_err(self.limited("KeyPackage claims on this connection"))?;
         self.per_address
             .take(address)
-            .map_err(limited("sends and claims from your address"))?;
+            .map_err(self.limited("sends and claims from your address"))?;
         Ok(match self.per_claim_target.take(target.to_owned()) {
             Ok(()) => TargetBudget::Pool,
-            Err(wait) => TargetBudget::LastResortOnly(Limited {
-                what: "KeyPackage claims for this account",
-                wait,
-            }),
+            Err(wait) => TargetBudget::LastResortOnly(self
+                .limited("KeyPackage claims for this account")(
+                wait
+            )),
         })
     }
 
@@ -261,19 +270,19 @@ impl RateLimits {
         connection
             .log_requests
             .take(self.limits.log_requests_per_connection, Instant::now())
-            .map_err(limited("key-log requests on this connection"))
+            .map_err(self.limited("key-log requests on this connection"))
     }
 
     pub fn charge_registration(&self, address: IpAddr) -> Result<(), Limited> {
         self.registrations_per_address
             .take(address)
-            .map_err(limited("registrations from your address"))
+            .map_err(self.limited("registrations from your address"))
     }
 
     pub fn charge_link_attempt(&self, address: IpAddr) -> Result<(), Limited> {
         self.link_attempts_per_address
             .take(address)
-            .map_err(limited("device-link attempts from your address"))
+            .map_err(self.limited("device-link attempts from your address"))
     }
 }
 

@@ -65,6 +65,11 @@ impl TransparencyLog {
         self.key.certify_legal_key(legal_key)
     }
 
+    /// How many entries the log holds.
+    pub async fn size<S: Store>(&self, store: &S) -> Result<u64, StoreError> {
+        Ok(self.caught_up(store).await?.len())
+    }
+
     /// The tree, after appending every leaf committed since last time.
     async fn caught_up<S: Store>(
         &self,

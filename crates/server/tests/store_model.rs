@@ -872,6 +872,8 @@ impl Model {
             devices: self.devices.values().filter(|d| !d.removed).count() as u64,
             mailbox_entries: self.mailbox.len() as u64,
             payloads: (self.messages.len() + self.notices.len()) as u64,
+            // The first entry by seq.
+            oldest_entry_day: self.mailbox.values().next().map(|row| row.day),
         }
     }
 }

@@ -111,9 +111,14 @@ impl<S: Store> Session<S> {
         // Dropped events must be noticed before a later entry moves the
         // cursor past them.
         self.on_missed();
-        self.window
+        let pushed = self
+            .window
             .offer(entry.seq)
-            .then(|| delivery(entry.seq, entry.message_id, entry.payload.to_vec()))
+            .then(|| delivery(entry.seq, entry.message_id, entry.payload.to_vec()));
+        if pushed.is_some() {
+            self.ctx.metrics.deliveries.inc();
+        }
+        pushed
     }
 
     /// Starts committing an acknowledgement; the connection goes on pushing
@@ -151,6 +156,10 @@ impl<S: Store> Session<S> {
             let entries = self.ctx.store.fetch_mailbox(device, after, room).await?;
             let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
             self.window.fetched(&seqs, room);
+            self.ctx
+                .metrics
+                .deliveries
+                .inc_by(u64::try_from(seqs.len()).unwrap_or(u64::MAX));
             frames.extend(
                 entries
                     .into_iter()

@@ -50,6 +50,9 @@ impl<S: Store> Session<S> {
         } else {
             self.ctx.store.enqueue(message).await?
         };
+        if queued.outcome == Enqueued::Queued {
+            self.ctx.metrics.messages.inc();
+        }
         sent(&queued.skipped)
     }
 
@@ -136,6 +139,7 @@ impl<S: Store> Session<S> {
         let group_id = submission.group_id.clone();
         let accepted = self.ctx.store.submit_commit(submission).await?;
         if accepted.outcome == Enqueued::Queued {
+            self.ctx.metrics.commits.inc();
             self.ctx
                 .epoch_grace
                 .commit_accepted(&group_id, Instant::now());

@@ -37,6 +37,7 @@ use crate::config::{Limits, RegistrationPolicy, ServerConfig};
 use crate::epoch_grace::EpochGrace;
 use crate::link_rendezvous::{ConnectionId, LinkRendezvous};
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
+use crate::metrics::Metrics;
 use crate::rate_limit::{ConnectionBuckets, RateLimits};
 use crate::store::{DeviceId, Store, StoreError, UnixSeconds};
 use crate::transparency_log::TransparencyLog;
@@ -63,20 +64,28 @@ pub(crate) struct Context<S> {
     pub registration: RegistrationPolicy,
     /// Groups whose previous epoch's capability is still accepted.
     pub epoch_grace: EpochGrace,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Context<S> {
     /// Everything connections share, for a server configured by `config`.
-    pub fn new(store: Arc<S>, log: TransparencyLog, config: &ServerConfig) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        log: TransparencyLog,
+        config: &ServerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             hub: MailboxHub::fed_by(&*store),
             store,
             limits: config.limits.clone(),
             log,
             links: LinkRendezvous::default(),
-            rate_limits: RateLimits::new(&config.limits),
+            rate_limits: RateLimits::new(&config.limits, Arc::clone(&metrics)),
             registration: config.registration,
             epoch_grace: EpochGrace::new(config.previous_epoch_grace),
+            metrics,
         }
     }
 }
@@ -144,6 +153,7 @@ impl<S: Store> Session<S> {
         let handshake_deadline = Instant::now() + ctx.limits.handshake_timeout;
         let buckets = ctx.rate_limits.connection(Instant::now());
         let window = DeliveryWindow::new(ctx.limits.max_in_flight);
+        ctx.metrics.open.inc();
         Self {
             ctx,
             nonce,
@@ -242,6 +252,7 @@ impl<S: Store> Session<S> {
         let frame = match sotto_proto::decode_client_frame(bytes) {
             Ok(frame) => frame,
             Err(e) => {
+                self.ctx.metrics.refused(ErrorCode::MalformedFrame as i32);
                 return Some(v1::Response {
                     request_id: 0,
                     result: Some(response::Result::Error(error(
@@ -262,7 +273,10 @@ impl<S: Store> Session<S> {
         let result = match result {
             Ok(None) => return None,
             Ok(Some(result)) => result,
-            Err(e) => response::Result::Error(e),
+            Err(e) => {
+                self.ctx.metrics.refused(e.code);
+                response::Result::Error(e)
+            }
         };
         Some(v1::Response {
             request_id,
@@ -334,6 +348,9 @@ impl<S: Store> Session<S> {
     }
 
     fn authenticate(&mut self, device: DeviceId, username: String) {
+        if self.device.is_none() {
+            self.ctx.metrics.logged_in.inc();
+        }
         self.username = Some(username);
         self.device = Some(device);
         self.subscription = Some(self.ctx.hub.subscribe(device));
@@ -343,6 +360,10 @@ impl<S: Store> Session<S> {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
+        self.ctx.metrics.open.dec();
+        if self.device.is_some() {
+            self.ctx.metrics.logged_in.dec();
+        }
         self.ctx.links.forget_connection(self.connection_id);
     }
 }

@@ -350,6 +350,8 @@ pub struct StoreStats {
     pub mailbox_entries: u64,
     /// Stored payloads (each shared by all its mailbox entries).
     pub payloads: u64,
+    /// The day the oldest queued mailbox entry was queued, if any.
+    pub oldest_entry_day: Option<UnixDay>,
 }
 
 /// What the server holds about one account, as a legal export hands it

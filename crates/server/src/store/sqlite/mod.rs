@@ -52,6 +52,7 @@ mod mailbox;
 mod schema;
 mod writer;
 
+use crate::metrics::WriterMetrics;
 use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
@@ -78,6 +79,8 @@ struct Inner {
     read_only: bool,
     /// Shared with the writer thread.
     entry_listener: Arc<OnceLock<EntryListener>>,
+    /// The writer's batch sizes and commit times.
+    writer_metrics: WriterMetrics,
 }
 
 impl std::fmt::Debug for Inner {
@@ -154,9 +157,11 @@ impl SqliteStore {
         let (writer_tx, writer_rx) = mpsc::channel();
         let entry_listener = Arc::new(OnceLock::new());
         let listener = Arc::clone(&entry_listener);
+        let writer_metrics = WriterMetrics::default();
+        let recorded = writer_metrics.clone();
         let writer = std::thread::Builder::new()
             .name("sotto-db-writer".into())
-            .spawn(move || run_writer(&conn, &writer_rx, &listener))
+            .spawn(move || run_writer(&conn, &writer_rx, &listener, &recorded))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -168,6 +173,7 @@ impl SqliteStore {
                 max_pages,
                 read_only: false,
                 entry_listener,
+                writer_metrics,
             }),
         })
     }
@@ -188,8 +194,14 @@ impl SqliteStore {
                 max_pages: None,
                 read_only: true,
                 entry_listener: Arc::new(OnceLock::new()),
+                writer_metrics: WriterMetrics::default(),
             }),
         }
+    }
+
+    /// The writer's batch sizes and commit times, for `/metrics`.
+    pub fn writer_metrics(&self) -> WriterMetrics {
+        self.inner.writer_metrics.clone()
     }
 
     /// Path of the database file.
@@ -334,6 +346,16 @@ impl Store for SqliteStore {
                 devices: count("devices WHERE removed_day IS NULL")?,
                 mailbox_entries: count("mailbox")?,
                 payloads: count("messages")?,
+                // The first entry by seq (the rowid: no scan) is the
+                // oldest, as days only grow.
+                oldest_entry_day: conn
+                    .query_row(
+                        "SELECT enqueued_day FROM mailbox ORDER BY seq LIMIT 1",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map(to_u64),
             })
         })
         .await

@@ -152,6 +152,7 @@ pub(super) fn run_writer(
     conn: &Connection,
     rx: &mpsc::Receiver<WriterMsg>,
     listener: &OnceLock<EntryListener>,
+    metrics: &WriterMetrics,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
@@ -168,7 +169,7 @@ pub(super) fn run_writer(
             }
         }
         if !batch.is_empty() {
-            run_batch(conn, batch, listener);
+            run_batch(conn, batch, listener, metrics);
         }
         if closing {
             break;
@@ -177,7 +178,12 @@ pub(super) fn run_writer(
     tracing::debug!("database writer stopped");
 }
 
-pub(super) fn run_batch(conn: &Connection, batch: Vec<Job>, listener: &OnceLock<EntryListener>) {
+pub(super) fn run_batch(
+    conn: &Connection,
+    batch: Vec<Job>,
+    listener: &OnceLock<EntryListener>,
+    metrics: &WriterMetrics,
+) {
     UNCOMMITTED.with_borrow_mut(Vec::clear);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = StoreError::from(e);
@@ -200,7 +206,13 @@ pub(super) fn run_batch(conn: &Connection, batch: Vec<Job>, listener: &OnceLock<
             finishers.push(job(Ok(conn)));
         }
     }
+    #[allow(clippy::cast_precision_loss)] // a batch is at most MAX_BATCH + 1 jobs
+    metrics.batch_size.observe(finishers.len() as f64);
+    let commit_started = std::time::Instant::now();
     let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    metrics
+        .commit_seconds
+        .observe(commit_started.elapsed().as_secs_f64());
     let entries = UNCOMMITTED.with_borrow_mut(std::mem::take);
     match &committed {
         Ok(()) => {
