@@ -762,6 +762,7 @@ mod log_cases {
             today: 20_002,
             log_entry: vec![device, 3],
             account_seq: seq,
+            rotation: None,
         }
     }
 
