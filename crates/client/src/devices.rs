@@ -119,6 +119,7 @@ pub(crate) async fn approve_link(
         .key_log
         .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
+    require_current_identity(s.profile, &state)?;
     let account = &s.profile.account;
     let entry = account.attest(account.identity.device_added(
         &own,
@@ -400,6 +401,7 @@ pub(crate) async fn remove_device(
             "{device} is not a device of your account; see `sotto device list`"
         )));
     }
+    require_current_identity(s.profile, &state)?;
     let rotation_seq = state
         .next_seq
         .checked_add(1)
@@ -472,6 +474,23 @@ pub(crate) async fn remove_device(
             .map(|(id, _)| id.to_string())
             .collect(),
     })
+}
+
+/// Only a device holding the account's current identity key can change
+/// the account: one that missed a rotation would sign with a key the log
+/// no longer accepts.
+fn require_current_identity(
+    profile: &Profile,
+    state: &sotto_transparency::AccountState,
+) -> Result<(), ClientError> {
+    if state.identity_key == profile.account.identity_public() {
+        return Ok(());
+    }
+    Err(ClientError::Usage(
+        "your account's identity key was rotated by another of your devices and this device \
+         does not hold the new one: link or remove devices from the device that removed one"
+            .into(),
+    ))
 }
 
 pub(crate) fn link_id(code: &LinkCode) -> Result<Vec<u8>, ClientError> {
