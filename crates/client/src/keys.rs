@@ -402,12 +402,19 @@ fn note_rotation(
     Ok(())
 }
 
-/// The log shows another identity key for this device's own account. If
-/// this device holds it (it rotated to it, or was handed it), it adopts
-/// it. If the log explains the change as a rotation from this device's
-/// key, the device goes on without it: it still reads and sends (its
-/// device key is certified by the new identity), but cannot link or remove
-/// devices; an alert says so. Anything else is refused.
+/// The log shows another identity key for this device's own account:
+///
+/// - this device holds it (it rotated to it, and crashed before adopting
+///   it): it adopts it;
+/// - the log shows the account rotating away from this device's key (another
+///   device removed one): the device goes on without the new key. It still
+///   reads and sends (its device key is unchanged and its certificate was
+///   renewed) but cannot link or remove devices; a line in the device log
+///   says so, once;
+/// - this device rotated the account to its key, and the log shows the key
+///   it rotated from: the server hides the rotation. Not refused here, so
+///   that the own-account review reports the hidden entry;
+/// - anything else is refused.
 fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(), ClientError> {
     if let Some(secret) = store::spare_identity(&profile.db, &state.identity_key)? {
         let identity = sotto_core::identity::IdentityKey::from_secret(&secret)?;
@@ -420,16 +427,47 @@ fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(),
         }
     }
     if state.rotated_from(&profile.account.identity_public()) {
-        let text = "NOTICE: your account's identity key was rotated, and this device does not hold the \
-                    new key: it still sends and reads messages, but cannot link or remove \
-                    devices. Link it again from a device that has the new key if you need to.";
-        let key = format!("stale-identity:{}", hex::encode(state.identity_key));
-        store::raise_account_alert(&profile.db, &key, None, text, now_ms())?;
+        let text = format!(
+            "your account's identity key was rotated to {} by another of your devices, and this \
+             device does not hold the new key: it still sends and reads messages, but cannot \
+             link or remove devices. Do that from the device that removed one.",
+            hex::encode(state.identity_key)
+        );
+        if !store::device_log(&profile.db)?
+            .iter()
+            .any(|(_, t)| *t == text)
+        {
+            store::log_device_warning(&profile.db, &text, now_ms())?;
+        }
+        return Ok(());
+    }
+    if rotated_here(profile, &state.identity_key)? {
         return Ok(());
     }
     Err(ClientError::KeyLog(
         "the key log shows another identity key for your own account".into(),
     ))
+}
+
+/// Whether this device knows its account rotated from `old` to the key it
+/// holds now (an entry among those it knows its devices made).
+fn rotated_here(profile: &Profile, old: &[u8]) -> Result<bool, ClientError> {
+    let current = profile.account.identity_public();
+    for (_, bytes) in store::own_events(&profile.db)? {
+        let Ok(entry) = sotto_proto::v1::LogEntry::decode(bytes.as_slice()) else {
+            continue;
+        };
+        let Ok(event) = sotto_transparency::open_entry(&entry) else {
+            continue;
+        };
+        if let Some(sotto_transparency::account_event::Change::IdentityRotated(r)) = event.change
+            && event.identity_key == old
+            && r.new_identity_key == current
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The newest log head this device verified, which every message it sends
