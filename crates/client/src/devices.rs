@@ -419,12 +419,11 @@ pub(crate) async fn remove_device(
             .identity
             .device_removed(&own, state.next_seq, device),
     );
-    let rotation =
-        account.attest(
-            account
-                .identity
-                .identity_rotated(&own, rotation_seq, &new_identity),
-        );
+    let rotation = account.attest(account.identity.identity_rotated(
+        &own,
+        rotation_seq,
+        &new_identity,
+    ));
     let remaining: Vec<(DeviceId, [u8; 32])> = state
         .devices
         .iter()

@@ -11,8 +11,8 @@ use openmls_traits::signatures::{Signer, SignerError};
 use prost::Message as _;
 use rand::rngs::OsRng;
 use sotto_proto::v1::{
-    AccountEvent, DeviceAdded, DeviceCertificate, DeviceRemoved, IdentityRegistered, IdentityRotated, LogEntry,
-    SignedDevice, account_event::Change,
+    AccountEvent, DeviceAdded, DeviceCertificate, DeviceRemoved, IdentityRegistered,
+    IdentityRotated, LogEntry, SignedDevice, account_event::Change,
 };
 use std::fmt;
 use zeroize::Zeroizing;

@@ -655,6 +655,14 @@ async fn a_rotation_with_a_removal_locks_the_old_key_out() {
     assert!(e.message.contains("rotated away from"), "{}", e.message);
 
     // Claims hand out certificates by the new key, and the new key works.
+    assert_done(
+        &alice
+            .request(Body::UploadKeyPackages(v1::UploadKeyPackages {
+                key_packages: vec![b"alice-kp".to_vec()],
+                last_resort: b"alice-last".to_vec(),
+            }))
+            .await,
+    );
     let Some(response::Result::KeyPackages(bundle)) = alice
         .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
             username: "alice".into(),

@@ -66,9 +66,7 @@ async fn removing_a_device_rotates_the_identity_and_contacts_see_a_rotation() {
             .collect();
         assert_eq!(notice.len(), 1, "{history:?}");
         assert!(
-            notice[0]
-                .text
-                .starts_with("bob's key was rotated by bob"),
+            notice[0].text.starts_with("bob's key was rotated by bob"),
             "{}",
             notice[0].text
         );
@@ -78,7 +76,10 @@ async fn removing_a_device_rotates_the_identity_and_contacts_see_a_rotation() {
         alice.send_direct("bob", "still here").await.unwrap();
         assert_eq!(texts(&bob.sync().await.unwrap()), ["still here"]);
         assert_eq!(texts(&tablet.sync().await.unwrap()), ["still here"]);
-        tablet.send_direct("alice", "from the tablet").await.unwrap();
+        tablet
+            .send_direct("alice", "from the tablet")
+            .await
+            .unwrap();
         assert_eq!(texts(&alice.sync().await.unwrap()), ["from the tablet"]);
 
         // The tablet does not hold the new key: it is told so, once, and

@@ -237,7 +237,9 @@ impl AccountState {
     /// Whether `key` is one this account's identity was rotated away from
     /// (an identity change the log explains).
     pub fn rotated_from(&self, key: &[u8]) -> bool {
-        self.former_identity_keys.iter().any(|k| k.as_slice() == key)
+        self.former_identity_keys
+            .iter()
+            .any(|k| k.as_slice() == key)
     }
 }
 

@@ -246,7 +246,7 @@ const MIGRATION_6: &str = "
 -- rotating the account to, until the log shows the rotation (so a crash
 -- between the server's commit and this device's cannot lose it). Adopted
 -- as the profile's identity once the account's log names it.
-CREATE TABLE spare_identities (
+CREATE TABLE IF NOT EXISTS spare_identities (
     public_key BLOB PRIMARY KEY,
     secret BLOB NOT NULL
 );

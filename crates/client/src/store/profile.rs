@@ -177,3 +177,37 @@ pub fn clear_spare_identities(conn: &Connection) -> Result<(), StoreError> {
     conn.execute("DELETE FROM spare_identities", [])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A profile of schema version 4 (before rotation) gains the table of
+    /// spare identities when opened; a spare is kept until cleared.
+    #[test]
+    fn a_version_4_profile_gains_spare_identities() {
+        let dir = std::env::temp_dir().join(format!(
+            "sotto-spare-identities-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sotto.db");
+        super::super::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE spare_identities; PRAGMA user_version = 4;")
+            .unwrap();
+        let conn = super::super::open(&path).unwrap();
+        assert_eq!(spare_identity(&conn, b"pub").unwrap(), None);
+        save_spare_identity(&conn, b"pub", b"secret").unwrap();
+        save_spare_identity(&conn, b"pub", b"other").unwrap();
+        assert_eq!(
+            spare_identity(&conn, b"pub").unwrap(),
+            Some(b"secret".to_vec())
+        );
+        clear_spare_identities(&conn).unwrap();
+        assert_eq!(spare_identity(&conn, b"pub").unwrap(), None);
+        drop(conn);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

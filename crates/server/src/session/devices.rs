@@ -184,7 +184,9 @@ fn identity_rotation(
     let event = open_entry(entry).map_err(|e| bad_log_entry("the rotation entry", &e))?;
     if !matches!(
         event.change,
-        Some(sotto_transparency::account_event::Change::IdentityRotated(_))
+        Some(sotto_transparency::account_event::Change::IdentityRotated(
+            _
+        ))
     ) {
         return Err(error(
             ErrorCode::InvalidRequest,
@@ -194,8 +196,12 @@ fn identity_rotation(
     state
         .apply(entry)
         .map_err(|e| bad_log_entry("the IdentityRotated entry", &e))?;
-    let new_key = VerifyingKey::from_bytes(&state.identity_key)
-        .map_err(|_| error(ErrorCode::InvalidRequest, "the new identity key is unusable"))?;
+    let new_key = VerifyingKey::from_bytes(&state.identity_key).map_err(|_| {
+        error(
+            ErrorCode::InvalidRequest,
+            "the new identity key is unusable",
+        )
+    })?;
     let mut recertified = Vec::with_capacity(devices.len());
     for device in devices {
         let (device_id, device_key) = certified_device(device, username, &new_key)?;
@@ -204,7 +210,9 @@ fn identity_rotation(
         {
             return Err(error(
                 ErrorCode::InvalidRequest,
-                format!("{device_id} is not a remaining device of this account, or is certified twice"),
+                format!(
+                    "{device_id} is not a remaining device of this account, or is certified twice"
+                ),
             ));
         }
         recertified.push((
