@@ -414,10 +414,30 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
             }
         }
         DeviceCommand::Remove { device_id } => {
-            client.remove_device(&device_id).await?;
+            let removal = client.remove_device(&device_id).await?;
+            let mut text = format!(
+                "removed device {device_id}\n\
+                 rotated your identity key (the removed device's copy of the old one can no \
+                 longer change your account): {} -> {}\n\
+                 your contacts see that your key was rotated by you, and your safety numbers \
+                 with them changed: compare them again (`sotto verify USER`)",
+                removal.old_identity_key, removal.new_identity_key
+            );
+            if !removal.devices_without_new_key.is_empty() {
+                text.push_str(&format!(
+                    "\nyour other devices ({}) keep sending and reading, but do not hold the new \
+                     key: only this device can link or remove devices now",
+                    removal.devices_without_new_key.join(", ")
+                ));
+            }
             out.line(
-                &format!("removed device {device_id}"),
-                &serde_json::json!({ "removed": device_id }),
+                &text,
+                &serde_json::json!({
+                    "removed": device_id,
+                    "old_identity_key": removal.old_identity_key,
+                    "new_identity_key": removal.new_identity_key,
+                    "devices_without_new_key": removal.devices_without_new_key,
+                }),
             );
         }
     }

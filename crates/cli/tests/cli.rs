@@ -373,7 +373,9 @@ fn link_a_device_compare_safety_numbers_audit_and_remove() {
     assert_eq!(audit[0]["devices"], 3);
 
     // A removed device is out: it cannot log in, and its account has one device again.
-    ok(bob.path(), &["device", "remove", &bob2_id]);
+    // Its copy of the identity key is worth nothing: the key was rotated.
+    let removed = ok(bob.path(), &["device", "remove", &bob2_id]);
+    assert!(removed.contains("rotated your identity key"), "{removed}");
     let err = fails(bob2.path(), &["sync"]);
     assert!(err.contains("removed"), "{err}");
     assert_eq!(
@@ -384,6 +386,12 @@ fn link_a_device_compare_safety_numbers_audit_and_remove() {
     assert_eq!(
         texts(&ok(bob.path(), &["sync", "--json"])),
         ["alice: after removal"]
+    );
+    // Alice was told, without a warning.
+    let history = ok(alice.path(), &["history", "bob"]);
+    assert!(
+        history.contains("bob's key was rotated by bob"),
+        "{history}"
     );
 }
 

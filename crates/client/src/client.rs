@@ -535,8 +535,12 @@ impl Client {
     }
 
     /// Removes a device from the account (it can no longer log in) and from
-    /// every conversation (it can no longer decrypt).
-    pub async fn remove_device(&mut self, device_id: &str) -> Result<(), ClientError> {
+    /// every conversation (it can no longer decrypt), and rotates the
+    /// account's identity key (see [`crate::Removal`]).
+    pub async fn remove_device(
+        &mut self,
+        device_id: &str,
+    ) -> Result<devices::Removal, ClientError> {
         let device = devices::device_to_remove(&self.profile, device_id)?;
         self.connected(async |s| devices::remove_device(s, device).await)
             .await

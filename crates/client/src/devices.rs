@@ -119,6 +119,7 @@ pub(crate) async fn approve_link(
         .key_log
         .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
         .await?;
+    require_current_identity(s.profile, &state)?;
     let account = &s.profile.account;
     let entry = account.attest(account.identity.device_added(
         &own,
@@ -360,12 +361,35 @@ pub(crate) fn device_to_remove(
     Ok(device)
 }
 
+/// What removing a device did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Removal {
+    /// Hex of the removed device's id.
+    pub device_id: String,
+    /// Hex of the account's identity key before and after the rotation.
+    pub old_identity_key: String,
+    pub new_identity_key: String,
+    /// Hex ids of the account's other remaining devices: they keep working
+    /// (their certificates were renewed) but do not hold the new identity
+    /// key, so they cannot link or remove devices.
+    pub devices_without_new_key: Vec<String>,
+}
+
 /// Removes a device from the account (it can no longer log in) and from
-/// every conversation (it can no longer decrypt).
+/// every conversation (it can no longer decrypt), and rotates the
+/// account's identity key so that the removed device's copy of the old one
+/// can log nothing more.
+///
+/// The removal and the rotation go to the server in one request and are
+/// logged in one transaction: `DeviceRemoved`, then `IdentityRotated`
+/// (signed by the old key, proven by the new one), with every remaining
+/// device certified again by the new key. The new key is kept in the
+/// profile before the request, so a crash after the server's commit cannot
+/// lose it (the device adopts it when it next reads its log).
 pub(crate) async fn remove_device(
     s: &mut Session<'_>,
     device: DeviceId,
-) -> Result<(), ClientError> {
+) -> Result<Removal, ClientError> {
     drain(s).await?;
     let own = s.profile.account.username.clone();
     let state = s
@@ -377,18 +401,51 @@ pub(crate) async fn remove_device(
             "{device} is not a device of your account; see `sotto device list`"
         )));
     }
+    require_current_identity(s.profile, &state)?;
+    let rotation_seq = state
+        .next_seq
+        .checked_add(1)
+        .ok_or_else(|| ClientError::Internal("account_seq overflows".into()))?;
+    let new_identity = IdentityKey::generate();
+    store::save_spare_identity(
+        &s.profile.db,
+        &new_identity.public(),
+        new_identity.secret().as_slice(),
+    )?;
     let account = &s.profile.account;
+    let old_identity_key = account.identity_public();
     let entry = account.attest(
         account
             .identity
             .device_removed(&own, state.next_seq, device),
     );
+    let rotation = account.attest(account.identity.identity_rotated(
+        &own,
+        rotation_seq,
+        &new_identity,
+    ));
+    let remaining: Vec<(DeviceId, [u8; 32])> = state
+        .devices
+        .iter()
+        .filter(|(id, _)| id.as_slice() != device.as_bytes())
+        .map(|(id, key)| Ok((DeviceId::from_slice(id)?, *key)))
+        .collect::<Result<_, ClientError>>()?;
+    let devices = remaining
+        .iter()
+        .map(|(id, key)| new_identity.certify(&own, *id, *key))
+        .collect();
     s.connection
         .request(client_frame::Body::RemoveDevice(RemoveDevice {
             entry: Some(entry.clone()),
+            rotation: Some(rotation.clone()),
+            devices,
         }))
         .await?;
     store::record_own_event(&s.profile.db, state.next_seq, &entry.encode_to_vec())?;
+    store::record_own_event(&s.profile.db, rotation_seq, &rotation.encode_to_vec())?;
+    store::set_identity_secret(&s.profile.db, new_identity.secret().as_slice())?;
+    store::clear_spare_identities(&s.profile.db)?;
+    s.profile.account.identity = new_identity;
     // Removing a device nobody of the account added settles its warnings.
     store::acknowledge_account_alerts(&s.profile.db, Some(device.as_bytes()))?;
     for group_id in store::active_groups(&s.profile.db)? {
@@ -406,7 +463,33 @@ pub(crate) async fn remove_device(
             .await?;
         }
     }
-    Ok(())
+    Ok(Removal {
+        device_id: device.to_string(),
+        old_identity_key: hex::encode(old_identity_key),
+        new_identity_key: hex::encode(s.profile.account.identity_public()),
+        devices_without_new_key: remaining
+            .iter()
+            .filter(|(id, _)| *id != s.profile.account.device_id)
+            .map(|(id, _)| id.to_string())
+            .collect(),
+    })
+}
+
+/// Only a device holding the account's current identity key can change
+/// the account: one that missed a rotation would sign with a key the log
+/// no longer accepts.
+fn require_current_identity(
+    profile: &Profile,
+    state: &sotto_transparency::AccountState,
+) -> Result<(), ClientError> {
+    if state.identity_key == profile.account.identity_public() {
+        return Ok(());
+    }
+    Err(ClientError::Usage(
+        "your account's identity key was rotated by another of your devices and this device \
+         does not hold the new one: link or remove devices from the device that removed one"
+            .into(),
+    ))
 }
 
 pub(crate) fn link_id(code: &LinkCode) -> Result<Vec<u8>, ClientError> {

@@ -182,11 +182,9 @@ impl KeyLog {
             if accept_new_identity {
                 store::save_contact(&profile.db, username.as_str(), &state.identity_key)?;
             }
-            check_identity(&profile.db, username, &state.identity_key)?;
+            check_identity(&profile.db, username, &state)?;
         } else if state.identity_key != profile.account.identity_public() {
-            return Err(ClientError::KeyLog(
-                "the key log shows another identity key for your own account".into(),
-            ));
+            own_identity_moved(profile, &state)?;
         }
         if let Some(head) = &log.head {
             self.check_head(profile, anonymous, head, HeadSource::Server)
@@ -330,20 +328,146 @@ impl KeyLog {
 
 /// Compares the log's identity key for `username` with the one pinned on
 /// first contact (pinning it if there is none).
+///
+/// A pinned key the log shows the account rotating away from (a chain of
+/// `IdentityRotated` entries, each signed by the key before it and proven
+/// by the key after it) is an explained change: the new key is pinned, the
+/// "verified" mark is cleared (the safety number is made of the identity
+/// keys, so it changed), and a notice says "rotated by <user>". Any other
+/// change is refused with the identity-change warning.
 fn check_identity(
     db: &Connection,
     username: &Username,
-    identity_key: &[u8],
+    state: &AccountState,
 ) -> Result<(), ClientError> {
     match store::contact(db, username.as_str())? {
-        Some(pinned) if pinned.identity_key != identity_key => {
+        Some(pinned) if pinned.identity_key == state.identity_key => Ok(()),
+        Some(pinned) if state.rotated_from(&pinned.identity_key) => {
+            // `save_contact` clears the verified mark of a changed key.
+            store::save_contact(db, username.as_str(), &state.identity_key)?;
+            note_rotation(db, username, pinned.verified, &state.identity_key)?;
+            Ok(())
+        }
+        Some(_) => {
             // Whatever the user verified, it was not this key.
             store::set_verified(db, username.as_str(), false)?;
             Err(ClientError::IdentityChanged(username.to_string()))
         }
-        Some(_) => Ok(()),
-        None => Ok(store::save_contact(db, username.as_str(), identity_key)?),
+        None => Ok(store::save_contact(
+            db,
+            username.as_str(),
+            &state.identity_key,
+        )?),
     }
+}
+
+/// The text a contact's explained rotation leaves.
+pub fn rotation_notice(username: &str, was_verified: bool) -> String {
+    let verified = if was_verified {
+        " It is no longer marked verified."
+    } else {
+        ""
+    };
+    format!(
+        "{username}'s key was rotated by {username} (the key log shows the old key handing over \
+         to the new one, as when a device is removed). Your safety number with {username} \
+         changed: compare it again with `sotto verify {username}`.{verified}"
+    )
+}
+
+/// Leaves the rotation notice in the direct conversation with `username`,
+/// or in the device log when there is none.
+fn note_rotation(
+    db: &Connection,
+    username: &Username,
+    was_verified: bool,
+    new_key: &[u8],
+) -> Result<(), ClientError> {
+    let text = rotation_notice(username.as_str(), was_verified);
+    let now = now_ms();
+    match store::conversation(db, store::ConversationKind::Direct, username.as_str())? {
+        Some(conversation) => {
+            let id = [b"rotated:".as_slice(), new_key].concat();
+            let line = store::NewMessage {
+                id: &id,
+                sender: "system",
+                kind: store::EntryKind::System,
+                text: &text,
+                sent_at_ms: now,
+            };
+            store::insert_message(db, &conversation, &line, now)?;
+        }
+        None => store::log_device_warning(db, &text, now)?,
+    }
+    Ok(())
+}
+
+/// The log shows another identity key for this device's own account:
+///
+/// - this device holds it (it rotated to it, and crashed before adopting
+///   it): it adopts it;
+/// - the log shows the account rotating away from this device's key (another
+///   device removed one): the device goes on without the new key. It still
+///   reads and sends (its device key is unchanged and its certificate was
+///   renewed) but cannot link or remove devices; a line in the device log
+///   says so, once;
+/// - this device rotated the account to its key, and the log shows the key
+///   it rotated from: the server hides the rotation. Not refused here, so
+///   that the own-account review reports the hidden entry;
+/// - anything else is refused.
+fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(), ClientError> {
+    if let Some(secret) = store::spare_identity(&profile.db, &state.identity_key)? {
+        let identity = sotto_core::identity::IdentityKey::from_secret(&secret)?;
+        if identity.public() == state.identity_key {
+            store::set_identity_secret(&profile.db, &secret)?;
+            store::clear_spare_identities(&profile.db)?;
+            profile.account.identity = identity;
+            tracing::info!("adopted the account's rotated identity key");
+            return Ok(());
+        }
+    }
+    if state.rotated_from(&profile.account.identity_public()) {
+        let text = format!(
+            "your account's identity key was rotated to {} by another of your devices, and this \
+             device does not hold the new key: it still sends and reads messages, but cannot \
+             link or remove devices. Do that from the device that removed one.",
+            hex::encode(state.identity_key)
+        );
+        if !store::device_log(&profile.db)?
+            .iter()
+            .any(|(_, t)| *t == text)
+        {
+            store::log_device_warning(&profile.db, &text, now_ms())?;
+        }
+        return Ok(());
+    }
+    if rotated_here(profile, &state.identity_key)? {
+        return Ok(());
+    }
+    Err(ClientError::KeyLog(
+        "the key log shows another identity key for your own account".into(),
+    ))
+}
+
+/// Whether this device knows its account rotated from `old` to the key it
+/// holds now (an entry among those it knows its devices made).
+fn rotated_here(profile: &Profile, old: &[u8]) -> Result<bool, ClientError> {
+    let current = profile.account.identity_public();
+    for (_, bytes) in store::own_events(&profile.db)? {
+        let Ok(entry) = sotto_proto::v1::LogEntry::decode(bytes.as_slice()) else {
+            continue;
+        };
+        let Ok(event) = sotto_transparency::open_entry(&entry) else {
+            continue;
+        };
+        if let Some(sotto_transparency::account_event::Change::IdentityRotated(r)) = event.change
+            && event.identity_key == old
+            && r.new_identity_key == current
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The newest log head this device verified, which every message it sends

@@ -28,9 +28,9 @@ pub mod store;
 pub mod transport;
 
 pub use client::Client;
-pub use devices::{DeviceInfo, LinkRequestInfo};
+pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
 pub use endpoint::Trust;
-pub use keys::{DEFAULT_MAX_HEAD_AGE, audit};
+pub use keys::{DEFAULT_MAX_HEAD_AGE, audit, rotation_notice};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;

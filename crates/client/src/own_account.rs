@@ -1,7 +1,7 @@
 //! Watching this account: at each sync (and `device list`) the device reads
 //! its own account's log and compares it with what it knows its account's
 //! devices did (see `sotto_transparency::review_own_account`). A device,
-//! removal or identity change that none of them made raises an alert that
+//! removal or identity rotation that none of them made raises an alert that
 //! is stored and shown by every command until the user acknowledges it.
 //!
 //! What a device knows: the entries it made itself, the history the
@@ -134,6 +134,10 @@ fn describe(finding: &Finding) -> (String, Option<[u8; 16]>, String) {
         OwnChange::DeviceRemoved(id) => {
             (format!("device {} was removed", hex::encode(id)), Some(*id))
         }
+        OwnChange::IdentityRotated(key) => (
+            format!("your identity key was rotated to {}", hex::encode(key)),
+            None,
+        ),
     };
     match finding {
         Finding::Unexplained {

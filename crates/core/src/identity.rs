@@ -11,8 +11,8 @@ use openmls_traits::signatures::{Signer, SignerError};
 use prost::Message as _;
 use rand::rngs::OsRng;
 use sotto_proto::v1::{
-    AccountEvent, DeviceAdded, DeviceCertificate, DeviceRemoved, IdentityRegistered, LogEntry,
-    SignedDevice, account_event::Change,
+    AccountEvent, DeviceAdded, DeviceCertificate, DeviceRemoved, IdentityRegistered,
+    IdentityRotated, LogEntry, SignedDevice, account_event::Change,
 };
 use std::fmt;
 use zeroize::Zeroizing;
@@ -321,6 +321,31 @@ impl IdentityKey {
     ) -> LogEntry {
         let change = Change::DeviceRemoved(DeviceRemoved {
             device_id: device_id.as_bytes().to_vec(),
+        });
+        self.sign_event(username, account_seq, change)
+    }
+
+    /// The log event rotating the account's identity from this key to
+    /// `new`: signed by this (old) key, with `new`'s proof of possession.
+    pub fn identity_rotated(
+        &self,
+        username: &Username,
+        account_seq: u64,
+        new: &IdentityKey,
+    ) -> LogEntry {
+        let new_key_signature = new
+            .0
+            .sign(&sotto_proto::identity_rotation_transcript(
+                username.as_str(),
+                &self.public(),
+                &new.public(),
+                account_seq,
+            ))
+            .to_bytes()
+            .to_vec();
+        let change = Change::IdentityRotated(IdentityRotated {
+            new_identity_key: new.public().to_vec(),
+            new_key_signature,
         });
         self.sign_event(username, account_seq, change)
     }

@@ -106,6 +106,28 @@ pub fn log_author_transcript(event: &[u8]) -> Vec<u8> {
     [LOG_AUTHOR_CONTEXT, event].concat()
 }
 
+/// The bytes a new identity key signs to prove that whoever rotated the
+/// account's identity to it holds it (`IdentityRotated.new_key_signature`).
+pub fn identity_rotation_transcript(
+    username: &str,
+    old_key: &[u8],
+    new_key: &[u8],
+    account_seq: u64,
+) -> Vec<u8> {
+    let name = username.as_bytes();
+    let mut out = Vec::with_capacity(ROTATION_CONTEXT.len() + 1 + name.len() + 72);
+    out.extend_from_slice(ROTATION_CONTEXT);
+    out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(name);
+    out.extend_from_slice(old_key);
+    out.extend_from_slice(new_key);
+    out.extend_from_slice(&account_seq.to_be_bytes());
+    out
+}
+
+/// Domain separation for [`identity_rotation_transcript`].
+pub const ROTATION_CONTEXT: &[u8] = b"sotto-identity-rotation-v1";
+
 /// The bytes the log key signs for a tree head.
 pub fn tree_head_transcript(tree_size: u64, root_hash: &[u8], timestamp_ms: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(TREE_HEAD_CONTEXT.len() + 16 + root_hash.len());

@@ -14,9 +14,9 @@
 use sotto_proto::v1::MissedMessages;
 use sotto_server::store::{
     AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, MAX_MISSED_NOTICES,
-    MailboxEntry, MessageId, NewAccount, NewDevice, Queued, RegisterError, RemoveDeviceError,
-    SignedDevice, SqliteStore, Store,
+    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, IdentityRotation,
+    MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued, RegisterError,
+    RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -948,6 +948,7 @@ mod log_cases {
             today: 20_002,
             log_entry: vec![device, 3],
             account_seq: seq,
+            rotation: None,
         }
     }
 
@@ -1112,6 +1113,51 @@ mod log_cases {
         );
     }
 
+    /// A removal with an identity rotation: both leaves, in order, the new
+    /// identity key and the renewed certificates, all at once; a stale
+    /// sequence changes nothing.
+    pub async fn a_rotation_replaces_the_identity_with_the_removal<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        for d in [1, 3] {
+            store
+                .upload_key_packages(device_id(d), vec![vec![d]; 3], Some(vec![d, d]))
+                .await
+                .unwrap();
+        }
+        let renewed = SignedDevice {
+            certificate: vec![7; 5],
+            identity_signature: vec![7; 64],
+        };
+        let rotating = |seq: u64| DeviceRemoval {
+            rotation: Some(IdentityRotation {
+                log_entry: vec![3, 4],
+                identity_key: [9; 32],
+                devices: vec![(device_id(1), renewed.clone())],
+            }),
+            ..removal("alice", 3, seq)
+        };
+        assert!(matches!(
+            store.remove_device(rotating(2)).await,
+            Err(RemoveDeviceError::StaleSequence { expected: 3 })
+        ));
+        assert_eq!(store.account_log("alice").await.unwrap().len(), 3);
+        store.remove_device(rotating(3)).await.unwrap();
+        let log = store.account_log("alice").await.unwrap();
+        assert_eq!(
+            log.iter().map(|r| r.entry.clone()).collect::<Vec<_>>()[3..],
+            [vec![3, 3], vec![3, 4]]
+        );
+        let bundle = store
+            .claim_key_packages("alice", vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bundle.identity_key, [9; 32]);
+        assert_eq!(bundle.devices.len(), 1);
+        assert_eq!(bundle.devices[0].device, renewed);
+    }
+
     /// Claims beyond an account's rate get only last-resort KeyPackages
     /// and take nothing, so a flood neither drains a pool nor finds nothing
     /// to hand out.
@@ -1237,6 +1283,7 @@ macro_rules! store_conformance_tests {
                 account_log_is_in_order_and_entries_page,
                 devices_are_added_and_removed,
                 removed_device_is_not_claimable,
+                a_rotation_replaces_the_identity_with_the_removal,
                 last_resort_claims_take_nothing,
                 log_key_is_stored_once,
             );

@@ -986,6 +986,7 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
                     today: day_of(model.now),
                     log_entry: vec![name.len() as u8, seq as u8],
                     account_seq: seq,
+                    rotation: None,
                 })
                 .await
                 .map_err(|e| match e {

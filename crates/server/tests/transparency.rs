@@ -581,3 +581,107 @@ async fn audit_catches_a_ghost_device() {
         "{wrong_key}"
     );
 }
+
+/// Removing a device with an identity rotation: both entries are logged in
+/// one request, the remaining devices' certificates are renewed, and the
+/// old key (which the removed device still holds) can change nothing more.
+#[tokio::test]
+async fn a_rotation_with_a_removal_locks_the_old_key_out() {
+    let server = TestServer::start().await;
+    let (mut alice, account) = server.registered("alice").await;
+    let laptop = account.another_device();
+    assert_done(&alice.request(account.add_device(&laptop, 2)).await);
+    let new_identity = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+
+    // Certificates must cover every remaining device, by the new key.
+    let Body::RemoveDevice(mut partial) =
+        account.remove_and_rotate(&laptop.device_id, 3, &new_identity, &[&account])
+    else {
+        unreachable!()
+    };
+    partial.devices.clear();
+    assert_error(
+        &alice.request(Body::RemoveDevice(partial)).await,
+        ErrorCode::InvalidRequest,
+    );
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[43; 32]);
+    let Body::RemoveDevice(mut forged) =
+        account.remove_and_rotate(&laptop.device_id, 3, &new_identity, &[&account])
+    else {
+        unreachable!()
+    };
+    forged.devices = vec![account.with_identity(&stranger).signed_device()];
+    let refused = alice.request(Body::RemoveDevice(forged)).await;
+    assert!(
+        matches!(refused.result, Some(response::Result::Error(_))),
+        "a certificate by another key than the new one: {refused:?}"
+    );
+    assert_eq!(
+        server
+            .db()
+            .query_row("SELECT count(*) FROM log_entries", [], |r| r
+                .get::<_, i64>(0))
+            .unwrap(),
+        3,
+        "a refused rotation logs nothing, not even the removal"
+    );
+
+    assert_done(
+        &alice
+            .request(account.remove_and_rotate(&laptop.device_id, 3, &new_identity, &[&account]))
+            .await,
+    );
+    let log = account_log(&mut alice, "alice").await;
+    let state = verify_account_log(&alice.log_key, "alice", &log).unwrap();
+    assert_eq!(state.identity_key, new_identity.verifying_key().to_bytes());
+    assert!(state.rotated_from(&account.identity.verifying_key().to_bytes()));
+    assert_eq!(state.devices.len(), 1);
+    assert_eq!(state.next_seq, 5);
+
+    // The old key can log nothing: neither a device (its certificate is
+    // not the account's key's) nor a removal (refused by the replay rule).
+    let ghost = account.another_device();
+    let refused = alice.request(account.add_device(&ghost, 5)).await;
+    assert!(
+        matches!(refused.result, Some(response::Result::Error(_))),
+        "{refused:?}"
+    );
+    let e = assert_error(
+        &alice
+            .request(account.remove_device(&account.device_id, 5))
+            .await,
+        ErrorCode::InvalidRequest,
+    );
+    assert!(e.message.contains("rotated away from"), "{}", e.message);
+
+    // Claims hand out certificates by the new key, and the new key works.
+    assert_done(
+        &alice
+            .request(Body::UploadKeyPackages(v1::UploadKeyPackages {
+                key_packages: vec![b"alice-kp".to_vec()],
+                last_resort: b"alice-last".to_vec(),
+            }))
+            .await,
+    );
+    let Some(response::Result::KeyPackages(bundle)) = alice
+        .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+            username: "alice".into(),
+            device_ids: vec![],
+        }))
+        .await
+        .result
+    else {
+        panic!("expected KeyPackages");
+    };
+    assert_eq!(bundle.identity_key, new_identity.verifying_key().to_bytes());
+    let renewed = account.with_identity(&new_identity);
+    assert_eq!(
+        bundle.devices[0].device,
+        Some(renewed.signed_device()),
+        "the remaining device's certificate is by the new key"
+    );
+    let phone = renewed.another_device();
+    assert_done(&alice.request(renewed.add_device(&phone, 5)).await);
+    let audit = sotto_server::audit::audit_data_dir(server.data_dir(), None).await;
+    assert!(audit.is_ok(), "the server's own audit: {audit:?}");
+}

@@ -194,7 +194,54 @@ impl Account {
                     device_id: device_id.to_vec(),
                 }),
             )),
+            ..v1::RemoveDevice::default()
         })
+    }
+
+    /// `RemoveDevice` for `device_id` at `seq`, with the rotation of the
+    /// identity key to `new_identity` at `seq + 1` and new certificates for
+    /// `remaining` (devices of this account).
+    pub fn remove_and_rotate(
+        &self,
+        device_id: &[u8],
+        seq: u64,
+        new_identity: &SigningKey,
+        remaining: &[&Account],
+    ) -> Body {
+        let new_key = new_identity.verifying_key().to_bytes();
+        let proof = new_identity.sign(&sotto_proto::identity_rotation_transcript(
+            &self.username,
+            &self.identity.verifying_key().to_bytes(),
+            &new_key,
+            seq + 1,
+        ));
+        let rotation = self.log_entry(
+            seq + 1,
+            v1::account_event::Change::IdentityRotated(v1::IdentityRotated {
+                new_identity_key: new_key.to_vec(),
+                new_key_signature: proof.to_bytes().to_vec(),
+            }),
+        );
+        let Body::RemoveDevice(mut remove) = self.remove_device(device_id, seq) else {
+            unreachable!("remove_device builds a RemoveDevice");
+        };
+        remove.rotation = Some(rotation);
+        remove.devices = remaining
+            .iter()
+            .map(|d| d.with_identity(new_identity).signed_device())
+            .collect();
+        Body::RemoveDevice(remove)
+    }
+
+    /// This device with another identity key (after a rotation).
+    pub fn with_identity(&self, identity: &SigningKey) -> Account {
+        Account {
+            username: self.username.clone(),
+            identity: identity.clone(),
+            device: self.device.clone(),
+            device_id: self.device_id.clone(),
+            certificate: self.certificate.clone(),
+        }
     }
 
     pub fn login(&self, nonce: &[u8]) -> Body {

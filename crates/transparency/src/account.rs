@@ -50,8 +50,13 @@ fn device_id(bytes: &[u8]) -> Result<[u8; DEVICE_ID_LEN], LogError> {
 pub struct AccountState {
     /// The account's username.
     pub username: String,
-    /// The identity key that signed every entry.
+    /// The account's current identity key: the one that must sign its next
+    /// entry (the registered key, or the newest `IdentityRotated` one).
     pub identity_key: [u8; 32],
+    /// Identity keys the account rotated away from, oldest first. An entry
+    /// signed by one of them is refused: whoever still holds it (a removed
+    /// device) can log nothing more.
+    pub former_identity_keys: Vec<[u8; 32]>,
     /// Device id → device key, for devices added and not removed.
     pub devices: BTreeMap<[u8; 16], [u8; 32]>,
     /// The `account_seq` the next entry must carry.
@@ -62,9 +67,13 @@ impl AccountState {
     /// Replays the entries of one account: each signature must verify with
     /// the event's identity key over `log_event_transcript(event)`; the
     /// first must be `IdentityRegistered` with `account_seq` 0; later ones
-    /// must carry the same identity key and `account_seq` = previous + 1.
-    /// Adding an existing device id, removing an unknown one, a second
-    /// `IdentityRegistered`, or another username are errors.
+    /// must carry the current identity key and `account_seq` = previous + 1.
+    /// `IdentityRotated` (signed by the current key, with the new key's
+    /// proof of possession) makes its new key the current one; from then
+    /// on an entry signed by a former key is refused. Adding an existing
+    /// device id, removing an unknown one, a second `IdentityRegistered`,
+    /// rotating to a key the account already used, or another username are
+    /// errors.
     pub fn replay(username: &str, entries: &[LogEntry]) -> Result<Self, LogError> {
         let Some((first, rest)) = entries.split_first() else {
             return Err(LogError::Replay(format!(
@@ -104,6 +113,7 @@ impl AccountState {
             username: username.to_owned(),
             identity_key: <[u8; 32]>::try_from(event.identity_key.as_slice())
                 .map_err(|_| LogError::Malformed("identity keys are 32 bytes"))?,
+            former_identity_keys: Vec::new(),
             devices: BTreeMap::new(),
             next_seq: 1,
         })
@@ -124,9 +134,18 @@ impl AccountState {
             )));
         }
         if event.identity_key != self.identity_key {
-            return Err(LogError::Replay(format!(
-                "an entry of {name} is signed by another identity key than the registered one"
-            )));
+            let former = self
+                .former_identity_keys
+                .iter()
+                .any(|k| k.as_slice() == event.identity_key);
+            return Err(LogError::Replay(if former {
+                format!(
+                    "an entry of {name} is signed by an identity key {name} rotated away from \
+                     (whoever still holds it, such as a removed device, may log nothing more)"
+                )
+            } else {
+                format!("an entry of {name} is signed by another identity key than the current one")
+            }));
         }
         if event.account_seq != self.next_seq {
             return Err(LogError::Replay(format!(
@@ -168,10 +187,59 @@ impl AccountState {
                     )));
                 }
             }
+            Some(account_event::Change::IdentityRotated(rotated)) => {
+                let new_key = self.check_rotation(&rotated, event.account_seq)?;
+                self.former_identity_keys.push(self.identity_key);
+                self.identity_key = new_key;
+            }
             None => return Err(LogError::Malformed("a log event has no change")),
         }
         self.next_seq = next_seq;
         Ok(())
+    }
+}
+
+impl AccountState {
+    /// The new key of a rotation from the current key, if the rotation is
+    /// sound: a valid key the account never used, and its signature over
+    /// the rotation statement (so nobody rotates to a key they do not hold,
+    /// or replays another account's rotation).
+    fn check_rotation(
+        &self,
+        rotated: &crate::IdentityRotated,
+        account_seq: u64,
+    ) -> Result<[u8; 32], LogError> {
+        let name = &self.username;
+        let new_key = verifying_key(
+            &rotated.new_identity_key,
+            "a rotated identity key must be a 32-byte Ed25519 public key",
+        )?;
+        let new_bytes = new_key.to_bytes();
+        if new_bytes == self.identity_key || self.former_identity_keys.contains(&new_bytes) {
+            return Err(LogError::Replay(format!(
+                "{name}'s identity is rotated to a key the account already used"
+            )));
+        }
+        verify_signature(
+            &new_key,
+            &sotto_proto::identity_rotation_transcript(
+                name,
+                &self.identity_key,
+                &new_bytes,
+                account_seq,
+            ),
+            &rotated.new_key_signature,
+            "a rotation is not signed by the new identity key",
+        )?;
+        Ok(new_bytes)
+    }
+
+    /// Whether `key` is one this account's identity was rotated away from
+    /// (an identity change the log explains).
+    pub fn rotated_from(&self, key: &[u8]) -> bool {
+        self.former_identity_keys
+            .iter()
+            .any(|k| k.as_slice() == key)
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The log is an RFC 6962 Merkle tree (SHA-256, built with `ct-merkle`)
 //! whose leaves are encoded [`LogEntry`] messages. Each entry is an
-//! [`AccountEvent`] (identity registered, device added, device removed)
-//! signed by the account's identity key, so the server cannot invent one.
+//! [`AccountEvent`] (identity registered, device added, device removed,
+//! identity rotated) signed by the account's identity key, so the server cannot invent one.
 //! The server signs [`SignedTreeHead`]s with its [`LogKey`] and proves
 //! inclusion of entries and consistency between heads; clients check those
 //! proofs ([`verify_account_log`], [`verify_consistency`]) and replay an
@@ -71,8 +71,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub use sotto_proto::v1::{
-    AccountEvent, AccountLog, ConsistencyProof, LogEntry, ProvenEntry, SignedTreeHead,
-    account_event,
+    AccountEvent, AccountLog, ConsistencyProof, IdentityRotated, LogEntry, ProvenEntry,
+    SignedTreeHead, account_event,
 };
 
 /// A SHA-256 Merkle tree hash.

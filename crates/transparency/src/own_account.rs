@@ -31,6 +31,8 @@ pub enum OwnChange {
     IdentityRegistered,
     DeviceAdded(DeviceIdBytes),
     DeviceRemoved(DeviceIdBytes),
+    /// The identity key was rotated (to this new key).
+    IdentityRotated([u8; 32]),
 }
 
 /// Something in the account's log that no device of the account explains.
@@ -79,6 +81,7 @@ pub fn review_own_account(
         state: AccountState {
             username: username.to_owned(),
             identity_key: [0; 32],
+            former_identity_keys: Vec::new(),
             devices: BTreeMap::new(),
             next_seq: 0,
         },
@@ -97,6 +100,10 @@ pub fn review_own_account(
             Some(account_event::Change::DeviceRemoved(r)) => {
                 OwnChange::DeviceRemoved(id(&r.device_id)?)
             }
+            Some(account_event::Change::IdentityRotated(r)) => OwnChange::IdentityRotated(
+                <[u8; 32]>::try_from(r.new_identity_key.as_slice())
+                    .map_err(|_| LogError::Malformed("identity keys are 32 bytes"))?,
+            ),
             None => return Err(LogError::Malformed("a log event has no change")),
         };
         let explained = match known.get(&seq) {
@@ -139,7 +146,7 @@ pub fn review_own_account(
                 trusted.remove(&device);
                 review.unknown_devices.remove(&device);
             }
-            OwnChange::IdentityRegistered => {}
+            OwnChange::IdentityRegistered | OwnChange::IdentityRotated(_) => {}
         }
     }
     let state =

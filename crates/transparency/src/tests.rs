@@ -4,7 +4,7 @@
 
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use ed25519_dalek::{Signer, SigningKey};
-use sotto_proto::v1::{DeviceAdded, DeviceRemoved, IdentityRegistered};
+use sotto_proto::v1::{DeviceAdded, DeviceRemoved, IdentityRegistered, IdentityRotated};
 
 use super::*;
 
@@ -658,4 +658,163 @@ fn a_known_entry_replaced_or_hidden_is_a_finding() {
         ]
     );
     assert_eq!(review.unknown_devices, [[5; 16]].into());
+}
+
+// ---------------------------------------------------------------- identity rotation
+
+fn rotated_with_proof(
+    old: &SigningKey,
+    new: &SigningKey,
+    prover: &SigningKey,
+    user: &str,
+    seq: u64,
+) -> LogEntry {
+    let new_key = new.verifying_key().to_bytes();
+    let proof = prover.sign(&sotto_proto::identity_rotation_transcript(
+        user,
+        &old.verifying_key().to_bytes(),
+        &new_key,
+        seq,
+    ));
+    signed(
+        old,
+        &event(
+            old,
+            user,
+            seq,
+            account_event::Change::IdentityRotated(IdentityRotated {
+                new_identity_key: new_key.to_vec(),
+                new_key_signature: proof.to_bytes().to_vec(),
+            }),
+        ),
+    )
+}
+
+fn rotated(old: &SigningKey, new: &SigningKey, user: &str, seq: u64) -> LogEntry {
+    rotated_with_proof(old, new, new, user, seq)
+}
+
+/// Alice: identity 1, devices 1 and 2, device 2 removed and the identity
+/// rotated to key 2.
+fn alice_rotated() -> Vec<LogEntry> {
+    let (old, new) = (identity(1), identity(2));
+    vec![
+        registered(&old, "alice"),
+        added(&old, "alice", 1, 1),
+        added(&old, "alice", 2, 2),
+        removed(&old, "alice", 3, 2),
+        rotated(&old, &new, "alice", 4),
+    ]
+}
+
+#[test]
+fn a_rotation_hands_the_account_to_the_new_key_and_keeps_its_devices() {
+    let state = AccountState::replay("alice", &alice_rotated()).unwrap();
+    assert_eq!(state.identity_key, identity(2).verifying_key().to_bytes());
+    assert_eq!(
+        state.former_identity_keys,
+        [identity(1).verifying_key().to_bytes()]
+    );
+    assert!(state.rotated_from(&identity(1).verifying_key().to_bytes()));
+    assert_eq!(state.devices.len(), 1);
+    assert_eq!(state.next_seq, 5);
+
+    // The new key signs from now on, and may rotate again.
+    let mut entries = alice_rotated();
+    entries.push(added(&identity(2), "alice", 5, 3));
+    entries.push(rotated(&identity(2), &identity(3), "alice", 6));
+    let state = AccountState::replay("alice", &entries).unwrap();
+    assert_eq!(state.former_identity_keys.len(), 2);
+    assert!(state.rotated_from(&identity(1).verifying_key().to_bytes()));
+    assert_eq!(state.devices.len(), 2);
+}
+
+#[test]
+fn after_a_rotation_the_old_key_can_log_nothing() {
+    let old = identity(1);
+    for late in [
+        added(&old, "alice", 5, 9),
+        removed(&old, "alice", 5, 1),
+        rotated(&old, &identity(9), "alice", 5),
+    ] {
+        let mut entries = alice_rotated();
+        entries.push(late);
+        let err = AccountState::replay("alice", &entries).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Replay(why) if why.contains("rotated away from")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_rotation_without_the_new_keys_proof_or_back_to_an_old_key_is_refused() {
+    let (old, new) = (identity(1), identity(2));
+    let base = || alice_rotated()[..4].to_vec();
+    // Proof signed by someone else than the new key.
+    let mut entries = base();
+    entries.push(rotated_with_proof(&old, &new, &identity(7), "alice", 4));
+    assert!(matches!(
+        AccountState::replay("alice", &entries),
+        Err(LogError::BadSignature(_))
+    ));
+    // A proof made for another account_seq (replayed) does not verify.
+    let mut entries = base();
+    let mut stale = rotated(&old, &new, "alice", 3);
+    let mut event = AccountEvent::decode(stale.event.as_slice()).unwrap();
+    event.account_seq = 4;
+    stale = signed(&old, &event);
+    entries.push(stale);
+    assert!(matches!(
+        AccountState::replay("alice", &entries),
+        Err(LogError::BadSignature(_))
+    ));
+    // Rotating to the current key, or back to a former one.
+    let mut entries = base();
+    entries.push(rotated(&old, &old, "alice", 4));
+    assert!(matches!(
+        AccountState::replay("alice", &entries),
+        Err(LogError::Replay(_))
+    ));
+    let mut entries = alice_rotated();
+    entries.push(rotated(&new, &old, "alice", 5));
+    assert!(matches!(
+        AccountState::replay("alice", &entries),
+        Err(LogError::Replay(_))
+    ));
+    // A rotation cannot be an account's first entry.
+    assert!(AccountState::replay("alice", &[rotated(&old, &new, "alice", 0)]).is_err());
+}
+
+#[test]
+fn a_rotation_by_a_trusted_device_is_explained_and_one_by_nobody_is_not() {
+    let (old, new) = (identity(1), identity(2));
+    let (mut entries, known) = alice_known(&old);
+    entries.push(authored(added(&old, "alice", 2, 2), 1, 1));
+    entries.push(authored(removed(&old, "alice", 3, 2), 1, 1));
+    entries.push(authored(rotated(&old, &new, "alice", 4), 1, 1));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    assert!(review.findings.is_empty(), "{:?}", review.findings);
+    assert_eq!(review.state.identity_key, new.verifying_key().to_bytes());
+
+    let (mut entries, known) = alice_known(&old);
+    entries.push(rotated(&old, &new, "alice", 2));
+    let review = review_own_account("alice", &entries, &known).unwrap();
+    assert_eq!(
+        review.findings,
+        [Finding::Unexplained {
+            account_seq: 2,
+            change: OwnChange::IdentityRotated(new.verifying_key().to_bytes()),
+            author: None,
+        }]
+    );
+}
+
+#[test]
+fn old_logs_without_rotations_replay_as_before() {
+    let key = identity(1);
+    let entries = three_entries(&key);
+    let state = AccountState::replay("alice", &entries).unwrap();
+    assert!(state.former_identity_keys.is_empty());
+    assert_eq!(state.identity_key, key.verifying_key().to_bytes());
 }

@@ -30,7 +30,7 @@ pub use profile::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -166,6 +166,9 @@ pub(crate) fn open_keyed(
         if version < 4 {
             tx.execute_batch(MIGRATION_4)?;
         }
+        if version < 6 {
+            tx.execute_batch(MIGRATION_6)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -234,5 +237,17 @@ CREATE TABLE account_alerts (
     text TEXT NOT NULL,
     raised_at_ms INTEGER NOT NULL,
     acknowledged INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// Version 6: identity rotation (version 5 is another change's).
+const MIGRATION_6: &str = "
+-- Identity keys this device holds besides the profile's: the one it is
+-- rotating the account to, until the log shows the rotation (so a crash
+-- between the server's commit and this device's cannot lose it). Adopted
+-- as the profile's identity once the account's log names it.
+CREATE TABLE IF NOT EXISTS spare_identities (
+    public_key BLOB PRIMARY KEY,
+    secret BLOB NOT NULL
 );
 ";

@@ -139,3 +139,75 @@ pub fn save_log_head(conn: &Connection, head: &[u8]) -> Result<(), StoreError> {
     )?;
     Ok(())
 }
+
+/// Replaces the profile's identity secret (after a rotation the log shows).
+pub fn set_identity_secret(conn: &Connection, secret: &[u8]) -> Result<(), StoreError> {
+    conn.execute("UPDATE profile SET identity_secret = ?1", [secret])?;
+    Ok(())
+}
+
+/// Keeps an identity secret this device may adopt later (see
+/// `spare_identities`).
+pub fn save_spare_identity(
+    conn: &Connection,
+    public_key: &[u8],
+    secret: &[u8],
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO spare_identities (public_key, secret) VALUES (?1, ?2)
+         ON CONFLICT (public_key) DO NOTHING",
+        params![public_key, secret],
+    )?;
+    Ok(())
+}
+
+/// The spare identity secret for `public_key`, if this device holds it.
+pub fn spare_identity(conn: &Connection, public_key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row(
+        "SELECT secret FROM spare_identities WHERE public_key = ?1",
+        [public_key],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Forgets every spare identity secret (once one is adopted, the others are
+/// of no use).
+pub fn clear_spare_identities(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM spare_identities", [])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A profile of schema version 4 (before rotation) gains the table of
+    /// spare identities when opened; a spare is kept until cleared.
+    #[test]
+    fn a_version_4_profile_gains_spare_identities() {
+        let dir = std::env::temp_dir().join(format!(
+            "sotto-spare-identities-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sotto.db");
+        super::super::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE spare_identities; PRAGMA user_version = 4;")
+            .unwrap();
+        let conn = super::super::open(&path).unwrap();
+        assert_eq!(spare_identity(&conn, b"pub").unwrap(), None);
+        save_spare_identity(&conn, b"pub", b"secret").unwrap();
+        save_spare_identity(&conn, b"pub", b"other").unwrap();
+        assert_eq!(
+            spare_identity(&conn, b"pub").unwrap(),
+            Some(b"secret".to_vec())
+        );
+        clear_spare_identities(&conn).unwrap();
+        assert_eq!(spare_identity(&conn, b"pub").unwrap(), None);
+        drop(conn);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

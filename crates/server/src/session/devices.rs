@@ -5,7 +5,8 @@ use super::parse::certified_device;
 use super::wire_error::{bad_log_entry, done, error, stale_sequence};
 use super::{RequestResult, Session, now_seconds};
 use crate::store::{
-    DeviceId, DeviceRemoval, NewDevice, RemoveDeviceError, SignedDevice, Store, day_of,
+    DeviceId, DeviceRemoval, IdentityRotation, NewDevice, RemoveDeviceError, SignedDevice, Store,
+    day_of,
 };
 use crate::transparency_log::decode_records;
 use ed25519_dalek::VerifyingKey;
@@ -127,16 +128,33 @@ impl<S: Store> Session<S> {
         state
             .apply(&entry)
             .map_err(|e| bad_log_entry("the DeviceRemoved entry", &e))?;
+        let rotation = match remove.rotation {
+            Some(rotation) => Some(identity_rotation(
+                &username,
+                &mut state,
+                &rotation,
+                &remove.devices,
+            )?),
+            None if remove.devices.is_empty() => None,
+            None => {
+                return Err(error(
+                    ErrorCode::InvalidRequest,
+                    "new device certificates come only with an identity rotation",
+                ));
+            }
+        };
         let removal = DeviceRemoval {
             username,
             device_id,
             today: day_of(now_seconds()),
             log_entry: leaf_bytes(&entry),
             account_seq: event.account_seq,
+            rotation,
         };
+        let had_rotation = removal.rotation.is_some();
         match self.ctx.store.remove_device(removal).await {
             Ok(()) => {
-                tracing::info!("device removed");
+                tracing::info!(rotated = had_rotation, "device removed");
                 // Its connections (this one too, if it removed itself) close
                 // once this answer is sent.
                 self.ctx.hub.disconnect(&device_id);
@@ -150,4 +168,70 @@ impl<S: Store> Session<S> {
             Err(RemoveDeviceError::Store(e)) => Err(e.into()),
         }
     }
+}
+
+/// Checks an identity rotation that follows a removal (`state` is the
+/// account after the removal): the `IdentityRotated` entry must replay
+/// (signed by the current key, with the new key's proof, the next
+/// `account_seq`), and `devices` must certify, with the new key, exactly
+/// the devices that remain, each once.
+fn identity_rotation(
+    username: &str,
+    state: &mut AccountState,
+    entry: &v1::LogEntry,
+    devices: &[v1::SignedDevice],
+) -> Result<IdentityRotation, v1::Error> {
+    let event = open_entry(entry).map_err(|e| bad_log_entry("the rotation entry", &e))?;
+    if !matches!(
+        event.change,
+        Some(sotto_transparency::account_event::Change::IdentityRotated(
+            _
+        ))
+    ) {
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            "the rotation must be an IdentityRotated log entry",
+        ));
+    }
+    state
+        .apply(entry)
+        .map_err(|e| bad_log_entry("the IdentityRotated entry", &e))?;
+    let new_key = VerifyingKey::from_bytes(&state.identity_key).map_err(|_| {
+        error(
+            ErrorCode::InvalidRequest,
+            "the new identity key is unusable",
+        )
+    })?;
+    let mut recertified = Vec::with_capacity(devices.len());
+    for device in devices {
+        let (device_id, device_key) = certified_device(device, username, &new_key)?;
+        if state.devices.get(device_id.as_bytes()) != Some(&device_key.to_bytes())
+            || recertified.iter().any(|(id, _)| *id == device_id)
+        {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{device_id} is not a remaining device of this account, or is certified twice"
+                ),
+            ));
+        }
+        recertified.push((
+            device_id,
+            SignedDevice {
+                certificate: device.certificate.clone(),
+                identity_signature: device.identity_signature.clone(),
+            },
+        ));
+    }
+    if recertified.len() != state.devices.len() {
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            "a rotation must certify every remaining device with the new identity key",
+        ));
+    }
+    Ok(IdentityRotation {
+        log_entry: leaf_bytes(entry),
+        identity_key: state.identity_key,
+        devices: recertified,
+    })
 }

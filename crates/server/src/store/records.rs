@@ -152,6 +152,23 @@ pub struct DeviceRemoval {
     pub log_entry: Vec<u8>,
     /// The entry's `account_seq`, checked as in [`NewDevice::account_seq`].
     pub account_seq: u64,
+    /// The identity rotation that goes with the removal, if any: appended
+    /// right after the `DeviceRemoved` leaf, in the same transaction.
+    pub rotation: Option<IdentityRotation>,
+}
+
+/// An account's new identity key (checked by the caller against the log's
+/// replay rules): its `IdentityRotated` leaf, the key, and each remaining
+/// device's certificate signed by it, which replaces the stored one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRotation {
+    /// The `IdentityRotated` leaf (an encoded `LogEntry`); its
+    /// `account_seq` is the removal's + 1.
+    pub log_entry: Vec<u8>,
+    /// The new identity key (Ed25519 public key).
+    pub identity_key: [u8; 32],
+    /// A new certificate for every device that remains.
+    pub devices: Vec<(DeviceId, SignedDevice)>,
 }
 
 /// One stored transparency-log leaf.

@@ -190,6 +190,30 @@ impl AccountStore for SqliteStore {
                 orphan.execute([message_ref]).map_err(StoreError::from)?;
             }
             append_log(conn, &removal.username, &removal.log_entry)?;
+            if let Some(rotation) = &removal.rotation {
+                append_log(conn, &removal.username, &rotation.log_entry)?;
+                conn.execute(
+                    "UPDATE accounts SET identity_key = ?1 WHERE username = ?2",
+                    params![rotation.identity_key.as_slice(), removal.username],
+                )
+                .map_err(StoreError::from)?;
+                let mut recertify = conn
+                    .prepare_cached(
+                        "UPDATE devices SET certificate = ?1, identity_signature = ?2 \
+                         WHERE device_id = ?3 AND username = ?4 AND removed_day IS NULL",
+                    )
+                    .map_err(StoreError::from)?;
+                for (device_id, device) in &rotation.devices {
+                    recertify
+                        .execute(params![
+                            device.certificate,
+                            device.identity_signature,
+                            device_id.as_bytes().as_slice(),
+                            removal.username
+                        ])
+                        .map_err(StoreError::from)?;
+                }
+            }
             Ok(())
         })
         .await

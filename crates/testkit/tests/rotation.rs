@@ -1,0 +1,183 @@
+//! Cutting off a stolen device (issue #13, item 4): `device remove`
+//! rotates the account's identity key. Contacts see a rotation, not an
+//! unexplained change; the removed device's copy of the old key can log
+//! nothing; a server that logs something with it anyway is caught.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
+use sotto_client::{ClientError, ConversationKind, EntryKind};
+use sotto_testkit::{TestServer, link, register, server_log, texts, warnings, within};
+
+/// Bob removes his "stolen" second device: his identity key is rotated,
+/// Alice sees "bob's key was rotated by bob" (no warning, no refusal), her
+/// safety number with him changes and loses its verified mark, and they
+/// go on talking. Bob's third device, which did not get the new key, keeps
+/// messaging and is told it cannot manage devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_device_rotates_the_identity_and_contacts_see_a_rotation() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut alice, _a) = register(&url, "alice").await;
+        let (mut bob, _b) = register(&url, "bob").await;
+        alice.send_direct("bob", "hello").await.unwrap();
+        bob.sync().await.unwrap();
+        let (before, _) = alice.safety_number("bob", false).await.unwrap();
+        alice.mark_verified("bob").await.unwrap();
+        let (stolen, _s) = link(&mut bob).await;
+        let (mut tablet, _t) = link(&mut bob).await;
+        tablet.sync().await.unwrap();
+        alice.sync().await.unwrap();
+
+        let old_key = bob.identity_key();
+        let removal = bob
+            .remove_device(&stolen.device_id().to_string())
+            .await
+            .unwrap();
+        assert_eq!(removal.old_identity_key, old_key);
+        assert_ne!(removal.new_identity_key, old_key);
+        assert_eq!(bob.identity_key(), removal.new_identity_key);
+        assert_eq!(
+            removal.devices_without_new_key,
+            [tablet.device_id().to_string()]
+        );
+        assert_eq!(bob.devices().await.unwrap().len(), 2);
+        assert!(
+            bob.account_warnings(false).unwrap().is_empty(),
+            "the remover knows its own rotation"
+        );
+
+        // Alice: a rotation, explained by the log; no warning, no refusal.
+        let seen = alice.sync().await.unwrap();
+        assert!(warnings(&seen).is_empty(), "{seen:?}");
+        let (after, verified) = alice.safety_number("bob", false).await.unwrap();
+        assert_ne!(after, before, "the safety number is made of identity keys");
+        assert!(!verified, "the verified mark was for the old key");
+        assert!(!alice.is_verified("bob").unwrap());
+        let history = alice.history(ConversationKind::Direct, "bob").unwrap();
+        let notice: Vec<_> = history
+            .iter()
+            .filter(|e| e.kind == EntryKind::System && e.text.contains("rotated"))
+            .collect();
+        assert_eq!(notice.len(), 1, "{history:?}");
+        assert!(
+            notice[0].text.starts_with("bob's key was rotated by bob"),
+            "{}",
+            notice[0].text
+        );
+        assert!(!notice[0].text.starts_with("WARNING"));
+
+        // They go on talking, the device Bob kept included.
+        alice.send_direct("bob", "still here").await.unwrap();
+        assert_eq!(texts(&bob.sync().await.unwrap()), ["still here"]);
+        assert_eq!(texts(&tablet.sync().await.unwrap()), ["still here"]);
+        tablet
+            .send_direct("alice", "from the tablet")
+            .await
+            .unwrap();
+        assert_eq!(texts(&alice.sync().await.unwrap()), ["from the tablet"]);
+
+        // The tablet does not hold the new key: it is told so, once, and
+        // nothing about the rotation is unexplained to it.
+        assert_eq!(tablet.devices().await.unwrap().len(), 2);
+        assert!(tablet.account_warnings(true).unwrap().is_empty());
+        let notes: Vec<_> = tablet
+            .device_warnings()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, text)| text.contains("does not hold the new key"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].1.contains(&removal.new_identity_key),
+            "{}",
+            notes[0].1
+        );
+        let err = tablet
+            .remove_device(&bob.device_id().to_string())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Usage(why) if why.contains("does not hold the new one")),
+            "{err}"
+        );
+    })
+    .await;
+}
+
+/// The removed device still holds the old identity key. A server that logs
+/// a device with it anyway (colluding with the thief) is caught: contacts
+/// refuse the account's log, and the account's own devices are warned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_logged_with_the_old_key_after_a_rotation_is_refused() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut alice, _a) = register(&url, "alice").await;
+        let (mut bob, _b) = register(&url, "bob").await;
+        alice.send_direct("bob", "hello").await.unwrap();
+        bob.sync().await.unwrap();
+        let (stolen, _s) = link(&mut bob).await;
+        let old_secret = stolen.identity_secret();
+        bob.remove_device(&stolen.device_id().to_string())
+            .await
+            .unwrap();
+        alice.safety_number("bob", false).await.unwrap();
+
+        // The thief's old key, appended by the server itself.
+        server_log::add_device(server.data_dir(), "bob", &old_secret, |e| stolen.attest(e));
+
+        let err = alice.safety_number("bob", false).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::KeyLog(why) if why.contains("rotated away from")),
+            "{err}"
+        );
+
+        let seen = bob.sync().await.unwrap();
+        let warned = warnings(&seen);
+        assert_eq!(warned.len(), 1, "{seen:?}");
+        assert!(
+            warned[0].contains("your own account's key log does not add up"),
+            "{}",
+            warned[0]
+        );
+    })
+    .await;
+}
+
+/// A rotation nobody of the account made (the server, or a thief holding
+/// the key, logs one): contacts cannot tell it from Bob's own, but Bob's
+/// devices can, and warn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_no_device_made_is_a_warning_on_the_account() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut bob, _b) = register(&server.url(), "bob").await;
+        bob.sync().await.unwrap();
+        let old = sotto_core::identity::IdentityKey::from_secret(&bob.identity_secret()).unwrap();
+        let user = sotto_core::identity::Username::parse("bob").unwrap();
+        let new = sotto_core::identity::IdentityKey::generate();
+        let seq = server_log::next_seq(server.data_dir(), "bob");
+        server_log::append(
+            server.data_dir(),
+            "bob",
+            &old.identity_rotated(&user, seq, &new),
+        );
+
+        let seen = bob.sync().await.unwrap();
+        let warned = warnings(&seen);
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("your identity key was rotated")
+                    && w.contains("none of your devices did it")),
+            "{seen:?}"
+        );
+    })
+    .await;
+}
