@@ -163,7 +163,8 @@ fn replies_reactions_edits_and_deletes_in_json() {
     assert_eq!(got["text"], "coffee at 3?");
     assert_eq!(got["edited"], true);
     let history = ok(bob, &["history", "ann", "--json"]);
-    let versions: Vec<&str> = about(&history, &id)["versions"]
+    let line = about(&history, &id);
+    let versions: Vec<&str> = line["versions"]
         .as_array()
         .unwrap()
         .iter()
