@@ -448,3 +448,92 @@ pub fn delete_message(conn: &Connection, id: &[u8]) -> Result<(), StoreError> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::store::{ConversationKind, ensure_conversation};
+
+    fn temp_db() -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "sotto-history-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sotto.db");
+        (dir, path)
+    }
+
+    fn text(id: &[u8], sender: &'static str, text: &'static str) -> (Vec<u8>, &'static str, &'static str) {
+        (id.to_vec(), sender, text)
+    }
+
+    /// A version-4 profile's texts survive the migration unchanged (no MIMI
+    /// id: nothing can be done to them), and chat messages work after it.
+    #[test]
+    fn a_version_4_profile_keeps_its_texts_and_gains_chat() {
+        let (dir, path) = temp_db();
+        let conn = super::super::open(&path).unwrap();
+        conn.execute_batch(&format!("{} PRAGMA user_version = 4;", super::super::UNDO_MIGRATION_5))
+            .unwrap();
+        let conversation = ensure_conversation(&conn, ConversationKind::Direct, "bob").unwrap();
+        let (id, sender, body) = text(&[7; 16], "bob", "from before");
+        conn.execute(
+            "INSERT INTO messages (id, conversation_id, sender, kind, body, sent_at_ms, received_at_ms)
+             VALUES (?1, ?2, ?3, 'text', ?4, 1, 1)",
+            params![id, conversation.id, sender, body],
+        )
+        .unwrap();
+        drop(conn);
+
+        let conn = super::super::open(&path).unwrap();
+        let old = history(&conn, &conversation).unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].text, "from before");
+        assert_eq!(old[0].chat, ChatState::default());
+        assert!(chat_message(&conn, &[7; 16]).unwrap().is_none());
+
+        let chat_id = [[1u8].as_slice(), &[9; 31]].concat();
+        let message = NewMessage {
+            id: &chat_id,
+            sender: "bob",
+            kind: EntryKind::Text,
+            text: "new",
+            sent_at_ms: 2,
+        };
+        let entry = insert_chat_message(&conn, &conversation, &message, None, 2)
+            .unwrap()
+            .unwrap();
+        assert!(!entry.chat.edited);
+        assert!(edit_message(&conn, &chat_id, &[2; 32], "newer", 3).unwrap());
+        assert!(!edit_message(&conn, &chat_id, &[2; 32], "newer", 3).unwrap(), "applied once");
+        assert!(is_later_version(&conn, &[2; 32]).unwrap());
+        assert!(!is_later_version(&conn, &chat_id).unwrap());
+        set_reaction(&conn, &chat_id, "ann", &[3; 32], "👍").unwrap();
+        set_reaction(&conn, &chat_id, "ann", &[4; 32], "🎉").unwrap();
+        let now = entry_of(&conn, &conversation, &chat_id);
+        assert_eq!(now.text, "newer");
+        assert_eq!(now.chat.versions.len(), 2);
+        assert_eq!(now.chat.reactions.len(), 1);
+        assert!(reaction_by_id(&conn, &[3; 32]).unwrap().is_none());
+        delete_chat_message(&conn, &chat_id).unwrap();
+        let gone = entry_of(&conn, &conversation, &chat_id);
+        assert!(gone.chat.deleted && gone.text.is_empty() && gone.chat.reactions.is_empty());
+        let left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM message_versions WHERE message_id = ?1",
+                [&chat_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+        drop(conn);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn entry_of(conn: &Connection, conversation: &Conversation, id: &[u8]) -> HistoryEntry {
+        entry(conn, conversation, id).unwrap().unwrap()
+    }
+}

@@ -274,3 +274,14 @@ CREATE TABLE reactions (
     PRIMARY KEY (message_id, sender)
 );
 ";
+
+/// Takes a profile back from version 5 to 4, for tests of older profiles.
+#[cfg(test)]
+pub(crate) const UNDO_MIGRATION_5: &str = "
+DROP TABLE message_versions;
+DROP TABLE reactions;
+ALTER TABLE messages DROP COLUMN mimi;
+ALTER TABLE messages DROP COLUMN reply_to;
+ALTER TABLE messages DROP COLUMN edited;
+ALTER TABLE messages DROP COLUMN deleted;
+";
