@@ -104,7 +104,9 @@ async fn run(cli: Cli) -> Result<()> {
                     if words.is_empty() {
                         bail!("nothing to send: usage is `sotto send USERNAME TEXT`");
                     }
-                    client.reply_direct(user, &words.join(" "), reply_to).await?
+                    client
+                        .reply_direct(user, &words.join(" "), reply_to)
+                        .await?
                 }
             };
             client.disconnect().await;

@@ -80,8 +80,14 @@ fn chat_line(entry: &HistoryEntry) -> String {
     let mut line = String::new();
     if chat.reply_to.is_some() {
         match &chat.quoted {
-            Some(q) if q.deleted => line.push_str(&format!("(reply to a deleted message of {}) ", q.sender)),
-            Some(q) => line.push_str(&format!("(reply to {}: \"{}\") ", q.sender, shorten(&q.text))),
+            Some(q) if q.deleted => {
+                line.push_str(&format!("(reply to a deleted message of {}) ", q.sender))
+            }
+            Some(q) => line.push_str(&format!(
+                "(reply to {}: \"{}\") ",
+                q.sender,
+                shorten(&q.text)
+            )),
             None => line.push_str("(reply to a message you do not have) "),
         }
     }

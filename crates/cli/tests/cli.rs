@@ -133,7 +133,10 @@ fn replies_reactions_edits_and_deletes_in_json() {
     let server = ServerProcess::spawn(data.path());
     let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     for (profile, name) in profiles.iter().zip(["ann", "bob", "cyd"]) {
-        ok(profile.path(), &["register", name, "--server", server.url()]);
+        ok(
+            profile.path(),
+            &["register", name, "--server", server.url()],
+        );
     }
     let [ann, bob, cyd] = [profiles[0].path(), profiles[1].path(), profiles[2].path()];
 
@@ -145,7 +148,10 @@ fn replies_reactions_edits_and_deletes_in_json() {
     assert_eq!(sent[0]["deleted"], false);
     assert_eq!(sent[0]["reactions"], serde_json::json!({}));
     ok(bob, &["sync"]);
-    let reply = json_lines(&ok(bob, &["send", "ann", "yes please", "--reply-to", &id, "--json"]));
+    let reply = json_lines(&ok(
+        bob,
+        &["send", "ann", "yes please", "--reply-to", &id, "--json"],
+    ));
     let reply_id = reply[0]["id"].as_str().unwrap().to_owned();
     ok(bob, &["react", &id, "☕"]);
     let synced = ok(ann, &["sync", "--json"]);
@@ -153,9 +159,15 @@ fn replies_reactions_edits_and_deletes_in_json() {
     assert_eq!(got["reply_to"], id.as_str());
     assert_eq!(got["quoted"]["sender"], "ann");
     assert_eq!(got["quoted"]["text"], "coffee?");
-    assert_eq!(about(&synced, &id)["reactions"], serde_json::json!({"☕": ["bob"]}));
+    assert_eq!(
+        about(&synced, &id)["reactions"],
+        serde_json::json!({"☕": ["bob"]})
+    );
     let human = ok(ann, &["history", "bob"]);
-    assert!(human.contains("bob: (reply to ann: \"coffee?\") yes please"), "{human}");
+    assert!(
+        human.contains("bob: (reply to ann: \"coffee?\") yes please"),
+        "{human}"
+    );
     assert!(human.contains("ann: coffee?  [☕ bob]"), "{human}");
 
     ok(ann, &["edit", &id, "coffee at 3?"]);
@@ -188,10 +200,24 @@ fn replies_reactions_edits_and_deletes_in_json() {
     ok(cyd, &["sync"]);
     ok(bob, &["react", &id, "👍"]);
     ok(cyd, &["react", &id, "👍"]);
-    let cyd_reply = json_lines(&ok(cyd, &["send", "--group", "trio", "--reply-to", &id, "yes", "--json"]));
+    let cyd_reply = json_lines(&ok(
+        cyd,
+        &[
+            "send",
+            "--group",
+            "trio",
+            "--reply-to",
+            &id,
+            "yes",
+            "--json",
+        ],
+    ));
     assert_eq!(cyd_reply[0]["quoted"]["text"], "ship it?");
     let synced = ok(ann, &["sync", "--json"]);
-    assert_eq!(about(&synced, &id)["reactions"], serde_json::json!({"👍": ["bob", "cyd"]}));
+    assert_eq!(
+        about(&synced, &id)["reactions"],
+        serde_json::json!({"👍": ["bob", "cyd"]})
+    );
     ok(bob, &["react", &id, "👍"]);
     ok(ann, &["edit", &id, "ship it now?"]);
     for profile in [bob, cyd] {
@@ -207,7 +233,10 @@ fn replies_reactions_edits_and_deletes_in_json() {
         let got = about(&ok(profile, &["sync", "--json"]), &id);
         assert_eq!(got["deleted"], true);
     }
-    let reply = about(&ok(bob, &["history", "--group", "trio", "--json"]), cyd_reply[0]["id"].as_str().unwrap());
+    let reply = about(
+        &ok(bob, &["history", "--group", "trio", "--json"]),
+        cyd_reply[0]["id"].as_str().unwrap(),
+    );
     assert_eq!(reply["quoted"]["deleted"], true);
 }
 

@@ -112,11 +112,14 @@ pub(crate) async fn change_message(
     }
     let conversation = store::conversation_by_id(&s.profile.db, message.conversation_id)?
         .ok_or_else(|| ClientError::Internal("a message of no conversation".into()))?;
-    let group_id = s.profile.conversation_group(&conversation)?.ok_or_else(|| {
-        ClientError::Usage(format!(
-            "you can no longer send to the conversation of message {target}"
-        ))
-    })?;
+    let group_id = s
+        .profile
+        .conversation_group(&conversation)?
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "you can no longer send to the conversation of message {target}"
+            ))
+        })?;
     if !matches!(change, Change::React(_)) && message.sender != own {
         return Err(ClientError::Usage(format!(
             "only {} can edit or delete that message",
@@ -210,7 +213,15 @@ pub(crate) fn stage_chat(
             .transpose()?
             .flatten()
             .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
-        let history = chat::apply(tx, &conversation, own, id, Some(action), sent_at_ms, sent_at_ms)?;
+        let history = chat::apply(
+            tx,
+            &conversation,
+            own,
+            id,
+            Some(action),
+            sent_at_ms,
+            sent_at_ms,
+        )?;
         let message_id = id.as_bytes().get(16..).unwrap_or_default().to_vec();
         let outgoing = seal(
             profile,
@@ -299,8 +310,8 @@ fn seal(
     let token = group::send_token(provider, g)?;
     let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
     let alone = recipients.iter().all(|d| *d == profile.account.device_id);
-    let outgoing = (!alone)
-        .then(|| Outgoing::message(message_id, &group_id, &recipients, ciphertext, token));
+    let outgoing =
+        (!alone).then(|| Outgoing::message(message_id, &group_id, &recipients, ciphertext, token));
     if let Some(outgoing) = &outgoing {
         outgoing.queue(tx)?;
     }

@@ -38,7 +38,9 @@ pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
-pub use store::{AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, Version};
+pub use store::{
+    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, Version,
+};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
 

@@ -467,13 +467,21 @@ pub fn decode(bytes: &[u8]) -> Result<MimiContent, MimiError> {
             let relative = match r.header()? {
                 Header::Simple(FALSE) => false,
                 Header::Simple(TRUE) => true,
-                _ => return Err(MimiError::Invalid("an expiration that is not relative or absolute")),
+                _ => {
+                    return Err(MimiError::Invalid(
+                        "an expiration that is not relative or absolute",
+                    ));
+                }
             };
             let time = u32::try_from(r.uint()?)
                 .map_err(|_| MimiError::Invalid("an expiration time over 32 bits"))?;
             Some(Expiration { relative, time })
         }
-        _ => return Err(MimiError::Invalid("an expiration that is not null or [bool, uint]")),
+        _ => {
+            return Err(MimiError::Invalid(
+                "an expiration that is not null or [bool, uint]",
+            ));
+        }
     };
     let in_reply_to = r.optional_id()?;
     let extensions = r.extensions()?;
@@ -568,7 +576,9 @@ impl<'a> Reader<'a> {
     fn uint(&mut self) -> Result<u64, MimiError> {
         match self.header()? {
             Header::Positive(n) => Ok(n),
-            _ => Err(MimiError::Invalid("a field that should be an unsigned integer")),
+            _ => Err(MimiError::Invalid(
+                "a field that should be an unsigned integer",
+            )),
         }
     }
 
@@ -586,10 +596,16 @@ impl<'a> Reader<'a> {
     fn optional_id(&mut self) -> Result<Option<MessageId>, MimiError> {
         match self.header()? {
             Header::Simple(NULL) => Ok(None),
-            Header::Bytes(Some(32)) => MessageId::from_slice(&self.take(32)?)
-                .map(Some)
-                .ok_or(MimiError::Invalid("a message id of an unknown hash algorithm")),
-            _ => Err(MimiError::Invalid("a message id that is not null or 32 bytes")),
+            Header::Bytes(Some(32)) => {
+                MessageId::from_slice(&self.take(32)?)
+                    .map(Some)
+                    .ok_or(MimiError::Invalid(
+                        "a message id of an unknown hash algorithm",
+                    ))
+            }
+            _ => Err(MimiError::Invalid(
+                "a message id that is not null or 32 bytes",
+            )),
         }
     }
 
@@ -752,7 +768,11 @@ impl<'a> Reader<'a> {
                 }
                 Part::Multi { semantics, parts }
             }
-            _ => return Err(MimiError::Invalid("a body part whose cardinality and length disagree")),
+            _ => {
+                return Err(MimiError::Invalid(
+                    "a body part whose cardinality and length disagree",
+                ));
+            }
         };
         Ok(NestedPart {
             disposition,

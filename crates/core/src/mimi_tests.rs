@@ -1,7 +1,12 @@
 //! Test vectors from draft-ietf-mimi-content-08 §5, round trips, hostile
 //! input and property tests for the MIMI codec.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use super::*;
 use proptest::prelude::*;
@@ -80,7 +85,11 @@ const VECTORS: &[(&str, &str, &str, &str)] = &[
 fn vector(name: &str) -> (MimiContent, Vec<u8>, MessageId) {
     let (_, _, bytes, id) = VECTORS.iter().find(|v| v.0 == name).unwrap();
     let bytes = hex::decode(bytes).unwrap();
-    (decode(&bytes).unwrap(), bytes, MessageId::from_hex(id).unwrap())
+    (
+        decode(&bytes).unwrap(),
+        bytes,
+        MessageId::from_hex(id).unwrap(),
+    )
 }
 
 #[test]
@@ -245,7 +254,11 @@ fn expiration_and_external_parts_round_trip() {
     ] {
         let content = MimiContent {
             expires,
-            ..MimiContent::new([9; 16], Extensions::with_uris(&uris.sender, &uris.room), multi.clone())
+            ..MimiContent::new(
+                [9; 16],
+                Extensions::with_uris(&uris.sender, &uris.room),
+                multi.clone(),
+            )
         };
         let bytes = encode(&content).unwrap();
         assert_eq!(decode(&bytes).unwrap(), content);
@@ -277,16 +290,25 @@ fn hostile_encodings_are_refused() {
     longer.push(0);
     assert_eq!(decode(&longer), Err(MimiError::TrailingBytes));
     // A non-shortest integer: disposition 1 written as 0x18 0x01.
-    let at = bytes.windows(3).position(|w| w == [0x85, 0x01, 0x60]).unwrap();
+    let at = bytes
+        .windows(3)
+        .position(|w| w == [0x85, 0x01, 0x60])
+        .unwrap();
     let mut long_int = bytes[..at + 1].to_vec();
     long_int.extend_from_slice(&[0x18, 0x01]);
     long_int.extend_from_slice(&bytes[at + 2..]);
-    assert!(matches!(decode(&long_int), Err(MimiError::NotDeterministic(_))));
+    assert!(matches!(
+        decode(&long_int),
+        Err(MimiError::NotDeterministic(_))
+    ));
     // An indefinite-length top-level array.
     let mut indefinite = vec![0x9f];
     indefinite.extend_from_slice(&bytes[1..]);
     indefinite.push(0xff);
-    assert!(matches!(decode(&indefinite), Err(MimiError::NotDeterministic(_))));
+    assert!(matches!(
+        decode(&indefinite),
+        Err(MimiError::NotDeterministic(_))
+    ));
     // Extension keys out of order: room (2) before sender (1).
     assert!(matches!(
         decode(&raw("a2026172016173", "83016000")),
@@ -343,11 +365,17 @@ fn depth_and_shape_limits_hold() {
     );
     assert!(encode(&lonely).is_err());
     // An extension nested five levels deep: {3: [[[[0]]]]}.
-    assert_eq!(decode(&raw("a1038181818100", "83016000")), Err(MimiError::TooDeep));
+    assert_eq!(
+        decode(&raw("a1038181818100", "83016000")),
+        Err(MimiError::TooDeep)
+    );
     // Four levels is fine, and kept exactly: {3: [[[0]]]}.
     let ok_ext = raw("a10381818100", "83016000");
     let content = decode(&ok_ext).unwrap();
-    assert_eq!(content.extensions.other(), &[(ExtensionKey::Int(3), vec![0x81, 0x81, 0x81, 0x00])]);
+    assert_eq!(
+        content.extensions.other(),
+        &[(ExtensionKey::Int(3), vec![0x81, 0x81, 0x81, 0x00])]
+    );
     assert_eq!(encode(&content).unwrap(), ok_ext);
 }
 

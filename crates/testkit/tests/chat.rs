@@ -41,7 +41,12 @@ fn line(client: &Client, kind: ConversationKind, name: &str, id: &str) -> Histor
 fn reactions(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
     pairs
         .iter()
-        .map(|(emoji, who)| (emoji.to_string(), who.iter().map(|w| w.to_string()).collect()))
+        .map(|(emoji, who)| {
+            (
+                emoji.to_string(),
+                who.iter().map(|w| w.to_string()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -81,7 +86,10 @@ async fn two_users_reply_react_edit_and_delete() {
         let id = sent.id.clone();
         let received = bob.sync().await.unwrap();
         let seen = by_id(&received, &id);
-        assert_eq!((seen.sender.as_str(), seen.text.as_str()), ("alice", "lunch at noon?"));
+        assert_eq!(
+            (seen.sender.as_str(), seen.text.as_str()),
+            ("alice", "lunch at noon?")
+        );
         // Alice's other device derives the same id.
         let on_phone = phone.sync().await.unwrap();
         assert_eq!(by_id(&on_phone, &id).text, "lunch at noon?");
@@ -97,7 +105,10 @@ async fn two_users_reply_react_edit_and_delete() {
         assert_eq!(seen.text, "noon is good");
         assert_eq!(seen.chat.reply_to.as_deref(), Some(id.as_str()));
         let quoted = seen.chat.quoted.as_ref().expect("the reply quotes");
-        assert_eq!((quoted.sender.as_str(), quoted.text.as_str()), ("alice", "lunch at noon?"));
+        assert_eq!(
+            (quoted.sender.as_str(), quoted.text.as_str()),
+            ("alice", "lunch at noon?")
+        );
 
         // Reactions aggregate per emoji; the same one again takes it back.
         bob.react(&id, "👍").await.unwrap();
@@ -185,7 +196,11 @@ async fn a_group_of_three_sees_every_change() {
         bob.sync().await.unwrap();
         carol.sync().await.unwrap();
 
-        let id = alice.send_group("trio", "release on friday").await.unwrap().id;
+        let id = alice
+            .send_group("trio", "release on friday")
+            .await
+            .unwrap()
+            .id;
         for client in [&mut bob, &mut carol] {
             let received = client.sync().await.unwrap();
             assert_eq!(by_id(&received, &id).text, "release on friday");
@@ -199,7 +214,11 @@ async fn a_group_of_three_sees_every_change() {
         carol.react(&id, "🚀").await.unwrap();
         alice.react(&reply.id, "🙏").await.unwrap();
 
-        for (client, who) in [(&mut alice, "alice"), (&mut bob, "bob"), (&mut carol, "carol")] {
+        for (client, who) in [
+            (&mut alice, "alice"),
+            (&mut bob, "bob"),
+            (&mut carol, "carol"),
+        ] {
             client.sync().await.unwrap();
             let message = line(client, GROUP, "trio", &id);
             assert_eq!(
@@ -209,8 +228,16 @@ async fn a_group_of_three_sees_every_change() {
             );
             let answer = line(client, GROUP, "trio", &reply.id);
             assert_eq!(answer.chat.reply_to.as_deref(), Some(id.as_str()), "{who}");
-            assert_eq!(answer.chat.quoted.unwrap().text, "release on friday", "{who}");
-            assert_eq!(answer.chat.reactions, reactions(&[("🙏", &["alice"])]), "{who}");
+            assert_eq!(
+                answer.chat.quoted.unwrap().text,
+                "release on friday",
+                "{who}"
+            );
+            assert_eq!(
+                answer.chat.reactions,
+                reactions(&[("🙏", &["alice"])]),
+                "{who}"
+            );
         }
 
         alice.edit(&id, "release on monday").await.unwrap();
@@ -288,7 +315,12 @@ async fn a_member_cannot_change_what_another_sent() {
             };
             let content = mimi::decode(&bytes).unwrap();
             let uris = SottoUris::check(&content.extensions, "alice", &group_id).unwrap();
-            alice_ids.push(MessageId::derive(&uris.sender, &uris.room, &bytes, &content.salt));
+            alice_ids.push(MessageId::derive(
+                &uris.sender,
+                &uris.room,
+                &bytes,
+                &content.salt,
+            ));
             alice_uris = Some(uris);
         }
         let [message, alice_reaction] = alice_ids[..] else {
@@ -310,12 +342,41 @@ async fn a_member_cannot_change_what_another_sent() {
 
         // Edits and deletes of Alice's message, and of her reaction, in
         // Mallory's own name: ignored.
-        say(&as_mallory, ChatAction::Edit { target: message, text: "pay mallory 1000".into() }).await;
+        say(
+            &as_mallory,
+            ChatAction::Edit {
+                target: message,
+                text: "pay mallory 1000".into(),
+            },
+        )
+        .await;
         say(&as_mallory, ChatAction::Retract { target: message }).await;
-        say(&as_mallory, ChatAction::Retract { target: alice_reaction }).await;
+        say(
+            &as_mallory,
+            ChatAction::Retract {
+                target: alice_reaction,
+            },
+        )
+        .await;
         // Two reactions: one counts.
-        say(&as_mallory, ChatAction::React { target: message, emoji: "👎".into(), replaces: None }).await;
-        say(&as_mallory, ChatAction::React { target: message, emoji: "🔥".into(), replaces: None }).await;
+        say(
+            &as_mallory,
+            ChatAction::React {
+                target: message,
+                emoji: "👎".into(),
+                replaces: None,
+            },
+        )
+        .await;
+        say(
+            &as_mallory,
+            ChatAction::React {
+                target: message,
+                emoji: "🔥".into(),
+                replaces: None,
+            },
+        )
+        .await;
         let received = bob.sync().await.unwrap();
         assert!(warnings(&received).is_empty(), "{received:#?}");
         let seen = line(&bob, GROUP, "team", &id);
@@ -328,13 +389,27 @@ async fn a_member_cannot_change_what_another_sent() {
 
         // An edit that claims to come from Alice: refused with a warning,
         // since MLS says Mallory sent it (the id would not be Mallory's).
-        say(&alice_uris, ChatAction::Edit { target: message, text: "pay mallory 1000".into() }).await;
+        say(
+            &alice_uris,
+            ChatAction::Edit {
+                target: message,
+                text: "pay mallory 1000".into(),
+            },
+        )
+        .await;
         // And one naming another room.
         let elsewhere = SottoUris {
             sender: as_mallory.sender.clone(),
             room: format!("{}00", as_mallory.room),
         };
-        say(&elsewhere, ChatAction::Text { text: "hi".into(), reply_to: None }).await;
+        say(
+            &elsewhere,
+            ChatAction::Text {
+                text: "hi".into(),
+                reply_to: None,
+            },
+        )
+        .await;
         let received = bob.sync().await.unwrap();
         assert_eq!(warnings(&received).len(), 2, "{received:#?}");
         let seen = line(&bob, GROUP, "team", &id);

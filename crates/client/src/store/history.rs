@@ -413,7 +413,10 @@ fn reaction_where(
 }
 
 /// The reaction a message `reaction_id` made, if it still stands.
-pub fn reaction_by_id(conn: &Connection, reaction_id: &[u8]) -> Result<Option<Reaction>, StoreError> {
+pub fn reaction_by_id(
+    conn: &Connection,
+    reaction_id: &[u8],
+) -> Result<Option<Reaction>, StoreError> {
     reaction_where(conn, "reaction_id = ?1", [reaction_id])
 }
 
@@ -432,7 +435,10 @@ pub fn reaction_of(
 
 /// Removes the reaction `reaction_id` made.
 pub fn remove_reaction(conn: &Connection, reaction_id: &[u8]) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM reactions WHERE reaction_id = ?1", [reaction_id])?;
+    conn.execute(
+        "DELETE FROM reactions WHERE reaction_id = ?1",
+        [reaction_id],
+    )?;
     Ok(())
 }
 
@@ -466,7 +472,11 @@ mod tests {
         (dir, path)
     }
 
-    fn text(id: &[u8], sender: &'static str, text: &'static str) -> (Vec<u8>, &'static str, &'static str) {
+    fn text(
+        id: &[u8],
+        sender: &'static str,
+        text: &'static str,
+    ) -> (Vec<u8>, &'static str, &'static str) {
         (id.to_vec(), sender, text)
     }
 
@@ -476,8 +486,11 @@ mod tests {
     fn a_version_4_profile_keeps_its_texts_and_gains_chat() {
         let (dir, path) = temp_db();
         let conn = super::super::open(&path).unwrap();
-        conn.execute_batch(&format!("{} PRAGMA user_version = 4;", super::super::UNDO_MIGRATION_5))
-            .unwrap();
+        conn.execute_batch(&format!(
+            "{} PRAGMA user_version = 4;",
+            super::super::UNDO_MIGRATION_5
+        ))
+        .unwrap();
         let conversation = ensure_conversation(&conn, ConversationKind::Direct, "bob").unwrap();
         let (id, sender, body) = text(&[7; 16], "bob", "from before");
         conn.execute(
@@ -508,7 +521,10 @@ mod tests {
             .unwrap();
         assert!(!entry.chat.edited);
         assert!(edit_message(&conn, &chat_id, &[2; 32], "newer", 3).unwrap());
-        assert!(!edit_message(&conn, &chat_id, &[2; 32], "newer", 3).unwrap(), "applied once");
+        assert!(
+            !edit_message(&conn, &chat_id, &[2; 32], "newer", 3).unwrap(),
+            "applied once"
+        );
         assert!(is_later_version(&conn, &[2; 32]).unwrap());
         assert!(!is_later_version(&conn, &chat_id).unwrap());
         set_reaction(&conn, &chat_id, "ann", &[3; 32], "👍").unwrap();
