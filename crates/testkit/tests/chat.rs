@@ -334,10 +334,14 @@ async fn a_member_cannot_change_what_another_sent() {
             sender: alice_uris.sender.replace("/u/alice", "/u/mallory"),
             room: alice_uris.room.clone(),
         };
-        let mut say = async |uris: &SottoUris, action: ChatAction| {
+        let mut say = async |uris: &SottoUris, action: ChatAction| -> MessageId {
             let content = action.to_content(uris, rand::random());
             let bytes = mimi::encode(&content).unwrap();
-            mallory.say(&mut group, Body::Mimi(bytes)).await.unwrap();
+            mallory
+                .say(&mut group, Body::Mimi(bytes.clone()))
+                .await
+                .unwrap();
+            MessageId::derive(&uris.sender, &uris.room, &bytes, &content.salt)
         };
 
         // Edits and deletes of Alice's message, and of her reaction, in
@@ -418,6 +422,44 @@ async fn a_member_cannot_change_what_another_sent() {
         // Alice's own device agrees.
         alice.sync().await.unwrap();
         assert_eq!(line(&alice, GROUP, "team", &id).text, "pay bob 10");
+
+        // Her own message she may edit, but only by naming its first
+        // version; an edit of a message nobody has changes nothing.
+        let text = |t: &str| ChatAction::Text {
+            text: t.into(),
+            reply_to: None,
+        };
+        let own = say(&as_mallory, text("v1")).await;
+        let first_edit = say(
+            &as_mallory,
+            ChatAction::Edit {
+                target: own,
+                text: "v2".into(),
+            },
+        )
+        .await;
+        say(
+            &as_mallory,
+            ChatAction::Edit {
+                target: first_edit,
+                text: "v3".into(),
+            },
+        )
+        .await;
+        let nowhere = MessageId::from_slice(&[1; 32]).unwrap();
+        say(
+            &as_mallory,
+            ChatAction::Edit {
+                target: nowhere,
+                text: "v4".into(),
+            },
+        )
+        .await;
+        let received = bob.sync().await.unwrap();
+        assert!(warnings(&received).is_empty(), "{received:#?}");
+        let mine = line(&bob, GROUP, "team", &own.to_hex());
+        assert_eq!(mine.text, "v2");
+        assert_eq!(mine.chat.versions.len(), 2);
     })
     .await;
 }
