@@ -87,6 +87,18 @@ pub fn app_content(data: &[u8]) {
     }
 }
 
+/// MIMI chat content (`sotto_core::mimi::decode`) from a group member:
+/// whatever decodes must encode back to the same bytes (it was
+/// deterministic), and its meaning and URIs must be readable.
+pub fn mimi_content(data: &[u8]) {
+    use sotto_core::mimi;
+    if let Ok(content) = mimi::decode(data) {
+        assert_eq!(mimi::encode(&content).as_deref(), Ok(data));
+        let _ = mimi::ChatAction::of(&content);
+        let _ = mimi::SottoUris::check(&content.extensions, "alice", b"group");
+    }
+}
+
 /// `LogEntry` → `AccountEvent` via `open_entry`, then a one-entry replay,
 /// as clients do with entries the server hands out.
 pub fn log_entry(data: &[u8]) {

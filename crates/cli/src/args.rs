@@ -54,9 +54,32 @@ pub(crate) enum Command {
         /// Send to this group instead of a user.
         #[arg(long)]
         group: Option<String>,
+        /// Reply to this message (its id, from `history --json`).
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
         /// USERNAME TEXT, or just TEXT with --group. Several words are joined with spaces.
         #[arg(required = true, num_args = 1..)]
         args: Vec<String>,
+    },
+    /// React to a message with an emoji (one reaction per message: a new
+    /// one replaces yours; the same one again takes it back).
+    React {
+        /// The message's id (from `history --json`).
+        id: String,
+        emoji: String,
+    },
+    /// Change the text of a message you sent, for everyone.
+    Edit {
+        /// The message's id (from `history --json`).
+        id: String,
+        /// The new text. Several words are joined with spaces.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Delete a message you sent, for everyone: every device erases its text.
+    Delete {
+        /// The message's id (from `history --json`).
+        id: String,
     },
     /// Create and manage groups.
     #[command(subcommand)]

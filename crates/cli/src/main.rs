@@ -91,10 +91,15 @@ async fn run(cli: Cli) -> Result<()> {
                 }),
             );
         }
-        Command::Send { group, args } => {
+        Command::Send {
+            group,
+            reply_to,
+            args,
+        } => {
             let mut client = open(&profile)?;
+            let reply_to = reply_to.as_deref();
             let sent = match group {
-                Some(name) => client.send_group(&name, &args.join(" ")).await?,
+                Some(name) => client.reply_group(&name, &args.join(" "), reply_to).await?,
                 None => {
                     let Some((user, words)) = args.split_first() else {
                         bail!("usage: sotto send USERNAME TEXT")
@@ -102,11 +107,31 @@ async fn run(cli: Cli) -> Result<()> {
                     if words.is_empty() {
                         bail!("nothing to send: usage is `sotto send USERNAME TEXT`");
                     }
-                    client.send_direct(user, &words.join(" ")).await?
+                    client
+                        .reply_direct(user, &words.join(" "), reply_to)
+                        .await?
                 }
             };
             client.disconnect().await;
             out.entry(&sent);
+        }
+        Command::React { id, emoji } => {
+            let mut client = open(&profile)?;
+            let changed = client.react(&id, &emoji).await;
+            client.disconnect().await;
+            out.entry(&changed?);
+        }
+        Command::Edit { id, text } => {
+            let mut client = open(&profile)?;
+            let changed = client.edit(&id, &text.join(" ")).await;
+            client.disconnect().await;
+            out.entry(&changed?);
+        }
+        Command::Delete { id } => {
+            let mut client = open(&profile)?;
+            let changed = client.delete(&id).await;
+            client.disconnect().await;
+            out.entry(&changed?);
         }
         Command::Group(command) => group(&profile, command, &out).await?,
         Command::Sync => {

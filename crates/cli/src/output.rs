@@ -62,7 +62,7 @@ impl Printer {
             ConversationKind::Group => format!("#{}", entry.conversation),
         };
         let text = match entry.kind {
-            EntryKind::Text => format!("[{place}] {}: {}", entry.sender, entry.text),
+            EntryKind::Text => format!("[{place}] {}: {}", entry.sender, chat_line(entry)),
             EntryKind::System if entry.conversation.is_empty() => entry.text.clone(),
             EntryKind::System => format!("[{place}] * {}", entry.text),
         };
@@ -71,4 +71,50 @@ impl Printer {
         }
         self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
     }
+}
+
+/// A chat message for people: the quoted message of a reply, the text (or
+/// that it was deleted), whether it was edited, and its reactions.
+fn chat_line(entry: &HistoryEntry) -> String {
+    let chat = &entry.chat;
+    let mut line = String::new();
+    if chat.reply_to.is_some() {
+        match &chat.quoted {
+            Some(q) if q.deleted => {
+                line.push_str(&format!("(reply to a deleted message of {}) ", q.sender))
+            }
+            Some(q) => line.push_str(&format!(
+                "(reply to {}: \"{}\") ",
+                q.sender,
+                shorten(&q.text)
+            )),
+            None => line.push_str("(reply to a message you do not have) "),
+        }
+    }
+    if chat.deleted {
+        line.push_str("(deleted)");
+    } else {
+        line.push_str(&entry.text);
+    }
+    if chat.edited {
+        line.push_str(" (edited)");
+    }
+    if !chat.reactions.is_empty() {
+        let reactions: Vec<String> = chat
+            .reactions
+            .iter()
+            .map(|(emoji, senders)| format!("{emoji} {}", senders.join(", ")))
+            .collect();
+        line.push_str(&format!("  [{}]", reactions.join("; ")));
+    }
+    line
+}
+
+/// At most 40 characters of a quoted text.
+fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(40).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
 }

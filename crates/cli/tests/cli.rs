@@ -87,7 +87,9 @@ fn two_profiles_chat_through_the_real_binaries() {
     assert_eq!(message["conversation"], "alice");
     assert_eq!(message["sender"], "alice");
     assert_eq!(message["text"], "hello bob");
-    assert_eq!(message["id"].as_str().unwrap().len(), 32);
+    // A MIMI message id (draft-ietf-mimi-content-08): SHA-256, 32 bytes.
+    assert_eq!(message["id"].as_str().unwrap().len(), 64);
+    assert!(message["id"].as_str().unwrap().starts_with("01"));
     assert!(message["sent_at"].as_u64().unwrap() > 1_700_000_000_000);
 
     ok(bob.path(), &["send", "alice", "hi alice"]);
@@ -114,6 +116,128 @@ fn two_profiles_chat_through_the_real_binaries() {
             .iter()
             .all(|m| m["device_id"].as_str().unwrap().len() == 32)
     );
+}
+
+/// The last JSON line about message `id` in some output.
+fn about(stdout: &str, id: &str) -> serde_json::Value {
+    json_lines(stdout)
+        .into_iter()
+        .rev()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no line about {id} in {stdout}"))
+}
+
+#[test]
+fn replies_reactions_edits_and_deletes_in_json() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    for (profile, name) in profiles.iter().zip(["ann", "bob", "cyd"]) {
+        ok(
+            profile.path(),
+            &["register", name, "--server", server.url()],
+        );
+    }
+    let [ann, bob, cyd] = [profiles[0].path(), profiles[1].path(), profiles[2].path()];
+
+    // Two users.
+    let sent = json_lines(&ok(ann, &["send", "bob", "coffee?", "--json"]));
+    let id = sent[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(sent[0]["reply_to"], serde_json::Value::Null);
+    assert_eq!(sent[0]["edited"], false);
+    assert_eq!(sent[0]["deleted"], false);
+    assert_eq!(sent[0]["reactions"], serde_json::json!({}));
+    ok(bob, &["sync"]);
+    let reply = json_lines(&ok(
+        bob,
+        &["send", "ann", "yes please", "--reply-to", &id, "--json"],
+    ));
+    let reply_id = reply[0]["id"].as_str().unwrap().to_owned();
+    ok(bob, &["react", &id, "☕"]);
+    let synced = ok(ann, &["sync", "--json"]);
+    let got = about(&synced, &reply_id);
+    assert_eq!(got["reply_to"], id.as_str());
+    assert_eq!(got["quoted"]["sender"], "ann");
+    assert_eq!(got["quoted"]["text"], "coffee?");
+    assert_eq!(
+        about(&synced, &id)["reactions"],
+        serde_json::json!({"☕": ["bob"]})
+    );
+    let human = ok(ann, &["history", "bob"]);
+    assert!(
+        human.contains("bob: (reply to ann: \"coffee?\") yes please"),
+        "{human}"
+    );
+    assert!(human.contains("ann: coffee?  [☕ bob]"), "{human}");
+
+    ok(ann, &["edit", &id, "coffee at 3?"]);
+    let got = about(&ok(bob, &["sync", "--json"]), &id);
+    assert_eq!(got["text"], "coffee at 3?");
+    assert_eq!(got["edited"], true);
+    let history = ok(bob, &["history", "ann", "--json"]);
+    let line = about(&history, &id);
+    let versions: Vec<&str> = line["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["coffee?", "coffee at 3?"]);
+    assert!(fails(bob, &["edit", &id, "tea"]).contains("only ann"));
+    ok(ann, &["delete", &id]);
+    let got = about(&ok(bob, &["sync", "--json"]), &id);
+    assert_eq!(got["deleted"], true);
+    assert_eq!(got["text"], "");
+    assert!(ok(bob, &["history", "ann"]).contains("ann: (deleted)"));
+
+    // A group of three.
+    ok(ann, &["group", "create", "trio", "--members", "bob,cyd"]);
+    ok(bob, &["sync"]);
+    ok(cyd, &["sync"]);
+    let sent = json_lines(&ok(ann, &["send", "--group", "trio", "ship it?", "--json"]));
+    let id = sent[0]["id"].as_str().unwrap().to_owned();
+    ok(bob, &["sync"]);
+    ok(cyd, &["sync"]);
+    ok(bob, &["react", &id, "👍"]);
+    ok(cyd, &["react", &id, "👍"]);
+    let cyd_reply = json_lines(&ok(
+        cyd,
+        &[
+            "send",
+            "--group",
+            "trio",
+            "--reply-to",
+            &id,
+            "yes",
+            "--json",
+        ],
+    ));
+    assert_eq!(cyd_reply[0]["quoted"]["text"], "ship it?");
+    let synced = ok(ann, &["sync", "--json"]);
+    assert_eq!(
+        about(&synced, &id)["reactions"],
+        serde_json::json!({"👍": ["bob", "cyd"]})
+    );
+    ok(bob, &["react", &id, "👍"]);
+    ok(ann, &["edit", &id, "ship it now?"]);
+    for profile in [bob, cyd] {
+        let got = about(&ok(profile, &["history", "--group", "trio", "--json"]), &id);
+        assert_eq!(got["edited"], false, "not synced yet");
+        let got = about(&ok(profile, &["sync", "--json"]), &id);
+        assert_eq!(got["text"], "ship it now?");
+        assert_eq!(got["edited"], true);
+        assert_eq!(got["reactions"], serde_json::json!({"👍": ["cyd"]}));
+    }
+    ok(ann, &["delete", &id]);
+    for profile in [bob, cyd] {
+        let got = about(&ok(profile, &["sync", "--json"]), &id);
+        assert_eq!(got["deleted"], true);
+    }
+    let reply = about(
+        &ok(bob, &["history", "--group", "trio", "--json"]),
+        cyd_reply[0]["id"].as_str().unwrap(),
+    );
+    assert_eq!(reply["quoted"]["deleted"], true);
 }
 
 #[test]

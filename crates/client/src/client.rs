@@ -18,7 +18,7 @@ use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use crate::{conversations, membership, own_account, receive};
+use crate::{chat, conversations, membership, own_account, receive};
 use rusqlite::Connection;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
@@ -315,7 +315,7 @@ impl Client {
             ));
         }
         conversations::check_text(text)?;
-        self.connected(async |s| conversations::send_direct(s, &peer, text).await)
+        self.connected(async |s| conversations::send_direct(s, &peer, text, None).await)
             .await
     }
 
@@ -325,9 +325,69 @@ impl Client {
         name: &str,
         text: &str,
     ) -> Result<HistoryEntry, ClientError> {
+        self.reply_group(name, text, None).await
+    }
+
+    /// Sends a text to `peer` replying to the message `reply_to` (its hex
+    /// id, from [`HistoryEntry::id`]), or a plain text with `None`.
+    pub async fn reply_direct(
+        &mut self,
+        peer: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<HistoryEntry, ClientError> {
+        let peer = Username::parse(peer)?;
+        if peer == self.profile.account.username {
+            return Err(ClientError::Usage(
+                "you cannot start a conversation with yourself".into(),
+            ));
+        }
         conversations::check_text(text)?;
-        self.connected(async |s| conversations::send_group(s, name, text).await)
+        let reply_to = reply_to.map(chat::parse_id).transpose()?;
+        self.connected(async |s| conversations::send_direct(s, &peer, text, reply_to).await)
             .await
+    }
+
+    /// Sends a text to the group `name` replying to the message `reply_to`
+    /// (its hex id), or a plain text with `None`.
+    pub async fn reply_group(
+        &mut self,
+        name: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<HistoryEntry, ClientError> {
+        conversations::check_text(text)?;
+        let reply_to = reply_to.map(chat::parse_id).transpose()?;
+        self.connected(async |s| conversations::send_group(s, name, text, reply_to).await)
+            .await
+    }
+
+    /// Reacts to the message `id` (hex) with `emoji`, replacing this
+    /// account's earlier reaction to it; the same emoji again takes the
+    /// reaction back. Returns the message as it is now.
+    pub async fn react(&mut self, id: &str, emoji: &str) -> Result<HistoryEntry, ClientError> {
+        let target = chat::parse_id(id)?;
+        let change = conversations::Change::React(emoji.trim().to_owned());
+        self.connected(async |s| conversations::change_message(s, target, change).await)
+            .await
+    }
+
+    /// Replaces the text of this account's message `id` (hex) for everyone.
+    pub async fn edit(&mut self, id: &str, text: &str) -> Result<HistoryEntry, ClientError> {
+        let target = chat::parse_id(id)?;
+        let change = conversations::Change::Edit(text.to_owned());
+        self.connected(async |s| conversations::change_message(s, target, change).await)
+            .await
+    }
+
+    /// Deletes this account's message `id` (hex) for everyone: every member
+    /// device erases its text.
+    pub async fn delete(&mut self, id: &str) -> Result<HistoryEntry, ClientError> {
+        let target = chat::parse_id(id)?;
+        self.connected(async |s| {
+            conversations::change_message(s, target, conversations::Change::Delete).await
+        })
+        .await
     }
 
     // ------------------------------------------------------------ membership

@@ -1,9 +1,12 @@
-//! Sending: texts to a person or a group, starting the direct conversation
-//! when there is none, and the content messages that tell new members what
-//! a conversation is. Each message is encrypted, recorded and queued in the
-//! outbox in one transaction, then submitted.
+//! Sending: texts (and replies) to a person or a group, starting the direct
+//! conversation when there is none; reactions, edits and deletes of a
+//! message by its id; and the content messages that tell new members what
+//! a conversation is. Chat messages are MIMI content (`crate::chat`). Each
+//! message is encrypted, recorded and queued in the outbox in one
+//! transaction, then submitted.
 
 use crate::ClientError;
+use crate::chat;
 use crate::keys::pinned_head;
 use crate::membership::{commit_pending_proposals, start_conversation};
 use crate::outbox::Outgoing;
@@ -13,9 +16,10 @@ use crate::receive::drain;
 use crate::session::Session;
 use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
 use rusqlite::Connection;
-use sotto_core::content::{self, AppContent, Body, ConversationInfo, Text};
+use sotto_core::content::{self, AppContent, Body, ContentError, ConversationInfo};
 use sotto_core::group;
 use sotto_core::identity::Username;
+use sotto_core::mimi::{self, ChatAction, MessageId, SottoUris};
 use sotto_proto::v1;
 
 /// Sends a text to `peer`, starting a direct conversation if needed.
@@ -23,6 +27,7 @@ pub(crate) async fn send_direct(
     s: &mut Session<'_>,
     peer: &Username,
     text: &str,
+    reply_to: Option<MessageId>,
 ) -> Result<HistoryEntry, ClientError> {
     drain(s).await?;
     commit_pending_proposals(s).await?;
@@ -44,7 +49,7 @@ pub(crate) async fn send_direct(
             .1
         }
     };
-    send_text(s, &group_id, text).await
+    send_text(s, &group_id, text, reply_to).await
 }
 
 /// Sends a text to the group `name`.
@@ -52,27 +57,183 @@ pub(crate) async fn send_group(
     s: &mut Session<'_>,
     name: &str,
     text: &str,
+    reply_to: Option<MessageId>,
 ) -> Result<HistoryEntry, ClientError> {
     drain(s).await?;
     commit_pending_proposals(s).await?;
     let group_id = s.profile.active_group_named(name)?;
-    send_text(s, &group_id, text).await
+    send_text(s, &group_id, text, reply_to).await
 }
 
 async fn send_text(
     s: &mut Session<'_>,
     group_id: &[u8],
     text: &str,
+    reply_to: Option<MessageId>,
 ) -> Result<HistoryEntry, ClientError> {
-    send_content(
-        s,
-        group_id,
-        Body::Text(Text {
-            text: text.to_owned(),
-        }),
-    )
-    .await?
-    .ok_or_else(|| ClientError::Usage("message was not recorded".into()))
+    if let Some(reply_to) = reply_to {
+        target_in(s.profile, group_id, &reply_to)?;
+    }
+    let action = ChatAction::Text {
+        text: text.to_owned(),
+        reply_to,
+    };
+    send_chat(s, group_id, action)
+        .await?
+        .ok_or_else(|| ClientError::Usage("message was not recorded".into()))
+}
+
+/// What the user asks of a message they name by id.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// React with this emoji; the same one again takes it back.
+    React(String),
+    Edit(String),
+    Delete,
+}
+
+/// Reacts to, edits or deletes the message `target`, in its conversation.
+/// Returns the message as it is now.
+pub(crate) async fn change_message(
+    s: &mut Session<'_>,
+    target: MessageId,
+    change: Change,
+) -> Result<HistoryEntry, ClientError> {
+    drain(s).await?;
+    commit_pending_proposals(s).await?;
+    let own = s.profile.account.username.as_str().to_owned();
+    let message = store::chat_message(&s.profile.db, target.as_bytes())?.ok_or_else(|| {
+        ClientError::Usage(format!(
+            "no message {target} in your history (ids are in `sotto history --json`)"
+        ))
+    })?;
+    if message.deleted {
+        return Err(ClientError::Usage("that message was deleted".into()));
+    }
+    let conversation = store::conversation_by_id(&s.profile.db, message.conversation_id)?
+        .ok_or_else(|| ClientError::Internal("a message of no conversation".into()))?;
+    let group_id = s
+        .profile
+        .conversation_group(&conversation)?
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "you can no longer send to the conversation of message {target}"
+            ))
+        })?;
+    if !matches!(change, Change::React(_)) && message.sender != own {
+        return Err(ClientError::Usage(format!(
+            "only {} can edit or delete that message",
+            message.sender
+        )));
+    }
+    let action = match change {
+        Change::React(emoji) => {
+            if emoji.is_empty() || emoji.len() > mimi::MAX_REACTION_BYTES {
+                return Err(ClientError::Usage(format!(
+                    "a reaction is 1 to {} bytes (an emoji or two)",
+                    mimi::MAX_REACTION_BYTES
+                )));
+            }
+            let previous = store::reaction_of(&s.profile.db, target.as_bytes(), &own)?;
+            let previous_id = previous
+                .as_ref()
+                .and_then(|r| MessageId::from_slice(&r.reaction_id));
+            match (previous, previous_id) {
+                (Some(p), Some(previous_id)) if p.emoji == emoji => ChatAction::Retract {
+                    target: previous_id,
+                },
+                (_, replaces) => ChatAction::React {
+                    target,
+                    emoji,
+                    replaces,
+                },
+            }
+        }
+        Change::Edit(text) => {
+            check_text(&text)?;
+            ChatAction::Edit { target, text }
+        }
+        Change::Delete => ChatAction::Retract { target },
+    };
+    send_chat(s, &group_id, action).await?;
+    store::entry(&s.profile.db, &conversation, target.as_bytes())?
+        .ok_or_else(|| ClientError::Internal("the message vanished".into()))
+}
+
+/// Refuses a reply to a message that is not in `group_id`'s conversation.
+fn target_in(profile: &Profile, group_id: &[u8], target: &MessageId) -> Result<(), ClientError> {
+    let conversation_id = store::group(&profile.db, group_id)?.and_then(|r| r.conversation_id);
+    match store::chat_message(&profile.db, target.as_bytes())? {
+        Some(m) if Some(m.conversation_id) == conversation_id => Ok(()),
+        Some(_) => Err(ClientError::Usage(format!(
+            "message {target} is in another conversation"
+        ))),
+        None => Err(ClientError::Usage(format!(
+            "no message {target} in your history (ids are in `sotto history --json`)"
+        ))),
+    }
+}
+
+/// Encrypts a chat message for the group, applies it to this device's
+/// history and sends it; see [`stage_chat`].
+pub(crate) async fn send_chat(
+    s: &mut Session<'_>,
+    group_id: &[u8],
+    action: ChatAction,
+) -> Result<Option<HistoryEntry>, ClientError> {
+    let (outgoing, history) = stage_chat(s.profile, group_id, action)?;
+    if let Some(outgoing) = outgoing {
+        s.outbox
+            .submit(s.profile, &mut s.anonymous, &outgoing)
+            .await?;
+    }
+    Ok(history)
+}
+
+/// Encodes a chat message as MIMI content, applies it to this device's
+/// history as a receiver would, and encrypts and queues it, in one
+/// transaction. The frame's id is the second half of the MIMI id.
+pub(crate) fn stage_chat(
+    profile: &Profile,
+    group_id: &[u8],
+    action: ChatAction,
+) -> Result<(Option<Outgoing>, Option<HistoryEntry>), ClientError> {
+    let sent_at_ms = now_ms();
+    let salt = rand::random::<[u8; mimi::SALT_LEN]>();
+    profile.in_transaction(|provider, tx| {
+        let mut g = group::load(provider, group_id)?;
+        check_before_send(profile, provider, tx, &g)?;
+        let own = profile.account.username.as_str();
+        let uris = SottoUris::new(&chat::authority(tx)?, own, group_id);
+        let bytes = mimi::encode(&action.to_content(&uris, salt)).map_err(ContentError::from)?;
+        let id = MessageId::derive(&uris.sender, &uris.room, &bytes, &salt);
+        let conversation = store::group(tx, group_id)?
+            .and_then(|r| r.conversation_id)
+            .map(|id| store::conversation_by_id(tx, id))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
+        let history = chat::apply(
+            tx,
+            &conversation,
+            own,
+            id,
+            Some(action),
+            sent_at_ms,
+            sent_at_ms,
+        )?;
+        let message_id = id.as_bytes().get(16..).unwrap_or_default().to_vec();
+        let outgoing = seal(
+            profile,
+            provider,
+            tx,
+            &mut g,
+            message_id,
+            sent_at_ms,
+            Body::Mimi(bytes),
+        )?;
+        Ok((outgoing, history))
+    })
 }
 
 /// Encrypts `body` for the group and sends it; see [`stage_content`].
@@ -103,7 +264,6 @@ pub(crate) fn stage_content(
     profile.in_transaction(|provider, tx| {
         let mut g = group::load(provider, group_id)?;
         check_before_send(profile, provider, tx, &g)?;
-        let recipients = group::recipients(&g);
         let history = match (
             &body,
             store::group(tx, group_id)?.and_then(|r| r.conversation_id),
@@ -122,24 +282,40 @@ pub(crate) fn stage_content(
             }
             _ => None,
         };
-        let plaintext = content::encode(&AppContent {
-            id: message_id.clone(),
-            sent_at_ms,
-            body: Some(body),
-            log_head: pinned_head(&profile.db)?,
-            padding: Vec::new(),
-        });
-        let token = group::send_token(provider, &g)?;
-        let ciphertext = group::encrypt(provider, &mut g, &profile.account.device, &plaintext)?;
-        // Alone in the group (the only recipient is this device): nothing to send.
-        let alone = recipients.iter().all(|d| *d == profile.account.device_id);
-        let outgoing = (!alone)
-            .then(|| Outgoing::message(message_id, group_id, &recipients, ciphertext, token));
-        if let Some(outgoing) = &outgoing {
-            outgoing.queue(tx)?;
-        }
+        let outgoing = seal(profile, provider, tx, &mut g, message_id, sent_at_ms, body)?;
         Ok((outgoing, history))
     })
+}
+
+/// Encrypts `body` for the group and queues it in the outbox; `None` when
+/// this device is alone in the group (nothing to send).
+fn seal(
+    profile: &Profile,
+    provider: &MlsProvider<'_>,
+    tx: &Connection,
+    g: &mut openmls::group::MlsGroup,
+    message_id: Vec<u8>,
+    sent_at_ms: u64,
+    body: Body,
+) -> Result<Option<Outgoing>, ClientError> {
+    let group_id = g.group_id().as_slice().to_vec();
+    let recipients = group::recipients(g);
+    let plaintext = content::encode(&AppContent {
+        id: message_id.clone(),
+        sent_at_ms,
+        body: Some(body),
+        log_head: pinned_head(&profile.db)?,
+        padding: Vec::new(),
+    });
+    let token = group::send_token(provider, g)?;
+    let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
+    let alone = recipients.iter().all(|d| *d == profile.account.device_id);
+    let outgoing =
+        (!alone).then(|| Outgoing::message(message_id, &group_id, &recipients, ciphertext, token));
+    if let Some(outgoing) = &outgoing {
+        outgoing.queue(tx)?;
+    }
+    Ok(outgoing)
 }
 
 /// What every send checks first: a direct conversation still holds

@@ -3,6 +3,7 @@
 //! holds the MLS state change (see `receive` for the network half).
 
 use crate::ClientError;
+use crate::chat;
 use crate::keys::KeyLog;
 use crate::profile::{Profile, now_ms};
 use crate::provider::MlsProvider;
@@ -146,6 +147,20 @@ fn record_inbound(
                         sent_at_ms: app.sent_at_ms,
                     };
                     let entry = store::insert_message(conn, &conversation, &message, now)?;
+                    (conversation, entry)
+                }
+                Some(Body::Mimi(bytes)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let (id, action) = chat::parse(&bytes, &sender.username, &group_id)?;
+                    let entry = chat::apply(
+                        conn,
+                        &conversation,
+                        sender.username.as_str(),
+                        id,
+                        action,
+                        app.sent_at_ms,
+                        now,
+                    )?;
                     (conversation, entry)
                 }
                 None => return Ok(Applied::default()),

@@ -10,6 +10,7 @@
 //! message id, which the server de-duplicates.
 
 pub mod canary;
+mod chat;
 mod client;
 mod conversations;
 mod devices;
@@ -37,7 +38,9 @@ pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
-pub use store::{AccountAlert, ConversationKind, EntryKind, HistoryEntry};
+pub use store::{
+    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, Version,
+};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
 

@@ -220,5 +220,6 @@ fn raise(
         kind: EntryKind::System,
         text: text.to_owned(),
         sent_at: now,
+        chat: Default::default(),
     }])
 }

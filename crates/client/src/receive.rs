@@ -35,6 +35,7 @@ fn notice(conversation: &Conversation, message_id: &[u8], text: &str) -> History
         kind: EntryKind::System,
         text: text.to_owned(),
         sent_at: now_ms(),
+        chat: Default::default(),
     }
 }
 
@@ -480,6 +481,7 @@ fn warn(
             kind: EntryKind::System,
             text: text.to_owned(),
             sent_at: now,
+            chat: Default::default(),
         }],
     })
 }

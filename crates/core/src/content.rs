@@ -1,5 +1,7 @@
 //! What travels inside MLS application messages: the `AppContent` of the
-//! protocol schema.
+//! protocol schema. Chat messages ride in it as MIMI content
+//! (`Body::Mimi`, see [`crate::mimi`]); Sotto's control content
+//! (conversation info, log heads) is its own protobuf.
 
 use prost::Message as _;
 pub use sotto_proto::v1::{
@@ -17,6 +19,8 @@ pub enum ContentError {
     Malformed(#[from] prost::DecodeError),
     #[error("message content is empty")]
     Empty,
+    #[error(transparent)]
+    Mimi(#[from] crate::mimi::MimiError),
 }
 
 /// Smallest size bucket: every content is padded to 256, 512, 1024, …

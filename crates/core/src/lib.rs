@@ -20,6 +20,7 @@ pub mod group;
 pub mod history;
 pub mod identity;
 pub mod link;
+pub mod mimi;
 pub mod safety;
 
 pub use openmls;

@@ -108,9 +108,10 @@ mod tests {
         let path = dir.join("sotto.db");
         super::super::open(&path)
             .unwrap()
-            .execute_batch(
-                "DROP TABLE own_events; DROP TABLE account_alerts; PRAGMA user_version = 3;",
-            )
+            .execute_batch(&format!(
+                "{} DROP TABLE own_events; DROP TABLE account_alerts; PRAGMA user_version = 3;",
+                super::super::UNDO_MIGRATION_5
+            ))
             .unwrap();
         let conn = super::super::open(&path).unwrap();
         record_own_event(&conn, 0, b"first").unwrap();

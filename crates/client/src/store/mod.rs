@@ -150,6 +150,9 @@ pub(crate) fn open_keyed(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // What is deleted (a message deleted for everyone) is overwritten with
+    // zeros, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < SCHEMA_VERSION {
@@ -165,6 +168,9 @@ pub(crate) fn open_keyed(
         }
         if version < 4 {
             tx.execute_batch(MIGRATION_4)?;
+        }
+        if version < 5 {
+            tx.execute_batch(MIGRATION_5)?;
         }
         if version < 6 {
             tx.execute_batch(MIGRATION_6)?;
@@ -240,7 +246,50 @@ CREATE TABLE account_alerts (
 );
 ";
 
-/// Version 6: identity rotation (version 5 is another change's).
+/// Version 5: chat content in the MIMI format (`sotto_core::mimi`):
+/// replies, edits, deletes and reactions. Rows from before keep `mimi = 0`
+/// (their ids are frame ids, not MIMI ids) and show as before.
+const MIGRATION_5: &str = "
+-- A chat message whose id is its MIMI message id: it can be replied to,
+-- edited, deleted and reacted to.
+ALTER TABLE messages ADD COLUMN mimi INTEGER NOT NULL DEFAULT 0;
+-- The MIMI id of the message this one replies to.
+ALTER TABLE messages ADD COLUMN reply_to BLOB;
+ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+-- Deleted for everyone by its sender: body is empty.
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+-- Every version of an edited message, the first under the message's own id,
+-- each later one under the MIMI id of the edit that set it.
+CREATE TABLE message_versions (
+    version_id BLOB PRIMARY KEY,
+    message_id BLOB NOT NULL REFERENCES messages(id),
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL
+);
+CREATE INDEX message_versions_by_message ON message_versions (message_id);
+-- One reaction per account and message, by the MIMI id of the message
+-- that made it (an unlike names that id).
+CREATE TABLE reactions (
+    message_id BLOB NOT NULL REFERENCES messages(id),
+    sender TEXT NOT NULL,
+    reaction_id BLOB NOT NULL UNIQUE,
+    emoji TEXT NOT NULL,
+    PRIMARY KEY (message_id, sender)
+);
+";
+
+/// Takes a profile back from version 5 to 4, for tests of older profiles.
+#[cfg(test)]
+pub(crate) const UNDO_MIGRATION_5: &str = "
+DROP TABLE message_versions;
+DROP TABLE reactions;
+ALTER TABLE messages DROP COLUMN mimi;
+ALTER TABLE messages DROP COLUMN reply_to;
+ALTER TABLE messages DROP COLUMN edited;
+ALTER TABLE messages DROP COLUMN deleted;
+";
+
+/// Version 6: identity rotation.
 const MIGRATION_6: &str = "
 -- Identity keys this device holds besides the profile's: the one it is
 -- rotating the account to, until the log shows the rotation (so a crash

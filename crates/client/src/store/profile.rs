@@ -195,7 +195,10 @@ mod tests {
         let path = dir.join("sotto.db");
         super::super::open(&path)
             .unwrap()
-            .execute_batch("DROP TABLE spare_identities; PRAGMA user_version = 4;")
+            .execute_batch(&format!(
+                "DROP TABLE spare_identities; {} PRAGMA user_version = 4;",
+                super::super::UNDO_MIGRATION_5
+            ))
             .unwrap();
         let conn = super::super::open(&path).unwrap();
         assert_eq!(spare_identity(&conn, b"pub").unwrap(), None);
