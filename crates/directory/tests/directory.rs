@@ -280,7 +280,7 @@ async fn published_data_lists_no_usernames() {
         .with_connection(|c| {
             let mut rows = Vec::new();
             for query in [
-                "SELECT label_val || latest || COALESCE(previous, x'') FROM akd_tree_nodes",
+                "SELECT CAST(label_val || latest || COALESCE(previous, x'') AS BLOB) FROM akd_tree_nodes",
                 "SELECT root_hash FROM akd_epoch_roots",
                 "SELECT CAST(latest_epoch AS BLOB) FROM akd_azks",
             ] {
