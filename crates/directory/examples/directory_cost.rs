@@ -25,8 +25,12 @@ fn state(seed: u32, devices: u8) -> AccountState {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let accounts: u32 = args.next().map_or(100_000, |a| a.parse().expect("number of accounts"));
-    let changes: u32 = args.next().map_or(1_000, |a| a.parse().expect("number of changes"));
+    let accounts: u32 = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("number of accounts"));
+    let changes: u32 = args
+        .next()
+        .map_or(1_000, |a| a.parse().expect("number of changes"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -50,16 +54,28 @@ async fn run(accounts: u32, changes: u32) {
         .await
         .unwrap();
     println!("accounts: {accounts}");
-    println!("publish epoch 1 ({accounts} new accounts): {:.2?}", t.elapsed());
+    println!(
+        "publish epoch 1 ({accounts} new accounts): {:.2?}",
+        t.elapsed()
+    );
 
     let step = (accounts / changes.max(1)).max(1) as usize;
-    let changed: Vec<Username> = names.iter().step_by(step).take(changes as usize).cloned().collect();
+    let changed: Vec<Username> = names
+        .iter()
+        .step_by(step)
+        .take(changes as usize)
+        .cloned()
+        .collect();
     let t = Instant::now();
     let head = directory
         .publish(changed.iter().map(|n| (n.clone(), state(2, 3))).collect())
         .await
         .unwrap();
-    println!("publish epoch 2 ({} changed accounts): {:.2?}", changed.len(), t.elapsed());
+    println!(
+        "publish epoch 2 ({} changed accounts): {:.2?}",
+        changed.len(),
+        t.elapsed()
+    );
 
     let mut sizes = Vec::new();
     let t = Instant::now();
@@ -79,7 +95,14 @@ async fn run(accounts: u32, changes: u32) {
     );
 
     let history = directory.history(&changed[0]).await.unwrap();
-    verify_history(&vrf, &head.root_hash, head.epoch, &changed[0], &history.proof).unwrap();
+    verify_history(
+        &vrf,
+        &head.root_hash,
+        head.epoch,
+        &changed[0],
+        &history.proof,
+    )
+    .unwrap();
     println!("history proof bytes (2 versions): {}", history.proof.len());
 
     let t = Instant::now();
@@ -95,6 +118,8 @@ async fn run(accounts: u32, changes: u32) {
         t.elapsed()
     );
     let db_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+        + std::fs::metadata(path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
     println!("sqlite file + wal: {:.1} MiB", db_bytes as f64 / 1048576.0);
 }

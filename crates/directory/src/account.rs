@@ -68,7 +68,8 @@ impl AccountState {
         if self.devices.len() > MAX_DEVICES {
             return Err(AccountStateError::TooManyDevices);
         }
-        let count = u16::try_from(self.devices.len()).map_err(|_| AccountStateError::TooManyDevices)?;
+        let count =
+            u16::try_from(self.devices.len()).map_err(|_| AccountStateError::TooManyDevices)?;
         let mut out = Vec::with_capacity(1 + 32 + 2 + self.devices.len() * (DEVICE_ID_LEN + 32));
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.identity_key);
@@ -131,7 +132,9 @@ mod tests {
     fn sample() -> AccountState {
         AccountState {
             identity_key: [7; 32],
-            devices: [([2; 16], [9; 32]), ([1; 16], [8; 32])].into_iter().collect(),
+            devices: [([2; 16], [9; 32]), ([1; 16], [8; 32])]
+                .into_iter()
+                .collect(),
         }
     }
 

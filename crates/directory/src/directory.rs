@@ -253,10 +253,9 @@ impl KeyDirectory {
             .map_err(|e| DirectoryError::Akd(format!("encoding audit proof: {e}")))?;
         let mut roots = Vec::new();
         for epoch in from_epoch..=to_epoch {
-            let root = self
-                .db
-                .epoch_root(epoch)?
-                .ok_or_else(|| DirectoryError::Storage(format!("no stored root for epoch {epoch}")))?;
+            let root = self.db.epoch_root(epoch)?.ok_or_else(|| {
+                DirectoryError::Storage(format!("no stored root for epoch {epoch}"))
+            })?;
             roots.push(root);
         }
         Ok(AuditAnswer {

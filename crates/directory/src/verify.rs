@@ -107,7 +107,8 @@ pub async fn verify_audit(
     from_epoch: u64,
     proof: &[u8],
 ) -> Result<(), VerifyError> {
-    let steps = u64::try_from(roots.len().saturating_sub(1)).map_err(|_| VerifyError::NeedTwoRoots)?;
+    let steps =
+        u64::try_from(roots.len().saturating_sub(1)).map_err(|_| VerifyError::NeedTwoRoots)?;
     if steps == 0 {
         return Err(VerifyError::NeedTwoRoots);
     }

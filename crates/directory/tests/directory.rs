@@ -60,31 +60,63 @@ async fn lookup_returns_the_latest_version_and_it_verifies() {
     let fx = Fixture::new();
     let dir = fx.open().await;
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-    dir.publish(vec![(alice.clone(), state(1, 1)), (bob.clone(), state(2, 1))])
+    dir.publish(vec![
+        (alice.clone(), state(1, 1)),
+        (bob.clone(), state(2, 1)),
+    ])
+    .await
+    .unwrap();
+    // Alice adds a device in epoch 2, Carol joins in epoch 3.
+    dir.publish(vec![(alice.clone(), state(1, 2))])
         .await
         .unwrap();
-    // Alice adds a device in epoch 2, Carol joins in epoch 3.
-    dir.publish(vec![(alice.clone(), state(1, 2))]).await.unwrap();
-    let head = dir.publish(vec![(carol.clone(), state(3, 1))]).await.unwrap();
+    let head = dir
+        .publish(vec![(carol.clone(), state(3, 1))])
+        .await
+        .unwrap();
     assert_eq!(head.epoch, 3);
     assert_eq!(dir.epoch_root(3).unwrap(), Some(head.root_hash));
 
     let answer = dir.lookup(&alice).await.unwrap();
-    assert_eq!((answer.epoch, answer.root_hash), (head.epoch, head.root_hash));
-    let got = verify_lookup(&dir.vrf_public_key(), &head.root_hash, head.epoch, &alice, &answer.proof)
-        .unwrap();
+    assert_eq!(
+        (answer.epoch, answer.root_hash),
+        (head.epoch, head.root_hash)
+    );
+    let got = verify_lookup(
+        &dir.vrf_public_key(),
+        &head.root_hash,
+        head.epoch,
+        &alice,
+        &answer.proof,
+    )
+    .unwrap();
     assert_eq!(got.state, state(1, 2));
     assert_eq!((got.version, got.epoch), (2, 2));
 
     // The proof is for Alice only: checked as Bob's it fails.
-    let as_bob = verify_lookup(&dir.vrf_public_key(), &head.root_hash, head.epoch, &bob, &answer.proof);
-    assert!(matches!(as_bob, Err(VerifyError::LookupRejected(_))), "{as_bob:?}");
+    let as_bob = verify_lookup(
+        &dir.vrf_public_key(),
+        &head.root_hash,
+        head.epoch,
+        &bob,
+        &answer.proof,
+    );
+    assert!(
+        matches!(as_bob, Err(VerifyError::LookupRejected(_))),
+        "{as_bob:?}"
+    );
 
     // Removing every device is a version too.
     let head = dir.publish(vec![(bob.clone(), state(2, 0))]).await.unwrap();
     let answer = dir.lookup(&bob).await.unwrap();
-    let got = verify_lookup(&dir.vrf_public_key(), &head.root_hash, head.epoch, &bob, &answer.proof)
-        .unwrap();
+    let got = verify_lookup(
+        &dir.vrf_public_key(),
+        &head.root_hash,
+        head.epoch,
+        &bob,
+        &answer.proof,
+    )
+    .unwrap();
     assert!(got.state.devices.is_empty());
     assert_eq!(got.version, 2);
 }
@@ -95,9 +127,12 @@ async fn a_server_serving_an_old_version_is_caught() {
     let dir = fx.open().await;
     let alice = user("alice");
     let vrf = dir.vrf_public_key();
-    dir.publish(vec![(alice.clone(), state(1, 1)), (user("bob"), state(2, 1))])
-        .await
-        .unwrap();
+    dir.publish(vec![
+        (alice.clone(), state(1, 1)),
+        (user("bob"), state(2, 1)),
+    ])
+    .await
+    .unwrap();
     let old = dir.lookup(&alice).await.unwrap();
 
     // A copy of the server as it was at epoch 1: the rollback a lying server would serve from.
@@ -110,7 +145,10 @@ async fn a_server_serving_an_old_version_is_caught() {
         .unwrap();
 
     // Alice's phone is stolen; she replaces her device set in epoch 2.
-    let head = dir.publish(vec![(alice.clone(), state(9, 1))]).await.unwrap();
+    let head = dir
+        .publish(vec![(alice.clone(), state(9, 1))])
+        .await
+        .unwrap();
 
     // Against its own (old) root the old answer verifies: a client that never
     // saw epoch 2 cannot tell, which is why clients keep the newest root.
@@ -123,8 +161,14 @@ async fn a_server_serving_an_old_version_is_caught() {
     let stale = open_at(&stale_path).await;
     let stale_answer = stale.lookup(&alice).await.unwrap();
     assert_eq!(stale_answer.epoch, 1);
-    let err = verify_lookup(&vrf, &head.root_hash, head.epoch, &alice, &stale_answer.proof)
-        .unwrap_err();
+    let err = verify_lookup(
+        &vrf,
+        &head.root_hash,
+        head.epoch,
+        &alice,
+        &stale_answer.proof,
+    )
+    .unwrap_err();
     assert!(matches!(err, VerifyError::LookupRejected(_)), "{err:?}");
 
     // A server that keeps the new proof but swaps in the old state (or the old
@@ -133,13 +177,25 @@ async fn a_server_serving_an_old_version_is_caught() {
     let fresh = dir.lookup(&alice).await.unwrap();
     let mut forged = akd::proto::specs::types::LookupProof::parse_from_bytes(&fresh.proof).unwrap();
     forged.set_value(state(1, 1).encode().unwrap());
-    let err = verify_lookup(&vrf, &head.root_hash, head.epoch, &alice, &forged.write_to_bytes().unwrap())
-        .unwrap_err();
+    let err = verify_lookup(
+        &vrf,
+        &head.root_hash,
+        head.epoch,
+        &alice,
+        &forged.write_to_bytes().unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(err, VerifyError::LookupRejected(_)), "{err:?}");
     let mut forged = akd::proto::specs::types::LookupProof::parse_from_bytes(&fresh.proof).unwrap();
     forged.set_version(1);
-    let err = verify_lookup(&vrf, &head.root_hash, head.epoch, &alice, &forged.write_to_bytes().unwrap())
-        .unwrap_err();
+    let err = verify_lookup(
+        &vrf,
+        &head.root_hash,
+        head.epoch,
+        &alice,
+        &forged.write_to_bytes().unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(err, VerifyError::LookupRejected(_)), "{err:?}");
 }
 
@@ -148,10 +204,17 @@ async fn key_history_lists_every_version_and_verifies() {
     let fx = Fixture::new();
     let dir = fx.open().await;
     let alice = user("alice");
-    dir.publish(vec![(alice.clone(), state(1, 1))]).await.unwrap();
+    dir.publish(vec![(alice.clone(), state(1, 1))])
+        .await
+        .unwrap();
     dir.publish(vec![(user("bob"), state(2, 1))]).await.unwrap();
-    dir.publish(vec![(alice.clone(), state(1, 2))]).await.unwrap();
-    let head = dir.publish(vec![(alice.clone(), state(1, 3))]).await.unwrap();
+    dir.publish(vec![(alice.clone(), state(1, 2))])
+        .await
+        .unwrap();
+    let head = dir
+        .publish(vec![(alice.clone(), state(1, 3))])
+        .await
+        .unwrap();
 
     let answer = dir.history(&alice).await.unwrap();
     let versions = verify_history(
@@ -170,8 +233,8 @@ async fn key_history_lists_every_version_and_verifies() {
 
     // An older root does not vouch for the newer history.
     let old_root = dir.epoch_root(3).unwrap().unwrap();
-    let err = verify_history(&dir.vrf_public_key(), &old_root, 3, &alice, &answer.proof)
-        .unwrap_err();
+    let err =
+        verify_history(&dir.vrf_public_key(), &old_root, 3, &alice, &answer.proof).unwrap_err();
     assert!(matches!(err, VerifyError::HistoryRejected(_)), "{err:?}");
 }
 
@@ -180,24 +243,39 @@ async fn audit_between_epochs_verifies_and_a_flipped_stored_byte_is_caught() {
     let fx = Fixture::new();
     {
         let dir = fx.open().await;
-        dir.publish(vec![(user("alice"), state(1, 1)), (user("bob"), state(2, 1))])
+        dir.publish(vec![
+            (user("alice"), state(1, 1)),
+            (user("bob"), state(2, 1)),
+        ])
+        .await
+        .unwrap();
+        dir.publish(vec![
+            (user("alice"), state(1, 2)),
+            (user("carol"), state(3, 1)),
+        ])
+        .await
+        .unwrap();
+        dir.publish(vec![(user("dave"), state(4, 1))])
             .await
             .unwrap();
-        dir.publish(vec![(user("alice"), state(1, 2)), (user("carol"), state(3, 1))])
-            .await
-            .unwrap();
-        dir.publish(vec![(user("dave"), state(4, 1))]).await.unwrap();
 
         for (from, to) in [(0, 1), (0, 3), (1, 2), (2, 3)] {
             let audit = dir.audit_proof(from, to).await.unwrap();
             assert_eq!(audit.roots.len() as u64, to - from + 1);
-            verify_audit(&audit.roots, from, &audit.proof).await.unwrap();
+            verify_audit(&audit.roots, from, &audit.proof)
+                .await
+                .unwrap();
         }
 
         // A proof for other epochs than the auditor asked for is refused.
         let audit = dir.audit_proof(1, 2).await.unwrap();
-        let err = verify_audit(&audit.roots, 0, &audit.proof).await.unwrap_err();
-        assert!(matches!(err, VerifyError::AuditEpochsMismatch { .. }), "{err:?}");
+        let err = verify_audit(&audit.roots, 0, &audit.proof)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::AuditEpochsMismatch { .. }),
+            "{err:?}"
+        );
         // Roots swapped: refused.
         let audit = dir.audit_proof(1, 3).await.unwrap();
         let mut roots = audit.roots.clone();
@@ -208,7 +286,9 @@ async fn audit_between_epochs_verifies_and_a_flipped_stored_byte_is_caught() {
     // The roots an auditor holds, recorded when each epoch was published.
     let roots: Vec<[u8; 32]> = {
         let dir = fx.open().await;
-        (1..=2).map(|e| dir.epoch_root(e).unwrap().unwrap()).collect()
+        (1..=2)
+            .map(|e| dir.epoch_root(e).unwrap().unwrap())
+            .collect()
     };
 
     // Flip one byte of the hash of a leaf stored in epoch 2, then reopen
@@ -236,7 +316,10 @@ async fn audit_between_epochs_verifies_and_a_flipped_stored_byte_is_caught() {
     let audit = dir.audit_proof(1, 2).await.unwrap();
     let err = verify_audit(&roots, 1, &audit.proof).await.unwrap_err();
     // The leaf's value no longer hashes to epoch 2's published root.
-    assert!(matches!(err, VerifyError::AuditRejected { from: 1, to: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, VerifyError::AuditRejected { from: 1, to: 2, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -244,16 +327,27 @@ async fn the_directory_survives_reopening() {
     let fx = Fixture::new();
     let first_head = {
         let dir = fx.open().await;
-        dir.publish(vec![(user("alice"), state(1, 1))]).await.unwrap();
+        dir.publish(vec![(user("alice"), state(1, 1))])
+            .await
+            .unwrap();
         dir.publish(vec![(user("bob"), state(2, 1))]).await.unwrap()
     };
     let dir = fx.open().await;
     assert_eq!(dir.latest().await.unwrap(), first_head);
     let answer = dir.lookup(&user("alice")).await.unwrap();
-    verify_lookup(&dir.vrf_public_key(), &first_head.root_hash, 2, &user("alice"), &answer.proof)
-        .unwrap();
+    verify_lookup(
+        &dir.vrf_public_key(),
+        &first_head.root_hash,
+        2,
+        &user("alice"),
+        &answer.proof,
+    )
+    .unwrap();
     // Publishing goes on from the stored epoch, and the old epochs stay auditable.
-    let head = dir.publish(vec![(user("alice"), state(1, 2))]).await.unwrap();
+    let head = dir
+        .publish(vec![(user("alice"), state(1, 2))])
+        .await
+        .unwrap();
     assert_eq!(head.epoch, 3);
     let audit = dir.audit_proof(0, 3).await.unwrap();
     verify_audit(&audit.roots, 0, &audit.proof).await.unwrap();
@@ -267,7 +361,9 @@ async fn published_data_lists_no_usernames() {
     dir.publish(names.iter().map(|n| (user(n), state(1, 1))).collect())
         .await
         .unwrap();
-    dir.publish(vec![(user(names[0]), state(1, 2))]).await.unwrap();
+    dir.publish(vec![(user(names[0]), state(1, 2))])
+        .await
+        .unwrap();
 
     let contains = |haystack: &[u8], needle: &str| {
         haystack
@@ -297,7 +393,10 @@ async fn published_data_lists_no_usernames() {
     let audit = dir.audit_proof(0, 2).await.unwrap();
     let lookup = dir.lookup(&user(names[0])).await.unwrap();
     for name in names {
-        assert!(!published.iter().any(|row| contains(row, name)), "{name} in a published row");
+        assert!(
+            !published.iter().any(|row| contains(row, name)),
+            "{name} in a published row"
+        );
         assert!(!contains(&audit.proof, name), "{name} in the audit proof");
         assert!(!contains(&lookup.proof, name), "{name} in a lookup proof");
     }
@@ -320,27 +419,57 @@ async fn published_data_lists_no_usernames() {
 async fn caller_mistakes_are_named() {
     let fx = Fixture::new();
     let dir = fx.open().await;
-    assert!(matches!(dir.publish(vec![]).await, Err(DirectoryError::NothingToPublish)));
+    assert!(matches!(
+        dir.publish(vec![]).await,
+        Err(DirectoryError::NothingToPublish)
+    ));
     let dup = dir
-        .publish(vec![(user("alice"), state(1, 1)), (user("alice"), state(1, 2))])
+        .publish(vec![
+            (user("alice"), state(1, 1)),
+            (user("alice"), state(1, 2)),
+        ])
         .await;
-    assert!(matches!(dup, Err(DirectoryError::DuplicateAccount(_))), "{dup:?}");
+    assert!(
+        matches!(dup, Err(DirectoryError::DuplicateAccount(_))),
+        "{dup:?}"
+    );
     let too_many = AccountState {
         identity_key: [0; 32],
         devices: (0..=64u8).map(|d| ([d; 16], [d; 32])).collect(),
     };
     let bad = dir.publish(vec![(user("alice"), too_many)]).await;
     assert!(matches!(bad, Err(DirectoryError::BadState(..))), "{bad:?}");
-    dir.publish(vec![(user("alice"), state(1, 1))]).await.unwrap();
+    dir.publish(vec![(user("alice"), state(1, 1))])
+        .await
+        .unwrap();
     let unknown = dir.lookup(&user("nobody")).await;
-    assert!(matches!(unknown, Err(DirectoryError::UnknownAccount(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(DirectoryError::UnknownAccount(_))),
+        "{unknown:?}"
+    );
     let range = dir.audit_proof(1, 1).await;
-    assert!(matches!(range, Err(DirectoryError::BadEpochRange { .. })), "{range:?}");
+    assert!(
+        matches!(range, Err(DirectoryError::BadEpochRange { .. })),
+        "{range:?}"
+    );
     let range = dir.audit_proof(0, 2).await;
-    assert!(matches!(range, Err(DirectoryError::BadEpochRange { .. })), "{range:?}");
+    assert!(
+        matches!(range, Err(DirectoryError::BadEpochRange { .. })),
+        "{range:?}"
+    );
     // Malformed bytes are the server's fault, named as such.
-    let err = verify_lookup(&dir.vrf_public_key(), &[0; 32], 1, &user("alice"), b"\xff\xff").unwrap_err();
-    assert!(matches!(err, VerifyError::Malformed("lookup", _)), "{err:?}");
+    let err = verify_lookup(
+        &dir.vrf_public_key(),
+        &[0; 32],
+        1,
+        &user("alice"),
+        b"\xff\xff",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, VerifyError::Malformed("lookup", _)),
+        "{err:?}"
+    );
 }
 
 /// 10,000 accounts, then an epoch of 100 changes: audit and lookups verify.
@@ -353,14 +482,26 @@ async fn ten_thousand_accounts_audit() {
         .await
         .unwrap();
     let head = dir
-        .publish(names.iter().step_by(100).map(|n| (n.clone(), state(2, 3))).collect())
+        .publish(
+            names
+                .iter()
+                .step_by(100)
+                .map(|n| (n.clone(), state(2, 3)))
+                .collect(),
+        )
         .await
         .unwrap();
     let audit = dir.audit_proof(0, 2).await.unwrap();
     verify_audit(&audit.roots, 0, &audit.proof).await.unwrap();
     for name in [&names[0], &names[1], &names[9_999]] {
         let answer = dir.lookup(name).await.unwrap();
-        verify_lookup(&dir.vrf_public_key(), &head.root_hash, head.epoch, name, &answer.proof)
-            .unwrap();
+        verify_lookup(
+            &dir.vrf_public_key(),
+            &head.root_hash,
+            head.epoch,
+            name,
+            &answer.proof,
+        )
+        .unwrap();
     }
 }

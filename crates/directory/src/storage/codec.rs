@@ -13,8 +13,8 @@
 //! | 1 + 4 + 32 | right child (present flag, label) |
 //! | 32 | `hash` (the node's aZKS value) |
 
-use akd::tree_node::TreeNode;
 use akd::NodeLabel;
+use akd::tree_node::TreeNode;
 
 /// Length of one encoded node.
 pub(crate) const NODE_LEN: usize = 8 + 8 + 36 + 1 + 37 + 37 + 32;

@@ -292,12 +292,28 @@ fn read_node(
 
 const VALUE_STATE_COLUMNS: &str = "username, epoch, version, label_len, label_val, value";
 
-fn value_state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, i64, i64, u32, Vec<u8>, Vec<u8>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn value_state_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(Vec<u8>, i64, i64, u32, Vec<u8>, Vec<u8>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_value_state(
-    (username, epoch, version, label_len, label_val, value): (Vec<u8>, i64, i64, u32, Vec<u8>, Vec<u8>),
+    (username, epoch, version, label_len, label_val, value): (
+        Vec<u8>,
+        i64,
+        i64,
+        u32,
+        Vec<u8>,
+        Vec<u8>,
+    ),
 ) -> Result<ValueState, StorageError> {
     Ok(DbRecord::build_user_state(
         username,
@@ -481,4 +497,3 @@ impl Database for SqliteDatabase {
         Ok(map)
     }
 }
-
