@@ -290,11 +290,12 @@ fn read_node(
     }
 }
 
+/// One `akd_value_states` row: username, epoch, version, label length, label value, value.
+type ValueStateRow = (Vec<u8>, i64, i64, u32, Vec<u8>, Vec<u8>);
+
 const VALUE_STATE_COLUMNS: &str = "username, epoch, version, label_len, label_val, value";
 
-fn value_state_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(Vec<u8>, i64, i64, u32, Vec<u8>, Vec<u8>)> {
+fn value_state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ValueStateRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -306,14 +307,7 @@ fn value_state_row(
 }
 
 fn to_value_state(
-    (username, epoch, version, label_len, label_val, value): (
-        Vec<u8>,
-        i64,
-        i64,
-        u32,
-        Vec<u8>,
-        Vec<u8>,
-    ),
+    (username, epoch, version, label_len, label_val, value): ValueStateRow,
 ) -> Result<ValueState, StorageError> {
     Ok(DbRecord::build_user_state(
         username,
