@@ -320,6 +320,29 @@ async fn audit_between_epochs_verifies_and_a_flipped_stored_byte_is_caught() {
         matches!(err, VerifyError::AuditRejected { from: 1, to: 2, .. }),
         "{err:?}"
     );
+
+    // Lookups whose proofs pass by the flipped node no longer reach the
+    // latest published root either (the stored root node was not touched,
+    // so the server still claims the same root).
+    let head = dir.latest().await.unwrap();
+    let mut rejected = 0;
+    for name in ["alice", "bob", "carol", "dave"] {
+        let answer = dir.lookup(&user(name)).await.unwrap();
+        assert_eq!(answer.root_hash, head.root_hash);
+        let verdict = verify_lookup(
+            &dir.vrf_public_key(),
+            &head.root_hash,
+            head.epoch,
+            &user(name),
+            &answer.proof,
+        );
+        match verdict {
+            Ok(_) => {}
+            Err(VerifyError::LookupRejected(_)) => rejected += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(rejected > 0, "no lookup noticed the flipped node");
 }
 
 #[tokio::test]
