@@ -72,6 +72,10 @@ pub enum DirectoryError {
         "epochs {from}..={to} cannot be audited: need 0 <= from < to <= the latest epoch ({latest})"
     )]
     BadEpochRange { from: u64, to: u64, latest: u64 },
+    #[error(
+        "this directory was created with another VRF key; open it with the key it was created with"
+    )]
+    WrongVrfKey,
     // -- storage failed --
     #[error("the directory's database failed: {0}")]
     Storage(String),
@@ -126,6 +130,9 @@ impl KeyDirectory {
         let vrf_public_key = vrf_secret
             .public_key()
             .map_err(|e| DirectoryError::Akd(format!("VRF key: {e}")))?;
+        if !db.bind_vrf_public_key(&vrf_public_key)? {
+            return Err(DirectoryError::WrongVrfKey);
+        }
         let storage = StorageManager::new(
             db.clone(),
             Some(CACHE_ITEM_LIFETIME),

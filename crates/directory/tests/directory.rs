@@ -374,6 +374,14 @@ async fn the_directory_survives_reopening() {
     assert_eq!(head.epoch, 3);
     let audit = dir.audit_proof(0, 3).await.unwrap();
     verify_audit(&audit.roots, 0, &audit.proof).await.unwrap();
+    drop(dir);
+
+    // Another VRF key would hide every account: refused.
+    let wrong = KeyDirectory::open(&fx.path, VrfSecret::from_bytes([1; 32])).await;
+    assert!(
+        matches!(wrong, Err(DirectoryError::WrongVrfKey)),
+        "{wrong:?}"
+    );
 }
 
 #[tokio::test]

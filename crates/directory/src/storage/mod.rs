@@ -12,6 +12,7 @@
 //! | `akd_azks` | the latest complete epoch and the node count | yes |
 //! | `akd_tree_nodes` | every node of the tree, keyed by its label (a VRF output or a prefix of one), with the epoch it last changed and its previous value | yes: audit proofs are drawn from it |
 //! | `akd_epoch_roots` | each epoch's root hash, written in the same transaction as the epoch | yes: what auditors and clients compare against |
+//! | `akd_meta` | the VRF public key the directory was created with | yes (it is public) |
 //! | `akd_value_states` | username → (version, epoch, value, leaf label) | no: the server's private index, needed to answer a lookup for a username |
 //!
 //! Old proofs come from these rows, not from rebuilding old trees: a leaf

@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS akd_value_states (
     value BLOB NOT NULL,
     PRIMARY KEY (username, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS akd_meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS akd_epoch_roots (
     epoch INTEGER PRIMARY KEY,
     root_hash BLOB NOT NULL
@@ -117,6 +121,27 @@ impl SqliteDatabase {
             .optional()
             .map_err(sql)?;
         root.map(|bytes| digest(&bytes)).transpose()
+    }
+
+    /// Records the directory's VRF public key on first use; afterwards
+    /// returns whether `public_key` is the recorded one. (Opening with a
+    /// different VRF secret would silently hide every existing account.)
+    pub fn bind_vrf_public_key(&self, public_key: &[u8; 32]) -> Result<bool, StorageError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO akd_meta (name, value) VALUES ('vrf_public_key', ?1)
+             ON CONFLICT (name) DO NOTHING",
+            params![&public_key[..]],
+        )
+        .map_err(sql)?;
+        let stored: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM akd_meta WHERE name = 'vrf_public_key'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        Ok(stored == public_key)
     }
 
     /// Runs `f` on the raw connection. For tests that tamper with stored rows
