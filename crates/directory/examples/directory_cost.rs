@@ -6,6 +6,18 @@
 //! The first argument is how many accounts the first epoch publishes, the
 //! second how many of them change in the next epoch. Timing is a benchmark,
 //! not a test: it prints and asserts nothing but correctness.
+//!
+//! Measured 2026-12-01 on the 2-core development machine (shared, so timings
+//! are rough), release build:
+//!
+//! | accounts | changed in epoch 2 | publish epoch 1 | publish epoch 2 | lookup proof (median / max) | audit proof 1→2 | audit build / verify |
+//! |---|---|---|---|---|---|---|
+//! | 10,000 | 100 | 1.33 s | 83 ms | 3,020 / 3,510 B | 70 KB | 5 ms / 13 ms |
+//! | 100,000 | 100 | ≈17 s | — | 3,627 / 3,961 B | 101 KB | 28 ms / 44 ms |
+//! | 100,000 | 1,000 | 16.98 s | 1.03 s | 3,627 / 3,961 B | 692 KB | 136 ms / 149 ms |
+//!
+//! A history proof of an account with 2 versions is 3.5 KB at 100k accounts;
+//! the SQLite file (with its WAL) is about 150 MiB at 100k accounts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
