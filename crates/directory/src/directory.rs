@@ -100,6 +100,12 @@ impl From<StorageError> for DirectoryError {
 }
 
 /// The key directory on one SQLite file.
+///
+/// One `KeyDirectory` per file: akd keeps a read cache that another writer
+/// to the same file would make stale. Its calls block on SQLite while they
+/// run (see [`crate::storage::sqlite`]). Lookups are answered at the latest
+/// epoch (akd proves freshness only there); histories and audits of any
+/// past epochs come from the stored rows.
 pub struct KeyDirectory {
     akd: Akd,
     db: SqliteDatabase,
