@@ -475,7 +475,8 @@ pub(crate) async fn remove_device(
     }
     // Only now, with the removed device out of every group: the handover
     // goes to a new group of the devices the log lists after the removal.
-    let given = match hand_over_identity(s).await {
+    let secret = s.profile.account.identity.secret();
+    let given = match hand_over_identity(s, secret.as_slice()).await {
         Ok(given) => given,
         Err(e) => {
             // The rotation stands; the other devices only miss the key.
@@ -501,7 +502,8 @@ pub(crate) async fn remove_device(
 /// MLS group of exactly the devices the key log lists for the account (each
 /// KeyPackage checked against the log, as for any member; devices nobody of
 /// the account added are left out), whose first application message is an
-/// `IdentityHandover`. Returns the devices it went to.
+/// `IdentityHandover` of `identity_secret` (the account's current one; tests
+/// hand over others). Returns the devices it went to.
 ///
 /// One group per rotation, left at once: its roster is right by
 /// construction (the log after the removal), and no later link or removal
@@ -509,6 +511,7 @@ pub(crate) async fn remove_device(
 /// (see `inbound`).
 pub(crate) async fn hand_over_identity(
     s: &mut Session<'_>,
+    identity_secret: &[u8],
 ) -> Result<Vec<DeviceId>, ClientError> {
     let key_packages = claim_own_devices(s).await?;
     if key_packages.is_empty() {
@@ -535,7 +538,7 @@ pub(crate) async fn hand_over_identity(
         )));
     }
     let handover = Body::IdentityHandover(IdentityHandover {
-        identity_secret: s.profile.account.identity.secret().to_vec(),
+        identity_secret: identity_secret.to_vec(),
     });
     send_content(s, &group_id, handover).await?;
     store::set_group_state(&s.profile.db, &group_id, GroupState::Left)?;
