@@ -488,7 +488,8 @@ pub(crate) async fn remove_device(
         .iter()
         .map(|(id, _)| *id)
         .filter(|id| *id != s.profile.account.device_id);
-    let (given, without): (Vec<DeviceId>, Vec<DeviceId>) = others.partition(|id| given.contains(id));
+    let (given, without): (Vec<DeviceId>, Vec<DeviceId>) =
+        others.partition(|id| given.contains(id));
     Ok(Removal {
         device_id: device.to_string(),
         old_identity_key: hex::encode(old_identity_key),

@@ -224,7 +224,9 @@ pub(crate) async fn claim(
 /// KeyPackages for this account's other devices, to add them wherever
 /// this device starts or joins a conversation: only devices that a device
 /// of this account added (an unknown one is warned about, never added).
-pub(crate) async fn claim_own_devices(s: &mut Session<'_>) -> Result<Vec<CheckedKeyPackage>, ClientError> {
+pub(crate) async fn claim_own_devices(
+    s: &mut Session<'_>,
+) -> Result<Vec<CheckedKeyPackage>, ClientError> {
     let own = s.profile.account.username.clone();
     let (_, review) = check_own_account(s).await?;
     let Some(review) = review else {

@@ -101,10 +101,7 @@ pub fn log_device_warning(conn: &Connection, text: &str, now_ms: u64) -> Result<
 /// Removes the device-log lines that contain `needle` (a notice that no
 /// longer holds).
 pub fn forget_device_lines(conn: &Connection, needle: &str) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM device_log WHERE instr(text, ?1) > 0",
-        [needle],
-    )?;
+    conn.execute("DELETE FROM device_log WHERE instr(text, ?1) > 0", [needle])?;
     Ok(())
 }
 
