@@ -529,21 +529,26 @@ pub(crate) async fn hand_over_identity(
         outgoing.queue(tx)?;
         Ok((group_id, outgoing))
     })?;
-    if let CommitOutcome::Rejected { current_epoch } = s
-        .outbox
-        .submit(s.profile, &mut s.anonymous, &outgoing)
-        .await?
-    {
-        return Err(ClientError::Protocol(format!(
-            "the server refused a new group (it claims epoch {current_epoch})"
-        )));
+    let sent = async {
+        if let CommitOutcome::Rejected { current_epoch } = s
+            .outbox
+            .submit(s.profile, &mut s.anonymous, &outgoing)
+            .await?
+        {
+            return Err(ClientError::Protocol(format!(
+                "the server refused a new group (it claims epoch {current_epoch})"
+            )));
+        }
+        let handover = Body::IdentityHandover(IdentityHandover {
+            identity_secret: identity_secret.to_vec(),
+        });
+        send_content(s, &group_id, handover).await.map(|_| ())
     }
-    let handover = Body::IdentityHandover(IdentityHandover {
-        identity_secret: identity_secret.to_vec(),
-    });
-    send_content(s, &group_id, handover).await?;
+    .await;
+    // Done with, sent or not (the outbox still sends what it queued): no
+    // later removal or link touches it.
     store::set_group_state(&s.profile.db, &group_id, GroupState::Left)?;
-    Ok(devices)
+    sent.map(|()| devices)
 }
 
 /// Only a device holding the account's current identity key can change

@@ -179,6 +179,31 @@ async fn the_removed_device_gets_nothing_of_the_handover() {
             removal.devices_given_new_key,
             [tablet.device_id().to_string()]
         );
+
+        // Everything the server queued (the handover for the tablet among
+        // it, not yet fetched): the removed device's MLS state opens none of
+        // it as a handover.
+        let payloads: Vec<Vec<u8>> = server
+            .db()
+            .prepare("SELECT payload FROM messages")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!payloads.is_empty());
+        for payload in &payloads {
+            if let Ok(plaintext) = laptop2.try_decrypt(payload) {
+                let content = sotto_core::content::decode(&plaintext).unwrap();
+                assert!(
+                    !matches!(
+                        content.body,
+                        Some(sotto_core::content::Body::IdentityHandover(_))
+                    ),
+                    "the removed device read the handover"
+                );
+            }
+        }
         tablet.sync().await.unwrap();
         assert_eq!(tablet.identity_key(), removal.new_identity_key);
 
