@@ -436,9 +436,9 @@ fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(),
         let text = format!(
             "your account's identity key was rotated to {} by another of your devices, and this \
              {LACKS_NEW_KEY}: it still sends and reads messages, but cannot link or remove \
-             devices until that device hands it over (it does so when it removes a device; the \
-             key waits in this device's mailbox). Until then, do that from the device that \
-             removed one.",
+             devices until it is handed the new key (the device that removed one sends it; it \
+             arrives when this device syncs). If it does not arrive, link or remove devices \
+             from that device.",
             hex::encode(state.identity_key)
         );
         if !store::device_log(&profile.db)?
