@@ -563,7 +563,8 @@ fn require_current_identity(
     }
     Err(ClientError::Usage(
         "your account's identity key was rotated by another of your devices and this device \
-         does not hold the new one: link or remove devices from the device that removed one"
+         does not hold the new one yet: run `sotto sync` to receive it from that device, or \
+         link or remove devices from the device that removed one"
             .into(),
     ))
 }

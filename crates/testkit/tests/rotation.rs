@@ -129,17 +129,22 @@ async fn a_device_offline_during_a_removal_gets_the_new_key_and_links_again() {
         );
         assert_ne!(tablet.identity_key(), removal.new_identity_key);
 
+        // Before it fetches its mailbox, the tablet reads its log: it is
+        // told it lacks the new key. (Managing devices would fetch the
+        // mailbox first, and so the key.)
+        assert_eq!(tablet.devices().await.unwrap().len(), 2);
+        let lacks = |c: &sotto_client::Client| {
+            c.device_warnings()
+                .unwrap()
+                .iter()
+                .any(|(_, text)| text.contains("does not hold the new key"))
+        };
+        assert!(lacks(&tablet));
         let seen = tablet.sync().await.unwrap();
         assert!(warnings(&seen).is_empty(), "{seen:?}");
         assert_eq!(tablet.identity_key(), removal.new_identity_key);
         assert!(tablet.groups().unwrap().is_empty(), "no conversation shows");
-        assert!(
-            !tablet
-                .device_warnings()
-                .unwrap()
-                .iter()
-                .any(|(_, text)| text.contains("does not hold the new key"))
-        );
+        assert!(!lacks(&tablet), "the notice goes once the key is adopted");
 
         // A full link from the tablet: logged with the new key, and the new
         // device reads the conversation with Bob.
