@@ -167,6 +167,11 @@ pub(crate) enum Command {
         #[arg(required_unless_present = "group")]
         username: Option<String>,
     },
+    /// Print a shell completion script: `sotto completions bash >
+    /// ~/.local/share/bash-completion/completions/sotto`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `sotto man | man -l -`.
+    Man,
 }
 
 /// What to trust on the way to a server; a profile remembers it.

@@ -32,6 +32,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            // Into a buffer: clap_complete panics if stdout closes early.
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "sotto", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let profile = match cli.profile {
         Some(dir) => dir,
         None => default_profile()?,
@@ -307,6 +323,8 @@ async fn run(cli: Cli) -> Result<()> {
                 out.entry(entry);
             }
         }
+        // Printed above, before any profile is opened.
+        Command::Completions { .. } | Command::Man => {}
     }
     Ok(())
 }

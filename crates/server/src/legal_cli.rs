@@ -123,7 +123,7 @@ pub(crate) fn today() -> UnixDay {
 }
 
 /// `YYYY-MM-DD` of a day since the Unix epoch (proleptic Gregorian).
-fn date(day: UnixDay) -> String {
+pub(crate) fn date(day: UnixDay) -> String {
     // Howard Hinnant's civil_from_days, on non-negative days.
     let z = i64::try_from(day).unwrap_or(i64::MAX / 2) + 719_468;
     let era = z / 146_097;

@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sotto_server::config_file::{self, FileConfig};
-use sotto_server::store::{AdminStore as _, SqliteStore, invite_hash, new_invite_code};
 use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
+mod admin_cli;
 mod legal_cli;
 
 /// Sotto delivery server: relays end-to-end encrypted (MLS) messages
@@ -227,10 +227,21 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Invite codes for `--registration invite`.
+    /// Invite codes for `--registration invite`: create, list, revoke.
     Invite {
         #[command(subcommand)]
-        command: InviteCommand,
+        command: admin_cli::InviteCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `sotto-server man | man -l -`.
+    Man,
+    /// Totals: accounts, devices, queued messages and bytes, database size.
+    /// Read-only; the server may keep running.
+    Stats {
+        #[command(flatten)]
+        data: admin_cli::DataDir,
     },
 }
 
@@ -238,25 +249,6 @@ enum Command {
 enum ConfigCommand {
     /// Prints a commented configuration file with every key at its default.
     Example,
-}
-
-#[derive(Debug, Subcommand)]
-enum InviteCommand {
-    /// Creates one-time invite codes and prints them, one per line. Only a
-    /// hash of each is stored.
-    Create {
-        /// How many codes.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-        count: u32,
-        /// The server's data directory.
-        #[arg(
-            long = "data",
-            env = "SOTTO_DATA",
-            default_value = "./sotto-data",
-            value_name = "DIR"
-        )]
-        data: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
@@ -280,20 +272,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Invite {
-            command: InviteCommand::Create { count, data },
-        }) => match create_invites(&data, count) {
-            Ok(codes) => {
-                for code in codes {
-                    println!("{code}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Invite { command }) => report(admin_cli::invite(command)),
+        Some(Command::Stats { data }) => report(admin_cli::stats(&data)),
+        Some(Command::Completions { shell }) => {
+            // Into a buffer: clap_complete panics if stdout closes early.
+            let mut script = Vec::new();
+            let mut command = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "sotto-server", &mut script);
+            report(
+                std::io::stdout()
+                    .write_all(&script)
+                    .map_err(anyhow::Error::from),
+            )
+        }
+        Some(Command::Man) => report(
+            clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .map_err(anyhow::Error::from),
+        ),
         None => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -345,17 +341,15 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
     }
 }
 
-/// Creates `count` invite codes, stores their hashes, and returns them.
-fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
-    let store = SqliteStore::open_existing(data).context("cannot open the server database")?;
-    let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
-    let hashes = codes.iter().map(|code| invite_hash(code)).collect();
-    block_on(async {
-        let added = store.add_invites(hashes, legal_cli::today()).await;
-        store.close().await;
-        added
-    })??;
-    Ok(codes)
+/// Exits 0, or 1 after printing the error.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs an operator command's future (the store is async) on a runtime of

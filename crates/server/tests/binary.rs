@@ -152,3 +152,149 @@ async fn the_config_file_is_read_and_flags_override_it() {
     assert!(!started.status.success());
     assert!(String::from_utf8_lossy(&started.stderr).contains("line 4"));
 }
+
+/// The operator's bookkeeping: invites are listed by hash (never the code)
+/// and revoked by code or hash prefix; `stats` prints totals, and neither
+/// names an account.
+#[tokio::test]
+async fn invites_are_listed_and_revoked_and_stats_are_totals() {
+    use sotto_proto::v1::{ErrorCode, client_frame::Body};
+    use sotto_testkit::ServerProcess;
+    let server_bin = env!("CARGO_BIN_EXE_sotto-server");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(server_bin)
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let server = ServerProcess::spawn_with_args(&data, &["--registration", "invite"]);
+    let (ok, codes, _) = run(&["invite", "create", "--count", "3"]);
+    assert!(ok);
+    let codes: Vec<&str> = codes.lines().collect();
+    assert_eq!(codes.len(), 3);
+
+    let addr: SocketAddr = server
+        .url()
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = Client::connect(addr).await;
+    let alice = Account::new("alice");
+    let Body::Register(mut register) = alice.register(&client.nonce) else {
+        unreachable!()
+    };
+    register.invite_code = codes[0].to_owned();
+    assert_done(&client.request(Body::Register(register)).await);
+
+    let (ok, listed, _) = run(&["invite", "list"]);
+    assert!(ok);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    assert_eq!(listed.lines().filter(|l| l.ends_with(" no")).count(), 2);
+    for code in &codes {
+        assert!(!listed.contains(code), "a code was printed: {listed}");
+    }
+    // Revoke one by its code, one by its hash prefix; a used one stays.
+    assert!(run(&["invite", "revoke", codes[1]]).0);
+    let unused = listed
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with(" no"))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .find(|prefix| {
+            !sotto_server::store::invite_hash(codes[1])
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .starts_with(prefix)
+        })
+        .unwrap();
+    assert!(run(&["invite", "revoke", &unused]).0);
+    let (ok, _, err) = run(&["invite", "revoke", codes[0]]);
+    assert!(!ok && err.contains("already used or revoked"), "{err}");
+    let (_, listed, _) = run(&["invite", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let mut late = Client::connect(addr).await;
+    let Body::Register(mut register) = Account::new("bob").register(&late.nonce) else {
+        unreachable!()
+    };
+    register.invite_code = codes[2].to_owned();
+    assert_error(
+        &late.request(Body::Register(register)).await,
+        ErrorCode::RegistrationClosed,
+    );
+
+    let (ok, stats, _) = run(&["stats"]);
+    assert!(ok);
+    assert!(stats.contains("accounts:         1"), "{stats}");
+    assert!(stats.contains("active devices:   1"), "{stats}");
+    assert!(!stats.contains("alice"));
+}
+
+/// Packaging: both binaries print completion scripts and man pages.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let run = |binary: &std::path::Path, args: &[&str]| {
+        let output = std::process::Command::new(binary)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let server = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sotto-server"));
+    let client = sotto_testkit::binary("sotto");
+    assert!(run(&server, &["man"]).contains(".TH sotto-server 1"));
+    assert!(run(&server, &["completions", "bash"]).contains("complete -F _sotto__server"));
+    assert!(run(&client, &["man"]).contains(".TH sotto 1"));
+    let bash = run(&client, &["completions", "bash"]);
+    assert!(bash.contains("_sotto()") && bash.contains("register"));
+    assert!(run(&client, &["completions", "zsh"]).starts_with("#compdef sotto"));
+}
+
+/// The systemd unit in packaging/ passes `systemd-analyze verify` (with
+/// this build's binary in its ExecStart), where systemd-analyze exists.
+#[test]
+fn the_systemd_unit_verifies() {
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        println!("skipped: systemd-analyze is not installed here");
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../packaging/sotto-server.service"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sotto-server.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/sotto-server",
+            env!("CARGO_BIN_EXE_sotto-server"),
+        ),
+    )
+    .unwrap();
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success() && verified.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}

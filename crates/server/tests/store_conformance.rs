@@ -1294,6 +1294,7 @@ macro_rules! store_conformance_tests {
                 the_latest_canary_is_the_last_published,
                 invites_are_added_atomically_and_used_once,
                 auditor_reads_what_is_stored,
+                queued_bytes_count_each_payload_once,
             );
         }
     };

@@ -445,4 +445,18 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Every active (not removed) device of every account, in no
     /// particular order.
     fn active_devices(&self) -> impl Future<Output = Result<Vec<ActiveDevice>, StoreError>> + Send;
+
+    /// Every invite code's hash with its days, oldest first.
+    fn invites(&self) -> impl Future<Output = Result<Vec<InviteRecord>, StoreError>> + Send;
+
+    /// Deletes an unused invite code (by its hash), so it can no longer
+    /// register anyone. `Ok(false)`: no unused code has that hash.
+    fn revoke_invite(
+        &self,
+        code_hash: [u8; 32],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Bytes of queued payloads (each counted once, however many devices
+    /// it waits for).
+    fn queued_bytes(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -460,6 +460,17 @@ pub struct CanaryRecord {
     pub signature: [u8; 64],
 }
 
+/// An invite code as stored: only its hash, never the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// SHA-256 of the code ([`invite_hash`](super::invite_hash)).
+    pub code_hash: [u8; 32],
+    /// The day the operator created it.
+    pub created_day: UnixDay,
+    /// The day it registered an account, if it did.
+    pub used_day: Option<UnixDay>,
+}
+
 /// An account's identity key as stored, for the auditor to compare with the
 /// log (so not parsed: a malformed key is a finding, not a storage failure).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -274,6 +274,34 @@ pub async fn invites_are_added_atomically_and_used_once<S: OperatorBackend>(stor
         "a refused registration stores nothing"
     );
     store.register(with_invite("bob", 2, second)).await.unwrap();
+
+    // The operator lists codes (hashes only) and revokes an unused one.
+    let fourth = invite_hash("code-4");
+    store.add_invites(vec![fourth], 20_001).await.unwrap();
+    let listed = store.invites().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| (i.code_hash, i.created_day, i.used_day.is_some()))
+            .collect::<Vec<_>>(),
+        {
+            let mut used = vec![(first, 20_000, true), (second, 20_000, true)];
+            used.sort_by_key(|(hash, ..)| *hash);
+            used.push((fourth, 20_001, false));
+            used
+        }
+    );
+    assert!(
+        !store.revoke_invite(first).await.unwrap(),
+        "a used code stays"
+    );
+    assert!(store.revoke_invite(fourth).await.unwrap());
+    assert!(!store.revoke_invite(fourth).await.unwrap());
+    assert!(matches!(
+        store.register(with_invite("dave", 4, fourth)).await,
+        Err(RegisterError::BadInvite)
+    ));
+    assert_eq!(store.invites().await.unwrap().len(), 2);
 }
 
 /// What the auditor reads: the stored log key (never created by reading),
@@ -331,4 +359,22 @@ pub async fn auditor_reads_what_is_stored<S: OperatorBackend>(store: S) {
         ],
         "removed devices are left out"
     );
+}
+
+/// `sotto-server stats` counts queued bytes once per payload, however many
+/// devices it waits for, and none once delivered.
+pub async fn queued_bytes_count_each_payload_once<S: OperatorBackend>(store: S) {
+    assert_eq!(store.queued_bytes().await.unwrap(), 0);
+    store.register(account("alice", 1)).await.unwrap();
+    store.register(account("bob", 2)).await.unwrap();
+    let g = with_group(&store, "g").await;
+    store.enqueue(to(&g, 1, 1, &[1, 2])).await.unwrap();
+    store.enqueue(to(&g, 1, 2, &[2])).await.unwrap();
+    assert_eq!(
+        store.queued_bytes().await.unwrap(),
+        2 * u64::try_from(b"hello".len()).unwrap()
+    );
+    drain(&store, 1).await;
+    drain(&store, 2).await;
+    assert_eq!(store.queued_bytes().await.unwrap(), 0);
 }

@@ -102,4 +102,56 @@ impl AdminStore for SqliteStore {
         })
         .await
     }
+
+    async fn invites(&self) -> Result<Vec<InviteRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT code_hash, created_day, used_day FROM invites ORDER BY created_day, code_hash",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
+            let mut invites = Vec::new();
+            for row in rows {
+                let (hash, created, used) = row?;
+                let code_hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                    StoreError::Backend("a stored invite hash is not 32 bytes".into())
+                })?;
+                invites.push(InviteRecord {
+                    code_hash,
+                    created_day: to_u64(created),
+                    used_day: used.map(to_u64),
+                });
+            }
+            Ok(invites)
+        })
+        .await
+    }
+
+    async fn revoke_invite(&self, code_hash: [u8; 32]) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM invites WHERE code_hash = ?1 AND used_day IS NULL",
+                [code_hash.as_slice()],
+            )?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn queued_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let bytes: i64 = conn.query_row(
+                "SELECT coalesce(sum(length(payload)), 0) FROM messages",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(to_u64(bytes))
+        })
+        .await
+    }
 }

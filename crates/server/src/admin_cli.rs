@@ -1,0 +1,158 @@
+//! `sotto-server invite …` and `sotto-server stats`: the operator's
+//! bookkeeping. Nothing here reveals content or who talks to whom: invites
+//! are listed by hash (codes are never stored), and the statistics are
+//! totals.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use sotto_server::store::{AdminStore as _, SqliteStore, Store as _, invite_hash, new_invite_code};
+
+use crate::block_on;
+
+/// The data directory flag every operator command takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DataDir {
+    /// The server's data directory.
+    #[arg(
+        long = "data",
+        env = "SOTTO_DATA",
+        default_value = "./sotto-data",
+        value_name = "DIR"
+    )]
+    pub(crate) data: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum InviteCommand {
+    /// Creates one-time invite codes and prints them, one per line. Only a
+    /// hash of each is stored.
+    Create {
+        /// How many codes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Lists invite codes by the first 16 hex digits of their hash (the
+    /// codes themselves are not stored), with the day each was created and
+    /// used.
+    List {
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Revokes an unused invite code, given as the code itself or as the
+    /// hash prefix `invite list` shows.
+    Revoke {
+        /// The code, or at least 8 hex digits of its hash.
+        code: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+/// Runs an invite command, printing its result on stdout.
+pub(crate) fn invite(command: InviteCommand) -> anyhow::Result<()> {
+    match command {
+        InviteCommand::Create { count, data } => {
+            for code in create_invites(&data.data, count)? {
+                println!("{code}");
+            }
+        }
+        InviteCommand::List { data } => {
+            let store = open_read_only(&data.data)?;
+            let invites = block_on(store.invites())??;
+            println!("{:<16}  {:<10}  used", "hash", "created");
+            for invite in invites {
+                let used = invite
+                    .used_day
+                    .map_or_else(|| "no".to_owned(), crate::legal_cli::date);
+                println!(
+                    "{:<16}  {:<10}  {used}",
+                    &hex::encode(invite.code_hash)[..16],
+                    crate::legal_cli::date(invite.created_day),
+                );
+            }
+        }
+        InviteCommand::Revoke { code, data } => {
+            let store = SqliteStore::open_existing(&data.data)
+                .context("cannot open the server database")?;
+            let hash = match hash_of(&store, &code) {
+                Ok(hash) => hash,
+                Err(e) => {
+                    block_on(store.close())?;
+                    return Err(e);
+                }
+            };
+            let revoked = block_on(async {
+                let revoked = store.revoke_invite(hash).await;
+                store.close().await;
+                revoked
+            })??;
+            if !revoked {
+                bail!("that invite was already used or revoked");
+            }
+            println!("revoked {}", &hex::encode(hash)[..16]);
+        }
+    }
+    Ok(())
+}
+
+/// The hash an operator means: the code's, or the one stored hash that
+/// starts with these hex digits.
+fn hash_of(store: &SqliteStore, code: &str) -> anyhow::Result<[u8; 32]> {
+    let prefix = code.trim().to_ascii_lowercase();
+    let looks_like_prefix = prefix.len() >= 8 && prefix.chars().all(|c| c.is_ascii_hexdigit());
+    if !looks_like_prefix {
+        return Ok(invite_hash(code.trim()));
+    }
+    let matching: Vec<[u8; 32]> = block_on(store.invites())??
+        .into_iter()
+        .map(|i| i.code_hash)
+        .filter(|hash| hex::encode(hash).starts_with(&prefix))
+        .collect();
+    match matching.as_slice() {
+        [hash] => Ok(*hash),
+        // Not a stored prefix: it may be a code that happens to be hex.
+        [] => Ok(invite_hash(code.trim())),
+        _ => bail!("{prefix} matches several invites; give more digits"),
+    }
+}
+
+/// Creates `count` invite codes, stores their hashes, and returns them.
+fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
+    let store = SqliteStore::open_existing(data).context("cannot open the server database")?;
+    let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
+    let hashes = codes.iter().map(|code| invite_hash(code)).collect();
+    block_on(async {
+        let added = store.add_invites(hashes, crate::legal_cli::today()).await;
+        store.close().await;
+        added
+    })??;
+    Ok(codes)
+}
+
+fn open_read_only(data: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open_read_only(data).context("cannot open the server database")
+}
+
+/// `sotto-server stats`: totals only, read without disturbing a running
+/// server.
+pub(crate) fn stats(data: &DataDir) -> anyhow::Result<()> {
+    let store = open_read_only(&data.data)?;
+    let (stats, queued_bytes) = block_on(async {
+        let stats = store.stats().await?;
+        let bytes = store.queued_bytes().await?;
+        Ok::<_, sotto_server::store::StoreError>((stats, bytes))
+    })??;
+    let file_size = |name: &str| std::fs::metadata(data.data.join(name)).map_or(0, |m| m.len());
+    let database = file_size("sotto.db") + file_size("sotto.db-wal");
+    println!("accounts:         {}", stats.accounts);
+    println!("active devices:   {}", stats.devices);
+    println!("queued entries:   {}", stats.mailbox_entries);
+    println!("queued payloads:  {}", stats.payloads);
+    println!("queued bytes:     {queued_bytes}");
+    println!("database bytes:   {database} (sotto.db and its write-ahead log)");
+    Ok(())
+}
