@@ -298,3 +298,27 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// `--log-format json` writes one JSON object per line on stderr.
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(&first).expect(&first);
+    assert!(line["level"].is_string(), "{first}");
+    assert!(line["fields"]["message"].is_string(), "{first}");
+    child.kill().await.unwrap();
+}
