@@ -241,7 +241,12 @@ enum Command {
     )]
     Backup {
         /// The data directory to back up.
-        #[arg(long = "data", env = "SOTTO_DATA", default_value = "./sotto-data", value_name = "DIR")]
+        #[arg(
+            long = "data",
+            env = "SOTTO_DATA",
+            default_value = "./sotto-data",
+            value_name = "DIR"
+        )]
         data: PathBuf,
         /// The backup file to write; it must not exist.
         #[arg(long, value_name = "FILE")]
@@ -350,7 +355,11 @@ fn main() -> ExitCode {
             keys_from,
         }) => match SqliteStore::restore(&from, &data, keys_from.as_deref()) {
             Ok(restored) => {
-                println!("restored: {}\n{}", restored.path.display(), restored.contents);
+                println!(
+                    "restored: {}\n{}",
+                    restored.path.display(),
+                    restored.contents
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -154,6 +154,19 @@ async fn backup_during_load_restores_and_clients_continue() {
     assert!(keyless_out.status.success(), "{}", stderr(&keyless_out));
     assert!(stdout(&keyless_out).contains("signing keys:    none"));
     let backup_started = backup_started.lock().unwrap().unwrap();
+    let leftovers = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains("partial"))
+            .collect()
+    };
+    assert!(
+        leftovers(old.path()).is_empty(),
+        "{:?}",
+        leftovers(old.path())
+    );
+    assert!(leftovers(backups.path()).is_empty());
     let log_key = audited_log_key(old.path());
 
     // --exclude-keys: not one byte of a key in the file.
@@ -171,7 +184,9 @@ async fn backup_during_load_restores_and_clients_continue() {
     for key in &keys {
         assert!(full_bytes.windows(key.len()).any(|w| w == key.as_slice()));
         assert!(
-            !keyless_bytes.windows(key.len()).any(|w| w == key.as_slice()),
+            !keyless_bytes
+                .windows(key.len())
+                .any(|w| w == key.as_slice()),
             "a key is in the --exclude-keys backup"
         );
     }
@@ -183,7 +198,11 @@ async fn backup_during_load_restores_and_clients_continue() {
     }
     let again = server_command(&["backup", "--data", path(old.path()), "--out", path(&full)]);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("never overwrites"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("never overwrites"),
+        "{}",
+        stderr(&again)
+    );
 
     // The old server goes; the backup is restored in a new directory and
     // served at the same address.
@@ -346,5 +365,9 @@ fn restore_refuses_damaged_backups() {
         *b ^= 0x5a;
     }
     refused("corrupted", &corrupted, "damaged");
-    refused("text", b"not a database at all, just some text", "not an SQLite database");
+    refused(
+        "text",
+        b"not a database at all, just some text",
+        "not an SQLite database",
+    );
 }

@@ -189,7 +189,9 @@ pub enum RestoreError {
         reason: String,
     },
     /// The backup was made by a newer server.
-    #[error("the backup has schema version {version}, newer than this server understands ({supported}); restore it with a newer sotto-server")]
+    #[error(
+        "the backup has schema version {version}, newer than this server understands ({supported}); restore it with a newer sotto-server"
+    )]
     TooNew {
         /// The backup's version.
         version: i64,
@@ -199,7 +201,9 @@ pub enum RestoreError {
     /// The backup holds no signing key (made with `--exclude-keys`), but
     /// records that key signed: a new key would make clients refuse the
     /// server.
-    #[error("the backup holds no {key} signing key (made with --exclude-keys?) but {signed} records it signed; clients pinned that key, so a new one would make them refuse the server: add --keys-from naming a full backup or the old data directory")]
+    #[error(
+        "the backup holds no {key} signing key (made with --exclude-keys?) but {signed} records it signed; clients pinned that key, so a new one would make them refuse the server: add --keys-from naming a full backup or the old data directory"
+    )]
     KeysMissing {
         /// The key's name (`log`, `legal`).
         key: String,

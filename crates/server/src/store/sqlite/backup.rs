@@ -222,12 +222,12 @@ impl SqliteStore {
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             source.busy_timeout(std::time::Duration::from_secs(30))?;
-            let target = staging
-                .to_str()
-                .ok_or_else(|| BackupError::Store(StoreError::Backend(format!(
+            let target = staging.to_str().ok_or_else(|| {
+                BackupError::Store(StoreError::Backend(format!(
                     "the data directory's path is not UTF-8: {}",
                     data_dir.display()
-                ))))?;
+                )))
+            })?;
             source.execute("VACUUM INTO ?1", [target])?;
         }
         let conn = Connection::open_with_flags(
@@ -239,9 +239,7 @@ impl SqliteStore {
         let _: String = conn.query_row("PRAGMA journal_mode=MEMORY", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA temp_store=MEMORY;")?;
         if exclude_keys {
-            conn.execute_batch(
-                "PRAGMA secure_delete=ON; DELETE FROM server_keys; VACUUM;",
-            )?;
+            conn.execute_batch("PRAGMA secure_delete=ON; DELETE FROM server_keys; VACUUM;")?;
         }
         let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
         let len = std::fs::metadata(&staging)
@@ -261,8 +259,8 @@ impl SqliteStore {
         let partial = with_suffix(out, ".partial");
         let (mut copied, mut file) = Staged::create(partial.clone())
             .map_err(io(format!("cannot create {}", partial.display())))?;
-        let mut from = File::open(&staging)
-            .map_err(io(format!("cannot read {}", staging.display())))?;
+        let mut from =
+            File::open(&staging).map_err(io(format!("cannot read {}", staging.display())))?;
         std::io::copy(&mut from, &mut file)
             .and_then(|_| file.flush())
             .and_then(|()| file.sync_all())
@@ -271,10 +269,14 @@ impl SqliteStore {
         if out.exists() {
             return Err(BackupError::OutExists(out.to_path_buf()));
         }
-        std::fs::rename(&partial, out)
-            .map_err(io(format!("cannot rename {} to {}", partial.display(), out.display())))?;
+        std::fs::rename(&partial, out).map_err(io(format!(
+            "cannot rename {} to {}",
+            partial.display(),
+            out.display()
+        )))?;
         copied.keep = true;
-        sync_dir(&parent_of(out)).map_err(io(format!("cannot sync {}", parent_of(out).display())))?;
+        sync_dir(&parent_of(out))
+            .map_err(io(format!("cannot sync {}", parent_of(out).display())))?;
         drop(staged);
         Ok(summary)
     }
@@ -326,8 +328,7 @@ impl SqliteStore {
         let staging = with_suffix(&db, ".restoring");
         let (mut staged, mut file) = Staged::create(staging.clone())
             .map_err(io(format!("cannot create {}", staging.display())))?;
-        let mut source =
-            File::open(from).map_err(io(format!("cannot read {}", from.display())))?;
+        let mut source = File::open(from).map_err(io(format!("cannot read {}", from.display())))?;
         let len = std::io::copy(&mut source, &mut file)
             .and_then(|n| file.sync_all().map(|()| n))
             .map_err(io(format!("cannot write {}", staging.display())))?;
@@ -367,7 +368,10 @@ impl SqliteStore {
             Some(other) => import_keys(&conn, other)?,
             None => false,
         };
-        for (name, signed_rows) in [(LOG_KEY_NAME, LOG_KEY_SIGNED), (LEGAL_KEY_NAME, LEGAL_KEY_SIGNED)] {
+        for (name, signed_rows) in [
+            (LOG_KEY_NAME, LOG_KEY_SIGNED),
+            (LEGAL_KEY_NAME, LEGAL_KEY_SIGNED),
+        ] {
             let signed = count(&conn, signed_rows)?;
             if signed > 0 && stored_server_key(&conn, name)?.is_none() {
                 return Err(RestoreError::KeysMissing {
@@ -428,8 +432,10 @@ fn import_keys(conn: &Connection, other: &Path) -> Result<bool, RestoreError> {
     })?;
     keys.busy_timeout(std::time::Duration::from_secs(30))?;
     let first_entry = |c: &Connection| -> Result<Option<Vec<u8>>, rusqlite::Error> {
-        c.query_row("SELECT entry FROM log_entries WHERE idx = 0", [], |r| r.get(0))
-            .optional()
+        c.query_row("SELECT entry FROM log_entries WHERE idx = 0", [], |r| {
+            r.get(0)
+        })
+        .optional()
     };
     let ours = first_entry(conn)?;
     let theirs = first_entry(&keys).map_err(|e| RestoreError::KeysFrom {

@@ -54,8 +54,8 @@ mod schema;
 mod writer;
 
 use crate::metrics::WriterMetrics;
-use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use backup::{BackupSummary, RestoreSummary};
+use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
 use writer::{UNCOMMITTED, WriterMsg, open_reader, run_writer};
