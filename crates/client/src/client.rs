@@ -243,12 +243,18 @@ impl Client {
     // ------------------------------------------------------------ connections
 
     /// Runs `op` with a logged-in connection, connecting first if needed. A
-    /// connection that failed is dropped, so the next call reconnects.
+    /// connection that failed is dropped, so the next call reconnects; one
+    /// the server has closed since (a restart: "going away") is replaced
+    /// before `op` runs, so the call does not fail for it.
     async fn connected<T>(
         &mut self,
         op: impl AsyncFnOnce(&mut Session<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let mut t = match self.transport.take() {
+        let open = self
+            .transport
+            .take()
+            .and_then(|mut t| (!t.closed_by_server()).then_some(t));
+        let mut t = match open {
             Some(t) => t,
             None => self.login().await?,
         };

@@ -252,6 +252,32 @@ impl Transport {
         .await
     }
 
+    /// Whether the server has closed this connection already (its close
+    /// frame, such as "going away" when it shuts down, or the end of the
+    /// stream has arrived). Reads only what has arrived, buffering pushes;
+    /// never waits. A connection found closed must not be used: the caller
+    /// opens a new one instead of failing its next request.
+    pub fn closed_by_server(&mut self) -> bool {
+        use futures_util::FutureExt as _;
+        loop {
+            match self.ws.next().now_or_never() {
+                None => return false,
+                Some(None | Some(Err(_) | Ok(WsMessage::Close(_)))) => return true,
+                Some(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    let Ok(frame) = sotto_proto::decode_server_frame(&bytes) else {
+                        return true;
+                    };
+                    if let Some(body) = frame.body
+                        && self.buffer(body).is_err()
+                    {
+                        return true;
+                    }
+                }
+                Some(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

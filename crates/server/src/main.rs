@@ -257,6 +257,47 @@ enum Command {
         #[command(flatten)]
         data: admin_cli::DataDir,
     },
+    /// Writes a consistent copy of the database to a new file while the
+    /// server runs. It holds the server's signing keys unless
+    /// --exclude-keys: keep it as safe as the keys.
+    #[command(
+        after_help = "Example: sotto-server backup --data ./sotto-data --out /backups/sotto-2026-12-01.db\n\
+                      Messages accepted after the backup are not in it. See README, \"Backups\"."
+    )]
+    Backup {
+        /// The data directory to back up.
+        #[arg(
+            long = "data",
+            env = "SOTTO_DATA",
+            default_value = "./sotto-data",
+            value_name = "DIR"
+        )]
+        data: PathBuf,
+        /// The backup file to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Leave out the log and legal signing keys (back them up once,
+        /// apart); restoring then needs --keys-from.
+        #[arg(long)]
+        exclude_keys: bool,
+    },
+    /// Restores a backup into a new data directory, after checking it
+    /// (integrity, schema, keys). Never overwrites a database.
+    #[command(
+        after_help = "Example: sotto-server restore --from /backups/sotto-2026-12-01.db --data ./sotto-restored"
+    )]
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The new data directory (created if missing; must hold no database).
+        #[arg(long = "data", value_name = "DIR")]
+        data: PathBuf,
+        /// For a backup made with --exclude-keys: a full backup, or the old
+        /// data directory, of the same server to take the keys from.
+        #[arg(long, value_name = "FILE_OR_DIR")]
+        keys_from: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,6 +345,38 @@ fn main() -> ExitCode {
                 .render(&mut std::io::stdout())
                 .map_err(anyhow::Error::from),
         ),
+        Some(Command::Backup {
+            data,
+            out,
+            exclude_keys,
+        }) => match sotto_server::store::SqliteStore::backup(&data, &out, exclude_keys) {
+            Ok(summary) => {
+                println!("backup written: {}\n{summary}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("backup failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Restore {
+            from,
+            data,
+            keys_from,
+        }) => match sotto_server::store::SqliteStore::restore(&from, &data, keys_from.as_deref()) {
+            Ok(restored) => {
+                println!(
+                    "restored: {}\n{}",
+                    restored.path.display(),
+                    restored.contents
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("restore failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -361,6 +361,17 @@ impl ServerProcess {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");
     }
+
+    /// SIGTERM (through `kill -TERM`), then waits for the server to exit;
+    /// the exit status says whether it shut down cleanly.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.child.wait().expect("wait")
+    }
 }
 
 /// A loopback address with a port that was free a moment ago.

@@ -136,3 +136,97 @@ impl From<EnqueueError> for CommitError {
         }
     }
 }
+
+/// Why `SqliteStore::backup` wrote no backup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The operator named a data directory without a database.
+    #[error("there is no server database at {}; check --data", .0.display())]
+    NoDatabase(std::path::PathBuf),
+    /// The operator named an output file that exists: it is never
+    /// overwritten.
+    #[error("{} exists; a backup never overwrites a file: choose a new name", .0.display())]
+    OutExists(std::path::PathBuf),
+    /// The copy failed its own check (the live database may be damaged:
+    /// run `PRAGMA integrity_check` on it with the server stopped).
+    #[error("the copy failed its integrity check, so no backup was written: {0}")]
+    Unsound(String),
+    /// Reading or writing a file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why `SqliteStore::restore` restored nothing (nothing is left behind
+/// under the database's name).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The target directory holds a database: a restore never overwrites
+    /// one.
+    #[error("{} exists; restore into a new directory (a restore never overwrites a database)", .0.display())]
+    TargetHasDatabase(std::path::PathBuf),
+    /// The file is not a backup at all.
+    #[error("{} is not a sotto-server backup: {reason}", path.display())]
+    NotABackup {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// The backup is damaged (truncated, corrupted).
+    #[error("{} is damaged and was not restored: {reason}; use another backup", path.display())]
+    Unsound {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the checks found.
+        reason: String,
+    },
+    /// The backup was made by a newer server.
+    #[error(
+        "the backup has schema version {version}, newer than this server understands ({supported}); restore it with a newer sotto-server"
+    )]
+    TooNew {
+        /// The backup's version.
+        version: i64,
+        /// The newest this server understands.
+        supported: i64,
+    },
+    /// The backup holds no signing key (made with `--exclude-keys`), but
+    /// records that key signed: a new key would make clients refuse the
+    /// server.
+    #[error(
+        "the backup holds no {key} signing key (made with --exclude-keys?) but {signed} records it signed; clients pinned that key, so a new one would make them refuse the server: add --keys-from naming a full backup or the old data directory"
+    )]
+    KeysMissing {
+        /// The key's name (`log`, `legal`).
+        key: String,
+        /// How many stored records it signed.
+        signed: u64,
+    },
+    /// `--keys-from` cannot supply the keys.
+    #[error("--keys-from {}: {reason}", path.display())]
+    KeysFrom {
+        /// The database named.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 pub use errors::*;
 pub use records::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{BackupSummary, RestoreSummary, SqliteStore};
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
 /// keep the day ([`day_of`]).
@@ -321,7 +321,9 @@ pub trait MailboxStore: Send + Sync + 'static {
 pub trait LogStore: Send + Sync + 'static {
     /// The secret of the server's transparency-log signing key: the stored
     /// one, or `fresh`, stored now, if there is none yet. Concurrent first
-    /// calls all get the same key.
+    /// calls all get the same key. Fails, storing nothing, if there is no
+    /// key but the log has entries (a backup restored without its keys):
+    /// clients pinned the old key.
     fn log_key_secret(
         &self,
         fresh: Zeroizing<[u8; 32]>,
@@ -356,7 +358,9 @@ pub trait LogStore: Send + Sync + 'static {
 pub trait LegalStore: Send + Sync + 'static {
     /// The secret of the server's legal signing key (separate from the
     /// log key): the stored one, or `fresh`, stored now, if there is none
-    /// yet. Concurrent first calls all get the same key.
+    /// yet. Concurrent first calls all get the same key. Fails, storing
+    /// nothing, if there is no key but report entries or canaries it signed
+    /// are stored.
     fn legal_key_secret(
         &self,
         fresh: Zeroizing<[u8; 32]>,

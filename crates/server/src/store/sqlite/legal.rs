@@ -5,7 +5,10 @@
 use super::*;
 
 /// Name of the legal signing key in `server_keys`.
-const LEGAL_KEY_NAME: &str = "legal";
+pub(super) const LEGAL_KEY_NAME: &str = "legal";
+/// Counts what the legal key signed: transparency-report entries and canaries.
+pub(super) const LEGAL_KEY_SIGNED: &str =
+    "SELECT (SELECT count(*) FROM legal_requests) + (SELECT count(*) FROM canaries)";
 
 const REPORT_COLUMNS: &str =
     "SELECT seq, request_id, day, kind, accounts, prev_hash, hash, signature FROM legal_requests";
@@ -79,7 +82,7 @@ impl LegalStore for SqliteStore {
         &self,
         fresh: Zeroizing<[u8; 32]>,
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-        self.write(move |conn| server_key_secret(conn, LEGAL_KEY_NAME, &fresh))
+        self.write(move |conn| server_key_secret(conn, LEGAL_KEY_NAME, &fresh, LEGAL_KEY_SIGNED))
             .await
     }
 

@@ -4,6 +4,10 @@ use super::*;
 
 /// Name of the log signing key in `server_keys`.
 pub(super) const LOG_KEY_NAME: &str = "log";
+/// Counts what the log key vouches for: clients pinned the heads of a log
+/// with entries. (Accounts from before the log have none, and a database
+/// of only those may still get its first key.)
+pub(super) const LOG_KEY_SIGNED: &str = "SELECT count(*) FROM log_entries";
 
 /// Appends one leaf at the end of the log. The writer is the only one
 /// appending, so indexes are contiguous.
@@ -49,7 +53,7 @@ impl LogStore for SqliteStore {
         &self,
         fresh: Zeroizing<[u8; 32]>,
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-        self.write(move |conn| server_key_secret(conn, LOG_KEY_NAME, &fresh))
+        self.write(move |conn| server_key_secret(conn, LOG_KEY_NAME, &fresh, LOG_KEY_SIGNED))
             .await
     }
 

@@ -45,6 +45,7 @@ use super::{
 
 mod accounts;
 mod admin;
+mod backup;
 mod key_packages;
 mod legal;
 mod log;
@@ -53,6 +54,7 @@ mod schema;
 mod writer;
 
 use crate::metrics::WriterMetrics;
+pub use backup::{BackupSummary, RestoreSummary};
 use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
@@ -237,11 +239,29 @@ impl From<rusqlite::Error> for StoreError {
 
 /// The secret stored in `server_keys` under `name`, or `fresh`, stored now,
 /// if there is none yet (one statement, so concurrent first calls agree).
+///
+/// Refused when there is no key but `signed_rows` (a `SELECT count(*)`)
+/// finds rows the key signed: the database was restored from a backup
+/// made with `--exclude-keys` (or the key row was lost). A fresh key would
+/// not match what clients pinned (the log key) or what was published (the
+/// legal key), so the operator must bring the old one back instead.
 pub(super) fn server_key_secret(
     conn: &Connection,
     name: &str,
     fresh: &[u8; 32],
+    signed_rows: &str,
 ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    if stored_server_key(conn, name)?.is_none() {
+        let signed: i64 = conn.query_row(signed_rows, [], |r| r.get(0))?;
+        if signed > 0 {
+            return Err(StoreError::Backend(format!(
+                "the {name} signing key is missing, but {signed} records it signed are stored \
+                 (was this database restored from a backup made with --exclude-keys?); a new key \
+                 would make every client refuse this server. Restore again with \
+                 `sotto-server restore --keys-from` naming a full backup or the old data directory"
+            )));
+        }
+    }
     conn.execute(
         "INSERT INTO server_keys (name, secret) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
         params![name, fresh.as_slice()],
