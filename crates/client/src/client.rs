@@ -252,6 +252,7 @@ impl Client {
             Some(t) => t,
             None => self.login().await?,
         };
+        self.profile.purge_expired()?;
         let owner = self.profile.account.username.clone();
         let mut session = Session {
             profile: &mut self.profile,
@@ -262,6 +263,7 @@ impl Client {
             connection: &mut t,
         };
         let result = op(&mut session).await;
+        self.profile.purge_expired()?;
         if !matches!(result, Err(ClientError::Network(_))) {
             self.transport = Some(t);
         }
@@ -316,6 +318,33 @@ impl Client {
         }
         conversations::check_text(text)?;
         self.connected(async |s| conversations::send_direct(s, &peer, text, None).await)
+            .await
+    }
+
+    /// Sets the disappearing-messages timer of the direct conversation
+    /// with `peer` (starting it if needed), or with `group`, the group
+    /// `name`: later messages disappear `secs` seconds after they are sent
+    /// (0: off), from every member's history and database. Returns the
+    /// system line it shows.
+    pub async fn set_timer(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        secs: u64,
+    ) -> Result<HistoryEntry, ClientError> {
+        let target = match kind {
+            ConversationKind::Direct => {
+                let peer = Username::parse(name)?;
+                if peer == self.profile.account.username {
+                    return Err(ClientError::Usage(
+                        "you cannot start a conversation with yourself".into(),
+                    ));
+                }
+                conversations::Target::Direct(peer)
+            }
+            ConversationKind::Group => conversations::Target::Group(name.to_owned()),
+        };
+        self.connected(async |s| conversations::set_timer(s, &target, secs).await)
             .await
     }
 

@@ -10,6 +10,7 @@ use crate::provider::MlsProvider;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, Body};
+use sotto_core::disappearing;
 use sotto_core::group::{self, Inbound, RosterChange};
 use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
@@ -151,15 +152,29 @@ fn record_inbound(
                 }
                 Some(Body::Mimi(bytes)) => {
                     let conversation = conversation_of(conn, &row)?;
-                    let (id, action) = chat::parse(&bytes, &sender.username, &group_id)?;
+                    let parsed = chat::parse(&bytes, &sender.username, &group_id)?;
+                    let expires = chat::expiry_ms(conn, &conversation, parsed.expires, now)?;
                     let entry = chat::apply(
                         conn,
                         &conversation,
                         sender.username.as_str(),
-                        id,
-                        action,
+                        parsed.id,
+                        parsed.action,
                         app.sent_at_ms,
                         now,
+                        expires,
+                    )?;
+                    (conversation, entry)
+                }
+                Some(Body::Timer(timer)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let entry = record_timer(
+                        conn,
+                        &conversation,
+                        message_id,
+                        sender.username.as_str(),
+                        timer.seconds,
+                        app.sent_at_ms,
                     )?;
                     (conversation, entry)
                 }
@@ -218,6 +233,31 @@ fn record_inbound(
             })
         }
     }
+}
+
+/// Sets the conversation's disappearing-messages timer as `actor` asked
+/// (any member may; longer than [`disappearing::MAX_TIMER_SECS`] is taken
+/// as that), and shows it as a system line.
+pub(crate) fn record_timer(
+    conn: &Connection,
+    conversation: &Conversation,
+    message_id: &[u8],
+    actor: &str,
+    secs: u64,
+    sent_at_ms: u64,
+) -> Result<Option<HistoryEntry>, ClientError> {
+    let secs = secs.min(disappearing::MAX_TIMER_SECS);
+    store::set_conversation_timer(conn, conversation.id, secs)?;
+    let id = [message_id, &[0xff, 0]].concat();
+    let text = disappearing::timer_line(actor, secs);
+    let message = store::NewMessage {
+        id: &id,
+        sender: "system",
+        kind: EntryKind::System,
+        text: &text,
+        sent_at_ms,
+    };
+    Ok(store::insert_message(conn, conversation, &message, now_ms())?)
 }
 
 /// Records a roster change as system lines: "`actor` added …".

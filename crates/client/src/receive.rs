@@ -59,6 +59,7 @@ pub(crate) async fn listen(
         on_entry(&entry);
     }
     loop {
+        s.profile.purge_expired()?;
         let mut entries = membership::commit_pending_proposals(s).await?;
         entries.extend(s.outbox.take_lines());
         for entry in &entries {

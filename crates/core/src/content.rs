@@ -5,7 +5,7 @@
 
 use prost::Message as _;
 pub use sotto_proto::v1::{
-    AppContent, ConversationInfo, ConversationKind, Text, app_content::Body,
+    AppContent, ConversationInfo, ConversationKind, DisappearingTimer, Text, app_content::Body,
 };
 
 /// Longest text message, in bytes. Leaves room for MLS framing within

@@ -261,6 +261,7 @@ mod conformance {
         }
         let g = with_group(&store, "g").await;
         let message = |id: u8, recipients: &[u8]| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -283,6 +284,7 @@ mod conformance {
         // De-duplication comes after authorisation: without the capability
         // a queued id is not a duplicate (an outsider cannot probe ids)...
         let outsider = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             envelope: envelope(1, &[1], b"other bytes"),
             ..message(1, &[1])
@@ -293,6 +295,7 @@ mod conformance {
         ));
         // ...an authorised sender cannot reuse it for other bytes...
         let reused = GroupMessage {
+            expires_at: None,
             envelope: envelope(1, &[1], b"other bytes"),
             ..message(1, &[1])
         };
@@ -303,6 +306,7 @@ mod conformance {
         // ...and a resend of the same bytes is a duplicate even with a
         // capability that is no longer current (a resend after a crash).
         let resend = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             ..message(1, &[1])
         };
@@ -322,6 +326,7 @@ mod conformance {
         }
 
         let unknown_group = GroupMessage {
+            expires_at: None,
             group_id: group("nope"),
             ..message(2, &[1])
         };
@@ -371,7 +376,9 @@ mod conformance {
     }
 
     pub fn to(g: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> GroupMessage {
+        expires_at: None,
         GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch,
@@ -421,6 +428,7 @@ mod conformance {
         assert_eq!(again.outcome, Enqueued::Duplicate);
         // A part needs the capability, even with the same bytes...
         let stranger = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             ..to(&g, 1, 1, &[5])
         };
@@ -430,6 +438,7 @@ mod conformance {
         ));
         // ...and the same bytes.
         let other_bytes = GroupMessage {
+            expires_at: None,
             envelope: envelope(1, &[5], b"other bytes"),
             ..to(&g, 1, 1, &[5])
         };
@@ -722,6 +731,7 @@ mod conformance {
         let g = with_group(&store, "g").await;
         for i in 1..=5u8 {
             let m = GroupMessage {
+                expires_at: None,
                 group_id: g.clone(),
                 token_hash: TOKEN_HASH,
                 epoch: 1,
@@ -758,6 +768,7 @@ mod conformance {
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
         let m = GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -811,6 +822,7 @@ mod conformance {
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
         let at = |id: u8, recipients: &[u8], now| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -867,6 +879,7 @@ mod conformance {
         // Day 20: a message to one group, a commit in another.
         store
             .enqueue(GroupMessage {
+                expires_at: None,
                 group_id: talking.clone(),
                 token_hash: TOKEN_HASH,
                 epoch: 1,
@@ -894,6 +907,7 @@ mod conformance {
         assert!(matches!(
             store
                 .enqueue(GroupMessage {
+                    expires_at: None,
                     group_id: dead.clone(),
                     token_hash: TOKEN_HASH,
                     epoch: 1,
@@ -1020,6 +1034,7 @@ mod log_cases {
             .unwrap();
         let g = with_group(&store, "g").await;
         let mail = |id: u8, to: &[u8]| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,

@@ -1087,6 +1087,7 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
             let epoch = model.cap_epoch(*group, *cap).saturating_add(*epoch_skew);
             let result = store
                 .enqueue(GroupMessage {
+                    expires_at: None,
                     group_id: group_id(*group),
                     token_hash: hash,
                     epoch,

@@ -267,6 +267,7 @@ impl Mallory {
             payload,
             send_token: self.capability(group),
             more_recipients: false,
+            expires_at: 0,
         };
         self.request(Request::SendMessage(send)).await
     }

@@ -446,6 +446,7 @@ async fn forged_framing_is_refused_and_changes_nothing() {
             payload: for_team,
             send_token: t.mallory.capability(&own),
             more_recipients: false,
+            expires_at: 0,
         };
         let err = t
             .mallory
@@ -509,6 +510,7 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
                 payload,
                 send_token: capability.clone(),
                 more_recipients: false,
+                expires_at: 0,
             })
         };
         let err = outsider

@@ -48,6 +48,9 @@ pub struct ChatState {
     /// last); empty unless `edited`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<Version>,
+    /// Disappearing messages: when this message is deleted from this
+    /// device (milliseconds since the Unix epoch); `None`: never.
+    pub expires_at: Option<u64>,
 }
 
 /// The message a reply quotes.
@@ -134,7 +137,7 @@ pub fn history(
     conversation: &Conversation,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted
+        "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted, expires_at_ms
          FROM messages WHERE conversation_id = ?1 ORDER BY received_at_ms, rowid",
     )?;
     let rows = stmt.query_map([conversation.id], |r| row_of(r, conversation))?;
@@ -172,7 +175,10 @@ fn row_of(
         },
         text: r.get(3)?,
         sent_at: r.get::<_, i64>(4)?.max(0) as u64,
-        chat: ChatState::default(),
+        chat: ChatState {
+            expires_at: r.get::<_, Option<i64>>(9)?.map(|at| at.max(0) as u64),
+            ..ChatState::default()
+        },
     };
     let raw = RawChat {
         id,
@@ -245,7 +251,7 @@ pub fn entry(
 ) -> Result<Option<HistoryEntry>, StoreError> {
     let found = conn
         .query_row(
-            "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted
+            "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted, expires_at_ms
              FROM messages WHERE id = ?1 AND conversation_id = ?2",
             params![id, conversation.id],
             |r| row_of(r, conversation),
@@ -440,6 +446,32 @@ pub fn remove_reaction(conn: &Connection, reaction_id: &[u8]) -> Result<(), Stor
         [reaction_id],
     )?;
     Ok(())
+}
+
+/// Disappearing messages: sets when a message is deleted.
+pub fn set_expiry(conn: &Connection, id: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE messages SET expires_at_ms = ?2 WHERE id = ?1",
+        params![id, i64::try_from(expires_at_ms).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+/// Deletes every message whose time has come, with its earlier versions
+/// and reactions: gone from every table, not hidden (and, with
+/// `secure_delete`, overwritten in the file). Returns how many.
+pub fn purge_expired(conn: &Connection, now_ms: u64) -> Result<usize, StoreError> {
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    const EXPIRED: &str = "SELECT id FROM messages WHERE expires_at_ms <= ?1";
+    conn.execute(
+        &format!("DELETE FROM message_versions WHERE message_id IN ({EXPIRED})"),
+        [now],
+    )?;
+    conn.execute(
+        &format!("DELETE FROM reactions WHERE message_id IN ({EXPIRED})"),
+        [now],
+    )?;
+    conn.execute("DELETE FROM messages WHERE expires_at_ms <= ?1", [now])
 }
 
 /// Takes a message out of history (one the server refused to queue), by

@@ -30,7 +30,7 @@ pub use profile::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -175,6 +175,9 @@ pub(crate) fn open_keyed(
         if version < 6 {
             tx.execute_batch(MIGRATION_6)?;
         }
+        if version < 7 {
+            tx.execute_batch(MIGRATION_7)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -299,4 +302,14 @@ CREATE TABLE IF NOT EXISTS spare_identities (
     public_key BLOB PRIMARY KEY,
     secret BLOB NOT NULL
 );
+";
+
+/// Version 7: disappearing messages.
+const MIGRATION_7: &str = "
+-- The conversation's disappearing-messages timer in seconds; 0: off.
+ALTER TABLE conversations ADD COLUMN timer_secs INTEGER NOT NULL DEFAULT 0;
+-- When the message disappears (milliseconds since the Unix epoch): it is
+-- deleted from every table then, not hidden.
+ALTER TABLE messages ADD COLUMN expires_at_ms INTEGER;
+CREATE INDEX messages_by_expiry ON messages (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 ";

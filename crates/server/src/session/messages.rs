@@ -43,6 +43,7 @@ impl<S: Store> Session<S> {
             epoch,
             envelope,
             now: now_seconds(),
+            expires_at: (send.expires_at != 0).then_some(send.expires_at),
         };
         // The store hands new entries to the hub once committed.
         let queued = if send.more_recipients {
