@@ -115,6 +115,18 @@ async fn run(cli: Cli) -> Result<()> {
             client.disconnect().await;
             out.entry(&sent);
         }
+        Command::Timer { group, args } => {
+            let (kind, name, duration) = match (group, args.as_slice()) {
+                (Some(name), [duration]) => (ConversationKind::Group, name, duration),
+                (None, [user, duration]) => (ConversationKind::Direct, user.clone(), duration),
+                _ => bail!("usage: sotto timer USERNAME DURATION|off, or sotto timer --group NAME DURATION|off"),
+            };
+            let secs = args::parse_timer(duration).map_err(anyhow::Error::msg)?;
+            let mut client = open(&profile)?;
+            let line = client.set_timer(kind, &name, secs).await?;
+            client.disconnect().await;
+            out.entry(&line);
+        }
         Command::React { id, emoji } => {
             let mut client = open(&profile)?;
             let changed = client.react(&id, &emoji).await;

@@ -107,6 +107,9 @@ fn chat_line(entry: &HistoryEntry) -> String {
             .collect();
         line.push_str(&format!("  [{}]", reactions.join("; ")));
     }
+    if chat.expires_at.is_some() {
+        line.push_str(" (disappearing)");
+    }
     line
 }
 
