@@ -376,7 +376,6 @@ mod conformance {
     }
 
     pub fn to(g: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> GroupMessage {
-        expires_at: None,
         GroupMessage {
             expires_at: None,
             group_id: g.clone(),
@@ -858,6 +857,51 @@ mod conformance {
         assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(0));
     }
 
+    /// The ids of a device's queued messages, in order.
+    pub async fn ids<S: Store>(store: &S, d: u8) -> Vec<MessageId> {
+        store
+            .fetch_mailbox(device_id(d), 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect()
+    }
+
+    /// Disappearing messages: a message sent with an expiry is deleted
+    /// with all its entries once the sweep runs at or after it; others,
+    /// and notices, stay.
+    pub async fn disappearing_messages_are_deleted_at_expiry<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let at = |id: u8, expires_at| GroupMessage {
+            expires_at,
+            group_id: g.clone(),
+            token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
+            envelope: envelope(id, &[1, 2], &[id]),
+            now: 1_000,
+        };
+        store.enqueue(at(1, Some(1_010))).await.unwrap();
+        store.enqueue(at(2, None)).await.unwrap();
+        store.enqueue(at(3, Some(1_020))).await.unwrap();
+        // A resend with a later expiry changes nothing.
+        store.enqueue(at(1, Some(9_999))).await.unwrap();
+        assert_eq!(store.expire_disappearing(1_009).await.unwrap(), 0);
+        assert_eq!(store.expire_disappearing(1_010).await.unwrap(), 2);
+        assert_eq!(ids(&store, 1).await, [message_id(2), message_id(3)]);
+        // Bob fetched message 3 already; it goes all the same.
+        assert_eq!(store.expire_disappearing(50_000).await.unwrap(), 2);
+        assert_eq!(ids(&store, 2).await, [message_id(2)]);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (1, 2));
+        // The id is free again once the payload is gone.
+        store.enqueue(at(1, None)).await.unwrap();
+        assert_eq!(store.expire_disappearing(u64::MAX / 2).await.unwrap(), 0);
+    }
+
     /// A group with no accepted commit or message within the retention
     /// period is deleted with its accepted-commit ids; a message or a
     /// commit keeps a group alive.
@@ -1291,6 +1335,7 @@ macro_rules! store_conformance_tests {
                 missed_notices_are_bounded_per_device,
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
+                disappearing_messages_are_deleted_at_expiry,
                 dead_groups_expire_with_the_retention_period,
             );
             store_conformance_tests!(@log_cases $make;
