@@ -95,6 +95,27 @@ pub(crate) enum Command {
         #[arg(required = true, num_args = 1..=2)]
         args: Vec<String>,
     },
+    /// Tell a conversation you are typing (`sotto typing bob`,
+    /// `sotto typing --group team`; `--stop` when you stopped). Nobody
+    /// stores it; a device that is offline never sees it.
+    Typing {
+        /// Tell this group instead of a user.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+        /// You stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Profile settings: `sotto config read-receipts on|off` (default on;
+    /// delivery receipts are always sent, to conversations you wrote in).
+    Config {
+        /// The setting: `read-receipts`.
+        setting: String,
+        /// `on` or `off`; shows the current value when left out.
+        value: Option<String>,
+    },
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),

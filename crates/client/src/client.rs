@@ -14,11 +14,11 @@ use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
 use crate::outbox::Outbox;
-use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
+use crate::profile::{MemberInfo, Profile, Stored, now_ms, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use crate::{chat, conversations, membership, own_account, receive};
+use crate::{chat, conversations, membership, own_account, receipts, receive};
 use rusqlite::Connection;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
@@ -262,7 +262,12 @@ impl Client {
             anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous, owner),
             connection: &mut t,
         };
-        let result = op(&mut session).await;
+        let mut result = op(&mut session).await;
+        if result.is_ok()
+            && let Err(e) = receipts::send_due(&mut session, now_ms()).await
+        {
+            result = Err(e);
+        }
         self.profile.purge_expired()?;
         if !matches!(result, Err(ClientError::Network(_))) {
             self.transport = Some(t);
@@ -637,13 +642,53 @@ impl Client {
 
     // ------------------------------------------------------------ local queries
 
-    /// The history of a conversation, oldest first.
+    /// The history of a conversation, oldest first. Showing it counts as
+    /// reading it: read receipts are queued for its messages (if on), and
+    /// sent with the next command after a short random delay.
     pub fn history(
         &self,
         kind: ConversationKind,
         name: &str,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        self.profile.history(kind, name)
+        let entries = self.profile.history(kind, name)?;
+        let conversation = self.profile.conversation_named(kind, name)?;
+        receipts::seen(&self.profile, &conversation)?;
+        Ok(entries)
+    }
+
+    /// Whether this profile sends read receipts (default: on). Delivery
+    /// receipts are always sent, to conversations the user wrote in.
+    pub fn set_read_receipts(&self, on: bool) -> Result<(), ClientError> {
+        Ok(store::set_read_receipts(&self.profile.db, on)?)
+    }
+
+    /// Whether this profile sends read receipts.
+    pub fn read_receipts(&self) -> Result<bool, ClientError> {
+        Ok(store::read_receipts_enabled(&self.profile.db)?)
+    }
+
+    /// Sends the receipts due at `now_ms` (milliseconds since the Unix
+    /// epoch). Every command does this with the current time; tests pass
+    /// a later one instead of waiting out the random delay.
+    pub async fn send_due_receipts(&mut self, now_ms: u64) -> Result<(), ClientError> {
+        self.connected(async |s| receipts::send_due(s, now_ms).await)
+            .await
+    }
+
+    /// Tells a conversation this user is typing (or stopped): not stored by
+    /// anyone; an undelivered one is deleted by the server within seconds.
+    pub async fn send_typing(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        typing: bool,
+    ) -> Result<(), ClientError> {
+        let target = match kind {
+            ConversationKind::Direct => conversations::Target::Direct(Username::parse(name)?),
+            ConversationKind::Group => conversations::Target::Group(name.to_owned()),
+        };
+        self.connected(async |s| receipts::send_typing(s, &target, typing).await)
+            .await
     }
 
     /// The names of this account's group conversations that it is still in.

@@ -353,6 +353,22 @@ pub(crate) fn stage_content(
     })
 }
 
+/// Encrypts control content (receipts, typing) for the group `group_id`
+/// and queues it, inside the caller's transaction; see [`seal`].
+pub(crate) fn seal_content(
+    profile: &Profile,
+    provider: &MlsProvider<'_>,
+    tx: &Connection,
+    group_id: &[u8],
+    message_id: Vec<u8>,
+    body: Body,
+    expires_at: u64,
+) -> Result<Option<Outgoing>, ClientError> {
+    let mut g = group::load(provider, group_id)?;
+    check_before_send(profile, provider, tx, &g)?;
+    seal(profile, provider, tx, &mut g, message_id, now_ms(), body, expires_at)
+}
+
 /// Encrypts `body` for the group and queues it in the outbox; `None` when
 /// this device is alone in the group (nothing to send). `expires_at`: the
 /// server's bucket of a disappearing message's expiry (0: none).

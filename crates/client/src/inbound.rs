@@ -4,6 +4,8 @@
 
 use crate::ClientError;
 use crate::chat;
+use crate::receipts;
+use sotto_core::mimi::ChatAction;
 use crate::keys::KeyLog;
 use crate::profile::{Profile, now_ms};
 use crate::provider::MlsProvider;
@@ -154,6 +156,7 @@ fn record_inbound(
                     let conversation = conversation_of(conn, &row)?;
                     let parsed = chat::parse(&bytes, &sender.username, &group_id)?;
                     let expires = chat::expiry_ms(conn, &conversation, parsed.expires, now)?;
+                    let is_text = matches!(parsed.action, Some(ChatAction::Text { .. }));
                     let entry = chat::apply(
                         conn,
                         &conversation,
@@ -164,7 +167,48 @@ fn record_inbound(
                         now,
                         expires,
                     )?;
+                    if is_text && entry.is_some() && sender.username != profile.account.username {
+                        receipts::delivered(
+                            profile,
+                            conn,
+                            &conversation,
+                            &group_id,
+                            parsed.id.as_bytes(),
+                            now,
+                        )?;
+                    }
                     (conversation, entry)
+                }
+                Some(Body::Receipts(batch)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let entries = receipts::apply(
+                        profile,
+                        conn,
+                        &conversation,
+                        sender.username.as_str(),
+                        &batch,
+                    )?;
+                    return Ok(Applied {
+                        entries,
+                        ..Applied::default()
+                    });
+                }
+                Some(Body::Typing(typing)) => {
+                    if sender.username == profile.account.username {
+                        return Ok(Applied::default());
+                    }
+                    let conversation = conversation_of(conn, &row)?;
+                    let line = receipts::typing_line(
+                        &conversation,
+                        sender.username.as_str(),
+                        &typing,
+                        app.sent_at_ms,
+                        now,
+                    );
+                    return Ok(Applied {
+                        entries: line.into_iter().collect(),
+                        ..Applied::default()
+                    });
                 }
                 Some(Body::Timer(timer)) => {
                     let conversation = conversation_of(conn, &row)?;

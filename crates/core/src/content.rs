@@ -5,7 +5,8 @@
 
 use prost::Message as _;
 pub use sotto_proto::v1::{
-    AppContent, ConversationInfo, ConversationKind, DisappearingTimer, Text, app_content::Body,
+    AppContent, ConversationInfo, ConversationKind, DisappearingTimer, Receipts, Text, Typing,
+    app_content::Body,
 };
 
 /// Longest text message, in bytes. Leaves room for MLS framing within

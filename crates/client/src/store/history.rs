@@ -51,6 +51,27 @@ pub struct ChatState {
     /// Disappearing messages: when this message is deleted from this
     /// device (milliseconds since the Unix epoch); `None`: never.
     pub expires_at: Option<u64>,
+    /// This account's own messages: how far each other member got
+    /// (`delivered` or `read`), as their receipts said.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub receipts: BTreeMap<String, ReceiptState>,
+}
+
+/// How far a member got with a message.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptState {
+    Delivered,
+    Read,
+}
+
+impl ReceiptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
 }
 
 /// The message a reply quotes.
@@ -217,6 +238,17 @@ fn with_chat_state(
                 },
             )
             .optional()?;
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT member, state FROM receipts WHERE message_id = ?1")?;
+    for row in stmt.query_map([&raw.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (member, state) = row?;
+        let state = if state == "read" {
+            ReceiptState::Read
+        } else {
+            ReceiptState::Delivered
+        };
+        entry.chat.receipts.insert(member, state);
     }
     let mut stmt = conn.prepare_cached(
         "SELECT emoji, sender FROM reactions WHERE message_id = ?1 ORDER BY emoji, sender",
@@ -467,10 +499,12 @@ pub fn purge_expired(conn: &Connection, now_ms: u64) -> Result<usize, StoreError
         &format!("DELETE FROM message_versions WHERE message_id IN ({EXPIRED})"),
         [now],
     )?;
-    conn.execute(
-        &format!("DELETE FROM reactions WHERE message_id IN ({EXPIRED})"),
-        [now],
-    )?;
+    for table in ["reactions", "receipts", "pending_receipts"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE message_id IN ({EXPIRED})"),
+            [now],
+        )?;
+    }
     conn.execute("DELETE FROM messages WHERE expires_at_ms <= ?1", [now])
 }
 

@@ -20,6 +20,7 @@ mod inbox;
 pub mod lock;
 mod outbox;
 mod profile;
+mod receipts;
 
 pub use account_watch::*;
 pub use conversations::*;
@@ -27,6 +28,7 @@ pub use history::*;
 pub use inbox::*;
 pub use outbox::*;
 pub use profile::*;
+pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
@@ -312,4 +314,34 @@ ALTER TABLE conversations ADD COLUMN timer_secs INTEGER NOT NULL DEFAULT 0;
 -- deleted from every table then, not hidden.
 ALTER TABLE messages ADD COLUMN expires_at_ms INTEGER;
 CREATE INDEX messages_by_expiry ON messages (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+-- Receipts other members sent for this account's messages: the furthest
+-- each member got ('read' replaces 'delivered').
+CREATE TABLE receipts (
+    message_id BLOB NOT NULL,
+    member TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'read')),
+    PRIMARY KEY (message_id, member)
+);
+-- Receipts this device owes, sent in one batch per group once due.
+CREATE TABLE pending_receipts (
+    message_id BLOB NOT NULL,
+    group_id BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'read')),
+    due_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (message_id, state)
+);
+CREATE INDEX pending_receipts_by_due ON pending_receipts (due_at_ms);
+-- When each group was last sent a batch of receipts (the rate limit).
+CREATE TABLE receipt_clock (
+    group_id BLOB PRIMARY KEY,
+    last_sent_ms INTEGER NOT NULL
+);
+-- This device showed the message to its user (a read receipt was queued
+-- if read receipts are on).
+ALTER TABLE messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+-- Profile settings: `read_receipts` ('on' or 'off'; default on).
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
