@@ -264,7 +264,7 @@ impl Client {
         };
         let mut result = op(&mut session).await;
         if result.is_ok()
-            && let Err(e) = receipts::send_due(&mut session, now_ms()).await
+            && let Err(e) = Box::pin(receipts::send_due(&mut session, now_ms())).await
         {
             result = Err(e);
         }
