@@ -284,7 +284,10 @@ pub(crate) fn stage_chat(
             message_id,
             sent_at_ms,
             Body::Mimi(bytes),
-            expires_at.map_or(0, |at| disappearing::server_bucket(at, timer)),
+            SendOptions {
+                expires_at: expires_at.map_or(0, |at| disappearing::server_bucket(at, timer)),
+                ephemeral: false,
+            },
         )?;
         Ok((outgoing, history))
     })
@@ -348,9 +351,27 @@ pub(crate) fn stage_content(
             }
             _ => None,
         };
-        let outgoing = seal(profile, provider, tx, &mut g, message_id, sent_at_ms, body, 0)?;
+        let outgoing = seal(
+            profile,
+            provider,
+            tx,
+            &mut g,
+            message_id,
+            sent_at_ms,
+            body,
+            SendOptions::default(),
+        )?;
         Ok((outgoing, history))
     })
+}
+
+/// What the server is told about a message besides its recipients.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SendOptions {
+    /// The server's bucket of a disappearing message's expiry (0: none).
+    pub expires_at: u64,
+    /// Only for connections open now, stored nowhere (typing).
+    pub ephemeral: bool,
 }
 
 /// Encrypts control content (receipts, typing) for the group `group_id`
@@ -362,16 +383,15 @@ pub(crate) fn seal_content(
     group_id: &[u8],
     message_id: Vec<u8>,
     body: Body,
-    expires_at: u64,
+    options: SendOptions,
 ) -> Result<Option<Outgoing>, ClientError> {
     let mut g = group::load(provider, group_id)?;
     check_before_send(profile, provider, tx, &g)?;
-    seal(profile, provider, tx, &mut g, message_id, now_ms(), body, expires_at)
+    seal(profile, provider, tx, &mut g, message_id, now_ms(), body, options)
 }
 
 /// Encrypts `body` for the group and queues it in the outbox; `None` when
-/// this device is alone in the group (nothing to send). `expires_at`: the
-/// server's bucket of a disappearing message's expiry (0: none).
+/// this device is alone in the group (nothing to send).
 #[allow(clippy::too_many_arguments)]
 fn seal(
     profile: &Profile,
@@ -381,7 +401,7 @@ fn seal(
     message_id: Vec<u8>,
     sent_at_ms: u64,
     body: Body,
-    expires_at: u64,
+    options: SendOptions,
 ) -> Result<Option<Outgoing>, ClientError> {
     let group_id = g.group_id().as_slice().to_vec();
     let recipients = group::recipients(g);
@@ -396,8 +416,13 @@ fn seal(
     let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
     let alone = recipients.iter().all(|d| *d == profile.account.device_id);
     let outgoing = (!alone).then(|| {
-        Outgoing::message(message_id, &group_id, &recipients, ciphertext, token)
-            .expiring(expires_at)
+        let outgoing = Outgoing::message(message_id, &group_id, &recipients, ciphertext, token)
+            .expiring(options.expires_at);
+        if options.ephemeral {
+            outgoing.ephemeral()
+        } else {
+            outgoing
+        }
     });
     if let Some(outgoing) = &outgoing {
         outgoing.queue(tx)?;

@@ -58,6 +58,7 @@ impl Outgoing {
                 send_token,
                 more_recipients: false,
                 expires_at: 0,
+                ephemeral: false,
             }),
         }
     }
@@ -68,6 +69,15 @@ impl Outgoing {
     pub(crate) fn expiring(mut self, expires_at: u64) -> Self {
         if let Request::Send(send) = &mut self.request {
             send.expires_at = expires_at;
+        }
+        self
+    }
+
+    /// Marks the message ephemeral (a typing indicator): the server hands
+    /// it to the recipients' open connections and stores it nowhere.
+    pub(crate) fn ephemeral(mut self) -> Self {
+        if let Request::Send(send) = &mut self.request {
+            send.ephemeral = true;
         }
         self
     }

@@ -14,19 +14,19 @@
 //!   read-receipts off`); delivered ones are always sent (to conversations
 //!   the user wrote in).
 //!
-//! Typing indicators are sent as disappearing messages with the shortest
-//! server bucket: the server deletes one still undelivered within
-//! seconds, and a reader ignores one older than [`TYPING_FRESH_MS`].
+//! Typing indicators are ephemeral sends (`SendMessage.ephemeral`): the
+//! server checks the capability, hands them to the recipients' connections
+//! open at that moment and stores them nowhere, answering the same whoever
+//! was online; a reader ignores one older than [`TYPING_FRESH_MS`].
 
 use crate::ClientError;
-use crate::conversations::{Target, seal_content};
+use crate::conversations::{SendOptions, Target, seal_content};
 use crate::profile::{Profile, now_ms, random_id};
 use crate::receive::drain;
 use crate::session::Session;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, HistoryEntry, ReceiptState};
 use rusqlite::Connection;
 use sotto_core::content::{Body, Receipts, Typing};
-use sotto_core::disappearing;
 
 /// At most one batch of receipts per group this often.
 pub(crate) const MIN_INTERVAL_MS: u64 = 10_000;
@@ -36,11 +36,9 @@ const MAX_DELAY_MS: u64 = 10_000;
 /// Message ids per receipt message: keeps it in the smallest size bucket,
 /// like a short text.
 pub(crate) const MAX_IDS_PER_MESSAGE: usize = 3;
-/// A typing indicator older than this is stale and ignored.
+/// A typing indicator older than this is stale and ignored (one resent
+/// from the outbox after a crash, say).
 pub(crate) const TYPING_FRESH_MS: u64 = 10_000;
-/// The timer a typing indicator is sent under (its server bucket is the
-/// smallest, 10 s).
-const TYPING_TIMER_SECS: u64 = 5;
 
 /// When a receipt queued now for `group_id` is due: after a random delay,
 /// and not before the group's rate limit allows.
@@ -117,8 +115,15 @@ pub(crate) async fn send_due(s: &mut Session<'_>, now: u64) -> Result<(), Client
                     return Ok(Some(None));
                 }
                 let body = Body::Receipts(Receipts { delivered, read });
-                let outgoing =
-                    seal_content(s.profile, provider, tx, &group_id, random_id(), body, 0)?;
+                let outgoing = seal_content(
+                    s.profile,
+                    provider,
+                    tx,
+                    &group_id,
+                    random_id(),
+                    body,
+                    SendOptions::default(),
+                )?;
                 Ok(Some(outgoing))
             })?;
             match staged {
@@ -180,14 +185,13 @@ pub(crate) async fn send_typing(
         Target::Group(name) => s.profile.active_group_named(name)?,
     };
     drain(s).await?;
-    let now = now_ms();
-    let bucket = disappearing::server_bucket(
-        disappearing::expires_at(now, TYPING_TIMER_SECS),
-        TYPING_TIMER_SECS,
-    );
     let outgoing = s.profile.in_transaction(|provider, tx| {
         let body = Body::Typing(Typing { typing });
-        seal_content(s.profile, provider, tx, &group_id, random_id(), body, bucket)
+        let options = SendOptions {
+            expires_at: 0,
+            ephemeral: true,
+        };
+        seal_content(s.profile, provider, tx, &group_id, random_id(), body, options)
     })?;
     if let Some(outgoing) = outgoing {
         s.outbox

@@ -31,6 +31,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         send_token: capability(&mine, 1),
         more_recipients: false,
         expires_at: 0,
+        ephemeral: false,
     });
     let err = assert_error(
         &anonymous.request(forged).await,
@@ -47,6 +48,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         send_token: capability(&mine, 1),
         more_recipients: false,
         expires_at: 0,
+        ephemeral: false,
     });
     assert_error(
         &anonymous.request(commit_as_message).await,
@@ -61,6 +63,7 @@ async fn a_message_framed_for_another_group_is_refused() {
         send_token: capability(&mine, 1),
         more_recipients: false,
         expires_at: 0,
+        ephemeral: false,
     });
     assert_error(&anonymous.request(noise).await, ErrorCode::InvalidRequest);
     assert!(bob.sync().await.is_empty(), "nothing reached bob");
@@ -83,6 +86,7 @@ async fn a_message_framed_for_a_later_epoch_is_refused() {
         send_token: capability(&group, 1),
         more_recipients: false,
         expires_at: 0,
+        ephemeral: false,
     });
     let err = assert_error(
         &anonymous.request(future).await,

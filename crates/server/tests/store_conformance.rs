@@ -857,6 +857,39 @@ mod conformance {
         assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(0));
     }
 
+    /// An ephemeral send is checked like `enqueue` (group, capability,
+    /// epoch) and stores nothing.
+    pub async fn check_send_checks_and_stores_nothing<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let before = store.stats().await.unwrap();
+        let send = |token_hash, epoch, group: &GroupId| GroupMessage {
+            expires_at: None,
+            group_id: group.clone(),
+            token_hash,
+            epoch,
+            previous_epoch_open: false,
+            envelope: envelope(1, &[1, 2], b"typing"),
+            now: 1_000,
+        };
+        store.check_send(send(TOKEN_HASH, 1, &g)).await.unwrap();
+        assert!(matches!(
+            store.check_send(send([9; 32], 1, &g)).await,
+            Err(EnqueueError::NotAuthorized)
+        ));
+        assert!(matches!(
+            store.check_send(send(TOKEN_HASH, 2, &g)).await,
+            Err(EnqueueError::WrongEpoch { .. })
+        ));
+        assert!(matches!(
+            store.check_send(send(TOKEN_HASH, 1, &group("nope"))).await,
+            Err(EnqueueError::UnknownGroup(_))
+        ));
+        assert_eq!(store.stats().await.unwrap(), before);
+        assert!(ids(&store, 2).await.is_empty());
+    }
+
     /// The ids of a device's queued messages, in order.
     pub async fn ids<S: Store>(store: &S, d: u8) -> Vec<MessageId> {
         store
@@ -1336,6 +1369,7 @@ macro_rules! store_conformance_tests {
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
                 disappearing_messages_are_deleted_at_expiry,
+                check_send_checks_and_stores_nothing,
                 dead_groups_expire_with_the_retention_period,
             );
             store_conformance_tests!(@log_cases $make;

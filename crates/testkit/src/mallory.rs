@@ -268,6 +268,7 @@ impl Mallory {
             send_token: self.capability(group),
             more_recipients: false,
             expires_at: 0,
+            ephemeral: false,
         };
         self.request(Request::SendMessage(send)).await
     }

@@ -568,6 +568,7 @@ pub fn send_message_at(
         send_token: capability(group_id, epoch),
         more_recipients: false,
         expires_at: 0,
+        ephemeral: false,
     })
 }
 

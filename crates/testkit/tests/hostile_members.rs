@@ -447,6 +447,7 @@ async fn forged_framing_is_refused_and_changes_nothing() {
             send_token: t.mallory.capability(&own),
             more_recipients: false,
             expires_at: 0,
+            ephemeral: false,
         };
         let err = t
             .mallory
@@ -511,6 +512,7 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
                 send_token: capability.clone(),
                 more_recipients: false,
                 expires_at: 0,
+                ephemeral: false,
             })
         };
         let err = outsider

@@ -127,18 +127,33 @@ async fn receipts_in_a_group_of_three_with_read_receipts_off_for_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typing_is_dropped_for_a_device_that_stays_offline() {
+async fn typing_reaches_only_a_device_online_now_and_is_stored_nowhere() {
     let server = TestServer::start().await;
     let (mut alice, _a) = within(register(&server.url(), "alice")).await;
     let (mut bob, bob_dir) = within(register(&server.url(), "bob")).await;
     within(alice.send_direct("bob", "hello")).await.unwrap();
+    // Bob's client stays logged in after a sync: he is online.
     within(bob.sync()).await.unwrap();
-
-    // Seen at once by a device that is (or soon comes) online…
+    let payloads = |server: &TestServer| -> i64 {
+        server
+            .db()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Alice's own copies acknowledged, so the count stays put.
+    within(alice.sync()).await.unwrap();
+    let before = payloads(&server);
     within(alice.send_typing(DIRECT, "bob", true)).await.unwrap();
+    assert_eq!(payloads(&server), before, "the server stored a typing indicator");
     let got = within(bob.sync()).await.unwrap();
     assert!(got.iter().any(|e| e.text == "alice is typing…"), "{got:#?}");
-    // …and stored by nobody.
+    // Not in bob's history or database either.
+    assert!(
+        bob.history(DIRECT, "alice")
+            .unwrap()
+            .iter()
+            .all(|e| !e.text.contains("typing"))
+    );
     let db = rusqlite::Connection::open(bob_dir.path().join("sotto.db")).unwrap();
     let stored: i64 = db
         .query_row(
@@ -149,39 +164,42 @@ async fn typing_is_dropped_for_a_device_that_stays_offline() {
         .unwrap();
     assert_eq!(stored, 0);
 
-    // Bob offline: the server deletes it within seconds, so he never
-    // sees it.
+    // Bob offline: dropped, not queued; he never sees it.
+    bob.disconnect().await;
     within(alice.send_typing(DIRECT, "bob", true)).await.unwrap();
-    let queued = |server: &TestServer| -> i64 {
-        server
-            .db()
-            .query_row(
-                "SELECT count(*) FROM messages WHERE expires_at IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
-    assert!(queued(&server) > 0);
-    within(async {
-        while queued(&server) > 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
-    .await;
+    assert_eq!(payloads(&server), before);
     let got = within(bob.sync()).await.unwrap();
     assert!(!got.iter().any(|e| e.text.contains("typing")), "{got:#?}");
 }
 
-/// What the server stores of a text, a receipt and a typing indicator:
-/// the same size bucket, the same path (the anonymous connection) and the
-/// same columns. (The typing indicator also carries the shortest expiry
-/// bucket, like a message of a conversation with a timer under a minute.)
+/// What the server sees of a text, a receipt and a typing indicator: the
+/// same size bucket on the same path (the anonymous connection), and the
+/// same stored columns for the text and the receipt; the typing indicator
+/// is not stored at all (only its `ephemeral` flag tells it apart, in
+/// transit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
+    use sotto_proto::v1::{ServerFrame, client_frame};
+    use sotto_testkit::{ConnView, HostileProxy};
+    use std::sync::{Arc, Mutex};
+
     let server = TestServer::start().await;
+    // Every send of bob's as the server got it: (payload size, expiry,
+    // ephemeral).
+    let seen: Arc<Mutex<Vec<(usize, u64, bool)>>> = Arc::default();
+    let recording = Arc::clone(&seen);
+    let proxy = HostileProxy::start(&server.url(), move |conn: &ConnView, frame: ServerFrame| {
+        if let Some(client_frame::Body::SendMessage(m)) = &conn.request {
+            recording
+                .lock()
+                .unwrap()
+                .push((m.payload.len(), m.expires_at, m.ephemeral));
+        }
+        Some(frame)
+    })
+    .await;
     let (mut alice, _a) = within(register(&server.url(), "alice")).await;
-    let (mut bob, _b) = within(register(&server.url(), "bob")).await;
+    let (mut bob, _b) = within(register(&proxy.url(), "bob")).await;
     within(alice.send_direct("bob", "hello")).await.unwrap();
     within(bob.sync()).await.unwrap();
     within(bob.send_direct("alice", "hi")).await.unwrap();
@@ -197,7 +215,9 @@ async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
             .collect()
     };
     let newest = |server: &TestServer| *rows(server).last().unwrap();
-    // Alice does not sync: what she is sent stays queued.
+    seen.lock().unwrap().clear();
+
+    // Alice does not fetch: what she is sent stays queued.
     within(bob.send_direct("alice", "a text")).await.unwrap();
     let text = newest(&server);
     within(alice.sync()).await.unwrap();
@@ -206,9 +226,19 @@ async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
     within(bob.send_due_receipts(later())).await.unwrap();
     let receipt = newest(&server);
     within(bob.send_typing(DIRECT, "alice", true)).await.unwrap();
-    let typing = newest(&server);
-    assert!(text.0 < receipt.0 && receipt.0 < typing.0);
-    assert_eq!(text.1, receipt.1, "text and receipt sizes differ");
-    assert_eq!(text.1, typing.1, "text and typing sizes differ");
+    assert_eq!(newest(&server), receipt, "the typing indicator was stored");
+
+    assert!(text.0 < receipt.0);
+    assert_eq!(text.1, receipt.1, "stored text and receipt sizes differ");
     assert_eq!((text.2, receipt.2), (None, None));
+    let sends = seen.lock().unwrap().clone();
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    assert!(
+        sends.iter().all(|(size, expires, _)| *size == sends[0].0 && *expires == 0),
+        "{sends:?}"
+    );
+    assert_eq!(
+        sends.iter().map(|s| s.2).collect::<Vec<_>>(),
+        [false, false, true]
+    );
 }

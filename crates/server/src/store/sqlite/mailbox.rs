@@ -803,6 +803,32 @@ impl MailboxStore for SqliteStore {
         .await
     }
 
+    async fn check_send(&self, message: GroupMessage) -> Result<(), EnqueueError> {
+        let group: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = {
+            let group_id = message.group_id.clone();
+            self.read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT epoch, token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
+                    )?
+                    .query_row([group_id.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?)
+            })
+            .await?
+        };
+        let Some((epoch, token_hash, prev_token_hash)) = group else {
+            return Err(EnqueueError::UnknownGroup(message.group_id));
+        };
+        check_capability(
+            &message,
+            to_u64(epoch),
+            &token_hash,
+            prev_token_hash.as_deref(),
+        )
+    }
+
     async fn expire_disappearing(&self, now: UnixSeconds) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let deleted = conn.execute(
