@@ -119,7 +119,9 @@ async fn run(cli: Cli) -> Result<()> {
             let (kind, name, duration) = match (group, args.as_slice()) {
                 (Some(name), [duration]) => (ConversationKind::Group, name, duration),
                 (None, [user, duration]) => (ConversationKind::Direct, user.clone(), duration),
-                _ => bail!("usage: sotto timer USERNAME DURATION|off, or sotto timer --group NAME DURATION|off"),
+                _ => bail!(
+                    "usage: sotto timer USERNAME DURATION|off, or sotto timer --group NAME DURATION|off"
+                ),
             };
             let secs = args::parse_timer(duration).map_err(anyhow::Error::msg)?;
             let mut client = open(&profile)?;

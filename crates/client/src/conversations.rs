@@ -17,9 +17,9 @@ use crate::session::Session;
 use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, AppContent, Body, ContentError, ConversationInfo};
+use sotto_core::disappearing;
 use sotto_core::group;
 use sotto_core::identity::Username;
-use sotto_core::disappearing;
 use sotto_core::mimi::{self, ChatAction, Expiration, MessageId, SottoUris};
 use sotto_proto::v1;
 
@@ -387,7 +387,16 @@ pub(crate) fn seal_content(
 ) -> Result<Option<Outgoing>, ClientError> {
     let mut g = group::load(provider, group_id)?;
     check_before_send(profile, provider, tx, &g)?;
-    seal(profile, provider, tx, &mut g, message_id, now_ms(), body, options)
+    seal(
+        profile,
+        provider,
+        tx,
+        &mut g,
+        message_id,
+        now_ms(),
+        body,
+        options,
+    )
 }
 
 /// Encrypts `body` for the group and queues it in the outbox; `None` when

@@ -4,11 +4,10 @@
 
 use crate::ClientError;
 use crate::chat;
-use crate::receipts;
-use sotto_core::mimi::ChatAction;
 use crate::keys::KeyLog;
 use crate::profile::{Profile, now_ms};
 use crate::provider::MlsProvider;
+use crate::receipts;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, Body};
@@ -16,6 +15,7 @@ use sotto_core::disappearing;
 use sotto_core::group::{self, Inbound, RosterChange};
 use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
+use sotto_core::mimi::ChatAction;
 use sotto_proto::v1::{self, SignedTreeHead};
 
 /// A log head a peer carried in a message, to compare with ours.
@@ -301,7 +301,12 @@ pub(crate) fn record_timer(
         text: &text,
         sent_at_ms,
     };
-    Ok(store::insert_message(conn, conversation, &message, now_ms())?)
+    Ok(store::insert_message(
+        conn,
+        conversation,
+        &message,
+        now_ms(),
+    )?)
 }
 
 /// Records a roster change as system lines: "`actor` added …".

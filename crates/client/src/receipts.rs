@@ -191,7 +191,15 @@ pub(crate) async fn send_typing(
             expires_at: 0,
             ephemeral: true,
         };
-        seal_content(s.profile, provider, tx, &group_id, random_id(), body, options)
+        seal_content(
+            s.profile,
+            provider,
+            tx,
+            &group_id,
+            random_id(),
+            body,
+            options,
+        )
     })?;
     if let Some(outgoing) = outgoing {
         s.outbox

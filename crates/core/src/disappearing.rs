@@ -49,10 +49,10 @@ pub fn format_timer(secs: u64) -> String {
     if secs == 0 {
         return "off".into();
     }
-    UNITS
-        .iter()
-        .find(|(unit, _)| secs % unit == 0)
-        .map_or_else(|| format!("{secs}s"), |(unit, name)| format!("{}{name}", secs / unit))
+    UNITS.iter().find(|(unit, _)| secs % unit == 0).map_or_else(
+        || format!("{secs}s"),
+        |(unit, name)| format!("{}{name}", secs / unit),
+    )
 }
 
 /// The system line a timer change shows.
@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(format_timer(3_600), "1h");
         assert_eq!(format_timer(7 * 86_400), "7d");
         assert_eq!(format_timer(90), "90s");
-        assert_eq!(timer_line("alice", 5), "alice set disappearing messages to 5s");
+        assert_eq!(
+            timer_line("alice", 5),
+            "alice set disappearing messages to 5s"
+        );
         assert_eq!(timer_line("bob", 0), "bob turned off disappearing messages");
     }
 }

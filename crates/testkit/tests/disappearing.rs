@@ -88,14 +88,19 @@ async fn a_five_second_timer_deletes_messages_from_both_profiles_and_the_server(
     let server = TestServer::start().await;
     let (mut alice, alice_dir) = within(register(&server.url(), "alice")).await;
     let (mut bob, bob_dir) = within(register(&server.url(), "bob")).await;
-    within(alice.send_direct("bob", "hello, kept")).await.unwrap();
+    within(alice.send_direct("bob", "hello, kept"))
+        .await
+        .unwrap();
     within(bob.sync()).await.unwrap();
 
     // Bob, not the one who started the conversation, sets the timer.
     let line = within(bob.set_timer(DIRECT, "alice", 5)).await.unwrap();
     assert_eq!(line.text, "bob set disappearing messages to 5s");
     let got = within(alice.sync()).await.unwrap();
-    assert!(system_lines(&got).contains(&"bob set disappearing messages to 5s".to_owned()), "{got:#?}");
+    assert!(
+        system_lines(&got).contains(&"bob set disappearing messages to 5s".to_owned()),
+        "{got:#?}"
+    );
 
     // Both sides' messages now disappear.
     let before = now_ms();
@@ -112,7 +117,9 @@ async fn a_five_second_timer_deletes_messages_from_both_profiles_and_the_server(
         find(&got, "SECRET-alice-5s").unwrap().chat.expires_at,
         Some(expires)
     );
-    within(bob.send_direct("alice", "SECRET-bob-5s")).await.unwrap();
+    within(bob.send_direct("alice", "SECRET-bob-5s"))
+        .await
+        .unwrap();
     within(alice.sync()).await.unwrap();
     // One alice never fetches: the server holds it, with its coarse
     // expiry (at or after the real one, on a 10-second bucket).
@@ -122,7 +129,9 @@ async fn a_five_second_timer_deletes_messages_from_both_profiles_and_the_server(
     let real = undelivered.chat.expires_at.unwrap() / 1000;
     let buckets = server_expiries(&server);
     assert!(
-        buckets.iter().any(|b| *b >= real && *b < real + 10 && b % 10 == 0),
+        buckets
+            .iter()
+            .any(|b| *b >= real && *b < real + 10 && b % 10 == 0),
         "{buckets:?} vs {real}"
     );
     assert!(profile_holds(alice_dir.path(), "SECRET-alice-5s"));
@@ -145,7 +154,10 @@ async fn a_five_second_timer_deletes_messages_from_both_profiles_and_the_server(
     within(bob.sync()).await.unwrap();
     for (who, dir) in [("alice", &alice_dir), ("bob", &bob_dir)] {
         for secret in ["SECRET-alice-5s", "SECRET-bob-5s", "SECRET-undelivered-5s"] {
-            assert!(!profile_holds(dir.path(), secret), "{who} still holds {secret}");
+            assert!(
+                !profile_holds(dir.path(), secret),
+                "{who} still holds {secret}"
+            );
         }
     }
     let history = alice.history(DIRECT, "bob").unwrap();
@@ -169,7 +181,10 @@ async fn any_group_member_changes_the_timer_and_everyone_sees_it() {
     within(carol.set_timer(GROUP, "trio", 3_600)).await.unwrap();
     for member in [&mut alice, &mut bob] {
         let got = within(member.sync()).await.unwrap();
-        assert!(system_lines(&got).contains(&"carol set disappearing messages to 1h".to_owned()), "{got:#?}");
+        assert!(
+            system_lines(&got).contains(&"carol set disappearing messages to 1h".to_owned()),
+            "{got:#?}"
+        );
     }
     let before = now_ms();
     let sent = within(bob.send_group("trio", "an hour")).await.unwrap();
@@ -181,7 +196,10 @@ async fn any_group_member_changes_the_timer_and_everyone_sees_it() {
     assert!(buckets.iter().all(|b| b % 3_600 == 0), "{buckets:?}");
     for member in [&mut alice, &mut carol] {
         let got = within(member.sync()).await.unwrap();
-        assert_eq!(find(&got, "an hour").unwrap().chat.expires_at, Some(expires));
+        assert_eq!(
+            find(&got, "an hour").unwrap().chat.expires_at,
+            Some(expires)
+        );
     }
 
     within(alice.set_timer(GROUP, "trio", 0)).await.unwrap();
@@ -189,6 +207,9 @@ async fn any_group_member_changes_the_timer_and_everyone_sees_it() {
     let kept = within(bob.send_group("trio", "kept")).await.unwrap();
     assert_eq!(kept.chat.expires_at, None);
     let got = within(carol.sync()).await.unwrap();
-    assert!(system_lines(&got).contains(&"alice turned off disappearing messages".to_owned()), "{got:#?}");
+    assert!(
+        system_lines(&got).contains(&"alice turned off disappearing messages".to_owned()),
+        "{got:#?}"
+    );
     assert_eq!(find(&got, "kept").unwrap().chat.expires_at, None);
 }

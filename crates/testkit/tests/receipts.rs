@@ -73,7 +73,9 @@ async fn receipts_between_two_users_and_none_for_a_stranger() {
     // Reading the conversation sends read receipts (batched: both
     // messages in one).
     bob.history(DIRECT, "alice").unwrap();
-    within(bob.send_due_receipts(later() + 60_000)).await.unwrap();
+    within(bob.send_due_receipts(later() + 60_000))
+        .await
+        .unwrap();
     let got = within(alice.sync()).await.unwrap();
     assert_eq!(receipts_of(&got, &second.id), states(&[("bob", Read)]));
     assert_eq!(receipts_of(&got, &first.id), states(&[("bob", Read)]));
@@ -90,7 +92,9 @@ async fn receipts_between_two_users_and_none_for_a_stranger() {
         .unwrap();
     within(bob.sync()).await.unwrap();
     bob.history(DIRECT, "mallory").unwrap();
-    within(bob.send_due_receipts(later() + 120_000)).await.unwrap();
+    within(bob.send_due_receipts(later() + 120_000))
+        .await
+        .unwrap();
     let got = within(mallory.sync()).await.unwrap();
     assert!(receipts_of(&got, &ping.id).is_empty(), "{got:#?}");
     assert!(receipts_of(&mallory.history(DIRECT, "bob").unwrap(), &ping.id).is_empty());
@@ -143,8 +147,14 @@ async fn typing_reaches_only_a_device_online_now_and_is_stored_nowhere() {
     // Alice's own copies acknowledged, so the count stays put.
     within(alice.sync()).await.unwrap();
     let before = payloads(&server);
-    within(alice.send_typing(DIRECT, "bob", true)).await.unwrap();
-    assert_eq!(payloads(&server), before, "the server stored a typing indicator");
+    within(alice.send_typing(DIRECT, "bob", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(&server),
+        before,
+        "the server stored a typing indicator"
+    );
     let got = within(bob.sync()).await.unwrap();
     assert!(got.iter().any(|e| e.text == "alice is typing…"), "{got:#?}");
     // Not in bob's history or database either.
@@ -166,7 +176,9 @@ async fn typing_reaches_only_a_device_online_now_and_is_stored_nowhere() {
 
     // Bob offline: dropped, not queued; he never sees it.
     bob.disconnect().await;
-    within(alice.send_typing(DIRECT, "bob", true)).await.unwrap();
+    within(alice.send_typing(DIRECT, "bob", true))
+        .await
+        .unwrap();
     assert_eq!(payloads(&server), before);
     let got = within(bob.sync()).await.unwrap();
     assert!(!got.iter().any(|e| e.text.contains("typing")), "{got:#?}");
@@ -225,7 +237,9 @@ async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
     within(bob.sync()).await.unwrap();
     within(bob.send_due_receipts(later())).await.unwrap();
     let receipt = newest(&server);
-    within(bob.send_typing(DIRECT, "alice", true)).await.unwrap();
+    within(bob.send_typing(DIRECT, "alice", true))
+        .await
+        .unwrap();
     assert_eq!(newest(&server), receipt, "the typing indicator was stored");
 
     assert!(text.0 < receipt.0);
@@ -234,7 +248,9 @@ async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
     let sends = seen.lock().unwrap().clone();
     assert_eq!(sends.len(), 3, "{sends:?}");
     assert!(
-        sends.iter().all(|(size, expires, _)| *size == sends[0].0 && *expires == 0),
+        sends
+            .iter()
+            .all(|(size, expires, _)| *size == sends[0].0 && *expires == 0),
         "{sends:?}"
     );
     assert_eq!(

@@ -241,7 +241,9 @@ fn with_chat_state(
     }
     let mut stmt =
         conn.prepare_cached("SELECT member, state FROM receipts WHERE message_id = ?1")?;
-    for row in stmt.query_map([&raw.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+    for row in stmt.query_map([&raw.id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
         let (member, state) = row?;
         let state = if state == "read" {
             ReceiptState::Read

@@ -82,10 +82,12 @@ pub fn last_receipts_sent(conn: &Connection, group_id: &[u8]) -> Result<Option<u
 }
 
 /// Groups with receipts due at `now_ms`.
-pub fn groups_with_due_receipts(conn: &Connection, now_ms: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT DISTINCT group_id FROM pending_receipts WHERE due_at_ms <= ?1",
-    )?;
+pub fn groups_with_due_receipts(
+    conn: &Connection,
+    now_ms: u64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT group_id FROM pending_receipts WHERE due_at_ms <= ?1")?;
     let rows = stmt.query_map([ms(now_ms)], |r| r.get(0))?;
     rows.collect()
 }

@@ -123,7 +123,11 @@ impl<S: Store> Session<S> {
 
     /// Pushes an ephemeral message: outside the window and the mailbox
     /// (seq 0, which no entry has; its acknowledgement deletes nothing).
-    pub(super) fn push_ephemeral(&mut self, message_id: MessageId, payload: &[u8]) -> v1::ServerFrame {
+    pub(super) fn push_ephemeral(
+        &mut self,
+        message_id: MessageId,
+        payload: &[u8],
+    ) -> v1::ServerFrame {
         self.ctx.metrics.deliveries.inc();
         delivery(0, message_id, payload.to_vec())
     }

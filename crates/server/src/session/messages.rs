@@ -4,10 +4,10 @@
 use super::parse::{capability_hash, envelope, group_framing, group_id};
 use super::wire_error::{error, mismatched_framing, not_authorized, sent};
 use super::{RequestResult, Session, now_seconds};
+use crate::mailbox_hub::MailboxEvent;
 use crate::store::{CommitSubmission, Enqueued, GroupMessage, Store};
 use sotto_proto::mls_framing::{ContentType, Framing};
 use sotto_proto::v1::{self, ErrorCode};
-use crate::mailbox_hub::MailboxEvent;
 use std::sync::Arc;
 use tokio::time::Instant;
 
