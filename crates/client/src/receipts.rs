@@ -105,7 +105,7 @@ pub(crate) async fn send_due(s: &mut Session<'_>, now: u64) -> Result<(), Client
             .is_some_and(|g| g.state == store::GroupState::Active);
         loop {
             let staged = s.profile.in_transaction(|provider, tx| {
-                let (delivered, read) =
+                let store::ReceiptBatch { delivered, read } =
                     store::take_receipts(tx, &group_id, MAX_IDS_PER_MESSAGE, now)?;
                 if delivered.is_empty() && read.is_empty() {
                     return Ok(None);

@@ -12,7 +12,7 @@
 use sotto_client::{ConversationKind, HistoryEntry, ReceiptState};
 use sotto_testkit::{TestServer, register, within};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const DIRECT: ConversationKind = ConversationKind::Direct;
 const GROUP: ConversationKind = ConversationKind::Group;

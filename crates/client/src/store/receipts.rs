@@ -92,14 +92,21 @@ pub fn groups_with_due_receipts(
     rows.collect()
 }
 
-/// Takes up to `limit` of a group's pending receipts (delivered, read):
-/// deleted here, so the caller sends them in the same transaction.
+/// A batch of receipts to send, by message id.
+#[derive(Debug, Default)]
+pub struct ReceiptBatch {
+    pub delivered: Vec<Vec<u8>>,
+    pub read: Vec<Vec<u8>>,
+}
+
+/// Takes up to `limit` of a group's pending receipts: deleted here, so
+/// the caller sends them in the same transaction.
 pub fn take_receipts(
     conn: &Connection,
     group_id: &[u8],
     limit: usize,
     now_ms: u64,
-) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), StoreError> {
+) -> Result<ReceiptBatch, StoreError> {
     let mut stmt = conn.prepare(
         "DELETE FROM pending_receipts WHERE rowid IN
              (SELECT rowid FROM pending_receipts WHERE group_id = ?1 ORDER BY rowid LIMIT ?2)
@@ -109,13 +116,13 @@ pub fn take_receipts(
         params![group_id, i64::try_from(limit).unwrap_or(i64::MAX)],
         |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
     )?;
-    let (mut delivered, mut read) = (Vec::new(), Vec::new());
+    let mut batch = ReceiptBatch::default();
     for row in rows {
         let (id, state) = row?;
         if state == "read" {
-            read.push(id);
+            batch.read.push(id);
         } else {
-            delivered.push(id);
+            batch.delivered.push(id);
         }
     }
     conn.execute(
@@ -123,7 +130,7 @@ pub fn take_receipts(
          ON CONFLICT (group_id) DO UPDATE SET last_sent_ms = excluded.last_sent_ms",
         params![group_id, ms(now_ms)],
     )?;
-    Ok((delivered, read))
+    Ok(batch)
 }
 
 /// Records `member`'s receipt for this account's message `message_id` in
