@@ -49,10 +49,13 @@ pub fn format_timer(secs: u64) -> String {
     if secs == 0 {
         return "off".into();
     }
-    UNITS.iter().find(|(unit, _)| secs.is_multiple_of(*unit)).map_or_else(
-        || format!("{secs}s"),
-        |(unit, name)| format!("{}{name}", secs / unit),
-    )
+    UNITS
+        .iter()
+        .find(|(unit, _)| secs.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(unit, name)| format!("{}{name}", secs / unit),
+        )
 }
 
 /// The system line a timer change shows.
