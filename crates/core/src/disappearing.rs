@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn buckets_round_up_and_never_early() {
-        assert_eq!(expires_at(1_000_001, 5), 1_007);
+        assert_eq!(expires_at(1_000_001, 5), 1_006);
+        assert_eq!(expires_at(1_000_000, 5), 1_005);
         assert_eq!(server_bucket(1_007, 5), 1_010);
         assert_eq!(server_bucket(1_010, 5), 1_010);
         assert_eq!(server_bucket(3_601, 300), 3_660);
