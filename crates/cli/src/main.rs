@@ -493,10 +493,17 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
                  with them changed: compare them again (`sotto verify USER`)",
                 removal.old_identity_key, removal.new_identity_key
             );
+            if !removal.devices_given_new_key.is_empty() {
+                text.push_str(&format!(
+                    "\nhanded the new key to your other devices ({}), sealed for them alone: \
+                     they adopt it when they next sync",
+                    removal.devices_given_new_key.join(", ")
+                ));
+            }
             if !removal.devices_without_new_key.is_empty() {
                 text.push_str(&format!(
-                    "\nyour other devices ({}) keep sending and reading, but do not hold the new \
-                     key: only this device can link or remove devices now",
+                    "\nyour other devices ({}) keep sending and reading, but could not be handed \
+                     the new key: only this device can link or remove devices now",
                     removal.devices_without_new_key.join(", ")
                 ));
             }
@@ -506,6 +513,7 @@ async fn device(profile: &std::path::Path, command: DeviceCommand, out: &Printer
                     "removed": device_id,
                     "old_identity_key": removal.old_identity_key,
                     "new_identity_key": removal.new_identity_key,
+                    "devices_given_new_key": removal.devices_given_new_key,
                     "devices_without_new_key": removal.devices_without_new_key,
                 }),
             );

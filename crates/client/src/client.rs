@@ -837,6 +837,19 @@ mod hooks {
             self.profile.account.identity.secret().to_vec()
         }
 
+        /// Hands `identity_secret` to the account's other devices exactly as
+        /// `device remove` hands over the new key: for tests playing a device
+        /// of the account that hands over a key the log does not name.
+        pub async fn hand_over_identity(
+            &mut self,
+            identity_secret: &[u8],
+        ) -> Result<Vec<String>, ClientError> {
+            let given = self
+                .connected(async |s| devices::hand_over_identity(s, identity_secret).await)
+                .await?;
+            Ok(given.iter().map(ToString::to_string).collect())
+        }
+
         /// `entry` marked as made by this device (its device key's
         /// signature), as an honest device of the account marks its own:
         /// for tests that play a device that still has its key.

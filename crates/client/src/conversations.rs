@@ -414,13 +414,14 @@ fn seal(
 ) -> Result<Option<Outgoing>, ClientError> {
     let group_id = g.group_id().as_slice().to_vec();
     let recipients = group::recipients(g);
-    let plaintext = content::encode(&AppContent {
+    // Zeroized once encrypted: it may hold an identity secret.
+    let plaintext = zeroize::Zeroizing::new(content::encode(&AppContent {
         id: message_id.clone(),
         sent_at_ms,
         body: Some(body),
         log_head: pinned_head(&profile.db)?,
         padding: Vec::new(),
-    });
+    }));
     let token = group::send_token(provider, g)?;
     let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
     let alone = recipients.iter().all(|d| *d == profile.account.device_id);

@@ -11,7 +11,8 @@ use crate::ClientError;
 use crate::conversations::{conversation_info, send_content};
 use crate::endpoint::Trust;
 use crate::keys::pinned_head;
-use crate::membership::{claim, commit_with_retry};
+use crate::membership::{claim, claim_own_devices, commit_with_retry};
+use crate::outbox::{CommitOutcome, Outgoing};
 use crate::own_account::{check_own_account, known_entries};
 use crate::profile::Profile;
 use crate::receive::{drain, handle_delivery};
@@ -19,13 +20,14 @@ use crate::session::{LISTEN_PING, Session, login_request};
 use crate::store::{self, GroupState, HistoryEntry};
 use crate::transport::{Next, Push, Transport};
 use rusqlite::Connection;
+use sotto_core::content::Body;
 use sotto_core::group;
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, Username};
 use sotto_core::link::{LinkCode, LinkDirection};
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AddDevice, CompleteLink, ErrorCode, JoinLink, LinkBundle, LinkJoinRequest, LogEntry, OpenLink,
-    RemoveDevice, SignedTreeHead, client_frame,
+    AddDevice, CompleteLink, ErrorCode, IdentityHandover, JoinLink, LinkBundle, LinkJoinRequest,
+    LogEntry, OpenLink, RemoveDevice, SignedTreeHead, client_frame,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -369,9 +371,14 @@ pub struct Removal {
     /// Hex of the account's identity key before and after the rotation.
     pub old_identity_key: String,
     pub new_identity_key: String,
-    /// Hex ids of the account's other remaining devices: they keep working
-    /// (their certificates were renewed) but do not hold the new identity
-    /// key, so they cannot link or remove devices.
+    /// Hex ids of the account's other remaining devices that were handed
+    /// the new identity key (sealed by MLS for them alone; a device that is
+    /// offline gets it from its mailbox).
+    pub devices_given_new_key: Vec<String>,
+    /// Hex ids of the account's other remaining devices that could not be
+    /// handed it (no KeyPackage left, or the handover failed): they keep
+    /// working (their certificates were renewed) but cannot link or remove
+    /// devices.
     pub devices_without_new_key: Vec<String>,
 }
 
@@ -386,6 +393,9 @@ pub struct Removal {
 /// device certified again by the new key. The new key is kept in the
 /// profile before the request, so a crash after the server's commit cannot
 /// lose it (the device adopts it when it next reads its log).
+///
+/// Once the removed device is out of every group, the new key is handed to
+/// the remaining devices ([`hand_over_identity`]).
 pub(crate) async fn remove_device(
     s: &mut Session<'_>,
     device: DeviceId,
@@ -463,16 +473,82 @@ pub(crate) async fn remove_device(
             .await?;
         }
     }
+    // Only now, with the removed device out of every group: the handover
+    // goes to a new group of the devices the log lists after the removal.
+    let secret = s.profile.account.identity.secret();
+    let given = match hand_over_identity(s, secret.as_slice()).await {
+        Ok(given) => given,
+        Err(e) => {
+            // The rotation stands; the other devices only miss the key.
+            tracing::warn!("could not hand the new identity key to your other devices: {e}");
+            Vec::new()
+        }
+    };
+    let others = remaining
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != s.profile.account.device_id);
+    let (given, without): (Vec<DeviceId>, Vec<DeviceId>) =
+        others.partition(|id| given.contains(id));
     Ok(Removal {
         device_id: device.to_string(),
         old_identity_key: hex::encode(old_identity_key),
         new_identity_key: hex::encode(s.profile.account.identity_public()),
-        devices_without_new_key: remaining
-            .iter()
-            .filter(|(id, _)| *id != s.profile.account.device_id)
-            .map(|(id, _)| id.to_string())
-            .collect(),
+        devices_given_new_key: given.iter().map(ToString::to_string).collect(),
+        devices_without_new_key: without.iter().map(ToString::to_string).collect(),
     })
+}
+
+/// Hands the account's current identity key to its other devices: a new
+/// MLS group of exactly the devices the key log lists for the account (each
+/// KeyPackage checked against the log, as for any member; devices nobody of
+/// the account added are left out), whose first application message is an
+/// `IdentityHandover` of `identity_secret` (the account's current one; tests
+/// hand over others). Returns the devices it went to.
+///
+/// One group per rotation, left at once: its roster is right by
+/// construction (the log after the removal), and no later link or removal
+/// has to keep it up to date. Receivers do not list it as a conversation
+/// (see `inbound`).
+pub(crate) async fn hand_over_identity(
+    s: &mut Session<'_>,
+    identity_secret: &[u8],
+) -> Result<Vec<DeviceId>, ClientError> {
+    let key_packages = claim_own_devices(s).await?;
+    if key_packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let devices: Vec<DeviceId> = key_packages.iter().map(|k| k.device.device_id).collect();
+    let profile = &*s.profile;
+    let (group_id, outgoing) = profile.in_transaction(|provider, tx| {
+        let mut g = group::create_group(provider, &profile.account)?;
+        let group_id = g.group_id().to_vec();
+        store::insert_group(tx, &group_id, None)?;
+        let pending = group::add_members(provider, &mut g, &profile.account.device, &key_packages)?;
+        let outgoing = Outgoing::commit(&group_id, pending);
+        outgoing.queue(tx)?;
+        Ok((group_id, outgoing))
+    })?;
+    let sent = async {
+        if let CommitOutcome::Rejected { current_epoch } = s
+            .outbox
+            .submit(s.profile, &mut s.anonymous, &outgoing)
+            .await?
+        {
+            return Err(ClientError::Protocol(format!(
+                "the server refused a new group (it claims epoch {current_epoch})"
+            )));
+        }
+        let handover = Body::IdentityHandover(IdentityHandover {
+            identity_secret: identity_secret.to_vec(),
+        });
+        send_content(s, &group_id, handover).await.map(|_| ())
+    }
+    .await;
+    // Done with, sent or not (the outbox still sends what it queued): no
+    // later removal or link touches it.
+    store::set_group_state(&s.profile.db, &group_id, GroupState::Left)?;
+    sent.map(|()| devices)
 }
 
 /// Only a device holding the account's current identity key can change
@@ -487,7 +563,8 @@ fn require_current_identity(
     }
     Err(ClientError::Usage(
         "your account's identity key was rotated by another of your devices and this device \
-         does not hold the new one: link or remove devices from the device that removed one"
+         does not hold the new one yet: run `sotto sync` to receive it from that device, or \
+         link or remove devices from the device that removed one"
             .into(),
     ))
 }

@@ -17,6 +17,7 @@ use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
 use sotto_core::mimi::ChatAction;
 use sotto_proto::v1::{self, SignedTreeHead};
+use zeroize::Zeroizing;
 
 /// A log head a peer carried in a message, to compare with ours.
 #[derive(Debug)]
@@ -33,6 +34,17 @@ pub(crate) struct Applied {
     pub peer_head: Option<PeerHead>,
     /// The group whose commit this delivery merged.
     pub merged_commit: Option<Vec<u8>>,
+    /// An identity key another device of this account handed over, kept as
+    /// a spare: `receive` reads the log and adopts it if the log names it.
+    pub handover: Option<Handover>,
+}
+
+/// An identity key handed over by another device of this account (the
+/// secret itself is only in `spare_identities`).
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub public_key: [u8; 32],
+    pub sender: MemberId,
 }
 
 /// Processes one delivery in one transaction: MLS state, history lines and
@@ -68,17 +80,25 @@ fn record_inbound(
 ) -> Result<Applied, ClientError> {
     let now = now_ms();
     match inbound {
-        Inbound::Joined { group_id, .. } => {
+        Inbound::Joined { group_id, members } => {
             // Listed at once under a placeholder name; the
             // ConversationInfo that follows the Welcome names it (if
-            // that is lost, the conversation still shows).
+            // that is lost, the conversation still shows). A group of this
+            // account's devices alone may be an identity handover, which is
+            // no conversation: it is listed only once content names it
+            // (the ConversationInfo that follows, for a conversation).
             store::insert_group(conn, &group_id, None)?;
-            let row = store::GroupRow {
-                group_id,
-                conversation_id: None,
-                state: GroupState::Active,
-            };
-            conversation_of(conn, &row)?;
+            let own_devices_only = members
+                .iter()
+                .all(|m| m.username == profile.account.username);
+            if !own_devices_only {
+                let row = store::GroupRow {
+                    group_id,
+                    conversation_id: None,
+                    state: GroupState::Active,
+                };
+                conversation_of(conn, &row)?;
+            }
             Ok(Applied::default())
         }
         Inbound::Application {
@@ -92,8 +112,14 @@ fn record_inbound(
             if row.state != GroupState::Active {
                 return Ok(Applied::default());
             }
+            // It may hold an identity secret.
+            let plaintext = Zeroizing::new(plaintext);
             let app = content::decode(&plaintext)?;
             let (conversation, entry) = match app.body {
+                Some(Body::IdentityHandover(mut handover)) => {
+                    let secret = Zeroizing::new(std::mem::take(&mut handover.identity_secret));
+                    return receive_handover(profile, conn, &row, message_id, sender, &secret);
+                }
                 Some(Body::Info(info)) => {
                     let placeholder = match row.conversation_id {
                         None => None,
@@ -232,6 +258,7 @@ fn record_inbound(
                     head,
                 }),
                 merged_commit: None,
+                handover: None,
             })
         }
         Inbound::Proposal { .. } => Ok(Applied::default()),
@@ -274,6 +301,7 @@ fn record_inbound(
                 entries,
                 peer_head: None,
                 merged_commit: Some(group_id),
+                handover: None,
             })
         }
     }
@@ -307,6 +335,68 @@ pub(crate) fn record_timer(
         &message,
         now_ms(),
     )?)
+}
+
+/// An `IdentityHandover`, authenticated by MLS as coming from `sender`.
+/// Only a device of this account may hand over the account's identity
+/// key: from anyone else it is an attack (a key they hold, for this device
+/// to sign with), ignored with a warning in the conversation. From one of
+/// this account's devices it is kept as a spare, adopted only once the
+/// verified key log names its public half (`receive` reads the log next).
+fn receive_handover(
+    profile: &Profile,
+    conn: &Connection,
+    row: &store::GroupRow,
+    message_id: &[u8],
+    sender: MemberId,
+    secret: &[u8],
+) -> Result<Applied, ClientError> {
+    let now = now_ms();
+    if sender.username != profile.account.username {
+        tracing::warn!(
+            "{} sent an identity key, which only this account's devices may do: ignored",
+            sender.username
+        );
+        let text = format!(
+            "WARNING: {} sent this device an identity key to use for your account, which only \
+             your own devices may do. It was ignored: someone may be trying to make this device \
+             sign with a key they hold.",
+            sender.username
+        );
+        let conversation = conversation_of(conn, row)?;
+        let id = [message_id, b"warning"].concat();
+        let message = store::NewMessage {
+            id: &id,
+            sender: "system",
+            kind: EntryKind::System,
+            text: &text,
+            sent_at_ms: now,
+        };
+        let entry = store::insert_message(conn, &conversation, &message, now)?;
+        return Ok(Applied {
+            entries: entry.into_iter().collect(),
+            ..Applied::default()
+        });
+    }
+    // The handover group has done its job.
+    if row.conversation_id.is_none() {
+        store::set_group_state(conn, &row.group_id, GroupState::Left)?;
+    }
+    let Ok(identity) = sotto_core::identity::IdentityKey::from_secret(secret) else {
+        let text = format!(
+            "WARNING: your device {} sent this device an identity key that is not one (malformed). \
+             It was ignored.",
+            sender.device_id
+        );
+        store::log_device_warning(conn, &text, now)?;
+        return Ok(Applied::default());
+    };
+    let public_key = identity.public();
+    store::save_spare_identity(conn, &public_key, secret)?;
+    Ok(Applied {
+        handover: Some(Handover { public_key, sender }),
+        ..Applied::default()
+    })
 }
 
 /// Records a roster change as system lines: "`actor` added …".

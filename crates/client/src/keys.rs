@@ -402,6 +402,10 @@ fn note_rotation(
     Ok(())
 }
 
+/// What the device-log notice of a device that missed a rotation says;
+/// the notice goes once the device adopts the new key.
+const LACKS_NEW_KEY: &str = "device does not hold the new key";
+
 /// The log shows another identity key for this device's own account:
 ///
 /// - this device holds it (it rotated to it, and crashed before adopting
@@ -422,6 +426,8 @@ fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(),
             store::set_identity_secret(&profile.db, &secret)?;
             store::clear_spare_identities(&profile.db)?;
             profile.account.identity = identity;
+            // The notice that this device lacks the key no longer holds.
+            store::forget_device_lines(&profile.db, LACKS_NEW_KEY)?;
             tracing::info!("adopted the account's rotated identity key");
             return Ok(());
         }
@@ -429,8 +435,10 @@ fn own_identity_moved(profile: &mut Profile, state: &AccountState) -> Result<(),
     if state.rotated_from(&profile.account.identity_public()) {
         let text = format!(
             "your account's identity key was rotated to {} by another of your devices, and this \
-             device does not hold the new key: it still sends and reads messages, but cannot \
-             link or remove devices. Do that from the device that removed one.",
+             {LACKS_NEW_KEY}: it still sends and reads messages, but cannot link or remove \
+             devices until it is handed the new key (the device that removed one sends it; it \
+             arrives when this device syncs). If it does not arrive, link or remove devices \
+             from that device.",
             hex::encode(state.identity_key)
         );
         if !store::device_log(&profile.db)?

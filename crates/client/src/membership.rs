@@ -224,7 +224,9 @@ pub(crate) async fn claim(
 /// KeyPackages for this account's other devices, to add them wherever
 /// this device starts or joins a conversation: only devices that a device
 /// of this account added (an unknown one is warned about, never added).
-async fn claim_own_devices(s: &mut Session<'_>) -> Result<Vec<CheckedKeyPackage>, ClientError> {
+pub(crate) async fn claim_own_devices(
+    s: &mut Session<'_>,
+) -> Result<Vec<CheckedKeyPackage>, ClientError> {
     let own = s.profile.account.username.clone();
     let (_, review) = check_own_account(s).await?;
     let Some(review) = review else {
@@ -284,6 +286,9 @@ pub(crate) async fn start_conversation(
             .await?,
         );
     }
+    // Devices joining a group made of this account's devices alone do not
+    // list it until its first content names it (see `inbound`).
+    let adds_anyone = !key_packages.is_empty();
     let profile = &*s.profile;
     let (conversation, group_id, outgoing) = profile.in_transaction(|provider, tx| {
         let mut g = group::create_group(provider, &profile.account)?;
@@ -312,7 +317,7 @@ pub(crate) async fn start_conversation(
             "the server refused a new group (it claims epoch {current_epoch})"
         )));
     }
-    if !members.is_empty() {
+    if adds_anyone {
         send_content(s, &group_id, conversation_info(kind, name)).await?;
     }
     Ok((conversation, group_id))

@@ -4,7 +4,7 @@
 //! committed, with loud warnings when something is off.
 
 use crate::ClientError;
-use crate::inbound::{apply_delivery, conversation_of};
+use crate::inbound::{Handover, apply_delivery, conversation_of};
 use crate::keys::HeadSource;
 use crate::membership;
 use crate::profile::{Profile, now_ms};
@@ -294,6 +294,9 @@ async fn receive_one(
                     &text,
                 )?);
             }
+            if let Some(handover) = &applied.handover {
+                out.extend(settle_handover(s, message_id, handover).await?);
+            }
             Ok(applied.merged_commit)
         }
         Err(ClientError::Group(GroupError::FromLaterEpoch {
@@ -320,6 +323,52 @@ async fn receive_one(
             Ok(None)
         }
     }
+}
+
+/// Reads this account's key log after another of its devices handed over
+/// an identity key (kept as a spare by `inbound`): reading it adopts the
+/// spare if the log names it (`keys::own_identity_moved`). A key the log
+/// does not name is forgotten: one the account rotated away from since is
+/// merely late; any other is a warning. When the log cannot be read now,
+/// the spare waits for the next read.
+async fn settle_handover(
+    s: &mut Session<'_>,
+    message_id: &[u8],
+    handover: &Handover,
+) -> Result<Vec<HistoryEntry>, ClientError> {
+    let own = s.profile.account.username.clone();
+    let state = match s
+        .key_log
+        .verify_account(s.profile, &mut s.anonymous, s.connection, &own)
+        .await
+    {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::info!("a handed-over identity key waits for the key log to be read ({e})");
+            return Ok(Vec::new());
+        }
+    };
+    if s.profile.account.identity_public() == handover.public_key {
+        store::forget_spare_identity(&s.profile.db, &handover.public_key)?;
+        tracing::info!(
+            "holds the account's identity key, from device {}",
+            handover.sender.device_id
+        );
+        return Ok(Vec::new());
+    }
+    store::forget_spare_identity(&s.profile.db, &handover.public_key)?;
+    if state.rotated_from(&handover.public_key) {
+        tracing::info!("ignored a handed-over identity key the account has rotated away from");
+        return Ok(Vec::new());
+    }
+    let text = format!(
+        "WARNING: your device {} sent this device the identity key {}, which your account's key \
+         log does not name. It was not adopted. If you did not just remove a device, someone \
+         may hold that device's keys: check `sotto device list`.",
+        handover.sender.device_id,
+        hex::encode(handover.public_key)
+    );
+    warn(s.profile, None, message_id, &text)
 }
 
 /// Looks an account up, trying again with backoff when the network (or

@@ -67,6 +67,33 @@ pub fn decode(bytes: &[u8]) -> Result<AppContent, ContentError> {
 mod tests {
     use super::*;
 
+    /// An identity handover's secret never prints, whether the handover is
+    /// printed alone or inside the content that carries it.
+    #[test]
+    fn an_identity_handover_never_prints_its_secret() {
+        let secret = vec![0xab; 32];
+        let handover = sotto_proto::v1::IdentityHandover {
+            identity_secret: secret.clone(),
+        };
+        let content = AppContent {
+            id: vec![1],
+            sent_at_ms: 5,
+            body: Some(Body::IdentityHandover(handover.clone())),
+            log_head: None,
+            padding: Vec::new(),
+        };
+        for printed in [format!("{handover:?}"), format!("{content:?}")] {
+            assert!(printed.contains("<redacted>"), "{printed}");
+            assert!(!printed.contains("171"), "{printed}");
+            assert!(!printed.contains("ab"), "{printed}");
+        }
+        let decoded = decode(&encode(&content)).unwrap();
+        assert!(matches!(
+            decoded.body,
+            Some(Body::IdentityHandover(h)) if h.identity_secret == secret
+        ));
+    }
+
     #[test]
     fn texts_of_different_lengths_share_a_bucket() {
         let sized = |text: &str| {

@@ -22,6 +22,21 @@ pub mod mls_framing;
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/sotto.v1.rs"));
+
+    /// Redacted: the secret never prints.
+    impl std::fmt::Debug for IdentityHandover {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("IdentityHandover")
+                .field("identity_secret", &"<redacted>")
+                .finish()
+        }
+    }
+
+    impl Drop for IdentityHandover {
+        fn drop(&mut self) {
+            zeroize::Zeroize::zeroize(&mut self.identity_secret);
+        }
+    }
 }
 
 /// The protocol version announced in `Challenge`.

@@ -26,6 +26,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod config_file;
 mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

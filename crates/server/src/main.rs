@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sotto_server::config_file::{self, FileConfig};
 use sotto_server::store::{AdminStore as _, SqliteStore, invite_hash, new_invite_code};
 use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
@@ -32,29 +33,25 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Address to listen on. Use 0.0.0.0:PORT to accept connections from
-    /// other machines (with --tls-cert and --tls-key, or a TLS proxy in
-    /// front), or port 0 for any free port.
-    #[arg(
-        long,
-        env = "SOTTO_LISTEN",
-        default_value = "127.0.0.1:8420",
-        value_name = "ADDR"
-    )]
-    listen: SocketAddr,
+    /// Read settings from this TOML file (`sotto-server config example`
+    /// prints one with every key). Flags and SOTTO_* variables override it.
+    #[arg(long, env = "SOTTO_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 
-    /// Directory for the database (sotto.db); created if missing.
-    #[arg(
-        long = "data",
-        env = "SOTTO_DATA",
-        default_value = "./sotto-data",
-        value_name = "DIR"
-    )]
-    data: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:8420]. Use 0.0.0.0:PORT to
+    /// accept connections from other machines (with --tls-cert and
+    /// --tls-key, or a TLS proxy in front), or port 0 for any free port.
+    #[arg(long, env = "SOTTO_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
 
-    /// Days an undelivered message is kept before it is deleted.
-    #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
-    retention_days: u64,
+    /// Directory for the database (sotto.db); created if missing
+    /// [default: ./sotto-data].
+    #[arg(long = "data", env = "SOTTO_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Days an undelivered message is kept before it is deleted [default: 30].
+    #[arg(long, env = "SOTTO_RETENTION_DAYS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
+    retention_days: Option<u64>,
 
     /// Set SO_REUSEPORT on the listening socket, so several sotto-server
     /// processes (on the same data directory) can share one port.
@@ -69,9 +66,10 @@ struct Args {
     log_connections: bool,
 
     /// Who may create accounts: anyone (open), holders of a one-time code
-    /// from `sotto-server invite create` (invite), or nobody (closed).
-    #[arg(long, value_enum, default_value_t = RegistrationPolicy::Open)]
-    registration: RegistrationPolicy,
+    /// from `sotto-server invite create` (invite), or nobody (closed)
+    /// [default: open].
+    #[arg(long, env = "SOTTO_REGISTRATION", value_enum)]
+    registration: Option<RegistrationPolicy>,
 
     /// A web origin allowed to connect (for the browser client), e.g.
     /// https://chat.example.org; repeat for several. Native clients and the
@@ -87,19 +85,20 @@ struct Args {
     /// Quota on the database size, in bytes: once it is reached, sends are
     /// refused ("storage is full") instead of acknowledged, until space is
     /// freed or the quota raised. Default: no quota.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, env = "SOTTO_MAX_DB_BYTES", value_name = "BYTES")]
     max_db_bytes: Option<u64>,
 
     /// Seconds after a commit during which messages sent with the previous
     /// epoch's capability are still accepted (they were sent just before
-    /// the commit). A removed member can post for at most this long.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
-    previous_epoch_grace_secs: u64,
+    /// the commit). A removed member can post for at most this long
+    /// [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    previous_epoch_grace_secs: Option<u64>,
 
     /// Most active devices one account may have (each is a key-log entry
-    /// every contact downloads).
-    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
-    max_devices_per_account: u64,
+    /// every contact downloads) [default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_devices_per_account: Option<u64>,
 
     /// Serve TLS (https:// and wss://) with this certificate chain (PEM,
     /// server certificate first). Re-read when the file changes or on
@@ -136,6 +135,57 @@ struct Args {
     tls_key: Option<PathBuf>,
 }
 
+impl Args {
+    /// The server configuration: the file's keys (if --config), then every
+    /// flag or variable given on top.
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = file.to_server_config();
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = &self.data {
+            config.data_dir.clone_from(data);
+        }
+        if let Some(days) = self.retention_days {
+            config.retention = Duration::from_secs(days.saturating_mul(24 * 60 * 60));
+        }
+        config.reuse_port |= self.reuse_port;
+        config.log_connections |= self.log_connections;
+        if let Some(policy) = self.registration {
+            config.registration = policy;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins.clone_from(&self.allowed_origins);
+        }
+        if self.no_rate_limits {
+            config.limits.lift_rate_limits();
+        }
+        if self.max_db_bytes.is_some() {
+            config.max_db_bytes = self.max_db_bytes;
+        }
+        if let Some(secs) = self.previous_epoch_grace_secs {
+            config.previous_epoch_grace = Duration::from_secs(secs);
+        }
+        if let Some(n) = self.max_devices_per_account {
+            config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(sotto_server::tls::TlsConfig::new(cert.clone(), key.clone()));
+        }
+        if !self.server_names.is_empty() {
+            config.server_names.clone_from(&self.server_names);
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Checks the transparency log in a data directory, read-only: every
@@ -165,11 +215,29 @@ enum Command {
         #[command(subcommand)]
         command: legal_cli::LegalCommand,
     },
+    /// The configuration file: `config example` prints one with every key
+    /// at its default, commented.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Checks a configuration file: exits 1 naming the line and key of the
+    /// first mistake.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
     /// Invite codes for `--registration invite`.
     Invite {
         #[command(subcommand)]
         command: InviteCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Prints a commented configuration file with every key at its default.
+    Example,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +264,22 @@ fn main() -> ExitCode {
     match args.command {
         Some(Command::Audit { data, log_key }) => audit(&data, log_key.as_deref()),
         Some(Command::Legal { command }) => legal_cli::run(command),
+        Some(Command::Config {
+            command: ConfigCommand::Example,
+        }) => {
+            print!("{}", config_file::example());
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { file }) => match FileConfig::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Invite {
             command: InviteCommand::Create { count, data },
         }) => match create_invites(&data, count) {
@@ -299,32 +383,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut limits = sotto_server::Limits {
-        max_devices_per_account: usize::try_from(args.max_devices_per_account)
-            .unwrap_or(usize::MAX),
-        ..sotto_server::Limits::default()
-    };
-    if args.no_rate_limits {
-        limits.lift_rate_limits();
-    }
-    let config = ServerConfig {
-        limits,
-        listen: args.listen,
-        data_dir: args.data.clone(),
-        retention: Duration::from_secs(args.retention_days.saturating_mul(24 * 60 * 60)),
-        reuse_port: args.reuse_port,
-        log_connections: args.log_connections,
-        registration: args.registration,
-        allowed_origins: args.allowed_origins,
-        max_db_bytes: args.max_db_bytes,
-        previous_epoch_grace: Duration::from_secs(args.previous_epoch_grace_secs),
-        tls: args
-            .tls_cert
-            .zip(args.tls_key)
-            .map(|(cert, key)| sotto_server::tls::TlsConfig::new(cert, key)),
-        server_names: args.server_names,
-        metrics_listen: args.metrics_listen,
-    };
+    let config = args.server_config()?;
     let server = Server::bind(config)
         .await
         .context("cannot start sotto-server")?;

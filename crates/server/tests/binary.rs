@@ -67,3 +67,88 @@ async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `config example` prints a file `check-config` accepts; a file's keys take
+/// effect (registration closed, a retention), a flag overrides its key, and
+/// a mistake is named with its line.
+#[tokio::test]
+async fn the_config_file_is_read_and_flags_override_it() {
+    use sotto_testkit::ServerProcess;
+    let server_bin = env!("CARGO_BIN_EXE_sotto-server");
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::process::Command::new(server_bin)
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(example.status.success());
+    let example_file = dir.path().join("example.toml");
+    std::fs::write(&example_file, &example.stdout).unwrap();
+    let checked = std::process::Command::new(server_bin)
+        .arg("check-config")
+        .arg(&example_file)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+
+    let config = dir.path().join("sotto.toml");
+    std::fs::write(&config, "[registration]\npolicy = \"closed\"\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    {
+        let data = dir.path().join("closed");
+        let server = ServerProcess::spawn_with_args(&data, &["--config", config_arg]);
+        let addr: SocketAddr = server
+            .url()
+            .strip_prefix("http://")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut client = Client::connect(addr).await;
+        assert_error(
+            &client.register(&Account::new("alice")).await,
+            sotto_proto::v1::ErrorCode::RegistrationClosed,
+        );
+    }
+    {
+        // The flag wins over the file.
+        let data = dir.path().join("open");
+        let server = ServerProcess::spawn_with_args(
+            &data,
+            &["--config", config_arg, "--registration", "open"],
+        );
+        let addr: SocketAddr = server
+            .url()
+            .strip_prefix("http://")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut client = Client::connect(addr).await;
+        assert_done(&client.register(&Account::new("alice")).await);
+    }
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\nretention = 30\n",
+    )
+    .unwrap();
+    let refused = std::process::Command::new(server_bin)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("retention"),
+        "{stderr}"
+    );
+    // The server refuses to start on it, with the same message.
+    let started = std::process::Command::new(server_bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    assert!(!started.status.success());
+    assert!(String::from_utf8_lossy(&started.stderr).contains("line 4"));
+}

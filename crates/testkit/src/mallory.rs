@@ -302,6 +302,14 @@ impl Mallory {
         })
     }
 
+    /// An `IdentityHandover` of `identity_secret`: what only a device of
+    /// the receiver's own account may send.
+    pub fn identity_handover(identity_secret: &[u8]) -> Body {
+        Body::IdentityHandover(v1::IdentityHandover {
+            identity_secret: identity_secret.to_vec(),
+        })
+    }
+
     /// A `ConversationInfo` saying the group is a direct conversation.
     pub fn direct_info() -> Body {
         Body::Info(content::ConversationInfo {

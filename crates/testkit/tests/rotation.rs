@@ -11,7 +11,8 @@
 )] // tests fail loudly
 
 use sotto_client::{ClientError, ConversationKind, EntryKind};
-use sotto_testkit::{TestServer, link, register, server_log, texts, warnings, within};
+use sotto_core::identity::IdentityKey;
+use sotto_testkit::{Mallory, TestServer, link, register, server_log, texts, warnings, within};
 
 /// Bob removes his "stolen" second device: his identity key is rotated,
 /// Alice sees "bob's key was rotated by bob" (no warning, no refusal), her
@@ -43,9 +44,10 @@ async fn removing_a_device_rotates_the_identity_and_contacts_see_a_rotation() {
         assert_ne!(removal.new_identity_key, old_key);
         assert_eq!(bob.identity_key(), removal.new_identity_key);
         assert_eq!(
-            removal.devices_without_new_key,
+            removal.devices_given_new_key,
             [tablet.device_id().to_string()]
         );
+        assert!(removal.devices_without_new_key.is_empty());
         assert_eq!(bob.devices().await.unwrap().len(), 2);
         assert!(
             bob.account_warnings(false).unwrap().is_empty(),
@@ -82,30 +84,216 @@ async fn removing_a_device_rotates_the_identity_and_contacts_see_a_rotation() {
             .unwrap();
         assert_eq!(texts(&alice.sync().await.unwrap()), ["from the tablet"]);
 
-        // The tablet does not hold the new key: it is told so, once, and
-        // nothing about the rotation is unexplained to it.
+        // The tablet was handed the new key and adopted it; nothing about
+        // the rotation is unexplained to it, nor left as a notice.
+        assert_eq!(tablet.identity_key(), removal.new_identity_key);
         assert_eq!(tablet.devices().await.unwrap().len(), 2);
         assert!(tablet.account_warnings(true).unwrap().is_empty());
-        let notes: Vec<_> = tablet
-            .device_warnings()
-            .unwrap()
-            .into_iter()
-            .filter(|(_, text)| text.contains("does not hold the new key"))
-            .collect();
-        assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
-            notes[0].1.contains(&removal.new_identity_key),
-            "{}",
-            notes[0].1
+            !tablet
+                .device_warnings()
+                .unwrap()
+                .iter()
+                .any(|(_, text)| text.contains("does not hold the new key")),
         );
-        let err = tablet
-            .remove_device(&bob.device_id().to_string())
+        assert!(tablet.groups().unwrap().is_empty(), "no conversation shows");
+    })
+    .await;
+}
+
+/// Item 4's handover: Alice's phone removes her laptop-2 while her tablet
+/// is offline. The tablet gets the new key from its mailbox when it syncs,
+/// adopts it (the log names it), and can then link a new device; the
+/// handover shows as no conversation and leaves no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_during_a_removal_gets_the_new_key_and_links_again() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut phone, _p) = register(&url, "alice").await;
+        let (mut bob, _b) = register(&url, "bob").await;
+        phone.send_direct("bob", "hello").await.unwrap();
+        bob.sync().await.unwrap();
+        let (laptop2, _l) = link(&mut phone).await;
+        let (mut tablet, _t) = link(&mut phone).await;
+        tablet.sync().await.unwrap();
+
+        // The tablet is offline from here until it syncs.
+        let removal = phone
+            .remove_device(&laptop2.device_id().to_string())
             .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, ClientError::Usage(why) if why.contains("does not hold the new one")),
-            "{err}"
+            .unwrap();
+        assert_eq!(
+            removal.devices_given_new_key,
+            [tablet.device_id().to_string()]
         );
+        assert_ne!(tablet.identity_key(), removal.new_identity_key);
+
+        // Before it fetches its mailbox, the tablet reads its log: it is
+        // told it lacks the new key. (Managing devices would fetch the
+        // mailbox first, and so the key.)
+        assert_eq!(tablet.devices().await.unwrap().len(), 2);
+        let lacks = |c: &sotto_client::Client| {
+            c.device_warnings()
+                .unwrap()
+                .iter()
+                .any(|(_, text)| text.contains("does not hold the new key"))
+        };
+        assert!(lacks(&tablet));
+        let seen = tablet.sync().await.unwrap();
+        assert!(warnings(&seen).is_empty(), "{seen:?}");
+        assert_eq!(tablet.identity_key(), removal.new_identity_key);
+        assert!(tablet.groups().unwrap().is_empty(), "no conversation shows");
+        assert!(!lacks(&tablet), "the notice goes once the key is adopted");
+
+        // A full link from the tablet: logged with the new key, and the new
+        // device reads the conversation with Bob.
+        let (mut desk, _d) = link(&mut tablet).await;
+        desk.sync().await.unwrap();
+        assert_eq!(tablet.devices().await.unwrap().len(), 3);
+        assert_eq!(desk.identity_key(), removal.new_identity_key);
+        bob.send_direct("alice", "to every device").await.unwrap();
+        assert_eq!(texts(&desk.sync().await.unwrap()), ["to every device"]);
+        let seen = phone.sync().await.unwrap();
+        assert!(warnings(&seen).is_empty(), "{seen:?}");
+        assert!(phone.account_warnings(true).unwrap().is_empty());
+    })
+    .await;
+}
+
+/// The removed device gets none of the handover: the server refuses it
+/// and its mailbox is gone, the handover group was made without it, and
+/// it keeps only the old key, with which it can change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_removed_device_gets_nothing_of_the_handover() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut phone, _p) = register(&url, "alice").await;
+        let (mut laptop2, _l) = link(&mut phone).await;
+        let (mut tablet, _t) = link(&mut phone).await;
+        laptop2.sync().await.unwrap();
+        tablet.sync().await.unwrap();
+        let old_key = laptop2.identity_key();
+
+        let removal = phone
+            .remove_device(&laptop2.device_id().to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            removal.devices_given_new_key,
+            [tablet.device_id().to_string()]
+        );
+
+        // Everything the server queued (the handover for the tablet among
+        // it, not yet fetched): the removed device's MLS state opens none of
+        // it as a handover.
+        let payloads: Vec<Vec<u8>> = server
+            .db()
+            .prepare("SELECT payload FROM messages")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!payloads.is_empty());
+        for payload in &payloads {
+            if let Ok(plaintext) = laptop2.try_decrypt(payload) {
+                let content = sotto_core::content::decode(&plaintext).unwrap();
+                assert!(
+                    !matches!(
+                        content.body,
+                        Some(sotto_core::content::Body::IdentityHandover(_))
+                    ),
+                    "the removed device read the handover"
+                );
+            }
+        }
+        tablet.sync().await.unwrap();
+        assert_eq!(tablet.identity_key(), removal.new_identity_key);
+
+        assert!(laptop2.sync().await.is_err(), "its logins are refused");
+        assert_eq!(laptop2.identity_key(), old_key, "it never got the new key");
+        assert!(
+            laptop2
+                .remove_device(&tablet.device_id().to_string())
+                .await
+                .is_err()
+        );
+        assert!(laptop2.open_link().await.is_err());
+        assert_eq!(phone.devices().await.unwrap().len(), 2);
+    })
+    .await;
+}
+
+/// A member of another account hands Alice an identity key in a group
+/// they share: an attack (a key Mallory holds, for Alice to sign with),
+/// ignored with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_handed_over_by_another_account_is_ignored_with_a_warning() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut alice, _a) = register(&url, "alice").await;
+        let mut mallory = Mallory::register(&url, "mallory").await;
+        let alice_devices = mallory.claim("alice").await;
+        let mut group = mallory.create_group(&[7; 16]);
+        mallory.add(&mut group, &alice_devices).await.unwrap();
+        let planted = IdentityKey::generate();
+        mallory
+            .say(
+                &mut group,
+                Mallory::identity_handover(planted.secret().as_slice()),
+            )
+            .await
+            .unwrap();
+        let before = alice.identity_key();
+
+        let seen = alice.sync().await.unwrap();
+        let warned = warnings(&seen);
+        assert_eq!(warned.len(), 1, "{seen:?}");
+        assert!(
+            warned[0].contains("mallory sent this device an identity key"),
+            "{}",
+            warned[0]
+        );
+        assert_eq!(alice.identity_key(), before);
+    })
+    .await;
+}
+
+/// A device of the account hands over a key the log does not name (a
+/// device whose keys someone holds, or a bug): not adopted, and a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_key_the_log_does_not_name_is_not_adopted() {
+    within(async {
+        let server = TestServer::start().await;
+        let url = server.url();
+        let (mut phone, _p) = register(&url, "alice").await;
+        let (mut tablet, _t) = link(&mut phone).await;
+        tablet.sync().await.unwrap();
+        let before = tablet.identity_key();
+        let unnamed = IdentityKey::generate();
+
+        let given = phone
+            .hand_over_identity(unnamed.secret().as_slice())
+            .await
+            .unwrap();
+        assert_eq!(given, [tablet.device_id().to_string()]);
+
+        let seen = tablet.sync().await.unwrap();
+        let warned = warnings(&seen);
+        assert_eq!(warned.len(), 1, "{seen:?}");
+        assert!(
+            warned[0].contains("which your account's key log does not name"),
+            "{}",
+            warned[0]
+        );
+        assert_eq!(tablet.identity_key(), before);
+        assert!(tablet.groups().unwrap().is_empty());
+        // It still manages the account with the key the log names.
+        let (_desk, _d) = link(&mut tablet).await;
+        assert_eq!(tablet.devices().await.unwrap().len(), 3);
     })
     .await;
 }

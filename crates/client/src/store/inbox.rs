@@ -98,6 +98,13 @@ pub fn log_device_warning(conn: &Connection, text: &str, now_ms: u64) -> Result<
     Ok(())
 }
 
+/// Removes the device-log lines that contain `needle` (a notice that no
+/// longer holds).
+pub fn forget_device_lines(conn: &Connection, needle: &str) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM device_log WHERE instr(text, ?1) > 0", [needle])?;
+    Ok(())
+}
+
 /// The device-level log, oldest first: (milliseconds since the epoch, text).
 pub fn device_log(conn: &Connection) -> Result<Vec<(u64, String)>, StoreError> {
     let mut stmt = conn.prepare("SELECT at_ms, text FROM device_log ORDER BY id")?;

@@ -171,6 +171,16 @@ pub fn spare_identity(conn: &Connection, public_key: &[u8]) -> Result<Option<Vec
     .optional()
 }
 
+/// Forgets the spare identity secret for `public_key` (a handed-over key
+/// the log does not name).
+pub fn forget_spare_identity(conn: &Connection, public_key: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM spare_identities WHERE public_key = ?1",
+        [public_key],
+    )?;
+    Ok(())
+}
+
 /// Forgets every spare identity secret (once one is adopted, the others are
 /// of no use).
 pub fn clear_spare_identities(conn: &Connection) -> Result<(), StoreError> {

@@ -1,0 +1,402 @@
+//! The configuration file (`sotto-server --config FILE`): TOML in sections,
+//! one key per command-line flag. A flag (or its `SOTTO_*` environment
+//! variable) overrides the file, and the file overrides the defaults of
+//! [`ServerConfig`].
+//!
+//! [`example`] prints a commented file holding every key at its default,
+//! generated from [`ServerConfig::default`] (a test checks that it parses
+//! back to exactly the defaults), so the example cannot drift from the code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{RegistrationPolicy, ServerConfig};
+use crate::tls::TlsConfig;
+
+/// Seconds in a day, for `retention_days`.
+const DAY: u64 = 24 * 60 * 60;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Bad TOML, an unknown key or a value of the wrong type: the message
+    /// names the line, the column and the key.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A configuration file as written: every key optional.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    pub registration: RegistrationSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub privacy: PrivacySection,
+    pub metrics: MetricsSection,
+}
+
+/// `[server]`: where it listens and keeps its data.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub reuse_port: Option<bool>,
+    pub server_names: Option<Vec<String>>,
+}
+
+/// `[tls]`: the certificate chain and key (PEM), both or neither.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[registration]`: who may create accounts.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationSection {
+    pub policy: Option<Policy>,
+}
+
+/// `open`, `invite` or `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Open,
+    Invite,
+    Closed,
+}
+
+impl From<Policy> for RegistrationPolicy {
+    fn from(policy: Policy) -> Self {
+        match policy {
+            Policy::Open => Self::Open,
+            Policy::Invite => Self::Invite,
+            Policy::Closed => Self::Closed,
+        }
+    }
+}
+
+/// `[storage]`: how long undelivered messages are kept, and a quota.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub retention_days: Option<u64>,
+    pub max_db_bytes: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_devices_per_account: Option<u64>,
+    pub previous_epoch_grace_secs: Option<u64>,
+    /// `false` lifts every rate limit (benchmarks, trusted networks).
+    pub rate_limits: Option<bool>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySection {
+    pub log_connections: Option<bool>,
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub listen: Option<SocketAddr>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses a file's text; the error names the line and the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// What TOML types cannot say: ranges, and keys that go together.
+    fn check(&self) -> Result<(), String> {
+        let range = |key: &str, value: Option<u64>, low: u64, high: u64| match value {
+            Some(v) if !(low..=high).contains(&v) => Err(format!(
+                "{key} = {v} is out of range: it must be {low} to {high}"
+            )),
+            _ => Ok(()),
+        };
+        range(
+            "storage.retention_days",
+            self.storage.retention_days,
+            1,
+            3650,
+        )?;
+        range(
+            "limits.max_devices_per_account",
+            self.limits.max_devices_per_account,
+            1,
+            1000,
+        )?;
+        range(
+            "limits.previous_epoch_grace_secs",
+            self.limits.previous_epoch_grace_secs,
+            0,
+            3600,
+        )?;
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
+            (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server configuration: these keys over the defaults.
+    pub fn to_server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::default();
+        let s = self;
+        if let Some(listen) = s.server.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = &s.server.data {
+            config.data_dir.clone_from(data);
+        }
+        if let Some(reuse) = s.server.reuse_port {
+            config.reuse_port = reuse;
+        }
+        if let Some(names) = &s.server.server_names {
+            config.server_names.clone_from(names);
+        }
+        if let (Some(cert), Some(key)) = (&s.tls.cert, &s.tls.key) {
+            config.tls = Some(TlsConfig::new(cert.clone(), key.clone()));
+        }
+        if let Some(policy) = s.registration.policy {
+            config.registration = policy.into();
+        }
+        if let Some(days) = s.storage.retention_days {
+            config.retention = Duration::from_secs(days.saturating_mul(DAY));
+        }
+        if s.storage.max_db_bytes.is_some() {
+            config.max_db_bytes = s.storage.max_db_bytes;
+        }
+        if let Some(n) = s.limits.max_devices_per_account {
+            config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(secs) = s.limits.previous_epoch_grace_secs {
+            config.previous_epoch_grace = Duration::from_secs(secs);
+        }
+        if s.limits.rate_limits == Some(false) {
+            config.limits.lift_rate_limits();
+        }
+        if let Some(log) = s.privacy.log_connections {
+            config.log_connections = log;
+        }
+        if let Some(origins) = &s.privacy.allowed_origins {
+            config.allowed_origins.clone_from(origins);
+        }
+        if s.metrics.listen.is_some() {
+            config.metrics_listen = s.metrics.listen;
+        }
+        config
+    }
+}
+
+/// A commented configuration file with every key at its default
+/// (`sotto-server config example`). Keys without a default are shown
+/// commented out.
+pub fn example() -> String {
+    let d = ServerConfig::default();
+    let list = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let policy = match d.registration {
+        RegistrationPolicy::Open => "open",
+        RegistrationPolicy::Invite => "invite",
+        RegistrationPolicy::Closed => "closed",
+    };
+    format!(
+        r#"# sotto-server configuration (sotto-server --config FILE).
+# Every key is optional; shown here at its default. A command-line flag or
+# its SOTTO_* environment variable overrides the key of the same name.
+
+[server]
+# Address to listen on (--listen, SOTTO_LISTEN). 0.0.0.0:PORT serves other
+# machines: give it [tls] or put a TLS proxy in front.
+listen = "{listen}"
+# Directory for the database and keys (--data, SOTTO_DATA).
+data = "{data}"
+# SO_REUSEPORT, so several processes on one data directory share the port.
+reuse_port = {reuse_port}
+# Host names clients use besides IP addresses, localhost and the
+# certificate's names (--server-name); other names are refused.
+server_names = {server_names}
+
+[tls]
+# Certificate chain and private key, PEM (--tls-cert, --tls-key). Both or
+# neither; reloaded when the files change or on SIGHUP.
+# cert = "/etc/sotto/fullchain.pem"
+# key = "/etc/sotto/privkey.pem"
+
+[registration]
+# Who may create accounts: "open", "invite" (codes from
+# `sotto-server invite create`) or "closed" (--registration).
+policy = "{policy}"
+
+[storage]
+# Days an undelivered message is kept (--retention-days), 1 to 3650.
+retention_days = {retention_days}
+# Quota on the database, in bytes: at it, sends are refused instead of
+# acknowledged (--max-db-bytes). No quota by default.
+# max_db_bytes = 10_000_000_000
+
+[limits]
+# Active devices per account (--max-devices-per-account), 1 to 1000.
+max_devices_per_account = {max_devices}
+# Seconds after a commit that messages with the previous epoch's capability
+# are still accepted (--previous-epoch-grace-secs), 0 to 3600.
+previous_epoch_grace_secs = {grace}
+# false lifts every rate limit (--no-rate-limits): not for a public server.
+rate_limits = true
+
+[privacy]
+# Log every connection's address (--log-connections). Addresses are never
+# stored either way.
+log_connections = {log_connections}
+# Web origins allowed to connect, for the browser client (--allowed-origin).
+allowed_origins = {allowed_origins}
+
+[metrics]
+# Serve Prometheus metrics at /metrics on this address (--metrics-listen).
+# Keep it private. Off by default.
+# listen = "127.0.0.1:9420"
+"#,
+        listen = d.listen,
+        data = d.data_dir.display(),
+        reuse_port = d.reuse_port,
+        server_names = list(&d.server_names),
+        policy = policy,
+        retention_days = d.retention.as_secs() / DAY,
+        max_devices = d.limits.max_devices_per_account,
+        grace = d.previous_epoch_grace.as_secs(),
+        log_connections = d.log_connections,
+        allowed_origins = list(&d.allowed_origins),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_to_exactly_the_defaults() {
+        let parsed = FileConfig::parse(&example()).unwrap();
+        assert_eq!(parsed.to_server_config(), ServerConfig::default());
+        // Uncommenting the optional keys works too.
+        let uncommented = example()
+            .replace("# cert = ", "cert = ")
+            .replace("# key = ", "key = ")
+            .replace("# max_db_bytes = ", "max_db_bytes = ")
+            .replace(
+                "# listen = \"127.0.0.1:9420\"",
+                "listen = \"127.0.0.1:9420\"",
+            );
+        let config = FileConfig::parse(&uncommented).unwrap().to_server_config();
+        assert!(config.tls.is_some());
+        assert_eq!(config.max_db_bytes, Some(10_000_000_000));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9420".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn every_key_reaches_the_server_config() {
+        let config = FileConfig::parse(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            data = "/var/lib/sotto"
+            reuse_port = true
+            server_names = ["chat.example.org"]
+            [registration]
+            policy = "invite"
+            [storage]
+            retention_days = 7
+            max_db_bytes = 1000000
+            [limits]
+            max_devices_per_account = 4
+            previous_epoch_grace_secs = 5
+            rate_limits = false
+            [privacy]
+            log_connections = true
+            allowed_origins = ["https://chat.example.org"]
+            [metrics]
+            listen = "127.0.0.1:9420"
+            "#,
+        )
+        .unwrap()
+        .to_server_config();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
+        assert!(config.reuse_port);
+        assert_eq!(config.server_names, ["chat.example.org"]);
+        assert_eq!(config.registration, RegistrationPolicy::Invite);
+        assert_eq!(config.retention, Duration::from_secs(7 * DAY));
+        assert_eq!(config.max_db_bytes, Some(1_000_000));
+        assert_eq!(config.limits.max_devices_per_account, 4);
+        assert_eq!(config.previous_epoch_grace, Duration::from_secs(5));
+        assert!(config.limits.sends_per_connection.per_second.is_infinite());
+        assert!(config.log_connections);
+        assert_eq!(config.allowed_origins, ["https://chat.example.org"]);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9420".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bad_key_is_named_with_its_line() {
+        let err =
+            FileConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_on = 3\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("listen_on"), "{err}");
+        let err = FileConfig::parse("[storage]\n\nretention_days = \"thirty\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("retention_days") || err.contains("integer"),
+            "{err}"
+        );
+        let err = FileConfig::parse("[sorage]\n").unwrap_err();
+        assert!(err.contains("sorage"), "{err}");
+        let err = FileConfig::parse("[storage]\nretention_days = 0\n").unwrap_err();
+        assert!(err.contains("storage.retention_days"), "{err}");
+        let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
+        assert!(err.contains("tls.key"), "{err}");
+    }
+}
