@@ -27,6 +27,7 @@ use crate::session::Session;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, HistoryEntry, ReceiptState};
 use rusqlite::Connection;
 use sotto_core::content::{Body, Receipts, Typing};
+use sotto_core::disappearing;
 
 /// At most one batch of receipts per group this often.
 pub(crate) const MIN_INTERVAL_MS: u64 = 10_000;
@@ -115,6 +116,23 @@ pub(crate) async fn send_due(s: &mut Session<'_>, now: u64) -> Result<(), Client
                     return Ok(Some(None));
                 }
                 let body = Body::Receipts(Receipts { delivered, read });
+                // Under a timer a receipt carries the same coarse expiry as
+                // a text would, so the server cannot tell them apart.
+                let timer = match store::group(tx, &group_id)?.and_then(|g| g.conversation_id) {
+                    Some(id) => store::conversation_timer(tx, id)?,
+                    None => 0,
+                };
+                let options = SendOptions {
+                    expires_at: if timer == 0 {
+                        0
+                    } else {
+                        disappearing::server_bucket(
+                            disappearing::expires_at(now_ms(), timer),
+                            timer,
+                        )
+                    },
+                    ephemeral: false,
+                };
                 let outgoing = seal_content(
                     s.profile,
                     provider,
@@ -122,7 +140,7 @@ pub(crate) async fn send_due(s: &mut Session<'_>, now: u64) -> Result<(), Client
                     &group_id,
                     random_id(),
                     body,
-                    SendOptions::default(),
+                    options,
                 )?;
                 Ok(Some(outgoing))
             })?;
