@@ -81,6 +81,41 @@ pub(crate) enum Command {
         /// The message's id (from `history --json`).
         id: String,
     },
+    /// Set disappearing messages for a conversation (`sotto timer bob 1h`,
+    /// `sotto timer --group team 7d`, `sotto timer bob off`): later
+    /// messages are deleted from every member's history and database that
+    /// long after they are sent, and from the server if still undelivered.
+    /// Any member may change it; everyone sees the change.
+    Timer {
+        /// Set it for this group instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// USERNAME DURATION, or just DURATION with --group. DURATION: like
+        /// 30s, 5m, 1h, 7d, or `off`.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// Tell a conversation you are typing (`sotto typing bob`,
+    /// `sotto typing --group team`; `--stop` when you stopped). Nobody
+    /// stores it; a device that is offline never sees it.
+    Typing {
+        /// Tell this group instead of a user.
+        #[arg(long, conflicts_with = "username")]
+        group: Option<String>,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+        /// You stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Profile settings: `sotto config read-receipts on|off` (default on;
+    /// delivery receipts are always sent, to conversations you wrote in).
+    Config {
+        /// The setting: `read-receipts`.
+        setting: String,
+        /// `on` or `off`; shows the current value when left out.
+        value: Option<String>,
+    },
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -240,6 +275,18 @@ pub(crate) enum GroupCommand {
     List,
     /// List a group's members (as of your last sync).
     Members { name: String },
+}
+
+/// A disappearing-messages timer: a duration, or `off` (0).
+pub(crate) fn parse_timer(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let secs = parse_duration(text)?.as_secs();
+    if secs == 0 {
+        return Err("a timer of 0 is `off`".into());
+    }
+    Ok(secs)
 }
 
 /// A duration as people write it: a whole number and a unit, `s`, `m`, `h`

@@ -131,6 +131,51 @@ async fn run(cli: Cli) -> Result<()> {
             client.disconnect().await;
             out.entry(&sent);
         }
+        Command::Timer { group, args } => {
+            let (kind, name, duration) = match (group, args.as_slice()) {
+                (Some(name), [duration]) => (ConversationKind::Group, name, duration),
+                (None, [user, duration]) => (ConversationKind::Direct, user.clone(), duration),
+                _ => bail!(
+                    "usage: sotto timer USERNAME DURATION|off, or sotto timer --group NAME DURATION|off"
+                ),
+            };
+            let secs = args::parse_timer(duration).map_err(anyhow::Error::msg)?;
+            let mut client = open(&profile)?;
+            let line = client.set_timer(kind, &name, secs).await?;
+            client.disconnect().await;
+            out.entry(&line);
+        }
+        Command::Typing {
+            group,
+            username,
+            stop,
+        } => {
+            let (kind, name) = match (group, username) {
+                (Some(name), _) => (ConversationKind::Group, name),
+                (None, Some(user)) => (ConversationKind::Direct, user),
+                (None, None) => bail!("name a user or --group NAME"),
+            };
+            let mut client = open(&profile)?;
+            client.send_typing(kind, &name, !stop).await?;
+            client.disconnect().await;
+        }
+        Command::Config { setting, value } => {
+            if setting != "read-receipts" {
+                bail!("unknown setting {setting:?}; the settings are: read-receipts");
+            }
+            let client = open(&profile)?;
+            match value.as_deref() {
+                None => {}
+                Some("on") => client.set_read_receipts(true)?,
+                Some("off") => client.set_read_receipts(false)?,
+                Some(other) => bail!("read-receipts is `on` or `off`, not {other:?}"),
+            }
+            let on = client.read_receipts()?;
+            out.line(
+                &format!("read-receipts {}", if on { "on" } else { "off" }),
+                &serde_json::json!({ "read_receipts": on }),
+            );
+        }
         Command::React { id, emoji } => {
             let mut client = open(&profile)?;
             let changed = client.react(&id, &emoji).await;

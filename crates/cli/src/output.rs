@@ -107,6 +107,18 @@ fn chat_line(entry: &HistoryEntry) -> String {
             .collect();
         line.push_str(&format!("  [{}]", reactions.join("; ")));
     }
+    // Ticks on your own messages: ✓ delivered to someone, ✓✓ read by
+    // everyone who sent a receipt (who: `--json`).
+    if !chat.receipts.is_empty() {
+        let all_read = chat
+            .receipts
+            .values()
+            .all(|state| *state == sotto_client::ReceiptState::Read);
+        line.push_str(if all_read { " ✓✓" } else { " ✓" });
+    }
+    if chat.expires_at.is_some() {
+        line.push_str(" (disappearing)");
+    }
     line
 }
 

@@ -694,3 +694,63 @@ fn an_unknown_device_is_shown_by_every_command_until_acknowledged() {
     assert!(ok(alice.path(), &["warnings"]).contains("(acknowledged)"));
     assert!(ok(alice.path(), &["device", "list"]).contains("UNKNOWN"));
 }
+
+#[test]
+fn timers_receipts_and_typing_on_the_command_line() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    ok(bob.path(), &["register", "bob", "--server", server.url()]);
+    ok(alice.path(), &["send", "bob", "hello"]);
+    ok(bob.path(), &["sync"]);
+    ok(bob.path(), &["send", "alice", "hi"]);
+    ok(alice.path(), &["sync"]);
+
+    assert!(fails(alice.path(), &["timer", "bob", "5x"]).contains("30s, 5m, 1h, 7d"));
+    let set = json_lines(&ok(alice.path(), &["timer", "bob", "5s", "--json"]));
+    assert_eq!(set[0]["text"], "alice set disappearing messages to 5s");
+    let synced = ok(bob.path(), &["sync"]);
+    assert!(
+        synced.contains("* alice set disappearing messages to 5s"),
+        "{synced}"
+    );
+    let sent = json_lines(&ok(alice.path(), &["send", "bob", "gone soon", "--json"]));
+    assert!(sent[0]["expires_at"].as_u64().unwrap() > sent[0]["sent_at"].as_u64().unwrap());
+    let human = ok(bob.path(), &["sync"]);
+    assert!(human.contains("gone soon (disappearing)"), "{human}");
+    ok(alice.path(), &["timer", "bob", "off"]);
+
+    // Typing: bob is not connected between commands, so it is dropped.
+    ok(alice.path(), &["typing", "bob"]);
+    assert!(!ok(bob.path(), &["sync"]).contains("typing"));
+
+    // Read receipts: bob reads; his next command after the random delay
+    // (at most 10 s) sends them; alice sees ✓✓.
+    let kept = json_lines(&ok(alice.path(), &["send", "bob", "kept", "--json"]));
+    let id = kept[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(kept[0]["expires_at"], serde_json::Value::Null);
+    ok(bob.path(), &["sync"]);
+    ok(bob.path(), &["history", "alice"]);
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    ok(bob.path(), &["sync"]);
+    let line = about(&ok(alice.path(), &["sync", "--json"]), &id);
+    assert_eq!(line["receipts"], serde_json::json!({ "bob": "read" }));
+    let history = ok(alice.path(), &["history", "bob"]);
+    assert!(history.contains("alice: kept ✓✓"), "{history}");
+    // The 5-second message is gone from both.
+    assert!(!history.contains("gone soon"), "{history}");
+    assert!(!ok(bob.path(), &["history", "alice"]).contains("gone soon"));
+
+    assert_eq!(
+        ok(bob.path(), &["config", "read-receipts", "off"]).trim(),
+        "read-receipts off"
+    );
+    assert_eq!(
+        json_lines(&ok(bob.path(), &["config", "read-receipts", "--json"]))[0]["read_receipts"],
+        false
+    );
+}

@@ -25,19 +25,53 @@ use sotto_core::content::ContentError;
 use sotto_core::identity::Username;
 use sotto_core::mimi::{self, ChatAction, MessageId, SottoUris};
 
-/// Received MIMI content, checked: its derived id and what it asks for
-/// (`None`: content this client cannot show yet).
+/// Received MIMI content, checked.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub id: MessageId,
+    /// What it asks for (`None`: content this client cannot show yet).
+    pub action: Option<ChatAction>,
+    /// When it disappears, if it says.
+    pub expires: Option<mimi::Expiration>,
+}
+
+/// Received MIMI content, checked: its derived id, what it asks for and
+/// when it disappears.
 pub(crate) fn parse(
     bytes: &[u8],
     sender: &Username,
     group_id: &[u8],
-) -> Result<(MessageId, Option<ChatAction>), ClientError> {
+) -> Result<Parsed, ClientError> {
     let content = mimi::decode(bytes).map_err(ContentError::from)?;
     let uris = SottoUris::check(&content.extensions, sender.as_str(), group_id)
         .map_err(ContentError::from)?;
     let id = MessageId::derive(&uris.sender, &uris.room, bytes, &content.salt);
     let action = ChatAction::of(&content).map_err(ContentError::from)?;
-    Ok((id, action))
+    Ok(Parsed {
+        id,
+        action,
+        expires: content.expires,
+    })
+}
+
+/// When a message received (or sent) at `now_ms` disappears from this
+/// device: at the absolute time it names, or the relative time after now;
+/// a message that names none follows the conversation's timer (from an
+/// older client in a conversation with one). `None`: never.
+pub(crate) fn expiry_ms(
+    conn: &Connection,
+    conversation: &Conversation,
+    expires: Option<mimi::Expiration>,
+    now_ms: u64,
+) -> Result<Option<u64>, ClientError> {
+    Ok(match expires {
+        Some(e) if e.relative => Some(now_ms.saturating_add(u64::from(e.time) * 1000)),
+        Some(e) => Some(u64::from(e.time) * 1000),
+        None => match store::conversation_timer(conn, conversation.id)? {
+            0 => None,
+            secs => Some(now_ms.saturating_add(secs.saturating_mul(1000))),
+        },
+    })
 }
 
 /// The authority (host and port) this profile's server URL names: what
@@ -51,7 +85,10 @@ pub(crate) fn authority(conn: &Connection) -> Result<String, ClientError> {
 }
 
 /// Applies a chat message from `sender` (a username) to history; returns
-/// the line it added or changed (`None` if it changed nothing).
+/// the line it added or changed (`None` if it changed nothing). A new
+/// text with `expires_at_ms` disappears then (one already past it is not
+/// recorded).
+#[allow(clippy::too_many_arguments)] // one call each from sending and receiving
 pub(crate) fn apply(
     conn: &Connection,
     conversation: &Conversation,
@@ -60,6 +97,7 @@ pub(crate) fn apply(
     action: Option<ChatAction>,
     sent_at_ms: u64,
     now_ms: u64,
+    expires_at_ms: Option<u64>,
 ) -> Result<Option<HistoryEntry>, ClientError> {
     let Some(action) = action else {
         tracing::info!(%id, "skipped chat content of a kind this client cannot show yet");
@@ -75,13 +113,19 @@ pub(crate) fn apply(
                 sent_at_ms,
             };
             let reply_to = reply_to.as_ref().map(|r| r.as_bytes().as_slice());
-            Ok(store::insert_chat_message(
-                conn,
-                conversation,
-                &message,
-                reply_to,
-                now_ms,
-            )?)
+            if expires_at_ms.is_some_and(|at| at <= now_ms) {
+                tracing::info!(%id, "dropped a disappearing message that expired before it arrived");
+                return Ok(None);
+            }
+            let inserted =
+                store::insert_chat_message(conn, conversation, &message, reply_to, now_ms)?;
+            match (inserted, expires_at_ms) {
+                (Some(_), Some(at)) => {
+                    store::set_expiry(conn, id.as_bytes(), at)?;
+                    changed(conn, conversation, &id)
+                }
+                (inserted, _) => Ok(inserted),
+            }
         }
         ChatAction::Edit { target, text } => {
             if own_target(conn, conversation, sender, &target, "edit")?.is_none() {

@@ -14,11 +14,11 @@ use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
 use crate::keys::KeyLog;
 use crate::outbox::Outbox;
-use crate::profile::{MemberInfo, Profile, Stored, open_new_profile};
+use crate::profile::{MemberInfo, Profile, Stored, now_ms, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use crate::{chat, conversations, membership, own_account, receive};
+use crate::{chat, conversations, membership, own_account, receipts, receive};
 use rusqlite::Connection;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
@@ -258,6 +258,7 @@ impl Client {
             Some(t) => t,
             None => self.login().await?,
         };
+        self.profile.purge_expired()?;
         let owner = self.profile.account.username.clone();
         let mut session = Session {
             profile: &mut self.profile,
@@ -267,7 +268,13 @@ impl Client {
             anonymous: Anonymous::new(&self.server_url, &self.trust, &mut self.anonymous, owner),
             connection: &mut t,
         };
-        let result = op(&mut session).await;
+        let mut result = op(&mut session).await;
+        if result.is_ok()
+            && let Err(e) = Box::pin(receipts::send_due(&mut session, now_ms())).await
+        {
+            result = Err(e);
+        }
+        self.profile.purge_expired()?;
         if !matches!(result, Err(ClientError::Network(_))) {
             self.transport = Some(t);
         }
@@ -322,6 +329,33 @@ impl Client {
         }
         conversations::check_text(text)?;
         self.connected(async |s| conversations::send_direct(s, &peer, text, None).await)
+            .await
+    }
+
+    /// Sets the disappearing-messages timer of the direct conversation
+    /// with `peer` (starting it if needed), or with `group`, the group
+    /// `name`: later messages disappear `secs` seconds after they are sent
+    /// (0: off), from every member's history and database. Returns the
+    /// system line it shows.
+    pub async fn set_timer(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        secs: u64,
+    ) -> Result<HistoryEntry, ClientError> {
+        let target = match kind {
+            ConversationKind::Direct => {
+                let peer = Username::parse(name)?;
+                if peer == self.profile.account.username {
+                    return Err(ClientError::Usage(
+                        "you cannot start a conversation with yourself".into(),
+                    ));
+                }
+                conversations::Target::Direct(peer)
+            }
+            ConversationKind::Group => conversations::Target::Group(name.to_owned()),
+        };
+        self.connected(async |s| conversations::set_timer(s, &target, secs).await)
             .await
     }
 
@@ -614,13 +648,53 @@ impl Client {
 
     // ------------------------------------------------------------ local queries
 
-    /// The history of a conversation, oldest first.
+    /// The history of a conversation, oldest first. Showing it counts as
+    /// reading it: read receipts are queued for its messages (if on), and
+    /// sent with the next command after a short random delay.
     pub fn history(
         &self,
         kind: ConversationKind,
         name: &str,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
-        self.profile.history(kind, name)
+        let entries = self.profile.history(kind, name)?;
+        let conversation = self.profile.conversation_named(kind, name)?;
+        receipts::seen(&self.profile, &conversation)?;
+        Ok(entries)
+    }
+
+    /// Whether this profile sends read receipts (default: on). Delivery
+    /// receipts are always sent, to conversations the user wrote in.
+    pub fn set_read_receipts(&self, on: bool) -> Result<(), ClientError> {
+        Ok(store::set_read_receipts(&self.profile.db, on)?)
+    }
+
+    /// Whether this profile sends read receipts.
+    pub fn read_receipts(&self) -> Result<bool, ClientError> {
+        Ok(store::read_receipts_enabled(&self.profile.db)?)
+    }
+
+    /// Sends the receipts due at `now_ms` (milliseconds since the Unix
+    /// epoch). Every command does this with the current time; tests pass
+    /// a later one instead of waiting out the random delay.
+    pub async fn send_due_receipts(&mut self, now_ms: u64) -> Result<(), ClientError> {
+        self.connected(async |s| receipts::send_due(s, now_ms).await)
+            .await
+    }
+
+    /// Tells a conversation this user is typing (or stopped): not stored by
+    /// anyone; an undelivered one is deleted by the server within seconds.
+    pub async fn send_typing(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        typing: bool,
+    ) -> Result<(), ClientError> {
+        let target = match kind {
+            ConversationKind::Direct => conversations::Target::Direct(Username::parse(name)?),
+            ConversationKind::Group => conversations::Target::Group(name.to_owned()),
+        };
+        self.connected(async |s| receipts::send_typing(s, &target, typing).await)
+            .await
     }
 
     /// The names of this account's group conversations that it is still in.

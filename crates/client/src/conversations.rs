@@ -17,9 +17,10 @@ use crate::session::Session;
 use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, AppContent, Body, ContentError, ConversationInfo};
+use sotto_core::disappearing;
 use sotto_core::group;
 use sotto_core::identity::Username;
-use sotto_core::mimi::{self, ChatAction, MessageId, SottoUris};
+use sotto_core::mimi::{self, ChatAction, Expiration, MessageId, SottoUris};
 use sotto_proto::v1;
 
 /// Sends a text to `peer`, starting a direct conversation if needed.
@@ -29,6 +30,13 @@ pub(crate) async fn send_direct(
     text: &str,
     reply_to: Option<MessageId>,
 ) -> Result<HistoryEntry, ClientError> {
+    let group_id = direct_group(s, peer).await?;
+    send_text(s, &group_id, text, reply_to).await
+}
+
+/// The group of the direct conversation with `peer`, started if there is
+/// none, after processing what is queued.
+async fn direct_group(s: &mut Session<'_>, peer: &Username) -> Result<Vec<u8>, ClientError> {
     drain(s).await?;
     commit_pending_proposals(s).await?;
     let existing = store::conversation(&s.profile.db, ConversationKind::Direct, peer.as_str())?;
@@ -49,7 +57,42 @@ pub(crate) async fn send_direct(
             .1
         }
     };
-    send_text(s, &group_id, text, reply_to).await
+    Ok(group_id)
+}
+
+/// Whose conversation a command names.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Direct(Username),
+    Group(String),
+}
+
+/// Sets the disappearing-messages timer of a conversation (0: off): every
+/// member's later messages disappear `secs` after they are sent. Any
+/// member may change it; everyone sees a system line. Returns that line.
+pub(crate) async fn set_timer(
+    s: &mut Session<'_>,
+    target: &Target,
+    secs: u64,
+) -> Result<HistoryEntry, ClientError> {
+    if secs > disappearing::MAX_TIMER_SECS {
+        return Err(ClientError::Usage(format!(
+            "the longest timer is {}",
+            disappearing::format_timer(disappearing::MAX_TIMER_SECS)
+        )));
+    }
+    let group_id = match target {
+        Target::Direct(peer) => direct_group(s, peer).await?,
+        Target::Group(name) => {
+            drain(s).await?;
+            commit_pending_proposals(s).await?;
+            s.profile.active_group_named(name)?
+        }
+    };
+    let body = Body::Timer(content::DisappearingTimer { seconds: secs });
+    send_content(s, &group_id, body)
+        .await?
+        .ok_or_else(|| ClientError::Internal("the timer change was not recorded".into()))
 }
 
 /// Sends a text to the group `name`.
@@ -205,14 +248,23 @@ pub(crate) fn stage_chat(
         check_before_send(profile, provider, tx, &g)?;
         let own = profile.account.username.as_str();
         let uris = SottoUris::new(&chat::authority(tx)?, own, group_id);
-        let bytes = mimi::encode(&action.to_content(&uris, salt)).map_err(ContentError::from)?;
-        let id = MessageId::derive(&uris.sender, &uris.room, &bytes, &salt);
         let conversation = store::group(tx, group_id)?
             .and_then(|r| r.conversation_id)
             .map(|id| store::conversation_by_id(tx, id))
             .transpose()?
             .flatten()
             .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
+        // Under a timer every chat message disappears (reactions and edits
+        // too: they would otherwise outlive what they change).
+        let timer = store::conversation_timer(tx, conversation.id)?;
+        let expires_at = (timer > 0).then(|| disappearing::expires_at(sent_at_ms, timer));
+        let mut mimi_content = action.to_content(&uris, salt);
+        mimi_content.expires = expires_at.map(|at| Expiration {
+            relative: false,
+            time: u32::try_from(at).unwrap_or(u32::MAX),
+        });
+        let bytes = mimi::encode(&mimi_content).map_err(ContentError::from)?;
+        let id = MessageId::derive(&uris.sender, &uris.room, &bytes, &salt);
         let history = chat::apply(
             tx,
             &conversation,
@@ -221,6 +273,7 @@ pub(crate) fn stage_chat(
             Some(action),
             sent_at_ms,
             sent_at_ms,
+            expires_at.map(|at| at.saturating_mul(1000)),
         )?;
         let message_id = id.as_bytes().get(16..).unwrap_or_default().to_vec();
         let outgoing = seal(
@@ -231,6 +284,10 @@ pub(crate) fn stage_chat(
             message_id,
             sent_at_ms,
             Body::Mimi(bytes),
+            SendOptions {
+                expires_at: expires_at.map_or(0, |at| disappearing::server_bucket(at, timer)),
+                ephemeral: false,
+            },
         )?;
         Ok((outgoing, history))
     })
@@ -268,6 +325,18 @@ pub(crate) fn stage_content(
             &body,
             store::group(tx, group_id)?.and_then(|r| r.conversation_id),
         ) {
+            (Body::Timer(timer), Some(conversation_id)) => {
+                let conversation = store::conversation_by_id(tx, conversation_id)?
+                    .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
+                crate::inbound::record_timer(
+                    tx,
+                    &conversation,
+                    &message_id,
+                    profile.account.username.as_str(),
+                    timer.seconds,
+                    sent_at_ms,
+                )?
+            }
             (Body::Text(text), Some(conversation_id)) => {
                 let conversation = store::conversation_by_id(tx, conversation_id)?
                     .ok_or_else(|| ClientError::Usage("conversation vanished".into()))?;
@@ -282,13 +351,57 @@ pub(crate) fn stage_content(
             }
             _ => None,
         };
-        let outgoing = seal(profile, provider, tx, &mut g, message_id, sent_at_ms, body)?;
+        let outgoing = seal(
+            profile,
+            provider,
+            tx,
+            &mut g,
+            message_id,
+            sent_at_ms,
+            body,
+            SendOptions::default(),
+        )?;
         Ok((outgoing, history))
     })
 }
 
+/// What the server is told about a message besides its recipients.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SendOptions {
+    /// The server's bucket of a disappearing message's expiry (0: none).
+    pub expires_at: u64,
+    /// Only for connections open now, stored nowhere (typing).
+    pub ephemeral: bool,
+}
+
+/// Encrypts control content (receipts, typing) for the group `group_id`
+/// and queues it, inside the caller's transaction; see [`seal`].
+pub(crate) fn seal_content(
+    profile: &Profile,
+    provider: &MlsProvider<'_>,
+    tx: &Connection,
+    group_id: &[u8],
+    message_id: Vec<u8>,
+    body: Body,
+    options: SendOptions,
+) -> Result<Option<Outgoing>, ClientError> {
+    let mut g = group::load(provider, group_id)?;
+    check_before_send(profile, provider, tx, &g)?;
+    seal(
+        profile,
+        provider,
+        tx,
+        &mut g,
+        message_id,
+        now_ms(),
+        body,
+        options,
+    )
+}
+
 /// Encrypts `body` for the group and queues it in the outbox; `None` when
 /// this device is alone in the group (nothing to send).
+#[allow(clippy::too_many_arguments)]
 fn seal(
     profile: &Profile,
     provider: &MlsProvider<'_>,
@@ -297,6 +410,7 @@ fn seal(
     message_id: Vec<u8>,
     sent_at_ms: u64,
     body: Body,
+    options: SendOptions,
 ) -> Result<Option<Outgoing>, ClientError> {
     let group_id = g.group_id().as_slice().to_vec();
     let recipients = group::recipients(g);
@@ -311,8 +425,15 @@ fn seal(
     let token = group::send_token(provider, g)?;
     let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
     let alone = recipients.iter().all(|d| *d == profile.account.device_id);
-    let outgoing =
-        (!alone).then(|| Outgoing::message(message_id, &group_id, &recipients, ciphertext, token));
+    let outgoing = (!alone).then(|| {
+        let outgoing = Outgoing::message(message_id, &group_id, &recipients, ciphertext, token)
+            .expiring(options.expires_at);
+        if options.ephemeral {
+            outgoing.ephemeral()
+        } else {
+            outgoing
+        }
+    });
     if let Some(outgoing) = &outgoing {
         outgoing.queue(tx)?;
     }

@@ -7,12 +7,15 @@ use crate::chat;
 use crate::keys::KeyLog;
 use crate::profile::{Profile, now_ms};
 use crate::provider::MlsProvider;
+use crate::receipts;
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, Body};
+use sotto_core::disappearing;
 use sotto_core::group::{self, Inbound, RosterChange};
 use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
+use sotto_core::mimi::ChatAction;
 use sotto_proto::v1::{self, SignedTreeHead};
 use zeroize::Zeroizing;
 
@@ -177,15 +180,71 @@ fn record_inbound(
                 }
                 Some(Body::Mimi(bytes)) => {
                     let conversation = conversation_of(conn, &row)?;
-                    let (id, action) = chat::parse(&bytes, &sender.username, &group_id)?;
+                    let parsed = chat::parse(&bytes, &sender.username, &group_id)?;
+                    let expires = chat::expiry_ms(conn, &conversation, parsed.expires, now)?;
+                    let is_text = matches!(parsed.action, Some(ChatAction::Text { .. }));
                     let entry = chat::apply(
                         conn,
                         &conversation,
                         sender.username.as_str(),
-                        id,
-                        action,
+                        parsed.id,
+                        parsed.action,
                         app.sent_at_ms,
                         now,
+                        expires,
+                    )?;
+                    if is_text && entry.is_some() && sender.username != profile.account.username {
+                        receipts::delivered(
+                            profile,
+                            conn,
+                            &conversation,
+                            &group_id,
+                            parsed.id.as_bytes(),
+                            now,
+                        )?;
+                    }
+                    (conversation, entry)
+                }
+                Some(Body::Receipts(batch)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let entries = receipts::apply(
+                        profile,
+                        conn,
+                        &conversation,
+                        sender.username.as_str(),
+                        &batch,
+                    )?;
+                    return Ok(Applied {
+                        entries,
+                        ..Applied::default()
+                    });
+                }
+                Some(Body::Typing(typing)) => {
+                    if sender.username == profile.account.username {
+                        return Ok(Applied::default());
+                    }
+                    let conversation = conversation_of(conn, &row)?;
+                    let line = receipts::typing_line(
+                        &conversation,
+                        sender.username.as_str(),
+                        &typing,
+                        app.sent_at_ms,
+                        now,
+                    );
+                    return Ok(Applied {
+                        entries: line.into_iter().collect(),
+                        ..Applied::default()
+                    });
+                }
+                Some(Body::Timer(timer)) => {
+                    let conversation = conversation_of(conn, &row)?;
+                    let entry = record_timer(
+                        conn,
+                        &conversation,
+                        message_id,
+                        sender.username.as_str(),
+                        timer.seconds,
+                        app.sent_at_ms,
                     )?;
                     (conversation, entry)
                 }
@@ -246,6 +305,36 @@ fn record_inbound(
             })
         }
     }
+}
+
+/// Sets the conversation's disappearing-messages timer as `actor` asked
+/// (any member may; longer than [`disappearing::MAX_TIMER_SECS`] is taken
+/// as that), and shows it as a system line.
+pub(crate) fn record_timer(
+    conn: &Connection,
+    conversation: &Conversation,
+    message_id: &[u8],
+    actor: &str,
+    secs: u64,
+    sent_at_ms: u64,
+) -> Result<Option<HistoryEntry>, ClientError> {
+    let secs = secs.min(disappearing::MAX_TIMER_SECS);
+    store::set_conversation_timer(conn, conversation.id, secs)?;
+    let id = [message_id, &[0xff, 0]].concat();
+    let text = disappearing::timer_line(actor, secs);
+    let message = store::NewMessage {
+        id: &id,
+        sender: "system",
+        kind: EntryKind::System,
+        text: &text,
+        sent_at_ms,
+    };
+    Ok(store::insert_message(
+        conn,
+        conversation,
+        &message,
+        now_ms(),
+    )?)
 }
 
 /// An `IdentityHandover`, authenticated by MLS as coming from `sender`.

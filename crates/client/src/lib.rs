@@ -23,6 +23,7 @@ mod outbox;
 mod own_account;
 mod profile;
 pub mod provider;
+mod receipts;
 mod receive;
 mod session;
 pub mod store;
@@ -39,7 +40,8 @@ pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
 pub use store::{
-    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, Version,
+    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, ReceiptState,
+    Version,
 };
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};

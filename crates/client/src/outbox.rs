@@ -57,8 +57,29 @@ impl Outgoing {
                 payload,
                 send_token,
                 more_recipients: false,
+                expires_at: 0,
+                ephemeral: false,
             }),
         }
+    }
+
+    /// Disappearing messages: tells the server it may delete the message
+    /// at `expires_at` (Unix seconds, the coarse bucket of
+    /// `sotto_core::disappearing::server_bucket`) though undelivered.
+    pub(crate) fn expiring(mut self, expires_at: u64) -> Self {
+        if let Request::Send(send) = &mut self.request {
+            send.expires_at = expires_at;
+        }
+        self
+    }
+
+    /// Marks the message ephemeral (a typing indicator): the server hands
+    /// it to the recipients' open connections and stores it nowhere.
+    pub(crate) fn ephemeral(mut self) -> Self {
+        if let Request::Send(send) = &mut self.request {
+            send.ephemeral = true;
+        }
+        self
     }
 
     /// A commit this device built, with its Welcome if it adds devices.

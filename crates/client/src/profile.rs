@@ -291,11 +291,23 @@ impl Profile {
 
     // ------------------------------------------------------------ queries
 
+    /// Deletes the disappearing messages whose time has come (every
+    /// command and every wake of `listen` runs this, so an expired message
+    /// outlives its timer only while no command runs).
+    pub(crate) fn purge_expired(&self) -> Result<(), ClientError> {
+        let purged = store::purge_expired(&self.db, now_ms())?;
+        if purged > 0 {
+            tracing::debug!(purged, "deleted expired disappearing messages");
+        }
+        Ok(())
+    }
+
     pub(crate) fn history(
         &self,
         kind: ConversationKind,
         name: &str,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.purge_expired()?;
         let conversation = self.conversation_named(kind, name)?;
         Ok(store::history(&self.db, &conversation)?)
     }

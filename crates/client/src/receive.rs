@@ -59,6 +59,8 @@ pub(crate) async fn listen(
         on_entry(&entry);
     }
     loop {
+        s.profile.purge_expired()?;
+        crate::receipts::send_due(s, crate::profile::now_ms()).await?;
         let mut entries = membership::commit_pending_proposals(s).await?;
         entries.extend(s.outbox.take_lines());
         for entry in &entries {

@@ -5,7 +5,8 @@
 
 use prost::Message as _;
 pub use sotto_proto::v1::{
-    AppContent, ConversationInfo, ConversationKind, Text, app_content::Body,
+    AppContent, ConversationInfo, ConversationKind, DisappearingTimer, Receipts, Text, Typing,
+    app_content::Body,
 };
 
 /// Longest text message, in bytes. Leaves room for MLS framing within
@@ -23,9 +24,13 @@ pub enum ContentError {
     Mimi(#[from] crate::mimi::MimiError),
 }
 
-/// Smallest size bucket: every content is padded to 256, 512, 1024, …
+/// Smallest size bucket: every content is padded to 512, 1024, 2048, …
 /// bytes, so an observer of ciphertext lengths learns only the bucket.
-pub const MIN_BUCKET: usize = 256;
+/// 512, not less: a short chat message (MIMI content naming its sender and
+/// room, plus the sender's log head) needs more than 256, and receipts,
+/// typing indicators and timer changes must share its bucket, or their
+/// size would tell them apart from texts.
+pub const MIN_BUCKET: usize = 512;
 
 /// Encodes content padded up to exactly its size bucket.
 pub fn encode(content: &AppContent) -> Vec<u8> {
@@ -106,8 +111,8 @@ mod tests {
             sized("a somewhat longer message, but still short")
         );
         assert!(sized("hi") <= MIN_BUCKET);
-        assert!(sized(&"x".repeat(300)) > MIN_BUCKET);
-        assert_eq!(sized(&"x".repeat(300)), sized(&"y".repeat(400)));
+        assert!(sized(&"x".repeat(600)) > MIN_BUCKET);
+        assert_eq!(sized(&"x".repeat(600)), sized(&"y".repeat(700)));
         let decoded = decode(&encode(&AppContent {
             id: vec![1],
             sent_at_ms: 5,

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod content;
+pub mod disappearing;
 pub mod group;
 pub mod history;
 pub mod identity;

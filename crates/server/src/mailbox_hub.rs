@@ -23,6 +23,12 @@ pub enum MailboxEvent {
     /// A committed entry of the device's mailbox (boxed: events sit in a
     /// channel per connection, whose buffer is sized by the largest event).
     Entry(Arc<NewEntry>),
+    /// An ephemeral message (a typing indicator): pushed if the connection
+    /// is open, stored nowhere, never fetched again.
+    Ephemeral {
+        message_id: crate::store::MessageId,
+        payload: Arc<[u8]>,
+    },
     /// The device's one-time KeyPackage pool is low.
     KeyPackagesLow {
         /// One-time KeyPackages left.

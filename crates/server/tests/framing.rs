@@ -30,6 +30,8 @@ async fn a_message_framed_for_another_group_is_refused() {
         payload: framed(&victims, 1, ContentType::Application, b"for their group"),
         send_token: capability(&mine, 1),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     });
     let err = assert_error(
         &anonymous.request(forged).await,
@@ -45,6 +47,8 @@ async fn a_message_framed_for_another_group_is_refused() {
         payload: framed(&mine, 1, ContentType::Commit, b"c"),
         send_token: capability(&mine, 1),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     });
     assert_error(
         &anonymous.request(commit_as_message).await,
@@ -58,6 +62,8 @@ async fn a_message_framed_for_another_group_is_refused() {
         payload: b"noise".to_vec(),
         send_token: capability(&mine, 1),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     });
     assert_error(&anonymous.request(noise).await, ErrorCode::InvalidRequest);
     assert!(bob.sync().await.is_empty(), "nothing reached bob");
@@ -79,6 +85,8 @@ async fn a_message_framed_for_a_later_epoch_is_refused() {
         payload: framed(&group, 2, ContentType::Application, b"from the future"),
         send_token: capability(&group, 1),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     });
     let err = assert_error(
         &anonymous.request(future).await,

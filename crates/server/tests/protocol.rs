@@ -696,3 +696,77 @@ async fn concurrent_senders_are_all_stored_and_delivered() {
     bob_conn.login(&bob).await;
     assert_eq!(bob_conn.sync().await.len(), 40);
 }
+
+/// Typing indicators: an ephemeral send needs the capability like any
+/// other, reaches only connections open now, is stored nowhere, and gets
+/// the same answer whether anyone was online.
+#[tokio::test]
+async fn ephemeral_sends_reach_only_open_connections_and_need_the_capability() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (mut bob_conn, bob) = server.registered("bob").await;
+    let (carol_conn, carol) = server.registered("carol").await;
+    drop(carol_conn);
+    let group = create_group(&mut alice).await;
+    let ephemeral = |to: &[u8]| -> v1::SendMessage {
+        let Body::SendMessage(mut m) = send_message(&random_id(), &group, &[to], b"typing") else {
+            unreachable!()
+        };
+        m.ephemeral = true;
+        m
+    };
+    let stored = || -> i64 {
+        server
+            .db()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = stored();
+
+    let online = alice
+        .request(Body::SendMessage(ephemeral(&bob.device_id)))
+        .await;
+    let offline = alice
+        .request(Body::SendMessage(ephemeral(&carol.device_id)))
+        .await;
+    assert_done(&online);
+    assert_eq!(
+        online.result, offline.result,
+        "the answer tells who is online"
+    );
+    let pushed = bob_conn.next_delivery().await;
+    assert_eq!(
+        (pushed.seq, unframed(&pushed.payload)),
+        (0, b"typing".to_vec())
+    );
+    bob_conn.ack(&[pushed.seq]).await;
+    assert!(bob_conn.sync().await.is_empty());
+    assert_eq!(stored(), before, "an ephemeral send was stored");
+
+    // Carol, offline then, never gets hers.
+    let mut carol_conn = server.connect().await;
+    carol_conn.login(&carol).await;
+    assert!(carol_conn.sync().await.is_empty());
+
+    // Without the group's capability, or for another epoch: refused.
+    let mut forged = ephemeral(&bob.device_id);
+    forged.send_token = vec![9; 32];
+    assert_error(
+        &alice.request(Body::SendMessage(forged)).await,
+        ErrorCode::NotAuthorized,
+    );
+    let Body::SendMessage(mut later) =
+        send_message_at(2, &random_id(), &group, &[&bob.device_id], b"typing")
+    else {
+        unreachable!()
+    };
+    later.ephemeral = true;
+    assert!(
+        alice
+            .request(Body::SendMessage(later))
+            .await
+            .result
+            .is_some()
+    );
+    bob_conn.assert_quiet(QUIET).await;
+}

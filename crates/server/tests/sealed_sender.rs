@@ -75,6 +75,8 @@ async fn a_send_without_the_groups_capability_is_refused() {
         ),
         send_token: Vec::new(),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     };
     assert_error(
         &anonymous.request(Body::SendMessage(no_token.clone())).await,

@@ -261,6 +261,7 @@ mod conformance {
         }
         let g = with_group(&store, "g").await;
         let message = |id: u8, recipients: &[u8]| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -283,6 +284,7 @@ mod conformance {
         // De-duplication comes after authorisation: without the capability
         // a queued id is not a duplicate (an outsider cannot probe ids)...
         let outsider = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             envelope: envelope(1, &[1], b"other bytes"),
             ..message(1, &[1])
@@ -293,6 +295,7 @@ mod conformance {
         ));
         // ...an authorised sender cannot reuse it for other bytes...
         let reused = GroupMessage {
+            expires_at: None,
             envelope: envelope(1, &[1], b"other bytes"),
             ..message(1, &[1])
         };
@@ -303,6 +306,7 @@ mod conformance {
         // ...and a resend of the same bytes is a duplicate even with a
         // capability that is no longer current (a resend after a crash).
         let resend = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             ..message(1, &[1])
         };
@@ -322,6 +326,7 @@ mod conformance {
         }
 
         let unknown_group = GroupMessage {
+            expires_at: None,
             group_id: group("nope"),
             ..message(2, &[1])
         };
@@ -372,6 +377,7 @@ mod conformance {
 
     pub fn to(g: &GroupId, epoch: u64, id: u8, recipients: &[u8]) -> GroupMessage {
         GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch,
@@ -421,6 +427,7 @@ mod conformance {
         assert_eq!(again.outcome, Enqueued::Duplicate);
         // A part needs the capability, even with the same bytes...
         let stranger = GroupMessage {
+            expires_at: None,
             token_hash: [8; 32],
             ..to(&g, 1, 1, &[5])
         };
@@ -430,6 +437,7 @@ mod conformance {
         ));
         // ...and the same bytes.
         let other_bytes = GroupMessage {
+            expires_at: None,
             envelope: envelope(1, &[5], b"other bytes"),
             ..to(&g, 1, 1, &[5])
         };
@@ -722,6 +730,7 @@ mod conformance {
         let g = with_group(&store, "g").await;
         for i in 1..=5u8 {
             let m = GroupMessage {
+                expires_at: None,
                 group_id: g.clone(),
                 token_hash: TOKEN_HASH,
                 epoch: 1,
@@ -758,6 +767,7 @@ mod conformance {
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
         let m = GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -811,6 +821,7 @@ mod conformance {
         store.register(account("bob", 2)).await.unwrap();
         let g = with_group(&store, "g").await;
         let at = |id: u8, recipients: &[u8], now| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -846,6 +857,84 @@ mod conformance {
         assert_eq!(store.expire(2 * DAY + 5_000).await.unwrap(), expired(0));
     }
 
+    /// An ephemeral send is checked like `enqueue` (group, capability,
+    /// epoch) and stores nothing.
+    pub async fn check_send_checks_and_stores_nothing<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let before = store.stats().await.unwrap();
+        let send = |token_hash, epoch, group: &GroupId| GroupMessage {
+            expires_at: None,
+            group_id: group.clone(),
+            token_hash,
+            epoch,
+            previous_epoch_open: false,
+            envelope: envelope(1, &[1, 2], b"typing"),
+            now: 1_000,
+        };
+        store.check_send(send(TOKEN_HASH, 1, &g)).await.unwrap();
+        assert!(matches!(
+            store.check_send(send([9; 32], 1, &g)).await,
+            Err(EnqueueError::NotAuthorized)
+        ));
+        assert!(matches!(
+            store.check_send(send(TOKEN_HASH, 2, &g)).await,
+            Err(EnqueueError::WrongEpoch { .. })
+        ));
+        assert!(matches!(
+            store.check_send(send(TOKEN_HASH, 1, &group("nope"))).await,
+            Err(EnqueueError::UnknownGroup(_))
+        ));
+        assert_eq!(store.stats().await.unwrap(), before);
+        assert!(ids(&store, 2).await.is_empty());
+    }
+
+    /// The ids of a device's queued messages, in order.
+    pub async fn ids<S: Store>(store: &S, d: u8) -> Vec<MessageId> {
+        store
+            .fetch_mailbox(device_id(d), 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect()
+    }
+
+    /// Disappearing messages: a message sent with an expiry is deleted
+    /// with all its entries once the sweep runs at or after it; others,
+    /// and notices, stay.
+    pub async fn disappearing_messages_are_deleted_at_expiry<S: Store>(store: S) {
+        store.register(account("alice", 1)).await.unwrap();
+        store.register(account("bob", 2)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let at = |id: u8, expires_at| GroupMessage {
+            expires_at,
+            group_id: g.clone(),
+            token_hash: TOKEN_HASH,
+            epoch: 1,
+            previous_epoch_open: false,
+            envelope: envelope(id, &[1, 2], &[id]),
+            now: 1_000,
+        };
+        store.enqueue(at(1, Some(1_010))).await.unwrap();
+        store.enqueue(at(2, None)).await.unwrap();
+        store.enqueue(at(3, Some(1_020))).await.unwrap();
+        // A resend with a later expiry changes nothing.
+        store.enqueue(at(1, Some(9_999))).await.unwrap();
+        assert_eq!(store.expire_disappearing(1_009).await.unwrap(), 0);
+        assert_eq!(store.expire_disappearing(1_010).await.unwrap(), 2);
+        assert_eq!(ids(&store, 1).await, [message_id(2), message_id(3)]);
+        // Bob fetched message 3 already; it goes all the same.
+        assert_eq!(store.expire_disappearing(50_000).await.unwrap(), 2);
+        assert_eq!(ids(&store, 2).await, [message_id(2)]);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (1, 2));
+        // The id is free again once the payload is gone.
+        store.enqueue(at(1, None)).await.unwrap();
+        assert_eq!(store.expire_disappearing(u64::MAX / 2).await.unwrap(), 0);
+    }
+
     /// A group with no accepted commit or message within the retention
     /// period is deleted with its accepted-commit ids; a message or a
     /// commit keeps a group alive.
@@ -867,6 +956,7 @@ mod conformance {
         // Day 20: a message to one group, a commit in another.
         store
             .enqueue(GroupMessage {
+                expires_at: None,
                 group_id: talking.clone(),
                 token_hash: TOKEN_HASH,
                 epoch: 1,
@@ -894,6 +984,7 @@ mod conformance {
         assert!(matches!(
             store
                 .enqueue(GroupMessage {
+                    expires_at: None,
                     group_id: dead.clone(),
                     token_hash: TOKEN_HASH,
                     epoch: 1,
@@ -1020,6 +1111,7 @@ mod log_cases {
             .unwrap();
         let g = with_group(&store, "g").await;
         let mail = |id: u8, to: &[u8]| GroupMessage {
+            expires_at: None,
             group_id: g.clone(),
             token_hash: TOKEN_HASH,
             epoch: 1,
@@ -1276,6 +1368,8 @@ macro_rules! store_conformance_tests {
                 missed_notices_are_bounded_per_device,
                 ack_deletes_entries_and_then_the_payload,
                 expiry_deletes_old_entries_and_orphaned_payloads,
+                disappearing_messages_are_deleted_at_expiry,
+                check_send_checks_and_stores_nothing,
                 dead_groups_expire_with_the_retention_period,
             );
             store_conformance_tests!(@log_cases $make;

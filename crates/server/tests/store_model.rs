@@ -10,7 +10,8 @@
 //! capability, and a failed commit changes nothing; enqueue is idempotent
 //! on the message id while the payload is stored; acknowledging deletes
 //! only the device's own entries; a payload lives exactly as long as some
-//! mailbox entry refers to it (acks, expiry and device removal);
+//! mailbox entry refers to it (acks, expiry and device removal), and a
+//! disappearing message no longer than its expiry;
 //! mailbox sequence numbers only grow; a device whose mailbox is at the
 //! cap ([`MAILBOX_CAP`]) is skipped, never refused, and gets a
 //! missed-messages notice that does not count against the cap and that
@@ -192,6 +193,8 @@ enum Op {
         /// (0: honest; otherwise a forged framing).
         epoch_skew: u64,
         envelope: EnvelopeSpec,
+        /// Disappearing messages: seconds from now until it may be deleted.
+        expires_in: Option<u64>,
     },
     Fetch {
         device: u8,
@@ -206,6 +209,8 @@ enum Op {
     Expire {
         days_back: u64,
     },
+    /// The disappearing-messages sweep, now.
+    ExpireDisappearing,
     Advance {
         seconds: u64,
     },
@@ -238,8 +243,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, epoch, cap, next, commit, welcome)| Op::Commit {
                 group, epoch, cap, next, commit, welcome,
             }),
-        5 => (0..GROUPS, cap(), any::<bool>(), prop_oneof![4 => Just(0u64), 1 => 1u64..3], envelope_spec(1))
-            .prop_map(|(group, cap, grace, epoch_skew, envelope)| Op::Enqueue { group, cap, grace, epoch_skew, envelope }),
+        5 => (0..GROUPS, cap(), any::<bool>(), prop_oneof![4 => Just(0u64), 1 => 1u64..3], envelope_spec(1),
+              prop_oneof![3 => Just(None), 1 => (0u64..3).prop_map(Some)])
+            .prop_map(|(group, cap, grace, epoch_skew, envelope, expires_in)| Op::Enqueue { group, cap, grace, epoch_skew, envelope, expires_in }),
         1 => (device.clone(), any::<Index>(), 1usize..4)
             .prop_map(|(device, after, limit)| Op::Fetch { device, after, limit }),
         3 => (
@@ -249,6 +255,7 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(device, picks, junk)| Op::Ack { device, picks, junk }),
         1 => (0u64..3).prop_map(|days_back| Op::Expire { days_back }),
+        1 => Just(Op::ExpireDisappearing),
         1 => prop_oneof![Just(1u64), Just(DAY / 2), Just(DAY)]
             .prop_map(|seconds| Op::Advance { seconds }),
     ]
@@ -353,6 +360,8 @@ struct Model {
     groups: BTreeMap<u8, Group>,
     /// Stored payloads by message id.
     messages: BTreeMap<u8, Vec<u8>>,
+    /// Disappearing messages: when a stored message may be deleted.
+    expiries: BTreeMap<u8, u64>,
     /// Mailbox rows by seq.
     mailbox: BTreeMap<u64, Row>,
     /// Queued missed-messages notices, by creation order.
@@ -491,6 +500,8 @@ impl Model {
             .map(|r| r.message)
             .collect();
         self.messages.retain(|m, _| referenced.contains(m));
+        let messages = &self.messages;
+        self.expiries.retain(|m, _| messages.contains_key(m));
         let notices: BTreeSet<u64> = self.mailbox.values().filter_map(|r| r.notice).collect();
         self.notices.retain(|n, _| notices.contains(n));
     }
@@ -680,6 +691,7 @@ impl Model {
         epoch: u64,
         grace: bool,
         spec: &EnvelopeSpec,
+        expires_at: Option<u64>,
     ) -> EnqueueOutcome {
         // The same bytes again are a resend, whatever the capability; other
         // bytes under a queued id are refused, but only once authorised.
@@ -711,6 +723,12 @@ impl Model {
             Ok(skipped) => {
                 if let Some(g) = next.groups.get_mut(&group) {
                     g.active_day = g.active_day.max(day_of(self.now));
+                }
+                if let Some(at) = expires_at
+                    && next.messages.contains_key(&spec.id)
+                {
+                    let earliest = next.expiries.get(&spec.id).map_or(at, |e| at.min(*e));
+                    next.expiries.insert(spec.id, earliest);
                 }
                 *self = next;
                 EnqueueOutcome::Ok(Queued {
@@ -850,6 +868,21 @@ impl Model {
         }
         self.drop_orphans();
         deleted
+    }
+
+    /// Deletes the messages whose expiry has come, with their entries.
+    fn expire_disappearing(&mut self, now: u64) -> u64 {
+        let due: BTreeSet<u8> = self
+            .expiries
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(m, _)| *m)
+            .collect();
+        let entries = self.mailbox.len();
+        self.mailbox
+            .retain(|_, r| r.notice.is_some() || !due.contains(&r.message));
+        self.drop_orphans();
+        (entries - self.mailbox.len()) as u64
     }
 
     fn expire(&mut self, cutoff: u64) -> Expired {
@@ -1082,11 +1115,14 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
             grace,
             epoch_skew,
             envelope,
+            expires_in,
         } => {
+            let expires_at = expires_in.map(|s| model.now + s);
             let hash = model.cap_hash(*group, *cap).unwrap_or(token(0));
             let epoch = model.cap_epoch(*group, *cap).saturating_add(*epoch_skew);
             let result = store
                 .enqueue(GroupMessage {
+                    expires_at,
                     group_id: group_id(*group),
                     token_hash: hash,
                     epoch,
@@ -1097,7 +1133,7 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
                 .await;
             prop_assert_eq!(
                 enqueue_outcome(result),
-                model.enqueue(*group, hash, epoch, *grace, envelope)
+                model.enqueue(*group, hash, epoch, *grace, envelope, expires_at)
             );
         }
         &Op::Fetch {
@@ -1146,6 +1182,10 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
             let cutoff = model.now.saturating_sub(days_back * DAY);
             let deleted = store.expire(cutoff).await.unwrap();
             prop_assert_eq!(deleted, model.expire(cutoff));
+        }
+        Op::ExpireDisappearing => {
+            let deleted = store.expire_disappearing(model.now).await.unwrap();
+            prop_assert_eq!(deleted, model.expire_disappearing(model.now));
         }
         &Op::Advance { seconds } => model.now += seconds,
     }

@@ -196,7 +196,9 @@ impl TestServer {
 /// Runs a test step, failing the test if it takes over two minutes (a hang
 /// shows up as a failure, not a stuck CI run).
 pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(120), f)
+    // Boxed: client futures are large, and a test awaiting many of them
+    // would otherwise hold them all in one frame of the test thread.
+    tokio::time::timeout(std::time::Duration::from_secs(120), Box::pin(f))
         .await
         .expect("test step timed out")
 }

@@ -267,6 +267,8 @@ impl Mallory {
             payload,
             send_token: self.capability(group),
             more_recipients: false,
+            expires_at: 0,
+            ephemeral: false,
         };
         self.request(Request::SendMessage(send)).await
     }

@@ -567,6 +567,8 @@ pub fn send_message_at(
         payload: framed(group_id, epoch, ContentType::Application, payload),
         send_token: capability(group_id, epoch),
         more_recipients: false,
+        expires_at: 0,
+        ephemeral: false,
     })
 }
 

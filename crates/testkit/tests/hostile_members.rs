@@ -446,6 +446,8 @@ async fn forged_framing_is_refused_and_changes_nothing() {
             payload: for_team,
             send_token: t.mallory.capability(&own),
             more_recipients: false,
+            expires_at: 0,
+            ephemeral: false,
         };
         let err = t
             .mallory
@@ -509,6 +511,8 @@ async fn an_outsider_cannot_deliver_anything_that_matters() {
                 payload,
                 send_token: capability.clone(),
                 more_recipients: false,
+                expires_at: 0,
+                ephemeral: false,
             })
         };
         let err = outsider

@@ -288,3 +288,26 @@ pub fn active_groups(conn: &Connection) -> Result<Vec<Vec<u8>>, StoreError> {
     let rows = stmt.query_map([], |r| r.get(0))?;
     rows.collect()
 }
+
+/// The conversation's disappearing-messages timer in seconds (0: off).
+pub fn conversation_timer(conn: &Connection, conversation_id: i64) -> Result<u64, StoreError> {
+    let secs: i64 = conn.query_row(
+        "SELECT timer_secs FROM conversations WHERE id = ?1",
+        [conversation_id],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(secs).unwrap_or(0))
+}
+
+/// Sets the conversation's disappearing-messages timer (0: off).
+pub fn set_conversation_timer(
+    conn: &Connection,
+    conversation_id: i64,
+    secs: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE conversations SET timer_secs = ?2 WHERE id = ?1",
+        rusqlite::params![conversation_id, i64::try_from(secs).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}

@@ -48,6 +48,30 @@ pub struct ChatState {
     /// last); empty unless `edited`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<Version>,
+    /// Disappearing messages: when this message is deleted from this
+    /// device (milliseconds since the Unix epoch); `None`: never.
+    pub expires_at: Option<u64>,
+    /// This account's own messages: how far each other member got
+    /// (`delivered` or `read`), as their receipts said.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub receipts: BTreeMap<String, ReceiptState>,
+}
+
+/// How far a member got with a message.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptState {
+    Delivered,
+    Read,
+}
+
+impl ReceiptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
 }
 
 /// The message a reply quotes.
@@ -134,7 +158,7 @@ pub fn history(
     conversation: &Conversation,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted
+        "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted, expires_at_ms
          FROM messages WHERE conversation_id = ?1 ORDER BY received_at_ms, rowid",
     )?;
     let rows = stmt.query_map([conversation.id], |r| row_of(r, conversation))?;
@@ -172,7 +196,10 @@ fn row_of(
         },
         text: r.get(3)?,
         sent_at: r.get::<_, i64>(4)?.max(0) as u64,
-        chat: ChatState::default(),
+        chat: ChatState {
+            expires_at: r.get::<_, Option<i64>>(9)?.map(|at| at.max(0) as u64),
+            ..ChatState::default()
+        },
     };
     let raw = RawChat {
         id,
@@ -212,6 +239,19 @@ fn with_chat_state(
             )
             .optional()?;
     }
+    let mut stmt =
+        conn.prepare_cached("SELECT member, state FROM receipts WHERE message_id = ?1")?;
+    for row in stmt.query_map([&raw.id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (member, state) = row?;
+        let state = if state == "read" {
+            ReceiptState::Read
+        } else {
+            ReceiptState::Delivered
+        };
+        entry.chat.receipts.insert(member, state);
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT emoji, sender FROM reactions WHERE message_id = ?1 ORDER BY emoji, sender",
     )?;
@@ -245,7 +285,7 @@ pub fn entry(
 ) -> Result<Option<HistoryEntry>, StoreError> {
     let found = conn
         .query_row(
-            "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted
+            "SELECT id, sender, kind, body, sent_at_ms, mimi, reply_to, edited, deleted, expires_at_ms
              FROM messages WHERE id = ?1 AND conversation_id = ?2",
             params![id, conversation.id],
             |r| row_of(r, conversation),
@@ -440,6 +480,34 @@ pub fn remove_reaction(conn: &Connection, reaction_id: &[u8]) -> Result<(), Stor
         [reaction_id],
     )?;
     Ok(())
+}
+
+/// Disappearing messages: sets when a message is deleted.
+pub fn set_expiry(conn: &Connection, id: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE messages SET expires_at_ms = ?2 WHERE id = ?1",
+        params![id, i64::try_from(expires_at_ms).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+/// Deletes every message whose time has come, with its earlier versions
+/// and reactions: gone from every table, not hidden (and, with
+/// `secure_delete`, overwritten in the file). Returns how many.
+pub fn purge_expired(conn: &Connection, now_ms: u64) -> Result<usize, StoreError> {
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    const EXPIRED: &str = "SELECT id FROM messages WHERE expires_at_ms <= ?1";
+    conn.execute(
+        &format!("DELETE FROM message_versions WHERE message_id IN ({EXPIRED})"),
+        [now],
+    )?;
+    for table in ["reactions", "receipts", "pending_receipts"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE message_id IN ({EXPIRED})"),
+            [now],
+        )?;
+    }
+    conn.execute("DELETE FROM messages WHERE expires_at_ms <= ?1", [now])
 }
 
 /// Takes a message out of history (one the server refused to queue), by

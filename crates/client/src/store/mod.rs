@@ -20,6 +20,7 @@ mod inbox;
 pub mod lock;
 mod outbox;
 mod profile;
+mod receipts;
 
 pub use account_watch::*;
 pub use conversations::*;
@@ -27,10 +28,11 @@ pub use history::*;
 pub use inbox::*;
 pub use outbox::*;
 pub use profile::*;
+pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -175,6 +177,9 @@ pub(crate) fn open_keyed(
         if version < 6 {
             tx.execute_batch(MIGRATION_6)?;
         }
+        if version < 7 {
+            tx.execute_batch(MIGRATION_7)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -278,9 +283,19 @@ CREATE TABLE reactions (
 );
 ";
 
-/// Takes a profile back from version 5 to 4, for tests of older profiles.
+/// Takes a profile back from version 5 to 4, for tests of older profiles
+/// (undoing version 7 first; version 6 only adds a table those tests drop
+/// themselves if they care).
 #[cfg(test)]
 pub(crate) const UNDO_MIGRATION_5: &str = "
+DROP INDEX messages_by_expiry;
+ALTER TABLE messages DROP COLUMN expires_at_ms;
+ALTER TABLE messages DROP COLUMN seen;
+ALTER TABLE conversations DROP COLUMN timer_secs;
+DROP TABLE receipts;
+DROP TABLE pending_receipts;
+DROP TABLE receipt_clock;
+DROP TABLE settings;
 DROP TABLE message_versions;
 DROP TABLE reactions;
 ALTER TABLE messages DROP COLUMN mimi;
@@ -298,5 +313,45 @@ const MIGRATION_6: &str = "
 CREATE TABLE IF NOT EXISTS spare_identities (
     public_key BLOB PRIMARY KEY,
     secret BLOB NOT NULL
+);
+";
+
+/// Version 7: disappearing messages.
+const MIGRATION_7: &str = "
+-- The conversation's disappearing-messages timer in seconds; 0: off.
+ALTER TABLE conversations ADD COLUMN timer_secs INTEGER NOT NULL DEFAULT 0;
+-- When the message disappears (milliseconds since the Unix epoch): it is
+-- deleted from every table then, not hidden.
+ALTER TABLE messages ADD COLUMN expires_at_ms INTEGER;
+CREATE INDEX messages_by_expiry ON messages (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+-- Receipts other members sent for this account's messages: the furthest
+-- each member got ('read' replaces 'delivered').
+CREATE TABLE receipts (
+    message_id BLOB NOT NULL,
+    member TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'read')),
+    PRIMARY KEY (message_id, member)
+);
+-- Receipts this device owes, sent in one batch per group once due.
+CREATE TABLE pending_receipts (
+    message_id BLOB NOT NULL,
+    group_id BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'read')),
+    due_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (message_id, state)
+);
+CREATE INDEX pending_receipts_by_due ON pending_receipts (due_at_ms);
+-- When each group was last sent a batch of receipts (the rate limit).
+CREATE TABLE receipt_clock (
+    group_id BLOB PRIMARY KEY,
+    last_sent_ms INTEGER NOT NULL
+);
+-- This device showed the message to its user (a read receipt was queued
+-- if read receipts are on).
+ALTER TABLE messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+-- Profile settings: `read_receipts` ('on' or 'off'; default on).
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 ";

@@ -121,6 +121,17 @@ impl<S: Store> Session<S> {
         pushed
     }
 
+    /// Pushes an ephemeral message: outside the window and the mailbox
+    /// (seq 0, which no entry has; its acknowledgement deletes nothing).
+    pub(super) fn push_ephemeral(
+        &mut self,
+        message_id: MessageId,
+        payload: &[u8],
+    ) -> v1::ServerFrame {
+        self.ctx.metrics.deliveries.inc();
+        delivery(0, message_id, payload.to_vec())
+    }
+
     /// Starts committing an acknowledgement; the connection goes on pushing
     /// meanwhile. A second one waits for the first (backpressure).
     pub(super) async fn acknowledge(&mut self, seqs: Vec<u64>) -> Result<(), StoreError> {

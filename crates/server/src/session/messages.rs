@@ -4,9 +4,11 @@
 use super::parse::{capability_hash, envelope, group_framing, group_id};
 use super::wire_error::{error, mismatched_framing, not_authorized, sent};
 use super::{RequestResult, Session, now_seconds};
+use crate::mailbox_hub::MailboxEvent;
 use crate::store::{CommitSubmission, Enqueued, GroupMessage, Store};
 use sotto_proto::mls_framing::{ContentType, Framing};
 use sotto_proto::v1::{self, ErrorCode};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 impl<S: Store> Session<S> {
@@ -43,7 +45,20 @@ impl<S: Store> Session<S> {
             epoch,
             envelope,
             now: now_seconds(),
+            expires_at: (send.expires_at != 0).then_some(send.expires_at),
         };
+        if send.ephemeral {
+            // Checked like any send, then handed to whichever recipient
+            // connections are open; the answer does not say which were.
+            let recipients = message.envelope.recipients.clone();
+            let event = MailboxEvent::Ephemeral {
+                message_id: message.envelope.message_id,
+                payload: Arc::from(message.envelope.payload.as_slice()),
+            };
+            self.ctx.store.check_send(message).await?;
+            self.ctx.hub.notify(&recipients, &event);
+            return sent(&[]);
+        }
         // The store hands new entries to the hub once committed.
         let queued = if send.more_recipients {
             self.ctx.store.enqueue_more(message).await?

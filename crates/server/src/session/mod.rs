@@ -239,6 +239,10 @@ impl<S: Store> Session<S> {
     pub fn on_event(&mut self, event: MailboxEvent) -> Option<v1::ServerFrame> {
         match event {
             MailboxEvent::Entry(entry) => self.push_new(&entry),
+            MailboxEvent::Ephemeral {
+                message_id,
+                payload,
+            } => Some(self.push_ephemeral(message_id, &payload)),
             MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
                 body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
                     remaining,

@@ -308,6 +308,23 @@ pub trait MailboxStore: Send + Sync + 'static {
         cutoff: UnixSeconds,
     ) -> impl Future<Output = Result<Expired, StoreError>> + Send;
 
+    /// An ephemeral send ([`GroupMessage`] that is delivered only to
+    /// connections open now): checks the group and the capability as
+    /// [`enqueue`](Self::enqueue) does, and stores nothing.
+    fn check_send(
+        &self,
+        message: GroupMessage,
+    ) -> impl Future<Output = Result<(), EnqueueError>> + Send;
+
+    /// Disappearing messages: deletes every message whose `expires_at`
+    /// ([`GroupMessage::expires_at`]) is at or before `now`, with its
+    /// mailbox entries, delivered or not. Returns how many entries were
+    /// deleted.
+    fn expire_disappearing(
+        &self,
+        now: UnixSeconds,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Caps the entries (messages, commits, Welcomes; not missed-messages
     /// notices) one device's mailbox may hold; beyond it the device is
     /// skipped (see [`enqueue`](Self::enqueue)). Default: no cap.

@@ -262,6 +262,10 @@ pub struct GroupMessage {
     pub envelope: Envelope,
     /// When it was queued, for expiry.
     pub now: UnixSeconds,
+    /// Disappearing messages: when it may be deleted though undelivered
+    /// (the sender's coarse bucket of the expiry in the ciphertext).
+    /// `None`: kept for the retention period.
+    pub expires_at: Option<UnixSeconds>,
 }
 
 /// A commit offered to the [`MailboxStore::submit_commit`](super::MailboxStore::submit_commit) sequencer.

@@ -55,6 +55,7 @@ pub async fn export_is_recorded_only_when_delivered<S: OperatorBackend>(store: S
     let g = with_group(&store, "g").await;
     store
         .enqueue(GroupMessage {
+            expires_at: None,
             group_id: g,
             token_hash: TOKEN_HASH,
             epoch: 1,

@@ -434,6 +434,19 @@ fn queue_message(
     if more && placed.queued == 0 && placed.skipped.is_empty() {
         return Ok(duplicate);
     }
+    if let Some(expires_at) = message.expires_at.filter(|_| placed.queued > 0) {
+        // The earliest expiry any frame of the message named.
+        conn.prepare_cached(
+            "UPDATE messages SET expires_at = min(coalesce(expires_at, ?1), ?1) WHERE message_id = ?2",
+        )
+        .and_then(|mut set| {
+            set.execute(params![
+                to_i64(expires_at),
+                message.envelope.message_id.as_bytes().as_slice()
+            ])
+        })
+        .map_err(StoreError::from)?;
+    }
     // At most one write per group and day: the row was just read.
     let today = to_i64(day_of(message.now));
     if group.active_day < today {
@@ -786,6 +799,45 @@ impl MailboxStore for SqliteStore {
                 mailbox_entries: u64::try_from(deleted).unwrap_or(u64::MAX),
                 groups: u64::try_from(groups).unwrap_or(u64::MAX),
             })
+        })
+        .await
+    }
+
+    async fn check_send(&self, message: GroupMessage) -> Result<(), EnqueueError> {
+        let group: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = {
+            let group_id = message.group_id.clone();
+            self.read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT epoch, token_hash, prev_token_hash FROM mls_groups WHERE group_id = ?1",
+                    )?
+                    .query_row([group_id.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?)
+            })
+            .await?
+        };
+        let Some((epoch, token_hash, prev_token_hash)) = group else {
+            return Err(EnqueueError::UnknownGroup(message.group_id));
+        };
+        check_capability(
+            &message,
+            to_u64(epoch),
+            &token_hash,
+            prev_token_hash.as_deref(),
+        )
+    }
+
+    async fn expire_disappearing(&self, now: UnixSeconds) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM mailbox WHERE message_ref IN \
+                 (SELECT id FROM messages WHERE expires_at <= ?1)",
+                [to_i64(now)],
+            )?;
+            conn.execute("DELETE FROM messages WHERE expires_at <= ?1", [to_i64(now)])?;
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
     }

@@ -171,6 +171,13 @@ CREATE TABLE missed (
 );
 CREATE INDEX missed_by_device ON missed(device_num);
 ",
+    // Disappearing messages: the sender's coarse bucket of when the message
+    // may be deleted though undelivered (`SendMessage.expires_at`); NULL
+    // for everything else. The sweep finds them by this index.
+    r"
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX messages_by_expiry ON messages(expires_at) WHERE expires_at IS NOT NULL;
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
