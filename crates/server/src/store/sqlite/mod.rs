@@ -34,7 +34,8 @@ use zeroize::Zeroizing;
 
 use super::{
     AccountIdentity, AccountStore, ActiveDevice, AddDeviceError, AdminStore, CanaryRecord,
-    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
+    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, CountersignatureRecord,
+    DeviceId, DeviceRecord,
     DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, Expired, ExportSnapshot,
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
     KeyPackageStore, LegalStore, LogRecord, LogStore, MAX_MISSED_NOTICES, MailboxEntry,

@@ -171,6 +171,18 @@ CREATE TABLE missed (
 );
 CREATE INDEX missed_by_device ON missed(device_num);
 ",
+    // Third-party auditors' countersignatures of tree heads (`LogStore::
+    // add_countersignature`): the newest few per auditor, served to
+    // clients that require an auditor.
+    r"
+CREATE TABLE countersignatures (
+    auditor_key      BLOB NOT NULL,
+    tree_size        INTEGER NOT NULL,
+    signed_at_ms     INTEGER NOT NULL,
+    countersignature BLOB NOT NULL,
+    PRIMARY KEY (auditor_key, tree_size)
+);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
