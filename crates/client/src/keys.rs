@@ -518,7 +518,21 @@ pub async fn audit(
         _ => return Err(ClientError::Protocol("expected a log head".into())),
     };
     let mut entries = Vec::new();
-    while (entries.len() as u64) < head.tree_size {
+    fetch_entries(&mut t, &mut entries, head.tree_size).await?;
+    let log_key = t.log_key.clone();
+    t.close().await;
+    sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
+        ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
+    })
+}
+
+/// Downloads log entries after those in `entries` until it holds `size`.
+pub(crate) async fn fetch_entries(
+    t: &mut Transport,
+    entries: &mut Vec<sotto_proto::v1::LogEntry>,
+    size: u64,
+) -> Result<(), ClientError> {
+    while (entries.len() as u64) < size {
         let request = sotto_proto::v1::GetLogEntries {
             start: entries.len() as u64,
             count: sotto_proto::MAX_LOG_ENTRIES_PER_REQUEST,
@@ -537,10 +551,6 @@ pub async fn audit(
             }
         }
     }
-    entries.truncate(usize::try_from(head.tree_size).unwrap_or(usize::MAX));
-    let log_key = t.log_key.clone();
-    t.close().await;
-    sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
-        ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
-    })
+    entries.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    Ok(())
 }
