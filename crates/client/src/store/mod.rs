@@ -30,7 +30,9 @@ pub use profile::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 6;
+// Version 7 is reserved for a migration landing in parallel (see
+// `MIGRATION_8`).
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -175,6 +177,9 @@ pub(crate) fn open_keyed(
         if version < 6 {
             tx.execute_batch(MIGRATION_6)?;
         }
+        if version < 8 {
+            tx.execute_batch(MIGRATION_8)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -290,6 +295,17 @@ ALTER TABLE messages DROP COLUMN deleted;
 ";
 
 /// Version 6: identity rotation.
+const MIGRATION_8: &str = "
+-- Third-party auditors this profile requires (`sotto trust-auditor`): a
+-- key-log head the server presents is accepted only with a countersignature
+-- by each, made at most `max_lag_ms` ago. (Numbered 8: 7 was taken by a
+-- migration written at the same time; `IF NOT EXISTS` keeps it idempotent.)
+CREATE TABLE IF NOT EXISTS trusted_auditors (
+    auditor_key BLOB PRIMARY KEY,
+    max_lag_ms INTEGER NOT NULL
+);
+";
+
 const MIGRATION_6: &str = "
 -- Identity keys this device holds besides the profile's: the one it is
 -- rotating the account to, until the log shows the rotation (so a crash
