@@ -13,7 +13,8 @@ use sotto_proto::v1::{
     Countersignature, GetConsistency, GetLogHead, LogEntry, SignedTreeHead,
     SubmitCountersignature, client_frame, response,
 };
-use sotto_transparency::{AuditReport, AuditorKey};
+pub use sotto_transparency::AuditorKey;
+use sotto_transparency::AuditReport;
 
 use crate::ClientError;
 use crate::endpoint::Trust;
