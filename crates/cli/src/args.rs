@@ -129,9 +129,7 @@ pub(crate) enum Command {
     /// Make an auditor key (Ed25519) in KEYFILE, readable only by you, and
     /// print its public key (give it to the server's users); with an
     /// existing KEYFILE, print its public key.
-    AuditorKey {
-        keyfile: std::path::PathBuf,
-    },
+    AuditorKey { keyfile: std::path::PathBuf },
     /// Require a third-party auditor: from now on a key-log head the server
     /// presents is refused unless that auditor countersigned it (or a head
     /// it extends) within --max-lag.

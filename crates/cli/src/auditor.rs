@@ -105,7 +105,10 @@ pub(crate) async fn follow(
                 bail!("{server} forked its key log; stopped");
             }
             Err(FollowError::Client(e)) if e.is_transient() && follower.head().is_some() => {
-                eprintln!("warning: {e}; trying again in {}s", interval.unwrap_or_default().as_secs());
+                eprintln!(
+                    "warning: {e}; trying again in {}s",
+                    interval.unwrap_or_default().as_secs()
+                );
             }
             Err(FollowError::Client(e)) => return Err(e.into()),
         }

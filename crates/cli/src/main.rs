@@ -198,11 +198,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::AuditorKey { keyfile } => {
             let (public, created) = auditor::make_key(&keyfile)?;
             let text = if created {
-                format!("auditor key written to {}; its public key: {public}", keyfile.display())
+                format!(
+                    "auditor key written to {}; its public key: {public}",
+                    keyfile.display()
+                )
             } else {
-                format!("auditor key in {}; its public key: {public}", keyfile.display())
+                format!(
+                    "auditor key in {}; its public key: {public}",
+                    keyfile.display()
+                )
             };
-            out.line(&text, &serde_json::json!({ "public_key": public, "created": created }));
+            out.line(
+                &text,
+                &serde_json::json!({ "public_key": public, "created": created }),
+            );
         }
         Command::TrustAuditor {
             pubkey,
@@ -218,7 +227,10 @@ async fn run(cli: Cli) -> Result<()> {
                 } else {
                     format!("auditor {} was not required", hex::encode(&key))
                 };
-                out.line(&text, &serde_json::json!({ "auditor": hex::encode(&key), "removed": removed }));
+                out.line(
+                    &text,
+                    &serde_json::json!({ "auditor": hex::encode(&key), "removed": removed }),
+                );
             } else {
                 client.trust_auditor(&key, max_lag)?;
                 out.line(

@@ -10,11 +10,11 @@
 //! show. Time comes in as an argument; the CLI loops over `step`.
 
 use sotto_proto::v1::{
-    Countersignature, GetConsistency, GetLogHead, LogEntry, SignedTreeHead,
-    SubmitCountersignature, client_frame, response,
+    Countersignature, GetConsistency, GetLogHead, LogEntry, SignedTreeHead, SubmitCountersignature,
+    client_frame, response,
 };
-pub use sotto_transparency::AuditorKey;
 use sotto_transparency::AuditReport;
+pub use sotto_transparency::AuditorKey;
 
 use crate::ClientError;
 use crate::endpoint::Trust;
@@ -213,7 +213,9 @@ impl Follower {
                 .await?
             {
                 response::Result::Consistency(proof) => proof.path,
-                _ => return Err(ClientError::Protocol("expected a consistency proof".into()).into()),
+                _ => {
+                    return Err(ClientError::Protocol("expected a consistency proof".into()).into());
+                }
             }
         };
         sotto_transparency::verify_consistency(audited, new, &path).map_err(|e| fork(e.to_string()))

@@ -16,8 +16,7 @@ use sotto_core::safety::SafetyNumber;
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     AccountLog, ErrorCode, GetAccountLog, GetConsistency, GetCountersignatures, GetLogHead,
-    SignedTreeHead, client_frame,
-    response,
+    SignedTreeHead, client_frame, response,
 };
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};

@@ -14,10 +14,9 @@
 use sotto_proto::v1::MissedMessages;
 use sotto_server::store::{
     AccountStore, AddDeviceError, CommitError, CommitSubmission, CountersignatureRecord, DeviceId,
-    DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, IdentityRotation,
-    MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued, RegisterError,
-    RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    IdentityRotation, MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
+    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.

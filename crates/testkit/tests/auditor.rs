@@ -20,8 +20,8 @@ use sotto_client::{ClientError, Trust};
 use sotto_proto::v1::{
     self, Countersignature, ErrorCode, SignedTreeHead, client_frame::Body, response,
 };
-use sotto_testkit::wire::{assert_done, assert_error};
 use sotto_proto::v1::{ServerFrame, server_frame};
+use sotto_testkit::wire::{assert_done, assert_error};
 use sotto_testkit::{ConnView, HostileProxy, TestServer, register, within};
 use sotto_transparency::{LogKey, verify_countersignature};
 use std::sync::Arc;
@@ -49,12 +49,7 @@ fn operator_db(server: &TestServer) -> rusqlite::Connection {
 }
 
 fn follower(url: &str) -> Follower {
-    Follower::new(
-        url,
-        &Trust::web_roots(),
-        AuditorKey::generate(),
-        None,
-    )
+    Follower::new(url, &Trust::web_roots(), AuditorKey::generate(), None)
 }
 
 /// What the server serves for `auditor` at `max_tree_size`.
@@ -75,7 +70,11 @@ async fn served(server: &TestServer, auditor: &[u8], max_tree_size: u64) -> Vec<
 async fn log_head(server: &TestServer) -> (SignedTreeHead, Vec<u8>) {
     let mut raw = server.connect().await;
     let log_key = raw.log_key.clone();
-    match raw.request(Body::GetLogHead(v1::GetLogHead {})).await.result {
+    match raw
+        .request(Body::GetLogHead(v1::GetLogHead {}))
+        .await
+        .result
+    {
         Some(response::Result::LogHead(head)) => (head, log_key),
         other => panic!("expected a head, got {other:?}"),
     }
@@ -127,9 +126,11 @@ async fn an_auditor_follows_a_server_and_countersigns_every_step() {
         verify_countersignature(&log_key, &newest[0]).unwrap();
         let older = served(&server, &auditor_key, second.head.tree_size - 1).await;
         assert_eq!(older, vec![first.countersignature]);
-        assert!(served(&server, &auditor_key, first.head.tree_size - 1)
-            .await
-            .is_empty());
+        assert!(
+            served(&server, &auditor_key, first.head.tree_size - 1)
+                .await
+                .is_empty()
+        );
         assert!(served(&server, &[7; 32], u64::MAX >> 2).await.is_empty());
     })
     .await;
@@ -282,7 +283,11 @@ async fn countersignatures_of_heads_the_server_never_signed_are_refused_and_forg
             let response = raw.request(submit(countersignature)).await;
             assert_error(&response, ErrorCode::InvalidRequest);
         }
-        assert!(served(&server, &key.public(), head.tree_size).await.is_empty());
+        assert!(
+            served(&server, &key.public(), head.tree_size)
+                .await
+                .is_empty()
+        );
         assert_done(
             &raw.request(submit(key.countersign(&log_key, &head, now_ms())))
                 .await,
@@ -308,7 +313,10 @@ async fn countersignatures_of_heads_the_server_never_signed_are_refused_and_forg
                 ],
             )
             .unwrap();
-        assert_eq!(served(&server, &trusted.public(), head.tree_size).await, vec![forged]);
+        assert_eq!(
+            served(&server, &trusted.public(), head.tree_size).await,
+            vec![forged]
+        );
         alice
             .trust_auditor(&trusted.public(), Duration::from_secs(3600))
             .unwrap();

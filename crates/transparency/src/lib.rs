@@ -74,8 +74,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub use sotto_proto::v1::{
-    AccountEvent, AccountLog, ConsistencyProof, Countersignature, IdentityRotated, LogEntry, ProvenEntry,
-    SignedTreeHead, account_event,
+    AccountEvent, AccountLog, ConsistencyProof, Countersignature, IdentityRotated, LogEntry,
+    ProvenEntry, SignedTreeHead, account_event,
 };
 
 /// A SHA-256 Merkle tree hash.

@@ -81,8 +81,7 @@ impl<S: Store> Session<S> {
                     format!("the countersignature is refused: {e}"),
                 )
             })?;
-        if countersignature.signed_at_ms > now_ms().saturating_add(COUNTERSIGNATURE_CLOCK_SKEW_MS)
-        {
+        if countersignature.signed_at_ms > now_ms().saturating_add(COUNTERSIGNATURE_CLOCK_SKEW_MS) {
             return Err(error(
                 ErrorCode::InvalidRequest,
                 "the countersignature is dated in the future: check the auditor's clock",
