@@ -288,6 +288,13 @@ async fn countersignatures_of_heads_the_server_never_signed_are_refused_and_forg
                 .await
                 .is_empty()
         );
+        let too_many = raw
+            .request(Body::GetCountersignatures(v1::GetCountersignatures {
+                max_tree_size: head.tree_size,
+                auditor_keys: vec![vec![1; 32]; sotto_proto::MAX_AUDITORS_PER_REQUEST + 1],
+            }))
+            .await;
+        assert_error(&too_many, ErrorCode::InvalidRequest);
         assert_done(
             &raw.request(submit(key.countersign(&log_key, &head, now_ms())))
                 .await,
