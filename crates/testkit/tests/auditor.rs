@@ -142,28 +142,36 @@ async fn a_client_requiring_an_auditor_refuses_heads_without_a_fresh_countersign
         let server = TestServer::start().await;
         let (mut alice, _a) = register(&server.url(), "alice").await;
         let (_bob, _b) = register(&server.url(), "bob").await;
+        const HOUR_MS: u64 = 3_600_000;
         let mut auditor = follower(&server.url());
-        auditor.step(now_ms()).await.unwrap();
-
+        // The auditor last countersigned two hours ago; alice allows one.
+        auditor.step(now_ms() - 2 * HOUR_MS).await.unwrap();
         alice
-            .trust_auditor(&auditor.public_key(), Duration::from_secs(2))
+            .trust_auditor(&auditor.public_key(), Duration::from_secs(3600))
             .unwrap();
-        alice.safety_number("bob", false).await.unwrap();
-
-        // A head the auditor has not reached yet is accepted while it
-        // extends a head the auditor countersigned recently.
-        let (_carol, _c) = register(&server.url(), "carol").await;
-        alice.safety_number("carol", false).await.unwrap();
-
-        // The auditor stops: once its countersignature is older than the
-        // lag, heads are refused; when it catches up, accepted again.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_refused(
             alice.safety_number("bob", false).await,
             "no fresh countersignature",
         );
+
+        // The auditor catches up: accepted.
         auditor.step(now_ms()).await.unwrap();
+        alice.safety_number("bob", false).await.unwrap();
+
+        // A head the auditor has not reached yet is accepted while it
+        // extends a head the auditor countersigned within the lag.
+        let (_carol, _c) = register(&server.url(), "carol").await;
         alice.safety_number("carol", false).await.unwrap();
+
+        // The newest countersignature the server holds is older than the
+        // lag (the auditor's clock put it two hours back, as if it had
+        // stopped then): refused again.
+        let (_dave, _d) = register(&server.url(), "dave").await;
+        auditor.step(now_ms() - 2 * HOUR_MS).await.unwrap();
+        assert_refused(
+            alice.safety_number("dave", false).await,
+            "no fresh countersignature",
+        );
 
         // An auditor that never countersigned anything: refused.
         alice
