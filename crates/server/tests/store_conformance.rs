@@ -1266,12 +1266,12 @@ mod log_cases {
         assert_eq!(store.countersignature(&[1; 32], 100).await.unwrap(), None);
         for size in 1..=5 {
             store
-                .add_countersignature(countersignature(1, size, size * 10), 3)
+                .add_countersignature(countersignature(1, size, size * 10), 3, 0)
                 .await
                 .unwrap();
         }
         store
-            .add_countersignature(countersignature(2, 2, 7), 3)
+            .add_countersignature(countersignature(2, 2, 7), 3, 0)
             .await
             .unwrap();
         // The newest of at most the size asked, per auditor.
@@ -1288,17 +1288,28 @@ mod log_cases {
         assert_eq!(store.countersignature(&[1; 32], 2).await.unwrap(), None);
         // The same size signed again later replaces it; earlier does not.
         store
-            .add_countersignature(countersignature(1, 5, 99), 3)
+            .add_countersignature(countersignature(1, 5, 99), 3, 0)
             .await
             .unwrap();
         store
-            .add_countersignature(countersignature(1, 5, 60), 3)
+            .add_countersignature(countersignature(1, 5, 60), 3, 0)
             .await
             .unwrap();
         assert_eq!(
             store.countersignature(&[1; 32], 5).await.unwrap(),
             Some(countersignature(1, 5, 99))
         );
+        // Everything signed before the cutoff goes, whoever signed it.
+        store
+            .add_countersignature(countersignature(3, 1, 200), 3, 60)
+            .await
+            .unwrap();
+        assert_eq!(store.countersignature(&[2; 32], 100).await.unwrap(), None);
+        assert_eq!(
+            store.countersignature(&[1; 32], 100).await.unwrap(),
+            Some(countersignature(1, 5, 99))
+        );
+        assert_eq!(store.countersignature(&[1; 32], 4).await.unwrap(), None);
     }
 }
 

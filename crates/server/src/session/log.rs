@@ -13,6 +13,10 @@ use sotto_proto::v1::{self, ErrorCode, response};
 /// Countersignatures kept per auditor: the newest by tree size.
 pub(crate) const COUNTERSIGNATURES_KEPT: usize = 8;
 
+/// Countersignatures older than this are deleted: no client accepts a
+/// lag this long, and keys that countersign once do not pile up.
+const COUNTERSIGNATURES_EXPIRE_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// How far in the future (by the server's clock) a countersignature may be
 /// dated: clocks differ a little, not by hours.
 const COUNTERSIGNATURE_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
@@ -84,7 +88,8 @@ impl<S: Store> Session<S> {
         if countersignature.signed_at_ms > now_ms().saturating_add(COUNTERSIGNATURE_CLOCK_SKEW_MS) {
             return Err(error(
                 ErrorCode::InvalidRequest,
-                "the countersignature is dated in the future: check the auditor's clock",
+                "the countersignature is dated in the future or over 30 days ago: check the \
+                 auditor's clock",
             ));
         }
         if !self
@@ -115,7 +120,11 @@ impl<S: Store> Session<S> {
         };
         self.ctx
             .store
-            .add_countersignature(record, COUNTERSIGNATURES_KEPT)
+            .add_countersignature(
+                record,
+                COUNTERSIGNATURES_KEPT,
+                now_ms().saturating_sub(COUNTERSIGNATURES_EXPIRE_MS),
+            )
             .await?;
         done()
     }

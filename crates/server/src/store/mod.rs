@@ -345,12 +345,14 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Stores an auditor's countersignature (checked by the caller),
     /// replacing one of the same auditor and tree size that was signed
-    /// earlier, and keeps only the auditor's `keep` newest (by tree size,
-    /// then signing time).
+    /// earlier, and keeps only the auditor's `keep` newest (by tree size).
+    /// Countersignatures of any auditor signed before `expire_before_ms`
+    /// are deleted (auditors that stopped, or keys used once).
     fn add_countersignature(
         &self,
         record: CountersignatureRecord,
         keep: usize,
+        expire_before_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The auditor's newest countersignature (largest tree size, then

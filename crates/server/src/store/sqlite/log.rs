@@ -80,6 +80,7 @@ impl LogStore for SqliteStore {
         &self,
         record: CountersignatureRecord,
         keep: usize,
+        expire_before_ms: u64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
@@ -104,6 +105,8 @@ impl LogStore for SqliteStore {
                 record.auditor_key,
                 i64::try_from(keep).unwrap_or(i64::MAX)
             ])?;
+            conn.prepare_cached("DELETE FROM countersignatures WHERE signed_at_ms < ?1")?
+                .execute([to_i64(expire_before_ms)])?;
             Ok(())
         })
         .await

@@ -182,6 +182,7 @@ CREATE TABLE countersignatures (
     countersignature BLOB NOT NULL,
     PRIMARY KEY (auditor_key, tree_size)
 );
+CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
 ",
 ];
 
