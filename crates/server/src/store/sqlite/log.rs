@@ -1,6 +1,7 @@
 //! The transparency log's leaves and signing key.
 
 use super::*;
+use crate::store::CountersignatureRecord;
 
 /// Name of the log signing key in `server_keys`.
 pub(super) const LOG_KEY_NAME: &str = "log";

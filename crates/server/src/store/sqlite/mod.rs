@@ -34,13 +34,13 @@ use zeroize::Zeroizing;
 
 use super::{
     AccountIdentity, AccountStore, ActiveDevice, AddDeviceError, AdminStore, CanaryRecord,
-    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, CountersignatureRecord,
-    DeviceId, DeviceRecord, DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope,
-    Expired, ExportSnapshot, ExportedAccount, ExportedDevice, GroupId, GroupMessage,
-    KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore,
-    MAX_MISSED_NOTICES, MailboxEntry, MailboxStore, MessageId, NewAccount, NewDevice, NewEntry,
-    Queued, RegisterError, RemoveDeviceError, ReportRecord, SignedDevice, Store, StoreError,
-    StoreStats, UnixDay, UnixSeconds, check_capability, day_of,
+    ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
+    DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, Expired, ExportSnapshot,
+    ExportedAccount, ExportedDevice, GroupId, GroupMessage, KeyPackageBundle, KeyPackageStatus,
+    KeyPackageStore, LegalStore, LogRecord, LogStore, MAX_MISSED_NOTICES, MailboxEntry,
+    MailboxStore, MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError,
+    RemoveDeviceError, ReportRecord, SignedDevice, Store, StoreError, StoreStats, UnixDay,
+    UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
