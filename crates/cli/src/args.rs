@@ -146,8 +146,37 @@ pub(crate) enum Command {
         /// announces another.
         #[arg(long, value_name = "HEX")]
         log_key: Option<String>,
+        /// Act as a third-party auditor: after the full audit, keep
+        /// following the server, checking every new head extends the last
+        /// (stopping with a FORK report if not) and replaying new entries.
+        #[arg(long, requires = "sign")]
+        follow: bool,
+        /// Countersign every head audited with this auditor key (made by
+        /// `sotto auditor-key`) and hand the countersignature to the server.
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<std::path::PathBuf>,
+        /// With --follow: how long to wait between rounds.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: std::time::Duration,
         #[command(flatten)]
         trust: TrustArgs,
+    },
+    /// Make an auditor key (Ed25519) in KEYFILE, readable only by you, and
+    /// print its public key (give it to the server's users); with an
+    /// existing KEYFILE, print its public key.
+    AuditorKey { keyfile: std::path::PathBuf },
+    /// Require a third-party auditor: from now on a key-log head the server
+    /// presents is refused unless that auditor countersigned it (or a head
+    /// it extends) within --max-lag.
+    TrustAuditor {
+        /// The auditor's public key (64 hex digits, from the auditor).
+        pubkey: String,
+        /// How old the auditor's newest countersignature may be.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        max_lag: std::time::Duration,
+        /// Stop requiring this auditor instead.
+        #[arg(long)]
+        remove: bool,
     },
     /// Fetch and check a server's warrant canary (a dated statement signed by
     /// its operator).

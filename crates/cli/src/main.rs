@@ -2,6 +2,7 @@
 //! work over one connection, prints the result and exits; `listen` stays.
 
 mod args;
+mod auditor;
 mod output;
 mod profile;
 
@@ -236,7 +237,78 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Audit {
             server,
             log_key,
+            follow,
+            sign: Some(keyfile),
+            interval,
             trust,
+        } => {
+            let log_key = log_key
+                .map(|key| hex::decode(key.trim()).context("--log-key is not hex"))
+                .transpose()?;
+            let key = auditor::load_key(&keyfile)?;
+            auditor::follow(
+                &out,
+                &server,
+                &trust.trust()?,
+                key,
+                log_key.as_deref(),
+                follow.then_some(interval),
+            )
+            .await?;
+        }
+        Command::AuditorKey { keyfile } => {
+            let (public, created) = auditor::make_key(&keyfile)?;
+            let text = if created {
+                format!(
+                    "auditor key written to {}; its public key: {public}",
+                    keyfile.display()
+                )
+            } else {
+                format!(
+                    "auditor key in {}; its public key: {public}",
+                    keyfile.display()
+                )
+            };
+            out.line(
+                &text,
+                &serde_json::json!({ "public_key": public, "created": created }),
+            );
+        }
+        Command::TrustAuditor {
+            pubkey,
+            max_lag,
+            remove,
+        } => {
+            let key = hex::decode(pubkey.trim()).context("the auditor key is not hex")?;
+            let mut client = open(&profile)?;
+            if remove {
+                let removed = client.distrust_auditor(&key)?;
+                let text = if removed {
+                    format!("auditor {} is no longer required", hex::encode(&key))
+                } else {
+                    format!("auditor {} was not required", hex::encode(&key))
+                };
+                out.line(
+                    &text,
+                    &serde_json::json!({ "auditor": hex::encode(&key), "removed": removed }),
+                );
+            } else {
+                client.trust_auditor(&key, max_lag)?;
+                out.line(
+                    &format!(
+                        "key-log heads now need a countersignature by auditor {} at most {} minutes old",
+                        hex::encode(&key),
+                        max_lag.as_secs() / 60
+                    ),
+                    &serde_json::json!({ "auditor": hex::encode(&key), "max_lag_secs": max_lag.as_secs() }),
+                );
+            }
+        }
+        Command::Audit {
+            server,
+            log_key,
+            trust,
+            ..
         } => {
             let log_key = log_key
                 .map(|key| hex::decode(key.trim()).context("--log-key is not hex"))

@@ -754,3 +754,59 @@ fn timers_receipts_and_typing_on_the_command_line() {
         false
     );
 }
+
+#[test]
+fn an_auditor_countersigns_and_a_user_requires_it() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let (alice, bob, auditor) = (
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+    );
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
+    ok(bob.path(), &["register", "bob", "--server", server.url()]);
+
+    let keyfile = auditor.path().join("auditor.key");
+    let keyfile = keyfile.to_str().unwrap();
+    let made = &json_lines(&ok(auditor.path(), &["--json", "auditor-key", keyfile]))[0];
+    assert_eq!(made["created"], true);
+    let public = made["public_key"].as_str().unwrap().to_owned();
+    assert_eq!(public.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(keyfile).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = &json_lines(&ok(auditor.path(), &["--json", "auditor-key", keyfile]))[0];
+    assert_eq!(
+        (&again["created"], again["public_key"].as_str()),
+        (&serde_json::json!(false), Some(public.as_str()))
+    );
+
+    // One round (no --follow): audit and countersign.
+    let round = &json_lines(&ok(
+        auditor.path(),
+        &["--json", "audit", server.url(), "--sign", keyfile],
+    ))[0];
+    assert!(round["tree_size"].as_u64().unwrap() >= 2, "{round}");
+
+    ok(alice.path(), &["trust-auditor", &public, "--max-lag", "1h"]);
+    ok(alice.path(), &["verify", "bob"]);
+    // An auditor that never countersigned: every head is refused.
+    ok(alice.path(), &["trust-auditor", &"ab".repeat(32)]);
+    let err = fails(alice.path(), &["verify", "bob"]);
+    assert!(
+        err.contains("WARNING") && err.contains("no fresh countersignature"),
+        "{err}"
+    );
+    ok(
+        alice.path(),
+        &["trust-auditor", &"ab".repeat(32), "--remove"],
+    );
+    ok(alice.path(), &["verify", "bob"]);
+}

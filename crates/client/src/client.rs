@@ -192,6 +192,39 @@ impl Client {
         self.key_log.max_head_age = age;
     }
 
+    /// Requires the third-party auditor `auditor_key` (32 bytes): from now
+    /// on a key-log head the server presents is accepted only with that
+    /// auditor's countersignature, made at most `max_lag` ago, of it or of
+    /// an older head it extends. Again with another lag changes the lag.
+    pub fn trust_auditor(
+        &mut self,
+        auditor_key: &[u8],
+        max_lag: std::time::Duration,
+    ) -> Result<(), ClientError> {
+        if auditor_key.len() != 32 {
+            return Err(ClientError::Usage(
+                "an auditor key is 32 bytes (64 hex digits), as `sotto auditor-key` prints it"
+                    .into(),
+            ));
+        }
+        let lag = u64::try_from(max_lag.as_millis()).unwrap_or(u64::MAX);
+        store::trust_auditor(&self.profile.db, auditor_key, lag)?;
+        Ok(())
+    }
+
+    /// Stops requiring the auditor; `false` if it was not required.
+    pub fn distrust_auditor(&mut self, auditor_key: &[u8]) -> Result<bool, ClientError> {
+        Ok(store::distrust_auditor(&self.profile.db, auditor_key)?)
+    }
+
+    /// The auditors this profile requires, each with its allowed lag.
+    pub fn trusted_auditors(&self) -> Result<Vec<(Vec<u8>, std::time::Duration)>, ClientError> {
+        Ok(store::trusted_auditors(&self.profile.db)?
+            .into_iter()
+            .map(|(key, lag)| (key, std::time::Duration::from_millis(lag)))
+            .collect())
+    }
+
     /// The server's log key this profile pinned: what to give others as
     /// a second source (`sotto audit --log-key`, `sotto canary --log-key`).
     pub fn log_key(&self) -> &[u8] {

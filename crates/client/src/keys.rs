@@ -15,8 +15,8 @@ use sotto_core::identity::{MemberId, Username};
 use sotto_core::safety::SafetyNumber;
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AccountLog, ErrorCode, GetAccountLog, GetConsistency, GetLogHead, SignedTreeHead, client_frame,
-    response,
+    AccountLog, ErrorCode, GetAccountLog, GetConsistency, GetCountersignatures, GetLogHead,
+    SignedTreeHead, client_frame, response,
 };
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};
@@ -272,6 +272,11 @@ impl KeyLog {
     ) -> Result<(), ClientError> {
         sotto_transparency::verify_head(&self.log_key, head)
             .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
+        if source == HeadSource::Server {
+            let auditors = store::trusted_auditors(&profile.db)?;
+            self.check_countersigned(&auditors, anonymous, head, now_ms())
+                .await?;
+        }
         let Some(pinned) = pinned_head(&profile.db)? else {
             store::save_log_head(&profile.db, &head.encode_to_vec())?;
             return Ok(());
@@ -321,6 +326,87 @@ impl KeyLog {
                 && head.timestamp_ms > pinned.timestamp_ms.saturating_add(REPIN_AFTER_MS))
         {
             store::save_log_head(&profile.db, &head.encode_to_vec())?;
+        }
+        Ok(())
+    }
+}
+
+impl KeyLog {
+    /// With auditors required (`sotto trust-auditor`), checks that each
+    /// countersigned, at most its allowed lag before `now_ms`, either
+    /// `head` itself or an older head that `head` extends (a consistency
+    /// proof). A server showing a log the auditor has not seen (a fork)
+    /// can then do so for at most the lag. Countersignatures that do not
+    /// verify are ignored.
+    async fn check_countersigned(
+        &self,
+        auditors: &[(Vec<u8>, u64)],
+        anonymous: &mut Anonymous<'_>,
+        head: &SignedTreeHead,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        if auditors.is_empty() {
+            return Ok(());
+        }
+        let request = GetCountersignatures {
+            max_tree_size: head.tree_size,
+            auditor_keys: auditors.iter().map(|(key, _)| key.clone()).collect(),
+        };
+        let offered = match anonymous
+            .request(client_frame::Body::GetCountersignatures(request))
+            .await?
+        {
+            response::Result::Countersignatures(c) => c.countersignatures,
+            _ => return Err(ClientError::Protocol("expected countersignatures".into())),
+        };
+        for (auditor, max_lag_ms) in auditors {
+            let fresh = offered.iter().find(|c| {
+                &c.auditor_key == auditor
+                    && c.tree_size <= head.tree_size
+                    && now_ms.saturating_sub(c.signed_at_ms) <= *max_lag_ms
+                    && sotto_transparency::verify_countersignature(&self.log_key, c).is_ok()
+            });
+            let refused = |why: String| {
+                ClientError::KeyLog(format!(
+                    "the server's key-log head ({} entries) is refused: {why}. You required \
+                     auditor {} (sotto trust-auditor) to vouch for it within {} minutes; the \
+                     server may be showing you a log the auditor has not checked, or the \
+                     auditor has stopped",
+                    head.tree_size,
+                    hex::encode(auditor),
+                    max_lag_ms / 60_000
+                ))
+            };
+            let Some(countersignature) = fresh else {
+                return Err(refused("no fresh countersignature by that auditor".into()));
+            };
+            let audited = SignedTreeHead {
+                tree_size: countersignature.tree_size,
+                root_hash: countersignature.root_hash.clone(),
+                ..Default::default()
+            };
+            let path = if audited.tree_size == 0 || audited.tree_size == head.tree_size {
+                Vec::new()
+            } else {
+                let request = GetConsistency {
+                    old_size: audited.tree_size,
+                    new_size: head.tree_size,
+                };
+                match anonymous
+                    .request(client_frame::Body::GetConsistency(request))
+                    .await?
+                {
+                    response::Result::Consistency(proof) => proof.path,
+                    _ => return Err(ClientError::Protocol("expected a consistency proof".into())),
+                }
+            };
+            sotto_transparency::verify_consistency(&audited, head, &path).map_err(|e| {
+                refused(format!(
+                    "it does not extend the head of {} entries the auditor countersigned ({e}): \
+                     the key log forked",
+                    audited.tree_size
+                ))
+            })?;
         }
         Ok(())
     }
@@ -518,7 +604,21 @@ pub async fn audit(
         _ => return Err(ClientError::Protocol("expected a log head".into())),
     };
     let mut entries = Vec::new();
-    while (entries.len() as u64) < head.tree_size {
+    fetch_entries(&mut t, &mut entries, head.tree_size).await?;
+    let log_key = t.log_key.clone();
+    t.close().await;
+    sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
+        ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
+    })
+}
+
+/// Downloads log entries after those in `entries` until it holds `size`.
+pub(crate) async fn fetch_entries(
+    t: &mut Transport,
+    entries: &mut Vec<sotto_proto::v1::LogEntry>,
+    size: u64,
+) -> Result<(), ClientError> {
+    while (entries.len() as u64) < size {
         let request = sotto_proto::v1::GetLogEntries {
             start: entries.len() as u64,
             count: sotto_proto::MAX_LOG_ENTRIES_PER_REQUEST,
@@ -537,10 +637,6 @@ pub async fn audit(
             }
         }
     }
-    entries.truncate(usize::try_from(head.tree_size).unwrap_or(usize::MAX));
-    let log_key = t.log_key.clone();
-    t.close().await;
-    sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
-        ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
-    })
+    entries.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    Ok(())
 }

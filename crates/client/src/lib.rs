@@ -9,6 +9,7 @@
 //! state change that produced it, and resent after a crash with the same
 //! message id, which the server de-duplicates.
 
+pub mod auditor;
 pub mod canary;
 mod chat;
 mod client;

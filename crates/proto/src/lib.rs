@@ -69,6 +69,13 @@ pub const LOG_EVENT_CONTEXT: &[u8] = b"sotto-log-event-v1";
 pub const LOG_AUTHOR_CONTEXT: &[u8] = b"sotto-log-author-v1";
 /// Domain separator for the log key's signature over a tree head.
 pub const TREE_HEAD_CONTEXT: &[u8] = b"sotto-tree-head-v1";
+/// Domain separation for an auditor's countersignature of a tree head
+/// ([`countersign_transcript`]).
+pub const COUNTERSIGN_CONTEXT: &[u8] = b"sotto-countersign-v1";
+
+/// Most auditors one `GetCountersignatures` may name.
+pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
+
 /// Most log entries one `GetLogEntries` returns.
 pub const MAX_LOG_ENTRIES_PER_REQUEST: u32 = 1000;
 /// Length of a device-link id.
@@ -150,6 +157,27 @@ pub fn tree_head_transcript(tree_size: u64, root_hash: &[u8], timestamp_ms: u64)
     out.extend_from_slice(&tree_size.to_be_bytes());
     out.extend_from_slice(root_hash);
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out
+}
+
+/// What an auditor signs: that the log under `log_key` had `tree_size`
+/// entries with root `root_hash` in the head the server signed at
+/// `head_timestamp_ms`, checked by the auditor at `signed_at_ms`.
+pub fn countersign_transcript(
+    log_key: &[u8],
+    tree_size: u64,
+    root_hash: &[u8],
+    head_timestamp_ms: u64,
+    signed_at_ms: u64,
+) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(COUNTERSIGN_CONTEXT.len() + log_key.len() + 24 + root_hash.len());
+    out.extend_from_slice(COUNTERSIGN_CONTEXT);
+    out.extend_from_slice(log_key);
+    out.extend_from_slice(&tree_size.to_be_bytes());
+    out.extend_from_slice(root_hash);
+    out.extend_from_slice(&head_timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&signed_at_ms.to_be_bytes());
     out
 }
 

@@ -22,7 +22,7 @@ use crate::store::{LogRecord, Store, StoreError};
 const CATCH_UP_BATCH: usize = 1000;
 
 /// Milliseconds since the Unix epoch, from the system clock.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -152,6 +152,23 @@ impl TransparencyLog {
                 path,
             })
             .map_err(|e| e.to_string()))
+    }
+
+    /// Whether the log, at `tree_size` entries, has root `root`: whether
+    /// this server signed (or could sign) a head of that size and root.
+    pub async fn has_root<S: Store>(
+        &self,
+        store: &S,
+        tree_size: u64,
+        root: &[u8],
+    ) -> Result<bool, StoreError> {
+        let tree = self.caught_up(store).await?;
+        if tree_size > tree.len() {
+            return Ok(false);
+        }
+        Ok(tree
+            .root_at(tree_size)
+            .is_ok_and(|ours| ours.as_slice() == root))
     }
 
     /// Up to `count` leaves from `start` (at most

@@ -13,10 +13,10 @@
 
 use sotto_proto::v1::MissedMessages;
 use sotto_server::store::{
-    AccountStore, AddDeviceError, CommitError, CommitSubmission, DeviceId, DeviceRemoval,
-    EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage, IdentityRotation,
-    MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued, RegisterError,
-    RemoveDeviceError, SignedDevice, SqliteStore, Store,
+    AccountStore, AddDeviceError, CommitError, CommitSubmission, CountersignatureRecord, DeviceId,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    IdentityRotation, MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
+    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
 
 /// The conformance cases, each a function of a fresh, empty store.
@@ -1344,6 +1344,65 @@ mod log_cases {
             .unwrap();
         assert_eq!(*second, [1; 32]);
     }
+
+    fn countersignature(auditor: u8, tree_size: u64, signed_at_ms: u64) -> CountersignatureRecord {
+        CountersignatureRecord {
+            auditor_key: vec![auditor; 32],
+            tree_size,
+            signed_at_ms,
+            countersignature: vec![auditor, 0xc5, tree_size as u8, signed_at_ms as u8],
+        }
+    }
+
+    pub async fn countersignatures_keep_the_newest_per_auditor<S: Store>(store: S) {
+        assert_eq!(store.countersignature(&[1; 32], 100).await.unwrap(), None);
+        for size in 1..=5 {
+            store
+                .add_countersignature(countersignature(1, size, size * 10), 3, 0)
+                .await
+                .unwrap();
+        }
+        store
+            .add_countersignature(countersignature(2, 2, 7), 3, 0)
+            .await
+            .unwrap();
+        // The newest of at most the size asked, per auditor.
+        let newest = store.countersignature(&[1; 32], 100).await.unwrap();
+        assert_eq!(newest, Some(countersignature(1, 5, 50)));
+        let at_4 = store.countersignature(&[1; 32], 4).await.unwrap();
+        assert_eq!(at_4, Some(countersignature(1, 4, 40)));
+        assert_eq!(
+            store.countersignature(&[2; 32], 100).await.unwrap(),
+            Some(countersignature(2, 2, 7))
+        );
+        assert_eq!(store.countersignature(&[2; 32], 1).await.unwrap(), None);
+        // Only the 3 newest of auditor 1 are kept.
+        assert_eq!(store.countersignature(&[1; 32], 2).await.unwrap(), None);
+        // The same size signed again later replaces it; earlier does not.
+        store
+            .add_countersignature(countersignature(1, 5, 99), 3, 0)
+            .await
+            .unwrap();
+        store
+            .add_countersignature(countersignature(1, 5, 60), 3, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.countersignature(&[1; 32], 5).await.unwrap(),
+            Some(countersignature(1, 5, 99))
+        );
+        // Everything signed before the cutoff goes, whoever signed it.
+        store
+            .add_countersignature(countersignature(3, 1, 200), 3, 60)
+            .await
+            .unwrap();
+        assert_eq!(store.countersignature(&[2; 32], 100).await.unwrap(), None);
+        assert_eq!(
+            store.countersignature(&[1; 32], 100).await.unwrap(),
+            Some(countersignature(1, 5, 99))
+        );
+        assert_eq!(store.countersignature(&[1; 32], 4).await.unwrap(), None);
+    }
 }
 
 #[path = "store_conformance/operator.rs"]
@@ -1380,6 +1439,7 @@ macro_rules! store_conformance_tests {
                 a_rotation_replaces_the_identity_with_the_removal,
                 last_resort_claims_take_nothing,
                 log_key_is_stored_once,
+                countersignatures_keep_the_newest_per_auditor,
             );
             store_conformance_tests!(@operator_cases $make;
                 export_is_recorded_only_when_delivered,

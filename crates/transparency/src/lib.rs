@@ -18,6 +18,7 @@
 //! - `signed_head`: the log key and signed tree heads
 //! - `account`: opening entries and replaying an account's history
 //! - `audit`: checking a whole log
+//! - `countersign`: third-party auditors' countersignatures of heads
 //! - `own_account`: which of an account's events its own devices made
 //!
 //! ```
@@ -56,12 +57,14 @@
 
 mod account;
 mod audit;
+mod countersign;
 mod own_account;
 mod signed_head;
 mod tree;
 
 pub use account::{AccountState, open_entry, verify_account_log};
 pub use audit::{AuditError, AuditReport, audit};
+pub use countersign::{AuditorKey, verify_countersignature};
 pub use own_account::{DeviceIdBytes, Finding, OwnAccountReview, OwnChange, review_own_account};
 pub use signed_head::{LogKey, verify_head, verify_legal_key};
 pub use tree::{MerkleLog, verify_consistency, verify_inclusion};
@@ -71,8 +74,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub use sotto_proto::v1::{
-    AccountEvent, AccountLog, ConsistencyProof, IdentityRotated, LogEntry, ProvenEntry,
-    SignedTreeHead, account_event,
+    AccountEvent, AccountLog, ConsistencyProof, Countersignature, IdentityRotated, LogEntry,
+    ProvenEntry, SignedTreeHead, account_event,
 };
 
 /// A SHA-256 Merkle tree hash.

@@ -818,3 +818,73 @@ fn old_logs_without_rotations_replay_as_before() {
     assert!(state.former_identity_keys.is_empty());
     assert_eq!(state.identity_key, key.verifying_key().to_bytes());
 }
+
+#[test]
+fn a_countersignature_verifies_and_any_change_breaks_it() {
+    let log = LogKey::from_secret(&[3; 32]).unwrap();
+    let auditor = AuditorKey::from_secret(&[4; 32]).unwrap();
+    let head = log.sign_head(5, [8; 32], 1_700_000_000_000);
+    let good = auditor.countersign(&log.public(), &head, 1_700_000_060_000);
+    assert_eq!(good.auditor_key, auditor.public().to_vec());
+    assert_eq!(
+        (good.tree_size, good.root_hash.as_slice()),
+        (5, [8; 32].as_slice())
+    );
+    verify_countersignature(&log.public(), &good).unwrap();
+    // Under another log key, or with any field changed, it fails.
+    assert!(verify_countersignature(&[9; 32], &good).is_err());
+    let changed = [
+        Countersignature {
+            tree_size: 6,
+            ..good.clone()
+        },
+        Countersignature {
+            root_hash: vec![7; 32],
+            ..good.clone()
+        },
+        Countersignature {
+            head_timestamp_ms: 1,
+            ..good.clone()
+        },
+        Countersignature {
+            signed_at_ms: 1_800_000_000_000,
+            ..good.clone()
+        },
+        Countersignature {
+            auditor_key: AuditorKey::generate().public().to_vec(),
+            ..good.clone()
+        },
+        Countersignature {
+            root_hash: vec![8; 31],
+            ..good.clone()
+        },
+        Countersignature {
+            tree_size: MAX_TREE_SIZE + 1,
+            ..good.clone()
+        },
+        Countersignature {
+            signature: vec![0; 64],
+            ..good.clone()
+        },
+    ];
+    for bad in changed {
+        assert!(
+            verify_countersignature(&log.public(), &bad).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn an_auditor_key_round_trips_and_never_prints_its_secret() {
+    let key = AuditorKey::generate();
+    let again = AuditorKey::from_secret(key.secret().as_slice()).unwrap();
+    assert_eq!(key.public(), again.public());
+    assert!(AuditorKey::from_secret(&[1; 31]).is_err());
+    let shown = format!("{key:?}");
+    assert!(shown.contains("redacted"), "{shown}");
+    assert!(
+        !shown.contains(&hex::encode(key.secret().as_slice())),
+        "{shown}"
+    );
+}

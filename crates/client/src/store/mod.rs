@@ -32,7 +32,7 @@ pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -179,6 +179,9 @@ pub(crate) fn open_keyed(
         }
         if version < 7 {
             tx.execute_batch(MIGRATION_7)?;
+        }
+        if version < 8 {
+            tx.execute_batch(MIGRATION_8)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -353,5 +356,16 @@ ALTER TABLE messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+";
+
+/// Version 8: auditors this profile requires.
+const MIGRATION_8: &str = "
+-- Third-party auditors this profile requires (`sotto trust-auditor`): a
+-- key-log head the server presents is accepted only with a countersignature
+-- by each, made at most `max_lag_ms` ago.
+CREATE TABLE IF NOT EXISTS trusted_auditors (
+    auditor_key BLOB PRIMARY KEY,
+    max_lag_ms INTEGER NOT NULL
 );
 ";

@@ -140,6 +140,41 @@ pub fn save_log_head(conn: &Connection, head: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The auditors this profile requires, with the largest lag (ms) allowed
+/// for each one's countersignature.
+pub fn trusted_auditors(conn: &Connection) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT auditor_key, max_lag_ms FROM trusted_auditors ORDER BY auditor_key",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let lag: i64 = r.get(1)?;
+        Ok((r.get(0)?, u64::try_from(lag).unwrap_or(0)))
+    })?;
+    rows.collect()
+}
+
+/// Requires `auditor_key` (or changes its allowed lag).
+pub fn trust_auditor(
+    conn: &Connection,
+    auditor_key: &[u8],
+    max_lag_ms: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO trusted_auditors (auditor_key, max_lag_ms) VALUES (?1, ?2) \
+         ON CONFLICT (auditor_key) DO UPDATE SET max_lag_ms = excluded.max_lag_ms",
+        params![auditor_key, i64::try_from(max_lag_ms).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+/// Stops requiring `auditor_key`; `false` if it was not required.
+pub fn distrust_auditor(conn: &Connection, auditor_key: &[u8]) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM trusted_auditors WHERE auditor_key = ?1",
+        [auditor_key],
+    )? > 0)
+}
+
 /// Replaces the profile's identity secret (after a rotation the log shows).
 pub fn set_identity_secret(conn: &Connection, secret: &[u8]) -> Result<(), StoreError> {
     conn.execute("UPDATE profile SET identity_secret = ?1", [secret])?;

@@ -305,6 +305,8 @@ impl<S: Store> Session<S> {
                     | Body::GetAccountLog(_)
                     | Body::GetConsistency(_)
                     | Body::GetLogEntries(_)
+                    | Body::SubmitCountersignature(_)
+                    | Body::GetCountersignatures(_)
                     | Body::ClaimKeyPackages(_)
                     | Body::SendMessage(_)
                     | Body::SubmitCommit(_)
@@ -319,6 +321,10 @@ impl<S: Store> Session<S> {
             (_, Body::GetAccountLog(request)) => self.get_account_log(&request.username).await,
             (_, Body::GetConsistency(request)) => self.get_consistency(request).await,
             (_, Body::GetLogEntries(request)) => self.get_log_entries(request).await,
+            (_, Body::SubmitCountersignature(request)) => {
+                self.submit_countersignature(request).await
+            }
+            (_, Body::GetCountersignatures(request)) => self.get_countersignatures(request).await,
             (_, Body::JoinLink(join)) => self.join_link(join),
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,

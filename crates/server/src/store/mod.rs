@@ -361,6 +361,27 @@ pub trait LogStore: Send + Sync + 'static {
         start: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
+
+    /// Stores an auditor's countersignature (checked by the caller),
+    /// replacing one of the same auditor and tree size that was signed
+    /// earlier, and keeps only the auditor's `keep` newest (by tree size).
+    /// Countersignatures of any auditor signed before `expire_before_ms`
+    /// are deleted (auditors that stopped, or keys used once).
+    fn add_countersignature(
+        &self,
+        record: CountersignatureRecord,
+        keep: usize,
+        expire_before_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The auditor's newest countersignature (largest tree size, then
+    /// latest signed) of a head of at most `max_tree_size` entries.
+    /// `Ok(None)`: it countersigned no such head.
+    fn countersignature(
+        &self,
+        auditor_key: &[u8],
+        max_tree_size: u64,
+    ) -> impl Future<Output = Result<Option<CountersignatureRecord>, StoreError>> + Send;
 }
 
 /// What `crate::legal` keeps: the legal signing key, the hash-chained

@@ -1,6 +1,7 @@
 //! The transparency log's leaves and signing key.
 
 use super::*;
+use crate::store::CountersignatureRecord;
 
 /// Name of the log signing key in `server_keys`.
 pub(super) const LOG_KEY_NAME: &str = "log";
@@ -76,6 +77,67 @@ impl LogStore for SqliteStore {
                 "SELECT idx, username, entry FROM log_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
                 params![to_i64(start), i64::try_from(limit).unwrap_or(i64::MAX)],
             )
+        })
+        .await
+    }
+
+    async fn add_countersignature(
+        &self,
+        record: CountersignatureRecord,
+        keep: usize,
+        expire_before_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO countersignatures \
+                 (auditor_key, tree_size, signed_at_ms, countersignature) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (auditor_key, tree_size) DO UPDATE SET \
+                 signed_at_ms = excluded.signed_at_ms, countersignature = excluded.countersignature \
+                 WHERE excluded.signed_at_ms > countersignatures.signed_at_ms",
+            )?
+            .execute(params![
+                record.auditor_key,
+                to_i64(record.tree_size),
+                to_i64(record.signed_at_ms),
+                record.countersignature
+            ])?;
+            conn.prepare_cached(
+                "DELETE FROM countersignatures WHERE auditor_key = ?1 AND tree_size NOT IN \
+                 (SELECT tree_size FROM countersignatures WHERE auditor_key = ?1 \
+                  ORDER BY tree_size DESC LIMIT ?2)",
+            )?
+            .execute(params![
+                record.auditor_key,
+                i64::try_from(keep).unwrap_or(i64::MAX)
+            ])?;
+            conn.prepare_cached("DELETE FROM countersignatures WHERE signed_at_ms < ?1")?
+                .execute([to_i64(expire_before_ms)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn countersignature(
+        &self,
+        auditor_key: &[u8],
+        max_tree_size: u64,
+    ) -> Result<Option<CountersignatureRecord>, StoreError> {
+        let auditor_key = auditor_key.to_vec();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT tree_size, signed_at_ms, countersignature FROM countersignatures \
+                     WHERE auditor_key = ?1 AND tree_size <= ?2 ORDER BY tree_size DESC LIMIT 1",
+                )?
+                .query_row(params![auditor_key, to_i64(max_tree_size)], |r| {
+                    Ok(CountersignatureRecord {
+                        auditor_key: auditor_key.clone(),
+                        tree_size: to_u64(r.get(0)?),
+                        signed_at_ms: to_u64(r.get(1)?),
+                        countersignature: r.get(2)?,
+                    })
+                })
+                .optional()?)
         })
         .await
     }

@@ -178,6 +178,19 @@ CREATE INDEX missed_by_device ON missed(device_num);
 ALTER TABLE messages ADD COLUMN expires_at INTEGER;
 CREATE INDEX messages_by_expiry ON messages(expires_at) WHERE expires_at IS NOT NULL;
 ",
+    // Third-party auditors' countersignatures of tree heads (`LogStore::
+    // add_countersignature`): the newest few per auditor, served to
+    // clients that require an auditor.
+    r"
+CREATE TABLE countersignatures (
+    auditor_key      BLOB NOT NULL,
+    tree_size        INTEGER NOT NULL,
+    signed_at_ms     INTEGER NOT NULL,
+    countersignature BLOB NOT NULL,
+    PRIMARY KEY (auditor_key, tree_size)
+);
+CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
