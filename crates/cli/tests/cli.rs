@@ -737,7 +737,8 @@ fn timers_receipts_and_typing_on_the_command_line() {
     ok(bob.path(), &["history", "alice"]);
     std::thread::sleep(std::time::Duration::from_secs(11));
     ok(bob.path(), &["sync"]);
-    let line = about(&ok(alice.path(), &["sync", "--json"]), &id);
+    ok(alice.path(), &["sync"]);
+    let line = about(&ok(alice.path(), &["history", "bob", "--json"]), &id);
     assert_eq!(line["receipts"], serde_json::json!({ "bob": "read" }));
     let history = ok(alice.path(), &["history", "bob"]);
     assert!(history.contains("alice: kept ✓✓"), "{history}");

@@ -206,18 +206,19 @@ fn record_inbound(
                     (conversation, entry)
                 }
                 Some(Body::Receipts(batch)) => {
+                    // Recorded in history (`receipts` on each line), not
+                    // handed out as new lines: a receipt can arrive at any
+                    // time, and re-printing old messages on every sync
+                    // would read as new ones.
                     let conversation = conversation_of(conn, &row)?;
-                    let entries = receipts::apply(
+                    receipts::apply(
                         profile,
                         conn,
                         &conversation,
                         sender.username.as_str(),
                         &batch,
                     )?;
-                    return Ok(Applied {
-                        entries,
-                        ..Applied::default()
-                    });
+                    return Ok(Applied::default());
                 }
                 Some(Body::Typing(typing)) => {
                     if sender.username == profile.account.username {
