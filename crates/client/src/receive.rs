@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 /// Transient failures of one delivery (across syncs) before it is skipped
 /// as poison, acknowledged with a warning.
-pub const MAX_DELIVERY_ATTEMPTS: u32 = 3;
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 6;
 /// First wait before looking an account up again after a network failure;
 /// doubled each time, three tries in all.
 const LOOKUP_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
