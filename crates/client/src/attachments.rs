@@ -496,29 +496,6 @@ pub(crate) fn content_type(name: &str) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn blob_urls_are_parsed_strictly() {
-        let id = "0123456789abcdef0123456789abcdef";
-        let key = "ab".repeat(32);
-        let blob =
-            BlobRef::parse(&format!("https://elsewhere.example/x/blobs/{id}#{key}")).unwrap();
-        assert_eq!(blob.path, format!("/blobs/{id}"));
-        for bad in [
-            format!("/blobs/{id}"),
-            format!("/blobs/{id}/../x#{key}"),
-            format!("/blobs/{}#{key}", id.to_uppercase()),
-            format!("/blobs/{id}#{}", &key[2..]),
-        ] {
-            assert!(BlobRef::parse(&bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// The group of `target` and what creating a blob for it needs: the
 /// group's current send capability and epoch, and its member devices
 /// besides this one (the fetches to expect).
@@ -545,4 +522,27 @@ pub(crate) async fn grant(
         fetches: u32::try_from(fetches).unwrap_or(u32::MAX),
         group_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn blob_urls_are_parsed_strictly() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let key = "ab".repeat(32);
+        let blob =
+            BlobRef::parse(&format!("https://elsewhere.example/x/blobs/{id}#{key}")).unwrap();
+        assert_eq!(blob.path, format!("/blobs/{id}"));
+        for bad in [
+            format!("/blobs/{id}"),
+            format!("/blobs/{id}/../x#{key}"),
+            format!("/blobs/{}#{key}", id.to_uppercase()),
+            format!("/blobs/{id}#{}", &key[2..]),
+        ] {
+            assert!(BlobRef::parse(&bad).is_err(), "{bad}");
+        }
+    }
 }

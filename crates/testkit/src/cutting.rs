@@ -4,6 +4,8 @@
 //! tests of resumable uploads: the server sees a request body end early,
 //! the client a broken connection.
 
+#![allow(clippy::indexing_slicing)] // buffer indices are read counts
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
