@@ -232,8 +232,9 @@ fn http_date(secs: u64) -> String {
 }
 
 impl BlobStore {
-    /// The store under `data_dir/blobs`, created if missing; removes
-    /// leftover temporary files.
+    /// The store under `data_dir/blobs` (created with the first blob, so
+    /// a server nobody sent a file through has no such directory);
+    /// removes leftover temporary files.
     pub(crate) fn open(
         data_dir: &FsPath,
         config: BlobConfig,
@@ -241,9 +242,13 @@ impl BlobStore {
         gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("blobs");
-        std::fs::create_dir_all(&dir)?;
         let mut bytes = 0;
-        for entry in std::fs::read_dir(&dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -390,7 +395,11 @@ impl BlobStore {
     pub(crate) async fn sweep(&self) -> std::io::Result<u64> {
         let now = now_secs();
         let mut deleted = 0;
-        let mut entries = tokio::fs::read_dir(&self.dir).await?;
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name();
             let Some(id) = name
@@ -581,6 +590,9 @@ async fn create<S: MailboxStore + Send + Sync + 'static>(
         fetch_key_hash: hex::encode(fetch_key_hash),
         fetches_left: fetches,
     };
+    tokio::fs::create_dir_all(&blobs.dir)
+        .await
+        .map_err(storage)?;
     tokio::fs::File::create(blobs.data_path(&id))
         .await
         .map_err(storage)?
@@ -864,6 +876,7 @@ mod tests {
         )
         .unwrap();
         let id = BlobId([1; 16]);
+        tokio::fs::create_dir_all(&store.dir).await.unwrap();
         tokio::fs::File::create(store.data_path(&id)).await.unwrap();
         let meta = BlobMeta {
             length,
