@@ -944,6 +944,21 @@ mod hooks {
             history.ok_or_else(|| ClientError::Usage("message was not recorded".into()))
         }
 
+        /// The group of conversation `name`, its epoch and its send
+        /// capability as this device holds them now: what a member (or,
+        /// later, a removed one) could present to the server.
+        pub fn send_capability(
+            &self,
+            kind: ConversationKind,
+            name: &str,
+        ) -> Result<(Vec<u8>, u64, Vec<u8>), ClientError> {
+            let group_id = self.profile.group_of_named(kind, name)?;
+            let provider = self.profile.provider();
+            let g = group::load(&provider, &group_id)?;
+            let token = group::send_token(&provider, &g)?;
+            Ok((group_id, g.epoch().as_u64(), token))
+        }
+
         /// The MLS payloads of application messages waiting in the outbox. For
         /// tests that need the exact ciphertext the server will hold.
         pub fn outbox_payloads(&self) -> Result<Vec<Vec<u8>>, ClientError> {

@@ -2,8 +2,8 @@
 //! person and to a group of three is saved byte for byte by each; an upload
 //! cut mid-way resumes from the server's committed offset; a flipped byte
 //! in the stored blob is caught before anything is written; an outsider
-//! can neither create nor fetch a blob; and what the blob store keeps names
-//! no sender and no recipient.
+//! can neither create nor fetch a blob, nor can a removed member create
+//! one; and what the blob store keeps names no sender and no recipient.
 //!
 //! The acceptance size (200 MiB) runs in `scripts/attachment-200mib.sh`;
 //! here files are a few MiB so the suite stays fast in debug builds.
@@ -396,6 +396,46 @@ async fn an_outsider_can_neither_create_nor_fetch_a_blob() {
         // None of it touched the blob.
         assert_eq!(blob_files(&server, ".data").len(), 1);
         assert_eq!(status(&server, "OPTIONS", "/blobs", &[]).await, 204);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_can_no_longer_create_a_blob() {
+    within(async {
+        let server =
+            TestServer::start_with(|c| c.previous_epoch_grace = std::time::Duration::ZERO).await;
+        let (mut alice, _a) = register(&server.url(), "alice").await;
+        let (mut bob, _b) = register(&server.url(), "bob").await;
+        let (mut carol, _c) = register(&server.url(), "carol").await;
+        alice
+            .create_group("trio", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        bob.sync().await.unwrap();
+        carol.sync().await.unwrap();
+        let (group_id, epoch, token) = carol.send_capability(GROUP, "trio").unwrap();
+        let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let (group, epoch, token, key) = (
+            hex(&group_id),
+            epoch.to_string(),
+            hex(&token),
+            "22".repeat(32),
+        );
+        let headers = [
+            ("Upload-Length", "10"),
+            ("Sotto-Group", group.as_str()),
+            ("Sotto-Epoch", epoch.as_str()),
+            ("Sotto-Capability", token.as_str()),
+            ("Sotto-Upload-Key-Hash", key.as_str()),
+            ("Sotto-Fetch-Key-Hash", key.as_str()),
+            ("Sotto-Fetches", "2"),
+        ];
+        // While a member, carol's capability creates a blob.
+        assert_eq!(status(&server, "POST", "/blobs", &headers).await, 201);
+        alice.remove_member("trio", "carol").await.unwrap();
+        // Once removed, the same capability creates nothing.
+        assert_eq!(status(&server, "POST", "/blobs", &headers).await, 403);
     })
     .await;
 }
