@@ -49,17 +49,30 @@ pub(crate) enum Command {
     /// Change a locked profile's passphrase (the new one from
     /// SOTTO_NEW_PASSPHRASE when SOTTO_PASSPHRASE gives the old one).
     ChangePassphrase,
-    /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`).
+    /// Send a text to a user (`sotto send bob hello`) or a group (`sotto send --group team hello`),
+    /// or a file with `--file PATH` (the text is then optional).
     Send {
         /// Send to this group instead of a user.
         #[arg(long)]
         group: Option<String>,
         /// Reply to this message (its id, from `history --json`).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "file")]
         reply_to: Option<String>,
+        /// Send this file, encrypted (the server keeps it until every
+        /// recipient fetched it, or for its retention period).
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
         /// USERNAME TEXT, or just TEXT with --group. Several words are joined with spaces.
-        #[arg(required = true, num_args = 1..)]
+        #[arg(required_unless_present = "file", num_args = 0..)]
         args: Vec<String>,
+    },
+    /// Save the file a message carries to PATH (`sotto save ID PATH`): its
+    /// hash is checked and it is decrypted before anything is written.
+    Save {
+        /// The message's id (from `history --json`).
+        id: String,
+        /// Where to write the file (replaced atomically).
+        path: std::path::PathBuf,
     },
     /// React to a message with an emoji (one reaction per message: a new
     /// one replaces yours; the same one again takes it back).

@@ -2,6 +2,7 @@
 //! work over one connection, prints the result and exits; `listen` stays.
 
 mod args;
+mod attachments;
 mod auditor;
 mod output;
 mod profile;
@@ -110,8 +111,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Send {
             group,
+            file: Some(file),
+            args,
+            ..
+        } => attachments::send(&profile, &out, group, &args, &file).await?,
+        Command::Save { id, path } => attachments::save(&profile, &out, &id, &path).await?,
+        Command::Send {
+            group,
             reply_to,
             args,
+            file: None,
         } => {
             let mut client = open(&profile)?;
             let reply_to = reply_to.as_deref();

@@ -95,6 +95,15 @@ fn chat_line(entry: &HistoryEntry) -> String {
         line.push_str("(deleted)");
     } else {
         line.push_str(&entry.text);
+        if let Some(file) = &chat.attachment {
+            if !entry.text.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&format!(
+                "[file: {} ({}, {} bytes); sotto save {} PATH]",
+                file.name, file.content_type, file.size, entry.id
+            ));
+        }
     }
     if chat.edited {
         line.push_str(" (edited)");

@@ -103,30 +103,51 @@ pub(crate) fn apply(
         tracing::info!(%id, "skipped chat content of a kind this client cannot show yet");
         return Ok(None);
     };
+    let (text, reply_to, file) = match action {
+        ChatAction::Text { text, reply_to } => (text, reply_to, None),
+        ChatAction::Attachment {
+            file,
+            text,
+            reply_to,
+        } => (text.unwrap_or_default(), reply_to, Some(file)),
+        other => return apply_change(conn, conversation, sender, id, other, sent_at_ms),
+    };
+    let message = store::NewMessage {
+        id: id.as_bytes(),
+        sender,
+        kind: EntryKind::Text,
+        text: &text,
+        sent_at_ms,
+    };
+    let reply_to = reply_to.as_ref().map(|r| r.as_bytes().as_slice());
+    if expires_at_ms.is_some_and(|at| at <= now_ms) {
+        tracing::info!(%id, "dropped a disappearing message that expired before it arrived");
+        return Ok(None);
+    }
+    let inserted = store::insert_chat_message(conn, conversation, &message, reply_to, now_ms)?;
+    if inserted.is_none() {
+        return Ok(None);
+    }
+    if let Some(file) = file {
+        store::insert_attachment(conn, id.as_bytes(), &file)?;
+    }
+    if let Some(at) = expires_at_ms {
+        store::set_expiry(conn, id.as_bytes(), at)?;
+    }
+    changed(conn, conversation, &id)
+}
+
+/// Applies an edit, a delete or a reaction (see [`apply`]).
+fn apply_change(
+    conn: &Connection,
+    conversation: &Conversation,
+    sender: &str,
+    id: MessageId,
+    action: ChatAction,
+    sent_at_ms: u64,
+) -> Result<Option<HistoryEntry>, ClientError> {
     match action {
-        ChatAction::Text { text, reply_to } => {
-            let message = store::NewMessage {
-                id: id.as_bytes(),
-                sender,
-                kind: EntryKind::Text,
-                text: &text,
-                sent_at_ms,
-            };
-            let reply_to = reply_to.as_ref().map(|r| r.as_bytes().as_slice());
-            if expires_at_ms.is_some_and(|at| at <= now_ms) {
-                tracing::info!(%id, "dropped a disappearing message that expired before it arrived");
-                return Ok(None);
-            }
-            let inserted =
-                store::insert_chat_message(conn, conversation, &message, reply_to, now_ms)?;
-            match (inserted, expires_at_ms) {
-                (Some(_), Some(at)) => {
-                    store::set_expiry(conn, id.as_bytes(), at)?;
-                    changed(conn, conversation, &id)
-                }
-                (inserted, _) => Ok(inserted),
-            }
-        }
+        ChatAction::Text { .. } | ChatAction::Attachment { .. } => Ok(None),
         ChatAction::Edit { target, text } => {
             if own_target(conn, conversation, sender, &target, "edit")?.is_none() {
                 return Ok(None);

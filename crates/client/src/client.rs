@@ -9,6 +9,7 @@
 //! protocol logic of its own. Splitting it would scatter `impl Client`.
 
 use crate::ClientError;
+use crate::attachments::{self, SentFile};
 use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
@@ -20,6 +21,7 @@ use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{chat, conversations, membership, own_account, receipts, receive};
 use rusqlite::Connection;
+use sotto_core::attachment;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
 use sotto_core::safety::SafetyNumber;
@@ -376,7 +378,18 @@ impl Client {
         name: &str,
         secs: u64,
     ) -> Result<HistoryEntry, ClientError> {
-        let target = match kind {
+        let target = self.target(kind, name)?;
+        self.connected(async |s| conversations::set_timer(s, &target, secs).await)
+            .await
+    }
+
+    /// The direct conversation with `name`, or the group `name`.
+    fn target(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<conversations::Target, ClientError> {
+        Ok(match kind {
             ConversationKind::Direct => {
                 let peer = Username::parse(name)?;
                 if peer == self.profile.account.username {
@@ -387,9 +400,122 @@ impl Client {
                 conversations::Target::Direct(peer)
             }
             ConversationKind::Group => conversations::Target::Group(name.to_owned()),
+        })
+    }
+
+    // ------------------------------------------------------------ attachments
+
+    /// Sends the file at `path`, with an optional `text`, to the direct
+    /// conversation with `name` (started if needed) or to the group
+    /// `name`. The file is padded and encrypted here under a fresh key,
+    /// uploaded (resuming after a broken connection; `progress` sees the
+    /// bytes the server has), and the message carrying its key and hash
+    /// is sent.
+    pub async fn send_file(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        path: &Path,
+        text: Option<&str>,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<SentFile, ClientError> {
+        let target = self.target(kind, name)?;
+        if let Some(text) = text {
+            conversations::check_text(text)?;
+        }
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.len() <= 255)
+            .ok_or_else(|| {
+                ClientError::Usage(format!("{} is not a file name to send", path.display()))
+            })?;
+        let mut buffer = std::fs::read(path)
+            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let key = zeroize::Zeroizing::new(rand::random::<[u8; attachment::KEY_LEN]>());
+        let nonce: [u8; attachment::NONCE_LEN] = rand::random();
+        let content_hash = attachment::seal(&mut buffer, &key, &nonce)
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+        let size = buffer.len() as u64;
+        let grant = self
+            .connected(async |s| attachments::grant(s, &target).await)
+            .await?;
+        let uploaded = attachments::upload(
+            &self.server_url,
+            &self.trust,
+            &grant,
+            buffer.into(),
+            progress,
+        )
+        .await?;
+        let server = crate::endpoint::ServerUrl::parse(&self.server_url)?;
+        let scheme = if server.tls { "https" } else { "http" };
+        let file = Box::new(sotto_core::mimi::ExternalPart {
+            content_type: attachments::content_type(&filename).to_owned(),
+            url: format!(
+                "{scheme}://{}{}",
+                server.authority,
+                server.path(&uploaded.url)
+            ),
+            expires: 0,
+            size,
+            enc_alg: sotto_core::mimi::ExternalPart::AES_128_GCM,
+            key: key.to_vec(),
+            nonce: nonce.to_vec(),
+            aad: Vec::new(),
+            hash_alg: sotto_core::mimi::ExternalPart::SHA256,
+            content_hash: content_hash.to_vec(),
+            description: String::new(),
+            filename,
+        });
+        let action = sotto_core::mimi::ChatAction::Attachment {
+            file,
+            text: text.map(str::to_owned),
+            reply_to: None,
         };
-        self.connected(async |s| conversations::set_timer(s, &target, secs).await)
-            .await
+        let group_id = grant.group_id.clone();
+        let entry = self
+            .connected(async |s| conversations::send_chat(s, &group_id, action).await)
+            .await?
+            .ok_or_else(|| ClientError::Internal("the attachment was not recorded".into()))?;
+        Ok(SentFile {
+            entry,
+            resent_bytes: uploaded.resent_bytes,
+        })
+    }
+
+    /// Downloads the attachment of message `id` (hex) to `path`: the
+    /// ciphertext's hash is checked against the one in the message, then
+    /// it is decrypted and written to a temporary file renamed to `path`.
+    /// Nothing is written if any check fails. Returns the file's size.
+    pub async fn save_attachment(
+        &mut self,
+        id: &str,
+        path: &Path,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64, ClientError> {
+        let id = chat::parse_id(id)?;
+        let file = store::attachment(&self.profile.db, id.as_bytes())?.ok_or_else(|| {
+            ClientError::Usage(format!(
+                "message {id} has no attachment on this device (ids are in `sotto history --json`)"
+            ))
+        })?;
+        let blob = attachments::BlobRef::parse(&file.url)?;
+        let mut buffer =
+            attachments::download(&self.server_url, &self.trust, &blob, file.size, progress)
+                .await?;
+        attachment::open(&mut buffer, &file.key, &file.nonce, &file.content_hash).map_err(|e| {
+            match e {
+                attachment::AttachmentError::HashMismatch => {
+                    ClientError::Protocol(format!("{e}; nothing was written"))
+                }
+                other => ClientError::Usage(format!("{other}; nothing was written")),
+            }
+        })?;
+        let buffer = zeroize::Zeroizing::new(buffer);
+        attachments::write_atomically(path, &buffer)?;
+        attachments::acknowledge(&self.server_url, &self.trust, &blob).await;
+        Ok(buffer.len() as u64)
     }
 
     /// Sends a text to the group `name`.
@@ -816,6 +942,21 @@ mod hooks {
                 }),
             )?;
             history.ok_or_else(|| ClientError::Usage("message was not recorded".into()))
+        }
+
+        /// The group of conversation `name`, its epoch and its send
+        /// capability as this device holds them now: what a member (or,
+        /// later, a removed one) could present to the server.
+        pub fn send_capability(
+            &self,
+            kind: ConversationKind,
+            name: &str,
+        ) -> Result<(Vec<u8>, u64, Vec<u8>), ClientError> {
+            let group_id = self.profile.group_of_named(kind, name)?;
+            let provider = self.profile.provider();
+            let g = group::load(&provider, &group_id)?;
+            let token = group::send_token(&provider, &g)?;
+            Ok((group_id, g.epoch().as_u64(), token))
         }
 
         /// The MLS payloads of application messages waiting in the outbox. For

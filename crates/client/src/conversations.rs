@@ -60,6 +60,22 @@ async fn direct_group(s: &mut Session<'_>, peer: &Username) -> Result<Vec<u8>, C
     Ok(group_id)
 }
 
+/// The group of `target`'s conversation after processing what is
+/// queued: the direct one (started if there is none) or the named group.
+pub(crate) async fn target_group(
+    s: &mut Session<'_>,
+    target: &Target,
+) -> Result<Vec<u8>, ClientError> {
+    match target {
+        Target::Direct(peer) => direct_group(s, peer).await,
+        Target::Group(name) => {
+            drain(s).await?;
+            commit_pending_proposals(s).await?;
+            s.profile.active_group_named(name)
+        }
+    }
+}
+
 /// Whose conversation a command names.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {

@@ -9,6 +9,7 @@
 //! state change that produced it, and resent after a crash with the same
 //! message id, which the server de-duplicates.
 
+mod attachments;
 pub mod auditor;
 pub mod canary;
 mod chat;
@@ -30,6 +31,7 @@ mod session;
 pub mod store;
 pub mod transport;
 
+pub use attachments::SentFile;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
 pub use endpoint::Trust;
@@ -41,8 +43,8 @@ pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
 pub use store::{
-    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, ReceiptState,
-    Version,
+    AccountAlert, AttachmentInfo, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted,
+    ReceiptState, Version,
 };
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};

@@ -15,6 +15,7 @@
 //! assert_eq!(verified.username.as_str(), "alice");
 //! ```
 
+pub mod attachment;
 pub mod content;
 pub mod disappearing;
 pub mod group;

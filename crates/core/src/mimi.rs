@@ -197,8 +197,9 @@ pub enum Part {
 }
 
 /// Content stored elsewhere, encrypted (draft §4.5): how to fetch, check
-/// and decrypt it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// and decrypt it. Its `Debug` leaves out the key, nonce and URL (which
+/// may carry a fetch secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExternalPart {
     pub content_type: String,
     pub url: String,
@@ -224,6 +225,30 @@ impl ExternalPart {
     pub const AES_128_GCM: u16 = 1;
     /// SHA-256 in the named-information hash registry.
     pub const SHA256: u8 = 1;
+
+    /// Whether Sotto can fetch and open it: AES-128-GCM with a 16-byte key
+    /// and 12-byte nonce, no associated data, a SHA-256 content hash.
+    pub fn is_sotto_attachment(&self) -> bool {
+        self.enc_alg == Self::AES_128_GCM
+            && self.key.len() == 16
+            && self.nonce.len() == 12
+            && self.aad.is_empty()
+            && self.hash_alg == Self::SHA256
+            && self.content_hash.len() == 32
+            && !self.url.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ExternalPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalPart")
+            .field("content_type", &self.content_type)
+            .field("size", &self.size)
+            .field("enc_alg", &self.enc_alg)
+            .field("content_hash", &hex::encode(&self.content_hash))
+            .field("filename", &self.filename)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An extension map key other than senderUri and roomUri.
@@ -850,6 +875,14 @@ pub enum ChatAction {
         emoji: String,
         replaces: Option<MessageId>,
     },
+    /// A file (an encrypted external part), with an optional text, perhaps
+    /// a reply. Sent as the external part alone (disposition attachment),
+    /// or as a MultiPart (process all) of the text then the file.
+    Attachment {
+        file: Box<ExternalPart>,
+        text: Option<String>,
+        reply_to: Option<MessageId>,
+    },
 }
 
 /// Longest reaction, in bytes (a few emoji with modifiers).
@@ -872,6 +905,7 @@ impl ChatAction {
                 content,
             } if is_text(content_type) => String::from_utf8(content.clone())
                 .map_err(|_| MimiError::Invalid("text that is not UTF-8"))?,
+            Part::External(_) | Part::Multi { .. } => return Ok(Self::attachment(content)),
             _ => return Ok(None),
         };
         if body.disposition == Disposition::REACTION {
@@ -894,6 +928,45 @@ impl ChatAction {
                 reply_to: content.in_reply_to,
             },
         }))
+    }
+
+    /// A new message with a file Sotto can open: the external part alone,
+    /// or a MultiPart of a text and the file. `None` for anything else.
+    fn attachment(content: &MimiContent) -> Option<Self> {
+        if content.replaces.is_some() || content.body.disposition == Disposition::REACTION {
+            return None;
+        }
+        let (file, text) = match &content.body.part {
+            Part::External(file) => (file, None),
+            Part::Multi {
+                semantics: PartSemantics::ProcessAll,
+                parts,
+            } => match parts.as_slice() {
+                [
+                    NestedPart {
+                        part:
+                            Part::Single {
+                                content_type,
+                                content,
+                            },
+                        ..
+                    },
+                    NestedPart {
+                        part: Part::External(file),
+                        ..
+                    },
+                ] if is_text(content_type) => {
+                    (file, Some(String::from_utf8(content.clone()).ok()?))
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        file.is_sotto_attachment().then(|| Self::Attachment {
+            file: file.clone(),
+            text,
+            reply_to: content.in_reply_to,
+        })
     }
 
     /// The content that asks for this, from `uris` with a fresh `salt`.
@@ -921,6 +994,32 @@ impl ChatAction {
                 in_reply_to: Some(*target),
                 ..MimiContent::new(salt, ext, NestedPart::text(Disposition::REACTION, emoji))
             },
+            Self::Attachment {
+                file,
+                text,
+                reply_to,
+            } => {
+                let file_part = NestedPart {
+                    disposition: Disposition::ATTACHMENT,
+                    language: String::new(),
+                    part: Part::External(file.clone()),
+                };
+                let body = match text {
+                    None => file_part,
+                    Some(text) => NestedPart {
+                        disposition: Disposition::RENDER,
+                        language: String::new(),
+                        part: Part::Multi {
+                            semantics: PartSemantics::ProcessAll,
+                            parts: vec![NestedPart::text(Disposition::RENDER, text), file_part],
+                        },
+                    },
+                };
+                MimiContent {
+                    in_reply_to: *reply_to,
+                    ..MimiContent::new(salt, ext, body)
+                }
+            }
         }
     }
 }

@@ -169,8 +169,18 @@ fn draft_examples_mean_what_the_draft_says() {
     assert_eq!(e.filename, "bigfile.mp4");
     assert_eq!(e.nonce.len(), 12);
     assert_eq!(e.key.len(), 16);
-    // Not a text: nothing Sotto shows yet.
-    assert_eq!(ChatAction::of(&attachment).unwrap(), None);
+    // The draft's example is a file Sotto can fetch and open.
+    let Some(ChatAction::Attachment { file, text, .. }) = ChatAction::of(&attachment).unwrap()
+    else {
+        panic!("not an attachment")
+    };
+    assert_eq!((file.filename.as_str(), text), ("bigfile.mp4", None));
+    // Its Debug leaves out the key, the nonce and the URL.
+    let debug = format!("{file:?}");
+    assert!(
+        !debug.contains(&format!("{:?}", e.key)) && !debug.contains(&e.url),
+        "{debug}"
+    );
     let (conferencing, _, _) = vector("conferencing");
     assert_eq!(conferencing.topic_id, b"Foo 118");
 }
@@ -439,4 +449,45 @@ proptest! {
             prop_assert_eq!(encode(&content).unwrap(), bytes);
         }
     }
+}
+
+#[test]
+fn attachments_round_trip_as_chat_actions() {
+    let uris = SottoUris::new("h", "bob", b"g");
+    let file = Box::new(ExternalPart {
+        content_type: "image/png".into(),
+        url: "https://h/blobs/00#11".into(),
+        expires: 0,
+        size: 1040,
+        enc_alg: ExternalPart::AES_128_GCM,
+        key: vec![1; 16],
+        nonce: vec![2; 12],
+        aad: Vec::new(),
+        hash_alg: ExternalPart::SHA256,
+        content_hash: vec![3; 32],
+        description: String::new(),
+        filename: "cat.png".into(),
+    });
+    for text in [None, Some("look".to_owned())] {
+        let action = ChatAction::Attachment {
+            file: file.clone(),
+            text,
+            reply_to: None,
+        };
+        let bytes = encode(&action.to_content(&uris, [4; SALT_LEN])).unwrap();
+        assert_eq!(
+            ChatAction::of(&decode(&bytes).unwrap()).unwrap(),
+            Some(action)
+        );
+    }
+    // An algorithm Sotto cannot open is not offered as an attachment.
+    let mut other = file.clone();
+    other.enc_alg = 2;
+    let action = ChatAction::Attachment {
+        file: other,
+        text: None,
+        reply_to: None,
+    };
+    let bytes = encode(&action.to_content(&uris, [4; SALT_LEN])).unwrap();
+    assert_eq!(ChatAction::of(&decode(&bytes).unwrap()).unwrap(), None);
 }

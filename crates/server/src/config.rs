@@ -74,6 +74,8 @@ pub struct ServerConfig {
     /// metrics. Keep it private (loopback or an internal network): even
     /// aggregate counters show an observer when traffic happens.
     pub metrics_listen: Option<SocketAddr>,
+    /// The blob store's size cap and quota (attachments; `crate::blobs`).
+    pub blobs: crate::blobs::BlobConfig,
 }
 
 /// Who may create an account.
@@ -104,6 +106,7 @@ impl Default for ServerConfig {
             tls: None,
             server_names: Vec::new(),
             metrics_listen: None,
+            blobs: crate::blobs::BlobConfig::default(),
         }
     }
 }

@@ -96,6 +96,10 @@ impl From<Policy> for RegistrationPolicy {
 pub struct StorageSection {
     pub retention_days: Option<u64>,
     pub max_db_bytes: Option<u64>,
+    /// Largest attachment blob (`--max-blob-bytes`).
+    pub max_blob_bytes: Option<u64>,
+    /// Bytes of blobs one group's members may upload per day.
+    pub blob_quota_bytes: Option<u64>,
 }
 
 /// `[limits]`.
@@ -204,6 +208,12 @@ impl FileConfig {
         if s.storage.max_db_bytes.is_some() {
             config.max_db_bytes = s.storage.max_db_bytes;
         }
+        if let Some(bytes) = s.storage.max_blob_bytes {
+            config.blobs.max_blob_bytes = bytes;
+        }
+        if let Some(bytes) = s.storage.blob_quota_bytes {
+            config.blobs.quota_bytes_per_group = bytes;
+        }
         if let Some(n) = s.limits.max_devices_per_account {
             config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);
         }
@@ -274,6 +284,11 @@ retention_days = {retention_days}
 # Quota on the database, in bytes: at it, sends are refused instead of
 # acknowledged (--max-db-bytes). No quota by default.
 # max_db_bytes = 10_000_000_000
+# Largest encrypted attachment, in bytes (--max-blob-bytes).
+max_blob_bytes = {max_blob_bytes}
+# Bytes of attachments one group's members may upload per day (kept in
+# memory: a restart resets it).
+blob_quota_bytes = {blob_quota_bytes}
 
 [limits]
 # Active devices per account (--max-devices-per-account), 1 to 1000.
@@ -302,6 +317,8 @@ allowed_origins = {allowed_origins}
         server_names = list(&d.server_names),
         policy = policy,
         retention_days = d.retention.as_secs() / DAY,
+        max_blob_bytes = d.blobs.max_blob_bytes,
+        blob_quota_bytes = d.blobs.quota_bytes_per_group,
         max_devices = d.limits.max_devices_per_account,
         grace = d.previous_epoch_grace.as_secs(),
         log_connections = d.log_connections,

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod blobs;
 pub mod config;
 pub mod config_file;
 mod epoch_grace;
@@ -295,6 +296,20 @@ impl Server {
             SWEEP_INTERVAL,
             stop_rx.clone(),
         ));
+        let blob_store = Arc::new(blobs::BlobStore::open(
+            &config.data_dir,
+            config.blobs.clone(),
+            config.retention,
+            metrics.blob_store_bytes.clone(),
+        )?);
+        let blob_sweeper = tokio::spawn(blobs::sweep_expired(
+            Arc::clone(&blob_store),
+            stop_rx.clone(),
+        ));
+        let blob_routes = blobs::router(blobs::BlobState {
+            blobs: blob_store,
+            ctx: Arc::clone(&ctx),
+        });
         let tls_stop = stop_rx.clone();
         let host_check = Arc::new(host_check::HostCheck::new(
             &config.server_names,
@@ -321,6 +336,7 @@ impl Server {
             .route("/healthz", get(health))
             .route("/readyz", get(ready))
             .route("/canary", get(canary))
+            .merge(blob_routes)
             .layer(axum::middleware::from_fn_with_state(
                 host_check,
                 host_check::refuse_other_hosts,
@@ -367,6 +383,7 @@ impl Server {
             tracing::warn!("some connections did not close in time");
         }
         let _ = sweeper.await;
+        let _ = blob_sweeper.await;
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }

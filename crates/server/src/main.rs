@@ -88,6 +88,11 @@ struct Args {
     #[arg(long, env = "SOTTO_MAX_DB_BYTES", value_name = "BYTES")]
     max_db_bytes: Option<u64>,
 
+    /// Largest encrypted attachment a client may upload, in bytes
+    /// [default: 104857600, 100 MiB].
+    #[arg(long, env = "SOTTO_MAX_BLOB_BYTES", value_name = "BYTES")]
+    max_blob_bytes: Option<u64>,
+
     /// Seconds after a commit during which messages sent with the previous
     /// epoch's capability are still accepted (they were sent just before
     /// the commit). A removed member can post for at most this long
@@ -180,6 +185,9 @@ impl Args {
         }
         if self.max_db_bytes.is_some() {
             config.max_db_bytes = self.max_db_bytes;
+        }
+        if let Some(bytes) = self.max_blob_bytes {
+            config.blobs.max_blob_bytes = bytes;
         }
         if let Some(secs) = self.previous_epoch_grace_secs {
             config.previous_epoch_grace = Duration::from_secs(secs);

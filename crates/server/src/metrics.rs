@@ -82,6 +82,8 @@ pub(crate) struct Metrics {
     accounts: Gauge,
     devices: Gauge,
     log_entries: Gauge,
+    /// Bytes of attachment blobs on disk (set by the blob store).
+    pub blob_store_bytes: Gauge,
 }
 
 impl Metrics {
@@ -103,6 +105,7 @@ impl Metrics {
             accounts: Gauge::default(),
             devices: Gauge::default(),
             log_entries: Gauge::default(),
+            blob_store_bytes: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -155,6 +158,11 @@ impl Metrics {
             "log_entries",
             "Entries in the key transparency log",
             metrics.log_entries.clone(),
+        );
+        registry.register(
+            "blob_store_bytes",
+            "Bytes of encrypted attachments in the blob store",
+            metrics.blob_store_bytes.clone(),
         );
         registry.register(
             "write_batch_size",

@@ -55,6 +55,8 @@ pub struct ChatState {
     /// (`delivered` or `read`), as their receipts said.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub receipts: BTreeMap<String, ReceiptState>,
+    /// The file this message carries (`sotto save ID PATH` fetches it).
+    pub attachment: Option<super::AttachmentInfo>,
 }
 
 /// How far a member got with a message.
@@ -222,6 +224,7 @@ fn with_chat_state(
     }
     entry.chat.edited = raw.edited;
     entry.chat.deleted = raw.deleted;
+    entry.chat.attachment = super::attachment_info(conn, &raw.id)?;
     if let Some(reply_to) = &raw.reply_to {
         entry.chat.reply_to = Some(hex::encode(reply_to));
         entry.chat.quoted = conn
@@ -399,6 +402,7 @@ pub fn delete_chat_message(conn: &Connection, message_id: &[u8]) -> Result<(), S
         [message_id],
     )?;
     conn.execute("DELETE FROM reactions WHERE message_id = ?1", [message_id])?;
+    super::delete_attachment(conn, message_id)?;
     conn.execute(
         "UPDATE messages SET body = '', edited = 0, deleted = 1 WHERE id = ?1",
         [message_id],

@@ -14,6 +14,7 @@
 use rusqlite::Connection;
 
 mod account_watch;
+mod attachments;
 mod conversations;
 mod history;
 mod inbox;
@@ -23,6 +24,7 @@ mod profile;
 mod receipts;
 
 pub use account_watch::*;
+pub use attachments::*;
 pub use conversations::*;
 pub use history::*;
 pub use inbox::*;
@@ -32,7 +34,7 @@ pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -182,6 +184,9 @@ pub(crate) fn open_keyed(
         }
         if version < 8 {
             tx.execute_batch(MIGRATION_8)?;
+        }
+        if version < 9 {
+            tx.execute_batch(MIGRATION_9)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -367,5 +372,23 @@ const MIGRATION_8: &str = "
 CREATE TABLE IF NOT EXISTS trusted_auditors (
     auditor_key BLOB PRIMARY KEY,
     max_lag_ms INTEGER NOT NULL
+);
+";
+
+/// Version 9: attachments.
+const MIGRATION_9: &str = "
+-- The file a chat message carries (a MIMI external part): its name, type
+-- and encrypted size as shown, and how to fetch and open it (the blob URL
+-- with its fetch key, the AES-128-GCM key and nonce, the SHA-256 of the
+-- ciphertext). Gone with its message.
+CREATE TABLE IF NOT EXISTS attachments (
+    message_id BLOB PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    filename TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    key BLOB NOT NULL,
+    nonce BLOB NOT NULL,
+    content_hash BLOB NOT NULL
 );
 ";
