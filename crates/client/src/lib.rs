@@ -41,7 +41,7 @@ pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
 pub use store::{
-    AccountAlert, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted, ReceiptState,
+    AccountAlert, ChatState, ConversationKind, ConversationSummary, EntryKind, HistoryEntry, Quoted, ReceiptState,
     Version,
 };
 
