@@ -271,7 +271,7 @@ pub(crate) async fn join_link(
     let opened = code
         .open(LinkDirection::AccountBundle, &bundle)
         .map_err(link_error)?;
-    let bundle = LinkBundle::decode(opened.as_slice())
+    let mut bundle = LinkBundle::decode(opened.as_slice())
         .map_err(|e| ClientError::Protocol(format!("link bundle: {e}")))?;
     let account = Account {
         username: Username::parse(&bundle.username)?,
@@ -291,7 +291,7 @@ pub(crate) async fn join_link(
             hex::encode(&bundle.log_key)
         )));
     } else {
-        bundle.log_key
+        std::mem::take(&mut bundle.log_key)
     };
     if let Some(head) = &bundle.head {
         sotto_transparency::verify_head(&log_key, head).map_err(|e| {
@@ -306,8 +306,8 @@ pub(crate) async fn join_link(
         account,
         server_url: code.server_url,
         log_key,
-        head: bundle.head,
-        own_history: bundle.own_history,
+        head: bundle.head.take(),
+        own_history: std::mem::take(&mut bundle.own_history),
         transport: t,
     })
 }

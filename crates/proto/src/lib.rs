@@ -37,6 +37,24 @@ pub mod v1 {
             zeroize::Zeroize::zeroize(&mut self.identity_secret);
         }
     }
+
+    impl std::fmt::Debug for LinkBundle {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("LinkBundle")
+                .field("username", &self.username)
+                .field("identity_secret", &"<redacted>")
+                .field("log_key", &self.log_key)
+                .field("head", &self.head)
+                .field("own_history", &self.own_history.len())
+                .finish()
+        }
+    }
+
+    impl Drop for LinkBundle {
+        fn drop(&mut self) {
+            zeroize::Zeroize::zeroize(&mut self.identity_secret);
+        }
+    }
 }
 
 /// The protocol version announced in `Challenge`.
@@ -226,6 +244,21 @@ mod tests {
         }
         for bad in ["", "ab", "Alice", "-bob", "a b", "ålice", &"x".repeat(33)] {
             assert!(!is_valid_username(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_secrets_never_print() {
+        let secret = vec![0xab; 32];
+        let mut bundle = v1::LinkBundle::default();
+        bundle.username = "alice".into();
+        bundle.identity_secret = secret.clone();
+        let handover = v1::IdentityHandover {
+            identity_secret: secret,
+        };
+        for printed in [format!("{bundle:?}"), format!("{handover:?}")] {
+            assert!(printed.contains("<redacted>"), "{printed}");
+            assert!(!printed.contains("171"), "{printed}"); // 0xab as Debug prints it
         }
     }
 

@@ -290,8 +290,7 @@ pub fn recipients(group: &MlsGroup) -> Vec<DeviceId> {
 }
 
 /// What an incoming MLS message turned out to be, after it was applied to
-/// the provider's storage.
-#[derive(Debug)]
+/// the provider's storage. `Debug` leaves out application plaintext.
 pub enum Inbound {
     /// A Welcome: this device joined a group.
     Joined {
@@ -321,6 +320,55 @@ pub enum Inbound {
         change: RosterChange,
         self_removed: bool,
     },
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Joined { group_id, members } => f
+                .debug_struct("Joined")
+                .field("group_id", group_id)
+                .field("members", members)
+                .finish(),
+            Self::Application {
+                group_id,
+                sender,
+                plaintext,
+            } => f
+                .debug_struct("Application")
+                .field("group_id", group_id)
+                .field("sender", sender)
+                .field("plaintext_len", &plaintext.len())
+                .finish(),
+            Self::Proposal {
+                group_id,
+                sender,
+                leaving,
+            } => f
+                .debug_struct("Proposal")
+                .field("group_id", group_id)
+                .field("sender", sender)
+                .field("leaving", leaving)
+                .finish(),
+            Self::FromFormerMember { group_id, sender } => f
+                .debug_struct("FromFormerMember")
+                .field("group_id", group_id)
+                .field("sender", sender)
+                .finish(),
+            Self::Commit {
+                group_id,
+                sender,
+                change,
+                self_removed,
+            } => f
+                .debug_struct("Commit")
+                .field("group_id", group_id)
+                .field("sender", sender)
+                .field("change", change)
+                .field("self_removed", self_removed)
+                .finish(),
+        }
+    }
 }
 
 /// The group a message is for, without processing it (`None` for a Welcome

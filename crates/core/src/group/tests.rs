@@ -401,3 +401,15 @@ fn only_zeros_may_follow_a_message() {
     let too_big = sotto_proto::MAX_PAYLOAD_BYTES + 1;
     assert_eq!(pad_to_bucket(vec![1; too_big]).len(), too_big);
 }
+
+#[test]
+fn application_plaintext_never_prints() {
+    let inbound = Inbound::Application {
+        group_id: vec![1],
+        sender: device("alice").account.member_id(),
+        plaintext: b"meet at the usual place".to_vec(),
+    };
+    let printed = format!("{inbound:?}");
+    assert!(!printed.contains("usual"), "{printed}");
+    assert!(printed.contains("plaintext_len: 23"), "{printed}");
+}
