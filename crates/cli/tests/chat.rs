@@ -170,7 +170,10 @@ fn alice_chats_in_the_terminal_ui_with_bob_on_the_cli() {
     let data = TempDir::new().unwrap();
     let server = ServerProcess::spawn(data.path());
     let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    ok(alice.path(), &["register", "alice", "--server", server.url()]);
+    ok(
+        alice.path(),
+        &["register", "alice", "--server", server.url()],
+    );
     ok(bob.path(), &["register", "bob", "--server", server.url()]);
 
     let command = format!(

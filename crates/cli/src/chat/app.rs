@@ -5,7 +5,9 @@
 
 use super::compose::{self, Compose};
 use super::net::{Event, Request};
-use ratatui::crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{
+    Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
+};
 use sotto_client::{ConversationKind, ConversationSummary, EntryKind, HistoryEntry};
 
 /// How long "X is typing…" shows after X's last typing indicator.
@@ -625,7 +627,9 @@ impl App {
             return Err(format!("you can only {what} your own messages"));
         }
         if entry.chat.deleted {
-            return Err(format!("that message was deleted; there is nothing to {what}"));
+            return Err(format!(
+                "that message was deleted; there is nothing to {what}"
+            ));
         }
         Ok(entry.id.clone())
     }
@@ -896,7 +900,12 @@ pub(crate) mod tests {
         elsewhere.conversation = "carol".into();
         app.on_event(Event::Entry(elsewhere), 0);
         assert_eq!(app.entries.len(), 1);
-        let mut warning = text(B2, "system", "WARNING: the identity key of carol has changed", 1);
+        let mut warning = text(
+            B2,
+            "system",
+            "WARNING: the identity key of carol has changed",
+            1,
+        );
         warning.conversation = "carol".into();
         warning.kind = EntryKind::System;
         app.on_event(Event::Entry(warning), 0);

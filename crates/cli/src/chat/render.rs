@@ -101,9 +101,9 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let (lines, starts) = message_lines(app, width);
     let max_top = lines.len().saturating_sub(height);
     let top = match app.search.as_ref().and_then(|s| s.current) {
-        Some(i) => starts
-            .get(i)
-            .map_or(max_top, |start| start.saturating_sub(height / 3).min(max_top)),
+        Some(i) => starts.get(i).map_or(max_top, |start| {
+            start.saturating_sub(height / 3).min(max_top)
+        }),
         None => max_top - app.scroll.min(max_top),
     };
     let visible: Vec<Line<'static>> = lines.into_iter().skip(top).take(height).collect();
@@ -245,7 +245,9 @@ fn text_rows(
     let mut rows = Vec::new();
     let mut head = Some(head);
     for line in text.split('\n') {
-        let mut row = head.take().unwrap_or_else(|| vec![Span::raw(" ".repeat(indent))]);
+        let mut row = head
+            .take()
+            .unwrap_or_else(|| vec![Span::raw(" ".repeat(indent))]);
         row.push(Span::styled(line.to_owned(), style));
         rows.push(row);
     }
@@ -277,9 +279,11 @@ fn draw_compose(frame: &mut Frame<'_>, app: &App, area: Rect) {
             search.query.chars().count(),
         ),
         None => {
-            let title = match app.reply_to.as_ref().and_then(|id| {
-                app.entries.iter().find(|e| e.id == *id)
-            }) {
+            let title = match app
+                .reply_to
+                .as_ref()
+                .and_then(|id| app.entries.iter().find(|e| e.id == *id))
+            {
                 Some(e) => format!(
                     " reply to {}: {} (Esc: cancel) ",
                     clean_line(&e.sender),
@@ -310,7 +314,10 @@ fn draw_compose(frame: &mut Frame<'_>, app: &App, area: Rect) {
     );
     if app.popup.is_none() {
         let x = area.x.saturating_add(1).saturating_add(cursor_x as u16);
-        frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(2)), area.y + 1));
+        frame.set_cursor_position(Position::new(
+            x.min(area.right().saturating_sub(2)),
+            area.y + 1,
+        ));
     }
 }
 
@@ -341,7 +348,10 @@ fn draw_status(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Span::styled(text, style),
     ]);
     let lines = wrap(line.spans, area.width as usize, 0);
-    frame.render_widget(Paragraph::new(lines.into_iter().take(1).collect::<Vec<_>>()), area);
+    frame.render_widget(
+        Paragraph::new(lines.into_iter().take(1).collect::<Vec<_>>()),
+        area,
+    );
 }
 
 fn draw_popup(frame: &mut Frame<'_>, title: &str, lines: &[String], over: Rect) {
@@ -432,8 +442,13 @@ fn sender_colour(sender: &str, me: &str) -> Color {
     if sender == me {
         return Color::Cyan;
     }
-    let sum = sender.bytes().fold(0usize, |a, b| a.wrapping_add(b as usize));
-    OTHERS.get(sum % OTHERS.len()).copied().unwrap_or(Color::Magenta)
+    let sum = sender
+        .bytes()
+        .fold(0usize, |a, b| a.wrapping_add(b as usize));
+    OTHERS
+        .get(sum % OTHERS.len())
+        .copied()
+        .unwrap_or(Color::Magenta)
 }
 
 /// Lays `spans` out in lines at most `width` columns wide, breaking at
@@ -551,10 +566,7 @@ mod tests {
             text: "lunch today?".into(),
             deleted: false,
         });
-        reply
-            .chat
-            .receipts
-            .insert("bob".into(), ReceiptState::Read);
+        reply.chat.receipts.insert("bob".into(), ReceiptState::Read);
         vec![text(HI, "bob", "lunch today?", 0), reply]
     }
 
@@ -589,7 +601,10 @@ mod tests {
             .chat
             .reactions
             .insert("👍".into(), vec!["alice".into(), "carol".into()]);
-        first.chat.reactions.insert("🎉".into(), vec!["dave".into()]);
+        first
+            .chat
+            .reactions
+            .insert("🎉".into(), vec!["dave".into()]);
         let shown = screen(&alice_with_bob(entries), 80, 14);
         assert!(shown.contains("👍 2 alice, carol"), "{shown}");
         insta::assert_snapshot!(shown);
@@ -618,7 +633,12 @@ mod tests {
     #[test]
     fn warnings_stand_out_in_red() {
         let mut entries = chat();
-        let mut warning = text(LATE, "system", "WARNING: the identity key of bob has changed since you first talked. Someone may be impersonating them; nothing was sent", 4);
+        let mut warning = text(
+            LATE,
+            "system",
+            "WARNING: the identity key of bob has changed since you first talked. Someone may be impersonating them; nothing was sent",
+            4,
+        );
         warning.kind = EntryKind::System;
         entries.push(warning);
         let mut joined = text("01f00d", "system", "carol joined", 5);
@@ -667,7 +687,7 @@ mod tests {
         app.input = "typing something long enough to scroll the line".into();
         app.cursor = app.input.chars().count();
         let shown = screen(&app, 40, 16);
-        assert!(!shown.contains("chats"), "{shown}");
+        assert!(!shown.contains("┌ chats"), "{shown}");
         insta::assert_snapshot!(shown);
     }
 
@@ -700,7 +720,10 @@ mod tests {
         assert!(bottom.contains("message 29") && !bottom.contains("message 20"));
         app.scroll = 10;
         let up = screen(&app, 80, 14);
-        assert!(up.contains("message 19") && !up.contains("message 29"), "{up}");
+        assert!(
+            up.contains("message 19") && !up.contains("message 29"),
+            "{up}"
+        );
         assert!(up.contains("newer below"));
         // Far past the top: clamped to the first line.
         app.scroll = 10_000;
@@ -713,7 +736,10 @@ mod tests {
         let mut entries = chat();
         entries.push(text(LATE, "bob", evil, 3));
         let shown = screen(&alice_with_bob(entries), 80, 14);
-        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'), "{shown:?}");
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
         assert!(!shown.contains('\u{202e}'));
         assert!(shown.contains("\u{FFFD}]52;c;ZXZpbA=="), "{shown}");
     }
