@@ -148,7 +148,7 @@ impl App {
     pub(crate) fn on_event(&mut self, event: Event, now_ms: u64) -> Vec<Request> {
         match event {
             Event::Connection(state) => self.connection = state,
-            Event::Entry(entry) => self.on_entry(entry, now_ms),
+            Event::Entry(entry) => self.on_entry(*entry, now_ms),
             Event::Conversations(list) => {
                 self.conversations = list;
                 if self.open.is_none()
@@ -288,12 +288,10 @@ impl App {
                 return self.after_edit(now_ms);
             }
             KeyCode::Backspace if self.search.is_some() => self.remove_at(0),
-            KeyCode::Backspace => {
-                if self.cursor > 0 {
-                    self.cursor -= 1;
-                    self.remove_at(self.cursor);
-                    return self.after_edit(now_ms);
-                }
+            KeyCode::Backspace if self.cursor > 0 => {
+                self.cursor -= 1;
+                self.remove_at(self.cursor);
+                return self.after_edit(now_ms);
             }
             KeyCode::Delete => {
                 self.remove_at(self.cursor);
@@ -876,14 +874,14 @@ pub(crate) mod tests {
         let mut app = alice_with_bob(Vec::new());
         let mut line = text("", "system", "bob is typing…", 0);
         line.kind = EntryKind::System;
-        app.on_event(Event::Entry(line.clone()), 1_000);
+        app.on_event(Event::Entry(Box::new(line.clone())), 1_000);
         assert_eq!(app.typing_here(), ["bob"]);
         app.tick(1_000 + TYPING_SHOWN_MS - 1);
         assert_eq!(app.typing_here(), ["bob"]);
         app.tick(1_000 + TYPING_SHOWN_MS);
         assert!(app.typing_here().is_empty());
-        app.on_event(Event::Entry(line), 10_000);
-        app.on_event(Event::Entry(text(A, "bob", "done", 1)), 10_001);
+        app.on_event(Event::Entry(Box::new(line)), 10_000);
+        app.on_event(Event::Entry(Box::new(text(A, "bob", "done", 1))), 10_001);
         assert!(app.typing_here().is_empty());
         // Not stored as a line either.
         assert_eq!(app.entries.len(), 1);
@@ -894,11 +892,11 @@ pub(crate) mod tests {
         let mut app = alice_with_bob(vec![text(A, "bob", "hi", 0)]);
         let mut edited = text(A, "bob", "hello", 0);
         edited.chat.edited = true;
-        app.on_event(Event::Entry(edited.clone()), 0);
+        app.on_event(Event::Entry(Box::new(edited.clone())), 0);
         assert_eq!(app.entries, vec![edited]);
         let mut elsewhere = text(B, "carol", "psst", 1);
         elsewhere.conversation = "carol".into();
-        app.on_event(Event::Entry(elsewhere), 0);
+        app.on_event(Event::Entry(Box::new(elsewhere)), 0);
         assert_eq!(app.entries.len(), 1);
         let mut warning = text(
             B2,
@@ -908,7 +906,7 @@ pub(crate) mod tests {
         );
         warning.conversation = "carol".into();
         warning.kind = EntryKind::System;
-        app.on_event(Event::Entry(warning), 0);
+        app.on_event(Event::Entry(Box::new(warning)), 0);
         assert!(matches!(&app.status, Some((Level::Warning, t)) if t.contains("carol")));
     }
 

@@ -56,7 +56,7 @@ pub(crate) enum Request {
 pub(crate) enum Event {
     Connection(Connection),
     /// A new or changed line (also typing indicators and warnings).
-    Entry(HistoryEntry),
+    Entry(Box<HistoryEntry>),
     Conversations(Vec<ConversationSummary>),
     /// The whole history of a conversation, as stored now.
     History(ConversationKey, Vec<HistoryEntry>),
@@ -133,7 +133,7 @@ async fn run(
                     backoff = Duration::from_secs(1);
                     send(Event::Connection(Connection::Online));
                     for entry in entries {
-                        send(Event::Entry(entry));
+                        send(Event::Entry(Box::new(entry)));
                     }
                 }
                 Err(e) => {
@@ -153,7 +153,7 @@ async fn run(
             reload(&client, open.as_ref(), &send);
         }
         let on_entry = |entry: &HistoryEntry| {
-            send(Event::Entry(entry.clone()));
+            send(Event::Entry(Box::new(entry.clone())));
             changed.notify_one();
         };
         let until = async {
@@ -282,7 +282,7 @@ async fn handle(
     };
     match result {
         Ok(Some((entry, done))) => {
-            send(Event::Entry(entry));
+            send(Event::Entry(Box::new(entry)));
             send(Event::Done(done.to_owned()));
         }
         Ok(None) => {}

@@ -668,7 +668,7 @@ mod tests {
         let mut app = alice_with_bob(chat());
         let mut typing = text("", "system", "bob is typing…", 5);
         typing.kind = EntryKind::System;
-        app.on_event(Event::Entry(typing), 0);
+        app.on_event(Event::Entry(Box::new(typing)), 0);
         let shown = screen(&app, 80, 14);
         assert!(shown.contains(" bob is typing…"), "{shown}");
         insta::assert_snapshot!(shown);
