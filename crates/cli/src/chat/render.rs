@@ -698,7 +698,12 @@ mod tests {
             query: "lunch".into(),
             current: Some(0),
         });
-        insta::assert_snapshot!("search", screen(&app, 80, 14));
+        let terminal = render(&app, 80, 14);
+        let buffer = terminal.backend().buffer();
+        // The match (row 1, after the list) is highlighted; the line after it is not.
+        assert!(buffer[(23, 1)].modifier.contains(Modifier::REVERSED));
+        assert!(!buffer[(23, 3)].modifier.contains(Modifier::REVERSED));
+        insta::assert_snapshot!("search", terminal.backend().to_string());
         app.search = None;
         app.popup = Some(Popup {
             title: "who can read bob (Esc closes)".into(),
