@@ -136,6 +136,15 @@ pub(crate) enum Command {
     Sync,
     /// Stay connected and print messages as they arrive (Ctrl-C to stop).
     Listen,
+    /// A terminal UI: your conversations, messages as they arrive, and a
+    /// compose line with /commands (/reply, /react, /edit, /delete, /timer,
+    /// /members, /verify; /help lists them and the keys).
+    Chat {
+        /// Write log lines to this file (the screen has no room for them;
+        /// without it they are dropped).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
     /// Link, list and remove this account's devices.
     #[command(subcommand)]
     Device(DeviceCommand),

@@ -4,6 +4,7 @@
 mod args;
 mod attachments;
 mod auditor;
+mod chat;
 mod output;
 mod profile;
 
@@ -14,16 +15,29 @@ use output::{Printer, confirm, date_of, qr};
 use profile::{default_profile, lock_command, open, open_profile};
 use sotto_client::{Client, ConversationKind};
 use std::process::ExitCode;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `sotto chat` owns the screen: its log goes to a file or nowhere.
+    let (writer, ansi) = match &cli.command {
+        Command::Chat { log } => match chat::log_writer(log.as_deref()) {
+            Ok(writer) => (writer, false),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => (BoxMakeWriter::new(std::io::stderr), true),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .with_ansi(ansi)
         .init();
-    let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -220,6 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
+        Command::Chat { .. } => chat::run(open(&profile)?).await?,
         Command::Device(command) => device(&profile, command, &out).await?,
         Command::Verify {
             username,

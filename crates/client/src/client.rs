@@ -661,6 +661,22 @@ impl Client {
         .await
     }
 
+    /// [`Client::listen`] until `until` is ready, then returns its output
+    /// with the connection still open, so an interactive client (`sotto
+    /// chat`) can send in between and listen again. `until` is polled
+    /// only while waiting for the server, never in the middle of a
+    /// delivery; it must be cancel-safe (a channel's `recv`, a timer).
+    /// Unlike `listen`, it does not check this account's own log first
+    /// ([`Client::sync`] does: call it once before).
+    pub async fn listen_until<T>(
+        &mut self,
+        on_entry: impl FnMut(&HistoryEntry),
+        until: impl Future<Output = T>,
+    ) -> Result<T, ClientError> {
+        self.connected(async |s| receive::listen_until(s, on_entry, until).await)
+            .await
+    }
+
     // ------------------------------------------------------------ keys
 
     /// The safety number of this account and `username`, and whether the
@@ -854,6 +870,18 @@ impl Client {
         };
         self.connected(async |s| receipts::send_typing(s, &target, typing).await)
             .await
+    }
+
+    /// Every conversation (direct and group, including those this device
+    /// left) with how many messages of others it has not shown yet, the
+    /// most recently active first. Unlike [`Client::history`], this marks
+    /// nothing read.
+    pub fn conversations(&self) -> Result<Vec<store::ConversationSummary>, ClientError> {
+        self.profile.purge_expired()?;
+        Ok(store::conversation_summaries(
+            &self.profile.db,
+            self.profile.account.username.as_str(),
+        )?)
     }
 
     /// The names of this account's group conversations that it is still in.

@@ -43,8 +43,8 @@ pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
 pub use store::{
-    AccountAlert, AttachmentInfo, ChatState, ConversationKind, EntryKind, HistoryEntry, Quoted,
-    ReceiptState, Version,
+    AccountAlert, AttachmentInfo, ChatState, ConversationKind, ConversationSummary, EntryKind,
+    HistoryEntry, Quoted, ReceiptState, Version,
 };
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};

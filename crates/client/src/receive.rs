@@ -53,8 +53,20 @@ pub(crate) async fn sync(s: &mut Session<'_>) -> Result<Vec<HistoryEntry>, Clien
 /// the connection fails.
 pub(crate) async fn listen(
     s: &mut Session<'_>,
-    mut on_entry: impl FnMut(&HistoryEntry),
+    on_entry: impl FnMut(&HistoryEntry),
 ) -> Result<(), ClientError> {
+    listen_until(s, on_entry, std::future::pending()).await
+}
+
+/// [`listen`] until `until` is ready, which is polled only while waiting
+/// for the server: never in the middle of a delivery, so nothing is left
+/// half applied or unacknowledged, and the connection stays usable.
+pub(crate) async fn listen_until<T>(
+    s: &mut Session<'_>,
+    mut on_entry: impl FnMut(&HistoryEntry),
+    until: impl Future<Output = T>,
+) -> Result<T, ClientError> {
+    let mut until = std::pin::pin!(until);
     for entry in drain(s).await? {
         on_entry(&entry);
     }
@@ -66,7 +78,14 @@ pub(crate) async fn listen(
         for entry in &entries {
             on_entry(entry);
         }
-        match s.connection.next(Some(LISTEN_PING)).await? {
+        // Waiting for the next frame is cancel-safe: frames already read
+        // stay buffered in the transport, a partial one in the WebSocket.
+        let next = tokio::select! {
+            biased;
+            done = &mut until => return Ok(done),
+            next = s.connection.next(Some(LISTEN_PING)) => next?,
+        };
+        match next {
             Next::Push(Push::Delivery(d)) => {
                 let mut entries = Vec::new();
                 handle_delivery(s, d, &mut entries).await?;

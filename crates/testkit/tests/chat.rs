@@ -463,3 +463,58 @@ async fn a_member_cannot_change_what_another_sent() {
     })
     .await;
 }
+
+/// What `sotto chat` builds on: `listen_until` delivers live lines, returns
+/// with the connection usable when asked, and `conversations` counts what
+/// the user has not been shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_can_pause_to_send_and_unread_counts_follow_history() {
+    within(async {
+        let server = TestServer::start().await;
+        let (mut alice, _a) = register(&server.url(), "alice").await;
+        let (mut bob, _b) = register(&server.url(), "bob").await;
+        alice.send_direct("bob", "one").await.unwrap();
+        alice.send_direct("bob", "two").await.unwrap();
+        bob.sync().await.unwrap();
+        let list = bob.conversations().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].kind, list[0].name.as_str()), (DIRECT, "alice"));
+        assert_eq!(list[0].unread, 2);
+        assert!(list[0].last_at > 0);
+        // Listing marks nothing read; showing the history does.
+        assert_eq!(bob.conversations().unwrap()[0].unread, 2);
+        bob.history(DIRECT, "alice").unwrap();
+        assert_eq!(bob.conversations().unwrap()[0].unread, 0);
+        // Bob's own messages never count.
+        bob.send_direct("alice", "hi").await.unwrap();
+        assert_eq!(bob.conversations().unwrap()[0].unread, 0);
+
+        // Alice listens until told to stop; a message from Bob arrives
+        // live, then the stop signal returns its value.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<&str>();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let listening = tokio::spawn(async move {
+            let returned = alice
+                .listen_until(
+                    |entry| {
+                        let _ = seen_tx.send(entry.text.clone());
+                    },
+                    async { stopped.await.unwrap() },
+                )
+                .await
+                .unwrap();
+            (alice, returned)
+        });
+        bob.send_direct("alice", "live").await.unwrap();
+        while seen.recv().await.unwrap() != "live" {}
+        stop.send("paused").unwrap();
+        let (mut alice, returned) = listening.await.unwrap();
+        assert_eq!(returned, "paused");
+        // The connection is still usable: Alice answers without reconnecting
+        // trouble, and Bob gets it.
+        alice.send_direct("bob", "back").await.unwrap();
+        let got = bob.sync().await.unwrap();
+        assert!(got.iter().any(|e| e.text == "back"), "{got:#?}");
+    })
+    .await;
+}

@@ -311,3 +311,43 @@ pub fn set_conversation_timer(
     )?;
     Ok(())
 }
+
+/// A conversation as a list shows it (`sotto chat`).
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize)]
+pub struct ConversationSummary {
+    pub kind: ConversationKind,
+    /// The peer's username, or the group's name.
+    pub name: String,
+    /// Chat messages of others not shown to the user yet.
+    pub unread: u64,
+    /// When its newest line arrived (milliseconds since the Unix epoch; 0:
+    /// none yet).
+    pub last_at: u64,
+}
+
+/// Every conversation with its unread count, the most recently active
+/// first. "Unread" is what [`mark_seen`] has not marked: chat messages of
+/// others, not deleted.
+pub fn conversation_summaries(
+    conn: &Connection,
+    own: &str,
+) -> Result<Vec<ConversationSummary>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT c.kind, c.name,
+             (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id
+                 AND m.sender != ?1 AND m.kind = 'text' AND m.mimi = 1
+                 AND m.seen = 0 AND m.deleted = 0),
+             (SELECT coalesce(max(received_at_ms), 0) FROM messages m
+                 WHERE m.conversation_id = c.id) AS last
+         FROM conversations c ORDER BY last DESC, c.kind, c.name",
+    )?;
+    let rows = stmt.query_map([own], |r| {
+        Ok(ConversationSummary {
+            kind: ConversationKind::parse(&r.get::<_, String>(0)?),
+            name: r.get(1)?,
+            unread: r.get::<_, i64>(2)?.max(0) as u64,
+            last_at: r.get::<_, i64>(3)?.max(0) as u64,
+        })
+    })?;
+    rows.collect()
+}
