@@ -486,6 +486,18 @@ impl App {
                 id: self.resolve_own(&id, "delete")?,
             },
             Compose::Timer(secs) => Request::Timer { to: open, secs },
+            Compose::File { path, text } => {
+                self.scroll = 0;
+                Request::File {
+                    to: open,
+                    path: path.into(),
+                    text,
+                }
+            }
+            Compose::Save { id, path } => Request::Save {
+                id: self.resolve(&id)?,
+                path: path.into(),
+            },
             Compose::Members => Request::Members(open),
             Compose::Verify { user, mark } => {
                 let user = match (user, open.kind) {

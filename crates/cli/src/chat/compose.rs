@@ -20,6 +20,10 @@ pub(crate) enum Compose {
     Delete { id: String },
     /// `/timer DURATION|off`: seconds, 0 for off.
     Timer(u64),
+    /// `/file PATH [TEXT]`: send a file, encrypted, with an optional text.
+    File { path: String, text: Option<String> },
+    /// `/save ID PATH`: download message ID's attachment to PATH.
+    Save { id: String, path: String },
     /// `/members`.
     Members,
     /// `/verify [USER] [--mark]`: the safety number with USER (the peer of
@@ -43,6 +47,8 @@ pub(crate) const HELP: &[&str] = &[
     "/edit ID TEXT        change a message you sent, for everyone",
     "/delete ID           delete a message you sent, for everyone",
     "/timer 30s|5m|1h|7d|off   disappearing messages for this conversation",
+    "/file PATH [TEXT]    send a file (encrypted; no spaces in PATH)",
+    "/save ID PATH        save the attachment of message ID to PATH",
     "/members             who can read this conversation",
     "/verify [USER] [--mark]   the safety number; --mark once compared",
     "/open USER, /open #GROUP  show or start a conversation",
@@ -101,6 +107,18 @@ pub(crate) fn parse(line: &str) -> Result<Option<Compose>, String> {
         "timer" => {
             let duration = need(rest.trim(), "/timer DURATION|off (like 30s, 5m, 1h, 7d)")?;
             Compose::Timer(crate::args::parse_timer(&duration)?)
+        }
+        "file" => {
+            let (path, text) = split_word(rest);
+            let path = need(path, "/file PATH [TEXT]")?;
+            let text = (!text.trim().is_empty()).then(|| text.to_owned());
+            Compose::File { path, text }
+        }
+        "save" => {
+            let (id, path) = split_word(rest);
+            let id = need(id, "/save ID PATH")?;
+            let path = need(path.trim(), "/save ID PATH")?;
+            Compose::Save { id, path }
         }
         "members" => Compose::Members,
         "verify" => {
@@ -167,6 +185,33 @@ mod tests {
         assert_eq!(parse("   ").unwrap(), None);
         assert_eq!(ok("hello /there"), Compose::Text("hello /there".into()));
         assert_eq!(ok("//shrug"), Compose::Text("/shrug".into()));
+    }
+
+    #[test]
+    fn files() {
+        assert_eq!(
+            ok("/file /tmp/cat.jpg look at this"),
+            Compose::File {
+                path: "/tmp/cat.jpg".into(),
+                text: Some("look at this".into())
+            }
+        );
+        assert_eq!(
+            ok("/file cat.jpg"),
+            Compose::File {
+                path: "cat.jpg".into(),
+                text: None
+            }
+        );
+        assert_eq!(
+            ok("/save ab12 out.jpg"),
+            Compose::Save {
+                id: "ab12".into(),
+                path: "out.jpg".into()
+            }
+        );
+        assert!(parse("/file").is_err());
+        assert!(parse("/save ab12").is_err());
     }
 
     #[test]

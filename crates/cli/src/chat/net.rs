@@ -40,6 +40,15 @@ pub(crate) enum Request {
         to: ConversationKey,
         secs: u64,
     },
+    File {
+        to: ConversationKey,
+        path: std::path::PathBuf,
+        text: Option<String>,
+    },
+    Save {
+        id: String,
+        path: std::path::PathBuf,
+    },
     Typing {
         to: ConversationKey,
         typing: bool,
@@ -236,6 +245,20 @@ async fn handle(
             .set_timer(to.kind, &to.name, secs)
             .await
             .map(|entry| Some((entry, "timer changed"))),
+        Request::File { to, path, text } => client
+            .send_file(to.kind, &to.name, &path, text.as_deref(), &mut |_, _| {})
+            .await
+            .map(|sent| Some((sent.entry, "file sent"))),
+        Request::Save { id, path } => client
+            .save_attachment(&id, &path, &mut |_, _| {})
+            .await
+            .map(|size| {
+                send(Event::Done(format!(
+                    "saved {size} bytes to {}",
+                    path.display()
+                )));
+                None
+            }),
         Request::Typing { to, typing } => {
             // Best effort: a lost typing indicator is not worth a word.
             let _ = client.send_typing(to.kind, &to.name, typing).await;
