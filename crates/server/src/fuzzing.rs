@@ -19,6 +19,7 @@ use crate::config::{Limits, ServerConfig};
 use crate::metrics::Metrics;
 use crate::session::{Context, Session};
 use crate::store::{SqliteStore, StoreError};
+use crate::key_directory::ServerDirectory;
 use crate::transparency_log::TransparencyLog;
 
 /// A server without a listener: its store, log, hub and limits.
@@ -50,8 +51,13 @@ impl FuzzServer {
             limits,
             ..ServerConfig::default()
         };
+        let directory = Arc::new(runtime.block_on(ServerDirectory::open(
+            &store,
+            data_dir,
+            config.directory_epoch_interval,
+        ))?);
         let metrics = Arc::new(Metrics::new(&store.writer_metrics()));
-        let ctx = Arc::new(Context::new(Arc::new(store), log, &config, metrics));
+        let ctx = Arc::new(Context::new(Arc::new(store), log, directory, &config, metrics));
         Ok(Self {
             runtime,
             ctx,

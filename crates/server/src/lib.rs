@@ -31,6 +31,7 @@ mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod host_check;
+pub mod key_directory;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
@@ -130,6 +131,7 @@ pub struct Server {
     local_addr: SocketAddr,
     store: SqliteStore,
     log: TransparencyLog,
+    directory: Arc<key_directory::ServerDirectory>,
     tls: Option<tls::Tls>,
     config: ServerConfig,
 }
@@ -226,6 +228,16 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source,
             })?;
+        let directory = key_directory::ServerDirectory::open(
+            &store,
+            &config.data_dir,
+            config.directory_epoch_interval,
+        )
+        .await
+        .map_err(|source| ServerError::Storage {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
         let listener =
             listen(config.listen, config.reuse_port).map_err(|source| ServerError::Bind {
                 addr: config.listen,
@@ -243,6 +255,7 @@ impl Server {
             local_addr,
             store,
             log,
+            directory: Arc::new(directory),
             tls,
             config,
         })
@@ -270,6 +283,7 @@ impl Server {
             listener,
             store,
             log,
+            directory,
             tls,
             config,
             ..
@@ -281,6 +295,7 @@ impl Server {
         let ctx = Arc::new(Context::new(
             Arc::clone(&store),
             log,
+            Arc::clone(&directory),
             &config,
             Arc::clone(&metrics),
         ));
@@ -293,6 +308,11 @@ impl Server {
             Arc::clone(&store),
             config.retention,
             SWEEP_INTERVAL,
+            stop_rx.clone(),
+        ));
+        let publisher = tokio::spawn(key_directory::run(
+            directory,
+            Arc::clone(&store),
             stop_rx.clone(),
         ));
         let tls_stop = stop_rx.clone();
@@ -367,6 +387,7 @@ impl Server {
             tracing::warn!("some connections did not close in time");
         }
         let _ = sweeper.await;
+        let _ = publisher.await;
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }

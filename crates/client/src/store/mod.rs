@@ -32,7 +32,7 @@ pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -182,6 +182,9 @@ pub(crate) fn open_keyed(
         }
         if version < 8 {
             tx.execute_batch(MIGRATION_8)?;
+        }
+        if version < 9 {
+            tx.execute_batch(MIGRATION_9)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -360,6 +363,16 @@ CREATE TABLE settings (
 ";
 
 /// Version 8: auditors this profile requires.
+/// Version 9: the key directory's newest signed epoch this device verified
+/// a lookup against (`keys::KeyLog::check_lookup`).
+const MIGRATION_9: &str = "
+-- Every later epoch must be at least as new, with the same VRF key.
+CREATE TABLE IF NOT EXISTS directory_epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BLOB NOT NULL
+);
+";
+
 const MIGRATION_8: &str = "
 -- Third-party auditors this profile requires (`sotto trust-auditor`): a
 -- key-log head the server presents is accepted only with a countersignature
