@@ -329,8 +329,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }),
             );
             let directory =
-                sotto_client::audit_directory(&server, &trust.trust()?, log_key.as_deref())
-                    .await?;
+                sotto_client::audit_directory(&server, &trust.trust()?, log_key.as_deref()).await?;
             out.line(
                 &format!(
                     "key directory of {server} verified: {} epochs append-only, root {}",

@@ -360,12 +360,12 @@ pub(crate) async fn look_up_directory(
         Ok(_) => Err(ClientError::Protocol(
             "expected a key-directory lookup".into(),
         )),
-        Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => Err(ClientError::KeyLog(
-            format!(
+        Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
+            Err(ClientError::KeyLog(format!(
                 "the key directory has no version of {username}'s account, though the key log \
                  lists it: the server is hiding the account's latest state"
-            ),
-        )),
+            )))
+        }
         Err(e) => Err(e),
     }
 }
@@ -394,7 +394,8 @@ impl KeyLog {
         state: &AccountState,
         now_ms: u64,
     ) -> Result<(), ClientError> {
-        let refused = |why: String| ClientError::KeyLog(format!("{username}'s keys are refused: {why}"));
+        let refused =
+            |why: String| ClientError::KeyLog(format!("{username}'s keys are refused: {why}"));
         let epoch = lookup
             .epoch
             .as_ref()
@@ -450,7 +451,11 @@ impl KeyLog {
             &label,
             &lookup.proof,
         )
-        .map_err(|e| refused(format!("the key directory's lookup proof does not verify: {e}")))?;
+        .map_err(|e| {
+            refused(format!(
+                "the key directory's lookup proof does not verify: {e}"
+            ))
+        })?;
         if verified.state != sotto_directory::AccountState::of_log(state) {
             return Err(refused(format!(
                 "the key directory's latest version of the account (version {}, epoch {}) is \

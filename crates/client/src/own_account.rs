@@ -10,8 +10,8 @@
 //! trusting the log as it finds it, once.
 
 use crate::ClientError;
-use crate::profile::{Profile, now_ms};
 use crate::keys::look_up_directory;
+use crate::profile::{Profile, now_ms};
 use crate::session::{Session, look_up};
 use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
 use sotto_proto::Message as _;

@@ -59,7 +59,10 @@ pub async fn audit_stored(path: &Path) -> Result<EpochRoot, StoredAuditError> {
             .await
             .map_err(|e| failed(e.to_string()))?;
         if proof.epochs != [epoch - 1] {
-            return Err(failed(format!("the proof is for epochs {:?}", proof.epochs)));
+            return Err(failed(format!(
+                "the proof is for epochs {:?}",
+                proof.epochs
+            )));
         }
         akd::auditor::audit_verify::<Config>(vec![previous, current], proof)
             .await

@@ -41,8 +41,8 @@ pub mod storage;
 mod verify;
 mod vrf;
 
-pub use audit::{StoredAuditError, audit_stored};
 pub use account::{AccountState, AccountStateError, DEVICE_ID_LEN, MAX_DEVICES, Username};
+pub use audit::{StoredAuditError, audit_stored};
 pub use directory::{
     AuditAnswer, DirectoryError, EpochRoot, HistoryAnswer, KeyDirectory, LookupAnswer,
 };

@@ -16,10 +16,10 @@ use prost::Message as _;
 use sotto_proto::v1::server_frame;
 
 use crate::config::{Limits, ServerConfig};
+use crate::key_directory::ServerDirectory;
 use crate::metrics::Metrics;
 use crate::session::{Context, Session};
 use crate::store::{SqliteStore, StoreError};
-use crate::key_directory::ServerDirectory;
 use crate::transparency_log::TransparencyLog;
 
 /// A server without a listener: its store, log, hub and limits.
@@ -57,7 +57,13 @@ impl FuzzServer {
             config.directory_epoch_interval,
         ))?);
         let metrics = Arc::new(Metrics::new(&store.writer_metrics()));
-        let ctx = Arc::new(Context::new(Arc::new(store), log, directory, &config, metrics));
+        let ctx = Arc::new(Context::new(
+            Arc::new(store),
+            log,
+            directory,
+            &config,
+            metrics,
+        ));
         Ok(Self {
             runtime,
             ctx,

@@ -162,9 +162,12 @@ impl ServerDirectory {
         if count > 0 {
             let root = following.directory.publish(updates).await.map_err(failed)?;
             if root.epoch != following.head.epoch {
-                following.head =
-                    self.key
-                        .sign_epoch(&self.vrf_public_key, root.epoch, &root.root_hash, now_ms());
+                following.head = self.key.sign_epoch(
+                    &self.vrf_public_key,
+                    root.epoch,
+                    &root.root_hash,
+                    now_ms(),
+                );
                 tracing::debug!(epoch = root.epoch, accounts = count, "key directory epoch");
             }
         }
@@ -186,7 +189,10 @@ impl ServerDirectory {
     }
 
     /// The latest epoch, signed (pending changes published first).
-    pub async fn signed_epoch<S: LogStore>(&self, store: &S) -> Result<v1::SignedEpoch, StoreError> {
+    pub async fn signed_epoch<S: LogStore>(
+        &self,
+        store: &S,
+    ) -> Result<v1::SignedEpoch, StoreError> {
         let mut following = self.state.lock().await;
         self.catch_up_locked(store, &mut following).await?;
         self.refresh(&mut following)?;
@@ -240,11 +246,13 @@ impl ServerDirectory {
         let following = self.state.lock().await;
         match following.directory.audit_proof(from, to).await {
             // One answer must fit a frame, with room for the roots.
-            Ok(answer) if answer.proof.len() > sotto_proto::MAX_FRAME_BYTES / 2 => Ok(Err(format!(
-                "the audit proof of epochs {from}..={to} is {} bytes, too large for one answer: \
+            Ok(answer) if answer.proof.len() > sotto_proto::MAX_FRAME_BYTES / 2 => {
+                Ok(Err(format!(
+                    "the audit proof of epochs {from}..={to} is {} bytes, too large for one answer: \
                  ask for fewer epochs",
-                answer.proof.len()
-            ))),
+                    answer.proof.len()
+                )))
+            }
             Ok(answer) => Ok(Ok(v1::DirectoryAudit {
                 from_epoch: answer.from_epoch,
                 roots: answer.roots.iter().map(|r| r.to_vec()).collect(),

@@ -160,7 +160,10 @@ async fn audits_are_bounded_verify_and_name_nobody() {
 
     // Bounded: more than 16 epochs, past the latest, or backwards: refused.
     for (from, to) in [(0, 17), (0, head.epoch + 1), (2, 1), (1, 1)] {
-        assert_error(&audit(&mut auditor, from, to).await, ErrorCode::InvalidRequest);
+        assert_error(
+            &audit(&mut auditor, from, to).await,
+            ErrorCode::InvalidRequest,
+        );
     }
 }
 

@@ -40,7 +40,10 @@ fn looks_up(conn: &ConnView, user: &str) -> bool {
 /// A proxy that, once `keep` is set above 0, shows only the first `keep`
 /// log entries of `user` (the inclusion proofs of those still verify: the
 /// server just leaves the newer ones out). The directory is left alone.
-async fn hiding_newest_entries(server: &TestServer, user: &'static str) -> (HostileProxy, Arc<AtomicU64>) {
+async fn hiding_newest_entries(
+    server: &TestServer,
+    user: &'static str,
+) -> (HostileProxy, Arc<AtomicU64>) {
     let keep = Arc::new(AtomicU64::new(0));
     let keeping = Arc::clone(&keep);
     let proxy = HostileProxy::start(
@@ -80,7 +83,10 @@ async fn a_hidden_device_removal_is_caught_by_one_lookup() {
         // The honest view verifies, directory included.
         alice.safety_number("bob", false).await.unwrap();
 
-        keep.store(server_log::next_seq(server.data_dir(), "bob"), Ordering::SeqCst);
+        keep.store(
+            server_log::next_seq(server.data_dir(), "bob"),
+            Ordering::SeqCst,
+        );
         bob.remove_device(&stolen.device_id().to_string())
             .await
             .unwrap();
@@ -111,7 +117,10 @@ async fn a_device_hidden_from_its_own_account_is_caught_at_sync() {
         let (proxy, keep) = hiding_newest_entries(&server, "bob").await;
         let (mut bob, _b) = register(&proxy.url(), "bob").await;
         assert!(bob.sync().await.unwrap().is_empty());
-        keep.store(server_log::next_seq(server.data_dir(), "bob"), Ordering::SeqCst);
+        keep.store(
+            server_log::next_seq(server.data_dir(), "bob"),
+            Ordering::SeqCst,
+        );
         server_log::add_device(server.data_dir(), "bob", &bob.identity_secret(), |e| e);
 
         let seen = bob.sync().await.unwrap();

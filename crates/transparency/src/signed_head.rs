@@ -7,7 +7,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use zeroize::Zeroizing;
 
 use crate::{
-    Hash, LogError, MAX_TREE_SIZE, SignedEpoch, SignedTreeHead, to_hash, verify_signature, verifying_key,
+    Hash, LogError, MAX_TREE_SIZE, SignedEpoch, SignedTreeHead, to_hash, verify_signature,
+    verifying_key,
 };
 
 /// The server's log signing key (Ed25519). It signs tree heads; clients
@@ -93,7 +94,10 @@ impl LogKey {
 /// log key) and well formed.
 pub fn verify_epoch(log_key: &[u8], epoch: &SignedEpoch) -> Result<(), LogError> {
     let key = verifying_key(log_key, "the log key must be a 32-byte Ed25519 public key")?;
-    to_hash(&epoch.root_hash, "a directory epoch's root hash must be 32 bytes")?;
+    to_hash(
+        &epoch.root_hash,
+        "a directory epoch's root hash must be 32 bytes",
+    )?;
     to_hash(
         &epoch.vrf_public_key,
         "a directory's VRF public key must be 32 bytes",

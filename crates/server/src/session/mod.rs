@@ -36,12 +36,12 @@ use tokio::time::Instant;
 
 use crate::config::{Limits, RegistrationPolicy, ServerConfig};
 use crate::epoch_grace::EpochGrace;
+use crate::key_directory::ServerDirectory;
 use crate::link_rendezvous::{ConnectionId, LinkRendezvous};
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::metrics::Metrics;
 use crate::rate_limit::{ConnectionBuckets, RateLimits};
 use crate::store::{DeviceId, Store, StoreError, UnixSeconds};
-use crate::key_directory::ServerDirectory;
 use crate::transparency_log::TransparencyLog;
 use delivery::DeliveryWindow;
 use wire_error::error;
