@@ -200,3 +200,47 @@ async fn existing_accounts_are_published_once_and_survive_restarts() {
     assert_eq!(again.vrf_public_key, head.vrf_public_key);
     server.stop().await;
 }
+
+/// `sotto-server audit` checks every epoch from the stored nodes, and names
+/// the epoch whose stored node was changed.
+#[tokio::test]
+async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
+    let temp = tempfile::TempDir::new().unwrap();
+    let server = TestServer::start_in(temp.path()).await;
+    let (mut client, _) = server.registered("alice").await;
+    verified_lookup(&mut client, "alice").await;
+    server.registered("bob").await;
+    verified_lookup(&mut client, "bob").await;
+    server.stop().await;
+
+    let summary = sotto_server::audit::audit_data_dir(temp.path(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.directory.unwrap().epoch, 2);
+
+    // One byte of the hash of a leaf stored in epoch 2.
+    let db = rusqlite::Connection::open(temp.path().join(DIRECTORY_FILE_NAME)).unwrap();
+    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
+        .query_row(
+            "SELECT label_len, label_val, latest FROM akd_tree_nodes
+             WHERE last_epoch = 2 AND label_len = 256 LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
+    db.execute(
+        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
+        rusqlite::params![latest, len, val],
+    )
+    .unwrap();
+    drop(db);
+    let err = sotto_server::audit::audit_data_dir(temp.path(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sotto_server::audit::AuditFailure::Directory(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("epoch 1 to 2"), "{err}");
+}
