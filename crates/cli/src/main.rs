@@ -352,6 +352,19 @@ async fn run(cli: Cli) -> Result<()> {
                     "root": hex::encode(report.root),
                 }),
             );
+            let directory =
+                sotto_client::audit_directory(&server, &trust.trust()?, log_key.as_deref()).await?;
+            out.line(
+                &format!(
+                    "key directory of {server} verified: {} epochs append-only, root {}",
+                    directory.epochs,
+                    hex::encode(directory.root)
+                ),
+                &serde_json::json!({
+                    "directory_epochs": directory.epochs,
+                    "directory_root": hex::encode(directory.root),
+                }),
+            );
         }
         Command::Canary {
             server,

@@ -495,6 +495,16 @@ fn link_a_device_compare_safety_numbers_audit_and_remove() {
     let audit = json_lines(&ok(alice.path(), &["audit", server.url(), "--json"]));
     assert_eq!(audit[0]["accounts"], 2);
     assert_eq!(audit[0]["devices"], 3);
+    // Every key-directory epoch audited too; the output names nobody.
+    assert!(
+        audit[1]["directory_epochs"].as_u64().unwrap() >= 1,
+        "{audit:?}"
+    );
+    let human = ok(alice.path(), &["audit", server.url()]);
+    assert!(human.contains("key directory of"), "{human}");
+    for name in ["alice", "bob"] {
+        assert!(!human.contains(name), "{name} in the audit output: {human}");
+    }
 
     // A removed device is out: it cannot log in, and its account has one device again.
     // Its copy of the identity key is worth nothing: the key was rotated.

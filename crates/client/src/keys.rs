@@ -15,8 +15,8 @@ use sotto_core::identity::{MemberId, Username};
 use sotto_core::safety::SafetyNumber;
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AccountLog, ErrorCode, GetAccountLog, GetConsistency, GetCountersignatures, GetLogHead,
-    SignedTreeHead, client_frame, response,
+    AccountLog, DirectoryLookup, ErrorCode, GetAccountLog, GetConsistency, GetCountersignatures,
+    GetLogHead, LookupAccount, SignedEpoch, SignedTreeHead, client_frame, response,
 };
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};
@@ -190,6 +190,14 @@ impl KeyLog {
             self.check_head(profile, anonymous, head, HeadSource::Server)
                 .await?;
         }
+        // The log proves what it shows, not that it shows everything: the
+        // directory proves the account's latest version. (This account's
+        // own is checked by the own-account watch, on the logged-in
+        // connection: `own_account::check_own_account`.)
+        if *username != profile.account.username {
+            let lookup = look_up_directory(anonymous, None, username).await?;
+            self.check_lookup(&profile.db, username, &lookup, &state, now_ms())?;
+        }
         self.verified.insert(username.clone(), state.clone());
         self.fresh.insert(username.clone());
         Ok(state)
@@ -331,7 +339,141 @@ impl KeyLog {
     }
 }
 
+/// Asks the key directory for `username`'s latest version: on the
+/// logged-in connection when given (this account's own), else on the
+/// anonymous one. An account the log lists but the directory does not is
+/// the server hiding it.
+pub(crate) async fn look_up_directory(
+    anonymous: &mut Anonymous<'_>,
+    logged_in: Option<&mut Transport>,
+    username: &Username,
+) -> Result<DirectoryLookup, ClientError> {
+    let body = client_frame::Body::LookupAccount(LookupAccount {
+        username: username.to_string(),
+    });
+    let answer = match logged_in {
+        Some(logged_in) => look_up(anonymous, logged_in, body).await,
+        None => anonymous.request(body).await,
+    };
+    match answer {
+        Ok(response::Result::DirectoryLookup(lookup)) => Ok(lookup),
+        Ok(_) => Err(ClientError::Protocol(
+            "expected a key-directory lookup".into(),
+        )),
+        Err(e) if e.server_code() == Some(ErrorCode::UnknownUser) => {
+            Err(ClientError::KeyLog(format!(
+                "the key directory has no version of {username}'s account, though the key log \
+                 lists it: the server is hiding the account's latest state"
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl KeyLog {
+    /// Checks a directory lookup for `username` against the state its
+    /// verified key log replays to (`state`), as of `now_ms`:
+    ///
+    /// - the epoch is signed by the pinned log key;
+    /// - it is not older than the newest epoch this device verified (a lower
+    ///   number, or the same number with another root or VRF key, is a
+    ///   rollback or a fork), nor, once a newer one was seen, older than
+    ///   [`KeyLog::max_head_age`];
+    /// - the proof shows the version it carries is the latest at that epoch;
+    /// - that version is exactly the log's state: a server that leaves the
+    ///   newest entries out of the log it shows (the removal of a stolen
+    ///   phone) while the directory holds them, or the other way round, is
+    ///   caught here.
+    ///
+    /// Pins the epoch if it is newer.
+    pub(crate) fn check_lookup(
+        &self,
+        db: &Connection,
+        username: &Username,
+        lookup: &DirectoryLookup,
+        state: &AccountState,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        let refused =
+            |why: String| ClientError::KeyLog(format!("{username}'s keys are refused: {why}"));
+        let epoch = lookup
+            .epoch
+            .as_ref()
+            .ok_or_else(|| refused("the key-directory answer has no signed epoch".into()))?;
+        sotto_transparency::verify_epoch(&self.log_key, epoch)
+            .map_err(|e| refused(format!("the key directory's epoch does not verify: {e}")))?;
+        let pinned = pinned_epoch(db)?;
+        if let Some(pinned) = &pinned {
+            if pinned.vrf_public_key != epoch.vrf_public_key {
+                return Err(refused(
+                    "the key directory changed its VRF key: the server may be showing another \
+                     directory"
+                        .into(),
+                ));
+            }
+            if epoch.epoch < pinned.epoch {
+                return Err(refused(format!(
+                    "the server answered from key-directory epoch {}, though this device has \
+                     seen epoch {}: it may be hiding newer key changes",
+                    epoch.epoch, pinned.epoch
+                )));
+            }
+            if epoch.epoch == pinned.epoch && epoch.root_hash != pinned.root_hash {
+                return Err(refused(format!(
+                    "the key directory forked: epoch {} has two different roots. The server \
+                     may be showing different people different keys",
+                    epoch.epoch
+                )));
+            }
+            let age_ms = now_ms.saturating_sub(epoch.timestamp_ms);
+            if pinned.timestamp_ms > epoch.timestamp_ms
+                && u128::from(age_ms) > self.max_head_age.as_millis()
+            {
+                return Err(refused(format!(
+                    "the server presented a key-directory epoch signed {} minutes ago, though \
+                     this device has seen a newer one: it may be hiding newer key changes",
+                    age_ms / 60_000
+                )));
+            }
+        }
+        let (Ok(vrf_public_key), Ok(root)) = (
+            <[u8; 32]>::try_from(epoch.vrf_public_key.as_slice()),
+            <[u8; 32]>::try_from(epoch.root_hash.as_slice()),
+        ) else {
+            return Err(refused("the key directory's epoch is malformed".into()));
+        };
+        let label = sotto_directory::Username::parse(username.as_str())
+            .ok_or_else(|| refused("not a username the key directory can hold".into()))?;
+        let verified = sotto_directory::verify_lookup(
+            &vrf_public_key,
+            &root,
+            epoch.epoch,
+            &label,
+            &lookup.proof,
+        )
+        .map_err(|e| {
+            refused(format!(
+                "the key directory's lookup proof does not verify: {e}"
+            ))
+        })?;
+        if verified.state != sotto_directory::AccountState::of_log(state) {
+            return Err(refused(format!(
+                "the key directory's latest version of the account (version {}, epoch {}) is \
+                 not what its key log shows. The server is hiding or forging a change to \
+                 {username}'s keys or devices (for example the removal of a stolen device)",
+                verified.version, verified.epoch
+            )));
+        }
+        let newer = pinned.as_ref().is_none_or(|p| {
+            epoch.epoch > p.epoch
+                || epoch.timestamp_ms > p.timestamp_ms.saturating_add(REPIN_AFTER_MS)
+        });
+        if newer {
+            store::save_directory_epoch(db, &epoch.encode_to_vec())?;
+        }
+        Ok(())
+    }
+
     /// With auditors required (`sotto trust-auditor`), checks that each
     /// countersigned, at most its allowed lag before `now_ms`, either
     /// `head` itself or an older head that `head` extends (a consistency
@@ -564,6 +706,16 @@ fn rotated_here(profile: &Profile, old: &[u8]) -> Result<bool, ClientError> {
     Ok(false)
 }
 
+/// The newest key-directory epoch this device verified a lookup against.
+pub(crate) fn pinned_epoch(db: &Connection) -> Result<Option<SignedEpoch>, ClientError> {
+    store::directory_epoch(db)?
+        .map(|bytes| {
+            SignedEpoch::decode(bytes.as_slice())
+                .map_err(|e| ClientError::Protocol(format!("stored directory epoch: {e}")))
+        })
+        .transpose()
+}
+
 /// The newest log head this device verified, which every message it sends
 /// carries so peers can compare.
 pub(crate) fn pinned_head(db: &Connection) -> Result<Option<SignedTreeHead>, ClientError> {
@@ -585,17 +737,7 @@ pub async fn audit(
     trust: &crate::Trust,
     log_key: Option<&[u8]>,
 ) -> Result<sotto_transparency::AuditReport, ClientError> {
-    let mut t = Transport::connect(server_url, trust).await?;
-    if let Some(expected) = log_key
-        && expected != t.log_key.as_slice()
-    {
-        return Err(ClientError::KeyLog(format!(
-            "{server_url} announces the log key {}, not the one you gave ({}): \
-             this is not the server you meant, or it changed its key",
-            hex::encode(&t.log_key),
-            hex::encode(expected)
-        )));
-    }
+    let mut t = connect_pinned(server_url, trust, log_key).await?;
     let head = match t
         .request(client_frame::Body::GetLogHead(GetLogHead {}))
         .await?
@@ -609,6 +751,119 @@ pub async fn audit(
     t.close().await;
     sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
         ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
+    })
+}
+
+/// Connects to `server_url`; with `log_key`, the server must announce
+/// exactly that key (a pin from a second source, such as the operator's
+/// website).
+async fn connect_pinned(
+    server_url: &str,
+    trust: &crate::Trust,
+    log_key: Option<&[u8]>,
+) -> Result<Transport, ClientError> {
+    let t = Transport::connect(server_url, trust).await?;
+    if let Some(expected) = log_key
+        && expected != t.log_key.as_slice()
+    {
+        return Err(ClientError::KeyLog(format!(
+            "{server_url} announces the log key {}, not the one you gave ({}): \
+             this is not the server you meant, or it changed its key",
+            hex::encode(&t.log_key),
+            hex::encode(expected)
+        )));
+    }
+    Ok(t)
+}
+
+/// What [`audit_directory`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryAuditReport {
+    /// The latest epoch, signed by the log key; every epoch up to it was
+    /// audited.
+    pub epochs: u64,
+    /// Its root hash.
+    pub root: [u8; 32],
+}
+
+/// Audits the key directory of the server at `server_url`: its signed
+/// latest epoch, and that every epoch only appended to the one before
+/// (akd's append-only proofs, fetched a few epochs at a time). It learns
+/// no username: the proofs carry labels only as VRF outputs.
+pub async fn audit_directory(
+    server_url: &str,
+    trust: &crate::Trust,
+    log_key: Option<&[u8]>,
+) -> Result<DirectoryAuditReport, ClientError> {
+    let mut t = connect_pinned(server_url, trust, log_key).await?;
+    let failed = |why: String| {
+        ClientError::KeyLog(format!(
+            "the key directory of {server_url} fails the audit: {why}"
+        ))
+    };
+    let head = match t
+        .request(client_frame::Body::GetDirectoryEpoch(
+            sotto_proto::v1::GetDirectoryEpoch {},
+        ))
+        .await?
+    {
+        response::Result::DirectoryEpoch(epoch) => epoch,
+        _ => return Err(ClientError::Protocol("expected a directory epoch".into())),
+    };
+    sotto_transparency::verify_epoch(&t.log_key, &head).map_err(|e| failed(e.to_string()))?;
+    let root = <[u8; 32]>::try_from(head.root_hash.as_slice())
+        .map_err(|_| failed("the signed root is not 32 bytes".into()))?;
+    let mut last: Option<[u8; 32]> = None;
+    let mut from = 0;
+    while from < head.epoch {
+        let to = head
+            .epoch
+            .min(from.saturating_add(sotto_proto::MAX_AUDIT_EPOCHS_PER_REQUEST));
+        let request = sotto_proto::v1::GetDirectoryAudit {
+            from_epoch: from,
+            to_epoch: to,
+        };
+        let answer = match t
+            .request(client_frame::Body::GetDirectoryAudit(request))
+            .await?
+        {
+            response::Result::DirectoryAudit(answer) => answer,
+            _ => return Err(ClientError::Protocol("expected a directory audit".into())),
+        };
+        let roots = answer
+            .roots
+            .iter()
+            .map(|r| <[u8; 32]>::try_from(r.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| failed(format!("a root of epochs {from}..={to} is not 32 bytes")))?;
+        if answer.from_epoch != from || roots.len() as u64 != to - from + 1 {
+            return Err(failed(format!(
+                "asked for epochs {from}..={to}, the server answered for others"
+            )));
+        }
+        if let (Some(previous), Some(first)) = (last, roots.first())
+            && previous != *first
+        {
+            return Err(failed(format!(
+                "the server gave two different roots for epoch {from}"
+            )));
+        }
+        sotto_directory::verify_audit(&roots, from, &answer.proof)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        last = roots.last().copied();
+        from = to;
+    }
+    if last.is_some_and(|audited| audited != root) {
+        return Err(failed(format!(
+            "the audited root of epoch {} is not the root the server signed",
+            head.epoch
+        )));
+    }
+    t.close().await;
+    Ok(DirectoryAuditReport {
+        epochs: head.epoch,
+        root,
     })
 }
 

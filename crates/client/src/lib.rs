@@ -35,7 +35,9 @@ pub use attachments::SentFile;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
 pub use endpoint::Trust;
-pub use keys::{DEFAULT_MAX_HEAD_AGE, audit, rotation_notice};
+pub use keys::{
+    DEFAULT_MAX_HEAD_AGE, DirectoryAuditReport, audit, audit_directory, rotation_notice,
+};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;

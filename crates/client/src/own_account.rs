@@ -10,6 +10,7 @@
 //! trusting the log as it finds it, once.
 
 use crate::ClientError;
+use crate::keys::look_up_directory;
 use crate::profile::{Profile, now_ms};
 use crate::session::{Session, look_up};
 use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
@@ -51,7 +52,29 @@ pub(crate) async fn check_own_account(
         let raised = raise(s.profile, &format!("unverifiable:{e}"), None, &text)?;
         return Ok((raised, None));
     }
-    verified?;
+    let state = verified?;
+    // The log may leave out the account's newest entries; the directory
+    // proves its latest version. Asked on the logged-in connection.
+    let directory_alert = match look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own)
+        .await
+        .and_then(|lookup| {
+            s.key_log
+                .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
+        }) {
+        Err(ClientError::KeyLog(e)) => raise(
+            s.profile,
+            &format!("directory:{e}"),
+            None,
+            &format!(
+                "WARNING: your own account's key directory entry does not add up: {e}. Your \
+                 contacts may be shown other devices than your key log lists."
+            ),
+        )?,
+        other => {
+            other?;
+            Vec::new()
+        }
+    };
     let entries: Vec<LogEntry> = log.entries.iter().filter_map(|p| p.entry.clone()).collect();
     let mut known = BTreeMap::new();
     for (seq, bytes) in store::own_events(&s.profile.db)? {
@@ -65,7 +88,9 @@ pub(crate) async fn check_own_account(
         record_entries(&s.profile.db, &entries)?;
         known = known_from(&entries);
     }
-    review(s.profile, &entries, &known)
+    let (mut raised, review) = review(s.profile, &entries, &known)?;
+    raised.splice(0..0, directory_alert);
+    Ok((raised, review))
 }
 
 fn review(

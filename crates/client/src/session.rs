@@ -65,6 +65,7 @@ impl<'a> Anonymous<'a> {
         let named = match body {
             client_frame::Body::GetAccountLog(r) => r.username.as_str(),
             client_frame::Body::ClaimKeyPackages(r) => r.username.as_str(),
+            client_frame::Body::LookupAccount(r) => r.username.as_str(),
             _ => return false,
         };
         named == self.owner.as_str()

@@ -63,6 +63,15 @@ pub enum AccountStateError {
 }
 
 impl AccountState {
+    /// The state an account's verified log replays to: what the directory
+    /// must hold as the account's latest version.
+    pub fn of_log(replayed: &sotto_transparency::AccountState) -> Self {
+        Self {
+            identity_key: replayed.identity_key,
+            devices: replayed.devices.clone(),
+        }
+    }
+
     /// The deterministic encoding stored as the directory's value.
     pub fn encode(&self) -> Result<Vec<u8>, AccountStateError> {
         if self.devices.len() > MAX_DEVICES {

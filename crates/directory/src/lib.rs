@@ -35,12 +35,14 @@
 //! ```
 
 mod account;
+mod audit;
 mod directory;
 pub mod storage;
 mod verify;
 mod vrf;
 
 pub use account::{AccountState, AccountStateError, DEVICE_ID_LEN, MAX_DEVICES, Username};
+pub use audit::{StoredAuditError, audit_stored};
 pub use directory::{
     AuditAnswer, DirectoryError, EpochRoot, HistoryAnswer, KeyDirectory, LookupAnswer,
 };

@@ -91,6 +91,14 @@ pub const TREE_HEAD_CONTEXT: &[u8] = b"sotto-tree-head-v1";
 /// ([`countersign_transcript`]).
 pub const COUNTERSIGN_CONTEXT: &[u8] = b"sotto-countersign-v1";
 
+/// Domain separation for the log key's signature over a directory epoch
+/// ([`directory_epoch_transcript`]).
+pub const DIRECTORY_EPOCH_CONTEXT: &[u8] = b"sotto-directory-epoch-v1";
+
+/// Most epochs one `GetDirectoryAudit` covers: an audit's cost follows its
+/// epochs' changes, so a request is kept to a few.
+pub const MAX_AUDIT_EPOCHS_PER_REQUEST: u64 = 16;
+
 /// Most auditors one `GetCountersignatures` may name.
 pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
 
@@ -173,6 +181,25 @@ pub fn tree_head_transcript(tree_size: u64, root_hash: &[u8], timestamp_ms: u64)
     let mut out = Vec::with_capacity(TREE_HEAD_CONTEXT.len() + 16 + root_hash.len());
     out.extend_from_slice(TREE_HEAD_CONTEXT);
     out.extend_from_slice(&tree_size.to_be_bytes());
+    out.extend_from_slice(root_hash);
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out
+}
+
+/// The bytes the log key signs for a directory epoch: that the directory
+/// under `vrf_public_key` had root `root_hash` at `epoch`, as of `timestamp_ms`.
+pub fn directory_epoch_transcript(
+    vrf_public_key: &[u8],
+    epoch: u64,
+    root_hash: &[u8],
+    timestamp_ms: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        DIRECTORY_EPOCH_CONTEXT.len() + vrf_public_key.len() + 16 + root_hash.len(),
+    );
+    out.extend_from_slice(DIRECTORY_EPOCH_CONTEXT);
+    out.extend_from_slice(vrf_public_key);
+    out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(root_hash);
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out

@@ -10,6 +10,11 @@
 //! exactly what its log entries say (a device the server would let log in
 //! without a log entry is a "ghost" and fails the audit).
 //!
+//! For a SQLite data directory it also audits the key directory: every
+//! epoch's append-only proof against the stored roots
+//! ([`sotto_directory::audit_stored`]); that sees labels only as VRF
+//! outputs, so it prints no username.
+//!
 //! It reads through [`AdminStore`] and [`LogStore`], so any backend can be
 //! audited ([`audit_store`]); [`audit_data_dir`] opens a SQLite data
 //! directory read-only.
@@ -38,6 +43,10 @@ pub struct AuditSummary {
     /// Accounts created before the log existed: they have no entries, so
     /// clients cannot verify them.
     pub unlogged_accounts: u64,
+    /// The key directory's latest epoch and root, every epoch audited
+    /// ([`audit_data_dir`] only; `None` when the data directory has no key
+    /// directory yet).
+    pub directory: Option<sotto_directory::EpochRoot>,
 }
 
 /// Why an audit failed.
@@ -72,6 +81,9 @@ pub enum AuditFailure {
     /// The server's tables disagree with its log.
     #[error("the server's database disagrees with its log: {0}")]
     StateMismatch(String),
+    /// The key directory is not append-only, or cannot be read.
+    #[error("the key directory fails its audit: {0}")]
+    Directory(#[from] sotto_directory::StoredAuditError),
 }
 
 fn now_ms() -> u64 {
@@ -91,7 +103,14 @@ pub async fn audit_data_dir(
     let store = tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&dir))
         .await
         .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
-    audit_store(&store, expected_log_key).await
+    let mut summary = audit_store(&store, expected_log_key).await?;
+    // The directory's epochs, each checked to only append to the one
+    // before: from stored nodes and roots, naming no account.
+    let directory = data_dir.join(crate::key_directory::DIRECTORY_FILE_NAME);
+    if directory.is_file() {
+        summary.directory = Some(sotto_directory::audit_stored(&directory).await?);
+    }
+    Ok(summary)
 }
 
 /// Audits the log kept by `store`, reading only; see [`audit_data_dir`].
@@ -142,6 +161,7 @@ pub async fn audit_store<S: AdminStore + LogStore>(
         log_key: key.public(),
         report,
         unlogged_accounts,
+        directory: None,
     })
 }
 

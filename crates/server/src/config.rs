@@ -19,6 +19,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// How long after a commit the previous epoch's send capability is still
 /// accepted, by default: 60 s, for messages sent just before the commit.
 pub const DEFAULT_PREVIOUS_EPOCH_GRACE: Duration = Duration::from_secs(60);
+/// Default [`ServerConfig::directory_epoch_interval`].
+pub const DEFAULT_DIRECTORY_EPOCH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Everything [`crate::Server::bind`] needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +78,11 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The blob store's size cap and quota (attachments; `crate::blobs`).
     pub blobs: crate::blobs::BlobConfig,
+    /// The key directory signs its latest epoch again at least this often
+    /// when nothing changes (`--directory-epoch-interval`), so an idle
+    /// directory's head stays fresh; changes are published within a
+    /// second. Default 5 minutes.
+    pub directory_epoch_interval: Duration,
 }
 
 /// Who may create an account.
@@ -107,6 +114,7 @@ impl Default for ServerConfig {
             server_names: Vec::new(),
             metrics_listen: None,
             blobs: crate::blobs::BlobConfig::default(),
+            directory_epoch_interval: DEFAULT_DIRECTORY_EPOCH_INTERVAL,
         }
     }
 }

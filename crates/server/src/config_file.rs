@@ -44,6 +44,14 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub privacy: PrivacySection,
     pub metrics: MetricsSection,
+    pub directory: DirectorySection,
+}
+
+/// `[directory]`: the key directory's epochs.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectorySection {
+    pub epoch_interval_secs: Option<u64>,
 }
 
 /// `[server]`: where it listens and keeps its data.
@@ -173,6 +181,12 @@ impl FileConfig {
             0,
             3600,
         )?;
+        range(
+            "directory.epoch_interval_secs",
+            self.directory.epoch_interval_secs,
+            1,
+            86_400,
+        )?;
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -231,6 +245,9 @@ impl FileConfig {
         }
         if s.metrics.listen.is_some() {
             config.metrics_listen = s.metrics.listen;
+        }
+        if let Some(secs) = s.directory.epoch_interval_secs {
+            config.directory_epoch_interval = Duration::from_secs(secs);
         }
         config
     }
@@ -310,6 +327,11 @@ allowed_origins = {allowed_origins}
 # Serve Prometheus metrics at /metrics on this address (--metrics-listen).
 # Keep it private. Off by default.
 # listen = "127.0.0.1:9420"
+
+[directory]
+# Seconds between signed key-directory epochs when nothing changes
+# (--directory-epoch-interval), 1 to 86400: clients refuse a stale one.
+epoch_interval_secs = {epoch_interval}
 "#,
         listen = d.listen,
         data = d.data_dir.display(),
@@ -323,6 +345,7 @@ allowed_origins = {allowed_origins}
         grace = d.previous_epoch_grace.as_secs(),
         log_connections = d.log_connections,
         allowed_origins = list(&d.allowed_origins),
+        epoch_interval = d.directory_epoch_interval.as_secs(),
     )
 }
 
@@ -375,6 +398,8 @@ mod tests {
             allowed_origins = ["https://chat.example.org"]
             [metrics]
             listen = "127.0.0.1:9420"
+            [directory]
+            epoch_interval_secs = 60
             "#,
         )
         .unwrap()
@@ -390,6 +415,7 @@ mod tests {
         assert_eq!(config.previous_epoch_grace, Duration::from_secs(5));
         assert!(config.limits.sends_per_connection.per_second.is_infinite());
         assert!(config.log_connections);
+        assert_eq!(config.directory_epoch_interval, Duration::from_secs(60));
         assert_eq!(config.allowed_origins, ["https://chat.example.org"]);
         assert_eq!(
             config.metrics_listen,

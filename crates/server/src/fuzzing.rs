@@ -16,6 +16,7 @@ use prost::Message as _;
 use sotto_proto::v1::server_frame;
 
 use crate::config::{Limits, ServerConfig};
+use crate::key_directory::ServerDirectory;
 use crate::metrics::Metrics;
 use crate::session::{Context, Session};
 use crate::store::{SqliteStore, StoreError};
@@ -50,8 +51,19 @@ impl FuzzServer {
             limits,
             ..ServerConfig::default()
         };
+        let directory = Arc::new(runtime.block_on(ServerDirectory::open(
+            &store,
+            data_dir,
+            config.directory_epoch_interval,
+        ))?);
         let metrics = Arc::new(Metrics::new(&store.writer_metrics()));
-        let ctx = Arc::new(Context::new(Arc::new(store), log, &config, metrics));
+        let ctx = Arc::new(Context::new(
+            Arc::new(store),
+            log,
+            directory,
+            &config,
+            metrics,
+        ));
         Ok(Self {
             runtime,
             ctx,

@@ -32,6 +32,7 @@ mod epoch_grace;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod host_check;
+pub mod key_directory;
 pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
@@ -131,6 +132,7 @@ pub struct Server {
     local_addr: SocketAddr,
     store: SqliteStore,
     log: TransparencyLog,
+    directory: Arc<key_directory::ServerDirectory>,
     tls: Option<tls::Tls>,
     config: ServerConfig,
 }
@@ -227,6 +229,16 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source,
             })?;
+        let directory = key_directory::ServerDirectory::open(
+            &store,
+            &config.data_dir,
+            config.directory_epoch_interval,
+        )
+        .await
+        .map_err(|source| ServerError::Storage {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
         let listener =
             listen(config.listen, config.reuse_port).map_err(|source| ServerError::Bind {
                 addr: config.listen,
@@ -244,6 +256,7 @@ impl Server {
             local_addr,
             store,
             log,
+            directory: Arc::new(directory),
             tls,
             config,
         })
@@ -271,6 +284,7 @@ impl Server {
             listener,
             store,
             log,
+            directory,
             tls,
             config,
             ..
@@ -282,6 +296,7 @@ impl Server {
         let ctx = Arc::new(Context::new(
             Arc::clone(&store),
             log,
+            Arc::clone(&directory),
             &config,
             Arc::clone(&metrics),
         ));
@@ -310,6 +325,11 @@ impl Server {
             blobs: blob_store,
             ctx: Arc::clone(&ctx),
         });
+        let publisher = tokio::spawn(key_directory::run(
+            directory,
+            Arc::clone(&store),
+            stop_rx.clone(),
+        ));
         let tls_stop = stop_rx.clone();
         let host_check = Arc::new(host_check::HostCheck::new(
             &config.server_names,
@@ -384,6 +404,7 @@ impl Server {
         }
         let _ = sweeper.await;
         let _ = blob_sweeper.await;
+        let _ = publisher.await;
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }

@@ -100,6 +100,11 @@ struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     previous_epoch_grace_secs: Option<u64>,
 
+    /// Seconds between signed key-directory epochs when nothing changes
+    /// (changes are published within a second) [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    directory_epoch_interval: Option<u64>,
+
     /// Most active devices one account may have (each is a key-log entry
     /// every contact downloads) [default: 16].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -191,6 +196,9 @@ impl Args {
         }
         if let Some(secs) = self.previous_epoch_grace_secs {
             config.previous_epoch_grace = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.directory_epoch_interval {
+            config.directory_epoch_interval = Duration::from_secs(secs);
         }
         if let Some(n) = self.max_devices_per_account {
             config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);
@@ -421,6 +429,13 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
             println!("tree size:      {}", r.tree_size);
             println!("root:           {}", hex::encode(r.root));
             println!("log key:        {}", hex::encode(summary.log_key));
+            if let Some(directory) = summary.directory {
+                println!(
+                    "key directory:  {} epochs append-only, root {}",
+                    directory.epoch,
+                    hex::encode(directory.root_hash)
+                );
+            }
             if summary.unlogged_accounts > 0 {
                 println!(
                     "warning: {} accounts predate the log and cannot be verified by clients",

@@ -24,7 +24,25 @@ async fn schema() -> BTreeSet<(String, String)> {
         .unwrap()
         .unwrap();
     store.close().await;
-    let conn = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+    let mut columns = BTreeSet::new();
+    // The key directory keeps its own file beside the database.
+    let directory = dir
+        .path()
+        .join(sotto_server::key_directory::DIRECTORY_FILE_NAME);
+    drop(sotto_directory::storage::sqlite::SqliteDatabase::open(&directory).unwrap());
+    for file in [dir.path().join("sotto.db"), directory] {
+        columns.extend(file_columns(&file));
+    }
+    assert!(
+        columns.iter().any(|(t, _)| t == "akd_tree_nodes"),
+        "the key directory's tables are missing"
+    );
+    columns
+}
+
+/// `(table, column)` for every column of every table in one SQLite file.
+fn file_columns(path: &std::path::Path) -> BTreeSet<(String, String)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .unwrap()

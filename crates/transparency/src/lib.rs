@@ -66,7 +66,7 @@ pub use account::{AccountState, open_entry, verify_account_log};
 pub use audit::{AuditError, AuditReport, audit};
 pub use countersign::{AuditorKey, verify_countersignature};
 pub use own_account::{DeviceIdBytes, Finding, OwnAccountReview, OwnChange, review_own_account};
-pub use signed_head::{LogKey, verify_head, verify_legal_key};
+pub use signed_head::{LogKey, verify_epoch, verify_head, verify_legal_key};
 pub use tree::{MerkleLog, verify_consistency, verify_inclusion};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -75,7 +75,7 @@ use sha2::{Digest, Sha256};
 
 pub use sotto_proto::v1::{
     AccountEvent, AccountLog, ConsistencyProof, Countersignature, IdentityRotated, LogEntry,
-    ProvenEntry, SignedTreeHead, account_event,
+    ProvenEntry, SignedEpoch, SignedTreeHead, account_event,
 };
 
 /// A SHA-256 Merkle tree hash.

@@ -7,7 +7,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use zeroize::Zeroizing;
 
 use crate::{
-    Hash, LogError, MAX_TREE_SIZE, SignedTreeHead, to_hash, verify_signature, verifying_key,
+    Hash, LogError, MAX_TREE_SIZE, SignedEpoch, SignedTreeHead, to_hash, verify_signature,
+    verifying_key,
 };
 
 /// The server's log signing key (Ed25519). It signs tree heads; clients
@@ -65,6 +66,54 @@ impl LogKey {
             signature: self.key.sign(&transcript).to_bytes().to_vec(),
         }
     }
+}
+
+impl LogKey {
+    /// Signs a statement that the key directory under `vrf_public_key` had
+    /// root `root` at `epoch`, as of `timestamp_ms`.
+    pub fn sign_epoch(
+        &self,
+        vrf_public_key: &[u8; 32],
+        epoch: u64,
+        root: &Hash,
+        timestamp_ms: u64,
+    ) -> SignedEpoch {
+        let transcript =
+            sotto_proto::directory_epoch_transcript(vrf_public_key, epoch, root, timestamp_ms);
+        SignedEpoch {
+            epoch,
+            root_hash: root.to_vec(),
+            vrf_public_key: vrf_public_key.to_vec(),
+            timestamp_ms,
+            signature: self.key.sign(&transcript).to_bytes().to_vec(),
+        }
+    }
+}
+
+/// Checks that a directory epoch is signed by `log_key` (the server's public
+/// log key) and well formed.
+pub fn verify_epoch(log_key: &[u8], epoch: &SignedEpoch) -> Result<(), LogError> {
+    let key = verifying_key(log_key, "the log key must be a 32-byte Ed25519 public key")?;
+    to_hash(
+        &epoch.root_hash,
+        "a directory epoch's root hash must be 32 bytes",
+    )?;
+    to_hash(
+        &epoch.vrf_public_key,
+        "a directory's VRF public key must be 32 bytes",
+    )?;
+    let transcript = sotto_proto::directory_epoch_transcript(
+        &epoch.vrf_public_key,
+        epoch.epoch,
+        &epoch.root_hash,
+        epoch.timestamp_ms,
+    );
+    verify_signature(
+        &key,
+        &transcript,
+        &epoch.signature,
+        "the directory epoch is not signed by the server's log key",
+    )
 }
 
 /// Domain separation for [`LogKey::certify_legal_key`].

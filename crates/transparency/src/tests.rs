@@ -98,6 +98,55 @@ fn reference_root(leaves: &[Vec<u8>]) -> Hash {
 }
 
 #[test]
+fn directory_epoch_round_trip_and_tampering() {
+    let key = LogKey::generate();
+    let epoch = key.sign_epoch(&[3; 32], 7, &[9; 32], 1_000);
+    verify_epoch(&key.public(), &epoch).unwrap();
+    assert!(matches!(
+        verify_epoch(&LogKey::generate().public(), &epoch),
+        Err(LogError::BadSignature(_))
+    ));
+    for tampered in [
+        SignedEpoch {
+            epoch: 8,
+            ..epoch.clone()
+        },
+        SignedEpoch {
+            timestamp_ms: 1_001,
+            ..epoch.clone()
+        },
+        SignedEpoch {
+            root_hash: vec![8; 32],
+            ..epoch.clone()
+        },
+        SignedEpoch {
+            vrf_public_key: vec![4; 32],
+            ..epoch.clone()
+        },
+    ] {
+        assert!(matches!(
+            verify_epoch(&key.public(), &tampered),
+            Err(LogError::BadSignature(_))
+        ));
+    }
+    // A tree head's signature is not an epoch's (domain separation).
+    let head = key.sign_head(7, [9; 32], 1_000);
+    let as_epoch = SignedEpoch {
+        signature: head.signature,
+        ..epoch.clone()
+    };
+    assert!(verify_epoch(&key.public(), &as_epoch).is_err());
+    let short = SignedEpoch {
+        vrf_public_key: vec![3; 31],
+        ..epoch
+    };
+    assert!(matches!(
+        verify_epoch(&key.public(), &short),
+        Err(LogError::Malformed(_))
+    ));
+}
+
+#[test]
 fn head_round_trip_and_tampering() {
     let key = LogKey::generate();
     let head = key.sign_head(5, [9; 32], 1_000);

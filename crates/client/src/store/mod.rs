@@ -34,7 +34,7 @@ pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -187,6 +187,9 @@ pub(crate) fn open_keyed(
         }
         if version < 9 {
             tx.execute_batch(MIGRATION_9)?;
+        }
+        if version < 10 {
+            tx.execute_batch(MIGRATION_10)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -390,5 +393,15 @@ CREATE TABLE IF NOT EXISTS attachments (
     key BLOB NOT NULL,
     nonce BLOB NOT NULL,
     content_hash BLOB NOT NULL
+);
+";
+
+/// Version 10: the key directory's newest signed epoch this device verified
+/// a lookup against (`keys::KeyLog::check_lookup`).
+const MIGRATION_10: &str = "
+-- Every later epoch must be at least as new, with the same VRF key.
+CREATE TABLE IF NOT EXISTS directory_epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BLOB NOT NULL
 );
 ";

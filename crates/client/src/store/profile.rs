@@ -140,6 +140,20 @@ pub fn save_log_head(conn: &Connection, head: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The newest signed directory epoch this device verified a lookup against (encoded).
+pub fn directory_epoch(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row("SELECT epoch FROM directory_epoch", [], |r| r.get(0))
+        .optional()
+}
+
+pub fn save_directory_epoch(conn: &Connection, epoch: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO directory_epoch (id, epoch) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch",
+        [epoch],
+    )?;
+    Ok(())
+}
+
 /// The auditors this profile requires, with the largest lag (ms) allowed
 /// for each one's countersignature.
 pub fn trusted_auditors(conn: &Connection) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {

@@ -17,6 +17,7 @@
 mod auth;
 mod delivery;
 mod devices;
+mod directory;
 mod key_packages;
 mod link;
 mod log;
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::{Limits, RegistrationPolicy, ServerConfig};
 use crate::epoch_grace::EpochGrace;
+use crate::key_directory::ServerDirectory;
 use crate::link_rendezvous::{ConnectionId, LinkRendezvous};
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::metrics::Metrics;
@@ -57,6 +59,8 @@ pub(crate) struct Context<S> {
     pub hub: MailboxHub,
     pub limits: Limits,
     pub log: TransparencyLog,
+    /// The key directory, following the log.
+    pub directory: Arc<ServerDirectory>,
     pub links: LinkRendezvous,
     /// Every shared rate limit, and the rates of each connection's own.
     pub rate_limits: RateLimits,
@@ -73,10 +77,12 @@ impl<S: Store> Context<S> {
     pub fn new(
         store: Arc<S>,
         log: TransparencyLog,
+        directory: Arc<ServerDirectory>,
         config: &ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            directory,
             hub: MailboxHub::fed_by(&*store),
             store,
             limits: config.limits.clone(),
@@ -307,6 +313,9 @@ impl<S: Store> Session<S> {
                     | Body::GetLogEntries(_)
                     | Body::SubmitCountersignature(_)
                     | Body::GetCountersignatures(_)
+                    | Body::GetDirectoryEpoch(_)
+                    | Body::LookupAccount(_)
+                    | Body::GetDirectoryAudit(_)
                     | Body::ClaimKeyPackages(_)
                     | Body::SendMessage(_)
                     | Body::SubmitCommit(_)
@@ -325,6 +334,9 @@ impl<S: Store> Session<S> {
                 self.submit_countersignature(request).await
             }
             (_, Body::GetCountersignatures(request)) => self.get_countersignatures(request).await,
+            (_, Body::GetDirectoryEpoch(_)) => self.get_directory_epoch().await,
+            (_, Body::LookupAccount(request)) => self.lookup_account(&request.username).await,
+            (_, Body::GetDirectoryAudit(request)) => self.get_directory_audit(request).await,
             (_, Body::JoinLink(join)) => self.join_link(join),
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,

@@ -346,6 +346,16 @@ pub trait LogStore: Send + Sync + 'static {
         fresh: Zeroizing<[u8; 32]>,
     ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
 
+    /// The secret of the key directory's VRF key (it hides usernames behind
+    /// the directory's labels): the stored one, or `fresh`, stored now, if
+    /// there is none yet. Kept with the other signing keys, so a backup made
+    /// with `--exclude-keys` leaves it out. (A directory opened with another
+    /// key refuses to start, so a lost key cannot silently hide accounts.)
+    fn directory_vrf_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
     /// Every log leaf of `username`, in log order. Empty: no such account
     /// (or one created before the log existed).
     fn account_log(

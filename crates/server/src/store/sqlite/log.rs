@@ -9,6 +9,11 @@ pub(super) const LOG_KEY_NAME: &str = "log";
 /// with entries. (Accounts from before the log have none, and a database
 /// of only those may still get its first key.)
 pub(super) const LOG_KEY_SIGNED: &str = "SELECT count(*) FROM log_entries";
+/// Name of the key directory's VRF key in `server_keys`.
+pub(super) const DIRECTORY_VRF_KEY_NAME: &str = "directory_vrf";
+/// What the VRF key vouches for lives in the directory's own file, which
+/// checks the key itself on open (`sotto_directory::DirectoryError::WrongVrfKey`).
+const DIRECTORY_VRF_KEY_SIGNED: &str = "SELECT 0";
 
 /// Appends one leaf at the end of the log. The writer is the only one
 /// appending, so indexes are contiguous.
@@ -56,6 +61,21 @@ impl LogStore for SqliteStore {
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
         self.write(move |conn| server_key_secret(conn, LOG_KEY_NAME, &fresh, LOG_KEY_SIGNED))
             .await
+    }
+
+    async fn directory_vrf_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |conn| {
+            server_key_secret(
+                conn,
+                DIRECTORY_VRF_KEY_NAME,
+                &fresh,
+                DIRECTORY_VRF_KEY_SIGNED,
+            )
+        })
+        .await
     }
 
     async fn account_log(&self, username: &str) -> Result<Vec<LogRecord>, StoreError> {
