@@ -146,13 +146,11 @@ fn create_invites(data: &DataDir, count: u32) -> anyhow::Result<Vec<String>> {
 }
 
 fn open_existing(data: &DataDir) -> anyhow::Result<AnyStore> {
-    block_on(AnyStore::open_existing(&data.location()))?
-        .context("cannot open the server database")
+    block_on(AnyStore::open_existing(&data.location()))?.context("cannot open the server database")
 }
 
 fn open_read_only(data: &DataDir) -> anyhow::Result<AnyStore> {
-    block_on(AnyStore::open_read_only(&data.location()))?
-        .context("cannot open the server database")
+    block_on(AnyStore::open_read_only(&data.location()))?.context("cannot open the server database")
 }
 
 /// `sotto-server stats`: totals only, read without disturbing a running

@@ -229,7 +229,9 @@ enum Command {
     /// Creates or upgrades the PostgreSQL schema (servers also do it at
     /// start; run this first when several nodes share the database, or to
     /// upgrade before starting a new version).
-    #[command(after_help = "Example: sotto-server migrate --store postgres://sotto@db.example.org/sotto")]
+    #[command(
+        after_help = "Example: sotto-server migrate --store postgres://sotto@db.example.org/sotto"
+    )]
     Migrate {
         /// The PostgreSQL database.
         #[arg(long, env = "SOTTO_STORE", value_name = "URL", value_parser = postgres_url)]

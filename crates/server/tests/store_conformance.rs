@@ -18,7 +18,7 @@ use sotto_server::store::{
     IdentityRotation, MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
     RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
-use sotto_server::store::PostgresStore;
+use sotto_server::store::{MailboxStore as _, PostgresStore};
 use sotto_testkit::postgres::TestDatabase;
 
 /// The conformance cases, each a function of a fresh, empty store.

@@ -32,14 +32,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sotto_proto::v1::MissedMessages;
-use sotto_server::store::{
-    AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceId, DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
-    KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore,
-    MessageId, NewAccount, NewDevice, Queued, RegisterError, RemoveDeviceError, SignedDevice,
-    SqliteStore, Store, StoreStats, day_of,
-};
 use sotto_server::store::PostgresStore;
+use sotto_server::store::{
+    AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    KeyPackageBundle, KeyPackageStatus, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
+    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats, day_of,
+};
 use sotto_testkit::postgres::TestDatabase;
 
 const USERS: u8 = 3;

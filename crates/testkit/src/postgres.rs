@@ -80,11 +80,7 @@ impl TestDatabase {
             .await
             .expect("create the test schema");
         let url = Self::url_for(&admin, &schema);
-        Some(Self {
-            admin,
-            schema,
-            url,
-        })
+        Some(Self { admin, schema, url })
     }
 
     /// A `postgres://` URL (what `sotto-server --store` takes) whose

@@ -31,8 +31,8 @@ use zeroize::Zeroizing;
 
 pub use any::{AnyStore, StoreLocation};
 pub use errors::*;
-pub use records::*;
 pub use postgres::PostgresStore;
+pub use records::*;
 pub use sqlite::{BackupSummary, RestoreSummary, SqliteStore};
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores

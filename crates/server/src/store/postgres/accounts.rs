@@ -1,8 +1,8 @@
 //! Accounts and devices: registration, lookups, last-seen days, and device
 //! changes (each with its transparency-log leaf, in one transaction).
 
-use super::*;
 use super::mailbox::delete_orphans;
+use super::*;
 
 async fn device_id_taken(tx: &Tx, device_id: DeviceId) -> Result<bool, StoreError> {
     let row = query_one(

@@ -195,9 +195,8 @@ impl LegalStore for PostgresStore {
         Ok(Some(CanaryRecord {
             day: to_u64(get(&r, 0)?),
             statement: get(&r, 1)?,
-            key: <[u8; 32]>::try_from(key).map_err(|_| {
-                StoreError::Backend("the stored canary key is not 32 bytes".into())
-            })?,
+            key: <[u8; 32]>::try_from(key)
+                .map_err(|_| StoreError::Backend("the stored canary key is not 32 bytes".into()))?,
             signature: <[u8; 64]>::try_from(signature).map_err(|_| {
                 StoreError::Backend("the stored canary signature is not 64 bytes".into())
             })?,

@@ -132,16 +132,7 @@ async fn place_envelope(
         let mut kept = Vec::with_capacity(recipients.len());
         for (device, num) in recipients {
             if mailbox_is_full(tx, num, mailbox_limit).await? {
-                record_missed(
-                    tx,
-                    device,
-                    num,
-                    group_id,
-                    missed,
-                    envelope.message_id,
-                    now,
-                )
-                .await?;
+                record_missed(tx, device, num, group_id, missed, envelope.message_id, now).await?;
                 skipped.push(device);
             } else {
                 kept.push((device, num));
@@ -158,7 +149,10 @@ async fn place_envelope(
             &query_one(
                 tx,
                 "INSERT INTO messages (message_id, payload) VALUES ($1, $2) RETURNING id",
-                &[&envelope.message_id.as_bytes().as_slice(), &envelope.payload],
+                &[
+                    &envelope.message_id.as_bytes().as_slice(),
+                    &envelope.payload,
+                ],
             )
             .await?,
             0,
@@ -717,14 +711,18 @@ async fn submit_commit_more(
 impl MailboxStore for PostgresStore {
     async fn enqueue(&self, message: GroupMessage) -> Result<Queued, EnqueueError> {
         let limit = self.mailbox_limit();
-        self.write(move |tx| Box::pin(async move { queue_message(&tx, &message, limit, false).await }))
-            .await
+        self.write(move |tx| {
+            Box::pin(async move { queue_message(&tx, &message, limit, false).await })
+        })
+        .await
     }
 
     async fn enqueue_more(&self, message: GroupMessage) -> Result<Queued, EnqueueError> {
         let limit = self.mailbox_limit();
-        self.write(move |tx| Box::pin(async move { queue_message(&tx, &message, limit, true).await }))
-            .await
+        self.write(move |tx| {
+            Box::pin(async move { queue_message(&tx, &message, limit, true).await })
+        })
+        .await
     }
 
     async fn submit_commit(

@@ -147,9 +147,10 @@ impl PostgresStore {
     pub async fn migrate(url: &str) -> Result<(i32, i32), StoreError> {
         let config = parse_config(url)?;
         let target = describe(&config);
-        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {e}"))
-        })?;
+        let (mut client, connection) =
+            config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {e}"))
+            })?;
         let driver = tokio::spawn(connection);
         let versions = schema::migrate_client(&mut client).await;
         drop(client);
@@ -260,7 +261,11 @@ impl From<tokio_postgres::Error> for StoreError {
         }
         // The database's own message (`{e}` alone says only "db error").
         match e.as_db_error() {
-            Some(db) => Self::Backend(format!("PostgreSQL: {}: {}", db.code().code(), db.message())),
+            Some(db) => Self::Backend(format!(
+                "PostgreSQL: {}: {}",
+                db.code().code(),
+                db.message()
+            )),
             None => Self::Backend(format!("PostgreSQL: {e}")),
         }
     }
@@ -359,7 +364,13 @@ async fn stored_server_key(
     c: &deadpool_postgres::ClientWrapper,
     name: &str,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-    match query_opt(c, "SELECT secret FROM server_keys WHERE name = $1", &[&name]).await? {
+    match query_opt(
+        c,
+        "SELECT secret FROM server_keys WHERE name = $1",
+        &[&name],
+    )
+    .await?
+    {
         Some(row) => Ok(Some(Zeroizing::new(get::<Vec<u8>>(&row, 0)?))),
         None => Ok(None),
     }

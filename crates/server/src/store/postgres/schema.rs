@@ -182,9 +182,12 @@ pub(super) async fn check_current(c: &tokio_postgres::Client) -> Result<(), Stor
         .await?
         .try_get(0)?;
     let version: i32 = if exists {
-        c.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
-            .await?
-            .try_get(0)?
+        c.query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?
     } else {
         0
     };
