@@ -156,7 +156,7 @@ fn open_read_only(data: &DataDir) -> anyhow::Result<AnyStore> {
 /// `sotto-server stats`: totals only, read without disturbing a running
 /// server.
 pub(crate) fn stats(data: &DataDir) -> anyhow::Result<()> {
-    let store = open_read_only(&data)?;
+    let store = open_read_only(data)?;
     let (stats, queued_bytes) = block_on(async {
         let stats = store.stats().await?;
         let bytes = store.queued_bytes().await?;
