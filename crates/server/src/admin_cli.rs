@@ -3,11 +3,13 @@
 //! are listed by hash (codes are never stored), and the statistics are
 //! totals.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use sotto_server::store::{AdminStore as _, SqliteStore, Store as _, invite_hash, new_invite_code};
+use sotto_server::store::{
+    AdminStore as _, AnyStore, Store as _, StoreLocation, invite_hash, new_invite_code,
+};
 
 use crate::block_on;
 
@@ -22,6 +24,17 @@ pub(crate) struct DataDir {
         value_name = "DIR"
     )]
     pub(crate) data: PathBuf,
+
+    /// The server's PostgreSQL database instead of --data's SQLite file.
+    #[arg(long, env = "SOTTO_STORE", value_name = "URL", value_parser = crate::postgres_url)]
+    pub(crate) store: Option<String>,
+}
+
+impl DataDir {
+    /// The store these flags name.
+    pub(crate) fn location(&self) -> StoreLocation {
+        StoreLocation::choose(self.store.as_deref(), &self.data)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,12 +69,12 @@ pub(crate) enum InviteCommand {
 pub(crate) fn invite(command: InviteCommand) -> anyhow::Result<()> {
     match command {
         InviteCommand::Create { count, data } => {
-            for code in create_invites(&data.data, count)? {
+            for code in create_invites(&data, count)? {
                 println!("{code}");
             }
         }
         InviteCommand::List { data } => {
-            let store = open_read_only(&data.data)?;
+            let store = open_read_only(&data)?;
             let invites = block_on(store.invites())??;
             println!("{:<16}  {:<10}  used", "hash", "created");
             for invite in invites {
@@ -76,8 +89,7 @@ pub(crate) fn invite(command: InviteCommand) -> anyhow::Result<()> {
             }
         }
         InviteCommand::Revoke { code, data } => {
-            let store = SqliteStore::open_existing(&data.data)
-                .context("cannot open the server database")?;
+            let store = open_existing(&data)?;
             let hash = match hash_of(&store, &code) {
                 Ok(hash) => hash,
                 Err(e) => {
@@ -101,7 +113,7 @@ pub(crate) fn invite(command: InviteCommand) -> anyhow::Result<()> {
 
 /// The hash an operator means: the code's, or the one stored hash that
 /// starts with these hex digits.
-fn hash_of(store: &SqliteStore, code: &str) -> anyhow::Result<[u8; 32]> {
+fn hash_of(store: &AnyStore, code: &str) -> anyhow::Result<[u8; 32]> {
     let prefix = code.trim().to_ascii_lowercase();
     let looks_like_prefix = prefix.len() >= 8 && prefix.chars().all(|c| c.is_ascii_hexdigit());
     if !looks_like_prefix {
@@ -121,8 +133,8 @@ fn hash_of(store: &SqliteStore, code: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Creates `count` invite codes, stores their hashes, and returns them.
-fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
-    let store = SqliteStore::open_existing(data).context("cannot open the server database")?;
+fn create_invites(data: &DataDir, count: u32) -> anyhow::Result<Vec<String>> {
+    let store = open_existing(data)?;
     let codes: Vec<String> = (0..count).map(|_| new_invite_code()).collect();
     let hashes = codes.iter().map(|code| invite_hash(code)).collect();
     block_on(async {
@@ -133,26 +145,36 @@ fn create_invites(data: &Path, count: u32) -> anyhow::Result<Vec<String>> {
     Ok(codes)
 }
 
-fn open_read_only(data: &Path) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open_read_only(data).context("cannot open the server database")
+fn open_existing(data: &DataDir) -> anyhow::Result<AnyStore> {
+    block_on(AnyStore::open_existing(&data.location()))?.context("cannot open the server database")
+}
+
+fn open_read_only(data: &DataDir) -> anyhow::Result<AnyStore> {
+    block_on(AnyStore::open_read_only(&data.location()))?.context("cannot open the server database")
 }
 
 /// `sotto-server stats`: totals only, read without disturbing a running
 /// server.
 pub(crate) fn stats(data: &DataDir) -> anyhow::Result<()> {
-    let store = open_read_only(&data.data)?;
+    let store = open_read_only(data)?;
     let (stats, queued_bytes) = block_on(async {
         let stats = store.stats().await?;
         let bytes = store.queued_bytes().await?;
         Ok::<_, sotto_server::store::StoreError>((stats, bytes))
     })??;
     let file_size = |name: &str| std::fs::metadata(data.data.join(name)).map_or(0, |m| m.len());
-    let database = file_size("sotto.db") + file_size("sotto.db-wal");
     println!("accounts:         {}", stats.accounts);
     println!("active devices:   {}", stats.devices);
     println!("queued entries:   {}", stats.mailbox_entries);
     println!("queued payloads:  {}", stats.payloads);
     println!("queued bytes:     {queued_bytes}");
-    println!("database bytes:   {database} (sotto.db and its write-ahead log)");
+    match data.location() {
+        StoreLocation::Sqlite(_) => {
+            let database = file_size("sotto.db") + file_size("sotto.db-wal");
+            println!("database bytes:   {database} (sotto.db and its write-ahead log)");
+        }
+        // PostgreSQL's own statistics say how large its database is.
+        StoreLocation::Postgres(_) => {}
+    }
     Ok(())
 }

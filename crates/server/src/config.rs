@@ -31,6 +31,9 @@ pub struct ServerConfig {
     /// Directory holding `sotto.db`; created if missing. Default
     /// `./sotto-data`.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://…`) to keep the data in instead
+    /// of `data_dir`'s SQLite file. Default `None`.
+    pub store: Option<String>,
     /// Per-connection limits.
     pub limits: Limits,
     /// How long a queued message is kept for a device that never fetches it.
@@ -97,11 +100,20 @@ pub enum RegistrationPolicy {
     Closed,
 }
 
+impl ServerConfig {
+    /// Where the data lives: [`Self::store`] if set, else the SQLite
+    /// database in [`Self::data_dir`].
+    pub fn store_location(&self) -> crate::store::StoreLocation {
+        crate::store::StoreLocation::choose(self.store.as_deref(), &self.data_dir)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from("./sotto-data"),
+            store: None,
             limits: Limits::default(),
             retention: DEFAULT_RETENTION,
             reuse_port: false,

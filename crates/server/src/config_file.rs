@@ -60,6 +60,7 @@ pub struct DirectorySection {
 pub struct ServerSection {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
+    pub store: Option<String>,
     pub reuse_port: Option<bool>,
     pub server_names: Option<Vec<String>>,
 }
@@ -187,6 +188,15 @@ impl FileConfig {
             1,
             86_400,
         )?;
+        if let Some(store) = &self.server.store
+            && (!crate::store::postgres::is_postgres_url(store)
+                || crate::store::postgres::parse_config(store).is_err())
+        {
+            return Err(
+                "server.store must be a postgres:// URL (an SQLite data directory is server.data)"
+                    .into(),
+            );
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -203,6 +213,9 @@ impl FileConfig {
         }
         if let Some(data) = &s.server.data {
             config.data_dir.clone_from(data);
+        }
+        if let Some(store) = &s.server.store {
+            config.store = Some(store.clone());
         }
         if let Some(reuse) = s.server.reuse_port {
             config.reuse_port = reuse;
@@ -278,6 +291,9 @@ pub fn example() -> String {
 listen = "{listen}"
 # Directory for the database and keys (--data, SOTTO_DATA).
 data = "{data}"
+# Keep the data in PostgreSQL instead of the data directory's SQLite file
+# (--store, SOTTO_STORE), e.g. "postgres://sotto@db.example.org/sotto".
+# store = "postgres://…"
 # SO_REUSEPORT, so several processes on one data directory share the port.
 reuse_port = {reuse_port}
 # Host names clients use besides IP addresses, localhost and the
@@ -382,6 +398,7 @@ mod tests {
             [server]
             listen = "0.0.0.0:9000"
             data = "/var/lib/sotto"
+            store = "postgres://sotto@db.example.org/sotto"
             reuse_port = true
             server_names = ["chat.example.org"]
             [registration]
@@ -406,6 +423,10 @@ mod tests {
         .to_server_config();
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
+        assert_eq!(
+            config.store.as_deref(),
+            Some("postgres://sotto@db.example.org/sotto")
+        );
         assert!(config.reuse_port);
         assert_eq!(config.server_names, ["chat.example.org"]);
         assert_eq!(config.registration, RegistrationPolicy::Invite);
@@ -439,6 +460,8 @@ mod tests {
         assert!(err.contains("sorage"), "{err}");
         let err = FileConfig::parse("[storage]\nretention_days = 0\n").unwrap_err();
         assert!(err.contains("storage.retention_days"), "{err}");
+        let err = FileConfig::parse("[server]\nstore = \"/var/lib/sotto\"\n").unwrap_err();
+        assert!(err.contains("server.store"), "{err}");
         let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(err.contains("tls.key"), "{err}");
     }

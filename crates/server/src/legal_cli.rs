@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use sotto_server::legal::{self, LegalError, Report, SignedDocument};
-use sotto_server::store::{SqliteStore, UnixDay, day_of};
+use sotto_server::store::{AnyStore, UnixDay, day_of};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LegalCommand {
@@ -29,14 +29,8 @@ pub(crate) enum LegalCommand {
         /// Your reference for the order (published in the report).
         #[arg(long, value_name = "ID")]
         request_id: String,
-        /// The data directory.
-        #[arg(
-            long = "data",
-            env = "SOTTO_DATA",
-            default_value = "./sotto-data",
-            value_name = "DIR"
-        )]
-        data: PathBuf,
+        #[command(flatten)]
+        data: crate::admin_cli::DataDir,
         /// Where to write the signed export (mode 0600); default stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -45,14 +39,8 @@ pub(crate) enum LegalCommand {
     /// and prints it. Exits 1 naming the first bad entry.
     #[command(after_help = "Example: sotto-server legal report --json > report.json")]
     Report {
-        /// The data directory.
-        #[arg(
-            long = "data",
-            env = "SOTTO_DATA",
-            default_value = "./sotto-data",
-            value_name = "DIR"
-        )]
-        data: PathBuf,
+        #[command(flatten)]
+        data: crate::admin_cli::DataDir,
         /// Print the signed JSON report (for publishing) instead of a table.
         #[arg(long)]
         json: bool,
@@ -78,14 +66,8 @@ pub(crate) enum LegalCommand {
         /// The statement.
         #[arg(long, value_name = "TEXT")]
         statement: String,
-        /// The data directory.
-        #[arg(
-            long = "data",
-            env = "SOTTO_DATA",
-            default_value = "./sotto-data",
-            value_name = "DIR"
-        )]
-        data: PathBuf,
+        #[command(flatten)]
+        data: crate::admin_cli::DataDir,
     },
 }
 
@@ -141,19 +123,20 @@ fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-/// Opens the existing database in `data` (the legal commands never create
-/// one).
-fn open(data: &Path) -> Result<SqliteStore, String> {
-    SqliteStore::open_existing(data).map_err(|e| e.to_string())
+/// Opens the existing database (the legal commands never create one).
+async fn open(data: &crate::admin_cli::DataDir) -> Result<AnyStore, String> {
+    AnyStore::open_existing(&data.location())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn export(
-    data: &Path,
+    data: &crate::admin_cli::DataDir,
     usernames: &[String],
     request_id: &str,
     out: Option<PathBuf>,
 ) -> Result<(), String> {
-    let store = open(data)?;
+    let store = open(data).await?;
     let target = out.clone();
     let write = move |signed: &SignedDocument| -> std::io::Result<()> {
         let mut text = pretty(&signed.to_json());
@@ -206,8 +189,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-async fn report(data: &Path, as_json: bool) -> Result<(), String> {
-    let store = open(data)?;
+async fn report(data: &crate::admin_cli::DataDir, as_json: bool) -> Result<(), String> {
+    let store = open(data).await?;
     let reported = legal::report(&store, today()).await;
     store.close().await;
     let (report, signed) = reported.map_err(|e| e.to_string())?;
@@ -273,8 +256,8 @@ fn verify_report(file: &Path, key: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-async fn canary(data: &Path, statement: &str) -> Result<(), String> {
-    let store = open(data)?;
+async fn canary(data: &crate::admin_cli::DataDir, statement: &str) -> Result<(), String> {
+    let store = open(data).await?;
     let published = legal::publish_canary(&store, statement, today()).await;
     store.close().await;
     let canary = published.map_err(|e| e.to_string())?;

@@ -46,7 +46,6 @@ mod transparency_log;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +63,7 @@ use tokio::sync::{Semaphore, watch};
 pub use config::{Limits, RegistrationPolicy, ServerConfig};
 use session::Context;
 pub use session::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES};
-use store::{SqliteStore, Store as _, StoreError};
+use store::{AnyStore, Store as _, StoreError};
 use transparency_log::TransparencyLog;
 
 /// How often expired mailbox entries are swept.
@@ -75,11 +74,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The database in the data directory could not be opened.
-    #[error("cannot open the database in {dir}: {source}")]
+    /// The database (in the data directory, or PostgreSQL) could not be
+    /// opened.
+    #[error("cannot open the database in {location}: {source}")]
     Storage {
-        /// The data directory.
-        dir: PathBuf,
+        /// The data directory, or the PostgreSQL database (no password).
+        location: String,
         /// What went wrong.
         source: StoreError,
     },
@@ -130,7 +130,7 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
-    store: SqliteStore,
+    store: AnyStore,
     log: TransparencyLog,
     directory: Arc<key_directory::ServerDirectory>,
     tls: Option<tls::Tls>,
@@ -139,7 +139,7 @@ pub struct Server {
 
 #[derive(Debug)]
 struct AppState {
-    ctx: Arc<Context<SqliteStore>>,
+    ctx: Arc<Context<AnyStore>>,
     connections: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     /// [`ServerConfig::log_connections`].
@@ -211,22 +211,17 @@ impl Server {
         // The certificate first: a typo in its path should not leave a
         // freshly created data directory behind.
         let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
-        let dir = config.data_dir.clone();
-        let quota = config.max_db_bytes;
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open_with_quota(&dir, quota))
+        let location = config.store_location();
+        let store = AnyStore::open(&location, config.max_db_bytes)
             .await
-            .map_err(|e| ServerError::Storage {
-                dir: config.data_dir.clone(),
-                source: StoreError::Backend(format!("open task failed: {e}")),
-            })?
             .map_err(|source| ServerError::Storage {
-                dir: config.data_dir.clone(),
+                location: location.describe(),
                 source,
             })?;
         let log = TransparencyLog::open(&store)
             .await
             .map_err(|source| ServerError::Storage {
-                dir: config.data_dir.clone(),
+                location: location.describe(),
                 source,
             })?;
         let directory = key_directory::ServerDirectory::open(
@@ -236,7 +231,7 @@ impl Server {
         )
         .await
         .map_err(|source| ServerError::Storage {
-            dir: config.data_dir.clone(),
+            location: config.data_dir.display().to_string(),
             source,
         })?;
         let listener =
@@ -289,7 +284,7 @@ impl Server {
             config,
             ..
         } = self;
-        store.set_mailbox_limit(config.limits.max_mailbox_entries);
+        store::MailboxStore::set_mailbox_limit(&store, config.limits.max_mailbox_entries);
         let store = Arc::new(store);
         let (stop_tx, stop_rx) = watch::channel(false);
         let metrics = Arc::new(metrics::Metrics::new(&store.writer_metrics()));

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -48,6 +48,12 @@ struct Args {
     /// [default: ./sotto-data].
     #[arg(long = "data", env = "SOTTO_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
+
+    /// Keep the data in PostgreSQL instead of --data's SQLite file, e.g.
+    /// postgres://sotto@db.example.org/sotto (the schema is created or
+    /// upgraded at start; see also `sotto-server migrate`).
+    #[arg(long, env = "SOTTO_STORE", value_name = "URL", value_parser = postgres_url)]
+    store: Option<String>,
 
     /// Days an undelivered message is kept before it is deleted [default: 30].
     #[arg(long, env = "SOTTO_RETENTION_DAYS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
@@ -174,6 +180,9 @@ impl Args {
         if let Some(data) = &self.data {
             config.data_dir.clone_from(data);
         }
+        if let Some(store) = &self.store {
+            config.store = Some(store.clone());
+        }
         if let Some(days) = self.retention_days {
             config.retention = Duration::from_secs(days.saturating_mul(24 * 60 * 60));
         }
@@ -224,19 +233,25 @@ enum Command {
     #[command(after_help = "Example: sotto-server audit --data ./sotto-data\n\
                       The server may keep running while this reads.")]
     Audit {
-        /// The data directory to audit.
-        #[arg(
-            long = "data",
-            env = "SOTTO_DATA",
-            default_value = "./sotto-data",
-            value_name = "DIR"
-        )]
-        data: PathBuf,
+        /// The data directory (or --store database) to audit.
+        #[command(flatten)]
+        data: admin_cli::DataDir,
 
         /// The log key clients were shown (64 hex digits); the audit fails if
         /// the stored key differs.
         #[arg(long, value_name = "HEX")]
         log_key: Option<String>,
+    },
+    /// Creates or upgrades the PostgreSQL schema (servers also do it at
+    /// start; run this first when several nodes share the database, or to
+    /// upgrade before starting a new version).
+    #[command(
+        after_help = "Example: sotto-server migrate --store postgres://sotto@db.example.org/sotto"
+    )]
+    Migrate {
+        /// The PostgreSQL database.
+        #[arg(long, env = "SOTTO_STORE", value_name = "URL", value_parser = postgres_url)]
+        store: String,
     },
     /// Court orders: export what the server holds about an account (signed),
     /// the signed transparency report of such requests, and the warrant
@@ -327,6 +342,19 @@ fn main() -> ExitCode {
     match args.command {
         Some(Command::Audit { data, log_key }) => audit(&data, log_key.as_deref()),
         Some(Command::Legal { command }) => legal_cli::run(command),
+        Some(Command::Migrate { store }) => report(
+            block_on(sotto_server::store::PostgresStore::migrate(&store))
+                .map_err(anyhow::Error::from)
+                .and_then(|migrated| {
+                    let (from, to) = migrated?;
+                    if from == to {
+                        println!("schema is at version {to}: nothing to do");
+                    } else {
+                        println!("schema migrated from version {from} to {to}");
+                    }
+                    Ok(())
+                }),
+        ),
         Some(Command::Config {
             command: ConfigCommand::Example,
         }) => {
@@ -404,7 +432,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the audit and prints its summary (stdout) or failure (stderr).
-fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
+fn audit(data: &admin_cli::DataDir, log_key: Option<&str>) -> ExitCode {
     let expected = match log_key.map(parse_key).transpose() {
         Ok(key) => key,
         Err(e) => {
@@ -412,7 +440,13 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let audited = match block_on(sotto_server::audit::audit_data_dir(data, expected.as_ref())) {
+    let location = data.location();
+    let audited = match block_on(async {
+        let store = sotto_server::store::AnyStore::open_read_only(&location).await?;
+        let audited = sotto_server::audit::audit_store(&store, expected.as_ref()).await;
+        store.close().await;
+        audited
+    }) {
         Ok(audited) => audited,
         Err(e) => {
             eprintln!("audit failed: cannot start a runtime: {e}");
@@ -422,7 +456,7 @@ fn audit(data: &Path, log_key: Option<&str>) -> ExitCode {
     match audited {
         Ok(summary) => {
             let r = &summary.report;
-            println!("audit passed: {}", data.display());
+            println!("audit passed: {}", location.describe());
             println!("entries:        {}", r.entries);
             println!("accounts:       {}", r.accounts);
             println!("active devices: {}", r.devices);
@@ -464,11 +498,31 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 /// Runs an operator command's future (the store is async) on a runtime of
 /// its own, on this thread.
+/// Accepts only a PostgreSQL URL for `--store` (a data directory is
+/// `--data`).
+fn postgres_url(value: &str) -> Result<String, String> {
+    if !sotto_server::store::postgres::is_postgres_url(value) {
+        return Err("expected a postgres:// URL (an SQLite data directory is --data)".into());
+    }
+    sotto_server::store::postgres::parse_config(value).map_err(|e| e.to_string())?;
+    Ok(value.to_owned())
+}
+
+/// Runs a future of an operator's command on the process's one runtime:
+/// a PostgreSQL store's writer and connections are tasks on it, so they
+/// must outlive each call.
 fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(future))
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if RUNTIME.get().is_none() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _ = RUNTIME.set(runtime);
+    }
+    let runtime = RUNTIME
+        .get()
+        .ok_or_else(|| std::io::Error::other("no runtime"))?;
+    Ok(runtime.block_on(future))
 }
 
 fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {

@@ -1,6 +1,6 @@
 //! Every column the server stores is in the published inventory
-//! (docs/SERVER_DATA.md), and every inventory row still exists. The
-//! PostgreSQL backend will run the same check against its schema.
+//! (docs/SERVER_DATA.md), and every inventory row still exists, on SQLite
+//! and (with `SOTTO_TEST_POSTGRES`) on PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -114,4 +114,53 @@ fn inventory_promises_the_core_export_fields() {
     ] {
         assert!(paths.contains(path), "inventory lost export field {path}");
     }
+}
+
+/// The PostgreSQL schema holds exactly the inventory's columns plus its
+/// "PostgreSQL only" rows.
+#[tokio::test]
+async fn postgres_schema_is_the_inventory() {
+    let Some(db) =
+        sotto_testkit::postgres::TestDatabase::create("postgres_schema_is_the_inventory").await
+    else {
+        return;
+    };
+    let store = sotto_server::store::PostgresStore::open(db.url())
+        .await
+        .unwrap();
+    store.close().await;
+    let client = db.client().await;
+    let stored: BTreeSet<(String, String)> = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = $1",
+            &[&db.schema()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: BTreeSet<(String, String)> = inventory_doc::rows()
+        .into_iter()
+        .map(|r| (r.table, r.column))
+        .collect();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/SERVER_DATA.md"
+    ))
+    .unwrap();
+    for line in doc.lines() {
+        let Some(rest) = line.strip_prefix("| PostgreSQL only: `") else {
+            continue;
+        };
+        let cells: Vec<&str> = rest.split('|').map(str::trim).collect();
+        let table = cells[0].trim_end_matches('`');
+        let column = cells[1].trim_matches('`');
+        expected.insert((table.to_owned(), column.to_owned()));
+    }
+    assert_eq!(
+        stored, expected,
+        "the PostgreSQL schema and docs/SERVER_DATA.md differ"
+    );
 }

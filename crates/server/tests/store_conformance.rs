@@ -18,6 +18,8 @@ use sotto_server::store::{
     IdentityRotation, MAX_MISSED_NOTICES, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
     RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store,
 };
+use sotto_server::store::{MailboxStore as _, PostgresStore};
+use sotto_testkit::postgres::TestDatabase;
 
 /// The conformance cases, each a function of a fresh, empty store.
 mod conformance {
@@ -1409,7 +1411,8 @@ mod log_cases {
 mod operator;
 
 /// Runs every conformance case against a backend. `$make` is an async
-/// expression yielding `(store, guard)`; the guard lives as long as the test.
+/// expression yielding `Some((store, guard))`, or `None` when the backend is
+/// not available here (it says so); the guard lives as long as the test.
 macro_rules! store_conformance_tests {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1456,7 +1459,7 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test]
             async fn $case() {
-                let (store, _guard) = $make.await;
+                let Some((store, _guard)) = $make.await else { return };
                 tokio::time::timeout(std::time::Duration::from_secs(20), conformance::$case(store))
                     .await
                     .expect("conformance case timed out");
@@ -1467,7 +1470,7 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test]
             async fn $case() {
-                let (store, _guard) = $make.await;
+                let Some((store, _guard)) = $make.await else { return };
                 tokio::time::timeout(std::time::Duration::from_secs(20), operator::$case(store))
                     .await
                     .expect("conformance case timed out");
@@ -1478,7 +1481,7 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test]
             async fn $case() {
-                let (store, _guard) = $make.await;
+                let Some((store, _guard)) = $make.await else { return };
                 tokio::time::timeout(std::time::Duration::from_secs(20), log_cases::$case(store))
                     .await
                     .expect("conformance case timed out");
@@ -1487,13 +1490,23 @@ macro_rules! store_conformance_tests {
     };
 }
 
-async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
+async fn sqlite_store() -> Option<(SqliteStore, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    (store, dir)
+    Some((store, dir))
 }
 
 store_conformance_tests!(sqlite, sqlite_store());
+
+/// A store in a fresh schema of the server `SOTTO_TEST_POSTGRES` names;
+/// `None` (the test says it is skipped) without the variable.
+async fn postgres_store() -> Option<(PostgresStore, TestDatabase)> {
+    let db = TestDatabase::create("store_conformance").await?;
+    let store = PostgresStore::open(db.url()).await.unwrap();
+    Some((store, db))
+}
+
+store_conformance_tests!(postgres, postgres_store());
 
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {
@@ -1520,4 +1533,41 @@ async fn sqlite_data_survives_reopening() {
             .unwrap()
             .is_some()
     );
+}
+
+/// Two nodes (two stores on one database) race commits for every epoch of
+/// one group: the database accepts exactly one per epoch, and the loser is
+/// told the epoch moved on, never both accepted.
+#[tokio::test]
+async fn postgres_nodes_racing_commits_get_one_per_epoch() {
+    let Some(db) = TestDatabase::create("postgres_nodes_racing_commits_get_one_per_epoch").await
+    else {
+        return;
+    };
+    let a = PostgresStore::open(db.url()).await.unwrap();
+    let b = PostgresStore::open(db.url()).await.unwrap();
+    let g = conformance::with_group(&a, "raced").await;
+    for epoch in 1..=20u64 {
+        let id = u8::try_from(epoch).unwrap();
+        let mut first = conformance::commit(&g, epoch, id, &[]);
+        first.commit.payload = b"from a".to_vec();
+        let mut second = conformance::commit(&g, epoch, id + 100, &[]);
+        second.commit.payload = b"from b".to_vec();
+        let (x, y) = tokio::join!(a.submit_commit(first), b.submit_commit(second));
+        let won = [&x, &y]
+            .iter()
+            .filter(|r| matches!(r, Ok(accepted) if accepted.outcome == Enqueued::Queued))
+            .count();
+        assert_eq!(won, 1, "epoch {epoch}: {x:?} / {y:?}");
+        for r in [&x, &y] {
+            assert!(
+                matches!(r, Ok(_) | Err(CommitError::StaleEpoch { .. })),
+                "epoch {epoch}: {r:?}"
+            );
+        }
+        assert_eq!(a.group_epoch(&g).await.unwrap(), Some(epoch + 1));
+        assert_eq!(b.group_epoch(&g).await.unwrap(), Some(epoch + 1));
+    }
+    a.close().await;
+    b.close().await;
 }

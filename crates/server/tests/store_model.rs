@@ -32,13 +32,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sotto_proto::v1::MissedMessages;
+use sotto_server::store::PostgresStore;
 use sotto_server::store::{
-    AccountStore, AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission,
-    DeviceId, DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
-    KeyPackageBundle, KeyPackageStatus, KeyPackageStore, LogStore, MailboxEntry, MailboxStore,
-    MessageId, NewAccount, NewDevice, Queued, RegisterError, RemoveDeviceError, SignedDevice,
-    SqliteStore, Store, StoreStats, day_of,
+    AddDeviceError, ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId,
+    DeviceRemoval, EnqueueError, Enqueued, Envelope, Expired, GroupId, GroupMessage,
+    KeyPackageBundle, KeyPackageStatus, MailboxEntry, MessageId, NewAccount, NewDevice, Queued,
+    RegisterError, RemoveDeviceError, SignedDevice, SqliteStore, Store, StoreStats, day_of,
 };
+use sotto_testkit::postgres::TestDatabase;
 
 const USERS: u8 = 3;
 const DEVICES: u8 = 6;
@@ -951,7 +952,7 @@ fn store_dir() -> tempfile::TempDir {
 }
 
 /// Runs one operation on both sides and checks the answers agree.
-async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+async fn step<S: Store>(store: &S, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match op {
         &Op::Register { user, device } => {
             let result = store
@@ -1193,7 +1194,7 @@ async fn step(store: &SqliteStore, model: &mut Model, op: &Op) -> Result<(), Tes
 }
 
 /// Everything observable must match the model.
-async fn check_state(store: &SqliteStore, model: &Model) -> Result<(), TestCaseError> {
+async fn check_state<S: Store>(store: &S, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(store.stats().await.unwrap(), model.stats());
     for d in 1..=DEVICES + 1 {
         let mailbox = store.fetch_mailbox(device_id(d), 0, ALL).await.unwrap();
@@ -1234,22 +1235,47 @@ async fn check_state(store: &SqliteStore, model: &Model) -> Result<(), TestCaseE
     Ok(())
 }
 
+/// Runs `ops` on `store` and on a fresh model, checking both after every
+/// step.
+async fn agree<S: Store>(store: &S, ops: &[Op]) -> Result<(), TestCaseError> {
+    store.set_mailbox_limit(MAILBOX_CAP as u32);
+    let mut model = Model {
+        now: 20_000 * DAY,
+        ..Model::default()
+    };
+    for op in ops {
+        step(store, &mut model, op).await?;
+        check_state(store, &model).await?;
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn sqlite_store_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..32)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = store_dir();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.set_mailbox_limit(MAILBOX_CAP as u32);
-        let mut model = Model { now: 20_000 * DAY, ..Model::default() };
-        let result: Result<(), TestCaseError> = runtime.block_on(async {
-            for op in &ops {
-                step(&store, &mut model, op).await?;
-                check_state(&store, &model).await?;
-            }
-            Ok(())
-        });
+        let result = runtime.block_on(agree(&store, &ops));
         runtime.block_on(store.close());
+        result?;
+    }
+
+    /// The same against PostgreSQL (`SOTTO_TEST_POSTGRES`; skipped
+    /// without it), each sequence in a fresh schema.
+    #[test]
+    fn postgres_store_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..32)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = runtime.block_on(async {
+            let Some(db) = TestDatabase::create("store_model").await else {
+                return Ok(());
+            };
+            let store = PostgresStore::open(db.url()).await.unwrap();
+            let result = agree(&store, &ops).await;
+            store.close().await;
+            drop(db);
+            result
+        });
         result?;
     }
 }

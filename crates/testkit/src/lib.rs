@@ -17,6 +17,7 @@ pub mod cutting;
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;
+pub mod postgres;
 pub mod server_log;
 pub mod tls;
 pub mod wire;
@@ -96,6 +97,14 @@ impl TestServer {
     /// Where a TLS server's `cert.pem` and `key.pem` are.
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+
+    /// Starts a server that keeps its data in the PostgreSQL database at
+    /// `store` (a [`postgres::TestDatabase::url`]); its data directory is a
+    /// fresh temporary one (for TLS files only).
+    pub async fn start_postgres(store: &str) -> Self {
+        let store = store.to_owned();
+        Self::start_with(move |config| config.store = Some(store)).await
     }
 
     /// Starts a server on an existing data directory (to test restarts).

@@ -18,8 +18,10 @@
 //! - `errors`: one error enum per operation, and [`StoreError`]
 //! - `expiry`: the sweep that deletes what outlived the retention period
 
+mod any;
 mod errors;
 pub(crate) mod expiry;
+pub mod postgres;
 mod records;
 pub(crate) mod sqlite;
 
@@ -27,7 +29,9 @@ use std::future::Future;
 
 use zeroize::Zeroizing;
 
+pub use any::{AnyStore, StoreLocation};
 pub use errors::*;
+pub use postgres::PostgresStore;
 pub use records::*;
 pub use sqlite::{BackupSummary, RestoreSummary, SqliteStore};
 

@@ -1,0 +1,177 @@
+//! The transparency log's leaves and signing key.
+
+use super::*;
+use crate::store::CountersignatureRecord;
+
+/// Name of the log signing key in `server_keys`.
+pub(super) const LOG_KEY_NAME: &str = "log";
+/// Counts what the log key vouches for (see the SQLite backend).
+const LOG_KEY_SIGNED: &str = "SELECT count(*) FROM log_entries";
+/// Name of the key directory's VRF key in `server_keys`.
+const DIRECTORY_VRF_KEY_NAME: &str = "directory_vrf";
+/// What the VRF key vouches for lives in the directory's own file, which
+/// checks the key itself on open (see the SQLite backend).
+const DIRECTORY_VRF_KEY_SIGNED: &str = "SELECT 0::bigint";
+
+/// Appends one leaf at the end of the log. Indexes are contiguous: a
+/// concurrent append by another node takes the same index and fails on the
+/// primary key (its whole operation is refused, never a gap).
+pub(super) async fn append_log(tx: &Tx, username: &str, entry: &[u8]) -> Result<(), StoreError> {
+    execute(
+        tx,
+        "INSERT INTO log_entries (idx, username, entry) \
+         VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM log_entries), $1, $2)",
+        &[&username, &entry],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How many log entries an account has: the `account_seq` of its next one.
+pub(super) async fn next_account_seq(
+    c: &deadpool_postgres::ClientWrapper,
+    username: &str,
+) -> Result<u64, StoreError> {
+    let row = query_one(
+        c,
+        "SELECT count(*) FROM log_entries WHERE username = $1",
+        &[&username],
+    )
+    .await?;
+    Ok(to_u64(get(&row, 0)?))
+}
+
+fn log_records(rows: &[Row]) -> Result<Vec<LogRecord>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(LogRecord {
+                index: to_u64(get(r, 0)?),
+                username: get(r, 1)?,
+                entry: get(r, 2)?,
+            })
+        })
+        .collect()
+}
+
+impl LogStore for PostgresStore {
+    async fn log_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |tx| {
+            Box::pin(
+                async move { server_key_secret(&tx, LOG_KEY_NAME, &fresh, LOG_KEY_SIGNED).await },
+            )
+        })
+        .await
+    }
+
+    async fn directory_vrf_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                server_key_secret(
+                    &tx,
+                    DIRECTORY_VRF_KEY_NAME,
+                    &fresh,
+                    DIRECTORY_VRF_KEY_SIGNED,
+                )
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn account_log(&self, username: &str) -> Result<Vec<LogRecord>, StoreError> {
+        let c = self.reader().await?;
+        log_records(
+            &query(
+                &c,
+                "SELECT idx, username, entry FROM log_entries WHERE username = $1 ORDER BY idx",
+                &[&username],
+            )
+            .await?,
+        )
+    }
+
+    async fn log_entries(&self, start: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        let c = self.reader().await?;
+        log_records(
+            &query(
+                &c,
+                "SELECT idx, username, entry FROM log_entries WHERE idx >= $1 ORDER BY idx LIMIT $2",
+                &[&to_i64(start), &limit_i64(limit)],
+            )
+            .await?,
+        )
+    }
+
+    async fn add_countersignature(
+        &self,
+        record: CountersignatureRecord,
+        keep: usize,
+        expire_before_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                execute(
+                    &tx,
+                    "INSERT INTO countersignatures \
+                     (auditor_key, tree_size, signed_at_ms, countersignature) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (auditor_key, tree_size) DO UPDATE SET \
+                     signed_at_ms = excluded.signed_at_ms, countersignature = excluded.countersignature \
+                     WHERE excluded.signed_at_ms > countersignatures.signed_at_ms",
+                    &[
+                        &record.auditor_key,
+                        &to_i64(record.tree_size),
+                        &to_i64(record.signed_at_ms),
+                        &record.countersignature,
+                    ],
+                )
+                .await?;
+                execute(
+                    &tx,
+                    "DELETE FROM countersignatures WHERE auditor_key = $1 AND tree_size NOT IN \
+                     (SELECT tree_size FROM countersignatures WHERE auditor_key = $1 \
+                      ORDER BY tree_size DESC LIMIT $2)",
+                    &[&record.auditor_key, &limit_i64(keep)],
+                )
+                .await?;
+                execute(
+                    &tx,
+                    "DELETE FROM countersignatures WHERE signed_at_ms < $1",
+                    &[&to_i64(expire_before_ms)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn countersignature(
+        &self,
+        auditor_key: &[u8],
+        max_tree_size: u64,
+    ) -> Result<Option<CountersignatureRecord>, StoreError> {
+        let c = self.reader().await?;
+        let row = query_opt(
+            &c,
+            "SELECT tree_size, signed_at_ms, countersignature FROM countersignatures \
+             WHERE auditor_key = $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT 1",
+            &[&auditor_key, &to_i64(max_tree_size)],
+        )
+        .await?;
+        row.map(|r| {
+            Ok(CountersignatureRecord {
+                auditor_key: auditor_key.to_vec(),
+                tree_size: to_u64(get(&r, 0)?),
+                signed_at_ms: to_u64(get(&r, 1)?),
+                countersignature: get(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+}
