@@ -8,6 +8,7 @@
 //!   `VACUUM` would do);
 //! - `none`: the file keeps its largest size.
 //!
+//! A backlog of `--backlog` messages (default 2,000) stays queued throughout.
 //! While the space is given back, a probe queues one message every 5 ms
 //! and records its worst latency: how long writes stall.
 //!
@@ -16,7 +17,13 @@
 //! cargo run -p sotto-server --example space -- --reclaim vacuum --secure-delete off
 //! ```
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a measurement tool
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout
+)] // a measurement tool: fails loudly
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +42,7 @@ enum Reclaim {
 
 struct Options {
     messages: u64,
+    backlog: u64,
     payload: usize,
     reclaim: Reclaim,
     secure_delete: bool,
@@ -43,6 +51,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         messages: 100_000,
+        backlog: 2_000,
         payload: 256,
         reclaim: Reclaim::Incremental,
         secure_delete: true,
@@ -52,6 +61,7 @@ fn options() -> Options {
         let value = pair.get(1).map(String::as_str).unwrap_or_default();
         match pair[0].as_str() {
             "--messages" => options.messages = value.parse().expect("--messages N"),
+            "--backlog" => options.backlog = value.parse().expect("--backlog N"),
             "--payload" => options.payload = value.parse().expect("--payload BYTES"),
             "--reclaim" => {
                 options.reclaim = match value {
@@ -102,12 +112,17 @@ async fn main() {
         secure_delete: options.secure_delete,
         reclaim: options.reclaim == Reclaim::Incremental,
     };
-    let store = SqliteStore::open_tuned(dir.path(), None, tuning).unwrap();
-    let group = burst::prepare(&store).await;
     // A backlog that stays queued: the database before the burst.
-    let backlog = 2_000;
-    burst::enqueue(&store, &group, 0, backlog, options.payload).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let backlog = options.backlog;
+    let group = {
+        let store = SqliteStore::open_tuned(dir.path(), None, tuning).unwrap();
+        let group = burst::prepare(&store).await;
+        burst::enqueue(&store, &group, 0, backlog, options.payload).await;
+        store.close().await;
+        group
+    };
+    // Reopened: the write-ahead log was checkpointed into the file.
+    let store = SqliteStore::open_tuned(dir.path(), None, tuning).unwrap();
     let (before, _) = burst::file_sizes(dir.path());
 
     let enqueued = burst::enqueue(&store, &group, backlog, options.messages, options.payload).await;
@@ -147,8 +162,8 @@ async fn main() {
 
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "reclaim={:?} secure_delete={} messages={} payload={}B",
-        options.reclaim, options.secure_delete, options.messages, options.payload
+        "reclaim={:?} secure_delete={} messages={} backlog={} payload={}B",
+        options.reclaim, options.secure_delete, options.messages, backlog, options.payload
     );
     println!(
         "  enqueue {:.0} msg/s ({:.2?}); fetch+ack {:.0} msg/s ({:.2?})",

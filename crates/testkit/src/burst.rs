@@ -44,7 +44,11 @@ pub async fn prepare(store: &SqliteStore) -> GroupId {
             epoch: 0,
             token_hash: None,
             next_token_hash: TOKEN_HASH,
-            commit: envelope(u64::MAX, b"create"),
+            // Queued for nobody: the mailbox holds only the messages.
+            commit: Envelope {
+                recipients: Vec::new(),
+                ..envelope(u64::MAX, b"create")
+            },
             welcome: None,
             now: 1_000,
         })

@@ -86,9 +86,11 @@ pub(super) fn tune(
 pub(super) struct Reclaimer {
     enabled: bool,
     last: Instant,
-    /// Free pages were left after the last step: step again even if no
-    /// write comes.
+    /// Step again when due even if no write comes: writes since the last
+    /// step may have freed pages, or free pages were left.
     pending: bool,
+    /// The last step's checkpoint did not finish (busy readers).
+    unfinished_checkpoint: bool,
 }
 
 impl Reclaimer {
@@ -100,6 +102,7 @@ impl Reclaimer {
             enabled: mode == AUTO_VACUUM_INCREMENTAL,
             last: Instant::now(),
             pending: false,
+            unfinished_checkpoint: false,
         }
     }
 
@@ -112,37 +115,59 @@ impl Reclaimer {
 
     /// Runs one step if one is due. Outside any transaction.
     pub(super) fn step(&mut self, conn: &Connection) {
-        if !self.enabled || self.last.elapsed() < RECLAIM_INTERVAL {
+        if !self.enabled {
+            return;
+        }
+        if self.last.elapsed() < RECLAIM_INTERVAL {
+            // Not due yet: look again when it is, even if no write comes
+            // (the writes just made may have freed pages).
+            self.pending = true;
             return;
         }
         self.last = Instant::now();
-        match reclaim_step(conn) {
-            Ok(pending) => self.pending = pending,
+        match reclaim_step(conn, self.unfinished_checkpoint) {
+            Ok((free_left, unfinished)) => {
+                self.pending = free_left || unfinished;
+                self.unfinished_checkpoint = unfinished;
+            }
             Err(e) => {
                 self.pending = false;
+                self.unfinished_checkpoint = false;
                 tracing::warn!(error = %e, "could not give free database pages back");
             }
         }
     }
 }
 
-/// One step; whether free pages past the threshold remain.
-fn reclaim_step(conn: &Connection) -> Result<bool, StoreError> {
+/// One step: gives free pages back if more than the threshold are free,
+/// and then (or if the last step left work) checkpoints, which is what
+/// truncates the file in WAL mode. Returns whether work remains: free
+/// pages past the threshold, and whether busy readers kept the checkpoint
+/// from finishing.
+fn reclaim_step(conn: &Connection, unfinished: bool) -> Result<(bool, bool), StoreError> {
     let free = |conn: &Connection| -> Result<(i64, i64), StoreError> {
         let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         Ok((free, pages))
     };
     let (free_pages, pages) = free(conn)?;
-    if free_pages <= threshold(pages) {
-        return Ok(false);
+    let vacuum = free_pages > threshold(pages);
+    if vacuum {
+        // Each step of the statement frees one page: run it to the end.
+        let mut statement =
+            conn.prepare(&format!("PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})"))?;
+        let mut rows = statement.query([])?;
+        while rows.next()?.is_some() {}
     }
-    conn.execute_batch(&format!("PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES});"))?;
-    // Busy readers may keep it from finishing: the next step checkpoints
-    // again.
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    if !(vacuum || unfinished) {
+        return Ok((false, false));
+    }
+    let (log_frames, checkpointed): (i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })?;
     let (free_pages, pages) = free(conn)?;
-    Ok(free_pages > threshold(pages))
+    Ok((free_pages > threshold(pages), checkpointed < log_frames))
 }
 
 /// Free pages tolerated: a sixteenth of the file (reused by the next
