@@ -69,6 +69,13 @@ pub(super) fn tune(
         // A new database: the mode took without a rewrite.
         return Ok(());
     }
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables == 0 {
+        // A new database whose header WAL mode already wrote: nothing to
+        // rewrite.
+        conn.execute_batch("VACUUM;")?;
+        return Ok(());
+    }
     tracing::info!("switching the database to incremental auto-vacuum: rewriting it once (VACUUM)");
     let started = Instant::now();
     conn.execute_batch("VACUUM;")?;
