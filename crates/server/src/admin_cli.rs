@@ -1,4 +1,4 @@
-//! `sotto-server invite …` and `sotto-server stats`: the operator's
+//! `sotto-server invite …`, `account …` and `stats`: the operator's
 //! bookkeeping. Nothing here reveals content or who talks to whom: invites
 //! are listed by hash (codes are never stored), and the statistics are
 //! totals.
@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use sotto_server::legal;
 use sotto_server::store::{
-    AdminStore as _, AnyStore, Store as _, StoreLocation, invite_hash, new_invite_code,
+    AdminStore as _, AnyStore, DISABLED_UNTIL_ENABLED, Store as _, StoreLocation, invite_hash,
+    new_invite_code,
 };
 
 use crate::block_on;
@@ -151,6 +153,97 @@ fn open_existing(data: &DataDir) -> anyhow::Result<AnyStore> {
 
 fn open_read_only(data: &DataDir) -> anyhow::Result<AnyStore> {
     block_on(AnyStore::open_read_only(&data.location()))?.context("cannot open the server database")
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AccountCommand {
+    /// Disables an account: its devices are refused at login ("this
+    /// account is disabled by the server operator") and its name stays
+    /// taken. Devices connected now keep their connection until it drops
+    /// or the server restarts. Counted in the transparency report (kind
+    /// `disable`, without the name).
+    #[command(
+        after_help = "Example: sotto-server account disable mallory --until 7d --request-id abuse-42"
+    )]
+    Disable {
+        /// The account.
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Suspend for this long (`7d`, `2w`: whole days) instead of until
+        /// `account enable`.
+        #[arg(long, value_name = "DURATION", value_parser = parse_days)]
+        until: Option<u64>,
+        /// Your reference for the action (published in the report).
+        #[arg(long, value_name = "ID", default_value = "operator")]
+        request_id: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Enables a disabled account again. Counted in the transparency
+    /// report (kind `enable`).
+    Enable {
+        /// The account.
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Your reference for the action (published in the report).
+        #[arg(long, value_name = "ID", default_value = "operator")]
+        request_id: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+/// Days in a duration written `Nd` or `Nw` (N ≥ 1).
+fn parse_days(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration like 7d or 2w");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let count: u64 = number.parse().map_err(|_| bad())?;
+    let days = match unit {
+        "d" => count,
+        "w" => count.checked_mul(7).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if days == 0 || days > 36_500 {
+        return Err(format!("{text:?}: a suspension lasts 1 day to 100 years"));
+    }
+    Ok(days)
+}
+
+/// Runs an account command, printing what it did on stdout.
+pub(crate) fn account(command: AccountCommand) -> anyhow::Result<()> {
+    let today = crate::legal_cli::today();
+    let (username, until, request_id, data) = match command {
+        AccountCommand::Disable {
+            username,
+            until,
+            request_id,
+            data,
+        } => {
+            let until = until.map_or(DISABLED_UNTIL_ENABLED, |days| today.saturating_add(days));
+            (username, Some(until), request_id, data)
+        }
+        AccountCommand::Enable {
+            username,
+            request_id,
+            data,
+        } => (username, None, request_id, data),
+    };
+    let store = open_existing(&data)?;
+    let entry = block_on(async {
+        let set = legal::set_account_disabled(&store, &username, until, &request_id, today).await;
+        store.close().await;
+        set
+    })??;
+    match until {
+        Some(DISABLED_UNTIL_ENABLED) => println!("disabled {username} until enabled"),
+        Some(day) => println!("disabled {username} until {}", crate::legal_cli::date(day)),
+        None => println!("enabled {username}"),
+    }
+    println!(
+        "recorded as transparency report entry {} (kind {}, without the name)",
+        entry.seq, entry.kind
+    );
+    Ok(())
 }
 
 /// `sotto-server stats`: totals only, read without disturbing a running

@@ -277,6 +277,12 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::InviteCommand,
     },
+    /// Disable an account (its devices may not log in) or enable it again;
+    /// each action is counted in the signed transparency report.
+    Account {
+        #[command(subcommand)]
+        command: admin_cli::AccountCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions { shell: clap_complete::Shell },
@@ -373,6 +379,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Invite { command }) => report(admin_cli::invite(command)),
         Some(Command::Stats { data }) => report(admin_cli::stats(&data)),
+        Some(Command::Account { command }) => report(admin_cli::account(command)),
         Some(Command::Completions { shell }) => {
             // Into a buffer: clap_complete panics if stdout closes early.
             let mut script = Vec::new();

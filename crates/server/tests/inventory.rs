@@ -141,8 +141,10 @@ async fn postgres_schema_is_the_inventory() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // The key directory (`akd_*`) has its own SQLite file on either backend.
     let mut expected: BTreeSet<(String, String)> = inventory_doc::rows()
         .into_iter()
+        .filter(|r| !r.table.starts_with("akd_"))
         .map(|r| (r.table, r.column))
         .collect();
     let doc = std::fs::read_to_string(concat!(

@@ -1452,6 +1452,7 @@ macro_rules! store_conformance_tests {
                 invites_are_added_atomically_and_used_once,
                 auditor_reads_what_is_stored,
                 queued_bytes_count_each_payload_once,
+                disabling_an_account_is_recorded_with_it,
             );
         }
     };

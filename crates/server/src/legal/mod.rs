@@ -11,6 +11,9 @@
 //!   previous entry's hash; each entry is signed by the legal key.
 //!   [`report()`] verifies the stored chain, [`verify_report`] an exported
 //!   one.
+//! - [`set_account_disabled`] (`standing`) disables or enables an account
+//!   and appends the action to the report, counted, in the same
+//!   transaction.
 //! - The warrant canary (`canary`): [`publish_canary`] signs and stores a
 //!   dated statement, [`latest_canary`] reads it back for `GET /canary`.
 //!
@@ -23,6 +26,7 @@ mod canary;
 mod canonical;
 mod export;
 mod report;
+mod standing;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::Value;
@@ -32,6 +36,7 @@ pub use canary::{Canary, latest_canary, publish_canary};
 pub use canonical::{SignedDocument, canonical_json};
 pub use export::export_accounts;
 pub use report::{Report, ReportEntry, report, verify_report};
+pub use standing::set_account_disabled;
 
 use crate::store::{LegalStore, StoreError};
 
@@ -41,6 +46,10 @@ pub const EXPORT_FORMAT: &str = "sotto-legal-export/1";
 pub const REPORT_FORMAT: &str = "sotto-legal-report/1";
 /// The `kind` recorded for an account export.
 pub const KIND_EXPORT: &str = "export";
+/// The `kind` recorded when the operator disables an account.
+pub const KIND_DISABLE: &str = "disable";
+/// The `kind` recorded when the operator enables a disabled account.
+pub const KIND_ENABLE: &str = "enable";
 /// The previous hash of the first report entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// Longest accepted request id, in bytes.

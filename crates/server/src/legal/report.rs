@@ -131,7 +131,7 @@ impl ReportEntry {
     /// Parses a stored entry found at position `expected` of the report;
     /// names it if it is malformed (its chain is checked by
     /// [`ReportEntry::verify`]).
-    fn from_record(record: ReportRecord, expected: u64) -> Result<Self, LegalError> {
+    pub(super) fn from_record(record: ReportRecord, expected: u64) -> Result<Self, LegalError> {
         let ReportRecord {
             seq,
             request_id,

@@ -4,7 +4,10 @@ use super::parse::{certified_device, verifies, verifying_key};
 use super::wire_error::{bad_log_entry, done, error};
 use super::{RequestResult, Session, now_seconds};
 use crate::config::RegistrationPolicy;
-use crate::store::{DeviceId, NewAccount, RegisterError, SignedDevice, Store, day_of, invite_hash};
+use crate::store::{
+    DISABLED_UNTIL_ENABLED, DeviceId, NewAccount, RegisterError, SignedDevice, Store, day_of,
+    invite_hash,
+};
 use ed25519_dalek::VerifyingKey;
 use sotto_proto::v1::{self, ErrorCode, response};
 use sotto_transparency::{AccountState, leaf_bytes};
@@ -139,6 +142,17 @@ impl<S: Store> Session<S> {
         // Only the day is kept, so a second login the same day writes
         // nothing (and waits for no fsync).
         let today = day_of(now_seconds());
+        if let Some(until) = record.disabled_until_day.filter(|&until| today < until) {
+            let when = if until == DISABLED_UNTIL_ENABLED {
+                String::new()
+            } else {
+                format!(" for {} more day(s)", until - today)
+            };
+            return Err(error(
+                ErrorCode::AccountDisabled,
+                format!("this account is disabled by the server operator{when}"),
+            ));
+        }
         if record.last_seen_day < today {
             self.ctx.store.touch_device(device_id, today).await?;
         }

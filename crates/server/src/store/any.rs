@@ -317,6 +317,19 @@ impl LegalStore for AnyStore {
         dispatch!(self, s => s.record_export(usernames, plan, deliver).await)
     }
 
+    async fn set_account_disabled<E, P>(
+        &self,
+        username: String,
+        disabled_until_day: Option<UnixDay>,
+        plan: P,
+    ) -> Result<ReportRecord, E>
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(StandingSnapshot) -> Result<ReportRecord, E> + Send + 'static,
+    {
+        dispatch!(self, s => s.set_account_disabled(username, disabled_until_day, plan).await)
+    }
+
     async fn report_entries(&self) -> Result<Vec<ReportRecord>, StoreError> {
         dispatch!(self, s => s.report_entries().await)
     }

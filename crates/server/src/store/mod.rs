@@ -33,7 +33,7 @@ pub use any::{AnyStore, StoreLocation};
 pub use errors::*;
 pub use postgres::PostgresStore;
 pub use records::*;
-pub use sqlite::{BackupSummary, RestoreSummary, SqliteStore};
+pub use sqlite::{BackupSummary, RestoreSummary, SpaceTuning, SqliteStore};
 
 /// Seconds since the Unix epoch. Only passed in (mailbox expiry); stores
 /// keep the day ([`day_of`]).
@@ -46,6 +46,10 @@ pub type UnixDay = u64;
 /// group (see [`MailboxStore::enqueue`]); beyond them, losses are counted in
 /// one notice that names none.
 pub const MAX_MISSED_NOTICES: u64 = 64;
+
+/// [`DeviceRecord::disabled_until_day`] of an account disabled until the
+/// operator enables it again (the largest day every backend can store).
+pub const DISABLED_UNTIL_ENABLED: UnixDay = i64::MAX.unsigned_abs();
 
 /// Converts seconds to the day they fall in.
 pub fn day_of(seconds: UnixSeconds) -> UnixDay {
@@ -454,6 +458,25 @@ pub trait LegalStore: Send + Sync + 'static {
         E: From<StoreError> + Send + 'static,
         P: FnOnce(ExportSnapshot) -> Result<(ReportRecord, T), E> + Send + 'static,
         D: FnOnce(&T) -> Result<(), E> + Send + 'static;
+
+    /// Disables an account (`disabled_until_day`: `Some(day)`, see
+    /// [`DeviceRecord::disabled_until_day`]) or enables it (`None`), and
+    /// records the action in the transparency report, atomically: in one
+    /// transaction the backend reads the [`StandingSnapshot`] of
+    /// `username`, calls `plan` with it (which refuses, e.g. an unknown
+    /// account, by returning an error, or returns the report entry chained
+    /// onto the last one), appends the entry, sets the account's
+    /// `disabled_until_day`, commits, and returns the entry. Like
+    /// [`LegalStore::record_export`], `plan` runs inside the transaction.
+    fn set_account_disabled<E, P>(
+        &self,
+        username: String,
+        disabled_until_day: Option<UnixDay>,
+        plan: P,
+    ) -> impl Future<Output = Result<ReportRecord, E>> + Send
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(StandingSnapshot) -> Result<ReportRecord, E> + Send + 'static;
 
     /// Every entry of the transparency report, by seq, oldest first.
     fn report_entries(&self) -> impl Future<Output = Result<Vec<ReportRecord>, StoreError>> + Send;

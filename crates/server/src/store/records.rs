@@ -208,6 +208,11 @@ pub struct DeviceRecord {
     pub removed: bool,
     /// The last day it logged in (see [`AccountStore::touch_device`](super::AccountStore::touch_device)).
     pub last_seen_day: UnixDay,
+    /// The operator disabled its account until this day (exclusive;
+    /// [`DISABLED_UNTIL_ENABLED`](super::DISABLED_UNTIL_ENABLED): until
+    /// enabled again), see [`LegalStore::set_account_disabled`](super::LegalStore::set_account_disabled).
+    /// `None`: the account is not disabled.
+    pub disabled_until_day: Option<UnixDay>,
 }
 
 /// How many KeyPackages a device has left.
@@ -461,6 +466,19 @@ pub struct ExportSnapshot {
     pub accounts: Vec<Option<ExportedAccount>>,
     /// The report's last entry, which the new one must chain onto; `None`
     /// if the report is empty.
+    pub last_entry: Option<ReportRecord>,
+}
+
+/// What [`LegalStore::set_account_disabled`](super::LegalStore::set_account_disabled) read inside its transaction,
+/// for the caller's `plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandingSnapshot {
+    /// The account exists.
+    pub exists: bool,
+    /// Its `disabled_until_day` before the change (see
+    /// [`DeviceRecord::disabled_until_day`]).
+    pub disabled_until_day: Option<UnixDay>,
+    /// The report's last entry, which the new one must chain onto.
     pub last_entry: Option<ReportRecord>,
 }
 

@@ -379,3 +379,78 @@ pub async fn queued_bytes_count_each_payload_once<S: OperatorBackend>(store: S) 
     drain(&store, 2).await;
     assert_eq!(store.queued_bytes().await.unwrap(), 0);
 }
+
+/// `set_account_disabled`: the plan sees the account's standing and the
+/// report's last entry; the entry and the new standing are kept together,
+/// or neither (a refusing plan); the device lookup reports the standing.
+pub async fn disabling_an_account_is_recorded_with_it<S: OperatorBackend>(store: S) {
+    store.register(account("alice", 1)).await.unwrap();
+    assert_eq!(standing(&store).await, None);
+
+    let unknown = store
+        .set_account_disabled("nobody".into(), Some(9), |snapshot| {
+            assert!(!snapshot.exists);
+            Err::<ReportRecord, _>(ExportError::Refused("unknown"))
+        })
+        .await;
+    assert!(matches!(unknown, Err(ExportError::Refused("unknown"))));
+
+    let kept = store
+        .set_account_disabled("alice".into(), Some(20_007), |snapshot| {
+            assert!(snapshot.exists);
+            assert_eq!(snapshot.disabled_until_day, None);
+            assert_eq!(snapshot.last_entry, None);
+            Ok::<_, ExportError>(report_entry(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, report_entry(1));
+    assert_eq!(standing(&store).await, Some(20_007));
+
+    // A refusing plan changes nothing.
+    let refused = store
+        .set_account_disabled("alice".into(), None, |snapshot| {
+            assert_eq!(snapshot.disabled_until_day, Some(20_007));
+            assert_eq!(snapshot.last_entry, Some(report_entry(1)));
+            Err::<ReportRecord, _>(ExportError::Refused("no"))
+        })
+        .await;
+    assert!(matches!(refused, Err(ExportError::Refused("no"))));
+    assert_eq!(standing(&store).await, Some(20_007));
+    assert_eq!(store.report_entries().await.unwrap(), [report_entry(1)]);
+
+    store
+        .set_account_disabled("alice".into(), None, |_| {
+            Ok::<_, ExportError>(report_entry(2))
+        })
+        .await
+        .unwrap();
+    assert_eq!(standing(&store).await, None);
+    assert_eq!(
+        store.report_entries().await.unwrap(),
+        [report_entry(1), report_entry(2)]
+    );
+    // The largest day is stored as it is.
+    store
+        .set_account_disabled(
+            "alice".into(),
+            Some(sotto_server::store::DISABLED_UNTIL_ENABLED),
+            |_| Ok::<_, ExportError>(report_entry(3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        standing(&store).await,
+        Some(sotto_server::store::DISABLED_UNTIL_ENABLED)
+    );
+}
+
+/// Alice's `disabled_until_day`, as the login's device lookup reads it.
+async fn standing<S: OperatorBackend>(store: &S) -> Option<u64> {
+    store
+        .device("alice", device_id(1))
+        .await
+        .unwrap()
+        .unwrap()
+        .disabled_until_day
+}

@@ -85,8 +85,9 @@ impl AccountStore for PostgresStore {
         let c = self.reader().await?;
         let Some(row) = query_opt(
             &c,
-            "SELECT device_key, removed_day IS NOT NULL, last_seen_day FROM devices \
-             WHERE device_id = $1 AND username = $2",
+            "SELECT d.device_key, d.removed_day IS NOT NULL, d.last_seen_day, \
+             a.disabled_until_day FROM devices d JOIN accounts a ON a.username = d.username \
+             WHERE d.device_id = $1 AND d.username = $2",
             &[&device_id.as_bytes().as_slice(), &username],
         )
         .await?
@@ -99,6 +100,7 @@ impl AccountStore for PostgresStore {
             device_key: key32(get(&row, 0)?, "device key")?,
             removed: get(&row, 1)?,
             last_seen_day: to_u64(get(&row, 2)?),
+            disabled_until_day: get::<Option<i64>>(&row, 3)?.map(to_u64),
         }))
     }
 

@@ -79,6 +79,26 @@ async fn exported_account(tx: &Tx, username: &str) -> Result<Option<ExportedAcco
     }))
 }
 
+async fn insert_report_entry(tx: &Tx, entry: &ReportRecord) -> Result<(), StoreError> {
+    execute(
+        tx,
+        "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, \
+         signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &to_i64(entry.seq),
+            &entry.request_id,
+            &to_i64(entry.day),
+            &entry.kind,
+            &to_i64(entry.accounts),
+            &entry.prev_hash,
+            &entry.hash,
+            &entry.signature,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 impl LegalStore for PostgresStore {
     async fn legal_key_secret(
         &self,
@@ -127,24 +147,58 @@ impl LegalStore for PostgresStore {
                     accounts,
                     last_entry,
                 })?;
-                execute(
-                    &tx,
-                    "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, \
-                     hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &to_i64(entry.seq),
-                        &entry.request_id,
-                        &to_i64(entry.day),
-                        &entry.kind,
-                        &to_i64(entry.accounts),
-                        &entry.prev_hash,
-                        &entry.hash,
-                        &entry.signature,
-                    ],
-                )
-                .await?;
+                insert_report_entry(&tx, &entry).await?;
                 deliver(&value)?;
                 Ok(value)
+            })
+        })
+        .await
+    }
+
+    /// One write job, like [`LegalStore::record_export`] (under the same
+    /// advisory lock: report entries chain).
+    async fn set_account_disabled<E, P>(
+        &self,
+        username: String,
+        disabled_until_day: Option<UnixDay>,
+        plan: P,
+    ) -> Result<ReportRecord, E>
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(StandingSnapshot) -> Result<ReportRecord, E> + Send + 'static,
+    {
+        self.write(move |tx| {
+            Box::pin(async move {
+                execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&REPORT_LOCK]).await?;
+                let standing: Option<Option<i64>> = query_opt(
+                    &tx,
+                    "SELECT disabled_until_day FROM accounts WHERE username = $1 FOR UPDATE",
+                    &[&username],
+                )
+                .await?
+                .map(|r| get(&r, 0))
+                .transpose()?;
+                let last_entry = query_opt(
+                    &tx,
+                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
+                    &[],
+                )
+                .await?
+                .map(|r| report_record(&r))
+                .transpose()?;
+                let entry = plan(StandingSnapshot {
+                    exists: standing.is_some(),
+                    disabled_until_day: standing.flatten().map(to_u64),
+                    last_entry,
+                })?;
+                insert_report_entry(&tx, &entry).await?;
+                execute(
+                    &tx,
+                    "UPDATE accounts SET disabled_until_day = $1 WHERE username = $2",
+                    &[&disabled_until_day.map(to_i64), &username],
+                )
+                .await?;
+                Ok(entry)
             })
         })
         .await

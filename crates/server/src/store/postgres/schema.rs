@@ -121,6 +121,10 @@ CREATE TABLE countersignatures (
     PRIMARY KEY (auditor_key, tree_size)
 );
 CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
+", r"
+-- The operator disabled the account until this day (exclusive), or until
+-- enabled again (the largest bigint); NULL: not disabled.
+ALTER TABLE accounts ADD COLUMN disabled_until_day bigint;
 "];
 
 /// The schema version this code writes: one per migration.

@@ -68,22 +68,24 @@ impl AccountStore for SqliteStore {
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let username = username.to_owned();
         self.read(move |conn| {
-            let found: Option<(Vec<u8>, bool, i64)> = conn
+            let found: Option<(Vec<u8>, bool, i64, Option<i64>)> = conn
                 .query_row(
-                    "SELECT device_key, removed_day IS NOT NULL, last_seen_day FROM devices \
-                     WHERE device_id = ?1 AND username = ?2",
+                    "SELECT d.device_key, d.removed_day IS NOT NULL, d.last_seen_day, a.disabled_until_day \
+                     FROM devices d JOIN accounts a ON a.username = d.username \
+                     WHERE d.device_id = ?1 AND d.username = ?2",
                     params![device_id.as_bytes().as_slice(), username],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
             found
-                .map(|(key, removed, last_seen_day)| {
+                .map(|(key, removed, last_seen_day, disabled_until_day)| {
                     Ok(DeviceRecord {
                         device_id,
                         username,
                         device_key: key32(key, "device key")?,
                         removed,
                         last_seen_day: to_u64(last_seen_day),
+                        disabled_until_day: disabled_until_day.map(to_u64),
                     })
                 })
                 .transpose()

@@ -22,7 +22,7 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        Self::start(path, conn, None)
+        Self::start(path, conn, None, SpaceTuning::default(), false)
     }
 
     /// Opens the existing database in `data_dir` read-only, for the

@@ -77,6 +77,24 @@ fn exported_account(
     }))
 }
 
+fn insert_report_entry(conn: &Connection, entry: &ReportRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, signature) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            to_i64(entry.seq),
+            entry.request_id,
+            to_i64(entry.day),
+            entry.kind,
+            to_i64(entry.accounts),
+            entry.prev_hash,
+            entry.hash,
+            entry.signature,
+        ],
+    )?;
+    Ok(())
+}
+
 impl LegalStore for SqliteStore {
     async fn legal_key_secret(
         &self,
@@ -108,27 +126,64 @@ impl LegalStore for SqliteStore {
                 .map(|username| exported_account(conn, username))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             let last_entry = conn
-                .query_row(&format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"), [], report_record)
+                .query_row(
+                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
+                    [],
+                    report_record,
+                )
                 .optional()
                 .map_err(StoreError::from)?;
-            let (entry, value) = plan(ExportSnapshot { accounts, last_entry })?;
-            conn.execute(
-                "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, signature) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    to_i64(entry.seq),
-                    entry.request_id,
-                    to_i64(entry.day),
-                    entry.kind,
-                    to_i64(entry.accounts),
-                    entry.prev_hash,
-                    entry.hash,
-                    entry.signature,
-                ],
-            )
-            .map_err(StoreError::from)?;
+            let (entry, value) = plan(ExportSnapshot {
+                accounts,
+                last_entry,
+            })?;
+            insert_report_entry(conn, &entry)?;
             deliver(&value)?;
             Ok(value)
+        })
+        .await
+    }
+
+    /// One write job, like [`LegalStore::record_export`].
+    async fn set_account_disabled<E, P>(
+        &self,
+        username: String,
+        disabled_until_day: Option<UnixDay>,
+        plan: P,
+    ) -> Result<ReportRecord, E>
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(StandingSnapshot) -> Result<ReportRecord, E> + Send + 'static,
+    {
+        self.write(move |conn| {
+            let standing: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT disabled_until_day FROM accounts WHERE username = ?1",
+                    [&username],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            let last_entry = conn
+                .query_row(
+                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
+                    [],
+                    report_record,
+                )
+                .optional()
+                .map_err(StoreError::from)?;
+            let entry = plan(StandingSnapshot {
+                exists: standing.is_some(),
+                disabled_until_day: standing.flatten().map(to_u64),
+                last_entry,
+            })?;
+            insert_report_entry(conn, &entry)?;
+            conn.execute(
+                "UPDATE accounts SET disabled_until_day = ?1 WHERE username = ?2",
+                params![disabled_until_day.map(to_i64), username],
+            )
+            .map_err(StoreError::from)?;
+            Ok(entry)
         })
         .await
     }

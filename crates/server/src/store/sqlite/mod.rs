@@ -39,8 +39,8 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
     KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MAX_MISSED_NOTICES,
     MailboxEntry, MailboxStore, MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError,
-    RemoveDeviceError, ReportRecord, SignedDevice, Store, StoreError, StoreStats, UnixDay,
-    UnixSeconds, check_capability, day_of,
+    RemoveDeviceError, ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats,
+    UnixDay, UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
@@ -51,6 +51,7 @@ mod legal;
 mod log;
 mod mailbox;
 mod schema;
+mod space;
 mod writer;
 
 use crate::metrics::WriterMetrics;
@@ -58,6 +59,7 @@ pub use backup::{BackupSummary, RestoreSummary};
 use log::{LOG_KEY_NAME, append_log, next_account_seq};
 pub use schema::DB_FILE_NAME;
 use schema::{configure, migrate, schema_version, set_max_pages, stable_plans};
+pub use space::SpaceTuning;
 use writer::{UNCOMMITTED, WriterMsg, open_reader, run_writer};
 
 /// SQLite-backed [`Store`], in `<data_dir>/sotto.db`.
@@ -121,6 +123,16 @@ impl SqliteStore {
     /// the request is refused, never acknowledged). A quota below the
     /// current size stops growth where it is.
     pub fn open_with_quota(data_dir: &Path, max_db_bytes: Option<u64>) -> Result<Self, StoreError> {
+        Self::open_tuned(data_dir, max_db_bytes, SpaceTuning::default())
+    }
+
+    /// Like [`SqliteStore::open_with_quota`], with how deleted bytes are
+    /// treated ([`SpaceTuning`]; benchmarks compare the settings).
+    pub fn open_tuned(
+        data_dir: &Path,
+        max_db_bytes: Option<u64>,
+        tuning: SpaceTuning,
+    ) -> Result<Self, StoreError> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -134,17 +146,23 @@ impl SqliteStore {
         let path = data_dir.join(DB_FILE_NAME);
         keep_private(data_dir, &path)?;
         let conn = Connection::open(&path)?;
-        Self::start(path, conn, max_db_bytes)
+        Self::start(path, conn, max_db_bytes, tuning, true)
     }
 
     /// Brings the schema of the database `conn` opened at `path` up to date,
-    /// applies the quota, and starts the writer thread on `conn`.
+    /// applies the quota, and starts the writer thread on `conn`. With
+    /// `convert`, switches the file to incremental auto-vacuum if `tuning`
+    /// asks for it (the server does; operator commands, which may run
+    /// beside it, do not rewrite the file).
     fn start(
         path: PathBuf,
         mut conn: Connection,
         max_db_bytes: Option<u64>,
+        tuning: SpaceTuning,
+        convert: bool,
     ) -> Result<Self, StoreError> {
         configure(&conn)?;
+        space::tune(&conn, tuning, convert)?;
         migrate(&mut conn)?;
         let max_pages = max_db_bytes
             .map(|bytes| {

@@ -191,6 +191,11 @@ CREATE TABLE countersignatures (
 );
 CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
 ",
+    // Accounts the operator disabled (`sotto-server account disable`):
+    // their devices may not log in before this day; NULL if enabled.
+    r"
+ALTER TABLE accounts ADD COLUMN disabled_until_day INTEGER;
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -154,7 +154,20 @@ pub(super) fn run_writer(
     listener: &OnceLock<EntryListener>,
     metrics: &WriterMetrics,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut reclaimer = space::Reclaimer::new(conn);
+    loop {
+        let received = match reclaimer.wait() {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(wait) => rx.recv_timeout(wait),
+        };
+        let first = match received {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                reclaimer.step(conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = Vec::new();
         let mut closing = false;
         match first {
@@ -170,6 +183,7 @@ pub(super) fn run_writer(
         }
         if !batch.is_empty() {
             run_batch(conn, batch, listener, metrics);
+            reclaimer.step(conn);
         }
         if closing {
             break;
