@@ -3,6 +3,7 @@
 //! `canaries`, and the reads behind an account export.
 
 use super::*;
+use crate::store::StandingSnapshot;
 
 /// Name of the legal signing key in `server_keys`.
 const LEGAL_KEY_NAME: &str = "legal";
