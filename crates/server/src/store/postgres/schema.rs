@@ -12,7 +12,8 @@ use super::*;
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n`
 /// to `n + 1`.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE accounts (
     username     text PRIMARY KEY,
     identity_key bytea NOT NULL,
@@ -121,11 +122,13 @@ CREATE TABLE countersignatures (
     PRIMARY KEY (auditor_key, tree_size)
 );
 CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
-", r"
+",
+    r"
 -- The operator disabled the account until this day (exclusive), or until
 -- enabled again (the largest bigint); NULL: not disabled.
 ALTER TABLE accounts ADD COLUMN disabled_until_day bigint;
-"];
+",
+];
 
 /// The schema version this code writes: one per migration.
 #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)] // a handful of migrations
