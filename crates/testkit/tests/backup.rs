@@ -151,6 +151,16 @@ async fn backup_during_load_restores_and_clients_continue() {
         "{}",
         stdout(&full_out)
     );
+    let carried = stdout(&full_out)
+        .lines()
+        .find_map(|l| l.strip_prefix("key directory:"))
+        .and_then(|bytes| bytes.trim().strip_suffix(" bytes"))
+        .and_then(|bytes| bytes.parse::<u64>().ok());
+    assert!(
+        carried.is_some_and(|bytes| bytes > 0),
+        "the backup left the key directory out: {}",
+        stdout(&full_out)
+    );
     assert!(keyless_out.status.success(), "{}", stderr(&keyless_out));
     assert!(stdout(&keyless_out).contains("signing keys:    none"));
     let backup_started = backup_started.lock().unwrap().unwrap();
@@ -217,6 +227,10 @@ async fn backup_during_load_restores_and_clients_continue() {
         path(&restored_dir),
     ]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
+    assert!(
+        restored_dir.join("directory.db").is_file(),
+        "the restore did not bring the key directory back"
+    );
     let again = server_command(&[
         "restore",
         "--from",
@@ -252,6 +266,17 @@ async fn backup_during_load_restores_and_clients_continue() {
         }
     }
     assert_eq!(quiet, 2, "clients did not settle");
+    // The key directory came back with the backup: the epochs each device
+    // verified before are still there (a rebuilt directory would restart at
+    // epoch 1, and every device's own-account check would warn).
+    for (me, c) in clients.iter().enumerate() {
+        let warnings = c.account_warnings(true).unwrap();
+        assert!(
+            warnings.is_empty(),
+            "{} was warned: {warnings:?}",
+            USERS[me]
+        );
+    }
 
     let (mut before, mut lost, mut after_delivered, mut after_lost) = (0, 0, 0, 0);
     for (me, attempts) in sent.iter().enumerate() {

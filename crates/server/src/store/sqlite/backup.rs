@@ -12,6 +12,14 @@
 //! name and renamed into place. A backup is one self-contained SQLite file
 //! (rollback-journal mode, no `-wal`).
 //!
+//! The key directory's own file (`directory.db`) travels inside it: copied
+//! (`VACUUM INTO`) *before* the main database, so it is never ahead of the
+//! log it follows (the server catches it up on start), and stored as one
+//! blob in the table `backup_key_directory`, which restore writes back out
+//! as `directory.db` and drops. Without it a restored server would rebuild
+//! the directory from epoch 1, and every client that had verified a later
+//! epoch would refuse it.
+//!
 //! A restore checks a copy of the backup before anything is named
 //! `sotto.db`: the file's length against its page count (SQLite's own
 //! check does not notice a truncated last page), `PRAGMA integrity_check`,
@@ -45,6 +53,8 @@ pub struct BackupSummary {
     /// The server keys it holds, by name (`log`, `legal`); empty with
     /// `--exclude-keys`.
     pub keys: Vec<String>,
+    /// Size of the key directory's file it carries (`None`: none).
+    pub key_directory_bytes: Option<u64>,
 }
 
 /// What a restore put in place.
@@ -65,6 +75,10 @@ impl std::fmt::Display for BackupSummary {
         writeln!(f, "accounts:        {}", self.accounts)?;
         writeln!(f, "log entries:     {}", self.log_entries)?;
         writeln!(f, "mailbox entries: {}", self.mailbox_entries)?;
+        match self.key_directory_bytes {
+            Some(bytes) => writeln!(f, "key directory:   {bytes} bytes")?,
+            None => writeln!(f, "key directory:   none")?,
+        }
         if self.keys.is_empty() {
             write!(f, "signing keys:    none")
         } else {
@@ -130,6 +144,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `path` as SQL text (`VACUUM INTO` takes a string).
+fn utf8<'a>(path: &'a Path, data_dir: &Path) -> Result<&'a str, BackupError> {
+    path.to_str().ok_or_else(|| {
+        BackupError::Store(StoreError::Backend(format!(
+            "the data directory's path is not UTF-8: {}",
+            data_dir.display()
+        )))
+    })
+}
+
 fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -140,6 +164,25 @@ fn parent_of(path: &Path) -> PathBuf {
 /// Counts in one statement's first column.
 fn count(conn: &Connection, sql: &str) -> Result<u64, rusqlite::Error> {
     Ok(to_u64(conn.query_row(sql, [], |r| r.get(0))?))
+}
+
+/// The table a backup carries the key directory's file in.
+const DIRECTORY_TABLE: &str = "backup_key_directory";
+
+/// The key directory's file carried by the backup on `conn`, if any.
+fn carried_directory(conn: &Connection) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    let carried: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [DIRECTORY_TABLE],
+        |r| r.get(0),
+    )?;
+    if !carried {
+        return Ok(None);
+    }
+    conn.query_row(&format!("SELECT file FROM {DIRECTORY_TABLE}"), [], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// What the database on `conn` holds.
@@ -155,6 +198,7 @@ fn summarize(conn: &Connection, bytes: u64) -> Result<BackupSummary, rusqlite::E
         log_entries: count(conn, "SELECT count(*) FROM log_entries")?,
         mailbox_entries: count(conn, "SELECT count(*) FROM mailbox")?,
         keys,
+        key_directory_bytes: carried_directory(conn)?.map(|file| file.len() as u64),
     })
 }
 
@@ -215,6 +259,31 @@ impl SqliteStore {
         let (staged, file) = Staged::create(staging.clone())
             .map_err(io(format!("cannot create {}", staging.display())))?;
         drop(file);
+        // The directory first: never ahead of the log copied after it.
+        let directory = data_dir.join(crate::key_directory::DIRECTORY_FILE_NAME);
+        let directory_file = if directory.is_file() {
+            let copy = data_dir.join(format!("backup-{}.directory.partial", std::process::id()));
+            let (_copied, file) = Staged::create(copy.clone())
+                .map_err(io(format!("cannot create {}", copy.display())))?;
+            drop(file);
+            std::fs::remove_file(&copy)
+                .map_err(io(format!("cannot replace {}", copy.display())))?;
+            let source = Connection::open_with_flags(
+                &directory,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            source.busy_timeout(std::time::Duration::from_secs(30))?;
+            source.execute("VACUUM INTO ?1", [utf8(&copy, data_dir)?])?;
+            drop(source);
+            // A self-contained file, like the backup itself.
+            let conn = Connection::open(&copy)?;
+            let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
+            drop(conn);
+            Some(std::fs::read(&copy).map_err(io(format!("cannot read {}", copy.display())))?)
+        } else {
+            None
+        };
         {
             let source = Connection::open_with_flags(
                 &db,
@@ -222,13 +291,7 @@ impl SqliteStore {
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             source.busy_timeout(std::time::Duration::from_secs(30))?;
-            let target = staging.to_str().ok_or_else(|| {
-                BackupError::Store(StoreError::Backend(format!(
-                    "the data directory's path is not UTF-8: {}",
-                    data_dir.display()
-                )))
-            })?;
-            source.execute("VACUUM INTO ?1", [target])?;
+            source.execute("VACUUM INTO ?1", [utf8(&staging, data_dir)?])?;
         }
         let conn = Connection::open_with_flags(
             &staging,
@@ -240,6 +303,15 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA temp_store=MEMORY;")?;
         if exclude_keys {
             conn.execute_batch("PRAGMA secure_delete=ON; DELETE FROM server_keys; VACUUM;")?;
+        }
+        if let Some(file) = directory_file {
+            conn.execute_batch(&format!(
+                "CREATE TABLE {DIRECTORY_TABLE} (file BLOB NOT NULL)"
+            ))?;
+            conn.execute(
+                &format!("INSERT INTO {DIRECTORY_TABLE} (file) VALUES (?1)"),
+                [file],
+            )?;
         }
         let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
         let len = std::fs::metadata(&staging)
@@ -292,8 +364,9 @@ impl SqliteStore {
         keys_from: Option<&Path>,
     ) -> Result<RestoreSummary, RestoreError> {
         let db = data_dir.join(DB_FILE_NAME);
+        let directory = data_dir.join(crate::key_directory::DIRECTORY_FILE_NAME);
         let io = |what: String| move |source| RestoreError::Io { what, source };
-        for existing in [db.clone(), with_suffix(&db, "-wal")] {
+        for existing in [db.clone(), with_suffix(&db, "-wal"), directory.clone()] {
             if existing.exists() {
                 return Err(RestoreError::TargetHasDatabase(existing));
             }
@@ -380,14 +453,51 @@ impl SqliteStore {
                 });
             }
         }
-        configure(&conn)?;
         let contents = summarize(&conn, len)?;
+        // The key directory it carries becomes `directory.db` (checked the
+        // same way) before the database gets its name.
+        let mut directory_staged = None;
+        if let Some(file) = carried_directory(&conn)? {
+            let staging = with_suffix(&directory, ".restoring");
+            let (staged, mut out) = Staged::create(staging.clone())
+                .map_err(io(format!("cannot create {}", staging.display())))?;
+            out.write_all(&file)
+                .and_then(|()| out.sync_all())
+                .map_err(io(format!("cannot write {}", staging.display())))?;
+            drop(out);
+            let check = Connection::open_with_flags(
+                &staging,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| unsound(format!("its key directory: {e}")))?;
+            let found = problems(&check, file.len() as u64)
+                .map_err(|e| unsound(format!("its key directory: {e}")))?;
+            if !found.is_empty() {
+                return Err(unsound(format!("its key directory: {}", found.join("; "))));
+            }
+            drop(check);
+            conn.execute_batch(&format!("DROP TABLE {DIRECTORY_TABLE}"))?;
+            directory_staged = Some((staged, staging));
+        }
+        configure(&conn)?;
         drop(conn);
         File::open(&staging)
             .and_then(|f| f.sync_all())
             .map_err(io(format!("cannot sync {}", staging.display())))?;
         if db.exists() {
             return Err(RestoreError::TargetHasDatabase(db));
+        }
+        if let Some((mut staged, from)) = directory_staged {
+            if directory.exists() {
+                return Err(RestoreError::TargetHasDatabase(directory));
+            }
+            std::fs::rename(&from, &directory).map_err(io(format!(
+                "cannot rename {} to {}",
+                from.display(),
+                directory.display()
+            )))?;
+            staged.keep = true;
         }
         std::fs::rename(&staging, &db).map_err(io(format!(
             "cannot rename {} to {}",
