@@ -188,6 +188,12 @@ impl ServerDirectory {
         Ok(())
     }
 
+    /// The latest published epoch's number (for metrics: nothing is
+    /// published first).
+    pub async fn latest_epoch(&self) -> u64 {
+        self.state.lock().await.head.epoch
+    }
+
     /// The latest epoch, signed (pending changes published first).
     pub async fn signed_epoch<S: LogStore>(
         &self,

@@ -446,7 +446,8 @@ async fn serve_metrics(
             let rendered = async {
                 let stats = state.ctx.store.stats().await?;
                 let log_entries = state.ctx.log.size(&*state.ctx.store).await?;
-                metrics.render(&stats, log_entries, session::now_seconds())
+                let directory_epoch = state.ctx.directory.latest_epoch().await;
+                metrics.render(&stats, log_entries, directory_epoch, session::now_seconds())
             }
             .await;
             match rendered {

@@ -84,6 +84,7 @@ pub(crate) struct Metrics {
     log_entries: Gauge,
     /// Bytes of attachment blobs on disk (set by the blob store).
     pub blob_store_bytes: Gauge,
+    directory_epoch: Gauge,
 }
 
 impl Metrics {
@@ -106,6 +107,7 @@ impl Metrics {
             devices: Gauge::default(),
             log_entries: Gauge::default(),
             blob_store_bytes: Gauge::default(),
+            directory_epoch: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -160,6 +162,11 @@ impl Metrics {
             metrics.log_entries.clone(),
         );
         registry.register(
+            "directory_epoch",
+            "The key directory's latest published epoch",
+            metrics.directory_epoch.clone(),
+        );
+        registry.register(
             "blob_store_bytes",
             "Bytes of encrypted attachments in the blob store",
             metrics.blob_store_bytes.clone(),
@@ -196,6 +203,7 @@ impl Metrics {
         &self,
         stats: &StoreStats,
         log_entries: u64,
+        directory_epoch: u64,
         now: UnixSeconds,
     ) -> Result<String, StoreError> {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -219,6 +227,7 @@ impl Metrics {
         self.accounts.set(gauge(stats.accounts));
         self.devices.set(gauge(stats.devices));
         self.log_entries.set(gauge(log_entries));
+        self.directory_epoch.set(gauge(directory_epoch));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| StoreError::Backend(format!("cannot encode metrics: {e}")))?;
