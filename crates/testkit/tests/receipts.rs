@@ -263,3 +263,102 @@ async fn a_text_a_receipt_and_a_typing_indicator_look_alike_to_the_server() {
         [false, false, true]
     );
 }
+
+/// The server's debug log says the same about a text and a receipt, and
+/// nothing about a typing indicator that it does not say about a text: no
+/// line names a kind of content, and the lines each send causes (times and
+/// numbers aside) are the same. (The one thing the server sees of a typing
+/// indicator is its `ephemeral` flag, in transit: it drops the indicator
+/// instead of queueing it, as issue #14 asks; see SERVER_DATA.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debug_log_tells_a_text_a_receipt_and_a_typing_indicator_apart_by_nothing() {
+    use sotto_client::Client;
+    use sotto_testkit::ServerProcess;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let data = tempfile::TempDir::new().unwrap();
+    let logs = tempfile::TempDir::new().unwrap();
+    let log_file = logs.path().join("server.log");
+    let server = ServerProcess::spawn_logged(data.path(), &log_file, "debug");
+    let url = server.url().to_owned();
+    let (pa, pb) = (
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    );
+    let mut alice = within(Client::register(pa.path(), "alice", &url))
+        .await
+        .unwrap();
+    let mut bob = within(Client::register(pb.path(), "bob", &url))
+        .await
+        .unwrap();
+    within(alice.send_direct("bob", "hello")).await.unwrap();
+    within(bob.sync()).await.unwrap();
+    within(bob.send_direct("alice", "hi")).await.unwrap();
+    within(alice.sync()).await.unwrap();
+    within(alice.send_direct("bob", "how are you"))
+        .await
+        .unwrap();
+    within(bob.sync()).await.unwrap();
+    alice.disconnect().await;
+
+    // The log's length once the server stopped writing; its lines in a
+    // range, with times and numbers left out.
+    let settle = || async {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let len = std::fs::metadata(&log_file).map_or(0, |m| m.len());
+            if len == last {
+                return len;
+            }
+            last = len;
+        }
+    };
+    let lines = |from: u64, to: u64| -> BTreeSet<String> {
+        let log = std::fs::read(&log_file).unwrap();
+        let range = usize::try_from(from).unwrap()..usize::try_from(to).unwrap();
+        String::from_utf8_lossy(&log[range])
+            .lines()
+            .map(|l| {
+                l.split_once(' ')
+                    .map_or(l, |(_time, rest)| rest)
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect()
+            })
+            .collect()
+    };
+
+    let start = settle().await;
+    within(bob.send_direct("alice", "a text")).await.unwrap();
+    let after_text = settle().await;
+    within(bob.send_due_receipts(later())).await.unwrap();
+    let after_receipt = settle().await;
+    within(bob.send_typing(DIRECT, "alice", true))
+        .await
+        .unwrap();
+    let after_typing = settle().await;
+    let text = lines(start, after_text);
+    let receipt = lines(after_text, after_receipt);
+    let typing = lines(after_receipt, after_typing);
+
+    for line in text.iter().chain(&receipt).chain(&typing) {
+        let lower = line.to_lowercase();
+        for word in ["typing", "receipt", "ephemeral"] {
+            assert!(!lower.contains(word), "the log names {word:?}: {line}");
+        }
+    }
+    assert!(
+        typing.is_subset(&text),
+        "the typing indicator logged lines a text does not: {:?}",
+        typing.difference(&text).collect::<Vec<_>>()
+    );
+    assert!(
+        receipt.is_subset(&text),
+        "the receipt logged lines a text does not: {:?}",
+        receipt.difference(&text).collect::<Vec<_>>()
+    );
+    bob.disconnect().await;
+    drop(server);
+}
