@@ -34,7 +34,7 @@ use crate::procs::SottoBin;
 use crate::report::Results;
 use crate::workloads::{
     CrashRecoveryConfig, DurableDeliveryConfig, GroupFanoutConfig, IdleConnectionsConfig,
-    OfflineDrainConfig, Testbed,
+    OfflineDrainConfig, SoakConfig, Testbed,
 };
 
 /// Sotto's load generator: drives real sotto-server processes (and baseline
@@ -64,7 +64,7 @@ struct Args {
     /// Skip W7 (the criterion MLS benches, run through `cargo bench`).
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these workloads (comma-separated: t8,w1,w2,w3,w4,w5,w7,baselines).
+    /// Run only these workloads (comma-separated: t8,w1,w2,w3,w4,w5,w7,w8,baselines).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -480,6 +480,24 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
             Err(e) => r.errors.push(format!("W5: {e:#}")),
         }
     }
+    if want("w8") {
+        let config = SoakConfig {
+            pairs: pick(10, 500, 5_000),
+            rate: pick(200, 1_000, 2_000) as f64,
+            duration: Duration::from_secs(pick(4, 120, 1_200) as u64),
+            window: Duration::from_secs(pick(1, 5, 15) as u64),
+        };
+        eprintln!(
+            "W8: soak, {} devices at {} msg/s for {} s",
+            config.pairs * 2,
+            config.rate,
+            config.duration.as_secs()
+        );
+        match workloads::measure_soak(&bed, &config).await {
+            Ok(w) => r.soak = Some(w),
+            Err(e) => r.errors.push(format!("W8: {e:#}")),
+        }
+    }
     if want("w7") {
         let sizes: Vec<usize> = pick(0, 1, 2)
             .checked_sub(0)
@@ -577,6 +595,14 @@ fn smoke_check(r: &Results) -> anyhow::Result<()> {
     }
     if r.offline_drain.as_ref().is_none_or(|w| w.drained == 0) {
         bail!("W3 drained nothing");
+    }
+    let w8 = r.soak.as_ref().context("W8 produced nothing")?;
+    if w8
+        .samples
+        .iter()
+        .all(|s| s.delivered == 0 || s.rss_kib == 0)
+    {
+        bail!("W8 delivered nothing or read no RSS");
     }
     Ok(())
 }

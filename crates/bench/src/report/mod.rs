@@ -3,7 +3,7 @@
 //! and the baselines.
 //!
 //! - [`targets`]: the T1–T8 table, each target judged from the workloads;
-//! - [`sections`]: one section per workload, W1–W7;
+//! - [`sections`]: one section per workload, W1–W8;
 //! - [`baselines`]: Sotto against the baselines of the same run;
 //! - [`plots`]: the SVG plots the report embeds.
 
@@ -18,7 +18,7 @@ use std::path::Path;
 use crate::baselines::Baseline;
 use crate::load::StepResult;
 use crate::workloads::{
-    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, Startup,
+    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, Soak, Startup,
 };
 
 /// Everything one run measured; `None` (or empty) where a workload did not
@@ -43,6 +43,8 @@ pub struct Results {
     pub group_fanout: Vec<GroupFanout>,
     /// W5.
     pub crash_recovery: Option<CrashRecovery>,
+    /// W8.
+    pub soak: Option<Soak>,
     /// W7: (criterion benchmark, ns per operation).
     pub mls_timings: Vec<(String, f64)>,
     /// W7: bytes on the wire per group size.
@@ -124,6 +126,7 @@ pub fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
     std::fs::write(dir.join("REPORT.md"), render(r))?;
     plots::latency_vs_load(dir, r)?;
     plots::rss_vs_connections(dir, r)?;
+    plots::soak(dir, r)?;
     Ok(())
 }
 
@@ -152,6 +155,9 @@ fn render(r: &Results) -> String {
     }
     sections::scale_out(&mut o);
     sections::mls(&mut o, r);
+    if let Some(w8) = &r.soak {
+        sections::soak(&mut o, w8);
+    }
     if !r.errors.is_empty() {
         errors(&mut o, &r.errors);
     }
@@ -350,6 +356,24 @@ mod tests {
                 restart_ms: vec![30.0, 40.0, 35.0],
                 failures: vec!["cycle 1: oops".into()],
             }),
+            soak: Some(Soak {
+                devices: 10_000,
+                rate: 2000.0,
+                samples: [
+                    (15.0, 40_000, 5_000_000),
+                    (300.0, 52_000, 9_000_000),
+                    (1200.0, 53_000, 9_100_000),
+                ]
+                .into_iter()
+                .map(|(t_s, rss_kib, file_bytes)| crate::workloads::SoakSample {
+                    t_s,
+                    rss_kib,
+                    file_bytes,
+                    delivered: 30_000,
+                    errors: 0,
+                })
+                .collect(),
+            }),
             mls_timings: vec![
                 ("mls/encrypt/2".into(), 12345.0),
                 ("mls/join/1000".into(), 12_345_678.0),
@@ -396,7 +420,7 @@ mod tests {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// T1..T8 and W1..W7 as they appear in `text` (a letter, then digits, as
+    /// T1..T8 and W1..W8 as they appear in `text` (a letter, then digits, as
     /// a word of its own).
     fn ids_in(text: &str) -> std::collections::BTreeSet<String> {
         let mut ids = std::collections::BTreeSet::new();
@@ -435,7 +459,7 @@ mod tests {
         let ids = ids_in(&render(&every_section()));
         let expected: Vec<String> = (1..=8)
             .map(|i| format!("T{i}"))
-            .chain((1..=7).map(|i| format!("W{i}")))
+            .chain((1..=8).map(|i| format!("W{i}")))
             .collect();
         assert_eq!(ids.iter().cloned().collect::<Vec<_>>(), expected);
         for id in &ids {
@@ -514,7 +538,12 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("sotto-bench-report-test-{}", std::process::id()));
         write(&dir, &every_section()).unwrap();
-        for file in ["REPORT.md", "latency_vs_load.svg", "rss_vs_connections.svg"] {
+        for file in [
+            "REPORT.md",
+            "latency_vs_load.svg",
+            "rss_vs_connections.svg",
+            "soak.svg",
+        ] {
             assert!(dir.join(file).is_file(), "{file} missing");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,5 +1,6 @@
 //! The SVG plots REPORT.md embeds: latency against offered load (W2 and the
-//! baselines) and server RSS against connections (W1).
+//! baselines), server RSS against connections (W1), and RSS and database
+//! size over a soak (W8).
 
 use std::path::Path;
 
@@ -168,6 +169,78 @@ pub(super) fn rss_vs_connections(dir: &Path, r: &Results) -> anyhow::Result<()> 
         .map_err(|e| anyhow::anyhow!("{e:?}"))?
         .label("T1 bar: 8 KiB per connection")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(200, 40, 40)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// `soak.svg`: W8's RSS and database size over time, on one chart (MiB).
+pub(super) fn soak(dir: &Path, r: &Results) -> anyhow::Result<()> {
+    let Some(w8) = &r.soak else {
+        return Ok(());
+    };
+    let path = dir.join("soak.svg");
+    let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let series: [Series; 2] = [
+        (
+            "server RSS".into(),
+            w8.samples
+                .iter()
+                .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
+                .collect(),
+            RGBColor(30, 90, 200),
+        ),
+        (
+            "database files (sotto.db + WAL)".into(),
+            w8.samples
+                .iter()
+                .map(|s| (s.t_s, s.file_bytes as f64 / 1_048_576.0))
+                .collect(),
+            RGBColor(200, 40, 40),
+        ),
+    ];
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Soak: {} devices at {:.0} msg/s", w8.devices, w8.rate),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds of load")
+        .y_desc("MiB")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for (name, pts, color) in series {
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

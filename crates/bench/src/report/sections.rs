@@ -1,11 +1,11 @@
-//! One report section per workload, W1–W7.
+//! One report section per workload, W1–W8.
 
 use std::fmt::Write as _;
 
 use super::{Results, f0, f2, step_rows};
 use crate::workloads::{
-    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, ProcessShare,
-    TlsReconnect,
+    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, ProcessShare, Soak,
+    SoakSample, TlsReconnect,
 };
 
 /// W1.
@@ -214,6 +214,52 @@ pub(super) fn crash_recovery(o: &mut String, w5: &CrashRecovery) {
     for f in w5.failures.iter().take(10) {
         let _ = writeln!(o, "- failure: {f}");
     }
+}
+
+/// W8.
+pub(super) fn soak(o: &mut String, w8: &Soak) {
+    let _ = writeln!(
+        o,
+        "## W8 — soak: RSS and database size under steady traffic\n"
+    );
+    let (Some(first), Some(warm), Some(last)) =
+        (w8.samples.first(), w8.warmed(), w8.samples.last())
+    else {
+        let _ = writeln!(o, "No samples.\n");
+        return;
+    };
+    let errors: u64 = w8.samples.iter().map(|s| s.errors).sum();
+    let delivered: u64 = w8.samples.iter().map(|s| s.delivered).sum();
+    let _ = writeln!(
+        o,
+        "{} devices ({} pairs, each its own group) at {} msg/s (Poisson, 512 B) for {:.0} s; a sample after every window. \
+         Delivered {delivered}, errors {errors}. Flat = RSS and database files (`sotto.db` with its WAL) grew at most 10 % from \
+         the end of the warm-up (the first fifth of the run) to the end: **{}**.\n\n\
+         | | s | RSS MiB | database MiB |\n|---|---:|---:|---:|",
+        w8.devices,
+        w8.devices / 2,
+        f0(w8.rate),
+        last.t_s,
+        if w8.flat() { "flat" } else { "not flat" }
+    );
+    for (what, sample) in [
+        ("first window", first),
+        ("warm-up end", warm),
+        ("end", last),
+    ] {
+        soak_row(o, what, sample);
+    }
+    let _ = writeln!(o, "\n![RSS and database size over time](soak.svg)\n");
+}
+
+fn soak_row(o: &mut String, what: &str, s: &SoakSample) {
+    let _ = writeln!(
+        o,
+        "| {what} | {:.0} | {:.1} | {:.2} |",
+        s.t_s,
+        s.rss_kib as f64 / 1024.0,
+        s.file_bytes as f64 / 1_048_576.0
+    );
 }
 
 /// W6: not measured yet.
