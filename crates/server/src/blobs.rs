@@ -636,10 +636,20 @@ async fn by_id<S: Send + Sync + 'static>(
         }
         axum::http::Method::PATCH => {
             check_version(&headers)?;
-            let guard = blobs.lock(id).await?;
-            let result = patch(blobs, &id, &headers, body).await;
-            blobs.unlock(&id, guard);
-            result
+            // Its own task: when the client's connection drops, hyper drops
+            // this handler, but the bytes that did arrive must still be
+            // fsynced and recorded (the body ends in an error, `patch`
+            // commits what it has) before the lock lets a HEAD read the
+            // offset.
+            let blobs = Arc::clone(blobs);
+            tokio::spawn(async move {
+                let guard = blobs.lock(id).await?;
+                let result = patch(&blobs, &id, &headers, body).await;
+                blobs.unlock(&id, guard);
+                result
+            })
+            .await
+            .map_err(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "the upload task failed"))?
         }
         axum::http::Method::DELETE => {
             check_version(&headers)?;
