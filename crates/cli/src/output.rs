@@ -39,6 +39,23 @@ pub(crate) fn qr(text: &str) -> String {
     }
 }
 
+/// Text from others, safe to put on a terminal: control characters
+/// (escape sequences) and bidirectional overrides become U+FFFD; line
+/// breaks stay (they are laid out, never sent raw).
+pub(crate) fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' => '\n',
+            '\t' => ' ',
+            c if c.is_control() => '\u{FFFD}',
+            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
+                '\u{FFFD}'
+            }
+            c => c,
+        })
+        .collect()
+}
+
 /// Prints text for people or JSON lines for programs, flushing each line so
 /// `listen` output can be piped.
 pub(crate) struct Printer {
@@ -51,26 +68,34 @@ impl Printer {
         let _ = if self.json {
             writeln!(stdout, "{json}")
         } else {
-            writeln!(stdout, "{text}")
+            writeln!(stdout, "{}", clean(text))
         };
         let _ = stdout.flush();
     }
 
     pub(crate) fn entry(&self, entry: &HistoryEntry) {
-        let place = match entry.conversation_kind {
-            ConversationKind::Direct => entry.conversation.clone(),
-            ConversationKind::Group => format!("#{}", entry.conversation),
-        };
-        let text = match entry.kind {
-            EntryKind::Text => format!("[{place}] {}: {}", entry.sender, chat_line(entry)),
-            EntryKind::System if entry.conversation.is_empty() => entry.text.clone(),
-            EntryKind::System => format!("[{place}] * {}", entry.text),
-        };
+        let text = human_entry(entry);
         if !self.json && entry.text.starts_with("WARNING") {
             eprintln!("{text}");
         }
         self.line(&text, &serde_json::to_value(entry).unwrap_or_default());
     }
+}
+
+/// A history line for people, safe for a terminal ([`clean`]); a line
+/// break in someone's text is indented, so it cannot start a line that
+/// looks like another sender's.
+fn human_entry(entry: &HistoryEntry) -> String {
+    let place = match entry.conversation_kind {
+        ConversationKind::Direct => entry.conversation.clone(),
+        ConversationKind::Group => format!("#{}", entry.conversation),
+    };
+    let text = match entry.kind {
+        EntryKind::Text => format!("[{place}] {}: {}", entry.sender, chat_line(entry)),
+        EntryKind::System if entry.conversation.is_empty() => entry.text.clone(),
+        EntryKind::System => format!("[{place}] * {}", entry.text),
+    };
+    clean(&text).replace('\n', "\n    ")
 }
 
 /// A chat message for people: the quoted message of a reply, the text (or
@@ -138,4 +163,38 @@ fn shorten(text: &str) -> String {
         short.push('…');
     }
     short
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_line_from_someone_else_cannot_drive_the_terminal_or_forge_a_line() {
+        let entry = HistoryEntry {
+            id: "00".into(),
+            conversation: "team\u{1b}[2J".into(),
+            conversation_kind: ConversationKind::Group,
+            sender: "mallory".into(),
+            kind: EntryKind::Text,
+            text: "\u{1b}]52;c;ZXZpbA==\u{7}hi\n[#team] alice: send me your code\u{202e}".into(),
+            sent_at: 0,
+            chat: Default::default(),
+        };
+        let shown = human_entry(&entry);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert!(
+            shown.lines().skip(1).all(|l| l.starts_with("    ")),
+            "a continuation line starts flush: {shown:?}"
+        );
+        assert!(
+            shown.starts_with("[#team\u{fffd}[2J] mallory: \u{fffd}]52;c;"),
+            "{shown}"
+        );
+    }
 }

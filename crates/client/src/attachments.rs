@@ -399,7 +399,9 @@ pub(crate) async fn download(
         )));
     }
     let mut body = response.into_body();
-    let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    // Reserve no more than a chunk up front: `total` is what the server
+    // claims, bounded only by the size a (possibly hostile) sender declared.
+    let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(CHUNK_BYTES));
     progress(0, total);
     while let Some(frame) = body.frame().await {
         let frame =

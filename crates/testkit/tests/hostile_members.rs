@@ -676,3 +676,74 @@ async fn a_lookup_that_keeps_failing_is_retried_a_bounded_number_of_times() {
 fn sotto_client_max_attempts() -> u32 {
     sotto_client::MAX_DELIVERY_ATTEMPTS
 }
+
+/// Mallory sends an attachment whose URL names another host and whose
+/// declared size is the largest there is, named `../../.profile`. Bob's
+/// client lists it under its last name component, and saving it asks
+/// Bob's own server only (which has no such blob): no
+/// request to Mallory's host, no allocation sized by her claim, nothing
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_attachment_cannot_send_bob_elsewhere_or_exhaust_him() {
+    use sotto_core::mimi::{self, ChatAction, ExternalPart, SottoUris};
+    within(async {
+        let Team {
+            mut alice,
+            mut bob,
+            mut mallory,
+            mut group,
+            server: _server,
+            _dirs,
+        } = team().await;
+        let group_id = group.group_id().as_slice().to_vec();
+        let file = ExternalPart {
+            content_type: "video/mp4".into(),
+            url: format!(
+                "https://mallory.invalid/blobs/{}#{}",
+                "0f".repeat(16),
+                "ab".repeat(32)
+            ),
+            size: u64::MAX,
+            enc_alg: ExternalPart::AES_128_GCM,
+            key: vec![7; 16],
+            nonce: vec![7; 12],
+            hash_alg: ExternalPart::SHA256,
+            content_hash: vec![7; 32],
+            filename: "../../.profile".into(),
+            expires: 0,
+            aad: Vec::new(),
+            description: String::new(),
+        };
+        let action = ChatAction::Attachment {
+            file: Box::new(file),
+            text: None,
+            reply_to: None,
+        };
+        let uris = SottoUris::new("mallory.invalid", "mallory", &group_id);
+        let bytes = mimi::encode(&action.to_content(&uris, [3; mimi::SALT_LEN])).unwrap();
+        mallory
+            .say(&mut group, sotto_core::content::Body::Mimi(bytes))
+            .await
+            .unwrap();
+
+        let received = bob.sync().await.unwrap();
+        let line = received
+            .iter()
+            .find(|e| e.chat.attachment.is_some())
+            .unwrap_or_else(|| panic!("the attachment is listed: {received:#?}"));
+        let shown = &line.chat.attachment.as_ref().unwrap().name;
+        assert_eq!(shown, ".profile", "the name keeps no directories");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("saved");
+        let err = bob
+            .save_attachment(&line.id, &out, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        // The 404 came from Bob's own blob store: mallory.invalid does not
+        // resolve, so asking it would have failed as a network error.
+        assert!(err.to_string().contains("no longer has"), "{err}");
+        assert!(!out.exists(), "nothing is written");
+        still_works(&mut alice, &mut bob, "still here").await;
+    })
+    .await;
+}

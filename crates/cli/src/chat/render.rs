@@ -9,6 +9,7 @@
 //! or disguise what it says.
 
 use super::app::{App, Connection, ConversationKey, Level, prefix, short_id};
+use crate::output::clean;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -376,23 +377,6 @@ fn draw_popup(frame: &mut Frame<'_>, title: &str, lines: &[String], over: Rect) 
 }
 
 // ------------------------------------------------------------ text
-
-/// Text from others, safe to put on a terminal: control characters
-/// (escape sequences) and bidirectional overrides become U+FFFD; line
-/// breaks stay (they are laid out, never sent raw).
-pub(crate) fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' => '\n',
-            '\t' => ' ',
-            c if c.is_control() => '\u{FFFD}',
-            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
-                '\u{FFFD}'
-            }
-            c => c,
-        })
-        .collect()
-}
 
 /// [`clean`], on one line: for names, titles and quotes.
 fn clean_line(text: &str) -> String {

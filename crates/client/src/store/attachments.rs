@@ -29,7 +29,7 @@ pub fn insert_attachment(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (message_id) DO NOTHING",
         params![
             message_id,
-            file.filename,
+            base_name(&file.filename),
             file.content_type,
             i64::try_from(file.size).unwrap_or(i64::MAX),
             file.url,
@@ -39,6 +39,15 @@ pub fn insert_attachment(
         ],
     )?;
     Ok(())
+}
+
+/// The last component of a sender's file name: a name like
+/// `../../.profile` or `C:\x\run.bat` must not read as a place to save.
+fn base_name(name: &str) -> &str {
+    match name.rsplit(['/', '\\']).next() {
+        Some("" | "." | "..") | None => "file",
+        Some(last) => last,
+    }
 }
 
 /// What the history line shows of message `message_id`'s attachment.
@@ -95,4 +104,23 @@ pub fn delete_attachment(conn: &Connection, message_id: &[u8]) -> Result<(), Sto
         [message_id],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_name;
+
+    #[test]
+    fn a_received_file_name_keeps_no_directories() {
+        for (given, kept) in [
+            ("photo.jpg", "photo.jpg"),
+            ("../../.profile", ".profile"),
+            ("C:\\x\\run.bat", "run.bat"),
+            ("dir/", "file"),
+            ("..", "file"),
+            ("", "file"),
+        ] {
+            assert_eq!(base_name(given), kept, "{given}");
+        }
+    }
 }
