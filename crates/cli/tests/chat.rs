@@ -9,9 +9,12 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
+mod common;
+
+use common::ok;
 use sotto_testkit::ServerProcess;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -19,27 +22,6 @@ use tempfile::TempDir;
 const DEADLINE: Duration = Duration::from_secs(45);
 /// Between two looks at a screen or a mailbox.
 const POLL: Duration = Duration::from_millis(100);
-
-fn sotto(profile: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("SOTTO_PROFILE")
-        .output()
-        .expect("run sotto")
-}
-
-fn ok(profile: &Path, args: &[&str]) -> String {
-    let out = sotto(profile, args);
-    assert!(
-        out.status.success(),
-        "sotto {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
 
 /// A tmux server of this test's own (its own socket), with one session
 /// running one command; killed on drop.

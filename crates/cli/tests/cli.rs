@@ -8,46 +8,12 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
+mod common;
+
+use common::{fails, json_lines, ok, sotto};
 use sotto_testkit::{ServerProcess, free_loopback_addr};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use tempfile::TempDir;
-
-fn sotto(profile: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("SOTTO_PROFILE")
-        .output()
-        .expect("run sotto")
-}
-
-/// Runs `sotto` and returns its stdout, failing the test on a non-zero exit.
-fn ok(profile: &Path, args: &[&str]) -> String {
-    let out = sotto(profile, args);
-    assert!(
-        out.status.success(),
-        "sotto {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-/// Runs `sotto`, expects failure, returns stderr.
-fn fails(profile: &Path, args: &[&str]) -> String {
-    let out = sotto(profile, args);
-    assert!(!out.status.success(), "sotto {args:?} should have failed");
-    String::from_utf8(out.stderr).expect("utf-8 output")
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
-}
 
 fn texts(stdout: &str) -> Vec<String> {
     json_lines(stdout)

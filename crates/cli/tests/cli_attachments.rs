@@ -9,41 +9,11 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
+mod common;
+
+use common::{json_lines as json, ok_both as ok, sotto};
 use sotto_testkit::ServerProcess;
-use std::path::Path;
-use std::process::{Command, Output};
 use tempfile::TempDir;
-
-fn sotto(profile: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("SOTTO_PROFILE")
-        .output()
-        .expect("run sotto")
-}
-
-/// Runs `sotto`, failing the test on a non-zero exit; (stdout, stderr).
-fn ok(profile: &Path, args: &[&str]) -> (String, String) {
-    let out = sotto(profile, args);
-    let (stdout, stderr) = (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    );
-    assert!(
-        out.status.success(),
-        "sotto {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
-fn json(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn a_file_is_sent_listed_and_saved_on_the_command_line() {
