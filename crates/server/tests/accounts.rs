@@ -14,6 +14,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use common::{assert_failure_naming, assert_success, text};
 use std::path::Path;
 use std::process::Output;
 
@@ -30,28 +33,6 @@ async fn server_cmd(data: &Path, args: &[&str]) -> Output {
         .await
         .unwrap()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-}
-
-#[track_caller]
-fn assert_failure_naming(output: &Output, needle: &str) {
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
-    let stderr = text(&output.stderr);
-    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
 }
 
 /// Logs `account` in on a new connection; the response.

@@ -13,6 +13,9 @@
 
 mod inventory_doc;
 
+mod common;
+
+use common::{assert_failure_naming, assert_success, text};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,28 +55,6 @@ async fn legal_cmd(data: &Path, args: &[&str]) -> Output {
         .await
         .unwrap()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-}
-
-#[track_caller]
-fn assert_failure_naming(output: &Output, needle: &str) {
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
-    let stderr = text(&output.stderr);
-    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
 }
 
 fn http_body(response: &str) -> &str {
