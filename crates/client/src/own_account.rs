@@ -27,40 +27,43 @@ pub(crate) async fn check_own_account(
     s: &mut Session<'_>,
 ) -> Result<(Vec<HistoryEntry>, Option<OwnAccountReview>), ClientError> {
     let own = s.profile.account.username.clone();
-    let request = GetAccountLog {
-        username: own.to_string(),
+    // The directory is published from the log, and a lookup is never
+    // older than a log read before it; but the account may change between
+    // the two reads. So a disagreement is asked again once, with a fresh
+    // log, before it is called an alert.
+    let mut retried = false;
+    let (log, directory_check) = loop {
+        let log = read_own_log(s, &own).await?;
+        let verified = s
+            .key_log
+            .accept_account_log(s.profile, &mut s.anonymous, &own, &log, false)
+            .await;
+        if let Err(ClientError::KeyLog(e)) = verified {
+            let text = format!(
+                "WARNING: your own account's key log does not add up: {e}. The server may be \
+                 changing or hiding your account's devices."
+            );
+            let raised = raise(s.profile, &format!("unverifiable:{e}"), None, &text)?;
+            return Ok((raised, None));
+        }
+        let state = verified?;
+        // The log may leave out the account's newest entries; the directory
+        // proves its latest version. Asked on the logged-in connection.
+        let check = look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own)
+            .await
+            .and_then(|lookup| {
+                s.key_log
+                    .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
+            });
+        match check {
+            Err(ClientError::KeyLog(e)) if !retried => {
+                tracing::debug!(error = %e, "own account: the directory and the log disagree; reading both again");
+                retried = true;
+            }
+            check => break (log, check),
+        }
     };
-    let log = match look_up(
-        &mut s.anonymous,
-        s.connection,
-        client_frame::Body::GetAccountLog(request),
-    )
-    .await?
-    {
-        response::Result::AccountLog(log) => log,
-        _ => return Err(ClientError::Protocol("expected an account log".into())),
-    };
-    let verified = s
-        .key_log
-        .accept_account_log(s.profile, &mut s.anonymous, &own, &log, false)
-        .await;
-    if let Err(ClientError::KeyLog(e)) = verified {
-        let text = format!(
-            "WARNING: your own account's key log does not add up: {e}. The server may be \
-             changing or hiding your account's devices."
-        );
-        let raised = raise(s.profile, &format!("unverifiable:{e}"), None, &text)?;
-        return Ok((raised, None));
-    }
-    let state = verified?;
-    // The log may leave out the account's newest entries; the directory
-    // proves its latest version. Asked on the logged-in connection.
-    let directory_alert = match look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own)
-        .await
-        .and_then(|lookup| {
-            s.key_log
-                .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
-        }) {
+    let directory_alert = match directory_check {
         Err(ClientError::KeyLog(e)) => raise(
             s.profile,
             &format!("directory:{e}"),
@@ -91,6 +94,26 @@ pub(crate) async fn check_own_account(
     let (mut raised, review) = review(s.profile, &entries, &known)?;
     raised.splice(0..0, directory_alert);
     Ok((raised, review))
+}
+
+/// This account's log, read on the logged-in connection.
+async fn read_own_log(
+    s: &mut Session<'_>,
+    own: &sotto_core::identity::Username,
+) -> Result<sotto_proto::v1::AccountLog, ClientError> {
+    let request = GetAccountLog {
+        username: own.to_string(),
+    };
+    match look_up(
+        &mut s.anonymous,
+        s.connection,
+        client_frame::Body::GetAccountLog(request),
+    )
+    .await?
+    {
+        response::Result::AccountLog(log) => Ok(log),
+        _ => Err(ClientError::Protocol("expected an account log".into())),
+    }
 }
 
 fn review(
