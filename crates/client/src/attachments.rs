@@ -82,10 +82,18 @@ pub(crate) struct Uploaded {
 
 /// A blob's place: its path on the server and its fetch key, read from
 /// the URL in a message.
-#[derive(Debug)]
 pub(crate) struct BlobRef {
     path: String,
     fetch_key: zeroize::Zeroizing<String>,
+}
+
+/// Leaves out the fetch key: whoever has it can download the blob.
+impl std::fmt::Debug for BlobRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRef")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlobRef {
@@ -538,6 +546,10 @@ mod tests {
         let blob =
             BlobRef::parse(&format!("https://elsewhere.example/x/blobs/{id}#{key}")).unwrap();
         assert_eq!(blob.path, format!("/blobs/{id}"));
+        assert!(
+            !format!("{blob:?}").contains(&key),
+            "Debug shows the fetch key"
+        );
         for bad in [
             format!("/blobs/{id}"),
             format!("/blobs/{id}/../x#{key}"),

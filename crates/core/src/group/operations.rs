@@ -12,7 +12,7 @@ use openmls_traits::OpenMlsProvider;
 
 /// A commit waiting for the server's verdict. The group holds it as its
 /// pending commit: merge it when the server accepts, clear it otherwise.
-#[derive(Debug)]
+/// `Debug` leaves out the send capability.
 pub struct PendingCommit {
     /// The epoch the commit was created in.
     pub epoch: u64,
@@ -29,6 +29,19 @@ pub struct PendingCommit {
     pub send_token: Vec<u8>,
     /// SHA-256 of the capability of the epoch the commit starts.
     pub next_token_hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommit")
+            .field("epoch", &self.epoch)
+            .field("commit_len", &self.commit.len())
+            .field("welcome_len", &self.welcome.as_ref().map(Vec::len))
+            .field("recipients", &self.recipients)
+            .field("welcome_recipients", &self.welcome_recipients)
+            .field("next_token_hash", &hex::encode(&self.next_token_hash))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A pending commit to submit, with its capabilities: the current epoch's,

@@ -107,6 +107,17 @@ fn create_add_talk_remove() {
         &c.account.username,
     )
     .unwrap();
+    // The send capability is a secret towards outsiders: not in Debug.
+    assert!(!pending.send_token.is_empty());
+    let shown = format!("{pending:?}");
+    assert!(
+        !shown.contains(&format!("{:?}", pending.send_token)),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(&hex::encode(&pending.send_token)),
+        "{shown}"
+    );
     assert_eq!(
         pending.recipients.len(),
         3,
