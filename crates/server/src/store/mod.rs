@@ -21,6 +21,7 @@
 mod any;
 mod errors;
 pub(crate) mod expiry;
+pub(crate) mod missed;
 pub mod postgres;
 mod records;
 pub(crate) mod sqlite;

@@ -4,6 +4,7 @@
 //! statement where they are the same; where they differ it is said why.
 
 use super::*;
+use crate::store::missed::{Missed, count_missed, notice_ids};
 use sotto_proto::missed_notice;
 use sotto_proto::v1::MissedMessages;
 
@@ -48,14 +49,6 @@ async fn message_exists(tx: &Tx, message_id: MessageId) -> Result<bool, StoreErr
         .await?,
         0,
     )
-}
-
-/// What a skipped device missed, for its notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Missed {
-    Message,
-    Commit,
-    Welcome,
 }
 
 /// What [`place_envelope`] did.
@@ -266,27 +259,7 @@ async fn record_missed(
         })?;
         queued.push((get(&row, 0)?, notice));
     }
-    let newest = |group: &[u8]| queued.iter().rev().find(|(_, n)| n.group_id == group);
-    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits > 0 || n.welcomes > 0;
-    let (existing, mut notice) = match newest(group_id.as_bytes()) {
-        Some((message_ref, n)) if absorbs(n) => (Some(*message_ref), n.clone()),
-        _ if u64::try_from(queued.len()).unwrap_or(u64::MAX) < MAX_MISSED_NOTICES => (
-            None,
-            MissedMessages {
-                group_id: group_id.as_bytes().to_vec(),
-                ..MissedMessages::default()
-            },
-        ),
-        _ => match newest(&[]) {
-            Some((message_ref, n)) => (Some(*message_ref), n.clone()),
-            None => (None, MissedMessages::default()),
-        },
-    };
-    match missed {
-        Missed::Message => notice.messages = notice.messages.saturating_add(1),
-        Missed::Commit => notice.commits = notice.commits.saturating_add(1),
-        Missed::Welcome => notice.welcomes = notice.welcomes.saturating_add(1),
-    }
+    let (existing, notice) = count_missed(&queued, group_id.as_bytes(), missed);
     let payload = missed_notice::encode(&notice);
     if let Some(message_ref) = existing {
         execute(
@@ -324,28 +297,16 @@ async fn record_missed(
     .await
 }
 
-/// A message id for a new notice, derived from the device and the message
-/// it lost (as in the SQLite backend, so both hand out the same ids).
+/// The first of [`notice_ids`] no stored message has.
 async fn notice_id(
     tx: &Tx,
     device: DeviceId,
     lost_message: MessageId,
 ) -> Result<MessageId, StoreError> {
-    use sha2::Digest as _;
-    let mut seed: Vec<u8> = [
-        b"sotto missed notice".as_slice(),
-        device.as_bytes(),
-        lost_message.as_bytes(),
-    ]
-    .concat();
-    for _ in 0..8 {
-        let digest = sha2::Sha256::digest(&seed);
-        let id = MessageId::from_slice(digest.get(..sotto_proto::ID_LEN).unwrap_or_default())
-            .ok_or_else(|| StoreError::Backend("SHA-256 is shorter than an id".into()))?;
+    for id in notice_ids(device, lost_message) {
         if !message_exists(tx, id).await? {
             return Ok(id);
         }
-        seed = digest.to_vec();
     }
     Err(StoreError::Backend(
         "no free message id for a missed-messages notice".into(),

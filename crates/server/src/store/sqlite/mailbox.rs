@@ -2,6 +2,7 @@
 //! once) and one row per recipient device, acknowledgement and expiry.
 
 use super::*;
+use crate::store::missed::{Missed, count_missed, notice_ids};
 use sotto_proto::missed_notice;
 use sotto_proto::v1::MissedMessages;
 
@@ -36,17 +37,6 @@ enum StoredCopy {
     Same(i64),
     /// Other bytes: the id is taken.
     Different,
-}
-
-/// What a skipped device missed, for its notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Missed {
-    /// An application message or proposal.
-    Message,
-    /// A commit: the device can no longer follow the group.
-    Commit,
-    /// A Welcome: the device cannot join the group.
-    Welcome,
 }
 
 /// Stores the payload once and adds one mailbox entry per distinct
@@ -265,28 +255,7 @@ fn record_missed(
             queued.push((message_ref, notice));
         }
     }
-    let newest = |group: &[u8]| queued.iter().rev().find(|(_, n)| n.group_id == group);
-    let absorbs = |n: &MissedMessages| missed == Missed::Message || n.commits > 0 || n.welcomes > 0;
-    let (existing, mut notice) = match newest(group_id.as_bytes()) {
-        Some((message_ref, n)) if absorbs(n) => (Some(*message_ref), n.clone()),
-        _ if u64::try_from(queued.len()).unwrap_or(u64::MAX) < MAX_MISSED_NOTICES => (
-            None,
-            MissedMessages {
-                group_id: group_id.as_bytes().to_vec(),
-                ..MissedMessages::default()
-            },
-        ),
-        // "Other groups": one notice, naming none, that absorbs everything.
-        _ => match newest(&[]) {
-            Some((message_ref, n)) => (Some(*message_ref), n.clone()),
-            None => (None, MissedMessages::default()),
-        },
-    };
-    match missed {
-        Missed::Message => notice.messages = notice.messages.saturating_add(1),
-        Missed::Commit => notice.commits = notice.commits.saturating_add(1),
-        Missed::Welcome => notice.welcomes = notice.welcomes.saturating_add(1),
-    }
+    let (existing, notice) = count_missed(&queued, group_id.as_bytes(), missed);
     let payload = missed_notice::encode(&notice);
     if let Some(message_ref) = existing {
         // Still queued (its row goes with its payload): the device reads
@@ -312,30 +281,16 @@ fn record_missed(
     )
 }
 
-/// A message id for a new notice: derived from the device and the message
-/// it lost (each message is stored once, and skips a device once), so no
-/// randomness is needed; one taken already (only by a deliberate clash)
-/// is hashed again.
+/// The first of [`notice_ids`] no stored message has.
 fn notice_id(
     conn: &Connection,
     device: DeviceId,
     lost_message: MessageId,
 ) -> Result<MessageId, StoreError> {
-    use sha2::Digest as _;
-    let mut seed: Vec<u8> = [
-        b"sotto missed notice".as_slice(),
-        device.as_bytes(),
-        lost_message.as_bytes(),
-    ]
-    .concat();
-    for _ in 0..8 {
-        let digest = sha2::Sha256::digest(&seed);
-        let id = MessageId::from_slice(digest.get(..sotto_proto::ID_LEN).unwrap_or_default())
-            .ok_or_else(|| StoreError::Backend("SHA-256 is shorter than an id".into()))?;
+    for id in notice_ids(device, lost_message) {
         if !message_exists(conn, id)? {
             return Ok(id);
         }
-        seed = digest.to_vec();
     }
     Err(StoreError::Backend(
         "no free message id for a missed-messages notice".into(),

@@ -37,10 +37,10 @@ use super::{
     ClaimedKeyPackage, CommitAccepted, CommitError, CommitSubmission, DeviceId, DeviceRecord,
     DeviceRemoval, EnqueueError, Enqueued, EntryListener, Envelope, Expired, ExportSnapshot,
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
-    KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MAX_MISSED_NOTICES,
-    MailboxEntry, MailboxStore, MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError,
-    RemoveDeviceError, ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats,
-    UnixDay, UnixSeconds, check_capability, day_of,
+    KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore,
+    MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError, RemoveDeviceError,
+    ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats, UnixDay,
+    UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
