@@ -100,6 +100,18 @@ async fn insert_report_entry(tx: &Tx, entry: &ReportRecord) -> Result<(), StoreE
     Ok(())
 }
 
+/// The transparency report's newest entry (the next one chains to it).
+async fn last_report_entry(tx: &Tx) -> Result<Option<ReportRecord>, StoreError> {
+    query_opt(
+        tx,
+        &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
+        &[],
+    )
+    .await?
+    .map(|r| report_record(&r))
+    .transpose()
+}
+
 impl LegalStore for PostgresStore {
     async fn legal_key_secret(
         &self,
@@ -136,14 +148,7 @@ impl LegalStore for PostgresStore {
                 for username in &usernames {
                     accounts.push(exported_account(&tx, username).await?);
                 }
-                let last_entry = query_opt(
-                    &tx,
-                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
-                    &[],
-                )
-                .await?
-                .map(|r| report_record(&r))
-                .transpose()?;
+                let last_entry = last_report_entry(&tx).await?;
                 let (entry, value) = plan(ExportSnapshot {
                     accounts,
                     last_entry,
@@ -179,14 +184,7 @@ impl LegalStore for PostgresStore {
                 .await?
                 .map(|r| get(&r, 0))
                 .transpose()?;
-                let last_entry = query_opt(
-                    &tx,
-                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
-                    &[],
-                )
-                .await?
-                .map(|r| report_record(&r))
-                .transpose()?;
+                let last_entry = last_report_entry(&tx).await?;
                 let entry = plan(StandingSnapshot {
                     exists: standing.is_some(),
                     disabled_until_day: standing.flatten().map(to_u64),

@@ -95,6 +95,17 @@ fn insert_report_entry(conn: &Connection, entry: &ReportRecord) -> Result<(), St
     Ok(())
 }
 
+/// The transparency report's newest entry (the next one chains to it).
+fn last_report_entry(conn: &Connection) -> Result<Option<ReportRecord>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
+            [],
+            report_record,
+        )
+        .optional()?)
+}
+
 impl LegalStore for SqliteStore {
     async fn legal_key_secret(
         &self,
@@ -125,14 +136,7 @@ impl LegalStore for SqliteStore {
                 .iter()
                 .map(|username| exported_account(conn, username))
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let last_entry = conn
-                .query_row(
-                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
-                    [],
-                    report_record,
-                )
-                .optional()
-                .map_err(StoreError::from)?;
+            let last_entry = last_report_entry(conn)?;
             let (entry, value) = plan(ExportSnapshot {
                 accounts,
                 last_entry,
@@ -164,14 +168,7 @@ impl LegalStore for SqliteStore {
                 )
                 .optional()
                 .map_err(StoreError::from)?;
-            let last_entry = conn
-                .query_row(
-                    &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),
-                    [],
-                    report_record,
-                )
-                .optional()
-                .map_err(StoreError::from)?;
+            let last_entry = last_report_entry(conn)?;
             let entry = plan(StandingSnapshot {
                 exists: standing.is_some(),
                 disabled_until_day: standing.flatten().map(to_u64),
