@@ -55,12 +55,20 @@ pub(crate) async fn check_own_account(
     let state = verified?;
     // The log may leave out the account's newest entries; the directory
     // proves its latest version. Asked on the logged-in connection.
-    let directory_alert = match look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own)
-        .await
-        .and_then(|lookup| {
+    let checked = match look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own).await {
+        Ok(lookup) => {
+            let auditors = crate::store::trusted_auditors(&s.profile.db)?;
             s.key_log
-                .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
-        }) {
+                .check_auditors(&auditors, &mut s.anonymous, &lookup)
+                .await
+                .map(|()| lookup)
+        }
+        Err(e) => Err(e),
+    };
+    let directory_alert = match checked.and_then(|lookup| {
+        s.key_log
+            .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
+    }) {
         Err(ClientError::KeyLog(e)) => raise(
             s.profile,
             &format!("directory:{e}"),

@@ -194,6 +194,16 @@ impl ServerDirectory {
         self.state.lock().await.head.epoch
     }
 
+    /// The stored root of `epoch`, if it was published (to check an
+    /// auditor's countersignature).
+    pub async fn epoch_root(
+        &self,
+        epoch: u64,
+    ) -> Result<Option<sotto_directory::RootHash>, StoreError> {
+        let following = self.state.lock().await;
+        following.directory.epoch_root(epoch).map_err(failed)
+    }
+
     /// The latest epoch, signed (pending changes published first).
     pub async fn signed_epoch<S: LogStore>(
         &self,

@@ -244,3 +244,67 @@ async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
     );
     assert!(err.to_string().contains("epoch 1 to 2"), "{err}");
 }
+
+async fn run_server_audit(dir: &std::path::Path) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+        .arg("audit")
+        .arg("--data")
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `sotto-server audit` (the binary) audits every directory epoch, prints
+/// no username whether it passes or fails, and names the epoch whose
+/// stored node was changed.
+#[tokio::test]
+async fn the_server_audit_command_names_the_bad_epoch_and_no_account() {
+    const NAMES: [&str; 2] = ["quokkazanzibar", "marmalade.ferret"];
+    let temp = tempfile::TempDir::new().unwrap();
+    let server = TestServer::start_in(temp.path()).await;
+    let (mut client, _) = server.registered(NAMES[0]).await;
+    verified_lookup(&mut client, NAMES[0]).await;
+    server.registered(NAMES[1]).await;
+    verified_lookup(&mut client, NAMES[1]).await;
+    server.stop().await;
+
+    let (passed, text) = run_server_audit(temp.path()).await;
+    assert!(passed, "{text}");
+    assert!(
+        text.contains("key directory:  2 epochs append-only"),
+        "{text}"
+    );
+    for name in NAMES {
+        assert!(!text.contains(&name[..6]), "{name} in: {text}");
+    }
+
+    let db = rusqlite::Connection::open(temp.path().join(DIRECTORY_FILE_NAME)).unwrap();
+    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
+        .query_row(
+            "SELECT label_len, label_val, latest FROM akd_tree_nodes
+             WHERE last_epoch = 2 AND label_len = 256 LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
+    db.execute(
+        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
+        rusqlite::params![latest, len, val],
+    )
+    .unwrap();
+    drop(db);
+    let (passed, text) = run_server_audit(temp.path()).await;
+    assert!(!passed, "{text}");
+    assert!(text.contains("epoch 1 to 2"), "{text}");
+    for name in NAMES {
+        assert!(!text.contains(&name[..6]), "{name} in: {text}");
+    }
+}
