@@ -130,37 +130,76 @@ pub(crate) async fn signed_epoch(
     Ok(epoch)
 }
 
-/// One request's worth of append-only proof, checked: the roots of epochs
-/// `from ..= to` as the server states them.
+/// One request's worth of append-only proof (fetched in parts), checked:
+/// the roots of epochs `from ..= to` as the server states them.
 async fn audited_roots(
     t: &mut impl Requests,
     from: u64,
     to: u64,
 ) -> Result<Vec<[u8; 32]>, AppendOnlyFailure> {
-    let request = GetDirectoryAudit {
-        from_epoch: from,
-        to_epoch: to,
-    };
-    let answer = match t
-        .ask(client_frame::Body::GetDirectoryAudit(request))
-        .await?
-    {
-        response::Result::DirectoryAudit(answer) => answer,
-        _ => return Err(ClientError::Protocol("expected a directory audit".into()).into()),
-    };
     let not_append_only = |reason: String| AppendOnlyFailure::NotAppendOnly { from, to, reason };
-    let roots = answer
-        .roots
+    let mut proof: Vec<u8> = Vec::new();
+    let mut stated: Option<(Vec<Vec<u8>>, u64)> = None;
+    loop {
+        let request = GetDirectoryAudit {
+            from_epoch: from,
+            to_epoch: to,
+            offset: proof.len() as u64,
+        };
+        let answer = match t
+            .ask(client_frame::Body::GetDirectoryAudit(request))
+            .await?
+        {
+            response::Result::DirectoryAudit(answer) => answer,
+            _ => return Err(ClientError::Protocol("expected a directory audit".into()).into()),
+        };
+        if answer.from_epoch != from {
+            return Err(not_append_only(
+                "the server answered for other epochs".into(),
+            ));
+        }
+        match &stated {
+            None => {
+                if answer.proof_len > sotto_proto::MAX_AUDIT_PROOF_BYTES as u64 {
+                    return Err(not_append_only(format!(
+                        "the server states a proof of {} bytes, more than a server may build",
+                        answer.proof_len
+                    )));
+                }
+                stated = Some((answer.roots.clone(), answer.proof_len));
+            }
+            Some((roots, len)) if *roots != answer.roots || *len != answer.proof_len => {
+                return Err(not_append_only(
+                    "the parts of the proof state different roots or lengths".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        if answer.proof.is_empty() && (proof.len() as u64) < answer.proof_len {
+            return Err(ClientError::Protocol("an empty part of an audit proof".into()).into());
+        }
+        proof.extend_from_slice(&answer.proof);
+        if proof.len() as u64 >= answer.proof_len {
+            break;
+        }
+    }
+    let (roots, len) = stated.unwrap_or_default();
+    if proof.len() as u64 != len {
+        return Err(not_append_only(
+            "the proof's parts are longer than stated".into(),
+        ));
+    }
+    let roots = roots
         .iter()
         .map(|r| <[u8; 32]>::try_from(r.as_slice()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| not_append_only("a root is not 32 bytes".into()))?;
-    if answer.from_epoch != from || roots.len() as u64 != to.saturating_sub(from) + 1 {
+    if roots.len() as u64 != to.saturating_sub(from) + 1 {
         return Err(not_append_only(
             "the server answered for other epochs".into(),
         ));
     }
-    sotto_directory::verify_audit(&roots, from, &answer.proof)
+    sotto_directory::verify_audit(&roots, from, &proof)
         .await
         .map_err(|e| not_append_only(e.to_string()))?;
     Ok(roots)

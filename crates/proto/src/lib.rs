@@ -100,6 +100,14 @@ pub const DIRECTORY_EPOCH_CONTEXT: &[u8] = b"sotto-directory-epoch-v1";
 /// epochs' changes, so a request is kept to a few.
 pub const MAX_AUDIT_EPOCHS_PER_REQUEST: u64 = 16;
 
+/// Most bytes of an audit proof one `DirectoryAudit` answer carries; a
+/// larger proof (an epoch of many changes) comes in several.
+pub const AUDIT_PROOF_PART_BYTES: usize = 256 * 1024;
+
+/// Largest whole audit proof a server builds for one request (about 850,000
+/// changes): fewer epochs per request beyond it.
+pub const MAX_AUDIT_PROOF_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most auditors one `GetCountersignatures` may name.
 pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
 

@@ -74,6 +74,7 @@ async fn audit(client: &mut Client, from_epoch: u64, to_epoch: u64) -> v1::Respo
         .request(Body::GetDirectoryAudit(v1::GetDirectoryAudit {
             from_epoch,
             to_epoch,
+            offset: 0,
         }))
         .await
 }
@@ -148,7 +149,18 @@ async fn audits_are_bounded_verify_and_name_nobody() {
         .collect();
     assert_eq!(roots.len() as u64, head.epoch + 1);
     assert_eq!(roots.last().unwrap().as_slice(), head.root_hash.as_slice());
+    // Small enough to come in one part.
+    assert_eq!(answer.proof_len, answer.proof.len() as u64);
     verify_audit(&roots, 0, &answer.proof).await.unwrap();
+    // A part from past the proof's end: refused.
+    let past = auditor
+        .request(Body::GetDirectoryAudit(v1::GetDirectoryAudit {
+            from_epoch: 0,
+            to_epoch: head.epoch,
+            offset: answer.proof_len + 1,
+        }))
+        .await;
+    assert_error(&past, ErrorCode::InvalidRequest);
     // What an auditor gets names no account.
     let bytes = prost::Message::encode_to_vec(&answer);
     for name in names {

@@ -173,6 +173,7 @@ async fn epoch_root(server: &TestServer, epoch: u64) -> [u8; 32] {
             sotto_proto::v1::GetDirectoryAudit {
                 from_epoch: epoch,
                 to_epoch: epoch + 1,
+                offset: 0,
             },
         ))
         .await;
