@@ -442,10 +442,12 @@ mod tests {
             listen = "127.0.0.1:9420"
             [directory]
             epoch_interval_secs = 60
+            auditors = ["0101010101010101010101010101010101010101010101010101010101010101"]
             "#,
         )
         .unwrap()
         .to_server_config();
+        assert_eq!(config.auditors, [[1; 32]]);
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
         assert_eq!(
@@ -467,6 +469,12 @@ mod tests {
             config.metrics_listen,
             Some("127.0.0.1:9420".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn an_auditor_key_that_is_not_64_hex_digits_is_refused() {
+        let err = FileConfig::parse("[directory]\nauditors = [\"abcd\"]\n").unwrap_err();
+        assert!(err.contains("directory.auditors"), "{err}");
     }
 
     #[test]
