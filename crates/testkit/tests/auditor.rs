@@ -402,3 +402,48 @@ async fn only_invited_auditors_are_stored_and_each_keeps_a_bounded_number() {
     })
     .await;
 }
+
+/// The server shows a client requiring an auditor an epoch that does not
+/// extend the one the auditor countersigned (here: audit answers whose root
+/// of the countersigned epoch is another): refused, though the epoch and
+/// the lookup are signed and verify.
+#[tokio::test]
+async fn an_epoch_that_does_not_extend_the_countersigned_one_is_refused() {
+    within(async {
+        let key = AuditorKey::generate();
+        let server = server_inviting(&[&key]).await;
+        let hiding = Arc::new(AtomicBool::new(false));
+        let proxy = HostileProxy::start(&server.url(), {
+            let hiding = Arc::clone(&hiding);
+            move |_: &ConnView, mut frame: ServerFrame| {
+                if hiding.load(Ordering::SeqCst)
+                    && let Some(server_frame::Body::Response(r)) = &mut frame.body
+                    && let Some(response::Result::DirectoryAudit(audit)) = &mut r.result
+                {
+                    audit.roots[0] = vec![7; 32];
+                }
+                Some(frame)
+            }
+        })
+        .await;
+        let (mut alice, _a) = register(&proxy.url(), "alice").await;
+        let (_bob, _b) = register(&server.url(), "bob").await;
+        let mut auditor = follower(&server.url(), &key);
+        let countersigned = auditor.step(now_ms()).await.unwrap().epoch;
+        alice
+            .trust_auditor(&auditor.public_key(), Duration::from_secs(3600))
+            .unwrap();
+        alice.safety_number("bob", false).await.unwrap();
+
+        // A newer epoch: alice checks the proofs from the countersigned one.
+        let (_carol, _c) = register(&server.url(), "carol").await;
+        hiding.store(true, Ordering::SeqCst);
+        assert_refused(
+            alice.safety_number("carol", false).await,
+            &format!("does not extend epoch {}", countersigned.epoch),
+        );
+        hiding.store(false, Ordering::SeqCst);
+        alice.safety_number("carol", false).await.unwrap();
+    })
+    .await;
+}
