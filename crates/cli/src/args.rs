@@ -159,7 +159,8 @@ pub(crate) enum Command {
         #[arg(long)]
         accept_new_key: bool,
     },
-    /// Download a server's whole key log and check every entry, signature and head.
+    /// Audit a server's key directory: check that every epoch only appended
+    /// to the one before (akd's append-only proofs), learning no username.
     Audit {
         /// The server, e.g. https://chat.example.org
         server: String,
@@ -169,14 +170,19 @@ pub(crate) enum Command {
         #[arg(long, value_name = "HEX")]
         log_key: Option<String>,
         /// Act as a third-party auditor: after the full audit, keep
-        /// following the server, checking every new head extends the last
-        /// (stopping with a FORK report if not) and replaying new entries.
+        /// following the server, checking every new epoch extends the last
+        /// one audited (stopping with a FORK report if not).
         #[arg(long, requires = "sign")]
         follow: bool,
-        /// Countersign every head audited with this auditor key (made by
-        /// `sotto auditor-key`) and hand the countersignature to the server.
+        /// Countersign every epoch audited with this auditor key (made by
+        /// `sotto auditor-key`) and hand the countersignature to the server
+        /// (whose operator must have invited the key).
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<std::path::PathBuf>,
+        /// Resume from the epoch the last audit with this file reached, and
+        /// record the epoch this one reaches (made if missing).
+        #[arg(long, value_name = "FILE", conflicts_with = "sign")]
+        state: Option<std::path::PathBuf>,
         /// With --follow: how long to wait between rounds.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         interval: std::time::Duration,
@@ -187,9 +193,9 @@ pub(crate) enum Command {
     /// print its public key (give it to the server's users); with an
     /// existing KEYFILE, print its public key.
     AuditorKey { keyfile: std::path::PathBuf },
-    /// Require a third-party auditor: from now on a key-log head the server
-    /// presents is refused unless that auditor countersigned it (or a head
-    /// it extends) within --max-lag.
+    /// Require a third-party auditor: from now on a key-directory epoch the
+    /// server presents is refused unless that auditor countersigned it (or
+    /// an epoch it extends) within --max-lag.
     TrustAuditor {
         /// The auditor's public key (64 hex digits, from the auditor).
         pubkey: String,

@@ -1,5 +1,7 @@
-//! `sotto audit --sign/--follow` and `sotto auditor-key`: the auditor's key
-//! file and the follow loop around [`sotto_client::auditor::Follower`].
+//! `sotto audit`: one audit of a server's key directory (resuming from a
+//! state file), and with `--sign/--follow` the auditor's loop around
+//! [`sotto_client::auditor::Follower`]; `sotto auditor-key`: the auditor's
+//! key file. Nothing here prints a username: the directory shows none.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,40 +73,38 @@ pub(crate) async fn follow(
         match follower.step(now_ms()).await {
             Ok(step) => out.line(
                 &format!(
-                    "key log of {server} verified and countersigned by {public}: {} entries \
-                     ({} new), {} accounts, {} active devices, root {}",
-                    step.head.tree_size,
-                    step.new_entries,
-                    step.report.accounts,
-                    step.report.devices,
-                    hex::encode(&step.head.root_hash)
+                    "key directory of {server} audited and countersigned by {public}: epoch {} \
+                     ({} new), root {}",
+                    step.epoch.epoch,
+                    step.new_epochs,
+                    hex::encode(&step.epoch.root_hash)
                 ),
                 &serde_json::json!({
-                    "tree_size": step.head.tree_size, "new_entries": step.new_entries,
-                    "accounts": step.report.accounts, "devices": step.report.devices,
-                    "root": hex::encode(&step.head.root_hash),
+                    "epoch": step.epoch.epoch, "new_epochs": step.new_epochs,
+                    "root": hex::encode(&step.epoch.root_hash),
                     "countersigned_at_ms": step.countersignature.signed_at_ms,
                 }),
             ),
             Err(FollowError::Fork(fork)) => {
+                let epoch = |e: &sotto_client::auditor::SignedEpoch| {
+                    serde_json::json!({ "epoch": e.epoch,
+                        "root": hex::encode(&e.root_hash),
+                        "timestamp_ms": e.timestamp_ms,
+                        "vrf_public_key": hex::encode(&e.vrf_public_key),
+                        "signature": hex::encode(&e.signature) })
+                };
                 out.line(
                     &fork.to_string(),
                     &serde_json::json!({
                         "fork": true,
-                        "audited": { "tree_size": fork.audited.tree_size,
-                            "root": hex::encode(&fork.audited.root_hash),
-                            "timestamp_ms": fork.audited.timestamp_ms,
-                            "signature": hex::encode(&fork.audited.signature) },
-                        "presented": { "tree_size": fork.presented.tree_size,
-                            "root": hex::encode(&fork.presented.root_hash),
-                            "timestamp_ms": fork.presented.timestamp_ms,
-                            "signature": hex::encode(&fork.presented.signature) },
+                        "audited": epoch(&fork.audited),
+                        "presented": epoch(&fork.presented),
                         "reason": fork.reason,
                     }),
                 );
-                bail!("{server} forked its key log; stopped");
+                bail!("{server} forked its key directory; stopped");
             }
-            Err(FollowError::Client(e)) if e.is_transient() && follower.head().is_some() => {
+            Err(FollowError::Client(e)) if e.is_transient() && follower.audited().is_some() => {
                 eprintln!(
                     "warning: {e}; trying again in {}s",
                     interval.unwrap_or_default().as_secs()
@@ -117,4 +117,79 @@ pub(crate) async fn follow(
         };
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Where `sotto audit --state FILE` resumes: the server's log key and the
+/// epoch and root the last audit reached.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AuditState {
+    log_key: String,
+    epoch: u64,
+    root: String,
+}
+
+fn read_state(path: &Path) -> Result<Option<AuditState>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a state file of sotto audit", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Audits `server`'s key directory once: from the epoch `state` recorded
+/// (or the empty directory) to the latest, then records the epoch reached.
+pub(crate) async fn audit_once(
+    out: &Printer,
+    server: &str,
+    trust: &Trust,
+    log_key: Option<&[u8]>,
+    state: Option<&Path>,
+) -> Result<()> {
+    let previous = state.map(read_state).transpose()?.flatten();
+    let mut pinned_key = log_key.map(<[u8]>::to_vec);
+    let mut since = None;
+    if let Some(previous) = &previous {
+        let key = hex::decode(&previous.log_key).context("the state file's log key")?;
+        if pinned_key.as_ref().is_some_and(|k| *k != key) {
+            bail!("--log-key is not the log key the state file recorded for this server");
+        }
+        pinned_key = Some(key);
+        let root = hex::decode(&previous.root)
+            .ok()
+            .and_then(|r| <[u8; 32]>::try_from(r.as_slice()).ok())
+            .context("the state file's root is not 32 bytes of hex")?;
+        since = Some(sotto_client::AuditedEpoch {
+            epoch: previous.epoch,
+            root,
+        });
+    }
+    let report = sotto_client::audit_directory(server, trust, pinned_key.as_deref(), since).await?;
+    out.line(
+        &format!(
+            "key directory of {server} verified: epochs {} to {} append-only, root {}",
+            report.audited_from,
+            report.epochs,
+            hex::encode(report.root)
+        ),
+        &serde_json::json!({
+            "audited_from": report.audited_from,
+            "directory_epochs": report.epochs,
+            "directory_root": hex::encode(report.root),
+        }),
+    );
+    if let Some(path) = state {
+        let log_key = match pinned_key {
+            Some(key) => key,
+            None => report.log_key.clone(),
+        };
+        let text = serde_json::to_string(&AuditState {
+            log_key: hex::encode(log_key),
+            epoch: report.epochs,
+            root: hex::encode(report.root),
+        })?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }

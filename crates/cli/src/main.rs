@@ -265,6 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
             sign: Some(keyfile),
             interval,
             trust,
+            ..
         } => {
             let log_key = log_key
                 .map(|key| hex::decode(key.trim()).context("--log-key is not hex"))
@@ -320,7 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
                 client.trust_auditor(&key, max_lag)?;
                 out.line(
                     &format!(
-                        "key-log heads now need a countersignature by auditor {} at most {} minutes old",
+                        "key-directory epochs now need a countersignature by auditor {} at most {} minutes old",
                         hex::encode(&key),
                         max_lag.as_secs() / 60
                     ),
@@ -332,39 +333,20 @@ async fn run(cli: Cli) -> Result<()> {
             server,
             log_key,
             trust,
+            state,
             ..
         } => {
             let log_key = log_key
                 .map(|key| hex::decode(key.trim()).context("--log-key is not hex"))
                 .transpose()?;
-            let report = sotto_client::audit(&server, &trust.trust()?, log_key.as_deref()).await?;
-            out.line(
-                &format!(
-                    "key log of {server} verified: {} entries, {} accounts, {} active devices, root {}",
-                    report.entries,
-                    report.accounts,
-                    report.devices,
-                    hex::encode(report.root)
-                ),
-                &serde_json::json!({
-                    "entries": report.entries, "accounts": report.accounts,
-                    "devices": report.devices, "tree_size": report.tree_size,
-                    "root": hex::encode(report.root),
-                }),
-            );
-            let directory =
-                sotto_client::audit_directory(&server, &trust.trust()?, log_key.as_deref()).await?;
-            out.line(
-                &format!(
-                    "key directory of {server} verified: {} epochs append-only, root {}",
-                    directory.epochs,
-                    hex::encode(directory.root)
-                ),
-                &serde_json::json!({
-                    "directory_epochs": directory.epochs,
-                    "directory_root": hex::encode(directory.root),
-                }),
-            );
+            auditor::audit_once(
+                &out,
+                &server,
+                &trust.trust()?,
+                log_key.as_deref(),
+                state.as_deref(),
+            )
+            .await?;
         }
         Command::Canary {
             server,

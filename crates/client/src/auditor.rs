@@ -1,33 +1,35 @@
 //! A third-party auditor (`sotto audit URL --follow --sign KEYFILE`): it
-//! audits a server's whole key log once, then follows it, one
-//! [`Follower::step`] at a time. Each step fetches the newest head, checks
-//! that it extends the last head audited (a consistency proof, so a log
-//! rewritten or shown differently is a [`Fork`]), replays the new entries
-//! with the rest, countersigns the head and hands the countersignature to
-//! the server, which serves it to clients that require this auditor.
+//! audits a server's key directory from the empty directory to the latest
+//! epoch once, then follows it, one [`Follower::step`] at a time. Each step
+//! fetches the newest signed epoch, checks akd's append-only proofs from
+//! the last epoch audited to it (so a directory rewritten or shown
+//! differently is a [`Fork`]), countersigns (epoch, root, time) and hands
+//! the countersignature to the server, which serves it to clients that
+//! require this auditor.
 //!
-//! The auditor never logs in and learns nothing the public log does not
-//! show. Time comes in as an argument; the CLI loops over `step`.
+//! The auditor never logs in and learns no username: the directory's
+//! labels are VRF outputs, and it never downloads the key log. Time comes
+//! in as an argument; the CLI loops over `step`.
 
-use sotto_proto::v1::{
-    Countersignature, GetConsistency, GetLogHead, LogEntry, SignedTreeHead, SubmitCountersignature,
-    client_frame, response,
-};
-use sotto_transparency::AuditReport;
+pub use sotto_proto::v1::SignedEpoch;
+use sotto_proto::v1::{Countersignature, SubmitCountersignature, client_frame, response};
 pub use sotto_transparency::AuditorKey;
 
 use crate::ClientError;
+use crate::directory_audit::{AppendOnlyFailure, AuditedEpoch, check_append_only, signed_epoch};
 use crate::endpoint::Trust;
 use crate::transport::Transport;
 
-/// Two heads of the same server that cannot both be true: the second does
-/// not extend the first. The auditor stops; its report names both.
+/// Two statements of the same server's directory that cannot both be true:
+/// the presented epoch does not extend the audited one (another root for an
+/// epoch already audited, or an older epoch). The auditor stops; its report
+/// names both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fork {
-    /// The last head the auditor checked and countersigned.
-    pub audited: SignedTreeHead,
-    /// The head the server presents now.
-    pub presented: SignedTreeHead,
+    /// The last epoch the auditor checked and countersigned.
+    pub audited: SignedEpoch,
+    /// The epoch the server presents now.
+    pub presented: SignedEpoch,
     /// Why they are inconsistent.
     pub reason: String,
 }
@@ -36,14 +38,14 @@ impl std::fmt::Display for Fork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "FORK: the server's key log is not append-only. Audited head: {} entries, root {}, \
-             signed at {} ms; presented head: {} entries, root {}, signed at {} ms ({}). Both \
-             heads are signed by the server's log key: keep them as evidence and tell the \
-             server's users",
-            self.audited.tree_size,
+            "FORK: the server's key directory is not append-only. Audited epoch {}, root {}, \
+             signed at {} ms; presented epoch {}, root {}, signed at {} ms ({}). Both epochs \
+             are signed by the server's log key: keep them as evidence and tell the server's \
+             users",
+            self.audited.epoch,
             hex::encode(&self.audited.root_hash),
             self.audited.timestamp_ms,
-            self.presented.tree_size,
+            self.presented.epoch,
             hex::encode(&self.presented.root_hash),
             self.presented.timestamp_ms,
             self.reason
@@ -54,12 +56,13 @@ impl std::fmt::Display for Fork {
 /// Why a follow step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
-    /// The server showed a head that does not extend the one audited
+    /// The server showed an epoch that does not extend the one audited
     /// before: stop and report.
     #[error("{0}")]
     Fork(Box<Fork>),
-    /// The log fails the audit, the server is unreachable or refused the
-    /// countersignature. A network error may pass; the rest is reported.
+    /// The directory fails the audit (naming the epoch), the server is
+    /// unreachable or refused the countersignature. A network error may
+    /// pass; the rest is reported.
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -67,12 +70,10 @@ pub enum FollowError {
 /// What one step checked and countersigned.
 #[derive(Clone, Debug)]
 pub struct FollowStep {
-    /// The head audited in this step.
-    pub head: SignedTreeHead,
-    /// Entries new since the last step.
-    pub new_entries: u64,
-    /// The whole log's audit at this head.
-    pub report: AuditReport,
+    /// The epoch audited in this step.
+    pub epoch: SignedEpoch,
+    /// Epochs new since the last step.
+    pub new_epochs: u64,
     /// What was handed to the server.
     pub countersignature: Countersignature,
 }
@@ -84,11 +85,9 @@ pub struct Follower {
     trust: Trust,
     key: AuditorKey,
     log_key: Vec<u8>,
-    /// Every entry up to `head`, checked.
-    entries: Vec<LogEntry>,
-    /// The last head audited (and countersigned); `None` before the first
+    /// The last epoch audited (and countersigned); `None` before the first
     /// step.
-    head: Option<SignedTreeHead>,
+    audited: Option<SignedEpoch>,
 }
 
 impl Follower {
@@ -101,14 +100,13 @@ impl Follower {
             trust: trust.clone(),
             key,
             log_key: log_key.map(<[u8]>::to_vec).unwrap_or_default(),
-            entries: Vec::new(),
-            head: None,
+            audited: None,
         }
     }
 
-    /// The last head audited, if any.
-    pub fn head(&self) -> Option<&SignedTreeHead> {
-        self.head.as_ref()
+    /// The last epoch audited, if any.
+    pub fn audited(&self) -> Option<&SignedEpoch> {
+        self.audited.as_ref()
     }
 
     /// The auditor's public key.
@@ -116,10 +114,9 @@ impl Follower {
         self.key.public()
     }
 
-    /// One round: fetch the newest head, check it extends the last one
-    /// audited, fetch and replay the new entries, countersign the head at
-    /// `now_ms` and submit the countersignature. The first step audits the
-    /// whole log.
+    /// One round: fetch the newest signed epoch, check the append-only
+    /// proofs from the last epoch audited to it, countersign it at `now_ms`
+    /// and submit the countersignature. The first step audits every epoch.
     pub async fn step(&mut self, now_ms: u64) -> Result<FollowStep, FollowError> {
         let mut t = Transport::connect(&self.server_url, &self.trust).await?;
         if self.log_key.is_empty() {
@@ -134,32 +131,35 @@ impl Follower {
             ))
             .into());
         }
-        let head = match t
-            .request(client_frame::Body::GetLogHead(GetLogHead {}))
-            .await?
-        {
-            response::Result::LogHead(head) => head,
-            _ => return Err(ClientError::Protocol("expected a log head".into()).into()),
-        };
-        sotto_transparency::verify_head(&self.log_key, &head)
-            .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
-        let old_size = match &self.head {
-            Some(audited) => {
-                self.check_extends(&mut t, audited, &head).await?;
-                audited.tree_size
+        let presented = signed_epoch(&mut t, &self.log_key).await?;
+        let latest = AuditedEpoch::of(&presented)
+            .ok_or_else(|| ClientError::Protocol("the signed root is not 32 bytes".into()))?;
+        let audited = self.audited.as_ref().and_then(AuditedEpoch::of);
+        match check_append_only(&mut t, audited, latest).await {
+            Ok(()) => {}
+            Err(AppendOnlyFailure::Client(e)) => return Err(e.into()),
+            Err(failure) => {
+                let fork = matches!(failure, AppendOnlyFailure::Fork { .. })
+                    || audited.is_some_and(|a| latest.epoch < a.epoch);
+                match (&self.audited, fork) {
+                    (Some(audited), true) => {
+                        return Err(FollowError::Fork(Box::new(Fork {
+                            audited: audited.clone(),
+                            presented,
+                            reason: failure.to_string(),
+                        })));
+                    }
+                    _ => {
+                        return Err(ClientError::KeyLog(format!(
+                            "the key directory of {} fails the audit: {failure}",
+                            self.server_url
+                        ))
+                        .into());
+                    }
+                }
             }
-            None => 0,
-        };
-        let mut entries = self.entries.clone();
-        crate::keys::fetch_entries(&mut t, &mut entries, head.tree_size).await?;
-        let report = sotto_transparency::audit(&self.log_key, entries.iter().cloned(), &head)
-            .map_err(|e| {
-                ClientError::KeyLog(format!(
-                    "the key log of {} fails the audit: {e}",
-                    self.server_url
-                ))
-            })?;
-        let countersignature = self.key.countersign(&self.log_key, &head, now_ms);
+        }
+        let countersignature = self.key.countersign(&self.log_key, &presented, now_ms);
         let request = SubmitCountersignature {
             countersignature: Some(countersignature.clone()),
         };
@@ -171,53 +171,14 @@ impl Follower {
             _ => return Err(ClientError::Protocol("expected Done".into()).into()),
         }
         t.close().await;
-        self.entries = entries;
-        self.head = Some(head.clone());
+        let new_epochs = presented
+            .epoch
+            .saturating_sub(self.audited.as_ref().map_or(0, |a| a.epoch));
+        self.audited = Some(presented.clone());
         Ok(FollowStep {
-            new_entries: head.tree_size.saturating_sub(old_size),
-            head,
-            report,
+            epoch: presented,
+            new_epochs,
             countersignature,
         })
-    }
-
-    /// Checks that `new` extends `audited`; a [`Fork`] if not.
-    async fn check_extends(
-        &self,
-        t: &mut Transport,
-        audited: &SignedTreeHead,
-        new: &SignedTreeHead,
-    ) -> Result<(), FollowError> {
-        let fork = |reason: String| {
-            FollowError::Fork(Box::new(Fork {
-                audited: audited.clone(),
-                presented: new.clone(),
-                reason,
-            }))
-        };
-        if new.tree_size < audited.tree_size {
-            return Err(fork(format!(
-                "the log shrank from {} to {} entries",
-                audited.tree_size, new.tree_size
-            )));
-        }
-        let path = if audited.tree_size == 0 || audited.tree_size == new.tree_size {
-            Vec::new()
-        } else {
-            let request = GetConsistency {
-                old_size: audited.tree_size,
-                new_size: new.tree_size,
-            };
-            match t
-                .request(client_frame::Body::GetConsistency(request))
-                .await?
-            {
-                response::Result::Consistency(proof) => proof.path,
-                _ => {
-                    return Err(ClientError::Protocol("expected a consistency proof".into()).into());
-                }
-            }
-        };
-        sotto_transparency::verify_consistency(audited, new, &path).map_err(|e| fork(e.to_string()))
     }
 }

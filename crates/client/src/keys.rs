@@ -15,8 +15,8 @@ use sotto_core::identity::{MemberId, Username};
 use sotto_core::safety::SafetyNumber;
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
-    AccountLog, DirectoryLookup, ErrorCode, GetAccountLog, GetConsistency, GetCountersignatures,
-    GetLogHead, LookupAccount, SignedEpoch, SignedTreeHead, client_frame, response,
+    AccountLog, DirectoryLookup, ErrorCode, GetAccountLog, GetConsistency, GetLogHead,
+    LookupAccount, SignedEpoch, SignedTreeHead, client_frame, response,
 };
 use sotto_transparency::AccountState;
 use std::collections::{HashMap, HashSet};
@@ -54,6 +54,9 @@ pub(crate) struct KeyLog {
     /// Looked up in this processing round: a device missing from these is
     /// not in the log, as opposed to not looked up yet.
     fresh: HashSet<Username>,
+    /// The directory epoch (number, root) the required auditors last vouched
+    /// for in this session.
+    countersigned: Option<(u64, Vec<u8>)>,
 }
 
 impl KeyDirectory for KeyLog {
@@ -90,6 +93,7 @@ impl KeyLog {
             max_head_age: DEFAULT_MAX_HEAD_AGE,
             verified: HashMap::new(),
             fresh: HashSet::new(),
+            countersigned: None,
         }
     }
 
@@ -196,6 +200,8 @@ impl KeyLog {
         // connection: `own_account::check_own_account`.)
         if *username != profile.account.username {
             let lookup = look_up_directory(anonymous, None, username).await?;
+            let auditors = store::trusted_auditors(&profile.db)?;
+            self.check_auditors(&auditors, anonymous, &lookup).await?;
             self.check_lookup(&profile.db, username, &lookup, &state, now_ms())?;
         }
         self.verified.insert(username.clone(), state.clone());
@@ -280,11 +286,6 @@ impl KeyLog {
     ) -> Result<(), ClientError> {
         sotto_transparency::verify_head(&self.log_key, head)
             .map_err(|e| ClientError::KeyLog(format!("a key-log head does not verify: {e}")))?;
-        if source == HeadSource::Server {
-            let auditors = store::trusted_auditors(&profile.db)?;
-            self.check_countersigned(&auditors, anonymous, head, now_ms())
-                .await?;
-        }
         let Some(pinned) = pinned_head(&profile.db)? else {
             store::save_log_head(&profile.db, &head.encode_to_vec())?;
             return Ok(());
@@ -371,6 +372,41 @@ pub(crate) async fn look_up_directory(
 }
 
 impl KeyLog {
+    /// With auditors required (`sotto trust-auditor`), refuses a lookup's
+    /// epoch unless each auditor countersigned it, or an epoch it extends,
+    /// within its lag ([`crate::directory_audit::check_countersigned`]).
+    /// An epoch that passed is not checked again in this session.
+    /// `auditors`: the profile's ([`store::trusted_auditors`]).
+    pub(crate) async fn check_auditors(
+        &mut self,
+        auditors: &[(Vec<u8>, u64)],
+        anonymous: &mut Anonymous<'_>,
+        lookup: &DirectoryLookup,
+    ) -> Result<(), ClientError> {
+        let Some(epoch) = &lookup.epoch else {
+            return Ok(()); // check_lookup refuses it
+        };
+        if auditors.is_empty()
+            || self
+                .countersigned
+                .as_ref()
+                .is_some_and(|(n, root)| *n == epoch.epoch && *root == epoch.root_hash)
+        {
+            return Ok(());
+        }
+        // Boxed: the append-only checks are a deep future of their own.
+        Box::pin(crate::directory_audit::check_countersigned(
+            anonymous,
+            &self.log_key,
+            auditors,
+            epoch,
+            now_ms(),
+        ))
+        .await?;
+        self.countersigned = Some((epoch.epoch, epoch.root_hash.clone()));
+        Ok(())
+    }
+
     /// Checks a directory lookup for `username` against the state its
     /// verified key log replays to (`state`), as of `now_ms`:
     ///
@@ -470,85 +506,6 @@ impl KeyLog {
         });
         if newer {
             store::save_directory_epoch(db, &epoch.encode_to_vec())?;
-        }
-        Ok(())
-    }
-
-    /// With auditors required (`sotto trust-auditor`), checks that each
-    /// countersigned, at most its allowed lag before `now_ms`, either
-    /// `head` itself or an older head that `head` extends (a consistency
-    /// proof). A server showing a log the auditor has not seen (a fork)
-    /// can then do so for at most the lag. Countersignatures that do not
-    /// verify are ignored.
-    async fn check_countersigned(
-        &self,
-        auditors: &[(Vec<u8>, u64)],
-        anonymous: &mut Anonymous<'_>,
-        head: &SignedTreeHead,
-        now_ms: u64,
-    ) -> Result<(), ClientError> {
-        if auditors.is_empty() {
-            return Ok(());
-        }
-        let request = GetCountersignatures {
-            max_tree_size: head.tree_size,
-            auditor_keys: auditors.iter().map(|(key, _)| key.clone()).collect(),
-        };
-        let offered = match anonymous
-            .request(client_frame::Body::GetCountersignatures(request))
-            .await?
-        {
-            response::Result::Countersignatures(c) => c.countersignatures,
-            _ => return Err(ClientError::Protocol("expected countersignatures".into())),
-        };
-        for (auditor, max_lag_ms) in auditors {
-            let fresh = offered.iter().find(|c| {
-                &c.auditor_key == auditor
-                    && c.tree_size <= head.tree_size
-                    && now_ms.saturating_sub(c.signed_at_ms) <= *max_lag_ms
-                    && sotto_transparency::verify_countersignature(&self.log_key, c).is_ok()
-            });
-            let refused = |why: String| {
-                ClientError::KeyLog(format!(
-                    "the server's key-log head ({} entries) is refused: {why}. You required \
-                     auditor {} (sotto trust-auditor) to vouch for it within {} minutes; the \
-                     server may be showing you a log the auditor has not checked, or the \
-                     auditor has stopped",
-                    head.tree_size,
-                    hex::encode(auditor),
-                    max_lag_ms / 60_000
-                ))
-            };
-            let Some(countersignature) = fresh else {
-                return Err(refused("no fresh countersignature by that auditor".into()));
-            };
-            let audited = SignedTreeHead {
-                tree_size: countersignature.tree_size,
-                root_hash: countersignature.root_hash.clone(),
-                ..Default::default()
-            };
-            let path = if audited.tree_size == 0 || audited.tree_size == head.tree_size {
-                Vec::new()
-            } else {
-                let request = GetConsistency {
-                    old_size: audited.tree_size,
-                    new_size: head.tree_size,
-                };
-                match anonymous
-                    .request(client_frame::Body::GetConsistency(request))
-                    .await?
-                {
-                    response::Result::Consistency(proof) => proof.path,
-                    _ => return Err(ClientError::Protocol("expected a consistency proof".into())),
-                }
-            };
-            sotto_transparency::verify_consistency(&audited, head, &path).map_err(|e| {
-                refused(format!(
-                    "it does not extend the head of {} entries the auditor countersigned ({e}): \
-                     the key log forked",
-                    audited.tree_size
-                ))
-            })?;
         }
         Ok(())
     }
@@ -727,37 +684,10 @@ pub(crate) fn pinned_head(db: &Connection) -> Result<Option<SignedTreeHead>, Cli
         .transpose()
 }
 
-/// Downloads the whole key log of the server at `server_url` and audits it:
-/// every entry's signature, every account's history, and that the entries
-/// hash to the root of the server's signed head. With `log_key`, the
-/// server must announce exactly that key (a pin from a second source, such
-/// as the operator's website); otherwise the key it announces is audited.
-pub async fn audit(
-    server_url: &str,
-    trust: &crate::Trust,
-    log_key: Option<&[u8]>,
-) -> Result<sotto_transparency::AuditReport, ClientError> {
-    let mut t = connect_pinned(server_url, trust, log_key).await?;
-    let head = match t
-        .request(client_frame::Body::GetLogHead(GetLogHead {}))
-        .await?
-    {
-        response::Result::LogHead(head) => head,
-        _ => return Err(ClientError::Protocol("expected a log head".into())),
-    };
-    let mut entries = Vec::new();
-    fetch_entries(&mut t, &mut entries, head.tree_size).await?;
-    let log_key = t.log_key.clone();
-    t.close().await;
-    sotto_transparency::audit(&log_key, entries, &head).map_err(|e| {
-        ClientError::KeyLog(format!("the key log of {server_url} fails the audit: {e}"))
-    })
-}
-
 /// Connects to `server_url`; with `log_key`, the server must announce
 /// exactly that key (a pin from a second source, such as the operator's
 /// website).
-async fn connect_pinned(
+pub(crate) async fn connect_pinned(
     server_url: &str,
     trust: &crate::Trust,
     log_key: Option<&[u8]>,
@@ -774,124 +704,4 @@ async fn connect_pinned(
         )));
     }
     Ok(t)
-}
-
-/// What [`audit_directory`] checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectoryAuditReport {
-    /// The latest epoch, signed by the log key; every epoch up to it was
-    /// audited.
-    pub epochs: u64,
-    /// Its root hash.
-    pub root: [u8; 32],
-}
-
-/// Audits the key directory of the server at `server_url`: its signed
-/// latest epoch, and that every epoch only appended to the one before
-/// (akd's append-only proofs, fetched a few epochs at a time). It learns
-/// no username: the proofs carry labels only as VRF outputs.
-pub async fn audit_directory(
-    server_url: &str,
-    trust: &crate::Trust,
-    log_key: Option<&[u8]>,
-) -> Result<DirectoryAuditReport, ClientError> {
-    let mut t = connect_pinned(server_url, trust, log_key).await?;
-    let failed = |why: String| {
-        ClientError::KeyLog(format!(
-            "the key directory of {server_url} fails the audit: {why}"
-        ))
-    };
-    let head = match t
-        .request(client_frame::Body::GetDirectoryEpoch(
-            sotto_proto::v1::GetDirectoryEpoch {},
-        ))
-        .await?
-    {
-        response::Result::DirectoryEpoch(epoch) => epoch,
-        _ => return Err(ClientError::Protocol("expected a directory epoch".into())),
-    };
-    sotto_transparency::verify_epoch(&t.log_key, &head).map_err(|e| failed(e.to_string()))?;
-    let root = <[u8; 32]>::try_from(head.root_hash.as_slice())
-        .map_err(|_| failed("the signed root is not 32 bytes".into()))?;
-    let mut last: Option<[u8; 32]> = None;
-    let mut from = 0;
-    while from < head.epoch {
-        let to = head
-            .epoch
-            .min(from.saturating_add(sotto_proto::MAX_AUDIT_EPOCHS_PER_REQUEST));
-        let request = sotto_proto::v1::GetDirectoryAudit {
-            from_epoch: from,
-            to_epoch: to,
-        };
-        let answer = match t
-            .request(client_frame::Body::GetDirectoryAudit(request))
-            .await?
-        {
-            response::Result::DirectoryAudit(answer) => answer,
-            _ => return Err(ClientError::Protocol("expected a directory audit".into())),
-        };
-        let roots = answer
-            .roots
-            .iter()
-            .map(|r| <[u8; 32]>::try_from(r.as_slice()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| failed(format!("a root of epochs {from}..={to} is not 32 bytes")))?;
-        if answer.from_epoch != from || roots.len() as u64 != to - from + 1 {
-            return Err(failed(format!(
-                "asked for epochs {from}..={to}, the server answered for others"
-            )));
-        }
-        if let (Some(previous), Some(first)) = (last, roots.first())
-            && previous != *first
-        {
-            return Err(failed(format!(
-                "the server gave two different roots for epoch {from}"
-            )));
-        }
-        sotto_directory::verify_audit(&roots, from, &answer.proof)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        last = roots.last().copied();
-        from = to;
-    }
-    if last.is_some_and(|audited| audited != root) {
-        return Err(failed(format!(
-            "the audited root of epoch {} is not the root the server signed",
-            head.epoch
-        )));
-    }
-    t.close().await;
-    Ok(DirectoryAuditReport {
-        epochs: head.epoch,
-        root,
-    })
-}
-
-/// Downloads log entries after those in `entries` until it holds `size`.
-pub(crate) async fn fetch_entries(
-    t: &mut Transport,
-    entries: &mut Vec<sotto_proto::v1::LogEntry>,
-    size: u64,
-) -> Result<(), ClientError> {
-    while (entries.len() as u64) < size {
-        let request = sotto_proto::v1::GetLogEntries {
-            start: entries.len() as u64,
-            count: sotto_proto::MAX_LOG_ENTRIES_PER_REQUEST,
-        };
-        match t
-            .request(client_frame::Body::GetLogEntries(request))
-            .await?
-        {
-            response::Result::LogEntries(page) if !page.entries.is_empty() => {
-                entries.extend(page.entries);
-            }
-            _ => {
-                return Err(ClientError::Protocol(
-                    "the server stopped sending log entries".into(),
-                ));
-            }
-        }
-    }
-    entries.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    Ok(())
 }

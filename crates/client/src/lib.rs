@@ -16,6 +16,7 @@ mod chat;
 mod client;
 mod conversations;
 mod devices;
+mod directory_audit;
 pub mod endpoint;
 mod inbound;
 mod key_packages;
@@ -34,10 +35,9 @@ pub mod transport;
 pub use attachments::SentFile;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
+pub use directory_audit::{AppendOnlyFailure, AuditedEpoch, DirectoryAuditReport, audit_directory};
 pub use endpoint::Trust;
-pub use keys::{
-    DEFAULT_MAX_HEAD_AGE, DirectoryAuditReport, audit, audit_directory, rotation_notice,
-};
+pub use keys::{DEFAULT_MAX_HEAD_AGE, rotation_notice};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;

@@ -49,12 +49,21 @@ pub(crate) async fn check_own_account(
         let state = verified?;
         // The log may leave out the account's newest entries; the directory
         // proves its latest version. Asked on the logged-in connection.
-        let check = look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own)
-            .await
-            .and_then(|lookup| {
+        let check = match look_up_directory(&mut s.anonymous, Some(&mut *s.connection), &own).await
+        {
+            Ok(lookup) => {
+                let auditors = crate::store::trusted_auditors(&s.profile.db)?;
                 s.key_log
-                    .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
-            });
+                    .check_auditors(&auditors, &mut s.anonymous, &lookup)
+                    .await
+                    .map(|()| lookup)
+            }
+            Err(e) => Err(e),
+        }
+        .and_then(|lookup| {
+            s.key_log
+                .check_lookup(&s.profile.db, &own, &lookup, &state, now_ms())
+        });
         match check {
             Err(ClientError::KeyLog(e)) if !retried => {
                 tracing::debug!(error = %e, "own account: the directory and the log disagree; reading both again");

@@ -87,9 +87,10 @@ pub const LOG_EVENT_CONTEXT: &[u8] = b"sotto-log-event-v1";
 pub const LOG_AUTHOR_CONTEXT: &[u8] = b"sotto-log-author-v1";
 /// Domain separator for the log key's signature over a tree head.
 pub const TREE_HEAD_CONTEXT: &[u8] = b"sotto-tree-head-v1";
-/// Domain separation for an auditor's countersignature of a tree head
-/// ([`countersign_transcript`]).
-pub const COUNTERSIGN_CONTEXT: &[u8] = b"sotto-countersign-v1";
+/// Domain separation for an auditor's countersignature of a directory
+/// epoch ([`countersign_transcript`]). (`sotto-countersign-v1` was over key
+/// log heads; such signatures never verify as epoch countersignatures.)
+pub const COUNTERSIGN_CONTEXT: &[u8] = b"sotto-countersign-epoch-v1";
 
 /// Domain separation for the log key's signature over a directory epoch
 /// ([`directory_epoch_transcript`]).
@@ -98,6 +99,14 @@ pub const DIRECTORY_EPOCH_CONTEXT: &[u8] = b"sotto-directory-epoch-v1";
 /// Most epochs one `GetDirectoryAudit` covers: an audit's cost follows its
 /// epochs' changes, so a request is kept to a few.
 pub const MAX_AUDIT_EPOCHS_PER_REQUEST: u64 = 16;
+
+/// Most bytes of an audit proof one `DirectoryAudit` answer carries; a
+/// larger proof (an epoch of many changes) comes in several.
+pub const AUDIT_PROOF_PART_BYTES: usize = 256 * 1024;
+
+/// Largest whole audit proof a server builds for one request (about 850,000
+/// changes): fewer epochs per request beyond it.
+pub const MAX_AUDIT_PROOF_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most auditors one `GetCountersignatures` may name.
 pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
@@ -205,23 +214,21 @@ pub fn directory_epoch_transcript(
     out
 }
 
-/// What an auditor signs: that the log under `log_key` had `tree_size`
-/// entries with root `root_hash` in the head the server signed at
-/// `head_timestamp_ms`, checked by the auditor at `signed_at_ms`.
+/// What an auditor signs: that the key directory of the server whose log
+/// key is `log_key` had root `root_hash` at `epoch`, every epoch up to it
+/// append-only as far as the auditor checked, at `signed_at_ms`.
 pub fn countersign_transcript(
     log_key: &[u8],
-    tree_size: u64,
+    epoch: u64,
     root_hash: &[u8],
-    head_timestamp_ms: u64,
     signed_at_ms: u64,
 ) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(COUNTERSIGN_CONTEXT.len() + log_key.len() + 24 + root_hash.len());
+        Vec::with_capacity(COUNTERSIGN_CONTEXT.len() + log_key.len() + 16 + root_hash.len());
     out.extend_from_slice(COUNTERSIGN_CONTEXT);
     out.extend_from_slice(log_key);
-    out.extend_from_slice(&tree_size.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(root_hash);
-    out.extend_from_slice(&head_timestamp_ms.to_be_bytes());
     out.extend_from_slice(&signed_at_ms.to_be_bytes());
     out
 }

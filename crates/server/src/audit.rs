@@ -104,13 +104,22 @@ pub async fn audit_data_dir(
         .await
         .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
     let mut summary = audit_store(&store, expected_log_key).await?;
-    // The directory's epochs, each checked to only append to the one
-    // before: from stored nodes and roots, naming no account.
-    let directory = data_dir.join(crate::key_directory::DIRECTORY_FILE_NAME);
-    if directory.is_file() {
-        summary.directory = Some(sotto_directory::audit_stored(&directory).await?);
-    }
+    summary.directory = audit_directory_in(data_dir).await?;
     Ok(summary)
+}
+
+/// Audits the key directory in `data_dir` (`directory.db`, whatever store
+/// the server uses): every epoch's append-only proof from the stored nodes
+/// against the stored roots, naming no account (labels are VRF outputs).
+/// `Ok(None)`: the data directory has no key directory yet.
+pub async fn audit_directory_in(
+    data_dir: &Path,
+) -> Result<Option<sotto_directory::EpochRoot>, AuditFailure> {
+    let directory = data_dir.join(crate::key_directory::DIRECTORY_FILE_NAME);
+    if !directory.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(sotto_directory::audit_stored(&directory).await?))
 }
 
 /// Audits the log kept by `store`, reading only; see [`audit_data_dir`].

@@ -86,6 +86,11 @@ pub struct ServerConfig {
     /// directory's head stays fresh; changes are published within a
     /// second. Default 5 minutes.
     pub directory_epoch_interval: Duration,
+    /// Third-party auditors the operator invited (`--auditor`, Ed25519
+    /// public keys): the server stores countersignatures of its directory
+    /// epochs from these only (at most 8 each), so nobody else can make it
+    /// store anything. Default: none.
+    pub auditors: Vec<[u8; 32]>,
 }
 
 /// Who may create an account.
@@ -127,6 +132,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             blobs: crate::blobs::BlobConfig::default(),
             directory_epoch_interval: DEFAULT_DIRECTORY_EPOCH_INTERVAL,
+            auditors: Vec::new(),
         }
     }
 }

@@ -52,6 +52,17 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DirectorySection {
     pub epoch_interval_secs: Option<u64>,
+    /// Invited auditors' public keys (64 hex digits each).
+    pub auditors: Option<Vec<String>>,
+}
+
+/// An auditor's Ed25519 public key from 64 hex digits (`--auditor`,
+/// `directory.auditors`).
+pub fn parse_auditor_key(text: &str) -> Result<[u8; 32], String> {
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| format!("{text:?} is not an auditor key (64 hex digits)"))
 }
 
 /// `[server]`: where it listens and keeps its data.
@@ -188,6 +199,9 @@ impl FileConfig {
             1,
             86_400,
         )?;
+        for key in self.directory.auditors.iter().flatten() {
+            parse_auditor_key(key).map_err(|e| format!("directory.auditors: {e}"))?;
+        }
         if let Some(store) = &self.server.store
             && (!crate::store::postgres::is_postgres_url(store)
                 || crate::store::postgres::parse_config(store).is_err())
@@ -261,6 +275,13 @@ impl FileConfig {
         }
         if let Some(secs) = s.directory.epoch_interval_secs {
             config.directory_epoch_interval = Duration::from_secs(secs);
+        }
+        if let Some(keys) = &s.directory.auditors {
+            // `check` parsed every key already.
+            config.auditors = keys
+                .iter()
+                .filter_map(|k| parse_auditor_key(k).ok())
+                .collect();
         }
         config
     }
@@ -348,6 +369,10 @@ allowed_origins = {allowed_origins}
 # Seconds between signed key-directory epochs when nothing changes
 # (--directory-epoch-interval), 1 to 86400: clients refuse a stale one.
 epoch_interval_secs = {epoch_interval}
+# Third-party auditors you invited (--auditor): their public keys, 64 hex
+# digits each (from `sotto auditor-key` on the auditor's machine). The server
+# stores countersignatures of its epochs from these only, 8 per auditor.
+# auditors = ["<64 hex digits>"]
 "#,
         listen = d.listen,
         data = d.data_dir.display(),
@@ -417,10 +442,12 @@ mod tests {
             listen = "127.0.0.1:9420"
             [directory]
             epoch_interval_secs = 60
+            auditors = ["0101010101010101010101010101010101010101010101010101010101010101"]
             "#,
         )
         .unwrap()
         .to_server_config();
+        assert_eq!(config.auditors, [[1; 32]]);
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
         assert_eq!(
@@ -442,6 +469,12 @@ mod tests {
             config.metrics_listen,
             Some("127.0.0.1:9420".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn an_auditor_key_that_is_not_64_hex_digits_is_refused() {
+        let err = FileConfig::parse("[directory]\nauditors = [\"abcd\"]\n").unwrap_err();
+        assert!(err.contains("directory.auditors"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,10 @@ struct Following {
     cursor: u64,
     /// The latest epoch, signed.
     head: v1::SignedEpoch,
+    /// The last audit proof built, served in parts
+    /// ([`sotto_proto::AUDIT_PROOF_PART_BYTES`]) without building it again
+    /// for each part. Published epochs never change, so it stays valid.
+    last_audit: Option<Arc<sotto_directory::AuditAnswer>>,
 }
 
 fn failed(e: DirectoryError) -> StoreError {
@@ -104,6 +108,7 @@ impl ServerDirectory {
                 directory,
                 cursor: 0,
                 head,
+                last_audit: None,
             }),
         };
         let published = this.catch_up(store).await?;
@@ -194,6 +199,16 @@ impl ServerDirectory {
         self.state.lock().await.head.epoch
     }
 
+    /// The stored root of `epoch`, if it was published (to check an
+    /// auditor's countersignature).
+    pub async fn epoch_root(
+        &self,
+        epoch: u64,
+    ) -> Result<Option<sotto_directory::RootHash>, StoreError> {
+        let following = self.state.lock().await;
+        following.directory.epoch_root(epoch).map_err(failed)
+    }
+
     /// The latest epoch, signed (pending changes published first).
     pub async fn signed_epoch<S: LogStore>(
         &self,
@@ -236,12 +251,15 @@ impl ServerDirectory {
         }))
     }
 
-    /// Proof that epochs `from ..= to` only appended, from stored nodes.
-    /// `Ok(Err(_))`: the range is refused (the caller's mistake).
+    /// Proof that epochs `from ..= to` only appended, from stored nodes:
+    /// the part of it from byte `offset`, and its whole length (an epoch of
+    /// many changes has a proof of many frames). `Ok(Err(_))`: the request
+    /// is refused (the caller's mistake).
     pub async fn audit(
         &self,
         from: u64,
         to: u64,
+        offset: u64,
     ) -> Result<Result<v1::DirectoryAudit, String>, StoreError> {
         if to.saturating_sub(from) > sotto_proto::MAX_AUDIT_EPOCHS_PER_REQUEST {
             return Ok(Err(format!(
@@ -249,24 +267,45 @@ impl ServerDirectory {
                 sotto_proto::MAX_AUDIT_EPOCHS_PER_REQUEST
             )));
         }
-        let following = self.state.lock().await;
-        match following.directory.audit_proof(from, to).await {
-            // One answer must fit a frame, with room for the roots.
-            Ok(answer) if answer.proof.len() > sotto_proto::MAX_FRAME_BYTES / 2 => {
-                Ok(Err(format!(
-                    "the audit proof of epochs {from}..={to} is {} bytes, too large for one answer: \
-                 ask for fewer epochs",
-                    answer.proof.len()
-                )))
+        let mut following = self.state.lock().await;
+        let answer = match &following.last_audit {
+            Some(answer) if answer.from_epoch == from && answer.to_epoch == to => {
+                Arc::clone(answer)
             }
-            Ok(answer) => Ok(Ok(v1::DirectoryAudit {
-                from_epoch: answer.from_epoch,
-                roots: answer.roots.iter().map(|r| r.to_vec()).collect(),
-                proof: answer.proof,
-            })),
-            Err(e @ DirectoryError::BadEpochRange { .. }) => Ok(Err(e.to_string())),
-            Err(e) => Err(failed(e)),
-        }
+            _ => match following.directory.audit_proof(from, to).await {
+                Ok(answer) if answer.proof.len() > sotto_proto::MAX_AUDIT_PROOF_BYTES => {
+                    return Ok(Err(format!(
+                        "the audit proof of epochs {from}..={to} is {} bytes, more than one \
+                         request may build: ask for fewer epochs",
+                        answer.proof.len()
+                    )));
+                }
+                Ok(answer) => {
+                    let answer = Arc::new(answer);
+                    following.last_audit = Some(Arc::clone(&answer));
+                    answer
+                }
+                Err(e @ DirectoryError::BadEpochRange { .. }) => return Ok(Err(e.to_string())),
+                Err(e) => return Err(failed(e)),
+            },
+        };
+        drop(following);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start
+            .saturating_add(sotto_proto::AUDIT_PROOF_PART_BYTES)
+            .min(answer.proof.len());
+        let Some(part) = answer.proof.get(start..end) else {
+            return Ok(Err(format!(
+                "offset {offset} is past the end of the {}-byte audit proof",
+                answer.proof.len()
+            )));
+        };
+        Ok(Ok(v1::DirectoryAudit {
+            from_epoch: answer.from_epoch,
+            roots: answer.roots.iter().map(|r| r.to_vec()).collect(),
+            proof: part.to_vec(),
+            proof_len: answer.proof.len() as u64,
+        }))
     }
 }
 

@@ -111,6 +111,12 @@ struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     directory_epoch_interval: Option<u64>,
 
+    /// Invite a third-party auditor: its public key (64 hex digits, from
+    /// `sotto auditor-key`). Repeat for several. Countersignatures of the
+    /// directory's epochs are stored from invited auditors only (8 each).
+    #[arg(long = "auditor", value_name = "HEX", value_parser = sotto_server::config_file::parse_auditor_key)]
+    auditors: Vec<[u8; 32]>,
+
     /// Most active devices one account may have (each is a key-log entry
     /// every contact downloads) [default: 16].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -209,6 +215,9 @@ impl Args {
         if let Some(secs) = self.directory_epoch_interval {
             config.directory_epoch_interval = Duration::from_secs(secs);
         }
+        if !self.auditors.is_empty() {
+            config.auditors.clone_from(&self.auditors);
+        }
         if let Some(n) = self.max_devices_per_account {
             config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);
         }
@@ -227,9 +236,11 @@ impl Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Checks the transparency log in a data directory, read-only: every
-    /// entry's signature, every account's history, the tree, and that the
-    /// server's tables match the log. Exits 1 naming the first bad entry.
+    /// Checks a data directory, read-only: that every key-directory epoch
+    /// only appended to the one before (naming no account), and the
+    /// transparency log: every entry's signature, every account's history,
+    /// the tree, and that the server's tables match the log. Exits 1 naming
+    /// the first bad epoch or entry.
     #[command(after_help = "Example: sotto-server audit --data ./sotto-data\n\
                       The server may keep running while this reads.")]
     Audit {
@@ -452,7 +463,14 @@ fn audit(data: &admin_cli::DataDir, log_key: Option<&str>) -> ExitCode {
         let store = sotto_server::store::AnyStore::open_read_only(&location).await?;
         let audited = sotto_server::audit::audit_store(&store, expected.as_ref()).await;
         store.close().await;
-        audited
+        // The key directory lives in the data directory with either store.
+        match audited {
+            Ok(mut summary) => {
+                summary.directory = sotto_server::audit::audit_directory_in(&data.data).await?;
+                Ok(summary)
+            }
+            Err(e) => Err(e),
+        }
     }) {
         Ok(audited) => audited,
         Err(e) => {

@@ -154,23 +154,6 @@ impl TransparencyLog {
             .map_err(|e| e.to_string()))
     }
 
-    /// Whether the log, at `tree_size` entries, has root `root`: whether
-    /// this server signed (or could sign) a head of that size and root.
-    pub async fn has_root<S: Store>(
-        &self,
-        store: &S,
-        tree_size: u64,
-        root: &[u8],
-    ) -> Result<bool, StoreError> {
-        let tree = self.caught_up(store).await?;
-        if tree_size > tree.len() {
-            return Ok(false);
-        }
-        Ok(tree
-            .root_at(tree_size)
-            .is_ok_and(|ours| ours.as_slice() == root))
-    }
-
     /// Up to `count` leaves from `start` (at most
     /// `MAX_LOG_ENTRIES_PER_REQUEST`); none past the end.
     pub async fn entries<S: Store>(

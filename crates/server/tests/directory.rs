@@ -74,6 +74,7 @@ async fn audit(client: &mut Client, from_epoch: u64, to_epoch: u64) -> v1::Respo
         .request(Body::GetDirectoryAudit(v1::GetDirectoryAudit {
             from_epoch,
             to_epoch,
+            offset: 0,
         }))
         .await
 }
@@ -148,7 +149,18 @@ async fn audits_are_bounded_verify_and_name_nobody() {
         .collect();
     assert_eq!(roots.len() as u64, head.epoch + 1);
     assert_eq!(roots.last().unwrap().as_slice(), head.root_hash.as_slice());
+    // Small enough to come in one part.
+    assert_eq!(answer.proof_len, answer.proof.len() as u64);
     verify_audit(&roots, 0, &answer.proof).await.unwrap();
+    // A part from past the proof's end: refused.
+    let past = auditor
+        .request(Body::GetDirectoryAudit(v1::GetDirectoryAudit {
+            from_epoch: 0,
+            to_epoch: head.epoch,
+            offset: answer.proof_len + 1,
+        }))
+        .await;
+    assert_error(&past, ErrorCode::InvalidRequest);
     // What an auditor gets names no account.
     let bytes = prost::Message::encode_to_vec(&answer);
     for name in names {
@@ -243,4 +255,68 @@ async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
         "{err}"
     );
     assert!(err.to_string().contains("epoch 1 to 2"), "{err}");
+}
+
+async fn run_server_audit(dir: &std::path::Path) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+        .arg("audit")
+        .arg("--data")
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `sotto-server audit` (the binary) audits every directory epoch, prints
+/// no username whether it passes or fails, and names the epoch whose
+/// stored node was changed.
+#[tokio::test]
+async fn the_server_audit_command_names_the_bad_epoch_and_no_account() {
+    const NAMES: [&str; 2] = ["quokkazanzibar", "marmalade.ferret"];
+    let temp = tempfile::TempDir::new().unwrap();
+    let server = TestServer::start_in(temp.path()).await;
+    let (mut client, _) = server.registered(NAMES[0]).await;
+    verified_lookup(&mut client, NAMES[0]).await;
+    server.registered(NAMES[1]).await;
+    verified_lookup(&mut client, NAMES[1]).await;
+    server.stop().await;
+
+    let (passed, text) = run_server_audit(temp.path()).await;
+    assert!(passed, "{text}");
+    assert!(
+        text.contains("key directory:  2 epochs append-only"),
+        "{text}"
+    );
+    for name in NAMES {
+        assert!(!text.contains(&name[..6]), "{name} in: {text}");
+    }
+
+    let db = rusqlite::Connection::open(temp.path().join(DIRECTORY_FILE_NAME)).unwrap();
+    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
+        .query_row(
+            "SELECT label_len, label_val, latest FROM akd_tree_nodes
+             WHERE last_epoch = 2 AND label_len = 256 LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
+    db.execute(
+        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
+        rusqlite::params![latest, len, val],
+    )
+    .unwrap();
+    drop(db);
+    let (passed, text) = run_server_audit(temp.path()).await;
+    assert!(!passed, "{text}");
+    assert!(text.contains("epoch 1 to 2"), "{text}");
+    for name in NAMES {
+        assert!(!text.contains(&name[..6]), "{name} in: {text}");
+    }
 }

@@ -1347,12 +1347,12 @@ mod log_cases {
         assert_eq!(*second, [1; 32]);
     }
 
-    fn countersignature(auditor: u8, tree_size: u64, signed_at_ms: u64) -> CountersignatureRecord {
+    fn countersignature(auditor: u8, epoch: u64, signed_at_ms: u64) -> CountersignatureRecord {
         CountersignatureRecord {
             auditor_key: vec![auditor; 32],
-            tree_size,
+            epoch,
             signed_at_ms,
-            countersignature: vec![auditor, 0xc5, tree_size as u8, signed_at_ms as u8],
+            countersignature: vec![auditor, 0xc5, epoch as u8, signed_at_ms as u8],
         }
     }
 

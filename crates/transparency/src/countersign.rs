@@ -1,10 +1,12 @@
-//! Third-party auditors' countersignatures of tree heads: an
-//! [`AuditorKey`] signs that it checked the log up to a head
-//! ([`AuditorKey::countersign`]); [`verify_countersignature`] checks one.
+//! Third-party auditors' countersignatures of key-directory epochs: an
+//! [`AuditorKey`] signs that it checked the directory's append-only proofs
+//! up to an epoch ([`AuditorKey::countersign`]); [`verify_countersignature`]
+//! checks one.
 //!
-//! What is countersigned is an *epoch* of the log: today a signed tree
-//! head (size, root, the server's timestamp). A move to directory epochs
-//! changes only the transcript, not who signs or how clients require it.
+//! What is countersigned is (epoch, root, time), Plexi-style, bound to the
+//! server by its log key (which signs the epochs). The key log's heads are
+//! no longer countersigned: its entries name accounts, and auditing it
+//! would let any auditor list who uses the server.
 
 use std::fmt;
 
@@ -12,7 +14,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use zeroize::Zeroizing;
 
 use crate::{
-    Countersignature, LogError, MAX_TREE_SIZE, SignedTreeHead, to_hash, verify_signature,
+    Countersignature, LogError, MAX_TREE_SIZE, SignedEpoch, to_hash, verify_signature,
     verifying_key,
 };
 
@@ -60,26 +62,21 @@ impl AuditorKey {
         self.key.verifying_key().to_bytes()
     }
 
-    /// Countersigns `head` of the log under `log_key`, at `now_ms`. The
-    /// caller has checked the log up to the head first.
+    /// Countersigns directory `epoch` of the server whose log key is
+    /// `log_key`, at `now_ms`. The caller has audited the directory up to
+    /// that epoch first.
     pub fn countersign(
         &self,
         log_key: &[u8],
-        head: &SignedTreeHead,
+        epoch: &SignedEpoch,
         now_ms: u64,
     ) -> Countersignature {
-        let transcript = sotto_proto::countersign_transcript(
-            log_key,
-            head.tree_size,
-            &head.root_hash,
-            head.timestamp_ms,
-            now_ms,
-        );
+        let transcript =
+            sotto_proto::countersign_transcript(log_key, epoch.epoch, &epoch.root_hash, now_ms);
         Countersignature {
             auditor_key: self.public().to_vec(),
-            tree_size: head.tree_size,
-            root_hash: head.root_hash.clone(),
-            head_timestamp_ms: head.timestamp_ms,
+            epoch: epoch.epoch,
+            root_hash: epoch.root_hash.clone(),
             signed_at_ms: now_ms,
             signature: self.key.sign(&transcript).to_bytes().to_vec(),
         }
@@ -87,7 +84,7 @@ impl AuditorKey {
 }
 
 /// Checks that `countersignature` is well formed and signed by the auditor
-/// key it names, over a head of the log under `log_key`.
+/// key it names, over a directory epoch of the server with `log_key`.
 pub fn verify_countersignature(
     log_key: &[u8],
     countersignature: &Countersignature,
@@ -101,16 +98,16 @@ pub fn verify_countersignature(
         &countersignature.root_hash,
         "a countersigned root hash must be 32 bytes",
     )?;
-    if countersignature.tree_size > MAX_TREE_SIZE {
+    // Epochs are stored as signed 64-bit integers; no real one comes near.
+    if countersignature.epoch > MAX_TREE_SIZE {
         return Err(LogError::Malformed(
-            "a countersigned tree size is impossibly large",
+            "a countersigned epoch is impossibly large",
         ));
     }
     let transcript = sotto_proto::countersign_transcript(
         log_key,
-        countersignature.tree_size,
+        countersignature.epoch,
         &countersignature.root_hash,
-        countersignature.head_timestamp_ms,
         countersignature.signed_at_ms,
     );
     verify_signature(

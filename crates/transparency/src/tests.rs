@@ -872,11 +872,11 @@ fn old_logs_without_rotations_replay_as_before() {
 fn a_countersignature_verifies_and_any_change_breaks_it() {
     let log = LogKey::from_secret(&[3; 32]).unwrap();
     let auditor = AuditorKey::from_secret(&[4; 32]).unwrap();
-    let head = log.sign_head(5, [8; 32], 1_700_000_000_000);
-    let good = auditor.countersign(&log.public(), &head, 1_700_000_060_000);
+    let epoch = log.sign_epoch(&[6; 32], 5, &[8; 32], 1_700_000_000_000);
+    let good = auditor.countersign(&log.public(), &epoch, 1_700_000_060_000);
     assert_eq!(good.auditor_key, auditor.public().to_vec());
     assert_eq!(
-        (good.tree_size, good.root_hash.as_slice()),
+        (good.epoch, good.root_hash.as_slice()),
         (5, [8; 32].as_slice())
     );
     verify_countersignature(&log.public(), &good).unwrap();
@@ -884,15 +884,11 @@ fn a_countersignature_verifies_and_any_change_breaks_it() {
     assert!(verify_countersignature(&[9; 32], &good).is_err());
     let changed = [
         Countersignature {
-            tree_size: 6,
+            epoch: 6,
             ..good.clone()
         },
         Countersignature {
             root_hash: vec![7; 32],
-            ..good.clone()
-        },
-        Countersignature {
-            head_timestamp_ms: 1,
             ..good.clone()
         },
         Countersignature {
@@ -908,7 +904,7 @@ fn a_countersignature_verifies_and_any_change_breaks_it() {
             ..good.clone()
         },
         Countersignature {
-            tree_size: MAX_TREE_SIZE + 1,
+            epoch: MAX_TREE_SIZE + 1,
             ..good.clone()
         },
         Countersignature {

@@ -38,7 +38,7 @@ impl<S: Store> Session<S> {
         match self
             .ctx
             .directory
-            .audit(request.from_epoch, request.to_epoch)
+            .audit(request.from_epoch, request.to_epoch, request.offset)
             .await?
         {
             Ok(audit) => Ok(Some(response::Result::DirectoryAudit(audit))),

@@ -15,6 +15,7 @@
 //! - `parse` and `wire_error`: request fields in, refusals out
 
 mod auth;
+mod countersign;
 mod delivery;
 mod devices;
 mod directory;
@@ -70,6 +71,9 @@ pub(crate) struct Context<S> {
     pub epoch_grace: EpochGrace,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Auditors whose countersignatures this server stores (the operator's
+    /// invitation: `--auditor`).
+    pub auditors: Vec<[u8; 32]>,
 }
 
 impl<S: Store> Context<S> {
@@ -92,6 +96,7 @@ impl<S: Store> Context<S> {
             registration: config.registration,
             epoch_grace: EpochGrace::new(config.previous_epoch_grace),
             metrics,
+            auditors: config.auditors.clone(),
         }
     }
 }

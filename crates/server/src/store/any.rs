@@ -288,9 +288,9 @@ impl LogStore for AnyStore {
     async fn countersignature(
         &self,
         auditor_key: &[u8],
-        max_tree_size: u64,
+        max_epoch: u64,
     ) -> Result<Option<CountersignatureRecord>, StoreError> {
-        dispatch!(self, s => s.countersignature(auditor_key, max_tree_size).await)
+        dispatch!(self, s => s.countersignature(auditor_key, max_epoch).await)
     }
 }
 

@@ -382,8 +382,8 @@ pub trait LogStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
 
     /// Stores an auditor's countersignature (checked by the caller),
-    /// replacing one of the same auditor and tree size that was signed
-    /// earlier, and keeps only the auditor's `keep` newest (by tree size).
+    /// replacing one of the same auditor and epoch that was signed
+    /// earlier, and keeps only the auditor's `keep` newest (by epoch).
     /// Countersignatures of any auditor signed before `expire_before_ms`
     /// are deleted (auditors that stopped, or keys used once).
     fn add_countersignature(
@@ -393,13 +393,13 @@ pub trait LogStore: Send + Sync + 'static {
         expire_before_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The auditor's newest countersignature (largest tree size, then
-    /// latest signed) of a head of at most `max_tree_size` entries.
-    /// `Ok(None)`: it countersigned no such head.
+    /// The auditor's newest countersignature (largest epoch, then latest
+    /// signed) of a directory epoch at most `max_epoch`.
+    /// `Ok(None)`: it countersigned no such epoch.
     fn countersignature(
         &self,
         auditor_key: &[u8],
-        max_tree_size: u64,
+        max_epoch: u64,
     ) -> impl Future<Output = Result<Option<CountersignatureRecord>, StoreError>> + Send;
 }
 

@@ -182,13 +182,14 @@ pub struct LogRecord {
     pub entry: Vec<u8>,
 }
 
-/// A third-party auditor's countersignature of a tree head, as stored.
+/// A third-party auditor's countersignature of a key-directory epoch, as
+/// stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountersignatureRecord {
     /// The auditor's public key (32 bytes).
     pub auditor_key: Vec<u8>,
-    /// The size of the head it countersigned.
-    pub tree_size: u64,
+    /// The directory epoch it countersigned.
+    pub epoch: u64,
     /// When the auditor signed (milliseconds since the Unix epoch).
     pub signed_at_ms: u64,
     /// The encoded `Countersignature`, exactly as submitted.

@@ -119,13 +119,13 @@ impl LogStore for PostgresStore {
                 execute(
                     &tx,
                     "INSERT INTO countersignatures \
-                     (auditor_key, tree_size, signed_at_ms, countersignature) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (auditor_key, tree_size) DO UPDATE SET \
+                     (auditor_key, epoch, signed_at_ms, countersignature) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (auditor_key, epoch) DO UPDATE SET \
                      signed_at_ms = excluded.signed_at_ms, countersignature = excluded.countersignature \
                      WHERE excluded.signed_at_ms > countersignatures.signed_at_ms",
                     &[
                         &record.auditor_key,
-                        &to_i64(record.tree_size),
+                        &to_i64(record.epoch),
                         &to_i64(record.signed_at_ms),
                         &record.countersignature,
                     ],
@@ -133,9 +133,9 @@ impl LogStore for PostgresStore {
                 .await?;
                 execute(
                     &tx,
-                    "DELETE FROM countersignatures WHERE auditor_key = $1 AND tree_size NOT IN \
-                     (SELECT tree_size FROM countersignatures WHERE auditor_key = $1 \
-                      ORDER BY tree_size DESC LIMIT $2)",
+                    "DELETE FROM countersignatures WHERE auditor_key = $1 AND epoch NOT IN \
+                     (SELECT epoch FROM countersignatures WHERE auditor_key = $1 \
+                      ORDER BY epoch DESC LIMIT $2)",
                     &[&record.auditor_key, &limit_i64(keep)],
                 )
                 .await?;
@@ -154,20 +154,20 @@ impl LogStore for PostgresStore {
     async fn countersignature(
         &self,
         auditor_key: &[u8],
-        max_tree_size: u64,
+        max_epoch: u64,
     ) -> Result<Option<CountersignatureRecord>, StoreError> {
         let c = self.reader().await?;
         let row = query_opt(
             &c,
-            "SELECT tree_size, signed_at_ms, countersignature FROM countersignatures \
-             WHERE auditor_key = $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT 1",
-            &[&auditor_key, &to_i64(max_tree_size)],
+            "SELECT epoch, signed_at_ms, countersignature FROM countersignatures \
+             WHERE auditor_key = $1 AND epoch <= $2 ORDER BY epoch DESC LIMIT 1",
+            &[&auditor_key, &to_i64(max_epoch)],
         )
         .await?;
         row.map(|r| {
             Ok(CountersignatureRecord {
                 auditor_key: auditor_key.to_vec(),
-                tree_size: to_u64(get(&r, 0)?),
+                epoch: to_u64(get(&r, 0)?),
                 signed_at_ms: to_u64(get(&r, 1)?),
                 countersignature: get(&r, 2)?,
             })

@@ -128,6 +128,12 @@ CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
 -- enabled again (the largest bigint); NULL: not disabled.
 ALTER TABLE accounts ADD COLUMN disabled_until_day bigint;
 ",
+    r"
+-- Auditors countersign key-directory epochs, not key-log heads: the heads'
+-- countersignatures verify no more and go; the column is the epoch.
+DELETE FROM countersignatures;
+ALTER TABLE countersignatures RENAME COLUMN tree_size TO epoch;
+",
 ];
 
 /// The schema version this code writes: one per migration.

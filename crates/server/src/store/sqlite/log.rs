@@ -110,21 +110,21 @@ impl LogStore for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO countersignatures \
-                 (auditor_key, tree_size, signed_at_ms, countersignature) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (auditor_key, tree_size) DO UPDATE SET \
+                 (auditor_key, epoch, signed_at_ms, countersignature) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (auditor_key, epoch) DO UPDATE SET \
                  signed_at_ms = excluded.signed_at_ms, countersignature = excluded.countersignature \
                  WHERE excluded.signed_at_ms > countersignatures.signed_at_ms",
             )?
             .execute(params![
                 record.auditor_key,
-                to_i64(record.tree_size),
+                to_i64(record.epoch),
                 to_i64(record.signed_at_ms),
                 record.countersignature
             ])?;
             conn.prepare_cached(
-                "DELETE FROM countersignatures WHERE auditor_key = ?1 AND tree_size NOT IN \
-                 (SELECT tree_size FROM countersignatures WHERE auditor_key = ?1 \
-                  ORDER BY tree_size DESC LIMIT ?2)",
+                "DELETE FROM countersignatures WHERE auditor_key = ?1 AND epoch NOT IN \
+                 (SELECT epoch FROM countersignatures WHERE auditor_key = ?1 \
+                  ORDER BY epoch DESC LIMIT ?2)",
             )?
             .execute(params![
                 record.auditor_key,
@@ -140,19 +140,19 @@ impl LogStore for SqliteStore {
     async fn countersignature(
         &self,
         auditor_key: &[u8],
-        max_tree_size: u64,
+        max_epoch: u64,
     ) -> Result<Option<CountersignatureRecord>, StoreError> {
         let auditor_key = auditor_key.to_vec();
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT tree_size, signed_at_ms, countersignature FROM countersignatures \
-                     WHERE auditor_key = ?1 AND tree_size <= ?2 ORDER BY tree_size DESC LIMIT 1",
+                    "SELECT epoch, signed_at_ms, countersignature FROM countersignatures \
+                     WHERE auditor_key = ?1 AND epoch <= ?2 ORDER BY epoch DESC LIMIT 1",
                 )?
-                .query_row(params![auditor_key, to_i64(max_tree_size)], |r| {
+                .query_row(params![auditor_key, to_i64(max_epoch)], |r| {
                     Ok(CountersignatureRecord {
                         auditor_key: auditor_key.clone(),
-                        tree_size: to_u64(r.get(0)?),
+                        epoch: to_u64(r.get(0)?),
                         signed_at_ms: to_u64(r.get(1)?),
                         countersignature: r.get(2)?,
                     })

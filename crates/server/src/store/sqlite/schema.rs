@@ -196,6 +196,13 @@ CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
     r"
 ALTER TABLE accounts ADD COLUMN disabled_until_day INTEGER;
 ",
+    // Auditors countersign key-directory epochs, not key-log heads: the
+    // heads' countersignatures verify no more and go; the column is the
+    // epoch.
+    r"
+DELETE FROM countersignatures;
+ALTER TABLE countersignatures RENAME COLUMN tree_size TO epoch;
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
