@@ -61,6 +61,7 @@ pub struct ServerSection {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub store: Option<String>,
+    pub bus: Option<String>,
     pub reuse_port: Option<bool>,
     pub server_names: Option<Vec<String>>,
 }
@@ -197,6 +198,11 @@ impl FileConfig {
                     .into(),
             );
         }
+        if let Some(bus) = &self.server.bus
+            && !crate::bus::is_bus_url(bus)
+        {
+            return Err("server.bus must be a nats://HOST:PORT URL".into());
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -216,6 +222,9 @@ impl FileConfig {
         }
         if let Some(store) = &s.server.store {
             config.store = Some(store.clone());
+        }
+        if let Some(bus) = &s.server.bus {
+            config.bus = Some(bus.clone());
         }
         if let Some(reuse) = s.server.reuse_port {
             config.reuse_port = reuse;
@@ -294,6 +303,9 @@ data = "{data}"
 # Keep the data in PostgreSQL instead of the data directory's SQLite file
 # (--store, SOTTO_STORE), e.g. "postgres://sotto@db.example.org/sotto".
 # store = "postgres://…"
+# With several nodes on one PostgreSQL database: the NATS server that
+# carries wake-ups between them (--bus, SOTTO_BUS).
+# bus = "nats://127.0.0.1:4222"
 # SO_REUSEPORT, so several processes on one data directory share the port.
 reuse_port = {reuse_port}
 # Host names clients use besides IP addresses, localhost and the

@@ -61,7 +61,7 @@ pub(crate) struct Context<S> {
     pub log: TransparencyLog,
     /// The key directory, following the log.
     pub directory: Arc<ServerDirectory>,
-    pub links: LinkRendezvous,
+    pub links: Arc<LinkRendezvous>,
     /// Every shared rate limit, and the rates of each connection's own.
     pub rate_limits: RateLimits,
     /// Who may create accounts.
@@ -87,7 +87,7 @@ impl<S: Store> Context<S> {
             store,
             limits: config.limits.clone(),
             log,
-            links: LinkRendezvous::default(),
+            links: Arc::default(),
             rate_limits: RateLimits::new(&config.limits, Arc::clone(&metrics)),
             registration: config.registration,
             epoch_grace: EpochGrace::new(config.previous_epoch_grace),
@@ -337,7 +337,7 @@ impl<S: Store> Session<S> {
             (_, Body::GetDirectoryEpoch(_)) => self.get_directory_epoch().await,
             (_, Body::LookupAccount(request)) => self.lookup_account(&request.username).await,
             (_, Body::GetDirectoryAudit(request)) => self.get_directory_audit(request).await,
-            (_, Body::JoinLink(join)) => self.join_link(join),
+            (_, Body::JoinLink(join)) => self.join_link(join).await,
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,
             (_, Body::SubmitCommit(commit)) => self.submit_commit(commit).await,

@@ -1,0 +1,284 @@
+//! Several server nodes on one PostgreSQL schema and one NATS bus
+//! (`SOTTO_TEST_POSTGRES` and `SOTTO_TEST_NATS`; skipped without them):
+//! clients spread over the nodes get each other's messages pushed, link
+//! devices across nodes, and lose nothing when NATS restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::Duration;
+
+use sotto_client::{Client, EntryKind};
+use sotto_testkit::cluster::{Cluster, NatsServer};
+use sotto_testkit::register;
+use tempfile::TempDir;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a push from another node may take. Generous for a loaded CI
+/// machine; without the bus the message would never come (nothing polls).
+const PROMPTLY: Duration = Duration::from_secs(5);
+/// How long a first message may take (it may come with the listener's
+/// login instead of by push).
+const EVENTUALLY: Duration = Duration::from_secs(30);
+
+type Line = (String, String);
+
+fn line(sender: &str, text: &str) -> Line {
+    (sender.to_owned(), text.to_owned())
+}
+
+/// A client listening in the background (never calling `Sync` after its
+/// login), handing over the texts it receives.
+struct Listening {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Client>,
+    texts: mpsc::UnboundedReceiver<Line>,
+}
+
+fn listen(mut client: Client) -> Listening {
+    let (tx, texts) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        client
+            .listen_until(
+                |entry| {
+                    if entry.kind == EntryKind::Text {
+                        let _ = tx.send((entry.sender.clone(), entry.text.clone()));
+                    }
+                },
+                stopped,
+            )
+            .await
+            .expect("listen")
+            .expect("stop signal");
+        client
+    });
+    Listening { stop, task, texts }
+}
+
+impl Listening {
+    /// The next text, which must be `want` and come within `within`.
+    async fn expect(&mut self, want: Line, within: Duration) {
+        let got = tokio::time::timeout(within, self.texts.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{want:?} not pushed within {within:?}"))
+            .expect("listener ended");
+        assert_eq!(got, want);
+    }
+
+    /// Stops listening and gives the client back (with nothing unread).
+    async fn stop(mut self) -> Client {
+        let _ = self.stop.send(());
+        let client = self.task.await.expect("listener task");
+        assert_eq!(self.texts.try_recv().ok(), None, "an unexpected text");
+        client
+    }
+}
+
+/// Three nodes; alice, bob and carol each on a different one. A 1:1 chat
+/// and a group of the three deliver by push across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_across_three_nodes_are_pushed() {
+    let Some(cluster) = Cluster::start("chats_across_three_nodes_are_pushed", 3).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let (mut alice, _a) = register(&cluster.url(0), "alice").await;
+        let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let (mut carol, _c) = register(&cluster.url(2), "carol").await;
+
+        let mut bob = listen(bob);
+        alice.send_direct("bob", "hello bob").await.unwrap();
+        bob.expect(line("alice", "hello bob"), EVENTUALLY).await;
+        // Bob is connected to node 1 now: this one can only come by push.
+        alice.send_direct("bob", "still there?").await.unwrap();
+        bob.expect(line("alice", "still there?"), PROMPTLY).await;
+        let bob = bob.stop().await;
+
+        carol.sync().await.unwrap();
+        let mut bob = listen(bob);
+        let mut carol = listen(carol);
+        alice
+            .create_group("team", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        alice.send_group("team", "welcome").await.unwrap();
+        bob.expect(line("alice", "welcome"), EVENTUALLY).await;
+        carol.expect(line("alice", "welcome"), EVENTUALLY).await;
+        alice.send_group("team", "agenda").await.unwrap();
+        bob.expect(line("alice", "agenda"), PROMPTLY).await;
+        carol.expect(line("alice", "agenda"), PROMPTLY).await;
+
+        // Carol (node 2) answers; alice (node 0) listens from before.
+        let mut carol = carol.stop().await;
+        let mut alice = listen(alice);
+        carol.send_group("team", "thanks").await.unwrap();
+        bob.expect(line("carol", "thanks"), PROMPTLY).await;
+        alice.expect(line("carol", "thanks"), EVENTUALLY).await;
+        carol.send_group("team", "bye").await.unwrap();
+        alice.expect(line("carol", "bye"), PROMPTLY).await;
+        bob.expect(line("carol", "bye"), PROMPTLY).await;
+        let _ = alice.stop().await;
+        let _ = bob.stop().await;
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
+
+/// A new device joins, on node 1, a link its account's device opened on
+/// node 0; then both get a message sent from node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_links_through_another_node() {
+    let Some(cluster) = Cluster::start("a_device_links_through_another_node", 3).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let (mut alice, _a) = register(&cluster.url(0), "alice").await;
+        let (mut bob, _b) = register(&cluster.url(2), "bob").await;
+        let dir = TempDir::new().unwrap();
+        let code = alice.open_link().await.unwrap();
+        // The code names node 0; the new device reaches node 1 (as behind
+        // a load balancer).
+        let (secret, url0) = code
+            .reveal()
+            .split_once('@')
+            .map(|(s, u)| (s.to_owned(), u.to_owned()))
+            .unwrap();
+        assert_eq!(url0, cluster.url(0));
+        let text = format!("{secret}@{}", cluster.url(1));
+        let path = dir.path().to_path_buf();
+        let (shown_tx, shown) = oneshot::channel();
+        let joining = tokio::spawn(async move {
+            let show = move |fingerprint| {
+                let _ = shown_tx.send(fingerprint);
+            };
+            Client::join_link(&path, &text, &sotto_client::Trust::web_roots(), show).await
+        });
+        let request = alice.wait_for_link_request(&code).await.unwrap();
+        assert_eq!(shown.await.unwrap(), request.fingerprint);
+        alice.approve_link(&code, &request).await.unwrap();
+        let mut phone = joining.await.unwrap().expect("join across nodes");
+        assert_eq!(phone.device_id(), request.device_id);
+
+        phone.sync().await.unwrap();
+        bob.send_direct("alice", "to both devices").await.unwrap();
+        for device in [&mut alice, &mut phone] {
+            let texts: Vec<Line> = device
+                .sync()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Text)
+                .map(|e| (e.sender, e.text))
+                .collect();
+            assert_eq!(texts, vec![line("bob", "to both devices")]);
+        }
+
+        // A code nobody opened is unknown on every node.
+        let unknown = format!("{}@{}", "11".repeat(32), cluster.url(2));
+        let dir = TempDir::new().unwrap();
+        let refused = tokio::time::timeout(
+            Duration::from_secs(20),
+            Client::join_link(
+                dir.path(),
+                &unknown,
+                &sotto_client::Trust::web_roots(),
+                |_| {},
+            ),
+        )
+        .await
+        .expect("an unknown link is refused, not waited on");
+        assert!(refused.is_err(), "joined a link nobody opened");
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
+
+/// Alice (node 0) sends to bob (node 1, listening) while the NATS server
+/// is killed and restarted: every acknowledged message reaches bob's app
+/// exactly once, without bob syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_under_load_loses_nothing() {
+    const TEST: &str = "nats_restarted_under_load_loses_nothing";
+    if Cluster::bus_for(TEST).is_none() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    let Some(cluster) = Cluster::start_on(TEST, 2, &nats.url()).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let (mut alice, _a) = register(&cluster.url(0), "alice").await;
+        let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let mut bob = listen(bob);
+        alice.send_direct("bob", "warm-up").await.unwrap();
+        bob.expect(line("alice", "warm-up"), EVENTUALLY).await;
+
+        let total = 60;
+        let mut acknowledged = Vec::new();
+        for i in 0..total {
+            if i == 20 {
+                nats.kill();
+            }
+            if i == 40 {
+                nats.restart();
+            }
+            let text = format!("m{i}");
+            alice.send_direct("bob", &text).await.unwrap();
+            acknowledged.push(line("alice", &text));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // Everything, once, in order, pushed (bob never syncs).
+        for want in acknowledged {
+            bob.expect(want, EVENTUALLY).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut bob = bob.stop().await;
+        let later: Vec<_> = bob
+            .sync()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Text)
+            .collect();
+        assert!(later.is_empty(), "delivered again: {later:?}");
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
+
+/// The server starts and serves (on one node) while its NATS server is
+/// unreachable, and delivers across nodes once NATS comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_start_without_nats_and_catch_up_when_it_comes() {
+    const TEST: &str = "nodes_start_without_nats_and_catch_up_when_it_comes";
+    if Cluster::bus_for(TEST).is_none() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    nats.kill();
+    let Some(cluster) = Cluster::start_on(TEST, 2, &nats.url()).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let (mut alice, _a) = register(&cluster.url(0), "alice").await;
+        let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let mut bob = listen(bob);
+        alice
+            .send_direct("bob", "sent while NATS is down")
+            .await
+            .unwrap();
+        nats.restart();
+        bob.expect(line("alice", "sent while NATS is down"), EVENTUALLY)
+            .await;
+        alice.send_direct("bob", "and now").await.unwrap();
+        bob.expect(line("alice", "and now"), EVENTUALLY).await;
+        let _ = bob.stop().await;
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
