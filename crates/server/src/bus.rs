@@ -569,6 +569,82 @@ mod tests {
         }
     }
 
+    /// A group message to 1,000 devices connected to two other nodes: the
+    /// sending node's hub queues 1,000 wake-ups and each device's
+    /// connection on the other nodes is told to read its mailbox. Needs
+    /// `SOTTO_TEST_NATS`; prints the time it took (a measurement, not an
+    /// assertion).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_to_a_thousand_devices() {
+        let Some(url) = std::env::var("SOTTO_TEST_NATS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            eprintln!("fan_out_to_a_thousand_devices: skipped (SOTTO_TEST_NATS is not set)");
+            return;
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let hub = MailboxHub::new();
+            let tasks = Bus::start(&url, hub.clone(), Arc::default(), stop.clone())
+                .await
+                .unwrap();
+            nodes.push((hub, tasks));
+        }
+        let devices: Vec<DeviceId> = (0..1000u32)
+            .map(|i| {
+                let mut id = [0; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                id[4..].copy_from_slice(&rand::random::<[u8; 12]>());
+                DeviceId::new(id)
+            })
+            .collect();
+        // Devices on nodes 1 and 2; node 0 sends.
+        let subscriptions: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| nodes[1 + i % 2].0.subscribe(*d))
+            .collect();
+        let entry = |device: &DeviceId| crate::store::NewEntry {
+            device_id: *device,
+            seq: 1,
+            message_id: MessageId::new([1; 16]),
+            payload: Arc::from(&b"x"[..]),
+        };
+        // Until both nodes have subscribed (probing the last device of each).
+        for probe in [998, 999] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                nodes[0].0.deliver(vec![entry(&devices[probe])]);
+                let woken = &subscriptions[probe].missed;
+                if tokio::time::timeout(Duration::from_millis(100), woken.wait())
+                    .await
+                    .is_ok()
+                {
+                    woken.take();
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the nodes never subscribed");
+            }
+        }
+        let entries = devices.iter().map(entry).collect();
+        let started = std::time::Instant::now();
+        // A hub with no connections for these devices: only the bus wakes
+        // them.
+        nodes[0].0.deliver(entries);
+        let queued = started.elapsed();
+        for subscription in &subscriptions {
+            tokio::time::timeout(Duration::from_secs(10), subscription.missed.wait())
+                .await
+                .expect("every device is woken");
+        }
+        eprintln!(
+            "fan-out of one message to 1,000 devices on two other nodes: queued in {queued:?}, all woken after {:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn link_subjects_do_not_show_the_link_id() {
         let id = [0xab; sotto_proto::LINK_ID_LEN];
