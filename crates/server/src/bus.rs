@@ -16,9 +16,13 @@
 //! each device connected to it (when its first connection opens) and
 //! unsubscribes when the last one closes. NATS routes each wake-up to the
 //! one node (or none) that holds the device, so a message to a 1,000-device
-//! group costs its node 1,000 small publishes (~45 bytes each on the wire,
-//! pipelined by the client; measured by `fan_out_to_a_thousand_devices`
-//! below) and every other node only the wake-ups for its own devices. A
+//! group costs its node 1,000 small publishes (~60 bytes each on the wire:
+//! `PUB sotto.device.<32 hex> 0`, pipelined by the client) and every other
+//! node only the wake-ups for its own devices. Measured by
+//! `fan_out_to_a_thousand_devices` below (debug build, 2 shared cores,
+//! local NATS): the committing node queues the 1,000 wake-ups in ~1 ms,
+//! and all 1,000 connections on two other nodes are woken 6–25 ms after
+//! the commit. A
 //! subject per node would need either a shared device → node directory
 //! (a PostgreSQL write on every connect) or a broadcast of every group's
 //! recipient list to every node, so each node would receive and filter
