@@ -380,6 +380,77 @@ mod tests {
         assert!(!hub.is_connected(&device));
     }
 
+    /// What the hub told its relay.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Relay for Recorder {
+        fn entries(&self, devices: &[DeviceId]) {
+            self.0.lock().unwrap().push(format!("entries {devices:?}"));
+        }
+        fn event(&self, devices: &[DeviceId], _: &MailboxEvent) {
+            self.0.lock().unwrap().push(format!("event {devices:?}"));
+        }
+        fn disconnect(&self, device: &DeviceId) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("disconnect {device:?}"));
+        }
+        fn interest_changed(&self, device: DeviceId) {
+            self.0.lock().unwrap().push(format!("interest {device:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_to_other_nodes_and_takes_their_wake_ups() {
+        let hub = MailboxHub::new();
+        let recorder = Arc::new(Recorder::default());
+        hub.set_relay(Arc::clone(&recorder) as Arc<dyn Relay>);
+        let device = DeviceId::new([1; 16]);
+        let other = DeviceId::new([2; 16]);
+        let taken = || std::mem::take(&mut *recorder.0.lock().unwrap());
+
+        let a = hub.subscribe(device);
+        let b = hub.subscribe(device);
+        assert_eq!(
+            taken(),
+            vec![format!("interest {device:?}")],
+            "once per device"
+        );
+        hub.deliver(vec![entry(device, 1), entry(other, 2), entry(device, 3)]);
+        assert_eq!(taken(), vec![format!("entries {:?}", [device, other])]);
+
+        // A wake-up from another node: both connections read the store.
+        hub.wake_here(&device);
+        assert!(a.missed.take() && b.missed.take());
+        hub.wake_all_here();
+        assert!(a.missed.take());
+        // Signals from another node are not relayed back.
+        hub.notify_here(&[device], &MailboxEvent::KeyPackagesLow { remaining: 1 });
+        assert_eq!(taken(), Vec::<String>::new());
+        hub.notify([&other], &MailboxEvent::KeyPackagesLow { remaining: 1 });
+        assert_eq!(taken(), vec![format!("event {:?}", [other])]);
+
+        drop(a);
+        assert_eq!(taken(), Vec::<String>::new(), "b is still connected");
+        drop(b);
+        assert_eq!(taken(), vec![format!("interest {device:?}")]);
+
+        let mut c = hub.subscribe(device);
+        hub.disconnect_here(&device);
+        assert_eq!(c.events.recv().await, None);
+        hub.disconnect(&other);
+        assert_eq!(
+            taken(),
+            vec![
+                format!("interest {device:?}"),
+                format!("interest {device:?}"),
+                format!("disconnect {other:?}"),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_flags_the_connection_instead_of_blocking() {
         let hub = MailboxHub::new();

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sotto_client::{Client, EntryKind};
+use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry};
 use sotto_testkit::cluster::{Cluster, NatsServer};
 use sotto_testkit::register;
 use tempfile::TempDir;
@@ -31,48 +31,107 @@ fn line(sender: &str, text: &str) -> Line {
 /// login), handing over the texts it receives.
 struct Listening {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Client>,
-    texts: mpsc::UnboundedReceiver<Line>,
+    task: JoinHandle<(Client, Result<(), ClientError>)>,
+    entries: mpsc::UnboundedReceiver<HistoryEntry>,
 }
 
 fn listen(mut client: Client) -> Listening {
-    let (tx, texts) = mpsc::unbounded_channel();
+    let (tx, entries) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
-        client
+        let listened = client
             .listen_until(
                 |entry| {
-                    if entry.kind == EntryKind::Text {
-                        let _ = tx.send((entry.sender.clone(), entry.text.clone()));
-                    }
+                    let _ = tx.send(entry.clone());
                 },
                 stopped,
             )
             .await
-            .expect("listen")
-            .expect("stop signal");
-        client
+            .map(|_| ());
+        (client, listened)
     });
-    Listening { stop, task, texts }
+    Listening {
+        stop,
+        task,
+        entries,
+    }
 }
 
 impl Listening {
-    /// The next text, which must be `want` and come within `within`.
-    async fn expect(&mut self, want: Line, within: Duration) {
-        let got = tokio::time::timeout(within, self.texts.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{want:?} not pushed within {within:?}"))
-            .expect("listener ended");
-        assert_eq!(got, want);
+    /// The next entry `pick` keeps (others are skipped), within `within`.
+    async fn next_where(
+        &mut self,
+        within: Duration,
+        what: &str,
+        pick: impl Fn(&HistoryEntry) -> bool,
+    ) -> HistoryEntry {
+        tokio::time::timeout(within, async {
+            loop {
+                let entry = self.entries.recv().await.expect("listener ended");
+                if pick(&entry) {
+                    return entry;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} not pushed within {within:?}"))
     }
 
-    /// Stops listening and gives the client back (with nothing unread).
+    /// The next text, which must be `want` and come within `within`.
+    async fn expect(&mut self, want: Line, within: Duration) {
+        let got = self
+            .next_where(within, &format!("{want:?}"), |e| e.kind == EntryKind::Text)
+            .await;
+        assert_eq!((got.sender, got.text), want);
+    }
+
+    /// Stops listening and gives the client back (with no text unread).
     async fn stop(mut self) -> Client {
         let _ = self.stop.send(());
-        let client = self.task.await.expect("listener task");
-        assert_eq!(self.texts.try_recv().ok(), None, "an unexpected text");
+        let (client, listened) = self.task.await.expect("listener task");
+        listened.expect("listen");
+        while let Ok(entry) = self.entries.try_recv() {
+            assert_ne!(entry.kind, EntryKind::Text, "an unexpected text: {entry:?}");
+        }
         client
     }
+
+    /// Waits for the server to end the listener's connection.
+    async fn ended(self, within: Duration) -> ClientError {
+        let (_, listened) = tokio::time::timeout(within, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("still connected after {within:?}"))
+            .expect("listener task");
+        listened.expect_err("the connection was ended")
+    }
+}
+
+/// Links a new device to `existing`'s account through node `url` (the code
+/// names `existing`'s node; the new device reaches another, as behind a
+/// load balancer).
+async fn link_through(existing: &mut Client, url: String) -> (Client, TempDir) {
+    let dir = TempDir::new().unwrap();
+    let code = existing.open_link().await.unwrap();
+    let (secret, _) = code
+        .reveal()
+        .split_once('@')
+        .map(|(s, u)| (s.to_owned(), u.to_owned()))
+        .unwrap();
+    let text = format!("{secret}@{url}");
+    let path = dir.path().to_path_buf();
+    let (shown_tx, shown) = oneshot::channel();
+    let joining = tokio::spawn(async move {
+        let show = move |fingerprint| {
+            let _ = shown_tx.send(fingerprint);
+        };
+        Client::join_link(&path, &text, &sotto_client::Trust::web_roots(), show).await
+    });
+    let request = existing.wait_for_link_request(&code).await.unwrap();
+    assert_eq!(shown.await.unwrap(), request.fingerprint);
+    existing.approve_link(&code, &request).await.unwrap();
+    let new = joining.await.unwrap().expect("join across nodes");
+    assert_eq!(new.device_id(), request.device_id);
+    (new, dir)
 }
 
 /// Three nodes; alice, bob and carol each on a different one. A 1:1 chat
@@ -136,31 +195,7 @@ async fn a_device_links_through_another_node() {
     tokio::time::timeout(Duration::from_secs(180), async {
         let (mut alice, _a) = register(&cluster.url(0), "alice").await;
         let (mut bob, _b) = register(&cluster.url(2), "bob").await;
-        let dir = TempDir::new().unwrap();
-        let code = alice.open_link().await.unwrap();
-        // The code names node 0; the new device reaches node 1 (as behind
-        // a load balancer).
-        let (secret, url0) = code
-            .reveal()
-            .split_once('@')
-            .map(|(s, u)| (s.to_owned(), u.to_owned()))
-            .unwrap();
-        assert_eq!(url0, cluster.url(0));
-        let text = format!("{secret}@{}", cluster.url(1));
-        let path = dir.path().to_path_buf();
-        let (shown_tx, shown) = oneshot::channel();
-        let joining = tokio::spawn(async move {
-            let show = move |fingerprint| {
-                let _ = shown_tx.send(fingerprint);
-            };
-            Client::join_link(&path, &text, &sotto_client::Trust::web_roots(), show).await
-        });
-        let request = alice.wait_for_link_request(&code).await.unwrap();
-        assert_eq!(shown.await.unwrap(), request.fingerprint);
-        alice.approve_link(&code, &request).await.unwrap();
-        let mut phone = joining.await.unwrap().expect("join across nodes");
-        assert_eq!(phone.device_id(), request.device_id);
-
+        let (mut phone, _p) = link_through(&mut alice, cluster.url(1)).await;
         phone.sync().await.unwrap();
         bob.send_direct("alice", "to both devices").await.unwrap();
         for device in [&mut alice, &mut phone] {
@@ -277,6 +312,45 @@ async fn nodes_start_without_nats_and_catch_up_when_it_comes() {
         alice.send_direct("bob", "and now").await.unwrap();
         bob.expect(line("alice", "and now"), EVENTUALLY).await;
         let _ = bob.stop().await;
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
+
+/// A typing indicator reaches a device on another node, and removing a
+/// device closes its connection on another node at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_removal_reach_other_nodes() {
+    let Some(cluster) = Cluster::start("typing_and_removal_reach_other_nodes", 3).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let (mut alice, _a) = register(&cluster.url(0), "alice").await;
+        let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let mut bob = listen(bob);
+        alice.send_direct("bob", "hi").await.unwrap();
+        bob.expect(line("alice", "hi"), EVENTUALLY).await;
+        alice
+            .send_typing(ConversationKind::Direct, "bob", true)
+            .await
+            .unwrap();
+        bob.next_where(PROMPTLY, "the typing indicator", |e| {
+            e.text == "alice is typing…"
+        })
+        .await;
+        let _ = bob.stop().await;
+
+        // Alice's phone is on node 2; alice removes it from node 0.
+        let (mut phone, _p) = link_through(&mut alice, cluster.url(2)).await;
+        phone.sync().await.unwrap();
+        let phone_id = phone.device_id().to_string();
+        let phone = listen(phone);
+        // Its connection is open on node 2 (it has logged in and synced).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        alice.remove_device(&phone_id).await.unwrap();
+        let ended = phone.ended(PROMPTLY).await;
+        eprintln!("the removed device's connection ended: {ended}");
     })
     .await
     .expect("test timed out");
