@@ -85,6 +85,11 @@ impl Cluster {
         self.nodes.get(i).expect("no such node").url()
     }
 
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &TestServer {
+        self.nodes.get(i).expect("no such node")
+    }
+
     /// How many nodes there are.
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry};
+use sotto_proto::v1::{self, ErrorCode, client_frame::Body, server_frame};
 use sotto_testkit::cluster::{Cluster, NatsServer};
 use sotto_testkit::register;
+use sotto_testkit::wire::{assert_done, assert_error};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -351,6 +353,69 @@ async fn typing_and_removal_reach_other_nodes() {
         alice.remove_device(&phone_id).await.unwrap();
         let ended = phone.ended(PROMPTLY).await;
         eprintln!("the removed device's connection ended: {ended}");
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
+
+/// The raw rendezvous across nodes: a link opened on node 0 is joined once,
+/// from node 1; a second joiner on node 2 (someone who saw the code late)
+/// is refused and gets nothing; the bundle reaches only the first joiner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_is_joined_once_across_nodes() {
+    let Some(cluster) = Cluster::start("a_link_is_joined_once_across_nodes", 3).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (mut opener, _) = cluster.node(0).registered("alice").await;
+        let link_id = vec![7; sotto_proto::LINK_ID_LEN];
+        assert_done(
+            &opener
+                .request(Body::OpenLink(v1::OpenLink {
+                    link_id: link_id.clone(),
+                }))
+                .await,
+        );
+        let join = |sealed: &[u8]| {
+            Body::JoinLink(v1::JoinLink {
+                link_id: link_id.clone(),
+                sealed_request: sealed.to_vec(),
+            })
+        };
+        let mut joiner = cluster.node(1).connect().await;
+        assert_done(&joiner.request(join(b"first")).await);
+        match opener.next_frame().await.body {
+            Some(server_frame::Body::LinkRequest(r)) => {
+                assert_eq!(r.link_id, link_id);
+                assert_eq!(r.sealed_request, b"first");
+            }
+            other => panic!("expected the link request, got {other:?}"),
+        }
+        let mut late = cluster.node(2).connect().await;
+        assert_error(&late.request(join(b"second")).await, ErrorCode::UnknownLink);
+        let mut late_here = cluster.node(1).connect().await;
+        assert_error(
+            &late_here.request(join(b"third")).await,
+            ErrorCode::UnknownLink,
+        );
+        opener.assert_quiet(Duration::from_millis(300)).await;
+
+        assert_done(
+            &opener
+                .request(Body::CompleteLink(v1::CompleteLink {
+                    link_id: link_id.clone(),
+                    sealed_bundle: b"bundle".to_vec(),
+                }))
+                .await,
+        );
+        match joiner.next_frame().await.body {
+            Some(server_frame::Body::LinkCompleted(c)) => assert_eq!(c.sealed_bundle, b"bundle"),
+            other => panic!("expected the bundle, got {other:?}"),
+        }
+        late.assert_quiet(Duration::from_millis(300)).await;
+        // Completed: gone on every node.
+        assert_error(&late.request(join(b"again")).await, ErrorCode::UnknownLink);
     })
     .await
     .expect("test timed out");
