@@ -411,6 +411,7 @@ mod tests {
             listen = "0.0.0.0:9000"
             data = "/var/lib/sotto"
             store = "postgres://sotto@db.example.org/sotto"
+            bus = "nats://10.0.0.5:4222"
             reuse_port = true
             server_names = ["chat.example.org"]
             [registration]
@@ -439,6 +440,7 @@ mod tests {
             config.store.as_deref(),
             Some("postgres://sotto@db.example.org/sotto")
         );
+        assert_eq!(config.bus.as_deref(), Some("nats://10.0.0.5:4222"));
         assert!(config.reuse_port);
         assert_eq!(config.server_names, ["chat.example.org"]);
         assert_eq!(config.registration, RegistrationPolicy::Invite);
@@ -474,6 +476,8 @@ mod tests {
         assert!(err.contains("storage.retention_days"), "{err}");
         let err = FileConfig::parse("[server]\nstore = \"/var/lib/sotto\"\n").unwrap_err();
         assert!(err.contains("server.store"), "{err}");
+        let err = FileConfig::parse("[server]\nbus = \"http://10.0.0.5\"\n").unwrap_err();
+        assert!(err.contains("server.bus"), "{err}");
         let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(err.contains("tls.key"), "{err}");
     }
