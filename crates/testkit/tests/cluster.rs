@@ -421,3 +421,56 @@ async fn a_link_is_joined_once_across_nodes() {
     .expect("test timed out");
     cluster.stop().await;
 }
+
+/// Claims on node 0 drain the KeyPackage pool of bob, listening on node 1:
+/// the KeyPackagesLow notice crosses the bus and bob's client tops the
+/// pool up without syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_key_package_pool_is_told_across_nodes() {
+    let Some(cluster) = Cluster::start("a_low_key_package_pool_is_told_across_nodes", 2).await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let db = cluster.db().client().await;
+        let pool = || async {
+            db.query_one("SELECT count(*) FROM key_packages", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let full = pool().await;
+        let bob = listen(bob);
+        // Bob's listener has logged in (its connection is on node 1).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut claimer = cluster.node(0).connect().await;
+        let claims = full - 5;
+        for _ in 0..claims {
+            let response = claimer
+                .request(Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+                    username: "bob".into(),
+                    device_ids: Vec::new(),
+                }))
+                .await;
+            assert!(
+                matches!(response.result, Some(v1::response::Result::KeyPackages(_))),
+                "{response:?}"
+            );
+        }
+        // Without the notice it would stay at 5 (bob may have topped it up
+        // during the claims already).
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        while pool().await <= 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bob's client was not told its pool is low"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = bob.stop().await;
+    })
+    .await
+    .expect("test timed out");
+    cluster.stop().await;
+}
