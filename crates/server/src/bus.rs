@@ -8,7 +8,7 @@
 //! content and no sender, only the device id in its subject. Typing
 //! indicators (ciphertext, never stored), KeyPackagesLow counts and device
 //! removals travel the same way, and the device-linking rendezvous crosses
-//! nodes by request/reply (see [`LinkBus`]).
+//! nodes by request/reply (see `LinkBus`).
 //!
 //! # Subjects: one per device
 //!
@@ -187,7 +187,7 @@ struct Outgoing {
 }
 
 /// This node's side of the bus: the [`Relay`] the hub and the
-/// [`RemoteLinks`] the rendezvous call.
+/// `RemoteLinks` the rendezvous call.
 #[derive(Debug)]
 pub struct Bus {
     client: async_nats::Client,

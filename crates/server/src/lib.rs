@@ -20,7 +20,8 @@
 //! request family), `socket` (the WebSocket loop), [`mailbox_hub`]
 //! (wakes connected devices), `transparency_log` (the log key and Merkle
 //! tree behind the log requests), [`link_rendezvous`] (relays device-linking
-//! blobs), [`audit`] (checks a data directory's whole log offline).
+//! blobs), [`audit`] (checks a data directory's whole log offline), [`bus`]
+//! (wake-ups between nodes over NATS).
 
 #![forbid(unsafe_code)]
 

@@ -9,7 +9,7 @@
 //! either blob.
 //!
 //! With several server nodes, the joiner may be connected to another node
-//! than the opener: a [`RemoteLinks`] (the NATS bus, `crate::bus`) carries
+//! than the opener: a `RemoteLinks` (the NATS bus, `crate::bus`) carries
 //! the join to the opener's node and the bundle back.
 
 use std::collections::HashMap;
