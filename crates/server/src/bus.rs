@@ -69,6 +69,9 @@ const SUBSCRIPTION_BUFFER: usize = 4 * 1024;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a link subscription checks that its link is still open.
 const LINK_CHECK: Duration = Duration::from_secs(1);
+/// How long new subscriptions wait for NATS to confirm them before their
+/// devices re-read their mailboxes.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_secs(1);
 /// Every node re-reads every mailbox when it receives this.
 const ALL_SUBJECT: &str = "sotto.all";
 
@@ -337,6 +340,7 @@ impl Bus {
                 .unwrap_or_else(PoisonError::into_inner)
                 .drain()
                 .collect();
+            let mut new = Vec::new();
             for device in changed {
                 let wanted = self.hub.is_connected(&device);
                 if !wanted {
@@ -363,6 +367,17 @@ impl Bus {
                     }
                 });
                 subscribed.insert(device, AbortOnDrop(task));
+                new.push(device);
+            }
+            if !new.is_empty() {
+                // A wake-up published between the device's login (which
+                // read its mailbox) and this subscription reaching NATS
+                // went nowhere: read once more when it has. (If NATS is
+                // down, its return wakes everyone anyway.)
+                let _ = tokio::time::timeout(SUBSCRIBE_SETTLE, self.client.flush()).await;
+                for device in new {
+                    self.hub.wake_here(&device);
+                }
             }
         }
     }
