@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sotto_client::{Client, ClientError, ConversationKind, EntryKind, HistoryEntry};
@@ -233,9 +235,10 @@ async fn a_device_links_through_another_node() {
     cluster.stop().await;
 }
 
-/// Alice (node 0) sends to bob (node 1, listening) while the NATS server
-/// is killed and restarted: every acknowledged message reaches bob's app
-/// exactly once, without bob syncing.
+/// Alice (node 0) and carol (node 2) send to bob (node 1, listening) while
+/// the NATS server is killed and restarted: every acknowledged message
+/// reaches bob's app exactly once and in each sender's order, without bob
+/// syncing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_under_load_loses_nothing() {
     const TEST: &str = "nats_restarted_under_load_loses_nothing";
@@ -243,34 +246,70 @@ async fn nats_restarted_under_load_loses_nothing() {
         return;
     }
     let mut nats = NatsServer::start();
-    let Some(cluster) = Cluster::start_on(TEST, 2, &nats.url()).await else {
+    let Some(cluster) = Cluster::start_on(TEST, 3, &nats.url()).await else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(240), async {
         let (mut alice, _a) = register(&cluster.url(0), "alice").await;
         let (bob, _b) = register(&cluster.url(1), "bob").await;
+        let (mut carol, _c) = register(&cluster.url(2), "carol").await;
         let mut bob = listen(bob);
         alice.send_direct("bob", "warm-up").await.unwrap();
         bob.expect(line("alice", "warm-up"), EVENTUALLY).await;
+        carol.send_direct("bob", "warm-up").await.unwrap();
+        bob.expect(line("carol", "warm-up"), EVENTUALLY).await;
 
-        let total = 60;
-        let mut acknowledged = Vec::new();
-        for i in 0..total {
-            if i == 20 {
-                nats.kill();
+        const EACH: usize = 40;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let sender = |mut client: Client, name: &'static str| {
+            let sent = Arc::clone(&sent);
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0..EACH {
+                    let text = format!("{name} {i}");
+                    client.send_direct("bob", &text).await.unwrap();
+                    acknowledged.push(line(name, &text));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (client, acknowledged)
+            })
+        };
+        let alice_sends = sender(alice, "alice");
+        let carol_sends = sender(carol, "carol");
+        let reached = |n: usize| {
+            let sent = Arc::clone(&sent);
+            async move {
+                while sent.load(Ordering::Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
-            if i == 40 {
-                nats.restart();
+        };
+        reached(EACH / 2).await;
+        nats.kill();
+        reached(EACH).await;
+        nats.restart();
+        let (_alice, from_alice) = alice_sends.await.unwrap();
+        let (_carol, from_carol) = carol_sends.await.unwrap();
+
+        // Everything, once, in each sender's order, pushed (bob never syncs).
+        let mut got_alice = Vec::new();
+        let mut got_carol = Vec::new();
+        for _ in 0..2 * EACH {
+            let entry = bob
+                .next_where(EVENTUALLY, "the next message", |e| {
+                    e.kind == EntryKind::Text
+                })
+                .await;
+            let got = (entry.sender.clone(), entry.text.clone());
+            if entry.sender == "alice" {
+                got_alice.push(got);
+            } else {
+                got_carol.push(got);
             }
-            let text = format!("m{i}");
-            alice.send_direct("bob", &text).await.unwrap();
-            acknowledged.push(line("alice", &text));
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        // Everything, once, in order, pushed (bob never syncs).
-        for want in acknowledged {
-            bob.expect(want, EVENTUALLY).await;
-        }
+        assert_eq!(got_alice, from_alice);
+        assert_eq!(got_carol, from_carol);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut bob = bob.stop().await;
         let later: Vec<_> = bob
