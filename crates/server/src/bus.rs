@@ -42,6 +42,8 @@
 //! forge a message.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -454,14 +456,7 @@ struct LinkBus(Arc<Bus>);
 
 impl LinkBus {
     /// Serves joins of a link opened here until it is gone.
-    async fn serve(bus: Arc<Bus>, id: LinkId) {
-        let mut requests = match bus.client.subscribe(link_subject(&id)).await {
-            Ok(requests) => requests,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
-                return;
-            }
-        };
+    async fn serve(bus: Arc<Bus>, id: LinkId, mut requests: async_nats::Subscriber) {
         let mut stop = bus.stop.clone();
         let mut check = tokio::time::interval(LINK_CHECK);
         loop {
@@ -510,8 +505,21 @@ fn parse_join(payload: &[u8]) -> Option<(String, Vec<u8>)> {
 }
 
 impl RemoteLinks for LinkBus {
-    fn opened(&self, id: LinkId) {
-        tokio::spawn(Self::serve(Arc::clone(&self.0), id));
+    fn opened(&self, id: LinkId) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let bus = Arc::clone(&self.0);
+        Box::pin(async move {
+            let requests = match bus.client.subscribe(link_subject(&id)).await {
+                Ok(requests) => requests,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
+                    return;
+                }
+            };
+            // The opener shows its code once the link is open: by then a
+            // joiner on any node must find it.
+            let _ = tokio::time::timeout(SUBSCRIBE_SETTLE, bus.client.flush()).await;
+            tokio::spawn(Self::serve(Arc::clone(&bus), id, requests));
+        })
     }
 
     fn join(&self, id: LinkId, sealed_request: Vec<u8>, joiner_tx: FrameSender) -> JoinFuture {

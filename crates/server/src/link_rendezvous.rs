@@ -87,8 +87,8 @@ pub(crate) type JoinFuture = Pin<Box<dyn Future<Output = Result<Instant, LinkErr
 /// Links whose two devices are on different nodes.
 pub(crate) trait RemoteLinks: Send + Sync + std::fmt::Debug {
     /// A link was opened here: serve joins from other nodes until it is
-    /// gone.
-    fn opened(&self, id: LinkId);
+    /// gone. Resolves once other nodes can reach it.
+    fn opened(&self, id: LinkId) -> Pin<Box<dyn Future<Output = ()> + Send>>;
     /// Joins a link opened on another node; its bundle will come to
     /// `joiner_tx`.
     fn join(&self, id: LinkId, sealed_request: Vec<u8>, joiner_tx: FrameSender) -> JoinFuture;
@@ -157,10 +157,6 @@ impl LinkRendezvous {
                 joiner: None,
             },
         );
-        drop(links);
-        if let Some(remote) = self.remote.get() {
-            remote.opened(id);
-        }
         Ok(expires)
     }
 

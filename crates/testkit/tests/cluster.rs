@@ -408,7 +408,8 @@ async fn a_link_is_joined_once_across_nodes() {
     };
     tokio::time::timeout(Duration::from_secs(120), async {
         let (mut opener, _) = cluster.node(0).registered("alice").await;
-        let link_id = vec![7; sotto_proto::LINK_ID_LEN];
+        let link_id = sotto_testkit::wire::random_id();
+        assert_eq!(link_id.len(), sotto_proto::LINK_ID_LEN);
         assert_done(
             &opener
                 .request(Body::OpenLink(v1::OpenLink {

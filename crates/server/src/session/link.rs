@@ -43,12 +43,15 @@ impl<S: Store> Session<S> {
     }
 
     /// An existing device opens a link and waits for a new one to join.
-    pub(super) fn open_link(&mut self, open: v1::OpenLink) -> RequestResult {
+    pub(super) async fn open_link(&mut self, open: v1::OpenLink) -> RequestResult {
         let id = link_id(&open.link_id)?;
         let sender = self.link_sender();
         self.ctx
             .links
             .open(id, self.connection_id, sender, Instant::now())?;
+        if let Some(remote) = self.ctx.links.remote() {
+            remote.opened(id).await;
+        }
         done()
     }
 

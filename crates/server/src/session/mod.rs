@@ -364,7 +364,7 @@ impl<S: Store> Session<S> {
             }
             (Some(_), Body::AddDevice(add)) => self.add_device(add).await,
             (Some(_), Body::RemoveDevice(remove)) => self.remove_device(remove).await,
-            (Some(_), Body::OpenLink(open)) => self.open_link(open),
+            (Some(_), Body::OpenLink(open)) => self.open_link(open).await,
             (Some(_), Body::CompleteLink(complete)) => self.complete_link(complete),
         }
     }
