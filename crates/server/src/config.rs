@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// A PostgreSQL database (`postgres://…`) to keep the data in instead
     /// of `data_dir`'s SQLite file. Default `None`.
     pub store: Option<String>,
+    /// A NATS server (`nats://HOST:PORT`) that carries wake-ups between
+    /// the nodes sharing [`Self::store`] (`--bus`; see `crate::bus`).
+    /// Default `None`: one node.
+    pub bus: Option<String>,
     /// Per-connection limits.
     pub limits: Limits,
     /// How long a queued message is kept for a device that never fetches it.
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from("./sotto-data"),
             store: None,
+            bus: None,
             limits: Limits::default(),
             retention: DEFAULT_RETENTION,
             reuse_port: false,

@@ -72,6 +72,7 @@ pub struct ServerSection {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub store: Option<String>,
+    pub bus: Option<String>,
     pub reuse_port: Option<bool>,
     pub server_names: Option<Vec<String>>,
 }
@@ -211,6 +212,11 @@ impl FileConfig {
                     .into(),
             );
         }
+        if let Some(bus) = &self.server.bus
+            && !crate::bus::is_bus_url(bus)
+        {
+            return Err("server.bus must be a nats://HOST:PORT URL".into());
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -230,6 +236,9 @@ impl FileConfig {
         }
         if let Some(store) = &s.server.store {
             config.store = Some(store.clone());
+        }
+        if let Some(bus) = &s.server.bus {
+            config.bus = Some(bus.clone());
         }
         if let Some(reuse) = s.server.reuse_port {
             config.reuse_port = reuse;
@@ -315,6 +324,9 @@ data = "{data}"
 # Keep the data in PostgreSQL instead of the data directory's SQLite file
 # (--store, SOTTO_STORE), e.g. "postgres://sotto@db.example.org/sotto".
 # store = "postgres://…"
+# With several nodes on one PostgreSQL database: the NATS server that
+# carries wake-ups between them (--bus, SOTTO_BUS).
+# bus = "nats://127.0.0.1:4222"
 # SO_REUSEPORT, so several processes on one data directory share the port.
 reuse_port = {reuse_port}
 # Host names clients use besides IP addresses, localhost and the
@@ -424,6 +436,7 @@ mod tests {
             listen = "0.0.0.0:9000"
             data = "/var/lib/sotto"
             store = "postgres://sotto@db.example.org/sotto"
+            bus = "nats://10.0.0.5:4222"
             reuse_port = true
             server_names = ["chat.example.org"]
             [registration]
@@ -454,6 +467,7 @@ mod tests {
             config.store.as_deref(),
             Some("postgres://sotto@db.example.org/sotto")
         );
+        assert_eq!(config.bus.as_deref(), Some("nats://10.0.0.5:4222"));
         assert!(config.reuse_port);
         assert_eq!(config.server_names, ["chat.example.org"]);
         assert_eq!(config.registration, RegistrationPolicy::Invite);
@@ -495,6 +509,8 @@ mod tests {
         assert!(err.contains("storage.retention_days"), "{err}");
         let err = FileConfig::parse("[server]\nstore = \"/var/lib/sotto\"\n").unwrap_err();
         assert!(err.contains("server.store"), "{err}");
+        let err = FileConfig::parse("[server]\nbus = \"http://10.0.0.5\"\n").unwrap_err();
+        assert!(err.contains("server.bus"), "{err}");
         let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(err.contains("tls.key"), "{err}");
     }

@@ -20,12 +20,14 @@
 //! request family), `socket` (the WebSocket loop), [`mailbox_hub`]
 //! (wakes connected devices), `transparency_log` (the log key and Merkle
 //! tree behind the log requests), [`link_rendezvous`] (relays device-linking
-//! blobs), [`audit`] (checks a data directory's whole log offline).
+//! blobs), [`audit`] (checks a data directory's whole log offline), [`bus`]
+//! (wake-ups between nodes over NATS).
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod blobs;
+pub mod bus;
 pub mod config;
 pub mod config_file;
 mod epoch_grace;
@@ -94,6 +96,9 @@ pub enum ServerError {
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The `--bus` address is unusable (an unreachable one is retried).
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
     /// Serving connections failed.
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -320,6 +325,18 @@ impl Server {
             blobs: blob_store,
             ctx: Arc::clone(&ctx),
         });
+        let bus = match &config.bus {
+            Some(url) => Some(
+                bus::Bus::start(
+                    url,
+                    ctx.hub.clone(),
+                    Arc::clone(&ctx.links),
+                    stop_rx.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let publisher = tokio::spawn(key_directory::run(
             directory,
             Arc::clone(&store),
@@ -400,6 +417,9 @@ impl Server {
         let _ = sweeper.await;
         let _ = blob_sweeper.await;
         let _ = publisher.await;
+        if let Some(bus) = bus {
+            bus.join().await;
+        }
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }

@@ -7,10 +7,16 @@
 //! is gone. A link lives at most [`LINK_TTL`], and only while its opener
 //! (and, once joined, its joiner) stays connected. The server cannot read
 //! either blob.
+//!
+//! With several server nodes, the joiner may be connected to another node
+//! than the opener: a `RemoteLinks` (the NATS bus, `crate::bus`) carries
+//! the join to the opener's node and the bundle back.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use sotto_proto::v1::{self, server_frame};
@@ -52,12 +58,42 @@ pub(crate) enum LinkError {
     TooMany,
 }
 
+/// Who joined a link.
+#[derive(Debug)]
+enum Joiner {
+    /// A connection of this node.
+    Here(ConnectionId, FrameSender),
+    /// A connection of another node, reached on this bus subject.
+    Elsewhere(String),
+}
+
+impl Joiner {
+    fn is_connection(&self, connection: ConnectionId) -> bool {
+        matches!(self, Joiner::Here(c, _) if *c == connection)
+    }
+}
+
 #[derive(Debug)]
 struct Link {
     opener: ConnectionId,
     opener_tx: FrameSender,
     expires: Instant,
-    joiner: Option<(ConnectionId, FrameSender)>,
+    joiner: Option<Joiner>,
+}
+
+/// A join's outcome, as a future (it crosses the bus).
+pub(crate) type JoinFuture = Pin<Box<dyn Future<Output = Result<Instant, LinkError>> + Send>>;
+
+/// Links whose two devices are on different nodes.
+pub(crate) trait RemoteLinks: Send + Sync + std::fmt::Debug {
+    /// A link was opened here: serve joins from other nodes until it is
+    /// gone. Resolves once other nodes can reach it.
+    fn opened(&self, id: LinkId) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// Joins a link opened on another node; its bundle will come to
+    /// `joiner_tx`.
+    fn join(&self, id: LinkId, sealed_request: Vec<u8>, joiner_tx: FrameSender) -> JoinFuture;
+    /// Carries a bundle to a joiner on another node.
+    fn complete(&self, joiner: String, sealed_bundle: Vec<u8>);
 }
 
 /// Every open link, shared by all connections.
@@ -65,12 +101,29 @@ struct Link {
 pub(crate) struct LinkRendezvous {
     next_connection: AtomicU64,
     links: Mutex<HashMap<LinkId, Link>>,
+    /// The other nodes, when the server runs with `--bus`.
+    remote: OnceLock<Arc<dyn RemoteLinks>>,
 }
 
 impl LinkRendezvous {
     /// A fresh id for a new connection.
     pub fn connection_id(&self) -> ConnectionId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Carries links across nodes from now on (set once).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteLinks>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The other nodes, if any.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteLinks>> {
+        self.remote.get()
+    }
+
+    /// Whether `id` is open here and not yet joined.
+    pub fn is_open(&self, id: &LinkId, now: Instant) -> bool {
+        self.links(now).contains_key(id)
     }
 
     fn links(&self, now: Instant) -> std::sync::MutexGuard<'_, HashMap<LinkId, Link>> {
@@ -117,17 +170,40 @@ impl LinkRendezvous {
         sealed_request: Vec<u8>,
         now: Instant,
     ) -> Result<Instant, LinkError> {
-        let mut links = self.links(now);
-        let joined = links
+        let joined = self
+            .links(now)
             .values()
-            .filter(|l| l.joiner.as_ref().is_some_and(|(c, _)| *c == joiner))
+            .filter(|l| l.joiner.as_ref().is_some_and(|j| j.is_connection(joiner)))
             .count();
+        if joined >= MAX_LINKS_PER_CONNECTION {
+            return Err(LinkError::TooMany);
+        }
+        self.join_as(id, Joiner::Here(joiner, joiner_tx), sealed_request, now)
+    }
+
+    /// Joins a link opened here for a connection of another node, whose
+    /// bundle goes to the bus subject `joiner`.
+    pub fn join_from_elsewhere(
+        &self,
+        id: &LinkId,
+        joiner: String,
+        sealed_request: Vec<u8>,
+        now: Instant,
+    ) -> Result<Instant, LinkError> {
+        self.join_as(id, Joiner::Elsewhere(joiner), sealed_request, now)
+    }
+
+    fn join_as(
+        &self,
+        id: &LinkId,
+        joiner: Joiner,
+        sealed_request: Vec<u8>,
+        now: Instant,
+    ) -> Result<Instant, LinkError> {
+        let mut links = self.links(now);
         let link = links.get_mut(id).ok_or(LinkError::Unknown)?;
         if link.joiner.is_some() {
             return Err(LinkError::Unknown);
-        }
-        if joined >= MAX_LINKS_PER_CONNECTION {
-            return Err(LinkError::TooMany);
         }
         let frame = server_frame::Body::LinkRequest(v1::LinkRequest {
             link_id: id.to_vec(),
@@ -138,7 +214,7 @@ impl LinkRendezvous {
             links.remove(id);
             return Err(LinkError::Unknown);
         }
-        link.joiner = Some((joiner, joiner_tx));
+        link.joiner = Some(joiner);
         Ok(link.expires)
     }
 
@@ -156,11 +232,20 @@ impl LinkRendezvous {
             .get(id)
             .filter(|l| l.opener == opener)
             .ok_or(LinkError::Unknown)?;
-        let Some((_, joiner_tx)) = &link.joiner else {
-            return Err(LinkError::NotJoined);
+        let sent = match &link.joiner {
+            None => return Err(LinkError::NotJoined),
+            Some(Joiner::Here(_, joiner_tx)) => {
+                let frame = server_frame::Body::LinkCompleted(v1::LinkCompleted { sealed_bundle });
+                joiner_tx.try_send(frame).is_ok()
+            }
+            Some(Joiner::Elsewhere(subject)) => match self.remote.get() {
+                Some(remote) => {
+                    remote.complete(subject.clone(), sealed_bundle);
+                    true
+                }
+                None => false,
+            },
         };
-        let frame = server_frame::Body::LinkCompleted(v1::LinkCompleted { sealed_bundle });
-        let sent = joiner_tx.try_send(frame).is_ok();
         links.remove(id);
         if sent {
             Ok(())
@@ -177,7 +262,7 @@ impl LinkRendezvous {
                 && link
                     .joiner
                     .as_ref()
-                    .is_none_or(|(joiner, _)| *joiner != connection)
+                    .is_none_or(|joiner| !joiner.is_connection(connection))
         });
     }
 }

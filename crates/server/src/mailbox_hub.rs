@@ -6,12 +6,13 @@
 //! hub about each entry after it is committed, in commit order; so each
 //! connection sees its device's entries in `seq` order. A connection whose
 //! queue is full misses entries: it is flagged and then fetches from the
-//! store instead. With several server nodes this is where a message bus
-//! (NATS) would plug in.
+//! store instead. With several server nodes, a [`Relay`] (the NATS bus,
+//! `crate::bus`) carries wake-ups to the other nodes, which hand them to
+//! their connections through the `*_here` methods.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -96,10 +97,27 @@ impl Subscriber {
 /// The connections of one device.
 type DeviceConnections = Vec<Subscriber>;
 
+/// Carries what the hub hands to its own connections to the other server
+/// nodes (whose devices may be connected there), and tells the carrier
+/// which devices are connected here. Every method must return at once: it
+/// is called with the hub's lock held or from the store's writer.
+pub trait Relay: Send + Sync + std::fmt::Debug {
+    /// These devices have new committed mailbox entries.
+    fn entries(&self, devices: &[DeviceId]);
+    /// An ephemeral signal for these devices.
+    fn event(&self, devices: &[DeviceId], event: &MailboxEvent);
+    /// The device was removed: close its connections everywhere.
+    fn disconnect(&self, device: &DeviceId);
+    /// The device's first connection here opened, or its last one closed.
+    fn interest_changed(&self, device: DeviceId);
+}
+
 #[derive(Debug, Default)]
 struct HubInner {
     next_id: AtomicU64,
     devices: Mutex<HashMap<DeviceId, DeviceConnections>>,
+    /// The other nodes, when the server runs with `--bus`.
+    relay: OnceLock<Arc<dyn Relay>>,
 }
 
 /// A connection's registration; unregisters itself on drop.
@@ -133,17 +151,23 @@ impl MailboxHub {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let missed = Arc::new(Missed::default());
-        self.inner
+        let mut map = self
+            .inner
             .devices
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(device_id)
-            .or_default()
-            .push(Subscriber {
-                id,
-                tx,
-                missed: Arc::clone(&missed),
-            });
+            .unwrap_or_else(PoisonError::into_inner);
+        let connections = map.entry(device_id).or_default();
+        connections.push(Subscriber {
+            id,
+            tx,
+            missed: Arc::clone(&missed),
+        });
+        if connections.len() == 1
+            && let Some(relay) = self.inner.relay.get()
+        {
+            relay.interest_changed(device_id);
+        }
+        drop(map);
         Subscription {
             hub: self.clone(),
             device_id,
@@ -153,12 +177,40 @@ impl MailboxHub {
         }
     }
 
-    /// Sends `event` to every connection of every listed device.
+    /// Relays to the other nodes from now on (set once; later calls are
+    /// ignored).
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.inner.relay.set(relay);
+    }
+
+    /// Every device with a connection here.
+    pub fn connected_devices(&self) -> Vec<DeviceId> {
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Sends `event` to every connection of every listed device, here and
+    /// on the other nodes.
     pub fn notify<'a>(
         &self,
         devices: impl IntoIterator<Item = &'a DeviceId>,
         event: &MailboxEvent,
     ) {
+        let devices: Vec<DeviceId> = devices.into_iter().copied().collect();
+        self.notify_here(&devices, event);
+        if let Some(relay) = self.inner.relay.get() {
+            relay.event(&devices, event);
+        }
+    }
+
+    /// [`MailboxHub::notify`] for this node's connections only (a signal
+    /// relayed from another node).
+    pub fn notify_here(&self, devices: &[DeviceId], event: &MailboxEvent) {
         let map = self
             .inner
             .devices
@@ -171,9 +223,42 @@ impl MailboxHub {
         }
     }
 
+    /// Tells every connection of `device` here that its mailbox has entries
+    /// it was not handed (committed on another node): it reads them from
+    /// the store, as after dropped events.
+    pub fn wake_here(&self, device: &DeviceId) {
+        let map = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for subscriber in map.get(device).into_iter().flatten() {
+            subscriber.missed.mark();
+        }
+    }
+
+    /// [`MailboxHub::wake_here`] for every connected device (after wake-ups
+    /// may have been lost, e.g. while the bus was down).
+    pub fn wake_all_here(&self) {
+        let map = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for subscriber in map.values().flatten() {
+            subscriber.missed.mark();
+        }
+    }
+
     /// Hands committed entries to the connections of their devices (the
     /// store's [`crate::store::EntryListener`]).
     pub fn deliver(&self, entries: Vec<NewEntry>) {
+        if let Some(relay) = self.inner.relay.get() {
+            let mut devices: Vec<DeviceId> = entries.iter().map(|e| e.device_id).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            relay.entries(&devices);
+        }
         let map = self
             .inner
             .devices
@@ -188,13 +273,28 @@ impl MailboxHub {
     }
 
     /// Closes the event queue of every connection of `device_id` (its
-    /// `events.recv()` returns `None`): used when the device is removed.
+    /// `events.recv()` returns `None`), here and on the other nodes: used
+    /// when the device is removed.
     pub fn disconnect(&self, device_id: &DeviceId) {
-        self.inner
+        self.disconnect_here(device_id);
+        if let Some(relay) = self.inner.relay.get() {
+            relay.disconnect(device_id);
+        }
+    }
+
+    /// [`MailboxHub::disconnect`] for this node's connections only.
+    pub fn disconnect_here(&self, device_id: &DeviceId) {
+        let removed = self
+            .inner
             .devices
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(device_id);
+        if removed.is_some()
+            && let Some(relay) = self.inner.relay.get()
+        {
+            relay.interest_changed(*device_id);
+        }
     }
 
     /// Whether any connection is authenticated as `device_id`.
@@ -219,6 +319,9 @@ impl Drop for Subscription {
             list.retain(|subscriber| subscriber.id != self.id);
             if list.is_empty() {
                 map.remove(&self.device_id);
+                if let Some(relay) = self.hub.inner.relay.get() {
+                    relay.interest_changed(self.device_id);
+                }
             }
         }
     }
@@ -275,6 +378,77 @@ mod tests {
         assert_eq!(d.events.recv().await, None);
         drop(d);
         assert!(!hub.is_connected(&device));
+    }
+
+    /// What the hub told its relay.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Relay for Recorder {
+        fn entries(&self, devices: &[DeviceId]) {
+            self.0.lock().unwrap().push(format!("entries {devices:?}"));
+        }
+        fn event(&self, devices: &[DeviceId], _: &MailboxEvent) {
+            self.0.lock().unwrap().push(format!("event {devices:?}"));
+        }
+        fn disconnect(&self, device: &DeviceId) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("disconnect {device:?}"));
+        }
+        fn interest_changed(&self, device: DeviceId) {
+            self.0.lock().unwrap().push(format!("interest {device:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_to_other_nodes_and_takes_their_wake_ups() {
+        let hub = MailboxHub::new();
+        let recorder = Arc::new(Recorder::default());
+        hub.set_relay(Arc::clone(&recorder) as Arc<dyn Relay>);
+        let device = DeviceId::new([1; 16]);
+        let other = DeviceId::new([2; 16]);
+        let taken = || std::mem::take(&mut *recorder.0.lock().unwrap());
+
+        let a = hub.subscribe(device);
+        let b = hub.subscribe(device);
+        assert_eq!(
+            taken(),
+            vec![format!("interest {device:?}")],
+            "once per device"
+        );
+        hub.deliver(vec![entry(device, 1), entry(other, 2), entry(device, 3)]);
+        assert_eq!(taken(), vec![format!("entries {:?}", [device, other])]);
+
+        // A wake-up from another node: both connections read the store.
+        hub.wake_here(&device);
+        assert!(a.missed.take() && b.missed.take());
+        hub.wake_all_here();
+        assert!(a.missed.take());
+        // Signals from another node are not relayed back.
+        hub.notify_here(&[device], &MailboxEvent::KeyPackagesLow { remaining: 1 });
+        assert_eq!(taken(), Vec::<String>::new());
+        hub.notify([&other], &MailboxEvent::KeyPackagesLow { remaining: 1 });
+        assert_eq!(taken(), vec![format!("event {:?}", [other])]);
+
+        drop(a);
+        assert_eq!(taken(), Vec::<String>::new(), "b is still connected");
+        drop(b);
+        assert_eq!(taken(), vec![format!("interest {device:?}")]);
+
+        let mut c = hub.subscribe(device);
+        hub.disconnect_here(&device);
+        assert_eq!(c.events.recv().await, None);
+        hub.disconnect(&other);
+        assert_eq!(
+            taken(),
+            vec![
+                format!("interest {device:?}"),
+                format!("interest {device:?}"),
+                format!("disconnect {other:?}"),
+            ]
+        );
     }
 
     #[tokio::test]

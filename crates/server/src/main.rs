@@ -55,6 +55,13 @@ struct Args {
     #[arg(long, env = "SOTTO_STORE", value_name = "URL", value_parser = postgres_url)]
     store: Option<String>,
 
+    /// With several nodes on one --store database: the NATS server that
+    /// carries wake-ups, typing indicators and device links between them,
+    /// e.g. nats://127.0.0.1:4222. The server starts and serves without
+    /// it (delivery across nodes then waits for sync) and keeps retrying.
+    #[arg(long, env = "SOTTO_BUS", value_name = "URL", value_parser = bus_url)]
+    bus: Option<String>,
+
     /// Days an undelivered message is kept before it is deleted [default: 30].
     #[arg(long, env = "SOTTO_RETENTION_DAYS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
     retention_days: Option<u64>,
@@ -188,6 +195,9 @@ impl Args {
         }
         if let Some(store) = &self.store {
             config.store = Some(store.clone());
+        }
+        if let Some(bus) = &self.bus {
+            config.bus = Some(bus.clone());
         }
         if let Some(days) = self.retention_days {
             config.retention = Duration::from_secs(days.saturating_mul(24 * 60 * 60));
@@ -525,6 +535,13 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 /// its own, on this thread.
 /// Accepts only a PostgreSQL URL for `--store` (a data directory is
 /// `--data`).
+fn bus_url(value: &str) -> Result<String, String> {
+    if !sotto_server::bus::is_bus_url(value) {
+        return Err("expected a nats://HOST:PORT URL".into());
+    }
+    Ok(value.to_owned())
+}
+
 fn postgres_url(value: &str) -> Result<String, String> {
     if !sotto_server::store::postgres::is_postgres_url(value) {
         return Err("expected a postgres:// URL (an SQLite data directory is --data)".into());

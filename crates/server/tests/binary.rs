@@ -322,3 +322,68 @@ async fn logs_can_be_json_lines() {
     assert!(line["fields"]["message"].is_string(), "{first}");
     child.kill().await.unwrap();
 }
+
+/// `--bus` with no NATS server behind it: the server starts, serves and
+/// says so (it keeps retrying); a bus that is not `nats://` is refused.
+#[tokio::test]
+async fn an_unreachable_bus_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bus = format!("nats://sotto:bus-password@{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+        .args(["--listen", "127.0.0.1:0", "--bus", &bus, "--data"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: SocketAddr = first
+        .strip_prefix("sotto-server listening on http://")
+        .expect(&first)
+        .parse()
+        .unwrap();
+    let mut client = Client::connect(addr).await;
+    assert_done(&client.register(&Account::new("alice")).await);
+    let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(WAIT, async {
+        while let Some(line) = errors.next_line().await.unwrap() {
+            if line.contains("NATS bus is unreachable") {
+                return line;
+            }
+        }
+        panic!("no warning about the bus");
+    })
+    .await
+    .expect("no warning about the bus");
+    child.kill().await.unwrap();
+    let mut rest = String::new();
+    while let Ok(Some(line)) = errors.next_line().await {
+        rest.push_str(&line);
+    }
+    assert!(
+        !warned.contains("bus-password") && !rest.contains("bus-password"),
+        "the bus password is logged: {warned} {rest}"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+        .args(["--bus", "http://127.0.0.1:4222", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("nats://HOST:PORT"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -14,6 +14,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test fixtures fail loudly
 
 pub mod burst;
+pub mod cluster;
 pub mod cutting;
 pub mod faulty;
 pub mod hostile;

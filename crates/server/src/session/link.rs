@@ -4,7 +4,7 @@
 use super::parse::{link_id, sealed};
 use super::wire_error::done;
 use super::{RequestResult, Session};
-use crate::link_rendezvous::LINK_QUEUE;
+use crate::link_rendezvous::{LINK_QUEUE, LinkError};
 use crate::store::Store;
 use sotto_proto::v1::{self, server_frame};
 use tokio::sync::mpsc;
@@ -17,31 +17,41 @@ impl<S: Store> Session<S> {
         tx.clone()
     }
 
-    /// A new device joins the link an existing device opened.
-    pub(super) fn join_link(&mut self, join: v1::JoinLink) -> RequestResult {
+    /// A new device joins the link an existing device opened (on this node,
+    /// or on another one over the bus).
+    pub(super) async fn join_link(&mut self, join: v1::JoinLink) -> RequestResult {
         self.ctx.rate_limits.charge_link_attempt(self.address)?;
         let id = link_id(&join.link_id)?;
         sealed(&join.sealed_request, "sealed request")?;
         let sender = self.link_sender();
-        let expires = self.ctx.links.join(
+        let here = self.ctx.links.join(
             &id,
             self.connection_id,
-            sender,
-            join.sealed_request,
+            sender.clone(),
+            join.sealed_request.clone(),
             Instant::now(),
-        )?;
+        );
+        let expires = match (here, self.ctx.links.remote()) {
+            (Err(LinkError::Unknown), Some(remote)) => {
+                remote.join(id, join.sealed_request, sender).await?
+            }
+            (here, _) => here?,
+        };
         // Wait for the answer as long as the link lives.
         self.handshake_deadline = self.handshake_deadline.max(expires);
         done()
     }
 
     /// An existing device opens a link and waits for a new one to join.
-    pub(super) fn open_link(&mut self, open: v1::OpenLink) -> RequestResult {
+    pub(super) async fn open_link(&mut self, open: v1::OpenLink) -> RequestResult {
         let id = link_id(&open.link_id)?;
         let sender = self.link_sender();
         self.ctx
             .links
             .open(id, self.connection_id, sender, Instant::now())?;
+        if let Some(remote) = self.ctx.links.remote() {
+            remote.opened(id).await;
+        }
         done()
     }
 

@@ -62,7 +62,7 @@ pub(crate) struct Context<S> {
     pub log: TransparencyLog,
     /// The key directory, following the log.
     pub directory: Arc<ServerDirectory>,
-    pub links: LinkRendezvous,
+    pub links: Arc<LinkRendezvous>,
     /// Every shared rate limit, and the rates of each connection's own.
     pub rate_limits: RateLimits,
     /// Who may create accounts.
@@ -91,7 +91,7 @@ impl<S: Store> Context<S> {
             store,
             limits: config.limits.clone(),
             log,
-            links: LinkRendezvous::default(),
+            links: Arc::default(),
             rate_limits: RateLimits::new(&config.limits, Arc::clone(&metrics)),
             registration: config.registration,
             epoch_grace: EpochGrace::new(config.previous_epoch_grace),
@@ -342,7 +342,7 @@ impl<S: Store> Session<S> {
             (_, Body::GetDirectoryEpoch(_)) => self.get_directory_epoch().await,
             (_, Body::LookupAccount(request)) => self.lookup_account(&request.username).await,
             (_, Body::GetDirectoryAudit(request)) => self.get_directory_audit(request).await,
-            (_, Body::JoinLink(join)) => self.join_link(join),
+            (_, Body::JoinLink(join)) => self.join_link(join).await,
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,
             (_, Body::SubmitCommit(commit)) => self.submit_commit(commit).await,
@@ -369,7 +369,7 @@ impl<S: Store> Session<S> {
             }
             (Some(_), Body::AddDevice(add)) => self.add_device(add).await,
             (Some(_), Body::RemoveDevice(remove)) => self.remove_device(remove).await,
-            (Some(_), Body::OpenLink(open)) => self.open_link(open),
+            (Some(_), Body::OpenLink(open)) => self.open_link(open).await,
             (Some(_), Body::CompleteLink(complete)) => self.complete_link(complete),
         }
     }
