@@ -376,3 +376,25 @@ impl AdminStore for AnyStore {
         dispatch!(self, s => s.queued_bytes().await)
     }
 }
+
+impl ClusterStore for AnyStore {
+    fn is_shared(&self) -> bool {
+        dispatch!(self, s => s.is_shared())
+    }
+
+    fn elect_log_writer(&self) -> tokio::sync::watch::Receiver<bool> {
+        dispatch!(self, s => ClusterStore::elect_log_writer(s))
+    }
+
+    async fn recorded_epochs(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEpoch>, StoreError> {
+        dispatch!(self, s => s.recorded_epochs(from, limit).await)
+    }
+
+    async fn record_epoch(&self, epoch: RecordedEpoch) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.record_epoch(epoch).await)
+    }
+}

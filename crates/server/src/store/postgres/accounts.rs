@@ -31,6 +31,7 @@ impl AccountStore for PostgresStore {
     async fn register(&self, account: NewAccount) -> Result<(), RegisterError> {
         self.write(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 if account_exists(&tx, &account.username).await? {
                     return Err(RegisterError::UsernameTaken);
                 }
@@ -122,6 +123,7 @@ impl AccountStore for PostgresStore {
     async fn add_device(&self, device: NewDevice) -> Result<(), AddDeviceError> {
         self.write(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 if !account_exists(&tx, &device.username).await? {
                     return Err(AddDeviceError::UnknownUser);
                 }
@@ -155,6 +157,7 @@ impl AccountStore for PostgresStore {
     async fn remove_device(&self, removal: DeviceRemoval) -> Result<(), RemoveDeviceError> {
         self.write(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 let id = removal.device_id.as_bytes().as_slice();
                 let active: bool = get(
                     &query_one(

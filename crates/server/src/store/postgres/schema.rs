@@ -128,6 +128,17 @@ CREATE INDEX countersignatures_by_signed_at ON countersignatures(signed_at_ms);
 -- enabled again (the largest bigint); NULL: not disabled.
 ALTER TABLE accounts ADD COLUMN disabled_until_day bigint;
 ",
+    r"
+-- The key directory's publishes as the log writer recorded them, which
+-- every node replays: the seq-th covers the log leaves below log_end, and
+-- leaves the directory at this epoch and root.
+CREATE TABLE directory_epochs (
+    seq       bigint PRIMARY KEY,
+    log_end   bigint NOT NULL,
+    epoch     bigint NOT NULL,
+    root_hash bytea NOT NULL
+);
+",
 ];
 
 /// The schema version this code writes: one per migration.

@@ -1,0 +1,444 @@
+//! Several server nodes on one PostgreSQL database (`SOTTO_TEST_POSTGRES`;
+//! each test in a schema of its own, skipped without the variable): one
+//! transparency log whatever node appends, every node proving the same
+//! heads and the same key-directory epochs, one commit per epoch, and the
+//! log writer's role moving to another node when its node goes away.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests fail loudly
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response};
+use sotto_testkit::postgres::TestDatabase;
+use sotto_testkit::wire::{self, Account, assert_done};
+use sotto_testkit::{TestServer, register};
+
+/// A node on `db`, without rate limits (the tests ask many questions on
+/// one connection).
+async fn node(db: &TestDatabase) -> TestServer {
+    let url = db.url().to_owned();
+    TestServer::start_with(move |config| {
+        config.store = Some(url);
+        config.limits.lift_rate_limits();
+    })
+    .await
+}
+
+async fn ask(client: &mut wire::Client, body: Body) -> response::Result {
+    client
+        .request(body)
+        .await
+        .result
+        .expect("a response carries a result")
+}
+
+async fn head(client: &mut wire::Client) -> v1::SignedTreeHead {
+    match ask(client, Body::GetLogHead(v1::GetLogHead {})).await {
+        response::Result::LogHead(head) => head,
+        other => panic!("expected a head, got {other:?}"),
+    }
+}
+
+async fn account_log(client: &mut wire::Client, username: &str) -> v1::AccountLog {
+    match ask(
+        client,
+        Body::GetAccountLog(v1::GetAccountLog {
+            username: username.into(),
+        }),
+    )
+    .await
+    {
+        response::Result::AccountLog(log) => log,
+        other => panic!("expected {username}'s log, got {other:?}"),
+    }
+}
+
+async fn all_entries(client: &mut wire::Client) -> Vec<v1::LogEntry> {
+    let mut entries = Vec::new();
+    loop {
+        let page = match ask(
+            client,
+            Body::GetLogEntries(v1::GetLogEntries {
+                start: entries.len() as u64,
+                count: 1000,
+            }),
+        )
+        .await
+        {
+            response::Result::LogEntries(page) => page,
+            other => panic!("expected entries, got {other:?}"),
+        };
+        if page.entries.is_empty() {
+            return entries;
+        }
+        entries.extend(page.entries);
+    }
+}
+
+/// `username`'s directory lookup from this node, verified against the
+/// epoch it comes with; returns the epoch and how many devices it lists.
+async fn lookup(client: &mut wire::Client, username: &str) -> (v1::SignedEpoch, usize) {
+    let lookup = match ask(
+        client,
+        Body::LookupAccount(v1::LookupAccount {
+            username: username.into(),
+        }),
+    )
+    .await
+    {
+        response::Result::DirectoryLookup(lookup) => lookup,
+        other => panic!("expected a lookup of {username}, got {other:?}"),
+    };
+    let epoch = lookup.epoch.expect("a lookup carries its epoch");
+    sotto_transparency::verify_epoch(&client.log_key, &epoch).expect("the epoch is signed");
+    let verified = sotto_directory::verify_lookup(
+        &epoch.vrf_public_key.clone().try_into().unwrap(),
+        &epoch.root_hash.clone().try_into().unwrap(),
+        epoch.epoch,
+        &sotto_directory::Username::parse(username).unwrap(),
+        &lookup.proof,
+    )
+    .unwrap_or_else(|e| panic!("{username}'s lookup does not verify: {e}"));
+    (epoch, verified.state.devices.len())
+}
+
+#[track_caller]
+fn assert_logged_in(response: &v1::Response) {
+    assert!(
+        matches!(response.result, Some(response::Result::LoggedIn(_))),
+        "expected LoggedIn, got {response:?}"
+    );
+}
+
+/// Registers `account` on the node at `addr` and, with a second device,
+/// logs in on the node at `other` and adds it there.
+async fn register_then_add_elsewhere(account: Account, addr: SocketAddr, other: SocketAddr) {
+    let mut client = wire::Client::connect(addr).await;
+    assert_done(&client.register(&account).await);
+    let mut elsewhere = wire::Client::connect(other).await;
+    assert_logged_in(&elsewhere.login(&account).await);
+    let second = account.another_device();
+    assert_done(&elsewhere.request(account.add_device(&second, 2)).await);
+}
+
+/// Checks that every node serves the same log, with heads, inclusion and
+/// consistency proofs that verify, and the same directory epochs, and
+/// that the log replays (no account's history forked): `accounts` are
+/// every account, with how many devices each has. Returns the head.
+async fn assert_one_log(
+    nodes: &[SocketAddr],
+    accounts: &[(String, usize)],
+    earlier: Option<&v1::SignedTreeHead>,
+) -> v1::SignedTreeHead {
+    let mut clients = Vec::new();
+    for addr in nodes {
+        clients.push(wire::Client::connect(*addr).await);
+    }
+    let first = head(&mut clients[0]).await;
+    let log_key = clients[0].log_key.clone();
+    let entries = all_entries(&mut clients[0]).await;
+    let report = sotto_transparency::audit(&log_key, entries.clone(), &first)
+        .expect("the log audits: every account replays, the head's root is its entries'");
+    assert_eq!(report.accounts, accounts.len() as u64, "{report:?}");
+    let mut epochs: HashSet<(u64, Vec<u8>)> = HashSet::new();
+    for client in &mut clients {
+        assert_eq!(client.log_key, log_key, "every node signs with one log key");
+        let head = head(client).await;
+        sotto_transparency::verify_head(&log_key, &head).unwrap();
+        assert_eq!(
+            (head.tree_size, &head.root_hash),
+            (first.tree_size, &first.root_hash),
+            "every node serves the same log"
+        );
+        assert_eq!(all_entries(client).await, entries);
+        if let Some(earlier) = earlier {
+            let path = match ask(
+                client,
+                Body::GetConsistency(v1::GetConsistency {
+                    old_size: earlier.tree_size,
+                    new_size: head.tree_size,
+                }),
+            )
+            .await
+            {
+                response::Result::Consistency(proof) => proof.path,
+                other => panic!("expected a consistency proof, got {other:?}"),
+            };
+            sotto_transparency::verify_consistency(earlier, &head, &path)
+                .expect("the log only grew since the earlier head");
+        }
+        for (name, devices) in accounts {
+            let devices = *devices;
+            let log = account_log(client, name).await;
+            let state = sotto_transparency::verify_account_log(&log_key, name, &log)
+                .unwrap_or_else(|e| panic!("{name}'s log does not verify: {e}"));
+            assert_eq!(state.devices.len(), devices, "{name}");
+            let (epoch, listed) = lookup(client, name).await;
+            assert_eq!(listed, devices, "{name}'s directory state");
+            epochs.insert((epoch.epoch, epoch.root_hash));
+        }
+    }
+    // Nothing was appended while asking: every node answers from one
+    // epoch, with one root (a node with epochs of its own would show
+    // another number, or another root for the same one).
+    assert_eq!(
+        epochs.len(),
+        1,
+        "nodes serve different directory epochs: {epochs:?}"
+    );
+    first
+}
+
+/// Accounts registered on one node get a second device on another, all at
+/// once; one account gets two racing AddDevice at one `account_seq` on two
+/// nodes. The log is one, proven alike by both nodes, and the racing pair
+/// made one entry, not a fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_on_two_nodes_make_one_log_both_prove() {
+    let Some(db) = TestDatabase::create("appends_on_two_nodes_make_one_log_both_prove").await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let a = node(&db).await;
+        let b = node(&db).await;
+        let nodes = [a.addr(), b.addr()];
+        let accounts: Vec<Account> = (0..12).map(|i| Account::new(&format!("user{i}"))).collect();
+        let mut expected: Vec<(String, usize)> =
+            accounts.iter().map(|a| (a.username.clone(), 2)).collect();
+        let earlier = {
+            let early = Account::new("early");
+            let mut client = wire::Client::connect(b.addr()).await;
+            assert_done(&client.register(&early).await);
+            expected.push(("early".into(), 1));
+            // Node a publishes a directory epoch now (b might not, were
+            // the directory per node).
+            lookup(&mut wire::Client::connect(a.addr()).await, "early").await;
+            head(&mut client).await
+        };
+        join_all(accounts.into_iter().enumerate().map(|(i, account)| {
+            register_then_add_elsewhere(account, nodes[i % 2], nodes[(i + 1) % 2])
+        }))
+        .await;
+
+        // Two devices added at once, at one account_seq, through two nodes.
+        let twin = Account::new("twin");
+        let mut on_a = wire::Client::connect(a.addr()).await;
+        assert_done(&on_a.register(&twin).await);
+        let mut on_b = wire::Client::connect(b.addr()).await;
+        assert_logged_in(&on_b.login(&twin).await);
+        let (left, right) = (twin.another_device(), twin.another_device());
+        let (from_a, from_b) = tokio::join!(
+            on_a.request(twin.add_device(&left, 2)),
+            on_b.request(twin.add_device(&right, 2))
+        );
+        let done = [&from_a, &from_b]
+            .iter()
+            .filter(|r| matches!(r.result, Some(response::Result::Done(_))))
+            .count();
+        assert_eq!(
+            done, 1,
+            "exactly one of the racing AddDevice: {from_a:?} {from_b:?}"
+        );
+        expected.push(("twin".into(), 2));
+
+        let head = assert_one_log(&nodes, &expected, Some(&earlier)).await;
+        assert_eq!(head.tree_size, 2 + 13 * 3);
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// Two nodes take commits for one group at the same epoch, round after
+/// round: exactly one is accepted each time, and the other is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commits_on_two_nodes_one_accepted_per_epoch() {
+    let Some(db) = TestDatabase::create("racing_commits_on_two_nodes_one_accepted_per_epoch").await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let a = node(&db).await;
+        let b = node(&db).await;
+        let (mut left, left_account) = a.registered("left").await;
+        let (mut right, _) = b.registered("right").await;
+        let group = wire::create_group(&mut left).await;
+        let recipient = left_account.device_id.clone();
+        for epoch in 1..=20u64 {
+            let (from_a, from_b) = tokio::join!(
+                left.request(Body::SubmitCommit(wire::commit(
+                    &wire::random_id(),
+                    &group,
+                    epoch,
+                    &[&recipient],
+                    b"left's commit",
+                ))),
+                right.request(Body::SubmitCommit(wire::commit(
+                    &wire::random_id(),
+                    &group,
+                    epoch,
+                    &[&recipient],
+                    b"right's commit",
+                )))
+            );
+            let accepted: Vec<_> = [&from_a, &from_b]
+                .into_iter()
+                .filter(|r| matches!(r.result, Some(response::Result::Done(_))))
+                .collect();
+            assert_eq!(
+                accepted.len(),
+                1,
+                "epoch {epoch}: exactly one commit accepted: {from_a:?} {from_b:?}"
+            );
+            let refused = if accepted[0] == &from_a {
+                &from_b
+            } else {
+                &from_a
+            };
+            match &refused.result {
+                Some(response::Result::Error(e)) => {
+                    assert_eq!(e.code, ErrorCode::StaleEpoch as i32, "{e:?}");
+                }
+                other => panic!("epoch {epoch}: the loser got {other:?}"),
+            }
+        }
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// Registers `name` (one device) on the node `at`.
+async fn add(at: &TestServer, name: &str, names: &mut Vec<(String, usize)>) {
+    let account = Account::new(name);
+    let mut client = wire::Client::connect(at.addr()).await;
+    assert_done(&client.register(&account).await);
+    names.push((name.to_owned(), 1));
+}
+
+/// Which backend session holds this schema's log writer lock, if any.
+async fn writer_pid(db: &TestDatabase) -> Option<i32> {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = 1349976067::oid AND objid = hashtext(current_schema())::oid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+async fn wait_for_writer(db: &TestDatabase, not: Option<i32>) -> i32 {
+    for _ in 0..100 {
+        if let Some(pid) = writer_pid(db).await
+            && Some(pid) != not
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no node took the log writer lock");
+}
+
+/// The node holding the log writer lock loses its session (its database
+/// connection is killed, as when the node dies), then stops: each time
+/// another node takes over, the log keeps taking appends on every node,
+/// directory epochs keep counting up with one root each, and a node
+/// started afterwards serves the same epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_writer_role_moves_when_its_node_dies() {
+    let Some(db) = TestDatabase::create("the_log_writer_role_moves_when_its_node_dies").await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        // Node a starts alone, so it is the first writer.
+        let a = node(&db).await;
+        let first_writer = wait_for_writer(&db, None).await;
+        let b = node(&db).await;
+        let mut names = Vec::new();
+        add(&a, "before1", &mut names).await;
+        add(&b, "before2", &mut names).await;
+        let (before, _) = lookup(&mut wire::Client::connect(b.addr()).await, "before1").await;
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+
+        // The writer's session dies: the lock moves (or comes back) within
+        // the retry interval, and nothing is lost on the way.
+        db.client()
+            .await
+            .execute("SELECT pg_terminate_backend($1)", &[&first_writer])
+            .await
+            .unwrap();
+        let second_writer = wait_for_writer(&db, Some(first_writer)).await;
+        assert_ne!(first_writer, second_writer);
+        add(&a, "during1", &mut names).await;
+        add(&b, "during2", &mut names).await;
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+
+        // Node a stops for good: b is (or becomes) the writer and carries
+        // on alone (so the role moved from a to b at one of the two
+        // steps), then a fresh node joins.
+        a.stop().await;
+        wait_for_writer(&db, Some(first_writer)).await;
+        add(&b, "after1", &mut names).await;
+        let (after, _) = lookup(&mut wire::Client::connect(b.addr()).await, "after1").await;
+        assert!(
+            after.epoch > before.epoch,
+            "epochs go on counting up: {} then {}",
+            before.epoch,
+            after.epoch
+        );
+        let c = node(&db).await;
+        add(&c, "after2", &mut names).await;
+        assert_one_log(&[b.addr(), c.addr()], &names, None).await;
+        b.stop().await;
+        c.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// Real clients on different nodes: a direct chat verifies the contact's
+/// key log and directory lookup from the node each client is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_on_different_nodes_verify_each_other() {
+    let Some(db) = TestDatabase::create("clients_on_different_nodes_verify_each_other").await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let a = node(&db).await;
+        let b = node(&db).await;
+        let (mut alice, _alice_dir) = register(&a.url(), "alice").await;
+        let (mut bob, _bob_dir) = register(&b.url(), "bob").await;
+        alice.send_direct("bob", "hello from node a").await.unwrap();
+        let got = bob.sync().await.unwrap();
+        assert!(
+            sotto_testkit::texts(&got).contains(&"hello from node a".to_owned()),
+            "{got:?}"
+        );
+        bob.send_direct("alice", "hello from node b").await.unwrap();
+        let got = alice.sync().await.unwrap();
+        assert!(
+            sotto_testkit::texts(&got).contains(&"hello from node b".to_owned()),
+            "{got:?}"
+        );
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
