@@ -442,3 +442,95 @@ async fn clients_on_different_nodes_verify_each_other() {
     .await
     .expect("timed out");
 }
+
+/// Rate limits that must hold for the whole service hold across nodes:
+/// registrations from one address and devices added to one account count
+/// on every node, though each node's own bucket would still let them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_rate_limits_count_on_every_node() {
+    let Some(db) = TestDatabase::create("global_rate_limits_count_on_every_node").await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let limited = |config: &mut sotto_server::ServerConfig| {
+            config.limits.registrations_per_address = sotto_server::config::Rate {
+                per_second: 1.0 / 3600.0,
+                burst: 3.0,
+            };
+            config.limits.devices_added_per_account = sotto_server::config::Rate {
+                per_second: 1.0 / 3600.0,
+                burst: 2.0,
+            };
+        };
+        let url = db.url().to_owned();
+        let start = |url: String| {
+            TestServer::start_with(move |config| {
+                config.store = Some(url);
+                limited(config);
+            })
+        };
+        let a = start(url.clone()).await;
+        let b = start(url).await;
+        // Three registrations from 127.0.0.1, over both nodes, then no more
+        // on either (each node alone has counted at most two).
+        let owner = Account::new("owner");
+        let mut on_a = wire::Client::connect(a.addr()).await;
+        assert_done(&on_a.register(&owner).await);
+        assert_done(
+            &wire::Client::connect(b.addr())
+                .await
+                .register(&Account::new("second"))
+                .await,
+        );
+        assert_done(
+            &wire::Client::connect(a.addr())
+                .await
+                .register(&Account::new("third"))
+                .await,
+        );
+        for at in [b.addr(), a.addr()] {
+            let refused = wire::Client::connect(at)
+                .await
+                .register(&Account::new("fourth"))
+                .await;
+            let e = wire::assert_error(&refused, ErrorCode::RateLimited);
+            assert!(e.retry_after_ms > 0, "{e:?}");
+        }
+        // Two devices added to one account, one per node; the third is
+        // refused though node a added only one.
+        let mut on_b = wire::Client::connect(b.addr()).await;
+        assert_logged_in(&on_b.login(&owner).await);
+        assert_done(
+            &on_a
+                .request(owner.add_device(&owner.another_device(), 2))
+                .await,
+        );
+        assert_done(
+            &on_b
+                .request(owner.add_device(&owner.another_device(), 3))
+                .await,
+        );
+        let refused = on_a
+            .request(owner.add_device(&owner.another_device(), 4))
+            .await;
+        wire::assert_error(&refused, ErrorCode::RateLimited);
+        // What is stored is keyed hashes, not the address or the name.
+        let client = db.client().await;
+        let keys: Vec<Vec<u8>> = client
+            .query("SELECT key FROM rate_windows", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(keys.len(), 2, "one window per limited key");
+        for key in keys {
+            assert_eq!(key.len(), 32);
+            assert!(!key.windows(5).any(|w| w == b"owner" || w == b"127.0"));
+        }
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}

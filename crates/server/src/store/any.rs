@@ -397,4 +397,21 @@ impl ClusterStore for AnyStore {
     async fn record_epoch(&self, epoch: RecordedEpoch) -> Result<bool, StoreError> {
         dispatch!(self, s => s.record_epoch(epoch).await)
     }
+
+    async fn rate_limit_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        dispatch!(self, s => s.rate_limit_secret(fresh).await)
+    }
+
+    async fn count_hit(
+        &self,
+        key: [u8; 32],
+        window_start: u64,
+        expires_at: u64,
+        prune: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.count_hit(key, window_start, expires_at, prune).await)
+    }
 }

@@ -7,6 +7,8 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
+use zeroize::Zeroizing;
+
 use super::{PostgresStore, SqliteStore, StoreError};
 
 /// One key-directory epoch as the log writer recorded it for every node:
@@ -51,6 +53,28 @@ pub trait ClusterStore: Send + Sync {
         &self,
         epoch: RecordedEpoch,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The secret that keys the hashes global rate limits count under (so
+    /// no address or username is stored): the stored one, or `fresh`,
+    /// stored now.
+    fn rate_limit_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
+    /// Counts one more hit on `key` in the window starting at
+    /// `window_start` (a new window starts the count again at 1) and
+    /// returns the window's count, all nodes' hits included. The row may
+    /// go once `expires_at` passed; with `prune`, rows whose windows
+    /// ended before `now` are deleted. On one node: counts nothing, never
+    /// called (its limits are in memory).
+    fn count_hit(
+        &self,
+        key: [u8; 32],
+        window_start: u64,
+        expires_at: u64,
+        prune: Option<u64>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 impl ClusterStore for SqliteStore {
@@ -74,6 +98,23 @@ impl ClusterStore for SqliteStore {
     async fn record_epoch(&self, _epoch: RecordedEpoch) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    async fn rate_limit_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        Ok(fresh)
+    }
+
+    async fn count_hit(
+        &self,
+        _key: [u8; 32],
+        _window_start: u64,
+        _expires_at: u64,
+        _prune: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 impl ClusterStore for PostgresStore {
@@ -95,5 +136,23 @@ impl ClusterStore for PostgresStore {
 
     async fn record_epoch(&self, epoch: RecordedEpoch) -> Result<bool, StoreError> {
         self.record_directory_epoch(epoch).await
+    }
+
+    async fn rate_limit_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.shared_rate_limit_secret(fresh).await
+    }
+
+    async fn count_hit(
+        &self,
+        key: [u8; 32],
+        window_start: u64,
+        expires_at: u64,
+        prune: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        self.count_rate_hit(key, window_start, expires_at, prune)
+            .await
     }
 }

@@ -138,6 +138,15 @@ CREATE TABLE directory_epochs (
     epoch     bigint NOT NULL,
     root_hash bytea NOT NULL
 );
+-- Global rate limits: hits per key (a keyed hash of what is limited: an
+-- address, an account) in the current window, for every node at once.
+CREATE TABLE rate_windows (
+    key          bytea PRIMARY KEY,
+    window_start bigint NOT NULL,
+    expires_at   bigint NOT NULL,
+    hits         bigint NOT NULL
+);
+CREATE INDEX rate_windows_by_expiry ON rate_windows(expires_at);
 ",
 ];
 
