@@ -14,6 +14,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test fixtures fail loudly
 
 pub mod burst;
+pub mod cluster_processes;
 pub mod cutting;
 pub mod faulty;
 pub mod hostile;
@@ -367,6 +368,11 @@ impl ServerProcess {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -11,7 +11,7 @@
     clippy::indexing_slicing
 )] // tests fail loudly
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -530,6 +530,214 @@ async fn global_rate_limits_count_on_every_node() {
         }
         a.stop().await;
         b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// The process id of the node holding this schema's log writer lock (its
+/// election connection names it).
+async fn writer_process(db: &TestDatabase) -> Option<u32> {
+    let row = db
+        .client()
+        .await
+        .query_opt(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted \
+             AND l.classid = 1349976067::oid AND l.objid = hashtext(current_schema())::oid",
+            &[],
+        )
+        .await
+        .unwrap()?;
+    let name: String = row.get(0);
+    name.rsplit("pid ").next()?.parse().ok()
+}
+
+const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+/// Sends `count` texts from `me`, alternating the group and a direct chat,
+/// with a pause between; returns each tag and whether it was acknowledged.
+async fn send_load(
+    me: usize,
+    client: &mut sotto_client::Client,
+    count: usize,
+) -> Vec<(String, usize, Option<usize>, bool)> {
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let tag = format!("{}#{n}", USERS[me]);
+        let peer = (me + 1 + n % 2) % USERS.len();
+        let direct = n % 3 != 0;
+        let result = tokio::time::timeout(Duration::from_secs(60), async {
+            if direct {
+                client.send_direct(USERS[peer], &tag).await.map(|_| ())
+            } else {
+                client.send_group("ops", &tag).await.map(|_| ())
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{tag}: send hung"));
+        if let Err(e) = &result {
+            eprintln!("{tag}: {e}");
+        }
+        sent.push((tag, me, direct.then_some(peer), result.is_ok()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sent
+}
+
+/// Three `sotto-server` processes on one database behind a round-robin
+/// proxy; real clients send under load while the process holding the log
+/// writer lock is SIGKILLed. Clients reconnect through the proxy to the
+/// nodes left; another node takes the writer's role (a new account is
+/// registered and verified through it); afterwards every acknowledged
+/// message reached each recipient exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_one_of_three_processes_loses_no_acknowledged_message() {
+    use sotto_client::{Client, ConversationKind, EntryKind};
+    use sotto_testkit::cluster_processes::ClusterProcesses;
+
+    let Some(db) =
+        TestDatabase::create("sigkill_of_one_of_three_processes_loses_no_acknowledged_message")
+            .await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let mut cluster = ClusterProcesses::start(db.url(), 3, &["--no-rate-limits"]).await;
+        let url = cluster.url();
+        let mut dirs = Vec::new();
+        let mut clients = Vec::new();
+        for user in USERS {
+            let dir = tempfile::TempDir::new().unwrap();
+            clients.push(Client::register(dir.path(), user, &url).await.unwrap());
+            dirs.push(dir);
+        }
+        clients[0]
+            .create_group("ops", &[USERS[1].into(), USERS[2].into()])
+            .await
+            .unwrap();
+        for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+            clients[a].send_direct(USERS[b], "hello").await.unwrap();
+        }
+        for c in &mut clients {
+            c.sync().await.unwrap();
+        }
+        let writer = writer_process(&db).await.expect("a node is the log writer");
+        let victim = cluster
+            .index_of_pid(writer)
+            .expect("the writer is one of the nodes");
+
+        let senders = join_all(
+            clients
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| send_load(i, c, 40)),
+        );
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            cluster.kill(victim);
+        };
+        let (sent, ()) = tokio::join!(senders, killer);
+        let sent: Vec<_> = sent.into_iter().flatten().collect();
+
+        // Another process took the writer's role, and the log goes on: a
+        // new account registers, and alice verifies it (its key log and
+        // directory lookup) before writing to it.
+        let mut new_writer = None;
+        for _ in 0..50 {
+            new_writer = writer_process(&db).await.filter(|p| *p != writer);
+            if new_writer.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            new_writer.is_some(),
+            "no live process took the log writer lock"
+        );
+        let dave_dir = tempfile::TempDir::new().unwrap();
+        let mut dave = Client::register(dave_dir.path(), "dave", &url)
+            .await
+            .unwrap();
+        clients[0]
+            .send_direct("dave", "welcome dave")
+            .await
+            .unwrap();
+        assert!(
+            sotto_testkit::texts(&dave.sync().await.unwrap()).contains(&"welcome dave".to_owned())
+        );
+
+        // Drain: everyone syncs (resending its outbox) until quiet.
+        let mut quiet = 0;
+        for _ in 0..10 {
+            let mut anything = false;
+            for c in &mut clients {
+                match c.sync().await {
+                    Ok(entries) => anything |= !entries.is_empty(),
+                    Err(e) => {
+                        anything = true;
+                        eprintln!("sync after the kill failed: {e}");
+                    }
+                }
+                anything |= !c.outbox_payloads().unwrap().is_empty();
+            }
+            quiet = if anything { 0 } else { quiet + 1 };
+            if quiet == 2 {
+                break;
+            }
+        }
+        assert_eq!(quiet, 2, "clients did not settle");
+
+        let mut held: Vec<HashMap<String, usize>> = Vec::new();
+        for (me, c) in clients.iter().enumerate() {
+            let mut counts = HashMap::new();
+            let mut conversations = vec![(ConversationKind::Group, "ops".to_owned())];
+            for (peer, user) in USERS.iter().enumerate() {
+                if peer != me {
+                    conversations.push((ConversationKind::Direct, (*user).to_owned()));
+                }
+            }
+            for (kind, name) in conversations {
+                for e in c.history(kind, &name).unwrap() {
+                    if e.kind == EntryKind::Text {
+                        *counts.entry(e.text).or_insert(0) += 1;
+                    }
+                }
+            }
+            held.push(counts);
+        }
+        let (mut acknowledged, mut lost, mut duplicated) = (0, 0, 0);
+        for (tag, sender, direct, ok) in &sent {
+            let recipients: Vec<usize> = match direct {
+                Some(peer) => vec![*peer],
+                None => (0..USERS.len()).filter(|r| r != sender).collect(),
+            };
+            acknowledged += usize::from(*ok);
+            for r in recipients {
+                match held[r].get(tag).copied().unwrap_or(0) {
+                    0 if *ok => {
+                        lost += 1;
+                        eprintln!("LOST: {tag} for {}", USERS[r]);
+                    }
+                    n if n > 1 => {
+                        duplicated += 1;
+                        eprintln!("DUPLICATE: {tag} seen {n} times by {}", USERS[r]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        eprintln!(
+            "cluster SIGKILL: {} sends, {acknowledged} acknowledged, node {victim} (the log \
+             writer) killed; lost {lost}, duplicated {duplicated}",
+            sent.len()
+        );
+        assert!(acknowledged > 60, "most sends succeed: {acknowledged}");
+        assert_eq!(lost, 0, "acknowledged messages were lost");
+        assert_eq!(duplicated, 0, "messages were duplicated");
+        for c in &mut clients {
+            c.disconnect().await;
+        }
     })
     .await
     .expect("timed out");

@@ -31,7 +31,14 @@ impl PostgresStore {
     /// this node is it now. The attempt stops when every receiver is gone.
     pub fn elect_log_writer(&self) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(campaign(self.inner.config.clone(), tx));
+        let mut config = self.inner.config.clone();
+        // Operators (and tests) find the writer's process in
+        // `pg_stat_activity` by this name.
+        config.application_name(format!(
+            "sotto-server log writer election, pid {}",
+            std::process::id()
+        ));
+        tokio::spawn(campaign(config, tx));
         rx
     }
 }
