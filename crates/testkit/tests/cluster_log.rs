@@ -742,3 +742,82 @@ async fn sigkill_of_one_of_three_processes_loses_no_acknowledged_message() {
     .await
     .expect("timed out");
 }
+
+/// A node restarted on its own directory file resumes where the recorded
+/// publishes say it stands; a file that holds an epoch no node recorded
+/// (its node died between publishing and recording, or the file was
+/// changed) is rebuilt from the recorded publishes, so the node never
+/// serves that epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_file_out_of_step_is_rebuilt() {
+    let Some(db) = TestDatabase::create("a_directory_file_out_of_step_is_rebuilt").await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let dir = tempfile::TempDir::new().unwrap();
+        let start_in = |data_dir: std::path::PathBuf| {
+            let url = db.url().to_owned();
+            TestServer::start_with(move |config| {
+                config.store = Some(url);
+                config.data_dir = data_dir;
+                config.limits.lift_rate_limits();
+            })
+        };
+        let a = start_in(dir.path().to_path_buf()).await;
+        let b = node(&db).await;
+        let mut names = Vec::new();
+        add(&a, "one", &mut names).await;
+        add(&b, "two", &mut names).await;
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+        a.stop().await;
+
+        let a = start_in(dir.path().to_path_buf()).await;
+        add(&a, "three", &mut names).await;
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+        a.stop().await;
+
+        // An epoch of the file's own, with an account the log never had.
+        let vrf: Vec<u8> = db
+            .client()
+            .await
+            .query_one(
+                "SELECT secret FROM server_keys WHERE name = 'directory_vrf'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let file = sotto_directory::KeyDirectory::open(
+            &dir.path()
+                .join(sotto_server::key_directory::DIRECTORY_FILE_NAME),
+            sotto_directory::VrfSecret::from_bytes(vrf.try_into().unwrap()),
+        )
+        .await
+        .unwrap();
+        file.publish(vec![(
+            sotto_directory::Username::parse("ghost").unwrap(),
+            sotto_directory::AccountState {
+                identity_key: [7; 32],
+                devices: std::collections::BTreeMap::new(),
+            },
+        )])
+        .await
+        .unwrap();
+        drop(file);
+
+        let a = start_in(dir.path().to_path_buf()).await;
+        add(&b, "four", &mut names).await;
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+        let mut client = wire::Client::connect(a.addr()).await;
+        let answer = client
+            .request(Body::LookupAccount(v1::LookupAccount {
+                username: "ghost".into(),
+            }))
+            .await;
+        wire::assert_error(&answer, ErrorCode::UnknownUser);
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
