@@ -105,6 +105,8 @@ struct Following {
     cursor: u64,
     /// With several nodes: the `seq` of the next recorded publish.
     next_seq: u64,
+    /// With several nodes: a publish in the file whose record failed.
+    unrecorded: Option<RecordedEpoch>,
     /// The latest epoch, signed.
     head: v1::SignedEpoch,
 }
@@ -147,6 +149,7 @@ impl ServerDirectory {
                 directory,
                 cursor: 0,
                 next_seq: 0,
+                unrecorded: None,
                 head,
             }),
         };
@@ -371,6 +374,11 @@ impl ServerDirectory {
         store: &S,
         following: &mut Following,
     ) -> Result<usize, StoreError> {
+        // A publish whose record failed first: nothing is answered (or
+        // replayed on top of it) until it is settled.
+        if let Some(unrecorded) = following.unrecorded.take() {
+            self.settle(store, following, unrecorded).await?;
+        }
         self.follow(store, following).await?;
         if !*self.is_writer.borrow() {
             return Ok(0);
@@ -387,30 +395,53 @@ impl ServerDirectory {
             epoch: root.epoch,
             root_hash: root.root_hash.to_vec(),
         };
-        match store.record_epoch(record).await {
-            Ok(true) => {
-                following.cursor = end;
-                following.next_seq = following.next_seq.saturating_add(1);
-                tracing::debug!(
-                    epoch = root.epoch,
-                    accounts = count,
-                    "key directory publish recorded"
-                );
-                Ok(count)
+        self.settle(store, following, record).await?;
+        tracing::debug!(
+            epoch = root.epoch,
+            accounts = count,
+            "key directory publish recorded"
+        );
+        Ok(count)
+    }
+
+    /// Records the publish this node's file just made (or made before a
+    /// failure): if that `seq` holds another node's publish, the file is
+    /// rebuilt from the recorded ones. A database failure leaves it
+    /// unsettled (and every answer refused) until the next try: its commit
+    /// may have happened.
+    async fn settle<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+        record: RecordedEpoch,
+    ) -> Result<(), StoreError> {
+        let ours = match store.record_epoch(record.clone()).await {
+            Ok(true) => true,
+            Ok(false) => match store.recorded_epochs(record.seq, 1).await {
+                Ok(found) => found.first() == Some(&record),
+                Err(e) => {
+                    following.unrecorded = Some(record);
+                    return Err(e);
+                }
+            },
+            Err(e) => {
+                following.unrecorded = Some(record);
+                return Err(e);
             }
-            outcome => {
-                // This file now holds an epoch no node may have recorded;
-                // nothing was answered from it yet (the state lock is held).
-                tracing::warn!(
-                    "this node published a key-directory epoch it could not record (another \
-                     node recorded that publish first, or the database failed): rebuilding \
-                     its directory file from the recorded publishes"
-                );
-                self.rebuild(following).await?;
-                self.follow(store, following).await?;
-                outcome.map(|_| 0)
-            }
+        };
+        if ours {
+            following.cursor = record.log_end;
+            following.next_seq = record.seq.saturating_add(1);
+            return Ok(());
         }
+        // This file holds an epoch another node's record contradicts;
+        // nothing was answered from it (see above).
+        tracing::warn!(
+            "another node recorded the key-directory publish this node made: rebuilding its \
+             directory file from the recorded publishes"
+        );
+        self.rebuild(following).await?;
+        self.follow(store, following).await
     }
 
     /// Where this node's file stands among the recorded publishes: after
@@ -482,6 +513,7 @@ impl ServerDirectory {
         let latest = following.directory.latest().await.map_err(failed)?;
         following.cursor = 0;
         following.next_seq = 0;
+        following.unrecorded = None;
         following.head = self.key.sign_epoch(
             &self.vrf_public_key,
             latest.epoch,
