@@ -444,8 +444,9 @@ async fn clients_on_different_nodes_verify_each_other() {
 }
 
 /// Rate limits that must hold for the whole service hold across nodes:
-/// registrations from one address and devices added to one account count
-/// on every node, though each node's own bucket would still let them in.
+/// registrations from one address, devices added to one account and
+/// KeyPackage claims taking from one account's pool count on every node,
+/// though each node's own bucket would still let them in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn global_rate_limits_count_on_every_node() {
     let Some(db) = TestDatabase::create("global_rate_limits_count_on_every_node").await else {
@@ -458,6 +459,10 @@ async fn global_rate_limits_count_on_every_node() {
                 burst: 3.0,
             };
             config.limits.devices_added_per_account = sotto_server::config::Rate {
+                per_second: 1.0 / 3600.0,
+                burst: 2.0,
+            };
+            config.limits.claims_per_target = sotto_server::config::Rate {
                 per_second: 1.0 / 3600.0,
                 burst: 2.0,
             };
@@ -514,6 +519,20 @@ async fn global_rate_limits_count_on_every_node() {
             .request(owner.add_device(&owner.another_device(), 4))
             .await;
         wire::assert_error(&refused, ErrorCode::RateLimited);
+        // Claims taking from one account's pool (it has none: each is told
+        // so), over both nodes: the third is held to last-resort
+        // KeyPackages, of which it has none either, so it is rate limited.
+        let claim = || {
+            Body::ClaimKeyPackages(v1::ClaimKeyPackages {
+                username: "owner".into(),
+                ..Default::default()
+            })
+        };
+        let mut claimer_a = wire::Client::connect(a.addr()).await;
+        let mut claimer_b = wire::Client::connect(b.addr()).await;
+        wire::assert_error(&claimer_a.request(claim()).await, ErrorCode::NoKeyPackage);
+        wire::assert_error(&claimer_b.request(claim()).await, ErrorCode::NoKeyPackage);
+        wire::assert_error(&claimer_a.request(claim()).await, ErrorCode::RateLimited);
         // What is stored is keyed hashes, not the address or the name.
         let client = db.client().await;
         let keys: Vec<Vec<u8>> = client
@@ -523,7 +542,7 @@ async fn global_rate_limits_count_on_every_node() {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(keys.len(), 2, "one window per limited key");
+        assert_eq!(keys.len(), 3, "one window per limited key");
         for key in keys {
             assert_eq!(key.len(), 32);
             assert!(!key.windows(5).any(|w| w == b"owner" || w == b"127.0"));
