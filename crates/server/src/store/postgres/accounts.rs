@@ -29,7 +29,7 @@ const INSERT_DEVICE: &str = "INSERT INTO devices (device_id, username, certifica
 
 impl AccountStore for PostgresStore {
     async fn register(&self, account: NewAccount) -> Result<(), RegisterError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
                 lock_log(&tx).await?;
                 if account_exists(&tx, &account.username).await? {
@@ -121,7 +121,7 @@ impl AccountStore for PostgresStore {
     }
 
     async fn add_device(&self, device: NewDevice) -> Result<(), AddDeviceError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
                 lock_log(&tx).await?;
                 if !account_exists(&tx, &device.username).await? {
@@ -155,7 +155,7 @@ impl AccountStore for PostgresStore {
     }
 
     async fn remove_device(&self, removal: DeviceRemoval) -> Result<(), RemoveDeviceError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
                 lock_log(&tx).await?;
                 let id = removal.device_id.as_bytes().as_slice();

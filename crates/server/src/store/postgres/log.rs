@@ -26,8 +26,9 @@ const LOG_APPEND_LOCK: i32 = 0x5077_0002;
 /// statement after it sees every earlier append committed: two nodes can
 /// neither give two leaves one index (a refused write) nor accept two
 /// leaves with one `account_seq` for one account (a forked account log).
-/// Within one node the writer already runs operations one after another;
-/// re-taking the lock in the same transaction is free.
+/// These operations run in transactions of their own
+/// ([`PostgresStore::write_alone`]), so the lock never waits behind, or
+/// holds up, another write of a batch.
 pub(super) async fn lock_log(tx: &Tx) -> Result<(), StoreError> {
     execute(
         tx,
