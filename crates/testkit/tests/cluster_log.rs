@@ -840,3 +840,71 @@ async fn a_directory_file_out_of_step_is_rebuilt() {
     .await
     .expect("timed out");
 }
+
+/// Registrations and device changes (which take the log lock) on two nodes
+/// while both nodes carry sends (which take the mailbox counter) to one
+/// device: every one succeeds, none is failed to break a deadlock, and the
+/// log stays one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_appends_and_sends_on_two_nodes_do_not_deadlock() {
+    let Some(db) = TestDatabase::create("log_appends_and_sends_on_two_nodes_do_not_deadlock").await
+    else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let a = node(&db).await;
+        let b = node(&db).await;
+        let (mut owner, owner_account) = a.registered("owner").await;
+        let group = wire::create_group(&mut owner).await;
+        let recipient = owner_account.device_id.clone();
+        let sends = |at: SocketAddr, group: Vec<u8>, recipient: Vec<u8>| async move {
+            let mut client = wire::Client::connect(at).await;
+            for n in 0..60 {
+                let response = client
+                    .request(wire::send_message(
+                        &wire::random_id(),
+                        &group,
+                        &[&recipient],
+                        format!("message {n}").as_bytes(),
+                    ))
+                    .await;
+                assert_done(&response);
+            }
+        };
+        let registrations = |at: SocketAddr, prefix: &'static str| async move {
+            let mut names = Vec::new();
+            for n in 0..15 {
+                let name = format!("{prefix}{n}");
+                add_at(at, &name).await;
+                names.push((name, 1));
+            }
+            names
+        };
+        let started = std::time::Instant::now();
+        let senders = join_all(
+            [a.addr(), b.addr(), a.addr(), b.addr(), a.addr(), b.addr()]
+                .map(|at| sends(at, group.clone(), recipient.clone())),
+        );
+        let registering = join_all([
+            registrations(a.addr(), "node_a_"),
+            registrations(b.addr(), "node_b_"),
+            registrations(a.addr(), "node_c_"),
+            registrations(b.addr(), "node_d_"),
+        ]);
+        let (_, registered) = tokio::join!(senders, registering);
+        eprintln!("mixed load on two nodes: {:?}", started.elapsed());
+        let mut names = vec![("owner".to_owned(), 1)];
+        names.extend(registered.into_iter().flatten());
+        assert_one_log(&[a.addr(), b.addr()], &names, None).await;
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+/// Registers `name` (one device) on the node at `at`.
+async fn add_at(at: SocketAddr, name: &str) {
+    let mut client = wire::Client::connect(at).await;
+    assert_done(&client.register(&Account::new(name)).await);
+}
