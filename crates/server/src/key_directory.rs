@@ -20,8 +20,29 @@
 //! akd makes no epoch without a change, so freshness comes from the
 //! signature: the latest epoch is signed again, with a new time, whenever
 //! its signature is older than the directory epoch interval.
+//!
+//! **Several nodes on one PostgreSQL database** each keep their own
+//! directory file, so they must not each decide their own epochs (two
+//! nodes would sign two different roots for one epoch number: a fork every
+//! client would refuse). One node at a time is the log writer (it holds an
+//! advisory lock, `store::postgres::election`; another node takes over
+//! within a second or two when it dies). Only the writer decides what the
+//! next publish covers: it publishes the log leaves below the log's
+//! current size in its own file, then records the publish (`seq`,
+//! `log_end`, the resulting epoch and root) with a conditional insert that
+//! only one node can win. Every node, the writer included, replays the
+//! recorded publishes in order: each changed account at its state as of
+//! `log_end`. akd is deterministic given the shared VRF key and the same
+//! publishes, and the replay checks that it reaches the recorded epoch and
+//! root, so every node serves the same epochs, signed with the shared log
+//! key. A node whose file holds an epoch nobody recorded (a writer that
+//! died, or lost the race, between its publish and its record) rebuilds
+//! the file from the recorded publishes. A node that is not the writer
+//! answers a lookup once the recorded publishes cover the log it read
+//! (waiting up to [`WAIT_FOR_WRITER`]), so a client that just read an
+//! account's log from any node finds that state in the directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +53,7 @@ use sotto_proto::v1;
 use sotto_transparency::LogKey;
 use tokio::sync::{Mutex, watch};
 
-use crate::store::{LogStore, StoreError};
+use crate::store::{ClusterStore, LogStore, RecordedEpoch, StoreError};
 use crate::transparency_log::{decode_records, now_ms};
 
 /// The directory's file in the data directory (tables `akd_*`).
@@ -44,11 +65,29 @@ const CATCH_UP_BATCH: usize = 1000;
 /// How often pending changes are published.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often, with several nodes, the writer publishes and the others
+/// replay: lookups on the others wait for it.
+const SHARED_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a node that is not the log writer waits for the writer to
+/// publish the log it read before answering with what it has.
+pub const WAIT_FOR_WRITER: Duration = Duration::from_secs(5);
+
+/// How often a waiting node looks for the writer's publishes.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
 /// The directory, its signing key and where it stands in the log.
 pub(crate) struct ServerDirectory {
     key: LogKey,
     vrf_public_key: [u8; 32],
     interval_ms: u64,
+    /// Other nodes share the log: follow the recorded publishes.
+    shared: bool,
+    /// Whether this node is the log writer (always, on one node).
+    is_writer: watch::Receiver<bool>,
+    /// The directory file, and its VRF secret, for rebuilding it.
+    path: PathBuf,
+    vrf_secret: zeroize::Zeroizing<[u8; 32]>,
     state: Mutex<Following>,
 }
 
@@ -64,6 +103,10 @@ struct Following {
     directory: KeyDirectory,
     /// Log leaves below this index are published.
     cursor: u64,
+    /// With several nodes: the `seq` of the next recorded publish.
+    next_seq: u64,
+    /// With several nodes: a publish in the file whose record failed.
+    unrecorded: Option<RecordedEpoch>,
     /// The latest epoch, signed.
     head: v1::SignedEpoch,
     /// The last audit proof built, served in parts
@@ -79,7 +122,7 @@ fn failed(e: DirectoryError) -> StoreError {
 impl ServerDirectory {
     /// Opens the directory in `data_dir` (creating it and its VRF key on
     /// first start), and publishes whatever the log holds that it does not.
-    pub async fn open<S: LogStore>(
+    pub async fn open<S: LogStore + ClusterStore>(
         store: &S,
         data_dir: &Path,
         interval: Duration,
@@ -91,12 +134,10 @@ impl ServerDirectory {
         let vrf_secret = store
             .directory_vrf_secret(zeroize::Zeroizing::new(*fresh.expose_secret()))
             .await?;
-        let directory = KeyDirectory::open(
-            &data_dir.join(DIRECTORY_FILE_NAME),
-            VrfSecret::from_bytes(*vrf_secret),
-        )
-        .await
-        .map_err(failed)?;
+        let path = data_dir.join(DIRECTORY_FILE_NAME);
+        let directory = KeyDirectory::open(&path, VrfSecret::from_bytes(*vrf_secret))
+            .await
+            .map_err(failed)?;
         let vrf_public_key = directory.vrf_public_key();
         let latest = directory.latest().await.map_err(failed)?;
         let head = key.sign_epoch(&vrf_public_key, latest.epoch, &latest.root_hash, now_ms());
@@ -104,13 +145,30 @@ impl ServerDirectory {
             key,
             vrf_public_key,
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            shared: store.is_shared(),
+            is_writer: store.elect_log_writer(),
+            path,
+            vrf_secret,
             state: Mutex::new(Following {
                 directory,
                 cursor: 0,
+                next_seq: 0,
+                unrecorded: None,
                 head,
                 last_audit: None,
             }),
         };
+        if this.shared {
+            let mut following = this.state.lock().await;
+            this.resume(store, &mut following).await?;
+            this.follow(store, &mut following).await?;
+            tracing::info!(
+                epoch = following.head.epoch,
+                "key directory loaded (shared log)"
+            );
+            drop(following);
+            return Ok(this);
+        }
         let published = this.catch_up(store).await?;
         if latest.epoch == 0 && published > 0 {
             tracing::info!(
@@ -126,16 +184,22 @@ impl ServerDirectory {
 
     /// Publishes every account the log changed since the last call, in one
     /// epoch. Returns how many accounts got a new version.
-    pub async fn catch_up<S: LogStore>(&self, store: &S) -> Result<usize, StoreError> {
+    pub async fn catch_up<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+    ) -> Result<usize, StoreError> {
         let mut following = self.state.lock().await;
         self.catch_up_locked(store, &mut following).await
     }
 
-    async fn catch_up_locked<S: LogStore>(
+    async fn catch_up_locked<S: LogStore + ClusterStore>(
         &self,
         store: &S,
         following: &mut Following,
     ) -> Result<usize, StoreError> {
+        if self.shared {
+            return self.catch_up_shared(store, following).await;
+        }
         let mut changed = std::collections::BTreeSet::new();
         let mut cursor = following.cursor;
         loop {
@@ -210,25 +274,25 @@ impl ServerDirectory {
     }
 
     /// The latest epoch, signed (pending changes published first).
-    pub async fn signed_epoch<S: LogStore>(
+    pub async fn signed_epoch<S: LogStore + ClusterStore>(
         &self,
         store: &S,
     ) -> Result<v1::SignedEpoch, StoreError> {
         let mut following = self.state.lock().await;
-        self.catch_up_locked(store, &mut following).await?;
+        self.caught_up_for_answer(store, &mut following).await?;
         self.refresh(&mut following)?;
         Ok(following.head.clone())
     }
 
     /// The latest version of `username`'s account with its proof, and the
     /// signed epoch it is proven at. `None`: not in the directory.
-    pub async fn lookup<S: LogStore>(
+    pub async fn lookup<S: LogStore + ClusterStore>(
         &self,
         store: &S,
         username: &Username,
     ) -> Result<Option<v1::DirectoryLookup>, StoreError> {
         let mut following = self.state.lock().await;
-        self.catch_up_locked(store, &mut following).await?;
+        self.caught_up_for_answer(store, &mut following).await?;
         self.refresh(&mut following)?;
         let LookupAnswer {
             epoch,
@@ -309,16 +373,338 @@ impl ServerDirectory {
     }
 }
 
+/// With several nodes on one database: following the log writer's
+/// recorded publishes, and being the writer.
+impl ServerDirectory {
+    /// Catches up before answering a request: on a node that is not the
+    /// log writer, waits (up to [`WAIT_FOR_WRITER`]) until the recorded
+    /// publishes cover the log as it is now, which includes any account
+    /// log the client read before asking.
+    async fn caught_up_for_answer<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+    ) -> Result<(), StoreError> {
+        self.catch_up_locked(store, following).await?;
+        if !self.shared {
+            return Ok(());
+        }
+        let (target, _) = self.changes(store, following.cursor, None, false).await?;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_WRITER;
+        while following.cursor < target {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    published = following.cursor,
+                    log = target,
+                    "no log writer published the key directory in time; answering from an older epoch"
+                );
+                break;
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+            self.catch_up_shared(store, following).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays the recorded publishes this node has not, then, on the log
+    /// writer, publishes and records the log leaves no publish covers yet.
+    async fn catch_up_shared<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+    ) -> Result<usize, StoreError> {
+        // A publish whose record failed first: nothing is answered (or
+        // replayed on top of it) until it is settled.
+        if let Some(unrecorded) = following.unrecorded.take() {
+            self.settle(store, following, unrecorded).await?;
+        }
+        self.follow(store, following).await?;
+        if !*self.is_writer.borrow() {
+            return Ok(0);
+        }
+        let (end, updates) = self.changes(store, following.cursor, None, true).await?;
+        if end == following.cursor {
+            return Ok(0);
+        }
+        let count = updates.len();
+        let root = self.publish(following, updates).await?;
+        let record = RecordedEpoch {
+            seq: following.next_seq,
+            log_end: end,
+            epoch: root.epoch,
+            root_hash: root.root_hash.to_vec(),
+        };
+        self.settle(store, following, record).await?;
+        tracing::debug!(
+            epoch = root.epoch,
+            accounts = count,
+            "key directory publish recorded"
+        );
+        Ok(count)
+    }
+
+    /// Records the publish this node's file just made (or made before a
+    /// failure): if that `seq` holds another node's publish, the file is
+    /// rebuilt from the recorded ones. A database failure leaves it
+    /// unsettled (and every answer refused) until the next try: its commit
+    /// may have happened.
+    async fn settle<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+        record: RecordedEpoch,
+    ) -> Result<(), StoreError> {
+        let ours = match store.record_epoch(record.clone()).await {
+            Ok(true) => true,
+            Ok(false) => match store.recorded_epochs(record.seq, 1).await {
+                Ok(found) => found.first() == Some(&record),
+                Err(e) => {
+                    following.unrecorded = Some(record);
+                    return Err(e);
+                }
+            },
+            Err(e) => {
+                following.unrecorded = Some(record);
+                return Err(e);
+            }
+        };
+        if ours {
+            following.cursor = record.log_end;
+            following.next_seq = record.seq.saturating_add(1);
+            return Ok(());
+        }
+        // This file holds an epoch another node's record contradicts;
+        // nothing was answered from it (see above).
+        tracing::warn!(
+            "another node recorded the key-directory publish this node made: rebuilding its \
+             directory file from the recorded publishes"
+        );
+        self.rebuild(following).await?;
+        self.follow(store, following).await
+    }
+
+    /// Where this node's file stands among the recorded publishes: after
+    /// the last one that left the directory at its latest epoch and root.
+    /// A file that matches none (its node died between publishing and
+    /// recording, or it is from before the nodes shared a database) is
+    /// rebuilt.
+    async fn resume<S: ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+    ) -> Result<(), StoreError> {
+        let latest = following.directory.latest().await.map_err(failed)?;
+        following.cursor = 0;
+        following.next_seq = 0;
+        if latest.epoch == 0 {
+            return Ok(());
+        }
+        let mut found = None;
+        let mut from = 0;
+        loop {
+            let batch = store.recorded_epochs(from, CATCH_UP_BATCH).await?;
+            for recorded in &batch {
+                if recorded.epoch == latest.epoch {
+                    found = Some(recorded.clone());
+                }
+                from = recorded.seq.saturating_add(1);
+            }
+            if batch.len() < CATCH_UP_BATCH {
+                break;
+            }
+        }
+        match found {
+            Some(recorded) if recorded.root_hash.as_slice() == latest.root_hash.as_slice() => {
+                following.cursor = recorded.log_end;
+                following.next_seq = recorded.seq.saturating_add(1);
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(
+                    epoch = latest.epoch,
+                    "this node's key directory file holds an epoch no node recorded: rebuilding \
+                     it from the recorded publishes"
+                );
+                self.rebuild(following).await
+            }
+        }
+    }
+
+    /// Starts this node's directory file afresh (replayed by `follow`).
+    async fn rebuild(&self, following: &mut Following) -> Result<(), StoreError> {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            match std::fs::remove_file(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot remove the key directory file to rebuild it: {e}"
+                    )));
+                }
+            }
+        }
+        following.directory =
+            KeyDirectory::open(&self.path, VrfSecret::from_bytes(*self.vrf_secret))
+                .await
+                .map_err(failed)?;
+        let latest = following.directory.latest().await.map_err(failed)?;
+        following.cursor = 0;
+        following.next_seq = 0;
+        following.unrecorded = None;
+        following.head = self.key.sign_epoch(
+            &self.vrf_public_key,
+            latest.epoch,
+            &latest.root_hash,
+            now_ms(),
+        );
+        Ok(())
+    }
+
+    /// Replays every recorded publish this node has not.
+    async fn follow<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+    ) -> Result<(), StoreError> {
+        loop {
+            let batch = store
+                .recorded_epochs(following.next_seq, CATCH_UP_BATCH)
+                .await?;
+            for recorded in &batch {
+                self.replay(store, following, recorded).await?;
+            }
+            if batch.len() < CATCH_UP_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn replay<S: LogStore>(
+        &self,
+        store: &S,
+        following: &mut Following,
+        recorded: &RecordedEpoch,
+    ) -> Result<(), StoreError> {
+        if recorded.seq != following.next_seq || recorded.log_end < following.cursor {
+            return Err(StoreError::Backend(format!(
+                "recorded key-directory publish {} does not follow publish {} (log size {})",
+                recorded.seq,
+                following.next_seq.wrapping_sub(1),
+                following.cursor
+            )));
+        }
+        let (end, updates) = self
+            .changes(store, following.cursor, Some(recorded.log_end), true)
+            .await?;
+        if end != recorded.log_end {
+            return Err(StoreError::Backend(format!(
+                "recorded key-directory publish {} covers the log up to {}, the log has {end} leaves",
+                recorded.seq, recorded.log_end
+            )));
+        }
+        let root = self.publish(following, updates).await?;
+        if root.epoch != recorded.epoch
+            || root.root_hash.as_slice() != recorded.root_hash.as_slice()
+        {
+            // Determinism broke, or the file was changed behind our back:
+            // never serve an epoch other nodes do not.
+            return Err(StoreError::Backend(format!(
+                "replaying recorded key-directory publish {} gave epoch {} with another root \
+                 than the recorded epoch {}: this node's directory file diverged (delete it to \
+                 rebuild it)",
+                recorded.seq, root.epoch, recorded.epoch
+            )));
+        }
+        following.cursor = recorded.log_end;
+        following.next_seq = recorded.seq.saturating_add(1);
+        Ok(())
+    }
+
+    /// The log size after the leaves from `start` (below `end` when given),
+    /// and, with `states`, each account they name at its state as of that
+    /// size.
+    async fn changes<S: LogStore>(
+        &self,
+        store: &S,
+        start: u64,
+        end: Option<u64>,
+        states: bool,
+    ) -> Result<(u64, Vec<(Username, AccountState)>), StoreError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut cursor = start;
+        loop {
+            let batch = store.log_entries(cursor, CATCH_UP_BATCH).await?;
+            let mut done = batch.len() < CATCH_UP_BATCH;
+            for record in &batch {
+                if end.is_some_and(|end| record.index >= end) {
+                    done = true;
+                    break;
+                }
+                cursor = record.index.saturating_add(1);
+                names.insert(record.username.clone());
+            }
+            if done {
+                break;
+            }
+        }
+        if !states {
+            return Ok((cursor, Vec::new()));
+        }
+        let mut updates = Vec::with_capacity(names.len());
+        for name in names {
+            let mut records = store.account_log(&name).await?;
+            records.retain(|r| r.index < cursor);
+            let entries = decode_records(&records)?;
+            let (Some(username), Ok(replayed)) = (
+                Username::parse(&name),
+                sotto_transparency::AccountState::replay(&name, &entries),
+            ) else {
+                tracing::error!("an account's log does not replay; left out of the key directory");
+                continue;
+            };
+            updates.push((username, AccountState::of_log(&replayed)));
+        }
+        Ok((cursor, updates))
+    }
+
+    /// Publishes `updates` (nothing changes if there are none, or akd
+    /// finds every state already the latest) and signs a new epoch.
+    async fn publish(
+        &self,
+        following: &mut Following,
+        updates: Vec<(Username, AccountState)>,
+    ) -> Result<sotto_directory::EpochRoot, StoreError> {
+        let root = if updates.is_empty() {
+            following.directory.latest().await.map_err(failed)?
+        } else {
+            following.directory.publish(updates).await.map_err(failed)?
+        };
+        if root.epoch != following.head.epoch {
+            following.head =
+                self.key
+                    .sign_epoch(&self.vrf_public_key, root.epoch, &root.root_hash, now_ms());
+        }
+        Ok(root)
+    }
+}
+
 /// Publishes pending changes every second and keeps the signed epoch
 /// fresh, until `stop`.
-pub(crate) async fn run<S: LogStore>(
+pub(crate) async fn run<S: LogStore + ClusterStore>(
     directory: Arc<ServerDirectory>,
     store: Arc<S>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let every = if directory.shared {
+        SHARED_PUBLISH_EVERY
+    } else {
+        PUBLISH_EVERY
+    };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(PUBLISH_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let mut following = directory.state.lock().await;

@@ -1,9 +1,18 @@
 //! Token-bucket rate limits. Sends are authorised by a capability, not by an
 //! identity, so abuse is held back per connection and per capability (and,
 //! in memory only, per address) instead of per account.
+//!
+//! With several nodes on one database, the limits that must hold for the
+//! whole service (registrations per address, KeyPackage claims per claimed
+//! account, devices added per account) are also counted in the database
+//! ([`RateLimits::charge_shared`]): a fixed window as long as the bucket
+//! takes to refill (`burst / per_second`), allowing `burst` hits in it,
+//! counted by one conditional upsert. Each node's bucket still applies
+//! first, so a single node behaves as before.
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::store::{ClusterStore, StoreError};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -152,9 +161,28 @@ pub(crate) struct RateLimits {
     link_attempts_per_address: RateLimiter<IpAddr>,
     devices_added_per_account: RateLimiter<String>,
     groups_created_per_address: RateLimiter<IpAddr>,
+    /// Keys the hashes the global limits count under (loaded once).
+    shared_secret: tokio::sync::OnceCell<zeroize::Zeroizing<[u8; 32]>>,
+    /// Global counts so far, to prune ended windows now and then.
+    shared_hits: std::sync::atomic::AtomicU64,
     /// Counts every hit, by limit.
     metrics: Arc<Metrics>,
 }
+
+/// A limit that holds across nodes ([`RateLimits::charge_shared`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedLimit {
+    /// Registrations from one address (the key: the address).
+    Registrations,
+    /// KeyPackage claims taking from one account's pool (the key: the
+    /// claimed username).
+    ClaimsPerTarget,
+    /// Devices added to one account (the key: the username).
+    DevicesAdded,
+}
+
+/// Ended windows are deleted on one global count in this many.
+const PRUNE_SHARED_EVERY: u64 = 256;
 
 impl RateLimits {
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
@@ -167,6 +195,8 @@ impl RateLimits {
             link_attempts_per_address: RateLimiter::new(limits.link_attempts_per_address),
             devices_added_per_account: RateLimiter::new(limits.devices_added_per_account),
             groups_created_per_address: RateLimiter::new(limits.groups_created_per_address),
+            shared_secret: tokio::sync::OnceCell::new(),
+            shared_hits: std::sync::atomic::AtomicU64::new(0),
             limits: limits.clone(),
         }
     }
@@ -286,6 +316,94 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Counts a hit of `limit` on `key` for the whole service, when other
+    /// nodes share the store (a no-op on one node, whose buckets suffice).
+    /// The key is stored only as a keyed hash, in a row that goes once
+    /// its window ended. `Ok(Err(_))`: over the limit.
+    pub async fn charge_shared<S: ClusterStore>(
+        &self,
+        store: &S,
+        limit: SharedLimit,
+        key: &str,
+    ) -> Result<Result<(), Limited>, StoreError> {
+        if !store.is_shared() {
+            return Ok(Ok(()));
+        }
+        let (rate, tag, what) = match limit {
+            SharedLimit::Registrations => (
+                self.limits.registrations_per_address,
+                "registrations",
+                "registrations from your address",
+            ),
+            SharedLimit::ClaimsPerTarget => (
+                self.limits.claims_per_target,
+                "claims",
+                "KeyPackage claims for this account",
+            ),
+            SharedLimit::DevicesAdded => (
+                self.limits.devices_added_per_account,
+                "devices",
+                "devices added to this account",
+            ),
+        };
+        let Some((window, allowed)) = window_of(rate) else {
+            return Ok(Ok(()));
+        };
+        let secret = self
+            .shared_secret
+            .get_or_try_init(|| {
+                let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, fresh.as_mut_slice());
+                store.rate_limit_secret(fresh)
+            })
+            .await?;
+        let hashed = {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            h.update(b"sotto shared rate limit v1\0");
+            h.update(secret.as_slice());
+            h.update(tag.as_bytes());
+            h.update([0]);
+            h.update(key.as_bytes());
+            <[u8; 32]>::from(h.finalize())
+        };
+        let now = crate::transparency_log::now_ms() / 1000;
+        let window_start = now - now % window;
+        let window_end = window_start.saturating_add(window);
+        let count = self
+            .shared_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prune = count.is_multiple_of(PRUNE_SHARED_EVERY).then_some(now);
+        let hits = store
+            .count_hit(hashed, window_start, window_end, prune)
+            .await?;
+        if hits > allowed {
+            return Ok(Err(self.limited(what)(Duration::from_secs(
+                window_end.saturating_sub(now).max(1),
+            ))));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// A bucket's global window: as long as a refill of the whole burst, with
+/// the burst as its allowance. `None`: unlimited (or no sensible window).
+fn window_of(rate: Rate) -> Option<(u64, u64)> {
+    if !rate.burst.is_finite() || !rate.per_second.is_finite() || rate.per_second <= 0.0 {
+        return None;
+    }
+    let seconds = (rate.burst / rate.per_second).ceil();
+    if !(1.0..=1.0e9).contains(&seconds) {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
+    let window = seconds as u64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // finite, positive
+    let allowed = rate.burst.clamp(1.0, 1.0e12) as u64;
+    Some((window, allowed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +420,20 @@ mod tests {
         assert_eq!(address_key(v4), v4);
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(address_key(mapped), v4);
+    }
+
+    #[test]
+    fn global_windows_last_a_full_refill_and_allow_the_burst() {
+        let hourly = Rate {
+            per_second: 1.0 / 360.0,
+            burst: 10.0,
+        };
+        assert_eq!(window_of(hourly), Some((3600, 10)));
+        let unlimited = Rate {
+            per_second: f64::INFINITY,
+            burst: f64::INFINITY,
+        };
+        assert_eq!(window_of(unlimited), None);
     }
 
     #[tokio::test(start_paused = true)]

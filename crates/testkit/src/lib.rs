@@ -15,6 +15,7 @@
 
 pub mod burst;
 pub mod cluster;
+pub mod cluster_processes;
 pub mod cutting;
 pub mod faulty;
 pub mod hostile;
@@ -368,6 +369,11 @@ impl ServerProcess {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -4,6 +4,7 @@ use super::parse::{certified_device, verifies, verifying_key};
 use super::wire_error::{bad_log_entry, done, error};
 use super::{RequestResult, Session, now_seconds};
 use crate::config::RegistrationPolicy;
+use crate::rate_limit::SharedLimit;
 use crate::store::{
     DISABLED_UNTIL_ENABLED, DeviceId, NewAccount, RegisterError, SignedDevice, Store, day_of,
     invite_hash,
@@ -31,6 +32,14 @@ impl<S: Store> Session<S> {
             RegistrationPolicy::Invite => Some(invite_hash(&register.invite_code)),
         };
         self.ctx.rate_limits.charge_registration(self.address)?;
+        self.ctx
+            .rate_limits
+            .charge_shared(
+                &*self.ctx.store,
+                SharedLimit::Registrations,
+                &self.address.to_string(),
+            )
+            .await??;
         if !sotto_proto::is_valid_username(&register.username) {
             return Err(error(
                 ErrorCode::InvalidUsername,

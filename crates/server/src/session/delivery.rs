@@ -111,6 +111,15 @@ impl<S: Store> Session<S> {
         // Dropped events must be noticed before a later entry moves the
         // cursor past them.
         self.on_missed();
+        if self.ctx.store.is_shared() {
+            // Other nodes commit entries for this device too, which this
+            // node's hub never hands over: pushing this one could move the
+            // cursor past an earlier one committed elsewhere. Read the
+            // mailbox instead (seqs commit in order across nodes: they come
+            // from one counter row locked until its transaction commits).
+            self.window.must_fetch();
+            return None;
+        }
         let pushed = self
             .window
             .offer(entry.seq)

@@ -4,6 +4,7 @@
 use super::parse::certified_device;
 use super::wire_error::{bad_log_entry, done, error, stale_sequence};
 use super::{RequestResult, Session, now_seconds};
+use crate::rate_limit::SharedLimit;
 use crate::store::{
     DeviceId, DeviceRemoval, IdentityRotation, NewDevice, RemoveDeviceError, SignedDevice, Store,
     day_of,
@@ -59,6 +60,10 @@ impl<S: Store> Session<S> {
             ));
         }
         self.ctx.rate_limits.charge_device_added(&username)?;
+        self.ctx
+            .rate_limits
+            .charge_shared(&*self.ctx.store, SharedLimit::DevicesAdded, &username)
+            .await??;
         let identity_key = VerifyingKey::from_bytes(&state.identity_key).map_err(|_| {
             error(
                 ErrorCode::Internal,

@@ -5,7 +5,7 @@
 use super::wire_error::{done, error, shown};
 use super::{KEY_PACKAGES_LOW_WATERMARK, MAX_KEY_PACKAGE_BYTES, RequestResult, Session};
 use crate::mailbox_hub::MailboxEvent;
-use crate::rate_limit::TargetBudget;
+use crate::rate_limit::{SharedLimit, TargetBudget};
 use crate::store::{DeviceId, Store};
 use sotto_proto::v1::{self, ErrorCode, response};
 
@@ -67,10 +67,23 @@ impl<S: Store> Session<S> {
         if !sotto_proto::is_valid_username(&claim.username) {
             return Err(unknown());
         }
-        let budget =
+        let mut budget =
             self.ctx
                 .rate_limits
                 .charge_claim(&mut self.buckets, self.address, &claim.username)?;
+        if budget == TargetBudget::Pool
+            && let Err(limited) = self
+                .ctx
+                .rate_limits
+                .charge_shared(
+                    &*self.ctx.store,
+                    SharedLimit::ClaimsPerTarget,
+                    &claim.username,
+                )
+                .await?
+        {
+            budget = TargetBudget::LastResortOnly(limited);
+        }
         if claim.device_ids.len() > sotto_proto::MAX_RECIPIENTS {
             return Err(error(
                 ErrorCode::TooLarge,

@@ -376,3 +376,42 @@ impl AdminStore for AnyStore {
         dispatch!(self, s => s.queued_bytes().await)
     }
 }
+
+impl ClusterStore for AnyStore {
+    fn is_shared(&self) -> bool {
+        dispatch!(self, s => s.is_shared())
+    }
+
+    fn elect_log_writer(&self) -> tokio::sync::watch::Receiver<bool> {
+        dispatch!(self, s => ClusterStore::elect_log_writer(s))
+    }
+
+    async fn recorded_epochs(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEpoch>, StoreError> {
+        dispatch!(self, s => s.recorded_epochs(from, limit).await)
+    }
+
+    async fn record_epoch(&self, epoch: RecordedEpoch) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.record_epoch(epoch).await)
+    }
+
+    async fn rate_limit_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        dispatch!(self, s => s.rate_limit_secret(fresh).await)
+    }
+
+    async fn count_hit(
+        &self,
+        key: [u8; 32],
+        window_start: u64,
+        expires_at: u64,
+        prune: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.count_hit(key, window_start, expires_at, prune).await)
+    }
+}

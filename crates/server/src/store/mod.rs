@@ -19,6 +19,7 @@
 //! - `expiry`: the sweep that deletes what outlived the retention period
 
 mod any;
+pub mod cluster;
 mod errors;
 pub(crate) mod expiry;
 pub(crate) mod missed;
@@ -31,6 +32,7 @@ use std::future::Future;
 use zeroize::Zeroizing;
 
 pub use any::{AnyStore, StoreLocation};
+pub use cluster::{ClusterStore, RecordedEpoch};
 pub use errors::*;
 pub use postgres::PostgresStore;
 pub use records::*;
@@ -106,7 +108,7 @@ pub fn check_capability(
 /// durable: a `Done` sent to a client after an `Ok` here survives a crash.
 /// Methods are `async` so a networked backend fits; an `Ok(None)` always
 /// means "no such thing", never an error.
-pub trait Store: AccountStore + KeyPackageStore + MailboxStore + LogStore {
+pub trait Store: AccountStore + KeyPackageStore + MailboxStore + LogStore + ClusterStore {
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 }

@@ -29,8 +29,9 @@ const INSERT_DEVICE: &str = "INSERT INTO devices (device_id, username, certifica
 
 impl AccountStore for PostgresStore {
     async fn register(&self, account: NewAccount) -> Result<(), RegisterError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 if account_exists(&tx, &account.username).await? {
                     return Err(RegisterError::UsernameTaken);
                 }
@@ -120,8 +121,9 @@ impl AccountStore for PostgresStore {
     }
 
     async fn add_device(&self, device: NewDevice) -> Result<(), AddDeviceError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 if !account_exists(&tx, &device.username).await? {
                     return Err(AddDeviceError::UnknownUser);
                 }
@@ -153,8 +155,9 @@ impl AccountStore for PostgresStore {
     }
 
     async fn remove_device(&self, removal: DeviceRemoval) -> Result<(), RemoveDeviceError> {
-        self.write(move |tx| {
+        self.write_alone(move |tx| {
             Box::pin(async move {
+                lock_log(&tx).await?;
                 let id = removal.device_id.as_bytes().as_slice();
                 let active: bool = get(
                     &query_one(

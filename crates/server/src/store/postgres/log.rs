@@ -13,9 +13,34 @@ const DIRECTORY_VRF_KEY_NAME: &str = "directory_vrf";
 /// checks the key itself on open (see the SQLite backend).
 const DIRECTORY_VRF_KEY_SIGNED: &str = "SELECT 0::bigint";
 
-/// Appends one leaf at the end of the log. Indexes are contiguous: a
-/// concurrent append by another node takes the same index and fails on the
-/// primary key (its whole operation is refused, never a gap).
+/// The advisory lock class of [`lock_log`]; the second key is the schema's
+/// name hashed, so that deployments (and tests) sharing one database in
+/// separate schemas do not wait for each other.
+const LOG_APPEND_LOCK: i32 = 0x5077_0002;
+
+/// Serialises every operation that appends to the log, across all nodes on
+/// the database: a transaction-level advisory lock, held until the batch
+/// holding it commits or rolls back (or its node dies, which ends its
+/// session). Taken *before* the operation reads what it checks (the
+/// username, the account's `account_seq`), so under READ COMMITTED every
+/// statement after it sees every earlier append committed: two nodes can
+/// neither give two leaves one index (a refused write) nor accept two
+/// leaves with one `account_seq` for one account (a forked account log).
+/// These operations run in transactions of their own
+/// ([`PostgresStore::write_alone`]), so the lock never waits behind, or
+/// holds up, another write of a batch.
+pub(super) async fn lock_log(tx: &Tx) -> Result<(), StoreError> {
+    execute(
+        tx,
+        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        &[&LOG_APPEND_LOCK],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends one leaf at the end of the log. The caller holds [`lock_log`],
+/// so indexes are contiguous and in commit order (no gap, no fork).
 pub(super) async fn append_log(tx: &Tx, username: &str, entry: &[u8]) -> Result<(), StoreError> {
     execute(
         tx,

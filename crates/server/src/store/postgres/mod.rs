@@ -44,6 +44,8 @@ use crate::metrics::WriterMetrics;
 
 mod accounts;
 mod admin;
+mod directory;
+mod election;
 mod key_packages;
 mod legal;
 mod log;
@@ -51,7 +53,7 @@ mod mailbox;
 mod schema;
 mod writer;
 
-use log::{LOG_KEY_NAME, append_log, next_account_seq};
+use log::{LOG_KEY_NAME, append_log, lock_log, next_account_seq};
 pub use schema::SCHEMA_VERSION;
 use writer::{Tx, WriterMsg, run_writer};
 
@@ -75,6 +77,8 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// For connections of their own (the log writer election's).
+    config: tokio_postgres::Config,
     /// Where it connects, without a password (for messages).
     target: String,
     writer_tx: mpsc::UnboundedSender<WriterMsg>,
@@ -161,7 +165,7 @@ impl PostgresStore {
     async fn start(config: tokio_postgres::Config, schema: Schema) -> Result<Self, StoreError> {
         let target = describe(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -194,6 +198,7 @@ impl PostgresStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                config,
                 target,
                 writer_tx,
                 writer: Mutex::new(Some(writer)),

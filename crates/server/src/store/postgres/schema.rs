@@ -134,6 +134,26 @@ ALTER TABLE accounts ADD COLUMN disabled_until_day bigint;
 DELETE FROM countersignatures;
 ALTER TABLE countersignatures RENAME COLUMN tree_size TO epoch;
 ",
+    r"
+-- The key directory's publishes as the log writer recorded them, which
+-- every node replays: the seq-th covers the log leaves below log_end, and
+-- leaves the directory at this epoch and root.
+CREATE TABLE directory_epochs (
+    seq       bigint PRIMARY KEY,
+    log_end   bigint NOT NULL,
+    epoch     bigint NOT NULL,
+    root_hash bytea NOT NULL
+);
+-- Global rate limits: hits per key (a keyed hash of what is limited: an
+-- address, an account) in the current window, for every node at once.
+CREATE TABLE rate_windows (
+    key          bytea PRIMARY KEY,
+    window_start bigint NOT NULL,
+    expires_at   bigint NOT NULL,
+    hits         bigint NOT NULL
+);
+CREATE INDEX rate_windows_by_expiry ON rate_windows(expires_at);
+",
 ];
 
 /// The schema version this code writes: one per migration.

@@ -57,6 +57,9 @@ type Job = Box<dyn FnOnce(Result<Arc<Tx>, StoreError>) -> BoxFuture<'static, Fin
 
 pub(super) enum WriterMsg {
     Job(Job),
+    /// A job that runs in a transaction of its own (see
+    /// [`PostgresStore::write_alone`]).
+    Alone(Job),
     /// Finish what is queued, then stop.
     Close,
 }
@@ -67,6 +70,38 @@ impl PostgresStore {
     pub(super) fn write<T, E, F>(
         &self,
         f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send + use<T, E, F>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(Arc<Tx>) -> BoxFuture<'static, Result<T, E>> + Send + 'static,
+    {
+        self.queue(f, false)
+    }
+
+    /// Like [`PostgresStore::write`], in a transaction of its own: for the
+    /// operations that take the log append lock ([`super::log::lock_log`])
+    /// first. Batched with other writes, one could hold that lock while a
+    /// later write of its batch waits for a row another node's batch holds
+    /// (the mailbox seq counter, a group's row), while that batch waits
+    /// for the lock: a deadlock PostgreSQL breaks only after a second by
+    /// failing one of them. Alone, it waits for nothing but the lock.
+    pub(super) fn write_alone<T, E, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send + use<T, E, F>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(Arc<Tx>) -> BoxFuture<'static, Result<T, E>> + Send + 'static,
+    {
+        self.queue(f, true)
+    }
+
+    fn queue<T, E, F>(
+        &self,
+        f: F,
+        alone: bool,
     ) -> impl Future<Output = Result<T, E>> + Send + use<T, E, F>
     where
         T: Send + 'static,
@@ -92,7 +127,12 @@ impl PostgresStore {
                 finish
             })
         });
-        let queued = self.inner.writer_tx.send(WriterMsg::Job(job)).is_ok();
+        let message = if alone {
+            WriterMsg::Alone(job)
+        } else {
+            WriterMsg::Job(job)
+        };
+        let queued = self.inner.writer_tx.send(message).is_ok();
         async move {
             if !queued {
                 return Err(E::from(StoreError::Closed));
@@ -143,16 +183,33 @@ pub(super) async fn run_writer(
     listener: Arc<OnceLock<EntryListener>>,
     metrics: WriterMetrics,
 ) {
-    while let Some(first) = rx.recv().await {
+    // A job taken from the queue that must run after the batch before it.
+    let mut held: Option<WriterMsg> = None;
+    loop {
+        let first = match held.take() {
+            Some(message) => message,
+            None => match rx.recv().await {
+                Some(message) => message,
+                None => break,
+            },
+        };
         let mut batch = Vec::new();
         let mut closing = false;
         match first {
             WriterMsg::Job(job) => batch.push(job),
+            WriterMsg::Alone(job) => {
+                run_batch(&pool, vec![job], &listener, &metrics).await;
+                continue;
+            }
             WriterMsg::Close => closing = true,
         }
         while !closing && batch.len() <= MAX_BATCH {
             match rx.try_recv() {
                 Ok(WriterMsg::Job(job)) => batch.push(job),
+                Ok(alone @ WriterMsg::Alone(_)) => {
+                    held = Some(alone);
+                    break;
+                }
                 Ok(WriterMsg::Close) => closing = true,
                 Err(_) => break,
             }
