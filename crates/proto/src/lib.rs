@@ -111,8 +111,6 @@ pub const MAX_AUDIT_PROOF_BYTES: usize = 64 * 1024 * 1024;
 /// Most auditors one `GetCountersignatures` may name.
 pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
 
-/// Most log entries one `GetLogEntries` returns.
-pub const MAX_LOG_ENTRIES_PER_REQUEST: u32 = 1000;
 /// Length of a device-link id.
 pub const LINK_ID_LEN: usize = 16;
 

@@ -153,26 +153,6 @@ impl TransparencyLog {
             })
             .map_err(|e| e.to_string()))
     }
-
-    /// Up to `count` leaves from `start` (at most
-    /// `MAX_LOG_ENTRIES_PER_REQUEST`); none past the end.
-    pub async fn entries<S: Store>(
-        &self,
-        store: &S,
-        start: u64,
-        count: u32,
-    ) -> Result<v1::LogEntries, StoreError> {
-        let tree = self.caught_up(store).await?;
-        let count = count.min(sotto_proto::MAX_LOG_ENTRIES_PER_REQUEST);
-        let mut entries = Vec::new();
-        for index in (start..tree.len()).take(usize::try_from(count).unwrap_or(usize::MAX)) {
-            let leaf = tree
-                .get(index)
-                .ok_or_else(|| StoreError::Backend(format!("log entry {index} is missing")))?;
-            entries.push(decode_leaf(index, leaf)?);
-        }
-        Ok(v1::LogEntries { start, entries })
-    }
 }
 
 fn decode_leaf(index: u64, leaf: &[u8]) -> Result<v1::LogEntry, StoreError> {

@@ -61,26 +61,25 @@ async fn account_log(client: &mut wire::Client, username: &str) -> v1::AccountLo
     }
 }
 
-async fn all_entries(client: &mut wire::Client) -> Vec<v1::LogEntry> {
-    let mut entries = Vec::new();
-    loop {
-        let page = match ask(
-            client,
-            Body::GetLogEntries(v1::GetLogEntries {
-                start: entries.len() as u64,
-                count: 1000,
-            }),
-        )
-        .await
-        {
-            response::Result::LogEntries(page) => page,
-            other => panic!("expected entries, got {other:?}"),
-        };
-        if page.entries.is_empty() {
-            return entries;
+/// The whole log, put together from every account's own entries (the
+/// server does not serve the log's entries in one list: they name every
+/// account), in log order.
+async fn all_entries(client: &mut wire::Client, usernames: &[&str]) -> Vec<v1::LogEntry> {
+    let mut indexed = Vec::new();
+    for name in usernames {
+        for proven in account_log(client, name).await.entries {
+            indexed.push((proven.index, proven.entry.expect("an entry")));
         }
-        entries.extend(page.entries);
     }
+    indexed.sort_by_key(|(index, _)| *index);
+    assert!(
+        indexed
+            .iter()
+            .enumerate()
+            .all(|(i, (index, _))| i as u64 == *index),
+        "every log leaf belongs to one of the accounts"
+    );
+    indexed.into_iter().map(|(_, entry)| entry).collect()
 }
 
 /// `username`'s directory lookup from this node, verified against the
@@ -144,7 +143,8 @@ async fn assert_one_log(
     }
     let first = head(&mut clients[0]).await;
     let log_key = clients[0].log_key.clone();
-    let entries = all_entries(&mut clients[0]).await;
+    let usernames: Vec<&str> = accounts.iter().map(|(name, _)| name.as_str()).collect();
+    let entries = all_entries(&mut clients[0], &usernames).await;
     let report = sotto_transparency::audit(&log_key, entries.clone(), &first)
         .expect("the log audits: every account replays, the head's root is its entries'");
     assert_eq!(report.accounts, accounts.len() as u64, "{report:?}");
@@ -158,7 +158,7 @@ async fn assert_one_log(
             (first.tree_size, &first.root_hash),
             "every node serves the same log"
         );
-        assert_eq!(all_entries(client).await, entries);
+        assert_eq!(all_entries(client, &usernames).await, entries);
         if let Some(earlier) = earlier {
             let path = match ask(
                 client,

@@ -43,14 +43,4 @@ impl<S: Store> Session<S> {
             Err(message) => Err(error(ErrorCode::InvalidRequest, message)),
         }
     }
-
-    pub(super) async fn get_log_entries(&mut self, request: v1::GetLogEntries) -> RequestResult {
-        self.ctx.rate_limits.charge_log_request(&mut self.buckets)?;
-        let entries = self
-            .ctx
-            .log
-            .entries(&*self.ctx.store, request.start, request.count)
-            .await?;
-        Ok(Some(response::Result::LogEntries(entries)))
-    }
 }

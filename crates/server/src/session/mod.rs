@@ -334,7 +334,14 @@ impl<S: Store> Session<S> {
             (_, Body::GetLogHead(_)) => self.get_log_head().await,
             (_, Body::GetAccountLog(request)) => self.get_account_log(&request.username).await,
             (_, Body::GetConsistency(request)) => self.get_consistency(request).await,
-            (_, Body::GetLogEntries(request)) => self.get_log_entries(request).await,
+            // The log's entries name every account: serving them would let
+            // anyone list who uses this server. Audits check the key
+            // directory instead, which names nobody (`sotto audit`).
+            (_, Body::GetLogEntries(_)) => Err(error(
+                ErrorCode::NotAuthorized,
+                "the key log's entries are not served (they name accounts); audit the key \
+                 directory instead: sotto audit URL",
+            )),
             (_, Body::SubmitCountersignature(request)) => {
                 self.submit_countersignature(request).await
             }
