@@ -297,6 +297,34 @@ fn huge_sizes_and_indices_are_refused_without_panicking() {
     assert!(verify_consistency(&small, &head, &vec![vec![0; 32]; 200]).is_err());
 }
 
+/// Roots and proofs against earlier sizes are put together from stored
+/// subtree roots; they must be exactly what `ct-merkle` gives for a tree
+/// of just that prefix (the current size, which it proves itself).
+#[test]
+fn proofs_against_earlier_sizes_equal_a_rebuilt_trees_byte_for_byte() {
+    let all = leaves(70);
+    let log = log_of(&all);
+    for new in 1..=70u64 {
+        let prefix = log_of(&all[..new as usize]);
+        assert_eq!(log.root_at(new).unwrap(), prefix.root(), "root at {new}");
+        for index in 0..new {
+            assert_eq!(
+                log.inclusion_path(index, new).unwrap(),
+                prefix.inclusion_path(index, new).unwrap(),
+                "inclusion of {index} at {new}"
+            );
+        }
+        for old in 1..=new {
+            assert_eq!(
+                log.consistency_path(old, new).unwrap(),
+                prefix.consistency_path(old, new).unwrap(),
+                "consistency {old} -> {new}"
+            );
+        }
+    }
+    assert_eq!(log.root_at(0).unwrap(), empty_root());
+}
+
 #[test]
 fn consistency_across_sizes_1_to_20_matches_ct_merkle() {
     let key = LogKey::generate();

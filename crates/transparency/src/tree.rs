@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use ct_merkle::{InclusionProof, RootHash};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 use crate::{HASH_LEN, Hash, LogError, MAX_TREE_SIZE, SignedTreeHead, to_hash};
 
@@ -15,9 +15,19 @@ type Tree = MemoryBackedTree<Sha256, Arc<[u8]>>;
 
 /// The whole tree, in memory, for the server. Rebuilt from the stored
 /// leaves at startup; proofs can be made against any earlier size.
+///
+/// `ct-merkle` keeps only the newest tree's nodes, so proofs against an
+/// earlier size would mean rebuilding that tree: linear in its size, per
+/// request — a cheap way for anyone to burn the server's CPU. So the log
+/// also keeps the root of every complete, aligned subtree (`levels[j][i]`
+/// covers leaves `i·2^j .. (i+1)·2^j`, about two hashes per leaf), and
+/// puts older roots and proofs together from them by RFC 6962's own
+/// recursion, in O(log² n). Tests check them byte for byte against
+/// `ct-merkle` trees of the same prefixes.
 #[derive(Clone, Default)]
 pub struct MerkleLog {
     tree: Tree,
+    levels: Vec<Vec<Hash>>,
 }
 
 impl fmt::Debug for MerkleLog {
@@ -38,6 +48,29 @@ impl MerkleLog {
     /// Appends one leaf (an encoded [`LogEntry`], see [`leaf_bytes`]).
     pub fn push(&mut self, leaf: &[u8]) {
         self.tree.push(Arc::from(leaf));
+        let mut hash: Hash = Sha256::new()
+            .chain_update([LEAF_PREFIX])
+            .chain_update(leaf)
+            .finalize()
+            .into();
+        let mut level = 0;
+        loop {
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            let Some(row) = self.levels.get_mut(level) else {
+                return;
+            };
+            row.push(hash);
+            // A completed pair makes a complete subtree one level up.
+            match row.len().is_multiple_of(2).then(|| row.last_chunk::<2>()) {
+                Some(Some([left, right])) => {
+                    hash = node(left, right);
+                    level += 1;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Number of leaves.
@@ -63,32 +96,80 @@ impl MerkleLog {
 
     /// The root of the tree made of the first `tree_size` leaves.
     pub fn root_at(&self, tree_size: u64) -> Result<Hash, LogError> {
-        self.with_prefix(tree_size, |tree| (*tree.root().as_bytes()).into())
+        self.check_size(tree_size)?;
+        if tree_size == 0 {
+            return Ok(crate::empty_root());
+        }
+        Ok(self.subtree_root(0, tree_size))
     }
 
-    /// Runs `f` on the tree of the first `size` leaves. The current tree is
-    /// used as is; an older size is rebuilt from its leaves (linear in
-    /// `size`: `ct-merkle` keeps only the newest tree's nodes).
-    fn with_prefix<R>(&self, size: u64, f: impl FnOnce(&Tree) -> R) -> Result<R, LogError> {
+    fn check_size(&self, size: u64) -> Result<(), LogError> {
         if size > self.len() {
             return Err(LogError::OutOfRange(format!(
                 "the log has {} entries, not {size}",
                 self.len()
             )));
         }
-        if size == self.len() {
-            return Ok(f(&self.tree));
+        Ok(())
+    }
+
+    /// MTH(D[lo:hi]) of RFC 6962 (`lo < hi <= len`): a stored subtree
+    /// root when the range is one, else split at the largest power of two
+    /// below its length (whose left part always is one).
+    fn subtree_root(&self, lo: u64, hi: u64) -> Hash {
+        let n = hi - lo;
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
+            let level = n.trailing_zeros() as usize;
+            let at = usize::try_from(lo >> level).unwrap_or(usize::MAX);
+            if let Some(hash) = self.levels.get(level).and_then(|row| row.get(at)) {
+                return *hash;
+            }
         }
-        let mut prefix = Tree::new();
-        for leaf in self
-            .tree
-            .items()
-            .iter()
-            .take(usize::try_from(size).unwrap_or(usize::MAX))
-        {
-            prefix.push(Arc::clone(leaf));
+        if n < 2 {
+            // Unreachable for `lo < hi <= len`; a wrong hash only makes a
+            // proof fail to verify.
+            return crate::empty_root();
         }
-        Ok(f(&prefix))
+        let k = split(n);
+        node(
+            &self.subtree_root(lo, lo + k),
+            &self.subtree_root(lo + k, hi),
+        )
+    }
+
+    /// PATH(m, D[lo:hi]) of RFC 6962, leaf to root.
+    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Vec<u8>>) {
+        let n = hi - lo;
+        if n <= 1 {
+            return;
+        }
+        let k = split(n);
+        if m < k {
+            self.path(m, lo, lo + k, out);
+            out.push(self.subtree_root(lo + k, hi).to_vec());
+        } else {
+            self.path(m - k, lo + k, hi, out);
+            out.push(self.subtree_root(lo, lo + k).to_vec());
+        }
+    }
+
+    /// SUBPROOF(m, D[lo:hi], b) of RFC 6962.
+    fn subproof(&self, m: u64, lo: u64, hi: u64, whole: bool, out: &mut Vec<Vec<u8>>) {
+        let n = hi - lo;
+        if m == n {
+            if !whole {
+                out.push(self.subtree_root(lo, hi).to_vec());
+            }
+            return;
+        }
+        let k = split(n);
+        if m <= k {
+            self.subproof(m, lo, lo + k, whole, out);
+            out.push(self.subtree_root(lo + k, hi).to_vec());
+        } else {
+            self.subproof(m - k, lo + k, hi, false, out);
+            out.push(self.subtree_root(lo, lo + k).to_vec());
+        }
     }
 
     /// The RFC 6962 audit path of leaf `index` in the tree of the first
@@ -101,8 +182,13 @@ impl MerkleLog {
         }
         let position = usize::try_from(index)
             .map_err(|_| LogError::OutOfRange(format!("entry {index} is too large an index")))?;
-        let proof = self.with_prefix(tree_size, |tree| tree.prove_inclusion(position))?;
-        Ok(split_path(proof.as_bytes()))
+        self.check_size(tree_size)?;
+        if tree_size == self.len() {
+            return Ok(split_path(self.tree.prove_inclusion(position).as_bytes()));
+        }
+        let mut path = Vec::new();
+        self.path(index, 0, tree_size, &mut path);
+        Ok(path)
     }
 
     /// The RFC 6962 proof that the tree of `old_size` leaves is a prefix of
@@ -125,9 +211,33 @@ impl MerkleLog {
         }
         let additions = usize::try_from(new_size - old_size)
             .map_err(|_| LogError::OutOfRange("too many entries between the sizes".into()))?;
-        let proof = self.with_prefix(new_size, |tree| tree.prove_consistency(additions))?;
-        Ok(split_path(proof.as_bytes()))
+        if new_size == self.len() {
+            return Ok(split_path(
+                self.tree.prove_consistency(additions).as_bytes(),
+            ));
+        }
+        let mut path = Vec::new();
+        self.subproof(old_size, 0, new_size, true, &mut path);
+        Ok(path)
     }
+}
+
+/// RFC 6962's leaf and interior-node hash prefixes.
+const LEAF_PREFIX: u8 = 0;
+const NODE_PREFIX: u8 = 1;
+
+fn node(left: &Hash, right: &Hash) -> Hash {
+    Sha256::new()
+        .chain_update([NODE_PREFIX])
+        .chain_update(left)
+        .chain_update(right)
+        .finalize()
+        .into()
+}
+
+/// The largest power of two below `n` (`n >= 2`): where RFC 6962 splits.
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
 }
 
 fn split_path(bytes: &[u8]) -> Vec<Vec<u8>> {
