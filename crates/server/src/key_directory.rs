@@ -200,33 +200,7 @@ impl ServerDirectory {
         if self.shared {
             return self.catch_up_shared(store, following).await;
         }
-        let mut changed = std::collections::BTreeSet::new();
-        let mut cursor = following.cursor;
-        loop {
-            let batch = store.log_entries(cursor, CATCH_UP_BATCH).await?;
-            for record in &batch {
-                cursor = record.index.saturating_add(1);
-                changed.insert(record.username.clone());
-            }
-            if batch.len() < CATCH_UP_BATCH {
-                break;
-            }
-        }
-        let mut updates = Vec::with_capacity(changed.len());
-        for name in changed {
-            let records = store.account_log(&name).await?;
-            let entries = decode_records(&records)?;
-            let (Some(username), Ok(replayed)) = (
-                Username::parse(&name),
-                sotto_transparency::AccountState::replay(&name, &entries),
-            ) else {
-                // The store checked every entry before committing it; a log
-                // that does not replay is a bug or damage, not a request.
-                tracing::error!("an account's log does not replay; left out of the key directory");
-                continue;
-            };
-            updates.push((username, AccountState::of_log(&replayed)));
-        }
+        let (cursor, updates) = self.changes(store, following.cursor, None, true).await?;
         let count = updates.len();
         if count > 0 {
             let root = following.directory.publish(updates).await.map_err(failed)?;
