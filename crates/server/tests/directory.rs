@@ -231,22 +231,7 @@ async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
     assert_eq!(summary.directory.unwrap().epoch, 2);
 
     // One byte of the hash of a leaf stored in epoch 2.
-    let db = rusqlite::Connection::open(temp.path().join(DIRECTORY_FILE_NAME)).unwrap();
-    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
-        .query_row(
-            "SELECT label_len, label_val, latest FROM akd_tree_nodes
-             WHERE last_epoch = 2 AND label_len = 256 LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
-    db.execute(
-        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
-        rusqlite::params![latest, len, val],
-    )
-    .unwrap();
-    drop(db);
+    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 2);
     let err = sotto_server::audit::audit_data_dir(temp.path(), None)
         .await
         .unwrap_err();
@@ -297,22 +282,7 @@ async fn the_server_audit_command_names_the_bad_epoch_and_no_account() {
         assert!(!text.contains(&name[..6]), "{name} in: {text}");
     }
 
-    let db = rusqlite::Connection::open(temp.path().join(DIRECTORY_FILE_NAME)).unwrap();
-    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
-        .query_row(
-            "SELECT label_len, label_val, latest FROM akd_tree_nodes
-             WHERE last_epoch = 2 AND label_len = 256 LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
-    db.execute(
-        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
-        rusqlite::params![latest, len, val],
-    )
-    .unwrap();
-    drop(db);
+    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 2);
     let (passed, text) = run_server_audit(temp.path()).await;
     assert!(!passed, "{text}");
     assert!(text.contains("epoch 1 to 2"), "{text}");

@@ -17,6 +17,7 @@ pub mod burst;
 pub mod cluster;
 pub mod cluster_processes;
 pub mod cutting;
+pub mod directory_file;
 pub mod faulty;
 pub mod hostile;
 pub mod mallory;

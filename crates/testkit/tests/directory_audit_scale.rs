@@ -152,26 +152,7 @@ async fn audit_a_directory_of(accounts: usize) {
     assert!(!text.contains(PREFIX), "{text}");
 
     // One flipped byte in a node stored in epoch 1 (the big one).
-    let db = rusqlite::Connection::open(
-        temp.path()
-            .join(sotto_server::key_directory::DIRECTORY_FILE_NAME),
-    )
-    .unwrap();
-    let (len, val, mut latest): (u32, Vec<u8>, Vec<u8>) = db
-        .query_row(
-            "SELECT label_len, label_val, latest FROM akd_tree_nodes
-             WHERE last_epoch = 1 AND label_len = 256 LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    latest[sotto_directory::STORED_NODE_HASH_OFFSET] ^= 1;
-    db.execute(
-        "UPDATE akd_tree_nodes SET latest = ?1 WHERE label_len = ?2 AND label_val = ?3",
-        rusqlite::params![latest, len, val],
-    )
-    .unwrap();
-    drop(db);
+    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 1);
     let (passed, text) = server_audit(temp.path());
     assert!(!passed, "{text}");
     assert!(text.contains("epoch 0 to 1"), "{text}");
