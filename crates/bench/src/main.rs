@@ -34,7 +34,7 @@ use crate::procs::SottoBin;
 use crate::report::Results;
 use crate::workloads::{
     CrashRecoveryConfig, DurableDeliveryConfig, GroupFanoutConfig, IdleConnectionsConfig,
-    OfflineDrainConfig, SoakConfig, Testbed,
+    OfflineDrainConfig, ScaleOutConfig, SoakConfig, Testbed,
 };
 
 /// Sotto's load generator: drives real sotto-server processes (and baseline
@@ -64,7 +64,7 @@ struct Args {
     /// Skip W7 (the criterion MLS benches, run through `cargo bench`).
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these workloads (comma-separated: t8,w1,w2,w3,w4,w5,w7,w8,baselines).
+    /// Run only these workloads (comma-separated: t8,w1,w2,w3,w4,w5,w6,w7,w8,baselines).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -480,6 +480,27 @@ async fn run(args: Args, mode: Mode, pin: bool, nofile: u64) -> anyhow::Result<(
             Err(e) => r.errors.push(format!("W5: {e:#}")),
         }
     }
+    if want("w6") {
+        let config = ScaleOutConfig {
+            nodes: if smoke { vec![2] } else { vec![1, 2, 3] },
+            pairs: pick(4, 50, 100),
+            rates: match mode {
+                Mode::Smoke => vec![100.0],
+                Mode::Quick => vec![500.0, 1_000.0, 2_000.0, 4_000.0],
+                Mode::All => vec![
+                    500.0, 1_000.0, 2_000.0, 3_000.0, 4_000.0, 6_000.0, 8_000.0, 12_000.0,
+                ],
+            },
+            step: Duration::from_secs(pick(1, 2, 5) as u64),
+            reference_rate: pick(100, 1_000, 1_000) as f64,
+            reference_for: Duration::from_secs(pick(1, 3, 10) as u64),
+        };
+        eprintln!("W6: scale-out on {:?} node(s)", config.nodes);
+        match workloads::measure_scale_out(&bed, &config).await {
+            Ok(w) => r.scale_out = Some(w),
+            Err(e) => r.errors.push(format!("W6: {e:#}")),
+        }
+    }
     if want("w8") {
         let config = SoakConfig {
             pairs: pick(10, 500, 5_000),
@@ -595,6 +616,15 @@ fn smoke_check(r: &Results) -> anyhow::Result<()> {
     }
     if r.offline_drain.as_ref().is_none_or(|w| w.drained == 0) {
         bail!("W3 drained nothing");
+    }
+    let w6 = r.scale_out.as_ref().context("W6 produced nothing")?;
+    if w6.skipped.is_none()
+        && w6
+            .runs
+            .iter()
+            .all(|run| run.steps.iter().all(|s| s.figures.delivered == 0))
+    {
+        bail!("W6 delivered nothing");
     }
     let w8 = r.soak.as_ref().context("W8 produced nothing")?;
     if w8

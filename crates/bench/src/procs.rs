@@ -248,14 +248,7 @@ impl SottoBin {
         reuse_port: bool,
         tls: Option<&ServerTlsFiles>,
     ) -> anyhow::Result<Proc> {
-        let mut cmd = command(&self.path, self.core);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(data)
-            // Measure the server, not its abuse brakes.
-            .arg("--no-rate-limits")
-            .env("RUST_LOG", "warn");
+        let mut cmd = self.command(data, port);
         if reuse_port {
             cmd.arg("--reuse-port");
         }
@@ -265,6 +258,38 @@ impl SottoBin {
                 .arg("--tls-key")
                 .arg(&tls.key);
         }
+        Self::spawn(cmd, data, port).await
+    }
+
+    /// Starts one node of a cluster: state in the PostgreSQL database at
+    /// `store`, wake-ups over the NATS server at `bus`.
+    pub async fn start_node(
+        &self,
+        data: &Path,
+        port: u16,
+        store: &str,
+        bus: &str,
+    ) -> anyhow::Result<Proc> {
+        let mut cmd = self.command(data, port);
+        cmd.arg("--store").arg(store).arg("--bus").arg(bus);
+        Self::spawn(cmd, data, port).await
+    }
+
+    /// The flags every benchmarked server gets.
+    fn command(&self, data: &Path, port: u16) -> Command {
+        let mut cmd = command(&self.path, self.core);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(data)
+            // Measure the server, not its abuse brakes.
+            .arg("--no-rate-limits")
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Spawns `cmd`, logging to a file in `data`, and waits until it listens.
+    async fn spawn(cmd: Command, data: &Path, port: u16) -> anyhow::Result<Proc> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -279,4 +304,21 @@ impl SottoBin {
         )
         .await
     }
+}
+
+/// utime + stime summed over every running process whose command name is
+/// `comm` (all PostgreSQL backends, say), in clock ticks. A process that
+/// exits between two readings takes its ticks with it.
+pub fn cpu_ticks_of_command(comm: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(cpu_ticks)
+        .sum()
 }

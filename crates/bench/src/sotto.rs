@@ -45,17 +45,38 @@ pub async fn register_pairs(
     src: &SourceAddrs,
     n: usize,
 ) -> anyhow::Result<Vec<(PairKeys, Ws, Ws)>> {
+    register_pairs_across(&[server], src, n).await
+}
+
+/// [`register_pairs`] on several nodes of one deployment: pair `i`'s sender
+/// connects to node `i mod k` and its receiver to the next node, so with
+/// more than one node every delivery crosses nodes.
+pub async fn register_pairs_across(
+    nodes: &[SocketAddr],
+    src: &SourceAddrs,
+    n: usize,
+) -> anyhow::Result<Vec<(PairKeys, Ws, Ws)>> {
+    let node = |i: usize| {
+        nodes
+            .get(i % nodes.len().max(1))
+            .copied()
+            .context("no server to register on")
+    };
     let tag = run_tag();
     let mut out = Vec::with_capacity(n);
     let mut futs = futures_util::stream::iter((0..n).map(|i| {
         let tag = tag.clone();
         let s_src = src.pick_for_registration();
         let r_src = src.pick_for_registration();
+        let (sender_node, receiver_node) = (node(i), node(i + 1));
         async move {
+            let (sender_node, receiver_node) = (sender_node?, receiver_node?);
             let sender = net::account(&format!("s{tag}{i}"))?;
             let receiver = net::account(&format!("r{tag}{i}"))?;
-            let (rws, _) = net::connect_authenticated(server, r_src, &receiver, true).await?;
-            let (mut sws, _) = net::connect_authenticated(server, s_src, &sender, true).await?;
+            let (rws, _) =
+                net::connect_authenticated(receiver_node, r_src, &receiver, true).await?;
+            let (mut sws, _) =
+                net::connect_authenticated(sender_node, s_src, &sender, true).await?;
             let (group, _) = net::create_group(&mut sws, 2).await?;
             let recipients = vec![receiver.device_id.as_bytes().to_vec()];
             anyhow::Ok((

@@ -18,7 +18,8 @@ use std::path::Path;
 use crate::baselines::Baseline;
 use crate::load::StepResult;
 use crate::workloads::{
-    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, Soak, Startup,
+    CrashRecovery, DurableDelivery, GroupFanout, IdleConnections, OfflineDrain, ScaleOut, Soak,
+    Startup,
 };
 
 /// Everything one run measured; `None` (or empty) where a workload did not
@@ -43,6 +44,8 @@ pub struct Results {
     pub group_fanout: Vec<GroupFanout>,
     /// W5.
     pub crash_recovery: Option<CrashRecovery>,
+    /// W6.
+    pub scale_out: Option<ScaleOut>,
     /// W8.
     pub soak: Option<Soak>,
     /// W7: (criterion benchmark, ns per operation).
@@ -153,7 +156,7 @@ fn render(r: &Results) -> String {
     if let Some(w5) = &r.crash_recovery {
         sections::crash_recovery(&mut o, w5);
     }
-    sections::scale_out(&mut o);
+    sections::scale_out(&mut o, r);
     sections::mls(&mut o, r);
     if let Some(w8) = &r.soak {
         sections::soak(&mut o, w8);

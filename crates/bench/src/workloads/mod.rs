@@ -9,10 +9,10 @@
 //! | W3 | [`offline_drain`] | how fast queued messages drain when every device comes back |
 //! | W4 | [`group_fanout`] | bytes stored, last-recipient latency and deliveries/s per group size |
 //! | W5 | [`crash_recovery`] | acknowledged messages lost (and duplicates) across `kill -9` |
+//! | W6 | [`scale_out`] | W2's ladder on 1–3 nodes sharing PostgreSQL and NATS, and where the time goes |
 //! | W8 | [`soak`] | RSS and database size under long steady traffic (flat after warm-up) |
 //!
-//! W6 (scale-out) has no PostgreSQL backend to run against yet; W7 is the
-//! criterion benches (`benches/mls.rs`) plus `sotto_bench::mls::wire_sizes`.
+//! W7 is the criterion benches (`benches/mls.rs`) plus `sotto_bench::mls::wire_sizes`.
 //! This module holds what the workloads share: the [`Testbed`] they run on
 //! and the [`Server`] each one starts.
 
@@ -21,6 +21,7 @@ mod durable_delivery;
 mod group_fanout;
 mod idle_connections;
 mod offline_drain;
+mod scale_out;
 mod soak;
 mod startup;
 
@@ -38,6 +39,7 @@ pub use idle_connections::{
     IdleConnections, IdleConnectionsConfig, ProcessShare, TlsReconnect, measure_idle_connections,
 };
 pub use offline_drain::{OfflineDrain, OfflineDrainConfig, measure_offline_drain};
+pub use scale_out::{ScaleOut, ScaleOutConfig, measure_scale_out};
 pub use soak::{Soak, SoakConfig, SoakSample, measure_soak};
 pub use startup::{Startup, measure_startup};
 
