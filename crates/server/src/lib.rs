@@ -329,6 +329,7 @@ impl Server {
             Some(url) => Some(
                 bus::Bus::start(
                     url,
+                    &config.bus_prefix,
                     ctx.hub.clone(),
                     Arc::clone(&ctx.links),
                     stop_rx.clone(),
