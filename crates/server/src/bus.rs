@@ -60,11 +60,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::epoch_grace::{EpochGrace, GraceRelay};
 use crate::link_rendezvous::{
     FrameSender, JoinFuture, LINK_TTL, LinkError, LinkId, LinkRendezvous, RemoteLinks,
 };
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Relay};
-use crate::store::{DeviceId, MessageId};
+use crate::store::{DeviceId, GroupId, MessageId};
 
 /// Publishes waiting for NATS; past this, wake-ups are dropped and every
 /// node is asked to re-read every mailbox once NATS takes publishes again.
@@ -115,6 +116,12 @@ impl Subjects {
     /// Every node re-reads every mailbox when it receives this.
     fn all(&self) -> String {
         format!("{}.all", self.prefix)
+    }
+
+    /// A node accepted a commit (payload: the group id): every node opens
+    /// the group's previous-epoch window (see `crate::epoch_grace`).
+    fn commits(&self) -> String {
+        format!("{}.commit", self.prefix)
     }
 
     /// The subject of one device's signals.
@@ -247,6 +254,7 @@ pub struct Bus {
     interest_changed: Notify,
     hub: MailboxHub,
     links: Arc<LinkRendezvous>,
+    grace: Arc<EpochGrace>,
     stop: watch::Receiver<bool>,
 }
 
@@ -266,13 +274,14 @@ impl BusTasks {
 impl Bus {
     /// Connects to the NATS server at `url` (in the background: an
     /// unreachable server is retried for ever, and logged) and starts
-    /// relaying `hub` and `links` to the other nodes, on subjects under
-    /// `prefix`, until `stop`.
+    /// relaying `hub`, `links` and `grace` to the other nodes, on subjects
+    /// under `prefix`, until `stop`.
     pub(crate) async fn start(
         url: &str,
         prefix: &str,
         hub: MailboxHub,
         links: Arc<LinkRendezvous>,
+        grace: Arc<EpochGrace>,
         stop: watch::Receiver<bool>,
     ) -> Result<BusTasks, BusError> {
         let addr: async_nats::ServerAddr = url.parse().map_err(|e| {
@@ -332,13 +341,16 @@ impl Bus {
             interest_changed: Notify::new(),
             hub: hub.clone(),
             links: Arc::clone(&links),
+            grace: Arc::clone(&grace),
             stop,
         });
         let tasks = vec![
             tokio::spawn(Arc::clone(&bus).publish(outgoing)),
             tokio::spawn(Arc::clone(&bus).follow_interest()),
             tokio::spawn(Arc::clone(&bus).follow_all()),
+            tokio::spawn(Arc::clone(&bus).follow_commits()),
         ];
+        grace.set_relay(Arc::clone(&bus) as Arc<dyn GraceRelay>);
         hub.set_relay(Arc::clone(&bus) as Arc<dyn Relay>);
         links.set_remote(Arc::new(LinkBus(Arc::clone(&bus))));
         // Devices that connected before the relay was set.
@@ -456,6 +468,42 @@ impl Bus {
                 _ = stop.changed() => break,
             }
         }
+    }
+}
+
+impl Bus {
+    /// Opens the previous-epoch window of groups whose commits other nodes
+    /// accepted.
+    async fn follow_commits(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        let mut commits = match self.client.subscribe(self.subjects.commits()).await {
+            Ok(commits) => commits,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                message = commits.next() => match message {
+                    Some(message) => match GroupId::from_slice(&message.payload) {
+                        Some(group) => self.grace.commit_accepted_elsewhere(&group, Instant::now()),
+                        None => tracing::debug!("malformed commit notice on the NATS bus"),
+                    },
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}
+
+impl GraceRelay for Bus {
+    fn commit_accepted(&self, group: &GroupId) {
+        self.queue(
+            self.subjects.commits(),
+            Bytes::copy_from_slice(group.as_bytes()),
+        );
     }
 }
 
@@ -674,6 +722,7 @@ mod tests {
                 DEFAULT_PREFIX,
                 hub.clone(),
                 Arc::default(),
+                grace(),
                 stop.clone(),
             )
             .await
@@ -762,6 +811,10 @@ mod tests {
         assert_eq!(parse_join(&other, &join), None);
     }
 
+    fn grace() -> Arc<EpochGrace> {
+        Arc::new(EpochGrace::new(Duration::from_secs(5)))
+    }
+
     #[test]
     fn subject_prefixes_are_plain_tokens() {
         for good in ["sotto", "prod.eu-1", "a_b", "x"] {
@@ -807,9 +860,16 @@ mod tests {
             format!("green{run}"),
         ] {
             let hub = MailboxHub::new();
-            let tasks = Bus::start(&url, &prefix, hub.clone(), Arc::default(), stop.clone())
-                .await
-                .unwrap();
+            let tasks = Bus::start(
+                &url,
+                &prefix,
+                hub.clone(),
+                Arc::default(),
+                grace(),
+                stop.clone(),
+            )
+            .await
+            .unwrap();
             nodes.push((hub, tasks));
         }
         // The same device id is connected to blue's second node and to

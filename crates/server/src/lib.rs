@@ -332,6 +332,7 @@ impl Server {
                     &config.bus_prefix,
                     ctx.hub.clone(),
                     Arc::clone(&ctx.links),
+                    Arc::clone(&ctx.epoch_grace),
                     stop_rx.clone(),
                 )
                 .await?,

@@ -173,9 +173,9 @@ macro_rules! on_each_backend {
             #[allow(unused_imports)]
             use super::*;
 
-            async fn run($deployment: $crate::deployment::Deployment) $body
+            async fn run_on_backend($deployment: $crate::deployment::Deployment) $body
 
-            async fn start(
+            async fn start_backend(
                 backend: $crate::deployment::Backend,
             ) -> Option<$crate::deployment::Deployment> {
                 let test = concat!(module_path!(), "::", stringify!($name));
@@ -184,17 +184,17 @@ macro_rules! on_each_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let deployment = start($crate::deployment::Backend::Sqlite)
+                let deployment = start_backend($crate::deployment::Backend::Sqlite)
                     .await
                     .expect("SQLite always starts");
-                run(deployment).await;
+                run_on_backend(deployment).await;
             }
 
             $($ignore)*
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cluster() {
-                if let Some(deployment) = start($crate::deployment::Backend::Cluster).await {
-                    run(deployment).await;
+                if let Some(deployment) = start_backend($crate::deployment::Backend::Cluster).await {
+                    run_on_backend(deployment).await;
                 }
             }
         }

@@ -517,8 +517,9 @@ async fn a_low_key_package_pool_is_told_across_nodes() {
 
 /// A member on one node sends while a member on another commits, in the
 /// same group, round after round: each send and each commit succeeds (a
-/// send framed in the epoch a commit just closed is still taken, within
-/// the grace period), and a third member on the third node reads every
+/// send framed in the epoch a commit just closed is still taken within
+/// the grace period, though another node accepted the commit: the window
+/// crosses the bus), and a third member on the third node reads every
 /// message once. (`postgres_nodes_racing_a_send_and_a_commit_do_not_deadlock`
 /// in the store conformance suite forces the interleaving that used to
 /// deadlock the two nodes' transactions.)

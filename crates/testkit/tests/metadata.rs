@@ -145,7 +145,7 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
     let log_file = logs.path().join("server.log");
     let server = ServerProcess::spawn_logged(data.path(), &log_file, "debug");
     let url = server.url().to_owned();
-    let _profiles = talk([&url, &url, &url]).await;
+    let _profiles = talk([url.as_str(), url.as_str(), url.as_str()]).await;
 
     let db = rusqlite::Connection::open(data.path().join("sotto.db")).unwrap();
     assert_no_sender_address_or_member_list(&schema(&db));
@@ -185,7 +185,7 @@ async fn the_cluster_keeps_no_sender_no_address_no_plaintext_and_no_member_list(
                 dir.path(),
                 &log_file,
                 "debug",
-                &["--store", db.url(), "--bus", &bus],
+                &["--store", db.url(), "--bus", bus.as_str()],
             );
             (node, log_file)
         })
