@@ -178,7 +178,7 @@ macro_rules! on_each_backend {
             async fn start_backend(
                 backend: $crate::deployment::Backend,
             ) -> Option<$crate::deployment::Deployment> {
-                let test = concat!(module_path!(), "::", stringify!($name));
+                let test = module_path!();
                 $crate::on_each_backend!(@start backend test [$($adjust)?])
             }
 
