@@ -532,10 +532,10 @@ async fn sends_and_commits_racing_across_nodes_all_succeed() {
     };
     sotto_testkit::within(async {
         let (mut committer, _a) = register(&cluster.url(0), "ada").await;
-        let (mut sender, _b) = register(&cluster.url(1), "bo").await;
-        let (mut reader, _c) = register(&cluster.url(2), "cy").await;
+        let (mut sender, _b) = register(&cluster.url(1), "bob").await;
+        let (mut reader, _c) = register(&cluster.url(2), "cyd").await;
         committer
-            .create_group("busy", &["bo".into(), "cy".into()])
+            .create_group("busy", &["bob".into(), "cyd".into()])
             .await
             .unwrap();
         sender.sync().await.unwrap();
