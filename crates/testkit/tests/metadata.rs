@@ -217,9 +217,16 @@ async fn the_cluster_keeps_no_sender_no_address_no_plaintext_and_no_member_list(
     for dir in &dirs {
         assert_files_clean(dir.path());
     }
-    // Each node may name where it listens, its database and its bus.
+    // Each node may name where it listens, its database and its bus (and
+    // the NATS and PostgreSQL clients' own lines name where they connect).
     let bus_addr = bus.trim_start_matches("nats://").to_owned();
-    let store_addrs = ["127.0.0.1:5432", "host=127.0.0.1", "127.0.0.1/"];
+    let store_addrs = [
+        "127.0.0.1:5432",
+        "host=127.0.0.1",
+        "127.0.0.1/",
+        " async_nats",
+        " tokio_postgres",
+    ];
     for (node, log_file) in &nodes {
         let mut own = vec![node.url().trim_start_matches("http://"), bus_addr.as_str()];
         own.extend(store_addrs);
