@@ -162,8 +162,9 @@ impl TestDatabase {
 /// (so it spells whole bytes of a `bytea` value, not a shifted nibble).
 fn hex_at_byte_boundary(text: &str, hex: &str) -> bool {
     text.match_indices(hex).any(|(at, _)| {
-        let run_start = text[..at]
-            .rfind(|c: char| !c.is_ascii_hexdigit())
+        let run_start = text
+            .get(..at)
+            .and_then(|before| before.rfind(|c: char| !c.is_ascii_hexdigit()))
             .map_or(0, |i| i + 1);
         // `\x` precedes a bytea value; the run starts after the `x`.
         (at - run_start) % 2 == 0
