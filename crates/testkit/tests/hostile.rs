@@ -5,8 +5,8 @@
 //! own database) and asserts the warning the user sees, and that nothing
 //! reached the ghost.
 //!
-//! Tests written with `on_each_backend!` also run against three PostgreSQL
-//! + NATS nodes (`NAME::cluster`). The swapped key, the forked log and the
+//! Tests written with `on_each_backend!` also run against three nodes on
+//! PostgreSQL and NATS (`NAME::cluster`). The swapped key, the forked log and the
 //! forged notice stay on SQLite: the operator's forgeries are built from
 //! (or written into) the SQLite file — the log key, the log's leaves, a
 //! mailbox row — and what they test is the client's check, which does not
