@@ -12,6 +12,10 @@
 //!
 //! # Subjects: one per device
 //!
+//! Every subject starts with the deployment's prefix (`--bus-prefix`,
+//! default `sotto`), so several deployments can share one NATS server
+//! without waking each other's devices. Below, `sotto` stands for it.
+//!
 //! `sotto.device.<device id, hex>`: a node subscribes to the subject of
 //! each device connected to it (when its first connection opens) and
 //! unsubscribes when the last one closes. NATS routes each wake-up to the
@@ -56,11 +60,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::epoch_grace::{EpochGrace, GraceRelay};
 use crate::link_rendezvous::{
     FrameSender, JoinFuture, LINK_TTL, LinkError, LinkId, LinkRendezvous, RemoteLinks,
 };
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Relay};
-use crate::store::{DeviceId, MessageId};
+use crate::store::{DeviceId, GroupId, MessageId};
 
 /// Publishes waiting for NATS; past this, wake-ups are dropped and every
 /// node is asked to re-read every mailbox once NATS takes publishes again.
@@ -74,8 +79,8 @@ const LINK_CHECK: Duration = Duration::from_secs(1);
 /// How long new subscriptions wait for NATS to confirm them before their
 /// devices re-read their mailboxes.
 const SUBSCRIBE_SETTLE: Duration = Duration::from_secs(1);
-/// Every node re-reads every mailbox when it receives this.
-const ALL_SUBJECT: &str = "sotto.all";
+/// The subject prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "sotto";
 
 /// Why the bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,20 +92,63 @@ pub fn is_bus_url(url: &str) -> bool {
     url.starts_with("nats://") && url.parse::<async_nats::ServerAddr>().is_ok()
 }
 
-/// The subject of one device's signals.
-fn device_subject(device: &DeviceId) -> String {
-    format!("sotto.device.{}", hex::encode(device.as_bytes()))
+/// Whether `prefix` can start this deployment's subjects: one or more
+/// dot-separated tokens of ASCII letters, digits, `-` and `_` (no NATS
+/// wildcards, no spaces), at most 64 bytes.
+pub fn is_bus_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
-/// The subject joins of a link are sent to: a hash of its id, so the link
-/// code never appears on the bus (subjects show in NATS monitoring).
-fn link_subject(id: &LinkId) -> String {
+/// The names of one deployment's subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Every node re-reads every mailbox when it receives this.
+    fn all(&self) -> String {
+        format!("{}.all", self.prefix)
+    }
+
+    /// A node accepted a commit (payload: the group id): every node opens
+    /// the group's previous-epoch window (see `crate::epoch_grace`).
+    fn commits(&self) -> String {
+        format!("{}.commit", self.prefix)
+    }
+
+    /// The subject of one device's signals.
+    fn device(&self, device: &DeviceId) -> String {
+        format!("{}.device.{}", self.prefix, hex::encode(device.as_bytes()))
+    }
+
+    /// The subject joins of a link are sent to (see [`link_token`]).
+    fn link(&self, id: &LinkId) -> String {
+        format!("{}.link.{}", self.prefix, link_token(id))
+    }
+
+    /// What the joiner's node waits for its bundle on.
+    fn link_reply_prefix(&self) -> String {
+        format!("{}.linkreply.", self.prefix)
+    }
+}
+
+/// The last token of a link's subject: a hash of its id, so the link code
+/// never appears on the bus (subjects show in NATS monitoring).
+fn link_token(id: &LinkId) -> String {
     let digest = Sha256::new()
         .chain_update(b"sotto link rendezvous subject")
         .chain_update(id)
         .finalize();
     let (short, _) = digest.split_at(16);
-    format!("sotto.link.{}", hex::encode(short))
+    hex::encode(short)
 }
 
 /// What one device's subject carries (the first byte says which).
@@ -196,6 +244,7 @@ struct Outgoing {
 #[derive(Debug)]
 pub struct Bus {
     client: async_nats::Client,
+    subjects: Subjects,
     outbox: mpsc::Sender<Outgoing>,
     /// Some publishes were dropped: tell every node to re-read.
     overflowed: AtomicBool,
@@ -205,6 +254,7 @@ pub struct Bus {
     interest_changed: Notify,
     hub: MailboxHub,
     links: Arc<LinkRendezvous>,
+    grace: Arc<EpochGrace>,
     stop: watch::Receiver<bool>,
 }
 
@@ -224,11 +274,14 @@ impl BusTasks {
 impl Bus {
     /// Connects to the NATS server at `url` (in the background: an
     /// unreachable server is retried for ever, and logged) and starts
-    /// relaying `hub` and `links` to the other nodes until `stop`.
+    /// relaying `hub`, `links` and `grace` to the other nodes, on subjects
+    /// under `prefix`, until `stop`.
     pub(crate) async fn start(
         url: &str,
+        prefix: &str,
         hub: MailboxHub,
         links: Arc<LinkRendezvous>,
+        grace: Arc<EpochGrace>,
         stop: watch::Receiver<bool>,
     ) -> Result<BusTasks, BusError> {
         let addr: async_nats::ServerAddr = url.parse().map_err(|e| {
@@ -236,6 +289,11 @@ impl Bus {
                 "{e}; expected nats://HOST:PORT (user:password@ may precede the host)"
             ))
         })?;
+        if !is_bus_prefix(prefix) {
+            return Err(BusError(format!(
+                "{prefix:?} is not a subject prefix (dot-separated tokens of letters, digits, - and _)"
+            )));
+        }
         let host = format!("{}:{}", addr.host(), addr.port());
         let wake_on_reconnect = hub.clone();
         let events_host = host.clone();
@@ -274,19 +332,25 @@ impl Bus {
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let bus = Arc::new(Bus {
             client,
+            subjects: Subjects {
+                prefix: prefix.to_owned(),
+            },
             outbox,
             overflowed: AtomicBool::new(false),
             interest: Mutex::default(),
             interest_changed: Notify::new(),
             hub: hub.clone(),
             links: Arc::clone(&links),
+            grace: Arc::clone(&grace),
             stop,
         });
         let tasks = vec![
             tokio::spawn(Arc::clone(&bus).publish(outgoing)),
             tokio::spawn(Arc::clone(&bus).follow_interest()),
             tokio::spawn(Arc::clone(&bus).follow_all()),
+            tokio::spawn(Arc::clone(&bus).follow_commits()),
         ];
+        grace.set_relay(Arc::clone(&bus) as Arc<dyn GraceRelay>);
         hub.set_relay(Arc::clone(&bus) as Arc<dyn Relay>);
         links.set_remote(Arc::new(LinkBus(Arc::clone(&bus))));
         // Devices that connected before the relay was set.
@@ -322,7 +386,7 @@ impl Bus {
             if self.overflowed.swap(false, Ordering::AcqRel) {
                 tracing::warn!("NATS bus backlog full: asking every node to re-read its mailboxes");
                 self.hub.wake_all_here();
-                let _ = self.client.publish(ALL_SUBJECT, Bytes::new()).await;
+                let _ = self.client.publish(self.subjects.all(), Bytes::new()).await;
             }
         }
     }
@@ -352,13 +416,14 @@ impl Bus {
                 if subscribed.contains_key(&device) {
                     continue;
                 }
-                let mut subscription = match self.client.subscribe(device_subject(&device)).await {
-                    Ok(subscription) => subscription,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
-                        continue;
-                    }
-                };
+                let mut subscription =
+                    match self.client.subscribe(self.subjects.device(&device)).await {
+                        Ok(subscription) => subscription,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
+                            continue;
+                        }
+                    };
                 let hub = self.hub.clone();
                 let task = tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
@@ -387,7 +452,7 @@ impl Bus {
     /// Re-reads every mailbox here when another node lost wake-ups.
     async fn follow_all(self: Arc<Self>) {
         let mut stop = self.stop.clone();
-        let mut all = match self.client.subscribe(ALL_SUBJECT).await {
+        let mut all = match self.client.subscribe(self.subjects.all()).await {
             Ok(all) => all,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
@@ -406,22 +471,58 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Opens the previous-epoch window of groups whose commits other nodes
+    /// accepted.
+    async fn follow_commits(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        let mut commits = match self.client.subscribe(self.subjects.commits()).await {
+            Ok(commits) => commits,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                message = commits.next() => match message {
+                    Some(message) => match GroupId::from_slice(&message.payload) {
+                        Some(group) => self.grace.commit_accepted_elsewhere(&group, Instant::now()),
+                        None => tracing::debug!("malformed commit notice on the NATS bus"),
+                    },
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}
+
+impl GraceRelay for Bus {
+    fn commit_accepted(&self, group: &GroupId) {
+        self.queue(
+            self.subjects.commits(),
+            Bytes::copy_from_slice(group.as_bytes()),
+        );
+    }
+}
+
 impl Relay for Bus {
     fn entries(&self, devices: &[DeviceId]) {
         for device in devices {
-            self.queue(device_subject(device), DeviceSignal::Wake.encode());
+            self.queue(self.subjects.device(device), DeviceSignal::Wake.encode());
         }
     }
 
     fn event(&self, devices: &[DeviceId], event: &MailboxEvent) {
         let payload = DeviceSignal::of_event(event).encode();
         for device in devices {
-            self.queue(device_subject(device), payload.clone());
+            self.queue(self.subjects.device(device), payload.clone());
         }
     }
 
     fn disconnect(&self, device: &DeviceId) {
-        self.queue(device_subject(device), DeviceSignal::Removed.encode());
+        self.queue(self.subjects.device(device), DeviceSignal::Removed.encode());
     }
 
     fn interest_changed(&self, device: DeviceId) {
@@ -470,7 +571,7 @@ impl LinkBus {
                 message = requests.next() => {
                     let Some(message) = message else { break };
                     let Some(reply) = message.reply else { continue };
-                    let answer = match parse_join(&message.payload) {
+                    let answer = match parse_join(&bus.subjects, &message.payload) {
                         Some((joiner, sealed_request)) => {
                             let now = Instant::now();
                             match bus.links.join_from_elsewhere(&id, joiner, sealed_request, now) {
@@ -494,11 +595,12 @@ impl LinkBus {
     }
 }
 
-/// Splits a join into the joiner's subject and the sealed request.
-fn parse_join(payload: &[u8]) -> Option<(String, Vec<u8>)> {
+/// Splits a join into the joiner's subject (which must be one of this
+/// deployment's reply subjects) and the sealed request.
+fn parse_join(subjects: &Subjects, payload: &[u8]) -> Option<(String, Vec<u8>)> {
     let len = usize::from(u16::from_be_bytes(payload.get(..2)?.try_into().ok()?));
     let subject = std::str::from_utf8(payload.get(2..2 + len)?).ok()?;
-    if !subject.starts_with("sotto.linkreply.") {
+    if !subject.starts_with(&subjects.link_reply_prefix()) {
         return None;
     }
     Some((subject.to_owned(), payload.get(2 + len..)?.to_vec()))
@@ -508,7 +610,7 @@ impl RemoteLinks for LinkBus {
     fn opened(&self, id: LinkId) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let bus = Arc::clone(&self.0);
         Box::pin(async move {
-            let requests = match bus.client.subscribe(link_subject(&id)).await {
+            let requests = match bus.client.subscribe(bus.subjects.link(&id)).await {
                 Ok(requests) => requests,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot subscribe on the NATS bus");
@@ -526,7 +628,8 @@ impl RemoteLinks for LinkBus {
         let bus = Arc::clone(&self.0);
         Box::pin(async move {
             let reply_to = format!(
-                "sotto.linkreply.{}",
+                "{}{}",
+                bus.subjects.link_reply_prefix(),
                 hex::encode(rand::random::<[u8; 16]>())
             );
             let mut bundles = bus
@@ -541,7 +644,7 @@ impl RemoteLinks for LinkBus {
             join.extend_from_slice(&sealed_request);
             let answer = tokio::time::timeout(
                 JOIN_TIMEOUT,
-                bus.client.request(link_subject(&id), join.into()),
+                bus.client.request(bus.subjects.link(&id), join.into()),
             )
             .await
             .map_err(|_| LinkError::Unknown)?
@@ -614,9 +717,16 @@ mod tests {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let hub = MailboxHub::new();
-            let tasks = Bus::start(&url, hub.clone(), Arc::default(), stop.clone())
-                .await
-                .unwrap();
+            let tasks = Bus::start(
+                &url,
+                DEFAULT_PREFIX,
+                hub.clone(),
+                Arc::default(),
+                grace(),
+                stop.clone(),
+            )
+            .await
+            .unwrap();
             nodes.push((hub, tasks));
         }
         let devices: Vec<DeviceId> = (0..1000u32)
@@ -674,17 +784,131 @@ mod tests {
 
     #[test]
     fn link_subjects_do_not_show_the_link_id() {
+        let subjects = Subjects {
+            prefix: DEFAULT_PREFIX.into(),
+        };
         let id = [0xab; sotto_proto::LINK_ID_LEN];
-        let subject = link_subject(&id);
+        let subject = subjects.link(&id);
+        assert!(subject.starts_with("sotto.link."), "{subject}");
         assert!(!subject.contains(&hex::encode(id)));
-        assert_ne!(subject, link_subject(&[0xac; sotto_proto::LINK_ID_LEN]));
-        assert_eq!(parse_join(b"\x00\x03abc"), None, "only our reply subjects");
+        assert_ne!(subject, subjects.link(&[0xac; sotto_proto::LINK_ID_LEN]));
+        assert_eq!(
+            parse_join(&subjects, b"\x00\x03abc"),
+            None,
+            "only our reply subjects"
+        );
         let mut join = vec![0, 20];
         join.extend_from_slice(b"sotto.linkreply.abcd");
         join.extend_from_slice(b"req");
         assert_eq!(
-            parse_join(&join),
+            parse_join(&subjects, &join),
             Some(("sotto.linkreply.abcd".into(), b"req".to_vec()))
+        );
+        // Another deployment's reply subject is not ours to publish on.
+        let other = Subjects {
+            prefix: "staging".into(),
+        };
+        assert_eq!(parse_join(&other, &join), None);
+    }
+
+    fn grace() -> Arc<EpochGrace> {
+        Arc::new(EpochGrace::new(Duration::from_secs(5)))
+    }
+
+    #[test]
+    fn subject_prefixes_are_plain_tokens() {
+        for good in ["sotto", "prod.eu-1", "a_b", "x"] {
+            assert!(is_bus_prefix(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a b",
+            "a.*",
+            "a.>",
+            "sötto",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_bus_prefix(bad), "{bad:?}");
+        }
+    }
+
+    /// Two deployments on one NATS server with different prefixes: a
+    /// wake-up from one never reaches the other's devices, while a node of
+    /// the same deployment is woken. Needs `SOTTO_TEST_NATS`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deployments_with_different_prefixes_do_not_wake_each_other() {
+        let Some(url) = std::env::var("SOTTO_TEST_NATS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            eprintln!(
+                "deployments_with_different_prefixes_do_not_wake_each_other: skipped (SOTTO_TEST_NATS is not set)"
+            );
+            return;
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        // A random prefix per run, so parallel runs on one NATS stay apart too.
+        let run = hex::encode(rand::random::<[u8; 4]>());
+        let mut nodes = Vec::new();
+        for prefix in [
+            format!("blue{run}"),
+            format!("blue{run}"),
+            format!("green{run}"),
+        ] {
+            let hub = MailboxHub::new();
+            let tasks = Bus::start(
+                &url,
+                &prefix,
+                hub.clone(),
+                Arc::default(),
+                grace(),
+                stop.clone(),
+            )
+            .await
+            .unwrap();
+            nodes.push((hub, tasks));
+        }
+        // The same device id is connected to blue's second node and to
+        // green's node (device ids are random, but nothing on the bus
+        // relies on that).
+        let device = DeviceId::new(rand::random());
+        let blue = nodes[1].0.subscribe(device);
+        let green = nodes[2].0.subscribe(device);
+        let entry = crate::store::NewEntry {
+            device_id: device,
+            seq: 1,
+            message_id: MessageId::new([1; 16]),
+            payload: Arc::from(&b"x"[..]),
+        };
+        // Subscribing wakes each once (see `follow_interest`): let those pass.
+        for woken in [&blue.missed, &green.missed] {
+            let _ = tokio::time::timeout(Duration::from_secs(3), woken.wait()).await;
+            woken.take();
+        }
+        // Blue's first node delivers until blue's second is woken.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            nodes[0].0.deliver(vec![entry.clone()]);
+            if tokio::time::timeout(Duration::from_millis(100), blue.missed.wait())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "blue's other node was never woken"
+            );
+        }
+        // By now every wake-up published has had time to travel.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !green.missed.take(),
+            "a wake-up crossed from one deployment to another on a shared NATS"
         );
     }
 }

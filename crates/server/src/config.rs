@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// the nodes sharing [`Self::store`] (`--bus`; see `crate::bus`).
     /// Default `None`: one node.
     pub bus: Option<String>,
+    /// What every subject on [`Self::bus`] starts with (`--bus-prefix`),
+    /// so deployments sharing one NATS server stay apart. Default `sotto`.
+    pub bus_prefix: String,
     /// Per-connection limits.
     pub limits: Limits,
     /// How long a queued message is kept for a device that never fetches it.
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./sotto-data"),
             store: None,
             bus: None,
+            bus_prefix: crate::bus::DEFAULT_PREFIX.to_owned(),
             limits: Limits::default(),
             retention: DEFAULT_RETENTION,
             reuse_port: false,

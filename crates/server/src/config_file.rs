@@ -73,6 +73,7 @@ pub struct ServerSection {
     pub data: Option<PathBuf>,
     pub store: Option<String>,
     pub bus: Option<String>,
+    pub bus_prefix: Option<String>,
     pub reuse_port: Option<bool>,
     pub server_names: Option<Vec<String>>,
 }
@@ -217,6 +218,13 @@ impl FileConfig {
         {
             return Err("server.bus must be a nats://HOST:PORT URL".into());
         }
+        if let Some(prefix) = &self.server.bus_prefix
+            && !crate::bus::is_bus_prefix(prefix)
+        {
+            return Err(
+                "server.bus_prefix must be dot-separated tokens of letters, digits, - and _".into(),
+            );
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -239,6 +247,9 @@ impl FileConfig {
         }
         if let Some(bus) = &s.server.bus {
             config.bus = Some(bus.clone());
+        }
+        if let Some(prefix) = &s.server.bus_prefix {
+            config.bus_prefix.clone_from(prefix);
         }
         if let Some(reuse) = s.server.reuse_port {
             config.reuse_port = reuse;
@@ -327,6 +338,9 @@ data = "{data}"
 # With several nodes on one PostgreSQL database: the NATS server that
 # carries wake-ups between them (--bus, SOTTO_BUS).
 # bus = "nats://127.0.0.1:4222"
+# What every NATS subject starts with (--bus-prefix, SOTTO_BUS_PREFIX):
+# give each deployment sharing one NATS server its own.
+# bus_prefix = "sotto"
 # SO_REUSEPORT, so several processes on one data directory share the port.
 reuse_port = {reuse_port}
 # Host names clients use besides IP addresses, localhost and the
@@ -437,6 +451,7 @@ mod tests {
             data = "/var/lib/sotto"
             store = "postgres://sotto@db.example.org/sotto"
             bus = "nats://10.0.0.5:4222"
+            bus_prefix = "sotto.eu-1"
             reuse_port = true
             server_names = ["chat.example.org"]
             [registration]
@@ -468,6 +483,7 @@ mod tests {
             Some("postgres://sotto@db.example.org/sotto")
         );
         assert_eq!(config.bus.as_deref(), Some("nats://10.0.0.5:4222"));
+        assert_eq!(config.bus_prefix, "sotto.eu-1");
         assert!(config.reuse_port);
         assert_eq!(config.server_names, ["chat.example.org"]);
         assert_eq!(config.registration, RegistrationPolicy::Invite);
@@ -511,6 +527,8 @@ mod tests {
         assert!(err.contains("server.store"), "{err}");
         let err = FileConfig::parse("[server]\nbus = \"http://10.0.0.5\"\n").unwrap_err();
         assert!(err.contains("server.bus"), "{err}");
+        let err = FileConfig::parse("[server]\nbus_prefix = \"a.*\"\n").unwrap_err();
+        assert!(err.contains("server.bus_prefix"), "{err}");
         let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(err.contains("tls.key"), "{err}");
     }

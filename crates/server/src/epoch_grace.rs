@@ -5,12 +5,24 @@
 //! capability is accepted only for a short window after the commit, tracked
 //! here in memory: after a restart every window is closed, and messages from
 //! a previous epoch are refused.
+//!
+//! With several nodes (`--bus`), the node that accepted a commit tells the
+//! others over NATS ([`GraceRelay`]), so a message framed in the old epoch
+//! is accepted for the window whichever node it reaches. A node that misses
+//! that (NATS down) keeps the window closed: the sender is refused with
+//! the current epoch and re-sends in it, as after a restart.
 
 use crate::store::GroupId;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Tells the other nodes that this one accepted a commit.
+pub(crate) trait GraceRelay: Send + Sync + std::fmt::Debug {
+    /// A commit in `group` was accepted here just now.
+    fn commit_accepted(&self, group: &GroupId);
+}
 
 /// Entries past this many are swept for expired windows on the next commit.
 const SWEEP_ABOVE: usize = 4096;
@@ -20,6 +32,8 @@ const SWEEP_ABOVE: usize = 4096;
 pub(crate) struct EpochGrace {
     window: Duration,
     open_until: Mutex<HashMap<GroupId, Instant>>,
+    /// The other nodes, when the server runs with `--bus`.
+    relay: OnceLock<Arc<dyn GraceRelay>>,
 }
 
 impl EpochGrace {
@@ -27,12 +41,26 @@ impl EpochGrace {
         Self {
             window,
             open_until: Mutex::new(HashMap::new()),
+            relay: OnceLock::new(),
         }
     }
 
-    /// A commit was accepted in `group` at `now`: its previous epoch stays
-    /// open for the window.
+    /// Tells `relay` of every commit accepted here from now on.
+    pub fn set_relay(&self, relay: Arc<dyn GraceRelay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// A commit was accepted in `group` at `now` by this node: its previous
+    /// epoch stays open for the window, here and on the other nodes.
     pub fn commit_accepted(&self, group: &GroupId, now: Instant) {
+        self.commit_accepted_elsewhere(group, now);
+        if let Some(relay) = self.relay.get() {
+            relay.commit_accepted(group);
+        }
+    }
+
+    /// Another node accepted a commit in `group`, and said so at `now`.
+    pub fn commit_accepted_elsewhere(&self, group: &GroupId, now: Instant) {
         let Ok(mut open) = self.open_until.lock() else {
             return;
         };

@@ -329,8 +329,10 @@ impl Server {
             Some(url) => Some(
                 bus::Bus::start(
                     url,
+                    &config.bus_prefix,
                     ctx.hub.clone(),
                     Arc::clone(&ctx.links),
+                    Arc::clone(&ctx.epoch_grace),
                     stop_rx.clone(),
                 )
                 .await?,

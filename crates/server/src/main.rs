@@ -62,6 +62,13 @@ struct Args {
     #[arg(long, env = "SOTTO_BUS", value_name = "URL", value_parser = bus_url)]
     bus: Option<String>,
 
+    /// What every NATS subject of this deployment starts with [default:
+    /// sotto]. Give each deployment sharing one NATS server its own (all
+    /// nodes of one deployment the same), or they wake each other's
+    /// devices.
+    #[arg(long, env = "SOTTO_BUS_PREFIX", value_name = "PREFIX", value_parser = bus_prefix)]
+    bus_prefix: Option<String>,
+
     /// Days an undelivered message is kept before it is deleted [default: 30].
     #[arg(long, env = "SOTTO_RETENTION_DAYS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=3650))]
     retention_days: Option<u64>,
@@ -198,6 +205,9 @@ impl Args {
         }
         if let Some(bus) = &self.bus {
             config.bus = Some(bus.clone());
+        }
+        if let Some(prefix) = &self.bus_prefix {
+            config.bus_prefix.clone_from(prefix);
         }
         if let Some(days) = self.retention_days {
             config.retention = Duration::from_secs(days.saturating_mul(24 * 60 * 60));
@@ -538,6 +548,13 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 fn bus_url(value: &str) -> Result<String, String> {
     if !sotto_server::bus::is_bus_url(value) {
         return Err("expected a nats://HOST:PORT URL".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn bus_prefix(value: &str) -> Result<String, String> {
+    if !sotto_server::bus::is_bus_prefix(value) {
+        return Err("expected dot-separated tokens of letters, digits, - and _".into());
     }
     Ok(value.to_owned())
 }

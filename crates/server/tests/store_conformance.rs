@@ -1572,3 +1572,127 @@ async fn postgres_nodes_racing_commits_get_one_per_epoch() {
     a.close().await;
     b.close().await;
 }
+
+/// Backends of this database waiting for a lock (the tests of this binary
+/// share it, in schemas of their own; only this one holds locks long).
+async fn lock_waiters(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (up to 5 s) until at least `n` backends wait for a lock.
+async fn until_waiting(admin: &tokio_postgres::Client, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while lock_waiters(admin).await < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Node A's batch holds a send (which takes the `mailbox_seq` row) and then
+/// a commit for group G; node B's commit for G's same epoch has taken G's
+/// row and wants `mailbox_seq` next. Two outside transactions hold each
+/// side at the right point, so the interleaving is forced, not hoped for.
+/// Without one lock order across nodes this is a deadlock that PostgreSQL
+/// breaks after a second by failing one of them (SQLSTATE 40P01, a server
+/// error for its client); with it, the send is queued, one commit wins and
+/// the other is told the epoch moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_racing_a_send_and_a_commit_do_not_deadlock() {
+    use conformance::{account, commit, to, with_group};
+    let test = "postgres_nodes_racing_a_send_and_a_commit_do_not_deadlock";
+    let Some(db) = TestDatabase::create(test).await else {
+        return;
+    };
+    let a = std::sync::Arc::new(PostgresStore::open(db.url()).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::open(db.url()).await.unwrap());
+    a.register(account("alice", 1)).await.unwrap();
+    a.register(account("bob", 2)).await.unwrap();
+    let chat = with_group(&*a, "chat").await;
+    let raced = with_group(&*a, "raced").await;
+    let parked = with_group(&*a, "parked").await;
+    let admin = db.client().await;
+    let holds_parked = db.client().await;
+    let holds_b_commit = db.client().await;
+
+    // Holds the row of a third group: A's writer blocks there on a first
+    // batch, so the send and the commit queued meanwhile form its next.
+    holds_parked
+        .batch_execute(
+            "BEGIN; UPDATE mls_groups SET active_day = active_day WHERE group_id = 'parked'",
+        )
+        .await
+        .unwrap();
+    // Holds the id of B's commit: B stops after taking the raced group's
+    // row, before it takes `mailbox_seq`.
+    let b_commit = commit(&raced, 1, 61, &[1, 2]);
+    holds_b_commit.execute("BEGIN", &[]).await.unwrap();
+    holds_b_commit
+        .execute(
+            "INSERT INTO messages (message_id, payload) VALUES ($1, 'x')",
+            &[&b_commit.commit.message_id.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+
+    let parked_commit = tokio::spawn({
+        let a = std::sync::Arc::clone(&a);
+        async move { a.submit_commit(commit(&parked, 1, 60, &[])).await }
+    });
+    until_waiting(&admin, 1).await;
+    let send = tokio::spawn({
+        let a = std::sync::Arc::clone(&a);
+        async move { a.enqueue(to(&chat, 1, 62, &[1, 2])).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let a_commit = tokio::spawn({
+        let a = std::sync::Arc::clone(&a);
+        let raced = raced.clone();
+        async move { a.submit_commit(commit(&raced, 1, 63, &[1, 2])).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let b_commit = tokio::spawn({
+        let b = std::sync::Arc::clone(&b);
+        async move { b.submit_commit(b_commit).await }
+    });
+    until_waiting(&admin, 2).await;
+
+    // A's writer moves on to the send and its commit.
+    holds_parked.batch_execute("COMMIT").await.unwrap();
+    parked_commit.await.unwrap().unwrap();
+    until_waiting(&admin, 2).await;
+    // B moves on to `mailbox_seq`.
+    holds_b_commit.batch_execute("ROLLBACK").await.unwrap();
+
+    let outcomes = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        (
+            send.await.unwrap(),
+            a_commit.await.unwrap(),
+            b_commit.await.unwrap(),
+        )
+    })
+    .await
+    .expect("the send and the commits finish");
+    let (send, a_commit, b_commit) = outcomes;
+    assert!(send.is_ok(), "the send failed: {send:?}");
+    let won = [&a_commit, &b_commit]
+        .iter()
+        .filter(|r| matches!(r, Ok(accepted) if accepted.outcome == Enqueued::Queued))
+        .count();
+    assert_eq!(won, 1, "{a_commit:?} / {b_commit:?}");
+    for r in [&a_commit, &b_commit] {
+        assert!(
+            matches!(r, Ok(_) | Err(CommitError::StaleEpoch { .. })),
+            "a commit failed otherwise than by losing the race: {r:?}"
+        );
+    }
+    assert_eq!(a.group_epoch(&raced).await.unwrap(), Some(2));
+    a.close().await;
+    b.close().await;
+}

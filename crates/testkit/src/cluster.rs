@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sotto_server::ServerConfig;
+
 use crate::TestServer;
 use crate::postgres::TestDatabase;
 
@@ -57,18 +59,34 @@ impl Cluster {
 
     /// `nodes` nodes on a fresh schema and the NATS server at `bus`, or
     /// `None` without `SOTTO_TEST_POSTGRES`.
+    /// Rate limits are lifted (these tests load the nodes hard).
     pub async fn start_on(test: &str, nodes: usize, bus: &str) -> Option<Self> {
+        Self::start_configured(test, nodes, bus, |config| {
+            config.limits.lift_rate_limits();
+        })
+        .await
+    }
+
+    /// Like [`Cluster::start_on`] with the default limits, and `adjust`
+    /// applied to every node's configuration after its store and bus.
+    pub async fn start_configured(
+        test: &str,
+        nodes: usize,
+        bus: &str,
+        adjust: impl Fn(&mut ServerConfig) + Clone + Send + 'static,
+    ) -> Option<Self> {
         let db = TestDatabase::create(test).await?;
         let mut started = Vec::with_capacity(nodes);
         // One after the other: the first creates the schema's tables.
         for _ in 0..nodes {
             let store = db.url().to_owned();
             let bus = bus.to_owned();
+            let adjust = adjust.clone();
             started.push(
                 TestServer::start_with(move |config| {
                     config.store = Some(store);
                     config.bus = Some(bus);
-                    config.limits.lift_rate_limits();
+                    adjust(config);
                 })
                 .await,
             );

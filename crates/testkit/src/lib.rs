@@ -17,6 +17,7 @@ pub mod burst;
 pub mod cluster;
 pub mod cluster_processes;
 pub mod cutting;
+pub mod deployment;
 pub mod directory_file;
 pub mod faulty;
 pub mod hostile;
@@ -25,6 +26,7 @@ pub mod postgres;
 pub mod server_log;
 pub mod tls;
 pub mod wire;
+pub use deployment::{Backend, Deployment};
 pub use hostile::{ConnView, HostileProxy, Reorder, Tamper};
 pub use mallory::Mallory;
 
@@ -256,10 +258,31 @@ pub async fn register(url: &str, username: &str) -> (Client, TempDir) {
 /// temporary profile. Checks that both devices showed the same
 /// fingerprint, as the user would.
 pub async fn link(existing: &mut Client) -> (Client, TempDir) {
+    link_with(existing, None).await
+}
+
+/// Like [`link`], with the new device joining through the server at `url`
+/// (another node of a cluster: the rendezvous then crosses nodes), which
+/// it keeps as its server.
+pub async fn link_through(existing: &mut Client, url: &str) -> (Client, TempDir) {
+    link_with(existing, Some(url)).await
+}
+
+async fn link_with(existing: &mut Client, url: Option<&str>) -> (Client, TempDir) {
     let dir = TempDir::new().expect("temp dir");
     let code = existing.open_link().await.expect("open link");
     let path = dir.path().to_path_buf();
-    let text = code.reveal();
+    let text = match url {
+        // The code is `secret@server URL`.
+        Some(url) => {
+            let revealed = code.reveal();
+            let (secret, _) = revealed
+                .split_once('@')
+                .expect("a link code names its server");
+            format!("{secret}@{url}")
+        }
+        None => code.reveal(),
+    };
     let (shown_tx, shown) = oneshot::channel();
     let joining = tokio::spawn(async move {
         let show = move |fingerprint| {
@@ -331,6 +354,17 @@ impl ServerProcess {
     pub fn spawn_logged(data_dir: &Path, log_file: &Path, level: &str) -> Self {
         let log = std::fs::File::create(log_file).expect("log file");
         Self::spawn_with(data_dir, "127.0.0.1:0", Stdio::from(log), level)
+    }
+
+    /// [`ServerProcess::spawn_logged`] with extra flags.
+    pub fn spawn_logged_with_args(
+        data_dir: &Path,
+        log_file: &Path,
+        level: &str,
+        args: &[&str],
+    ) -> Self {
+        let log = std::fs::File::create(log_file).expect("log file");
+        Self::spawn_full(data_dir, "127.0.0.1:0", Stdio::from(log), level, args)
     }
 
     fn spawn_with(data_dir: &Path, listen: &str, stderr: Stdio, level: &str) -> Self {

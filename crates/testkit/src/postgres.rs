@@ -113,11 +113,62 @@ impl TestDatabase {
         &self.schema
     }
 
+    /// The tables of this schema in which any of `needles` occurs, as
+    /// `"table: needle"`: in a text column as it is, in a `bytea` column
+    /// as its bytes (PostgreSQL's `t::text` shows those as hex). What
+    /// searching the SQLite file's bytes is for the embedded store.
+    pub async fn tables_containing(&self, needles: &[&str]) -> Vec<String> {
+        let client = self.client().await;
+        let tables: Vec<String> = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = $1 ORDER BY 1",
+                &[&self.schema],
+            )
+            .await
+            .expect("list the tables")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert!(!tables.is_empty(), "no tables in {}", self.schema);
+        let mut found = Vec::new();
+        for table in tables {
+            let rows = client
+                .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+                .await
+                .expect("read a table");
+            for needle in needles {
+                let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+                let hit = rows.iter().any(|row| {
+                    let text: String = row.get(0);
+                    text.contains(needle) || hex_at_byte_boundary(&text, &hex)
+                });
+                if hit {
+                    found.push(format!("{table}: {needle}"));
+                }
+            }
+        }
+        found
+    }
+
     /// A client on this schema, for tests that look at the tables.
     pub async fn client(&self) -> tokio_postgres::Client {
         let config: tokio_postgres::Config = self.url.parse().expect("own URL parses");
         connect(&config).await
     }
+}
+
+/// Whether `hex` occurs in `text` at an even offset of a run of hex digits
+/// (so it spells whole bytes of a `bytea` value, not a shifted nibble).
+fn hex_at_byte_boundary(text: &str, hex: &str) -> bool {
+    text.match_indices(hex).any(|(at, _)| {
+        let run_start = text
+            .get(..at)
+            .and_then(|before| before.rfind(|c: char| !c.is_ascii_hexdigit()))
+            .map_or(0, |i| i + 1);
+        // `\x` precedes a bytea value; the run starts after the `x`.
+        (at - run_start) % 2 == 0
+    })
 }
 
 impl Drop for TestDatabase {

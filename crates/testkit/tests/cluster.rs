@@ -514,3 +514,56 @@ async fn a_low_key_package_pool_is_told_across_nodes() {
     .expect("test timed out");
     cluster.stop().await;
 }
+
+/// A member on one node sends while a member on another commits, in the
+/// same group, round after round: each send and each commit succeeds (a
+/// send framed in the epoch a commit just closed is still taken within
+/// the grace period, though another node accepted the commit: the window
+/// crosses the bus), and a third member on the third node reads every
+/// message once. (`postgres_nodes_racing_a_send_and_a_commit_do_not_deadlock`
+/// in the store conformance suite forces the interleaving that used to
+/// deadlock the two nodes' transactions.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_and_commits_racing_across_nodes_all_succeed() {
+    let Some(cluster) =
+        Cluster::start("sends_and_commits_racing_across_nodes_all_succeed", 3).await
+    else {
+        return;
+    };
+    sotto_testkit::within(async {
+        let (mut committer, _a) = register(&cluster.url(0), "ada").await;
+        let (mut sender, _b) = register(&cluster.url(1), "bob").await;
+        let (mut reader, _c) = register(&cluster.url(2), "cyd").await;
+        committer
+            .create_group("busy", &["bob".into(), "cyd".into()])
+            .await
+            .unwrap();
+        sender.sync().await.unwrap();
+        const ROUNDS: usize = 10;
+        let mut sent = Vec::new();
+        for round in 0..ROUNDS {
+            let text = format!("round {round}");
+            let (committed, said) = tokio::join!(
+                committer.update_keys("busy"),
+                sender.send_group("busy", &text)
+            );
+            committed.unwrap_or_else(|e| panic!("round {round}: the commit failed: {e}"));
+            said.unwrap_or_else(|e| panic!("round {round}: the send failed: {e}"));
+            sent.push(text);
+            // The sender catches up with the commit before the next round.
+            sender.sync().await.unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.extend(sotto_testkit::texts(&reader.sync().await.unwrap()));
+        }
+        assert_eq!(got, sent);
+        let (epoch_a, auth_a) = committer
+            .epoch_state(ConversationKind::Group, "busy")
+            .unwrap();
+        let (epoch_c, auth_c) = reader.epoch_state(ConversationKind::Group, "busy").unwrap();
+        assert_eq!((epoch_a, auth_a), (epoch_c, auth_c));
+    })
+    .await;
+    cluster.stop().await;
+}

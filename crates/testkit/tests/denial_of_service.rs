@@ -1,7 +1,9 @@
 //! Denial of service, end to end with real clients (real MLS, real SQLite
 //! on both sides): what the server does against outsiders must leave honest
 //! users working. The server-side limits are tested one by one in
-//! `crates/server/tests/limits.rs`.
+//! `crates/server/tests/limits.rs`. Tests written with `on_each_backend!`
+//! also run against three PostgreSQL + NATS nodes (`NAME::cluster`); the
+//! others count rows in the SQLite file to show what the cap kept out.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,7 +16,7 @@ use sotto_client::{Client, ConversationKind};
 use sotto_proto::v1::{self, client_frame::Body};
 use sotto_server::config::Rate;
 use sotto_testkit::wire::{create_group, random_id, send_message};
-use sotto_testkit::{TestServer, register, texts, warnings, within};
+use sotto_testkit::{TestServer, on_each_backend, register, texts, warnings, within};
 
 /// Mallory claims Bob's KeyPackages far beyond Bob's claim rate. Beyond it
 /// the server hands out only Bob's reusable last-resort KeyPackage, so his
@@ -69,30 +71,30 @@ async fn a_claim_flood_does_not_stop_a_contact_from_adding_the_victim() {
     .await;
 }
 
-/// Every connection that has not logged in is closed once idle for the
-/// handshake timeout, the client's anonymous connection (sends, claims,
-/// key-log reads) included: the client opens a new one when it next needs
-/// it, and nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_anonymous_connection_is_reopened_after_its_handshake_deadline() {
-    within(async {
-        let server = TestServer::start_with(|c| {
-            c.limits.handshake_timeout = std::time::Duration::from_millis(300);
+on_each_backend! {
+    /// Every connection that has not logged in is closed once idle for the
+    /// handshake timeout, the client's anonymous connection (sends, claims,
+    /// key-log reads) included: the client opens a new one when it next needs
+    /// it, and nothing is lost.
+    async fn the_anonymous_connection_is_reopened_after_its_handshake_deadline(
+        deployment,
+        |c| c.limits.handshake_timeout = std::time::Duration::from_millis(300)
+    ) {
+        within(async {
+            let (mut bob, _bob_dir) = register(&deployment.url(), "bob").await;
+            let (mut alice, _alice_dir) = register(&deployment.url(), "alice").await;
+            alice.send_direct("bob", "one").await.unwrap();
+            // Well past the deadline: the server closed Alice's anonymous
+            // connection.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            alice.send_direct("bob", "two").await.unwrap();
+            assert_eq!(texts(&bob.sync().await.unwrap()), ["one", "two"]);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            bob.send_direct("alice", "three").await.unwrap();
+            assert_eq!(texts(&alice.sync().await.unwrap()), ["three"]);
         })
         .await;
-        let (mut bob, _bob_dir) = register(&server.url(), "bob").await;
-        let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
-        alice.send_direct("bob", "one").await.unwrap();
-        // Well past the deadline: the server closed Alice's anonymous
-        // connection.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        alice.send_direct("bob", "two").await.unwrap();
-        assert_eq!(texts(&bob.sync().await.unwrap()), ["one", "two"]);
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        bob.send_direct("alice", "three").await.unwrap();
-        assert_eq!(texts(&alice.sync().await.unwrap()), ["three"]);
-    })
-    .await;
+    }
 }
 
 /// Mailbox entries the server holds for `client`'s device, missed-messages

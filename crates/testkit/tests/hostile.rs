@@ -4,6 +4,13 @@
 //! client and the real server (or, for the notice, writes the operator's
 //! own database) and asserts the warning the user sees, and that nothing
 //! reached the ghost.
+//!
+//! Tests written with `on_each_backend!` also run against three nodes on
+//! PostgreSQL and NATS (`NAME::cluster`). The swapped key, the forked log and the
+//! forged notice stay on SQLite: the operator's forgeries are built from
+//! (or written into) the SQLite file — the log key, the log's leaves, a
+//! mailbox row — and what they test is the client's check, which does not
+//! depend on where the server keeps its data.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,7 +27,8 @@ use sotto_proto::v1::{
     SignedTreeHead, account_event::Change, client_frame, response, server_frame,
 };
 use sotto_testkit::{
-    ConnView, HostileProxy, Reorder, TestServer, register, texts, warnings, within,
+    ConnView, Deployment, HostileProxy, Reorder, TestServer, on_each_backend, register, texts,
+    warnings, within,
 };
 use sotto_transparency::{LogKey, MerkleLog, leaf_bytes};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,49 +86,49 @@ fn asks_about(conn: &ConnView, user: &str) -> bool {
     }
 }
 
-/// (a) The server offers Alice an extra "device" for Bob. It cannot sign a
-/// certificate with Bob's identity key, and the log does not list it, so
-/// Alice refuses to talk to Bob at all rather than encrypt to the ghost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ghost_device_is_refused_and_never_encrypted_to() {
-    within(async {
-        let server = TestServer::start().await;
-        let ghost = Account::generate(Username::parse("bob").unwrap());
-        let provider = OpenMlsRustCrypto::default();
-        let ghost_device = ClaimedKeyPackage {
-            device: Some(ghost.signed_device()),
-            key_package: sotto_core::group::new_key_package(&provider, &ghost, false).unwrap(),
-        };
-        let proxy = HostileProxy::start(
-            &server.url(),
-            move |conn: &ConnView, mut frame: ServerFrame| {
-                // Only Alice connects through this proxy; her claims and
-                // lookups use a connection that never logs in.
-                if asks_about(conn, "bob")
-                    && let Some(response::Result::KeyPackages(bundle)) = response_mut(&mut frame)
-                {
-                    bundle.devices.push(ghost_device.clone());
-                }
-                Some(frame)
-            },
-        )
-        .await;
-        let (mut alice, _a) = register(&proxy.url(), "alice").await;
-        let (mut bob, _b) = register(&server.url(), "bob").await;
+on_each_backend! {
+    /// (a) The server offers Alice an extra "device" for Bob. It cannot sign a
+    /// certificate with Bob's identity key, and the log does not list it, so
+    /// Alice refuses to talk to Bob at all rather than encrypt to the ghost.
+    async fn a_ghost_device_is_refused_and_never_encrypted_to(deployment) {
+        within(async {
+            let ghost = Account::generate(Username::parse("bob").unwrap());
+            let provider = OpenMlsRustCrypto::default();
+            let ghost_device = ClaimedKeyPackage {
+                device: Some(ghost.signed_device()),
+                key_package: sotto_core::group::new_key_package(&provider, &ghost, false).unwrap(),
+            };
+            let proxy = HostileProxy::start(
+                &deployment.url(),
+                move |conn: &ConnView, mut frame: ServerFrame| {
+                    // Only Alice connects through this proxy; her claims and
+                    // lookups use a connection that never logs in.
+                    if asks_about(conn, "bob")
+                        && let Some(response::Result::KeyPackages(bundle)) = response_mut(&mut frame)
+                    {
+                        bundle.devices.push(ghost_device.clone());
+                    }
+                    Some(frame)
+                },
+            )
+            .await;
+            let (mut alice, _a) = register(&proxy.url(), "alice").await;
+            let (mut bob, _b) = register(&deployment.url(), "bob").await;
 
-        let err = alice.send_direct("bob", "for bob only").await.unwrap_err();
-        let shown = err.to_string();
-        assert!(matches!(err, ClientError::KeyLog(_)), "{shown}");
-        assert!(
-            shown.starts_with("WARNING") && shown.contains("refused a device"),
-            "{shown}"
-        );
-        // Nothing was encrypted or sent: no conversation, nothing queued.
-        assert!(alice.history(ConversationKind::Direct, "bob").is_err());
-        assert!(alice.outbox_payloads().unwrap().is_empty());
-        assert!(bob.sync().await.unwrap().is_empty());
-    })
-    .await;
+            let err = alice.send_direct("bob", "for bob only").await.unwrap_err();
+            let shown = err.to_string();
+            assert!(matches!(err, ClientError::KeyLog(_)), "{shown}");
+            assert!(
+                shown.starts_with("WARNING") && shown.contains("refused a device"),
+                "{shown}"
+            );
+            // Nothing was encrypted or sent: no conversation, nothing queued.
+            assert!(alice.history(ConversationKind::Direct, "bob").is_err());
+            assert!(alice.outbox_payloads().unwrap().is_empty());
+            assert!(bob.sync().await.unwrap().is_empty());
+        })
+        .await;
+    }
 }
 
 /// A forged account log for `username`: a fresh identity with one device,
@@ -329,83 +337,93 @@ async fn different_logs_for_different_people_are_caught() {
     .await;
 }
 
-/// The payload of the newest message still queued on the server.
-fn bob_sent_payload(server: &TestServer) -> Vec<u8> {
-    let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
-    db.query_row(
-        "SELECT payload FROM messages ORDER BY id DESC LIMIT 1",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
+/// The payload of the newest message still queued on the server (in the
+/// SQLite file, or in the cluster's PostgreSQL schema).
+async fn bob_sent_payload(deployment: &Deployment) -> Vec<u8> {
+    const NEWEST: &str = "SELECT payload FROM messages ORDER BY id DESC LIMIT 1";
+    match deployment.cluster() {
+        Some(cluster) => cluster
+            .db()
+            .client()
+            .await
+            .query_one(NEWEST, &[])
+            .await
+            .unwrap()
+            .get(0),
+        None => {
+            let server = deployment.node(0);
+            let db = rusqlite::Connection::open(server.data_dir().join("sotto.db")).unwrap();
+            db.query_row(NEWEST, [], |r| r.get(0)).unwrap()
+        }
+    }
 }
 
-/// (d) The operator drops the commit that adds a member, so Bob would not
-/// see the new reader. The messages after it are framed in a later epoch;
-/// that clear-text number proves nothing by itself (it is not
-/// authenticated, and the server refuses such messages from anyone but
-/// itself), so Bob is warned and holds them, and nothing durable changes.
-/// Nothing he sends meanwhile is readable by the new member, whose epoch
-/// starts after his. (`a_message_ahead_of_its_commit_is_held_then_shown` shows the release.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_withheld_roster_change_is_caught() {
-    within(async {
-        let server = TestServer::start().await;
-        let drop_next = Arc::new(AtomicBool::new(false));
-        let dropping = Arc::clone(&drop_next);
-        let proxy =
-            HostileProxy::start(&server.url(), move |conn: &ConnView, frame: ServerFrame| {
-                let is_delivery = matches!(frame.body, Some(server_frame::Body::Delivery(_)));
-                if is_for(conn, "bob") && is_delivery && dropping.swap(false, Ordering::SeqCst) {
-                    return None;
-                }
-                Some(frame)
-            })
-            .await;
-        let (mut alice, _a) = register(&server.url(), "alice").await;
-        let (mut bob, _b) = register(&proxy.url(), "bob").await;
-        let (mut eve, _e) = register(&server.url(), "eve").await;
-        alice.create_group("team", &["bob".into()]).await.unwrap();
-        alice.send_group("team", "hi bob").await.unwrap();
-        assert_eq!(texts(&bob.sync().await.unwrap()), ["hi bob"]);
+on_each_backend! {
+    /// (d) The operator drops the commit that adds a member, so Bob would not
+    /// see the new reader. The messages after it are framed in a later epoch;
+    /// that clear-text number proves nothing by itself (it is not
+    /// authenticated, and the server refuses such messages from anyone but
+    /// itself), so Bob is warned and holds them, and nothing durable changes.
+    /// Nothing he sends meanwhile is readable by the new member, whose epoch
+    /// starts after his. (`a_message_ahead_of_its_commit_is_held_then_shown` shows the release.)
+    async fn a_withheld_roster_change_is_caught(deployment) {
+        within(async {
+            let drop_next = Arc::new(AtomicBool::new(false));
+            let dropping = Arc::clone(&drop_next);
+            let proxy =
+                HostileProxy::start(&deployment.url(), move |conn: &ConnView, frame: ServerFrame| {
+                    let is_delivery = matches!(frame.body, Some(server_frame::Body::Delivery(_)));
+                    if is_for(conn, "bob") && is_delivery && dropping.swap(false, Ordering::SeqCst) {
+                        return None;
+                    }
+                    Some(frame)
+                })
+                .await;
+            let (mut alice, _a) = register(&deployment.url(), "alice").await;
+            let (mut bob, _b) = register(&proxy.url(), "bob").await;
+            let (mut eve, _e) = register(&deployment.url(), "eve").await;
+            alice.create_group("team", &["bob".into()]).await.unwrap();
+            alice.send_group("team", "hi bob").await.unwrap();
+            assert_eq!(texts(&bob.sync().await.unwrap()), ["hi bob"]);
 
-        drop_next.store(true, Ordering::SeqCst);
-        alice.add_member("team", "eve").await.unwrap(); // Bob never gets this commit
-        eve.sync().await.unwrap();
-        alice.send_group("team", "eve can read this").await.unwrap();
+            drop_next.store(true, Ordering::SeqCst);
+            alice.add_member("team", "eve").await.unwrap(); // Bob never gets this commit
+            eve.sync().await.unwrap();
+            alice.send_group("team", "eve can read this").await.unwrap();
 
-        let got = bob.sync().await.unwrap();
-        assert!(texts(&got).is_empty(), "{got:?}");
-        let warned = warnings(&got);
-        assert!(
-            !warned.is_empty() && warned.iter().all(|w| w.contains("withheld")),
-            "{got:?}"
-        );
-        // Unauthenticated input changed nothing durable: no history line,
-        // the conversation still in use.
-        let history = bob.history(ConversationKind::Group, "team").unwrap();
-        assert!(
-            history
-                .iter()
-                .all(|e| !e.text.contains("withheld") && !e.text.contains("eve")),
-            "{history:?}"
-        );
-        assert_eq!(bob.groups().unwrap(), ["team"]);
+            let got = bob.sync().await.unwrap();
+            assert!(texts(&got).is_empty(), "{got:?}");
+            let warned = warnings(&got);
+            assert!(
+                !warned.is_empty() && warned.iter().all(|w| w.contains("withheld")),
+                "{got:?}"
+            );
+            // Unauthenticated input changed nothing durable: no history line,
+            // the conversation still in use.
+            let history = bob.history(ConversationKind::Group, "team").unwrap();
+            assert!(
+                history
+                    .iter()
+                    .all(|e| !e.text.contains("withheld") && !e.text.contains("eve")),
+                "{history:?}"
+            );
+            assert_eq!(bob.groups().unwrap(), ["team"]);
 
-        // What Bob sends meanwhile is in the epoch he knows: Alice reads it,
-        // the member added behind his back cannot.
-        bob.send_group("team", "only for those I know")
-            .await
-            .unwrap();
-        let sent = bob_sent_payload(&server);
-        assert!(
-            eve.try_decrypt(&sent).is_err(),
-            "eve read a message of an epoch before hers"
-        );
-        let to_alice = alice.sync().await.unwrap();
-        assert_eq!(texts(&to_alice), ["only for those I know"]);
-    })
-    .await;
+            // What Bob sends meanwhile is in the epoch he knows: Alice reads it,
+            // the member added behind his back cannot.
+            bob.send_group("team", "only for those I know")
+                .await
+                .unwrap();
+            let sent = bob_sent_payload(&deployment).await;
+            assert!(
+                eve.try_decrypt(&sent).is_err(),
+                "eve read a message of an epoch before hers"
+            );
+            let to_alice = alice.sync().await.unwrap();
+            assert_eq!(texts(&to_alice), ["only for those I know"]);
+        })
+        .await;
+    }
 }
 
 /// The operator forges a missed-messages notice (it is the server's word,
@@ -460,114 +478,114 @@ async fn a_forged_missed_messages_notice_only_warns() {
     .await;
 }
 
-/// The operator (or a reordering path) delivers a message before the commit
-/// that starts its epoch. Bob holds it, with a notice, and shows it right
-/// after the commit, in order; nothing is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_ahead_of_its_commit_is_held_then_shown() {
-    within(async {
-        let server = TestServer::start().await;
-        let delay_next = Arc::new(AtomicBool::new(false));
-        let delaying = Arc::clone(&delay_next);
-        let proxy = HostileProxy::start(
-            &server.url(),
-            // The commit comes after the two messages that follow it (the
-            // new member's ConversationInfo, then the text).
-            Reorder {
-                after: 2,
-                pick: move |conn: &ConnView, frame: &ServerFrame| {
-                    let is_delivery = matches!(frame.body, Some(server_frame::Body::Delivery(_)));
-                    is_for(conn, "bob") && is_delivery && delaying.swap(false, Ordering::SeqCst)
+on_each_backend! {
+    /// The operator (or a reordering path) delivers a message before the commit
+    /// that starts its epoch. Bob holds it, with a notice, and shows it right
+    /// after the commit, in order; nothing is refused.
+    async fn a_message_ahead_of_its_commit_is_held_then_shown(deployment) {
+        within(async {
+            let delay_next = Arc::new(AtomicBool::new(false));
+            let delaying = Arc::clone(&delay_next);
+            let proxy = HostileProxy::start(
+                &deployment.url(),
+                // The commit comes after the two messages that follow it (the
+                // new member's ConversationInfo, then the text).
+                Reorder {
+                    after: 2,
+                    pick: move |conn: &ConnView, frame: &ServerFrame| {
+                        let is_delivery = matches!(frame.body, Some(server_frame::Body::Delivery(_)));
+                        is_for(conn, "bob") && is_delivery && delaying.swap(false, Ordering::SeqCst)
+                    },
                 },
-            },
-        )
-        .await;
-        let (mut alice, _a) = register(&server.url(), "alice").await;
-        let (mut bob, _b) = register(&proxy.url(), "bob").await;
-        let (_eve, _e) = register(&server.url(), "eve").await;
-        alice.create_group("team", &["bob".into()]).await.unwrap();
-        assert!(warnings(&bob.sync().await.unwrap()).is_empty());
+            )
+            .await;
+            let (mut alice, _a) = register(&deployment.url(), "alice").await;
+            let (mut bob, _b) = register(&proxy.url(), "bob").await;
+            let (_eve, _e) = register(&deployment.url(), "eve").await;
+            alice.create_group("team", &["bob".into()]).await.unwrap();
+            assert!(warnings(&bob.sync().await.unwrap()).is_empty());
 
-        delay_next.store(true, Ordering::SeqCst);
-        alice.add_member("team", "eve").await.unwrap(); // its commit reaches Bob late
-        alice.send_group("team", "hello eve and bob").await.unwrap();
-        let got = bob.sync().await.unwrap();
-        let shown: Vec<&str> = got
-            .iter()
-            .filter(|e| !e.text.starts_with("WARNING"))
-            .map(|e| e.text.as_str())
-            .collect();
-        assert_eq!(shown, ["alice added eve", "hello eve and bob"], "{got:?}");
-        assert!(
-            !warnings(&got).is_empty(),
-            "Bob was told a message was held: {got:?}"
-        );
-        assert_eq!(bob.groups().unwrap(), ["team"]);
-        let history: Vec<String> = bob
-            .history(ConversationKind::Group, "team")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.text)
-            .collect();
-        assert!(
-            history.iter().all(|t| !t.starts_with("WARNING")),
-            "{history:?}"
-        );
-    })
-    .await;
+            delay_next.store(true, Ordering::SeqCst);
+            alice.add_member("team", "eve").await.unwrap(); // its commit reaches Bob late
+            alice.send_group("team", "hello eve and bob").await.unwrap();
+            let got = bob.sync().await.unwrap();
+            let shown: Vec<&str> = got
+                .iter()
+                .filter(|e| !e.text.starts_with("WARNING"))
+                .map(|e| e.text.as_str())
+                .collect();
+            assert_eq!(shown, ["alice added eve", "hello eve and bob"], "{got:?}");
+            assert!(
+                !warnings(&got).is_empty(),
+                "Bob was told a message was held: {got:?}"
+            );
+            assert_eq!(bob.groups().unwrap(), ["team"]);
+            let history: Vec<String> = bob
+                .history(ConversationKind::Group, "team")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.text)
+                .collect();
+            assert!(
+                history.iter().all(|t| !t.starts_with("WARNING")),
+                "{history:?}"
+            );
+        })
+        .await;
+    }
 }
 
-/// A server that replays an old head (to hide key changes made since) is
-/// caught once the head is older than the maximum age and the device has
-/// seen a newer one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_head_is_refused_once_a_newer_one_was_seen() {
-    within(async {
-        let server = TestServer::start().await;
-        // The proxy keeps the first head it relays, and replays it once
-        // told to.
-        let first: Arc<Mutex<Option<SignedTreeHead>>> = Arc::default();
-        let replay = Arc::new(AtomicBool::new(false));
-        let (kept, replaying) = (Arc::clone(&first), Arc::clone(&replay));
-        let proxy = HostileProxy::start(
-            &server.url(),
-            move |_: &ConnView, mut frame: ServerFrame| {
-                if let Some(server_frame::Body::Response(r)) = frame.body.as_mut()
-                    && let Some(response::Result::LogHead(head)) = r.result.as_mut()
-                {
-                    let mut kept = kept.lock().unwrap();
-                    match kept.as_ref() {
-                        None => *kept = Some(head.clone()),
-                        Some(old) if replaying.load(Ordering::SeqCst) => *head = old.clone(),
-                        Some(_) => {}
+on_each_backend! {
+    /// A server that replays an old head (to hide key changes made since) is
+    /// caught once the head is older than the maximum age and the device has
+    /// seen a newer one.
+    async fn a_stale_head_is_refused_once_a_newer_one_was_seen(deployment) {
+        within(async {
+            // The proxy keeps the first head it relays, and replays it once
+            // told to.
+            let first: Arc<Mutex<Option<SignedTreeHead>>> = Arc::default();
+            let replay = Arc::new(AtomicBool::new(false));
+            let (kept, replaying) = (Arc::clone(&first), Arc::clone(&replay));
+            let proxy = HostileProxy::start(
+                &deployment.url(),
+                move |_: &ConnView, mut frame: ServerFrame| {
+                    if let Some(server_frame::Body::Response(r)) = frame.body.as_mut()
+                        && let Some(response::Result::LogHead(head)) = r.result.as_mut()
+                    {
+                        let mut kept = kept.lock().unwrap();
+                        match kept.as_ref() {
+                            None => *kept = Some(head.clone()),
+                            Some(old) if replaying.load(Ordering::SeqCst) => *head = old.clone(),
+                            Some(_) => {}
+                        }
                     }
-                }
-                Some(frame)
-            },
-        )
+                    Some(frame)
+                },
+            )
+            .await;
+            let (mut alice, _a) = register(&proxy.url(), "alice").await;
+            alice.set_max_head_age(std::time::Duration::from_millis(500));
+            // Each login asks for the current head.
+            alice.disconnect().await;
+            alice.sync().await.unwrap();
+            assert!(first.lock().unwrap().is_some(), "the proxy saw no head");
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+            // The log grows and alice pins a newer head.
+            let (_bob, _b) = register(&deployment.url(), "bob").await;
+            alice.disconnect().await;
+            alice.sync().await.unwrap();
+            // Now the server shows the old head again.
+            replay.store(true, Ordering::SeqCst);
+            alice.disconnect().await;
+            let err = alice
+                .sync()
+                .await
+                .expect_err("a stale head must be refused");
+            assert!(
+                matches!(&err, ClientError::KeyLog(m) if m.contains("seen a newer one")),
+                "{err:?}"
+            );
+        })
         .await;
-        let (mut alice, _a) = register(&proxy.url(), "alice").await;
-        alice.set_max_head_age(std::time::Duration::from_millis(500));
-        // Each login asks for the current head.
-        alice.disconnect().await;
-        alice.sync().await.unwrap();
-        assert!(first.lock().unwrap().is_some(), "the proxy saw no head");
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        // The log grows and alice pins a newer head.
-        let (_bob, _b) = register(&server.url(), "bob").await;
-        alice.disconnect().await;
-        alice.sync().await.unwrap();
-        // Now the server shows the old head again.
-        replay.store(true, Ordering::SeqCst);
-        alice.disconnect().await;
-        let err = alice
-            .sync()
-            .await
-            .expect_err("a stale head must be refused");
-        assert!(
-            matches!(&err, ClientError::KeyLog(m) if m.contains("seen a newer one")),
-            "{err:?}"
-        );
-    })
-    .await;
+    }
 }

@@ -3,6 +3,9 @@
 //! that its effect is absent: the honest clients' rosters, histories and
 //! outgoing recipients are what they would be without it. The attacker is
 //! [`Mallory`]: a real account driving MLS and the protocol by hand.
+//! Each test body runs against one SQLite server (`NAME::sqlite`) and
+//! three PostgreSQL + NATS nodes with the accounts spread across them
+//! (`NAME::cluster`).
 
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +22,7 @@ use sotto_core::identity::{MemberId, Username};
 use sotto_proto::mls_framing::{ContentType, opaque_private_message};
 use sotto_proto::v1::{self, ErrorCode, ServerFrame, client_frame, server_frame};
 use sotto_testkit::{
-    ConnView, HostileProxy, Mallory, TestServer, register, texts, warnings, within,
+    ConnView, Deployment, HostileProxy, Mallory, on_each_backend, register, texts, warnings, within,
 };
 use std::time::Duration;
 
@@ -53,9 +56,10 @@ async fn joined(mallory: &mut Mallory) -> MlsGroup {
     mallory.load(&group_id)
 }
 
-/// Alice, Bob and Mallory in a group "team" that Alice made.
+/// Alice, Bob and Mallory in a group "team" that Alice made, each on the
+/// next node of the deployment.
 struct Team {
-    server: TestServer,
+    deployment: Deployment,
     alice: Client,
     bob: Client,
     mallory: Mallory,
@@ -63,14 +67,14 @@ struct Team {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-async fn team_with(server: TestServer, also: &[&str]) -> (Team, Vec<Client>) {
-    let (mut alice, a) = register(&server.url(), "alice").await;
-    let (mut bob, b) = register(&server.url(), "bob").await;
-    let mut mallory = Mallory::register(&server.url(), "mallory").await;
+async fn team_with(deployment: Deployment, also: &[&str]) -> (Team, Vec<Client>) {
+    let (mut alice, a) = register(&deployment.url(), "alice").await;
+    let (mut bob, b) = register(&deployment.url(), "bob").await;
+    let mut mallory = Mallory::register(&deployment.url(), "mallory").await;
     let mut dirs = vec![a, b];
     let mut others = Vec::new();
     for name in also {
-        let (client, dir) = register(&server.url(), name).await;
+        let (client, dir) = register(&deployment.url(), name).await;
         others.push(client);
         dirs.push(dir);
     }
@@ -83,7 +87,7 @@ async fn team_with(server: TestServer, also: &[&str]) -> (Team, Vec<Client>) {
         other.sync().await.unwrap();
     }
     let team = Team {
-        server,
+        deployment,
         alice,
         bob,
         mallory,
@@ -93,8 +97,8 @@ async fn team_with(server: TestServer, also: &[&str]) -> (Team, Vec<Client>) {
     (team, others)
 }
 
-async fn team() -> Team {
-    team_with(TestServer::start().await, &[]).await.0
+async fn team(deployment: Deployment) -> Team {
+    team_with(deployment, &[]).await.0
 }
 
 /// The group still works for everyone honest: Alice sends, Bob reads.
@@ -103,573 +107,582 @@ async fn still_works(alice: &mut Client, bob: &mut Client, text: &str) {
     assert_eq!(texts(&bob.sync().await.unwrap()), [text]);
 }
 
-/// Hole 1. Mallory builds a group holding Alice, Bob and a second account
-/// of hers (Zed), drops her own leaf so that each of Alice and Bob sees the
-/// other as the "first other member", gives it the smallest possible group
-/// id and calls it a direct conversation. Alice's and Bob's 1:1 messages
-/// must not go there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_third_party_cannot_sit_inside_a_direct_conversation() {
-    within(async {
-        let server = TestServer::start().await;
-        let (mut alice, _a) = register(&server.url(), "alice").await;
-        let (mut bob, _b) = register(&server.url(), "bob").await;
-        let mut mallory = Mallory::register(&server.url(), "mallory").await;
-        let mut zed = Mallory::register(&server.url(), "zed").await;
-        alice.send_direct("bob", "hi bob").await.unwrap();
-        assert_eq!(texts(&bob.sync().await.unwrap()), ["hi bob"]);
+on_each_backend! {
+    /// Hole 1. Mallory builds a group holding Alice, Bob and a second account
+    /// of hers (Zed), drops her own leaf so that each of Alice and Bob sees the
+    /// other as the "first other member", gives it the smallest possible group
+    /// id and calls it a direct conversation. Alice's and Bob's 1:1 messages
+    /// must not go there.
+    async fn a_third_party_cannot_sit_inside_a_direct_conversation(deployment) {
+        within(async {
+            let (mut alice, _a) = register(&deployment.url(), "alice").await;
+            let (mut bob, _b) = register(&deployment.url(), "bob").await;
+            let mut mallory = Mallory::register(&deployment.url(), "mallory").await;
+            let mut zed = Mallory::register(&deployment.url(), "zed").await;
+            alice.send_direct("bob", "hi bob").await.unwrap();
+            assert_eq!(texts(&bob.sync().await.unwrap()), ["hi bob"]);
 
-        let mut key_packages = mallory.claim("alice").await;
-        key_packages.extend(mallory.claim("bob").await);
-        key_packages.extend(mallory.claim("zed").await);
-        let mut trap = mallory.create_group(&[0; 16]);
-        mallory.add(&mut trap, &key_packages).await.unwrap();
-        let mut trap = joined(&mut zed).await;
-        let pending = group::remove_user(
-            &zed.provider,
-            &mut trap,
-            &zed.account.device,
-            &Username::parse("mallory").unwrap(),
-        )
-        .unwrap();
-        zed.submit(&mut trap, pending).await.unwrap();
-        zed.say(&mut trap, Mallory::direct_info()).await.unwrap();
+            let mut key_packages = mallory.claim("alice").await;
+            key_packages.extend(mallory.claim("bob").await);
+            key_packages.extend(mallory.claim("zed").await);
+            let mut trap = mallory.create_group(&[0; 16]);
+            mallory.add(&mut trap, &key_packages).await.unwrap();
+            let mut trap = joined(&mut zed).await;
+            let pending = group::remove_user(
+                &zed.provider,
+                &mut trap,
+                &zed.account.device,
+                &Username::parse("mallory").unwrap(),
+            )
+            .unwrap();
+            zed.submit(&mut trap, pending).await.unwrap();
+            zed.say(&mut trap, Mallory::direct_info()).await.unwrap();
 
-        for client in [&mut alice, &mut bob] {
-            let got = client.sync().await.unwrap();
-            let warned = warnings(&got);
+            for client in [&mut alice, &mut bob] {
+                let got = client.sync().await.unwrap();
+                let warned = warnings(&got);
+                assert!(
+                    warned.iter().any(|w| w.contains("zed")),
+                    "the warning names the extra member: {got:?}"
+                );
+            }
+            // Their conversation still holds just the two of them, and their
+            // messages go there.
+            for (client, peer) in [(&alice, "bob"), (&bob, "alice")] {
+                let members = client
+                    .conversation_members(ConversationKind::Direct, peer)
+                    .unwrap();
+                assert!(
+                    members
+                        .iter()
+                        .all(|m| m.username == "alice" || m.username == "bob"),
+                    "{members:?}"
+                );
+            }
+            alice.send_direct("bob", "for bob only").await.unwrap();
+            assert_eq!(texts(&bob.sync().await.unwrap()), ["for bob only"]);
+            bob.send_direct("alice", "for alice only").await.unwrap();
+            assert_eq!(texts(&alice.sync().await.unwrap()), ["for alice only"]);
+            let seen_by_zed = zed.sync().await;
             assert!(
-                warned.iter().any(|w| w.contains("zed")),
-                "the warning names the extra member: {got:?}"
-            );
-        }
-        // Their conversation still holds just the two of them, and their
-        // messages go there.
-        for (client, peer) in [(&alice, "bob"), (&bob, "alice")] {
-            let members = client
-                .conversation_members(ConversationKind::Direct, peer)
-                .unwrap();
-            assert!(
-                members
+                !seen_by_zed
                     .iter()
-                    .all(|m| m.username == "alice" || m.username == "bob"),
-                "{members:?}"
+                    .any(|i| matches!(i, Inbound::Application { .. })),
+                "{seen_by_zed:?}"
             );
-        }
-        alice.send_direct("bob", "for bob only").await.unwrap();
-        assert_eq!(texts(&bob.sync().await.unwrap()), ["for bob only"]);
-        bob.send_direct("alice", "for alice only").await.unwrap();
-        assert_eq!(texts(&alice.sync().await.unwrap()), ["for alice only"]);
-        let seen_by_zed = zed.sync().await;
-        assert!(
-            !seen_by_zed
-                .iter()
-                .any(|i| matches!(i, Inbound::Application { .. })),
-            "{seen_by_zed:?}"
-        );
-    })
-    .await;
+        })
+        .await;
+    }
 }
 
-/// Hole 1, from the inside: Mallory and Alice have a direct conversation;
-/// Mallory adds a third account to it. Alice refuses it, naming the newcomer,
-/// and sends nothing more there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_direct_conversation_that_gains_a_third_account_is_refused() {
-    within(async {
-        let server = TestServer::start().await;
-        let (mut alice, _a) = register(&server.url(), "alice").await;
-        let mut mallory = Mallory::register(&server.url(), "mallory").await;
-        let _zed = Mallory::register(&server.url(), "zed").await;
-        let alice_key_packages = mallory.claim("alice").await;
-        let mut direct = mallory.create_group(&[6; 16]);
-        mallory.add(&mut direct, &alice_key_packages).await.unwrap();
-        mallory
-            .say(&mut direct, Mallory::direct_info())
-            .await
-            .unwrap();
-        mallory
-            .say(&mut direct, Mallory::text("just us"))
-            .await
-            .unwrap();
-        assert_eq!(texts(&alice.sync().await.unwrap()), ["just us"]);
+on_each_backend! {
+    /// Hole 1, from the inside: Mallory and Alice have a direct conversation;
+    /// Mallory adds a third account to it. Alice refuses it, naming the newcomer,
+    /// and sends nothing more there.
+    async fn a_direct_conversation_that_gains_a_third_account_is_refused(deployment) {
+        within(async {
+            let (mut alice, _a) = register(&deployment.url(), "alice").await;
+            let mut mallory = Mallory::register(&deployment.url(), "mallory").await;
+            let _zed = Mallory::register(&deployment.url(), "zed").await;
+            let alice_key_packages = mallory.claim("alice").await;
+            let mut direct = mallory.create_group(&[6; 16]);
+            mallory.add(&mut direct, &alice_key_packages).await.unwrap();
+            mallory
+                .say(&mut direct, Mallory::direct_info())
+                .await
+                .unwrap();
+            mallory
+                .say(&mut direct, Mallory::text("just us"))
+                .await
+                .unwrap();
+            assert_eq!(texts(&alice.sync().await.unwrap()), ["just us"]);
 
-        let zed = mallory.claim("zed").await;
-        mallory.add(&mut direct, &zed).await.unwrap();
-        let got = alice.sync().await.unwrap();
-        let warned = warnings(&got);
-        assert!(
-            warned.iter().any(|w| w.contains("also holds zed")),
-            "{got:?}"
-        );
-        // Alice's next message starts a new two-person group: never the one
-        // Zed is in.
-        alice
-            .send_direct("mallory", "still private?")
-            .await
-            .unwrap();
-        let members = alice
-            .conversation_members(ConversationKind::Direct, "mallory")
-            .unwrap();
-        assert!(members.iter().all(|m| m.username != "zed"), "{members:?}");
-    })
-    .await;
-}
-
-/// Hole 2a. Mallory proposes an Update that relabels her leaf as Bob's
-/// device. Honest clients never commit it, and drop it with a warning.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cannot_relabel_herself_as_another_member() {
-    within(async {
-        let mut t = team().await;
-        let before = roster(&t.alice, "team");
-        let as_bob = MemberId {
-            username: Username::parse("bob").unwrap(),
-            device_id: t.bob.device_id(),
-        };
-        let parameters = LeafNodeParameters::builder()
-            .with_credential_with_key(CredentialWithKey {
-                credential: as_bob.to_credential(),
-                signature_key: t.mallory.account.device.public().to_vec().into(),
-            })
-            .build();
-        let (proposal, _) = t
-            .group
-            .propose_self_update(&t.mallory.provider, &t.mallory.account.device, parameters)
-            .unwrap();
-        t.mallory
-            .send_payload(&t.group, serialize(&proposal))
-            .await
-            .unwrap();
-
-        let got = t.alice.sync().await.unwrap();
-        assert!(
-            warnings(&got)
-                .iter()
-                .any(|w| w.contains("mallory") && w.contains("does not allow")),
-            "{got:?}"
-        );
-        t.bob.sync().await.unwrap();
-        still_works(&mut t.alice, &mut t.bob, "nothing changed").await;
-        assert_eq!(roster(&t.alice, "team"), before);
-        assert_eq!(roster(&t.bob, "team"), before);
-        let seen = t.mallory.sync().await;
-        assert!(
-            !seen.iter().any(|i| matches!(i, Inbound::Commit { .. })),
-            "an honest client committed Mallory's proposal: {seen:?}"
-        );
-    })
-    .await;
-}
-
-/// Hole 2b. Mallory proposes to remove Carol, hoping Bob's client commits
-/// it ("bob removed carol"). Nobody does; Carol stays and keeps reading.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cannot_have_someone_else_remove_a_third() {
-    within(async {
-        let (mut t, mut others) = team_with(TestServer::start().await, &["carol"]).await;
-        let mut carol = others.pop().unwrap();
-        let carol_leaf = Mallory::leaf_of(&t.group, "carol");
-        let (proposal, _) = t
-            .group
-            .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, carol_leaf)
-            .unwrap();
-        t.mallory
-            .send_payload(&t.group, serialize(&proposal))
-            .await
-            .unwrap();
-        let got = t.bob.sync().await.unwrap();
-        assert!(
-            warnings(&got).iter().any(|w| w.contains("mallory")),
-            "{got:?}"
-        );
-        t.alice.sync().await.unwrap();
-        carol.sync().await.unwrap();
-        t.alice.send_group("team", "carol is here").await.unwrap();
-        assert_eq!(texts(&carol.sync().await.unwrap()), ["carol is here"]);
-        for client in [&t.alice, &t.bob, &carol] {
-            let history = client.history(ConversationKind::Group, "team").unwrap();
-            assert!(
-                history.iter().all(|e| !e.text.contains("removed carol")),
-                "{history:?}"
-            );
-            assert!(roster(client, "team").iter().any(|(u, _)| u == "carol"));
-        }
-    })
-    .await;
-}
-
-/// Hole 2c. Mallory proposes adding a device. An honest commit of it would
-/// carry a Welcome nobody addressed, refused by the server, breaking every
-/// later sync and send. Nobody commits it; the group keeps working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proposed_add_does_not_wedge_the_group() {
-    within(async {
-        let mut t = team().await;
-        let (_eve, _e) = register(&t.server.url(), "eve").await;
-        let eve = t.mallory.claim("eve").await;
-        let (proposal, _) = t
-            .group
-            .propose_add_member(
-                &t.mallory.provider,
-                &t.mallory.account.device,
-                &eve[0].key_package,
-            )
-            .unwrap();
-        t.mallory
-            .send_payload(&t.group, serialize(&proposal))
-            .await
-            .unwrap();
-        t.alice.sync().await.unwrap();
-        t.bob.sync().await.unwrap();
-        still_works(&mut t.alice, &mut t.bob, "still fine").await;
-        still_works(&mut t.bob, &mut t.alice, "here too").await;
-        assert!(roster(&t.alice, "team").iter().all(|(u, _)| u != "eve"));
-    })
-    .await;
-}
-
-/// Hole 2 (the wedged target). Mallory proposes removing Bob. Bob's client
-/// used to try to commit its own removal, which openmls refuses, and then
-/// failed every send and sync. Now the proposal is dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remove_proposal_aimed_at_a_device_does_not_wedge_it() {
-    within(async {
-        let mut t = team().await;
-        let bob_leaf = Mallory::leaf_of(&t.group, "bob");
-        let (proposal, _) = t
-            .group
-            .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, bob_leaf)
-            .unwrap();
-        t.mallory
-            .send_payload(&t.group, serialize(&proposal))
-            .await
-            .unwrap();
-        t.bob.sync().await.unwrap();
-        t.alice.sync().await.unwrap();
-        still_works(&mut t.bob, &mut t.alice, "bob can still send").await;
-        still_works(&mut t.alice, &mut t.bob, "and read").await;
-    })
-    .await;
-}
-
-/// Hole 2d. Mallory proposes a change to the group context (its
-/// extensions). Refused like any proposal but a member's own leave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_context_proposal_is_refused() {
-    within(async {
-        let mut t = team().await;
-        let (proposal, _) = t
-            .group
-            .propose_group_context_extensions(
-                &t.mallory.provider,
-                Extensions::default(),
-                &t.mallory.account.device,
-            )
-            .unwrap();
-        t.mallory
-            .send_payload(&t.group, serialize(&proposal))
-            .await
-            .unwrap();
-        let got = t.alice.sync().await.unwrap();
-        assert!(
-            warnings(&got).iter().any(|w| w.contains("mallory")),
-            "{got:?}"
-        );
-        t.bob.sync().await.unwrap();
-        still_works(&mut t.alice, &mut t.bob, "unchanged").await;
-    })
-    .await;
-}
-
-/// Mallory commits, herself, a change Sotto does not allow (the group
-/// context's extensions). That is authenticated evidence of a misbehaving
-/// member: every honest client refuses the conversation, and the warning
-/// names her, not anyone else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_that_breaks_the_policy_is_refused_and_names_its_committer() {
-    within(async {
-        let mut t = team().await;
-        let (commit, _, _) = t
-            .group
-            .update_group_context_extensions(
-                &t.mallory.provider,
-                Extensions::default(),
-                &t.mallory.account.device,
-            )
-            .unwrap();
-        t.mallory.submit_built(&mut t.group, commit).await.unwrap();
-        for client in [&mut t.alice, &mut t.bob] {
-            let got = client.sync().await.unwrap();
+            let zed = mallory.claim("zed").await;
+            mallory.add(&mut direct, &zed).await.unwrap();
+            let got = alice.sync().await.unwrap();
             let warned = warnings(&got);
             assert!(
-                warned
+                warned.iter().any(|w| w.contains("also holds zed")),
+                "{got:?}"
+            );
+            // Alice's next message starts a new two-person group: never the one
+            // Zed is in.
+            alice
+                .send_direct("mallory", "still private?")
+                .await
+                .unwrap();
+            let members = alice
+                .conversation_members(ConversationKind::Direct, "mallory")
+                .unwrap();
+            assert!(members.iter().all(|m| m.username != "zed"), "{members:?}");
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Hole 2a. Mallory proposes an Update that relabels her leaf as Bob's
+    /// device. Honest clients never commit it, and drop it with a warning.
+    async fn a_member_cannot_relabel_herself_as_another_member(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let before = roster(&t.alice, "team");
+            let as_bob = MemberId {
+                username: Username::parse("bob").unwrap(),
+                device_id: t.bob.device_id(),
+            };
+            let parameters = LeafNodeParameters::builder()
+                .with_credential_with_key(CredentialWithKey {
+                    credential: as_bob.to_credential(),
+                    signature_key: t.mallory.account.device.public().to_vec().into(),
+                })
+                .build();
+            let (proposal, _) = t
+                .group
+                .propose_self_update(&t.mallory.provider, &t.mallory.account.device, parameters)
+                .unwrap();
+            t.mallory
+                .send_payload(&t.group, serialize(&proposal))
+                .await
+                .unwrap();
+
+            let got = t.alice.sync().await.unwrap();
+            assert!(
+                warnings(&got)
                     .iter()
                     .any(|w| w.contains("mallory") && w.contains("does not allow")),
                 "{got:?}"
             );
-            assert!(client.groups().unwrap().is_empty());
-        }
-    })
-    .await;
+            t.bob.sync().await.unwrap();
+            still_works(&mut t.alice, &mut t.bob, "nothing changed").await;
+            assert_eq!(roster(&t.alice, "team"), before);
+            assert_eq!(roster(&t.bob, "team"), before);
+            let seen = t.mallory.sync().await;
+            assert!(
+                !seen.iter().any(|i| matches!(i, Inbound::Commit { .. })),
+                "an honest client committed Mallory's proposal: {seen:?}"
+            );
+        })
+        .await;
+    }
 }
 
-/// Hole 3. A member (or a former member within the grace period) sends a
-/// message framed for a later epoch, or for another group: the server
-/// refuses both, and nothing changes on any client.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_framing_is_refused_and_changes_nothing() {
-    within(async {
-        let mut t = team().await;
-        let group_id = t.group.group_id().to_vec();
-        let epoch = t.group.epoch().as_u64();
-        let future =
-            opaque_private_message(&group_id, epoch + 1, ContentType::Application, &[7; 64]);
-        let err = t.mallory.send_payload(&t.group, future).await.unwrap_err();
-        assert_eq!(
-            err.server_code(),
-            Some(ErrorCode::MismatchedFraming),
-            "{err}"
-        );
-
-        // Mallory's own group, and a message framed for the team in it.
-        let mut own = t.mallory.create_group(&[1; 16]);
-        let bob = t.mallory.claim("bob").await;
-        t.mallory.add(&mut own, &bob).await.unwrap();
-        let for_team = t
-            .mallory
-            .encrypt(&mut t.group, Mallory::text("via another group"));
-        let send = v1::SendMessage {
-            message_id: vec![5; 16],
-            group_id: own.group_id().to_vec(),
-            recipients: vec![t.bob.device_id().as_bytes().to_vec()],
-            payload: for_team,
-            send_token: t.mallory.capability(&own),
-            more_recipients: false,
-            expires_at: 0,
-            ephemeral: false,
-        };
-        let err = t
-            .mallory
-            .request(client_frame::Body::SendMessage(send))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.server_code(),
-            Some(ErrorCode::MismatchedFraming),
-            "{err}"
-        );
-
-        let got = t.bob.sync().await.unwrap();
-        assert!(texts(&got).is_empty(), "{got:?}");
-        assert!(t.bob.groups().unwrap().contains(&"team".to_owned()));
-        still_works(&mut t.alice, &mut t.bob, "team intact").await;
-    })
-    .await;
+on_each_backend! {
+    /// Hole 2b. Mallory proposes to remove Carol, hoping Bob's client commits
+    /// it ("bob removed carol"). Nobody does; Carol stays and keeps reading.
+    async fn a_member_cannot_have_someone_else_remove_a_third(deployment) {
+        within(async {
+            let (mut t, mut others) = team_with(deployment, &["carol"]).await;
+            let mut carol = others.pop().unwrap();
+            let carol_leaf = Mallory::leaf_of(&t.group, "carol");
+            let (proposal, _) = t
+                .group
+                .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, carol_leaf)
+                .unwrap();
+            t.mallory
+                .send_payload(&t.group, serialize(&proposal))
+                .await
+                .unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(
+                warnings(&got).iter().any(|w| w.contains("mallory")),
+                "{got:?}"
+            );
+            t.alice.sync().await.unwrap();
+            carol.sync().await.unwrap();
+            t.alice.send_group("team", "carol is here").await.unwrap();
+            assert_eq!(texts(&carol.sync().await.unwrap()), ["carol is here"]);
+            for client in [&t.alice, &t.bob, &carol] {
+                let history = client.history(ConversationKind::Group, "team").unwrap();
+                assert!(
+                    history.iter().all(|e| !e.text.contains("removed carol")),
+                    "{history:?}"
+                );
+                assert!(roster(client, "team").iter().any(|(u, _)| u == "carol"));
+            }
+        })
+        .await;
+    }
 }
 
-/// Hole 3 (the outsider). A connection that never registered creates a
-/// group (which needs no capability) and tries to reach Bob through it:
-/// the creating commit cannot name recipients, a message framed for Bob's
-/// group is refused, and one framed for the outsider's own group changes
-/// nothing on Bob's client.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outsider_cannot_deliver_anything_that_matters() {
-    within(async {
-        let mut t = team().await;
-        let mut outsider = t.mallory.outsider().await;
-        let bob_device = t.bob.device_id().as_bytes().to_vec();
-        let own_group = vec![3; 16];
-        let capability = vec![4; 32];
-        let create = |recipients: Vec<Vec<u8>>| v1::SubmitCommit {
-            message_id: rand_id(),
-            group_id: own_group.clone(),
-            epoch: 0,
-            recipients,
-            commit: opaque_private_message(&own_group, 0, ContentType::Commit, b"c"),
-            next_token_hash: group::token_hash(&capability),
-            ..Default::default()
-        };
-        let err = outsider
-            .request(client_frame::Body::SubmitCommit(create(vec![
-                bob_device.clone(),
-            ])))
-            .await
-            .unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::InvalidRequest), "{err}");
-        outsider
-            .request(client_frame::Body::SubmitCommit(create(Vec::new())))
-            .await
-            .unwrap();
-        let team_id = t.group.group_id().to_vec();
-        let epoch = t.group.epoch().as_u64();
-        let send = |payload: Vec<u8>| {
-            client_frame::Body::SendMessage(v1::SendMessage {
-                message_id: rand_id(),
-                group_id: own_group.clone(),
-                recipients: vec![bob_device.clone()],
-                payload,
-                send_token: capability.clone(),
+on_each_backend! {
+    /// Hole 2c. Mallory proposes adding a device. An honest commit of it would
+    /// carry a Welcome nobody addressed, refused by the server, breaking every
+    /// later sync and send. Nobody commits it; the group keeps working.
+    async fn a_proposed_add_does_not_wedge_the_group(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let (_eve, _e) = register(&t.deployment.url(), "eve").await;
+            let eve = t.mallory.claim("eve").await;
+            let (proposal, _) = t
+                .group
+                .propose_add_member(
+                    &t.mallory.provider,
+                    &t.mallory.account.device,
+                    &eve[0].key_package,
+                )
+                .unwrap();
+            t.mallory
+                .send_payload(&t.group, serialize(&proposal))
+                .await
+                .unwrap();
+            t.alice.sync().await.unwrap();
+            t.bob.sync().await.unwrap();
+            still_works(&mut t.alice, &mut t.bob, "still fine").await;
+            still_works(&mut t.bob, &mut t.alice, "here too").await;
+            assert!(roster(&t.alice, "team").iter().all(|(u, _)| u != "eve"));
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Hole 2 (the wedged target). Mallory proposes removing Bob. Bob's client
+    /// used to try to commit its own removal, which openmls refuses, and then
+    /// failed every send and sync. Now the proposal is dropped.
+    async fn a_remove_proposal_aimed_at_a_device_does_not_wedge_it(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let bob_leaf = Mallory::leaf_of(&t.group, "bob");
+            let (proposal, _) = t
+                .group
+                .propose_remove_member(&t.mallory.provider, &t.mallory.account.device, bob_leaf)
+                .unwrap();
+            t.mallory
+                .send_payload(&t.group, serialize(&proposal))
+                .await
+                .unwrap();
+            t.bob.sync().await.unwrap();
+            t.alice.sync().await.unwrap();
+            still_works(&mut t.bob, &mut t.alice, "bob can still send").await;
+            still_works(&mut t.alice, &mut t.bob, "and read").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Hole 2d. Mallory proposes a change to the group context (its
+    /// extensions). Refused like any proposal but a member's own leave.
+    async fn a_group_context_proposal_is_refused(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let (proposal, _) = t
+                .group
+                .propose_group_context_extensions(
+                    &t.mallory.provider,
+                    Extensions::default(),
+                    &t.mallory.account.device,
+                )
+                .unwrap();
+            t.mallory
+                .send_payload(&t.group, serialize(&proposal))
+                .await
+                .unwrap();
+            let got = t.alice.sync().await.unwrap();
+            assert!(
+                warnings(&got).iter().any(|w| w.contains("mallory")),
+                "{got:?}"
+            );
+            t.bob.sync().await.unwrap();
+            still_works(&mut t.alice, &mut t.bob, "unchanged").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Mallory commits, herself, a change Sotto does not allow (the group
+    /// context's extensions). That is authenticated evidence of a misbehaving
+    /// member: every honest client refuses the conversation, and the warning
+    /// names her, not anyone else.
+    async fn a_commit_that_breaks_the_policy_is_refused_and_names_its_committer(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let (commit, _, _) = t
+                .group
+                .update_group_context_extensions(
+                    &t.mallory.provider,
+                    Extensions::default(),
+                    &t.mallory.account.device,
+                )
+                .unwrap();
+            t.mallory.submit_built(&mut t.group, commit).await.unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                let warned = warnings(&got);
+                assert!(
+                    warned
+                        .iter()
+                        .any(|w| w.contains("mallory") && w.contains("does not allow")),
+                    "{got:?}"
+                );
+                assert!(client.groups().unwrap().is_empty());
+            }
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Hole 3. A member (or a former member within the grace period) sends a
+    /// message framed for a later epoch, or for another group: the server
+    /// refuses both, and nothing changes on any client.
+    async fn forged_framing_is_refused_and_changes_nothing(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let group_id = t.group.group_id().to_vec();
+            let epoch = t.group.epoch().as_u64();
+            let future =
+                opaque_private_message(&group_id, epoch + 1, ContentType::Application, &[7; 64]);
+            let err = t.mallory.send_payload(&t.group, future).await.unwrap_err();
+            assert_eq!(
+                err.server_code(),
+                Some(ErrorCode::MismatchedFraming),
+                "{err}"
+            );
+
+            // Mallory's own group, and a message framed for the team in it.
+            let mut own = t.mallory.create_group(&[1; 16]);
+            let bob = t.mallory.claim("bob").await;
+            t.mallory.add(&mut own, &bob).await.unwrap();
+            let for_team = t
+                .mallory
+                .encrypt(&mut t.group, Mallory::text("via another group"));
+            let send = v1::SendMessage {
+                message_id: vec![5; 16],
+                group_id: own.group_id().to_vec(),
+                recipients: vec![t.bob.device_id().as_bytes().to_vec()],
+                payload: for_team,
+                send_token: t.mallory.capability(&own),
                 more_recipients: false,
                 expires_at: 0,
                 ephemeral: false,
-            })
-        };
-        let err = outsider
-            .request(send(opaque_private_message(
-                &team_id,
-                epoch + 1,
-                ContentType::Application,
-                &[0; 64],
-            )))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.server_code(),
-            Some(ErrorCode::MismatchedFraming),
-            "{err}"
-        );
-        outsider
-            .request(send(opaque_private_message(
-                &own_group,
-                1,
-                ContentType::Application,
-                &[0; 64],
-            )))
-            .await
-            .unwrap();
-        let got = t.bob.sync().await.unwrap();
-        assert!(got.is_empty(), "{got:?}");
-        assert!(t.bob.device_warnings().unwrap().is_empty());
-        still_works(&mut t.alice, &mut t.bob, "unmoved").await;
-    })
-    .await;
+            };
+            let err = t
+                .mallory
+                .request(client_frame::Body::SendMessage(send))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.server_code(),
+                Some(ErrorCode::MismatchedFraming),
+                "{err}"
+            );
+
+            let got = t.bob.sync().await.unwrap();
+            assert!(texts(&got).is_empty(), "{got:?}");
+            assert!(t.bob.groups().unwrap().contains(&"team".to_owned()));
+            still_works(&mut t.alice, &mut t.bob, "team intact").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Hole 3 (the outsider). A connection that never registered creates a
+    /// group (which needs no capability) and tries to reach Bob through it:
+    /// the creating commit cannot name recipients, a message framed for Bob's
+    /// group is refused, and one framed for the outsider's own group changes
+    /// nothing on Bob's client.
+    async fn an_outsider_cannot_deliver_anything_that_matters(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let mut outsider = t.mallory.outsider().await;
+            let bob_device = t.bob.device_id().as_bytes().to_vec();
+            let own_group = vec![3; 16];
+            let capability = vec![4; 32];
+            let create = |recipients: Vec<Vec<u8>>| v1::SubmitCommit {
+                message_id: rand_id(),
+                group_id: own_group.clone(),
+                epoch: 0,
+                recipients,
+                commit: opaque_private_message(&own_group, 0, ContentType::Commit, b"c"),
+                next_token_hash: group::token_hash(&capability),
+                ..Default::default()
+            };
+            let err = outsider
+                .request(client_frame::Body::SubmitCommit(create(vec![
+                    bob_device.clone(),
+                ])))
+                .await
+                .unwrap_err();
+            assert_eq!(err.server_code(), Some(ErrorCode::InvalidRequest), "{err}");
+            outsider
+                .request(client_frame::Body::SubmitCommit(create(Vec::new())))
+                .await
+                .unwrap();
+            let team_id = t.group.group_id().to_vec();
+            let epoch = t.group.epoch().as_u64();
+            let send = |payload: Vec<u8>| {
+                client_frame::Body::SendMessage(v1::SendMessage {
+                    message_id: rand_id(),
+                    group_id: own_group.clone(),
+                    recipients: vec![bob_device.clone()],
+                    payload,
+                    send_token: capability.clone(),
+                    more_recipients: false,
+                    expires_at: 0,
+                    ephemeral: false,
+                })
+            };
+            let err = outsider
+                .request(send(opaque_private_message(
+                    &team_id,
+                    epoch + 1,
+                    ContentType::Application,
+                    &[0; 64],
+                )))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.server_code(),
+                Some(ErrorCode::MismatchedFraming),
+                "{err}"
+            );
+            outsider
+                .request(send(opaque_private_message(
+                    &own_group,
+                    1,
+                    ContentType::Application,
+                    &[0; 64],
+                )))
+                .await
+                .unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(got.is_empty(), "{got:?}");
+            assert!(t.bob.device_warnings().unwrap().is_empty());
+            still_works(&mut t.alice, &mut t.bob, "unmoved").await;
+        })
+        .await;
+    }
 }
 
 fn rand_id() -> Vec<u8> {
     (0..16).map(|_| rand::random::<u8>()).collect()
 }
 
-/// Hole 4. Alice removes Mallory. Mallory keeps the old epoch's capability:
-/// what she sends right after the commit is queued (the grace period is for
-/// messages sent just before a commit), but clients that merged her removal
-/// drop it; after the grace period the server refuses her.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_member_cannot_keep_posting() {
-    within(async {
-        let server = TestServer::start_with(|c| {
-            c.previous_epoch_grace = Duration::from_millis(1500);
+on_each_backend! {
+    /// Hole 4. Alice removes Mallory. Mallory keeps the old epoch's capability:
+    /// what she sends right after the commit is queued (the grace period is for
+    /// messages sent just before a commit), but clients that merged her removal
+    /// drop it; after the grace period the server refuses her.
+    async fn a_removed_member_cannot_keep_posting(
+        deployment,
+        |c| c.previous_epoch_grace = Duration::from_millis(1500)
+    ) {
+        within(async {
+            let (mut t, _) = team_with(deployment, &[]).await;
+            t.alice.remove_member("team", "mallory").await.unwrap();
+            // Mallory has not processed her removal: she still sends in the
+            // epoch she knows, with its capability.
+            t.mallory
+                .say(&mut t.group, Mallory::text("still here"))
+                .await
+                .unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(texts(&got).is_empty(), "{got:?}");
+            assert!(
+                got.iter().any(|e| e.text == "alice removed mallory"),
+                "{got:?}"
+            );
+            assert_eq!(
+                t.bob
+                    .dropped_from_former_members(ConversationKind::Group, "team")
+                    .unwrap(),
+                1
+            );
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let err = t
+                .mallory
+                .say(&mut t.group, Mallory::text("and now?"))
+                .await
+                .unwrap_err();
+            assert_eq!(err.server_code(), Some(ErrorCode::NotAuthorized), "{err}");
+            assert!(texts(&t.bob.sync().await.unwrap()).is_empty());
         })
         .await;
-        let (mut t, _) = team_with(server, &[]).await;
-        t.alice.remove_member("team", "mallory").await.unwrap();
-        // Mallory has not processed her removal: she still sends in the
-        // epoch she knows, with its capability.
-        t.mallory
-            .say(&mut t.group, Mallory::text("still here"))
-            .await
-            .unwrap();
-        let got = t.bob.sync().await.unwrap();
-        assert!(texts(&got).is_empty(), "{got:?}");
-        assert!(
-            got.iter().any(|e| e.text == "alice removed mallory"),
-            "{got:?}"
-        );
-        assert_eq!(
-            t.bob
-                .dropped_from_former_members(ConversationKind::Group, "team")
-                .unwrap(),
-            1
-        );
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-        let err = t
-            .mallory
-            .say(&mut t.group, Mallory::text("and now?"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.server_code(), Some(ErrorCode::NotAuthorized), "{err}");
-        assert!(texts(&t.bob.sync().await.unwrap()).is_empty());
-    })
-    .await;
+    }
 }
 
-/// Hole 5. A delivery that cannot be processed (well framed, with the
-/// group's capability, but garbage inside) is acknowledged with a warning,
-/// and the messages behind it are delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_delivery_is_skipped_with_a_warning() {
-    within(async {
-        let mut t = team().await;
-        let group_id = t.group.group_id().to_vec();
-        let epoch = t.group.epoch().as_u64();
-        let garbage =
-            opaque_private_message(&group_id, epoch, ContentType::Application, &[0xee; 300]);
-        t.mallory.send_payload(&t.group, garbage).await.unwrap();
-        t.alice
-            .send_group("team", "behind the poison")
-            .await
-            .unwrap();
-        let got = t.bob.sync().await.unwrap();
-        assert!(
-            warnings(&got)
-                .iter()
-                .any(|w| w.contains("could not be processed")),
-            "{got:?}"
-        );
-        assert_eq!(texts(&got), ["behind the poison"]);
-        // Acknowledged: it does not come again.
-        t.bob.disconnect().await;
-        assert!(t.bob.sync().await.unwrap().is_empty());
-    })
-    .await;
-}
-
-/// Hole 5 (a lookup that keeps failing). Mallory adds Bob to a group, and
-/// every lookup of her account fails on the network (here: a path that
-/// cuts the connection). Bob retries with backoff; after a bounded number
-/// of attempts the Welcome is skipped with a warning, and what is queued
-/// behind it is delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_that_keeps_failing_is_retried_a_bounded_number_of_times() {
-    within(async {
-        let server = TestServer::start().await;
-        let proxy = HostileProxy::start(&server.url(), |conn: &ConnView, frame: ServerFrame| {
-            let about_mallory = match &conn.request {
-                Some(client_frame::Body::GetAccountLog(g)) => g.username == "mallory",
-                Some(client_frame::Body::ClaimKeyPackages(c)) => c.username == "mallory",
-                _ => false,
-            };
-            let is_response = matches!(frame.body, Some(server_frame::Body::Response(_)));
-            (!(about_mallory && is_response)).then_some(frame)
+on_each_backend! {
+    /// Hole 5. A delivery that cannot be processed (well framed, with the
+    /// group's capability, but garbage inside) is acknowledged with a warning,
+    /// and the messages behind it are delivered.
+    async fn a_poison_delivery_is_skipped_with_a_warning(deployment) {
+        within(async {
+            let mut t = team(deployment).await;
+            let group_id = t.group.group_id().to_vec();
+            let epoch = t.group.epoch().as_u64();
+            let garbage =
+                opaque_private_message(&group_id, epoch, ContentType::Application, &[0xee; 300]);
+            t.mallory.send_payload(&t.group, garbage).await.unwrap();
+            t.alice
+                .send_group("team", "behind the poison")
+                .await
+                .unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(
+                warnings(&got)
+                    .iter()
+                    .any(|w| w.contains("could not be processed")),
+                "{got:?}"
+            );
+            assert_eq!(texts(&got), ["behind the poison"]);
+            // Acknowledged: it does not come again.
+            t.bob.disconnect().await;
+            assert!(t.bob.sync().await.unwrap().is_empty());
         })
         .await;
-        let (mut alice, _a) = register(&server.url(), "alice").await;
-        let (mut bob, _b) = register(&proxy.url(), "bob").await;
-        let mut mallory = Mallory::register(&server.url(), "mallory").await;
-        let bob_key_packages = mallory.claim("bob").await;
-        let mut trap = mallory.create_group(&[2; 16]);
-        mallory.add(&mut trap, &bob_key_packages).await.unwrap();
-        alice
-            .send_direct("bob", "behind the welcome")
-            .await
-            .unwrap();
+    }
+}
 
-        for attempt in 1..sotto_client_max_attempts() {
-            let err = bob.sync().await.unwrap_err();
-            assert!(err.is_transient(), "attempt {attempt}: {err}");
-            bob.disconnect().await;
-        }
-        let got = bob.sync().await.unwrap();
-        assert!(
-            warnings(&got)
-                .iter()
-                .any(|w| w.contains("gave up looking up mallory")),
-            "{got:?}"
-        );
-        assert_eq!(texts(&got), ["behind the welcome"]);
-        assert!(!bob.device_warnings().unwrap().is_empty());
-    })
-    .await;
+on_each_backend! {
+    /// Hole 5 (a lookup that keeps failing). Mallory adds Bob to a group, and
+    /// every lookup of her account fails on the network (here: a path that
+    /// cuts the connection). Bob retries with backoff; after a bounded number
+    /// of attempts the Welcome is skipped with a warning, and what is queued
+    /// behind it is delivered.
+    async fn a_lookup_that_keeps_failing_is_retried_a_bounded_number_of_times(deployment) {
+        within(async {
+            let proxy = HostileProxy::start(&deployment.url(), |conn: &ConnView, frame: ServerFrame| {
+                let about_mallory = match &conn.request {
+                    Some(client_frame::Body::GetAccountLog(g)) => g.username == "mallory",
+                    Some(client_frame::Body::ClaimKeyPackages(c)) => c.username == "mallory",
+                    _ => false,
+                };
+                let is_response = matches!(frame.body, Some(server_frame::Body::Response(_)));
+                (!(about_mallory && is_response)).then_some(frame)
+            })
+            .await;
+            let (mut alice, _a) = register(&deployment.url(), "alice").await;
+            let (mut bob, _b) = register(&proxy.url(), "bob").await;
+            let mut mallory = Mallory::register(&deployment.url(), "mallory").await;
+            let bob_key_packages = mallory.claim("bob").await;
+            let mut trap = mallory.create_group(&[2; 16]);
+            mallory.add(&mut trap, &bob_key_packages).await.unwrap();
+            alice
+                .send_direct("bob", "behind the welcome")
+                .await
+                .unwrap();
+
+            for attempt in 1..sotto_client_max_attempts() {
+                let err = bob.sync().await.unwrap_err();
+                assert!(err.is_transient(), "attempt {attempt}: {err}");
+                bob.disconnect().await;
+            }
+            let got = bob.sync().await.unwrap();
+            assert!(
+                warnings(&got)
+                    .iter()
+                    .any(|w| w.contains("gave up looking up mallory")),
+                "{got:?}"
+            );
+            assert_eq!(texts(&got), ["behind the welcome"]);
+            assert!(!bob.device_warnings().unwrap().is_empty());
+        })
+        .await;
+    }
 }
 
 /// The bound the client applies ([`sotto_client`]'s `MAX_DELIVERY_ATTEMPTS`).
@@ -677,73 +690,74 @@ fn sotto_client_max_attempts() -> u32 {
     sotto_client::MAX_DELIVERY_ATTEMPTS
 }
 
-/// Mallory sends an attachment whose URL names another host and whose
-/// declared size is the largest there is, named `../../.profile`. Bob's
-/// client lists it under its last name component, and saving it asks
-/// Bob's own server only (which has no such blob): no
-/// request to Mallory's host, no allocation sized by her claim, nothing
-/// written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_attachment_cannot_send_bob_elsewhere_or_exhaust_him() {
-    use sotto_core::mimi::{self, ChatAction, ExternalPart, SottoUris};
-    within(async {
-        let Team {
-            mut alice,
-            mut bob,
-            mut mallory,
-            mut group,
-            server: _server,
-            _dirs,
-        } = team().await;
-        let group_id = group.group_id().as_slice().to_vec();
-        let file = ExternalPart {
-            content_type: "video/mp4".into(),
-            url: format!(
-                "https://mallory.invalid/blobs/{}#{}",
-                "0f".repeat(16),
-                "ab".repeat(32)
-            ),
-            size: u64::MAX,
-            enc_alg: ExternalPart::AES_128_GCM,
-            key: vec![7; 16],
-            nonce: vec![7; 12],
-            hash_alg: ExternalPart::SHA256,
-            content_hash: vec![7; 32],
-            filename: "../../.profile".into(),
-            expires: 0,
-            aad: Vec::new(),
-            description: String::new(),
-        };
-        let action = ChatAction::Attachment {
-            file: Box::new(file),
-            text: None,
-            reply_to: None,
-        };
-        let uris = SottoUris::new("mallory.invalid", "mallory", &group_id);
-        let bytes = mimi::encode(&action.to_content(&uris, [3; mimi::SALT_LEN])).unwrap();
-        mallory
-            .say(&mut group, sotto_core::content::Body::Mimi(bytes))
-            .await
-            .unwrap();
+on_each_backend! {
+    /// Mallory sends an attachment whose URL names another host and whose
+    /// declared size is the largest there is, named `../../.profile`. Bob's
+    /// client lists it under its last name component, and saving it asks
+    /// Bob's own server only (which has no such blob): no
+    /// request to Mallory's host, no allocation sized by her claim, nothing
+    /// written.
+    async fn a_forged_attachment_cannot_send_bob_elsewhere_or_exhaust_him(deployment) {
+        use sotto_core::mimi::{self, ChatAction, ExternalPart, SottoUris};
+        within(async {
+            let Team {
+                mut alice,
+                mut bob,
+                mut mallory,
+                mut group,
+                deployment: _deployment,
+                _dirs,
+            } = team(deployment).await;
+            let group_id = group.group_id().as_slice().to_vec();
+            let file = ExternalPart {
+                content_type: "video/mp4".into(),
+                url: format!(
+                    "https://mallory.invalid/blobs/{}#{}",
+                    "0f".repeat(16),
+                    "ab".repeat(32)
+                ),
+                size: u64::MAX,
+                enc_alg: ExternalPart::AES_128_GCM,
+                key: vec![7; 16],
+                nonce: vec![7; 12],
+                hash_alg: ExternalPart::SHA256,
+                content_hash: vec![7; 32],
+                filename: "../../.profile".into(),
+                expires: 0,
+                aad: Vec::new(),
+                description: String::new(),
+            };
+            let action = ChatAction::Attachment {
+                file: Box::new(file),
+                text: None,
+                reply_to: None,
+            };
+            let uris = SottoUris::new("mallory.invalid", "mallory", &group_id);
+            let bytes = mimi::encode(&action.to_content(&uris, [3; mimi::SALT_LEN])).unwrap();
+            mallory
+                .say(&mut group, sotto_core::content::Body::Mimi(bytes))
+                .await
+                .unwrap();
 
-        let received = bob.sync().await.unwrap();
-        let line = received
-            .iter()
-            .find(|e| e.chat.attachment.is_some())
-            .unwrap_or_else(|| panic!("the attachment is listed: {received:#?}"));
-        let shown = &line.chat.attachment.as_ref().unwrap().name;
-        assert_eq!(shown, ".profile", "the name keeps no directories");
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("saved");
-        let err = bob
-            .save_attachment(&line.id, &out, &mut |_, _| {})
-            .await
-            .unwrap_err();
-        // The 404 came from Bob's own blob store: mallory.invalid does not
-        // resolve, so asking it would have failed as a network error.
-        assert!(err.to_string().contains("no longer has"), "{err}");
-        assert!(!out.exists(), "nothing is written");
-        still_works(&mut alice, &mut bob, "still here").await;
-    })
-    .await;
+            let received = bob.sync().await.unwrap();
+            let line = received
+                .iter()
+                .find(|e| e.chat.attachment.is_some())
+                .unwrap_or_else(|| panic!("the attachment is listed: {received:#?}"));
+            let shown = &line.chat.attachment.as_ref().unwrap().name;
+            assert_eq!(shown, ".profile", "the name keeps no directories");
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("saved");
+            let err = bob
+                .save_attachment(&line.id, &out, &mut |_, _| {})
+                .await
+                .unwrap_err();
+            // The 404 came from Bob's own blob store: mallory.invalid does not
+            // resolve, so asking it would have failed as a network error.
+            assert!(err.to_string().contains("no longer has"), "{err}");
+            assert!(!out.exists(), "nothing is written");
+            still_works(&mut alice, &mut bob, "still here").await;
+        })
+        .await;
+    }
 }

@@ -68,7 +68,7 @@ pub(crate) struct Context<S> {
     /// Who may create accounts.
     pub registration: RegistrationPolicy,
     /// Groups whose previous epoch's capability is still accepted.
-    pub epoch_grace: EpochGrace,
+    pub epoch_grace: Arc<EpochGrace>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Auditors whose countersignatures this server stores (the operator's
@@ -94,7 +94,7 @@ impl<S: Store> Context<S> {
             links: Arc::default(),
             rate_limits: RateLimits::new(&config.limits, Arc::clone(&metrics)),
             registration: config.registration,
-            epoch_grace: EpochGrace::new(config.previous_epoch_grace),
+            epoch_grace: Arc::new(EpochGrace::new(config.previous_epoch_grace)),
             metrics,
             auditors: config.auditors.clone(),
         }

@@ -12,7 +12,10 @@
 //! issue #16): what must hold across them is enforced by the database, not
 //! by this writer: one commit per epoch is a conditional `UPDATE` (and the
 //! group's creation an `INSERT … ON CONFLICT DO NOTHING`), mailbox seqs
-//! come from one counter row updated in the writing transaction.
+//! come from one counter row updated in the writing transaction. Every
+//! batch's transaction first takes one advisory lock (the write order, see
+//! `writer::BEGIN_BATCH`), so batches of different nodes never hold rows
+//! the other waits for: no deadlock between a send and a commit.
 //!
 //! - `schema`: migrations (the `schema_migrations` table)
 //! - `writer`: the writer task, batches, SAVEPOINTs, the connection helpers

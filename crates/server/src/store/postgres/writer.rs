@@ -6,6 +6,30 @@ use super::*;
 /// Most write operations committed together in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Begins a batch's transaction: acknowledged means committed and flushed
+/// (whatever the server's or the role's default), and the transaction
+/// first takes the write-order lock, a transaction-level advisory lock
+/// (class `0x5077_0004`, second key the schema's name hashed, as for the
+/// log's lock) held until it commits or rolls back.
+///
+/// Why one lock before any row: a batch holds the row locks of all its
+/// operations until it commits, and the rows are taken in whatever order
+/// the operations came. Two nodes' batches could then wait for each other
+/// — one holding the `mailbox_seq` row (a send) and wanting a group's row
+/// (a commit), the other holding that group's row (its own commit for
+/// the same epoch) and wanting `mailbox_seq` — a deadlock PostgreSQL
+/// breaks only after `deadlock_timeout` (1 s) by failing one operation
+/// (SQLSTATE 40P01), which its client sees as a server error. Retrying
+/// that operation in the same transaction would not help (its batch still
+/// holds the rows the other waits for). With every batch taking this lock
+/// first, no batch waits for a row while holding one another batch needs:
+/// write transactions across nodes run one at a time, as the SQLite
+/// writer's do in one process. Each node still commits many operations
+/// per transaction; nearly every batch takes `mailbox_seq` anyway, so the
+/// lock costs little beyond what that row already serialises.
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = on; \
+     SELECT pg_advisory_xact_lock(1349976068, hashtext(current_schema()))";
+
 /// The open transaction a batch shares. An operation runs its statements on
 /// it; mailbox entries it adds are told to the [`EntryListener`] once the
 /// batch commits.
@@ -246,12 +270,7 @@ async fn run_batch(
             return;
         }
     };
-    // Acknowledged means committed and flushed, whatever the server's or
-    // the role's default.
-    if let Err(e) = client
-        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
-        .await
-    {
+    if let Err(e) = client.batch_execute(BEGIN_BATCH).await {
         let e = StoreError::from(e);
         tracing::error!(error = %e, "cannot begin write transaction");
         let _ = client.batch_execute("ROLLBACK").await;
