@@ -281,6 +281,7 @@ impl Mallory {
             body: Some(body),
             log_head: None,
             padding: Vec::new(),
+            franking: None,
         });
         group::encrypt(&self.provider, group, &self.account.device, &plaintext).expect("encrypt")
     }

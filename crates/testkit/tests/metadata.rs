@@ -69,6 +69,10 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
     alice.send_group("the-club", secrets[1]).await.unwrap();
     // Carol stays offline: her copies stay queued while we look.
     bob.sync().await.unwrap();
+    let senders: Vec<(String, Vec<u8>)> = [(&alice, "alice"), (&bob, "bob")]
+        .iter()
+        .map(|(c, name)| ((*name).to_owned(), c.device_id().as_bytes().to_vec()))
+        .collect();
     bob.send_group("the-club", secrets[2]).await.unwrap();
     bob.send_direct("alice", secrets[2]).await.unwrap();
     alice.sync().await.unwrap();
@@ -116,6 +120,35 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
             !(has_group && has_member),
             "{table} links groups to members: {cols:?}"
         );
+    }
+
+    // Franked messages (every application message is): the stored frank
+    // and its time name no sender, under sealed sender as always.
+    let franked: Vec<(Vec<u8>, Vec<u8>, i64)> = db
+        .prepare("SELECT payload, frank, franked_at_ms FROM messages WHERE frank IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!franked.is_empty(), "Carol's queued messages carry franks");
+    for (payload, frank, at) in &franked {
+        assert_eq!(frank.len(), 64);
+        assert_eq!(at % 60_000, 0, "acceptance times are kept to the minute");
+        for (name, device) in &senders {
+            for stored in [payload, frank] {
+                assert!(!contains(stored, device), "{name}'s device id in a franked row");
+                assert!(!contains(stored, name.as_bytes()), "{name} in a franked row");
+            }
+        }
+    }
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    for line in log.lines().filter(|l| l.contains("frank")) {
+        for (name, device) in &senders {
+            let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!line.contains(&hex), "{line}");
+            assert!(!line.contains(name.as_str()), "{line}");
+        }
     }
 
     // No plaintext, no group name, no address in any database file.

@@ -50,6 +50,7 @@ mod key_packages;
 mod legal;
 mod log;
 mod mailbox;
+mod moderation;
 mod schema;
 mod space;
 mod writer;
