@@ -211,9 +211,8 @@ fn record_inbound(
                         expires,
                     )?;
                     if is_new && entry.is_some() && sender.username != profile.account.username {
-                        let outcome = reportability(
-                            &aad, &group_id, &app, &sender, &sender_key, franked,
-                        );
+                        let outcome =
+                            reportability(&aad, &group_id, &app, &sender, &sender_key, franked);
                         store::record_frank(conn, parsed.id.as_bytes(), &outcome)?;
                     }
                     if is_text && entry.is_some() && sender.username != profile.account.username {

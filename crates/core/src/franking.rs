@@ -60,8 +60,8 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use hmac::{Hmac, Mac};
 use prost::Message as _;
 use sha2::Sha256;
-use zeroize::Zeroizing;
 pub use sotto_proto::v1::{AbuseReport, Franking, ReportReason};
+use zeroize::Zeroizing;
 
 /// Length of a franking salt, tag and frank.
 pub const SALT_LEN: usize = 32;
@@ -381,7 +381,11 @@ pub fn check_report_size(report: &AbuseReport) -> Result<(), ReportRejected> {
         ("tag", report.tag.len(), TAG_LEN),
         ("frank", report.frank.len(), FRANK_LEN),
         ("sender signature", report.sender_signature.len(), 64),
-        ("sender device id", report.sender_device_id.len(), sotto_proto::ID_LEN),
+        (
+            "sender device id",
+            report.sender_device_id.len(),
+            sotto_proto::ID_LEN,
+        ),
     ] {
         if len > want {
             return Err(ReportRejected::TooLarge(field));
@@ -462,11 +466,9 @@ pub fn content_text(content: &AppContent) -> String {
             .and_then(|mimi| crate::mimi::ChatAction::of(&mimi).ok().flatten())
         {
             Some(crate::mimi::ChatAction::Text { text, .. }) => text,
-            Some(crate::mimi::ChatAction::Attachment { text, file, .. }) => format!(
-                "[a file: {}] {}",
-                file.filename,
-                text.unwrap_or_default()
-            ),
+            Some(crate::mimi::ChatAction::Attachment { text, file, .. }) => {
+                format!("[a file: {}] {}", file.filename, text.unwrap_or_default())
+            }
             Some(crate::mimi::ChatAction::Edit { text, .. }) => format!("[an edit] {text}"),
             Some(crate::mimi::ChatAction::React { emoji, .. }) => format!("[a reaction] {emoji}"),
             Some(crate::mimi::ChatAction::Retract { .. }) => "[a deletion]".into(),

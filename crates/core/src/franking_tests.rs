@@ -224,26 +224,77 @@ fn a_receiver_marks_badly_franked_messages_unreportable() {
     let check = |aad: &[u8], content: &AppContent, sender: &[u8; 32], frank: Option<&Frank>| {
         check_received(aad, GROUP_A, content, sender, frank, Some(&key)).map(|_| ())
     };
-    assert_eq!(check(&sealed.aad, &received, &w.bob.public(), Some(&frank)), Ok(()));
-    assert_eq!(check(&[], &received, &w.bob.public(), Some(&frank)), Err(Unreportable::NoTag));
-    assert_eq!(check(&[AAD_VERSION, 1, 2], &received, &w.bob.public(), Some(&frank)), Err(Unreportable::NoTag));
-    assert_eq!(check(&aad(&[9; 32]), &received, &w.bob.public(), Some(&frank)), Err(Unreportable::TagMismatch));
-    assert_eq!(check(&sealed.aad, &content, &w.bob.public(), Some(&frank)), Err(Unreportable::NoSalt));
-    // A tag over other content than what was sent.
-    let lying = seal(&w.bob, GROUP_A, &text("other"), [1; 32]);
-    assert_eq!(check(&lying.aad, &received, &w.bob.public(), Some(&frank)), Err(Unreportable::TagMismatch));
-    // Signed by someone else than the MLS sender.
-    assert_eq!(check(&sealed.aad, &received, &w.carol.public(), Some(&frank)), Err(Unreportable::BadSenderSignature));
-    assert_eq!(check(&sealed.aad, &received, &w.bob.public(), None), Err(Unreportable::NoFrank));
-    let late = Frank { accepted_at_ms: 11, ..frank.clone() };
-    assert_eq!(check(&sealed.aad, &received, &w.bob.public(), Some(&late)), Err(Unreportable::BadFrank));
-    // Franked for another group.
     assert_eq!(
-        check_received(&sealed.aad, GROUP_B, &received, &w.bob.public(), Some(&frank), Some(&key)).map(|_| ()),
+        check(&sealed.aad, &received, &w.bob.public(), Some(&frank)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&[], &received, &w.bob.public(), Some(&frank)),
+        Err(Unreportable::NoTag)
+    );
+    assert_eq!(
+        check(
+            &[AAD_VERSION, 1, 2],
+            &received,
+            &w.bob.public(),
+            Some(&frank)
+        ),
+        Err(Unreportable::NoTag)
+    );
+    assert_eq!(
+        check(&aad(&[9; 32]), &received, &w.bob.public(), Some(&frank)),
         Err(Unreportable::TagMismatch)
     );
     assert_eq!(
-        check_received(&sealed.aad, GROUP_A, &received, &w.bob.public(), Some(&frank), None).map(|_| ()),
+        check(&sealed.aad, &content, &w.bob.public(), Some(&frank)),
+        Err(Unreportable::NoSalt)
+    );
+    // A tag over other content than what was sent.
+    let lying = seal(&w.bob, GROUP_A, &text("other"), [1; 32]);
+    assert_eq!(
+        check(&lying.aad, &received, &w.bob.public(), Some(&frank)),
+        Err(Unreportable::TagMismatch)
+    );
+    // Signed by someone else than the MLS sender.
+    assert_eq!(
+        check(&sealed.aad, &received, &w.carol.public(), Some(&frank)),
+        Err(Unreportable::BadSenderSignature)
+    );
+    assert_eq!(
+        check(&sealed.aad, &received, &w.bob.public(), None),
+        Err(Unreportable::NoFrank)
+    );
+    let late = Frank {
+        accepted_at_ms: 11,
+        ..frank.clone()
+    };
+    assert_eq!(
+        check(&sealed.aad, &received, &w.bob.public(), Some(&late)),
+        Err(Unreportable::BadFrank)
+    );
+    // Franked for another group.
+    assert_eq!(
+        check_received(
+            &sealed.aad,
+            GROUP_B,
+            &received,
+            &w.bob.public(),
+            Some(&frank),
+            Some(&key)
+        )
+        .map(|_| ()),
+        Err(Unreportable::TagMismatch)
+    );
+    assert_eq!(
+        check_received(
+            &sealed.aad,
+            GROUP_A,
+            &received,
+            &w.bob.public(),
+            Some(&frank),
+            None
+        )
+        .map(|_| ()),
         Err(Unreportable::NoFrankingKey)
     );
 }
@@ -257,9 +308,15 @@ fn the_franking_key_is_vouched_for_by_the_log_key() {
         log_signature: log.sign(&franking_key_transcript(&key)).to_bytes().to_vec(),
         key,
     };
-    assert_eq!(verify_franking_key(&log.verifying_key(), &vouched), Some(franking.verifying_key()));
+    assert_eq!(
+        verify_franking_key(&log.verifying_key(), &vouched),
+        Some(franking.verifying_key())
+    );
     let other_log = SigningKey::from_bytes(&[9; 32]);
-    assert_eq!(verify_franking_key(&other_log.verifying_key(), &vouched), None);
+    assert_eq!(
+        verify_franking_key(&other_log.verifying_key(), &vouched),
+        None
+    );
 }
 
 /// Salts are per message: the same text twice gives two tags.

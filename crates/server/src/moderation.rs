@@ -75,9 +75,8 @@ pub struct Verified {
 
 /// This server's franking public key (created if it has none yet).
 pub async fn franking_key<S: LogStore>(store: &S) -> Result<VerifyingKey, StoreError> {
-    let fresh = Zeroizing::new(
-        ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng).to_bytes(),
-    );
+    let fresh =
+        Zeroizing::new(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng).to_bytes());
     let secret = store.franking_key_secret(fresh).await?;
     Ok(ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key())
 }

@@ -137,8 +137,14 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
         assert_eq!(at % 60_000, 0, "acceptance times are kept to the minute");
         for (name, device) in &senders {
             for stored in [payload, frank] {
-                assert!(!contains(stored, device), "{name}'s device id in a franked row");
-                assert!(!contains(stored, name.as_bytes()), "{name} in a franked row");
+                assert!(
+                    !contains(stored, device),
+                    "{name}'s device id in a franked row"
+                );
+                assert!(
+                    !contains(stored, name.as_bytes()),
+                    "{name} in a franked row"
+                );
             }
         }
     }

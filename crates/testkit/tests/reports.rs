@@ -92,10 +92,16 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
     let server = ServerProcess::spawn(data.path());
     let url = server.url().to_owned();
     let (alice, bob) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    ok(sotto(alice.path(), &["register", "alice", "--server", &url]));
+    ok(sotto(
+        alice.path(),
+        &["register", "alice", "--server", &url],
+    ));
     ok(sotto(bob.path(), &["register", "bob", "--server", &url]));
 
-    ok(sotto(alice.path(), &["send", "bob", "an unrelated private word"]));
+    ok(sotto(
+        alice.path(),
+        &["send", "bob", "an unrelated private word"],
+    ));
     ok(sotto(alice.path(), &["send", "bob", "buy cheap pills now"]));
     let synced = json_lines(&ok(sotto(bob.path(), &["sync", "--json"])));
     let spam = synced
@@ -104,10 +110,7 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
         .expect("bob got the message");
     let id = spam["id"].as_str().unwrap().to_owned();
     let members = json_lines(&ok(sotto(bob.path(), &["members", "alice", "--json"])));
-    let alice_device = members
-        .iter()
-        .find(|m| m["username"] == "alice")
-        .unwrap()["device_id"]
+    let alice_device = members.iter().find(|m| m["username"] == "alice").unwrap()["device_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -115,10 +118,21 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
     // Oversized: refused before anything is sent.
     let out = sotto(
         bob.path(),
-        &["report", &id, "--reason", "spam", "--note", &"x".repeat(2000)],
+        &[
+            "report",
+            &id,
+            "--reason",
+            "spam",
+            "--note",
+            &"x".repeat(2000),
+        ],
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("too large"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("too large"),
+        "{}",
+        text(&out.stderr)
+    );
     // Alice cannot report her own message: she holds no evidence for it.
     let out = sotto(alice.path(), &["report", &id, "--reason", "spam"]);
     assert!(!out.status.success());
@@ -126,7 +140,14 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
 
     ok(sotto(
         bob.path(),
-        &["report", &id, "--reason", "spam", "--note", "third time today"],
+        &[
+            "report",
+            &id,
+            "--reason",
+            "spam",
+            "--note",
+            "third time today",
+        ],
     ));
 
     let listed = text(&server_cmd(data.path(), &["moderation", "list"]).stdout);
@@ -153,7 +174,8 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
 
     // A malicious client (any account) sends forgeries of the genuine report.
     let genuine = stored_report(data.path(), 1);
-    let mut mallory = wire::Client::connect(server.url().trim_start_matches("http://").parse().unwrap()).await;
+    let mut mallory =
+        wire::Client::connect(server.url().trim_start_matches("http://").parse().unwrap()).await;
     let account = wire::Account::new("mallory");
     mallory.register(&account).await;
     let forged_text = {
@@ -219,7 +241,11 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
         &["moderation", "resolve", "4", "--action", "disable-account"],
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("does not verify"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not verify"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The genuine one: Alice's account is disabled.
     let resolved = ok(server_cmd(
@@ -229,11 +255,18 @@ async fn a_report_verifies_forgeries_fail_and_the_sender_is_disabled() {
     assert!(resolved.contains("moderation-disable"), "{resolved}");
     let out = sotto(alice.path(), &["send", "bob", "still here?"]);
     assert!(!out.status.success(), "a disabled account sent");
-    assert!(text(&out.stderr).contains("disabled"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("disabled"),
+        "{}",
+        text(&out.stderr)
+    );
     // Resolved: its content and reporter are gone; the action is counted.
     let shown = ok(server_cmd(data.path(), &["moderation", "show", "1"]));
     assert!(shown.contains("resolved"), "{shown}");
-    assert!(!shown.contains("pills") && !shown.contains("bob"), "{shown}");
+    assert!(
+        !shown.contains("pills") && !shown.contains("bob"),
+        "{shown}"
+    );
     let published = ok(server_cmd(data.path(), &["legal", "report", "--json"]));
     assert!(published.contains("\"moderation-disable\""), "{published}");
     assert!(!published.contains("alice"), "{published}");

@@ -22,8 +22,7 @@ mod tests;
 
 pub use operations::{
     PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group, encrypt,
-    encrypt_with_aad,
-    leave, merge_pending, remove_devices, remove_user, update_keys,
+    encrypt_with_aad, leave, merge_pending, remove_devices, remove_user, update_keys,
 };
 pub use policy::{KeyCheck, KeyDirectory, direct_peer};
 use policy::{check_commit_policy, check_members};

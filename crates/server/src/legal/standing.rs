@@ -5,7 +5,8 @@
 //! account.
 
 use super::{
-    KIND_DISABLE, KIND_ENABLE, KIND_MODERATION_DISABLE, LegalError, MAX_REQUEST_ID_BYTES, ReportEntry, check_text, legal_key,
+    KIND_DISABLE, KIND_ENABLE, KIND_MODERATION_DISABLE, LegalError, MAX_REQUEST_ID_BYTES,
+    ReportEntry, check_text, legal_key,
 };
 use crate::store::{LegalStore, StandingSnapshot, UnixDay};
 

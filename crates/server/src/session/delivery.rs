@@ -120,10 +120,14 @@ impl<S: Store> Session<S> {
             self.window.must_fetch();
             return None;
         }
-        let pushed = self
-            .window
-            .offer(entry.seq)
-            .then(|| delivery(entry.seq, entry.message_id, entry.payload.to_vec(), entry.frank));
+        let pushed = self.window.offer(entry.seq).then(|| {
+            delivery(
+                entry.seq,
+                entry.message_id,
+                entry.payload.to_vec(),
+                entry.frank,
+            )
+        });
         if pushed.is_some() {
             self.ctx.metrics.deliveries.inc();
         }

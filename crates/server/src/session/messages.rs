@@ -85,11 +85,11 @@ impl<S: Store> Session<S> {
             .and_then(sotto_core::franking::tag_from_aad)?;
         let accepted_at_ms = now_ms() / 60_000 * 60_000;
         Some(StoredFrank {
-            signature: self.ctx.log.franking().frank(
-                &tag,
-                group_id.as_bytes(),
-                accepted_at_ms,
-            ),
+            signature: self
+                .ctx
+                .log
+                .franking()
+                .frank(&tag, group_id.as_bytes(), accepted_at_ms),
             accepted_at_ms,
         })
     }

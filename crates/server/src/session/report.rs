@@ -24,7 +24,10 @@ impl<S: Store> Session<S> {
             .map_err(|e| error(ErrorCode::TooLarge, e.to_string()))?;
         if !matches!(
             ReportReason::try_from(report.reason),
-            Ok(ReportReason::Spam | ReportReason::Harassment | ReportReason::Illegal | ReportReason::Other)
+            Ok(ReportReason::Spam
+                | ReportReason::Harassment
+                | ReportReason::Illegal
+                | ReportReason::Other)
         ) {
             return Err(error(
                 ErrorCode::InvalidRequest,

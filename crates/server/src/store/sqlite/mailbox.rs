@@ -156,7 +156,7 @@ fn place_envelope(
                     envelope.frank.map(|f| to_i64(f.accepted_at_ms)),
                 ])
             })
-                .map_err(StoreError::from)?;
+            .map_err(StoreError::from)?;
             conn.last_insert_rowid()
         }
     };
