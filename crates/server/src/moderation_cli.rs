@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 use sotto_server::moderation::{self, Action, ReportView};
-use sotto_server::store::{AnyStore, Store as _};
+use sotto_server::store::AnyStore;
 
 use crate::admin_cli::DataDir;
 use crate::block_on;

@@ -82,11 +82,6 @@ impl FrankingKey {
     pub fn vouched(&self) -> &v1::FrankingKey {
         &self.vouched
     }
-
-    /// The public key, for verifying reports.
-    pub fn public(&self) -> ed25519_dalek::VerifyingKey {
-        self.key.verifying_key()
-    }
 }
 
 impl TransparencyLog {

@@ -37,7 +37,7 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
     KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore,
     MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError, RemoveDeviceError,
-    ReportRecord, SignedDevice, Store, StoreError, StoreStats, UnixDay, UnixSeconds,
+    ReportRecord, SignedDevice, Store, StoreError, StoreStats, StoredFrank, UnixDay, UnixSeconds,
     check_capability, day_of,
 };
 use crate::metrics::WriterMetrics;

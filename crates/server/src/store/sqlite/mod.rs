@@ -39,8 +39,8 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
     KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore,
     MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError, RemoveDeviceError,
-    ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats, UnixDay,
-    UnixSeconds, check_capability, day_of,
+    ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats, StoredFrank,
+    UnixDay, UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
