@@ -94,6 +94,20 @@ pub(crate) enum Command {
         /// The message's id (from `history --json`).
         id: String,
     },
+    /// Report a message you received to the server's operator. Sends only
+    /// that message's content, the server's frank (its proof of when it
+    /// delivered it, in which group) and the sender's signature, with your
+    /// reason and note: nothing else from the conversation. The operator
+    /// learns that your account reported it.
+    Report {
+        /// The message's id (from `history --json`).
+        id: String,
+        #[arg(long, value_enum)]
+        reason: ReportReasonArg,
+        /// Your own words for the operator (at most 1024 bytes).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Set disappearing messages for a conversation (`sotto timer bob 1h`,
     /// `sotto timer --group team 7d`, `sotto timer bob off`): later
     /// messages are deleted from every member's history and database that
@@ -386,6 +400,26 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         for bad in ["", "5", "m", "1.5h", "-1d", "1w", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
+
+/// Why a message is reported (`sotto report --reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportReasonArg {
+    Spam,
+    Harassment,
+    Illegal,
+    Other,
+}
+
+impl From<ReportReasonArg> for sotto_client::ReportReason {
+    fn from(reason: ReportReasonArg) -> Self {
+        match reason {
+            ReportReasonArg::Spam => Self::Spam,
+            ReportReasonArg::Harassment => Self::Harassment,
+            ReportReasonArg::Illegal => Self::Illegal,
+            ReportReasonArg::Other => Self::Other,
         }
     }
 }

@@ -218,6 +218,16 @@ async fn run(cli: Cli) -> Result<()> {
             client.disconnect().await;
             out.entry(&changed?);
         }
+        Command::Report { id, reason, note } => {
+            let mut client = open(&profile)?;
+            let sent = client.report(&id, reason.into(), &note).await;
+            client.disconnect().await;
+            sent?;
+            out.line(
+                &format!("reported message {id} to the server's operator"),
+                &serde_json::json!({ "reported": id }),
+            );
+        }
         Command::Group(command) => group(&profile, command, &out).await?,
         Command::Sync => {
             let mut client = open(&profile)?;

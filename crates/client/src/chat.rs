@@ -172,6 +172,7 @@ fn apply_change(
                 return Ok(None);
             }
             store::delete_chat_message(conn, target.as_bytes())?;
+            store::forget_frank(conn, target.as_bytes())?;
             changed(conn, conversation, &target)
         }
         ChatAction::React { target, emoji, .. } => {

@@ -25,7 +25,7 @@ use sotto_core::attachment;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
 use sotto_core::safety::SafetyNumber;
-use sotto_proto::v1::{Register, client_frame, response};
+use sotto_proto::v1::{self, Register, client_frame, response};
 use std::path::Path;
 
 /// A Sotto account on this device: its profile database and, while
@@ -585,6 +585,49 @@ impl Client {
         let target = chat::parse_id(id)?;
         self.connected(async |s| {
             conversations::change_message(s, target, conversations::Change::Delete).await
+        })
+        .await
+    }
+
+    /// Reports a received message to the server's operator
+    /// (`sotto_core::franking`): sends its content and salt, the server's
+    /// frank and the sender device's signature, as kept when it arrived,
+    /// with `reason` and `note`. Nothing else of the conversation leaves
+    /// this device. Refused, sending nothing, for a message this device
+    /// cannot report (its own, one whose franking did not check, one
+    /// deleted or unknown), saying why.
+    pub async fn report(
+        &mut self,
+        id: &str,
+        reason: sotto_core::franking::ReportReason,
+        note: &str,
+    ) -> Result<(), ClientError> {
+        let target = chat::parse_id(id)?;
+        let mut report = match store::frank_of(&self.profile.db, target.as_bytes())? {
+            Some(store::Reportability::Reportable(report)) => report,
+            Some(store::Reportability::Unreportable(why)) => {
+                return Err(ClientError::Usage(format!(
+                    "message {id} cannot be reported: its franking did not check when it arrived ({why})"
+                )));
+            }
+            None => {
+                return Err(ClientError::Usage(format!(
+                    "message {id} cannot be reported: this device holds no franking evidence for it \
+                     (your own message, a deleted one, one from before franking, or no such message)"
+                )));
+            }
+        };
+        report.reason = reason as i32;
+        report.note = note.to_owned();
+        sotto_core::franking::check_report_size(&report)
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        self.connected(async |s| {
+            s.connection
+                .request(client_frame::Body::ReportMessage(v1::ReportMessage {
+                    report: Some(report),
+                }))
+                .await
+                .map(|_| ())
         })
         .await
     }

@@ -18,6 +18,7 @@ use crate::store::{self, ConversationKind, EntryKind, HistoryEntry};
 use rusqlite::Connection;
 use sotto_core::content::{self, AppContent, Body, ContentError, ConversationInfo};
 use sotto_core::disappearing;
+use sotto_core::franking;
 use sotto_core::group;
 use sotto_core::identity::Username;
 use sotto_core::mimi::{self, ChatAction, Expiration, MessageId, SottoUris};
@@ -430,16 +431,25 @@ fn seal(
 ) -> Result<Option<Outgoing>, ClientError> {
     let group_id = g.group_id().as_slice().to_vec();
     let recipients = group::recipients(g);
-    // Zeroized once encrypted: it may hold an identity secret.
-    let plaintext = zeroize::Zeroizing::new(content::encode(&AppContent {
+    let mut app = AppContent {
         id: message_id.clone(),
         sent_at_ms,
         body: Some(body),
         log_head: pinned_head(&profile.db)?,
         padding: Vec::new(),
-    }));
+        franking: None,
+    };
+    // Every application message is franked, whatever it carries, so the
+    // server cannot tell chat messages from receipts by the tag: a fresh
+    // salt, the tag in the clear AAD, salt and signature inside.
+    let sealed = franking::seal(&profile.account.device, &group_id, &app, rand::random());
+    app.franking = Some(sealed.franking);
+    // Zeroized once encrypted: it may hold an identity secret.
+    let plaintext = zeroize::Zeroizing::new(content::encode(&app));
+    drop(app);
     let token = group::send_token(provider, g)?;
-    let ciphertext = group::encrypt(provider, g, &profile.account.device, &plaintext)?;
+    let ciphertext =
+        group::encrypt_with_aad(provider, g, &profile.account.device, &plaintext, sealed.aad)?;
     let alone = recipients.iter().all(|d| *d == profile.account.device_id);
     let outgoing = (!alone).then(|| {
         let outgoing = Outgoing::message(message_id, &group_id, &recipients, ciphertext, token)

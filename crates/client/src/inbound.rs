@@ -12,6 +12,7 @@ use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, 
 use rusqlite::Connection;
 use sotto_core::content::{self, Body};
 use sotto_core::disappearing;
+use sotto_core::franking::{self, Frank};
 use sotto_core::group::{self, Inbound, RosterChange};
 use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
@@ -47,6 +48,14 @@ pub(crate) struct Handover {
     pub sender: MemberId,
 }
 
+/// What came with a delivery for franking (`sotto_core::franking`): the
+/// server's frank, and the franking key its log key vouched for.
+#[derive(Debug, Default)]
+pub(crate) struct Franked {
+    pub frank: Option<Frank>,
+    pub franking_key: Option<ed25519_dalek::VerifyingKey>,
+}
+
 /// Processes one delivery in one transaction: MLS state, history lines and
 /// the de-duplication record commit together. A message already processed
 /// changes nothing.
@@ -55,6 +64,7 @@ pub(crate) fn apply_delivery(
     key_log: &KeyLog,
     message_id: &[u8],
     payload: &[u8],
+    franked: &Franked,
 ) -> Result<Applied, ClientError> {
     profile.in_transaction(|provider, tx| {
         if store::is_processed(tx, message_id)? {
@@ -62,7 +72,7 @@ pub(crate) fn apply_delivery(
             return Ok(Applied::default());
         }
         let inbound = group::process(provider, payload, key_log)?;
-        let applied = record_inbound(profile, provider, tx, message_id, inbound)?;
+        let applied = record_inbound(profile, provider, tx, message_id, inbound, franked)?;
         store::mark_processed(tx, message_id)?;
         store::remove_held(tx, message_id)?;
         store::forget_attempts(tx, message_id)?;
@@ -77,6 +87,7 @@ fn record_inbound(
     conn: &Connection,
     message_id: &[u8],
     inbound: Inbound,
+    franked: &Franked,
 ) -> Result<Applied, ClientError> {
     let now = now_ms();
     match inbound {
@@ -105,6 +116,8 @@ fn record_inbound(
             group_id,
             sender,
             plaintext,
+            aad,
+            sender_key,
         } => {
             let Some(row) = store::group(conn, &group_id)? else {
                 return Ok(Applied::default());
@@ -115,7 +128,7 @@ fn record_inbound(
             // It may hold an identity secret.
             let plaintext = Zeroizing::new(plaintext);
             let app = content::decode(&plaintext)?;
-            let (conversation, entry) = match app.body {
+            let (conversation, entry) = match app.body.clone() {
                 Some(Body::IdentityHandover(mut handover)) => {
                     let secret = Zeroizing::new(std::mem::take(&mut handover.identity_secret));
                     return receive_handover(profile, conn, &row, message_id, sender, &secret);
@@ -183,6 +196,10 @@ fn record_inbound(
                     let parsed = chat::parse(&bytes, &sender.username, &group_id)?;
                     let expires = chat::expiry_ms(conn, &conversation, parsed.expires, now)?;
                     let is_text = matches!(parsed.action, Some(ChatAction::Text { .. }));
+                    let is_new = matches!(
+                        parsed.action,
+                        Some(ChatAction::Text { .. } | ChatAction::Attachment { .. })
+                    );
                     let entry = chat::apply(
                         conn,
                         &conversation,
@@ -193,6 +210,11 @@ fn record_inbound(
                         now,
                         expires,
                     )?;
+                    if is_new && entry.is_some() && sender.username != profile.account.username {
+                        let outcome =
+                            reportability(&aad, &group_id, &app, &sender, &sender_key, franked);
+                        store::record_frank(conn, parsed.id.as_bytes(), &outcome)?;
+                    }
                     if is_text && entry.is_some() && sender.username != profile.account.username {
                         receipts::delivered(
                             profile,
@@ -304,6 +326,45 @@ fn record_inbound(
                 merged_commit: Some(group_id),
                 handover: None,
             })
+        }
+    }
+}
+
+/// Checks a received chat message's franking (`sotto_core::franking`) and
+/// says what this device can report about it. A message that fails is
+/// shown all the same, marked unreportable with the reason (logged too,
+/// without content: a sender who franks wrongly is misbehaving or buggy).
+fn reportability(
+    aad: &[u8],
+    group_id: &[u8],
+    app: &content::AppContent,
+    sender: &MemberId,
+    sender_key: &[u8],
+    franked: &Franked,
+) -> store::Reportability {
+    let checked = <[u8; 32]>::try_from(sender_key)
+        .map_err(|_| franking::Unreportable::BadSenderSignature)
+        .and_then(|key| {
+            franking::check_received(
+                aad,
+                group_id,
+                app,
+                &key,
+                franked.frank.as_ref(),
+                franked.franking_key.as_ref(),
+            )
+        });
+    match checked {
+        Ok(evidence) => store::Reportability::Reportable(franking::report(
+            &evidence,
+            group_id,
+            sender,
+            franking::ReportReason::Unspecified,
+            "",
+        )),
+        Err(why) => {
+            tracing::warn!(sender = %sender, "received a message that cannot be reported: {why}");
+            store::Reportability::Unreportable(why.code().to_owned())
         }
     }
 }

@@ -4,13 +4,14 @@
 //! committed, with loud warnings when something is off.
 
 use crate::ClientError;
-use crate::inbound::{Handover, apply_delivery, conversation_of};
+use crate::inbound::{Franked, Handover, apply_delivery, conversation_of};
 use crate::keys::HeadSource;
 use crate::membership;
 use crate::profile::{Profile, now_ms};
 use crate::session::{LISTEN_PING, Session};
 use crate::store::{self, Conversation, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use crate::transport::{Next, Push};
+use sotto_core::franking::Frank;
 use sotto_core::group::{self, GroupError};
 use sotto_core::identity::Username;
 use sotto_proto::missed_notice;
@@ -132,7 +133,10 @@ pub(crate) async fn handle_delivery(
 ) -> Result<(), ClientError> {
     match missed_notice::parse(&d.payload) {
         Some(notice) => out.extend(missed(s.profile, &d.message_id, &notice)?),
-        None => receive(s, &d.message_id, &d.payload, out).await?,
+        None => {
+            let frank = Frank::from_delivery(&d.frank, d.accepted_at_ms);
+            receive(s, &d.message_id, &d.payload, frank, out).await?;
+        }
     }
     s.connection.ack(d.seq).await
 }
@@ -235,15 +239,25 @@ fn missed(
 /// that breaks the group policy) stop the conversation with a warning;
 /// poison (malformed, undecryptable, a lookup the server refused) leaves
 /// a warning line; a message from a later epoch is held.
+///
+/// `frank` is the server's frank of this delivery, if it carried one. Held
+/// messages, processed later, come without theirs (the held table keeps
+/// only the payload): they cannot be reported.
 async fn receive(
     s: &mut Session<'_>,
     message_id: &[u8],
     payload: &[u8],
+    frank: Option<Frank>,
     out: &mut Vec<HistoryEntry>,
 ) -> Result<(), ClientError> {
     let mut queue = VecDeque::from([(message_id.to_vec(), payload.to_vec())]);
+    let mut frank = frank;
     while let Some((id, payload)) = queue.pop_front() {
-        let Some(group_id) = receive_one(s, &id, &payload, out).await? else {
+        let franked = Franked {
+            frank: frank.take(),
+            franking_key: s.connection.franking_key,
+        };
+        let Some(group_id) = receive_one(s, &id, &payload, &franked, out).await? else {
             continue;
         };
         // A commit was merged: held messages up to the new epoch can be
@@ -266,10 +280,11 @@ async fn receive_one(
     s: &mut Session<'_>,
     message_id: &[u8],
     payload: &[u8],
+    franked: &Franked,
     out: &mut Vec<HistoryEntry>,
 ) -> Result<Option<Vec<u8>>, ClientError> {
     s.key_log.start_round();
-    let mut result = apply_delivery(s.profile, s.key_log, message_id, payload);
+    let mut result = apply_delivery(s.profile, s.key_log, message_id, payload, franked);
     if let Err(ClientError::Group(GroupError::Unverified(users))) = &result {
         for user in users.clone() {
             if let Err(e) = look_up_with_backoff(s, &user).await {
@@ -290,7 +305,7 @@ async fn receive_one(
             s.key_log.mark_fresh(user);
         }
         if !matches!(result, Err(ClientError::KeyLog(_))) {
-            result = apply_delivery(s.profile, s.key_log, message_id, payload);
+            result = apply_delivery(s.profile, s.key_log, message_id, payload, franked);
         }
     }
     match result {

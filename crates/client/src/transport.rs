@@ -50,6 +50,10 @@ pub struct Transport {
     pub nonce: Vec<u8>,
     /// The server's transparency-log key, as announced in the challenge.
     pub log_key: Vec<u8>,
+    /// The server's franking key, if the challenge carried one the log key
+    /// vouches for (`sotto_core::franking`). Trusted as far as `log_key`,
+    /// which the login checks against the pinned one.
+    pub franking_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -88,6 +92,7 @@ impl Transport {
             buffered: VecDeque::new(),
             nonce: Vec::new(),
             log_key: Vec::new(),
+            franking_key: None,
         };
         match transport.read_frame().await?.body {
             Some(server_frame::Body::Challenge(challenge)) => {
@@ -99,6 +104,11 @@ impl Transport {
                     )));
                 }
                 transport.nonce = challenge.nonce;
+                transport.franking_key = challenge.franking_key.as_ref().and_then(|key| {
+                    let log_key = <[u8; 32]>::try_from(challenge.log_key.as_slice()).ok()?;
+                    let log_key = ed25519_dalek::VerifyingKey::from_bytes(&log_key).ok()?;
+                    sotto_core::franking::verify_franking_key(&log_key, key)
+                });
                 transport.log_key = challenge.log_key;
                 Ok(transport)
             }

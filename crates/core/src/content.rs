@@ -81,6 +81,7 @@ mod tests {
             body: Some(Body::IdentityHandover(handover.clone())),
             log_head: None,
             padding: Vec::new(),
+            franking: None,
         };
         for printed in [format!("{handover:?}"), format!("{content:?}")] {
             assert!(printed.contains("<redacted>"), "{printed}");
@@ -103,6 +104,7 @@ mod tests {
                 body: Some(Body::Text(Text { text: text.into() })),
                 log_head: None,
                 padding: Vec::new(),
+                franking: None,
             })
             .len()
         };
@@ -121,6 +123,7 @@ mod tests {
             })),
             log_head: None,
             padding: Vec::new(),
+            franking: None,
         }))
         .unwrap();
         assert!(matches!(decoded.body, Some(Body::Text(t)) if t.text == "round trip"));

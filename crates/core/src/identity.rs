@@ -199,6 +199,12 @@ impl DeviceKey {
         self.0.verifying_key().to_bytes()
     }
 
+    /// Signs `transcript` (which must start with its own domain label, as
+    /// every Sotto transcript does) with the device key.
+    pub fn sign_bytes(&self, transcript: &[u8]) -> [u8; 64] {
+        self.0.sign(transcript).to_bytes()
+    }
+
     /// Signs the login transcript for a server challenge.
     pub fn sign_login(&self, nonce: &[u8], username: &Username, device_id: DeviceId) -> Vec<u8> {
         let transcript =

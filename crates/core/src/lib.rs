@@ -18,6 +18,7 @@
 pub mod attachment;
 pub mod content;
 pub mod disappearing;
+pub mod franking;
 pub mod group;
 pub mod history;
 pub mod identity;

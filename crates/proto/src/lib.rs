@@ -111,6 +111,14 @@ pub const MAX_AUDIT_PROOF_BYTES: usize = 64 * 1024 * 1024;
 /// Most auditors one `GetCountersignatures` may name.
 pub const MAX_AUDITORS_PER_REQUEST: usize = 16;
 
+/// Domain separation for the server's frank of a franking tag
+/// (`sotto_core::franking`).
+pub const FRANK_CONTEXT: &[u8] = b"sotto-frank-v1";
+/// Domain separation for the sender device's signature over a franking tag.
+pub const FRANKING_SENDER_CONTEXT: &[u8] = b"sotto-franking-sender-v1";
+/// Domain separation for the log key's signature over the franking key.
+pub const FRANKING_KEY_CONTEXT: &[u8] = b"sotto-franking-key-v1";
+
 /// Length of a device-link id.
 pub const LINK_ID_LEN: usize = 16;
 

@@ -159,6 +159,25 @@ impl Framing {
     }
 }
 
+/// The clear `authenticated_data` of an application `PrivateMessage`: where
+/// a sender puts its franking tag (`sotto_core::franking`), which the
+/// server franks. `None` for anything else (handshake messages, public
+/// messages, malformed bytes). Only the MLS AEAD and the sender's signature
+/// vouch for it, which the server cannot check: a wrong tag only makes the
+/// message unreportable for its receivers.
+pub fn application_aad(bytes: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader(bytes);
+    if r.u16().ok()? != MLS10 || r.u16().ok()? != PRIVATE_MESSAGE {
+        return None;
+    }
+    r.vector().ok()?; // group_id
+    r.u64().ok()?; // epoch
+    if r.content_type().ok()? != ContentType::Application {
+        return None;
+    }
+    r.vector().ok()
+}
+
 /// Appends `bytes` as a variable-length vector (RFC 9420 §2.1.2).
 fn push_vector(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = bytes.len();
@@ -181,6 +200,18 @@ pub fn opaque_private_message(
     content_type: ContentType,
     ciphertext: &[u8],
 ) -> Vec<u8> {
+    opaque_private_message_with_aad(group_id, epoch, content_type, &[], ciphertext)
+}
+
+/// [`opaque_private_message`] with clear authenticated data (a franking
+/// tag, say).
+pub fn opaque_private_message_with_aad(
+    group_id: &[u8],
+    epoch: u64,
+    content_type: ContentType,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(ciphertext.len() + group_id.len() + 24);
     out.extend_from_slice(&MLS10.to_be_bytes());
     out.extend_from_slice(&PRIVATE_MESSAGE.to_be_bytes());
@@ -191,7 +222,7 @@ pub fn opaque_private_message(
         ContentType::Proposal => 2,
         ContentType::Commit => 3,
     });
-    push_vector(&mut out, &[]); // authenticated_data
+    push_vector(&mut out, aad); // authenticated_data
     push_vector(&mut out, &[0; 4]); // encrypted_sender_data
     push_vector(&mut out, ciphertext);
     out
@@ -267,6 +298,17 @@ mod tests {
             );
             assert_eq!(private_ciphertext(&m).unwrap(), body.as_slice());
         }
+    }
+
+    #[test]
+    fn reads_the_authenticated_data_of_application_messages_only() {
+        let tag = [1u8; 33];
+        let app = opaque_private_message_with_aad(b"g", 1, ContentType::Application, &tag, b"c");
+        assert_eq!(application_aad(&app), Some(tag.as_slice()));
+        let commit = opaque_private_message_with_aad(b"g", 1, ContentType::Commit, &tag, b"c");
+        assert_eq!(application_aad(&commit), None);
+        assert_eq!(application_aad(&app[..8]), None);
+        assert_eq!(application_aad(&[]), None);
     }
 
     #[test]

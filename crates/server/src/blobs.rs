@@ -569,6 +569,7 @@ async fn create<S: MailboxStore + Send + Sync + 'static>(
             message_id: MessageId::new([0; sotto_proto::ID_LEN]),
             recipients: Vec::new(),
             payload: Vec::new(),
+            frank: None,
         },
         now: now_secs(),
         expires_at: None,

@@ -748,6 +748,7 @@ mod tests {
             seq: 1,
             message_id: MessageId::new([1; 16]),
             payload: Arc::from(&b"x"[..]),
+            frank: None,
         };
         // Until both nodes have subscribed (probing the last device of each).
         for probe in [998, 999] {

@@ -197,6 +197,9 @@ pub struct Limits {
     /// Devices added to one account (each is a transparency-log entry every
     /// contact must download). Default one per 10 s, bursts of 5.
     pub devices_added_per_account: Rate,
+    /// Abuse reports from one account (`ReportMessage`), so one reporter
+    /// cannot flood the moderation queue. Default one per 10 s, bursts of 10.
+    pub reports_per_account: Rate,
     /// Active devices one account may have. Default 16.
     pub max_devices_per_account: usize,
     /// Groups created on one connection (creating one needs no capability
@@ -225,6 +228,7 @@ impl Limits {
         self.claims_per_connection = unlimited;
         self.claims_per_target = unlimited;
         self.devices_added_per_account = unlimited;
+        self.reports_per_account = unlimited;
         self.groups_created_per_connection = unlimited;
         self.groups_created_per_address = unlimited;
         self.max_connections_per_address = usize::MAX;
@@ -276,6 +280,10 @@ impl Default for Limits {
             devices_added_per_account: Rate {
                 per_second: 0.1,
                 burst: 5.0,
+            },
+            reports_per_account: Rate {
+                per_second: 0.1,
+                burst: 10.0,
             },
             max_devices_per_account: 16,
             groups_created_per_connection: Rate {

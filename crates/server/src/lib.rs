@@ -39,6 +39,7 @@ pub mod legal;
 pub mod link_rendezvous;
 pub mod mailbox_hub;
 pub mod metrics;
+pub mod moderation;
 mod rate_limit;
 mod session;
 mod socket;

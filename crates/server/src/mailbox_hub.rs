@@ -339,6 +339,7 @@ mod tests {
             seq,
             message_id: MessageId::new([7; 16]),
             payload: Arc::from(&b"ciphertext"[..]),
+            frank: None,
         }
     }
 

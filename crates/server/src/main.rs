@@ -15,6 +15,7 @@ use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
 mod admin_cli;
 mod legal_cli;
+mod moderation_cli;
 
 /// Sotto delivery server: relays end-to-end encrypted (MLS) messages
 /// between devices. It stores only ciphertext, public keys, and day-granular
@@ -314,6 +315,12 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::AccountCommand,
     },
+    /// Abuse reports from users (`sotto report`): list, verify and show,
+    /// resolve (optionally disabling the sender's account).
+    Moderation {
+        #[command(subcommand)]
+        command: moderation_cli::ModerationCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions { shell: clap_complete::Shell },
@@ -411,6 +418,7 @@ fn main() -> ExitCode {
         Some(Command::Invite { command }) => report(admin_cli::invite(command)),
         Some(Command::Stats { data }) => report(admin_cli::stats(&data)),
         Some(Command::Account { command }) => report(admin_cli::account(command)),
+        Some(Command::Moderation { command }) => report(moderation_cli::moderation(command)),
         Some(Command::Completions { shell }) => {
             // Into a buffer: clap_complete panics if stdout closes early.
             let mut script = Vec::new();

@@ -160,6 +160,7 @@ pub(crate) struct RateLimits {
     registrations_per_address: RateLimiter<IpAddr>,
     link_attempts_per_address: RateLimiter<IpAddr>,
     devices_added_per_account: RateLimiter<String>,
+    reports_per_account: RateLimiter<String>,
     groups_created_per_address: RateLimiter<IpAddr>,
     /// Keys the hashes the global limits count under (loaded once).
     shared_secret: tokio::sync::OnceCell<zeroize::Zeroizing<[u8; 32]>>,
@@ -194,6 +195,7 @@ impl RateLimits {
             registrations_per_address: RateLimiter::new(limits.registrations_per_address),
             link_attempts_per_address: RateLimiter::new(limits.link_attempts_per_address),
             devices_added_per_account: RateLimiter::new(limits.devices_added_per_account),
+            reports_per_account: RateLimiter::new(limits.reports_per_account),
             groups_created_per_address: RateLimiter::new(limits.groups_created_per_address),
             shared_secret: tokio::sync::OnceCell::new(),
             shared_hits: std::sync::atomic::AtomicU64::new(0),
@@ -237,6 +239,13 @@ impl RateLimits {
     }
 
     /// A device added to `account`.
+    /// An abuse report from `account`.
+    pub fn charge_report(&self, account: &str) -> Result<(), Limited> {
+        self.reports_per_account
+            .take(account.to_owned())
+            .map_err(self.limited("abuse reports from this account"))
+    }
+
     pub fn charge_device_added(&self, account: &str) -> Result<(), Limited> {
         self.devices_added_per_account
             .take(account.to_owned())

@@ -31,11 +31,57 @@ pub(crate) fn now_ms() -> u64 {
 /// What the log answers to a request that can be refused.
 pub(crate) type Answer<T> = Result<Result<T, String>, StoreError>;
 
-/// The log signing key and the tree.
+/// The log signing key and the tree, and the franking key the log key
+/// vouches for.
 #[derive(Debug)]
 pub(crate) struct TransparencyLog {
     key: LogKey,
     tree: Mutex<MerkleLog>,
+    franking: FrankingKey,
+}
+
+/// The server's franking key (`sotto_core::franking`): it signs the frank
+/// of every franked application message the server accepts. Its `Debug`
+/// shows only the public key.
+pub(crate) struct FrankingKey {
+    key: ed25519_dalek::SigningKey,
+    /// The key and the log key's signature over it, as `Challenge` carries it.
+    vouched: v1::FrankingKey,
+}
+
+impl std::fmt::Debug for FrankingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrankingKey")
+            .field("public", &hex::encode(&self.vouched.key))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrankingKey {
+    /// Loads (or creates, on first start) the franking key.
+    pub async fn open<S: Store>(store: &S, log_key: &LogKey) -> Result<Self, StoreError> {
+        let fresh = zeroize::Zeroizing::new(
+            ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng).to_bytes(),
+        );
+        let secret = store.franking_key_secret(fresh).await?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let public = key.verifying_key().to_bytes();
+        let vouched = v1::FrankingKey {
+            key: public.to_vec(),
+            log_signature: log_key.certify_franking_key(&public).to_vec(),
+        };
+        Ok(Self { key, vouched })
+    }
+
+    /// The frank of `tag`, accepted for `group_id` at `accepted_at_ms`.
+    pub fn frank(&self, tag: &[u8; 32], group_id: &[u8], accepted_at_ms: u64) -> [u8; 64] {
+        sotto_core::franking::sign_frank(&self.key, tag, group_id, accepted_at_ms)
+    }
+
+    /// The public key, vouched for by the log key.
+    pub fn vouched(&self) -> &v1::FrankingKey {
+        &self.vouched
+    }
 }
 
 impl TransparencyLog {
@@ -45,13 +91,20 @@ impl TransparencyLog {
         let secret = store.log_key_secret(LogKey::generate().secret()).await?;
         let key = LogKey::from_secret(secret.as_slice())
             .map_err(|e| StoreError::Backend(format!("the stored log key is unusable: {e}")))?;
+        let franking = FrankingKey::open(store, &key).await?;
         let log = Self {
             key,
             tree: Mutex::new(MerkleLog::new()),
+            franking,
         };
         let size = log.caught_up(store).await?.len();
         tracing::info!(size, "transparency log loaded");
         Ok(log)
+    }
+
+    /// The franking key.
+    pub fn franking(&self) -> &FrankingKey {
+        &self.franking
     }
 
     /// The public key that signs heads (sent in every `Challenge`).

@@ -58,6 +58,7 @@ mod conformance {
             message_id: message_id(id),
             recipients: recipients.iter().map(|&d| device_id(d)).collect(),
             payload: payload.to_vec(),
+            frank: None,
         }
     }
 

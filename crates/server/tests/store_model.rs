@@ -143,6 +143,7 @@ impl EnvelopeSpec {
             message_id: message_id(self.id),
             recipients: self.recipients.iter().map(|&d| device_id(d)).collect(),
             payload: self.payload(),
+            frank: None,
         }
     }
 }
@@ -849,11 +850,13 @@ impl Model {
                     seq,
                     message_id: message_id(r.message),
                     payload: self.messages[&r.message].clone(),
+                    frank: None,
                 },
                 Some(n) => MailboxEntry {
                     seq,
                     message_id: self.notices[&n].id,
                     payload: self.notices[&n].payload(),
+                    frank: None,
                 },
             })
             .collect()

@@ -65,6 +65,7 @@ fn envelope(n: u64, payload: &[u8]) -> Envelope {
         message_id: MessageId::new(id),
         recipients: vec![DEVICE],
         payload: payload.to_vec(),
+        frank: None,
     }
 }
 

@@ -281,6 +281,7 @@ impl Mallory {
             body: Some(body),
             log_head: None,
             padding: Vec::new(),
+            franking: None,
         });
         group::encrypt(&self.provider, group, &self.account.device, &plaintext).expect("encrypt")
     }
@@ -293,6 +294,39 @@ impl Mallory {
     ) -> Result<response::Result, ClientError> {
         let payload = self.encrypt(group, body);
         self.send_payload(group, payload).await
+    }
+
+    /// Encrypts `content` as it is (padded), with `aad` as the MLS
+    /// authenticated data: franked however a test likes.
+    pub fn encrypt_content(
+        &self,
+        group: &mut MlsGroup,
+        content: &AppContent,
+        aad: Vec<u8>,
+    ) -> Vec<u8> {
+        let plaintext = content::encode(content);
+        group::encrypt_with_aad(&self.provider, group, &self.account.device, &plaintext, aad)
+            .expect("encrypt")
+    }
+
+    /// A chat text in the MIMI format, as Sotto clients send texts, for
+    /// `group`; and its MIMI message id in hex (as `history --json` shows).
+    pub fn mimi_text(&self, group: &MlsGroup, text: &str) -> (Body, String) {
+        use sotto_core::mimi::{self, ChatAction, MessageId, SottoUris};
+        let salt = rand::random::<[u8; mimi::SALT_LEN]>();
+        let uris = SottoUris::new(
+            "mallory.invalid",
+            self.account.username.as_str(),
+            group.group_id().as_slice(),
+        );
+        let content = ChatAction::Text {
+            text: text.to_owned(),
+            reply_to: None,
+        }
+        .to_content(&uris, salt);
+        let bytes = mimi::encode(&content).expect("encode");
+        let id = MessageId::derive(&uris.sender, &uris.room, &bytes, &salt);
+        (Body::Mimi(bytes), id.to_hex())
     }
 
     /// A text message.

@@ -761,3 +761,92 @@ on_each_backend! {
         .await;
     }
 }
+
+/// Message franking (issue #18). Mallory sends chat texts franked wrongly:
+/// without a tag, with a tag over other content, and with a correct tag
+/// whose sender signature is not hers. Bob's client shows each (franking
+/// protects reports, not delivery), marks it unreportable with the reason,
+/// and nothing crashes; an honest message stays reportable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badly_franked_messages_are_shown_but_cannot_be_reported() {
+    use sotto_core::content::AppContent;
+    use sotto_core::franking;
+    use sotto_core::identity::DeviceKey;
+    within(async {
+        let mut t = team().await;
+        let group_id = t.group.group_id().to_vec();
+        let content = |body| AppContent {
+            id: rand_id(),
+            sent_at_ms: 1,
+            body: Some(body),
+            log_head: None,
+            padding: Vec::new(),
+            franking: None,
+        };
+
+        // No tag at all (and no salt): what a client without franking sends.
+        let (body, untagged) = t.mallory.mimi_text(&t.group, "untagged");
+        let payload = t
+            .mallory
+            .encrypt_content(&mut t.group, &content(body), Vec::new());
+        t.mallory.send_payload(&t.group, payload).await.unwrap();
+
+        // A tag over other content than she sends.
+        let (body, mismatched) = t.mallory.mimi_text(&t.group, "tagged wrongly");
+        let (other, _) = t.mallory.mimi_text(&t.group, "what the tag covers");
+        let sealed = franking::seal(
+            &t.mallory.account.device,
+            &group_id,
+            &content(other),
+            [1; 32],
+        );
+        let lying = AppContent {
+            franking: Some(sealed.franking),
+            ..content(body)
+        };
+        let payload = t.mallory.encrypt_content(&mut t.group, &lying, sealed.aad);
+        t.mallory.send_payload(&t.group, payload).await.unwrap();
+
+        // A correct tag signed by another key than her device's.
+        let (body, unsigned) = t.mallory.mimi_text(&t.group, "signed by nobody");
+        let plain = content(body);
+        let sealed = franking::seal(&DeviceKey::generate(), &group_id, &plain, [2; 32]);
+        let forged = AppContent {
+            franking: Some(sealed.franking),
+            ..plain
+        };
+        let payload = t.mallory.encrypt_content(&mut t.group, &forged, sealed.aad);
+        t.mallory.send_payload(&t.group, payload).await.unwrap();
+
+        let got = t.bob.sync().await.unwrap();
+        let shown = texts(&got);
+        for text in ["untagged", "tagged wrongly", "signed by nobody"] {
+            assert!(
+                shown.iter().any(|s| s == text),
+                "{text} not shown: {shown:?}"
+            );
+        }
+        for (id, why) in [
+            (&untagged, "no-tag"),
+            (&mismatched, "tag-mismatch"),
+            (&unsigned, "bad-sender-signature"),
+        ] {
+            let err = t
+                .bob
+                .report(id, franking::ReportReason::Spam, "")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{id}: {err}");
+        }
+
+        // Alice's honest message is reportable.
+        t.alice.send_group("team", "honest").await.unwrap();
+        let got = t.bob.sync().await.unwrap();
+        let honest = got.iter().find(|e| e.text == "honest").expect("honest");
+        t.bob
+            .report(&honest.id, franking::ReportReason::Other, "just checking")
+            .await
+            .unwrap();
+    })
+    .await;
+}

@@ -47,7 +47,7 @@ const SECRETS: [&str; 3] = [
 
 /// Alice, Bob and Carol (each on `urls[i]`) talk 1:1 and in "the-club";
 /// Carol stays offline, so her copies stay queued while the test looks.
-async fn talk(urls: [&str; 3]) -> Vec<TempDir> {
+async fn talk(urls: [&str; 3]) -> (Vec<TempDir>, Senders) {
     let profiles: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
     let mut alice = Client::register(profiles[0].path(), "alice", urls[0])
         .await
@@ -68,10 +68,51 @@ async fn talk(urls: [&str; 3]) -> Vec<TempDir> {
     bob.send_group("the-club", SECRETS[2]).await.unwrap();
     bob.send_direct("alice", SECRETS[2]).await.unwrap();
     alice.sync().await.unwrap();
+    let senders = [(&alice, "alice"), (&bob, "bob")]
+        .iter()
+        .map(|(c, name)| ((*name).to_owned(), c.device_id().as_bytes().to_vec()))
+        .collect();
     for client in [&mut alice, &mut bob, &mut carol] {
         client.disconnect().await;
     }
-    profiles
+    (profiles, senders)
+}
+
+/// The accounts that sent, with their device ids.
+type Senders = Vec<(String, Vec<u8>)>;
+
+/// Franked messages (every application message is): the stored frank and
+/// its time name no sender, and no debug log line about franks does.
+fn assert_franks_name_no_sender(db: &rusqlite::Connection, senders: &Senders, log_file: &Path) {
+    let franked: Vec<(Vec<u8>, Vec<u8>, i64)> = db
+        .prepare("SELECT payload, frank, franked_at_ms FROM messages WHERE frank IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!franked.is_empty(), "Carol's queued messages carry franks");
+    for (payload, frank, at) in &franked {
+        assert_eq!(frank.len(), 64);
+        assert_eq!(at % 60_000, 0, "acceptance times are kept to the minute");
+        for (name, device) in senders {
+            for stored in [payload, frank] {
+                assert!(
+                    !contains(stored, device),
+                    "{name}'s device id in a franked row"
+                );
+                assert!(!contains(stored, name.as_bytes()), "{name} in a franked row");
+            }
+        }
+    }
+    let log = std::fs::read_to_string(log_file).unwrap();
+    for line in log.lines().filter(|l| l.contains("frank")) {
+        for (name, device) in senders {
+            let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!line.contains(&hex), "{line}");
+            assert!(!line.contains(name.as_str()), "{line}");
+        }
+    }
 }
 
 /// No sender on stored messages (nothing in `messages` or `mailbox` names
@@ -145,10 +186,11 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
     let log_file = logs.path().join("server.log");
     let server = ServerProcess::spawn_logged(data.path(), &log_file, "debug");
     let url = server.url().to_owned();
-    let _profiles = talk([url.as_str(), url.as_str(), url.as_str()]).await;
+    let (_profiles, senders) = talk([url.as_str(), url.as_str(), url.as_str()]).await;
 
     let db = rusqlite::Connection::open(data.path().join("sotto.db")).unwrap();
     assert_no_sender_address_or_member_list(&schema(&db));
+    assert_franks_name_no_sender(&db, &senders, &log_file);
     assert!(assert_files_clean(data.path()) >= 1);
 
     // The log, at debug level: no plaintext, no group name, no address
@@ -190,7 +232,7 @@ async fn the_cluster_keeps_no_sender_no_address_no_plaintext_and_no_member_list(
             (node, log_file)
         })
         .collect();
-    let _profiles = talk([nodes[0].0.url(), nodes[1].0.url(), nodes[2].0.url()]).await;
+    let (_profiles, _) = talk([nodes[0].0.url(), nodes[1].0.url(), nodes[2].0.url()]).await;
 
     let columns: Vec<(String, String)> = db
         .client()

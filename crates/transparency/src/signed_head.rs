@@ -131,6 +131,17 @@ impl LogKey {
     }
 }
 
+impl LogKey {
+    /// Vouches, with the log key every client pinned, for the server's
+    /// franking key (`sotto_core::franking`): clients trust a frank as far
+    /// as they trust the log key.
+    pub fn certify_franking_key(&self, franking_key: &[u8; 32]) -> [u8; 64] {
+        self.key
+            .sign(&[sotto_proto::FRANKING_KEY_CONTEXT, franking_key.as_slice()].concat())
+            .to_bytes()
+    }
+}
+
 /// Checks a [`LogKey::certify_legal_key`] certificate.
 pub fn verify_legal_key(
     log_key: &[u8],

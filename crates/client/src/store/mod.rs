@@ -16,6 +16,7 @@ use rusqlite::Connection;
 mod account_watch;
 mod attachments;
 mod conversations;
+mod franks;
 mod history;
 mod inbox;
 pub mod lock;
@@ -26,6 +27,7 @@ mod receipts;
 pub use account_watch::*;
 pub use attachments::*;
 pub use conversations::*;
+pub use franks::*;
 pub use history::*;
 pub use inbox::*;
 pub use outbox::*;
@@ -34,7 +36,7 @@ pub use receipts::*;
 
 pub use rusqlite::Error as StoreError;
 
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 const SCHEMA: &str = "
 CREATE TABLE profile (
@@ -190,6 +192,9 @@ pub(crate) fn open_keyed(
         }
         if version < 10 {
             tx.execute_batch(MIGRATION_10)?;
+        }
+        if version < 11 {
+            tx.execute_batch(franks::MIGRATION_11)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

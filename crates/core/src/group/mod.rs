@@ -22,7 +22,7 @@ mod tests;
 
 pub use operations::{
     PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group, encrypt,
-    leave, merge_pending, remove_devices, remove_user, update_keys,
+    encrypt_with_aad, leave, merge_pending, remove_devices, remove_user, update_keys,
 };
 pub use policy::{KeyCheck, KeyDirectory, direct_peer};
 use policy::{check_commit_policy, check_members};
@@ -302,6 +302,12 @@ pub enum Inbound {
         group_id: Vec<u8>,
         sender: MemberId,
         plaintext: Vec<u8>,
+        /// The message's clear authenticated data (its franking tag,
+        /// `crate::franking`), authenticated by MLS.
+        aad: Vec<u8>,
+        /// The sender leaf's signature key: its device key, which the
+        /// transparency log lists (checked when the leaf joined).
+        sender_key: Vec<u8>,
     },
     /// A member's proposal to leave was queued; the next member who syncs
     /// commits it.
@@ -334,6 +340,7 @@ impl std::fmt::Debug for Inbound {
                 group_id,
                 sender,
                 plaintext,
+                ..
             } => f
                 .debug_struct("Application")
                 .field("group_id", group_id)
@@ -443,6 +450,7 @@ pub fn process(
             ));
         }
     };
+    let aad = processed.aad().to_vec();
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
             // Sent in an earlier epoch by someone a later commit removed:
@@ -450,10 +458,16 @@ pub fn process(
             if !members(&group).contains(&sender) {
                 return Ok(Inbound::FromFormerMember { group_id, sender });
             }
+            let sender_key = group
+                .member_at(sender_leaf)
+                .map(|m| m.signature_key)
+                .unwrap_or_default();
             Ok(Inbound::Application {
                 group_id,
                 sender,
                 plaintext: app.into_bytes(),
+                aad,
+                sender_key,
             })
         }
         ProcessedMessageContent::ProposalMessage(proposal) => {

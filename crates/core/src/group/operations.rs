@@ -276,6 +276,20 @@ pub fn encrypt(
     signer: &DeviceKey,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, GroupError> {
+    encrypt_with_aad(provider, group, signer, plaintext, Vec::new())
+}
+
+/// Encrypts application content for the group with clear authenticated
+/// data: the franking tag (`crate::franking::Sealed::aad`). Plain MLS AAD
+/// (`MlsGroup::set_aad`), which the server reads from the framing.
+pub fn encrypt_with_aad(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    plaintext: &[u8],
+    aad: Vec<u8>,
+) -> Result<Vec<u8>, GroupError> {
+    group.set_aad(aad);
     let message = group
         .create_message(provider, signer, plaintext)
         .map_err(|e| mls("encrypt")(&e))?;

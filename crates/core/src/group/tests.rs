@@ -419,6 +419,8 @@ fn application_plaintext_never_prints() {
         group_id: vec![1],
         sender: device("alice").account.member_id(),
         plaintext: b"meet at the usual place".to_vec(),
+        aad: Vec::new(),
+        sender_key: Vec::new(),
     };
     let printed = format!("{inbound:?}");
     assert!(!printed.contains("usual"), "{printed}");

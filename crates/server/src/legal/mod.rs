@@ -36,7 +36,7 @@ pub use canary::{Canary, latest_canary, publish_canary};
 pub use canonical::{SignedDocument, canonical_json};
 pub use export::export_accounts;
 pub use report::{Report, ReportEntry, report, verify_report};
-pub use standing::set_account_disabled;
+pub use standing::{disable_for_report, set_account_disabled};
 
 use crate::store::{LegalStore, StoreError};
 
@@ -50,6 +50,11 @@ pub const KIND_EXPORT: &str = "export";
 pub const KIND_DISABLE: &str = "disable";
 /// The `kind` recorded when the operator enables a disabled account.
 pub const KIND_ENABLE: &str = "enable";
+/// The `kind` recorded when the operator disables an account because of a
+/// verified abuse report (`sotto-server moderation resolve --action
+/// disable-account`): counted apart from other disables, without the name
+/// or anything of the report.
+pub const KIND_MODERATION_DISABLE: &str = "moderation-disable";
 /// The previous hash of the first report entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// Longest accepted request id, in bytes.

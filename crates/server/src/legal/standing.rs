@@ -5,7 +5,8 @@
 //! account.
 
 use super::{
-    KIND_DISABLE, KIND_ENABLE, LegalError, MAX_REQUEST_ID_BYTES, ReportEntry, check_text, legal_key,
+    KIND_DISABLE, KIND_ENABLE, KIND_MODERATION_DISABLE, LegalError, MAX_REQUEST_ID_BYTES,
+    ReportEntry, check_text, legal_key,
 };
 use crate::store::{LegalStore, StandingSnapshot, UnixDay};
 
@@ -20,6 +21,41 @@ pub async fn set_account_disabled<S: LegalStore>(
     until_day: Option<UnixDay>,
     request_id: &str,
     today: UnixDay,
+) -> Result<ReportEntry, LegalError> {
+    let kind = if until_day.is_some() {
+        KIND_DISABLE
+    } else {
+        KIND_ENABLE
+    };
+    record_standing(store, username, until_day, request_id, today, kind).await
+}
+
+/// Disables `username` until enabled because of a verified abuse report,
+/// recorded as a [`KIND_MODERATION_DISABLE`] entry under `request_id`.
+pub async fn disable_for_report<S: LegalStore>(
+    store: &S,
+    username: &str,
+    request_id: &str,
+    today: UnixDay,
+) -> Result<ReportEntry, LegalError> {
+    record_standing(
+        store,
+        username,
+        Some(crate::store::DISABLED_UNTIL_ENABLED),
+        request_id,
+        today,
+        KIND_MODERATION_DISABLE,
+    )
+    .await
+}
+
+async fn record_standing<S: LegalStore>(
+    store: &S,
+    username: &str,
+    until_day: Option<UnixDay>,
+    request_id: &str,
+    today: UnixDay,
+    kind: &'static str,
 ) -> Result<ReportEntry, LegalError> {
     check_text("request id", request_id, MAX_REQUEST_ID_BYTES)?;
     if until_day.is_some_and(|day| day <= today) {
@@ -40,11 +76,6 @@ pub async fn set_account_disabled<S: LegalStore>(
                 "account {name:?} is not disabled; nothing was changed or recorded"
             )));
         }
-        let kind = if until_day.is_some() {
-            KIND_DISABLE
-        } else {
-            KIND_ENABLE
-        };
         let entry = ReportEntry::after(
             snapshot.last_entry.as_ref(),
             &key,

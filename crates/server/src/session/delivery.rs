@@ -6,7 +6,7 @@
 //! for.
 
 use super::Session;
-use crate::store::{MessageId, NewEntry, Store, StoreError};
+use crate::store::{MessageId, NewEntry, Store, StoreError, StoredFrank};
 use sotto_proto::v1::{self, response, server_frame};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -120,10 +120,14 @@ impl<S: Store> Session<S> {
             self.window.must_fetch();
             return None;
         }
-        let pushed = self
-            .window
-            .offer(entry.seq)
-            .then(|| delivery(entry.seq, entry.message_id, entry.payload.to_vec()));
+        let pushed = self.window.offer(entry.seq).then(|| {
+            delivery(
+                entry.seq,
+                entry.message_id,
+                entry.payload.to_vec(),
+                entry.frank,
+            )
+        });
         if pushed.is_some() {
             self.ctx.metrics.deliveries.inc();
         }
@@ -138,7 +142,7 @@ impl<S: Store> Session<S> {
         payload: &[u8],
     ) -> v1::ServerFrame {
         self.ctx.metrics.deliveries.inc();
-        delivery(0, message_id, payload.to_vec())
+        delivery(0, message_id, payload.to_vec(), None)
     }
 
     /// Starts committing an acknowledgement; the connection goes on pushing
@@ -183,7 +187,7 @@ impl<S: Store> Session<S> {
             frames.extend(
                 entries
                     .into_iter()
-                    .map(|e| delivery(e.seq, e.message_id, e.payload)),
+                    .map(|e| delivery(e.seq, e.message_id, e.payload, e.frank)),
             );
         }
         let finished = self.window.take_finished_syncs();
@@ -201,12 +205,19 @@ impl<S: Store> Session<S> {
     }
 }
 
-fn delivery(seq: u64, message_id: MessageId, payload: Vec<u8>) -> v1::ServerFrame {
+fn delivery(
+    seq: u64,
+    message_id: MessageId,
+    payload: Vec<u8>,
+    frank: Option<StoredFrank>,
+) -> v1::ServerFrame {
     v1::ServerFrame {
         body: Some(server_frame::Body::Delivery(v1::Delivery {
             seq,
             message_id: message_id.as_bytes().to_vec(),
             payload,
+            frank: frank.map(|f| f.signature.to_vec()).unwrap_or_default(),
+            accepted_at_ms: frank.map_or(0, |f| f.accepted_at_ms),
         })),
     }
 }

@@ -5,7 +5,8 @@ use super::parse::{capability_hash, envelope, group_framing, group_id};
 use super::wire_error::{error, mismatched_framing, not_authorized, sent};
 use super::{RequestResult, Session, now_seconds};
 use crate::mailbox_hub::MailboxEvent;
-use crate::store::{CommitSubmission, Enqueued, GroupMessage, Store};
+use crate::store::{CommitSubmission, Enqueued, GroupId, GroupMessage, Store, StoredFrank};
+use crate::transparency_log::now_ms;
 use sotto_proto::mls_framing::{ContentType, Framing};
 use sotto_proto::v1::{self, ErrorCode};
 use std::sync::Arc;
@@ -38,6 +39,10 @@ impl<S: Store> Session<S> {
             &[ContentType::Application, ContentType::Proposal],
             "message",
         )?;
+        let mut envelope = envelope;
+        if !send.ephemeral {
+            envelope.frank = self.frank(&envelope.payload, &group_id);
+        }
         let message = GroupMessage {
             previous_epoch_open: self.ctx.epoch_grace.is_open(&group_id, Instant::now()),
             group_id,
@@ -69,6 +74,24 @@ impl<S: Store> Session<S> {
             self.ctx.metrics.messages.inc();
         }
         sent(&queued.skipped)
+    }
+
+    /// The frank of an application message whose authenticated data holds
+    /// a franking tag (`sotto_core::franking`): signed over the tag, the
+    /// group and the acceptance time (to the minute, the precision stored),
+    /// and nothing about the sender, whom a sealed-sender send never names.
+    fn frank(&self, payload: &[u8], group_id: &GroupId) -> Option<StoredFrank> {
+        let tag = sotto_proto::mls_framing::application_aad(payload)
+            .and_then(sotto_core::franking::tag_from_aad)?;
+        let accepted_at_ms = now_ms() / 60_000 * 60_000;
+        Some(StoredFrank {
+            signature: self
+                .ctx
+                .log
+                .franking()
+                .frank(&tag, group_id.as_bytes(), accepted_at_ms),
+            accepted_at_ms,
+        })
     }
 
     pub(super) async fn submit_commit(&mut self, commit: v1::SubmitCommit) -> RequestResult {

@@ -24,6 +24,7 @@ mod link;
 mod log;
 mod messages;
 mod parse;
+mod report;
 pub(crate) mod wire_error;
 
 use std::net::IpAddr;
@@ -187,6 +188,7 @@ impl<S: Store> Session<S> {
                 protocol_version: sotto_proto::PROTOCOL_VERSION,
                 nonce: self.nonce.to_vec(),
                 log_key: self.ctx.log.public_key().to_vec(),
+                franking_key: Some(self.ctx.log.franking().vouched().clone()),
             })),
         }
     }
@@ -378,6 +380,7 @@ impl<S: Store> Session<S> {
             (Some(_), Body::RemoveDevice(remove)) => self.remove_device(remove).await,
             (Some(_), Body::OpenLink(open)) => self.open_link(open).await,
             (Some(_), Body::CompleteLink(complete)) => self.complete_link(complete),
+            (Some(_), Body::ReportMessage(report)) => self.report_message(report).await,
         }
     }
 

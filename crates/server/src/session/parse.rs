@@ -83,6 +83,7 @@ pub(super) fn envelope(
         message_id,
         recipients,
         payload,
+        frank: None,
     })
 }
 

@@ -261,6 +261,13 @@ impl LogStore for AnyStore {
         dispatch!(self, s => s.log_key_secret(fresh).await)
     }
 
+    async fn franking_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        dispatch!(self, s => s.franking_key_secret(fresh).await)
+    }
+
     async fn directory_vrf_secret(
         &self,
         fresh: Zeroizing<[u8; 32]>,
@@ -413,5 +420,33 @@ impl ClusterStore for AnyStore {
         prune: Option<u64>,
     ) -> Result<u64, StoreError> {
         dispatch!(self, s => s.count_hit(key, window_start, expires_at, prune).await)
+    }
+}
+
+impl ModerationStore for AnyStore {
+    async fn add_report(
+        &self,
+        reporter: String,
+        report: Vec<u8>,
+        day: UnixDay,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.add_report(reporter, report, day).await)
+    }
+
+    async fn moderation_reports(&self) -> Result<Vec<ModerationRecord>, StoreError> {
+        dispatch!(self, s => s.moderation_reports().await)
+    }
+
+    async fn moderation_report(&self, id: u64) -> Result<Option<ModerationRecord>, StoreError> {
+        dispatch!(self, s => s.moderation_report(id).await)
+    }
+
+    async fn resolve_report(
+        &self,
+        id: u64,
+        action: String,
+        day: UnixDay,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.resolve_report(id, action, day).await)
     }
 }

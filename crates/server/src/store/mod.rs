@@ -108,7 +108,9 @@ pub fn check_capability(
 /// durable: a `Done` sent to a client after an `Ok` here survives a crash.
 /// Methods are `async` so a networked backend fits; an `Ok(None)` always
 /// means "no such thing", never an error.
-pub trait Store: AccountStore + KeyPackageStore + MailboxStore + LogStore + ClusterStore {
+pub trait Store:
+    AccountStore + KeyPackageStore + MailboxStore + LogStore + ClusterStore + ModerationStore
+{
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 }
@@ -357,6 +359,17 @@ pub trait LogStore: Send + Sync + 'static {
         fresh: Zeroizing<[u8; 32]>,
     ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
 
+    /// The secret of the server's franking key (it signs the frank of every
+    /// franked application message it accepts; `sotto_core::franking`):
+    /// the stored one, or `fresh`, stored now, if there is none yet. Kept
+    /// with the other signing keys. A lost key loses nothing stored (the
+    /// server keeps no franks), only the means to verify reports of messages
+    /// franked before: so it is created afresh rather than refused.
+    fn franking_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
     /// The secret of the key directory's VRF key (it hides usernames behind
     /// the directory's labels): the stored one, or `fresh`, stored now, if
     /// there is none yet. Kept with the other signing keys, so a backup made
@@ -541,4 +554,54 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Bytes of queued payloads (each counted once, however many devices
     /// it waits for).
     fn queued_bytes(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// One abuse report in the moderation queue (`sotto report`,
+/// `sotto-server moderation`). Until it is resolved it holds what the
+/// reporter sent and who reported; once resolved, only its days and the
+/// action taken stay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModerationRecord {
+    /// The operator's number for it, increasing.
+    pub id: u64,
+    pub received_day: UnixDay,
+    /// The reporting account; `None` once resolved.
+    pub reporter: Option<String>,
+    /// The encoded `AbuseReport`; `None` once resolved.
+    pub report: Option<Vec<u8>>,
+    pub resolved_day: Option<UnixDay>,
+    /// `none` or `disable-account`, once resolved.
+    pub action: Option<String>,
+}
+
+/// The moderation queue. As in [`Store`], `Ok(None)` means "no such report".
+pub trait ModerationStore: Send + Sync + 'static {
+    /// Queues a report from `reporter`; returns its number.
+    fn add_report(
+        &self,
+        reporter: String,
+        report: Vec<u8>,
+        day: UnixDay,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every report, oldest first.
+    fn moderation_reports(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ModerationRecord>, StoreError>> + Send;
+
+    /// One report.
+    fn moderation_report(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<ModerationRecord>, StoreError>> + Send;
+
+    /// Resolves an open report: records the action and day, and erases what
+    /// the reporter sent and who reported. `false` if there is no such open
+    /// report.
+    fn resolve_report(
+        &self,
+        id: u64,
+        action: String,
+        day: UnixDay,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

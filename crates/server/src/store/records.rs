@@ -260,6 +260,31 @@ pub struct Envelope {
     pub recipients: Vec<DeviceId>,
     /// The MLS message, opaque to the server.
     pub payload: Vec<u8>,
+    /// The server's frank, for an application message that carried a
+    /// franking tag; delivered with every copy.
+    pub frank: Option<StoredFrank>,
+}
+
+/// The server's frank of a franked application message
+/// (`sotto_core::franking`): an Ed25519 signature by its franking key over
+/// (tag, group id, acceptance time). It names no sender. Stored with the
+/// queued message and deleted with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFrank {
+    pub signature: [u8; 64],
+    /// When the server accepted the message, in milliseconds since the Unix
+    /// epoch, truncated to the minute.
+    pub accepted_at_ms: u64,
+}
+
+impl StoredFrank {
+    /// From the two stored columns; `None` unless both are set and whole.
+    pub fn from_columns(signature: Option<Vec<u8>>, accepted_at_ms: Option<i64>) -> Option<Self> {
+        Some(Self {
+            signature: signature?.try_into().ok()?,
+            accepted_at_ms: u64::try_from(accepted_at_ms?).ok()?,
+        })
+    }
 }
 
 /// An application message (or proposal) for an existing group.
@@ -349,6 +374,8 @@ pub struct MailboxEntry {
     pub message_id: MessageId,
     /// The MLS message.
     pub payload: Vec<u8>,
+    /// The server's frank, if the message has one.
+    pub frank: Option<StoredFrank>,
 }
 
 /// A mailbox entry just committed, as told to the [`EntryListener`]. The
@@ -363,6 +390,8 @@ pub struct NewEntry {
     pub message_id: MessageId,
     /// The MLS message.
     pub payload: std::sync::Arc<[u8]>,
+    /// The server's frank, if the message has one.
+    pub frank: Option<StoredFrank>,
 }
 
 /// Told about every mailbox entry once it is committed, in commit order (so,

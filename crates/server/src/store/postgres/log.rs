@@ -7,6 +7,8 @@ use crate::store::CountersignatureRecord;
 pub(super) const LOG_KEY_NAME: &str = "log";
 /// Counts what the log key vouches for (see the SQLite backend).
 const LOG_KEY_SIGNED: &str = "SELECT count(*) FROM log_entries";
+/// Name of the franking key in `server_keys` (`LogStore::franking_key_secret`).
+const FRANKING_KEY_NAME: &str = "franking";
 /// Name of the key directory's VRF key in `server_keys`.
 const DIRECTORY_VRF_KEY_NAME: &str = "directory_vrf";
 /// What the VRF key vouches for lives in the directory's own file, which
@@ -87,6 +89,18 @@ impl LogStore for PostgresStore {
             Box::pin(
                 async move { server_key_secret(&tx, LOG_KEY_NAME, &fresh, LOG_KEY_SIGNED).await },
             )
+        })
+        .await
+    }
+
+    async fn franking_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                server_key_secret(&tx, FRANKING_KEY_NAME, &fresh, "SELECT 0::BIGINT").await
+            })
         })
         .await
     }

@@ -141,10 +141,13 @@ async fn place_envelope(
         None => get(
             &query_one(
                 tx,
-                "INSERT INTO messages (message_id, payload) VALUES ($1, $2) RETURNING id",
+                "INSERT INTO messages (message_id, payload, frank, franked_at_ms) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
                 &[
                     &envelope.message_id.as_bytes().as_slice(),
                     &envelope.payload,
+                    &envelope.frank.map(|f| f.signature.to_vec()),
+                    &envelope.frank.map(|f| to_i64(f.accepted_at_ms)),
                 ],
             )
             .await?,
@@ -158,6 +161,7 @@ async fn place_envelope(
         message_ref,
         envelope.message_id,
         &payload,
+        envelope.frank,
         now,
     )
     .await?;
@@ -176,6 +180,7 @@ async fn queue_entries(
     message_ref: i64,
     message_id: MessageId,
     payload: &Arc<[u8]>,
+    frank: Option<StoredFrank>,
     now: UnixSeconds,
 ) -> Result<(), StoreError> {
     let nums: Vec<i64> = recipients.iter().map(|(_, num)| *num).collect();
@@ -200,6 +205,7 @@ async fn queue_entries(
             seq: to_u64(first + limit_i64(n) + 1),
             message_id,
             payload: Arc::clone(payload),
+            frank,
         });
     }
     Ok(())
@@ -292,6 +298,7 @@ async fn record_missed(
         message_ref,
         notice_id,
         &Arc::from(payload.as_slice()),
+        None,
         now,
     )
     .await
@@ -727,7 +734,8 @@ impl MailboxStore for PostgresStore {
         let c = self.reader().await?;
         let rows = query(
             &c,
-            "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
+            "SELECT mailbox.seq, messages.message_id, messages.payload, messages.frank, \
+             messages.franked_at_ms FROM mailbox \
              JOIN messages ON messages.id = mailbox.message_ref \
              WHERE mailbox.device_num = (SELECT num FROM devices WHERE device_id = $1) \
              AND mailbox.seq > $2 ORDER BY mailbox.seq LIMIT $3",
@@ -747,6 +755,7 @@ impl MailboxStore for PostgresStore {
                         StoreError::Backend("stored message id has the wrong length".into())
                     })?,
                     payload: get(r, 2)?,
+                    frank: StoredFrank::from_columns(get(r, 3)?, get(r, 4)?),
                 })
             })
             .collect()

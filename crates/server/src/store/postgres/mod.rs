@@ -40,7 +40,7 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
     KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore,
     MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError, RemoveDeviceError,
-    ReportRecord, SignedDevice, Store, StoreError, StoreStats, UnixDay, UnixSeconds,
+    ReportRecord, SignedDevice, Store, StoreError, StoreStats, StoredFrank, UnixDay, UnixSeconds,
     check_capability, day_of,
 };
 use crate::metrics::WriterMetrics;
@@ -53,6 +53,7 @@ mod key_packages;
 mod legal;
 mod log;
 mod mailbox;
+mod moderation;
 mod schema;
 mod writer;
 

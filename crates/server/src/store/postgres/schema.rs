@@ -154,6 +154,26 @@ CREATE TABLE rate_windows (
 );
 CREATE INDEX rate_windows_by_expiry ON rate_windows(expires_at);
 ",
+    // Message franking (`sotto_core::franking`): the server's frank of a
+    // queued application message and its acceptance time (to the minute),
+    // deleted with the message.
+    r"
+ALTER TABLE messages ADD COLUMN frank bytea;
+ALTER TABLE messages ADD COLUMN franked_at_ms bigint;
+",
+    // Abuse reports (`sotto report`, `sotto-server moderation`): what a
+    // reporter chose to send, until the operator resolves it; then only the
+    // day, the outcome and the action stay.
+    r"
+CREATE TABLE moderation_reports (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_day  bigint NOT NULL,
+    reporter      text,
+    report        bytea,
+    resolved_day  bigint,
+    action        text
+);
+",
 ];
 
 /// The schema version this code writes: one per migration.

@@ -32,7 +32,7 @@ use std::fs::File;
 use std::io::{Read as _, Write as _};
 
 use super::legal::{LEGAL_KEY_NAME, LEGAL_KEY_SIGNED};
-use super::log::{DIRECTORY_VRF_KEY_NAME, LOG_KEY_SIGNED};
+use super::log::{DIRECTORY_VRF_KEY_NAME, FRANKING_KEY_NAME, LOG_KEY_SIGNED};
 use super::schema::SCHEMA_VERSION;
 use super::*;
 use crate::store::{BackupError, RestoreError};
@@ -561,7 +561,12 @@ fn import_keys(conn: &Connection, other: &Path) -> Result<bool, RestoreError> {
         });
     }
     let mut copied = false;
-    for name in [LOG_KEY_NAME, LEGAL_KEY_NAME, DIRECTORY_VRF_KEY_NAME] {
+    for name in [
+        LOG_KEY_NAME,
+        LEGAL_KEY_NAME,
+        DIRECTORY_VRF_KEY_NAME,
+        FRANKING_KEY_NAME,
+    ] {
         let Some(secret) = stored_server_key(&keys, name)? else {
             continue;
         };

@@ -9,6 +9,8 @@ pub(super) const LOG_KEY_NAME: &str = "log";
 /// with entries. (Accounts from before the log have none, and a database
 /// of only those may still get its first key.)
 pub(super) const LOG_KEY_SIGNED: &str = "SELECT count(*) FROM log_entries";
+/// Name of the franking key in `server_keys` (`LogStore::franking_key_secret`).
+pub(super) const FRANKING_KEY_NAME: &str = "franking";
 /// Name of the key directory's VRF key in `server_keys`.
 pub(super) const DIRECTORY_VRF_KEY_NAME: &str = "directory_vrf";
 /// What the VRF key vouches for lives in the directory's own file, which
@@ -60,6 +62,14 @@ impl LogStore for SqliteStore {
         fresh: Zeroizing<[u8; 32]>,
     ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
         self.write(move |conn| server_key_secret(conn, LOG_KEY_NAME, &fresh, LOG_KEY_SIGNED))
+            .await
+    }
+
+    async fn franking_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.write(move |conn| server_key_secret(conn, FRANKING_KEY_NAME, &fresh, "SELECT 0"))
             .await
     }
 

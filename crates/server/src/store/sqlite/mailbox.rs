@@ -144,14 +144,19 @@ fn place_envelope(
     let message_ref = match stored {
         Some(message_ref) => message_ref,
         None => {
-            conn.prepare_cached("INSERT INTO messages (message_id, payload) VALUES (?1, ?2)")
-                .and_then(|mut insert| {
-                    insert.execute(params![
-                        envelope.message_id.as_bytes().as_slice(),
-                        envelope.payload
-                    ])
-                })
-                .map_err(StoreError::from)?;
+            conn.prepare_cached(
+                "INSERT INTO messages (message_id, payload, frank, franked_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut insert| {
+                insert.execute(params![
+                    envelope.message_id.as_bytes().as_slice(),
+                    envelope.payload,
+                    envelope.frank.map(|f| f.signature.to_vec()),
+                    envelope.frank.map(|f| to_i64(f.accepted_at_ms)),
+                ])
+            })
+            .map_err(StoreError::from)?;
             conn.last_insert_rowid()
         }
     };
@@ -164,6 +169,7 @@ fn place_envelope(
             message_ref,
             envelope.message_id,
             &payload,
+            envelope.frank,
             now,
         )?;
     }
@@ -181,6 +187,7 @@ fn queue_entry(
     message_ref: i64,
     message_id: MessageId,
     payload: &Arc<[u8]>,
+    frank: Option<StoredFrank>,
     now: UnixSeconds,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -192,6 +199,7 @@ fn queue_entry(
         seq: to_u64(conn.last_insert_rowid()),
         message_id,
         payload: Arc::clone(payload),
+        frank,
     };
     UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
     Ok(())
@@ -277,6 +285,7 @@ fn record_missed(
         message_ref,
         notice_id,
         &Arc::from(payload.as_slice()),
+        None,
         now,
     )
 }
@@ -666,7 +675,8 @@ impl MailboxStore for SqliteStore {
     ) -> Result<Vec<MailboxEntry>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT mailbox.seq, messages.message_id, messages.payload FROM mailbox \
+                "SELECT mailbox.seq, messages.message_id, messages.payload, messages.frank, \
+                 messages.franked_at_ms FROM mailbox \
                  JOIN messages ON messages.id = mailbox.message_ref \
                  WHERE mailbox.device_num = (SELECT num FROM devices WHERE device_id = ?1) \
                  AND mailbox.seq > ?2 ORDER BY mailbox.seq LIMIT ?3",
@@ -682,12 +692,13 @@ impl MailboxStore for SqliteStore {
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
+                        StoredFrank::from_columns(r.get(3)?, r.get(4)?),
                     ))
                 },
             )?;
             let mut entries = Vec::new();
             for row in rows {
-                let (seq, message_id, payload) = row?;
+                let (seq, message_id, payload, frank) = row?;
                 let message_id = MessageId::from_slice(&message_id).ok_or_else(|| {
                     StoreError::Backend("stored message id has the wrong length".into())
                 })?;
@@ -695,6 +706,7 @@ impl MailboxStore for SqliteStore {
                     seq: to_u64(seq),
                     message_id,
                     payload,
+                    frank,
                 });
             }
             Ok(entries)

@@ -39,8 +39,8 @@ use super::{
     ExportedAccount, ExportedDevice, GroupId, GroupMessage, InviteRecord, KeyPackageBundle,
     KeyPackageStatus, KeyPackageStore, LegalStore, LogRecord, LogStore, MailboxEntry, MailboxStore,
     MessageId, NewAccount, NewDevice, NewEntry, Queued, RegisterError, RemoveDeviceError,
-    ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats, UnixDay,
-    UnixSeconds, check_capability, day_of,
+    ReportRecord, SignedDevice, StandingSnapshot, Store, StoreError, StoreStats, StoredFrank,
+    UnixDay, UnixSeconds, check_capability, day_of,
 };
 
 mod accounts;
@@ -50,6 +50,7 @@ mod key_packages;
 mod legal;
 mod log;
 mod mailbox;
+mod moderation;
 mod schema;
 mod space;
 mod writer;

@@ -203,6 +203,27 @@ ALTER TABLE accounts ADD COLUMN disabled_until_day INTEGER;
 DELETE FROM countersignatures;
 ALTER TABLE countersignatures RENAME COLUMN tree_size TO epoch;
 ",
+    // Message franking (`sotto_core::franking`): the server's frank of a
+    // queued application message and its acceptance time (to the minute),
+    // deleted with the message.
+    r"
+ALTER TABLE messages ADD COLUMN frank BLOB;
+ALTER TABLE messages ADD COLUMN franked_at_ms INTEGER;
+",
+    // Abuse reports (`sotto report`, `sotto-server moderation`): what a
+    // reporter chose to send, until the operator resolves it; then only the
+    // day, the outcome and the action stay (counted in the transparency
+    // report).
+    r"
+CREATE TABLE moderation_reports (
+    id            INTEGER PRIMARY KEY,
+    received_day  INTEGER NOT NULL,
+    reporter      TEXT,
+    report        BLOB,
+    resolved_day  INTEGER,
+    action        TEXT
+);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
