@@ -41,6 +41,7 @@ pub use keys::{DEFAULT_MAX_HEAD_AGE, rotation_notice};
 pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
+pub use sotto_core::group::AdminPolicy;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};
