@@ -335,6 +335,31 @@ pub(crate) enum GroupCommand {
         /// Comma-separated usernames.
         #[arg(long, value_delimiter = ',', required = true)]
         members: Vec<String>,
+        /// Give the group admins, you the first: only admins then remove
+        /// members, change admins and settings, and delete others'
+        /// messages for everyone. Without it every member may remove others.
+        #[arg(long)]
+        admins: bool,
+        /// Only admins may post (an announcement channel); implies --admins.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Make a member an admin of a group with admins, or no longer one
+    /// (`sotto group admin team add bob`). Only an admin may.
+    Admin {
+        name: String,
+        /// `add` or `remove`.
+        #[arg(value_parser = ["add", "remove"])]
+        action: String,
+        username: String,
+    },
+    /// Change a group's settings (`sotto group set team --read-only on`).
+    /// Only an admin may.
+    Set {
+        name: String,
+        /// `on`: only admins may post (an announcement channel); `off`: everyone.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        read_only: bool,
     },
     /// Add a user (all their devices) to a group.
     Add { name: String, username: String },
@@ -346,6 +371,15 @@ pub(crate) enum GroupCommand {
     List,
     /// List a group's members (as of your last sync).
     Members { name: String },
+}
+
+/// `on` or `off`.
+pub(crate) fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?} is neither `on` nor `off`")),
+    }
 }
 
 /// A disappearing-messages timer: a duration, or `off` (0).

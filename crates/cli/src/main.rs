@@ -478,11 +478,51 @@ async fn run(cli: Cli) -> Result<()> {
 async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) -> Result<()> {
     let mut client = open(profile)?;
     match command {
-        GroupCommand::Create { name, members } => {
-            client.create_group(&name, &members).await?;
+        GroupCommand::Create {
+            name,
+            members,
+            admins,
+            read_only,
+        } => {
+            if admins || read_only {
+                client
+                    .create_group_with_admins(&name, &members, read_only)
+                    .await?;
+            } else {
+                client.create_group(&name, &members).await?;
+            }
             out.line(
                 &format!("created {name}"),
-                &serde_json::json!({ "created": name }),
+                &serde_json::json!({ "created": name, "admins": admins || read_only, "read_only": read_only }),
+            );
+        }
+        GroupCommand::Admin {
+            name,
+            action,
+            username,
+        } => {
+            let admin = action == "add";
+            client.set_admin(&name, &username, admin).await?;
+            let text = if admin {
+                format!("{username} is now an admin of {name}")
+            } else {
+                format!("{username} is no longer an admin of {name}")
+            };
+            out.line(
+                &text,
+                &serde_json::json!({ "group": name, "username": username, "admin": admin }),
+            );
+        }
+        GroupCommand::Set { name, read_only } => {
+            client.set_read_only(&name, read_only).await?;
+            let text = if read_only {
+                format!("{name} is now read-only: only its admins can post")
+            } else {
+                format!("everyone in {name} can post")
+            };
+            out.line(
+                &text,
+                &serde_json::json!({ "group": name, "read_only": read_only }),
             );
         }
         GroupCommand::Add { name, username } => {
@@ -511,16 +551,38 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
                 let members = client.members(&name)?;
                 let mut users: Vec<&str> = members.iter().map(|m| m.username.as_str()).collect();
                 users.dedup();
+                let policy = client.group_admins(&name)?;
+                let read_only = policy.as_ref().is_some_and(|p| p.read_only);
+                let admins: Vec<&str> = policy
+                    .as_ref()
+                    .map(|p| p.admins.iter().map(|a| a.as_str()).collect())
+                    .unwrap_or_default();
+                let mut text = format!("{name} ({})", users.join(", "));
+                if !admins.is_empty() {
+                    text.push_str(&format!(" admins: {}", admins.join(", ")));
+                }
+                if read_only {
+                    text.push_str(" [read-only]");
+                }
                 out.line(
-                    &format!("{name} ({})", users.join(", ")),
-                    &serde_json::json!({ "name": name, "members": users }),
+                    &text,
+                    &serde_json::json!({ "name": name, "members": users, "admins": admins, "read_only": read_only }),
                 );
             }
         }
         GroupCommand::Members { name } => {
-            for member in client.members(&name)? {
+            // In JSON every line is a member; `group list --json` says
+            // whether the group is read-only.
+            if !out.json && client.group_admins(&name)?.is_some_and(|p| p.read_only) {
                 out.line(
-                    &format!("{} (device {})", member.username, member.device_id),
+                    &format!("{name} is read-only: only its admins can post"),
+                    &serde_json::json!({ "group": name, "read_only": true }),
+                );
+            }
+            for member in client.members(&name)? {
+                let role = if member.admin { " admin" } else { "" };
+                out.line(
+                    &format!("{} (device {}){role}", member.username, member.device_id),
                     &serde_json::to_value(&member)?,
                 );
             }

@@ -8,8 +8,9 @@
 //!   content whose sender URI is not the account MLS authenticated, or
 //!   whose room URI is not the group it came in, is refused (an error: the
 //!   delivery is skipped with a warning);
-//! - only the account that sent a message may edit or delete it, and an
-//!   edit or delete must name its first version;
+//! - only the account that sent a message may edit it, and only it or an
+//!   admin of a group with admins may delete it (for everyone); an edit or
+//!   delete must name its first version;
 //! - a reaction counts once per account and message (a new one replaces
 //!   the old); only its author may take it back;
 //! - an edit, delete or reaction naming a message this device does not have
@@ -87,12 +88,14 @@ pub(crate) fn authority(conn: &Connection) -> Result<String, ClientError> {
 /// Applies a chat message from `sender` (a username) to history; returns
 /// the line it added or changed (`None` if it changed nothing). A new
 /// text with `expires_at_ms` disappears then (one already past it is not
-/// recorded).
+/// recorded). `sender_is_admin`: the sender is an admin of the group (and
+/// so may delete others' messages).
 #[allow(clippy::too_many_arguments)] // one call each from sending and receiving
 pub(crate) fn apply(
     conn: &Connection,
     conversation: &Conversation,
     sender: &str,
+    sender_is_admin: bool,
     id: MessageId,
     action: Option<ChatAction>,
     sent_at_ms: u64,
@@ -110,7 +113,17 @@ pub(crate) fn apply(
             text,
             reply_to,
         } => (text.unwrap_or_default(), reply_to, Some(file)),
-        other => return apply_change(conn, conversation, sender, id, other, sent_at_ms),
+        other => {
+            return apply_change(
+                conn,
+                conversation,
+                sender,
+                sender_is_admin,
+                id,
+                other,
+                sent_at_ms,
+            );
+        }
     };
     let message = store::NewMessage {
         id: id.as_bytes(),
@@ -142,6 +155,7 @@ fn apply_change(
     conn: &Connection,
     conversation: &Conversation,
     sender: &str,
+    sender_is_admin: bool,
     id: MessageId,
     action: ChatAction,
     sent_at_ms: u64,
@@ -149,7 +163,7 @@ fn apply_change(
     match action {
         ChatAction::Text { .. } | ChatAction::Attachment { .. } => Ok(None),
         ChatAction::Edit { target, text } => {
-            if own_target(conn, conversation, sender, &target, "edit")?.is_none() {
+            if own_target(conn, conversation, sender, false, &target, "edit")?.is_none() {
                 return Ok(None);
             }
             if !store::edit_message(conn, target.as_bytes(), id.as_bytes(), &text, sent_at_ms)? {
@@ -168,7 +182,16 @@ fn apply_change(
                 store::remove_reaction(conn, target.as_bytes())?;
                 return Ok(store::entry(conn, conversation, &reaction.message_id)?);
             }
-            if own_target(conn, conversation, sender, &target, "delete")?.is_none() {
+            if own_target(
+                conn,
+                conversation,
+                sender,
+                sender_is_admin,
+                &target,
+                "delete",
+            )?
+            .is_none()
+            {
                 return Ok(None);
             }
             store::delete_chat_message(conn, target.as_bytes())?;
@@ -194,12 +217,14 @@ fn apply_change(
 }
 
 /// The message `target` if `sender` may edit or delete it: a chat message
-/// of this conversation, not deleted, sent by `sender`'s account, named by
-/// its first version. Otherwise logs why not.
+/// of this conversation, not deleted, sent by `sender`'s account (or by
+/// anyone, when `moderator`: an admin deleting), named by its first
+/// version. Otherwise logs why not.
 fn own_target(
     conn: &Connection,
     conversation: &Conversation,
     sender: &str,
+    moderator: bool,
     target: &MessageId,
     what: &str,
 ) -> Result<Option<store::ChatMessage>, ClientError> {
@@ -215,7 +240,7 @@ fn own_target(
         tracing::warn!(%target, "ignored: an {what} by {sender} of a message of another conversation");
         return Ok(None);
     }
-    if message.sender != sender {
+    if message.sender != sender && !moderator {
         tracing::warn!(%target, "ignored: {sender} tried to {what} a message by {}", message.sender);
         return Ok(None);
     }

@@ -22,6 +22,7 @@ use crate::transport::Transport;
 use crate::{chat, conversations, membership, own_account, receipts, receive};
 use rusqlite::Connection;
 use sotto_core::attachment;
+use sotto_core::group::AdminPolicy;
 use sotto_core::identity::{Account, DeviceId, Username};
 use sotto_core::link::LinkCode;
 use sotto_core::safety::SafetyNumber;
@@ -641,8 +642,55 @@ impl Client {
         members: &[String],
     ) -> Result<(), ClientError> {
         let usernames = membership::new_group_members(&self.profile, name, members)?;
-        self.connected(async |s| membership::create_group(s, name, &usernames).await)
+        self.connected(async |s| membership::create_group(s, name, &usernames, None).await)
             .await
+    }
+
+    /// Creates the group `name` with admins: this account is its first
+    /// admin; only admins remove members, change admins and settings, and
+    /// delete others' messages; with `read_only`, only admins post.
+    pub async fn create_group_with_admins(
+        &mut self,
+        name: &str,
+        members: &[String],
+        read_only: bool,
+    ) -> Result<(), ClientError> {
+        let usernames = membership::new_group_members(&self.profile, name, members)?;
+        self.connected(async |s| {
+            membership::create_group(s, name, &usernames, Some(read_only)).await
+        })
+        .await
+    }
+
+    /// Makes `username` an admin of the group `name` (`admin`), or no
+    /// longer one. Only an admin may.
+    pub async fn set_admin(
+        &mut self,
+        name: &str,
+        username: &str,
+        admin: bool,
+    ) -> Result<(), ClientError> {
+        let user = Username::parse(username)?;
+        self.connected(async |s| {
+            membership::change_admins(s, name, membership::AdminChange::Admin(user, admin)).await
+        })
+        .await
+    }
+
+    /// Sets the group `name` read-only for non-admins (an announcement
+    /// channel), or not. Only an admin may.
+    pub async fn set_read_only(&mut self, name: &str, read_only: bool) -> Result<(), ClientError> {
+        self.connected(async |s| {
+            membership::change_admins(s, name, membership::AdminChange::ReadOnly(read_only)).await
+        })
+        .await
+    }
+
+    /// The admins of the group `name` and whether it is read-only, as of
+    /// the last sync (`None`: a group without admins, where every member
+    /// may remove others).
+    pub fn group_admins(&self, name: &str) -> Result<Option<AdminPolicy>, ClientError> {
+        self.profile.admin_policy(ConversationKind::Group, name)
     }
 
     /// Adds `username` (all their devices) to the group `name`.

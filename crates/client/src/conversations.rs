@@ -53,6 +53,7 @@ async fn direct_group(s: &mut Session<'_>, peer: &Username) -> Result<Vec<u8>, C
                 ConversationKind::Direct,
                 peer.as_str(),
                 std::slice::from_ref(peer),
+                None,
             )
             .await?
             .1
@@ -181,10 +182,16 @@ pub(crate) async fn change_message(
             ))
         })?;
     if !matches!(change, Change::React(_)) && message.sender != own {
-        return Err(ClientError::Usage(format!(
-            "only {} can edit or delete that message",
-            message.sender
-        )));
+        let admin = s.profile.in_transaction(|provider, _| {
+            Ok(group::admin_policy(&group::load(provider, &group_id)?)?
+                .is_some_and(|p| p.is_admin(&s.profile.account.username)))
+        })?;
+        if !(admin && matches!(change, Change::Delete)) {
+            return Err(ClientError::Usage(format!(
+                "only {} can edit or delete that message (an admin of a group with admins can delete it)",
+                message.sender
+            )));
+        }
     }
     let action = match change {
         Change::React(emoji) => {
@@ -264,6 +271,15 @@ pub(crate) fn stage_chat(
         let mut g = group::load(provider, group_id)?;
         check_before_send(profile, provider, tx, &g)?;
         let own = profile.account.username.as_str();
+        let policy = group::admin_policy(&g)?;
+        let own_is_admin = policy
+            .as_ref()
+            .is_some_and(|p| p.is_admin(&profile.account.username));
+        if policy.as_ref().is_some_and(|p| p.read_only) && !own_is_admin {
+            return Err(ClientError::Usage(
+                "this group is read-only: only its admins can post".into(),
+            ));
+        }
         let uris = SottoUris::new(&chat::authority(tx)?, own, group_id);
         let conversation = store::group(tx, group_id)?
             .and_then(|r| r.conversation_id)
@@ -286,6 +302,7 @@ pub(crate) fn stage_chat(
             tx,
             &conversation,
             own,
+            own_is_admin,
             id,
             Some(action),
             sent_at_ms,

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use sotto_core::content::{self, Body};
 use sotto_core::disappearing;
 use sotto_core::franking::{self, Frank};
-use sotto_core::group::{self, Inbound, RosterChange};
+use sotto_core::group::{self, GroupError, Inbound, RosterChange};
 use sotto_core::history;
 use sotto_core::identity::{MemberId, Username};
 use sotto_core::mimi::ChatAction;
@@ -118,6 +118,8 @@ fn record_inbound(
             plaintext,
             aad,
             sender_key,
+            sender_is_admin,
+            read_only,
         } => {
             let Some(row) = store::group(conn, &group_id)? else {
                 return Ok(Applied::default());
@@ -128,6 +130,21 @@ fn record_inbound(
             // It may hold an identity secret.
             let plaintext = Zeroizing::new(plaintext);
             let app = content::decode(&plaintext)?;
+            // An announcement channel: only admins' chat content is shown
+            // (receipts, typing and conversation info still flow).
+            if read_only
+                && !sender_is_admin
+                && matches!(
+                    app.body,
+                    Some(Body::Text(_) | Body::Mimi(_) | Body::Timer(_))
+                )
+            {
+                return Err(GroupError::NotAnAdmin {
+                    member: sender,
+                    what: "post in it (it is read-only for non-admins)".into(),
+                }
+                .into());
+            }
             let (conversation, entry) = match app.body.clone() {
                 Some(Body::IdentityHandover(mut handover)) => {
                     let secret = Zeroizing::new(std::mem::take(&mut handover.identity_secret));
@@ -204,6 +221,7 @@ fn record_inbound(
                         conn,
                         &conversation,
                         sender.username.as_str(),
+                        sender_is_admin,
                         parsed.id,
                         parsed.action,
                         app.sent_at_ms,

@@ -42,6 +42,7 @@ pub use outbox::CommitOutcome;
 pub use profile::MemberInfo;
 pub use receive::MAX_DELIVERY_ATTEMPTS;
 pub use sotto_core::franking::ReportReason;
+pub use sotto_core::group::AdminPolicy;
 pub use sotto_core::link::LinkCode;
 pub use sotto_core::safety::SafetyNumber;
 pub use store::lock::{LockError, Passphrase};

@@ -51,16 +51,71 @@ pub(crate) fn new_group_members(
     Ok(usernames)
 }
 
-/// Creates the group `name` with the given members.
+/// Creates the group `name` with the given members; `admins`: with this
+/// account as its first admin (`Some(read_only)`), or flat (`None`).
 pub(crate) async fn create_group(
     s: &mut Session<'_>,
     name: &str,
     members: &[Username],
+    admins: Option<bool>,
 ) -> Result<(), ClientError> {
     drain(s).await?;
-    start_conversation(s, ConversationKind::Group, name, members)
+    start_conversation(s, ConversationKind::Group, name, members, admins)
         .await
         .map(|_| ())
+}
+
+/// What an admin changes in a group with admins.
+#[derive(Debug, Clone)]
+pub(crate) enum AdminChange {
+    /// Makes `user` an admin (`true`) or no longer one (`false`).
+    Admin(Username, bool),
+    /// Sets the group read-only for non-admins, or not.
+    ReadOnly(bool),
+}
+
+/// Commits a change to the admin policy of the group `name` (only an
+/// admin may; every member checks).
+pub(crate) async fn change_admins(
+    s: &mut Session<'_>,
+    name: &str,
+    change: AdminChange,
+) -> Result<(), ClientError> {
+    drain(s).await?;
+    commit_pending_proposals(s).await?;
+    let group_id = s.profile.active_group_named(name)?;
+    let own = s.profile.account.username.clone();
+    commit_with_retry(s, &group_id, |p, g, key| {
+        let current = group::admin_policy(g)?.ok_or_else(|| {
+            GroupError::Misuse(format!(
+                "{name} has no admins: only a group created with --admins has them"
+            ))
+        })?;
+        let next = match &change {
+            AdminChange::Admin(user, admin) => {
+                if current.is_admin(user) == *admin {
+                    return Ok(None);
+                }
+                current.clone().with_admin(user.clone(), *admin)
+            }
+            AdminChange::ReadOnly(read_only) => {
+                if current.read_only == *read_only {
+                    return Ok(None);
+                }
+                group::AdminPolicy {
+                    read_only: *read_only,
+                    ..current.clone()
+                }
+            }
+        };
+        if next.admins.is_empty() {
+            return Err(GroupError::Misuse(
+                "a group with admins keeps at least one: make someone else an admin first".into(),
+            ));
+        }
+        group::set_admin_policy(p, g, key, &own, &next).map(Some)
+    })
+    .await
 }
 
 /// Adds `user` (all their devices) to the group `name`.
@@ -104,7 +159,14 @@ pub(crate) async fn remove_member(
     drain(s).await?;
     commit_pending_proposals(s).await?;
     let group_id = s.profile.active_group_named(name)?;
+    let own = s.profile.account.username.clone();
     commit_with_retry(s, &group_id, |p, g, key| {
+        // Every member would refuse it (and so stop the conversation).
+        if group::admin_policy(g)?.is_some_and(|policy| !policy.is_admin(&own)) {
+            return Err(GroupError::Misuse(format!(
+                "only an admin of {name} can remove someone"
+            )));
+        }
         group::remove_user(p, g, key, user).map(Some)
     })
     .await
@@ -271,6 +333,7 @@ pub(crate) async fn start_conversation(
     kind: ConversationKind,
     name: &str,
     members: &[Username],
+    admins: Option<bool>,
 ) -> Result<(Conversation, Vec<u8>), ClientError> {
     let mut key_packages = claim_own_devices(s).await?;
     for user in members {
@@ -291,7 +354,12 @@ pub(crate) async fn start_conversation(
     let adds_anyone = !key_packages.is_empty();
     let profile = &*s.profile;
     let (conversation, group_id, outgoing) = profile.in_transaction(|provider, tx| {
-        let mut g = group::create_group(provider, &profile.account)?;
+        let mut g = match admins {
+            None => group::create_group(provider, &profile.account)?,
+            Some(read_only) => {
+                group::create_group_with_admins(provider, &profile.account, read_only)?
+            }
+        };
         let group_id = g.group_id().to_vec();
         let conversation = store::ensure_conversation(tx, kind, name)?;
         store::insert_group(tx, &group_id, Some(conversation.id))?;

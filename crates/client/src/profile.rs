@@ -65,6 +65,8 @@ pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
 pub struct MemberInfo {
     pub username: String,
     pub device_id: String,
+    /// An admin of a group with admins.
+    pub admin: bool,
 }
 
 /// What a profile directory holds: the database, the account, and the
@@ -329,15 +331,30 @@ impl Profile {
     ) -> Result<Vec<MemberInfo>, ClientError> {
         let group_id = self.group_of_named(kind, name)?;
         let g = group::load(&self.provider(), &group_id)?;
+        let policy = group::admin_policy(&g)?;
         let mut members: Vec<MemberInfo> = group::members(&g)
             .into_iter()
             .map(|m: MemberId| MemberInfo {
+                admin: policy.as_ref().is_some_and(|p| p.is_admin(&m.username)),
                 username: m.username.to_string(),
                 device_id: m.device_id.to_string(),
             })
             .collect();
         members.sort_by(|a, b| a.username.cmp(&b.username));
         Ok(members)
+    }
+
+    /// The admin policy of a conversation's group (`None`: a flat group).
+    pub(crate) fn admin_policy(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+    ) -> Result<Option<group::AdminPolicy>, ClientError> {
+        let group_id = self.group_of_named(kind, name)?;
+        Ok(group::admin_policy(&group::load(
+            &self.provider(),
+            &group_id,
+        )?)?)
     }
 
     pub(crate) fn dropped_from_former_members(

@@ -884,6 +884,7 @@ mod tests {
             seq: 1,
             message_id: MessageId::new([1; 16]),
             payload: Arc::from(&b"x"[..]),
+            frank: None,
         };
         // Subscribing wakes each once (see `follow_interest`): let those pass.
         for woken in [&blue.missed, &green.missed] {

@@ -762,91 +762,304 @@ on_each_backend! {
     }
 }
 
-/// Message franking (issue #18). Mallory sends chat texts franked wrongly:
-/// without a tag, with a tag over other content, and with a correct tag
-/// whose sender signature is not hers. Bob's client shows each (franking
-/// protects reports, not delivery), marks it unreportable with the reason,
-/// and nothing crashes; an honest message stays reportable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn badly_franked_messages_are_shown_but_cannot_be_reported() {
-    use sotto_core::content::AppContent;
-    use sotto_core::franking;
-    use sotto_core::identity::DeviceKey;
-    within(async {
-        let mut t = team().await;
-        let group_id = t.group.group_id().to_vec();
-        let content = |body| AppContent {
-            id: rand_id(),
-            sent_at_ms: 1,
-            body: Some(body),
-            log_head: None,
-            padding: Vec::new(),
-            franking: None,
-        };
+on_each_backend! {
+    /// Message franking (issue #18). Mallory sends chat texts franked wrongly:
+    /// without a tag, with a tag over other content, and with a correct tag
+    /// whose sender signature is not hers. Bob's client shows each (franking
+    /// protects reports, not delivery), marks it unreportable with the reason,
+    /// and nothing crashes; an honest message stays reportable.
+    async fn badly_franked_messages_are_shown_but_cannot_be_reported(deployment) {
+        use sotto_core::content::AppContent;
+        use sotto_core::franking;
+        use sotto_core::identity::DeviceKey;
+        within(async {
+            let mut t = team(deployment).await;
+            let group_id = t.group.group_id().to_vec();
+            let content = |body| AppContent {
+                id: rand_id(),
+                sent_at_ms: 1,
+                body: Some(body),
+                log_head: None,
+                padding: Vec::new(),
+                franking: None,
+            };
 
-        // No tag at all (and no salt): what a client without franking sends.
-        let (body, untagged) = t.mallory.mimi_text(&t.group, "untagged");
-        let payload = t
-            .mallory
-            .encrypt_content(&mut t.group, &content(body), Vec::new());
-        t.mallory.send_payload(&t.group, payload).await.unwrap();
+            // No tag at all (and no salt): what a client without franking sends.
+            let (body, untagged) = t.mallory.mimi_text(&t.group, "untagged");
+            let payload = t
+                .mallory
+                .encrypt_content(&mut t.group, &content(body), Vec::new());
+            t.mallory.send_payload(&t.group, payload).await.unwrap();
 
-        // A tag over other content than she sends.
-        let (body, mismatched) = t.mallory.mimi_text(&t.group, "tagged wrongly");
-        let (other, _) = t.mallory.mimi_text(&t.group, "what the tag covers");
-        let sealed = franking::seal(
-            &t.mallory.account.device,
-            &group_id,
-            &content(other),
-            [1; 32],
-        );
-        let lying = AppContent {
-            franking: Some(sealed.franking),
-            ..content(body)
-        };
-        let payload = t.mallory.encrypt_content(&mut t.group, &lying, sealed.aad);
-        t.mallory.send_payload(&t.group, payload).await.unwrap();
-
-        // A correct tag signed by another key than her device's.
-        let (body, unsigned) = t.mallory.mimi_text(&t.group, "signed by nobody");
-        let plain = content(body);
-        let sealed = franking::seal(&DeviceKey::generate(), &group_id, &plain, [2; 32]);
-        let forged = AppContent {
-            franking: Some(sealed.franking),
-            ..plain
-        };
-        let payload = t.mallory.encrypt_content(&mut t.group, &forged, sealed.aad);
-        t.mallory.send_payload(&t.group, payload).await.unwrap();
-
-        let got = t.bob.sync().await.unwrap();
-        let shown = texts(&got);
-        for text in ["untagged", "tagged wrongly", "signed by nobody"] {
-            assert!(
-                shown.iter().any(|s| s == text),
-                "{text} not shown: {shown:?}"
+            // A tag over other content than she sends.
+            let (body, mismatched) = t.mallory.mimi_text(&t.group, "tagged wrongly");
+            let (other, _) = t.mallory.mimi_text(&t.group, "what the tag covers");
+            let sealed = franking::seal(
+                &t.mallory.account.device,
+                &group_id,
+                &content(other),
+                [1; 32],
             );
-        }
-        for (id, why) in [
-            (&untagged, "no-tag"),
-            (&mismatched, "tag-mismatch"),
-            (&unsigned, "bad-sender-signature"),
-        ] {
-            let err = t
-                .bob
-                .report(id, franking::ReportReason::Spam, "")
-                .await
-                .unwrap_err();
-            assert!(err.to_string().contains(why), "{id}: {err}");
-        }
+            let lying = AppContent {
+                franking: Some(sealed.franking),
+                ..content(body)
+            };
+            let payload = t.mallory.encrypt_content(&mut t.group, &lying, sealed.aad);
+            t.mallory.send_payload(&t.group, payload).await.unwrap();
 
-        // Alice's honest message is reportable.
-        t.alice.send_group("team", "honest").await.unwrap();
-        let got = t.bob.sync().await.unwrap();
-        let honest = got.iter().find(|e| e.text == "honest").expect("honest");
-        t.bob
-            .report(&honest.id, franking::ReportReason::Other, "just checking")
-            .await
+            // A correct tag signed by another key than her device's.
+            let (body, unsigned) = t.mallory.mimi_text(&t.group, "signed by nobody");
+            let plain = content(body);
+            let sealed = franking::seal(&DeviceKey::generate(), &group_id, &plain, [2; 32]);
+            let forged = AppContent {
+                franking: Some(sealed.franking),
+                ..plain
+            };
+            let payload = t.mallory.encrypt_content(&mut t.group, &forged, sealed.aad);
+            t.mallory.send_payload(&t.group, payload).await.unwrap();
+
+            let got = t.bob.sync().await.unwrap();
+            let shown = texts(&got);
+            for text in ["untagged", "tagged wrongly", "signed by nobody"] {
+                assert!(
+                    shown.iter().any(|s| s == text),
+                    "{text} not shown: {shown:?}"
+                );
+            }
+            for (id, why) in [
+                (&untagged, "no-tag"),
+                (&mismatched, "tag-mismatch"),
+                (&unsigned, "bad-sender-signature"),
+            ] {
+                let err = t
+                    .bob
+                    .report(id, franking::ReportReason::Spam, "")
+                    .await
+                    .unwrap_err();
+                assert!(err.to_string().contains(why), "{id}: {err}");
+            }
+
+            // Alice's honest message is reportable.
+            t.alice.send_group("team", "honest").await.unwrap();
+            let got = t.bob.sync().await.unwrap();
+            let honest = got.iter().find(|e| e.text == "honest").expect("honest");
+            t.bob
+                .report(&honest.id, franking::ReportReason::Other, "just checking")
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+}
+
+// ------------------------------------------------------------ admins
+//
+// A group with admins (`sotto group create --admins`): Alice is its admin;
+// Mallory, a plain member, runs a modified client that does what only an
+// admin may. Every honest client refuses it.
+
+/// Alice (admin), Bob and Mallory in a group "team" with admins.
+async fn admin_team(deployment: Deployment, read_only: bool) -> Team {
+    let (mut alice, a) = register(&deployment.url(), "alice").await;
+    let (mut bob, b) = register(&deployment.url(), "bob").await;
+    let mut mallory = Mallory::register(&deployment.url(), "mallory").await;
+    alice
+        .create_group_with_admins("team", &["bob".into(), "mallory".into()], read_only)
+        .await
+        .unwrap();
+    let group = joined(&mut mallory).await;
+    bob.sync().await.unwrap();
+    let admins = group::admin_policy(&group).unwrap().unwrap();
+    assert_eq!(admins.admins, [Username::parse("alice").unwrap()]);
+    Team {
+        deployment,
+        alice,
+        bob,
+        mallory,
+        group,
+        _dirs: vec![a, b],
+    }
+}
+
+/// Every honest client warned that Mallory did what only an admin may,
+/// naming her.
+async fn every_client_refused(t: &mut Team, what: &str) {
+    for client in [&mut t.alice, &mut t.bob] {
+        let got = client.sync().await.unwrap();
+        assert!(
+            warnings(&got)
+                .iter()
+                .any(|w| w.contains("mallory") && w.contains(what)),
+            "{got:?}"
+        );
+    }
+}
+
+on_each_backend! {
+    async fn a_non_admin_cannot_remove_a_member(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let before = roster(&t.bob, "team");
+            // An honest client of a non-admin does not even try.
+            let err = t.bob.remove_member("team", "mallory").await.unwrap_err();
+            assert!(err.to_string().contains("only an admin"), "{err}");
+
+            let pending = group::remove_user(
+                &t.mallory.provider,
+                &mut t.group,
+                &t.mallory.account.device,
+                &Username::parse("bob").unwrap(),
+            )
             .unwrap();
-    })
-    .await;
+            t.mallory.submit(&mut t.group, pending).await.unwrap();
+            every_client_refused(&mut t, "only an admin").await;
+            // Bob was not removed anywhere: the commit was never merged, and
+            // the conversation stopped (as for any commit that breaks the
+            // group policy: the server moved on to an epoch nobody honest
+            // accepts).
+            assert_eq!(before.len(), 3);
+            for client in [&t.alice, &t.bob] {
+                let history = client.history(ConversationKind::Group, "team").unwrap();
+                assert!(
+                    history.iter().all(|e| !e.text.contains("removed bob")),
+                    "{history:?}"
+                );
+                assert!(client.groups().unwrap().is_empty());
+            }
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    async fn a_non_admin_cannot_change_the_admin_list(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let policy = group::AdminPolicy::new(Username::parse("mallory").unwrap());
+            let (commit, _, _) = t
+                .group
+                .update_group_context_extensions(
+                    &t.mallory.provider,
+                    policy.extensions().unwrap(),
+                    &t.mallory.account.device,
+                )
+                .unwrap();
+            t.mallory.submit_built(&mut t.group, commit).await.unwrap();
+            every_client_refused(&mut t, "only an admin").await;
+            for client in [&t.alice, &t.bob] {
+                assert!(client.groups().unwrap().is_empty());
+            }
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Mallory deletes Bob's message "for everyone": ignored everywhere.
+    /// Alice, an admin, deletes it: gone everywhere.
+    async fn only_an_admin_deletes_someone_elses_message(deployment) {
+        use sotto_core::mimi::{self, ChatAction, MessageId, SottoUris};
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let sent = t.bob.send_group("team", "bob's words").await.unwrap();
+            assert_eq!(texts(&t.alice.sync().await.unwrap()), ["bob's words"]);
+            t.mallory.sync().await;
+            let group_id = t.group.group_id().as_slice().to_vec();
+            let target = MessageId::from_hex(&sent.id).unwrap();
+            let uris = SottoUris::new("mallory.invalid", "mallory", &group_id);
+            let bytes =
+                mimi::encode(&ChatAction::Retract { target }.to_content(&uris, [5; mimi::SALT_LEN]))
+                    .unwrap();
+            t.mallory
+                .say(&mut t.group, sotto_core::content::Body::Mimi(bytes))
+                .await
+                .unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                client.sync().await.unwrap();
+                let history = client.history(ConversationKind::Group, "team").unwrap();
+                let line = history.iter().find(|e| e.id == sent.id).unwrap();
+                assert!(!line.chat.deleted, "{line:?}");
+                assert_eq!(line.text, "bob's words");
+            }
+            // Bob (not an admin) cannot delete Alice's message either, from an
+            // honest client.
+            let alices = t.alice.send_group("team", "alice's words").await.unwrap();
+            t.bob.sync().await.unwrap();
+            let err = t.bob.delete(&alices.id).await.unwrap_err();
+            assert!(err.to_string().contains("only alice"), "{err}");
+
+            // The admin deletes Bob's message for everyone.
+            let deleted = t.alice.delete(&sent.id).await.unwrap();
+            assert!(deleted.chat.deleted);
+            t.bob.sync().await.unwrap();
+            let history = t.bob.history(ConversationKind::Group, "team").unwrap();
+            let line = history.iter().find(|e| e.id == sent.id).unwrap();
+            assert!(line.chat.deleted, "{line:?}");
+            assert!(!line.text.contains("bob's words"));
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    async fn a_non_admin_cannot_post_in_a_read_only_group(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, true).await;
+            let admins = t.bob.group_admins("team").unwrap().unwrap();
+            assert!(admins.read_only);
+            // Bob's honest client refuses to post.
+            let err = t.bob.send_group("team", "may I?").await.unwrap_err();
+            assert!(err.to_string().contains("read-only"), "{err}");
+            // Mallory's modified one posts anyway: every client drops it.
+            t.mallory
+                .say(&mut t.group, Mallory::text("buy my stuff"))
+                .await
+                .unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(texts(&got).is_empty(), "{got:?}");
+                assert!(
+                    warnings(&got)
+                        .iter()
+                        .any(|w| w.contains("mallory") && w.contains("not an admin")),
+                    "{got:?}"
+                );
+                let history = client.history(ConversationKind::Group, "team").unwrap();
+                assert!(history.iter().all(|e| !e.text.contains("buy my stuff")));
+            }
+            // The admin's announcements still arrive, and the group lives on.
+            still_works(&mut t.alice, &mut t.bob, "announcement").await;
+            // The admin opens the group; Bob may post again.
+            t.alice.set_read_only("team", false).await.unwrap();
+            t.bob.sync().await.unwrap();
+            still_works(&mut t.bob, &mut t.alice, "thanks").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// The admin makes Bob an admin, who then removes a member. Nobody is
+    /// warned about anything; the last admin cannot step down.
+    async fn an_admin_removes_members_and_appoints_admins(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            t.alice.set_admin("team", "bob", true).await.unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(warnings(&got).is_empty(), "{got:?}");
+            let members = t.bob.members("team").unwrap();
+            assert!(members.iter().any(|m| m.username == "bob" && m.admin));
+            assert!(members.iter().any(|m| m.username == "mallory" && !m.admin));
+            t.bob.remove_member("team", "mallory").await.unwrap();
+            let got = t.alice.sync().await.unwrap();
+            assert!(warnings(&got).is_empty(), "{got:?}");
+            assert!(roster(&t.alice, "team").iter().all(|(u, _)| u != "mallory"));
+            still_works(&mut t.alice, &mut t.bob, "just us").await;
+            t.alice.set_admin("team", "bob", false).await.unwrap();
+            t.bob.sync().await.unwrap();
+            let err = t.alice.set_admin("team", "alice", false).await.unwrap_err();
+            assert!(err.to_string().contains("at least one"), "{err}");
+        })
+        .await;
+    }
 }

@@ -101,7 +101,10 @@ fn assert_franks_name_no_sender(db: &rusqlite::Connection, senders: &Senders, lo
                     !contains(stored, device),
                     "{name}'s device id in a franked row"
                 );
-                assert!(!contains(stored, name.as_bytes()), "{name} in a franked row");
+                assert!(
+                    !contains(stored, name.as_bytes()),
+                    "{name} in a franked row"
+                );
             }
         }
     }

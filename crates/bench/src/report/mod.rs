@@ -209,7 +209,7 @@ fn errors(o: &mut String, errors: &[String]) {
 mod tests {
     use super::*;
     use crate::stats::{Pcts, StepFigures};
-    use crate::workloads::{ProcessShare, TlsReconnect};
+    use crate::workloads::{CostBreakdown, ProcessShare, ScaleOutRun, TlsReconnect};
 
     /// A measured step at `offered` msg/s with an e2e p99 of `p99` ms.
     fn step(offered: f64, p99: f64, drained: bool) -> StepResult {
@@ -359,6 +359,25 @@ mod tests {
                 restart_ms: vec![30.0, 40.0, 35.0],
                 failures: vec!["cycle 1: oops".into()],
             }),
+            scale_out: Some(ScaleOut {
+                pairs: 100,
+                step_s: 5.0,
+                reference_rate: 1000.0,
+                runs: vec![ScaleOutRun {
+                    nodes: 3,
+                    steps: vec![step(1000.0, 4.0, true), step(2000.0, 80.0, false)],
+                    max_sustainable: 1000.0,
+                    costs: Some(CostBreakdown {
+                        step: step(1000.0, 5.0, true),
+                        nodes_us: 250.0,
+                        postgres_us: 400.0,
+                        nats_us: 20.0,
+                        commits_per_msg: 0.2,
+                        wal_syncs_per_msg: 0.1,
+                    }),
+                }],
+                skipped: None,
+            }),
             soak: Some(Soak {
                 devices: 10_000,
                 rate: 2000.0,
@@ -446,6 +465,39 @@ mod tests {
             prev = c;
         }
         ids
+    }
+
+    #[test]
+    fn w6_shows_each_deployment_its_ratio_to_the_embedded_store_and_where_time_goes() {
+        let report = render(&every_section());
+        let w6 = report
+            .split("## W6")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
+        // Three nodes sustained 1000 msg/s; the embedded store's max is W2's.
+        let w2 = every_section()
+            .durable_delivery
+            .map(|w| w.max_sustainable)
+            .unwrap_or_default();
+        let row = format!(
+            "| 3 | 1000 | {:.2}× | 4.00 | 5.00 | 250 | 400 | 20 | 0.20 | 0.10 |",
+            1000.0 / w2
+        );
+        assert!(w6.contains(&row), "{row} missing:\n{w6}");
+        assert!(w6.contains("### 3 node(s)"), "{w6}");
+        assert!(w6.contains("about 4000 msg/s per node core"), "{w6}");
+        let skipped = render(&Results {
+            scale_out: Some(ScaleOut {
+                skipped: Some("SOTTO_TEST_NATS is not set".into()),
+                ..ScaleOut::default()
+            }),
+            ..Results::default()
+        });
+        assert!(
+            skipped.contains("Not measured: SOTTO_TEST_NATS is not set."),
+            "{skipped}"
+        );
     }
 
     #[test]

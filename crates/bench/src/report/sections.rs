@@ -298,7 +298,10 @@ pub(super) fn scale_out(o: &mut String, r: &Results) {
         w6.reference_rate
     );
     for run in &w6.runs {
-        let top = run.steps.iter().filter(|s| s.sustainable()).last();
+        let top = run
+            .steps
+            .iter()
+            .find(|s| run.max_sustainable > 0.0 && (s.offered - run.max_sustainable).abs() < 0.5);
         let ratio = embedded.map_or_else(
             || "–".to_owned(),
             |e| format!("{:.2}×", run.max_sustainable / e),

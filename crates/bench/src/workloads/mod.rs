@@ -39,6 +39,8 @@ pub use idle_connections::{
     IdleConnections, IdleConnectionsConfig, ProcessShare, TlsReconnect, measure_idle_connections,
 };
 pub use offline_drain::{OfflineDrain, OfflineDrainConfig, measure_offline_drain};
+#[cfg(test)]
+pub use scale_out::{CostBreakdown, ScaleOutRun};
 pub use scale_out::{ScaleOut, ScaleOutConfig, measure_scale_out};
 pub use soak::{Soak, SoakConfig, SoakSample, measure_soak};
 pub use startup::{Startup, measure_startup};

@@ -271,7 +271,10 @@ async fn handle(
                     title: format!("who can read {} (Esc closes)", to.label()),
                     lines: members
                         .iter()
-                        .map(|m| format!("{} (device {})", m.username, m.device_id))
+                        .map(|m| {
+                            let role = if m.admin { " admin" } else { "" };
+                            format!("{} (device {}){role}", m.username, m.device_id)
+                        })
                         .collect(),
                 }));
                 None

@@ -15,14 +15,17 @@ use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 use sotto_proto::v1::ClaimedKeyPackage;
 
+mod admins;
 mod operations;
 mod policy;
 #[cfg(test)]
 mod tests;
 
+pub use admins::{ADMIN_EXTENSION_TYPE, AdminPolicy, MAX_ADMINS, admin_policy};
 pub use operations::{
-    PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group, encrypt,
-    encrypt_with_aad, leave, merge_pending, remove_devices, remove_user, update_keys,
+    PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group,
+    create_group_with_admins, encrypt, encrypt_with_aad, leave, merge_pending, remove_devices,
+    remove_user, set_admin_policy, update_keys,
 };
 pub use policy::{KeyCheck, KeyDirectory, direct_peer};
 use policy::{check_commit_policy, check_members};
@@ -65,6 +68,11 @@ pub enum GroupError {
     /// but harmless once dropped.
     #[error("{member} proposed a change that Sotto does not allow ({what}); ignored")]
     ProposalRefused { member: MemberId, what: String },
+    /// A member who is not an admin sent what only an admin of this group
+    /// may (a post in a read-only group). Authenticated, but harmless once
+    /// dropped: the conversation goes on.
+    #[error("{member} is not an admin of this conversation and may not {what}; ignored")]
+    NotAnAdmin { member: MemberId, what: String },
     /// A commit breaks the group policy: it changes someone else's leaf,
     /// relabels the committer, commits another member's add or removal, or
     /// changes the group in a way Sotto does not use. Authenticated evidence
@@ -106,16 +114,21 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+fn create_config(admins: Option<&AdminPolicy>) -> Result<MlsGroupCreateConfig, GroupError> {
+    let mut builder = MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
+        .capabilities(admins::capabilities(&[]));
+    if let Some(policy) = admins {
+        builder = builder.with_group_context_extensions(policy.extensions()?);
+    }
+    Ok(builder
         .max_past_epochs(MAX_PAST_EPOCHS)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
         ))
         .use_ratchet_tree_extension(true)
-        .build()
+        .build())
 }
 
 fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
@@ -161,7 +174,9 @@ pub fn new_key_package(
     account: &Account,
     last_resort: bool,
 ) -> Result<Vec<u8>, GroupError> {
-    let mut builder = KeyPackage::builder();
+    // Every leaf supports the admin extension, so that a group with admins
+    // (which requires it) can add this device.
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(admins::capabilities(&[]));
     if last_resort {
         // The leaf must list every KeyPackage extension it carries, or
         // whoever claims it refuses it (openmls: `UnsupportedExtension`),
@@ -169,13 +184,7 @@ pub fn new_key_package(
         // empty (or flooded) would keep none possible.
         builder = builder
             .mark_as_last_resort()
-            .leaf_node_capabilities(Capabilities::new(
-                None,
-                None,
-                Some(&[ExtensionType::LastResort]),
-                None,
-                None,
-            ));
+            .leaf_node_capabilities(admins::capabilities(&[ExtensionType::LastResort]));
     }
     let bundle = builder
         .build(
@@ -308,6 +317,11 @@ pub enum Inbound {
         /// The sender leaf's signature key: its device key, which the
         /// transparency log lists (checked when the leaf joined).
         sender_key: Vec<u8>,
+        /// The group has admins and the sender's account is one of them
+        /// (as of this device's current epoch).
+        sender_is_admin: bool,
+        /// The group is read-only for non-admins.
+        read_only: bool,
     },
     /// A member's proposal to leave was queued; the next member who syncs
     /// commits it.
@@ -340,12 +354,16 @@ impl std::fmt::Debug for Inbound {
                 group_id,
                 sender,
                 plaintext,
+                sender_is_admin,
+                read_only,
                 ..
             } => f
                 .debug_struct("Application")
                 .field("group_id", group_id)
                 .field("sender", sender)
                 .field("plaintext_len", &plaintext.len())
+                .field("sender_is_admin", sender_is_admin)
+                .field("read_only", read_only)
                 .finish(),
             Self::Proposal {
                 group_id,
@@ -462,8 +480,13 @@ pub fn process(
                 .member_at(sender_leaf)
                 .map(|m| m.signature_key)
                 .unwrap_or_default();
+            let policy = admin_policy(&group)?;
             Ok(Inbound::Application {
                 group_id,
+                sender_is_admin: policy
+                    .as_ref()
+                    .is_some_and(|p| p.is_admin(&sender.username)),
+                read_only: policy.as_ref().is_some_and(|p| p.read_only),
                 sender,
                 plaintext: app.into_bytes(),
                 aad,

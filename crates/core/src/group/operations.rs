@@ -2,6 +2,7 @@
 //! update its own keys, leave, encrypt; and the life of its own commit
 //! (pending until the server accepts it, then merged, or cleared).
 
+use super::admins::AdminPolicy;
 use super::{
     CheckedKeyPackage, GroupError, RosterChange, SEND_CAPABILITY_LABEL, create_config, members,
     mls, pad_to_bucket, recipients, send_token, serialize, token_hash,
@@ -102,7 +103,8 @@ pub(super) fn finish_commit(
     Ok(pending)
 }
 
-/// Creates a group with this device as its only member (epoch 0).
+/// Creates a flat group (no admins) with this device as its only member
+/// (epoch 0).
 pub fn create_group(
     provider: &impl OpenMlsProvider,
     account: &Account,
@@ -110,10 +112,74 @@ pub fn create_group(
     MlsGroup::new(
         provider,
         &account.device,
-        &create_config(),
+        &create_config(None)?,
         account.credential_with_key(),
     )
     .map_err(|e| mls("create group")(&e))
+}
+
+/// Creates a group with admins, this account its first and only admin
+/// (see [`super::admins`]).
+pub fn create_group_with_admins(
+    provider: &impl OpenMlsProvider,
+    account: &Account,
+    read_only: bool,
+) -> Result<MlsGroup, GroupError> {
+    let policy = AdminPolicy {
+        read_only,
+        ..AdminPolicy::new(account.username.clone())
+    };
+    MlsGroup::new(
+        provider,
+        &account.device,
+        &create_config(Some(&policy))?,
+        account.credential_with_key(),
+    )
+    .map_err(|e| mls("create group")(&e))
+}
+
+/// Commits a new admin policy (admins, read-only) to a group that has
+/// admins. Only an admin may; every member checks that.
+pub fn set_admin_policy(
+    provider: &impl OpenMlsProvider,
+    group: &mut MlsGroup,
+    signer: &DeviceKey,
+    own: &Username,
+    policy: &AdminPolicy,
+) -> Result<PendingCommit, GroupError> {
+    let current = super::admin_policy(group)?.ok_or_else(|| {
+        GroupError::Misuse(
+            "this group has no admins (only a group created with --admins has them)".into(),
+        )
+    })?;
+    if !current.is_admin(own) {
+        return Err(GroupError::Misuse(
+            "only an admin of this group can change its admins or settings".into(),
+        ));
+    }
+    let roster = members(group);
+    if let Some(stranger) = policy
+        .admins
+        .iter()
+        .find(|a| !roster.iter().any(|m| &m.username == *a))
+    {
+        return Err(GroupError::Misuse(format!("{stranger} is not a member")));
+    }
+    let extensions = policy.extensions()?;
+    let recipients = recipients(group);
+    let epoch = group.epoch().as_u64();
+    let (commit, welcome, _) = group
+        .update_group_context_extensions(provider, extensions, signer)
+        .map_err(|e| mls("update group context")(&e))?;
+    finish_commit(
+        provider,
+        group,
+        epoch,
+        recipients,
+        serialize(&commit)?,
+        welcome.as_ref().map(serialize).transpose()?,
+        Vec::new(),
+    )
 }
 
 /// Commits adding the checked KeyPackages' devices.

@@ -3,7 +3,9 @@
 //! commits a member may make, and what a direct conversation's roster is.
 
 use super::GroupError;
+use super::admins::{self, AdminPolicy};
 use crate::identity::{MemberId, Username};
+use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
 
 /// Where a client checks that a member's signature key is one the
@@ -67,8 +69,11 @@ pub(super) fn check_members<'a>(
 /// - Update: only of the proposer's own leaf, keeping its credential, to a
 ///   logged key (Sotto clients never send one; they commit their updates).
 /// - The committer's own new leaf keeps its credential and has a logged key.
-/// - PSK, ReInit, external init, group-context extensions and anything else:
-///   refused; Sotto does not use them.
+/// - In a group with admins (`super::admins`): only an admin removes
+///   another account's devices, and only an admin changes the group
+///   context, to nothing but a valid admin policy naming members.
+/// - PSK, ReInit, external init, group-context extensions of a flat group
+///   and anything else: refused; Sotto does not use them.
 pub(super) fn check_commit_policy(
     group: &MlsGroup,
     staged: &StagedCommit,
@@ -80,6 +85,10 @@ pub(super) fn check_commit_policy(
         committer: committer.clone(),
         what,
     };
+    let policy = super::admin_policy(group)?;
+    let committer_is_admin = policy
+        .as_ref()
+        .is_some_and(|p| p.is_admin(&committer.username));
     let mut introduced: Vec<(Credential, Vec<u8>)> = Vec::new();
     for queued in staged.queued_proposals() {
         let proposer = match queued.sender() {
@@ -105,6 +114,31 @@ pub(super) fn check_commit_policy(
                         member_name(group, remove.removed())
                     )));
                 }
+                let removed_account = group
+                    .member(remove.removed())
+                    .and_then(|c| MemberId::from_credential(c).ok())
+                    .map(|m| m.username);
+                let own_account = removed_account.as_ref() == Some(&committer.username);
+                if policy.is_some()
+                    && !committer_is_admin
+                    && proposer != remove.removed()
+                    && !own_account
+                {
+                    return Err(violation(format!(
+                        "it removes {}, but only an admin of this group may remove someone",
+                        member_name(group, remove.removed())
+                    )));
+                }
+            }
+            Proposal::GroupContextExtensions(extensions) => {
+                check_admin_change(
+                    group,
+                    policy.as_ref(),
+                    committer,
+                    committer_is_admin,
+                    extensions.extensions(),
+                )
+                .map_err(violation)?;
             }
             Proposal::SelfRemove => {}
             Proposal::Update(update) => {
@@ -141,6 +175,53 @@ pub(super) fn check_commit_policy(
         ));
     }
     check_members(directory, introduced.iter().map(|(c, k)| (c, k.as_slice())))
+}
+
+/// A group-context change: only in a group with admins, only by an admin,
+/// and only to a valid admin policy (nothing else in the context) whose
+/// admins are members (or were already admins).
+fn check_admin_change(
+    group: &MlsGroup,
+    before: Option<&AdminPolicy>,
+    committer: &MemberId,
+    committer_is_admin: bool,
+    extensions: &Extensions<GroupContext>,
+) -> Result<(), String> {
+    let Some(before) = before else {
+        return Err("a GroupContextExtensions proposal, which Sotto does not use".into());
+    };
+    if !committer_is_admin {
+        return Err(format!(
+            "{} changed the group's admins or settings, but only an admin may",
+            committer.username
+        ));
+    }
+    let after = admins::policy_in(extensions)
+        .map_err(|e| format!("it sets an invalid admin list: {e}"))?
+        .ok_or("it removes the group's admins")?;
+    let canonical = after
+        .extensions()
+        .map_err(|e| e.to_string())?
+        .tls_serialize_detached()
+        .map_err(|e| e.to_string())?;
+    if extensions
+        .tls_serialize_detached()
+        .map_err(|e| e.to_string())?
+        != canonical
+    {
+        return Err("it changes the group context beyond its admin list".into());
+    }
+    let roster = super::members(group);
+    if let Some(stranger) = after
+        .admins
+        .iter()
+        .find(|a| !before.is_admin(a) && !roster.iter().any(|m| &m.username == *a))
+    {
+        return Err(format!(
+            "it makes {stranger}, who is not a member, an admin"
+        ));
+    }
+    Ok(())
 }
 
 /// `username (device …)` of the member at `leaf`, for messages.

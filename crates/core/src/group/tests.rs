@@ -421,8 +421,184 @@ fn application_plaintext_never_prints() {
         plaintext: b"meet at the usual place".to_vec(),
         aad: Vec::new(),
         sender_key: Vec::new(),
+        sender_is_admin: false,
+        read_only: false,
     };
     let printed = format!("{inbound:?}");
     assert!(!printed.contains("usual"), "{printed}");
     assert!(printed.contains("plaintext_len: 23"), "{printed}");
+}
+
+/// Anna, Ben and Cleo in a group with admins that Anna created.
+fn admin_trio(read_only: bool) -> (Device, Device, Device, Directory, MlsGroup) {
+    let (a, b, c) = (device("anna"), device("ben"), device("cleo"));
+    let dir = Directory::of(&[&a, &b, &c]);
+    let mut group = create_group_with_admins(&a.provider, &a.account, read_only).unwrap();
+    let pending = add_members(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        &[claim(&b), claim(&c)],
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    let welcome = pending.welcome.unwrap();
+    for d in [&b, &c] {
+        process(&d.provider, &welcome, &dir).unwrap();
+    }
+    (a, b, c, dir, group)
+}
+
+fn user(name: &str) -> Username {
+    Username::parse(name).unwrap()
+}
+
+#[test]
+fn in_a_group_with_admins_only_an_admin_removes_or_changes_admins() {
+    let (a, b, c, dir, mut group) = admin_trio(false);
+    let group_id = group.group_id().to_vec();
+    let mut ben = load(&b.provider, &group_id).unwrap();
+    assert_eq!(
+        admin_policy(&ben).unwrap(),
+        Some(AdminPolicy::new(user("anna")))
+    );
+
+    // Ben (not an admin) removes Cleo: refused by Anna and Cleo.
+    let pending = remove_user(&b.provider, &mut ben, &b.account.device, &user("cleo")).unwrap();
+    for d in [&a, &c] {
+        let err = process(&d.provider, &pending.commit, &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::PolicyViolation { committer, what }
+                if committer.username.as_str() == "ben" && what.contains("only an admin")),
+            "{err:?}"
+        );
+    }
+    clear_pending(&b.provider, &mut ben).unwrap();
+
+    // Ben makes himself an admin (set_admin_policy refuses, so by hand).
+    let (commit, _, _) = ben
+        .update_group_context_extensions(
+            &b.provider,
+            AdminPolicy::new(user("ben")).extensions().unwrap(),
+            &b.account.device,
+        )
+        .unwrap();
+    let commit = serialize(&commit).unwrap();
+    for d in [&a, &c] {
+        let err = process(&d.provider, &commit, &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("only an admin")),
+            "{err:?}"
+        );
+    }
+    clear_pending(&b.provider, &mut ben).unwrap();
+    assert!(
+        set_admin_policy(
+            &b.provider,
+            &mut ben,
+            &b.account.device,
+            &user("ben"),
+            &AdminPolicy::new(user("ben"))
+        )
+        .is_err()
+    );
+
+    // Anna makes Ben an admin and sets the group read-only: accepted.
+    let policy = AdminPolicy {
+        read_only: true,
+        ..AdminPolicy::new(user("anna")).with_admin(user("ben"), true)
+    };
+    let pending = set_admin_policy(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        &user("anna"),
+        &policy,
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    for d in [&b, &c] {
+        assert!(matches!(
+            process(&d.provider, &pending.commit, &dir).unwrap(),
+            Inbound::Commit { .. }
+        ));
+        let g = load(&d.provider, &group_id).unwrap();
+        assert_eq!(admin_policy(&g).unwrap(), Some(policy.clone()));
+    }
+
+    // Read-only: Cleo's post arrives marked as a non-admin's in a
+    // read-only group; Ben's as an admin's.
+    let mut cleo = load(&c.provider, &group_id).unwrap();
+    let post = encrypt(&c.provider, &mut cleo, &c.account.device, b"hi").unwrap();
+    assert!(matches!(
+        process(&a.provider, &post, &dir).unwrap(),
+        Inbound::Application {
+            sender_is_admin: false,
+            read_only: true,
+            ..
+        }
+    ));
+    let mut ben = load(&b.provider, &group_id).unwrap();
+    let post = encrypt(&b.provider, &mut ben, &b.account.device, b"news").unwrap();
+    assert!(matches!(
+        process(&a.provider, &post, &dir).unwrap(),
+        Inbound::Application {
+            sender_is_admin: true,
+            read_only: true,
+            ..
+        }
+    ));
+
+    // An admin removes Cleo: accepted.
+    let pending = remove_user(&b.provider, &mut ben, &b.account.device, &user("cleo")).unwrap();
+    assert!(matches!(
+        process(&a.provider, &pending.commit, &dir).unwrap(),
+        Inbound::Commit { .. }
+    ));
+}
+
+#[test]
+fn an_admin_cannot_smuggle_other_context_changes_or_strangers() {
+    let (a, b, _c, dir, mut group) = admin_trio(false);
+    // An admin list naming a non-member.
+    let (commit, _, _) = group
+        .update_group_context_extensions(
+            &a.provider,
+            AdminPolicy::new(user("anna"))
+                .with_admin(user("zed"), true)
+                .extensions()
+                .unwrap(),
+            &a.account.device,
+        )
+        .unwrap();
+    let err = process(&b.provider, &serialize(&commit).unwrap(), &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("not a member")),
+        "{err:?}"
+    );
+    clear_pending(&a.provider, &mut group).unwrap();
+    // Dropping the admin extension altogether.
+    let (commit, _, _) = group
+        .update_group_context_extensions(&a.provider, Extensions::default(), &a.account.device)
+        .unwrap();
+    let err = process(&b.provider, &serialize(&commit).unwrap(), &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("removes the group's admins")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_flat_group_never_gains_admins() {
+    let (a, b, _c, dir, mut group) = trio();
+    assert_eq!(admin_policy(&group).unwrap(), None);
+    let extensions = AdminPolicy::new(user("anna")).extensions().unwrap();
+    let (commit, _, _) = group
+        .update_group_context_extensions(&a.provider, extensions, &a.account.device)
+        .unwrap();
+    let err = process(&b.provider, &serialize(&commit).unwrap(), &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("does not use")),
+        "{err:?}"
+    );
 }
