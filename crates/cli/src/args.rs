@@ -358,7 +358,7 @@ pub(crate) enum GroupCommand {
     Set {
         name: String,
         /// `on`: only admins may post (an announcement channel); `off`: everyone.
-        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set, required = true)]
         read_only: bool,
     },
     /// Add a user (all their devices) to a group.

@@ -85,6 +85,7 @@ fn an_admin_removes_a_member_deletes_a_message_and_runs_an_announcement_channel(
 
     // The admin removes Bob.
     ok(ann, &["group", "remove", "news", "bob"]);
+    ok(cyd, &["sync"]);
     let groups = json_lines(&ok(cyd, &["group", "list", "--json"]));
     assert_eq!(groups[0]["members"], serde_json::json!(["ann", "cyd"]));
 
