@@ -625,7 +625,7 @@ impl Client {
         self.connected(async |s| {
             s.connection
                 .request(client_frame::Body::ReportMessage(v1::ReportMessage {
-                    report: Some(report),
+                    report: Some(*report),
                 }))
                 .await
                 .map(|_| ())

@@ -373,13 +373,13 @@ fn reportability(
             )
         });
     match checked {
-        Ok(evidence) => store::Reportability::Reportable(franking::report(
+        Ok(evidence) => store::Reportability::Reportable(Box::new(franking::report(
             &evidence,
             group_id,
             sender,
             franking::ReportReason::Unspecified,
             "",
-        )),
+        ))),
         Err(why) => {
             tracing::warn!(sender = %sender, "received a message that cannot be reported: {why}");
             store::Reportability::Unreportable(why.code().to_owned())

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS message_franks (
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reportability {
     /// The report, everything checked when the message arrived.
-    Reportable(AbuseReport),
+    Reportable(Box<AbuseReport>),
     /// Why not (a `sotto_core::franking::Unreportable` code).
     Unreportable(String),
 }
@@ -59,7 +59,7 @@ pub fn frank_of(conn: &Connection, message_id: &[u8]) -> Result<Option<Reportabi
         .optional()?;
     Ok(row.map(|(report, why)| match report {
         Some(bytes) => match AbuseReport::decode(bytes.as_slice()) {
-            Ok(report) => Reportability::Reportable(report),
+            Ok(report) => Reportability::Reportable(Box::new(report)),
             Err(_) => Reportability::Unreportable("stored evidence is unreadable".into()),
         },
         None => Reportability::Unreportable(why.unwrap_or_default()),

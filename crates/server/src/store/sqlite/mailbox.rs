@@ -161,17 +161,14 @@ fn place_envelope(
         }
     };
     let payload: Arc<[u8]> = Arc::from(envelope.payload.as_slice());
+    let message = StoredMessage {
+        row: message_ref,
+        id: envelope.message_id,
+        payload: &payload,
+        frank: envelope.frank,
+    };
     for (device, num) in &recipients {
-        queue_entry(
-            conn,
-            *device,
-            *num,
-            message_ref,
-            envelope.message_id,
-            &payload,
-            envelope.frank,
-            now,
-        )?;
+        queue_entry(conn, *device, *num, &message, now)?;
     }
     Ok(Placed {
         skipped,
@@ -179,27 +176,33 @@ fn place_envelope(
     })
 }
 
+/// A stored message row, about to be queued for its recipients.
+struct StoredMessage<'a> {
+    /// Its `messages.id`.
+    row: i64,
+    id: MessageId,
+    payload: &'a Arc<[u8]>,
+    frank: Option<StoredFrank>,
+}
+
 /// Adds one mailbox row and tells the listener once it commits.
 fn queue_entry(
     conn: &Connection,
     device: DeviceId,
     num: i64,
-    message_ref: i64,
-    message_id: MessageId,
-    payload: &Arc<[u8]>,
-    frank: Option<StoredFrank>,
+    message: &StoredMessage<'_>,
     now: UnixSeconds,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO mailbox (device_num, message_ref, enqueued_day) VALUES (?1, ?2, ?3)",
     )?
-    .execute(params![num, message_ref, to_i64(day_of(now))])?;
+    .execute(params![num, message.row, to_i64(day_of(now))])?;
     let entry = NewEntry {
         device_id: device,
         seq: to_u64(conn.last_insert_rowid()),
-        message_id,
-        payload: Arc::clone(payload),
-        frank,
+        message_id: message.id,
+        payload: Arc::clone(message.payload),
+        frank: message.frank,
     };
     UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
     Ok(())
@@ -278,16 +281,13 @@ fn record_missed(
     let message_ref = conn.last_insert_rowid();
     conn.prepare_cached("INSERT INTO missed (message_ref, device_num) VALUES (?1, ?2)")?
         .execute(params![message_ref, num])?;
-    queue_entry(
-        conn,
-        device,
-        num,
-        message_ref,
-        notice_id,
-        &Arc::from(payload.as_slice()),
-        None,
-        now,
-    )
+    let message = StoredMessage {
+        row: message_ref,
+        id: notice_id,
+        payload: &Arc::from(payload.as_slice()),
+        frank: None,
+    };
+    queue_entry(conn, device, num, &message, now)
 }
 
 /// The first of [`notice_ids`] no stored message has.
