@@ -3,14 +3,12 @@
 //! latency, server CPU per message, the max sustainable rate, and latency at
 //! half of it (T3). The baselines run the same ladder.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Server, Testbed, pair_handles};
-use crate::load::{self, Rig, StepResult, StepTiming, Tracker};
+use super::{Server, Testbed, start_registered_pairs};
+use crate::load::{self, Rig, StepResult, StepTiming};
 use crate::net::SourceAddrs;
 use crate::sotto;
-use crate::stats::Recorder;
 
 /// What W2 (and each baseline) runs.
 #[derive(Debug, Clone)]
@@ -68,18 +66,7 @@ async fn measure_on(
     config: &DurableDeliveryConfig,
 ) -> anyhow::Result<DurableDelivery> {
     let regs = sotto::register_pairs(server.addr(), src, config.pairs).await?;
-    let rec = Arc::new(Recorder::new(Instant::now()));
-    let (sh, stop) = pair_handles(&rec, Tracker::default());
-    let pairs = sotto::start_pairs(
-        regs.into_iter()
-            .map(|(k, s, r)| (Arc::new(k), s, Some(r)))
-            .collect(),
-        &sh,
-        stop,
-    );
-    // Let the group-creation commits drain, then forget them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = rec.take();
+    let (pairs, rec) = start_registered_pairs(regs).await;
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,

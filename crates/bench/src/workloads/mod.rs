@@ -115,3 +115,22 @@ fn pair_handles(rec: &Arc<Recorder>, tracker: Tracker) -> (Shared, watch::Sender
         tx,
     )
 }
+
+/// Starts the tasks of freshly registered pairs, reporting to a new
+/// recorder; lets their group-creation commits drain, then forgets them.
+async fn start_registered_pairs(
+    regs: Vec<(crate::sotto::PairKeys, crate::net::Ws, crate::net::Ws)>,
+) -> (crate::load::Pairs, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::new(std::time::Instant::now()));
+    let (sh, stop) = pair_handles(&rec, Tracker::default());
+    let pairs = crate::sotto::start_pairs(
+        regs.into_iter()
+            .map(|(k, s, r)| (Arc::new(k), s, Some(r)))
+            .collect(),
+        &sh,
+        stop,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = rec.take();
+    (pairs, rec)
+}

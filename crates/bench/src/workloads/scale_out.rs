@@ -13,17 +13,15 @@
 //! the generator. This measures the cost of the cluster path, not scaling.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sotto_testkit::postgres::TestDatabase;
 
-use super::{Testbed, loopback, pair_handles};
-use crate::load::{self, Rig, StepResult, StepTiming, Tracker};
+use super::{Testbed, loopback, start_registered_pairs};
+use crate::load::{self, Rig, StepResult, StepTiming};
 use crate::procs::{self, Proc};
 use crate::sotto;
-use crate::stats::Recorder;
 
 /// What W6 runs.
 #[derive(Debug, Clone)]
@@ -138,17 +136,7 @@ async fn measure_on(
 ) -> anyhow::Result<ScaleOutRun> {
     let addrs: Vec<SocketAddr> = nodes.iter().map(|(_, port)| loopback(*port)).collect();
     let regs = sotto::register_pairs_across(&addrs, bed.src, config.pairs).await?;
-    let rec = Arc::new(Recorder::new(Instant::now()));
-    let (sh, stop) = pair_handles(&rec, Tracker::default());
-    let pairs = sotto::start_pairs(
-        regs.into_iter()
-            .map(|(k, s, r)| (Arc::new(k), s, Some(r)))
-            .collect(),
-        &sh,
-        stop,
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = rec.take();
+    let (pairs, rec) = start_registered_pairs(regs).await;
     // With one node its CPU is charged per step as in W2; with several,
     // the reference step below adds them up.
     let rig = Rig {

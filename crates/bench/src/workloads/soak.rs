@@ -4,13 +4,11 @@
 //! (issue #15: SQLite keeps freed pages unless vacuumed; a leak grows RSS).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Testbed, pair_handles};
-use crate::load::{self, Rig, StepTiming, Tracker};
+use super::{Testbed, start_registered_pairs};
+use crate::load::{self, Rig, StepTiming};
 use crate::sotto;
-use crate::stats::Recorder;
 
 /// What W8 runs.
 #[derive(Debug, Clone)]
@@ -75,17 +73,7 @@ impl Soak {
 pub async fn measure_soak(bed: &Testbed<'_>, config: &SoakConfig) -> anyhow::Result<Soak> {
     let server = bed.start_server("w8").await?;
     let regs = sotto::register_pairs(server.addr(), bed.src, config.pairs).await?;
-    let rec = Arc::new(Recorder::new(Instant::now()));
-    let (sh, stop) = pair_handles(&rec, Tracker::default());
-    let pairs = sotto::start_pairs(
-        regs.into_iter()
-            .map(|(k, s, r)| (Arc::new(k), s, Some(r)))
-            .collect(),
-        &sh,
-        stop,
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = rec.take();
+    let (pairs, rec) = start_registered_pairs(regs).await;
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
