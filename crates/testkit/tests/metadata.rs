@@ -81,18 +81,14 @@ async fn talk(urls: [&str; 3]) -> (Vec<TempDir>, Senders) {
 /// The accounts that sent, with their device ids.
 type Senders = Vec<(String, Vec<u8>)>;
 
+/// Stored franked messages: (payload, frank, acceptance time in ms).
+type FrankedRows = Vec<(Vec<u8>, Vec<u8>, i64)>;
+
 /// Franked messages (every application message is): the stored frank and
 /// its time name no sender, and no debug log line about franks does.
-fn assert_franks_name_no_sender(db: &rusqlite::Connection, senders: &Senders, log_file: &Path) {
-    let franked: Vec<(Vec<u8>, Vec<u8>, i64)> = db
-        .prepare("SELECT payload, frank, franked_at_ms FROM messages WHERE frank IS NOT NULL")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+fn assert_franks_name_no_sender(franked: &FrankedRows, senders: &Senders, log_file: &Path) {
     assert!(!franked.is_empty(), "Carol's queued messages carry franks");
-    for (payload, frank, at) in &franked {
+    for (payload, frank, at) in franked {
         assert_eq!(frank.len(), 64);
         assert_eq!(at % 60_000, 0, "acceptance times are kept to the minute");
         for (name, device) in senders {
@@ -193,7 +189,14 @@ async fn the_server_keeps_no_sender_no_address_no_plaintext_and_no_member_list()
 
     let db = rusqlite::Connection::open(data.path().join("sotto.db")).unwrap();
     assert_no_sender_address_or_member_list(&schema(&db));
-    assert_franks_name_no_sender(&db, &senders, &log_file);
+    let franked: FrankedRows = db
+        .prepare("SELECT payload, frank, franked_at_ms FROM messages WHERE frank IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_franks_name_no_sender(&franked, &senders, &log_file);
     assert!(assert_files_clean(data.path()) >= 1);
 
     // The log, at debug level: no plaintext, no group name, no address
@@ -235,7 +238,7 @@ async fn the_cluster_keeps_no_sender_no_address_no_plaintext_and_no_member_list(
             (node, log_file)
         })
         .collect();
-    let (_profiles, _) = talk([nodes[0].0.url(), nodes[1].0.url(), nodes[2].0.url()]).await;
+    let (_profiles, senders) = talk([nodes[0].0.url(), nodes[1].0.url(), nodes[2].0.url()]).await;
 
     let columns: Vec<(String, String)> = db
         .client()
@@ -261,6 +264,21 @@ async fn the_cluster_keeps_no_sender_no_address_no_plaintext_and_no_member_list(
     assert!(found.is_empty(), "found in PostgreSQL: {found:?}");
     for dir in &dirs {
         assert_files_clean(dir.path());
+    }
+    let franked: FrankedRows = db
+        .client()
+        .await
+        .query(
+            "SELECT payload, frank, franked_at_ms FROM messages WHERE frank IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    for (_, log_file) in &nodes {
+        assert_franks_name_no_sender(&franked, &senders, log_file);
     }
     // Each node may name where it listens, its database and its bus (and
     // the NATS and PostgreSQL clients' own lines name where they connect).
