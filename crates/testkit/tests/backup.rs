@@ -147,7 +147,7 @@ async fn backup_during_load_restores_and_clients_continue() {
     let (sent, (full_out, keyless_out)) = tokio::join!(senders, backer);
     assert!(full_out.status.success(), "backup: {}", stderr(&full_out));
     assert!(
-        stdout(&full_out).contains("signing keys:    directory_vrf, log"),
+        stdout(&full_out).contains("signing keys:    directory_vrf, franking, log"),
         "{}",
         stdout(&full_out)
     );
