@@ -173,20 +173,27 @@ pub struct StepTiming {
 }
 
 /// What a step loads and measures: the pairs offering the load, the
-/// recorder they report to, and the process (server or broker) whose CPU
-/// each step is charged.
+/// recorder they report to, and the processes (server, broker, or every
+/// node of a cluster) whose CPU each step is charged.
 #[derive(Debug, Clone, Copy)]
 pub struct Rig<'a> {
     pub pairs: &'a Pairs,
     pub rec: &'a Recorder,
-    /// `None`: server CPU is not measured.
-    pub server: Option<&'a Proc>,
+    /// Empty: server CPU is not measured.
+    pub servers: &'a [&'a Proc],
+}
+
+impl Rig<'_> {
+    /// The CPU ticks the measured processes have used so far.
+    pub fn server_ticks(&self) -> u64 {
+        self.servers.iter().map(|s| s.cpu_ticks()).sum()
+    }
 }
 
 /// Runs one step of `total_rate` msg/s spread over all pairs, then waits
 /// (at most `timing.drain_within`) for everything to arrive.
 pub async fn run_step(rig: &Rig<'_>, total_rate: f64, timing: StepTiming) -> StepResult {
-    let Rig { pairs, rec, server } = *rig;
+    let Rig { pairs, rec, .. } = *rig;
     let StepTiming {
         offer_for: dur,
         drain_within: drain,
@@ -198,7 +205,7 @@ pub async fn run_step(rig: &Rig<'_>, total_rate: f64, timing: StepTiming) -> Ste
     let max = (per * dur.as_secs_f64() * 3.0) as u64 + 10;
     let tck = procs::clk_tck().max(1) as f64;
     let me = std::process::id();
-    let srv0 = server.map(|s| s.cpu_ticks()).unwrap_or(0);
+    let srv0 = rig.server_ticks();
     let cli0 = procs::cpu_ticks(me).unwrap_or(0);
     for tx in &pairs.steps {
         let _ = tx
@@ -228,7 +235,7 @@ pub async fn run_step(rig: &Rig<'_>, total_rate: f64, timing: StepTiming) -> Ste
     }
     let done = Instant::now();
     let wall = done.duration_since(start).as_secs_f64().max(1e-3);
-    let srv1 = server.map(|s| s.cpu_ticks()).unwrap_or(0);
+    let srv1 = rig.server_ticks();
     let cli1 = procs::cpu_ticks(me).unwrap_or(0);
     let figures = rec.take();
     if !drained {

@@ -131,7 +131,7 @@ async fn measure(
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
-        server: Some(&broker),
+        servers: &[&broker],
     };
     b.steps = load::ladder(&rig, &config.rates, config.timing(), &format!("{kind:?}")).await;
     b.max_sustainable = load::max_sustainable(&b.steps);

@@ -283,7 +283,8 @@ pub(super) fn scale_out(o: &mut String, r: &Results) {
          the generator alike. This measures what the cluster path costs and that it stays correct under load, not scaling: \
          every node here competes for the same core. The breakdown is one step at {:.0} msg/s per deployment, with the CPU of \
          every process read from /proc and PostgreSQL's own counters (`pg_stat_database.xact_commit`, `pg_stat_wal.wal_sync`) \
-         read around it; PostgreSQL's CPU covers all its processes, including any other activity on the server.\n",
+         read around it; PostgreSQL's CPU covers all its processes, including any other activity on the server. In the \
+         per-step tables below, \"server CPU\" is every node's together (not PostgreSQL's or NATS's).\n",
         w6.pairs, w6.step_s, w6.reference_rate
     );
     let embedded = r

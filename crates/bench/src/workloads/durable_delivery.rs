@@ -70,7 +70,7 @@ async fn measure_on(
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
-        server: Some(&server.process),
+        servers: &[&server.process],
     };
     let steps = load::ladder(&rig, &config.rates, config.timing(), "W2 sotto").await;
     let max = load::max_sustainable(&steps);

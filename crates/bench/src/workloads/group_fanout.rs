@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::{Server, Testbed, pair_handles};
 use crate::load::{self, Pairs, Rig, Shared, Step, StepTiming, Tracker};
 use crate::net::{self, BenchGroup, SourceAddrs, Ws};
-use crate::procs::{self, Proc};
+use crate::procs;
 use crate::sotto::{self, PairKeys};
 use crate::stats::{self, Recorder};
 
@@ -152,7 +152,7 @@ async fn measure_group(
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
-        server: Some(&server.process),
+        servers: &[&server.process],
     };
     time_last_recipient(&rig, &sh.tracker, config, &mut out).await;
     burst(&rig, config, &mut out).await;
@@ -348,7 +348,7 @@ async fn burst(rig: &Rig<'_>, config: &GroupFanoutConfig, out: &mut GroupFanout)
     let burst_msgs = (config.burst_deliveries / g.max(1) as u64).clamp(8, 20_000);
     let per_sender_rate = 1e6; // effectively back to back
     let tck = procs::clk_tck().max(1) as f64;
-    let c0 = rig.server.map_or(0, Proc::cpu_ticks);
+    let c0 = rig.server_ticks();
     let t = Instant::now();
     for tx in &rig.pairs.steps {
         let _ = tx
@@ -369,7 +369,7 @@ async fn burst(rig: &Rig<'_>, config: &GroupFanoutConfig, out: &mut GroupFanout)
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t.elapsed().as_secs_f64().max(1e-3);
-    let c1 = rig.server.map_or(0, Proc::cpu_ticks);
+    let c1 = rig.server_ticks();
     let f = rig.rec.take();
     out.burst_msgs = (burst_msgs / senders) * senders;
     out.deliveries = f.delivered;

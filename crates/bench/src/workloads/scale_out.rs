@@ -137,15 +137,13 @@ async fn measure_on(
     let addrs: Vec<SocketAddr> = nodes.iter().map(|(_, port)| loopback(*port)).collect();
     let regs = sotto::register_pairs_across(&addrs, bed.src, config.pairs).await?;
     let (pairs, rec) = start_registered_pairs(regs).await;
-    // With one node its CPU is charged per step as in W2; with several,
-    // the reference step below adds them up.
+    // Each step is charged the CPU of every node (PostgreSQL's and NATS's
+    // only in the reference step below).
+    let processes: Vec<&Proc> = nodes.iter().map(|(process, _)| process).collect();
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
-        server: match nodes {
-            [(only, _)] => Some(only),
-            _ => None,
-        },
+        servers: &processes,
     };
     let timing = StepTiming {
         offer_for: config.step,

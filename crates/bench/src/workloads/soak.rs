@@ -77,7 +77,7 @@ pub async fn measure_soak(bed: &Testbed<'_>, config: &SoakConfig) -> anyhow::Res
     let rig = Rig {
         pairs: &pairs,
         rec: &rec,
-        server: Some(&server.process),
+        servers: &[&server.process],
     };
     let timing = StepTiming {
         offer_for: config.window,
