@@ -44,7 +44,7 @@ use crate::workloads::{
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Every workload at full size, with baselines (about 15 minutes).
+    /// Every workload at full size, with baselines (about 35 minutes).
     #[arg(long, conflicts_with_all = ["quick", "smoke"])]
     all: bool,
     /// Every workload at reduced size, with baselines (a few minutes).
