@@ -80,6 +80,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a PATCH, HEAD or DELETE waits for another request on the
 /// same blob (a PATCH whose connection broke is still committing).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a PATCH waits for more of its body before it commits what
+/// arrived and ends.
+const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// The blob store's limits (`--max-blob-bytes`, `storage.max_blob_bytes`,
 /// `storage.blob_quota_bytes`). Blobs live as long as undelivered messages
@@ -196,9 +199,16 @@ impl PatchBody {
         if self.overflow || self.broken {
             return None;
         }
-        let Ok(chunk) = self.stream.next().await? else {
-            self.broken = true;
-            return None;
+        // A body that stalls ends like a broken one: what arrived is kept,
+        // and the blob's lock (on PostgreSQL, a pooled session) is not held
+        // by a client that stopped sending.
+        let chunk = match tokio::time::timeout(BODY_IDLE, self.stream.next()).await {
+            Ok(None) => return None,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_))) | Err(_) => {
+                self.broken = true;
+                return None;
+            }
         };
         let take = usize::try_from(self.room)
             .unwrap_or(usize::MAX)
@@ -1027,6 +1037,16 @@ mod tests {
         assert_eq!(body.next().await.unwrap(), "de");
         assert!(body.overflow && !body.broken);
         assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_as_a_broken_one() {
+        let first: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(b"abc"))];
+        let stalled = futures_util::stream::iter(first).chain(futures_util::stream::pending());
+        let mut body = PatchBody::new(Body::from_stream(stalled), 10);
+        assert_eq!(body.next().await.unwrap(), "abc");
+        assert!(body.next().await.is_none(), "no more after {BODY_IDLE:?}");
+        assert!(body.broken && !body.overflow);
     }
 
     #[tokio::test]
