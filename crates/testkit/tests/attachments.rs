@@ -208,7 +208,7 @@ async fn flip_stored_byte(deployment: &Deployment, at: usize) {
                 .client()
                 .await
                 .execute(
-                    "UPDATE blob_chunks SET bytes = set_byte(bytes, $1, get_byte(bytes, $1) # 1) \
+                    "UPDATE blob_chunks SET bytes = set_byte(bytes, $1::int, get_byte(bytes, $1::int) # 1) \
                      WHERE chunk_offset = 0",
                     &[&at],
                 )
