@@ -109,10 +109,11 @@ impl Drop for ClusterLock {
     }
 }
 
-/// A connection: the lock's session, or one from the pool.
+/// A connection: the lock's session, or one from the pool (boxed: a
+/// pooled object is large).
 enum Conn<'a> {
     Held(&'a Object),
-    Own(Object),
+    Own(Box<Object>),
 }
 
 impl std::ops::Deref for Conn<'_> {
@@ -189,7 +190,7 @@ impl PgBlobs {
     async fn conn<'a>(&self, held: Option<&'a ClusterLock>) -> Result<Conn<'a>, Refusal> {
         match held.and_then(|lock| lock.conn.as_ref()) {
             Some(conn) => Ok(Conn::Held(conn)),
-            None => Ok(Conn::Own(self.pooled().await?)),
+            None => Ok(Conn::Own(Box::new(self.pooled().await?))),
         }
     }
 
