@@ -305,6 +305,10 @@ async fn reaches_a_person_and_a_group(deployment: &Deployment) {
     let record_text = serde_json::to_string(&blob.record).unwrap();
     for name in ["alice", "bob", "carol"] {
         assert!(!record_text.contains(name));
+    }
+    // Not "bob": any 3 bytes turn up by chance in 300 KB of ciphertext
+    // about once in 60 runs.
+    for name in ["alice", "carol"] {
         assert!(!blob.data.windows(name.len()).any(|w| w == name.as_bytes()));
     }
     // Nor does the ciphertext contain the file.
