@@ -312,12 +312,27 @@ impl Server {
             SWEEP_INTERVAL,
             stop_rx.clone(),
         ));
-        let blob_store = Arc::new(blobs::BlobStore::open(
-            &config.data_dir,
-            config.blobs.clone(),
-            config.retention,
-            metrics.blob_store_bytes.clone(),
-        )?);
+        // Blobs live where the store does: PostgreSQL (every node serves
+        // every blob), or files beside the SQLite database.
+        let blob_store = Arc::new(match &*store {
+            AnyStore::Postgres(pg) => blobs::BlobStore::open_postgres(
+                pg,
+                config.blobs.clone(),
+                config.retention,
+                metrics.blob_store_bytes.clone(),
+            )
+            .await
+            .map_err(|source| ServerError::Storage {
+                location: pg.target().to_owned(),
+                source,
+            })?,
+            AnyStore::Sqlite(_) => blobs::BlobStore::open_files(
+                &config.data_dir,
+                config.blobs.clone(),
+                config.retention,
+                metrics.blob_store_bytes.clone(),
+            )?,
+        });
         let blob_sweeper = tokio::spawn(blobs::sweep_expired(
             Arc::clone(&blob_store),
             stop_rx.clone(),

@@ -82,7 +82,9 @@ pub(crate) struct Metrics {
     accounts: Gauge,
     devices: Gauge,
     log_entries: Gauge,
-    /// Bytes of attachment blobs on disk (set by the blob store).
+    /// Bytes of attachment blobs stored (set by the blob store): on this
+    /// node's disk, or, on PostgreSQL, in the database every node shares
+    /// (then the same on every node, refreshed each sweep).
     pub blob_store_bytes: Gauge,
     directory_epoch: Gauge,
 }

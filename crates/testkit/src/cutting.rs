@@ -106,6 +106,11 @@ async fn relay(
         };
         if let Some(pass) = pass {
             let _ = server_write.write_all(&buf[..pass]).await;
+            // Let the server read what was passed before either side
+            // notices the cut: otherwise the client's next request (on a
+            // new connection) can overtake bytes still unread in the
+            // server's socket, and "what arrived" depends on scheduling.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             cuts.fetch_add(1, Ordering::SeqCst);
             down.abort();
             return; // drops both halves of both sockets

@@ -218,6 +218,13 @@ impl PostgresStore {
         &self.inner.target
     }
 
+    /// How it connects: for the blob store's pool of its own
+    /// (`crate::blobs`), whose uploads must not take the writer's
+    /// connections.
+    pub(crate) fn connect_config(&self) -> tokio_postgres::Config {
+        self.inner.config.clone()
+    }
+
     /// The writer's batch sizes and commit times, for `/metrics`.
     pub fn writer_metrics(&self) -> WriterMetrics {
         self.inner.writer_metrics.clone()

@@ -174,6 +174,29 @@ CREATE TABLE moderation_reports (
     action        text
 );
 ",
+    // Attachments (`crate::blobs::postgres`), so that every node serves
+    // every blob: the record the file store keeps as `<id>.meta`, and the
+    // ciphertext in rows of at most a MiB, deleted with their blob. Ciphertext
+    // does not compress: stored out of line without trying.
+    r#"
+CREATE TABLE blobs (
+    id              bytea PRIMARY KEY,
+    length          bigint NOT NULL,
+    "offset"        bigint NOT NULL,
+    expires_at      bigint NOT NULL,
+    upload_key_hash bytea NOT NULL,
+    fetch_key_hash  bytea NOT NULL,
+    fetches_left    integer NOT NULL
+);
+CREATE INDEX blobs_by_expiry ON blobs(expires_at);
+CREATE TABLE blob_chunks (
+    blob_id      bytea NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    chunk_offset bigint NOT NULL,
+    bytes        bytea NOT NULL,
+    PRIMARY KEY (blob_id, chunk_offset)
+);
+ALTER TABLE blob_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL;
+"#,
 ];
 
 /// The schema version this code writes: one per migration.

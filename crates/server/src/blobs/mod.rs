@@ -6,7 +6,7 @@
 //! `/blobs`. The `tus-protocol` crate (0.0.x/0.1.0, framework-neutral, no
 //! axum adapter) was not used: what Sotto needs on top of tus — creation
 //! authorised by a group's send capability, per-blob upload and fetch keys,
-//! a committed offset that is fsynced before it is acknowledged, deletion
+//! a committed offset that is durable before it is acknowledged, deletion
 //! once every expected member fetched it — would live in its hooks anyway,
 //! and the subset is small.
 //!
@@ -24,16 +24,28 @@
 //!   acknowledged, the blob is deleted. A wrong key and an unknown id get
 //!   the same 404.
 //!
-//! Each blob is two files under `<data dir>/blobs/`: `<id>.data`, the
-//! ciphertext, and `<id>.meta`, a small JSON record of what the server
-//! needs to run the protocol (docs/SERVER_DATA.md lists it): no sender, no
-//! recipient, no group. A PATCH's bytes are written and fsynced, and only
-//! then is the new offset recorded (atomically, in the meta file) and
-//! acknowledged, so a resume never loses acknowledged bytes; bytes past the
-//! recorded offset (a PATCH cut off before its fsync) are truncated away.
+//! What the server keeps of a blob is its ciphertext and a `BlobMeta`
+//! (docs/SERVER_DATA.md lists it): no sender, no recipient, no group. Where
+//! it keeps them follows the store (the protocol above is the same):
+//! - the embedded SQLite store: files under `<data dir>/blobs/` on this
+//!   node (`files.rs`);
+//! - PostgreSQL (`--store`, one node or a cluster): the tables `blobs` and
+//!   `blob_chunks` (`postgres.rs`), so any node serves any blob.
+//!
+//! Either way a PATCH's bytes are durable (fsynced, or committed) before
+//! the new offset is, and the offset before it is acknowledged, so a
+//! resume never loses acknowledged bytes; a PATCH cut short keeps what
+//! arrived. One request at a time writes a blob: a mutex per blob in the
+//! node and, on PostgreSQL, an advisory lock across nodes.
+//!
+//! The per-group daily quota is counted in each node's memory (a restart
+//! resets it; in a cluster each node counts its own uploads, so a group
+//! may create up to the quota once per node): keeping it in PostgreSQL
+//! would store which group uploaded how much, which the blob rows
+//! deliberately do not say.
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -42,14 +54,15 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::store::{Envelope, GroupId, GroupMessage, MailboxStore, MessageId};
+
+mod files;
+mod postgres;
 
 /// The tus version spoken.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -67,6 +80,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a PATCH, HEAD or DELETE waits for another request on the
 /// same blob (a PATCH whose connection broke is still committing).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a PATCH waits for more of its body before it commits what
+/// arrived and ends.
+const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// The blob store's limits (`--max-blob-bytes`, `storage.max_blob_bytes`,
 /// `storage.blob_quota_bytes`). Blobs live as long as undelivered messages
@@ -76,7 +92,8 @@ pub struct BlobConfig {
     /// Largest `Upload-Length` accepted. Default 100 MiB.
     pub max_blob_bytes: u64,
     /// Bytes of blobs the capability holders of one group may create per
-    /// UTC day (kept in memory: a restart resets it). Default 1 GiB.
+    /// UTC day (kept in each node's memory: a restart resets it). Default
+    /// 1 GiB.
     pub quota_bytes_per_group: u64,
 }
 
@@ -106,12 +123,14 @@ impl BlobId {
     }
 }
 
-/// What the server keeps about one blob (`<id>.meta`), besides its bytes.
+/// What the server keeps about one blob (`<id>.meta`, or its row in
+/// `blobs`), besides its bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct BlobMeta {
     /// The ciphertext's length, declared at creation.
     length: u64,
-    /// Bytes received, fsynced and acknowledged.
+    /// Bytes received, made durable (fsynced, or committed) and
+    /// acknowledged.
     offset: u64,
     /// Unix seconds, rounded up to the hour, after which it is deleted.
     expires_at: u64,
@@ -123,18 +142,83 @@ struct BlobMeta {
     fetches_left: u32,
 }
 
-/// The blob store: files under one directory, a lock per blob being
-/// written, and each group's bytes created today (in memory).
+/// The blob store: where blobs live, a lock per blob being written, and
+/// each group's bytes created today (in memory).
 #[derive(Debug)]
 pub(crate) struct BlobStore {
-    dir: PathBuf,
+    backend: Backend,
     config: BlobConfig,
     retention: Duration,
     locks: std::sync::Mutex<HashMap<BlobId, Arc<Mutex<()>>>>,
     quota: std::sync::Mutex<HashMap<GroupId, (u64, u64)>>,
-    /// Bytes of blob data on disk, and its `/metrics` gauge.
-    bytes: AtomicU64,
-    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Where blobs' bytes and records live.
+#[derive(Debug)]
+enum Backend {
+    /// Files in this node's data directory (the SQLite store).
+    Files(files::FileBlobs),
+    /// Rows in the PostgreSQL store, shared by every node.
+    Postgres(postgres::PgBlobs),
+}
+
+/// One blob held for writing: the node's mutex and, on PostgreSQL, the
+/// advisory lock that holds across nodes.
+#[derive(Debug)]
+struct BlobLock {
+    local: OwnedMutexGuard<()>,
+    cluster: Option<postgres::ClusterLock>,
+}
+
+/// Ciphertext on its way to a downloader.
+type BlobBytes = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A PATCH body, cut at the blob's declared length: it yields what fits,
+/// and says whether more was sent ([`PatchBody::overflow`]) or the
+/// connection broke ([`PatchBody::broken`]).
+struct PatchBody {
+    stream: axum::body::BodyDataStream,
+    room: u64,
+    overflow: bool,
+    broken: bool,
+}
+
+impl PatchBody {
+    fn new(body: Body, room: u64) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            room,
+            overflow: false,
+            broken: false,
+        }
+    }
+
+    /// The next bytes that fit, or `None` at the end, at a break or past
+    /// the length.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.overflow || self.broken {
+            return None;
+        }
+        // A body that stalls ends like a broken one: what arrived is kept,
+        // and the blob's lock (on PostgreSQL, a pooled session) is not held
+        // by a client that stopped sending.
+        let chunk = match tokio::time::timeout(BODY_IDLE, self.stream.next()).await {
+            Ok(None) => return None,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_))) | Err(_) => {
+                self.broken = true;
+                return None;
+            }
+        };
+        let take = usize::try_from(self.room)
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        if take < chunk.len() {
+            self.overflow = true;
+        }
+        self.room -= take as u64;
+        Some(chunk.slice(..take))
+    }
 }
 
 fn now_secs() -> u64 {
@@ -166,11 +250,19 @@ fn not_found() -> Refusal {
     )
 }
 
-fn storage(e: std::io::Error) -> Refusal {
-    tracing::error!(error = %e, "blob store I/O failed");
+fn storage(e: impl std::fmt::Display) -> Refusal {
+    tracing::error!(error = %e, "blob store failed");
     refuse(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the blob store failed; try again later",
+    )
+}
+
+/// Another request holds the blob for longer than a request waits.
+fn busy() -> Refusal {
+    refuse(
+        StatusCode::LOCKED,
+        "another request is writing this blob; ask its offset again shortly",
     )
 }
 
@@ -232,72 +324,43 @@ fn http_date(secs: u64) -> String {
 }
 
 impl BlobStore {
-    /// The store under `data_dir/blobs` (created with the first blob, so
-    /// a server nobody sent a file through has no such directory);
-    /// removes leftover temporary files.
-    pub(crate) fn open(
+    /// The file store under `data_dir/blobs` (see `files.rs`).
+    pub(crate) fn open_files(
         data_dir: &FsPath,
         config: BlobConfig,
         retention: Duration,
         gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> std::io::Result<Self> {
-        let dir = data_dir.join("blobs");
-        let mut bytes = 0;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries.collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
-            } else if name.ends_with(".data") {
-                bytes += entry.metadata()?.len();
-            }
-        }
-        gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        Ok(Self {
-            dir,
+        let files = files::FileBlobs::open(data_dir, gauge)?;
+        Ok(Self::with(Backend::Files(files), config, retention))
+    }
+
+    /// The store in the PostgreSQL database `store` uses (see
+    /// `postgres.rs`); the gauge counts every node's blobs.
+    pub(crate) async fn open_postgres(
+        store: &crate::store::PostgresStore,
+        config: BlobConfig,
+        retention: Duration,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> Result<Self, crate::store::StoreError> {
+        let pg = postgres::PgBlobs::open(store.connect_config(), gauge).await?;
+        Ok(Self::with(Backend::Postgres(pg), config, retention))
+    }
+
+    fn with(backend: Backend, config: BlobConfig, retention: Duration) -> Self {
+        Self {
+            backend,
             config,
             retention,
             locks: std::sync::Mutex::default(),
             quota: std::sync::Mutex::default(),
-            bytes: AtomicU64::new(bytes),
-            gauge,
-        })
-    }
-
-    /// Accounts for a data file that grew from `before` to `after` bytes.
-    fn resized(&self, before: u64, after: u64) {
-        let now = if after >= before {
-            self.bytes.fetch_add(after - before, Ordering::Relaxed) + (after - before)
-        } else {
-            let shrink = before - after;
-            let old = self
-                .bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    Some(b.saturating_sub(shrink))
-                })
-                .unwrap_or(0);
-            old.saturating_sub(shrink)
-        };
-        self.gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
-    }
-
-    fn data_path(&self, id: &BlobId) -> PathBuf {
-        self.dir.join(format!("{}.data", id.hex()))
-    }
-
-    fn meta_path(&self, id: &BlobId) -> PathBuf {
-        self.dir.join(format!("{}.meta", id.hex()))
+        }
     }
 
     /// Waits for the blob's lock: one writer at a time, and a HEAD sees
-    /// the offset a broken PATCH committed.
-    async fn lock(&self, id: BlobId) -> Result<OwnedMutexGuard<()>, Refusal> {
+    /// the offset a broken PATCH committed. On PostgreSQL, across nodes.
+    async fn lock(&self, id: BlobId) -> Result<BlobLock, Refusal> {
+        let started = tokio::time::Instant::now();
         let lock = {
             let mut locks = self
                 .locks
@@ -305,17 +368,35 @@ impl BlobStore {
                 .map_err(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned"))?;
             Arc::clone(locks.entry(id).or_default())
         };
-        tokio::time::timeout(LOCK_WAIT, lock.lock_owned())
+        let local = tokio::time::timeout(LOCK_WAIT, lock.lock_owned())
             .await
-            .map_err(|_| {
-                refuse(
-                    StatusCode::LOCKED,
-                    "another request is writing this blob; ask its offset again shortly",
-                )
-            })
+            .map_err(|_| busy())?;
+        let cluster = match &self.backend {
+            Backend::Files(_) => None,
+            Backend::Postgres(pg) => {
+                match pg
+                    .lock(&id, LOCK_WAIT.saturating_sub(started.elapsed()))
+                    .await
+                {
+                    Ok(cluster) => Some(cluster),
+                    Err(refusal) => {
+                        self.release_local(&id, local);
+                        return Err(refusal);
+                    }
+                }
+            }
+        };
+        Ok(BlobLock { local, cluster })
     }
 
-    fn unlock(&self, id: &BlobId, guard: OwnedMutexGuard<()>) {
+    async fn unlock(&self, id: &BlobId, lock: BlobLock) {
+        if let Some(cluster) = lock.cluster {
+            cluster.release().await;
+        }
+        self.release_local(id, lock.local);
+    }
+
+    fn release_local(&self, id: &BlobId, guard: OwnedMutexGuard<()>) {
         drop(guard);
         if let Ok(mut locks) = self.locks.lock()
             && locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1)
@@ -324,48 +405,86 @@ impl BlobStore {
         }
     }
 
-    /// The blob's record, if it exists and has not expired.
-    async fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, Refusal> {
-        let bytes = match tokio::fs::read(self.meta_path(id)).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(storage(e)),
+    /// The blob's record, if it exists and has not expired (read on the
+    /// lock's session when `held`).
+    async fn meta(
+        &self,
+        held: Option<&BlobLock>,
+        id: &BlobId,
+    ) -> Result<Option<BlobMeta>, Refusal> {
+        let meta = match &self.backend {
+            Backend::Files(files) => files.meta(id).await?,
+            Backend::Postgres(pg) => pg.meta(cluster(held), id).await?,
         };
-        let meta: BlobMeta = serde_json::from_slice(&bytes)
-            .map_err(|e| storage(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        Ok((meta.expires_at > now_secs()).then_some(meta))
+        Ok(meta.filter(|meta| meta.expires_at > now_secs()))
     }
 
-    /// Writes the record atomically and durably: a temporary file, fsync,
-    /// rename, fsync of the directory.
-    async fn write_meta(&self, id: &BlobId, meta: &BlobMeta) -> Result<(), Refusal> {
-        let json =
-            serde_json::to_vec(meta).map_err(|e| storage(std::io::Error::other(e.to_string())))?;
-        let tmp = self.dir.join(format!("{}.meta.tmp", id.hex()));
-        let path = self.meta_path(id);
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, &json)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .map_err(|e| storage(std::io::Error::other(e.to_string())))?
-        .map_err(storage)
-    }
-
-    /// Deletes a blob's files (meta first: without it the data is unreachable).
-    async fn remove(&self, id: &BlobId) {
-        let _ = tokio::fs::remove_file(self.meta_path(id)).await;
-        if let Ok(len) = tokio::fs::metadata(self.data_path(id))
-            .await
-            .map(|m| m.len())
-        {
-            self.resized(len, 0);
+    /// Stores a new, empty blob.
+    async fn create(&self, id: &BlobId, meta: &BlobMeta) -> Result<(), Refusal> {
+        match &self.backend {
+            Backend::Files(files) => files.create(id, meta).await,
+            Backend::Postgres(pg) => pg.create(id, meta).await,
         }
-        let _ = tokio::fs::remove_file(self.data_path(id)).await;
+    }
+
+    /// Deletes a blob.
+    async fn remove(&self, held: Option<&BlobLock>, id: &BlobId) -> Result<(), Refusal> {
+        match &self.backend {
+            Backend::Files(files) => {
+                files.remove(id).await;
+                Ok(())
+            }
+            Backend::Postgres(pg) => pg.remove(cluster(held), id).await,
+        }
+    }
+
+    /// One expected fetch of the blob (whose record is `meta`) done; the
+    /// last deletes it.
+    async fn record_fetch(
+        &self,
+        held: &BlobLock,
+        id: &BlobId,
+        meta: &BlobMeta,
+    ) -> Result<(), Refusal> {
+        match &self.backend {
+            Backend::Files(files) => match meta.fetches_left {
+                0 | 1 => {
+                    files.remove(id).await;
+                    Ok(())
+                }
+                left => {
+                    let meta = BlobMeta {
+                        fetches_left: left - 1,
+                        ..meta.clone()
+                    };
+                    files.write_meta(id, &meta).await
+                }
+            },
+            Backend::Postgres(pg) => pg.record_fetch(cluster(Some(held)), id).await,
+        }
+    }
+
+    /// Stores `body` at the committed offset `meta.offset`; returns the
+    /// new committed offset, durable.
+    async fn append(
+        &self,
+        held: &BlobLock,
+        id: &BlobId,
+        meta: &BlobMeta,
+        body: &mut PatchBody,
+    ) -> Result<u64, Refusal> {
+        match &self.backend {
+            Backend::Files(files) => files.append(id, meta, body).await,
+            Backend::Postgres(pg) => pg.append(cluster(Some(held)), id, meta, body).await,
+        }
+    }
+
+    /// The ciphertext of a finished blob of `length` bytes.
+    async fn read(&self, id: &BlobId, length: u64) -> Result<BlobBytes, Refusal> {
+        match &self.backend {
+            Backend::Files(files) => files.read(id, length).await,
+            Backend::Postgres(pg) => Ok(pg.read(id, length)),
+        }
     }
 
     /// Charges `length` bytes to `group`'s quota for today.
@@ -391,51 +510,23 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Deletes every blob whose expiry has passed (finished or not).
+    /// Deletes every blob whose expiry has passed (finished or not). On
+    /// PostgreSQL every node sweeps, and each also refreshes its gauge.
     pub(crate) async fn sweep(&self) -> std::io::Result<u64> {
         let now = now_secs();
-        let mut deleted = 0;
-        let mut entries = match tokio::fs::read_dir(&self.dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".meta"))
-                .and_then(BlobId::parse)
-            else {
-                continue;
-            };
-            let expired = match tokio::fs::read(entry.path()).await {
-                Ok(bytes) => serde_json::from_slice::<BlobMeta>(&bytes)
-                    .map_or(true, |meta| meta.expires_at <= now),
-                Err(_) => false,
-            };
-            if expired {
-                self.remove(&id).await;
-                deleted += 1;
-            }
+        match &self.backend {
+            Backend::Files(files) => files.sweep(now).await,
+            Backend::Postgres(pg) => pg
+                .sweep(now)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string())),
         }
-        // Data whose record is gone (a crash between the two deletes).
-        let mut entries = tokio::fs::read_dir(&self.dir).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".data"))
-                .and_then(BlobId::parse)
-                && !tokio::fs::try_exists(self.meta_path(&id))
-                    .await
-                    .unwrap_or(true)
-            {
-                self.remove(&id).await;
-            }
-        }
-        Ok(deleted)
     }
+}
+
+/// The lock's PostgreSQL session, if it has one.
+fn cluster(held: Option<&BlobLock>) -> Option<&postgres::ClusterLock> {
+    held.and_then(|lock| lock.cluster.as_ref())
 }
 
 /// Deletes expired blobs every [`SWEEP_INTERVAL`] until `stop` is set.
@@ -591,16 +682,7 @@ async fn create<S: MailboxStore + Send + Sync + 'static>(
         fetch_key_hash: hex::encode(fetch_key_hash),
         fetches_left: fetches,
     };
-    tokio::fs::create_dir_all(&blobs.dir)
-        .await
-        .map_err(storage)?;
-    tokio::fs::File::create(blobs.data_path(&id))
-        .await
-        .map_err(storage)?
-        .sync_all()
-        .await
-        .map_err(storage)?;
-    blobs.write_meta(&id, &meta).await?;
+    blobs.create(&id, &meta).await?;
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
     tus_headers(h);
@@ -623,9 +705,9 @@ async fn by_id<S: Send + Sync + 'static>(
     match method {
         axum::http::Method::HEAD => {
             check_version(&headers)?;
-            let guard = blobs.lock(id).await?;
-            let meta = upload_meta(blobs, &id, &headers).await;
-            blobs.unlock(&id, guard);
+            let lock = blobs.lock(id).await?;
+            let meta = upload_meta(blobs, Some(&lock), &id, &headers).await;
+            blobs.unlock(&id, lock).await;
             let meta = meta?;
             let mut response = StatusCode::OK.into_response();
             let h = response.headers_mut();
@@ -639,14 +721,14 @@ async fn by_id<S: Send + Sync + 'static>(
             check_version(&headers)?;
             // Its own task: when the client's connection drops, hyper drops
             // this handler, but the bytes that did arrive must still be
-            // fsynced and recorded (the body ends in an error, `patch`
+            // made durable and recorded (the body ends in an error, `patch`
             // commits what it has) before the lock lets a HEAD read the
             // offset.
             let blobs = Arc::clone(blobs);
             tokio::spawn(async move {
-                let guard = blobs.lock(id).await?;
-                let result = patch(&blobs, &id, &headers, body).await;
-                blobs.unlock(&id, guard);
+                let lock = blobs.lock(id).await?;
+                let result = patch(&blobs, &lock, &id, &headers, body).await;
+                blobs.unlock(&id, lock).await;
                 result
             })
             .await
@@ -654,9 +736,9 @@ async fn by_id<S: Send + Sync + 'static>(
         }
         axum::http::Method::DELETE => {
             check_version(&headers)?;
-            let guard = blobs.lock(id).await?;
-            let result = delete(blobs, &id, &headers).await;
-            blobs.unlock(&id, guard);
+            let lock = blobs.lock(id).await?;
+            let result = delete(blobs, &lock, &id, &headers).await;
+            blobs.unlock(&id, lock).await;
             result
         }
         axum::http::Method::GET => fetch(blobs, &id, &headers).await,
@@ -670,26 +752,29 @@ async fn by_id<S: Send + Sync + 'static>(
 /// The blob's record if `Sotto-Upload-Key` is its upload key.
 async fn upload_meta(
     blobs: &BlobStore,
+    held: Option<&BlobLock>,
     id: &BlobId,
     headers: &HeaderMap,
 ) -> Result<BlobMeta, Refusal> {
     let presented = key_hash(headers, "sotto-upload-key").ok_or_else(not_found)?;
-    match blobs.meta(id).await? {
+    match blobs.meta(held, id).await? {
         Some(meta) if same(&meta.upload_key_hash, &presented) => Ok(meta),
         _ => Err(not_found()),
     }
 }
 
-/// `PATCH`: appends the body at `Upload-Offset`, which must be the
-/// committed offset. Bytes up to the declared length are written (even
-/// from a body cut short), fsynced, then recorded and acknowledged.
+/// `PATCH` (with the blob locked): appends the body at `Upload-Offset`,
+/// which must be the committed offset. Bytes up to the declared length are
+/// stored (even from a body cut short) and made durable, then the offset
+/// is recorded and acknowledged.
 async fn patch(
     blobs: &BlobStore,
+    lock: &BlobLock,
     id: &BlobId,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let mut meta = upload_meta(blobs, id, headers).await?;
+    let meta = upload_meta(blobs, Some(lock), id, headers).await?;
     if header_str(headers, "content-type") != Some("application/offset+octet-stream") {
         return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -714,51 +799,15 @@ async fn patch(
             format!("the body runs past Upload-Length {}", meta.length),
         ));
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(blobs.data_path(id))
-        .await
-        .map_err(storage)?;
-    let before = file.metadata().await.map_err(storage)?.len();
-    // Bytes past the committed offset were never acknowledged.
-    file.set_len(meta.offset).await.map_err(storage)?;
-    file.seek(std::io::SeekFrom::Start(meta.offset))
-        .await
-        .map_err(storage)?;
-    let mut written = meta.offset;
-    let mut stream = body.into_data_stream();
-    let mut overflow = false;
-    let mut broken = false;
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            broken = true;
-            break;
-        };
-        let room = meta.length.saturating_sub(written);
-        let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
-        let (fits, rest) = chunk.split_at(take);
-        file.write_all(fits).await.map_err(storage)?;
-        written += fits.len() as u64;
-        if !rest.is_empty() {
-            overflow = true;
-            break;
-        }
-    }
-    file.flush().await.map_err(storage)?;
-    file.sync_all().await.map_err(storage)?;
-    drop(file);
-    blobs.resized(before, written);
-    if written != meta.offset {
-        meta.offset = written;
-        blobs.write_meta(id, &meta).await?;
-    }
-    if broken {
+    let mut body = PatchBody::new(body, meta.length.saturating_sub(meta.offset));
+    let written = blobs.append(lock, id, &meta, &mut body).await?;
+    if body.broken {
         tracing::debug!(
             offset = written,
             "a PATCH was cut short; its bytes so far are committed"
         );
     }
-    if overflow {
+    if body.overflow {
         let mut refusal = refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -778,38 +827,34 @@ async fn patch(
     Ok(response)
 }
 
-/// `DELETE` with the upload key: termination. With the fetch key: one
-/// expected fetch done; the last one deletes the blob.
-async fn delete(blobs: &BlobStore, id: &BlobId, headers: &HeaderMap) -> Result<Response, Refusal> {
-    let meta = blobs.meta(id).await?.ok_or_else(not_found)?;
+/// `DELETE` (with the blob locked) with the upload key: termination. With
+/// the fetch key: one expected fetch done; the last one deletes the blob.
+async fn delete(
+    blobs: &BlobStore,
+    lock: &BlobLock,
+    id: &BlobId,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
+    let meta = blobs.meta(Some(lock), id).await?.ok_or_else(not_found)?;
     let upload = key_hash(headers, "sotto-upload-key");
     let fetch = key_hash(headers, "sotto-fetch-key");
     let mut response = StatusCode::NO_CONTENT.into_response();
     tus_headers(response.headers_mut());
     if upload.is_some_and(|k| same(&k, &meta.upload_key_hash)) {
-        blobs.remove(id).await;
+        blobs.remove(Some(lock), id).await?;
         return Ok(response);
     }
     if !fetch.is_some_and(|k| same(&k, &meta.fetch_key_hash)) || meta.offset < meta.length {
         return Err(not_found());
     }
-    match meta.fetches_left {
-        0 | 1 => blobs.remove(id).await,
-        left => {
-            let meta = BlobMeta {
-                fetches_left: left - 1,
-                ..meta
-            };
-            blobs.write_meta(id, &meta).await?;
-        }
-    }
+    blobs.record_fetch(lock, id, &meta).await?;
     Ok(response)
 }
 
 /// `GET` with the fetch key: the whole ciphertext of a finished upload.
 async fn fetch(blobs: &BlobStore, id: &BlobId, headers: &HeaderMap) -> Result<Response, Refusal> {
     let presented = key_hash(headers, "sotto-fetch-key").ok_or_else(not_found)?;
-    let meta = match blobs.meta(id).await? {
+    let meta = match blobs.meta(None, id).await? {
         Some(meta) if same(&meta.fetch_key_hash, &presented) => meta,
         _ => return Err(not_found()),
     };
@@ -819,38 +864,11 @@ async fn fetch(blobs: &BlobStore, id: &BlobId, headers: &HeaderMap) -> Result<Re
             "the upload of this blob has not finished",
         ));
     }
-    let file = tokio::fs::File::open(blobs.data_path(id))
-        .await
-        .map_err(storage)?;
-    let length = meta.length;
-    let stream = futures_util::stream::unfold((file, 0u64), move |(mut file, sent)| async move {
-        use tokio::io::AsyncReadExt as _;
-        if sent >= length {
-            return None;
-        }
-        let want = usize::try_from(length - sent)
-            .unwrap_or(usize::MAX)
-            .min(256 * 1024);
-        let mut buf = vec![0; want];
-        match file.read(&mut buf).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob file shorter than recorded",
-                )),
-                (file, length),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(axum::body::Bytes::from(buf)), (file, sent + n as u64)))
-            }
-            Err(e) => Some((Err(e), (file, length))),
-        }
-    });
+    let stream = blobs.read(id, meta.length).await?;
     let mut response = Body::from_stream(stream).into_response();
     let h = response.headers_mut();
     tus_headers(h);
-    set(h, "content-length", length);
+    set(h, "content-length", meta.length);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -860,9 +878,9 @@ async fn fetch(blobs: &BlobStore, id: &BlobId, headers: &HeaderMap) -> Result<Re
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
-    use axum::body::Bytes;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn blob_ids_are_32_lowercase_hex_digits() {
@@ -875,11 +893,18 @@ mod tests {
 
     const UPLOAD_KEY: [u8; 32] = [5; 32];
 
+    fn files(store: &BlobStore) -> &files::FileBlobs {
+        match &store.backend {
+            Backend::Files(files) => files,
+            Backend::Postgres(_) => panic!("a file store was expected"),
+        }
+    }
+
     /// A store in a temporary directory holding one empty blob of `length`
     /// bytes (created as `POST` would, without the capability check).
     async fn store_with_blob(length: u64) -> (tempfile::TempDir, BlobStore, BlobId) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(
+        let store = BlobStore::open_files(
             dir.path(),
             BlobConfig::default(),
             Duration::from_secs(3600),
@@ -887,8 +912,6 @@ mod tests {
         )
         .unwrap();
         let id = BlobId([1; 16]);
-        tokio::fs::create_dir_all(&store.dir).await.unwrap();
-        tokio::fs::File::create(store.data_path(&id)).await.unwrap();
         let meta = BlobMeta {
             length,
             offset: 0,
@@ -897,7 +920,7 @@ mod tests {
             fetch_key_hash: hex::encode([0; 32]),
             fetches_left: 1,
         };
-        store.write_meta(&id, &meta).await.unwrap();
+        store.create(&id, &meta).await.unwrap();
         (dir, store, id)
     }
 
@@ -909,50 +932,69 @@ mod tests {
         h
     }
 
+    /// A PATCH as `by_id` runs it: locked.
+    async fn locked_patch(
+        store: &BlobStore,
+        id: &BlobId,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response, Refusal> {
+        let lock = store.lock(*id).await.unwrap();
+        let result = patch(store, &lock, id, headers, body).await;
+        store.unlock(id, lock).await;
+        result
+    }
+
     async fn offset(store: &BlobStore, id: &BlobId) -> u64 {
-        store.meta(id).await.unwrap().unwrap().offset
+        store.meta(None, id).await.unwrap().unwrap().offset
     }
 
     #[tokio::test]
     async fn patches_append_at_the_committed_offset_only() {
         let (_dir, store, id) = store_with_blob(10).await;
-        let r = patch(&store, &id, &patch_headers(0), Body::from("abcd"))
+        let r = locked_patch(&store, &id, &patch_headers(0), Body::from("abcd"))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         assert_eq!(r.headers()["upload-offset"], "4");
         // Out of order: refused, nothing lost.
-        let e = patch(&store, &id, &patch_headers(2), Body::from("xx"))
+        let e = locked_patch(&store, &id, &patch_headers(2), Body::from("xx"))
             .await
             .unwrap_err();
         assert_eq!(e.0, StatusCode::CONFLICT);
-        let e = patch(&store, &id, &patch_headers(9), Body::from("x"))
+        let e = locked_patch(&store, &id, &patch_headers(9), Body::from("x"))
             .await
             .unwrap_err();
         assert_eq!(e.0, StatusCode::CONFLICT);
         // Wrong media type, wrong key: refused.
         let mut h = patch_headers(4);
         set(&mut h, "content-type", "text/plain");
-        let e = patch(&store, &id, &h, Body::from("ef")).await.unwrap_err();
+        let e = locked_patch(&store, &id, &h, Body::from("ef"))
+            .await
+            .unwrap_err();
         assert_eq!(e.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let mut h = patch_headers(4);
         set(&mut h, "sotto-upload-key", hex::encode([6u8; 32]));
-        let e = patch(&store, &id, &h, Body::from("ef")).await.unwrap_err();
+        let e = locked_patch(&store, &id, &h, Body::from("ef"))
+            .await
+            .unwrap_err();
         assert_eq!(e.0, StatusCode::NOT_FOUND);
         let mut h = patch_headers(4);
         h.remove("upload-offset");
-        let e = patch(&store, &id, &h, Body::from("ef")).await.unwrap_err();
+        let e = locked_patch(&store, &id, &h, Body::from("ef"))
+            .await
+            .unwrap_err();
         assert_eq!(e.0, StatusCode::BAD_REQUEST);
         assert_eq!(offset(&store, &id).await, 4);
         // Past the declared length: bytes up to it are kept, the rest refused.
-        let r = patch(&store, &id, &patch_headers(4), Body::from("efghijklmn"))
+        let r = locked_patch(&store, &id, &patch_headers(4), Body::from("efghijklmn"))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(offset(&store, &id).await, 10);
-        let data = tokio::fs::read(store.data_path(&id)).await.unwrap();
+        let data = tokio::fs::read(files(&store).data_path(&id)).await.unwrap();
         assert_eq!(data, b"abcdefghij");
-        assert_eq!(store.bytes.load(Ordering::Relaxed), 10);
+        assert_eq!(files(&store).bytes.load(Ordering::Relaxed), 10);
     }
 
     #[tokio::test]
@@ -967,32 +1009,56 @@ mod tests {
             )),
         ];
         let body = Body::from_stream(futures_util::stream::iter(chunks));
-        let _ = patch(&store, &id, &patch_headers(0), body).await;
+        let _ = locked_patch(&store, &id, &patch_headers(0), body).await;
         assert_eq!(offset(&store, &id).await, 16);
         // Garbage past the recorded offset (a crash before the record was
         // written) is cut away by the next PATCH.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
-            .open(store.data_path(&id))
+            .open(files(&store).data_path(&id))
             .unwrap();
         std::io::Write::write_all(&mut file, b"GARBAGE").unwrap();
-        patch(&store, &id, &patch_headers(16), Body::from("xyz"))
+        locked_patch(&store, &id, &patch_headers(16), Body::from("xyz"))
             .await
             .unwrap();
-        let data = tokio::fs::read(store.data_path(&id)).await.unwrap();
+        let data = tokio::fs::read(files(&store).data_path(&id)).await.unwrap();
         assert_eq!(data, b"0123456789abcdefxyz");
+    }
+
+    #[tokio::test]
+    async fn a_patch_body_stops_at_the_declared_length() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Ok(Bytes::from_static(b"defg")),
+            Ok(Bytes::from_static(b"never read")),
+        ];
+        let mut body = PatchBody::new(Body::from_stream(futures_util::stream::iter(chunks)), 5);
+        assert_eq!(body.next().await.unwrap(), "abc");
+        assert_eq!(body.next().await.unwrap(), "de");
+        assert!(body.overflow && !body.broken);
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_as_a_broken_one() {
+        let first: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(b"abc"))];
+        let stalled = futures_util::stream::iter(first).chain(futures_util::stream::pending());
+        let mut body = PatchBody::new(Body::from_stream(stalled), 10);
+        assert_eq!(body.next().await.unwrap(), "abc");
+        assert!(body.next().await.is_none(), "no more after {BODY_IDLE:?}");
+        assert!(body.broken && !body.overflow);
     }
 
     #[tokio::test]
     async fn expired_blobs_are_swept_and_unknown() {
         let (_dir, store, id) = store_with_blob(4).await;
-        let mut meta = store.meta(&id).await.unwrap().unwrap();
+        let mut meta = store.meta(None, &id).await.unwrap().unwrap();
         meta.expires_at = now_secs().saturating_sub(1);
-        store.write_meta(&id, &meta).await.unwrap();
-        assert!(store.meta(&id).await.unwrap().is_none());
+        files(&store).write_meta(&id, &meta).await.unwrap();
+        assert!(store.meta(None, &id).await.unwrap().is_none());
         assert_eq!(store.sweep().await.unwrap(), 1);
-        assert!(!store.data_path(&id).exists());
-        assert!(!store.meta_path(&id).exists());
+        assert!(!files(&store).data_path(&id).exists());
+        assert!(!files(&store).meta_path(&id).exists());
     }
 
     #[test]
