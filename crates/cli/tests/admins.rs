@@ -128,11 +128,19 @@ fn an_invite_link_admits_a_new_member_until_the_operator_closes_it() {
     let data = TempDir::new().unwrap();
     let server = ServerProcess::spawn(data.path());
     let dirs: Vec<TempDir> = (0..4).map(|_| TempDir::new().unwrap()).collect();
-    let (ann, bob, cyd, dan) = (dirs[0].path(), dirs[1].path(), dirs[2].path(), dirs[3].path());
+    let (ann, bob, cyd, dan) = (
+        dirs[0].path(),
+        dirs[1].path(),
+        dirs[2].path(),
+        dirs[3].path(),
+    );
     for (dir, name) in [(ann, "ann"), (bob, "bob"), (cyd, "cyd"), (dan, "dan")] {
         ok(dir, &["register", name, "--server", server.url()]);
     }
-    ok(ann, &["group", "create", "club", "--members", "bob", "--admins"]);
+    ok(
+        ann,
+        &["group", "create", "club", "--members", "bob", "--admins"],
+    );
     ok(bob, &["sync"]);
     ok(ann, &["send", "--group", "club", "before cyd"]);
     ok(bob, &["sync"]);

@@ -12,8 +12,8 @@ use crate::session::Session;
 use crate::store::{self, ConversationKind, EntryKind, GroupState, HistoryEntry};
 use rand::RngCore as _;
 use sotto_core::group::{
-    self, AdminPolicy, ExternalJoin, GroupError, INVITE_LINK_ID_LEN, INVITE_SECRET_LEN,
-    InviteLink, SEAL_NONCE_LEN,
+    self, AdminPolicy, ExternalJoin, GroupError, INVITE_LINK_ID_LEN, INVITE_SECRET_LEN, InviteLink,
+    SEAL_NONCE_LEN,
 };
 use sotto_proto::v1::{
     ErrorCode, FetchGroupInfo, PublishGroupInfo, SubmitCommit, client_frame, response,
@@ -84,7 +84,10 @@ pub(crate) async fn create_invite_link(
 /// Closes the group's invite link (only an admin may): it goes from the
 /// admin policy, so every member refuses a joiner by it from then on.
 /// `false` if the group had no link.
-pub(crate) async fn close_invite_link(s: &mut Session<'_>, name: &str) -> Result<bool, ClientError> {
+pub(crate) async fn close_invite_link(
+    s: &mut Session<'_>,
+    name: &str,
+) -> Result<bool, ClientError> {
     drain(s).await?;
     commit_pending_proposals(s).await?;
     let group_id = s.profile.active_group_named(name)?;
@@ -174,8 +177,7 @@ pub(crate) async fn join_by_invite_link(
             "the server answered an invite link's fetch with something else".into(),
         ));
     };
-    if store::group(&s.profile.db, &info.group_id)?.is_some_and(|g| g.state == GroupState::Active)
-    {
+    if store::group(&s.profile.db, &info.group_id)?.is_some_and(|g| g.state == GroupState::Active) {
         return Err(ClientError::Usage(
             "you are already a member of this group".into(),
         ));

@@ -289,15 +289,24 @@ mod conformance {
         ));
         assert!(matches!(
             store.publish_group_info(publication(1, 0, b"v0")).await,
-            Err(InviteLinkError::StaleEpoch { submitted: 0, current: 1 })
+            Err(InviteLinkError::StaleEpoch {
+                submitted: 0,
+                current: 1
+            })
         ));
         assert!(matches!(
             store.invite_group_info([1; 16]).await,
             Err(InviteLinkError::UnknownLink)
         ));
-        store.publish_group_info(publication(1, 1, b"v1")).await.unwrap();
+        store
+            .publish_group_info(publication(1, 1, b"v1"))
+            .await
+            .unwrap();
         let info = store.invite_group_info([1; 16]).await.unwrap();
-        assert_eq!((&info.group_id, info.epoch, info.sealed.as_slice()), (&g, 1, &b"v1"[..]));
+        assert_eq!(
+            (&info.group_id, info.epoch, info.sealed.as_slice()),
+            (&g, 1, &b"v1"[..])
+        );
         // A link id stays bound to its group.
         let h = with_group(&store, "h").await;
         let moved = GroupInfoPublication {
@@ -321,7 +330,10 @@ mod conformance {
         ));
         let accepted = store.submit_commit(join(31, 1, 1)).await.unwrap();
         assert_eq!(accepted.new_epoch, 2);
-        store.publish_group_info(publication(1, 2, b"v2")).await.unwrap();
+        store
+            .publish_group_info(publication(1, 2, b"v2"))
+            .await
+            .unwrap();
 
         let entry = ReportRecord {
             seq: 1,

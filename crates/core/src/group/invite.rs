@@ -46,7 +46,11 @@ pub struct InviteLink {
 
 impl fmt::Debug for InviteLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "InviteLink({}, secret: <redacted>)", hex::encode(self.id))
+        write!(
+            f,
+            "InviteLink({}, secret: <redacted>)",
+            hex::encode(self.id)
+        )
     }
 }
 
@@ -276,7 +280,11 @@ pub fn join_by_link(
     let (group, join) = external_commit(provider, account, info, name)?;
     // The GroupInfo must be the one this link was made for: its group's
     // policy names exactly this open link.
-    if admins::admin_policy(&group)?.and_then(|p| p.invite).as_ref() != Some(link) {
+    if admins::admin_policy(&group)?
+        .and_then(|p| p.invite)
+        .as_ref()
+        != Some(link)
+    {
         return Err(peer("its group has no such open invite link"));
     }
     let own = group.own_leaf_index();
@@ -315,7 +323,9 @@ pub fn external_commit(
         .leaf_node_parameters(params)
         .load_psks(provider.storage())
         .map_err(|e| mls("external commit psks")(&e))?
-        .build(provider.rand(), provider.crypto(), &account.device, |_| true)
+        .build(provider.rand(), provider.crypto(), &account.device, |_| {
+            true
+        })
         .map_err(|e| mls("external commit")(&e))?
         .finalize(provider)
         .map_err(|e| mls("external commit finalize")(&e))?;

@@ -23,15 +23,14 @@ mod policy;
 mod tests;
 
 pub use admins::{ADMIN_EXTENSION_TYPE, AdminPolicy, MAX_ADMINS, admin_policy};
+pub use invite::{
+    ExternalJoin, INVITE_LINK_ID_LEN, INVITE_SCHEME, INVITE_SECRET_LEN, InviteLink, SEAL_NONCE_LEN,
+    SealedGroupInfo, abandon_join, external_commit, join_by_link, sealed_group_info,
+};
 pub use operations::{
     PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group,
     create_group_with_admins, encrypt, encrypt_with_aad, leave, merge_pending, remove_devices,
     remove_user, set_admin_policy, update_keys,
-};
-pub use invite::{
-    ExternalJoin, INVITE_LINK_ID_LEN, INVITE_SCHEME, INVITE_SECRET_LEN, InviteLink,
-    SEAL_NONCE_LEN, SealedGroupInfo, abandon_join, external_commit, join_by_link,
-    sealed_group_info,
 };
 pub use policy::{KeyCheck, KeyDirectory, direct_peer};
 use policy::{check_commit_policy, check_external_commit, check_members};

@@ -605,14 +605,25 @@ fn a_flat_group_never_gains_admins() {
 
 /// Anna (the admin of `admin_trio`) opens an invite link; every member
 /// merges it. Returns the link.
-fn open_invite_link(a: &Device, group: &mut MlsGroup, others: &[&Device], dir: &Directory) -> InviteLink {
+fn open_invite_link(
+    a: &Device,
+    group: &mut MlsGroup,
+    others: &[&Device],
+    dir: &Directory,
+) -> InviteLink {
     let link = InviteLink::from_random([0x11; 16], [0x22; 32]);
     let policy = AdminPolicy {
         invite: Some(link.clone()),
         ..admin_policy(group).unwrap().unwrap()
     };
-    let pending =
-        set_admin_policy(&a.provider, group, &a.account.device, &user("anna"), &policy).unwrap();
+    let pending = set_admin_policy(
+        &a.provider,
+        group,
+        &a.account.device,
+        &user("anna"),
+        &policy,
+    )
+    .unwrap();
     accept(a, group);
     for d in others {
         process(&d.provider, &pending.commit, dir).unwrap();
@@ -630,8 +641,9 @@ fn raw_external_commit(d: &Device, group: &MlsGroup, publisher: &Device) -> Vec<
             .unwrap(),
     )
     .unwrap();
-    let MlsMessageBodyIn::GroupInfo(info) =
-        MlsMessageIn::tls_deserialize_exact_bytes(&bytes).unwrap().extract()
+    let MlsMessageBodyIn::GroupInfo(info) = MlsMessageIn::tls_deserialize_exact_bytes(&bytes)
+        .unwrap()
+        .extract()
     else {
         panic!("a GroupInfo");
     };
@@ -652,8 +664,15 @@ fn an_invite_link_admits_a_logged_joiner_who_reads_only_new_messages() {
         .unwrap()
         .unwrap();
     assert_eq!(sealed.link_id, link.id());
-    let join = join_by_link(&d.provider, &d.account, &link, sealed.epoch, &sealed.sealed, &dir)
-        .unwrap();
+    let join = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &dir,
+    )
+    .unwrap();
     assert_eq!(join.name, "club");
     assert_eq!(join.epoch, group.epoch().as_u64());
     assert_eq!(join.recipients.len(), 3);
@@ -681,7 +700,10 @@ fn an_invite_link_admits_a_logged_joiner_who_reads_only_new_messages() {
         token_hash(&send_token(&a.provider, &anna).unwrap()),
         join.next_token_hash
     );
-    assert_eq!(send_token(&d.provider, &dora).unwrap(), send_token(&a.provider, &anna).unwrap());
+    assert_eq!(
+        send_token(&d.provider, &dora).unwrap(),
+        send_token(&a.provider, &anna).unwrap()
+    );
 }
 
 #[test]
@@ -722,8 +744,15 @@ fn a_joiner_refuses_a_group_whose_members_the_log_does_not_list() {
     // Cleo's key is not the one the joiner's log lists.
     let other_cleo = device("cleo");
     let joiner_dir = Directory::of(&[&a, &b, &other_cleo, &d]);
-    let err = join_by_link(&d.provider, &d.account, &link, sealed.epoch, &sealed.sealed, &joiner_dir)
-        .unwrap_err();
+    let err = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &joiner_dir,
+    )
+    .unwrap_err();
     assert!(matches!(err, GroupError::Ghost(_)), "{err:?}");
 }
 
@@ -736,11 +765,21 @@ fn members_refuse_a_joiner_whose_key_the_log_does_not_list() {
         .unwrap()
         .unwrap();
     let joiner_dir = Directory::of(&[&a, &b, &c, &d]);
-    let join = join_by_link(&d.provider, &d.account, &link, sealed.epoch, &sealed.sealed, &joiner_dir)
-        .unwrap();
+    let join = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &joiner_dir,
+    )
+    .unwrap();
     // Not looked up yet: the members look the account up first.
     let err = process(&b.provider, &join.commit, &dir).unwrap_err();
-    assert!(matches!(&err, GroupError::Unverified(users) if users == &[user("dora")]), "{err:?}");
+    assert!(
+        matches!(&err, GroupError::Unverified(users) if users == &[user("dora")]),
+        "{err:?}"
+    );
     // The log lists another device for dora: a ghost.
     let real_dora = device("dora");
     let logged = Directory::of(&[&a, &b, &c, &real_dora]);
@@ -754,7 +793,11 @@ fn an_external_commit_to_a_group_without_an_open_link_is_refused() {
     // by a member lets an outsider build an external commit, which every
     // member refuses.
     for with_admins in [false, true] {
-        let (a, b, c, _, group) = if with_admins { admin_trio(false) } else { trio() };
+        let (a, b, c, _, group) = if with_admins {
+            admin_trio(false)
+        } else {
+            trio()
+        };
         let d = device("dora");
         let dir = Directory::of(&[&a, &b, &c, &d]);
         let commit = raw_external_commit(&d, &group, &a);
@@ -777,9 +820,14 @@ fn an_external_commit_to_a_group_without_an_open_link_is_refused() {
         invite: None,
         ..admin_policy(&group).unwrap().unwrap()
     };
-    let pending =
-        set_admin_policy(&a.provider, &mut group, &a.account.device, &user("anna"), &policy)
-            .unwrap();
+    let pending = set_admin_policy(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        &user("anna"),
+        &policy,
+    )
+    .unwrap();
     accept(&a, &mut group);
     for member in [&b, &c] {
         process(&member.provider, &pending.commit, &dir).unwrap();
@@ -801,7 +849,11 @@ fn only_an_admin_opens_an_invite_link() {
         ..admin_policy(&ben).unwrap().unwrap()
     };
     let (commit, _, _) = ben
-        .update_group_context_extensions(&b.provider, policy.extensions().unwrap(), &b.account.device)
+        .update_group_context_extensions(
+            &b.provider,
+            policy.extensions().unwrap(),
+            &b.account.device,
+        )
         .unwrap();
     for d in [&a, &c] {
         let err = process(&d.provider, &serialize(&commit).unwrap(), &dir).unwrap_err();

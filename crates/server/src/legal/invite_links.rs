@@ -41,5 +41,8 @@ pub async fn close_invite_links<S: LegalStore + InviteLinkStore>(
     let (closed, record) = store
         .close_invite_links(group_id.clone(), today, plan)
         .await?;
-    Ok((closed, ReportEntry::from_record(record.clone(), record.seq)?))
+    Ok((
+        closed,
+        ReportEntry::from_record(record.clone(), record.seq)?,
+    ))
 }

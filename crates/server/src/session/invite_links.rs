@@ -77,10 +77,12 @@ impl<S: Store> Session<S> {
             Some(link_budget_key(&link_id)),
         )?;
         let info = self.ctx.store.invite_group_info(link_id).await?;
-        Ok(Some(response::Result::InviteGroupInfo(v1::InviteGroupInfo {
-            group_id: info.group_id.as_bytes().to_vec(),
-            epoch: info.epoch,
-            sealed_group_info: info.sealed,
-        })))
+        Ok(Some(response::Result::InviteGroupInfo(
+            v1::InviteGroupInfo {
+                group_id: info.group_id.as_bytes().to_vec(),
+                epoch: info.epoch,
+                sealed_group_info: info.sealed,
+            },
+        )))
     }
 }

@@ -128,8 +128,7 @@ impl<S: Store> Session<S> {
             )?;
             Some(link_id)
         };
-        if invite_link.is_none() && sotto_proto::mls_framing::is_new_member_commit(&commit.commit)
-        {
+        if invite_link.is_none() && sotto_proto::mls_framing::is_new_member_commit(&commit.commit) {
             return Err(mismatched_framing(
                 "an external commit must name the invite link that admits it".to_owned(),
             ));

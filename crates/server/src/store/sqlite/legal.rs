@@ -77,7 +77,10 @@ fn exported_account(
     }))
 }
 
-pub(super) fn insert_report_entry(conn: &Connection, entry: &ReportRecord) -> Result<(), StoreError> {
+pub(super) fn insert_report_entry(
+    conn: &Connection,
+    entry: &ReportRecord,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, signature) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
