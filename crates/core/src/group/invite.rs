@@ -305,7 +305,7 @@ pub fn join_by_link(
 pub fn external_commit(
     provider: &impl OpenMlsProvider,
     account: &Account,
-    info: VerifiableGroupInfo,
+    info: openmls::messages::group_info::VerifiableGroupInfo,
     name: String,
 ) -> Result<(MlsGroup, ExternalJoin), GroupError> {
     let peer = |what: &str| GroupError::PeerMisbehaved(format!("invite link group info: {what}"));
