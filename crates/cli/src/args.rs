@@ -361,6 +361,20 @@ pub(crate) enum GroupCommand {
         #[arg(long, value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set, required = true)]
         read_only: bool,
     },
+    /// Open an invite link for a group with admins and print it (or print
+    /// the one it has). Only an admin may. Anyone with the link can join
+    /// (`sotto group join LINK`), in plain sight of every member, until the
+    /// server's operator closes it.
+    Invite {
+        name: String,
+        /// Close the group's link instead: every member refuses joiners by
+        /// it from then on (run `invite` again for a new one).
+        #[arg(long)]
+        close: bool,
+    },
+    /// Join a group by an invite link (`sotto+invite://SERVER/LINK_ID#SECRET`).
+    /// You read what is sent from then on, not what came before.
+    Join { link: String },
     /// Add a user (all their devices) to a group.
     Add { name: String, username: String },
     /// Remove a user (all their devices) from a group.

@@ -525,6 +525,35 @@ async fn group(profile: &std::path::Path, command: GroupCommand, out: &Printer) 
                 &serde_json::json!({ "group": name, "read_only": read_only }),
             );
         }
+        GroupCommand::Invite { name, close: true } => {
+            let closed = client.close_invite_link(&name).await?;
+            let text = if closed {
+                format!("closed the invite link of {name}")
+            } else {
+                format!("{name} has no invite link")
+            };
+            out.line(
+                &text,
+                &serde_json::json!({ "group": name, "invite_link_closed": closed }),
+            );
+        }
+        GroupCommand::Invite { name, close: false } => {
+            let link = client.create_invite_link(&name).await?;
+            out.line(
+                &link,
+                &serde_json::json!({ "group": name, "invite_link": link }),
+            );
+        }
+        GroupCommand::Join { link } => {
+            let (name, entries) = client.join_invite_link(&link).await?;
+            for entry in &entries {
+                out.entry(entry);
+            }
+            out.line(
+                &format!("joined {name}"),
+                &serde_json::json!({ "joined": name }),
+            );
+        }
         GroupCommand::Add { name, username } => {
             client.add_member(&name, &username).await?;
             out.line(

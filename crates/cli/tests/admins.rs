@@ -107,3 +107,76 @@ fn an_admin_removes_a_member_deletes_a_message_and_runs_an_announcement_channel(
     ok(cyd, &["send", "--group", "news", "thanks"]);
     assert_eq!(texts(&ok(ann, &["sync", "--json"])), ["thanks"]);
 }
+
+/// `sotto-server …` on the data directory; (success, stdout, stderr).
+fn operator(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(sotto_testkit::binary("sotto-server"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_invite_link_admits_a_new_member_until_the_operator_closes_it() {
+    let data = TempDir::new().unwrap();
+    let server = ServerProcess::spawn(data.path());
+    let dirs: Vec<TempDir> = (0..4).map(|_| TempDir::new().unwrap()).collect();
+    let (ann, bob, cyd, dan) = (
+        dirs[0].path(),
+        dirs[1].path(),
+        dirs[2].path(),
+        dirs[3].path(),
+    );
+    for (dir, name) in [(ann, "ann"), (bob, "bob"), (cyd, "cyd"), (dan, "dan")] {
+        ok(dir, &["register", name, "--server", server.url()]);
+    }
+    ok(
+        ann,
+        &["group", "create", "club", "--members", "bob", "--admins"],
+    );
+    ok(bob, &["sync"]);
+    ok(ann, &["send", "--group", "club", "before cyd"]);
+    ok(bob, &["sync"]);
+    let err = fails(bob, &["group", "invite", "club"]);
+    assert!(err.contains("only an admin"), "{err}");
+    let link = ok(ann, &["group", "invite", "club"]).trim().to_owned();
+    assert!(link.starts_with("sotto+invite://"), "{link}");
+
+    let joined = ok(cyd, &["group", "join", &link]);
+    assert!(joined.contains("joined club"), "{joined}");
+    let synced = ok(bob, &["sync"]);
+    assert!(synced.contains("cyd joined by invite link"), "{synced}");
+    ok(ann, &["send", "--group", "club", "welcome cyd"]);
+    assert_eq!(texts(&ok(cyd, &["sync", "--json"])), ["welcome cyd"]);
+    let history = ok(cyd, &["history", "--group", "club"]);
+    assert!(!history.contains("before cyd"), "{history}");
+
+    // The operator closes the group's links: Dan is refused.
+    let group_id: Vec<u8> = sotto_testkit::wire::open_db(data.path())
+        .query_row("SELECT group_id FROM invite_links", [], |r| r.get(0))
+        .unwrap();
+    let (closed, stdout, stderr) = operator(
+        data.path(),
+        &["invite-link", "close", &hex::encode(&group_id)],
+    );
+    assert!(closed, "{stderr}");
+    assert!(stdout.contains("closed 1 invite link"), "{stdout}");
+    let err = fails(dan, &["group", "join", &link]);
+    assert!(err.contains("closed by the server's operator"), "{err}");
+    let (again, _, stderr) = operator(
+        data.path(),
+        &["invite-link", "close", &hex::encode(&group_id)],
+    );
+    assert!(!again, "closing twice records nothing");
+    assert!(stderr.contains("no open invite link"), "{stderr}");
+    let (verified, report, stderr) = operator(data.path(), &["legal", "report"]);
+    assert!(verified, "{stderr}");
+    assert!(report.contains("invite-link-close"), "{report}");
+}

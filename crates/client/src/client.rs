@@ -19,7 +19,7 @@ use crate::profile::{MemberInfo, Profile, Stored, now_ms, open_new_profile};
 use crate::session::{Anonymous, AnonymousConnection, Session, login_request};
 use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
-use crate::{chat, conversations, membership, own_account, receipts, receive};
+use crate::{chat, conversations, invite_links, membership, own_account, receipts, receive};
 use rusqlite::Connection;
 use sotto_core::attachment;
 use sotto_core::group::AdminPolicy;
@@ -691,6 +691,36 @@ impl Client {
     /// may remove others).
     pub fn group_admins(&self, name: &str) -> Result<Option<AdminPolicy>, ClientError> {
         self.profile.admin_policy(ConversationKind::Group, name)
+    }
+
+    /// Opens an invite link for the group `name` and returns it
+    /// (`sotto+invite://SERVER/LINK_ID#SECRET`), or returns the one it has.
+    /// Only an admin may; anyone holding the link can join until an admin
+    /// or the server's operator closes it (docs/PUBLIC_GROUPS.md).
+    pub async fn create_invite_link(&mut self, name: &str) -> Result<String, ClientError> {
+        let server_url = self.server_url.clone();
+        self.connected(async |s| invite_links::create_invite_link(s, name, &server_url).await)
+            .await
+    }
+
+    /// Closes the invite link of the group `name`: every member refuses
+    /// joiners by it from then on. Only an admin may. `false` if it had
+    /// none. A later [`Client::create_invite_link`] opens a new one.
+    pub async fn close_invite_link(&mut self, name: &str) -> Result<bool, ClientError> {
+        self.connected(async |s| invite_links::close_invite_link(s, name).await)
+            .await
+    }
+
+    /// Joins a group by its invite link, after checking every member
+    /// against the key log. Returns the conversation's name and its first
+    /// history line; every member sees "… joined by invite link".
+    pub async fn join_invite_link(
+        &mut self,
+        link: &str,
+    ) -> Result<(String, Vec<HistoryEntry>), ClientError> {
+        let server_url = self.server_url.clone();
+        self.connected(async |s| invite_links::join_by_invite_link(s, link, &server_url).await)
+            .await
     }
 
     /// Adds `username` (all their devices) to the group `name`.

@@ -19,6 +19,7 @@ mod devices;
 mod directory_audit;
 pub mod endpoint;
 mod inbound;
+mod invite_links;
 mod key_packages;
 mod keys;
 mod membership;

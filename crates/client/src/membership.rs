@@ -437,7 +437,14 @@ pub(crate) async fn commit_with_retry(
             .submit(s.profile, &mut s.anonymous, &outgoing)
             .await?
         {
-            CommitOutcome::Accepted => return Ok(()),
+            CommitOutcome::Accepted => {
+                // A group with an open invite link: joiners need the
+                // GroupInfo of the epoch this commit started.
+                if let Err(e) = crate::invite_links::publish_group_info(s, group_id).await {
+                    tracing::warn!("could not publish the group info for its invite link: {e}");
+                }
+                return Ok(());
+            }
             CommitOutcome::Rejected { .. } => {
                 drain(s).await?;
             }

@@ -103,6 +103,7 @@ impl Outgoing {
                 send_token: pending.send_token,
                 next_token_hash: pending.next_token_hash,
                 more_recipients: false,
+                invite_link_id: Vec::new(),
             }),
         }
     }

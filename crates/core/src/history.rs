@@ -20,6 +20,9 @@ pub fn roster_lines(reader: &MemberId, actor: &str, change: &RosterChange) -> Ve
     for device in own_devices {
         lines.push(format!("{actor} added your device {}", device.device_id));
     }
+    for m in &change.joined {
+        lines.push(format!("{} joined by invite link", m.username));
+    }
     for m in &change.left {
         lines.push(format!("{} left", m.username));
     }
@@ -74,12 +77,14 @@ mod tests {
             added: vec![member("ben", 2), member("cleo", 3), member("anna", 4)],
             removed: vec![me.clone(), member("anna", 5), member("dora", 6)],
             left: vec![member("eve", 7)],
+            joined: vec![member("fay", 8)],
         };
         assert_eq!(
             roster_lines(&me, "ben", &change),
             [
                 "ben added ben, cleo".to_owned(),
                 format!("ben added your device {}", hex::encode([4; 16])),
+                "fay joined by invite link".to_owned(),
                 "eve left".to_owned(),
                 "ben removed you".to_owned(),
                 format!("ben removed your device {}", hex::encode([5; 16])),

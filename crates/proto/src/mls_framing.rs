@@ -178,6 +178,26 @@ pub fn application_aad(bytes: &[u8]) -> Option<&[u8]> {
     r.vector().ok()
 }
 
+/// Whether the bytes are a `PublicMessage` commit whose sender is a new
+/// member (`new_member_commit`, RFC 9420 §6): an external commit, which a
+/// joiner sends by invite link. The server reads it to route such a commit
+/// to the link's checks and every other commit to the capability's.
+pub fn is_new_member_commit(bytes: &[u8]) -> bool {
+    fn read(r: &mut Reader<'_>) -> Result<bool, FramingError> {
+        if r.u16()? != MLS10 || r.u16()? != PUBLIC_MESSAGE {
+            return Ok(false);
+        }
+        r.vector()?; // group_id
+        r.u64()?; // epoch
+        if r.u8()? != 4 {
+            return Ok(false);
+        }
+        r.vector()?; // authenticated_data
+        Ok(r.content_type()? == ContentType::Commit)
+    }
+    read(&mut Reader(bytes)).unwrap_or(false)
+}
+
 /// Appends `bytes` as a variable-length vector (RFC 9420 §2.1.2).
 fn push_vector(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = bytes.len();
@@ -267,6 +287,24 @@ mod tests {
         out.push(content_type);
         out.extend_from_slice(&[0, 1, 0xaa, 0x40, 2, 0xbb, 0xcc]);
         out
+    }
+
+    #[test]
+    fn tells_a_new_member_commit_from_other_messages() {
+        let public = |sender: &[u8], content_type: u8| {
+            let mut out = vec![0, 1, 0, 1, 5];
+            out.extend_from_slice(b"group");
+            out.extend_from_slice(&7u64.to_be_bytes());
+            out.extend_from_slice(sender);
+            out.push(0); // authenticated_data
+            out.push(content_type);
+            out
+        };
+        assert!(is_new_member_commit(&public(&[4], 3)));
+        assert!(!is_new_member_commit(&public(&[4], 2)));
+        assert!(!is_new_member_commit(&public(&[1, 0, 0, 0, 1], 3)));
+        assert!(!is_new_member_commit(&private(b"group", 7, 3)));
+        assert!(!is_new_member_commit(&public(&[4], 3)[..10]));
     }
 
     #[test]

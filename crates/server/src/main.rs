@@ -14,6 +14,7 @@ use sotto_server::config_file::{self, FileConfig};
 use sotto_server::{RegistrationPolicy, Server, ServerConfig};
 
 mod admin_cli;
+mod invite_link_cli;
 mod legal_cli;
 mod moderation_cli;
 
@@ -321,6 +322,12 @@ enum Command {
         #[command(subcommand)]
         command: moderation_cli::ModerationCommand,
     },
+    /// Invite links of public groups: close every link of a group (counted
+    /// in the signed transparency report).
+    InviteLink {
+        #[command(subcommand)]
+        command: invite_link_cli::InviteLinkCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions { shell: clap_complete::Shell },
@@ -419,6 +426,7 @@ fn main() -> ExitCode {
         Some(Command::Stats { data }) => report(admin_cli::stats(&data)),
         Some(Command::Account { command }) => report(admin_cli::account(command)),
         Some(Command::Moderation { command }) => report(moderation_cli::moderation(command)),
+        Some(Command::InviteLink { command }) => report(invite_link_cli::invite_link(command)),
         Some(Command::Completions { shell }) => {
             // Into a buffer: clap_complete panics if stdout closes early.
             let mut script = Vec::new();

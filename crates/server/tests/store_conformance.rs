@@ -74,6 +74,7 @@ mod conformance {
             commit: envelope(id, recipients, b"commit"),
             welcome: None,
             now: 1_000,
+            invite_link: None,
         }
     }
 
@@ -256,6 +257,122 @@ mod conformance {
         ));
         assert_eq!(store.group_epoch(&g).await.unwrap(), Some(3));
         assert_eq!(store.stats().await.unwrap(), before);
+    }
+
+    /// Invite links: a member publishes with the current capability and
+    /// epoch, the link id stays bound to its group, a joiner's external
+    /// commit is admitted only by an open link of its group, and closing
+    /// refuses everything of the group's links, recorded atomically.
+    pub async fn invite_links_admit_until_closed<S: Store + sotto_server::store::LegalStore>(
+        store: S,
+    ) {
+        use sotto_server::store::{
+            GroupInfoPublication, InviteLinkError, ReportRecord, StoreError,
+        };
+        store.register(account("alice", 1)).await.unwrap();
+        let g = with_group(&store, "g").await;
+        let publication = |link: u8, epoch: u64, sealed: &[u8]| GroupInfoPublication {
+            link_id: [link; 16],
+            group_id: g.clone(),
+            epoch,
+            token_hash: TOKEN_HASH,
+            sealed: sealed.to_vec(),
+            now: 1_000,
+        };
+        let outsider = GroupInfoPublication {
+            token_hash: [1; 32],
+            ..publication(1, 1, b"v1")
+        };
+        assert!(matches!(
+            store.publish_group_info(outsider).await,
+            Err(InviteLinkError::NotAuthorized)
+        ));
+        assert!(matches!(
+            store.publish_group_info(publication(1, 0, b"v0")).await,
+            Err(InviteLinkError::StaleEpoch {
+                submitted: 0,
+                current: 1
+            })
+        ));
+        assert!(matches!(
+            store.invite_group_info([1; 16]).await,
+            Err(InviteLinkError::UnknownLink)
+        ));
+        store
+            .publish_group_info(publication(1, 1, b"v1"))
+            .await
+            .unwrap();
+        let info = store.invite_group_info([1; 16]).await.unwrap();
+        assert_eq!(
+            (&info.group_id, info.epoch, info.sealed.as_slice()),
+            (&g, 1, &b"v1"[..])
+        );
+        // A link id stays bound to its group.
+        let h = with_group(&store, "h").await;
+        let moved = GroupInfoPublication {
+            group_id: h,
+            ..publication(1, 1, b"x")
+        };
+        assert!(matches!(
+            store.publish_group_info(moved).await,
+            Err(InviteLinkError::NotAuthorized)
+        ));
+
+        // A joiner's external commit: only by an open link of the group.
+        let join = |id: u8, link: u8, epoch: u64| CommitSubmission {
+            token_hash: None,
+            invite_link: Some([link; 16]),
+            ..commit(&g, epoch, id, &[1])
+        };
+        assert!(matches!(
+            store.submit_commit(join(30, 9, 1)).await,
+            Err(CommitError::NotAuthorized)
+        ));
+        let accepted = store.submit_commit(join(31, 1, 1)).await.unwrap();
+        assert_eq!(accepted.new_epoch, 2);
+        store
+            .publish_group_info(publication(1, 2, b"v2"))
+            .await
+            .unwrap();
+
+        let entry = ReportRecord {
+            seq: 1,
+            request_id: "R-1".into(),
+            day: 20_001,
+            kind: "invite-link-close".into(),
+            accounts: 0,
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+            signature: vec![2; 64],
+        };
+        let kept = entry.clone();
+        let (closed, recorded) = store
+            .close_invite_links(g.clone(), 20_001, move |snapshot| {
+                assert_eq!(snapshot.open_links, 1);
+                assert!(snapshot.last_entry.is_none());
+                Ok::<_, StoreError>(kept)
+            })
+            .await
+            .unwrap();
+        assert_eq!((closed, &recorded), (1, &entry));
+        assert_eq!(store.report_entries().await.unwrap(), [entry]);
+        assert!(matches!(
+            store.invite_group_info([1; 16]).await,
+            Err(InviteLinkError::Closed)
+        ));
+        assert!(matches!(
+            store.submit_commit(join(32, 1, 2)).await,
+            Err(CommitError::InviteLinkClosed)
+        ));
+        // No link of the group is published again, old or new.
+        for link in [1, 5] {
+            assert!(matches!(
+                store.publish_group_info(publication(link, 2, b"v3")).await,
+                Err(InviteLinkError::Closed)
+            ));
+        }
+        // Members go on committing with their capability.
+        store.submit_commit(commit(&g, 2, 33, &[1])).await.unwrap();
     }
 
     pub async fn enqueue_is_idempotent_and_stores_the_payload_once<S: Store>(store: S) {
@@ -1434,6 +1551,7 @@ macro_rules! store_conformance_tests {
                 disappearing_messages_are_deleted_at_expiry,
                 check_send_checks_and_stores_nothing,
                 dead_groups_expire_with_the_retention_period,
+                invite_links_admit_until_closed,
             );
             store_conformance_tests!(@log_cases $make;
                 log_append_is_atomic_with_register,

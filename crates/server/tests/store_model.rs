@@ -1107,6 +1107,7 @@ async fn step<S: Store>(store: &S, model: &mut Model, op: &Op) -> Result<(), Tes
                     commit: commit.envelope(),
                     welcome: welcome.as_ref().map(EnvelopeSpec::envelope),
                     now: model.now,
+                    invite_link: None,
                 })
                 .await;
             let expected =

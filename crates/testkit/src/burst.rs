@@ -51,6 +51,7 @@ pub async fn prepare(store: &SqliteStore) -> GroupId {
             },
             welcome: None,
             now: 1_000,
+            invite_link: None,
         })
         .await
         .expect("create group");

@@ -19,7 +19,10 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto_client::ClientError;
 use sotto_client::transport::{Next, Push, Transport};
 use sotto_core::content::{self, AppContent, Body};
-use sotto_core::group::{self, CheckedKeyPackage, Inbound, KeyCheck, KeyDirectory, PendingCommit};
+use sotto_core::group::{
+    self, CheckedKeyPackage, ExternalJoin, Inbound, InviteLink, KeyCheck, KeyDirectory,
+    PendingCommit,
+};
 use sotto_core::identity::{Account, DeviceId, MemberId, Username};
 use sotto_proto::v1::{
     self, ClaimKeyPackages, Register, SendMessage, SubmitCommit, UploadKeyPackages,
@@ -208,6 +211,7 @@ impl Mallory {
             send_token: pending.send_token,
             next_token_hash: pending.next_token_hash,
             more_recipients: false,
+            invite_link_id: Vec::new(),
         });
         let result = self.request(request).await;
         if result.is_ok() {
@@ -246,6 +250,81 @@ impl Mallory {
             next_token_hash: group::token_hash(&next),
         };
         self.submit(group, pending).await
+    }
+
+    /// Fetches the sealed GroupInfo published for an invite link (anyone
+    /// who knows the link id can).
+    pub async fn fetch_group_info(
+        &mut self,
+        link_id: &[u8],
+    ) -> Result<v1::InviteGroupInfo, ClientError> {
+        let request = Request::FetchGroupInfo(v1::FetchGroupInfo {
+            link_id: link_id.to_vec(),
+        });
+        match self.request(request).await? {
+            response::Result::InviteGroupInfo(info) => Ok(info),
+            other => panic!("a fetch answered with {other:?}"),
+        }
+    }
+
+    /// Builds her external commit by invite link from a fetched GroupInfo,
+    /// trusting every key (a modified client), as her current `account`.
+    pub fn build_join(&self, link: &InviteLink, info: &v1::InviteGroupInfo) -> ExternalJoin {
+        group::join_by_link(
+            &self.provider,
+            &self.account,
+            link,
+            info.epoch,
+            &info.sealed_group_info,
+            &TrustAll,
+        )
+        .expect("join")
+    }
+
+    /// Her external commit into the group of a GroupInfo she got some
+    /// other way (from a member), checking nothing.
+    pub fn external_commit(&self, info: &MlsMessageOut) -> ExternalJoin {
+        use openmls::prelude::tls_codec::DeserializeBytes as _;
+        let bytes = info.tls_serialize_detached().expect("serialize");
+        let MlsMessageBodyIn::GroupInfo(info) = MlsMessageIn::tls_deserialize_exact_bytes(&bytes)
+            .expect("group info")
+            .extract()
+        else {
+            panic!("not a GroupInfo");
+        };
+        group::external_commit(&self.provider, &self.account, info, String::new())
+            .expect("external commit")
+            .1
+    }
+
+    /// Submits an external commit naming the invite link `link_id`.
+    pub async fn submit_join(
+        &mut self,
+        link_id: &[u8],
+        join: &ExternalJoin,
+    ) -> Result<response::Result, ClientError> {
+        self.request(Request::SubmitCommit(SubmitCommit {
+            message_id: random_id(),
+            group_id: join.group_id.clone(),
+            epoch: join.epoch,
+            recipients: ids(&join.recipients),
+            commit: join.commit.clone(),
+            next_token_hash: join.next_token_hash.clone(),
+            invite_link_id: link_id.to_vec(),
+            ..SubmitCommit::default()
+        }))
+        .await
+    }
+
+    /// Joins by invite link with a modified client: fetches, opens and
+    /// builds trusting every key, and submits.
+    pub async fn join_by_link(
+        &mut self,
+        link: &InviteLink,
+    ) -> Result<response::Result, ClientError> {
+        let info = self.fetch_group_info(&link.id()).await?;
+        let join = self.build_join(link, &info);
+        self.submit_join(&link.id(), &join).await
     }
 
     /// The group's current send capability.

@@ -1063,3 +1063,318 @@ on_each_backend! {
         .await;
     }
 }
+
+// ------------------------------------------------------------ invite links
+//
+// A public group's invite link (docs/PUBLIC_GROUPS.md): Alice, its admin,
+// opens one; anyone with it joins by an external commit, in plain sight;
+// the server's operator can close it. Eve is an outsider with a modified
+// client.
+
+/// The operator runs `sotto-server invite-link close` on the deployment's
+/// store: how many links it closed. Also checks the transparency report
+/// counts the closure.
+async fn operator_closes_invite_links(deployment: &Deployment, group_id: &[u8]) -> u64 {
+    use sotto_server::store::{AnyStore, GroupId, LegalStore as _, StoreLocation};
+    let location = match deployment.cluster() {
+        Some(cluster) => StoreLocation::Postgres(cluster.db().url().to_owned()),
+        None => StoreLocation::Sqlite(deployment.single().unwrap().data_dir().to_path_buf()),
+    };
+    let store = AnyStore::open_existing(&location).await.unwrap();
+    let group_id = GroupId::from_slice(group_id).unwrap();
+    let (closed, entry) =
+        sotto_server::legal::close_invite_links(&store, &group_id, "abuse-7", 20_000)
+            .await
+            .unwrap();
+    assert_eq!(entry.kind, "invite-link-close");
+    let reported = store.report_entries().await.unwrap();
+    assert_eq!(
+        reported
+            .iter()
+            .filter(|r| r.kind == "invite-link-close")
+            .count(),
+        1
+    );
+    // Closing again closes nothing and records nothing.
+    assert!(
+        sotto_server::legal::close_invite_links(&store, &group_id, "again", 20_000)
+            .await
+            .is_err()
+    );
+    store.close().await;
+    closed
+}
+
+fn parse_link(link: &str) -> group::InviteLink {
+    group::InviteLink::parse_url(link).unwrap().1
+}
+
+on_each_backend! {
+    /// Carol, who is in no group with anyone, joins by the link: every
+    /// member sees "carol joined by invite link", and she reads what is
+    /// sent from then on, not before. Only an admin opens a link.
+    async fn an_invite_link_admits_a_new_member_who_reads_only_new_messages(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            t.alice.send_group("team", "before carol").await.unwrap();
+            t.bob.sync().await.unwrap();
+            let err = t.bob.create_invite_link("team").await.unwrap_err();
+            assert!(err.to_string().contains("only an admin"), "{err}");
+            let link = t.alice.create_invite_link("team").await.unwrap();
+            assert!(link.starts_with("sotto+invite://"), "{link}");
+            assert_eq!(t.alice.create_invite_link("team").await.unwrap(), link);
+
+            let (mut carol, _c) = register(&t.deployment.url(), "carol").await;
+            let (name, lines) = carol.join_invite_link(&link).await.unwrap();
+            assert_eq!(name, "team");
+            assert!(
+                lines.iter().any(|l| l.text == "you joined team by invite link"),
+                "{lines:?}"
+            );
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(warnings(&got).is_empty(), "{got:?}");
+                assert!(
+                    got.iter().any(|e| e.text == "carol joined by invite link"),
+                    "{got:?}"
+                );
+                assert!(roster(client, "team").iter().any(|(u, _)| u == "carol"));
+            }
+            assert_eq!(roster(&carol, "team"), roster(&t.alice, "team"));
+            // New messages only.
+            still_works(&mut t.alice, &mut carol, "welcome, carol").await;
+            let history = carol.history(ConversationKind::Group, "team").unwrap();
+            assert!(
+                history.iter().all(|e| !e.text.contains("before carol")),
+                "{history:?}"
+            );
+            // A full member: she posts and commits like anyone.
+            carol.send_group("team", "hi all").await.unwrap();
+            assert_eq!(
+                texts(&t.bob.sync().await.unwrap()),
+                ["welcome, carol", "hi all"]
+            );
+            carol.update_keys("team").await.unwrap();
+            still_works(&mut t.bob, &mut carol, "still in sync").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// After `sotto-server invite-link close`, the server refuses the link:
+    /// an honest joiner is told so, and an external commit Eve built while
+    /// it was open is refused too. Nobody joins; the group goes on.
+    async fn once_the_operator_closes_an_invite_link_it_admits_no_one(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let link = t.alice.create_invite_link("team").await.unwrap();
+            t.bob.sync().await.unwrap();
+            let parsed = parse_link(&link);
+            let mut eve = Mallory::register(&t.deployment.url(), "eve").await;
+            let info = eve.fetch_group_info(&parsed.id()).await.unwrap();
+            let early = eve.build_join(&parsed, &info);
+
+            let group_id = t.group.group_id().as_slice().to_vec();
+            assert_eq!(operator_closes_invite_links(&t.deployment, &group_id).await, 1);
+
+            let err = eve.submit_join(&parsed.id(), &early).await.unwrap_err();
+            assert!(
+                matches!(&err, sotto_client::ClientError::Server(e)
+                    if e.code == ErrorCode::InviteLinkClosed as i32),
+                "{err}"
+            );
+            let err = eve.fetch_group_info(&parsed.id()).await.unwrap_err();
+            assert!(err.to_string().contains("closed by the server's operator"), "{err}");
+            let (mut dave, _d) = register(&t.deployment.url(), "dave").await;
+            let err = dave.join_invite_link(&link).await.unwrap_err();
+            assert!(err.to_string().contains("closed by the server's operator"), "{err}");
+            assert!(dave.groups().unwrap().is_empty());
+
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(warnings(&got).is_empty(), "{got:?}");
+                assert!(got.iter().all(|e| !e.text.contains("joined")), "{got:?}");
+                assert_eq!(roster(client, "team").len(), 3);
+            }
+            still_works(&mut t.alice, &mut t.bob, "still here").await;
+            // The group gets no link back: publishing is refused too.
+            let err = t.alice.create_invite_link("team").await.unwrap_err();
+            assert!(err.to_string().contains("closed by the server's operator"), "{err}");
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// A link with a wrong secret, and a GroupInfo Mallory (a member)
+    /// overwrote with garbage: the join fails clearly, and nothing is
+    /// joined. The next member's commit publishes a good one again.
+    async fn a_tampered_group_info_or_a_wrong_secret_fails_clearly(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let link = t.alice.create_invite_link("team").await.unwrap();
+            let (mut dave, _d) = register(&t.deployment.url(), "dave").await;
+            let mut wrong = link.clone();
+            let last = wrong.pop().unwrap();
+            wrong.push(if last == '0' { '1' } else { '0' });
+            let err = dave.join_invite_link(&wrong).await.unwrap_err();
+            assert!(err.to_string().contains("does not open"), "{err}");
+            assert!(dave.groups().unwrap().is_empty());
+
+            t.mallory.sync().await;
+            let group_id = t.group.group_id().as_slice().to_vec();
+            t.group = t.mallory.load(&group_id);
+            let publish = v1::PublishGroupInfo {
+                group_id: group_id.clone(),
+                link_id: parse_link(&link).id().to_vec(),
+                epoch: t.group.epoch().as_u64(),
+                sealed_group_info: vec![0x42; 300],
+                send_token: t.mallory.capability(&t.group),
+            };
+            t.mallory
+                .request(client_frame::Body::PublishGroupInfo(publish))
+                .await
+                .unwrap();
+            let err = dave.join_invite_link(&link).await.unwrap_err();
+            assert!(err.to_string().contains("does not open"), "{err}");
+            assert!(dave.groups().unwrap().is_empty());
+
+            t.alice.update_keys("team").await.unwrap();
+            dave.join_invite_link(&link).await.unwrap();
+            let got = t.bob.sync().await.unwrap();
+            assert!(got.iter().any(|e| e.text == "dave joined by invite link"), "{got:?}");
+            still_works(&mut t.bob, &mut dave, "hello dave").await;
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Mallory (a member, not an admin) binds a link id of her own to the
+    /// group (the server checks only her capability) and hands Eve the
+    /// GroupInfo: the server accepts Eve's external commit, but the group's
+    /// policy names no open link, so every member refuses it.
+    async fn members_refuse_an_external_commit_to_a_group_without_an_open_link(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let group_id = t.group.group_id().as_slice().to_vec();
+            let fake = [9u8; 16];
+            let publish = v1::PublishGroupInfo {
+                group_id: group_id.clone(),
+                link_id: fake.to_vec(),
+                epoch: t.group.epoch().as_u64(),
+                sealed_group_info: vec![1; 64],
+                send_token: t.mallory.capability(&t.group),
+            };
+            t.mallory
+                .request(client_frame::Body::PublishGroupInfo(publish))
+                .await
+                .unwrap();
+            let info = t
+                .group
+                .export_group_info(t.mallory.provider.crypto(), &t.mallory.account.device, true)
+                .unwrap();
+            let mut eve = Mallory::register(&t.deployment.url(), "eve").await;
+            let join = eve.external_commit(&info);
+            eve.submit_join(&fake, &join).await.unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(
+                    warnings(&got)
+                        .iter()
+                        .any(|w| w.contains("eve") && w.contains("no open invite link")),
+                    "{got:?}"
+                );
+                assert!(got.iter().all(|e| !e.text.contains("joined")), "{got:?}");
+                // The conversation stopped (as for any refused commit),
+                // without eve in it.
+                assert!(client.members("team").is_err() || roster(client, "team").iter().all(|(u, _)| u != "eve"));
+            }
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Eve joins by a real link with a device the key log does not list
+    /// for her (a server could plant one): every member refuses it as a
+    /// ghost, naming her.
+    async fn a_joiner_whose_device_is_not_in_the_key_log_is_refused(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let link = t.alice.create_invite_link("team").await.unwrap();
+            t.bob.sync().await.unwrap();
+            let mut eve = Mallory::register(&t.deployment.url(), "eve").await;
+            eve.account = sotto_core::identity::Account::generate(Username::parse("eve").unwrap());
+            eve.join_by_link(&parse_link(&link)).await.unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(
+                    warnings(&got).iter().any(|w| w.contains("eve")),
+                    "{got:?}"
+                );
+                assert!(got.iter().all(|e| !e.text.contains("joined")), "{got:?}");
+                // The conversation stopped (as for any refused commit),
+                // without eve in it.
+                assert!(client.members("team").is_err() || roster(client, "team").iter().all(|(u, _)| u != "eve"));
+            }
+        })
+        .await;
+    }
+}
+
+on_each_backend! {
+    /// Alice (an admin) closes the link herself: a join built before is for
+    /// an old epoch, which the server refuses; a GroupInfo Mallory leaks
+    /// lets Eve build a current one, which the server accepts (its row is
+    /// still open) but every member refuses: the policy names no link.
+    async fn after_an_admin_closes_the_link_members_refuse_joiners_by_it(deployment) {
+        within(async {
+            let mut t = admin_team(deployment, false).await;
+            let link = t.alice.create_invite_link("team").await.unwrap();
+            let parsed = parse_link(&link);
+            let mut eve = Mallory::register(&t.deployment.url(), "eve").await;
+            let info = eve.fetch_group_info(&parsed.id()).await.unwrap();
+            let early = eve.build_join(&parsed, &info);
+            let err = t.bob.close_invite_link("team").await.unwrap_err();
+            assert!(err.to_string().contains("only an admin"), "{err}");
+            assert!(t.alice.close_invite_link("team").await.unwrap());
+            assert!(!t.alice.close_invite_link("team").await.unwrap());
+
+            let err = eve.submit_join(&parsed.id(), &early).await.unwrap_err();
+            assert!(
+                matches!(&err, sotto_client::ClientError::Server(e)
+                    if e.code == ErrorCode::StaleEpoch as i32),
+                "{err}"
+            );
+            let (mut dave, _d) = register(&t.deployment.url(), "dave").await;
+            let err = dave.join_invite_link(&link).await.unwrap_err();
+            assert!(err.to_string().contains("out of date"), "{err}");
+
+            t.mallory.sync().await;
+            let group_id = t.group.group_id().as_slice().to_vec();
+            t.group = t.mallory.load(&group_id);
+            let leaked = t
+                .group
+                .export_group_info(t.mallory.provider.crypto(), &t.mallory.account.device, true)
+                .unwrap();
+            let mut zed = Mallory::register(&t.deployment.url(), "zed").await;
+            let join = zed.external_commit(&leaked);
+            zed.submit_join(&parsed.id(), &join).await.unwrap();
+            for client in [&mut t.alice, &mut t.bob] {
+                let got = client.sync().await.unwrap();
+                assert!(
+                    warnings(&got)
+                        .iter()
+                        .any(|w| w.contains("zed") && w.contains("no open invite link")),
+                    "{got:?}"
+                );
+                // The conversation stopped (as for any refused commit),
+                // without zed in it.
+                assert!(client.members("team").is_err() || roster(client, "team").iter().all(|(u, _)| u != "zed"));
+            }
+        })
+        .await;
+    }
+}

@@ -22,6 +22,7 @@
 //!
 //! Any member may add members, as in a flat group.
 
+use super::invite::InviteLink;
 use super::{GroupError, mls};
 use crate::identity::Username;
 use openmls::prelude::*;
@@ -42,11 +43,16 @@ pub struct AdminPolicy {
     pub admins: Vec<Username>,
     /// Only admins may post (an announcement channel).
     pub read_only: bool,
+    /// The group's open invite link (`super::invite`): while it is set,
+    /// members accept a joiner's external commit; an admin drops it to
+    /// close the link for members too.
+    pub invite: Option<InviteLink>,
 }
 
-/// Flag bits of the encoding (the others are reserved: an invite link
-/// will be one, docs/PUBLIC_GROUPS.md).
+/// Flag bits of the encoding (the others are reserved).
 const READ_ONLY: u8 = 1;
+/// An invite link (id and secret) follows the admin list.
+const INVITE_LINK: u8 = 2;
 
 impl AdminPolicy {
     /// A policy with `admin` as its only admin.
@@ -54,6 +60,7 @@ impl AdminPolicy {
         Self {
             admins: vec![admin],
             read_only: false,
+            invite: None,
         }
     }
 
@@ -61,11 +68,14 @@ impl AdminPolicy {
         self.admins.contains(user)
     }
 
-    /// `version, flags, count, (len, username)*`.
+    /// `version, flags, count, (len, username)*, [link id, link secret]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut flags = 0;
         if self.read_only {
             flags |= READ_ONLY;
+        }
+        if self.invite.is_some() {
+            flags |= INVITE_LINK;
         }
         let mut out = vec![VERSION, flags];
         out.push(u8::try_from(self.admins.len()).unwrap_or(u8::MAX));
@@ -73,6 +83,9 @@ impl AdminPolicy {
             let name = admin.as_str().as_bytes();
             out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
             out.extend_from_slice(name);
+        }
+        if let Some(link) = &self.invite {
+            link.encode_into(&mut out);
         }
         out
     }
@@ -85,7 +98,7 @@ impl AdminPolicy {
             return Err(format!("admin extension version {version}"));
         }
         let (&flags, rest) = rest.split_first().ok_or("truncated admin extension")?;
-        if flags & !READ_ONLY != 0 {
+        if flags & !(READ_ONLY | INVITE_LINK) != 0 {
             return Err(format!("unknown admin extension flags {flags}"));
         }
         let read_only = flags & READ_ONLY != 0;
@@ -107,6 +120,14 @@ impl AdminPolicy {
             admins.push(user);
             rest = tail;
         }
+        let invite = if flags & INVITE_LINK != 0 {
+            let (link, tail) =
+                InviteLink::decode_from(rest).ok_or("truncated invite link in admin extension")?;
+            rest = tail;
+            Some(link)
+        } else {
+            None
+        };
         if !rest.is_empty() {
             return Err("bytes after the admin list".into());
         }
@@ -116,7 +137,11 @@ impl AdminPolicy {
                 admins.len()
             ));
         }
-        Ok(Self { admins, read_only })
+        Ok(Self {
+            admins,
+            read_only,
+            invite,
+        })
     }
 
     /// Adds or removes an admin, keeping the list sorted.
@@ -206,5 +231,16 @@ mod tests {
         for cut in 0..policy.encode().len() {
             assert!(AdminPolicy::decode(&policy.encode()[..cut]).is_err());
         }
+        let open = AdminPolicy {
+            invite: Some(InviteLink::from_random([1; 16], [2; 32])),
+            ..policy
+        };
+        assert_eq!(AdminPolicy::decode(&open.encode()).unwrap(), open);
+        for cut in 0..open.encode().len() {
+            assert!(AdminPolicy::decode(&open.encode()[..cut]).is_err());
+        }
+        let mut trailing = open.encode();
+        trailing.push(0);
+        assert!(AdminPolicy::decode(&trailing).is_err());
     }
 }

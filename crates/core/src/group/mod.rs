@@ -16,19 +16,24 @@ use openmls_traits::OpenMlsProvider;
 use sotto_proto::v1::ClaimedKeyPackage;
 
 mod admins;
+mod invite;
 mod operations;
 mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use admins::{ADMIN_EXTENSION_TYPE, AdminPolicy, MAX_ADMINS, admin_policy};
+pub use invite::{
+    ExternalJoin, INVITE_LINK_ID_LEN, INVITE_SCHEME, INVITE_SECRET_LEN, InviteLink, SEAL_NONCE_LEN,
+    SealedGroupInfo, abandon_join, external_commit, join_by_link, sealed_group_info,
+};
 pub use operations::{
     PendingCommit, add_members, clear_pending, commit_pending_proposals, create_group,
     create_group_with_admins, encrypt, encrypt_with_aad, leave, merge_pending, remove_devices,
     remove_user, set_admin_policy, update_keys,
 };
 pub use policy::{KeyCheck, KeyDirectory, direct_peer};
-use policy::{check_commit_policy, check_members};
+use policy::{check_commit_policy, check_external_commit, check_members};
 
 /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001), the default suite.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -460,8 +465,35 @@ pub fn process(
         .process_message(provider, protocol)
         .map_err(|e| GroupError::PeerMisbehaved(format!("cannot process message: {e:?}")))?;
     let sender = MemberId::from_credential(processed.credential())?;
+    let external = matches!(processed.sender(), Sender::NewMemberCommit);
     let sender_leaf = match processed.sender() {
         Sender::Member(leaf) => *leaf,
+        _ if external => {
+            // A joiner by invite link: only its external commit is
+            // possible, checked against the group's policy before it is
+            // merged.
+            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+            else {
+                return Err(GroupError::PeerMisbehaved(
+                    "a non-member sent something other than an external commit".into(),
+                ));
+            };
+            check_external_commit(&group, &staged, &sender, directory)?;
+            let change = RosterChange {
+                joined: vec![sender.clone()],
+                ..RosterChange::default()
+            };
+            let self_removed = staged.self_removed();
+            group
+                .merge_staged_commit(provider, *staged)
+                .map_err(|e| mls("merge commit")(&e))?;
+            return Ok(Inbound::Commit {
+                group_id,
+                sender,
+                change,
+                self_removed,
+            });
+        }
         _ => {
             return Err(GroupError::PeerMisbehaved(
                 "only members may send to a group".into(),
@@ -548,6 +580,8 @@ pub struct RosterChange {
     pub removed: Vec<MemberId>,
     /// Removed at their own request.
     pub left: Vec<MemberId>,
+    /// Joined by the group's invite link (an external commit).
+    pub joined: Vec<MemberId>,
 }
 
 impl RosterChange {
@@ -578,6 +612,9 @@ impl RosterChange {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.left.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.left.is_empty()
+            && self.joined.is_empty()
     }
 }

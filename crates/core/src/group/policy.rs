@@ -177,6 +177,66 @@ pub(super) fn check_commit_policy(
     check_members(directory, introduced.iter().map(|(c, k)| (c, k.as_slice())))
 }
 
+/// A joiner's external commit (`super::invite`), checked before it is
+/// merged: the group's policy names an open invite link, the commit holds
+/// nothing but the ExternalInit, the joiner's own path, and at most the
+/// removal of the joiner's own old leaf (a device rejoining), and the
+/// joiner's key is one the transparency log lists. Anything else is a
+/// policy violation, as for a member's commit.
+pub(super) fn check_external_commit(
+    group: &MlsGroup,
+    staged: &StagedCommit,
+    joiner: &MemberId,
+    directory: &impl KeyDirectory,
+) -> Result<(), GroupError> {
+    let violation = |what: String| GroupError::PolicyViolation {
+        committer: joiner.clone(),
+        what,
+    };
+    let open = super::admin_policy(group)?.is_some_and(|p| p.invite.is_some());
+    if !open {
+        return Err(violation(
+            "it joins by invite link, but this group has no open invite link".into(),
+        ));
+    }
+    let mut external_init = false;
+    for queued in staged.queued_proposals() {
+        match queued.proposal() {
+            Proposal::ExternalInit(_) if !external_init => external_init = true,
+            Proposal::Remove(remove) => {
+                let removed = group
+                    .member(remove.removed())
+                    .and_then(|c| MemberId::from_credential(c).ok());
+                if removed.as_ref() != Some(joiner) {
+                    return Err(violation(format!(
+                        "joining by invite link, it removes {}",
+                        member_name(group, remove.removed())
+                    )));
+                }
+            }
+            other => {
+                return Err(violation(format!(
+                    "joining by invite link, it brings a {:?} proposal",
+                    other.proposal_type()
+                )));
+            }
+        }
+    }
+    if !external_init {
+        return Err(violation("an external commit without ExternalInit".into()));
+    }
+    let leaf = staged
+        .update_path_leaf_node()
+        .ok_or_else(|| violation("an external commit without the joiner's leaf".into()))?;
+    if MemberId::from_credential(leaf.credential()).ok().as_ref() != Some(joiner) {
+        return Err(violation("its new leaf claims to be another device".into()));
+    }
+    check_members(
+        directory,
+        [(leaf.credential(), leaf.signature_key().as_slice())],
+    )
+}
+
 /// A group-context change: only in a group with admins, only by an admin,
 /// and only to a valid admin policy (nothing else in the context) whose
 /// admins are members (or were already admins).

@@ -602,3 +602,264 @@ fn a_flat_group_never_gains_admins() {
         "{err:?}"
     );
 }
+
+/// Anna (the admin of `admin_trio`) opens an invite link; every member
+/// merges it. Returns the link.
+fn open_invite_link(
+    a: &Device,
+    group: &mut MlsGroup,
+    others: &[&Device],
+    dir: &Directory,
+) -> InviteLink {
+    let link = InviteLink::from_random([0x11; 16], [0x22; 32]);
+    let policy = AdminPolicy {
+        invite: Some(link.clone()),
+        ..admin_policy(group).unwrap().unwrap()
+    };
+    let pending = set_admin_policy(
+        &a.provider,
+        group,
+        &a.account.device,
+        &user("anna"),
+        &policy,
+    )
+    .unwrap();
+    accept(a, group);
+    for d in others {
+        process(&d.provider, &pending.commit, dir).unwrap();
+    }
+    link
+}
+
+/// An external commit built with openmls directly from a GroupInfo (what a
+/// modified client could send without Sotto's own checks).
+fn raw_external_commit(d: &Device, group: &MlsGroup, publisher: &Device) -> Vec<u8> {
+    use openmls::prelude::tls_codec::DeserializeBytes as _;
+    let bytes = serialize(
+        &group
+            .export_group_info(publisher.provider.crypto(), &publisher.account.device, true)
+            .unwrap(),
+    )
+    .unwrap();
+    let MlsMessageBodyIn::GroupInfo(info) = MlsMessageIn::tls_deserialize_exact_bytes(&bytes)
+        .unwrap()
+        .extract()
+    else {
+        panic!("a GroupInfo");
+    };
+    external_commit(&d.provider, &d.account, info, String::new())
+        .unwrap()
+        .1
+        .commit
+}
+
+#[test]
+fn an_invite_link_admits_a_logged_joiner_who_reads_only_new_messages() {
+    let (a, b, c, _, mut group) = admin_trio(false);
+    let d = device("dora");
+    let dir = Directory::of(&[&a, &b, &c, &d]);
+    let link = open_invite_link(&a, &mut group, &[&b, &c], &dir);
+    let before = encrypt(&a.provider, &mut group, &a.account.device, b"before").unwrap();
+    let sealed = sealed_group_info(&a.provider, &group, &a.account.device, "club", [5; 12])
+        .unwrap()
+        .unwrap();
+    assert_eq!(sealed.link_id, link.id());
+    let join = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &dir,
+    )
+    .unwrap();
+    assert_eq!(join.name, "club");
+    assert_eq!(join.epoch, group.epoch().as_u64());
+    assert_eq!(join.recipients.len(), 3);
+    assert!(!join.recipients.contains(&d.account.device_id));
+    for member in [&a, &b, &c] {
+        match process(&member.provider, &join.commit, &dir).unwrap() {
+            Inbound::Commit { sender, change, .. } => {
+                assert_eq!(sender, d.account.member_id());
+                assert_eq!(change.joined, vec![d.account.member_id()]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The joiner reads what is sent after it joined, not what came before.
+    let mut anna = load(&a.provider, &join.group_id).unwrap();
+    let after = encrypt(&a.provider, &mut anna, &a.account.device, b"after").unwrap();
+    match process(&d.provider, &after, &dir).unwrap() {
+        Inbound::Application { plaintext, .. } => assert_eq!(plaintext, b"after"),
+        other => panic!("{other:?}"),
+    }
+    assert!(process(&d.provider, &before, &dir).is_err());
+    // Members and joiner share the send capability of the new epoch.
+    let dora = load(&d.provider, &join.group_id).unwrap();
+    assert_eq!(
+        token_hash(&send_token(&a.provider, &anna).unwrap()),
+        join.next_token_hash
+    );
+    assert_eq!(
+        send_token(&d.provider, &dora).unwrap(),
+        send_token(&a.provider, &anna).unwrap()
+    );
+}
+
+#[test]
+fn a_tampered_or_wrongly_keyed_group_info_does_not_open() {
+    let (a, b, c, _, mut group) = admin_trio(false);
+    let d = device("dora");
+    let dir = Directory::of(&[&a, &b, &c, &d]);
+    let link = open_invite_link(&a, &mut group, &[&b, &c], &dir);
+    let sealed = sealed_group_info(&a.provider, &group, &a.account.device, "club", [5; 12])
+        .unwrap()
+        .unwrap();
+    let mut tampered = sealed.sealed.clone();
+    if let Some(byte) = tampered.get_mut(40) {
+        *byte ^= 1;
+    }
+    let wrong = InviteLink::from_random(link.id(), [0x33; 32]);
+    for (link, bytes, epoch) in [
+        (&link, &tampered, sealed.epoch),
+        (&wrong, &sealed.sealed, sealed.epoch),
+        (&link, &sealed.sealed, sealed.epoch + 1),
+    ] {
+        let err = join_by_link(&d.provider, &d.account, link, epoch, bytes, &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::PeerMisbehaved(what) if what.contains("does not open")),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_joiner_refuses_a_group_whose_members_the_log_does_not_list() {
+    let (a, b, c, dir, mut group) = admin_trio(false);
+    let d = device("dora");
+    let link = open_invite_link(&a, &mut group, &[&b, &c], &dir);
+    let sealed = sealed_group_info(&a.provider, &group, &a.account.device, "club", [5; 12])
+        .unwrap()
+        .unwrap();
+    // Cleo's key is not the one the joiner's log lists.
+    let other_cleo = device("cleo");
+    let joiner_dir = Directory::of(&[&a, &b, &other_cleo, &d]);
+    let err = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &joiner_dir,
+    )
+    .unwrap_err();
+    assert!(matches!(err, GroupError::Ghost(_)), "{err:?}");
+}
+
+#[test]
+fn members_refuse_a_joiner_whose_key_the_log_does_not_list() {
+    let (a, b, c, dir, mut group) = admin_trio(false);
+    let d = device("dora");
+    let link = open_invite_link(&a, &mut group, &[&b, &c], &dir);
+    let sealed = sealed_group_info(&a.provider, &group, &a.account.device, "club", [5; 12])
+        .unwrap()
+        .unwrap();
+    let joiner_dir = Directory::of(&[&a, &b, &c, &d]);
+    let join = join_by_link(
+        &d.provider,
+        &d.account,
+        &link,
+        sealed.epoch,
+        &sealed.sealed,
+        &joiner_dir,
+    )
+    .unwrap();
+    // Not looked up yet: the members look the account up first.
+    let err = process(&b.provider, &join.commit, &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::Unverified(users) if users == &[user("dora")]),
+        "{err:?}"
+    );
+    // The log lists another device for dora: a ghost.
+    let real_dora = device("dora");
+    let logged = Directory::of(&[&a, &b, &c, &real_dora]);
+    let err = process(&b.provider, &join.commit, &logged).unwrap_err();
+    assert!(matches!(err, GroupError::Ghost(_)), "{err:?}");
+}
+
+#[test]
+fn an_external_commit_to_a_group_without_an_open_link_is_refused() {
+    // A flat group and a group with admins but no link: a GroupInfo leaked
+    // by a member lets an outsider build an external commit, which every
+    // member refuses.
+    for with_admins in [false, true] {
+        let (a, b, c, _, group) = if with_admins {
+            admin_trio(false)
+        } else {
+            trio()
+        };
+        let d = device("dora");
+        let dir = Directory::of(&[&a, &b, &c, &d]);
+        let commit = raw_external_commit(&d, &group, &a);
+        for member in [&a, &b, &c] {
+            let err = process(&member.provider, &commit, &dir).unwrap_err();
+            assert!(
+                matches!(&err, GroupError::PolicyViolation { committer, what }
+                    if committer.username.as_str() == "dora" && what.contains("no open invite link")),
+                "{err:?}"
+            );
+        }
+    }
+    // An admin closes the link: a GroupInfo published while it was open
+    // no longer admits anyone.
+    let (a, b, c, _, mut group) = admin_trio(false);
+    let d = device("dora");
+    let dir = Directory::of(&[&a, &b, &c, &d]);
+    open_invite_link(&a, &mut group, &[&b, &c], &dir);
+    let policy = AdminPolicy {
+        invite: None,
+        ..admin_policy(&group).unwrap().unwrap()
+    };
+    let pending = set_admin_policy(
+        &a.provider,
+        &mut group,
+        &a.account.device,
+        &user("anna"),
+        &policy,
+    )
+    .unwrap();
+    accept(&a, &mut group);
+    for member in [&b, &c] {
+        process(&member.provider, &pending.commit, &dir).unwrap();
+    }
+    let commit = raw_external_commit(&d, &group, &a);
+    let err = process(&b.provider, &commit, &dir).unwrap_err();
+    assert!(
+        matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("no open invite link")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn only_an_admin_opens_an_invite_link() {
+    let (a, b, c, dir, group) = admin_trio(false);
+    let mut ben = load(&b.provider, group.group_id().as_slice()).unwrap();
+    let policy = AdminPolicy {
+        invite: Some(InviteLink::from_random([1; 16], [2; 32])),
+        ..admin_policy(&ben).unwrap().unwrap()
+    };
+    let (commit, _, _) = ben
+        .update_group_context_extensions(
+            &b.provider,
+            policy.extensions().unwrap(),
+            &b.account.device,
+        )
+        .unwrap();
+    for d in [&a, &c] {
+        let err = process(&d.provider, &serialize(&commit).unwrap(), &dir).unwrap_err();
+        assert!(
+            matches!(&err, GroupError::PolicyViolation { what, .. } if what.contains("only an admin")),
+            "{err:?}"
+        );
+    }
+}

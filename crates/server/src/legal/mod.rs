@@ -25,6 +25,7 @@
 mod canary;
 mod canonical;
 mod export;
+mod invite_links;
 mod report;
 mod standing;
 
@@ -35,6 +36,7 @@ use zeroize::Zeroizing;
 pub use canary::{Canary, latest_canary, publish_canary};
 pub use canonical::{SignedDocument, canonical_json};
 pub use export::export_accounts;
+pub use invite_links::close_invite_links;
 pub use report::{Report, ReportEntry, report, verify_report};
 pub use standing::{disable_for_report, set_account_disabled};
 
@@ -55,6 +57,10 @@ pub const KIND_ENABLE: &str = "enable";
 /// disable-account`): counted apart from other disables, without the name
 /// or anything of the report.
 pub const KIND_MODERATION_DISABLE: &str = "moderation-disable";
+/// The `kind` recorded when the operator closes a group's invite links
+/// (`sotto-server invite-link close`): counted, naming no group or account
+/// (`accounts` is 0).
+pub const KIND_INVITE_LINK_CLOSE: &str = "invite-link-close";
 /// The previous hash of the first report entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// Longest accepted request id, in bytes.

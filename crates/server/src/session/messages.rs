@@ -1,6 +1,7 @@
 //! `SendMessage` and `SubmitCommit`: sealed-sender sends, authorised by the
 //! group's capability, and the commit sequencer (one commit per epoch).
 
+use super::invite_links::{link_budget_key, link_id};
 use super::parse::{capability_hash, envelope, group_framing, group_id};
 use super::wire_error::{error, mismatched_framing, not_authorized, sent};
 use super::{RequestResult, Session, now_seconds};
@@ -100,6 +101,38 @@ impl<S: Store> Session<S> {
         } else {
             Some(capability_hash(&commit.send_token).ok_or_else(not_authorized)?)
         };
+        // A joiner's external commit (docs/PUBLIC_GROUPS.md): the link
+        // authorises it, and only it; every other commit is a member's.
+        let invite_link = if commit.invite_link_id.is_empty() {
+            None
+        } else {
+            let link_id = link_id(&commit.invite_link_id)?;
+            if token_hash.is_some() || !commit.welcome.is_empty() || commit.more_recipients {
+                return Err(error(
+                    ErrorCode::InvalidRequest,
+                    "a commit by invite link carries no send capability, no Welcome, and fits \
+                     in one frame",
+                ));
+            }
+            if !sotto_proto::mls_framing::is_new_member_commit(&commit.commit) {
+                return Err(mismatched_framing(
+                    "a commit by invite link must be an external commit (a PublicMessage from a \
+                     new member)"
+                        .to_owned(),
+                ));
+            }
+            self.ctx.rate_limits.charge_send(
+                &mut self.buckets,
+                self.address,
+                Some(link_budget_key(&link_id)),
+            )?;
+            Some(link_id)
+        };
+        if invite_link.is_none() && sotto_proto::mls_framing::is_new_member_commit(&commit.commit) {
+            return Err(mismatched_framing(
+                "an external commit must name the invite link that admits it".to_owned(),
+            ));
+        }
         let next_token_hash: [u8; 32] =
             commit.next_token_hash.as_slice().try_into().map_err(|_| {
                 error(
@@ -169,6 +202,7 @@ impl<S: Store> Session<S> {
             commit: commit_envelope,
             welcome,
             now: now_seconds(),
+            invite_link,
         };
         if commit.more_recipients {
             let more = self.ctx.store.submit_commit_more(submission).await?;

@@ -19,6 +19,7 @@ mod countersign;
 mod delivery;
 mod devices;
 mod directory;
+mod invite_links;
 mod key_packages;
 mod link;
 mod log;
@@ -326,6 +327,8 @@ impl<S: Store> Session<S> {
                     | Body::ClaimKeyPackages(_)
                     | Body::SendMessage(_)
                     | Body::SubmitCommit(_)
+                    | Body::PublishGroupInfo(_)
+                    | Body::FetchGroupInfo(_)
             )
         {
             self.handshake_deadline = self
@@ -355,6 +358,8 @@ impl<S: Store> Session<S> {
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,
             (_, Body::SubmitCommit(commit)) => self.submit_commit(commit).await,
+            (_, Body::PublishGroupInfo(publish)) => self.publish_group_info(publish).await,
+            (_, Body::FetchGroupInfo(fetch)) => self.fetch_group_info(fetch).await,
             (None, Body::Register(register)) => self.register(register).await,
             (None, Body::Login(login)) => self.login(login).await,
             (Some(_), Body::Register(_) | Body::Login(_)) => Err(error(

@@ -6,7 +6,8 @@ use super::RequestResult;
 use crate::link_rendezvous::LinkError;
 use crate::rate_limit::Limited;
 use crate::store::{
-    AddDeviceError, CommitError, DeviceId, EnqueueError, GroupId, RegisterError, StoreError,
+    AddDeviceError, CommitError, DeviceId, EnqueueError, GroupId, InviteLinkError, RegisterError,
+    StoreError,
 };
 use sotto_proto::v1::{self, ErrorCode, response};
 use sotto_transparency::LogError;
@@ -180,7 +181,42 @@ impl From<CommitError> for v1::Error {
             CommitError::NotAuthorized => not_authorized(),
             CommitError::UnknownDevice(device) => unknown_device(device),
             CommitError::IdInUse(_) => id_in_use(),
+            CommitError::InviteLinkClosed => invite_link_closed(),
             CommitError::Store(e) => internal(&e),
+        }
+    }
+}
+
+/// The operator closed the invite link: nobody joins by it.
+fn invite_link_closed() -> v1::Error {
+    error(
+        ErrorCode::InviteLinkClosed,
+        "this invite link was closed by the server's operator; ask the group's admins for \
+         another way in",
+    )
+}
+
+impl From<InviteLinkError> for v1::Error {
+    fn from(e: InviteLinkError) -> Self {
+        match e {
+            InviteLinkError::UnknownLink => error(
+                ErrorCode::UnknownLink,
+                "no group is known by this invite link (check the link, or ask an admin whether \
+                 it was replaced)",
+            ),
+            InviteLinkError::Closed => invite_link_closed(),
+            InviteLinkError::UnknownGroup(group) => unknown_group(&group),
+            InviteLinkError::NotAuthorized => not_authorized(),
+            InviteLinkError::StaleEpoch { submitted, current } => v1::Error {
+                current_epoch: current,
+                ..error(
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "group info for epoch {submitted} refused: group is at epoch {current}"
+                    ),
+                )
+            },
+            InviteLinkError::Store(e) => internal(&e),
         }
     }
 }

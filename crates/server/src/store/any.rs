@@ -450,3 +450,32 @@ impl ModerationStore for AnyStore {
         dispatch!(self, s => s.resolve_report(id, action, day).await)
     }
 }
+
+impl InviteLinkStore for AnyStore {
+    async fn publish_group_info(
+        &self,
+        publication: GroupInfoPublication,
+    ) -> Result<(), InviteLinkError> {
+        dispatch!(self, s => s.publish_group_info(publication).await)
+    }
+
+    async fn invite_group_info(
+        &self,
+        link_id: InviteLinkId,
+    ) -> Result<InviteGroupInfo, InviteLinkError> {
+        dispatch!(self, s => s.invite_group_info(link_id).await)
+    }
+
+    async fn close_invite_links<E, P>(
+        &self,
+        group_id: GroupId,
+        day: UnixDay,
+        plan: P,
+    ) -> Result<(u64, ReportRecord), E>
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(InviteClosingSnapshot) -> Result<ReportRecord, E> + Send + 'static,
+    {
+        dispatch!(self, s => s.close_invite_links(group_id, day, plan).await)
+    }
+}

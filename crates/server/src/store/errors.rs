@@ -120,6 +120,33 @@ pub enum CommitError {
     /// The commit's or Welcome's id is taken by another message.
     #[error("message id {0} is taken by another message")]
     IdInUse(MessageId),
+    /// A joiner's external commit names an invite link the operator closed.
+    #[error("the operator closed this invite link")]
+    InviteLinkClosed,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why publishing or fetching an invite link's GroupInfo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteLinkError {
+    /// No GroupInfo was ever published for this link id.
+    #[error("unknown invite link")]
+    UnknownLink,
+    /// The operator closed the link (or every link of its group).
+    #[error("the operator closed this invite link")]
+    Closed,
+    /// The group does not exist.
+    #[error("unknown group {0}")]
+    UnknownGroup(GroupId),
+    /// The capability is not the group's current one, or the link id is
+    /// bound to another group.
+    #[error("not authorised to publish for this group or link")]
+    NotAuthorized,
+    /// The GroupInfo is not for the group's current epoch.
+    #[error("group info for epoch {submitted}: group is at epoch {current}")]
+    StaleEpoch { submitted: u64, current: u64 },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

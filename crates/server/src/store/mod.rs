@@ -109,7 +109,13 @@ pub fn check_capability(
 /// Methods are `async` so a networked backend fits; an `Ok(None)` always
 /// means "no such thing", never an error.
 pub trait Store:
-    AccountStore + KeyPackageStore + MailboxStore + LogStore + ClusterStore + ModerationStore
+    AccountStore
+    + KeyPackageStore
+    + MailboxStore
+    + LogStore
+    + ClusterStore
+    + ModerationStore
+    + InviteLinkStore
 {
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
@@ -604,4 +610,47 @@ pub trait ModerationStore: Send + Sync + 'static {
         action: String,
         day: UnixDay,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Invite links of public groups (docs/PUBLIC_GROUPS.md, "Invite links"):
+/// for each link id, its group and the latest sealed GroupInfo a member
+/// published, until the operator closes the group's links. A joiner's
+/// external commit names its link ([`CommitSubmission::invite_link`]);
+/// [`MailboxStore::submit_commit`] accepts it only while the link is open
+/// and belongs to the commit's group. As in [`Store`], time comes in as an
+/// argument.
+pub trait InviteLinkStore: Send + Sync + 'static {
+    /// Stores a sealed GroupInfo for a link: the capability must be the
+    /// group's current one and the epoch the group's current epoch. The
+    /// first publication binds the link id to the group; a link id bound
+    /// to another group is `NotAuthorized`. Refused with `Closed` if the
+    /// link, or any link of the group, was closed by the operator (a
+    /// closed group gets no new link either).
+    fn publish_group_info(
+        &self,
+        publication: GroupInfoPublication,
+    ) -> impl Future<Output = Result<(), InviteLinkError>> + Send;
+
+    /// The latest sealed GroupInfo of an open link: `UnknownLink`, or
+    /// `Closed` once the operator closed it.
+    fn invite_group_info(
+        &self,
+        link_id: InviteLinkId,
+    ) -> impl Future<Output = Result<InviteGroupInfo, InviteLinkError>> + Send;
+
+    /// Closes every open link of a group and records the closure in the
+    /// transparency report, atomically (as
+    /// [`LegalStore::set_account_disabled`]): `plan` gets the
+    /// [`InviteClosingSnapshot`] and returns the report entry (or refuses,
+    /// e.g. when no link is open); the sealed GroupInfos are erased. Returns
+    /// how many links were closed, and the entry.
+    fn close_invite_links<E, P>(
+        &self,
+        group_id: GroupId,
+        day: UnixDay,
+        plan: P,
+    ) -> impl Future<Output = Result<(u64, ReportRecord), E>> + Send
+    where
+        E: From<StoreError> + Send + 'static,
+        P: FnOnce(InviteClosingSnapshot) -> Result<ReportRecord, E> + Send + 'static;
 }

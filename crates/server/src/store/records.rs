@@ -330,6 +330,46 @@ pub struct CommitSubmission {
     pub welcome: Option<Envelope>,
     /// When it was queued, for expiry.
     pub now: UnixSeconds,
+    /// A joiner's external commit (docs/PUBLIC_GROUPS.md): the group's
+    /// open invite link authorises it instead of a capability
+    /// (`token_hash` is `None`).
+    pub invite_link: Option<InviteLinkId>,
+}
+
+/// The id of an invite link (random, 16 bytes; its secret never reaches
+/// the server).
+pub type InviteLinkId = [u8; 16];
+
+/// A sealed GroupInfo a member publishes for its group's invite link.
+#[derive(Debug, Clone)]
+pub struct GroupInfoPublication {
+    pub link_id: InviteLinkId,
+    pub group_id: GroupId,
+    /// The epoch the GroupInfo is for: the group's current one.
+    pub epoch: u64,
+    /// SHA-256 of the send capability presented: the current epoch's.
+    pub token_hash: [u8; 32],
+    /// Opaque to the server.
+    pub sealed: Vec<u8>,
+    pub now: UnixSeconds,
+}
+
+/// The latest sealed GroupInfo of an open invite link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteGroupInfo {
+    pub group_id: GroupId,
+    pub epoch: u64,
+    pub sealed: Vec<u8>,
+}
+
+/// What closing a group's invite links reads, in the transaction that
+/// closes them and records the closure in the transparency report.
+#[derive(Debug, Clone)]
+pub struct InviteClosingSnapshot {
+    /// How many of the group's links are open.
+    pub open_links: u64,
+    /// The transparency report's last entry, which the new one chains to.
+    pub last_entry: Option<ReportRecord>,
 }
 
 /// Whether an enqueue stored something new.

@@ -17,7 +17,7 @@ const REPORT_COLUMNS: &str =
 /// Any number, the same in every node: held while an export reads the
 /// report's last entry and appends the next, so two exports never chain
 /// onto the same entry.
-const REPORT_LOCK: i64 = 0x5077_0002;
+pub(super) const REPORT_LOCK: i64 = 0x5077_0002;
 
 fn report_record(r: &Row) -> Result<ReportRecord, StoreError> {
     Ok(ReportRecord {
@@ -80,7 +80,7 @@ async fn exported_account(tx: &Tx, username: &str) -> Result<Option<ExportedAcco
     }))
 }
 
-async fn insert_report_entry(tx: &Tx, entry: &ReportRecord) -> Result<(), StoreError> {
+pub(super) async fn insert_report_entry(tx: &Tx, entry: &ReportRecord) -> Result<(), StoreError> {
     execute(
         tx,
         "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, \
@@ -101,7 +101,7 @@ async fn insert_report_entry(tx: &Tx, entry: &ReportRecord) -> Result<(), StoreE
 }
 
 /// The transparency report's newest entry (the next one chains to it).
-async fn last_report_entry(tx: &Tx) -> Result<Option<ReportRecord>, StoreError> {
+pub(super) async fn last_report_entry(tx: &Tx) -> Result<Option<ReportRecord>, StoreError> {
     query_opt(
         tx,
         &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),

@@ -474,6 +474,10 @@ async fn submit_commit(
     let next_hash = submission.next_token_hash.as_slice();
     let today = to_i64(day_of(submission.now));
     let new_epoch = match group {
+        // Nobody creates a group by invite link.
+        None if submission.invite_link.is_some() => {
+            return Err(CommitError::UnknownGroup(submission.group_id));
+        }
         None if submission.epoch == 0 => {
             let created = execute(
                 tx,
@@ -499,6 +503,12 @@ async fn submit_commit(
         None => return Err(CommitError::UnknownGroup(submission.group_id)),
         Some((current, _, token_hash)) => {
             let current = to_u64(current);
+            // A joiner's external commit: its group's open link authorises
+            // it (checked first, so a closed link is said to be closed
+            // whatever the epoch).
+            if let Some(link_id) = &submission.invite_link {
+                super::invite_links::link_admits(tx, link_id, &submission.group_id).await?;
+            }
             if submission.epoch != current {
                 return Err(CommitError::StaleEpoch {
                     submitted: submission.epoch,
@@ -506,8 +516,9 @@ async fn submit_commit(
                 });
             }
             // Only members of the current epoch may commit.
-            if submission.token_hash.as_ref().map(<[u8; 32]>::as_slice)
-                != Some(token_hash.as_slice())
+            if submission.invite_link.is_none()
+                && submission.token_hash.as_ref().map(<[u8; 32]>::as_slice)
+                    != Some(token_hash.as_slice())
             {
                 return Err(CommitError::NotAuthorized);
             }
@@ -816,6 +827,16 @@ impl MailboxStore for PostgresStore {
                     &tx,
                     "DELETE FROM mls_groups WHERE active_day < $1",
                     &[&cutoff_day],
+                )
+                .await?;
+                // Open invite links die with their group (a closed one
+                // stays, without its GroupInfo, so the group id gets no
+                // new link).
+                execute(
+                    &tx,
+                    "DELETE FROM invite_links WHERE closed_day IS NULL \
+                     AND group_id NOT IN (SELECT group_id FROM mls_groups)",
+                    &[],
                 )
                 .await?;
                 Ok(Expired {

@@ -49,6 +49,7 @@ mod accounts;
 mod admin;
 mod directory;
 mod election;
+mod invite_links;
 mod key_packages;
 mod legal;
 mod log;

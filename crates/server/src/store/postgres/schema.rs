@@ -197,6 +197,20 @@ CREATE TABLE blob_chunks (
 );
 ALTER TABLE blob_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL;
 "#,
+    // Invite links of public groups (docs/PUBLIC_GROUPS.md): per link id,
+    // its group and the latest sealed GroupInfo (opaque), until the
+    // operator closes the group's links (then the GroupInfo is erased).
+    r"
+CREATE TABLE invite_links (
+    link_id           bytea PRIMARY KEY,
+    group_id          bytea NOT NULL,
+    sealed_group_info bytea NOT NULL,
+    epoch             bigint NOT NULL,
+    created_day       bigint NOT NULL,
+    closed_day        bigint
+);
+CREATE INDEX invite_links_by_group ON invite_links(group_id);
+",
 ];
 
 /// The schema version this code writes: one per migration.

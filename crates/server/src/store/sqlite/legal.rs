@@ -77,7 +77,10 @@ fn exported_account(
     }))
 }
 
-fn insert_report_entry(conn: &Connection, entry: &ReportRecord) -> Result<(), StoreError> {
+pub(super) fn insert_report_entry(
+    conn: &Connection,
+    entry: &ReportRecord,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO legal_requests (seq, request_id, day, kind, accounts, prev_hash, hash, signature) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -96,7 +99,7 @@ fn insert_report_entry(conn: &Connection, entry: &ReportRecord) -> Result<(), St
 }
 
 /// The transparency report's newest entry (the next one chains to it).
-fn last_report_entry(conn: &Connection) -> Result<Option<ReportRecord>, StoreError> {
+pub(super) fn last_report_entry(conn: &Connection) -> Result<Option<ReportRecord>, StoreError> {
     Ok(conn
         .query_row(
             &format!("{REPORT_COLUMNS} ORDER BY seq DESC LIMIT 1"),

@@ -474,6 +474,10 @@ impl MailboxStore for SqliteStore {
             let next_hash = submission.next_token_hash.as_slice();
             let today = to_i64(day_of(submission.now));
             let new_epoch = match group {
+                // Nobody creates a group by invite link.
+                None if submission.invite_link.is_some() => {
+                    return Err(CommitError::UnknownGroup(submission.group_id));
+                }
                 None if submission.epoch == 0 => {
                     conn.execute(
                         "INSERT INTO mls_groups (group_id, epoch, last_commit_id, token_hash, active_day) \
@@ -486,6 +490,12 @@ impl MailboxStore for SqliteStore {
                 None => return Err(CommitError::UnknownGroup(submission.group_id)),
                 Some((current, _)) => {
                     let current = to_u64(current);
+                    // A joiner's external commit: its group's open link
+                    // authorises it (checked first, so a closed link is
+                    // said to be closed whatever the epoch).
+                    if let Some(link_id) = &submission.invite_link {
+                        super::invite_links::link_admits(conn, link_id, &submission.group_id)?;
+                    }
                     if submission.epoch != current {
                         return Err(CommitError::StaleEpoch { submitted: submission.epoch, current });
                     }
@@ -497,7 +507,9 @@ impl MailboxStore for SqliteStore {
                             |r| r.get(0),
                         )
                         .map_err(StoreError::from)?;
-                    if submission.token_hash.as_ref().map(|h| h.as_slice()) != Some(token_hash.as_slice()) {
+                    if submission.invite_link.is_none()
+                        && submission.token_hash.as_ref().map(|h| h.as_slice()) != Some(token_hash.as_slice())
+                    {
                         return Err(CommitError::NotAuthorized);
                     }
                     let next = current.saturating_add(1);
@@ -762,6 +774,13 @@ impl MailboxStore for SqliteStore {
             conn.execute("DELETE FROM accepted_commits WHERE day < ?1", [cutoff_day])?;
             let groups =
                 conn.execute("DELETE FROM mls_groups WHERE active_day < ?1", [cutoff_day])?;
+            // Open invite links die with their group (a closed one stays,
+            // without its GroupInfo, so the group id gets no new link).
+            conn.execute(
+                "DELETE FROM invite_links WHERE closed_day IS NULL \
+                 AND group_id NOT IN (SELECT group_id FROM mls_groups)",
+                [],
+            )?;
             Ok(Expired {
                 mailbox_entries: u64::try_from(deleted).unwrap_or(u64::MAX),
                 groups: u64::try_from(groups).unwrap_or(u64::MAX),

@@ -46,6 +46,7 @@ use super::{
 mod accounts;
 mod admin;
 mod backup;
+mod invite_links;
 mod key_packages;
 mod legal;
 mod log;

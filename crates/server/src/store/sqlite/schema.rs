@@ -224,6 +224,20 @@ CREATE TABLE moderation_reports (
     action        TEXT
 );
 ",
+    // Invite links of public groups (docs/PUBLIC_GROUPS.md): per link id,
+    // its group and the latest sealed GroupInfo (opaque), until the
+    // operator closes the group's links (then the GroupInfo is erased).
+    r"
+CREATE TABLE invite_links (
+    link_id           BLOB PRIMARY KEY,
+    group_id          BLOB NOT NULL,
+    sealed_group_info BLOB NOT NULL,
+    epoch             INTEGER NOT NULL,
+    created_day       INTEGER NOT NULL,
+    closed_day        INTEGER
+);
+CREATE INDEX invite_links_by_group ON invite_links(group_id);
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
