@@ -35,7 +35,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt as _;
 
 use super::{BlobBytes, BlobId, BlobMeta, PatchBody, Refusal, refuse, storage};
@@ -160,17 +160,7 @@ impl PgBlobs {
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim_start());
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the blob pool: {e}")))?;
+        let pool = crate::store::postgres::connection_pool(config, POOL_SIZE, "the blob pool")?;
         let blobs = Self { pool, gauge };
         blobs.measure().await?;
         Ok(blobs)

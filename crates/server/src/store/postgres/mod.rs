@@ -169,17 +169,7 @@ impl PostgresStore {
 
     async fn start(config: tokio_postgres::Config, schema: Schema) -> Result<Self, StoreError> {
         let target = describe(&config);
-        let manager = Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        let pool = connection_pool(config.clone(), POOL_SIZE, "the connection pool")?;
         {
             let mut client = pool.get().await.map_err(|e| {
                 StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {e}"))
@@ -436,4 +426,24 @@ impl Store for PostgresStore {
             oldest_entry_day: get::<Option<i64>>(&row, 4)?.map(to_u64),
         })
     }
+}
+
+/// A pool of up to `size` connections to `config`'s database, checked
+/// with a cheap test on reuse (the store's and the blob store's pools).
+pub(crate) fn connection_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    what: &str,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot build {what}: {e}")))
 }
