@@ -1,0 +1,107 @@
+// The web page sotto-server serves at `/`, in headless Chromium: it loads
+// under the server's Content-Security-Policy, its WebAssembly core speaks the
+// real protocol to the server and verifies what it answers, and an injected
+// inline script is refused.
+//
+// Run with scripts/browser-tests.sh (after `cargo build --workspace --bins`).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+
+import { Server, sotto, launchBrowser, freshDir, watchPage } from './harness.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await Server.start();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test('the page loads under the CSP and verifies the server it came from', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = watchPage(page);
+
+  const response = await page.goto(server.url);
+  assert.equal(response.status(), 200);
+  const csp = response.headers()['content-security-policy'] ?? '';
+  assert.match(csp, /script-src 'self' 'wasm-unsafe-eval'/);
+  assert.doesNotMatch(csp, /unsafe-inline/);
+  assert.match(csp, /default-src 'none'/);
+
+  await page.getByTestId('server-status').filter({ hasText: /^(verified|failed:.*)$/ }).waitFor();
+  assert.equal(await page.getByTestId('server-status').textContent(), 'verified');
+  assert.match(await page.getByTestId('log-key').textContent(), /^[0-9a-f]{64}$/);
+  assert.match(await page.getByTestId('directory-epoch').textContent(), /^\d+$/);
+
+  assert.deepEqual(problems, [], 'no console error, failed request or CSP violation');
+  await context.close();
+});
+
+test('what the page verified is what a CLI user of the same server sees', async () => {
+  const profile = await freshDir('alice');
+  await sotto(profile, ['register', 'alice', '--server', server.url]);
+  const whoami = await sotto(profile, ['whoami']);
+  const cliLogKey = whoami.match(/server's log key ([0-9a-f]{64})/)?.[1];
+  assert.ok(cliLogKey, `no log key in: ${whoami}`);
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.getByTestId('server-status').filter({ hasText: 'verified' }).waitFor();
+  assert.equal(await page.getByTestId('log-key').textContent(), cliLogKey);
+  // alice's registration is in the log the page verified.
+  assert.ok(Number(await page.getByTestId('log-size').textContent()) >= 1);
+  await context.close();
+});
+
+test('an injected inline script does not run', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.getByTestId('server-status').filter({ hasText: 'verified' }).waitFor();
+  const outcome = await page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        document.addEventListener('securitypolicyviolation', (e) =>
+          resolve({ blocked: e.violatedDirective, ran: window.injected === true }),
+        );
+        const script = document.createElement('script');
+        script.textContent = 'window.injected = true';
+        document.body.append(script);
+        setTimeout(() => resolve({ blocked: null, ran: window.injected === true }), 2000);
+      }),
+  );
+  assert.equal(outcome.ran, false);
+  assert.match(outcome.blocked ?? '', /^script-src/);
+  await context.close();
+});
+
+test('the page fits a phone and is usable from the keyboard', async () => {
+  const context = await browser.newContext({ viewport: { width: 375, height: 740 } });
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.getByTestId('server-status').filter({ hasText: 'verified' }).waitFor();
+  const overflow = await page.evaluate(
+    () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  );
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+  assert.equal(await page.locator('html').getAttribute('lang'), 'en');
+  assert.ok((await page.title()).includes('Sotto'));
+  const shots = process.env.SOTTO_SCREENSHOTS;
+  if (shots) {
+    await mkdir(shots, { recursive: true });
+    await page.screenshot({ path: path.join(shots, 'web-phone.png'), fullPage: true });
+    await page.setViewportSize({ width: 1100, height: 700 });
+    await page.screenshot({ path: path.join(shots, 'web-desktop.png'), fullPage: true });
+  }
+  await context.close();
+});
