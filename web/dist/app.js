@@ -4,13 +4,16 @@
 //
 // This file is a template: scripts/build-web.sh fills in the wasm's
 // Subresource Integrity hash, so index.html pins this file, this file pins
-// the wasm, and index.html's modulepreload pins the glue.
-
-import init, { ServerCheck, version } from './sotto_web.js';
+// the wasm, and index.html's modulepreload pins the glue (sotto_web.js),
+// which this file imports dynamically: a glue that fails its integrity
+// check then shows as a failure instead of a page stuck at "connecting".
 
 const WASM_INTEGRITY = 'sha384-hhtAaFLluRBKk0vjAo8OCqdSnzFpbE8BpQiB55NjEFX5icwfanCf74rq+ESDpgqp';
 /** How long the server has to answer, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
+
+/** wasm-bindgen's glue (`sotto_web.js`), once loaded. */
+let wasm;
 
 const field = (id) => document.getElementById(id);
 const status = field('server-status');
@@ -49,10 +52,17 @@ function show(check) {
   showTime('directory-signed-at', check.directorySignedAt);
 }
 
-/** The WebSocket endpoint of the server that served this page. */
+/**
+ * The WebSocket endpoint of the server that served this page: `ws` beside
+ * the page (so `/ws` at the root, and `/prefix/ws` behind a proxy that serves
+ * Sotto under `/prefix/`), `wss:` when the page came over `https:`.
+ */
 function socketUrl() {
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  return `${scheme}//${location.host}/ws`;
+  const page = new URL('ws', document.baseURI);
+  // Built as a string: Chromium's URL does not switch a URL from http: to
+  // ws: through the `protocol` setter.
+  const scheme = page.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${page.host}${page.pathname}`;
 }
 
 function checkServer() {
@@ -60,7 +70,7 @@ function checkServer() {
   for (const id of FACTS) field(id).textContent = '';
   setStatus('connecting', 'connecting');
 
-  const check = new ServerCheck();
+  const check = new wasm.ServerCheck();
   let socket;
   let finished = false;
   let timer;
@@ -119,12 +129,20 @@ function checkServer() {
 async function main() {
   again.addEventListener('click', checkServer);
   try {
-    await init({ module_or_path: fetch('sotto_web_bg.wasm', { integrity: WASM_INTEGRITY }) });
+    wasm = await import('./sotto_web.js');
+  } catch (e) {
+    setStatus('failed', `failed: cannot load the page's script sotto_web.js (${e.message})`);
+    return;
+  }
+  try {
+    await wasm.default({
+      module_or_path: fetch('sotto_web_bg.wasm', { integrity: WASM_INTEGRITY }),
+    });
   } catch (e) {
     setStatus('failed', `failed: cannot load the WebAssembly module (${e.message})`);
     return;
   }
-  field('version').textContent = version();
+  field('version').textContent = wasm.version();
   checkServer();
 }
 
