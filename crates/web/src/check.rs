@@ -378,4 +378,25 @@ mod tests {
             "the server refused the request for the key directory's epoch: no directory yet"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a server sends, before or after its challenge, the
+        /// check answers with frames or an error, never a panic.
+        #[test]
+        fn any_bytes_are_an_answer_or_an_error(
+            frames in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+                1..8,
+            ),
+            after_challenge in proptest::bool::ANY,
+        ) {
+            let mut check = ServerCheck::new();
+            if after_challenge {
+                check.receive(&challenge(&[3; 32])).unwrap();
+            }
+            for frame in &frames {
+                let _ = check.receive(frame);
+            }
+        }
+    }
 }
