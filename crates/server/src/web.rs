@@ -9,10 +9,13 @@
 //! no framing, and connections back to this origin only: a page whose files
 //! are pinned by Subresource Integrity cannot be made to load anything else.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use sha2::{Digest as _, Sha256};
 
 /// One file of the web bundle, as served.
 #[derive(Debug)]
@@ -67,20 +70,45 @@ where
 {
     let mut router = Router::new();
     for file in FILES {
+        let served = Arc::new(Served::new(file));
+        let handler = {
+            let served = Arc::clone(&served);
+            move |headers: HeaderMap| async move { served.answer(&headers) }
+        };
         if file.path == "/index.html" {
-            router = router.route("/", get(move || async move { serve(file) }));
+            router = router.route("/", get(handler.clone()));
         }
-        router = router.route(file.path, get(move || async move { serve(file) }));
+        router = router.route(file.path, get(handler));
     }
     router
 }
 
-fn serve(file: &'static WebFile) -> Response {
-    (
-        [
+/// A file with its entity tag: `Cache-Control: no-cache` makes the browser
+/// ask every time, and the tag lets it ask cheaply (304, no body).
+struct Served {
+    file: &'static WebFile,
+    etag: HeaderValue,
+}
+
+impl Served {
+    fn new(file: &'static WebFile) -> Self {
+        let digest = hex::encode(Sha256::digest(file.bytes));
+        let etag = HeaderValue::from_str(&format!("\"{digest}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        Self { file, etag }
+    }
+
+    fn answer(&self, request: &HeaderMap) -> Response {
+        let unchanged = request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim().trim_start_matches("W/") == self.etag);
+        let headers = [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(file.content_type),
+                HeaderValue::from_static(self.file.content_type),
             ),
             (
                 header::CONTENT_SECURITY_POLICY,
@@ -101,10 +129,14 @@ fn serve(file: &'static WebFile) -> Response {
                 header::HeaderName::from_static("cross-origin-opener-policy"),
                 HeaderValue::from_static("same-origin"),
             ),
-        ],
-        file.bytes,
-    )
-        .into_response()
+            (header::ETAG, self.etag.clone()),
+        ];
+        if unchanged {
+            (StatusCode::NOT_MODIFIED, headers).into_response()
+        } else {
+            (headers, self.file.bytes).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,8 +39,14 @@ impl Answer {
 
 /// A plain HTTP/1.1 GET over a real socket.
 async fn get(addr: SocketAddr, path: &str) -> Answer {
+    get_with(addr, path, "").await
+}
+
+/// A GET with extra header lines (each ending in CRLF).
+async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Answer {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tcp.read_to_end(&mut response).await.unwrap();
@@ -112,6 +118,21 @@ async fn the_server_serves_the_committed_bundle_with_a_strict_policy() {
         );
     }
     assert_eq!(&dist("sotto_web_bg.wasm")[..4], b"\0asm");
+    // Revalidation is cheap: the same tag, no body.
+    let first = get(server.addr(), "/sotto_web_bg.wasm").await;
+    let etag = first.header("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    let again = get_with(
+        server.addr(),
+        "/sotto_web_bg.wasm",
+        &format!("If-None-Match: {etag}\r\n"),
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("content-security-policy"), CSP);
+    let other = get_with(server.addr(), "/", &format!("If-None-Match: {etag}\r\n")).await;
+    assert_eq!(other.status, 200, "another file's tag does not match");
     // Nothing else is served from the bundle's directory.
     assert_eq!(get(server.addr(), "/Cargo.toml").await.status, 404);
     assert_eq!(get(server.addr(), "/../web/src/app.js").await.status, 404);
