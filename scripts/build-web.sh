@@ -48,6 +48,12 @@ for tool in sha384sum xxd base64 gzip diff; do
     }
 done
 
+if command -v rustup >/dev/null &&
+    ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    echo "build-web.sh: adding the wasm32-unknown-unknown target" >&2
+    rustup target add wasm32-unknown-unknown
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
