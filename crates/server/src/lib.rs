@@ -46,6 +46,7 @@ mod socket;
 pub mod store;
 pub mod tls;
 mod transparency_log;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -387,6 +388,7 @@ impl Server {
             .route("/readyz", get(ready))
             .route("/canary", get(canary))
             .merge(blob_routes)
+            .merge(web::router())
             .layer(axum::middleware::from_fn_with_state(
                 host_check,
                 host_check::refuse_other_hosts,
