@@ -85,7 +85,58 @@ test('an injected inline script does not run', async () => {
   await context.close();
 });
 
-test('the page fits a phone and is usable from the keyboard', async () => {
+test('the check runs again from the keyboard and sees the log grow', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.getByTestId('server-status').filter({ hasText: 'verified' }).waitFor();
+  const before = Number(await page.getByTestId('log-size').textContent());
+
+  await sotto(await freshDir('bob'), ['register', 'bob', '--server', server.url]);
+  let focused = '';
+  for (let i = 0; i < 20 && focused !== 'check-again'; i++) {
+    await page.keyboard.press('Tab');
+    focused = await page.evaluate(() => document.activeElement?.id ?? '');
+  }
+  assert.equal(focused, 'check-again', 'Tab reaches the "Check again" button');
+  await page.keyboard.press('Enter');
+  await page.getByTestId('server-status').filter({ hasText: 'verified' }).waitFor();
+  await page.waitForFunction(
+    (n) => Number(document.querySelector('[data-testid=log-size]').textContent) > n,
+    before,
+  );
+  await context.close();
+});
+
+test('a log head altered on the network path is refused', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // Flip the last byte of the server's second frame: the answer to
+  // GetLogHead, whose last field is the head's signature.
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const real = ws.connectToServer();
+    let frames = 0;
+    real.onMessage((message) => {
+      frames += 1;
+      if (frames === 2 && typeof message !== 'string') {
+        const bytes = Buffer.from(message);
+        bytes[bytes.length - 1] ^= 0x01;
+        ws.send(bytes);
+      } else {
+        ws.send(message);
+      }
+    });
+    ws.onMessage((message) => real.send(message));
+  });
+  await page.goto(server.url);
+  const status = page.getByTestId('server-status');
+  await status.filter({ hasText: /^(verified|failed:.*)$/ }).waitFor();
+  assert.match(await status.textContent(), /^failed: .*/);
+  assert.equal(await page.getByTestId('log-size').textContent(), '');
+  await context.close();
+});
+
+test('the page fits a phone', async () => {
   const context = await browser.newContext({ viewport: { width: 375, height: 740 } });
   const page = await context.newPage();
   await page.goto(server.url);
