@@ -9,9 +9,10 @@
 #
 # Reproducible: the same commit gives the same bytes on every machine and in
 # every directory (paths are remapped; the wasm profile has one codegen unit
-# and full LTO; wasm-bindgen is the exact version in Cargo.lock). The
-# toolchain is whatever rustup picks here (rust-toolchain.toml when there is
-# one): a different rustc may give a different wasm.
+# and full LTO; wasm-bindgen is the exact version in Cargo.lock). A different
+# rustc may give a different wasm, so the build records `rustc --version` in
+# web/TOOLCHAIN, and --check with another rustc fails saying so (rebuild and
+# commit the bundle with the new toolchain) rather than as a mismatch.
 #
 # Needs: rustup's wasm32-unknown-unknown target, sha384sum, xxd, base64,
 # gzip, diff (all on Debian by default but xxd, which is in the xxd package).
@@ -52,6 +53,13 @@ if command -v rustup >/dev/null &&
     ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     echo "build-web.sh: adding the wasm32-unknown-unknown target" >&2
     rustup target add wasm32-unknown-unknown
+fi
+
+toolchain=$(rustc --version)
+if $check && [[ "$(cat web/TOOLCHAIN 2>/dev/null)" != "$toolchain" ]]; then
+    echo "build-web.sh: web/dist was built with '$(cat web/TOOLCHAIN 2>/dev/null)', this is '$toolchain':" >&2
+    echo "  a different compiler gives different bytes. Rebuild with scripts/build-web.sh and commit web/." >&2
+    exit 1
 fi
 
 work=$(mktemp -d)
@@ -136,4 +144,5 @@ out=${out:-$dist}
 mkdir -p "$out"
 rm -f "$out"/index.html "$out"/app.js "$out"/style.css "$out"/sotto_web.js "$out"/sotto_web_bg.wasm
 cp "$stage"/* "$out/"
+[[ $out == "$dist" ]] && echo "$toolchain" >web/TOOLCHAIN
 echo "build-web.sh: wrote $out"
