@@ -19,7 +19,8 @@
 //! backend), `session` (per-connection protocol state, one module per
 //! request family), `socket` (the WebSocket loop), [`mailbox_hub`]
 //! (wakes connected devices), `transparency_log` (the log key and Merkle
-//! tree behind the log requests), [`link_rendezvous`] (relays device-linking
+//! tree behind the log requests), `web` (the web app) and [`web_release`]
+//! (its logged hashes), [`link_rendezvous`] (relays device-linking
 //! blobs), [`audit`] (checks a data directory's whole log offline), [`bus`]
 //! (wake-ups between nodes over NATS).
 
@@ -46,6 +47,8 @@ mod socket;
 pub mod store;
 pub mod tls;
 mod transparency_log;
+mod web;
+pub mod web_release;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -230,6 +233,13 @@ impl Server {
                 location: location.describe(),
                 source,
             })?;
+        // Before the directory opens: its first catch-up publishes it.
+        web_release::publish(&store, &web_release::served_release())
+            .await
+            .map_err(|source| ServerError::Storage {
+                location: location.describe(),
+                source,
+            })?;
         let directory = key_directory::ServerDirectory::open(
             &store,
             &config.data_dir,
@@ -387,6 +397,7 @@ impl Server {
             .route("/readyz", get(ready))
             .route("/canary", get(canary))
             .merge(blob_routes)
+            .merge(web::routes())
             .layer(axum::middleware::from_fn_with_state(
                 host_check,
                 host_check::refuse_other_hosts,
