@@ -13,6 +13,10 @@
 //! starts at 0 and the first catch-up republishes nothing that is already
 //! there (and a crash between a log commit and its publish loses nothing).
 //!
+//! A web-release leaf past the cursor (see [`crate::web_release`]) marks
+//! the directory's web label changed: it gets the digest of the latest web
+//! release as of the same log size, so replays on every node agree.
+//!
 //! A directory with no epoch while the log has accounts (a server from
 //! before the directory) gets every account's current state in one epoch at
 //! start: the explicit, logged transition.
