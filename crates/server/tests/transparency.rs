@@ -521,6 +521,8 @@ async fn audit_passes_on_1000_accounts_and_names_a_tampered_entry() {
     assert!(stdout.contains("accounts:       1000"), "{stdout}");
     assert!(stdout.contains("active devices: 1000"), "{stdout}");
     assert!(stdout.contains("tree size:      2000"), "{stdout}");
+    // Filled through the store alone: no server ever logged a web release.
+    assert!(stdout.contains("web releases:   0"), "{stdout}");
 
     // Flip one byte of one stored entry.
     {
