@@ -175,6 +175,8 @@ pub(crate) enum Command {
     },
     /// Audit a server's key directory: check that every epoch only appended
     /// to the one before (akd's append-only proofs), learning no username.
+    /// Then check its web app: every file of the web release the directory
+    /// publishes (and `/`) must be served byte for byte as logged.
     Audit {
         /// The server, e.g. https://chat.example.org
         server: String,
@@ -197,6 +199,10 @@ pub(crate) enum Command {
         /// record the epoch this one reaches (made if missing).
         #[arg(long, value_name = "FILE", conflicts_with = "sign")]
         state: Option<std::path::PathBuf>,
+        /// Fail if the server publishes no web release (by default that is
+        /// only reported: a server may serve no web app).
+        #[arg(long, conflicts_with = "sign")]
+        require_web: bool,
         /// With --follow: how long to wait between rounds.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         interval: std::time::Duration,

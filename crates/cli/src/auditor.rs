@@ -1,5 +1,6 @@
 //! `sotto audit`: one audit of a server's key directory (resuming from a
-//! state file), and with `--sign/--follow` the auditor's loop around
+//! state file) and of the web app it serves against the release the
+//! directory publishes, and with `--sign/--follow` the auditor's loop around
 //! [`sotto_client::auditor::Follower`]; `sotto auditor-key`: the auditor's
 //! key file. Nothing here prints a username: the directory shows none.
 
@@ -146,6 +147,7 @@ pub(crate) async fn audit_once(
     trust: &Trust,
     log_key: Option<&[u8]>,
     state: Option<&Path>,
+    require_web: bool,
 ) -> Result<()> {
     let previous = state.map(read_state).transpose()?.flatten();
     let mut pinned_key = log_key.map(<[u8]>::to_vec);
@@ -191,5 +193,86 @@ pub(crate) async fn audit_once(
         })?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
+    audit_web(out, server, trust, &report, require_web).await
+}
+
+/// After the directory audit: the web app `server` serves, file by file,
+/// against the release its directory publishes (one line per file). Fails
+/// on any file served otherwise than logged, and on a release that does
+/// not verify; a server that publishes none fails only with `require_web`.
+async fn audit_web(
+    out: &Printer,
+    server: &str,
+    trust: &Trust,
+    report: &sotto_client::DirectoryAuditReport,
+    require_web: bool,
+) -> Result<()> {
+    use sotto_client::{Served, WebAudit};
+    let audit = sotto_client::audit_web_release(server, trust, &report.log_key, report.reached())
+        .await
+        .with_context(|| format!("the web app of {server} cannot be checked"))?;
+    let (epoch, version, files) = match &audit {
+        WebAudit::NotPublished => {
+            out.line(
+                &format!("{server} publishes no web release (it serves no logged web app)"),
+                &serde_json::json!({ "web_release": null }),
+            );
+            if require_web {
+                bail!("{server} publishes no web release, and --require-web asks for one");
+            }
+            return Ok(());
+        }
+        WebAudit::Checked {
+            epoch,
+            version,
+            files,
+        } => (epoch, version, files),
+    };
+    for file in files {
+        let logged = hex::encode(file.logged);
+        let (text, served) = match &file.served {
+            Served::Bytes(hash) if file.ok() => {
+                (format!("ok {} {logged}", file.path), hex::encode(hash))
+            }
+            Served::Bytes(hash) => (
+                format!(
+                    "MISMATCH {} served {} / logged {logged}",
+                    file.path,
+                    hex::encode(hash)
+                ),
+                hex::encode(hash),
+            ),
+            Served::Missing(status) => (
+                format!("MISSING {} (HTTP {status}) / logged {logged}", file.path),
+                String::new(),
+            ),
+        };
+        out.line(
+            &text,
+            &serde_json::json!({
+                "path": file.path, "ok": file.ok(), "logged": logged, "served": served,
+            }),
+        );
+    }
+    let bad: Vec<&str> = files
+        .iter()
+        .filter(|f| !f.ok())
+        .map(|f| f.path.as_str())
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "{server} serves a web app other than the one it logged ({}): do not use its web \
+             client, and tell its users",
+            bad.join(", ")
+        );
+    }
+    out.line(
+        &format!(
+            "web app of {server} verified: {} files as logged (release version {version}, \
+             directory epoch {epoch})",
+            files.len().saturating_sub(1)
+        ),
+        &serde_json::json!({ "web_release_version": version, "web_release_epoch": epoch }),
+    );
     Ok(())
 }

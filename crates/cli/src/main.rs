@@ -344,6 +344,7 @@ async fn run(cli: Cli) -> Result<()> {
             log_key,
             trust,
             state,
+            require_web,
             ..
         } => {
             let log_key = log_key
@@ -355,6 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &trust.trust()?,
                 log_key.as_deref(),
                 state.as_deref(),
+                require_web,
             )
             .await?;
         }

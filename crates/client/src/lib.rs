@@ -32,6 +32,7 @@ mod receive;
 mod session;
 pub mod store;
 pub mod transport;
+mod web_audit;
 
 pub use attachments::SentFile;
 pub use client::Client;
@@ -51,6 +52,7 @@ pub use store::{
     AccountAlert, AttachmentInfo, ChatState, ConversationKind, ConversationSummary, EntryKind,
     HistoryEntry, Quoted, ReceiptState, Version,
 };
+pub use web_audit::{Served, WebAudit, WebFileCheck, audit_web_release};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};
 

@@ -30,6 +30,15 @@ impl Username {
     }
 }
 
+/// The label of the server's web release: not a username's bytes (a
+/// username starts with a lowercase letter or a digit), so no account can
+/// hold it. Its values are SHA-256 digests of encoded `WebRelease`s.
+const WEB_RELEASE_LABEL: &[u8] = b"\x00sotto-web-release-v1";
+
+pub(crate) fn web_release_label() -> akd::AkdLabel {
+    akd::AkdLabel(WEB_RELEASE_LABEL.to_vec())
+}
+
 impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,6 +1,6 @@
 //! The server's side: publish epochs and answer lookups, histories and audits.
 
-use crate::account::{AccountState, AccountStateError, Username};
+use crate::account::{AccountState, AccountStateError, Username, web_release_label};
 use crate::storage::sqlite::SqliteDatabase;
 use crate::vrf::{VrfKeyStore, VrfSecret};
 use crate::{Config, RootHash};
@@ -189,7 +189,19 @@ impl KeyDirectory {
         &self,
         updates: Vec<(Username, AccountState)>,
     ) -> Result<EpochRoot, DirectoryError> {
-        if updates.is_empty() {
+        self.publish_with_web_release(updates, None).await
+    }
+
+    /// Publishes one epoch as [`Self::publish`] does, and with
+    /// `web_release`, a new version of the web-release label holding that
+    /// digest (the SHA-256 of the encoded `WebRelease` the log holds last).
+    /// akd skips a value equal to the label's latest one.
+    pub async fn publish_with_web_release(
+        &self,
+        updates: Vec<(Username, AccountState)>,
+        web_release: Option<[u8; 32]>,
+    ) -> Result<EpochRoot, DirectoryError> {
+        if updates.is_empty() && web_release.is_none() {
             return Err(DirectoryError::NothingToPublish);
         }
         let mut seen = HashSet::with_capacity(updates.len());
@@ -202,6 +214,9 @@ impl KeyDirectory {
                 .encode()
                 .map_err(|e| DirectoryError::BadState(username.clone(), e))?;
             entries.push((username.akd_label(), AkdValue(value)));
+        }
+        if let Some(digest) = web_release {
+            entries.push((web_release_label(), AkdValue(digest.to_vec())));
         }
         let head = self.akd.publish(entries).await?;
         Ok(EpochRoot {
@@ -225,6 +240,24 @@ impl KeyDirectory {
             root_hash: head.hash(),
             proof,
         })
+    }
+
+    /// The latest web-release digest, with the proof that it is the latest.
+    /// `Ok(None)`: no web release was ever published.
+    pub async fn lookup_web_release(&self) -> Result<Option<LookupAnswer>, DirectoryError> {
+        let (proof, head) = match self.akd.lookup(web_release_label()).await {
+            Ok(found) => found,
+            Err(AkdError::Storage(StorageError::NotFound(_))) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let proof = akd::proto::specs::types::LookupProof::from(&proof)
+            .write_to_bytes()
+            .map_err(|e| DirectoryError::Akd(format!("encoding lookup proof: {e}")))?;
+        Ok(Some(LookupAnswer {
+            epoch: head.epoch(),
+            root_hash: head.hash(),
+            proof,
+        }))
     }
 
     /// Every version of `username`'s account, newest first, with proofs.

@@ -12,6 +12,10 @@
 //! its root and its audit proofs list no usernames; a lookup proof reveals
 //! only the looked-up account.
 //!
+//! One more label, which no username can produce, holds the SHA-256 of the
+//! server's latest logged web release ([`KeyDirectory::publish_with_web_release`],
+//! [`verify_web_release_lookup`]).
+//!
 //! The server side is [`KeyDirectory`]; clients and auditors use the pure
 //! functions [`verify_lookup`], [`verify_history`] and [`verify_audit`], which
 //! take the bytes the server sent and the roots they already trust.
@@ -47,7 +51,10 @@ pub use directory::{
     AuditAnswer, DirectoryError, EpochRoot, HistoryAnswer, KeyDirectory, LookupAnswer,
 };
 pub use storage::codec::HASH_OFFSET as STORED_NODE_HASH_OFFSET;
-pub use verify::{VerifiedVersion, VerifyError, verify_audit, verify_history, verify_lookup};
+pub use verify::{
+    VerifiedVersion, VerifiedWebRelease, VerifyError, verify_audit, verify_history, verify_lookup,
+    verify_web_release_lookup,
+};
 pub use vrf::VrfSecret;
 
 /// The domain separator of every hash in Sotto's directory.

@@ -1,7 +1,7 @@
 //! Verification for clients and auditors: pure functions over the bytes a
 //! server sent and the roots the verifier already trusts. No I/O.
 
-use crate::account::{AccountState, AccountStateError, Username};
+use crate::account::{AccountState, AccountStateError, Username, web_release_label};
 use crate::{Config, RootHash};
 use akd::proto::specs::types as pb;
 use akd::{HistoryParams, HistoryVerificationParams, VerifyResult};
@@ -34,6 +34,8 @@ pub enum VerifyError {
     AuditEpochsMismatch { expected: Vec<u64>, got: Vec<u64> },
     #[error("the proven value is not an account state: {0}")]
     BadValue(AccountStateError),
+    #[error("the proven web-release value is not a 32-byte digest")]
+    BadWebReleaseValue,
     // -- the caller's mistake --
     #[error("an audit needs the roots of at least two consecutive epochs")]
     NeedTwoRoots,
@@ -70,6 +72,45 @@ pub fn verify_lookup(
     )
     .map_err(|e| VerifyError::LookupRejected(e.to_string()))?;
     verified(result)
+}
+
+/// One verified version of the web-release label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedWebRelease {
+    /// 1 for the first release published, counting up.
+    pub version: u64,
+    /// The epoch this version was published in.
+    pub epoch: u64,
+    /// SHA-256 of the encoded `WebRelease`.
+    pub digest: [u8; 32],
+}
+
+/// Verifies a lookup answer for the web-release label against the root of
+/// `epoch`: returns the latest release digest at that root.
+pub fn verify_web_release_lookup(
+    vrf_public_key: &[u8; 32],
+    root_hash: &RootHash,
+    epoch: u64,
+    proof: &[u8],
+) -> Result<VerifiedWebRelease, VerifyError> {
+    let proof = pb::LookupProof::parse_from_bytes(proof)
+        .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
+    let proof = akd::LookupProof::try_from(&proof)
+        .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
+    let result = akd::client::lookup_verify::<Config>(
+        vrf_public_key,
+        *root_hash,
+        epoch,
+        web_release_label(),
+        proof,
+    )
+    .map_err(|e| VerifyError::LookupRejected(e.to_string()))?;
+    Ok(VerifiedWebRelease {
+        version: result.version,
+        epoch: result.epoch,
+        digest: <[u8; 32]>::try_from(result.value.0.as_slice())
+            .map_err(|_| VerifyError::BadWebReleaseValue)?,
+    })
 }
 
 /// Verifies a history answer for `username` against the root of `epoch`.

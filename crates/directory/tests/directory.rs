@@ -536,3 +536,86 @@ async fn ten_thousand_accounts_audit() {
         .unwrap();
     }
 }
+
+/// The web-release label: its digest verifies, a new digest is a new
+/// version, the same digest again is no new epoch, and its proof is no
+/// account's (nor an account's proof the web release's).
+#[tokio::test]
+async fn the_web_release_label_is_versioned_apart_from_every_account() {
+    let fx = Fixture::new();
+    let dir = fx.open().await;
+    let vrf = dir.vrf_public_key();
+    assert!(dir.lookup_web_release().await.unwrap().is_none());
+
+    let first = dir
+        .publish_with_web_release(vec![(user("alice"), state(1, 1))], Some([7; 32]))
+        .await
+        .unwrap();
+    let answer = dir.lookup_web_release().await.unwrap().unwrap();
+    let found = sotto_directory::verify_web_release_lookup(
+        &vrf,
+        &first.root_hash,
+        first.epoch,
+        &answer.proof,
+    )
+    .unwrap();
+    assert_eq!((found.version, found.digest), (1, [7; 32]));
+    // The web release's proof is no account's, and no account's is it.
+    let alice = dir.lookup(&user("alice")).await.unwrap();
+    assert!(
+        verify_lookup(
+            &vrf,
+            &first.root_hash,
+            first.epoch,
+            &user("alice"),
+            &answer.proof
+        )
+        .is_err()
+    );
+    assert!(
+        sotto_directory::verify_web_release_lookup(
+            &vrf,
+            &first.root_hash,
+            first.epoch,
+            &alice.proof
+        )
+        .is_err()
+    );
+
+    // The same digest again: nothing to publish, no new epoch.
+    let same = dir
+        .publish_with_web_release(Vec::new(), Some([7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(same, first);
+
+    let second = dir
+        .publish_with_web_release(Vec::new(), Some([8; 32]))
+        .await
+        .unwrap();
+    assert_eq!(second.epoch, first.epoch + 1);
+    let answer = dir.lookup_web_release().await.unwrap().unwrap();
+    let found = sotto_directory::verify_web_release_lookup(
+        &vrf,
+        &second.root_hash,
+        second.epoch,
+        &answer.proof,
+    )
+    .unwrap();
+    assert_eq!((found.version, found.digest), (2, [8; 32]));
+    // A doctored proof does not verify.
+    assert!(
+        sotto_directory::verify_web_release_lookup(&vrf, &second.root_hash, second.epoch, &{
+            let mut p = answer.proof.clone();
+            let middle = p.len() / 2;
+            p[middle] ^= 1;
+            p
+        })
+        .is_err()
+    );
+    // Nothing published at all is refused.
+    assert!(matches!(
+        dir.publish_with_web_release(Vec::new(), None).await,
+        Err(DirectoryError::NothingToPublish)
+    ));
+}

@@ -96,6 +96,20 @@ pub const COUNTERSIGN_CONTEXT: &[u8] = b"sotto-countersign-epoch-v1";
 /// ([`directory_epoch_transcript`]).
 pub const DIRECTORY_EPOCH_CONTEXT: &[u8] = b"sotto-directory-epoch-v1";
 
+/// Domain separation for the log key's signature of a web release
+/// ([`web_release_transcript`]).
+pub const WEB_RELEASE_CONTEXT: &[u8] = b"sotto-web-release-v1";
+
+/// The username a web-release log entry is filed under: empty, which
+/// [`is_valid_username`] refuses, so no account's log ever includes one.
+pub const WEB_RELEASE_USERNAME: &str = "";
+
+/// The bytes the log key signs for a web release: the context, then the
+/// encoded `WebRelease`.
+pub fn web_release_transcript(encoded_release: &[u8]) -> Vec<u8> {
+    [WEB_RELEASE_CONTEXT, encoded_release].concat()
+}
+
 /// Most epochs one `GetDirectoryAudit` covers: an audit's cost follows its
 /// epochs' changes, so a request is kept to a few.
 pub const MAX_AUDIT_EPOCHS_PER_REQUEST: u64 = 16;

@@ -13,6 +13,10 @@
 //! starts at 0 and the first catch-up republishes nothing that is already
 //! there (and a crash between a log commit and its publish loses nothing).
 //!
+//! A web-release leaf past the cursor (see [`crate::web_release`]) marks
+//! the directory's web label changed: it gets the digest of the latest web
+//! release as of the same log size, so replays on every node agree.
+//!
 //! A directory with no epoch while the log has accounts (a server from
 //! before the directory) gets every account's current state in one epoch at
 //! start: the explicit, logged transition.
@@ -115,6 +119,16 @@ struct Following {
     last_audit: Option<Arc<sotto_directory::AuditAnswer>>,
 }
 
+/// What the log leaves past the cursor change in the directory.
+struct Changes {
+    /// The log size they reach.
+    end: u64,
+    /// Each account they name, at its state as of `end`.
+    accounts: Vec<(Username, AccountState)>,
+    /// The digest of the latest web release as of `end`, if they include one.
+    web_release: Option<[u8; 32]>,
+}
+
 fn failed(e: DirectoryError) -> StoreError {
     StoreError::Backend(format!("key directory: {e}"))
 }
@@ -200,10 +214,18 @@ impl ServerDirectory {
         if self.shared {
             return self.catch_up_shared(store, following).await;
         }
-        let (cursor, updates) = self.changes(store, following.cursor, None, true).await?;
+        let Changes {
+            end: cursor,
+            accounts: updates,
+            web_release,
+        } = self.changes(store, following.cursor, None, true).await?;
         let count = updates.len();
-        if count > 0 {
-            let root = following.directory.publish(updates).await.map_err(failed)?;
+        if count > 0 || web_release.is_some() {
+            let root = following
+                .directory
+                .publish_with_web_release(updates, web_release)
+                .await
+                .map_err(failed)?;
             if root.epoch != following.head.epoch {
                 following.head = self.key.sign_epoch(
                     &self.vrf_public_key,
@@ -289,6 +311,52 @@ impl ServerDirectory {
         }))
     }
 
+    /// The latest logged web release, its log-key signature, and the proof
+    /// that the directory's web label holds its digest at the signed
+    /// epoch (pending changes published first). With no release published,
+    /// only the signed epoch.
+    pub async fn web_release<S: LogStore + ClusterStore>(
+        &self,
+        store: &S,
+    ) -> Result<v1::WebReleaseProof, StoreError> {
+        let mut following = self.state.lock().await;
+        self.caught_up_for_answer(store, &mut following).await?;
+        self.refresh(&mut following)?;
+        let Some(answer) = following
+            .directory
+            .lookup_web_release()
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(v1::WebReleaseProof {
+                epoch: Some(following.head.clone()),
+                ..Default::default()
+            });
+        };
+        if answer.epoch != following.head.epoch
+            || answer.root_hash.as_slice() != following.head.root_hash
+        {
+            return Err(StoreError::Backend(format!(
+                "key directory: a lookup answered at epoch {}, the signed epoch is {}",
+                answer.epoch, following.head.epoch
+            )));
+        }
+        // The release the directory published: the latest below its cursor.
+        let (release, signature) = crate::web_release::latest_below(store, following.cursor)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Backend(
+                    "key directory: a web release is published but the log has none".into(),
+                )
+            })?;
+        Ok(v1::WebReleaseProof {
+            release: Some(release),
+            signature,
+            epoch: Some(following.head.clone()),
+            proof: answer.proof,
+        })
+    }
+
     /// Proof that epochs `from ..= to` only appended, from stored nodes:
     /// the part of it from byte `offset`, and its whole length (an epoch of
     /// many changes has a proof of many frames). `Ok(Err(_))`: the request
@@ -363,7 +431,10 @@ impl ServerDirectory {
         if !self.shared {
             return Ok(());
         }
-        let (target, _) = self.changes(store, following.cursor, None, false).await?;
+        let target = self
+            .changes(store, following.cursor, None, false)
+            .await?
+            .end;
         let deadline = tokio::time::Instant::now() + WAIT_FOR_WRITER;
         while following.cursor < target {
             if tokio::time::Instant::now() >= deadline {
@@ -396,12 +467,13 @@ impl ServerDirectory {
         if !*self.is_writer.borrow() {
             return Ok(0);
         }
-        let (end, updates) = self.changes(store, following.cursor, None, true).await?;
+        let changes = self.changes(store, following.cursor, None, true).await?;
+        let end = changes.end;
         if end == following.cursor {
             return Ok(0);
         }
-        let count = updates.len();
-        let root = self.publish(following, updates).await?;
+        let count = changes.accounts.len();
+        let root = self.publish(following, changes).await?;
         let record = RecordedEpoch {
             seq: following.next_seq,
             log_end: end,
@@ -569,16 +641,17 @@ impl ServerDirectory {
                 following.cursor
             )));
         }
-        let (end, updates) = self
+        let changes = self
             .changes(store, following.cursor, Some(recorded.log_end), true)
             .await?;
+        let end = changes.end;
         if end != recorded.log_end {
             return Err(StoreError::Backend(format!(
                 "recorded key-directory publish {} covers the log up to {}, the log has {end} leaves",
                 recorded.seq, recorded.log_end
             )));
         }
-        let root = self.publish(following, updates).await?;
+        let root = self.publish(following, changes).await?;
         if root.epoch != recorded.epoch
             || root.root_hash.as_slice() != recorded.root_hash.as_slice()
         {
@@ -598,15 +671,18 @@ impl ServerDirectory {
 
     /// The log size after the leaves from `start` (below `end` when given),
     /// and, with `states`, each account they name at its state as of that
-    /// size.
+    /// size, and the digest of the latest web release as of that size if
+    /// they include a web release (derived from the log alone, so every
+    /// node replaying a recorded publish derives the same).
     async fn changes<S: LogStore>(
         &self,
         store: &S,
         start: u64,
         end: Option<u64>,
         states: bool,
-    ) -> Result<(u64, Vec<(Username, AccountState)>), StoreError> {
+    ) -> Result<Changes, StoreError> {
         let mut names = std::collections::BTreeSet::new();
+        let mut web_changed = false;
         let mut cursor = start;
         loop {
             let batch = store.log_entries(cursor, CATCH_UP_BATCH).await?;
@@ -617,15 +693,36 @@ impl ServerDirectory {
                     break;
                 }
                 cursor = record.index.saturating_add(1);
-                names.insert(record.username.clone());
+                if record.username == sotto_proto::WEB_RELEASE_USERNAME {
+                    web_changed = true;
+                } else {
+                    names.insert(record.username.clone());
+                }
             }
             if done {
                 break;
             }
         }
         if !states {
-            return Ok((cursor, Vec::new()));
+            return Ok(Changes {
+                end: cursor,
+                accounts: Vec::new(),
+                web_release: None,
+            });
         }
+        let web_release = if web_changed {
+            match crate::web_release::latest_below(store, cursor).await {
+                Ok(Some((release, _))) => Some(sotto_transparency::web_release_digest(&release)),
+                Ok(None) => None,
+                Err(StoreError::Backend(e)) => {
+                    tracing::error!(error = %e, "a web release in the log does not decode; left out of the key directory");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         let mut updates = Vec::with_capacity(names.len());
         for name in names {
             let mut records = store.account_log(&name).await?;
@@ -640,7 +737,11 @@ impl ServerDirectory {
             };
             updates.push((username, AccountState::of_log(&replayed)));
         }
-        Ok((cursor, updates))
+        Ok(Changes {
+            end: cursor,
+            accounts: updates,
+            web_release,
+        })
     }
 
     /// Publishes `updates` (nothing changes if there are none, or akd
@@ -648,12 +749,16 @@ impl ServerDirectory {
     async fn publish(
         &self,
         following: &mut Following,
-        updates: Vec<(Username, AccountState)>,
+        changes: Changes,
     ) -> Result<sotto_directory::EpochRoot, StoreError> {
-        let root = if updates.is_empty() {
+        let root = if changes.accounts.is_empty() && changes.web_release.is_none() {
             following.directory.latest().await.map_err(failed)?
         } else {
-            following.directory.publish(updates).await.map_err(failed)?
+            following
+                .directory
+                .publish_with_web_release(changes.accounts, changes.web_release)
+                .await
+                .map_err(failed)?
         };
         if root.epoch != following.head.epoch {
             following.head =

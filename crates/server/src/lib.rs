@@ -19,7 +19,8 @@
 //! backend), `session` (per-connection protocol state, one module per
 //! request family), `socket` (the WebSocket loop), [`mailbox_hub`]
 //! (wakes connected devices), `transparency_log` (the log key and Merkle
-//! tree behind the log requests), [`link_rendezvous`] (relays device-linking
+//! tree behind the log requests), `web` (the web app) and [`web_release`]
+//! (its logged hashes), [`link_rendezvous`] (relays device-linking
 //! blobs), [`audit`] (checks a data directory's whole log offline), [`bus`]
 //! (wake-ups between nodes over NATS).
 
@@ -47,6 +48,7 @@ pub mod store;
 pub mod tls;
 mod transparency_log;
 mod web;
+pub mod web_release;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -226,6 +228,13 @@ impl Server {
                 source,
             })?;
         let log = TransparencyLog::open(&store)
+            .await
+            .map_err(|source| ServerError::Storage {
+                location: location.describe(),
+                source,
+            })?;
+        // Before the directory opens: its first catch-up publishes it.
+        web_release::publish(&store, &web_release::served_release())
             .await
             .map_err(|source| ServerError::Storage {
                 location: location.describe(),

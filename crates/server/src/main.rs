@@ -521,6 +521,7 @@ fn audit(data: &admin_cli::DataDir, log_key: Option<&str>) -> ExitCode {
             println!("entries:        {}", r.entries);
             println!("accounts:       {}", r.accounts);
             println!("active devices: {}", r.devices);
+            println!("web releases:   {}", r.web_releases);
             println!("tree size:      {}", r.tree_size);
             println!("root:           {}", hex::encode(r.root));
             println!("log key:        {}", hex::encode(summary.log_key));

@@ -93,6 +93,9 @@ async fn logged_device_key<S: LogStore>(
         let Ok(entry) = LogEntry::decode(record.entry.as_slice()) else {
             continue;
         };
+        if entry.web_release.is_some() {
+            continue;
+        }
         let Ok(event) = AccountEvent::decode(entry.event.as_slice()) else {
             continue;
         };

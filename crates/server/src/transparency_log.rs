@@ -164,6 +164,11 @@ impl TransparencyLog {
         store: &S,
         username: &str,
     ) -> Result<Option<v1::AccountLog>, StoreError> {
+        // Only accounts: the web releases' leaves are filed under a name
+        // no account can have.
+        if !sotto_proto::is_valid_username(username) {
+            return Ok(None);
+        }
         // Read the account's leaves first: the catch-up that follows sees
         // at least everything they include.
         let records = store.account_log(username).await?;

@@ -228,10 +228,12 @@ async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
     let summary = sotto_server::audit::audit_data_dir(temp.path(), None)
         .await
         .unwrap();
-    assert_eq!(summary.directory.unwrap().epoch, 2);
+    // Epoch 1 published the server's web release (at start), then one
+    // epoch per account.
+    assert_eq!(summary.directory.unwrap().epoch, 3);
 
-    // One byte of the hash of a leaf stored in epoch 2.
-    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 2);
+    // One byte of the hash of a leaf stored in epoch 3.
+    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 3);
     let err = sotto_server::audit::audit_data_dir(temp.path(), None)
         .await
         .unwrap_err();
@@ -239,7 +241,7 @@ async fn the_offline_audit_checks_every_epoch_and_names_a_flipped_byte() {
         matches!(err, sotto_server::audit::AuditFailure::Directory(_)),
         "{err}"
     );
-    assert!(err.to_string().contains("epoch 1 to 2"), "{err}");
+    assert!(err.to_string().contains("epoch 2 to 3"), "{err}");
 }
 
 async fn run_server_audit(dir: &std::path::Path) -> (bool, String) {
@@ -275,17 +277,17 @@ async fn the_server_audit_command_names_the_bad_epoch_and_no_account() {
     let (passed, text) = run_server_audit(temp.path()).await;
     assert!(passed, "{text}");
     assert!(
-        text.contains("key directory:  2 epochs append-only"),
+        text.contains("key directory:  3 epochs append-only"),
         "{text}"
     );
     for name in NAMES {
         assert!(!text.contains(&name[..6]), "{name} in: {text}");
     }
 
-    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 2);
+    sotto_testkit::directory_file::flip_stored_leaf_hash(temp.path(), 3);
     let (passed, text) = run_server_audit(temp.path()).await;
     assert!(!passed, "{text}");
-    assert!(text.contains("epoch 1 to 2"), "{text}");
+    assert!(text.contains("epoch 2 to 3"), "{text}");
     for name in NAMES {
         assert!(!text.contains(&name[..6]), "{name} in: {text}");
     }

@@ -1179,6 +1179,47 @@ mod log_cases {
         assert!(store.account_log("bob").await.unwrap().is_empty());
     }
 
+    /// A web release is appended once per distinct release, filed under
+    /// the name no account has, between account leaves; concurrent
+    /// appends of one release (nodes starting together) append it once.
+    pub async fn web_release_is_appended_once_per_release<S: Store>(store: S) {
+        let web = sotto_proto::WEB_RELEASE_USERNAME;
+        store.register(account("alice", 1)).await.unwrap();
+        let (a, b, c) = tokio::join!(
+            store.append_web_release(vec![9, 1]),
+            store.append_web_release(vec![9, 1]),
+            store.append_web_release(vec![9, 1])
+        );
+        assert_eq!(
+            [a.unwrap(), b.unwrap(), c.unwrap()]
+                .iter()
+                .filter(|appended| **appended)
+                .count(),
+            1
+        );
+        assert!(!store.append_web_release(vec![9, 1]).await.unwrap());
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        // The latest release is compared, not any earlier one.
+        assert!(store.append_web_release(vec![9, 2]).await.unwrap());
+        assert!(store.append_web_release(vec![9, 1]).await.unwrap());
+        let all = store.log_entries(0, 100).await.unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.index, r.username.as_str(), r.entry.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (0, "alice", vec![1, 0]),
+                (1, "alice", vec![1, 1]),
+                (2, web, vec![9, 1]),
+                (3, "alice", vec![3, 2]),
+                (4, web, vec![9, 2]),
+                (5, web, vec![9, 1]),
+            ]
+        );
+        assert_eq!(store.account_log("alice").await.unwrap().len(), 3);
+        assert_eq!(store.account_log(web).await.unwrap().len(), 3);
+    }
+
     pub async fn account_log_is_in_order_and_entries_page<S: Store>(store: S) {
         let (a, b) = tokio::join!(
             store.register(account("alice", 1)),
@@ -1556,6 +1597,7 @@ macro_rules! store_conformance_tests {
             store_conformance_tests!(@log_cases $make;
                 log_append_is_atomic_with_register,
                 account_log_is_in_order_and_entries_page,
+                web_release_is_appended_once_per_release,
                 devices_are_added_and_removed,
                 removed_device_is_not_claimable,
                 a_rotation_replaces_the_identity_with_the_removal,
@@ -1688,6 +1730,33 @@ async fn postgres_nodes_racing_commits_get_one_per_epoch() {
         assert_eq!(a.group_epoch(&g).await.unwrap(), Some(epoch + 1));
         assert_eq!(b.group_epoch(&g).await.unwrap(), Some(epoch + 1));
     }
+    a.close().await;
+    b.close().await;
+}
+
+/// Two nodes start at once with one web bundle: one leaf, not two.
+#[tokio::test]
+async fn postgres_nodes_starting_together_log_one_web_release() {
+    use sotto_server::store::LogStore as _;
+    let Some(db) =
+        TestDatabase::create("postgres_nodes_starting_together_log_one_web_release").await
+    else {
+        return;
+    };
+    let a = PostgresStore::open(db.url()).await.unwrap();
+    let b = PostgresStore::open(db.url()).await.unwrap();
+    for round in 0..10u8 {
+        let (x, y) = tokio::join!(
+            a.append_web_release(vec![round]),
+            b.append_web_release(vec![round])
+        );
+        assert_eq!(
+            u8::from(x.unwrap()) + u8::from(y.unwrap()),
+            1,
+            "round {round}"
+        );
+    }
+    assert_eq!(a.log_entries(0, 100).await.unwrap().len(), 10);
     a.close().await;
     b.close().await;
 }

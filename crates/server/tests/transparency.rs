@@ -20,6 +20,9 @@ use sotto_transparency::{
     LogKey, leaf_bytes, verify_account_log, verify_consistency, verify_head, verify_inclusion,
 };
 
+/// Leaves in a fresh server's log: the web release it logs at start.
+const WEB: u64 = 1;
+
 async fn head(client: &mut Client) -> v1::SignedTreeHead {
     match client
         .request(Body::GetLogHead(v1::GetLogHead {}))
@@ -60,7 +63,7 @@ async fn register_appends_two_entries_that_verify() {
     assert_eq!(log.entries.len(), 2);
     assert_eq!(
         log.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-        [0, 1]
+        [WEB, WEB + 1]
     );
     let state = verify_account_log(&alice.log_key, "alice", &log).unwrap();
     assert_eq!(
@@ -132,9 +135,9 @@ async fn register_requires_matching_signed_log_entries() {
     );
 
     // Nothing was logged; the proper registration still works.
-    assert_eq!(head(&mut client).await.tree_size, 0);
+    assert_eq!(head(&mut client).await.tree_size, WEB);
     assert_done(&client.register(&account).await);
-    assert_eq!(head(&mut client).await.tree_size, 2);
+    assert_eq!(head(&mut client).await.tree_size, WEB + 2);
 }
 
 #[tokio::test]
@@ -143,20 +146,20 @@ async fn heads_are_consistent_and_entries_are_included() {
     let mut auditor = server.connect().await;
     let empty = head(&mut auditor).await;
     verify_head(&auditor.log_key, &empty).unwrap();
-    assert_eq!(empty.tree_size, 0);
+    assert_eq!(empty.tree_size, WEB);
 
     let _alice = server.registered("alice").await;
     let _bob = server.registered("bob").await;
     let first = head(&mut auditor).await;
     verify_head(&auditor.log_key, &first).unwrap();
-    assert_eq!(first.tree_size, 4);
+    assert_eq!(first.tree_size, WEB + 4);
 
     for i in 0..5 {
         let _ = server.registered(&format!("user{i}")).await;
     }
     let second = head(&mut auditor).await;
     verify_head(&auditor.log_key, &second).unwrap();
-    assert_eq!(second.tree_size, 14);
+    assert_eq!(second.tree_size, WEB + 14);
 
     for (old, new) in [(&empty, &second), (&first, &second), (&second, &second)] {
         let response = consistency(&mut auditor, old.tree_size, new.tree_size).await;
@@ -518,6 +521,8 @@ async fn audit_passes_on_1000_accounts_and_names_a_tampered_entry() {
     assert!(stdout.contains("accounts:       1000"), "{stdout}");
     assert!(stdout.contains("active devices: 1000"), "{stdout}");
     assert!(stdout.contains("tree size:      2000"), "{stdout}");
+    // Filled through the store alone: no server ever logged a web release.
+    assert!(stdout.contains("web releases:   0"), "{stdout}");
 
     // Flip one byte of one stored entry.
     {
@@ -619,7 +624,7 @@ async fn a_rotation_with_a_removal_locks_the_old_key_out() {
             .query_row("SELECT count(*) FROM log_entries", [], |r| r
                 .get::<_, i64>(0))
             .unwrap(),
-        3,
+        3 + WEB as i64,
         "a refused rotation logs nothing, not even the removal"
     );
 

@@ -63,7 +63,9 @@ async fn account_log(client: &mut wire::Client, username: &str) -> v1::AccountLo
 
 /// The whole log, put together from every account's own entries (the
 /// server does not serve the log's entries in one list: they name every
-/// account), in log order.
+/// account) and the web release, in log order. The nodes share one web
+/// bundle, so the log holds exactly one web-release leaf, whichever node
+/// appended it: the leaf no account has.
 async fn all_entries(client: &mut wire::Client, usernames: &[&str]) -> Vec<v1::LogEntry> {
     let mut indexed = Vec::new();
     for name in usernames {
@@ -72,12 +74,23 @@ async fn all_entries(client: &mut wire::Client, usernames: &[&str]) -> Vec<v1::L
         }
     }
     indexed.sort_by_key(|(index, _)| *index);
+    let web = match ask(client, Body::GetWebRelease(v1::GetWebRelease {})).await {
+        response::Result::WebRelease(proof) => v1::LogEntry {
+            signature: proof.signature,
+            web_release: Some(proof.release.expect("a web release is published")),
+            ..v1::LogEntry::default()
+        },
+        other => panic!("expected the web release, got {other:?}"),
+    };
+    let gap = (0..).zip(&indexed).find(|(i, (index, _))| *i != *index);
+    let at = gap.map_or(indexed.len(), |(i, _)| usize::try_from(i).unwrap());
+    indexed.insert(at, (at as u64, web));
     assert!(
         indexed
             .iter()
             .enumerate()
             .all(|(i, (index, _))| i as u64 == *index),
-        "every log leaf belongs to one of the accounts"
+        "every log leaf but one web release belongs to one of the accounts"
     );
     indexed.into_iter().map(|(_, entry)| entry).collect()
 }
@@ -251,7 +264,8 @@ async fn appends_on_two_nodes_make_one_log_both_prove() {
         expected.push(("twin".into(), 2));
 
         let head = assert_one_log(&nodes, &expected, Some(&earlier)).await;
-        assert_eq!(head.tree_size, 2 + 13 * 3);
+        // One web release (both nodes started with one bundle), then the accounts'.
+        assert_eq!(head.tree_size, 1 + 2 + 13 * 3);
         a.stop().await;
         b.stop().await;
     })

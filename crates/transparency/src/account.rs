@@ -15,6 +15,11 @@ use crate::{
 /// Decodes one entry and checks its signature by the identity key it names
 /// (no replay rules): returns the event.
 pub fn open_entry(entry: &LogEntry) -> Result<AccountEvent, LogError> {
+    if entry.web_release.is_some() {
+        return Err(LogError::Malformed(
+            "a web-release entry is not an account's event",
+        ));
+    }
     let event = AccountEvent::decode(entry.event.as_slice())
         .map_err(|_| LogError::Malformed("a log entry's event is not an AccountEvent"))?;
     if !sotto_proto::is_valid_username(&event.username) {

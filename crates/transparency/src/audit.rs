@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::{
     AccountState, Hash, LogEntry, LogError, MerkleLog, SignedTreeHead, leaf_bytes, open_entry,
-    to_hash, verify_head,
+    to_hash, verify_head, verify_web_release,
 };
 
 /// What an [`audit`] found.
@@ -17,6 +17,8 @@ pub struct AuditReport {
     pub accounts: u64,
     /// Devices currently active (added and not removed).
     pub devices: u64,
+    /// Web releases logged (each signed by the log key).
+    pub web_releases: u64,
     /// The size of the head audited against.
     pub tree_size: u64,
     /// The root recomputed at that size.
@@ -61,7 +63,8 @@ pub enum AuditError {
     BadHead(LogError),
 }
 
-/// Audits a whole log, entries in index order: every entry's signature,
+/// Audits a whole log, entries in index order: every entry's signature
+/// (an account's identity key, or for a web release the log key),
 /// every account's replay rules, and that the first `head.tree_size`
 /// entries hash to `head.root_hash` (the head being signed by `log_key`).
 /// Entries after the head's size are checked by the rules too. On failure
@@ -76,9 +79,18 @@ pub fn audit(
         .map_err(AuditError::BadHead)?;
     let mut tree = MerkleLog::new();
     let mut accounts: HashMap<String, AccountState> = HashMap::new();
+    let mut web_releases = 0u64;
     for entry in entries {
         let index = tree.len();
         let bad = |reason| AuditError::BadEntry { index, reason };
+        if entry.web_release.is_some() {
+            // The server's own statement, not an account's: signed by the
+            // log key, replayed as no account.
+            verify_web_release(log_key, &entry).map_err(bad)?;
+            web_releases = web_releases.saturating_add(1);
+            tree.push(&leaf_bytes(&entry));
+            continue;
+        }
         let event = open_entry(&entry).map_err(bad)?;
         match accounts.get_mut(&event.username) {
             Some(state) => state.apply_event(event).map_err(bad)?,
@@ -109,6 +121,7 @@ pub fn audit(
         entries: tree.len(),
         accounts: accounts.len() as u64,
         devices,
+        web_releases,
         tree_size: head.tree_size,
         root: computed,
     })

@@ -20,6 +20,7 @@
 //! - `audit`: checking a whole log
 //! - `countersign`: third-party auditors' countersignatures of heads
 //! - `own_account`: which of an account's events its own devices made
+//! - `web_release`: the server's web app hashes, logged and signed by the log key
 //!
 //! ```
 //! use ed25519_dalek::{Signer, SigningKey};
@@ -61,6 +62,7 @@ mod countersign;
 mod own_account;
 mod signed_head;
 mod tree;
+mod web_release;
 
 pub use account::{AccountState, open_entry, verify_account_log};
 pub use audit::{AuditError, AuditReport, audit};
@@ -68,6 +70,10 @@ pub use countersign::{AuditorKey, verify_countersignature};
 pub use own_account::{DeviceIdBytes, Finding, OwnAccountReview, OwnChange, review_own_account};
 pub use signed_head::{LogKey, verify_epoch, verify_head, verify_legal_key};
 pub use tree::{MerkleLog, verify_consistency, verify_inclusion};
+pub use web_release::{
+    MAX_WEB_FILES, MAX_WEB_PATH_BYTES, check_web_release, is_web_release, verify_web_release,
+    verify_web_release_signature, web_release_digest,
+};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message;
@@ -75,7 +81,7 @@ use sha2::{Digest, Sha256};
 
 pub use sotto_proto::v1::{
     AccountEvent, AccountLog, ConsistencyProof, Countersignature, IdentityRotated, LogEntry,
-    ProvenEntry, SignedEpoch, SignedTreeHead, account_event,
+    ProvenEntry, SignedEpoch, SignedTreeHead, WebFile, WebRelease, account_event,
 };
 
 /// A SHA-256 Merkle tree hash.

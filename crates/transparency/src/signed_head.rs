@@ -4,11 +4,12 @@
 use std::fmt;
 
 use ed25519_dalek::{Signer, SigningKey};
+use prost::Message as _;
 use zeroize::Zeroizing;
 
 use crate::{
-    Hash, LogError, MAX_TREE_SIZE, SignedEpoch, SignedTreeHead, to_hash, verify_signature,
-    verifying_key,
+    Hash, LogEntry, LogError, MAX_TREE_SIZE, SignedEpoch, SignedTreeHead, WebRelease, to_hash,
+    verify_signature, verifying_key,
 };
 
 /// The server's log signing key (Ed25519). It signs tree heads; clients
@@ -139,6 +140,22 @@ impl LogKey {
         self.key
             .sign(&[sotto_proto::FRANKING_KEY_CONTEXT, franking_key.as_slice()].concat())
             .to_bytes()
+    }
+}
+
+impl LogKey {
+    /// The log entry that publishes `release` (files sorted by path, each
+    /// path once): signed by this log key, with no account event.
+    pub fn sign_web_release(&self, release: &WebRelease) -> LogEntry {
+        let encoded = release.encode_to_vec();
+        let signature = self
+            .key
+            .sign(&sotto_proto::web_release_transcript(&encoded));
+        LogEntry {
+            signature: signature.to_bytes().to_vec(),
+            web_release: Some(release.clone()),
+            ..Default::default()
+        }
     }
 }
 

@@ -574,6 +574,7 @@ fn audit_passes_and_names_the_first_bad_entry() {
             entries: 6,
             accounts: 2,
             devices: 2,
+            web_releases: 0,
             tree_size: 6,
             root: log.root()
         }
@@ -624,6 +625,105 @@ fn audit_passes_and_names_the_first_bad_entry() {
             .tree_size,
         4
     );
+}
+
+// ---------------------------------------------------------------- web releases
+
+fn web_release(files: &[(&str, u8)]) -> WebRelease {
+    WebRelease {
+        files: files
+            .iter()
+            .map(|(path, byte)| WebFile {
+                path: (*path).into(),
+                sha256: vec![*byte; 32],
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn audit_checks_web_releases_by_the_log_key_and_replays_no_account_from_them() {
+    let log_key = LogKey::generate();
+    let alice = identity(1);
+    let release = web_release(&[("app.js", 1), ("index.html", 2)]);
+    let mut entries = vec![
+        log_key.sign_web_release(&release),
+        registered(&alice, "alice"),
+        added(&alice, "alice", 1, 1),
+        log_key.sign_web_release(&web_release(&[("app.js", 3), ("index.html", 2)])),
+    ];
+    let (log, head) = published(&log_key, &entries);
+    let report = audit(&log_key.public(), entries.clone(), &head).unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            entries: 4,
+            accounts: 1,
+            devices: 1,
+            web_releases: 2,
+            tree_size: 4,
+            root: log.root()
+        }
+    );
+    assert_eq!(
+        verify_web_release(&log_key.public(), &entries[0]).unwrap(),
+        release
+    );
+    // No account's replay takes a web release in.
+    assert!(open_entry(&entries[0]).is_err());
+    assert!(AccountState::replay("alice", &[entries[1].clone(), entries[0].clone()]).is_err());
+
+    // A release signed by another key (the leaf re-hashed into the head):
+    // an error naming the entry, never a panic.
+    let mut forged = entries.clone();
+    forged[3] = LogKey::generate().sign_web_release(&web_release(&[("app.js", 9)]));
+    let (_, forged_head) = published(&log_key, &forged);
+    let error = audit(&log_key.public(), forged, &forged_head).unwrap_err();
+    assert!(
+        matches!(error, AuditError::BadEntry { index: 3, .. }),
+        "{error}"
+    );
+
+    // A file hash changed after signing.
+    let mut altered = entries.clone();
+    if let Some(r) = altered[0].web_release.as_mut() {
+        r.files[0].sha256[0] ^= 1;
+    }
+    let (_, altered_head) = published(&log_key, &altered);
+    assert!(matches!(
+        audit(&log_key.public(), altered, &altered_head),
+        Err(AuditError::BadEntry { index: 0, .. })
+    ));
+
+    // A release that also carries an account event is refused.
+    let mut mixed = entries.clone();
+    mixed[0].event = entries[1].event.clone();
+    let (_, mixed_head) = published(&log_key, &mixed);
+    assert!(matches!(
+        audit(&log_key.public(), mixed, &mixed_head),
+        Err(AuditError::BadEntry { index: 0, .. })
+    ));
+
+    // Malformed releases: unsorted, duplicate, bad hash length, no files.
+    for bad in [
+        web_release(&[("index.html", 1), ("app.js", 2)]),
+        web_release(&[("app.js", 1), ("app.js", 2)]),
+        web_release(&[("../etc", 1)]),
+        WebRelease {
+            files: vec![WebFile {
+                path: "a".into(),
+                sha256: vec![1; 31],
+            }],
+        },
+        WebRelease::default(),
+    ] {
+        entries[3] = log_key.sign_web_release(&bad);
+        let (_, bad_head) = published(&log_key, &entries);
+        assert!(matches!(
+            audit(&log_key.public(), entries.clone(), &bad_head),
+            Err(AuditError::BadEntry { index: 3, .. })
+        ));
+    }
 }
 
 // ---------------------------------------------------------------- own account

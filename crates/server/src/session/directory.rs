@@ -1,4 +1,5 @@
-//! Key-directory requests: the signed epoch, lookups and audit proofs.
+//! Key-directory requests: the signed epoch, lookups, the web release and
+//! audit proofs.
 //! Anyone may ask, logged in or not, like the key log; each is charged to
 //! the connection's key-log bucket. No request lists accounts: a lookup
 //! names one username and learns only about it.
@@ -28,6 +29,12 @@ impl<S: Store> Session<S> {
             )
         })?;
         Ok(Some(response::Result::DirectoryLookup(found)))
+    }
+
+    pub(super) async fn get_web_release(&mut self) -> RequestResult {
+        self.ctx.rate_limits.charge_log_request(&mut self.buckets)?;
+        let release = self.ctx.directory.web_release(&*self.ctx.store).await?;
+        Ok(Some(response::Result::WebRelease(release)))
     }
 
     pub(super) async fn get_directory_audit(

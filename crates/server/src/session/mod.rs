@@ -324,6 +324,7 @@ impl<S: Store> Session<S> {
                     | Body::GetDirectoryEpoch(_)
                     | Body::LookupAccount(_)
                     | Body::GetDirectoryAudit(_)
+                    | Body::GetWebRelease(_)
                     | Body::ClaimKeyPackages(_)
                     | Body::SendMessage(_)
                     | Body::SubmitCommit(_)
@@ -354,6 +355,7 @@ impl<S: Store> Session<S> {
             (_, Body::GetDirectoryEpoch(_)) => self.get_directory_epoch().await,
             (_, Body::LookupAccount(request)) => self.lookup_account(&request.username).await,
             (_, Body::GetDirectoryAudit(request)) => self.get_directory_audit(request).await,
+            (_, Body::GetWebRelease(_)) => self.get_web_release().await,
             (_, Body::JoinLink(join)) => self.join_link(join).await,
             (_, Body::ClaimKeyPackages(claim)) => self.claim_key_packages(claim).await,
             (_, Body::SendMessage(send)) => self.send_message(send).await,

@@ -283,6 +283,10 @@ impl LogStore for AnyStore {
         dispatch!(self, s => s.log_entries(start, limit).await)
     }
 
+    async fn append_web_release(&self, entry: Vec<u8>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.append_web_release(entry).await)
+    }
+
     async fn add_countersignature(
         &self,
         record: CountersignatureRecord,

@@ -402,6 +402,17 @@ pub trait LogStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
 
+    /// Appends `entry` (an encoded web-release `LogEntry`) to the log,
+    /// filed under [`sotto_proto::WEB_RELEASE_USERNAME`], unless the latest
+    /// leaf filed there is exactly these bytes. The check and the append
+    /// are one transaction, serialised with every other log append, so
+    /// several nodes starting at once with one release append it once.
+    /// Returns whether it appended.
+    fn append_web_release(
+        &self,
+        entry: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Stores an auditor's countersignature (checked by the caller),
     /// replacing one of the same auditor and epoch that was signed
     /// earlier, and keeps only the auditor's `keep` newest (by epoch).

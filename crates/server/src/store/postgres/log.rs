@@ -147,6 +147,29 @@ impl LogStore for PostgresStore {
         )
     }
 
+    async fn append_web_release(&self, entry: Vec<u8>) -> Result<bool, StoreError> {
+        self.write_alone(move |tx| {
+            Box::pin(async move {
+                // Under the append lock, so two nodes starting with one
+                // release cannot both find it missing and both append it.
+                lock_log(&tx).await?;
+                let latest = query_opt(
+                    &tx,
+                    "SELECT entry FROM log_entries WHERE username = $1 ORDER BY idx DESC LIMIT 1",
+                    &[&sotto_proto::WEB_RELEASE_USERNAME],
+                )
+                .await?;
+                let latest: Option<Vec<u8>> = latest.map(|row| get(&row, 0)).transpose()?;
+                if latest.as_deref() == Some(entry.as_slice()) {
+                    return Ok(false);
+                }
+                append_log(&tx, sotto_proto::WEB_RELEASE_USERNAME, &entry).await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     async fn add_countersignature(
         &self,
         record: CountersignatureRecord,

@@ -111,6 +111,25 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn append_web_release(&self, entry: Vec<u8>) -> Result<bool, StoreError> {
+        // The writer thread is the only one appending: the check and the
+        // append run in one of its transactions.
+        self.write(move |conn| {
+            let latest: Option<Vec<u8>> = conn
+                .prepare_cached(
+                    "SELECT entry FROM log_entries WHERE username = ?1 ORDER BY idx DESC LIMIT 1",
+                )?
+                .query_row([sotto_proto::WEB_RELEASE_USERNAME], |r| r.get(0))
+                .optional()?;
+            if latest.as_deref() == Some(entry.as_slice()) {
+                return Ok(false);
+            }
+            append_log(conn, sotto_proto::WEB_RELEASE_USERNAME, &entry)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn add_countersignature(
         &self,
         record: CountersignatureRecord,
