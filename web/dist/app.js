@@ -8,7 +8,7 @@
 // which this file imports dynamically: a glue that fails its integrity
 // check then shows as a failure instead of a page stuck at "connecting".
 
-const WASM_INTEGRITY = 'sha384-hhtAaFLluRBKk0vjAo8OCqdSnzFpbE8BpQiB55NjEFX5icwfanCf74rq+ESDpgqp';
+const WASM_INTEGRITY = 'sha384-pVuBQXjBZi38AaH/1d+DM4Rl+GlwUM7zXEEb32n0l9aPLmUuQkTMQsrsmvljKFnK';
 /** How long the server has to answer, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
 
