@@ -628,6 +628,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "sotto-server listening on {url}")?;
         writeln!(out, "connect with: sotto register NAME --server {url}")?;
+        writeln!(
+            out,
+            "in a browser: {url}/ (the web page checks this server; messaging there is coming)"
+        )?;
         out.flush()?;
     }
     server

@@ -48,6 +48,15 @@ async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
         second,
         format!("connect with: sotto register NAME --server http://{addr}")
     );
+    let third = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        third.starts_with(&format!("in a browser: http://{addr}/ ")),
+        "{third}"
+    );
 
     assert!(http_get(addr, "/health").await.ends_with("ok"));
     let mut client = Client::connect(addr).await;

@@ -423,7 +423,9 @@ async fn no_ip_address_is_logged_by_default() {
     );
     for line in stdout.lines().filter(|l| l.contains("127.0.0.1")) {
         assert!(
-            line.starts_with("sotto-server listening on ") || line.starts_with("connect with: "),
+            line.starts_with("sotto-server listening on ")
+                || line.starts_with("connect with: ")
+                || line.starts_with("in a browser: "),
             "unexpected address on stdout: {line}"
         );
     }
