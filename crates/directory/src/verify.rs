@@ -59,19 +59,29 @@ pub fn verify_lookup(
     username: &Username,
     proof: &[u8],
 ) -> Result<VerifiedVersion, VerifyError> {
+    verified(verify_label_lookup(
+        vrf_public_key,
+        root_hash,
+        epoch,
+        username.akd_label(),
+        proof,
+    )?)
+}
+
+/// akd's check of an encoded lookup proof for `label` at `epoch`'s root.
+fn verify_label_lookup(
+    vrf_public_key: &[u8; 32],
+    root_hash: &RootHash,
+    epoch: u64,
+    label: akd::AkdLabel,
+    proof: &[u8],
+) -> Result<VerifyResult, VerifyError> {
     let proof = pb::LookupProof::parse_from_bytes(proof)
         .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
     let proof = akd::LookupProof::try_from(&proof)
         .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
-    let result = akd::client::lookup_verify::<Config>(
-        vrf_public_key,
-        *root_hash,
-        epoch,
-        username.akd_label(),
-        proof,
-    )
-    .map_err(|e| VerifyError::LookupRejected(e.to_string()))?;
-    verified(result)
+    akd::client::lookup_verify::<Config>(vrf_public_key, *root_hash, epoch, label, proof)
+        .map_err(|e| VerifyError::LookupRejected(e.to_string()))
 }
 
 /// One verified version of the web-release label.
@@ -93,18 +103,7 @@ pub fn verify_web_release_lookup(
     epoch: u64,
     proof: &[u8],
 ) -> Result<VerifiedWebRelease, VerifyError> {
-    let proof = pb::LookupProof::parse_from_bytes(proof)
-        .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
-    let proof = akd::LookupProof::try_from(&proof)
-        .map_err(|e| VerifyError::Malformed("lookup", e.to_string()))?;
-    let result = akd::client::lookup_verify::<Config>(
-        vrf_public_key,
-        *root_hash,
-        epoch,
-        web_release_label(),
-        proof,
-    )
-    .map_err(|e| VerifyError::LookupRejected(e.to_string()))?;
+    let result = verify_label_lookup(vrf_public_key, root_hash, epoch, web_release_label(), proof)?;
     Ok(VerifiedWebRelease {
         version: result.version,
         epoch: result.epoch,
