@@ -9,8 +9,6 @@
 
 use crate::ClientError;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
-use http_body_util::BodyExt as _;
-use hyper_util::rt::TokioIo;
 
 /// A verified warrant canary.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -53,34 +51,15 @@ pub async fn fetch_canary(
     pin: CanaryPin<'_>,
 ) -> Result<Option<Canary>, ClientError> {
     let server = crate::endpoint::ServerUrl::parse(server_url)?;
-    let stream = server.open(trust).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(server.path("/canary"))
-        .header(hyper::header::HOST, &server.authority)
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| ClientError::Network(format!("GET /canary failed: {e}")))?;
-    if response.status() == hyper::StatusCode::NOT_FOUND {
+    let (status, body) = server.get(trust, "/canary", usize::MAX).await?;
+    if status == hyper::StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    if !response.status().is_success() {
+    if !status.is_success() {
         return Err(ClientError::Protocol(format!(
-            "GET /canary answered {}",
-            response.status()
+            "GET /canary answered {status}"
         )));
     }
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ClientError::Network(format!("reading the canary failed: {e}")))?
-        .to_bytes();
     verify(&body, pin).map(Some)
 }
 

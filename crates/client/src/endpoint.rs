@@ -180,6 +180,42 @@ impl ServerUrl {
         format!("{}{path}", self.prefix)
     }
 
+    /// `GET path` on one new connection: the status and, when it is a
+    /// success, the body (at most `max_bytes`; empty otherwise). For the
+    /// small public documents a client checks (the canary, the web app).
+    pub(crate) async fn get(
+        &self,
+        trust: &Trust,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<(hyper::StatusCode, hyper::body::Bytes), ClientError> {
+        use http_body_util::BodyExt as _;
+        let stream = self.open(trust).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(self.path(path))
+            .header(hyper::header::HOST, &self.authority)
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Network(format!("GET {path} failed: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Ok((status, hyper::body::Bytes::new()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), max_bytes)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Network(format!("reading {path} failed: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// Refuses plain HTTP beyond loopback unless `trust` allows it.
     pub fn check(&self, trust: &Trust) -> Result<(), ClientError> {
         if self.tls || self.is_loopback() || trust.insecure_transport {

@@ -7,8 +7,6 @@
 //! A server that serves one user a different page than the one it logged
 //! must either log it (and everyone auditing sees it) or fail this check.
 
-use http_body_util::BodyExt as _;
-use hyper_util::rt::TokioIo;
 use sha2::{Digest as _, Sha256};
 use sotto_proto::v1::{GetWebRelease, WebRelease, client_frame, response};
 
@@ -216,27 +214,10 @@ async fn fetch(
     trust: &crate::Trust,
     path: &str,
 ) -> Result<Served, ClientError> {
-    let stream = server.open(trust).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(server.path(path))
-        .header(hyper::header::HOST, &server.authority)
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| ClientError::Network(format!("GET {path} failed: {e}")))?;
-    if !response.status().is_success() {
-        return Ok(Served::Missing(response.status().as_u16()));
+    let (status, body) = server.get(trust, path, MAX_WEB_FILE_BYTES).await?;
+    if !status.is_success() {
+        return Ok(Served::Missing(status.as_u16()));
     }
-    let body = http_body_util::Limited::new(response.into_body(), MAX_WEB_FILE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| ClientError::Network(format!("reading {path} failed: {e}")))?
-        .to_bytes();
     Ok(Served::Bytes(Sha256::digest(&body).into()))
 }
 
