@@ -167,7 +167,7 @@ impl<'a> Http<'a> {
         body: Body,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let result =
-            tokio::time::timeout(REQUEST_TIMEOUT, self.try_send(method, path, headers, body))
+            crate::clock::timeout(REQUEST_TIMEOUT, self.try_send(method, path, headers, body))
                 .await
                 .unwrap_or_else(|_| {
                     Err(ClientError::Network(
@@ -325,7 +325,7 @@ pub(crate) async fn upload(
                             "the upload kept failing; try again later".into(),
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(100 << failures.min(5))).await;
+                    crate::clock::sleep(Duration::from_millis(100 << failures.min(5))).await;
                     continue;
                 }
                 Err(e) => return Err(e),

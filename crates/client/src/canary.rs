@@ -45,6 +45,7 @@ struct Published {
 /// Fetches and verifies the canary of the server at `server_url`
 /// (`https://host` or, on loopback, `http://host:port`). `Ok(None)`: the
 /// server publishes none.
+#[cfg(not(target_arch = "wasm32"))]
 pub async fn fetch_canary(
     server_url: &str,
     trust: &crate::Trust,

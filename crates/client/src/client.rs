@@ -9,6 +9,7 @@
 //! protocol logic of its own. Splitting it would scatter `impl Client`.
 
 use crate::ClientError;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::attachments::{self, SentFile};
 use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
@@ -21,6 +22,7 @@ use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{chat, conversations, invite_links, membership, own_account, receipts, receive};
 use rusqlite::Connection;
+#[cfg(not(target_arch = "wasm32"))]
 use sotto_core::attachment;
 use sotto_core::group::AdminPolicy;
 use sotto_core::identity::{Account, DeviceId, Username};
@@ -406,6 +408,7 @@ impl Client {
 
     // ------------------------------------------------------------ attachments
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Sends the file at `path`, with an optional `text`, to the direct
     /// conversation with `name` (started if needed) or to the group
     /// `name`. The file is padded and encrypted here under a fresh key,
@@ -485,6 +488,7 @@ impl Client {
         })
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Downloads the attachment of message `id` (hex) to `path`: the
     /// ciphertext's hash is checked against the one in the message, then
     /// it is decrypted and written to a temporary file renamed to `path`.

@@ -74,7 +74,7 @@ pub(crate) async fn wait_for_link_request(
     code: &LinkCode,
 ) -> Result<LinkRequestInfo, ClientError> {
     let link_id = link_id(code)?;
-    tokio::time::timeout(LINK_LIFETIME, async {
+    crate::clock::timeout(LINK_LIFETIME, async {
         loop {
             match s.connection.next(Some(LISTEN_PING)).await? {
                 Next::Push(Push::LinkRequest(r)) if r.link_id == link_id => {
@@ -167,7 +167,7 @@ async fn add_own_device_everywhere(
 ) -> Result<Vec<HistoryEntry>, ClientError> {
     drain(s).await?;
     let own = s.profile.account.username.clone();
-    let started = tokio::time::Instant::now();
+    let started = crate::clock::Instant::now();
     for group_id in store::active_groups(&s.profile.db)? {
         let Some(conversation) = store::group(&s.profile.db, &group_id)?
             .and_then(|row| row.conversation_id)
@@ -193,7 +193,7 @@ async fn add_own_device_everywhere(
                 Err(e) if e.server_code() == Some(ErrorCode::NoKeyPackage) => {}
                 Err(ClientError::Server(e)) if e.code == ErrorCode::RateLimited as i32 => {
                     let wait = Duration::from_millis(e.retry_after_ms.min(5_000));
-                    tokio::time::sleep(wait).await;
+                    crate::clock::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -202,7 +202,7 @@ async fn add_own_device_everywhere(
                     "the new device did not publish its keys in time; run `sotto sync` on it, then link again".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            crate::clock::sleep(Duration::from_millis(200)).await;
         };
         commit_with_retry(s, &group_id, |p, g, key| {
             group::add_members(p, g, key, &key_packages).map(Some)
@@ -259,7 +259,7 @@ pub(crate) async fn join_link(
         sealed_request,
     }))
     .await?;
-    let bundle = tokio::time::timeout(LINK_LIFETIME, async {
+    let bundle = crate::clock::timeout(LINK_LIFETIME, async {
         loop {
             if let Next::Push(Push::LinkCompleted(done)) = t.next(Some(LISTEN_PING)).await? {
                 return Ok::<_, ClientError>(done.sealed_bundle);

@@ -11,13 +11,10 @@
 //! at first contact.
 
 use crate::ClientError;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
-use tokio::net::TcpStream;
-use tokio_tungstenite::MaybeTlsStream;
 
 /// What a profile trusts beyond the web's roots, and whether it may talk
 /// plain HTTP to another machine. Remembered in the profile.
@@ -69,28 +66,6 @@ impl Trust {
     /// The extra CA certificates, as given.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
-    }
-
-    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-        let mut roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(pem) = &self.ca_pem {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert =
-                    cert.map_err(|e| ClientError::Usage(format!("the CA file is not PEM: {e}")))?;
-                roots.add(cert).map_err(|e| {
-                    ClientError::Usage(format!("the CA file holds an unusable certificate: {e}"))
-                })?;
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Usage(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Arc::new(config))
     }
 }
 
@@ -180,42 +155,6 @@ impl ServerUrl {
         format!("{}{path}", self.prefix)
     }
 
-    /// `GET path` on one new connection: the status and, when it is a
-    /// success, the body (at most `max_bytes`; empty otherwise). For the
-    /// small public documents a client checks (the canary, the web app).
-    pub(crate) async fn get(
-        &self,
-        trust: &Trust,
-        path: &str,
-        max_bytes: usize,
-    ) -> Result<(hyper::StatusCode, hyper::body::Bytes), ClientError> {
-        use http_body_util::BodyExt as _;
-        let stream = self.open(trust).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get(self.path(path))
-            .header(hyper::header::HOST, &self.authority)
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| ClientError::Network(format!("GET {path} failed: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Ok((status, hyper::body::Bytes::new()));
-        }
-        let body = http_body_util::Limited::new(response.into_body(), max_bytes)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Network(format!("reading {path} failed: {e}")))?
-            .to_bytes();
-        Ok((status, body))
-    }
-
     /// Refuses plain HTTP beyond loopback unless `trust` allows it.
     pub fn check(&self, trust: &Trust) -> Result<(), ClientError> {
         if self.tls || self.is_loopback() || trust.insecure_transport {
@@ -228,44 +167,122 @@ impl ServerUrl {
             self.authority
         )))
     }
-
-    /// Opens a byte stream to the server: TCP, then TLS for `https`.
-    pub async fn open(&self, trust: &Trust) -> Result<MaybeTlsStream<TcpStream>, ClientError> {
-        self.check(trust)?;
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| {
-                ClientError::Network(format!("cannot connect to {}: {e}", self.authority))
-            })?;
-        // Small frames must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-        if !self.tls {
-            return Ok(MaybeTlsStream::Plain(tcp));
-        }
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| ClientError::Usage(format!("{}: {e}", self.authority)))?;
-        let connector = tokio_rustls::TlsConnector::from(trust.client_config()?);
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_error(&self.authority, e))?;
-        Ok(MaybeTlsStream::Rustls(stream))
-    }
 }
 
-/// A failed handshake: a certificate the client does not trust is the
-/// user's to fix (not a passing network fault), so it says how.
-fn tls_error(authority: &str, e: std::io::Error) -> ClientError {
-    let rustls_error = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(rustls::Error::InvalidCertificate(why)) => ClientError::Certificate(format!(
-            "the TLS certificate of {authority} is not trusted ({why:?}); if the server uses \
-             its own CA, give its certificate with --ca-file"
-        )),
-        Some(other) => ClientError::Certificate(format!("TLS with {authority} failed: {other}")),
-        None => ClientError::Network(format!("TLS handshake with {authority} failed: {e}")),
+/// Connections from an operating system: TCP, rustls, hyper.
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use super::{ServerUrl, Trust};
+    use crate::ClientError;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    impl Trust {
+        fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+            let mut roots =
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(pem) = &self.ca_pem {
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert
+                        .map_err(|e| ClientError::Usage(format!("the CA file is not PEM: {e}")))?;
+                    roots.add(cert).map_err(|e| {
+                        ClientError::Usage(format!(
+                            "the CA file holds an unusable certificate: {e}"
+                        ))
+                    })?;
+                }
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Usage(format!("TLS setup failed: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Ok(Arc::new(config))
+        }
+    }
+
+    impl ServerUrl {
+        /// `GET path` on one new connection: the status and, when it is a
+        /// success, the body (at most `max_bytes`; empty otherwise). For the
+        /// small public documents a client checks (the canary, the web app).
+        pub(crate) async fn get(
+            &self,
+            trust: &Trust,
+            path: &str,
+            max_bytes: usize,
+        ) -> Result<(hyper::StatusCode, hyper::body::Bytes), ClientError> {
+            use http_body_util::BodyExt as _;
+            let stream = self.open(trust).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
+            tokio::spawn(connection);
+            let request = hyper::Request::get(self.path(path))
+                .header(hyper::header::HOST, &self.authority)
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .map_err(|e| ClientError::Usage(format!("bad request: {e}")))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| ClientError::Network(format!("GET {path} failed: {e}")))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Ok((status, hyper::body::Bytes::new()));
+            }
+            let body = http_body_util::Limited::new(response.into_body(), max_bytes)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Network(format!("reading {path} failed: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        }
+
+        /// Opens a byte stream to the server: TCP, then TLS for `https`.
+        pub async fn open(&self, trust: &Trust) -> Result<MaybeTlsStream<TcpStream>, ClientError> {
+            self.check(trust)?;
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| {
+                    ClientError::Network(format!("cannot connect to {}: {e}", self.authority))
+                })?;
+            // Small frames must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+            if !self.tls {
+                return Ok(MaybeTlsStream::Plain(tcp));
+            }
+            let name = ServerName::try_from(self.host.clone())
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", self.authority)))?;
+            let connector = tokio_rustls::TlsConnector::from(trust.client_config()?);
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| tls_error(&self.authority, e))?;
+            Ok(MaybeTlsStream::Rustls(stream))
+        }
+    }
+
+    /// A failed handshake: a certificate the client does not trust is the
+    /// user's to fix (not a passing network fault), so it says how.
+    fn tls_error(authority: &str, e: std::io::Error) -> ClientError {
+        let rustls_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(why)) => ClientError::Certificate(format!(
+                "the TLS certificate of {authority} is not trusted ({why:?}); if the server uses \
+                 its own CA, give its certificate with --ca-file"
+            )),
+            Some(other) => {
+                ClientError::Certificate(format!("TLS with {authority} failed: {other}"))
+            }
+            None => ClientError::Network(format!("TLS handshake with {authority} failed: {e}")),
+        }
     }
 }
 

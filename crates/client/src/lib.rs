@@ -9,11 +9,14 @@
 //! state change that produced it, and resent after a crash with the same
 //! message id, which the server de-duplicates.
 
+// HTTP through hyper (attachments, the web audit): not yet in the browser.
+#[cfg(not(target_arch = "wasm32"))]
 mod attachments;
 pub mod auditor;
 pub mod canary;
 mod chat;
 mod client;
+mod clock;
 mod conversations;
 mod devices;
 mod directory_audit;
@@ -30,10 +33,13 @@ pub mod provider;
 mod receipts;
 mod receive;
 mod session;
+mod socket;
 pub mod store;
 pub mod transport;
+#[cfg(not(target_arch = "wasm32"))]
 mod web_audit;
 
+#[cfg(not(target_arch = "wasm32"))]
 pub use attachments::SentFile;
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
@@ -52,6 +58,7 @@ pub use store::{
     AccountAlert, AttachmentInfo, ChatState, ConversationKind, ConversationSummary, EntryKind,
     HistoryEntry, Quoted, ReceiptState, Version,
 };
+#[cfg(not(target_arch = "wasm32"))]
 pub use web_audit::{Served, WebAudit, WebFileCheck, audit_web_release};
 
 use sotto_core::{content::ContentError, group::GroupError, identity::IdentityError};

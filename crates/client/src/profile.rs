@@ -13,14 +13,8 @@ use rusqlite::Connection;
 use sotto_core::group;
 use sotto_core::identity::{Account, DeviceId, DeviceKey, IdentityKey, MemberId, Username};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 pub(crate) fn random_id() -> Vec<u8> {
     rand::random::<[u8; sotto_proto::ID_LEN]>().to_vec()
@@ -33,11 +27,7 @@ pub(crate) fn profile_db(dir: &Path) -> PathBuf {
 /// Creates (or opens) the profile database in `dir`, which must not hold an
 /// account yet.
 pub(crate) fn open_new_profile(dir: &Path) -> Result<Connection, ClientError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| {
+    store::create_profile_dir(dir).map_err(|e| {
         ClientError::Usage(format!(
             "cannot create profile directory {}: {e}",
             dir.display()
@@ -84,7 +74,7 @@ impl Stored {
     /// needs its `passphrase`.
     pub(crate) fn open(dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, ClientError> {
         let path = profile_db(dir);
-        if !path.exists() {
+        if !store::exists(&path) {
             return Err(ClientError::Usage(format!(
                 "no account in profile {}; create one with `sotto register USERNAME --server URL`",
                 dir.display()

@@ -418,7 +418,7 @@ async fn look_up_with_backoff(s: &mut Session<'_>, user: &Username) -> Result<()
             Ok(_) => return Ok(()),
             Err(e) if e.is_transient() && wait <= LOOKUP_BACKOFF * 4 => {
                 tracing::debug!("looking up {user} failed, retrying: {e}");
-                tokio::time::sleep(wait).await;
+                crate::clock::sleep(wait).await;
                 wait *= 2;
             }
             Err(e) => return Err(e),

@@ -3,7 +3,7 @@
 
 use crate::ClientError;
 use crate::endpoint::{ServerUrl, Trust};
-use futures_util::{SinkExt as _, StreamExt as _};
+use crate::socket::Socket;
 use sotto_proto::Message as _;
 use sotto_proto::v1::{
     Ack, ClientFrame, Delivery, LinkCompleted, LinkRequest, ServerFrame, client_frame, response,
@@ -11,9 +11,6 @@ use sotto_proto::v1::{
 };
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message as WsMessage};
 
 /// How long to wait for any single response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +39,7 @@ impl Push {
 }
 
 pub struct Transport {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Socket,
     next_request_id: u64,
     /// Pushes, and responses to requests nobody is waiting for yet.
     buffered: VecDeque<Next>,
@@ -74,18 +71,11 @@ impl Transport {
     /// reads the server's challenge.
     pub async fn connect(server_url: &str, trust: &Trust) -> Result<Self, ClientError> {
         let server = ServerUrl::parse(server_url)?;
-        let url = server.websocket();
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(sotto_proto::MAX_FRAME_BYTES))
-            .max_frame_size(Some(sotto_proto::MAX_FRAME_BYTES));
-        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let stream = server.open(trust).await?;
-            tokio_tungstenite::client_async_with_config(&url, stream, Some(config))
-                .await
-                .map_err(|e| ClientError::Network(format!("cannot connect to {url}: {e}")))
-        })
-        .await
-        .map_err(|_| ClientError::Network(format!("connecting to {url} timed out")))??;
+        let ws = crate::clock::timeout(REQUEST_TIMEOUT, Socket::open(&server, trust))
+            .await
+            .map_err(|_| {
+                ClientError::Network(format!("connecting to {} timed out", server.websocket()))
+            })??;
         let mut transport = Self {
             ws,
             next_request_id: 1,
@@ -119,42 +109,13 @@ impl Transport {
     }
 
     async fn send_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        self.ws
-            .send(WsMessage::Binary(frame.encode_to_vec().into()))
-            .await
-            .map_err(|e| ClientError::Network(format!("send failed: {e}")))
+        self.ws.send(frame.encode_to_vec()).await
     }
 
-    /// Reads frames until one is a `ServerFrame`, answering pings on the way.
+    /// The next `ServerFrame`.
     async fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
-        loop {
-            let message = self
-                .ws
-                .next()
-                .await
-                .ok_or_else(|| ClientError::Network("server closed the connection".into()))?
-                .map_err(|e| match e {
-                    // Not a network fault: the server sent more than any
-                    // answer may hold. Asking again would get the same.
-                    tokio_tungstenite::tungstenite::Error::Capacity(e) => ClientError::Protocol(
-                        format!("the server sent a frame over the size limit: {e}"),
-                    ),
-                    e => ClientError::Network(format!("connection failed: {e}")),
-                })?;
-            match message {
-                WsMessage::Binary(bytes) => {
-                    return sotto_proto::decode_server_frame(&bytes)
-                        .map_err(|e| ClientError::Protocol(e.to_string()));
-                }
-                WsMessage::Close(frame) => {
-                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    return Err(ClientError::Network(format!(
-                        "server closed the connection {reason}"
-                    )));
-                }
-                _ => {}
-            }
-        }
+        let bytes = self.ws.recv().await?;
+        sotto_proto::decode_server_frame(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Sends a request and waits for its response, buffering pushes that
@@ -170,7 +131,7 @@ impl Transport {
             body: Some(body),
         })
         .await?;
-        tokio::time::timeout(REQUEST_TIMEOUT, async {
+        crate::clock::timeout(REQUEST_TIMEOUT, async {
             loop {
                 match self.read_frame().await?.body {
                     Some(server_frame::Body::Response(r)) if r.request_id == request_id => {
@@ -231,17 +192,14 @@ impl Transport {
                 };
             }
             let frame = match idle_ping {
-                Some(every) => match tokio::time::timeout(every, self.read_frame()).await {
+                Some(every) => match crate::clock::timeout(every, self.read_frame()).await {
                     Ok(frame) => frame?,
                     Err(_) => {
-                        self.ws
-                            .send(WsMessage::Ping(Vec::new().into()))
-                            .await
-                            .map_err(|e| ClientError::Network(format!("send failed: {e}")))?;
+                        self.ws.ping().await?;
                         continue;
                     }
                 },
-                None => tokio::time::timeout(REQUEST_TIMEOUT, self.read_frame())
+                None => crate::clock::timeout(REQUEST_TIMEOUT, self.read_frame())
                     .await
                     .map_err(|_| {
                         ClientError::Network("the server did not answer in time".into())
@@ -270,10 +228,10 @@ impl Transport {
     pub fn closed_by_server(&mut self) -> bool {
         use futures_util::FutureExt as _;
         loop {
-            match self.ws.next().now_or_never() {
+            match self.ws.recv().now_or_never() {
                 None => return false,
-                Some(None | Some(Err(_) | Ok(WsMessage::Close(_)))) => return true,
-                Some(Some(Ok(WsMessage::Binary(bytes)))) => {
+                Some(Err(_)) => return true,
+                Some(Ok(bytes)) => {
                     let Ok(frame) = sotto_proto::decode_server_frame(&bytes) else {
                         return true;
                     };
@@ -283,16 +241,14 @@ impl Transport {
                         return true;
                     }
                 }
-                Some(Some(Ok(_))) => {}
             }
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.ws.close().await;
     }
 }
-
 /// What [`Transport::next`] returned.
 #[derive(Debug)]
 pub enum Next {

@@ -26,8 +26,7 @@
 //! user's processes.
 
 use super::StoreError;
-use rusqlite::{Connection, ErrorCode};
-use std::io::Read as _;
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -39,6 +38,7 @@ const ARGON2_PASSES: u32 = 3;
 const ARGON2_LANES: u32 = 1;
 const KEY_LEN: usize = 32;
 const SALT_LEN: usize = 16;
+#[cfg(not(target_arch = "wasm32"))]
 const PLAIN_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// What went wrong opening, locking or unlocking a profile.
@@ -141,10 +141,25 @@ impl ProfileKey {
 enum FileState {
     Absent,
     Plain,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     Locked([u8; SALT_LEN]),
 }
 
+/// In the browser a profile is never SQLCipher-locked (its keys are to be
+/// wrapped by a WebCrypto key instead, docs/WEB_CLIENT.md), and SQLite's
+/// files are not the process's to read.
+#[cfg(target_arch = "wasm32")]
 fn file_state(db: &Path) -> Result<FileState, LockError> {
+    Ok(if super::exists(db) {
+        FileState::Plain
+    } else {
+        FileState::Absent
+    })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn file_state(db: &Path) -> Result<FileState, LockError> {
+    use std::io::Read as _;
     let mut file = match std::fs::File::open(db) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Absent),
@@ -175,6 +190,17 @@ pub fn is_locked(dir: &Path) -> Result<bool, LockError> {
 pub(crate) fn apply_key(conn: &Connection, key: &ProfileKey) -> Result<(), StoreError> {
     // SQLCipher writes a wrong key's decryption failure to stderr; the
     // caller reports it instead.
+    // A SQLite without SQLCipher ignores `PRAGMA key`: the profile would
+    // silently stay plain. Refused instead.
+    let cipher: Option<String> = conn
+        .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+        .optional()?;
+    if cipher.is_none() {
+        return Err(StoreError::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+            Some("this build's SQLite cannot encrypt a profile (no SQLCipher)".into()),
+        ));
+    }
     conn.pragma_update(None, "cipher_log_level", "NONE")?;
     let literal = key.sqlcipher_literal();
     conn.pragma_update(None, "key", literal.as_str())?;

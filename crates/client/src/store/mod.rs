@@ -247,6 +247,36 @@ fn keep_private(_db: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the profile directory `dir`, owner-only.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn create_profile_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// In the browser a profile is a database name in SQLite's own file
+/// system (memory, or OPFS once installed): there is no directory to make.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn create_profile_dir(_dir: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Whether the database file `db` exists.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn exists(db: &std::path::Path) -> bool {
+    db.exists()
+}
+
+/// Whether the database `db` exists in SQLite's file system: it opens
+/// without being created.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn exists(db: &std::path::Path) -> bool {
+    Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).is_ok()
+}
+
 /// Version 4: watching this account's own log (`account_watch`).
 const MIGRATION_4: &str = "
 -- The account's log entries this device knows a device of the account
