@@ -23,28 +23,40 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for `what`, or gives up after `limit`.
+/// Waits for `what`, or gives up after `limit`. `what` is boxed at once:
+/// the client's futures are large (a whole link or request exchange), and
+/// moved by value through a few calls in a debug build they overflow a
+/// test thread's 2 MiB stack.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) async fn timeout<F: Future>(limit: Duration, what: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(limit, what).await.map_err(|_| Elapsed)
+pub(crate) fn timeout<F: Future>(
+    limit: Duration,
+    what: F,
+) -> impl Future<Output = Result<F::Output, Elapsed>> {
+    use futures_util::FutureExt as _;
+    tokio::time::timeout(limit, Box::pin(what)).map(|done| done.map_err(|_| Elapsed))
 }
 
-/// Waits for `what`, or gives up after `limit`.
+/// Waits for `what`, or gives up after `limit`; `what` is boxed at once, as
+/// in the native one.
 #[cfg(target_arch = "wasm32")]
-pub(crate) async fn timeout<F: Future>(limit: Duration, what: F) -> Result<F::Output, Elapsed> {
+pub(crate) fn timeout<F: Future>(
+    limit: Duration,
+    what: F,
+) -> impl Future<Output = Result<F::Output, Elapsed>> {
     use futures_util::future::{Either, select};
-    let what = std::pin::pin!(what);
-    let timer = gloo_timers::future::sleep(limit);
-    match select(what, timer).await {
-        Either::Left((output, _)) => Ok(output),
-        Either::Right(_) => Err(Elapsed),
+    let what = Box::pin(what);
+    async move {
+        match select(what, gloo_timers::future::sleep(limit)).await {
+            Either::Left((output, _)) => Ok(output),
+            Either::Right(_) => Err(Elapsed),
+        }
     }
 }
 
 /// Sleeps for `duration`.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) async fn sleep(duration: Duration) {
-    tokio::time::sleep(duration).await
+pub(crate) fn sleep(duration: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(duration)
 }
 
 /// Sleeps for `duration`.
