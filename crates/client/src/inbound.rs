@@ -760,10 +760,7 @@ mod tests {
         // Alone, the failed one still decrypts and fails on its content,
         // not on a consumed generation.
         let alone = apply_delivery(&bob, &key_log, b"m1", &items[1].1, &Franked::default());
-        assert!(
-            matches!(alone, Err(ClientError::Content(_))),
-            "{alone:?}"
-        );
+        assert!(matches!(alone, Err(ClientError::Content(_))), "{alone:?}");
         let rest = apply_batch(&bob, &key_log, &incoming(&items[2..])).unwrap();
         assert!(!rest.failed);
         assert_eq!(texts(&rest.applied), ["three"]);
@@ -783,7 +780,12 @@ mod tests {
         let send = |plaintext: &[u8]| {
             bob.in_transaction(|provider, _| {
                 let mut g = group::load(provider, &group_id)?;
-                Ok(group::encrypt(provider, &mut g, &bob.account.device, plaintext)?)
+                Ok(group::encrypt(
+                    provider,
+                    &mut g,
+                    &bob.account.device,
+                    plaintext,
+                )?)
             })
             .unwrap()
         };

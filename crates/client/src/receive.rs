@@ -327,7 +327,7 @@ async fn receive(
 /// the first.
 async fn receive_queue(
     s: &mut Session<'_>,
-    mut queue: VecDeque<(Vec<u8>, Vec<u8>)>,
+    mut queue: Queue,
     frank: Option<Frank>,
     out: &mut Vec<HistoryEntry>,
 ) -> Result<(), ClientError> {
@@ -345,13 +345,12 @@ async fn receive_queue(
     Ok(())
 }
 
+/// Messages waiting to be processed: (message id, payload).
+type Queue = VecDeque<(Vec<u8>, Vec<u8>)>;
+
 /// A commit of `group_id` was merged: held messages up to the new epoch
 /// can be processed now, queued after `queue`.
-fn held_after(
-    s: &Session<'_>,
-    group_id: &[u8],
-    mut queue: VecDeque<(Vec<u8>, Vec<u8>)>,
-) -> Result<VecDeque<(Vec<u8>, Vec<u8>)>, ClientError> {
+fn held_after(s: &Session<'_>, group_id: &[u8], mut queue: Queue) -> Result<Queue, ClientError> {
     let epoch = group::load(&s.profile.provider(), group_id).map(|g| g.epoch().as_u64());
     if let Ok(epoch) = epoch {
         for held in store::held_up_to(&s.profile.db, group_id, epoch)? {

@@ -599,9 +599,9 @@ fn process_inner(
             // The sender's leaf first (it still holds the sender unless a
             // commit since removed it), the whole roster only if not.
             let at_leaf = group.member_at(sender_leaf);
-            let still_there = at_leaf
-                .as_ref()
-                .is_some_and(|m| MemberId::from_credential(&m.credential).is_ok_and(|id| id == sender));
+            let still_there = at_leaf.as_ref().is_some_and(|m| {
+                MemberId::from_credential(&m.credential).is_ok_and(|id| id == sender)
+            });
             if !still_there && !members(group).contains(&sender) {
                 return Ok(Inbound::FromFormerMember { group_id, sender });
             }
