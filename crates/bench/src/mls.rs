@@ -155,6 +155,63 @@ impl Fixture {
         Ok((pending.commit.len(), pending.welcome.map_or(0, |w| w.len())))
     }
 
+    /// A commit adding one device, merged at the creator (the group grows
+    /// by one). Returns the commit as sent, for the joined member to
+    /// process.
+    pub fn commit_add_merged(&mut self, kp: &CheckedKeyPackage) -> anyhow::Result<Vec<u8>> {
+        let pending = self.add_one(kp)?;
+        group::merge_pending(&self.creator.provider, &mut self.group)
+            .map_err(|e| anyhow!("merge: {e:?}"))?;
+        self.size = self.size.saturating_add(1);
+        Ok(pending.commit)
+    }
+
+    /// `epochs` self-update commits by the creator, merged there and
+    /// processed by the joined member: afterwards the member keeps the
+    /// message secrets (and, in openmls, the member list) of that many
+    /// past epochs, as a member of a living group does.
+    pub fn advance_epochs(&mut self, epochs: usize) -> anyhow::Result<()> {
+        for _ in 0..epochs {
+            let pending = group::update_keys(
+                &self.creator.provider,
+                &mut self.group,
+                &self.creator.account.device,
+            )
+            .map_err(|e| anyhow!("update: {e:?}"))?;
+            group::merge_pending(&self.creator.provider, &mut self.group)
+                .map_err(|e| anyhow!("merge: {e:?}"))?;
+            self.receive_commit(&pending.commit)?;
+        }
+        Ok(())
+    }
+
+    /// Processes a creator's commit at the joined member.
+    pub fn receive_commit(&self, commit: &[u8]) -> anyhow::Result<()> {
+        match group::process(&self.member.provider, commit, &AllowAll)
+            .map_err(|e| anyhow!("process commit: {e:?}"))?
+        {
+            Inbound::Commit { .. } => Ok(()),
+            other => Err(anyhow!("expected a commit, got {other:?}")),
+        }
+    }
+
+    /// Decrypts creator's messages at the joined member as one batch (one
+    /// [`group::LoadedGroups`], as the client's receive does within one
+    /// transaction).
+    pub fn decrypt_batch(&self, ciphertexts: &[Vec<u8>]) -> anyhow::Result<usize> {
+        let mut loaded = group::LoadedGroups::default();
+        let mut total = 0;
+        for ct in ciphertexts {
+            match group::process_loaded(&self.member.provider, &mut loaded, ct, &AllowAll)
+                .map_err(|e| anyhow!("decrypt: {e:?}"))?
+            {
+                Inbound::Application { plaintext, .. } => total += plaintext.len(),
+                other => return Err(anyhow!("expected an application message, got {other:?}")),
+            }
+        }
+        Ok(total)
+    }
+
     /// A commit removing the joined member, then cleared. Returns its size.
     pub fn commit_remove(&mut self) -> anyhow::Result<usize> {
         let pending = group::remove_devices(

@@ -67,17 +67,114 @@ pub(crate) fn apply_delivery(
     franked: &Franked,
 ) -> Result<Applied, ClientError> {
     profile.in_transaction(|provider, tx| {
-        if store::is_processed(tx, message_id)? {
-            store::remove_held(tx, message_id)?;
-            return Ok(Applied::default());
-        }
-        let inbound = group::process(provider, payload, key_log)?;
-        let applied = record_inbound(profile, provider, tx, message_id, inbound, franked)?;
-        store::mark_processed(tx, message_id)?;
-        store::remove_held(tx, message_id)?;
-        store::forget_attempts(tx, message_id)?;
-        Ok(applied)
+        let mut loaded = group::LoadedGroups::default();
+        apply_in(
+            profile,
+            provider,
+            tx,
+            &mut loaded,
+            key_log,
+            message_id,
+            payload,
+            franked,
+        )
     })
+}
+
+/// One delivery of a batch, as [`apply_batch`] takes it.
+#[derive(Debug)]
+pub(crate) struct Incoming<'a> {
+    pub message_id: &'a [u8],
+    pub payload: &'a [u8],
+    pub franked: Franked,
+}
+
+/// What [`apply_batch`] did.
+#[derive(Debug, Default)]
+pub(crate) struct AppliedBatch {
+    /// What the first deliveries produced, in order, all committed.
+    pub applied: Vec<Applied>,
+    /// The delivery after those failed (and was rolled back): the caller
+    /// processes it alone with [`apply_delivery`], whose error handling
+    /// is the one that counts.
+    pub failed: bool,
+}
+
+/// Processes deliveries in order in ONE transaction, each group loaded once
+/// for all of them (`group::LoadedGroups`: loading a group is most of what
+/// a message costs in a large one). Stops early when one fails (its
+/// changes, and every kept group, are dropped) and right after one that
+/// merged a commit or handed over a key (the caller must deal with those
+/// before what follows).
+///
+/// Each delivery runs inside a savepoint: a failing one is rolled back
+/// alone, and the kept groups with it, since they may hold what the
+/// rollback undid. Nothing in here sends or commits (`record_inbound` only
+/// reads groups and queues receipts), so the kept groups cannot fall
+/// behind storage; and they die with the transaction.
+pub(crate) fn apply_batch(
+    profile: &Profile,
+    key_log: &KeyLog,
+    batch: &[Incoming<'_>],
+) -> Result<AppliedBatch, ClientError> {
+    profile.in_transaction(|provider, tx| {
+        let mut loaded = group::LoadedGroups::default();
+        let mut done = AppliedBatch::default();
+        for incoming in batch {
+            tx.execute_batch("SAVEPOINT delivery")?;
+            let result = apply_in(
+                profile,
+                provider,
+                tx,
+                &mut loaded,
+                key_log,
+                incoming.message_id,
+                incoming.payload,
+                &incoming.franked,
+            );
+            match result {
+                Ok(applied) => {
+                    tx.execute_batch("RELEASE delivery")?;
+                    let stop = applied.merged_commit.is_some() || applied.handover.is_some();
+                    done.applied.push(applied);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    loaded.clear();
+                    tx.execute_batch("ROLLBACK TO delivery; RELEASE delivery")?;
+                    done.failed = true;
+                    break;
+                }
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// One delivery inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn apply_in(
+    profile: &Profile,
+    provider: &MlsProvider<'_>,
+    tx: &Connection,
+    loaded: &mut group::LoadedGroups,
+    key_log: &KeyLog,
+    message_id: &[u8],
+    payload: &[u8],
+    franked: &Franked,
+) -> Result<Applied, ClientError> {
+    if store::is_processed(tx, message_id)? {
+        store::remove_held(tx, message_id)?;
+        return Ok(Applied::default());
+    }
+    let inbound = group::process_loaded(provider, loaded, payload, key_log)?;
+    let applied = record_inbound(profile, provider, tx, message_id, inbound, franked)?;
+    store::mark_processed(tx, message_id)?;
+    store::remove_held(tx, message_id)?;
+    store::forget_attempts(tx, message_id)?;
+    Ok(applied)
 }
 
 /// Turns a processed MLS message into conversations and history lines.
@@ -531,4 +628,180 @@ fn placeholder_name(group_id: &[u8]) -> String {
         "group-{}",
         hex::encode(group_id.get(..4).unwrap_or(group_id))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_core::content::{AppContent, Text};
+    use sotto_core::group::{KeyCheck, KeyDirectory};
+    use sotto_core::identity::Account;
+    use sotto_core::openmls::prelude::MlsGroup;
+    use sotto_core::openmls_rust_crypto::OpenMlsRustCrypto;
+    use sotto_proto::v1::ClaimedKeyPackage;
+
+    struct AllowAll;
+
+    impl KeyDirectory for AllowAll {
+        fn check(&self, _: &MemberId, _: &[u8]) -> KeyCheck {
+            KeyCheck::Listed
+        }
+    }
+
+    /// Alice, a plain openmls member who sends.
+    struct Alice {
+        account: Account,
+        provider: OpenMlsRustCrypto,
+        group: MlsGroup,
+    }
+
+    impl Alice {
+        fn send(&mut self, plaintext: &[u8]) -> Vec<u8> {
+            group::encrypt(
+                &self.provider,
+                &mut self.group,
+                &self.account.device,
+                plaintext,
+            )
+            .unwrap()
+        }
+
+        fn receive(&mut self, payload: &[u8]) -> Vec<u8> {
+            match group::process(&self.provider, payload, &AllowAll).unwrap() {
+                Inbound::Application { plaintext, .. } => plaintext,
+                other => panic!("expected an application message, got {other:?}"),
+            }
+        }
+    }
+
+    fn text(s: &str) -> Vec<u8> {
+        content::encode(&AppContent {
+            id: s.as_bytes().to_vec(),
+            sent_at_ms: 1,
+            body: Some(Body::Text(Text { text: s.into() })),
+            ..AppContent::default()
+        })
+    }
+
+    /// Alice and Bob (a client profile) in one group.
+    fn pair(dir: &std::path::Path) -> (Alice, Profile, Vec<u8>) {
+        let db = store::open(&dir.join("bob.db")).unwrap();
+        let bob = Profile::new(db, Account::generate(Username::parse("bob").unwrap()));
+        let account = Account::generate(Username::parse("alice").unwrap());
+        let provider = OpenMlsRustCrypto::default();
+        let mut g = group::create_group(&provider, &account).unwrap();
+        let claimed = ClaimedKeyPackage {
+            device: Some(bob.account.signed_device()),
+            key_package: group::new_key_package(&bob.provider(), &bob.account, false).unwrap(),
+        };
+        let kp = group::check_key_package(
+            &provider,
+            &bob.account.username,
+            &bob.account.identity_public(),
+            &claimed,
+        )
+        .unwrap();
+        let pending = group::add_members(&provider, &mut g, &account.device, &[kp]).unwrap();
+        group::merge_pending(&provider, &mut g).unwrap();
+        let welcome = pending.welcome.unwrap();
+        let Inbound::Joined { group_id, .. } =
+            group::process(&bob.provider(), &welcome, &AllowAll).unwrap()
+        else {
+            panic!("expected a join");
+        };
+        store::insert_group(&bob.db, &group_id, None).unwrap();
+        let alice = Alice {
+            account,
+            provider,
+            group: g,
+        };
+        (alice, bob, group_id)
+    }
+
+    fn incoming<'a>(items: &'a [(Vec<u8>, Vec<u8>)]) -> Vec<Incoming<'a>> {
+        items
+            .iter()
+            .map(|(id, payload)| Incoming {
+                message_id: id,
+                payload,
+                franked: Franked::default(),
+            })
+            .collect()
+    }
+
+    fn texts(applied: &[Applied]) -> Vec<String> {
+        applied
+            .iter()
+            .flat_map(|a| a.entries.iter().map(|e| e.text.clone()))
+            .collect()
+    }
+
+    /// A delivery that decrypts but then fails (malformed content) stops
+    /// the batch: it is rolled back, and so is the group the batch kept,
+    /// which had already consumed its ratchet generation. Were the kept
+    /// group used after that rollback (as by processing the next delivery
+    /// with it), storage would end up with that generation consumed and
+    /// the failed message would no longer decrypt on its own.
+    #[test]
+    fn a_failed_delivery_rolls_back_with_the_groups_the_batch_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, bob, _) = pair(dir.path());
+        let key_log = KeyLog::new(Vec::new());
+        let items = vec![
+            (b"m0".to_vec(), alice.send(&text("one"))),
+            (b"m1".to_vec(), alice.send(&[0xff; 40])),
+            (b"m2".to_vec(), alice.send(&text("three"))),
+        ];
+        let batch = apply_batch(&bob, &key_log, &incoming(&items)).unwrap();
+        assert!(batch.failed);
+        assert_eq!(texts(&batch.applied), ["one"]);
+        assert!(store::is_processed(&bob.db, b"m0").unwrap());
+        assert!(!store::is_processed(&bob.db, b"m1").unwrap());
+        // Alone, the failed one still decrypts and fails on its content,
+        // not on a consumed generation.
+        let alone = apply_delivery(&bob, &key_log, b"m1", &items[1].1, &Franked::default());
+        assert!(matches!(alone, Err(ClientError::Content(_))), "{alone:?}");
+        let rest = apply_batch(&bob, &key_log, &incoming(&items[2..])).unwrap();
+        assert!(!rest.failed);
+        assert_eq!(texts(&rest.applied), ["three"]);
+    }
+
+    /// Processing batches with kept groups never rolls back this device's
+    /// own sending ratchet: what it sends before, between and after
+    /// batches uses fresh generations, which the other member decrypts (a
+    /// repeated generation, key and nonce reused, is refused there). A
+    /// group kept from one batch to the next, across the send between
+    /// them, would write the send's ratchet back to where it was.
+    #[test]
+    fn sending_after_a_batch_never_repeats_a_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut alice, bob, group_id) = pair(dir.path());
+        let key_log = KeyLog::new(Vec::new());
+        let send = |plaintext: &[u8]| {
+            bob.in_transaction(|provider, _| {
+                let mut g = group::load(provider, &group_id)?;
+                Ok(group::encrypt(
+                    provider,
+                    &mut g,
+                    &bob.account.device,
+                    plaintext,
+                )?)
+            })
+            .unwrap()
+        };
+        let mut sent = vec![send(b"before")];
+        for round in 0..3u8 {
+            let items: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
+                .map(|i| (vec![round, i], alice.send(&text(&format!("{round}.{i}")))))
+                .collect();
+            let batch = apply_batch(&bob, &key_log, &incoming(&items)).unwrap();
+            assert!(!batch.failed);
+            assert_eq!(batch.applied.len(), 4);
+            sent.push(send(&[round]));
+        }
+        assert_eq!(alice.receive(&sent[0]), b"before");
+        for (round, payload) in (0u8..).zip(&sent[1..]) {
+            assert_eq!(alice.receive(payload), [round]);
+        }
+    }
 }

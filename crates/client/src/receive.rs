@@ -4,7 +4,9 @@
 //! committed, with loud warnings when something is off.
 
 use crate::ClientError;
-use crate::inbound::{Franked, Handover, apply_delivery, conversation_of};
+use crate::inbound::{
+    Applied, Franked, Handover, Incoming, apply_batch, apply_delivery, conversation_of,
+};
 use crate::keys::HeadSource;
 use crate::membership;
 use crate::profile::{Profile, now_ms};
@@ -89,7 +91,10 @@ pub(crate) async fn listen_until<T>(
         match next {
             Next::Push(Push::Delivery(d)) => {
                 let mut entries = Vec::new();
-                handle_delivery(s, d, &mut entries).await?;
+                let mut batch = vec![d];
+                s.connection
+                    .take_ready_deliveries(&mut batch, MAX_DELIVERY_BATCH);
+                handle_deliveries(s, batch, &mut entries).await?;
                 for entry in &entries {
                     on_entry(entry);
                 }
@@ -111,7 +116,12 @@ pub(crate) async fn drain(s: &mut Session<'_>) -> Result<Vec<HistoryEntry>, Clie
         .await?;
     loop {
         match s.connection.next(None).await? {
-            Next::Push(Push::Delivery(d)) => handle_delivery(s, d, &mut entries).await?,
+            Next::Push(Push::Delivery(d)) => {
+                let mut batch = vec![d];
+                s.connection
+                    .take_ready_deliveries(&mut batch, MAX_DELIVERY_BATCH);
+                handle_deliveries(s, batch, &mut entries).await?;
+            }
             Next::Push(Push::KeyPackagesLow) => s.key_packages.mark_low(),
             Next::Response(id, response::Result::SyncDone(_)) if id == sync_id => break,
             Next::Push(Push::LinkRequest(_) | Push::LinkCompleted(_)) | Next::Response(..) => {}
@@ -121,6 +131,65 @@ pub(crate) async fn drain(s: &mut Session<'_>) -> Result<Vec<HistoryEntry>, Clie
         .top_up_if_low(s.profile, s.connection)
         .await?;
     Ok(entries)
+}
+
+/// Deliveries processed in one transaction at most (the server keeps at
+/// most 64 unacknowledged ones in flight anyway).
+pub(crate) const MAX_DELIVERY_BATCH: usize = 64;
+
+/// Applies deliveries that arrived together, in order: runs of MLS
+/// messages in one transaction each (`inbound::apply_batch`, every group
+/// loaded once per run), anything else, and any delivery that fails in a
+/// run, alone ([`handle_delivery`]). Each is acknowledged once committed
+/// and its follow-ups (log-head check, held messages) are done.
+pub(crate) async fn handle_deliveries(
+    s: &mut Session<'_>,
+    batch: Vec<Delivery>,
+    out: &mut Vec<HistoryEntry>,
+) -> Result<(), ClientError> {
+    let mut rest = VecDeque::from(batch);
+    while !rest.is_empty() {
+        let run = rest
+            .iter()
+            .take_while(|d| missed_notice::parse(&d.payload).is_none())
+            .count();
+        if run < 2 {
+            if let Some(d) = rest.pop_front() {
+                handle_delivery(s, d, out).await?;
+            }
+            continue;
+        }
+        let incoming: Vec<Incoming<'_>> = rest
+            .iter()
+            .take(run)
+            .map(|d| Incoming {
+                message_id: &d.message_id,
+                payload: &d.payload,
+                franked: Franked {
+                    frank: Frank::from_delivery(&d.frank, d.accepted_at_ms),
+                    franking_key: s.connection.franking_key,
+                },
+            })
+            .collect();
+        s.key_log.start_round();
+        let batch = apply_batch(s.profile, s.key_log, &incoming)?;
+        drop(incoming);
+        for applied in batch.applied {
+            let Some(d) = rest.pop_front() else { break };
+            if let Some(group_id) = settle_applied(s, &d.message_id, applied, out).await? {
+                receive_queue(s, held_after(s, &group_id, VecDeque::new())?, None, out).await?;
+            }
+            s.connection.ack(d.seq).await?;
+        }
+        // The one that failed in the run goes alone, with the error
+        // handling of a single delivery.
+        if batch.failed
+            && let Some(d) = rest.pop_front()
+        {
+            handle_delivery(s, d, out).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Applies one delivery atomically (with any held messages it unblocks),
@@ -250,7 +319,18 @@ async fn receive(
     frank: Option<Frank>,
     out: &mut Vec<HistoryEntry>,
 ) -> Result<(), ClientError> {
-    let mut queue = VecDeque::from([(message_id.to_vec(), payload.to_vec())]);
+    let queue = VecDeque::from([(message_id.to_vec(), payload.to_vec())]);
+    receive_queue(s, queue, frank, out).await
+}
+
+/// [`receive`] of every message in `queue`, in order; `frank` goes with
+/// the first.
+async fn receive_queue(
+    s: &mut Session<'_>,
+    mut queue: Queue,
+    frank: Option<Frank>,
+    out: &mut Vec<HistoryEntry>,
+) -> Result<(), ClientError> {
     let mut frank = frank;
     while let Some((id, payload)) = queue.pop_front() {
         let franked = Franked {
@@ -260,18 +340,26 @@ async fn receive(
         let Some(group_id) = receive_one(s, &id, &payload, &franked, out).await? else {
             continue;
         };
-        // A commit was merged: held messages up to the new epoch can be
-        // processed now.
-        let epoch = group::load(&s.profile.provider(), &group_id).map(|g| g.epoch().as_u64());
-        if let Ok(epoch) = epoch {
-            for held in store::held_up_to(&s.profile.db, &group_id, epoch)? {
-                if !queue.iter().any(|(q, _)| *q == held.0) {
-                    queue.push_back(held);
-                }
+        queue = held_after(s, &group_id, queue)?;
+    }
+    Ok(())
+}
+
+/// Messages waiting to be processed: (message id, payload).
+type Queue = VecDeque<(Vec<u8>, Vec<u8>)>;
+
+/// A commit of `group_id` was merged: held messages up to the new epoch
+/// can be processed now, queued after `queue`.
+fn held_after(s: &Session<'_>, group_id: &[u8], mut queue: Queue) -> Result<Queue, ClientError> {
+    let epoch = group::load(&s.profile.provider(), group_id).map(|g| g.epoch().as_u64());
+    if let Ok(epoch) = epoch {
+        for held in store::held_up_to(&s.profile.db, group_id, epoch)? {
+            if !queue.iter().any(|(q, _)| *q == held.0) {
+                queue.push_back(held);
             }
         }
     }
-    Ok(())
+    Ok(queue)
 }
 
 /// One message of [`receive`]; `Some(group id)` if it merged a
@@ -309,30 +397,7 @@ async fn receive_one(
         }
     }
     match result {
-        Ok(applied) => {
-            out.extend(applied.entries);
-            if let Some(peer) = applied.peer_head
-                && let Err(e) = s
-                    .key_log
-                    .check_head(s.profile, &mut s.anonymous, &peer.head, HeadSource::Peer)
-                    .await
-            {
-                let text = format!(
-                    "WARNING: the key log {} sees disagrees with yours. The server may be showing you different keys. ({e})",
-                    peer.sender
-                );
-                out.extend(warn(
-                    s.profile,
-                    Some(&peer.conversation),
-                    message_id,
-                    &text,
-                )?);
-            }
-            if let Some(handover) = &applied.handover {
-                out.extend(settle_handover(s, message_id, handover).await?);
-            }
-            Ok(applied.merged_commit)
-        }
+        Ok(applied) => settle_applied(s, message_id, applied, out).await,
         Err(ClientError::Group(GroupError::FromLaterEpoch {
             own_epoch,
             message_epoch,
@@ -357,6 +422,39 @@ async fn receive_one(
             Ok(None)
         }
     }
+}
+
+/// What follows an applied delivery once committed: its lines, the check
+/// of the log head it carried, a handed-over key. `Some(group id)` if it
+/// merged a commit.
+async fn settle_applied(
+    s: &mut Session<'_>,
+    message_id: &[u8],
+    applied: Applied,
+    out: &mut Vec<HistoryEntry>,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    out.extend(applied.entries);
+    if let Some(peer) = applied.peer_head
+        && let Err(e) = s
+            .key_log
+            .check_head(s.profile, &mut s.anonymous, &peer.head, HeadSource::Peer)
+            .await
+    {
+        let text = format!(
+            "WARNING: the key log {} sees disagrees with yours. The server may be showing you different keys. ({e})",
+            peer.sender
+        );
+        out.extend(warn(
+            s.profile,
+            Some(&peer.conversation),
+            message_id,
+            &text,
+        )?);
+    }
+    if let Some(handover) = &applied.handover {
+        out.extend(settle_handover(s, message_id, handover).await?);
+    }
+    Ok(applied.merged_commit)
 }
 
 /// Reads this account's key log after another of its devices handed over

@@ -212,6 +212,37 @@ impl Transport {
         }
     }
 
+    /// Moves the deliveries that have already arrived and come next (no
+    /// other push or response before them) into `batch`, up to `max` in
+    /// all. Never waits; reading stops at anything unexpected, which the
+    /// next [`Transport::next`] reports.
+    pub fn take_ready_deliveries(&mut self, batch: &mut Vec<Delivery>, max: usize) {
+        use futures_util::FutureExt as _;
+        while self.buffered.len() < max {
+            match self.ws.next().now_or_never() {
+                Some(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    let Ok(frame) = sotto_proto::decode_server_frame(&bytes) else {
+                        break;
+                    };
+                    if let Some(body) = frame.body
+                        && self.buffer(body).is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Some(Ok(_))) => {}
+                None | Some(None | Some(Err(_))) => break,
+            }
+        }
+        while batch.len() < max
+            && matches!(self.buffered.front(), Some(Next::Push(Push::Delivery(_))))
+        {
+            if let Some(Next::Push(Push::Delivery(d))) = self.buffered.pop_front() {
+                batch.push(d);
+            }
+        }
+    }
+
     pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame {
             request_id: 0,

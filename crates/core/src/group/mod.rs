@@ -422,6 +422,97 @@ pub fn process(
     payload: &[u8],
     directory: &impl KeyDirectory,
 ) -> Result<Inbound, GroupError> {
+    process_loaded(provider, &mut LoadedGroups::default(), payload, directory)
+}
+
+/// Groups loaded from storage once and kept for the next messages of the
+/// same batch, all processed in ONE storage transaction: loading a group
+/// deserialises its whole ratchet tree and message secrets, which costs
+/// more than everything else a received message does in a large group
+/// (bench/OPTIMISATIONS.md, W7).
+///
+/// A kept group is a copy of what storage holds, valid only while nothing
+/// else writes that group's state: a stale copy written back would roll the
+/// group back (its own sending ratchet included: nonce reuse). So:
+///
+/// - create it inside the transaction and drop it with it; never keep it
+///   across transactions, and never encrypt, commit or load-and-store the
+///   same groups while it lives;
+/// - [`process_loaded`] keeps a group only when it returns `Ok`; on any
+///   error the copy is dropped (storage may hold part of the change);
+/// - when the caller undoes storage writes (a rollback, to a savepoint
+///   too), it must [`clear`](Self::clear) it or drop it.
+///
+/// It is deliberately not `Clone`.
+#[derive(Default)]
+pub struct LoadedGroups {
+    groups: std::collections::HashMap<Vec<u8>, MlsGroup>,
+}
+
+impl LoadedGroups {
+    /// Forgets every kept group (after a rollback).
+    pub fn clear(&mut self) {
+        self.groups.clear();
+    }
+
+    /// How many groups are kept.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The kept copy of a group, if any (read-only: for tests and checks).
+    pub fn get(&self, group_id: &[u8]) -> Option<&MlsGroup> {
+        self.groups.get(group_id)
+    }
+
+    fn take(
+        &mut self,
+        provider: &impl OpenMlsProvider,
+        group_id: &[u8],
+    ) -> Result<MlsGroup, GroupError> {
+        match self.groups.remove(group_id) {
+            Some(group) => Ok(group),
+            None => load(provider, group_id),
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadedGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedGroups")
+            .field("groups", &self.groups.len())
+            .finish()
+    }
+}
+
+/// [`process`], reusing the groups `loaded` keeps (and keeping the group
+/// of this message there when it succeeds). See [`LoadedGroups`] for when
+/// this is safe.
+pub fn process_loaded(
+    provider: &impl OpenMlsProvider,
+    loaded: &mut LoadedGroups,
+    payload: &[u8],
+    directory: &impl KeyDirectory,
+) -> Result<Inbound, GroupError> {
+    let mut kept = None;
+    let result = process_inner(provider, loaded, &mut kept, payload, directory);
+    if let (Ok(_), Some(group)) = (&result, kept) {
+        loaded.groups.insert(group.group_id().to_vec(), group);
+    }
+    result
+}
+
+fn process_inner(
+    provider: &impl OpenMlsProvider,
+    loaded: &mut LoadedGroups,
+    kept: &mut Option<MlsGroup>,
+    payload: &[u8],
+    directory: &impl KeyDirectory,
+) -> Result<Inbound, GroupError> {
     let message = deserialize_padded(payload)
         .map_err(|e| GroupError::PeerMisbehaved(format!("malformed MLS message: {e}")))?;
     let protocol = match message.extract() {
@@ -454,7 +545,7 @@ pub fn process(
         }
     };
     let group_id = protocol.group_id().to_vec();
-    let mut group = load(provider, &group_id)?;
+    let group = kept.insert(loaded.take(provider, &group_id)?);
     if protocol.epoch() > group.epoch() {
         return Err(GroupError::FromLaterEpoch {
             own_epoch: group.epoch().as_u64(),
@@ -478,7 +569,7 @@ pub fn process(
                     "a non-member sent something other than an external commit".into(),
                 ));
             };
-            check_external_commit(&group, &staged, &sender, directory)?;
+            check_external_commit(group, &staged, &sender, directory)?;
             let change = RosterChange {
                 joined: vec![sender.clone()],
                 ..RosterChange::default()
@@ -505,14 +596,17 @@ pub fn process(
         ProcessedMessageContent::ApplicationMessage(app) => {
             // Sent in an earlier epoch by someone a later commit removed:
             // the removal is already in effect for this device.
-            if !members(&group).contains(&sender) {
+            // The sender's leaf first (it still holds the sender unless a
+            // commit since removed it), the whole roster only if not.
+            let at_leaf = group.member_at(sender_leaf);
+            let still_there = at_leaf.as_ref().is_some_and(|m| {
+                MemberId::from_credential(&m.credential).is_ok_and(|id| id == sender)
+            });
+            if !still_there && !members(group).contains(&sender) {
                 return Ok(Inbound::FromFormerMember { group_id, sender });
             }
-            let sender_key = group
-                .member_at(sender_leaf)
-                .map(|m| m.signature_key)
-                .unwrap_or_default();
-            let policy = admin_policy(&group)?;
+            let sender_key = at_leaf.map(|m| m.signature_key).unwrap_or_default();
+            let policy = admin_policy(group)?;
             Ok(Inbound::Application {
                 group_id,
                 sender_is_admin: policy
@@ -556,8 +650,8 @@ pub fn process(
             "external joins are not allowed".into(),
         )),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            check_commit_policy(&group, &staged, sender_leaf, &sender, directory)?;
-            let change = RosterChange::of(&group, &staged);
+            check_commit_policy(group, &staged, sender_leaf, &sender, directory)?;
+            let change = RosterChange::of(group, &staged);
             let self_removed = staged.self_removed();
             group
                 .merge_staged_commit(provider, *staged)

@@ -863,3 +863,40 @@ fn only_an_admin_opens_an_invite_link() {
         );
     }
 }
+
+/// `process_loaded` keeps a group only while processing succeeds: a
+/// failure drops the kept copy (storage may hold part of the change, which
+/// the caller rolls back), so the next message loads the group again.
+#[test]
+fn a_kept_group_is_dropped_when_processing_fails() {
+    let (a, b) = (device("anna"), device("ben"));
+    let dir = Directory::of(&[&a, &b]);
+    let mut group = create_group(&a.provider, &a.account).unwrap();
+    let pending = add_members(&a.provider, &mut group, &a.account.device, &[claim(&b)]).unwrap();
+    accept(&a, &mut group);
+    process(&b.provider, &pending.welcome.unwrap(), &dir).unwrap();
+    let id = group.group_id().to_vec();
+
+    let mut loaded = LoadedGroups::default();
+    let first = encrypt(&a.provider, &mut group, &a.account.device, b"one").unwrap();
+    assert!(matches!(
+        process_loaded(&b.provider, &mut loaded, &first, &dir).unwrap(),
+        Inbound::Application { plaintext, .. } if plaintext == b"one"
+    ));
+    assert_eq!(loaded.len(), 1);
+    // The kept copy is what storage holds.
+    let kept = loaded.get(&id).unwrap();
+    assert_eq!(kept.epoch(), load(&b.provider, &id).unwrap().epoch());
+
+    // A replay fails (its generation is consumed): the copy is dropped.
+    assert!(process_loaded(&b.provider, &mut loaded, &first, &dir).is_err());
+    assert!(loaded.is_empty());
+
+    let second = encrypt(&a.provider, &mut group, &a.account.device, b"two").unwrap();
+    assert!(matches!(
+        process_loaded(&b.provider, &mut loaded, &second, &dir).unwrap(),
+        Inbound::Application { plaintext, .. } if plaintext == b"two"
+    ));
+    loaded.clear();
+    assert!(loaded.is_empty());
+}
