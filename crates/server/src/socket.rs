@@ -30,9 +30,12 @@ async fn send_frame(
     socket: &mut WebSocket,
     frame: &impl prost::Message,
 ) -> Result<(), axum::Error> {
-    socket
-        .send(Message::Binary(frame.encode_to_vec().into()))
-        .await
+    send_encoded(socket, frame.encode_to_vec()).await
+}
+
+/// Sends a frame the session already encoded.
+async fn send_encoded(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), axum::Error> {
+    socket.send(Message::Binary(frame.into())).await
 }
 
 /// Serves one WebSocket until the client leaves, a timeout fires, or the
@@ -58,8 +61,8 @@ pub(crate) async fn serve<S: Store>(
         }
         match session.pump().await {
             Ok(frames) => {
-                for frame in &frames {
-                    if send_frame(&mut socket, frame).await.is_err() {
+                for frame in frames {
+                    if send_encoded(&mut socket, frame).await.is_err() {
                         return;
                     }
                 }
@@ -103,7 +106,7 @@ pub(crate) async fn serve<S: Store>(
                     break;
                 };
                 if let Some(frame) = session.on_event(event)
-                    && send_frame(&mut socket, &frame).await.is_err()
+                    && send_encoded(&mut socket, frame).await.is_err()
                 {
                     break;
                 }

@@ -7,6 +7,7 @@
 
 use super::Session;
 use crate::store::{MessageId, NewEntry, Store, StoreError, StoredFrank};
+use prost::Message as _;
 use sotto_proto::v1::{self, response, server_frame};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -106,8 +107,9 @@ impl DeliveryWindow {
 }
 
 impl<S: Store> Session<S> {
-    /// Pushes an entry straight from the hub when the window allows.
-    pub(super) fn push_new(&mut self, entry: &NewEntry) -> Option<v1::ServerFrame> {
+    /// Pushes an entry straight from the hub when the window allows
+    /// (encoded: see [`encode_delivery`]).
+    pub(super) fn push_new(&mut self, entry: &NewEntry) -> Option<Vec<u8>> {
         // Dropped events must be noticed before a later entry moves the
         // cursor past them.
         self.on_missed();
@@ -121,11 +123,11 @@ impl<S: Store> Session<S> {
             return None;
         }
         let pushed = self.window.offer(entry.seq).then(|| {
-            delivery(
+            encode_delivery(
                 entry.seq,
-                entry.message_id,
-                entry.payload.to_vec(),
-                entry.frank,
+                &entry.message_id,
+                &entry.payload,
+                entry.frank.as_ref(),
             )
         });
         if pushed.is_some() {
@@ -140,9 +142,9 @@ impl<S: Store> Session<S> {
         &mut self,
         message_id: MessageId,
         payload: &[u8],
-    ) -> v1::ServerFrame {
+    ) -> Vec<u8> {
         self.ctx.metrics.deliveries.inc();
-        delivery(0, message_id, payload.to_vec(), None)
+        encode_delivery(0, &message_id, payload, None)
     }
 
     /// Starts committing an acknowledgement; the connection goes on pushing
@@ -170,8 +172,9 @@ impl<S: Store> Session<S> {
     }
 
     /// Pushes more of the mailbox if the window has room, and answers
-    /// `Sync`s once everything is pushed and acknowledged.
-    pub async fn pump(&mut self) -> Result<Vec<v1::ServerFrame>, StoreError> {
+    /// `Sync`s once everything is pushed and acknowledged. Returns encoded
+    /// server frames.
+    pub async fn pump(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut frames = Vec::new();
         let Some(device) = self.device else {
             return Ok(frames);
@@ -184,47 +187,127 @@ impl<S: Store> Session<S> {
                 .metrics
                 .deliveries
                 .inc_by(u64::try_from(seqs.len()).unwrap_or(u64::MAX));
-            frames.extend(
-                entries
-                    .into_iter()
-                    .map(|e| delivery(e.seq, e.message_id, e.payload, e.frank)),
-            );
+            frames.extend(entries.iter().map(|e| {
+                encode_delivery(e.seq, &e.message_id, &e.payload, e.frank.as_ref())
+            }));
         }
         let finished = self.window.take_finished_syncs();
         if !finished.is_empty() {
             // `SyncDone` promises the acknowledged entries are gone.
             self.finish_ack_write().await?;
-            frames.extend(finished.into_iter().map(|request_id| v1::ServerFrame {
-                body: Some(server_frame::Body::Response(v1::Response {
-                    request_id,
-                    result: Some(response::Result::SyncDone(v1::SyncDone {})),
-                })),
+            frames.extend(finished.into_iter().map(|request_id| {
+                v1::ServerFrame {
+                    body: Some(server_frame::Body::Response(v1::Response {
+                        request_id,
+                        result: Some(response::Result::SyncDone(v1::SyncDone {})),
+                    })),
+                }
+                .encode_to_vec()
             }));
         }
         Ok(frames)
     }
 }
 
-fn delivery(
+/// `ServerFrame { body: Delivery { .. } }`, encoded byte for byte as prost
+/// encodes it, but written straight from the (shared) payload: one
+/// allocation and one copy per recipient. Building the prost message first
+/// copied the payload (and message id and frank) into it, then encoded it
+/// into a second buffer. The frame cannot be shared between recipients
+/// whole: its `seq` is each device's own.
+pub(crate) fn encode_delivery(
     seq: u64,
-    message_id: MessageId,
-    payload: Vec<u8>,
-    frank: Option<StoredFrank>,
-) -> v1::ServerFrame {
-    v1::ServerFrame {
-        body: Some(server_frame::Body::Delivery(v1::Delivery {
-            seq,
-            message_id: message_id.as_bytes().to_vec(),
-            payload,
-            frank: frank.map(|f| f.signature.to_vec()).unwrap_or_default(),
-            accepted_at_ms: frank.map_or(0, |f| f.accepted_at_ms),
-        })),
+    message_id: &MessageId,
+    payload: &[u8],
+    frank: Option<&StoredFrank>,
+) -> Vec<u8> {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    // Field keys: (field number << 3) | wire type (0 varint, 2 bytes).
+    const FRAME_DELIVERY: u8 = 3 << 3 | 2;
+    const SEQ: u8 = 1 << 3;
+    const MESSAGE_ID: u8 = 2 << 3 | 2;
+    const PAYLOAD: u8 = 3 << 3 | 2;
+    const FRANK: u8 = 4 << 3 | 2;
+    const ACCEPTED_AT_MS: u8 = 5 << 3;
+    fn len_u64(n: usize) -> u64 {
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
+    // proto3: fields at their default value are not written.
+    let varint_len = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
+    let bytes_len = |b: &[u8]| {
+        if b.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(len_u64(b.len())) + b.len()
+        }
+    };
+    let put_bytes = |out: &mut Vec<u8>, key: u8, b: &[u8]| {
+        if !b.is_empty() {
+            out.push(key);
+            encode_varint(len_u64(b.len()), out);
+            out.extend_from_slice(b);
+        }
+    };
+    let id = message_id.as_bytes().as_slice();
+    let signature = frank.map_or(&[][..], |f| &f.signature[..]);
+    let accepted_at_ms = frank.map_or(0, |f| f.accepted_at_ms);
+    let body = varint_len(seq)
+        + bytes_len(id)
+        + bytes_len(payload)
+        + bytes_len(signature)
+        + varint_len(accepted_at_ms);
+    let mut out = Vec::with_capacity(1 + encoded_len_varint(len_u64(body)) + body);
+    out.push(FRAME_DELIVERY);
+    encode_varint(len_u64(body), &mut out);
+    if seq != 0 {
+        out.push(SEQ);
+        encode_varint(seq, &mut out);
+    }
+    put_bytes(&mut out, MESSAGE_ID, id);
+    put_bytes(&mut out, PAYLOAD, payload);
+    put_bytes(&mut out, FRANK, signature);
+    if accepted_at_ms != 0 {
+        out.push(ACCEPTED_AT_MS);
+        encode_varint(accepted_at_ms, &mut out);
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::DeliveryWindow;
+    use super::{DeliveryWindow, encode_delivery};
+    use crate::store::{MessageId, StoredFrank};
+    use prost::Message as _;
+    use sotto_proto::v1::{self, server_frame};
+
+    #[test]
+    fn a_delivery_is_encoded_exactly_as_prost_encodes_it() {
+        let id = MessageId::new([7; 16]);
+        let frank = StoredFrank {
+            signature: [9; 64],
+            accepted_at_ms: 1_700_000_040_000,
+        };
+        let big = vec![0xa5; 70_000];
+        for seq in [0, 1, 127, 128, u64::MAX] {
+            for payload in [&b""[..], b"x", &big] {
+                for frank in [None, Some(&frank)] {
+                    let expected = v1::ServerFrame {
+                        body: Some(server_frame::Body::Delivery(v1::Delivery {
+                            seq,
+                            message_id: id.as_bytes().to_vec(),
+                            payload: payload.to_vec(),
+                            frank: frank.map(|f| f.signature.to_vec()).unwrap_or_default(),
+                            accepted_at_ms: frank.map_or(0, |f| f.accepted_at_ms),
+                        })),
+                    }
+                    .encode_to_vec();
+                    let ours = encode_delivery(seq, &id, payload, frank);
+                    assert_eq!(ours, expected, "seq {seq}, {} bytes", payload.len());
+                    assert_eq!(ours.capacity(), ours.len(), "sized exactly");
+                }
+            }
+        }
+    }
 
     #[test]
     fn pushes_from_the_hub_in_order_until_the_window_is_full() {

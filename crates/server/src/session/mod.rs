@@ -32,6 +32,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use rand::RngCore;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
 use tokio::sync::mpsc;
@@ -249,19 +250,22 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Reacts to a hub signal, returning a frame to push if any.
-    pub fn on_event(&mut self, event: MailboxEvent) -> Option<v1::ServerFrame> {
+    /// Reacts to a hub signal, returning an encoded frame to push if any.
+    pub fn on_event(&mut self, event: MailboxEvent) -> Option<Vec<u8>> {
         match event {
             MailboxEvent::Entry(entry) => self.push_new(&entry),
             MailboxEvent::Ephemeral {
                 message_id,
                 payload,
             } => Some(self.push_ephemeral(message_id, &payload)),
-            MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
-                body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
-                    remaining,
-                })),
-            }),
+            MailboxEvent::KeyPackagesLow { remaining } => Some(
+                v1::ServerFrame {
+                    body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
+                        remaining,
+                    })),
+                }
+                .encode_to_vec(),
+            ),
         }
     }
 
