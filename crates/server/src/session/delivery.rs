@@ -6,11 +6,56 @@
 //! for.
 
 use super::Session;
-use crate::store::{MessageId, NewEntry, Store, StoreError, StoredFrank};
+use crate::store::{DeviceId, MessageId, NewEntry, Store, StoreError, StoredFrank};
 use prost::Message as _;
 use sotto_proto::v1::{self, response, server_frame};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tokio::task::{JoinError, JoinHandle};
+
+/// Most acknowledged seqs a connection keeps waiting while its previous
+/// acknowledgement commits; past this it waits for that commit. (A client
+/// has at most `max_in_flight` entries to acknowledge at a time; more seqs
+/// than that are duplicates or junk.)
+const MAX_WAITING_ACKS: usize = 4096;
+
+/// How an acknowledgement write ended: deleted entries, a store error, or
+/// the task failed.
+pub(crate) type AckWriteResult = Result<Result<u64, StoreError>, JoinError>;
+
+/// A connection's acknowledgements on their way to storage: at most one
+/// write in flight; what is acknowledged meanwhile waits and goes, all
+/// together, in the next one.
+#[derive(Debug, Default)]
+pub(crate) struct AckWriter {
+    /// The acknowledgement being committed.
+    in_flight: Option<JoinHandle<Result<u64, StoreError>>>,
+    /// Acknowledged seqs for the next write.
+    waiting: Vec<u64>,
+}
+
+impl AckWriter {
+    /// A write is in flight and not finished.
+    fn is_writing(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
+    /// Resolves when the write in flight finishes while seqs wait for it
+    /// (hand the result to `Session::ack_written`, which starts the next);
+    /// never otherwise.
+    pub async fn written(&mut self) -> AckWriteResult {
+        match self.in_flight.as_mut() {
+            Some(write) if !self.waiting.is_empty() => write.await,
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+fn ack_write_result(result: AckWriteResult) -> Result<(), StoreError> {
+    result
+        .map_err(|e| StoreError::Backend(format!("acknowledgement task failed: {e}")))?
+        .map(|_deleted| ())
+}
 
 /// Which of a device's mailbox entries one connection has pushed and which
 /// it still owes, in `seq` order, at most `max_in_flight` unacknowledged.
@@ -147,28 +192,79 @@ impl<S: Store> Session<S> {
         encode_delivery(0, &message_id, payload, None)
     }
 
-    /// Starts committing an acknowledgement; the connection goes on pushing
-    /// meanwhile. A second one waits for the first (backpressure).
+    /// Takes an acknowledgement. It is committed by a task of its own
+    /// while the connection goes on; acknowledgements that arrive while one
+    /// commits wait and go together in the next store call (coalesced: one
+    /// write job and one transaction for all of them, however many `Ack`
+    /// frames they came in). Past [`MAX_WAITING_ACKS`] waiting seqs the
+    /// connection waits for the commit (backpressure).
     pub(super) async fn acknowledge(&mut self, seqs: Vec<u64>) -> Result<(), StoreError> {
-        self.finish_ack_write().await?;
         let Some(device) = self.device else {
             return Ok(());
         };
         self.window.acknowledged(&seqs);
-        let store = Arc::clone(&self.ctx.store);
-        self.ack_write = Some(tokio::spawn(async move { store.ack(device, seqs).await }));
+        self.acks.waiting.extend(seqs);
+        if self.acks.is_writing() && self.acks.waiting.len() < MAX_WAITING_ACKS {
+            return Ok(());
+        }
+        self.finish_ack_write().await?;
+        self.start_ack_write(device);
         Ok(())
+    }
+
+    /// Commits what waits, if anything and nothing is being committed.
+    fn start_ack_write(&mut self, device: DeviceId) {
+        if self.acks.waiting.is_empty() || self.acks.in_flight.is_some() {
+            return;
+        }
+        let mut seqs = std::mem::take(&mut self.acks.waiting);
+        seqs.sort_unstable();
+        seqs.dedup();
+        let store = Arc::clone(&self.ctx.store);
+        self.acks.in_flight = Some(tokio::spawn(async move { store.ack(device, seqs).await }));
     }
 
     /// Waits for the acknowledgement being committed, if any.
     async fn finish_ack_write(&mut self) -> Result<(), StoreError> {
-        let Some(write) = self.ack_write.take() else {
+        let Some(write) = self.acks.in_flight.take() else {
             return Ok(());
         };
-        write
-            .await
-            .map_err(|e| StoreError::Backend(format!("acknowledgement task failed: {e}")))?
-            .map(|_deleted| ())
+        ack_write_result(write.await)
+    }
+
+    /// The write [`AckWriter::written`] waited for has finished: commits
+    /// what waited for it, or returns its error (the connection then
+    /// closes; its unacknowledged entries are delivered again on the next).
+    pub fn ack_written(&mut self, result: AckWriteResult) -> Result<(), StoreError> {
+        self.acks.in_flight = None;
+        ack_write_result(result)?;
+        if let Some(device) = self.device {
+            self.start_ack_write(device);
+        }
+        Ok(())
+    }
+
+    /// Commits every acknowledgement taken so far and waits for it.
+    async fn commit_acks(&mut self) -> Result<(), StoreError> {
+        self.finish_ack_write().await?;
+        if let Some(device) = self.device {
+            self.start_ack_write(device);
+        }
+        self.finish_ack_write().await
+    }
+
+    /// The connection is closing: acknowledgements still waiting are
+    /// committed by a task that outlives it (as is the one in flight). If
+    /// that fails (the server is stopping, say), their entries are
+    /// delivered again on the next connection, and the client drops the
+    /// duplicates by message id.
+    pub fn close(&mut self) {
+        if let Some(device) = self.device {
+            // Detached: dropping a tokio `JoinHandle` does not cancel its
+            // task.
+            self.acks.in_flight = None;
+            self.start_ack_write(device);
+        }
     }
 
     /// Pushes more of the mailbox if the window has room, and answers
@@ -194,7 +290,7 @@ impl<S: Store> Session<S> {
         let finished = self.window.take_finished_syncs();
         if !finished.is_empty() {
             // `SyncDone` promises the acknowledged entries are gone.
-            self.finish_ack_write().await?;
+            self.commit_acks().await?;
             frames.extend(finished.into_iter().map(|request_id| {
                 v1::ServerFrame {
                     body: Some(server_frame::Body::Response(v1::Response {
