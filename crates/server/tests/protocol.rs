@@ -409,11 +409,18 @@ async fn coalesced_acknowledgements_are_all_committed() {
     }
     assert_eq!(numbers, (0..total).collect::<Vec<_>>());
     assert!(bob_conn.sync().await.is_empty());
-    assert_eq!(mailbox_rows(), 0, "SyncDone came before every Ack committed");
+    assert_eq!(
+        mailbox_rows(),
+        0,
+        "SyncDone came before every Ack committed"
+    );
     drop(bob_conn);
     let mut bob_conn = server.connect().await;
     bob_conn.login(&bob).await;
-    assert!(bob_conn.sync().await.is_empty(), "acknowledged, yet redelivered");
+    assert!(
+        bob_conn.sync().await.is_empty(),
+        "acknowledged, yet redelivered"
+    );
 
     // All but the last acknowledged, then the connection closes at once.
     let more: u16 = 50;
@@ -434,7 +441,11 @@ async fn coalesced_acknowledgements_are_all_committed() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(mailbox_rows(), 1, "acknowledgements lost when the connection closed");
+    assert_eq!(
+        mailbox_rows(),
+        1,
+        "acknowledgements lost when the connection closed"
+    );
     let mut bob_conn = server.connect().await;
     bob_conn.login(&bob).await;
     let again = bob_conn.sync().await;

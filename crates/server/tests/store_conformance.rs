@@ -942,7 +942,10 @@ mod conformance {
     pub async fn concurrent_acks_are_each_counted<S: Store>(store: S) {
         let devices: Vec<u8> = (1..=24).collect();
         for &d in &devices {
-            store.register(account(&format!("user{d}"), d)).await.unwrap();
+            store
+                .register(account(&format!("user{d}"), d))
+                .await
+                .unwrap();
         }
         let g = with_group(&store, "g").await;
         for id in [1, 2] {

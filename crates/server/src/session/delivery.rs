@@ -183,11 +183,7 @@ impl<S: Store> Session<S> {
 
     /// Pushes an ephemeral message: outside the window and the mailbox
     /// (seq 0, which no entry has; its acknowledgement deletes nothing).
-    pub(super) fn push_ephemeral(
-        &mut self,
-        message_id: MessageId,
-        payload: &[u8],
-    ) -> Vec<u8> {
+    pub(super) fn push_ephemeral(&mut self, message_id: MessageId, payload: &[u8]) -> Vec<u8> {
         self.ctx.metrics.deliveries.inc();
         encode_delivery(0, &message_id, payload, None)
     }
@@ -283,9 +279,11 @@ impl<S: Store> Session<S> {
                 .metrics
                 .deliveries
                 .inc_by(u64::try_from(seqs.len()).unwrap_or(u64::MAX));
-            frames.extend(entries.iter().map(|e| {
-                encode_delivery(e.seq, &e.message_id, &e.payload, e.frank.as_ref())
-            }));
+            frames.extend(
+                entries
+                    .iter()
+                    .map(|e| encode_delivery(e.seq, &e.message_id, &e.payload, e.frank.as_ref())),
+            );
         }
         let finished = self.window.take_finished_syncs();
         if !finished.is_empty() {
