@@ -26,7 +26,7 @@ use crate::sotto;
 
 /// Runs the workload against `server`; prints deliveries and wall time.
 pub async fn run(server: SocketAddr, devices: usize, messages: u64) -> anyhow::Result<()> {
-    let src = SourceAddrs::new(2 + u32::try_from(std::process::id() % 200).unwrap_or(0), 16);
+    let src = SourceAddrs::new(2 + std::process::id() % 200, 16);
     let tag = sotto::run_tag();
     let members: Vec<Arc<_>> = (0..devices)
         .map(|i| net::account(&format!("f{tag}{i}")).map(Arc::new))
