@@ -11,6 +11,7 @@
 #![allow(clippy::needless_update)]
 
 mod baselines;
+mod fixed_fanout;
 mod load;
 mod net;
 mod procs;
@@ -76,6 +77,20 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// A fixed group fan-out against a running server, for counting its
+    /// instructions (see `src/fixed_fanout.rs`).
+    FixedFanout {
+        /// The server's address (plain WebSocket, started with
+        /// `--no-rate-limits`).
+        #[arg(long)]
+        server: SocketAddr,
+        /// Recipient devices in the group.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Messages sent to the group.
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +102,27 @@ enum Mode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::FixedFanout {
+        server,
+        devices,
+        messages,
+    }) = args.command
+    {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(fixed_fanout::run(server, devices, messages)));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::EchoServer { listen }) = args.command {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

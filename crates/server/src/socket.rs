@@ -2,6 +2,7 @@
 //! out, timeouts, hub signals and shutdown. All protocol state is in
 //! [`Session`]; this file owns only the socket and the timers.
 
+use crate::config::Limits;
 use crate::session::wire_error::error;
 use crate::session::{Context, Session, Signal};
 use crate::store::Store;
@@ -30,21 +31,38 @@ async fn send_frame(
     socket: &mut WebSocket,
     frame: &impl prost::Message,
 ) -> Result<(), axum::Error> {
-    socket
-        .send(Message::Binary(frame.encode_to_vec().into()))
-        .await
+    send_encoded(socket, frame.encode_to_vec()).await
+}
+
+/// Sends a frame the session already encoded.
+async fn send_encoded(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), axum::Error> {
+    socket.send(Message::Binary(frame.into())).await
 }
 
 /// Serves one WebSocket until the client leaves, a timeout fires, or the
 /// server shuts down.
+///
+/// Acknowledgements the client sent are committed even if the connection
+/// ends before they are ([`Session::close`]).
 pub(crate) async fn serve<S: Store>(
-    mut socket: WebSocket,
+    socket: WebSocket,
     ctx: Arc<Context<S>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     address: IpAddr,
 ) {
     let limits = ctx.limits.clone();
     let mut session = Session::new(ctx, address);
+    converse(socket, &mut session, shutdown, &limits).await;
+    session.close();
+}
+
+/// The connection's frames in and out, until it ends.
+async fn converse<S: Store>(
+    mut socket: WebSocket,
+    session: &mut Session<S>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: &Limits,
+) {
     if send_frame(&mut socket, &session.challenge()).await.is_err() {
         return;
     }
@@ -58,8 +76,8 @@ pub(crate) async fn serve<S: Store>(
         }
         match session.pump().await {
             Ok(frames) => {
-                for frame in &frames {
-                    if send_frame(&mut socket, frame).await.is_err() {
+                for frame in frames {
+                    if send_encoded(&mut socket, frame).await.is_err() {
                         return;
                     }
                 }
@@ -95,6 +113,14 @@ pub(crate) async fn serve<S: Store>(
                         session.on_missed();
                         continue;
                     }
+                    Signal::AckWritten(result) => {
+                        if let Err(e) = session.ack_written(result) {
+                            tracing::error!(error = %e, "cannot commit acknowledgements");
+                            let _ = socket.send(close(CLOSE_INTERNAL, "storage error")).await;
+                            break;
+                        }
+                        continue;
+                    }
                     Signal::Hub(event) => event,
                 };
                 let Some(event) = event else {
@@ -103,7 +129,7 @@ pub(crate) async fn serve<S: Store>(
                     break;
                 };
                 if let Some(frame) = session.on_event(event)
-                    && send_frame(&mut socket, &frame).await.is_err()
+                    && send_encoded(&mut socket, frame).await.is_err()
                 {
                     break;
                 }

@@ -375,6 +375,87 @@ async fn sync_completes_after_pending_deliveries_are_acknowledged() {
     assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
+/// Acknowledgements sent in quick succession are coalesced into fewer store
+/// writes (`session/delivery.rs`); none may be lost on the way. `SyncDone`
+/// waits until every acknowledgement before it is committed, and a
+/// connection that closes with some still waiting commits them: only what
+/// was never acknowledged is delivered again.
+#[tokio::test]
+async fn coalesced_acknowledgements_are_all_committed() {
+    let server = TestServer::start_with(|c| c.limits.max_in_flight = 1_000).await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (bob_conn, bob) = server.registered("bob").await;
+    drop(bob_conn);
+    let group = create_group(&mut alice).await;
+    let mailbox_rows = || -> i64 {
+        server
+            .db()
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap()
+    };
+    let total: u16 = 300;
+    send_numbered(&mut alice, &group, &bob, total, &[]).await;
+
+    // One Ack per delivery, as fast as they arrive: while one commits, the
+    // next ones wait and are merged.
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    let mut numbers = Vec::new();
+    for _ in 0..total {
+        let delivery = bob_conn.next_delivery().await;
+        bob_conn.ack(&[delivery.seq]).await;
+        let body = unframed(&delivery.payload);
+        numbers.push(u16::from_be_bytes([body[0], body[1]]));
+    }
+    assert_eq!(numbers, (0..total).collect::<Vec<_>>());
+    assert!(bob_conn.sync().await.is_empty());
+    assert_eq!(
+        mailbox_rows(),
+        0,
+        "SyncDone came before every Ack committed"
+    );
+    drop(bob_conn);
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    assert!(
+        bob_conn.sync().await.is_empty(),
+        "acknowledged, yet redelivered"
+    );
+
+    // All but the last acknowledged, then the connection closes at once.
+    let more: u16 = 50;
+    send_numbered(&mut alice, &group, &bob, more, &[]).await;
+    let mut deliveries = Vec::new();
+    for _ in 0..more {
+        deliveries.push(bob_conn.next_delivery().await);
+    }
+    let (unacked, acked) = deliveries.split_last().unwrap();
+    for delivery in acked {
+        bob_conn.ack(&[delivery.seq]).await;
+    }
+    drop(bob_conn);
+    // The closed connection's acknowledgements commit after it is gone.
+    for _ in 0..200 {
+        if mailbox_rows() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mailbox_rows(),
+        1,
+        "acknowledgements lost when the connection closed"
+    );
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    let again = bob_conn.sync().await;
+    assert_eq!(
+        again.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        [unacked.seq],
+        "only the unacknowledged entry comes again"
+    );
+}
+
 /// Sends `total` messages to `to`, each starting with its number (two bytes,
 /// big-endian) followed by `filler`.
 async fn send_numbered(from: &mut Client, group: &[u8], to: &Account, total: u16, filler: &[u8]) {

@@ -936,6 +936,61 @@ mod conformance {
         assert_eq!((stats.payloads, stats.mailbox_entries), (0, 0));
     }
 
+    /// Every recipient of a group message acknowledging it at once (the
+    /// SQLite store commits acknowledgements that queue up together): each
+    /// is answered with its own count, and the payload goes with the last.
+    pub async fn concurrent_acks_are_each_counted<S: Store>(store: S) {
+        let devices: Vec<u8> = (1..=24).collect();
+        for &d in &devices {
+            store
+                .register(account(&format!("user{d}"), d))
+                .await
+                .unwrap();
+        }
+        let g = with_group(&store, "g").await;
+        for id in [1, 2] {
+            store
+                .enqueue(GroupMessage {
+                    expires_at: None,
+                    group_id: g.clone(),
+                    token_hash: TOKEN_HASH,
+                    epoch: 1,
+                    previous_epoch_open: false,
+                    envelope: envelope(id, &devices, &[id]),
+                    now: 1_000,
+                })
+                .await
+                .unwrap();
+        }
+        let mut seqs = Vec::new();
+        for &d in &devices {
+            let mailbox = store.fetch_mailbox(device_id(d), 0, 10).await.unwrap();
+            assert_eq!(mailbox.len(), 2);
+            seqs.push((d, mailbox[0].seq, mailbox[1].seq));
+        }
+        // Everyone acknowledges the first message (twice, with an unknown
+        // seq); only device 1 the second.
+        let acks = seqs.iter().map(|&(d, first, second)| {
+            let store = &store;
+            async move {
+                let mut wanted = vec![first, first, 9_999];
+                if d == 1 {
+                    wanted.push(second);
+                }
+                (d, store.ack(device_id(d), wanted).await.unwrap())
+            }
+        });
+        for (d, deleted) in futures_util::future::join_all(acks).await {
+            assert_eq!(deleted, if d == 1 { 2 } else { 1 }, "device {d}");
+        }
+        let stats = store.stats().await.unwrap();
+        assert_eq!(
+            (stats.payloads, stats.mailbox_entries),
+            (1, 23),
+            "the first payload is gone, the second still needed"
+        );
+    }
+
     pub async fn expiry_deletes_old_entries_and_orphaned_payloads<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("bob", 2)).await.unwrap();
@@ -1588,6 +1643,7 @@ macro_rules! store_conformance_tests {
                 full_mailboxes_skip_only_their_device,
                 missed_notices_are_bounded_per_device,
                 ack_deletes_entries_and_then_the_payload,
+                concurrent_acks_are_each_counted,
                 expiry_deletes_old_entries_and_orphaned_payloads,
                 disappearing_messages_are_deleted_at_expiry,
                 check_send_checks_and_stores_nothing,

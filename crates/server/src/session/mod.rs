@@ -32,6 +32,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use rand::RngCore;
 use sotto_proto::v1::{self, ErrorCode, client_frame::Body, response, server_frame};
 use tokio::sync::mpsc;
@@ -44,9 +45,9 @@ use crate::link_rendezvous::{ConnectionId, LinkRendezvous};
 use crate::mailbox_hub::{MailboxEvent, MailboxHub, Subscription};
 use crate::metrics::Metrics;
 use crate::rate_limit::{ConnectionBuckets, RateLimits};
-use crate::store::{DeviceId, Store, StoreError, UnixSeconds};
+use crate::store::{DeviceId, Store, UnixSeconds};
 use crate::transparency_log::TransparencyLog;
-use delivery::DeliveryWindow;
+use delivery::{AckWriteResult, AckWriter, DeliveryWindow};
 use wire_error::error;
 
 /// Largest KeyPackage accepted in an upload.
@@ -121,6 +122,9 @@ pub(crate) enum Signal {
     Missed,
     /// A link frame to push.
     Link(server_frame::Body),
+    /// The acknowledgement write that others waited for finished: hand it
+    /// to [`Session::ack_written`].
+    AckWritten(AckWriteResult),
 }
 
 /// The protocol state of one connection.
@@ -154,8 +158,8 @@ pub(crate) struct Session<S> {
     subscription: Option<Subscription>,
     /// What of the device's mailbox this connection pushed and owes.
     window: DeliveryWindow,
-    /// The acknowledgement being committed, if any.
-    ack_write: Option<tokio::task::JoinHandle<Result<u64, StoreError>>>,
+    /// Acknowledgements being committed, and those waiting for that.
+    acks: AckWriter,
 }
 
 impl<S: Store> Session<S> {
@@ -179,7 +183,7 @@ impl<S: Store> Session<S> {
             buckets,
             subscription: None,
             window,
-            ack_write: None,
+            acks: AckWriter::default(),
         }
     }
 
@@ -212,7 +216,10 @@ impl<S: Store> Session<S> {
     /// which was removed) or link frame; hub signals only after login.
     pub async fn next_signal(&mut self) -> Signal {
         let Self {
-            subscription, link, ..
+            subscription,
+            link,
+            acks,
+            ..
         } = self;
         // The session keeps a sender, so `recv` never ends while it lives.
         let link_frame = async {
@@ -231,6 +238,7 @@ impl<S: Store> Session<S> {
             event = sub.events.recv() => Signal::Hub(event),
             () = sub.missed.wait() => Signal::Missed,
             frame = link_frame => Signal::Link(frame),
+            written = acks.written() => Signal::AckWritten(written),
         }
     }
 
@@ -249,19 +257,22 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Reacts to a hub signal, returning a frame to push if any.
-    pub fn on_event(&mut self, event: MailboxEvent) -> Option<v1::ServerFrame> {
+    /// Reacts to a hub signal, returning an encoded frame to push if any.
+    pub fn on_event(&mut self, event: MailboxEvent) -> Option<Vec<u8>> {
         match event {
             MailboxEvent::Entry(entry) => self.push_new(&entry),
             MailboxEvent::Ephemeral {
                 message_id,
                 payload,
             } => Some(self.push_ephemeral(message_id, &payload)),
-            MailboxEvent::KeyPackagesLow { remaining } => Some(v1::ServerFrame {
-                body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
-                    remaining,
-                })),
-            }),
+            MailboxEvent::KeyPackagesLow { remaining } => Some(
+                v1::ServerFrame {
+                    body: Some(server_frame::Body::KeyPackagesLow(v1::KeyPackagesLow {
+                        remaining,
+                    })),
+                }
+                .encode_to_vec(),
+            ),
         }
     }
 
