@@ -217,23 +217,7 @@ impl Transport {
     /// all. Never waits; reading stops at anything unexpected, which the
     /// next [`Transport::next`] reports.
     pub fn take_ready_deliveries(&mut self, batch: &mut Vec<Delivery>, max: usize) {
-        use futures_util::FutureExt as _;
-        while self.buffered.len() < max {
-            match self.ws.next().now_or_never() {
-                Some(Some(Ok(WsMessage::Binary(bytes)))) => {
-                    let Ok(frame) = sotto_proto::decode_server_frame(&bytes) else {
-                        break;
-                    };
-                    if let Some(body) = frame.body
-                        && self.buffer(body).is_err()
-                    {
-                        break;
-                    }
-                }
-                Some(Some(Ok(_))) => {}
-                None | Some(None | Some(Err(_))) => break,
-            }
-        }
+        self.read_arrived(max);
         while batch.len() < max
             && matches!(self.buffered.front(), Some(Next::Push(Push::Delivery(_))))
         {
@@ -257,8 +241,15 @@ impl Transport {
     /// never waits. A connection found closed must not be used: the caller
     /// opens a new one instead of failing its next request.
     pub fn closed_by_server(&mut self) -> bool {
+        self.read_arrived(usize::MAX)
+    }
+
+    /// Buffers the frames that have already arrived, until `max` are
+    /// buffered; never waits. Returns whether the connection turned out
+    /// closed or broken (or sent something unreadable).
+    fn read_arrived(&mut self, max: usize) -> bool {
         use futures_util::FutureExt as _;
-        loop {
+        while self.buffered.len() < max {
             match self.ws.recv().now_or_never() {
                 None => return false,
                 Some(Err(_)) => return true,
@@ -274,12 +265,14 @@ impl Transport {
                 }
             }
         }
+        false
     }
 
     pub async fn close(self) {
         self.ws.close().await;
     }
 }
+
 /// What [`Transport::next`] returned.
 #[derive(Debug)]
 pub enum Next {
