@@ -7,7 +7,11 @@
 # its C23 shim); this script installs clang-19 and llvm-19 with apt when
 # they are missing.
 #
-#   scripts/check-wasm-client.sh    (uses target/wasm-check)
+#   scripts/check-wasm-client.sh
+#
+# Uses the default target directory, so the host's build scripts and proc
+# macros from a native `cargo clippy` are reused (1 min instead of 5.5 in
+# CI, where it runs right after the workspace's clippy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +27,4 @@ if command -v rustup >/dev/null &&
 fi
 
 export CC_wasm32_unknown_unknown=clang-19 AR_wasm32_unknown_unknown=llvm-ar-19
-cargo clippy --locked -p sotto-client --target wasm32-unknown-unknown \
-    --target-dir target/wasm-check -- -D warnings
+cargo clippy --locked -p sotto-client --target wasm32-unknown-unknown -- -D warnings
