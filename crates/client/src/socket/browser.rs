@@ -23,8 +23,9 @@ impl Socket {
             .map_err(|e| ClientError::Network(format!("send failed: {e}")))
     }
 
-    /// Browsers cannot send WebSocket pings (they answer the server's), so
-    /// an idle connection is kept by the server's own pings.
+    /// Browsers cannot send WebSocket pings. Nothing is sent yet, so the
+    /// server closes a connection idle for its timeout (90 s by default);
+    /// an empty `Ack` would keep it (docs/WEB_CLIENT.md).
     pub(crate) async fn ping(&mut self) -> Result<(), ClientError> {
         Ok(())
     }
