@@ -14,7 +14,8 @@
 # web/TOOLCHAIN, and --check with another rustc fails saying so (rebuild and
 # commit the bundle with the new toolchain) rather than as a mismatch.
 #
-# Needs: rustup's wasm32-unknown-unknown target, sha384sum, xxd, base64,
+# Needs: rustup's wasm32-unknown-unknown target and clang-19 (both installed
+# when missing, see scripts/wasm-toolchain.sh), sha384sum, xxd, base64,
 # gzip, diff (all on Debian by default but xxd, which is in the xxd package).
 set -euo pipefail
 
@@ -49,11 +50,8 @@ for tool in sha384sum xxd base64 gzip diff; do
     }
 done
 
-if command -v rustup >/dev/null &&
-    ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-    echo "build-web.sh: adding the wasm32-unknown-unknown target" >&2
-    rustup target add wasm32-unknown-unknown
-fi
+# The wasm32 target, and clang-19 for SQLite's C (installed when missing).
+source scripts/wasm-toolchain.sh
 
 toolchain=$(rustc --version)
 if $check && [[ "$(cat web/TOOLCHAIN 2>/dev/null)" != "$toolchain" ]]; then

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Lints (clippy, warnings as errors) the CLI's client library (crates/client) for the browser
-# (wasm32-unknown-unknown), so its platform seams (socket, clock, files,
-# SQLite) keep building there while the web client is wired to it
-# (docs/WEB_CLIENT.md). rusqlite compiles SQLite's C to wasm with
-# sqlite-wasm-rs, which needs clang 19 (Debian's default clang 14 fails on
-# its C23 shim); this script installs clang-19 and llvm-19 with apt when
-# they are missing.
+# Lints (clippy, warnings as errors) the CLI's client library (crates/client)
+# and the web client over it (crates/web) for the browser
+# (wasm32-unknown-unknown): code behind `cfg(target_arch = "wasm32")` is
+# linted nowhere else (docs/WEB_CLIENT.md). SQLite's C needs clang-19,
+# which scripts/wasm-toolchain.sh installs with apt when missing.
 #
 #   scripts/check-wasm-client.sh
 #
@@ -15,16 +13,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v clang-19 >/dev/null || ! command -v llvm-ar-19 >/dev/null; then
-    echo "check-wasm-client.sh: installing clang-19 and llvm-19 (apt)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang-19 llvm-19 >/dev/null ||
-        { apt-get update >/dev/null &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang-19 llvm-19 >/dev/null; }
-fi
-if command -v rustup >/dev/null &&
-    ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-    rustup target add wasm32-unknown-unknown
-fi
-
-export CC_wasm32_unknown_unknown=clang-19 AR_wasm32_unknown_unknown=llvm-ar-19
-cargo clippy --locked -p sotto-client --target wasm32-unknown-unknown -- -D warnings
+source scripts/wasm-toolchain.sh
+cargo clippy --locked -p sotto-client -p sotto-web --target wasm32-unknown-unknown -- -D warnings

@@ -126,8 +126,184 @@ function checkServer() {
   });
 }
 
+// ------------------------------------------------------------ messaging
+//
+// An account runs in the wasm module (`Account`, over the CLI's own client
+// library); this part only shows what it returns and hands it what the
+// user typed. History lines are rendered with textContent, never as HTML.
+
+/** The signed-in account (a wasm `Account`), once registered. */
+let account;
+/** The conversation on screen: `{ kind: 'direct' | 'group', name }`. */
+let current;
+
+const accountStatus = field('account-status');
+
+function setAccountStatus(state, text) {
+  accountStatus.dataset.state = state;
+  accountStatus.textContent = text;
+}
+
+/** The server's URL as the client library wants it: where this page is. */
+function serverUrl() {
+  return new URL('.', document.baseURI).href;
+}
+
+function entryItem(entry) {
+  const item = document.createElement('li');
+  item.dataset.testid = 'entry';
+  item.dataset.sender = entry.sender;
+  item.className = entry.sender === account.username ? 'mine' : '';
+  if (entry.type === 'system') item.classList.add('system');
+  const sender = document.createElement('span');
+  sender.className = 'sender';
+  sender.textContent = entry.sender;
+  const text = document.createElement('span');
+  text.className = 'text';
+  text.dataset.testid = 'entry-text';
+  text.textContent = entry.deleted ? '(deleted)' : entry.text;
+  const time = document.createElement('time');
+  const sent = new Date(entry.sent_at);
+  time.dateTime = sent.toISOString();
+  time.textContent = sent.toLocaleTimeString();
+  item.append(sender, text, time);
+  return item;
+}
+
+function isCurrent(kind, name) {
+  return current !== undefined && current.kind === kind && current.name === name;
+}
+
+async function refreshConversations() {
+  const list = field('conversation-list');
+  let conversations;
+  try {
+    conversations = await account.conversations();
+  } catch (e) {
+    setAccountStatus('failed', e.message);
+    return;
+  }
+  list.replaceChildren(
+    ...conversations.map((c) => {
+      const item = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.dataset.testid = 'conversation';
+      button.dataset.kind = c.kind;
+      button.dataset.name = c.name;
+      if (isCurrent(c.kind, c.name)) button.setAttribute('aria-current', 'true');
+      const name = document.createElement('span');
+      name.textContent = c.kind === 'group' ? `# ${c.name}` : c.name;
+      button.append(name);
+      if (c.unread > 0) {
+        const unread = document.createElement('span');
+        unread.className = 'unread';
+        unread.dataset.testid = 'unread';
+        unread.textContent = String(c.unread);
+        unread.setAttribute('aria-label', `${c.unread} unread`);
+        button.append(unread);
+      }
+      button.addEventListener('click', () => openConversation(c.kind, c.name));
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+async function openConversation(kind, name) {
+  current = { kind, name };
+  field('chat').hidden = false;
+  field('chat-heading').textContent = kind === 'group' ? `Group ${name}` : `Chat with ${name}`;
+  const history = field('history');
+  history.replaceChildren();
+  try {
+    const entries = await account.history(kind, name);
+    if (isCurrent(kind, name)) history.replaceChildren(...entries.map(entryItem));
+  } catch (e) {
+    // A direct chat not started yet has no history: the first message starts it.
+    if (!/^you have no conversation with /.test(e.message)) setAccountStatus('failed', e.message);
+  }
+  field('composer-text').focus();
+  await refreshConversations();
+}
+
+function onEvent(event) {
+  if (event.type === 'entry') {
+    const entry = event.entry;
+    if (isCurrent(entry.conversation_kind, entry.conversation)) {
+      field('history').append(entryItem(entry));
+      // On screen means read: let the library mark it and send receipts.
+      account.history(entry.conversation_kind, entry.conversation).catch(() => {});
+    }
+    setAccountStatus('verified', 'online');
+    refreshConversations();
+  } else if (event.type === 'offline') {
+    setAccountStatus('failed', `offline: ${event.reason} (trying again in ${Math.round(event.retryInMs / 1000)} s)`);
+  }
+}
+
+/** Runs a form's action with its button disabled, showing a failure. */
+function handleForm(id, action) {
+  const form = field(id);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const button = form.querySelector('button[type=submit]');
+    button.disabled = true;
+    try {
+      await action(form);
+    } catch (e) {
+      setAccountStatus('failed', e.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function setUpMessaging() {
+  handleForm('register-form', async () => {
+    const username = field('register-username').value.trim();
+    setAccountStatus('connecting', `creating ${username}…`);
+    account = await wasm.Account.register(serverUrl(), username, onEvent);
+    field('register-form').hidden = true;
+    field('register-hint').hidden = true;
+    field('me').textContent = account.username;
+    field('my-device').textContent = account.deviceId;
+    field('messenger').hidden = false;
+    setAccountStatus('verified', 'online');
+    await refreshConversations();
+  });
+  handleForm('new-direct', async () => {
+    const peer = field('new-direct-peer').value.trim();
+    field('new-direct-peer').value = '';
+    await openConversation('direct', peer);
+  });
+  handleForm('new-group', async () => {
+    const name = field('new-group-name').value.trim();
+    const members = field('new-group-members')
+      .value.split(',')
+      .map((m) => m.trim())
+      .filter((m) => m !== '');
+    await account.createGroup(name, members);
+    field('new-group-name').value = '';
+    field('new-group-members').value = '';
+    await openConversation('group', name);
+  });
+  handleForm('composer', async () => {
+    const input = field('composer-text');
+    const text = input.value;
+    if (current === undefined || text.trim() === '') return;
+    const { kind, name } = current;
+    const sent =
+      kind === 'group' ? await account.sendGroup(name, text) : await account.sendDirect(name, text);
+    input.value = '';
+    if (isCurrent(kind, name)) field('history').append(entryItem(sent));
+    await refreshConversations();
+  });
+}
+
 async function main() {
   again.addEventListener('click', checkServer);
+  setUpMessaging();
   try {
     wasm = await import('./sotto_web.js');
   } catch (e) {

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 /// A wait ran out before the awaited thing finished.
 #[derive(Debug)]
-pub(crate) struct Elapsed;
+pub struct Elapsed;
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use std::time::{Instant, SystemTime, UNIX_EPOCH};
+pub use std::time::{Instant, SystemTime, UNIX_EPOCH};
 #[cfg(target_arch = "wasm32")]
-pub(crate) use web_time::{Instant, SystemTime, UNIX_EPOCH};
+pub use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -28,7 +28,7 @@ pub(crate) fn now_ms() -> u64 {
 /// moved by value through a few calls in a debug build they overflow a
 /// test thread's 2 MiB stack.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn timeout<F: Future>(
+pub fn timeout<F: Future>(
     limit: Duration,
     what: F,
 ) -> impl Future<Output = Result<F::Output, Elapsed>> {
@@ -39,7 +39,7 @@ pub(crate) fn timeout<F: Future>(
 /// Waits for `what`, or gives up after `limit`; `what` is boxed at once, as
 /// in the native one.
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn timeout<F: Future>(
+pub fn timeout<F: Future>(
     limit: Duration,
     what: F,
 ) -> impl Future<Output = Result<F::Output, Elapsed>> {
@@ -55,12 +55,12 @@ pub(crate) fn timeout<F: Future>(
 
 /// Sleeps for `duration`.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn sleep(duration: Duration) -> tokio::time::Sleep {
+pub fn sleep(duration: Duration) -> tokio::time::Sleep {
     tokio::time::sleep(duration)
 }
 
 /// Sleeps for `duration`.
 #[cfg(target_arch = "wasm32")]
-pub(crate) async fn sleep(duration: Duration) {
+pub async fn sleep(duration: Duration) {
     gloo_timers::future::sleep(duration).await
 }

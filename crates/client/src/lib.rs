@@ -16,7 +16,7 @@ pub mod auditor;
 pub mod canary;
 mod chat;
 mod client;
-mod clock;
+pub mod clock;
 mod conversations;
 mod devices;
 mod directory_audit;

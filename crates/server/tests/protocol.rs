@@ -740,6 +740,24 @@ async fn idle_connections_are_closed() {
     alice.assert_closed_within(Duration::from_secs(5)).await;
 }
 
+/// Browsers cannot send WebSocket pings, so the web client keeps its
+/// connection with an `Ack` of nothing: that must count as activity, and
+/// must get no answer (no frame, no error) however often it comes.
+#[tokio::test]
+async fn an_empty_ack_keeps_an_idle_connection_open() {
+    let idle = Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.limits.idle_timeout = idle).await;
+    let (mut alice, _) = server.registered("alice").await;
+    for _ in 0..8 {
+        alice.ack(&[]).await;
+        alice.assert_quiet(idle / 2).await;
+    }
+    // Four idle timeouts later the connection still works...
+    assert!(alice.sync().await.is_empty());
+    // ...and without the keep-alive it is closed as usual.
+    alice.assert_closed_within(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn oversized_frames_close_only_that_connection() {
     let server = TestServer::start().await;

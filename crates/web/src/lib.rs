@@ -4,8 +4,9 @@
 //! The page (`web/src/app.js`) owns the WebSocket; this crate owns the
 //! protocol. Today it checks a server before the page trusts it: the log
 //! key from the challenge, the log's signed tree head and the key
-//! directory's signed epoch ([`check::ServerCheck`]). Registration and
-//! chat come next, on `sotto-core`.
+//! directory's signed epoch ([`check::ServerCheck`]). An account in the
+//! page runs the CLI's own client library, `sotto-client`, compiled to
+//! WebAssembly with SQLite, through a [`messenger::Messenger`].
 //!
 //! The logic is plain Rust with native tests; [`bindings`] is the thin
 //! `wasm-bindgen` layer JavaScript sees.
@@ -21,3 +22,4 @@
 
 pub mod bindings;
 pub mod check;
+pub mod messenger;

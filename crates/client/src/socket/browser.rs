@@ -23,11 +23,18 @@ impl Socket {
             .map_err(|e| ClientError::Network(format!("send failed: {e}")))
     }
 
-    /// Browsers cannot send WebSocket pings. Nothing is sent yet, so the
-    /// server closes a connection idle for its timeout (90 s by default);
-    /// an empty `Ack` would keep it (docs/WEB_CLIENT.md).
+    /// Browsers cannot send WebSocket pings: an empty `Ack` stands in. Any
+    /// frame resets the server's idle timer, and an `Ack` of nothing gets no
+    /// answer and writes nothing (the server's test
+    /// `an_empty_ack_keeps_an_idle_connection_open` pins both).
     pub(crate) async fn ping(&mut self) -> Result<(), ClientError> {
-        Ok(())
+        use prost::Message as _;
+        use sotto_proto::v1::{Ack, ClientFrame, client_frame};
+        let keep_alive = ClientFrame {
+            request_id: 0,
+            body: Some(client_frame::Body::Ack(Ack { seqs: Vec::new() })),
+        };
+        self.send(keep_alive.encode_to_vec()).await
     }
 
     /// The next binary frame; the server closing is an error. Cancel-safe.

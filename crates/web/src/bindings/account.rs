@@ -1,0 +1,183 @@
+//! `Account` for JavaScript: one Sotto account in this page, over the
+//! CLI's own client library (`sotto-client`) run by a [`Messenger`].
+//!
+//! Every request returns a `Promise`; results cross as plain objects (the
+//! same JSON the CLI prints with `--json`), errors as `Error`s whose message
+//! is the client's. Events (new history lines, the connection failing) go to
+//! the `onEvent` callback given when the account is opened.
+
+use crate::messenger::{Event, Messenger};
+use js_sys::{Function, Promise};
+use serde::Serialize;
+use sotto_client::{Client, ClientError, ConversationKind, Trust};
+use std::path::PathBuf;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
+
+/// A registered account, live in this page.
+#[wasm_bindgen(js_name = Account)]
+#[derive(Debug)]
+pub struct JsAccount {
+    messenger: Messenger,
+    username: String,
+    device_id: String,
+}
+
+#[wasm_bindgen(js_class = Account)]
+impl JsAccount {
+    /// Creates the account `username` on the server at `serverUrl` (the
+    /// page's own origin), with this browser as its first device, and starts
+    /// listening. `onEvent` is called with `{type: "entry", entry}` for each
+    /// new history line and `{type: "offline", reason, retryInMs}` when the
+    /// connection fails.
+    pub async fn register(
+        server_url: String,
+        username: String,
+        on_event: Function,
+    ) -> Result<JsAccount, JsError> {
+        let client = Client::register_with_invite(
+            &profile_dir(&username),
+            &username,
+            &server_url,
+            None,
+            &Trust::web_roots(),
+        )
+        .await
+        .map_err(js_error)?;
+        Ok(Self::start(client, on_event))
+    }
+
+    fn start(client: Client, on_event: Function) -> Self {
+        let username = client.username().to_string();
+        let device_id = client.device_id().to_string();
+        let (messenger, task) = Messenger::start(client, move |event| {
+            // A throwing callback is the page's bug; the account goes on.
+            let _ = on_event.call1(&JsValue::NULL, &event_value(&event));
+        });
+        spawn_local(task);
+        Self {
+            messenger,
+            username,
+            device_id,
+        }
+    }
+
+    /// This account's username.
+    #[wasm_bindgen(getter)]
+    pub fn username(&self) -> String {
+        self.username.clone()
+    }
+
+    /// This device's id, as `sotto device list` shows it.
+    #[wasm_bindgen(getter, js_name = deviceId)]
+    pub fn device_id(&self) -> String {
+        self.device_id.clone()
+    }
+
+    /// Sends `text` to `peer`, starting a direct conversation if needed;
+    /// resolves to the sent history line.
+    #[wasm_bindgen(js_name = sendDirect)]
+    pub fn send_direct(&self, peer: String, text: String) -> Promise {
+        self.request(async move |c| c.send_direct(&peer, &text).await)
+    }
+
+    /// Creates the group `name` with `members` (usernames).
+    #[wasm_bindgen(js_name = createGroup)]
+    pub fn create_group(&self, name: String, members: Vec<String>) -> Promise {
+        self.request(async move |c| c.create_group(&name, &members).await)
+    }
+
+    /// Adds `username` to the group `name`.
+    #[wasm_bindgen(js_name = addMember)]
+    pub fn add_member(&self, name: String, username: String) -> Promise {
+        self.request(async move |c| c.add_member(&name, &username).await)
+    }
+
+    /// Sends `text` to the group `name`; resolves to the sent history line.
+    #[wasm_bindgen(js_name = sendGroup)]
+    pub fn send_group(&self, name: String, text: String) -> Promise {
+        self.request(async move |c| c.send_group(&name, &text).await)
+    }
+
+    /// Every conversation, the most recently active first, with its unread
+    /// count (`{kind, name, unread, last_at}`).
+    pub fn conversations(&self) -> Promise {
+        self.request(async |c| c.conversations())
+    }
+
+    /// The history of the conversation `name` of `kind` (`"direct"` or
+    /// `"group"`), oldest first. Showing it marks it read.
+    pub fn history(&self, kind: String, name: String) -> Promise {
+        self.request(async move |c| c.history(conversation_kind(&kind)?, &name))
+    }
+
+    /// The group `name`'s members (`{username, devices, …}`).
+    pub fn members(&self, name: String) -> Promise {
+        self.request(async move |c| c.members(&name))
+    }
+
+    /// This account's devices, from the key log.
+    pub fn devices(&self) -> Promise {
+        self.request(async |c| c.devices().await)
+    }
+
+    /// Runs `op` in turn and gives its result to JavaScript.
+    fn request<T: Serialize + 'static>(
+        &self,
+        op: impl AsyncFnOnce(&mut Client) -> Result<T, ClientError> + 'static,
+    ) -> Promise {
+        let messenger = self.messenger.clone();
+        future_to_promise(async move {
+            let result = messenger.run(op).await.map_err(js_error)?;
+            to_js(&result).map_err(JsValue::from)
+        })
+    }
+}
+
+/// Where a profile lives in SQLite's file system in this page.
+fn profile_dir(username: &str) -> PathBuf {
+    PathBuf::from(format!("sotto/{username}"))
+}
+
+fn conversation_kind(kind: &str) -> Result<ConversationKind, ClientError> {
+    match kind {
+        "direct" => Ok(ConversationKind::Direct),
+        "group" => Ok(ConversationKind::Group),
+        other => Err(ClientError::Usage(format!(
+            "a conversation is \"direct\" or \"group\", not {other:?}"
+        ))),
+    }
+}
+
+fn event_value(event: &Event) -> JsValue {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "lowercase")]
+    enum Shown<'a> {
+        Entry {
+            entry: &'a sotto_client::HistoryEntry,
+        },
+        Offline {
+            reason: &'a str,
+            #[serde(rename = "retryInMs")]
+            retry_in_ms: u64,
+        },
+    }
+    let shown = match event {
+        Event::Entry(entry) => Shown::Entry { entry },
+        Event::Offline { reason, retry_in } => Shown::Offline {
+            reason,
+            retry_in_ms: u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
+        },
+    };
+    to_js(&shown).unwrap_or(JsValue::NULL)
+}
+
+/// `value` as a plain JavaScript object, through JSON.
+fn to_js(value: &impl Serialize) -> Result<JsValue, JsError> {
+    let json = serde_json::to_string(value).map_err(|e| JsError::new(&e.to_string()))?;
+    js_sys::JSON::parse(&json).map_err(|_| JsError::new("the result is not valid JSON"))
+}
+
+fn js_error(e: ClientError) -> JsError {
+    JsError::new(&e.to_string())
+}

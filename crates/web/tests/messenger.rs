@@ -1,0 +1,118 @@
+//! The page's account task ([`Messenger`]) natively, against a real
+//! `sotto-server`: it listens while idle, runs requests in between, and
+//! keeps running them while the server is away. (The browser runs the same
+//! code in Chromium in the Playwright suite.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use sotto_client::HistoryEntry;
+use sotto_testkit::{TestServer, register, within};
+use sotto_web::messenger::{Event, Messenger};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Starts `client`'s task on the current `LocalSet`; events arrive on the
+/// returned channel.
+fn start(client: sotto_client::Client) -> (Messenger, mpsc::UnboundedReceiver<Event>) {
+    let (events, received) = mpsc::unbounded_channel();
+    let (messenger, task) = Messenger::start(client, move |event| {
+        let _ = events.send(event);
+    });
+    tokio::task::spawn_local(task);
+    (messenger, received)
+}
+
+/// The next history line among the events (skipping other events).
+async fn next_entry(events: &mut mpsc::UnboundedReceiver<Event>) -> HistoryEntry {
+    within(async {
+        loop {
+            match events.recv().await.expect("the task runs") {
+                Event::Entry(entry) => return entry,
+                Event::Offline { .. } => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deliveries_arrive_while_idle_and_requests_run_in_between() {
+    let server = TestServer::start().await;
+    let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+    let (bob, _bob_dir) = register(&server.url(), "bob").await;
+
+    tokio::task::LocalSet::new()
+        .run_until(async move {
+            let (bob, mut events) = start(bob);
+
+            alice.send_direct("bob", "first").await.unwrap();
+            let line = next_entry(&mut events).await;
+            assert_eq!(
+                (line.sender.as_str(), line.text.as_str()),
+                ("alice", "first")
+            );
+
+            // A request while the task listens: it runs, and the task
+            // listens again afterwards.
+            let sent = bob
+                .run(async |c| c.send_direct("alice", "reply").await)
+                .await
+                .unwrap();
+            assert_eq!(sent.text, "reply");
+            let got = alice.sync().await.unwrap();
+            assert!(got.iter().any(|e| e.text == "reply"), "{got:?}");
+
+            alice.send_direct("bob", "second").await.unwrap();
+            assert_eq!(next_entry(&mut events).await.text, "second");
+
+            // Requests queue and run in order.
+            let (a, b) = tokio::join!(
+                bob.run(async |c| c.send_direct("alice", "one").await),
+                bob.run(async |c| c.conversations()),
+            );
+            a.unwrap();
+            let conversations = b.unwrap();
+            assert_eq!(conversations.len(), 1);
+            assert_eq!(conversations[0].name, "alice");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn requests_still_run_while_the_server_is_away_and_it_reconnects() {
+    let server = TestServer::start().await;
+    let (mut alice, _alice_dir) = register(&server.url(), "alice").await;
+    let (bob, _bob_dir) = register(&server.url(), "bob").await;
+    alice.send_direct("bob", "before").await.unwrap();
+
+    tokio::task::LocalSet::new()
+        .run_until(async move {
+            let (bob, mut events) = start(bob);
+            assert_eq!(next_entry(&mut events).await.text, "before");
+
+            let server = server.restart().await;
+            // The failure is reported, with when the task tries again.
+            let offline = within(async {
+                loop {
+                    if let Event::Offline { retry_in, .. } = events.recv().await.unwrap() {
+                        return retry_in;
+                    }
+                }
+            })
+            .await;
+            assert!(offline >= Duration::from_secs(1));
+
+            // Local requests do not wait for the server.
+            let history = bob
+                .run(async |c| c.history(sotto_client::ConversationKind::Direct, "alice"))
+                .await
+                .unwrap();
+            assert_eq!(history.len(), 1);
+
+            // Back: what was sent meanwhile arrives.
+            alice.send_direct("bob", "after").await.unwrap();
+            assert_eq!(next_entry(&mut events).await.text, "after");
+            drop(server);
+        })
+        .await;
+}

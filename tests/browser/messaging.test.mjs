@@ -1,0 +1,140 @@
+// Messaging in the page, against the real server: an account registered in
+// the browser (the CLI's own client library, compiled to WebAssembly)
+// chats with a CLI user and with another browser user, 1:1 and in a group.
+//
+// Run with scripts/browser-tests.sh (after `cargo build --workspace --bins`).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { Server, sotto, launchBrowser, freshDir, watchPage } from './harness.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await Server.start();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** A new browser context on the server's page, registered as `username`. */
+async function registerInBrowser(username) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = watchPage(page);
+  await page.goto(server.url);
+  await page.getByTestId('register-username').fill(username);
+  await page.getByTestId('register').click();
+  await page.getByTestId('me').filter({ hasText: username }).waitFor();
+  assert.match(await page.getByTestId('my-device').textContent(), /^[0-9a-f]{32}$/);
+  return { context, page, problems };
+}
+
+/** A CLI user registered on the server; returns its profile directory. */
+async function registerCli(username) {
+  const profile = await freshDir(username);
+  await sotto(profile, ['register', username, '--server', server.url]);
+  return profile;
+}
+
+function conversation(page, kind, name) {
+  return page.locator(`[data-testid=conversation][data-kind=${kind}][data-name="${name}"]`);
+}
+
+/** Waits until the open chat shows a line from `sender` saying `text`. */
+async function waitForLine(page, sender, text) {
+  await page
+    .locator(`[data-testid=entry][data-sender="${sender}"]`)
+    .getByTestId('entry-text')
+    .filter({ hasText: text })
+    .waitFor();
+}
+
+async function send(page, text) {
+  await page.getByTestId('composer-text').fill(text);
+  await page.getByTestId('send').click();
+  await page.getByTestId('entry-text').filter({ hasText: text }).waitFor();
+}
+
+/** The texts of the history lines `sotto sync --json` printed. */
+function syncedTexts(output) {
+  return output
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line))
+    .map((entry) => `${entry.sender}: ${entry.text}`);
+}
+
+test('a browser user and a CLI user chat 1:1', async () => {
+  const bob = await registerCli('bob');
+  const alice = await registerInBrowser('alice');
+
+  // The CLI writes first: the conversation appears in the page, unread.
+  await sotto(bob, ['send', 'alice', 'hello from the terminal']);
+  const withBob = conversation(alice.page, 'direct', 'bob');
+  await withBob.getByTestId('unread').filter({ hasText: /^1$/ }).waitFor();
+  await withBob.click();
+  await waitForLine(alice.page, 'bob', 'hello from the terminal');
+  // Shown is read.
+  await withBob.getByTestId('unread').waitFor({ state: 'detached' });
+
+  // The page answers; the CLI gets it.
+  await send(alice.page, 'hello from the browser');
+  assert.ok(
+    syncedTexts(await sotto(bob, ['sync', '--json'])).includes('alice: hello from the browser'),
+  );
+
+  // A new line while the chat is open appears in it at once.
+  await sotto(bob, ['send', 'alice', 'still there?']);
+  await waitForLine(alice.page, 'bob', 'still there?');
+
+  assert.deepEqual(alice.problems, [], 'no console error, failed request or CSP violation');
+  await alice.context.close();
+});
+
+test('two browser users and a CLI user chat 1:1 and in a group', async () => {
+  const erin = await registerCli('erin');
+  const carol = await registerInBrowser('carol');
+  const dave = await registerInBrowser('dave');
+
+  // Browser to browser, 1:1: carol opens a chat with dave by name.
+  await carol.page.getByTestId('new-direct-peer').fill('dave');
+  await carol.page.getByTestId('new-direct').getByRole('button').click();
+  await carol.page.getByTestId('chat-heading').filter({ hasText: 'dave' }).waitFor();
+  await send(carol.page, 'hi dave, from carol');
+  await conversation(dave.page, 'direct', 'carol').click();
+  await waitForLine(dave.page, 'carol', 'hi dave, from carol');
+  await send(dave.page, 'hi carol');
+  await waitForLine(carol.page, 'dave', 'hi carol');
+
+  // A group of the two browsers and the CLI user, made in the page.
+  await carol.page.getByTestId('new-group-name').fill('trio');
+  await carol.page.getByTestId('new-group-members').fill('dave, erin');
+  await carol.page.getByTestId('new-group').getByRole('button').click();
+  await carol.page.getByTestId('chat-heading').filter({ hasText: 'trio' }).waitFor();
+  await send(carol.page, 'welcome to trio');
+
+  await conversation(dave.page, 'group', 'trio').click();
+  await waitForLine(dave.page, 'carol', 'welcome to trio');
+  assert.ok(syncedTexts(await sotto(erin, ['sync', '--json'])).includes('carol: welcome to trio'));
+
+  // The CLI user writes to the group; both pages show it.
+  await sotto(erin, ['send', '--group', 'trio', 'erin here, on the terminal']);
+  await waitForLine(dave.page, 'erin', 'erin here, on the terminal');
+  await conversation(carol.page, 'group', 'trio').click();
+  await waitForLine(carol.page, 'erin', 'erin here, on the terminal');
+
+  // And a browser member's message reaches the CLI.
+  await send(dave.page, 'dave agrees');
+  assert.ok(syncedTexts(await sotto(erin, ['sync', '--json'])).includes('dave: dave agrees'));
+
+  assert.deepEqual(carol.problems, []);
+  assert.deepEqual(dave.problems, []);
+  await carol.context.close();
+  await dave.context.close();
+});
