@@ -14,6 +14,22 @@ use crate::check;
 mod account;
 pub use account::JsAccount;
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str);
+}
+
+/// Runs when the module is instantiated: a panic (a bug) is reported on
+/// the console with its message and location before the module traps, so
+/// a bug report can say what broke instead of "unreachable".
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        console_error(&format!("sotto-web: {info}"))
+    }));
+}
+
 /// The version of this crate, for the page's footer and bug reports.
 #[wasm_bindgen(js_name = version)]
 pub fn version() -> String {

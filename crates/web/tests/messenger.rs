@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sotto_client::HistoryEntry;
+use sotto_client::{ConversationKind, EntryKind, HistoryEntry};
 use sotto_testkit::{TestServer, register, within};
 use sotto_web::messenger::{Event, Messenger};
 use std::time::Duration;
@@ -22,13 +22,14 @@ fn start(client: sotto_client::Client) -> (Messenger, mpsc::UnboundedReceiver<Ev
     (messenger, received)
 }
 
-/// The next history line among the events (skipping other events).
-async fn next_entry(events: &mut mpsc::UnboundedReceiver<Event>) -> HistoryEntry {
+/// The next message among the events (skipping system lines, such as
+/// "alice started a conversation", and other events).
+async fn next_message(events: &mut mpsc::UnboundedReceiver<Event>) -> HistoryEntry {
     within(async {
         loop {
             match events.recv().await.expect("the task runs") {
-                Event::Entry(entry) => return entry,
-                Event::Offline { .. } => {}
+                Event::Entry(entry) if entry.kind == EntryKind::Text => return entry,
+                Event::Entry(_) | Event::Offline { .. } => {}
             }
         }
     })
@@ -46,7 +47,7 @@ async fn deliveries_arrive_while_idle_and_requests_run_in_between() {
             let (bob, mut events) = start(bob);
 
             alice.send_direct("bob", "first").await.unwrap();
-            let line = next_entry(&mut events).await;
+            let line = next_message(&mut events).await;
             assert_eq!(
                 (line.sender.as_str(), line.text.as_str()),
                 ("alice", "first")
@@ -63,7 +64,7 @@ async fn deliveries_arrive_while_idle_and_requests_run_in_between() {
             assert!(got.iter().any(|e| e.text == "reply"), "{got:?}");
 
             alice.send_direct("bob", "second").await.unwrap();
-            assert_eq!(next_entry(&mut events).await.text, "second");
+            assert_eq!(next_message(&mut events).await.text, "second");
 
             // Requests queue and run in order.
             let (a, b) = tokio::join!(
@@ -88,7 +89,7 @@ async fn requests_still_run_while_the_server_is_away_and_it_reconnects() {
     tokio::task::LocalSet::new()
         .run_until(async move {
             let (bob, mut events) = start(bob);
-            assert_eq!(next_entry(&mut events).await.text, "before");
+            assert_eq!(next_message(&mut events).await.text, "before");
 
             let server = server.restart().await;
             // The failure is reported, with when the task tries again.
@@ -104,14 +105,23 @@ async fn requests_still_run_while_the_server_is_away_and_it_reconnects() {
 
             // Local requests do not wait for the server.
             let history = bob
-                .run(async |c| c.history(sotto_client::ConversationKind::Direct, "alice"))
+                .run(async |c| c.history(ConversationKind::Direct, "alice"))
                 .await
                 .unwrap();
-            assert_eq!(history.len(), 1);
+            let texts: Vec<_> = history.iter().map(|e| e.text.as_str()).collect();
+            assert!(texts.contains(&"before"), "{texts:?}");
+
+            // The restarted server listens on another port: both follow it
+            // (bob's through a request, run while offline).
+            let url = server.url();
+            alice.set_server_url(&url).unwrap();
+            bob.run(async move |c| c.set_server_url(&url))
+                .await
+                .unwrap();
 
             // Back: what was sent meanwhile arrives.
             alice.send_direct("bob", "after").await.unwrap();
-            assert_eq!(next_entry(&mut events).await.text, "after");
+            assert_eq!(next_message(&mut events).await.text, "after");
             drop(server);
         })
         .await;
