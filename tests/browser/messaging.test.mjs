@@ -6,6 +6,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 
 import { Server, sotto, launchBrowser, freshDir, watchPage } from './harness.mjs';
 
@@ -32,6 +34,7 @@ async function registerInBrowser(username) {
   await page.getByTestId('register').click();
   await page.getByTestId('me').filter({ hasText: username }).waitFor();
   assert.match(await page.getByTestId('my-device').textContent(), /^[0-9a-f]{32}$/);
+  assert.equal(await page.getByTestId('register-form').isVisible(), false, 'registered: no form');
   return { context, page, problems };
 }
 
@@ -132,6 +135,14 @@ test('two browser users and a CLI user chat 1:1 and in a group', async () => {
   // And a browser member's message reaches the CLI.
   await send(dave.page, 'dave agrees');
   assert.ok(syncedTexts(await sotto(erin, ['sync', '--json'])).includes('dave: dave agrees'));
+
+  const shots = process.env.SOTTO_SCREENSHOTS;
+  if (shots) {
+    await mkdir(shots, { recursive: true });
+    await dave.page.setViewportSize({ width: 1000, height: 800 });
+    await dave.page.locator('#messaging-heading').scrollIntoViewIfNeeded();
+    await dave.page.screenshot({ path: path.join(shots, 'web-chat.png') });
+  }
 
   assert.deepEqual(carol.problems, []);
   assert.deepEqual(dave.problems, []);

@@ -8,7 +8,7 @@
 // which this file imports dynamically: a glue that fails its integrity
 // check then shows as a failure instead of a page stuck at "connecting".
 
-const WASM_INTEGRITY = 'sha384-UEoWqmIV2fc7n/jaI1f1dMUYN7hx+gee0DUiet6HhzuaHuvtEIe/bbvArV1oAidK';
+const WASM_INTEGRITY = 'sha384-F5mcDQujHimjUaCKj0Q3q7fRBpdmjFXcv+ig2F/5AEiTaGE19+bsuneWZg90PjRn';
 /** How long the server has to answer, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Event {
     /// A new history line: a message, or a system line (member added, key
     /// changed, a warning).
-    Entry(HistoryEntry),
+    Entry(Box<HistoryEntry>),
     /// The connection to the server failed; the task tries again after
     /// `retry_in`. Requests still run meanwhile (and fail if they need the
     /// server).
@@ -85,7 +85,10 @@ async fn serve(
     loop {
         let listened = if caught_up {
             client
-                .listen_until(|entry| on_event(Event::Entry(entry.clone())), queue.recv())
+                .listen_until(
+                    |entry| on_event(Event::Entry(Box::new(entry.clone()))),
+                    queue.recv(),
+                )
                 .await
         } else {
             // What queued while the page was closed, and this account's own
@@ -94,7 +97,7 @@ async fn serve(
                 Ok(entries) => {
                     entries
                         .into_iter()
-                        .for_each(|entry| on_event(Event::Entry(entry)));
+                        .for_each(|entry| on_event(Event::Entry(Box::new(entry))));
                     caught_up = true;
                     continue;
                 }

@@ -28,7 +28,7 @@ async fn next_message(events: &mut mpsc::UnboundedReceiver<Event>) -> HistoryEnt
     within(async {
         loop {
             match events.recv().await.expect("the task runs") {
-                Event::Entry(entry) if entry.kind == EntryKind::Text => return entry,
+                Event::Entry(entry) if entry.kind == EntryKind::Text => return *entry,
                 Event::Entry(_) | Event::Offline { .. } => {}
             }
         }
