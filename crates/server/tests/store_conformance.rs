@@ -991,6 +991,61 @@ mod conformance {
         );
     }
 
+    /// An offline drain's acknowledgements: 200 devices, each with a
+    /// backlog of 250 group messages, acknowledge all of it at once. The
+    /// SQLite store commits acknowledgements that queue up in one write job;
+    /// each must complete (within the case's timeout) with its own count.
+    /// Run in one SAVEPOINT, such a job copied every page each delete
+    /// touched into the savepoint's journal and kept the writer busy for
+    /// minutes (quick W3 never got `SyncDone`).
+    pub async fn a_drained_backlog_acknowledged_at_once_is_deleted<S: Store>(store: S) {
+        let devices: Vec<u8> = (1..=200).collect();
+        let messages: Vec<u8> = (1..=250).collect();
+        for &d in &devices {
+            store
+                .register(account(&format!("user{d}"), d))
+                .await
+                .unwrap();
+        }
+        let g = with_group(&store, "g").await;
+        for &id in &messages {
+            store
+                .enqueue(GroupMessage {
+                    expires_at: None,
+                    group_id: g.clone(),
+                    token_hash: TOKEN_HASH,
+                    epoch: 1,
+                    previous_epoch_open: false,
+                    envelope: envelope(id, &devices, &[id; 512]),
+                    now: 1_000,
+                })
+                .await
+                .unwrap();
+        }
+        let mut backlogs = Vec::new();
+        for &d in &devices {
+            let mailbox = store
+                .fetch_mailbox(device_id(d), 0, messages.len())
+                .await
+                .unwrap();
+            assert_eq!(mailbox.len(), messages.len(), "device {d}");
+            backlogs.push((d, mailbox.iter().map(|e| e.seq).collect::<Vec<_>>()));
+        }
+        let acks = backlogs.into_iter().map(|(d, seqs)| {
+            let store = &store;
+            async move { (d, store.ack(device_id(d), seqs).await.unwrap()) }
+        });
+        for (d, deleted) in futures_util::future::join_all(acks).await {
+            assert_eq!(
+                deleted,
+                u64::try_from(messages.len()).unwrap(),
+                "device {d}"
+            );
+        }
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.payloads, stats.mailbox_entries), (0, 0));
+    }
+
     pub async fn expiry_deletes_old_entries_and_orphaned_payloads<S: Store>(store: S) {
         store.register(account("alice", 1)).await.unwrap();
         store.register(account("bob", 2)).await.unwrap();
@@ -1644,6 +1699,7 @@ macro_rules! store_conformance_tests {
                 missed_notices_are_bounded_per_device,
                 ack_deletes_entries_and_then_the_payload,
                 concurrent_acks_are_each_counted,
+                a_drained_backlog_acknowledged_at_once_is_deleted,
                 expiry_deletes_old_entries_and_orphaned_payloads,
                 disappearing_messages_are_deleted_at_expiry,
                 check_send_checks_and_stores_nothing,

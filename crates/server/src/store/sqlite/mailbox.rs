@@ -337,9 +337,9 @@ impl SqliteStore {
                 queue.scheduled = false;
                 std::mem::take(&mut queue.acks)
             };
-            let deleted = conn.and_then(|conn| {
-                super::writer::in_savepoint(conn, |conn| delete_acknowledged(conn, &acks))
-            });
+            // No savepoint of its own (unlike other jobs): see
+            // `delete_acknowledged`.
+            let deleted = conn.and_then(|conn| delete_acknowledged(conn, &acks));
             Box::new(move |committed| {
                 let deleted = committed.and(deleted);
                 for (i, ack) in acks.into_iter().enumerate() {
@@ -351,7 +351,12 @@ impl SqliteStore {
                 }
             })
         });
-        if self.inner.writer_tx.send(super::writer::WriterMsg::Job(job)).is_err() {
+        if self
+            .inner
+            .writer_tx
+            .send(super::writer::WriterMsg::Job(job))
+            .is_err()
+        {
             // The writer is gone: dropping the replies answers `Closed`.
             let mut queue = self
                 .inner
@@ -366,6 +371,18 @@ impl SqliteStore {
 
 /// Deletes the acknowledged entries and the payloads no entry refers to any
 /// more; returns how many entries each acknowledgement deleted.
+///
+/// Runs straight in the batch's transaction, not in a SAVEPOINT: inside
+/// one, SQLite copies every page each statement changes into the
+/// savepoint's sub-journal and keeps all of it until the savepoint ends, so
+/// one savepoint around the acknowledgements of every connection (thousands
+/// of deletes in an offline drain) kept the writer busy for minutes (quick
+/// W3 never got `SyncDone`; bench/OPTIMISATIONS.md, #7). Without it, each
+/// statement's journal is dropped when the statement ends. Nothing needs
+/// undoing on an error: every delete here was acknowledged by its device,
+/// so whatever part of the job ran may commit with the batch; the callers
+/// are answered with the error all the same, and their connections close
+/// and deliver again what is left.
 fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>, StoreError> {
     let mut delete = conn.prepare_cached(
         "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
