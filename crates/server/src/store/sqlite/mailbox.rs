@@ -306,9 +306,8 @@ fn notice_id(
     ))
 }
 
-/// The number that names `device_id` in mailbox rows.
 /// Acknowledgements from every connection, waiting for the writer: they
-/// are committed together by one write job (one savepoint, and one orphan
+/// are committed together by one write job (no savepoint, and one orphan
 /// check per message however many of its recipients acknowledged it), which
 /// takes whatever has queued up by the time the writer runs it.
 #[derive(Default)]
@@ -372,13 +371,13 @@ impl SqliteStore {
 /// Deletes the acknowledged entries and the payloads no entry refers to any
 /// more; returns how many entries each acknowledgement deleted.
 ///
-/// Runs straight in the batch's transaction, not in a SAVEPOINT: inside
-/// one, SQLite copies every page each statement changes into the
-/// savepoint's sub-journal and keeps all of it until the savepoint ends, so
-/// one savepoint around the acknowledgements of every connection (thousands
-/// of deletes in an offline drain) kept the writer busy for minutes (quick
-/// W3 never got `SyncDone`; bench/OPTIMISATIONS.md, #7). Without it, each
-/// statement's journal is dropped when the statement ends. Nothing needs
+/// Runs straight in the batch's transaction, not in a SAVEPOINT: one
+/// savepoint around the acknowledgements of every connection (thousands of
+/// deletes in an offline drain) kept the writer busy for minutes (quick W3
+/// never got `SyncDone`; bench/OPTIMISATIONS.md, #7). As far as we read
+/// SQLite's pager, each statement's changed pages go into the sub-journal,
+/// which is only emptied once no savepoint is open; without one, that is
+/// when each statement ends. Nothing needs
 /// undoing on an error: every delete here was acknowledged by its device,
 /// so whatever part of the job ran may commit with the batch; the callers
 /// are answered with the error all the same, and their connections close
@@ -416,6 +415,7 @@ fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>
     Ok(counts)
 }
 
+/// The number that names `device_id` in mailbox rows.
 pub(super) fn device_num(
     conn: &Connection,
     device_id: DeviceId,
