@@ -306,6 +306,115 @@ fn notice_id(
     ))
 }
 
+/// Acknowledgements from every connection, waiting for the writer: they
+/// are committed together by one write job (no savepoint, and one orphan
+/// check per message however many of its recipients acknowledged it), which
+/// takes whatever has queued up by the time the writer runs it.
+#[derive(Default)]
+pub(super) struct AckQueue {
+    acks: Vec<QueuedAck>,
+    /// A job that will take `acks` is queued for the writer.
+    scheduled: bool,
+}
+
+struct QueuedAck {
+    device_id: DeviceId,
+    seqs: Vec<u64>,
+    /// How many entries were deleted, once committed.
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+impl SqliteStore {
+    /// Queues the job that commits the queued acknowledgements.
+    fn schedule_acks(&self) {
+        let queue = Arc::clone(&self.inner.acks);
+        let job: super::writer::Job = Box::new(move |conn| {
+            let acks = {
+                let mut queue = queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                queue.scheduled = false;
+                std::mem::take(&mut queue.acks)
+            };
+            // No savepoint of its own (unlike other jobs): see
+            // `delete_acknowledged`.
+            let deleted = conn.and_then(|conn| delete_acknowledged(conn, &acks));
+            Box::new(move |committed| {
+                let deleted = committed.and(deleted);
+                for (i, ack) in acks.into_iter().enumerate() {
+                    // The connection may have gone away; nothing to do then.
+                    let _ = ack.reply.send(match &deleted {
+                        Ok(counts) => Ok(counts.get(i).copied().unwrap_or(0)),
+                        Err(e) => Err(e.clone()),
+                    });
+                }
+            })
+        });
+        if self
+            .inner
+            .writer_tx
+            .send(super::writer::WriterMsg::Job(job))
+            .is_err()
+        {
+            // The writer is gone: dropping the replies answers `Closed`.
+            let mut queue = self
+                .inner
+                .acks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.scheduled = false;
+            queue.acks.clear();
+        }
+    }
+}
+
+/// Deletes the acknowledged entries and the payloads no entry refers to any
+/// more; returns how many entries each acknowledgement deleted.
+///
+/// Runs straight in the batch's transaction, not in a SAVEPOINT: one
+/// savepoint around the acknowledgements of every connection (thousands of
+/// deletes in an offline drain) kept the writer busy for minutes (quick W3
+/// never got `SyncDone`; bench/OPTIMISATIONS.md, #7). As far as we read
+/// SQLite's pager, each statement's changed pages go into the sub-journal,
+/// which is only emptied once no savepoint is open; without one, that is
+/// when each statement ends. Nothing needs
+/// undoing on an error: every delete here was acknowledged by its device,
+/// so whatever part of the job ran may commit with the batch; the callers
+/// are answered with the error all the same, and their connections close
+/// and deliver again what is left.
+fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>, StoreError> {
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
+    )?;
+    let mut message_refs = Vec::new();
+    let mut counts = Vec::with_capacity(acks.len());
+    for ack in acks {
+        let mut deleted = 0;
+        if let Some(num) = device_num(conn, ack.device_id)? {
+            for &seq in &ack.seqs {
+                let message_ref: Option<i64> = delete
+                    .query_row(params![to_i64(seq), num], |r| r.get(0))
+                    .optional()?;
+                if let Some(message_ref) = message_ref {
+                    message_refs.push(message_ref);
+                    deleted += 1;
+                }
+            }
+        }
+        counts.push(deleted);
+    }
+    // A group message's recipients acknowledge it together: check it once.
+    message_refs.sort_unstable();
+    message_refs.dedup();
+    let mut orphan = conn.prepare_cached(
+        "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
+    )?;
+    for message_ref in message_refs {
+        orphan.execute([message_ref])?;
+    }
+    Ok(counts)
+}
+
 /// The number that names `device_id` in mailbox rows.
 pub(super) fn device_num(
     conn: &Connection,
@@ -730,28 +839,24 @@ impl MailboxStore for SqliteStore {
         if seqs.is_empty() {
             return Ok(0);
         }
-        self.write(move |conn| {
-            let Some(num) = device_num(conn, device_id)? else {
-                return Ok(0);
-            };
-            let mut delete = conn.prepare_cached(
-                "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
-            )?;
-            let mut orphan = conn.prepare_cached(
-                "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
-            )?;
-            let mut deleted = 0;
-            for seq in seqs {
-                let seq = to_i64(seq);
-                let message_ref: Option<i64> = delete.query_row(params![seq, num], |r| r.get(0)).optional()?;
-                if let Some(message_ref) = message_ref {
-                    orphan.execute([message_ref])?;
-                    deleted += 1;
-                }
-            }
-            Ok(deleted)
-        })
-        .await
+        let (reply, replied) = oneshot::channel();
+        let schedule = {
+            let mut queue = self
+                .inner
+                .acks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.acks.push(QueuedAck {
+                device_id,
+                seqs,
+                reply,
+            });
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if schedule {
+            self.schedule_acks();
+        }
+        replied.await.unwrap_or(Err(StoreError::Closed))
     }
 
     async fn expire(&self, cutoff: UnixSeconds) -> Result<Expired, StoreError> {

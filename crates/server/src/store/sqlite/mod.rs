@@ -87,6 +87,8 @@ struct Inner {
     entry_listener: Arc<OnceLock<EntryListener>>,
     /// The writer's batch sizes and commit times.
     writer_metrics: WriterMetrics,
+    /// Acknowledgements waiting for the writer, from every connection.
+    acks: Arc<Mutex<mailbox::AckQueue>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -196,6 +198,7 @@ impl SqliteStore {
                 read_only: false,
                 entry_listener,
                 writer_metrics,
+                acks: Arc::default(),
             }),
         })
     }
@@ -217,6 +220,7 @@ impl SqliteStore {
                 read_only: true,
                 entry_listener: Arc::new(OnceLock::new()),
                 writer_metrics: WriterMetrics::default(),
+                acks: Arc::default(),
             }),
         }
     }
