@@ -72,6 +72,17 @@ export async function sotto(profile, args) {
   return stdout;
 }
 
+/**
+ * Starts the `sotto` CLI with `profile` for a command that keeps running
+ * (`device link`); returns the child process (stdout and stderr piped).
+ */
+export function sottoStart(profile, args) {
+  return spawn(path.join(binDir, 'sotto'), ['--profile', profile, ...args], {
+    env: { ...process.env, NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
 /** Headless Debian Chromium. */
 export function launchBrowser() {
   return chromium.launch({ executablePath: chromiumPath, headless: true });

@@ -9,7 +9,10 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
-import { Server, sotto, launchBrowser, freshDir, watchPage } from './harness.mjs';
+import { createInterface } from 'node:readline';
+import { once } from 'node:events';
+
+import { Server, sotto, sottoStart, launchBrowser, freshDir, watchPage } from './harness.mjs';
 
 let server;
 let browser;
@@ -148,4 +151,61 @@ test('two browser users and a CLI user chat 1:1 and in a group', async () => {
   assert.deepEqual(dave.problems, []);
   await carol.context.close();
   await dave.context.close();
+});
+
+test('a browser linked to a CLI account receives its messages, and the CLI lists it', async () => {
+  const frank = await registerCli('frank');
+  const gina = await registerCli('gina');
+
+  // The CLI opens a link and prints the code; the page joins with it.
+  const link = sottoStart(frank, ['device', 'link', '--yes', '--json']);
+  let cliSaid = '';
+  link.stderr.on('data', (chunk) => {
+    cliSaid += chunk;
+  });
+  const exited = once(link, 'exit');
+  const [first] = await once(createInterface({ input: link.stdout }), 'line');
+  const code = JSON.parse(first).code;
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = watchPage(page);
+  await page.goto(server.url);
+  await page.getByTestId('join-code').fill(code);
+  await page.getByTestId('join').click();
+  await page.getByTestId('me').filter({ hasText: 'frank' }).waitFor();
+  const [status] = await exited;
+  assert.equal(status, 0, `device link failed: ${cliSaid}`);
+  // Both devices showed the same twelve digits.
+  const fingerprint = await page.getByTestId('join-fingerprint').textContent();
+  assert.match(fingerprint, /\d/);
+  assert.ok(cliSaid.includes(fingerprint), `the CLI showed another number: ${cliSaid}`);
+
+  // The CLI lists the browser as a device of the account.
+  const browserDevice = await page.getByTestId('my-device').textContent();
+  const devices = (await sotto(frank, ['device', 'list', '--json']))
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line));
+  assert.equal(devices.length, 2);
+  assert.ok(
+    devices.some((d) => d.device_id === browserDevice && !d.this_device && !d.unknown),
+    JSON.stringify(devices),
+  );
+
+  // A message to the account reaches the browser too; its answer reaches
+  // the other user and the account's CLI device.
+  await sotto(gina, ['send', 'frank', 'to all your devices']);
+  await conversation(page, 'direct', 'gina').click();
+  await waitForLine(page, 'gina', 'to all your devices');
+  await send(page, 'answered from the browser');
+  assert.ok(
+    syncedTexts(await sotto(gina, ['sync', '--json'])).includes('frank: answered from the browser'),
+  );
+  assert.ok(
+    syncedTexts(await sotto(frank, ['sync', '--json'])).includes('frank: answered from the browser'),
+  );
+
+  assert.deepEqual(problems, []);
+  await context.close();
 });

@@ -116,6 +116,34 @@ export class Account {
         return ret;
     }
     /**
+     * Joins an existing account as a new device of it. `code` is what the
+     * approving device shows (`sotto device link`), and must be for the
+     * server at `serverUrl` (this page's: the page may connect nowhere
+     * else). Once the request is sent, `onFingerprint` is called with
+     * twelve digits the approving device shows too: if they differ,
+     * someone else used the code. Resolves once approved.
+     * @param {string} server_url
+     * @param {string} code
+     * @param {Function} on_fingerprint
+     * @param {Function} on_event
+     * @returns {Promise<Account>}
+     */
+    static join(server_url, code, on_fingerprint, on_event) {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(server_url, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(code, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_join(ptr0, len0, ptr1, len1, on_fingerprint, on_event);
+        return ret;
+    }
+    /**
      * The group `name`'s members (`{username, devices, …}`).
      * @param {string} name
      * @returns {Promise<any>}
@@ -733,32 +761,32 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2145, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2150, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 650, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 650, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_26);
-            return ret;
-        },
-        __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 650, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27);
             return ret;
         },
+        __wbindgen_generic_0000000000000004: function(arg0, arg1) {
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28);
+            return ret;
+        },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 615, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 620, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 651, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 656, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h903bbeba2f6d0746);
             return ret;
         },
@@ -804,12 +832,12 @@ function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg
     wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_26(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_26(arg0, arg1, arg2);
-}
-
 function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27(arg0, arg1, arg2) {
     wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27(arg0, arg1, arg2);
+}
+
+function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5(arg0, arg1, arg2) {

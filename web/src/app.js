@@ -259,18 +259,37 @@ function handleForm(id, action) {
   });
 }
 
+/** Shows the messenger for `signedInAccount`, registered or linked. */
+async function signedIn(signedInAccount) {
+  account = signedInAccount;
+  for (const id of ['register-form', 'register-hint', 'join-form']) field(id).hidden = true;
+  field('me').textContent = account.username;
+  field('my-device').textContent = account.deviceId;
+  field('messenger').hidden = false;
+  setAccountStatus('verified', 'online');
+  await refreshConversations();
+}
+
 function setUpMessaging() {
   handleForm('register-form', async () => {
     const username = field('register-username').value.trim();
     setAccountStatus('connecting', `creating ${username}…`);
-    account = await wasm.Account.register(serverUrl(), username, onEvent);
-    field('register-form').hidden = true;
-    field('register-hint').hidden = true;
-    field('me').textContent = account.username;
-    field('my-device').textContent = account.deviceId;
-    field('messenger').hidden = false;
-    setAccountStatus('verified', 'online');
-    await refreshConversations();
+    await signedIn(await wasm.Account.register(serverUrl(), username, onEvent));
+  });
+  handleForm('join-form', async () => {
+    setAccountStatus('connecting', 'asking your other device…');
+    const showFingerprint = (digits) => {
+      field('join-fingerprint').textContent = digits;
+      field('join-fingerprint-line').hidden = false;
+      setAccountStatus('connecting', 'waiting for approval on your other device');
+    };
+    try {
+      await signedIn(
+        await wasm.Account.join(serverUrl(), field('join-code').value.trim(), showFingerprint, onEvent),
+      );
+    } finally {
+      field('join-fingerprint-line').hidden = true;
+    }
   });
   handleForm('new-direct', async () => {
     const peer = field('new-direct-peer').value.trim();

@@ -9,7 +9,8 @@
 use crate::messenger::{Event, Messenger};
 use js_sys::{Function, Promise};
 use serde::Serialize;
-use sotto_client::{Client, ClientError, ConversationKind, Trust};
+use sotto_client::endpoint::ServerUrl;
+use sotto_client::{Client, ClientError, ConversationKind, LinkCode, Trust};
 use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
@@ -44,6 +45,38 @@ impl JsAccount {
         )
         .await
         .map_err(js_error)?;
+        Ok(Self::start(client, on_event))
+    }
+
+    /// Joins an existing account as a new device of it. `code` is what the
+    /// approving device shows (`sotto device link`), and must be for the
+    /// server at `serverUrl` (this page's: the page may connect nowhere
+    /// else). Once the request is sent, `onFingerprint` is called with
+    /// twelve digits the approving device shows too: if they differ,
+    /// someone else used the code. Resolves once approved.
+    pub async fn join(
+        server_url: String,
+        code: String,
+        on_fingerprint: Function,
+        on_event: Function,
+    ) -> Result<JsAccount, JsError> {
+        let link = LinkCode::parse(&code).map_err(|e| JsError::new(&e.to_string()))?;
+        let (theirs, ours) = (
+            ServerUrl::parse(&link.server_url).map_err(js_error)?,
+            ServerUrl::parse(&server_url).map_err(js_error)?,
+        );
+        if theirs.websocket() != ours.websocket() {
+            return Err(JsError::new(&format!(
+                "this code is for the server {}: open Sotto's page on that server to use it",
+                link.server_url
+            )));
+        }
+        let show = |fingerprint: String| {
+            let _ = on_fingerprint.call1(&JsValue::NULL, &JsValue::from(fingerprint));
+        };
+        let client = Client::join_link(&joining_profile_dir(), &code, &Trust::web_roots(), show)
+            .await
+            .map_err(js_error)?;
         Ok(Self::start(client, on_event))
     }
 
@@ -137,6 +170,12 @@ impl JsAccount {
 /// Where a profile lives in SQLite's file system in this page.
 fn profile_dir(username: &str) -> PathBuf {
     PathBuf::from(format!("sotto/{username}"))
+}
+
+/// Where a device joining an account keeps its profile: the username is
+/// not known until the account's device answers.
+fn joining_profile_dir() -> PathBuf {
+    PathBuf::from(format!("sotto/device-{}", sotto_client::clock::now_ms()))
 }
 
 fn conversation_kind(kind: &str) -> Result<ConversationKind, ClientError> {
