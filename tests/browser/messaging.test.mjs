@@ -209,3 +209,43 @@ test('a browser linked to a CLI account receives its messages, and the CLI lists
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test('a second browser linked from the first receives the account\'s messages', async () => {
+  const ivan = await registerCli('ivan');
+  const first = await registerInBrowser('hana');
+
+  // The first browser shows a code; the second joins with it.
+  await first.page.getByTestId('link-device').click();
+  const code = first.page.getByTestId('link-code');
+  await code.filter({ hasText: /@/ }).waitFor();
+
+  const context = await browser.newContext();
+  const second = await context.newPage();
+  const problems = watchPage(second);
+  await second.goto(server.url);
+  await second.getByTestId('join-code').fill(await code.textContent());
+  await second.getByTestId('join').click();
+
+  // Both show the same digits before the first approves.
+  const asked = first.page.getByTestId('link-request-fingerprint');
+  await asked.filter({ hasText: /\d/ }).waitFor();
+  await second.getByTestId('join-fingerprint').filter({ hasText: /\d/ }).waitFor();
+  assert.equal(await second.getByTestId('join-fingerprint').textContent(), await asked.textContent());
+  await first.page.getByTestId('link-approve').click();
+  await second.getByTestId('me').filter({ hasText: 'hana' }).waitFor();
+  const secondDevice = await second.getByTestId('my-device').textContent();
+  assert.equal(await first.page.getByTestId('link-request-device').textContent(), secondDevice);
+  assert.notEqual(secondDevice, await first.page.getByTestId('my-device').textContent());
+
+  // A message to the account reaches both browsers.
+  await sotto(ivan, ['send', 'hana', 'for both of your browsers']);
+  for (const page of [first.page, second]) {
+    await conversation(page, 'direct', 'ivan').click();
+    await waitForLine(page, 'ivan', 'for both of your browsers');
+  }
+
+  assert.deepEqual(first.problems, []);
+  assert.deepEqual(problems, []);
+  await first.context.close();
+  await context.close();
+});

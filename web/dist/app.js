@@ -8,7 +8,7 @@
 // which this file imports dynamically: a glue that fails its integrity
 // check then shows as a failure instead of a page stuck at "connecting".
 
-const WASM_INTEGRITY = 'sha384-/UdYDL9KgLyZMFFDXC+5SbriajY6QvpWH/jcXABNPoyAwZS+U4uKa3ApswfbLBWM';
+const WASM_INTEGRITY = 'sha384-SgAZYzufUVf8yVTMVqlYBXnzYfBnFEKuORK0Dj2PEfjIlgxlwRU8r1yg1svalNyC';
 /** How long the server has to answer, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
 
@@ -259,6 +259,44 @@ function handleForm(id, action) {
   });
 }
 
+/** Opens a link for a new device and shows its code, then its request. */
+async function linkDevice() {
+  field('link-device').disabled = true;
+  const showCode = (code) => {
+    field('link-code').textContent = code;
+    field('link-code-line').hidden = false;
+    setAccountStatus('connecting', 'waiting for the new device (10 minutes)');
+  };
+  try {
+    const request = await account.openLink(showCode);
+    field('link-request-device').textContent = request.deviceId;
+    field('link-request-fingerprint').textContent = request.fingerprint;
+    field('link-request').hidden = false;
+    setAccountStatus('connecting', 'a device asks to join: compare the numbers');
+  } catch (e) {
+    setAccountStatus('failed', e.message);
+    field('link-device').disabled = false;
+  } finally {
+    field('link-code-line').hidden = true;
+  }
+}
+
+async function answerLink(approve) {
+  field('link-request').hidden = true;
+  field('link-device').disabled = false;
+  if (!approve) {
+    account.refuseLink();
+    setAccountStatus('verified', 'refused: the device was not linked');
+    return;
+  }
+  try {
+    const deviceId = await account.approveLink();
+    setAccountStatus('verified', `linked device ${deviceId}`);
+  } catch (e) {
+    setAccountStatus('failed', e.message);
+  }
+}
+
 /** Shows the messenger for `signedInAccount`, registered or linked. */
 async function signedIn(signedInAccount) {
   account = signedInAccount;
@@ -291,6 +329,9 @@ function setUpMessaging() {
       field('join-fingerprint-line').hidden = true;
     }
   });
+  field('link-device').addEventListener('click', linkDevice);
+  field('link-approve').addEventListener('click', () => answerLink(true));
+  field('link-refuse').addEventListener('click', () => answerLink(false));
   handleForm('new-direct', async () => {
     const peer = field('new-direct-peer').value.trim();
     field('new-direct-peer').value = '';

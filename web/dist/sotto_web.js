@@ -40,6 +40,15 @@ export class Account {
         return ret;
     }
     /**
+     * Approves the device that asked through `openLink`: it joins the
+     * account and every conversation of it. Resolves to its device id.
+     * @returns {Promise<any>}
+     */
+    approveLink() {
+        const ret = wasm.account_approveLink(this.__wbg_ptr);
+        return ret;
+    }
+    /**
      * Every conversation, the most recently active first, with its unread
      * count (`{kind, name, unread, last_at}`).
      * @returns {Promise<any>}
@@ -153,6 +162,29 @@ export class Account {
         const len0 = WASM_VECTOR_LEN;
         const ret = wasm.account_members(this.__wbg_ptr, ptr0, len0);
         return ret;
+    }
+    /**
+     * Links a new device: opens a link, calls `onCode` with the code to
+     * show (the new device enters it), and waits up to ten minutes for the
+     * device to ask. Resolves to `{deviceId, fingerprint}`: the user checks
+     * that the new device shows the same digits, then calls
+     * `approveLink()` or `refuseLink()`. While it waits, new messages are
+     * stored but not announced (they show when a conversation is opened).
+     * @param {Function} on_code
+     * @returns {Promise<any>}
+     */
+    openLink(on_code) {
+        const ret = wasm.account_openLink(this.__wbg_ptr, on_code);
+        return ret;
+    }
+    /**
+     * Refuses the device that asked through `openLink`: it is not linked
+     * (it gives up waiting).
+     * @returns {boolean}
+     */
+    refuseLink() {
+        const ret = wasm.account_refuseLink(this.__wbg_ptr);
+        return ret !== 0;
     }
     /**
      * Creates the account `username` on the server at `serverUrl` (the
@@ -761,32 +793,32 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2150, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2168, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 673, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 673, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_30);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 655, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 673, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 620, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 638, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 656, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 674, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h903bbeba2f6d0746);
             return ret;
         },
@@ -832,12 +864,12 @@ function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg
     wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_27(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_30(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_30(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_28(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5(arg0, arg1, arg2) {

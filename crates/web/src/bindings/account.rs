@@ -10,8 +10,10 @@ use crate::messenger::{Event, Messenger};
 use js_sys::{Function, Promise};
 use serde::Serialize;
 use sotto_client::endpoint::ServerUrl;
-use sotto_client::{Client, ClientError, ConversationKind, LinkCode, Trust};
+use sotto_client::{Client, ClientError, ConversationKind, LinkCode, LinkRequestInfo, Trust};
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
@@ -22,6 +24,9 @@ pub struct JsAccount {
     messenger: Messenger,
     username: String,
     device_id: String,
+    /// A new device that asked to join through [`JsAccount::open_link`],
+    /// waiting for the user to approve or refuse it.
+    link_request: Rc<RefCell<Option<(LinkCode, LinkRequestInfo)>>>,
 }
 
 #[wasm_bindgen(js_class = Account)]
@@ -92,6 +97,7 @@ impl JsAccount {
             messenger,
             username,
             device_id,
+            link_request: Rc::default(),
         }
     }
 
@@ -152,6 +158,48 @@ impl JsAccount {
     /// This account's devices, from the key log.
     pub fn devices(&self) -> Promise {
         self.request(async |c| c.devices().await)
+    }
+
+    /// Links a new device: opens a link, calls `onCode` with the code to
+    /// show (the new device enters it), and waits up to ten minutes for the
+    /// device to ask. Resolves to `{deviceId, fingerprint}`: the user checks
+    /// that the new device shows the same digits, then calls
+    /// `approveLink()` or `refuseLink()`. While it waits, new messages are
+    /// stored but not announced (they show when a conversation is opened).
+    #[wasm_bindgen(js_name = openLink)]
+    pub fn open_link(&self, on_code: Function) -> Promise {
+        let pending = Rc::clone(&self.link_request);
+        self.request(async move |c| {
+            let code = c.open_link().await?;
+            let _ = on_code.call1(&JsValue::NULL, &JsValue::from(code.reveal()));
+            let request = c.wait_for_link_request(&code).await?;
+            let shown = serde_json::json!({
+                "deviceId": request.device_id.to_string(),
+                "fingerprint": request.fingerprint,
+            });
+            *pending.borrow_mut() = Some((code, request));
+            Ok(shown)
+        })
+    }
+
+    /// Approves the device that asked through `openLink`: it joins the
+    /// account and every conversation of it. Resolves to its device id.
+    #[wasm_bindgen(js_name = approveLink)]
+    pub fn approve_link(&self) -> Promise {
+        let pending = self.link_request.borrow_mut().take();
+        self.request(async move |c| {
+            let (code, request) = pending
+                .ok_or_else(|| ClientError::Usage("no device is waiting for approval".into()))?;
+            c.approve_link(&code, &request).await?;
+            Ok(request.device_id.to_string())
+        })
+    }
+
+    /// Refuses the device that asked through `openLink`: it is not linked
+    /// (it gives up waiting).
+    #[wasm_bindgen(js_name = refuseLink)]
+    pub fn refuse_link(&self) -> bool {
+        self.link_request.borrow_mut().take().is_some()
     }
 
     /// Runs `op` in turn and gives its result to JavaScript.
