@@ -8,7 +8,7 @@
 // which this file imports dynamically: a glue that fails its integrity
 // check then shows as a failure instead of a page stuck at "connecting".
 
-const WASM_INTEGRITY = 'sha384-SgAZYzufUVf8yVTMVqlYBXnzYfBnFEKuORK0Dj2PEfjIlgxlwRU8r1yg1svalNyC';
+const WASM_INTEGRITY = 'sha384-AC7RR6lMv03jHwhThSnMfFGbvkXD+mrU4I/A+Tem+JErB25nVD8y9Pxux9mWVWXS';
 /** How long the server has to answer, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
 
@@ -233,7 +233,7 @@ function onEvent(event) {
     if (isCurrent(entry.conversation_kind, entry.conversation)) {
       field('history').append(entryItem(entry));
       // On screen means read: let the library mark it and send receipts.
-      account.history(entry.conversation_kind, entry.conversation).catch(() => {});
+      account.markRead(entry.conversation_kind, entry.conversation).catch(() => {});
     }
     setAccountStatus('verified', 'online');
     refreshConversations();

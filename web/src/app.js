@@ -233,7 +233,7 @@ function onEvent(event) {
     if (isCurrent(entry.conversation_kind, entry.conversation)) {
       field('history').append(entryItem(entry));
       // On screen means read: let the library mark it and send receipts.
-      account.history(entry.conversation_kind, entry.conversation).catch(() => {});
+      account.markRead(entry.conversation_kind, entry.conversation).catch(() => {});
     }
     setAccountStatus('verified', 'online');
     refreshConversations();

@@ -957,9 +957,16 @@ impl Client {
         name: &str,
     ) -> Result<Vec<HistoryEntry>, ClientError> {
         let entries = self.profile.history(kind, name)?;
-        let conversation = self.profile.conversation_named(kind, name)?;
-        receipts::seen(&self.profile, &conversation)?;
+        self.mark_read(kind, name)?;
         Ok(entries)
+    }
+
+    /// Marks what the conversation holds now as read, as showing its
+    /// history does, without reading it (a client that already shows the
+    /// new line, such as the web page).
+    pub fn mark_read(&self, kind: ConversationKind, name: &str) -> Result<(), ClientError> {
+        let conversation = self.profile.conversation_named(kind, name)?;
+        receipts::seen(&self.profile, &conversation)
     }
 
     /// Whether this profile sends read receipts (default: on). Delivery

@@ -99,6 +99,8 @@ async fn serve(
                         .into_iter()
                         .for_each(|entry| on_event(Event::Entry(Box::new(entry))));
                     caught_up = true;
+                    // Connected again: the next failure waits from the start.
+                    retry = FIRST_RETRY;
                     continue;
                 }
                 Err(e) => Err(e),

@@ -36,6 +36,18 @@ async fn next_message(events: &mut mpsc::UnboundedReceiver<Event>) -> HistoryEnt
     .await
 }
 
+/// How long the task waits after the next connection failure it reports.
+async fn next_offline(events: &mut mpsc::UnboundedReceiver<Event>) -> Duration {
+    within(async {
+        loop {
+            if let Event::Offline { retry_in, .. } = events.recv().await.expect("the task runs") {
+                return retry_in;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn deliveries_arrive_while_idle_and_requests_run_in_between() {
     let server = TestServer::start().await;
@@ -93,15 +105,7 @@ async fn requests_still_run_while_the_server_is_away_and_it_reconnects() {
 
             let server = server.restart().await;
             // The failure is reported, with when the task tries again.
-            let offline = within(async {
-                loop {
-                    if let Event::Offline { retry_in, .. } = events.recv().await.unwrap() {
-                        return retry_in;
-                    }
-                }
-            })
-            .await;
-            assert!(offline >= Duration::from_secs(1));
+            assert!(next_offline(&mut events).await >= Duration::from_secs(1));
 
             // Local requests do not wait for the server.
             let history = bob
@@ -122,7 +126,10 @@ async fn requests_still_run_while_the_server_is_away_and_it_reconnects() {
             // Back: what was sent meanwhile arrives.
             alice.send_direct("bob", "after").await.unwrap();
             assert_eq!(next_message(&mut events).await.text, "after");
-            drop(server);
+
+            // Once back, the next failure waits from the start again.
+            let _server = server.restart().await;
+            assert_eq!(next_offline(&mut events).await, Duration::from_secs(1));
         })
         .await;
 }

@@ -150,6 +150,13 @@ impl JsAccount {
         self.request(async move |c| c.history(conversation_kind(&kind)?, &name))
     }
 
+    /// Marks the conversation `name` of `kind` read, as `history` does,
+    /// for a line the page shows as it arrives.
+    #[wasm_bindgen(js_name = markRead)]
+    pub fn mark_read(&self, kind: String, name: String) -> Promise {
+        self.request(async move |c| c.mark_read(conversation_kind(&kind)?, &name))
+    }
+
     /// The group `name`'s members (`{username, devices, …}`).
     pub fn members(&self, name: String) -> Promise {
         self.request(async move |c| c.members(&name))
