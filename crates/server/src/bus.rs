@@ -886,10 +886,22 @@ mod tests {
             payload: Arc::from(&b"x"[..]),
             frank: None,
         };
-        // Subscribing wakes each once (see `follow_interest`): let those pass.
+        // Subscribing wakes each once (see `follow_interest`), and so does
+        // each node's `Connected` event, whose callback may run after the
+        // subscription on a busy machine: let those pass until both have
+        // been quiet for a while.
         for woken in [&blue.missed, &green.missed] {
             let _ = tokio::time::timeout(Duration::from_secs(3), woken.wait()).await;
             woken.take();
+        }
+        let settle = Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let blue_woken = blue.missed.take();
+            let green_woken = green.missed.take();
+            if !(blue_woken || green_woken) || Instant::now() > settle {
+                break;
+            }
         }
         // Blue's first node delivers until blue's second is woken.
         let deadline = Instant::now() + Duration::from_secs(10);
