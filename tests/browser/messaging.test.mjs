@@ -18,7 +18,9 @@ let server;
 let browser;
 
 before(async () => {
-  server = await Server.start();
+  // Every test registers accounts from the same address, faster than the
+  // default limit allows.
+  server = await Server.start(['--no-rate-limits']);
   browser = await launchBrowser();
 });
 
@@ -248,4 +250,65 @@ test('a second browser linked from the first receives the account\'s messages', 
   assert.deepEqual(problems, []);
   await first.context.close();
   await context.close();
+});
+
+test('a reload keeps the account, its keys and its history', async () => {
+  const gus = await registerCli('gus');
+  const fay = await registerInBrowser('fay');
+  await sotto(gus, ['send', 'fay', 'before the reload']);
+  await conversation(fay.page, 'direct', 'gus').click();
+  await waitForLine(fay.page, 'gus', 'before the reload');
+  await send(fay.page, 'fay before the reload');
+  const device = await fay.page.getByTestId('my-device').textContent();
+
+  await fay.page.reload();
+  // The same account and device, without registering again.
+  await fay.page.getByTestId('me').filter({ hasText: 'fay' }).waitFor();
+  assert.equal(await fay.page.getByTestId('my-device').textContent(), device);
+  assert.equal(await fay.page.getByTestId('register-form').isVisible(), false);
+  await conversation(fay.page, 'direct', 'gus').click();
+  await waitForLine(fay.page, 'gus', 'before the reload');
+  await waitForLine(fay.page, 'fay', 'fay before the reload');
+
+  // The keys still work both ways: what comes in decrypts, what goes out
+  // reaches the CLI.
+  await sotto(gus, ['send', 'fay', 'after the reload']);
+  await waitForLine(fay.page, 'gus', 'after the reload');
+  await send(fay.page, 'fay after the reload');
+  assert.ok(syncedTexts(await sotto(gus, ['sync', '--json'])).includes('fay: fay after the reload'));
+
+  assert.deepEqual(fay.problems, []);
+  await fay.context.close();
+});
+
+test('a new tab takes the account over, and the first tab can take it back', async () => {
+  const ida = await registerCli('ida');
+  const hal = await registerInBrowser('hal');
+  await sotto(ida, ['send', 'hal', 'to the first tab']);
+  await conversation(hal.page, 'direct', 'ida').click();
+  await waitForLine(hal.page, 'ida', 'to the first tab');
+
+  // A second tab of the same browser opens the profile; the first lets go.
+  const second = await hal.context.newPage();
+  const secondProblems = watchPage(second);
+  await second.goto(server.url);
+  await second.getByTestId('me').filter({ hasText: 'hal' }).waitFor();
+  await hal.page.getByTestId('moved').waitFor();
+  assert.equal(await hal.page.getByTestId('messenger').isVisible(), false);
+  await conversation(second, 'direct', 'ida').click();
+  await waitForLine(second, 'ida', 'to the first tab');
+  await sotto(ida, ['send', 'hal', 'to the second tab']);
+  await waitForLine(second, 'ida', 'to the second tab');
+  await send(second, 'hal from the second tab');
+  assert.ok(syncedTexts(await sotto(ida, ['sync', '--json'])).includes('hal: hal from the second tab'));
+
+  // "Use it here" in the first tab takes it back, with everything.
+  await hal.page.getByTestId('use-here').click();
+  await hal.page.getByTestId('me').filter({ hasText: 'hal' }).waitFor();
+  await second.getByTestId('moved').waitFor();
+  await conversation(hal.page, 'direct', 'ida').click();
+  await waitForLine(hal.page, 'hal', 'hal from the second tab');
+
+  assert.deepEqual(secondProblems, []);
+  await hal.context.close();
 });

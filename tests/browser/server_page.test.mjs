@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 
 import { Server, sotto, launchBrowser, freshDir, watchPage } from './harness.mjs';
@@ -109,32 +110,94 @@ test('the check runs again from the keyboard and sees the log grow', async () =>
 });
 
 test('a log head altered on the network path is refused', async () => {
+  // A machine in the middle: a TCP proxy in front of the server that flips
+  // the last byte of the server's second WebSocket frame, the answer to
+  // GetLogHead, whose last field is the head's signature. (Playwright's
+  // routeWebSocket does not reach the socket a worker opens.)
+  const middle = await tamperingProxy(server.url, (frame, n) => {
+    if (n === 2) frame[frame.length - 1] ^= 0x01;
+  });
   const context = await browser.newContext();
   const page = await context.newPage();
-  // Flip the last byte of the server's second frame: the answer to
-  // GetLogHead, whose last field is the head's signature.
-  await page.routeWebSocket(/\/ws$/, (ws) => {
-    const real = ws.connectToServer();
-    let frames = 0;
-    real.onMessage((message) => {
-      frames += 1;
-      if (frames === 2 && typeof message !== 'string') {
-        const bytes = Buffer.from(message);
-        bytes[bytes.length - 1] ^= 0x01;
-        ws.send(bytes);
-      } else {
-        ws.send(message);
+  try {
+    await page.goto(middle.url);
+    const status = page.getByTestId('server-status');
+    await status.filter({ hasText: /^(verified|failed:.*)$/ }).waitFor();
+    assert.match(await status.textContent(), /^failed: .*/);
+    assert.equal(await page.getByTestId('log-size').textContent(), '');
+    assert.ok(middle.framesSeen() >= 2, 'the check went through the proxy');
+  } finally {
+    await context.close();
+    middle.close();
+  }
+});
+
+/**
+ * A TCP proxy to `target` (an http:// URL) that passes everything through,
+ * except that on a connection upgraded to WebSocket it hands each whole
+ * frame from the server (unmasked, as servers send them) to
+ * `alter(payload, n)` first, n counting from 1.
+ */
+async function tamperingProxy(target, alter) {
+  const { hostname, port } = new URL(target);
+  let frames = 0;
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    client.pipe(upstream);
+    let pending = Buffer.alloc(0);
+    let websocket;
+    upstream.on('data', (chunk) => {
+      pending = Buffer.concat([pending, chunk]);
+      if (websocket === undefined) {
+        const end = pending.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        websocket = pending.subarray(0, 12).toString() === 'HTTP/1.1 101';
+        if (!websocket) {
+          upstream.unpipe?.();
+          client.write(pending);
+          pending = Buffer.alloc(0);
+          upstream.removeAllListeners('data');
+          upstream.pipe(client);
+          return;
+        }
+        client.write(pending.subarray(0, end + 4));
+        pending = pending.subarray(end + 4);
+      }
+      for (;;) {
+        if (pending.length < 2) return;
+        let length = pending[1] & 0x7f;
+        let header = 2;
+        if (length === 126) {
+          if (pending.length < 4) return;
+          length = pending.readUInt16BE(2);
+          header = 4;
+        } else if (length === 127) {
+          if (pending.length < 10) return;
+          length = Number(pending.readBigUInt64BE(2));
+          header = 10;
+        }
+        if (pending.length < header + length) return;
+        const frame = Buffer.from(pending.subarray(0, header + length));
+        pending = pending.subarray(header + length);
+        frames += 1;
+        alter(frame.subarray(header), frames);
+        client.write(frame);
       }
     });
-    ws.onMessage((message) => real.send(message));
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
   });
-  await page.goto(server.url);
-  const status = page.getByTestId('server-status');
-  await status.filter({ hasText: /^(verified|failed:.*)$/ }).waitFor();
-  assert.match(await status.textContent(), /^failed: .*/);
-  assert.equal(await page.getByTestId('log-size').textContent(), '');
-  await context.close();
-});
+  await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${proxy.address().port}/`,
+    framesSeen: () => frames,
+    close: () => proxy.close(),
+  };
+}
 
 test('the page fits a phone', async () => {
   const context = await browser.newContext({ viewport: { width: 375, height: 740 } });

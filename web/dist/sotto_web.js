@@ -200,6 +200,17 @@ export class Account {
         return ret;
     }
     /**
+     * Opens the account this browser keeps (registered or joined here
+     * before), or resolves to `undefined` when it keeps none. Call
+     * `openStorage()` first.
+     * @param {Function} on_event
+     * @returns {Promise<Account | undefined>}
+     */
+    static open(on_event) {
+        const ret = wasm.account_open(on_event);
+        return ret;
+    }
+    /**
      * Refuses the device that asked through `openLink`: it is not linked
      * (it gives up waiting).
      * @returns {boolean}
@@ -443,6 +454,17 @@ export class ServerCheck {
 if (Symbol.dispose) ServerCheck.prototype[Symbol.dispose] = ServerCheck.prototype.free;
 
 /**
+ * Makes SQLite keep every database of this page in OPFS (the default VFS
+ * from now on). Call once, in the worker, after taking the profile lock
+ * and before opening an account.
+ * @returns {Promise<void>}
+ */
+export function openStorage() {
+    const ret = wasm.openStorage();
+    return ret;
+}
+
+/**
  * Runs when the module is instantiated: a panic (a bug) is reported on
  * the console with its message and location before the module traps, so
  * a bug report can say what broke instead of "unreachable".
@@ -522,6 +544,18 @@ function __wbg_get_imports() {
         __wbg_addEventListener_f2d27251d333a631: function() { return handleError(function (arg0, arg1, arg2, arg3, arg4) {
             arg0.addEventListener(getStringFromWasm0(arg1, arg2), arg3, arg4);
         }, arguments); },
+        __wbg_buffer_aca05a93c046db1a: function(arg0) {
+            const ret = arg0.buffer;
+            return ret;
+        },
+        __wbg_byteLength_c5f3c188d5252e5b: function(arg0) {
+            const ret = arg0.byteLength;
+            return ret;
+        },
+        __wbg_byteOffset_63cdc7b38f33a45e: function(arg0) {
+            const ret = arg0.byteOffset;
+            return ret;
+        },
         __wbg_call_a410eb4b59ed5965: function() { return handleError(function (arg0, arg1, arg2) {
             const ret = arg0.call(arg1, arg2);
             return ret;
@@ -543,6 +577,10 @@ function __wbg_get_imports() {
             const ret = arg0.code;
             return ret;
         },
+        __wbg_createSyncAccessHandle_9fc3d780677bd197: function(arg0) {
+            const ret = arg0.createSyncAccessHandle();
+            return ret;
+        },
         __wbg_crypto_23f565a907d30078: function(arg0) {
             const ret = arg0.crypto;
             return ret;
@@ -555,15 +593,42 @@ function __wbg_get_imports() {
             const ret = arg0.dispatchEvent(arg1);
             return ret;
         }, arguments); },
+        __wbg_done_57e08d0be6e30c02: function(arg0) {
+            const ret = arg0.done;
+            return ret;
+        },
+        __wbg_entries_643fb9ebab2c33a3: function(arg0) {
+            const ret = arg0.entries();
+            return ret;
+        },
         __wbg_error_3745bbc3a99bd938: function(arg0, arg1) {
             console.error(getStringFromWasm0(arg0, arg1));
         },
+        __wbg_fill_6ab2ffab47cad7ab: function(arg0, arg1, arg2, arg3) {
+            const ret = arg0.fill(arg1, arg2 >>> 0, arg3 >>> 0);
+            return ret;
+        },
+        __wbg_flush_34f73503687e5840: function() { return handleError(function (arg0) {
+            arg0.flush();
+        }, arguments); },
         __wbg_getDate_a44b5f4a8c42a3c3: function(arg0) {
             const ret = arg0.getDate();
             return ret;
         },
         __wbg_getDay_0ea3aef4bf721d1c: function(arg0) {
             const ret = arg0.getDay();
+            return ret;
+        },
+        __wbg_getDirectoryHandle_7250477470a7f35b: function(arg0, arg1, arg2, arg3) {
+            const ret = arg0.getDirectoryHandle(getStringFromWasm0(arg1, arg2), arg3);
+            return ret;
+        },
+        __wbg_getDirectory_50787a69f3a13110: function(arg0) {
+            const ret = arg0.getDirectory();
+            return ret;
+        },
+        __wbg_getFileHandle_1cb5562219601c4f: function(arg0, arg1, arg2, arg3) {
+            const ret = arg0.getFileHandle(getStringFromWasm0(arg1, arg2), arg3);
             return ret;
         },
         __wbg_getFullYear_94114da14f235fca: function(arg0) {
@@ -595,12 +660,32 @@ function __wbg_get_imports() {
             const ret = arg0.getSeconds();
             return ret;
         },
+        __wbg_getSize_c72004a2a12e972a: function() { return handleError(function (arg0) {
+            const ret = arg0.getSize();
+            return ret;
+        }, arguments); },
         __wbg_getTime_edc91481cbc4cd78: function(arg0) {
             const ret = arg0.getTime();
             return ret;
         },
         __wbg_getTimezoneOffset_87127d92c2c117e9: function(arg0) {
             const ret = arg0.getTimezoneOffset();
+            return ret;
+        },
+        __wbg_getUint32_4b4f33bd79eb97cc: function(arg0, arg1) {
+            const ret = arg0.getUint32(arg1 >>> 0);
+            return ret;
+        },
+        __wbg_get_2080c49015e35254: function() { return handleError(function (arg0, arg1) {
+            const ret = Reflect.get(arg0, arg1);
+            return ret;
+        }, arguments); },
+        __wbg_get_d7176cfb76d71114: function(arg0, arg1) {
+            const ret = arg0[arg1 >>> 0];
+            return ret;
+        },
+        __wbg_get_index_ff57aa2f75d9456b: function(arg0, arg1) {
+            const ret = arg0[arg1 >>> 0];
             return ret;
         },
         __wbg_instanceof_ArrayBuffer_12cdaa4161423e6b: function(arg0) {
@@ -623,6 +708,16 @@ function __wbg_get_imports() {
             const ret = result;
             return ret;
         },
+        __wbg_instanceof_WorkerGlobalScope_a8f1cd8c19b6daec: function(arg0) {
+            let result;
+            try {
+                result = arg0 instanceof WorkerGlobalScope;
+            } catch (_) {
+                result = false;
+            }
+            const ret = result;
+            return ret;
+        },
         __wbg_length_186163212ffe79c3: function(arg0) {
             const ret = arg0.length;
             return ret;
@@ -639,12 +734,20 @@ function __wbg_get_imports() {
             const ret = arg0.name;
             return ret;
         },
+        __wbg_navigator_9641ab32fa612dd1: function(arg0) {
+            const ret = arg0.navigator;
+            return ret;
+        },
         __wbg_new_0_36d738a0c8cfac43: function() {
             const ret = new Date();
             return ret;
         },
         __wbg_new_13de428334042d26: function(arg0) {
             const ret = new Uint8Array(arg0);
+            return ret;
+        },
+        __wbg_new_30a495bf9b6df12b: function(arg0, arg1, arg2) {
+            const ret = new DataView(arg0, arg1 >>> 0, arg2 >>> 0);
             return ret;
         },
         __wbg_new_3e95cd7386bb9a6c: function(arg0) {
@@ -693,6 +796,10 @@ function __wbg_get_imports() {
             const ret = new Date(arg0 >>> 0, arg1, arg2);
             return ret;
         },
+        __wbg_next_040cd66fe7246513: function() { return handleError(function (arg0) {
+            const ret = arg0.next();
+            return ret;
+        }, arguments); },
         __wbg_node_86166ff8ce1f2002: function(arg0) {
             const ret = arg0.node;
             return ret;
@@ -734,6 +841,14 @@ function __wbg_get_imports() {
             const ret = Math.random();
             return ret;
         },
+        __wbg_read_a0fc3756bc2cfb07: function() { return handleError(function (arg0, arg1, arg2) {
+            const ret = arg0.read(arg1, arg2);
+            return ret;
+        }, arguments); },
+        __wbg_read_fd16d549b57ad237: function() { return handleError(function (arg0, arg1, arg2, arg3) {
+            const ret = arg0.read(getArrayU8FromWasm0(arg1, arg2), arg3);
+            return ret;
+        }, arguments); },
         __wbg_readyState_039bc047141a5f6d: function(arg0) {
             const ret = arg0.readyState;
             return ret;
@@ -766,11 +881,26 @@ function __wbg_get_imports() {
             const ret = setTimeout(arg0, arg1);
             return ret;
         }, arguments); },
+        __wbg_setUint32_d61998cde2a57608: function(arg0, arg1, arg2) {
+            arg0.setUint32(arg1 >>> 0, arg2 >>> 0);
+        },
+        __wbg_set_at_f569a2586a7350aa: function(arg0, arg1) {
+            arg0.at = arg1;
+        },
         __wbg_set_binaryType_d5b4dafd0f127fb2: function(arg0, arg1) {
             arg0.binaryType = __wbindgen_enum_BinaryType[arg1];
         },
         __wbg_set_code_7999ea6b8ee3441b: function(arg0, arg1) {
             arg0.code = arg1;
+        },
+        __wbg_set_create_29c03b2d68cbe451: function(arg0, arg1) {
+            arg0.create = arg1 !== 0;
+        },
+        __wbg_set_create_8034c70deebee24f: function(arg0, arg1) {
+            arg0.create = arg1 !== 0;
+        },
+        __wbg_set_feb3714f475485ba: function(arg0, arg1, arg2) {
+            arg0.set(getArrayU8FromWasm0(arg1, arg2));
         },
         __wbg_set_once_ee3e8ed5823add1f: function(arg0, arg1) {
             arg0.once = arg1 !== 0;
@@ -794,8 +924,16 @@ function __wbg_get_imports() {
             const ret = typeof window === 'undefined' ? undefined : window;
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
+        __wbg_storage_681cb2810b22dae6: function(arg0) {
+            const ret = arg0.storage;
+            return ret;
+        },
         __wbg_subarray_58f388a9247ac0bb: function(arg0, arg1, arg2) {
             const ret = arg0.subarray(arg1 >>> 0, arg2 >>> 0);
+            return ret;
+        },
+        __wbg_then_656f253a5dd7d8ea: function(arg0, arg1, arg2) {
+            const ret = arg0.then(arg1, arg2);
             return ret;
         },
         __wbg_then_e3f7f2d365708be8: function(arg0, arg1) {
@@ -806,6 +944,16 @@ function __wbg_get_imports() {
             const ret = arg0.toString();
             return ret;
         },
+        __wbg_truncate_5f8dea9c665ccb45: function() { return handleError(function (arg0, arg1) {
+            arg0.truncate(arg1);
+        }, arguments); },
+        __wbg_truncate_a0d3eb3d7c2331e0: function() { return handleError(function (arg0, arg1) {
+            arg0.truncate(arg1 >>> 0);
+        }, arguments); },
+        __wbg_value_e0f328965e184931: function(arg0) {
+            const ret = arg0.value;
+            return ret;
+        },
         __wbg_versions_6e128a981b0df859: function(arg0) {
             const ret = arg0.versions;
             return ret;
@@ -814,34 +962,42 @@ function __wbg_get_imports() {
             const ret = arg0.wasClean;
             return ret;
         },
+        __wbg_write_64e686e3c8a4bbd0: function() { return handleError(function (arg0, arg1, arg2) {
+            const ret = arg0.write(arg1, arg2);
+            return ret;
+        }, arguments); },
+        __wbg_write_d97a1c0a72df2595: function() { return handleError(function (arg0, arg1, arg2, arg3) {
+            const ret = arg0.write(getArrayU8FromWasm0(arg1, arg2), arg3);
+            return ret;
+        }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2174, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2236, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 679, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 679, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 679, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_32);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 644, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 705, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 680, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h903bbeba2f6d0746);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 741, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h28f50f0494aa9a90);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0) {
@@ -878,20 +1034,20 @@ function wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60(arg0, arg
     wasm.wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60(arg0, arg1);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h903bbeba2f6d0746(arg0, arg1) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h903bbeba2f6d0746(arg0, arg1);
+function wasm_bindgen__convert__closures_____invoke__h28f50f0494aa9a90(arg0, arg1) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h28f50f0494aa9a90(arg0, arg1);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_31(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_32(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h27775aa6f029f7bd_32(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5(arg0, arg1, arg2) {

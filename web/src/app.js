@@ -1,23 +1,94 @@
-// Sotto's web page: opens the WebSocket and updates the page. Everything
-// about the protocol (decoding frames, verifying signatures) happens in the
-// WebAssembly module (crates/web), never here.
-//
-// This file is a template: scripts/build-web.sh fills in the wasm's
-// Subresource Integrity hash, so index.html pins this file, this file pins
-// the wasm, and index.html's modulepreload pins the glue (sotto_web.js),
-// which this file imports dynamically: a glue that fails its integrity
-// check then shows as a failure instead of a page stuck at "connecting".
-
-const WASM_INTEGRITY = '@SOTTO_WEB_BG_WASM_SRI@';
-/** How long the server has to answer, from opening the socket. */
-const ANSWER_TIMEOUT_MS = 15000;
-
-/** wasm-bindgen's glue (`sotto_web.js`), once loaded. */
-let wasm;
+// Sotto's web page: shows what the worker (worker.js, which runs the
+// WebAssembly module) reports, and hands it what the user asks. Everything
+// about the protocol (frames, signatures, keys, the profile) happens in
+// WebAssembly, in the worker, never here.
 
 const field = (id) => document.getElementById(id);
 const status = field('server-status');
 const again = field('check-again');
+
+// ---------------------------------------------------------- the worker
+
+const worker = new Worker('worker.js', { type: 'module' });
+/** Requests sent to the worker, by id, waiting for their answers. */
+const pending = new Map();
+let nextRequest = 1;
+
+/** Asks the worker to run `method` (see worker.js); resolves to its answer. */
+function call(method, ...args) {
+  return new Promise((resolve, reject) => {
+    const id = nextRequest++;
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, method, args });
+  });
+}
+
+/** The other tabs of this page on this browser: one at a time owns the profile. */
+const tabs = new BroadcastChannel('sotto-tabs');
+
+worker.addEventListener('message', ({ data }) => {
+  if (data.id !== undefined) {
+    const request = pending.get(data.id);
+    pending.delete(data.id);
+    if (data.error !== undefined) request?.reject(new Error(data.error));
+    else request?.resolve(data.result);
+    return;
+  }
+  switch (data.type) {
+    case 'loaded':
+      field('version').textContent = data.version;
+      checkServer();
+      break;
+    case 'check':
+      show(data.facts);
+      break;
+    case 'busy':
+      // Another tab has the profile: ask it to let go (it shows so).
+      setAccountStatus('connecting', 'Sotto is open in another tab: moving it here…');
+      tabs.postMessage('take-over');
+      break;
+    case 'ready':
+      if (data.account) signedIn(data.account);
+      else showSignUp();
+      break;
+    case 'event':
+      onEvent(data.event);
+      break;
+    case 'fingerprint':
+      field('join-fingerprint').textContent = data.digits;
+      field('join-fingerprint-line').hidden = false;
+      setAccountStatus('connecting', 'waiting for approval on your other device');
+      break;
+    case 'link-code':
+      field('link-code').textContent = data.code;
+      field('link-code-line').hidden = false;
+      setAccountStatus('connecting', 'waiting for the new device (10 minutes)');
+      break;
+    case 'failed':
+      setStatus('failed', `failed: ${data.reason}`);
+      setAccountStatus('failed', data.reason);
+      break;
+  }
+});
+worker.addEventListener('error', (event) => {
+  setStatus('failed', `failed: the page's worker did not start (${event.message ?? 'no reason given'})`);
+});
+
+tabs.addEventListener('message', ({ data }) => {
+  if (data !== 'take-over') return;
+  // Another tab of this page opened the profile: this one stops, as if
+  // closed (the profile is safe: every change is committed or not made).
+  worker.terminate();
+  for (const request of pending.values()) request.reject(new Error('Sotto moved to another tab'));
+  pending.clear();
+  field('messenger').hidden = true;
+  for (const id of ['register-form', 'register-hint', 'join-form']) field(id).hidden = true;
+  field('moved').hidden = false;
+  setAccountStatus('failed', 'Sotto is open in another tab');
+});
+field('use-here').addEventListener('click', () => location.reload());
+
+// ---------------------------------------------------------- the server
 
 const FACTS = [
   'log-key', 'log-size', 'log-root', 'log-signed-at',
@@ -42,14 +113,14 @@ function showTime(id, ms) {
   element.textContent = iso;
 }
 
-function show(check) {
-  field('log-key').textContent = check.logKey ?? '';
-  field('log-size').textContent = check.logSize ?? '';
-  field('log-root').textContent = check.logRoot ?? '';
-  showTime('log-signed-at', check.logSignedAt);
-  field('directory-epoch').textContent = check.directoryEpoch ?? '';
-  field('directory-root').textContent = check.directoryRoot ?? '';
-  showTime('directory-signed-at', check.directorySignedAt);
+function show(facts) {
+  field('log-key').textContent = facts.logKey ?? '';
+  field('log-size').textContent = facts.logSize ?? '';
+  field('log-root').textContent = facts.logRoot ?? '';
+  showTime('log-signed-at', facts.logSignedAt);
+  field('directory-epoch').textContent = facts.directoryEpoch ?? '';
+  field('directory-root').textContent = facts.directoryRoot ?? '';
+  showTime('directory-signed-at', facts.directorySignedAt);
 }
 
 /**
@@ -65,74 +136,29 @@ function socketUrl() {
   return `${scheme}//${page.host}${page.pathname}`;
 }
 
-function checkServer() {
+async function checkServer() {
   again.disabled = true;
   for (const id of FACTS) field(id).textContent = '';
   setStatus('connecting', 'connecting');
-
-  const check = new wasm.ServerCheck();
-  let socket;
-  let finished = false;
-  let timer;
-  const finish = (failure) => {
-    if (finished) return;
-    finished = true;
-    clearTimeout(timer);
-    socket?.close();
-    show(check);
-    if (failure === undefined) {
-      setStatus('verified', 'verified');
-    } else {
-      setStatus('failed', `failed: ${failure}`);
-    }
-    check.free();
-    again.disabled = false;
-  };
-
   try {
-    socket = new WebSocket(socketUrl());
+    const { facts, failure } = await call('checkServer', socketUrl());
+    show(facts);
+    if (failure === undefined) setStatus('verified', 'verified');
+    else setStatus('failed', `failed: ${failure}`);
   } catch (e) {
-    finish(`cannot open a WebSocket to ${socketUrl()} (${e.message})`);
-    return;
+    setStatus('failed', `failed: ${e.message}`);
+  } finally {
+    again.disabled = false;
   }
-  socket.binaryType = 'arraybuffer';
-  timer = setTimeout(
-    () => finish(`the server did not answer within ${ANSWER_TIMEOUT_MS / 1000} seconds`),
-    ANSWER_TIMEOUT_MS,
-  );
-  socket.addEventListener('message', (event) => {
-    if (finished) return;
-    if (!(event.data instanceof ArrayBuffer)) {
-      finish('the server sent a text message; Sotto servers speak binary frames');
-      return;
-    }
-    let replies;
-    try {
-      replies = check.receive(new Uint8Array(event.data));
-    } catch (e) {
-      finish(e.message);
-      return;
-    }
-    for (const reply of replies) socket.send(reply);
-    show(check);
-    if (check.verified) finish();
-  });
-  socket.addEventListener('error', () => {
-    finish('the WebSocket failed (is the server up, and does it allow this origin?)');
-  });
-  socket.addEventListener('close', (event) => {
-    const reason = event.reason ? `: ${event.reason}` : '';
-    finish(`the server closed the connection before the check finished (code ${event.code}${reason})`);
-  });
 }
 
 // ------------------------------------------------------------ messaging
 //
-// An account runs in the wasm module (`Account`, over the CLI's own client
-// library); this part only shows what it returns and hands it what the
-// user typed. History lines are rendered with textContent, never as HTML.
+// An account runs in the worker (the wasm `Account`, over the CLI's own
+// client library); this part only shows what it returns and hands it what
+// the user typed. History lines are rendered with textContent, never as HTML.
 
-/** The signed-in account (a wasm `Account`), once registered. */
+/** The signed-in account, `{ username, deviceId }`, once open. */
 let account;
 /** The conversation on screen: `{ kind: 'direct' | 'group', name }`. */
 let current;
@@ -178,7 +204,7 @@ async function refreshConversations() {
   const list = field('conversation-list');
   let conversations;
   try {
-    conversations = await account.conversations();
+    conversations = await call('conversations');
   } catch (e) {
     setAccountStatus('failed', e.message);
     return;
@@ -217,7 +243,7 @@ async function openConversation(kind, name) {
   const history = field('history');
   history.replaceChildren();
   try {
-    const entries = await account.history(kind, name);
+    const entries = await call('history', kind, name);
     if (isCurrent(kind, name)) history.replaceChildren(...entries.map(entryItem));
   } catch (e) {
     // A direct chat not started yet has no history: the first message starts it.
@@ -233,7 +259,7 @@ function onEvent(event) {
     if (isCurrent(entry.conversation_kind, entry.conversation)) {
       field('history').append(entryItem(entry));
       // On screen means read: let the library mark it and send receipts.
-      account.markRead(entry.conversation_kind, entry.conversation).catch(() => {});
+      call('markRead', entry.conversation_kind, entry.conversation).catch(() => {});
     }
     setAccountStatus('verified', 'online');
     refreshConversations();
@@ -259,16 +285,11 @@ function handleForm(id, action) {
   });
 }
 
-/** Opens a link for a new device and shows its code, then its request. */
+/** Opens a link for a new device and shows its code ('link-code'), then its request. */
 async function linkDevice() {
   field('link-device').disabled = true;
-  const showCode = (code) => {
-    field('link-code').textContent = code;
-    field('link-code-line').hidden = false;
-    setAccountStatus('connecting', 'waiting for the new device (10 minutes)');
-  };
   try {
-    const request = await account.openLink(showCode);
+    const request = await call('openLink');
     field('link-request-device').textContent = request.deviceId;
     field('link-request-fingerprint').textContent = request.fingerprint;
     field('link-request').hidden = false;
@@ -285,19 +306,19 @@ async function answerLink(approve) {
   field('link-request').hidden = true;
   field('link-device').disabled = false;
   if (!approve) {
-    account.refuseLink();
+    call('refuseLink');
     setAccountStatus('verified', 'refused: the device was not linked');
     return;
   }
   try {
-    const deviceId = await account.approveLink();
+    const deviceId = await call('approveLink');
     setAccountStatus('verified', `linked device ${deviceId}`);
   } catch (e) {
     setAccountStatus('failed', e.message);
   }
 }
 
-/** Shows the messenger for `signedInAccount`, registered or linked. */
+/** Shows the messenger for `signedInAccount`, registered, linked or kept. */
 async function signedIn(signedInAccount) {
   account = signedInAccount;
   for (const id of ['register-form', 'register-hint', 'join-form']) field(id).hidden = true;
@@ -308,23 +329,22 @@ async function signedIn(signedInAccount) {
   await refreshConversations();
 }
 
+/** No account in this browser yet: offers to create one or link one. */
+function showSignUp() {
+  for (const id of ['register-form', 'register-hint', 'join-form']) field(id).hidden = false;
+  setAccountStatus('', '');
+}
+
 function setUpMessaging() {
   handleForm('register-form', async () => {
     const username = field('register-username').value.trim();
     setAccountStatus('connecting', `creating ${username}…`);
-    await signedIn(await wasm.Account.register(serverUrl(), username, onEvent));
+    await signedIn(await call('register', serverUrl(), username));
   });
   handleForm('join-form', async () => {
     setAccountStatus('connecting', 'asking your other device…');
-    const showFingerprint = (digits) => {
-      field('join-fingerprint').textContent = digits;
-      field('join-fingerprint-line').hidden = false;
-      setAccountStatus('connecting', 'waiting for approval on your other device');
-    };
     try {
-      await signedIn(
-        await wasm.Account.join(serverUrl(), field('join-code').value.trim(), showFingerprint, onEvent),
-      );
+      await signedIn(await call('join', serverUrl(), field('join-code').value.trim()));
     } finally {
       field('join-fingerprint-line').hidden = true;
     }
@@ -343,7 +363,7 @@ function setUpMessaging() {
       .value.split(',')
       .map((m) => m.trim())
       .filter((m) => m !== '');
-    await account.createGroup(name, members);
+    await call('createGroup', name, members);
     field('new-group-name').value = '';
     field('new-group-members').value = '';
     await openConversation('group', name);
@@ -354,32 +374,12 @@ function setUpMessaging() {
     if (current === undefined || text.trim() === '') return;
     const { kind, name } = current;
     const sent =
-      kind === 'group' ? await account.sendGroup(name, text) : await account.sendDirect(name, text);
+      await call(kind === 'group' ? 'sendGroup' : 'sendDirect', name, text);
     input.value = '';
     if (isCurrent(kind, name)) field('history').append(entryItem(sent));
     await refreshConversations();
   });
 }
 
-async function main() {
-  again.addEventListener('click', checkServer);
-  setUpMessaging();
-  try {
-    wasm = await import('./sotto_web.js');
-  } catch (e) {
-    setStatus('failed', `failed: cannot load the page's script sotto_web.js (${e.message})`);
-    return;
-  }
-  try {
-    await wasm.default({
-      module_or_path: fetch('sotto_web_bg.wasm', { integrity: WASM_INTEGRITY }),
-    });
-  } catch (e) {
-    setStatus('failed', `failed: cannot load the WebAssembly module (${e.message})`);
-    return;
-  }
-  field('version').textContent = wasm.version();
-  checkServer();
-}
-
-main();
+again.addEventListener('click', checkServer);
+setUpMessaging();

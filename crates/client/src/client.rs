@@ -164,6 +164,23 @@ impl Client {
         }
     }
 
+    /// Whether the profile `dir` holds an account. A page deciding between
+    /// its sign-up forms and the messenger asks this: a device whose link
+    /// was refused leaves a database without one, which the next join
+    /// reuses.
+    pub fn has_account(dir: &Path) -> Result<bool, ClientError> {
+        let path = crate::profile::profile_db(dir);
+        if !store::exists(&path) {
+            return Ok(false);
+        }
+        // Unreadable without its passphrase; `sotto lock` locks accounts.
+        if store::lock::is_locked(dir)? {
+            return Ok(true);
+        }
+        let db = store::lock::open(&path, None)?;
+        Ok(store::load_profile(&db)?.is_some())
+    }
+
     /// Opens the account stored in the profile `dir`.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
         Self::open_with_passphrase(dir, None)

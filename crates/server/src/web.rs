@@ -39,6 +39,11 @@ pub(crate) const FILES: &[WebFile] = &[
         bytes: include_bytes!("../../../web/dist/app.js"),
     },
     WebFile {
+        path: "/worker.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/dist/worker.js"),
+    },
+    WebFile {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
         bytes: include_bytes!("../../../web/dist/style.css"),
@@ -154,7 +159,14 @@ mod tests {
         }
         // Filled in by scripts/build-web.sh, never a template.
         assert!(!index.contains("_SRI@"), "{index}");
-        assert_eq!(index.matches("integrity=\"sha384-").count(), 3);
+        // app.js and style.css; the worker pins the wasm.
+        assert_eq!(index.matches("integrity=\"sha384-").count(), 2);
+        let worker = FILES.iter().find(|f| f.path == "/worker.js").unwrap();
+        let worker = std::str::from_utf8(worker.bytes).unwrap();
+        assert!(
+            worker.contains("const WASM_INTEGRITY = 'sha384-"),
+            "{worker}"
+        );
         assert!(!index.contains("style="), "no inline styles");
         // The only <script> is the module loaded from app.js.
         assert_eq!(index.matches("<script").count(), 1);

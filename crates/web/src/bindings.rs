@@ -13,6 +13,8 @@ use crate::check;
 
 mod account;
 pub use account::JsAccount;
+#[cfg(target_arch = "wasm32")]
+mod storage;
 
 #[wasm_bindgen]
 extern "C" {

@@ -42,7 +42,7 @@ impl JsAccount {
         on_event: Function,
     ) -> Result<JsAccount, JsError> {
         let client = Client::register_with_invite(
-            &profile_dir(&username),
+            &profile_dir(),
             &username,
             &server_url,
             None,
@@ -79,10 +79,22 @@ impl JsAccount {
         let show = |fingerprint: String| {
             let _ = on_fingerprint.call1(&JsValue::NULL, &JsValue::from(fingerprint));
         };
-        let client = Client::join_link(&joining_profile_dir(), &code, &Trust::web_roots(), show)
+        let client = Client::join_link(&profile_dir(), &code, &Trust::web_roots(), show)
             .await
             .map_err(js_error)?;
         Ok(Self::start(client, on_event))
+    }
+
+    /// Opens the account this browser keeps (registered or joined here
+    /// before), or resolves to `undefined` when it keeps none. Call
+    /// `openStorage()` first.
+    pub async fn open(on_event: Function) -> Result<Option<JsAccount>, JsError> {
+        let dir = profile_dir();
+        if !Client::has_account(&dir).map_err(js_error)? {
+            return Ok(None);
+        }
+        let client = Client::open(&dir).map_err(js_error)?;
+        Ok(Some(Self::start(client, on_event)))
     }
 
     fn start(client: Client, on_event: Function) -> Self {
@@ -222,15 +234,10 @@ impl JsAccount {
     }
 }
 
-/// Where a profile lives in SQLite's file system in this page.
-fn profile_dir(username: &str) -> PathBuf {
-    PathBuf::from(format!("sotto/{username}"))
-}
-
-/// Where a device joining an account keeps its profile: the username is
-/// not known until the account's device answers.
-fn joining_profile_dir() -> PathBuf {
-    PathBuf::from(format!("sotto/device-{}", sotto_client::clock::now_ms()))
+/// Where this browser keeps its profile in SQLite's file system (OPFS
+/// once `openStorage()` ran): one account per browser profile and origin.
+fn profile_dir() -> PathBuf {
+    PathBuf::from("sotto/profile")
 }
 
 fn conversation_kind(kind: &str) -> Result<ConversationKind, ClientError> {

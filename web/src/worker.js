@@ -1,0 +1,181 @@
+// Sotto's worker: runs the WebAssembly module (crates/web), which holds
+// this browser's account and checks the server. It is a dedicated worker
+// because the profile lives in the Origin Private File System through
+// sync access handles, which only a dedicated worker may open.
+//
+// app.js talks to it by messages:
+//   page → worker  {id, method, args}        a request (see `methods`)
+//   worker → page  {id, result} | {id, error} its answer
+//   worker → page  {type, ...}                news: 'loaded', 'busy',
+//                  'ready', 'event', 'check', 'fingerprint', 'link-code'
+//
+// One tab at a time owns the profile (two clients on one MLS state would
+// fork it, and OPFS access handles are exclusive): the worker holds the Web
+// Lock `sotto-profile` for as long as it lives. When another tab holds it,
+// the worker says 'busy' (the page asks that tab to let go) and waits.
+//
+// This file is a template: scripts/build-web.sh fills in the wasm's
+// Subresource Integrity hash.
+
+import init, * as sotto from './sotto_web.js';
+
+const WASM_INTEGRITY = '@SOTTO_WEB_BG_WASM_SRI@';
+const PROFILE_LOCK = 'sotto-profile';
+/** How long the server has to answer the check, from opening the socket. */
+const ANSWER_TIMEOUT_MS = 15000;
+
+const post = (message) => self.postMessage(message);
+
+/** The open account (a wasm `Account`), once registered, joined or opened. */
+let account;
+
+/** What the page shows of an account. */
+const describe = (a) => ({ username: a.username, deviceId: a.deviceId });
+const onEvent = (event) => post({ type: 'event', event });
+
+/** Resolves once this worker holds the profile lock, which it then keeps. */
+async function takeProfileLock() {
+  const keep = () => new Promise(() => {});
+  const got = await new Promise((resolve) => {
+    navigator.locks.request(PROFILE_LOCK, { ifAvailable: true }, (lock) => {
+      resolve(lock !== null);
+      return lock === null ? undefined : keep();
+    });
+  });
+  if (got) return;
+  post({ type: 'busy' });
+  await new Promise((resolve) => {
+    navigator.locks.request(PROFILE_LOCK, () => {
+      resolve();
+      return keep();
+    });
+  });
+}
+
+const loaded = init({
+  module_or_path: fetch('sotto_web_bg.wasm', { integrity: WASM_INTEGRITY }),
+}).then(() => post({ type: 'loaded', version: sotto.version() }));
+
+/** The profile, open: resolves when requests about the account may run. */
+const storage = (async () => {
+  await loaded;
+  await takeProfileLock();
+  await sotto.openStorage();
+  account = await sotto.Account.open(onEvent);
+  post({ type: 'ready', account: account ? describe(account) : null });
+})();
+
+/**
+ * Asks the server for its signed log head and directory epoch over a
+ * WebSocket of its own and verifies both; posts {type: 'check'} with what
+ * is known so far, and resolves with the final state.
+ */
+function checkServer(socketUrl) {
+  const check = new sotto.ServerCheck();
+  const facts = () => ({
+    logKey: check.logKey,
+    logSize: check.logSize,
+    logRoot: check.logRoot,
+    logSignedAt: check.logSignedAt,
+    directoryEpoch: check.directoryEpoch,
+    directoryRoot: check.directoryRoot,
+    directorySignedAt: check.directorySignedAt,
+  });
+  return new Promise((resolve) => {
+    let socket;
+    let finished = false;
+    let timer;
+    const finish = (failure) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      socket?.close();
+      const outcome = { facts: facts(), failure };
+      check.free();
+      resolve(outcome);
+    };
+    try {
+      socket = new WebSocket(socketUrl);
+    } catch (e) {
+      finish(`cannot open a WebSocket to ${socketUrl} (${e.message})`);
+      return;
+    }
+    socket.binaryType = 'arraybuffer';
+    timer = setTimeout(
+      () => finish(`the server did not answer within ${ANSWER_TIMEOUT_MS / 1000} seconds`),
+      ANSWER_TIMEOUT_MS,
+    );
+    socket.addEventListener('message', (event) => {
+      if (finished) return;
+      if (!(event.data instanceof ArrayBuffer)) {
+        finish('the server sent a text message; Sotto servers speak binary frames');
+        return;
+      }
+      let replies;
+      try {
+        replies = check.receive(new Uint8Array(event.data));
+      } catch (e) {
+        finish(e.message);
+        return;
+      }
+      for (const reply of replies) socket.send(reply);
+      post({ type: 'check', facts: facts() });
+      if (check.verified) finish();
+    });
+    socket.addEventListener('error', () => {
+      finish('the WebSocket failed (is the server up, and does it allow this origin?)');
+    });
+    socket.addEventListener('close', (event) => {
+      const reason = event.reason ? `: ${event.reason}` : '';
+      finish(`the server closed the connection before the check finished (code ${event.code}${reason})`);
+    });
+  });
+}
+
+/** The account's requests, passed on as they are (see crates/web). */
+const ACCOUNT_METHODS = [
+  'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
+  'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
+];
+
+const methods = {
+  async checkServer(socketUrl) {
+    await loaded;
+    return checkServer(socketUrl);
+  },
+  async register(serverUrl, username) {
+    await storage;
+    account = await sotto.Account.register(serverUrl, username, onEvent);
+    return describe(account);
+  },
+  async join(serverUrl, code) {
+    await storage;
+    const showFingerprint = (digits) => post({ type: 'fingerprint', digits });
+    account = await sotto.Account.join(serverUrl, code, showFingerprint, onEvent);
+    return describe(account);
+  },
+  async openLink() {
+    await storage;
+    return account.openLink((code) => post({ type: 'link-code', code }));
+  },
+};
+for (const name of ACCOUNT_METHODS) {
+  methods[name] = async (...args) => {
+    await storage;
+    if (account === undefined) throw new Error('no account is open in this page');
+    return account[name](...args);
+  };
+}
+
+self.addEventListener('message', async ({ data: { id, method, args } }) => {
+  try {
+    if (!Object.hasOwn(methods, method)) throw new Error(`no such request: ${method}`);
+    post({ id, result: await methods[method](...args) });
+  } catch (e) {
+    post({ id, error: e instanceof Error ? e.message : String(e) });
+  }
+});
+
+// A failure before any request (the wasm, the lock, the storage) is news
+// too: the page shows it instead of waiting.
+storage.catch((e) => post({ type: 'failed', reason: e instanceof Error ? e.message : String(e) }));
