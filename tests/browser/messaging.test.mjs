@@ -312,3 +312,98 @@ test('a new tab takes the account over, and the first tab can take it back', asy
   assert.deepEqual(secondProblems, []);
   await hal.context.close();
 });
+
+/** The history `sotto history --json` prints, as objects. */
+async function cliHistory(profile, peer) {
+  return (await sotto(profile, ['history', peer, '--json']))
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line));
+}
+
+/** The line of the open chat that says `text`. */
+function line(page, text) {
+  return page.locator('[data-testid=entry]').filter({
+    has: page.getByTestId('entry-text').filter({ hasText: text }),
+  });
+}
+
+test('replies, reactions, edits, deletes and receipts cross between a browser and the CLI', async () => {
+  const kim = await registerCli('kim');
+  const jay = await registerInBrowser('jay');
+  await sotto(kim, ['send', 'jay', 'lunch at noon?']);
+  await conversation(jay.page, 'direct', 'kim').click();
+  await waitForLine(jay.page, 'kim', 'lunch at noon?');
+  const asked = (await cliHistory(kim, 'jay')).find((e) => e.text === 'lunch at noon?');
+
+  // A reply from the page quotes the line, and the CLI sees it as a reply.
+  await line(jay.page, 'lunch at noon?').getByTestId('reply').click();
+  await jay.page.getByTestId('composing-label').filter({ hasText: 'Replying to kim' }).waitFor();
+  await send(jay.page, 'yes, noon works');
+  await line(jay.page, 'yes, noon works').getByTestId('entry-quote').filter({ hasText: 'kim: lunch at noon?' }).waitFor();
+  await sotto(kim, ['sync']);
+  const reply = (await cliHistory(kim, 'jay')).find((e) => e.text === 'yes, noon works');
+  assert.equal(reply.reply_to, asked.id);
+
+  // A reaction from the page reaches the CLI.
+  await line(jay.page, 'lunch at noon?').getByRole('button', { name: /^React 👍/ }).click();
+  await line(jay.page, 'lunch at noon?').getByTestId('entry-reactions').filter({ hasText: '👍 1' }).waitFor();
+  await sotto(kim, ['sync']);
+  const reacted = (await cliHistory(kim, 'jay')).find((e) => e.id === asked.id);
+  assert.deepEqual(reacted.reactions, { '👍': ['jay'] });
+  // The CLI showed the reply (`history`); its first command 2 to 10 s
+  // later sends the read receipt. The page shows it on its own line when
+  // the chat is shown again (receipts are recorded, not announced).
+  await new Promise((resolve) => setTimeout(resolve, 10_500));
+  await sotto(kim, ['sync']);
+  await conversation(jay.page, 'direct', 'kim').click();
+  await line(jay.page, 'yes, noon works').getByTestId('entry-receipt').filter({ hasText: /^read$/ }).waitFor();
+
+  // An edit from the page replaces the text everywhere; so does the CLI's.
+  await line(jay.page, 'yes, noon works').getByTestId('edit').click();
+  await jay.page.getByTestId('composer-text').fill('yes, 12:30 works better');
+  await jay.page.getByTestId('send').click();
+  await line(jay.page, 'yes, 12:30 works better').getByTestId('entry-edited').waitFor();
+  assert.equal(await line(jay.page, 'yes, noon works').count(), 0, 'replaced in place');
+  await sotto(kim, ['sync']);
+  assert.equal((await cliHistory(kim, 'jay')).find((e) => e.id === reply.id).text, 'yes, 12:30 works better');
+  await sotto(kim, ['edit', asked.id, 'lunch at 12:30?']);
+  await line(jay.page, 'lunch at 12:30?').getByTestId('entry-edited').waitFor();
+
+  // The CLI reacts and deletes; the page updates the lines in place.
+  await sotto(kim, ['react', reply.id, '🎉']);
+  await line(jay.page, 'yes, 12:30 works better').getByTestId('entry-reactions').filter({ hasText: '🎉 1' }).waitFor();
+  await sotto(kim, ['delete', asked.id]);
+  await jay.page.locator(`[data-testid=entry][data-id="${asked.id}"]`).getByTestId('entry-text').filter({ hasText: '(deleted)' }).waitFor();
+  await line(jay.page, 'yes, 12:30 works better').getByTestId('entry-quote').filter({ hasText: 'kim: (deleted)' }).waitFor();
+
+  // And a delete from the page erases the text on the CLI.
+  await line(jay.page, 'yes, 12:30 works better').getByTestId('delete').click();
+  await jay.page.locator(`[data-testid=entry][data-id="${reply.id}"]`).getByTestId('entry-text').filter({ hasText: '(deleted)' }).waitFor();
+  await sotto(kim, ['sync']);
+  const deleted = (await cliHistory(kim, 'jay')).find((e) => e.id === reply.id);
+  assert.equal(deleted.deleted, true);
+  assert.equal(deleted.text, '');
+
+  assert.deepEqual(jay.problems, []);
+  await jay.context.close();
+});
+
+test('the page shows the same safety number as the CLI, as digits and a QR code', async () => {
+  const lee = await registerCli('lee');
+  const max = await registerInBrowser('max');
+  await sotto(lee, ['send', 'max', 'compare numbers?']);
+  await conversation(max.page, 'direct', 'lee').click();
+  await max.page.getByTestId('show-safety').click();
+  const shown = (await max.page.getByTestId('safety-number').filter({ hasText: /\d/ }).textContent()).replace(/\s/g, '');
+  const cli = JSON.parse(await sotto(lee, ['verify', 'max', '--json']));
+  assert.equal(shown, cli.safety_number);
+  assert.match(await max.page.getByTestId('safety-qr').getAttribute('src'), /^data:image\/svg\+xml,/);
+  assert.ok(await max.page.getByTestId('safety-qr').evaluate((img) => img.complete && img.naturalWidth > 0), 'the QR code renders');
+  await max.page.getByTestId('mark-verified').click();
+  await max.page.getByTestId('safety-verified').filter({ hasText: 'You verified lee.' }).waitFor();
+  assert.equal(await max.page.getByTestId('mark-verified').isVisible(), false);
+
+  assert.deepEqual(max.problems, []);
+  await max.context.close();
+});

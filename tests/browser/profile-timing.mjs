@@ -51,6 +51,7 @@ try {
     await page.getByTestId('send').click();
     await page.getByTestId('entry-text').filter({ hasText: `line ${i}` }).waitFor();
     sends.push(performance.now() - start);
+    if (i % 10 === 9) console.error(`${i + 1} groups`);
   }
 
   const loads = [];

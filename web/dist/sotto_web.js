@@ -19,6 +19,24 @@ export class Account {
         wasm.__wbg_account_free(ptr, 0);
     }
     /**
+     * Changes to this account that none of its devices made (a device
+     * added or removed, the identity key), not yet acknowledged: a list
+     * of `{text, raisedAt}`, oldest first.
+     * @returns {Promise<any>}
+     */
+    accountWarnings() {
+        const ret = wasm.account_accountWarnings(this.__wbg_ptr);
+        return ret;
+    }
+    /**
+     * Acknowledges every account warning: the user has seen them.
+     * @returns {Promise<any>}
+     */
+    acknowledgeWarnings() {
+        const ret = wasm.account_acknowledgeWarnings(this.__wbg_ptr);
+        return ret;
+    }
+    /**
      * Adds `username` to the group `name`.
      * @param {string} name
      * @param {string} username
@@ -79,6 +97,18 @@ export class Account {
         return ret;
     }
     /**
+     * Deletes this account's message `id` for everyone; resolves to the
+     * message as it is now (its text gone).
+     * @param {string} id
+     * @returns {Promise<any>}
+     */
+    deleteMessage(id) {
+        const ptr0 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.account_deleteMessage(this.__wbg_ptr, ptr0, len0);
+        return ret;
+    }
+    /**
      * This device's id, as `sotto device list` shows it.
      * @returns {string}
      */
@@ -100,6 +130,28 @@ export class Account {
      */
     devices() {
         const ret = wasm.account_devices(this.__wbg_ptr);
+        return ret;
+    }
+    /**
+     * Replaces the text of this account's message `id` for everyone;
+     * resolves to the message as it is now.
+     * @param {string} id
+     * @param {string} text
+     * @returns {Promise<any>}
+     */
+    edit(id, text) {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_edit(this.__wbg_ptr, ptr0, len0, ptr1, len1);
         return ret;
     }
     /**
@@ -175,6 +227,18 @@ export class Account {
         return ret;
     }
     /**
+     * Marks `username`'s current identity key verified (the user compared
+     * the safety numbers); resolves like `safetyNumber`.
+     * @param {string} username
+     * @returns {Promise<any>}
+     */
+    markVerified(username) {
+        const ptr0 = passStringToWasm0(username, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.account_markVerified(this.__wbg_ptr, ptr0, len0);
+        return ret;
+    }
+    /**
      * The group `name`'s members (`{username, devices, …}`).
      * @param {string} name
      * @returns {Promise<any>}
@@ -211,6 +275,28 @@ export class Account {
         return ret;
     }
     /**
+     * Reacts to the message `id` with `emoji` (the same emoji again takes
+     * the reaction back); resolves to the message as it is now.
+     * @param {string} id
+     * @param {string} emoji
+     * @returns {Promise<any>}
+     */
+    react(id, emoji) {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(emoji, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_react(this.__wbg_ptr, ptr0, len0, ptr1, len1);
+        return ret;
+    }
+    /**
      * Refuses the device that asked through `openLink`: it is not linked
      * (it gives up waiting).
      * @returns {boolean}
@@ -243,6 +329,50 @@ export class Account {
             throw e;
         }
         const ret = wasm.account_register(ptr0, len0, ptr1, len1, on_event);
+        return ret;
+    }
+    /**
+     * Replies to the message `replyTo` (hex id) in the conversation
+     * `name` of `kind`; resolves to the sent history line.
+     * @param {string} kind
+     * @param {string} name
+     * @param {string} reply_to
+     * @param {string} text
+     * @returns {Promise<any>}
+     */
+    reply(kind, name, reply_to, text) {
+        let ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3;
+        try {
+            ptr0 = passStringToWasm0(kind, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+            ptr2 = passStringToWasm0(reply_to, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len2 = WASM_VECTOR_LEN;
+            ptr3 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len3 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr3) { wasm.__wbindgen_free(ptr3, len3 * 1, 1); }
+            if (ptr2) { wasm.__wbindgen_free(ptr2, len2 * 1, 1); }
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_reply(this.__wbg_ptr, ptr0, len0, ptr1, len1, ptr2, len2, ptr3, len3);
+        return ret;
+    }
+    /**
+     * The safety number of this account and `username`:
+     * `{digits, grouped, verified, qrSvg}`, the QR code (of the digits, as
+     * `sotto verify` shows it) as an SVG document. Fails with a warning
+     * when `username`'s identity key changed since it was last seen.
+     * @param {string} username
+     * @returns {Promise<any>}
+     */
+    safetyNumber(username) {
+        const ptr0 = passStringToWasm0(username, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.account_safetyNumber(this.__wbg_ptr, ptr0, len0);
         return ret;
     }
     /**
@@ -971,32 +1101,32 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2236, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2317, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 821, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 821, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_41);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 740, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 821, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 705, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 786, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 741, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 822, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h28f50f0494aa9a90);
             return ret;
         },
@@ -1042,12 +1172,12 @@ function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg
     wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_33(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_41(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_41(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_34(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5(arg0, arg1, arg2) {

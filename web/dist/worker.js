@@ -19,7 +19,7 @@
 
 import init, * as sotto from './sotto_web.js';
 
-const WASM_INTEGRITY = 'sha384-ZS70Lf1Yu2hXYcR3Bmk/GMTM/3HOIAz6Ydo6Vtpt3jdHusybW9mZgIq3KKCy/GdX';
+const WASM_INTEGRITY = 'sha384-mq1ck9q8UmY72whlYMFnAVL8B/jJB9x/Fb+XaCri/jRZj5G0QATGZW/j1pwHQdAe';
 const PROFILE_LOCK = 'sotto-profile';
 /** How long the server has to answer the check, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
@@ -136,6 +136,8 @@ function checkServer(socketUrl) {
 const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
+  'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
+  'accountWarnings', 'acknowledgeWarnings',
 ];
 
 const methods = {

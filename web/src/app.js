@@ -175,12 +175,28 @@ function serverUrl() {
   return new URL('.', document.baseURI).href;
 }
 
+/** One reaction button label per emoji, for the line's quick reactions. */
+const QUICK_REACTIONS = ['👍', '❤️', '😂'];
+
+/** `entry` as a history line, with what was done to it and what can be. */
 function entryItem(entry) {
   const item = document.createElement('li');
   item.dataset.testid = 'entry';
+  item.dataset.id = entry.id;
   item.dataset.sender = entry.sender;
-  item.className = entry.sender === account.username ? 'mine' : '';
-  if (entry.type === 'system') item.classList.add('system');
+  const mine = entry.sender === account.username;
+  item.className = mine ? 'mine' : '';
+  const system = entry.type === 'system';
+  if (system) item.classList.add('system');
+  if (entry.reply_to) {
+    item.dataset.replyTo = entry.reply_to;
+    const quote = document.createElement('blockquote');
+    quote.dataset.testid = 'entry-quote';
+    quote.textContent = entry.quoted
+      ? quoteText(entry.quoted.sender, entry.quoted)
+      : '(a message this device does not have)';
+    item.append(quote);
+  }
   const sender = document.createElement('span');
   sender.className = 'sender';
   sender.textContent = entry.sender;
@@ -192,8 +208,106 @@ function entryItem(entry) {
   const sent = new Date(entry.sent_at);
   time.dateTime = sent.toISOString();
   time.textContent = sent.toLocaleTimeString();
-  item.append(sender, text, time);
+  item.append(sender, text);
+  if (entry.edited && !entry.deleted) {
+    const edited = document.createElement('span');
+    edited.className = 'note';
+    edited.dataset.testid = 'entry-edited';
+    edited.textContent = '(edited)';
+    item.append(edited);
+  }
+  item.append(time);
+  const receipts = Object.values(entry.receipts ?? {});
+  if (mine && receipts.length > 0) {
+    const receipt = document.createElement('span');
+    receipt.className = 'note';
+    receipt.dataset.testid = 'entry-receipt';
+    receipt.textContent = receipts.every((r) => r === 'read') ? 'read' : 'delivered';
+    receipt.title = Object.entries(entry.receipts).map(([who, r]) => `${who}: ${r}`).join(', ');
+    item.append(receipt);
+  }
+  const reactions = Object.entries(entry.reactions ?? {});
+  if (reactions.length > 0 && !entry.deleted) {
+    const shown = document.createElement('span');
+    shown.className = 'reactions';
+    shown.dataset.testid = 'entry-reactions';
+    shown.textContent = reactions.map(([emoji, who]) => `${emoji} ${who.length}`).join('  ');
+    shown.title = reactions.map(([emoji, who]) => `${emoji} ${who.join(', ')}`).join('; ');
+    item.append(shown);
+  }
+  if (!system && !entry.deleted) item.append(entryActions(entry, mine));
   return item;
+}
+
+/** How a reply shows the line it quotes (`{text, deleted}` from `sender`). */
+function quoteText(sender, { text, deleted }) {
+  return `${sender}: ${deleted ? '(deleted)' : text}`;
+}
+
+/** The buttons under a line: reply, react, and edit or delete one's own. */
+function entryActions(entry, mine) {
+  const actions = document.createElement('span');
+  actions.className = 'actions';
+  const button = (label, testid, name, action) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = label;
+    b.dataset.testid = testid;
+    b.setAttribute('aria-label', name);
+    b.addEventListener('click', () => action().catch((e) => setAccountStatus('failed', e.message)));
+    actions.append(b);
+  };
+  const said = entry.text.length > 40 ? `${entry.text.slice(0, 40)}…` : entry.text;
+  button('Reply', 'reply', `Reply to ${entry.sender}: ${said}`, async () =>
+    compose({ mode: 'reply', id: entry.id, label: `Replying to ${entry.sender}: ${said}` }),
+  );
+  for (const emoji of QUICK_REACTIONS) {
+    button(emoji, 'react', `React ${emoji} to ${entry.sender}: ${said}`, async () =>
+      showEntry(await call('react', entry.id, emoji)),
+    );
+  }
+  if (mine) {
+    button('Edit', 'edit', `Edit your message: ${said}`, async () => {
+      compose({ mode: 'edit', id: entry.id, label: `Editing your message: ${said}` });
+      field('composer-text').value = entry.text;
+    });
+    button('Delete', 'delete', `Delete for everyone: ${said}`, async () =>
+      showEntry(await call('deleteMessage', entry.id)),
+    );
+  }
+  return actions;
+}
+
+/**
+ * Shows `entry` in the open chat if it belongs there: in place of its
+ * earlier version (an edit, a reaction, a receipt), or as a new line.
+ */
+function showEntry(entry) {
+  if (!isCurrent(entry.conversation_kind, entry.conversation)) return false;
+  const history = field('history');
+  const earlier = [...history.children].find((li) => li.dataset.id === entry.id);
+  if (earlier) earlier.replaceWith(entryItem(entry));
+  else history.append(entryItem(entry));
+  // Replies quote it as it is now (an edit, a delete).
+  for (const reply of history.querySelectorAll(`[data-reply-to="${entry.id}"]`)) {
+    const quote = reply.querySelector('[data-testid=entry-quote]');
+    if (quote) quote.textContent = quoteText(entry.sender, entry);
+  }
+  return true;
+}
+
+/**
+ * What the composer's next send does: `{mode: 'send'}`, or a reply to /
+ * an edit of the line `id` (with `label` shown above the composer).
+ */
+let composing = { mode: 'send' };
+
+function compose(next) {
+  composing = next;
+  field('composing').hidden = next.mode === 'send';
+  field('composing-label').textContent = next.label ?? '';
+  if (next.mode !== 'edit') field('composer-text').value = '';
+  field('composer-text').focus();
 }
 
 function isCurrent(kind, name) {
@@ -238,6 +352,9 @@ async function refreshConversations() {
 
 async function openConversation(kind, name) {
   current = { kind, name };
+  compose({ mode: 'send' });
+  field('safety').hidden = true;
+  field('show-safety').hidden = kind !== 'direct';
   field('chat').hidden = false;
   field('chat-heading').textContent = kind === 'group' ? `Group ${name}` : `Chat with ${name}`;
   const history = field('history');
@@ -256,8 +373,7 @@ async function openConversation(kind, name) {
 function onEvent(event) {
   if (event.type === 'entry') {
     const entry = event.entry;
-    if (isCurrent(entry.conversation_kind, entry.conversation)) {
-      field('history').append(entryItem(entry));
+    if (showEntry(entry)) {
       // On screen means read: let the library mark it and send receipts.
       call('markRead', entry.conversation_kind, entry.conversation).catch(() => {});
     }
@@ -267,7 +383,6 @@ function onEvent(event) {
     setAccountStatus('failed', `offline: ${event.reason} (trying again in ${Math.round(event.retryInMs / 1000)} s)`);
   }
 }
-
 /** Runs a form's action with its button disabled, showing a failure. */
 function handleForm(id, action) {
   const form = field(id);
@@ -327,6 +442,7 @@ async function signedIn(signedInAccount) {
   field('messenger').hidden = false;
   setAccountStatus('verified', 'online');
   await refreshConversations();
+  await showWarnings();
 }
 
 /** No account in this browser yet: offers to create one or link one. */
@@ -373,12 +489,67 @@ function setUpMessaging() {
     const text = input.value;
     if (current === undefined || text.trim() === '') return;
     const { kind, name } = current;
-    const sent =
-      await call(kind === 'group' ? 'sendGroup' : 'sendDirect', name, text);
-    input.value = '';
-    if (isCurrent(kind, name)) field('history').append(entryItem(sent));
+    const { mode, id } = composing;
+    const shown =
+      mode === 'edit'
+        ? await call('edit', id, text)
+        : mode === 'reply'
+          ? await call('reply', kind, name, id, text)
+          : await call(kind === 'group' ? 'sendGroup' : 'sendDirect', name, text);
+    compose({ mode: 'send' });
+    showEntry(shown);
     await refreshConversations();
   });
+  field('composing-cancel').addEventListener('click', () => compose({ mode: 'send' }));
+  field('show-safety').addEventListener('click', () => showSafetyNumber(false));
+  field('mark-verified').addEventListener('click', () => showSafetyNumber(true));
+  field('acknowledge-warnings').addEventListener('click', async () => {
+    await call('acknowledgeWarnings').catch((e) => setAccountStatus('failed', e.message));
+    field('warnings').hidden = true;
+  });
+}
+
+/**
+ * Shows the safety number with the open chat's peer, as digits and as a
+ * QR code to scan with their device; with `verify`, first marks it
+ * verified (the user compared it).
+ */
+async function showSafetyNumber(verify) {
+  const peer = current?.name;
+  try {
+    const number = await call(verify ? 'markVerified' : 'safetyNumber', peer);
+    if (current?.name !== peer) return;
+    field('safety-number').textContent = number.grouped;
+    field('safety-qr').src = `data:image/svg+xml,${encodeURIComponent(number.qrSvg)}`;
+    field('safety-qr').alt = `QR code of the safety number with ${peer}`;
+    field('safety-verified').textContent = number.verified
+      ? `You verified ${peer}.`
+      : `Compare this with ${peer}'s screen (or scan it), then mark it verified.`;
+    field('mark-verified').hidden = number.verified;
+    field('safety').hidden = false;
+  } catch (e) {
+    // A changed identity key is refused with a warning: show it as one.
+    setAccountStatus('failed', e.message);
+  }
+}
+
+/** Changes to this account that none of its devices made, until acknowledged. */
+async function showWarnings() {
+  let warnings;
+  try {
+    warnings = await call('accountWarnings');
+  } catch (e) {
+    setAccountStatus('failed', e.message);
+    return;
+  }
+  field('warning-list').replaceChildren(
+    ...warnings.map((w) => {
+      const item = document.createElement('li');
+      item.textContent = w.text;
+      return item;
+    }),
+  );
+  field('warnings').hidden = warnings.length === 0;
 }
 
 again.addEventListener('click', checkServer);

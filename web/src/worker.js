@@ -136,6 +136,8 @@ function checkServer(socketUrl) {
 const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
+  'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
+  'accountWarnings', 'acknowledgeWarnings',
 ];
 
 const methods = {

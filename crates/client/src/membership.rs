@@ -398,10 +398,7 @@ pub(crate) async fn commit_pending_proposals(
 ) -> Result<Vec<HistoryEntry>, ClientError> {
     let mut entries = Vec::new();
     for group_id in store::active_groups(&s.profile.db)? {
-        let has_pending = group::load(&s.profile.provider(), &group_id)
-            .map(|g| g.pending_proposals().next().is_some())
-            .unwrap_or(false);
-        if has_pending {
+        if group::has_pending_proposals(&s.profile.provider(), &group_id) {
             commit_with_retry(s, &group_id, |p, g, key| {
                 if g.pending_proposals().next().is_none() {
                     return Ok(None);

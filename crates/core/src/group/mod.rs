@@ -287,6 +287,19 @@ pub fn load(provider: &impl OpenMlsProvider, group_id: &[u8]) -> Result<MlsGroup
         .ok_or_else(|| GroupError::UnknownGroup(hex::encode(group_id)))
 }
 
+/// Whether the group has proposals queued for its next commit, read from
+/// storage without loading the group: a load deserialises the whole tree
+/// and the message secrets, and a client asks this of every group it is in
+/// each time it waits for the server. A storage failure reads as "none"; the
+/// commit that would follow would meet the same failure.
+pub fn has_pending_proposals(provider: &impl OpenMlsProvider, group_id: &[u8]) -> bool {
+    use openmls_traits::storage::StorageProvider as _;
+    provider
+        .storage()
+        .queued_proposal_refs::<GroupId, hash_ref::ProposalRef>(&GroupId::from_slice(group_id))
+        .is_ok_and(|refs| !refs.is_empty())
+}
+
 /// The members of a group, as accounts' devices.
 pub fn members(group: &MlsGroup) -> Vec<MemberId> {
     group

@@ -10,7 +10,9 @@ use crate::messenger::{Event, Messenger};
 use js_sys::{Function, Promise};
 use serde::Serialize;
 use sotto_client::endpoint::ServerUrl;
-use sotto_client::{Client, ClientError, ConversationKind, LinkCode, LinkRequestInfo, Trust};
+use sotto_client::{
+    Client, ClientError, ConversationKind, LinkCode, LinkRequestInfo, SafetyNumber, Trust,
+};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -150,6 +152,72 @@ impl JsAccount {
         self.request(async move |c| c.send_group(&name, &text).await)
     }
 
+    /// Replies to the message `replyTo` (hex id) in the conversation
+    /// `name` of `kind`; resolves to the sent history line.
+    pub fn reply(&self, kind: String, name: String, reply_to: String, text: String) -> Promise {
+        self.request(async move |c| match conversation_kind(&kind)? {
+            ConversationKind::Direct => c.reply_direct(&name, &text, Some(&reply_to)).await,
+            ConversationKind::Group => c.reply_group(&name, &text, Some(&reply_to)).await,
+        })
+    }
+
+    /// Reacts to the message `id` with `emoji` (the same emoji again takes
+    /// the reaction back); resolves to the message as it is now.
+    pub fn react(&self, id: String, emoji: String) -> Promise {
+        self.request(async move |c| c.react(&id, &emoji).await)
+    }
+
+    /// Replaces the text of this account's message `id` for everyone;
+    /// resolves to the message as it is now.
+    pub fn edit(&self, id: String, text: String) -> Promise {
+        self.request(async move |c| c.edit(&id, &text).await)
+    }
+
+    /// Deletes this account's message `id` for everyone; resolves to the
+    /// message as it is now (its text gone).
+    #[wasm_bindgen(js_name = deleteMessage)]
+    pub fn delete_message(&self, id: String) -> Promise {
+        self.request(async move |c| c.delete(&id).await)
+    }
+
+    /// The safety number of this account and `username`:
+    /// `{digits, grouped, verified, qrSvg}`, the QR code (of the digits, as
+    /// `sotto verify` shows it) as an SVG document. Fails with a warning
+    /// when `username`'s identity key changed since it was last seen.
+    #[wasm_bindgen(js_name = safetyNumber)]
+    pub fn safety_number(&self, username: String) -> Promise {
+        self.request(async move |c| {
+            let (number, verified) = c.safety_number(&username, false).await?;
+            Ok(safety_value(&number, verified))
+        })
+    }
+
+    /// Marks `username`'s current identity key verified (the user compared
+    /// the safety numbers); resolves like `safetyNumber`.
+    #[wasm_bindgen(js_name = markVerified)]
+    pub fn mark_verified(&self, username: String) -> Promise {
+        self.request(async move |c| Ok(safety_value(&c.mark_verified(&username).await?, true)))
+    }
+
+    /// Changes to this account that none of its devices made (a device
+    /// added or removed, the identity key), not yet acknowledged: a list
+    /// of `{text, raisedAt}`, oldest first.
+    #[wasm_bindgen(js_name = accountWarnings)]
+    pub fn account_warnings(&self) -> Promise {
+        self.request(async |c| {
+            Ok(c.account_warnings(false)?
+                .into_iter()
+                .map(|a| serde_json::json!({ "text": a.text, "raisedAt": a.raised_at_ms }))
+                .collect::<Vec<_>>())
+        })
+    }
+
+    /// Acknowledges every account warning: the user has seen them.
+    #[wasm_bindgen(js_name = acknowledgeWarnings)]
+    pub fn acknowledge_warnings(&self) -> Promise {
+        self.request(async |c| c.acknowledge_account_warnings())
+    }
+
     /// Every conversation, the most recently active first, with its unread
     /// count (`{kind, name, unread, last_at}`).
     pub fn conversations(&self) -> Promise {
@@ -238,6 +306,24 @@ impl JsAccount {
 /// once `openStorage()` ran): one account per browser profile and origin.
 fn profile_dir() -> PathBuf {
     PathBuf::from("sotto/profile")
+}
+
+fn safety_value(number: &SafetyNumber, verified: bool) -> serde_json::Value {
+    // A QR code holds 60 digits easily; an error here would be a bug, and
+    // the digits alone still serve.
+    let qr = qrcode::QrCode::new(number.digits().as_bytes())
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "digits": number.digits(),
+        "grouped": number.grouped(),
+        "verified": verified,
+        "qrSvg": qr,
+    })
 }
 
 fn conversation_kind(kind: &str) -> Result<ConversationKind, ClientError> {
