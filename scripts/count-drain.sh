@@ -16,6 +16,8 @@ else
   "$bin" --listen 127.0.0.1:$port --data "$data" --no-rate-limits >/dev/null 2>&1 &
 fi
 server=$!
+# A failed run must not leave the server behind.
+trap 'kill -TERM $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 cpu="awk '{print \$14+\$15}' /proc/$server/stat"
 if [ -n "$out" ]; then
