@@ -11,6 +11,7 @@
 #![allow(clippy::needless_update)]
 
 mod baselines;
+mod fixed_drain;
 mod fixed_fanout;
 mod load;
 mod net;
@@ -91,6 +92,27 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         messages: u64,
     },
+    /// W3's offline drain at a fixed size against a running server, for
+    /// counting its instructions (see `src/fixed_drain.rs`).
+    FixedDrain {
+        /// The server's address (plain WebSocket, started with
+        /// `--no-rate-limits`).
+        #[arg(long)]
+        server: SocketAddr,
+        /// Offline devices, each with its own backlog.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Messages queued for each device.
+        #[arg(long, default_value_t = 100)]
+        messages: u64,
+        /// A shell command run once the backlog is queued, before the
+        /// drain (e.g. `callgrind_control -z PID`).
+        #[arg(long, value_name = "COMMAND")]
+        before_drain: Option<String>,
+        /// A shell command run once the drain is done.
+        #[arg(long, value_name = "COMMAND")]
+        after_drain: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +137,37 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(fixed_fanout::run(server, devices, messages)));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Cmd::FixedDrain {
+        server,
+        devices,
+        messages,
+        before_drain,
+        after_drain,
+    }) = &args.command
+    {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(fixed_drain::run(
+                    *server,
+                    *devices,
+                    *messages,
+                    before_drain.as_deref(),
+                    after_drain.as_deref(),
+                ))
+            });
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -76,6 +76,9 @@ use transparency_log::TransparencyLog;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// How long shutdown waits for open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Bytes of outgoing frames a connection collects before writing them to
+/// the socket, when it sends several at once (a drained page).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -611,7 +614,10 @@ async fn websocket(
         // Idle connections dominate memory: tungstenite's default 128 KiB
         // read buffer per connection was most of the measured 141 KiB.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // Frames are written once this much is buffered, or at a flush
+        // (every single send flushes; a drained page is flushed once, see
+        // `socket::send_all_encoded`).
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             socket::serve(socket, ctx, shutdown, address).await;
             drop(permit);

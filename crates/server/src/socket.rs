@@ -7,6 +7,7 @@ use crate::session::wire_error::error;
 use crate::session::{Context, Session, Signal};
 use crate::store::Store;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt as _;
 use sotto_proto::v1::{self, ErrorCode, response, server_frame};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,6 +38,21 @@ async fn send_frame(
 /// Sends a frame the session already encoded.
 async fn send_encoded(socket: &mut WebSocket, frame: Vec<u8>) -> Result<(), axum::Error> {
     socket.send(Message::Binary(frame.into())).await
+}
+
+/// Sends frames the session already encoded, flushed once at the end: a
+/// page of a drained mailbox goes out in as few writes as the socket's
+/// buffer allows, not one write per delivery. (The WebSocket layer still
+/// flushes on its own whenever its write buffer fills, so this holds no
+/// more than that buffer.)
+async fn send_all_encoded(socket: &mut WebSocket, frames: Vec<Vec<u8>>) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        socket.feed(Message::Binary(frame.into())).await?;
+    }
+    socket.flush().await
 }
 
 /// Serves one WebSocket until the client leaves, a timeout fires, or the
@@ -76,10 +92,8 @@ async fn converse<S: Store>(
         }
         match session.pump().await {
             Ok(frames) => {
-                for frame in frames {
-                    if send_encoded(&mut socket, frame).await.is_err() {
-                        return;
-                    }
+                if send_all_encoded(&mut socket, frames).await.is_err() {
+                    return;
                 }
             }
             Err(e) => {

@@ -519,6 +519,75 @@ async fn online_device_gets_every_message_in_order_even_when_it_falls_behind() {
     bob_conn.assert_quiet(QUIET).await;
 }
 
+/// A backlog many windows long goes out a page at a time (each page's
+/// frames written with one flush, pages larger than the write buffer). A
+/// device that drops its connection in the middle of the drain gets, on
+/// the next one, everything it did not acknowledge, in order, and nothing
+/// it did.
+#[tokio::test]
+async fn a_backlog_of_many_windows_is_drained_in_order_across_a_reconnect() {
+    let server = TestServer::start_with(|c| c.limits.max_in_flight = 8).await;
+    let (mut alice, _) = server.registered("alice").await;
+    let (bob_conn, bob) = server.registered("bob").await;
+    drop(bob_conn);
+    let group = create_group(&mut alice).await;
+    let mailbox_rows = || -> i64 {
+        server
+            .db()
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap()
+    };
+    let number = |d: &v1::Delivery| {
+        let body = unframed(&d.payload);
+        u16::from_be_bytes([body[0], body[1]])
+    };
+    // 3 KB each: a page of 8 is more than the 16 KiB write buffer.
+    let total: u16 = 100;
+    send_numbered(&mut alice, &group, &bob, total, &[0x33; 3_000]).await;
+
+    // Read 22, acknowledging four at a time in one Ack; the last two stay
+    // unacknowledged when the connection goes away.
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    let mut seen = Vec::new();
+    let mut unacked = Vec::new();
+    while seen.len() < 22 {
+        let delivery = bob_conn.next_delivery().await;
+        seen.push(number(&delivery));
+        unacked.push(delivery.seq);
+        if unacked.len() == 4 {
+            bob_conn.ack(&std::mem::take(&mut unacked)).await;
+        }
+    }
+    assert_eq!(seen, (0..22).collect::<Vec<_>>());
+    drop(bob_conn);
+    // The closed connection's acknowledgements commit after it is gone.
+    for _ in 0..200 {
+        if mailbox_rows() == i64::from(total) - 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mailbox_rows(), i64::from(total) - 20);
+
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    let rest: Vec<u16> = bob_conn.sync().await.iter().map(number).collect();
+    assert_eq!(
+        rest,
+        (20..total).collect::<Vec<_>>(),
+        "the unacknowledged two again, then the rest, in order, once"
+    );
+    assert_eq!(mailbox_rows(), 0, "SyncDone before the acknowledgements");
+    drop(bob_conn);
+    let mut bob_conn = server.connect().await;
+    bob_conn.login(&bob).await;
+    assert!(
+        bob_conn.sync().await.is_empty(),
+        "acknowledged, yet redelivered"
+    );
+}
+
 /// A device that stops reading blocks its connection on a full socket; the
 /// hub then drops that connection's events and flags it. Nothing is lost:
 /// once it reads again, everything arrives in order and exactly once.
