@@ -77,8 +77,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// How long shutdown waits for open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Bytes of outgoing frames a connection collects before writing them to
-/// the socket, when it sends several at once (a drained page).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// the socket, when it sends several at once (a drained page). The buffer
+/// keeps its capacity after a flush, so it is as small as the read buffer:
+/// 16 KiB wrote less often (bench/OPTIMISATIONS.md #8) but would leave
+/// every connection that once drained a page holding ~16–32 KiB (T1).
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
