@@ -407,3 +407,50 @@ test('the page shows the same safety number as the CLI, as digits and a QR code'
   assert.deepEqual(max.problems, []);
   await max.context.close();
 });
+
+test('typing shows as a passing notice, both ways, and never as a history line', async () => {
+  const ned = await registerCli('ned');
+  const ora = await registerInBrowser('ora');
+  await sotto(ned, ['send', 'ora', 'are you there?']);
+  await conversation(ora.page, 'direct', 'ned').click();
+  await waitForLine(ora.page, 'ned', 'are you there?');
+
+  await sotto(ned, ['typing', 'ora']);
+  await ora.page.getByTestId('typing').filter({ hasText: 'ned is typing…' }).waitFor();
+  const lines = await ora.page.getByTestId('entry-text').allTextContents();
+  assert.ok(lines.includes('are you there?'));
+  assert.ok(!lines.some((text) => text.includes('typing')), `no line for it: ${lines}`);
+  // It passes by itself.
+  await ora.page.getByTestId('typing').waitFor({ state: 'hidden', timeout: 10_000 });
+
+  // Typing in the composer tells the CLI user while it is online (typing
+  // is not queued for a device that is offline).
+  const listener = sottoStart(ned, ['--json', 'listen']);
+  try {
+    const printed = createInterface({ input: listener.stdout });
+    const all = [];
+    printed.on('line', (l) => all.push(l));
+    const seen = (text) =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`listen never printed ${text}: ${all.join(' | ')}`)), 20_000);
+        printed.on('line', (l) => {
+          if (l.includes(text)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+    const online = seen('still here');
+    await send(ora.page, 'still here');
+    await online;
+    // The page tells a chat at most every 4 s (writing "still here" did).
+    await new Promise((resolve) => setTimeout(resolve, 4_100));
+    const typing = seen('ora is typing…');
+    await ora.page.getByTestId('composer-text').pressSequentially('yes, ', { delay: 20 });
+    await typing;
+  } finally {
+    listener.kill();
+  }
+  assert.deepEqual(ora.problems, []);
+  await ora.context.close();
+});

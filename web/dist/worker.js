@@ -19,7 +19,7 @@
 
 import init, * as sotto from './sotto_web.js';
 
-const WASM_INTEGRITY = 'sha384-mq1ck9q8UmY72whlYMFnAVL8B/jJB9x/Fb+XaCri/jRZj5G0QATGZW/j1pwHQdAe';
+const WASM_INTEGRITY = 'sha384-TpKgIDdrp8vmpHhw0J4rVSgGnaOGNAMgmLdy0Lz4pHcpfG8UuNTXe06XEC6fIE4d';
 const PROFILE_LOCK = 'sotto-profile';
 /** How long the server has to answer the check, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
@@ -137,7 +137,7 @@ const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
   'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
-  'accountWarnings', 'acknowledgeWarnings',
+  'accountWarnings', 'acknowledgeWarnings', 'sendTyping',
 ];
 
 const methods = {

@@ -353,6 +353,8 @@ async function refreshConversations() {
 async function openConversation(kind, name) {
   current = { kind, name };
   compose({ mode: 'send' });
+  hideTyping();
+  typingSentAt = 0;
   field('safety').hidden = true;
   field('show-safety').hidden = kind !== 'direct';
   field('chat').hidden = false;
@@ -370,9 +372,35 @@ async function openConversation(kind, name) {
   await refreshConversations();
 }
 
+/** How long "X is typing…" stays up without news (the sender repeats it). */
+const TYPING_SHOWN_MS = 6000;
+/** How often this page tells a chat that its user is typing, at most. */
+const TYPING_EVERY_MS = 4000;
+let typingTimer;
+let typingSentAt = 0;
+
+/** Shows a notice that is no history line (someone typing) for a while. */
+function showTyping(entry) {
+  if (!isCurrent(entry.conversation_kind, entry.conversation)) return;
+  const shown = field('typing');
+  shown.textContent = entry.text;
+  shown.hidden = false;
+  clearTimeout(typingTimer);
+  typingTimer = setTimeout(() => (shown.hidden = true), TYPING_SHOWN_MS);
+}
+
+function hideTyping() {
+  clearTimeout(typingTimer);
+  field('typing').hidden = true;
+}
+
 function onEvent(event) {
-  if (event.type === 'entry') {
+  if (event.type === 'entry' && event.entry.id === '') {
+    // Lines without an id are not kept (someone typing): a notice only.
+    showTyping(event.entry);
+  } else if (event.type === 'entry') {
     const entry = event.entry;
+    if (isCurrent(entry.conversation_kind, entry.conversation) && entry.type !== 'system') hideTyping();
     if (showEntry(entry)) {
       // On screen means read: let the library mark it and send receipts.
       call('markRead', entry.conversation_kind, entry.conversation).catch(() => {});
@@ -501,6 +529,11 @@ function setUpMessaging() {
     await refreshConversations();
   });
   field('composing-cancel').addEventListener('click', () => compose({ mode: 'send' }));
+  field('composer-text').addEventListener('input', () => {
+    if (current === undefined || Date.now() - typingSentAt < TYPING_EVERY_MS) return;
+    typingSentAt = Date.now();
+    call('sendTyping', current.kind, current.name, true).catch(() => {});
+  });
   field('show-safety').addEventListener('click', () => showSafetyNumber(false));
   field('mark-verified').addEventListener('click', () => showSafetyNumber(true));
   field('acknowledge-warnings').addEventListener('click', async () => {

@@ -137,7 +137,7 @@ const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
   'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
-  'accountWarnings', 'acknowledgeWarnings',
+  'accountWarnings', 'acknowledgeWarnings', 'sendTyping',
 ];
 
 const methods = {

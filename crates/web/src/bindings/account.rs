@@ -180,6 +180,16 @@ impl JsAccount {
         self.request(async move |c| c.delete(&id).await)
     }
 
+    /// Tells the conversation `name` of `kind` that this user is typing
+    /// (`typing`) or stopped. Nobody stores it; readers drop it after 10 s.
+    #[wasm_bindgen(js_name = sendTyping)]
+    pub fn send_typing(&self, kind: String, name: String, typing: bool) -> Promise {
+        self.request(async move |c| {
+            c.send_typing(conversation_kind(&kind)?, &name, typing)
+                .await
+        })
+    }
+
     /// The safety number of this account and `username`:
     /// `{digits, grouped, verified, qrSvg}`, the QR code (of the digits, as
     /// `sotto verify` shows it) as an SVG document. Fails with a warning
