@@ -122,6 +122,26 @@ enum Mode {
     All,
 }
 
+/// Runs a fixed workload made for counting the server's instructions
+/// (`fixed-fanout`, `fixed-drain`) on two worker threads, with as many
+/// file descriptors as the system allows.
+fn run_counted(workload: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(workload));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Cmd::FixedFanout {
@@ -130,20 +150,7 @@ fn main() -> ExitCode {
         messages,
     }) = args.command
     {
-        let _ = rlimit::increase_nofile_limit(u64::MAX);
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(fixed_fanout::run(server, devices, messages)));
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return run_counted(fixed_fanout::run(server, devices, messages));
     }
     if let Some(Cmd::FixedDrain {
         server,
@@ -153,28 +160,13 @@ fn main() -> ExitCode {
         after_drain,
     }) = &args.command
     {
-        let _ = rlimit::increase_nofile_limit(u64::MAX);
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(fixed_drain::run(
-                    *server,
-                    *devices,
-                    *messages,
-                    before_drain.as_deref(),
-                    after_drain.as_deref(),
-                ))
-            });
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return run_counted(fixed_drain::run(
+            *server,
+            *devices,
+            *messages,
+            before_drain.as_deref(),
+            after_drain.as_deref(),
+        ));
     }
     if let Some(Cmd::EchoServer { listen }) = args.command {
         let rt = match tokio::runtime::Builder::new_current_thread()

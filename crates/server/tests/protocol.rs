@@ -541,7 +541,7 @@ async fn a_backlog_of_many_windows_is_drained_in_order_across_a_reconnect() {
         let body = unframed(&d.payload);
         u16::from_be_bytes([body[0], body[1]])
     };
-    // 3 KB each: a page of 8 is more than the 16 KiB write buffer.
+    // 3 KB each: a page of 8 is more than the 4 KiB write buffer.
     let total: u16 = 100;
     send_numbered(&mut alice, &group, &bob, total, &[0x33; 3_000]).await;
 
