@@ -281,6 +281,130 @@ test('a reload keeps the account, its keys and its history', async () => {
   await fay.context.close();
 });
 
+/**
+ * Every file of the origin's private file system, read from a page of the
+ * origin that runs no Sotto (the worker, and its exclusive access handles,
+ * gone): for each, its size and which of `needles` its bytes contain.
+ */
+async function scanOpfs(page, needles) {
+  return page.evaluate(async (needles) => {
+    const encoded = needles.map((n) => new TextEncoder().encode(n));
+    const contains = (bytes, needle) => {
+      outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
+        for (let j = 0; j < needle.length; j++) if (bytes[i + j] !== needle[j]) continue outer;
+        return true;
+      }
+      return false;
+    };
+    const files = [];
+    const walk = async (dir, prefix) => {
+      for await (const [name, handle] of dir.entries()) {
+        if (handle.kind === 'directory') {
+          await walk(handle, `${prefix}${name}/`);
+          continue;
+        }
+        // The worker's sync access handles close as it ends.
+        let file;
+        for (let attempt = 0; file === undefined; attempt++) {
+          try {
+            file = await handle.getFile();
+          } catch (e) {
+            if (attempt >= 50) throw e;
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+        }
+        const bytes = new Uint8Array(await file.arrayBuffer());
+        files.push({
+          name: `${prefix}${name}`,
+          size: bytes.length,
+          found: needles.filter((_, i) => contains(bytes, encoded[i])),
+        });
+      }
+    };
+    await walk(await navigator.storage.getDirectory(), '');
+    return files;
+  }, needles);
+}
+
+test('the profile is encrypted at rest under a key no script can export', async () => {
+  const ivo = await registerCli('ivo-at-rest');
+  const eve = await registerInBrowser('evelyn-at-rest');
+  const secret = 'a line only the profile key should read';
+  await sotto(ivo, ['send', 'evelyn-at-rest', secret]);
+  await conversation(eve.page, 'direct', 'ivo-at-rest').click();
+  await waitForLine(eve.page, 'ivo-at-rest', secret);
+
+  // A page of the origin that runs no Sotto: the worker lets the profile go.
+  await eve.page.goto(`${server.url}/style.css`);
+  const files = await scanOpfs(eve.page, [secret, 'evelyn-at-rest', 'SQLite format 3']);
+  assert.ok(
+    files.some((f) => f.size > 16384),
+    `the profile is in OPFS: ${JSON.stringify(files.map(({ name, size }) => ({ name, size })))}`,
+  );
+  assert.deepEqual(
+    files.filter((f) => f.found.length > 0),
+    [],
+    'no file holds the message, the username or a plain SQLite header',
+  );
+
+  // The key's wrapping key is in IndexedDB, and the browser refuses to
+  // give out its bytes.
+  const wrapping = await eve.page.evaluate(async () => {
+    const db = await new Promise((resolve, reject) => {
+      const open = indexedDB.open('sotto-keys');
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => reject(open.error);
+    });
+    const record = await new Promise((resolve, reject) => {
+      const get = db.transaction('keys').objectStore('keys').get('profile');
+      get.onsuccess = () => resolve(get.result);
+      get.onerror = () => reject(get.error);
+    });
+    db.close();
+    const key = record.wrappingKey;
+    const exported = await crypto.subtle.exportKey('raw', key).then(
+      () => 'exported',
+      (e) => e.name,
+    );
+    return {
+      type: Object.prototype.toString.call(key),
+      extractable: key.extractable,
+      algorithm: key.algorithm.name,
+      exported,
+      wrappedBytes: record.wrapped.byteLength,
+    };
+  });
+  assert.deepEqual(wrapping, {
+    type: '[object CryptoKey]',
+    extractable: false,
+    algorithm: 'AES-GCM',
+    exported: 'InvalidAccessError',
+    wrappedBytes: 32 + 16,
+  });
+
+  // Back on the page, the key opens the profile again.
+  await eve.page.goto(server.url);
+  await eve.page.getByTestId('me').filter({ hasText: 'evelyn-at-rest' }).waitFor();
+  await conversation(eve.page, 'direct', 'ivo-at-rest').click();
+  await waitForLine(eve.page, 'ivo-at-rest', secret);
+
+  // Without its key the profile does not open, and the page says why.
+  await eve.page.goto(`${server.url}/style.css`);
+  await eve.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const removal = indexedDB.deleteDatabase('sotto-keys');
+        removal.onsuccess = resolve;
+        removal.onerror = () => reject(removal.error);
+      }),
+  );
+  await eve.page.goto(server.url);
+  await eve.page.getByText(/does not open with its key/).first().waitFor();
+  assert.equal(await eve.page.getByTestId('me').isVisible(), false);
+
+  await eve.context.close();
+});
+
 test('a new tab takes the account over, and the first tab can take it back', async () => {
   const ida = await registerCli('ida');
   const hal = await registerInBrowser('hal');

@@ -21,6 +21,9 @@ import init, * as sotto from './sotto_web.js';
 
 const WASM_INTEGRITY = '@SOTTO_WEB_BG_WASM_SRI@';
 const PROFILE_LOCK = 'sotto-profile';
+/** The IndexedDB database, and the record in it, of the wrapped profile key. */
+const KEY_STORE = 'sotto-keys';
+const PROFILE_KEY = 'profile';
 /** How long the server has to answer the check, from opening the socket. */
 const ANSWER_TIMEOUT_MS = 15000;
 
@@ -56,11 +59,59 @@ const loaded = init({
   module_or_path: fetch('sotto_web_bg.wasm', { integrity: WASM_INTEGRITY }),
 }).then(() => post({ type: 'loaded', version: sotto.version() }));
 
+/** Resolves with an IndexedDB request's result. */
+const settled = (request) =>
+  new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+
+/**
+ * The profile key (32 bytes), which encrypts the whole profile database at
+ * rest (crates/client/src/store/page_key.rs). It is kept in IndexedDB
+ * wrapped (AES-GCM) by a WebCrypto key made non-extractable: no script,
+ * this one included, can read the wrapping key's bytes, only ask the
+ * browser to unwrap. Made on first use, before the profile exists.
+ */
+async function profileKey() {
+  const open = indexedDB.open(KEY_STORE, 1);
+  open.onupgradeneeded = () => open.result.createObjectStore('keys');
+  const db = await settled(open);
+  try {
+    const keys = (mode) => db.transaction('keys', mode).objectStore('keys');
+    const stored = await settled(keys('readonly').get(PROFILE_KEY));
+    if (stored !== undefined) {
+      const { wrappingKey, iv, wrapped } = stored;
+      return new Uint8Array(
+        await crypto.subtle.decrypt({ name: 'AES-GCM', iv }, wrappingKey, wrapped),
+      );
+    }
+    const wrappingKey = await crypto.subtle.generateKey(
+      { name: 'AES-GCM', length: 256 },
+      false,
+      ['encrypt', 'decrypt'],
+    );
+    const key = crypto.getRandomValues(new Uint8Array(32));
+    const iv = crypto.getRandomValues(new Uint8Array(12));
+    const wrapped = await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, wrappingKey, key);
+    // `add`, not `put`: a key stored meanwhile is never replaced.
+    await settled(keys('readwrite').add({ wrappingKey, iv, wrapped }, PROFILE_KEY));
+    return key;
+  } finally {
+    db.close();
+  }
+}
+
 /** The profile, open: resolves when requests about the account may run. */
 const storage = (async () => {
   await loaded;
   await takeProfileLock();
-  await sotto.openStorage();
+  const key = await profileKey();
+  try {
+    await sotto.openStorage(key);
+  } finally {
+    key.fill(0);
+  }
   account = await sotto.Account.open(onEvent);
   post({ type: 'ready', account: account ? describe(account) : null });
 })();

@@ -145,9 +145,9 @@ enum FileState {
     Locked([u8; SALT_LEN]),
 }
 
-/// In the browser a profile is never SQLCipher-locked (its keys are to be
-/// wrapped by a WebCrypto key instead, docs/WEB_CLIENT.md), and SQLite's
-/// files are not the process's to read.
+/// In the browser a profile is never passphrase-locked: the page's own key
+/// encrypts it whole (`page_key`), and SQLite's files are not the
+/// process's to read.
 #[cfg(target_arch = "wasm32")]
 fn file_state(db: &Path) -> Result<FileState, LockError> {
     Ok(if super::exists(db) {

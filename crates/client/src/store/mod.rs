@@ -21,6 +21,8 @@ mod history;
 mod inbox;
 pub mod lock;
 mod outbox;
+#[cfg(target_arch = "wasm32")]
+pub mod page_key;
 mod profile;
 mod receipts;
 
@@ -149,6 +151,10 @@ pub(crate) fn open_keyed(
     key: Option<&lock::ProfileKey>,
 ) -> Result<Connection, StoreError> {
     keep_private(path)?;
+    // In the browser the page's key encrypts every profile (page_key.rs).
+    #[cfg(target_arch = "wasm32")]
+    let mut conn = page_key::open(path)?;
+    #[cfg(not(target_arch = "wasm32"))]
     let mut conn = Connection::open(path)?;
     if let Some(key) = key {
         lock::apply_key(&conn, key)?;

@@ -20,10 +20,14 @@ const ATTEMPTS: u32 = 20;
 const BETWEEN_ATTEMPTS: Duration = Duration::from_millis(100);
 
 /// Makes SQLite keep every database of this page in OPFS (the default VFS
-/// from now on). Call once, in the worker, after taking the profile lock
-/// and before opening an account.
+/// from now on), encrypted under `key`, the profile key worker.js unwrapped
+/// (32 bytes; see sotto_client::store::page_key). Call once, in the worker,
+/// after taking the profile lock and before opening an account.
 #[wasm_bindgen(js_name = openStorage)]
-pub async fn open_storage() -> Result<(), JsError> {
+pub async fn open_storage(mut key: Vec<u8>) -> Result<(), JsError> {
+    let installed = sotto_client::store::page_key::install(&key);
+    key.fill(0);
+    installed.map_err(|e| JsError::new(&e.to_string()))?;
     let config = OpfsSAHPoolCfg::default();
     let mut attempt = 1;
     loop {
