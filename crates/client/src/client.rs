@@ -666,7 +666,9 @@ impl Client {
                 .await?
             {
                 response::Result::PushKey(key) => Ok(key.public_key),
-                _ => Err(ClientError::Protocol("expected the server's push key".into())),
+                _ => Err(ClientError::Protocol(
+                    "expected the server's push key".into(),
+                )),
             }
         })
         .await

@@ -237,7 +237,8 @@ impl FileConfig {
             );
         }
         if let Some(services) = &self.push.services {
-            crate::push::PushServices::parse(services).map_err(|e| format!("push.services: {e}"))?;
+            crate::push::PushServices::parse(services)
+                .map_err(|e| format!("push.services: {e}"))?;
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
@@ -510,7 +511,10 @@ mod tests {
         .to_server_config();
         assert_eq!(config.auditors, [[1; 32]]);
         assert_eq!(config.push.services, ["fcm.googleapis.com"]);
-        assert_eq!(config.push.contact.as_deref(), Some("mailto:admin@example.org"));
+        assert_eq!(
+            config.push.contact.as_deref(),
+            Some("mailto:admin@example.org")
+        );
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
         assert_eq!(

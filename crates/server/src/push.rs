@@ -215,7 +215,8 @@ impl PushServices {
                     .and_then(|(tls, authority, _)| {
                         let (host, port) = split_authority(authority, tls)?;
                         let ip: IpAddr = host.parse().ok()?;
-                        ip.is_loopback().then_some(Service::Loopback { tls, ip, port })
+                        ip.is_loopback()
+                            .then_some(Service::Loopback { tls, ip, port })
                     });
                 match loopback {
                     Some(service) => services.push(service),
@@ -605,11 +606,12 @@ impl Outcome {
 /// The TLS client configuration: the web's roots (webpki-roots), ring.
 fn tls_client() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -775,7 +777,10 @@ mod tests {
         ] {
             assert!(defaults.check(bad).is_err(), "{bad}");
         }
-        let long = format!("https://fcm.googleapis.com/{}", "a".repeat(MAX_ENDPOINT_BYTES));
+        let long = format!(
+            "https://fcm.googleapis.com/{}",
+            "a".repeat(MAX_ENDPOINT_BYTES)
+        );
         assert_eq!(defaults.check(&long), Err(EndpointRefused::TooLong));
     }
 
@@ -787,7 +792,11 @@ mod tests {
         assert!(list.check("http://127.0.0.1:4001/push/1").is_err());
         assert!(list.check("https://127.0.0.1:4000/push/1").is_err());
         assert!(list.check("https://fcm.googleapis.com/x").is_err());
-        for refused in ["http://10.0.0.1:80", "https://evil.example", "http://localhost:4000"] {
+        for refused in [
+            "http://10.0.0.1:80",
+            "https://evil.example",
+            "http://localhost:4000",
+        ] {
             assert!(
                 PushServices::parse(&[refused.to_owned()]).is_err(),
                 "{refused}"
@@ -799,7 +808,18 @@ mod tests {
 
     #[test]
     fn private_addresses_are_not_public() {
-        for ip in ["10.1.2.3", "127.0.0.1", "169.254.169.254", "192.168.1.1", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+        for ip in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "169.254.169.254",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["142.250.74.106", "2a00:1450:4001:82b::200a"] {

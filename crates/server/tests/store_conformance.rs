@@ -1643,7 +1643,10 @@ mod log_cases {
         store.register(account("alice", 1)).await.unwrap();
         store.add_device(new_device("alice", 3, 2)).await.unwrap();
         let both = vec![device_id(1), device_id(3), device_id(9)];
-        assert!(store.push_endpoints(both.clone()).await.unwrap().is_empty(), "off by default");
+        assert!(
+            store.push_endpoints(both.clone()).await.unwrap().is_empty(),
+            "off by default"
+        );
         assert!(
             store
                 .set_push_endpoint(device_id(1), Some("https://a.example/1".into()))

@@ -210,7 +210,12 @@ async fn send_burst(sender: &mut Client, device: &[u8], n: usize) {
     for i in 0..n {
         assert_done(
             &sender
-                .request(send_message(&random_id(), &group, &[device], &[i as u8; 40]))
+                .request(send_message(
+                    &random_id(),
+                    &group,
+                    &[device],
+                    &[i as u8; 40],
+                ))
                 .await,
         );
     }
@@ -238,8 +243,14 @@ fn stored_endpoint(deployment: &Deployment, device: &[u8]) -> Option<Option<Stri
 fn assert_vapid_push(pushed: &Pushed, key: &[u8], audience: &str) {
     assert_eq!(pushed.method, "POST");
     assert!(pushed.body.is_empty(), "a push carries nothing");
-    assert_eq!(pushed.headers.get("content-length").map(String::as_str), Some("0"));
-    assert_eq!(pushed.headers.get("urgency").map(String::as_str), Some("high"));
+    assert_eq!(
+        pushed.headers.get("content-length").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(
+        pushed.headers.get("urgency").map(String::as_str),
+        Some("high")
+    );
     let ttl: u64 = pushed.headers["ttl"].parse().unwrap();
     assert!(ttl > 0);
     let authorization = &pushed.headers["authorization"];
@@ -248,7 +259,11 @@ fn assert_vapid_push(pushed: &Pushed, key: &[u8], audience: &str) {
         .expect("a vapid Authorization")
         .split_once(", k=")
         .expect("t= and k=");
-    assert_eq!(URL_SAFE_NO_PAD.decode(k).unwrap(), key, "k is the served key");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(k).unwrap(),
+        key,
+        "k is the served key"
+    );
     let (signed, signature) = token.rsplit_once('.').unwrap();
     let (header, claims) = signed.split_once('.').unwrap();
     let header: serde_json::Value =
@@ -273,7 +288,11 @@ fn assert_vapid_push(pushed: &Pushed, key: &[u8], audience: &str) {
 }
 
 /// Starts the deployment allowing only `fake`'s origin.
-async fn start(backend: sotto_testkit::deployment::Backend, test: &str, fake: &FakePushService) -> Option<Deployment> {
+async fn start(
+    backend: sotto_testkit::deployment::Backend,
+    test: &str,
+    fake: &FakePushService,
+) -> Option<Deployment> {
     let origin = fake.origin();
     Deployment::start_with(backend, test, move |config| {
         config.push.services = vec![origin.clone()];
