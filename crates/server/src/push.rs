@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -397,13 +397,6 @@ pub trait OfflineSink: Send + Sync + std::fmt::Debug {
     fn connected(&self, device: DeviceId);
 }
 
-/// What the hub tells the push task.
-#[derive(Debug)]
-enum Note {
-    Offline(Vec<DeviceId>),
-    Connected(DeviceId),
-}
-
 /// Asks the other nodes whether a device is connected to one of them (the
 /// NATS bus), so a device connected elsewhere gets no push.
 pub trait Presence: Send + Sync + std::fmt::Debug {
@@ -422,8 +415,11 @@ pub struct WebPush {
     key: VapidKey,
     services: PushServices,
     contact: String,
-    queue: mpsc::Sender<Note>,
-    receiver: std::sync::Mutex<Option<mpsc::Receiver<Note>>>,
+    queue: mpsc::Sender<Vec<DeviceId>>,
+    receiver: Mutex<Option<mpsc::Receiver<Vec<DeviceId>>>>,
+    /// When each device was last pushed to, for [`COALESCE`]; a device
+    /// that connects is taken out.
+    pushed: Mutex<HashMap<DeviceId, Instant>>,
     metrics: OnceLock<Arc<Metrics>>,
 }
 
@@ -449,7 +445,8 @@ impl WebPush {
             services,
             contact,
             queue,
-            receiver: std::sync::Mutex::new(Some(receiver)),
+            receiver: Mutex::new(Some(receiver)),
+            pushed: Mutex::default(),
             metrics: OnceLock::new(),
         })
     }
@@ -464,6 +461,11 @@ impl WebPush {
         self.services.check(endpoint)
     }
 
+    /// The coalescing record, locked.
+    fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Instant>> {
+        self.pushed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn count(&self, outcome: &'static str) {
         if let Some(metrics) = self.metrics.get() {
             metrics.push(outcome);
@@ -476,16 +478,13 @@ impl OfflineSink for WebPush {
         if devices.is_empty() || !self.services.any() {
             return;
         }
-        if self.queue.try_send(Note::Offline(devices)).is_err() {
+        if self.queue.try_send(devices).is_err() {
             self.count("dropped");
         }
     }
 
     fn connected(&self, device: DeviceId) {
-        if self.services.any() {
-            // Dropped when full: the device then waits out the window.
-            let _ = self.queue.try_send(Note::Connected(device));
-        }
+        self.pushed().remove(&device);
     }
 }
 
@@ -505,7 +504,7 @@ pub(crate) async fn run<S: PushStore>(
     let receiver = push
         .receiver
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
         .take();
     let Some(mut receiver) = receiver else {
         return;
@@ -520,31 +519,25 @@ pub(crate) async fn run<S: PushStore>(
     };
     hub.set_offline_sink(Arc::clone(&push) as Arc<dyn OfflineSink>);
     let in_flight = Arc::new(Semaphore::new(CONCURRENT_PUSHES));
-    // When each device was last pushed to.
-    let mut pushed: HashMap<DeviceId, Instant> = HashMap::new();
     loop {
-        let note = tokio::select! {
-            note = receiver.recv() => note,
+        let batch = tokio::select! {
+            batch = receiver.recv() => batch,
             _ = stop.changed() => None,
         };
-        let Some(note) = note else { break };
-        let mut devices: HashSet<DeviceId> = HashSet::new();
-        let mut next = Some(note);
-        while let Some(note) = next.take() {
-            match note {
-                Note::Offline(batch) => devices.extend(batch),
-                Note::Connected(device) => {
-                    pushed.remove(&device);
-                    devices.remove(&device);
-                }
-            }
-            if devices.len() < LOOKUP_BATCH {
-                next = receiver.try_recv().ok();
-            }
+        let Some(batch) = batch else { break };
+        let mut devices: HashSet<DeviceId> = batch.into_iter().collect();
+        while devices.len() < LOOKUP_BATCH
+            && let Ok(more) = receiver.try_recv()
+        {
+            devices.extend(more);
         }
         let now = Instant::now();
-        pushed.retain(|_, at| now.duration_since(*at) < COALESCE);
-        devices.retain(|device| !hub.is_connected(device) && !pushed.contains_key(device));
+        {
+            let mut pushed = push.pushed();
+            pushed.retain(|_, at| now.duration_since(*at) < COALESCE);
+            devices.retain(|device| !pushed.contains_key(device));
+        }
+        devices.retain(|device| !hub.is_connected(device));
         if devices.is_empty() {
             continue;
         }
@@ -556,7 +549,8 @@ pub(crate) async fn run<S: PushStore>(
             }
         };
         for (device, endpoint) in endpoints {
-            pushed.insert(device, now);
+            // Marked before the push goes: later entries wait for the window.
+            push.pushed().insert(device, now);
             let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
                 push.count("dropped");
                 continue;
@@ -568,6 +562,7 @@ pub(crate) async fn run<S: PushStore>(
             tokio::spawn(async move {
                 let _permit = permit;
                 if hub.connected_elsewhere(device).await {
+                    push.pushed().remove(&device);
                     return;
                 }
                 let outcome = send(&push, &client, &endpoint).await;
