@@ -111,6 +111,8 @@ pub enum EndpointRefused {
          its operator allows (by default Google's, Mozilla's, Apple's and Microsoft's)"
     )]
     NotAllowed,
+    #[error("Web Push is off on this server (its operator allows no push service)")]
+    Off,
 }
 
 /// One allowed push service.
@@ -253,6 +255,9 @@ impl PushServices {
 
     /// Accepts `endpoint` if it names an allowed push service.
     pub fn check(&self, endpoint: &str) -> Result<PushEndpoint, EndpointRefused> {
+        if !self.any() {
+            return Err(EndpointRefused::Off);
+        }
         if endpoint.len() > MAX_ENDPOINT_BYTES {
             return Err(EndpointRefused::TooLong);
         }
@@ -777,6 +782,10 @@ mod tests {
             "a".repeat(MAX_ENDPOINT_BYTES)
         );
         assert_eq!(defaults.check(&long), Err(EndpointRefused::TooLong));
+        assert_eq!(
+            services(&[]).check("https://fcm.googleapis.com/x"),
+            Err(EndpointRefused::Off)
+        );
     }
 
     #[test]
