@@ -654,6 +654,45 @@ impl Client {
         .await
     }
 
+    // ------------------------------------------------------------ Web Push
+
+    /// The server's VAPID public key (an uncompressed P-256 point, 65
+    /// bytes): the `applicationServerKey` a browser subscribes to push with.
+    pub async fn push_key(&mut self) -> Result<Vec<u8>, ClientError> {
+        self.connected(async |s| {
+            match s
+                .connection
+                .request(client_frame::Body::GetPushKey(v1::GetPushKey {}))
+                .await?
+            {
+                response::Result::PushKey(key) => Ok(key.public_key),
+                _ => Err(ClientError::Protocol(
+                    "expected the server's push key".into(),
+                )),
+            }
+        })
+        .await
+    }
+
+    /// Turns Web Push on for this device with the browser's push endpoint
+    /// (`PushSubscription.endpoint`), or off with `None`. The server then
+    /// sends an empty push there (no content, no sender) when something
+    /// arrives while this device is not connected. Only this device's
+    /// endpoint changes; the server refuses endpoints of push services its
+    /// operator does not allow.
+    pub async fn set_push_endpoint(&mut self, endpoint: Option<&str>) -> Result<(), ClientError> {
+        let endpoint = endpoint.unwrap_or_default().to_owned();
+        self.connected(async |s| {
+            s.connection
+                .request(client_frame::Body::SetPushEndpoint(v1::SetPushEndpoint {
+                    endpoint,
+                }))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     // ------------------------------------------------------------ membership
 
     /// Creates the group `name` with the given members.

@@ -162,6 +162,10 @@ enum DeviceSignal {
     Ephemeral(MessageId, Arc<[u8]>),
     /// `3`: the device was removed.
     Removed,
+    /// `4`, sent as a request: is the device connected to a node? Its
+    /// node answers (empty); no answer means no node holds it (Web Push,
+    /// `crate::push`).
+    Present,
 }
 
 impl DeviceSignal {
@@ -181,6 +185,7 @@ impl DeviceSignal {
                 out.into()
             }
             DeviceSignal::Removed => Bytes::from_static(&[3]),
+            DeviceSignal::Present => Bytes::from_static(&[4]),
         }
     }
 
@@ -198,6 +203,7 @@ impl DeviceSignal {
                 Some(DeviceSignal::Ephemeral(id, Arc::from(payload)))
             }
             3 if rest.is_empty() => Some(DeviceSignal::Removed),
+            4 if rest.is_empty() => Some(DeviceSignal::Present),
             _ => None,
         }
     }
@@ -228,6 +234,8 @@ impl DeviceSignal {
                 },
             ),
             DeviceSignal::Removed => hub.disconnect_here(&device),
+            // Answered by the subscription (it has the reply subject).
+            DeviceSignal::Present => {}
         }
     }
 }
@@ -352,6 +360,7 @@ impl Bus {
         ];
         grace.set_relay(Arc::clone(&bus) as Arc<dyn GraceRelay>);
         hub.set_relay(Arc::clone(&bus) as Arc<dyn Relay>);
+        hub.set_presence(Arc::clone(&bus) as Arc<dyn crate::push::Presence>);
         links.set_remote(Arc::new(LinkBus(Arc::clone(&bus))));
         // Devices that connected before the relay was set.
         for device in hub.connected_devices() {
@@ -425,9 +434,15 @@ impl Bus {
                         }
                     };
                 let hub = self.hub.clone();
+                let client = self.client.clone();
                 let task = tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
                         match DeviceSignal::decode(&message.payload) {
+                            Some(DeviceSignal::Present) => {
+                                if let Some(reply) = message.reply {
+                                    let _ = client.publish(reply, Bytes::new()).await;
+                                }
+                            }
                             Some(signal) => signal.apply(&hub, device),
                             None => tracing::debug!("malformed signal on the NATS bus"),
                         }
@@ -504,6 +519,24 @@ impl GraceRelay for Bus {
             self.subjects.commits(),
             Bytes::copy_from_slice(group.as_bytes()),
         );
+    }
+}
+
+/// How long a node waits for another to say it holds a device.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl crate::push::Presence for Bus {
+    fn connected_elsewhere(&self, device: DeviceId) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let client = self.client.clone();
+        let subject = self.subjects.device(&device);
+        Box::pin(async move {
+            // NATS answers "no responders" at once when no node subscribes.
+            let request = client.request(subject, DeviceSignal::Present.encode());
+            matches!(
+                tokio::time::timeout(PRESENCE_TIMEOUT, request).await,
+                Ok(Ok(_))
+            )
+        })
     }
 }
 
@@ -685,6 +718,7 @@ mod tests {
             DeviceSignal::KeyPackagesLow(3),
             DeviceSignal::Ephemeral(MessageId::new([9; 16]), Arc::from(&b"sealed"[..])),
             DeviceSignal::Removed,
+            DeviceSignal::Present,
         ];
         for signal in signals {
             assert_eq!(DeviceSignal::decode(&signal.encode()), Some(signal));
@@ -694,7 +728,7 @@ mod tests {
             0,
             "a wake-up carries nothing"
         );
-        for junk in [&[1, 0, 0][..], &[2, 1, 2], &[3, 0], &[9]] {
+        for junk in [&[1, 0, 0][..], &[2, 1, 2], &[3, 0], &[4, 0], &[9]] {
             assert_eq!(DeviceSignal::decode(junk), None);
         }
     }

@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// epochs from these only (at most 8 each), so nobody else can make it
     /// store anything. Default: none.
     pub auditors: Vec<[u8; 32]>,
+    /// Web Push to browsers (`crate::push`): the push services devices may
+    /// name, and the operator's contact. Default: the four big browsers'
+    /// services; each device's pushes are off until it turns them on.
+    pub push: crate::push::PushConfig,
 }
 
 /// Who may create an account.
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             blobs: crate::blobs::BlobConfig::default(),
             directory_epoch_interval: DEFAULT_DIRECTORY_EPOCH_INTERVAL,
             auditors: Vec::new(),
+            push: crate::push::PushConfig::default(),
         }
     }
 }

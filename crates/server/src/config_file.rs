@@ -45,6 +45,17 @@ pub struct FileConfig {
     pub privacy: PrivacySection,
     pub metrics: MetricsSection,
     pub directory: DirectorySection,
+    pub push: PushSection,
+}
+
+/// `[push]`: Web Push to browsers (`crate::push`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    /// Push services devices may name (`--push-service`); empty: off.
+    pub services: Option<Vec<String>>,
+    /// The VAPID contact (`--push-contact`).
+    pub contact: Option<String>,
 }
 
 /// `[directory]`: the key directory's epochs.
@@ -225,6 +236,10 @@ impl FileConfig {
                 "server.bus_prefix must be dot-separated tokens of letters, digits, - and _".into(),
             );
         }
+        if let Some(services) = &self.push.services {
+            crate::push::PushServices::parse(services)
+                .map_err(|e| format!("push.services: {e}"))?;
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => Err("tls.cert is set but tls.key is not: give both".into()),
             (None, Some(_)) => Err("tls.key is set but tls.cert is not: give both".into()),
@@ -302,6 +317,12 @@ impl FileConfig {
                 .iter()
                 .filter_map(|k| parse_auditor_key(k).ok())
                 .collect();
+        }
+        if let Some(services) = &s.push.services {
+            config.push.services.clone_from(services);
+        }
+        if let Some(contact) = &s.push.contact {
+            config.push.contact = Some(contact.clone());
         }
         config
     }
@@ -399,6 +420,15 @@ epoch_interval_secs = {epoch_interval}
 # digits each (from `sotto auditor-key` on the auditor's machine). The server
 # stores countersignatures of its epochs from these only, 8 per auditor.
 # auditors = ["<64 hex digits>"]
+
+[push]
+# Web Push to browsers that turned it on (an empty wake-up: no content, no
+# sender). The push services whose endpoints devices may register
+# (--push-service): host names or *.domain; [] turns Web Push off.
+services = {push_services}
+# Who the push services may contact about this server's pushes (the VAPID
+# "sub", --push-contact): default https:// and the first server name.
+# contact = "mailto:admin@example.org"
 "#,
         listen = d.listen,
         data = d.data_dir.display(),
@@ -413,6 +443,7 @@ epoch_interval_secs = {epoch_interval}
         log_connections = d.log_connections,
         allowed_origins = list(&d.allowed_origins),
         epoch_interval = d.directory_epoch_interval.as_secs(),
+        push_services = list(&d.push.services),
     )
 }
 
@@ -471,11 +502,19 @@ mod tests {
             [directory]
             epoch_interval_secs = 60
             auditors = ["0101010101010101010101010101010101010101010101010101010101010101"]
+            [push]
+            services = ["fcm.googleapis.com"]
+            contact = "mailto:admin@example.org"
             "#,
         )
         .unwrap()
         .to_server_config();
         assert_eq!(config.auditors, [[1; 32]]);
+        assert_eq!(config.push.services, ["fcm.googleapis.com"]);
+        assert_eq!(
+            config.push.contact.as_deref(),
+            Some("mailto:admin@example.org")
+        );
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/sotto"));
         assert_eq!(
@@ -529,6 +568,8 @@ mod tests {
         assert!(err.contains("server.bus"), "{err}");
         let err = FileConfig::parse("[server]\nbus_prefix = \"a.*\"\n").unwrap_err();
         assert!(err.contains("server.bus_prefix"), "{err}");
+        let err = FileConfig::parse("[push]\nservices = [\"http://10.0.0.1\"]\n").unwrap_err();
+        assert!(err.contains("push.services"), "{err}");
         let err = FileConfig::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
         assert!(err.contains("tls.key"), "{err}");
     }

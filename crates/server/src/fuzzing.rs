@@ -57,10 +57,20 @@ impl FuzzServer {
             config.directory_epoch_interval,
         ))?);
         let metrics = Arc::new(Metrics::new(&store.writer_metrics()));
+        let push = Arc::new(
+            runtime
+                .block_on(crate::push::WebPush::open(
+                    &store,
+                    &config.push,
+                    &config.server_names,
+                ))
+                .map_err(StoreError::Backend)?,
+        );
         let ctx = Arc::new(Context::new(
             Arc::new(store),
             log,
             directory,
+            push,
             &config,
             metrics,
         ));

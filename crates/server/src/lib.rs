@@ -41,6 +41,7 @@ pub mod link_rendezvous;
 pub mod mailbox_hub;
 pub mod metrics;
 pub mod moderation;
+pub mod push;
 mod rate_limit;
 mod session;
 mod socket;
@@ -109,6 +110,9 @@ pub enum ServerError {
     /// The `--bus` address is unusable (an unreachable one is retried).
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// The Web Push settings are unusable, or its key could not be loaded.
+    #[error("Web Push: {0}")]
+    Push(String),
     /// Serving connections failed.
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -148,6 +152,7 @@ pub struct Server {
     store: AnyStore,
     log: TransparencyLog,
     directory: Arc<key_directory::ServerDirectory>,
+    push: Arc<push::WebPush>,
     tls: Option<tls::Tls>,
     config: ServerConfig,
 }
@@ -256,6 +261,9 @@ impl Server {
             location: config.data_dir.display().to_string(),
             source,
         })?;
+        let push = push::WebPush::open(&store, &config.push, &config.server_names)
+            .await
+            .map_err(ServerError::Push)?;
         let listener =
             listen(config.listen, config.reuse_port).map_err(|source| ServerError::Bind {
                 addr: config.listen,
@@ -274,6 +282,7 @@ impl Server {
             store,
             log,
             directory: Arc::new(directory),
+            push: Arc::new(push),
             tls,
             config,
         })
@@ -302,6 +311,7 @@ impl Server {
             store,
             log,
             directory,
+            push,
             tls,
             config,
             ..
@@ -314,6 +324,7 @@ impl Server {
             Arc::clone(&store),
             log,
             Arc::clone(&directory),
+            Arc::clone(&push),
             &config,
             Arc::clone(&metrics),
         ));
@@ -371,6 +382,13 @@ impl Server {
             ),
             None => None,
         };
+        let pusher = tokio::spawn(push::run(
+            push,
+            Arc::clone(&store),
+            ctx.hub.clone(),
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ));
         let publisher = tokio::spawn(key_directory::run(
             directory,
             Arc::clone(&store),
@@ -452,6 +470,7 @@ impl Server {
         let _ = sweeper.await;
         let _ = blob_sweeper.await;
         let _ = publisher.await;
+        let _ = pusher.await;
         if let Some(bus) = bus {
             bus.join().await;
         }

@@ -118,6 +118,11 @@ struct HubInner {
     devices: Mutex<HashMap<DeviceId, DeviceConnections>>,
     /// The other nodes, when the server runs with `--bus`.
     relay: OnceLock<Arc<dyn Relay>>,
+    /// Told which devices got entries while not connected here (Web Push,
+    /// `crate::push`).
+    offline: OnceLock<Arc<dyn crate::push::OfflineSink>>,
+    /// Answers whether a device is connected to another node (the bus).
+    presence: OnceLock<Arc<dyn crate::push::Presence>>,
 }
 
 /// A connection's registration; unregisters itself on drop.
@@ -162,12 +167,14 @@ impl MailboxHub {
             tx,
             missed: Arc::clone(&missed),
         });
-        if connections.len() == 1
-            && let Some(relay) = self.inner.relay.get()
-        {
+        let first = connections.len() == 1;
+        if first && let Some(relay) = self.inner.relay.get() {
             relay.interest_changed(device_id);
         }
         drop(map);
+        if first && let Some(sink) = self.inner.offline.get() {
+            sink.connected(device_id);
+        }
         Subscription {
             hub: self.clone(),
             device_id,
@@ -181,6 +188,27 @@ impl MailboxHub {
     /// ignored).
     pub fn set_relay(&self, relay: Arc<dyn Relay>) {
         let _ = self.inner.relay.set(relay);
+    }
+
+    /// Tells `sink` from now on which devices got entries while not
+    /// connected here (set once; later calls are ignored).
+    pub fn set_offline_sink(&self, sink: Arc<dyn crate::push::OfflineSink>) {
+        let _ = self.inner.offline.set(sink);
+    }
+
+    /// Asks `presence` whether a device is connected to another node from
+    /// now on (set once; later calls are ignored).
+    pub fn set_presence(&self, presence: Arc<dyn crate::push::Presence>) {
+        let _ = self.inner.presence.set(presence);
+    }
+
+    /// Whether `device` is connected to another node (`false` with one
+    /// node, or when the other nodes cannot say).
+    pub async fn connected_elsewhere(&self, device: DeviceId) -> bool {
+        match self.inner.presence.get() {
+            Some(presence) => presence.connected_elsewhere(device).await,
+            None => false,
+        }
     }
 
     /// Every device with a connection here.
@@ -259,6 +287,8 @@ impl MailboxHub {
             devices.dedup();
             relay.entries(&devices);
         }
+        let sink = self.inner.offline.get();
+        let mut offline = Vec::new();
         let map = self
             .inner
             .devices
@@ -266,9 +296,23 @@ impl MailboxHub {
             .unwrap_or_else(PoisonError::into_inner);
         for entry in entries {
             let entry = Arc::new(entry);
-            for subscriber in map.get(&entry.device_id).into_iter().flatten() {
-                subscriber.send(MailboxEvent::Entry(Arc::clone(&entry)));
+            match map.get(&entry.device_id) {
+                Some(subscribers) => {
+                    for subscriber in subscribers {
+                        subscriber.send(MailboxEvent::Entry(Arc::clone(&entry)));
+                    }
+                }
+                None if sink.is_some() => offline.push(entry.device_id),
+                None => {}
             }
+        }
+        drop(map);
+        if let Some(sink) = sink
+            && !offline.is_empty()
+        {
+            offline.sort_unstable();
+            offline.dedup();
+            sink.offline(offline);
         }
     }
 

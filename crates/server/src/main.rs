@@ -133,6 +133,24 @@ struct Args {
     #[arg(long = "auditor", value_name = "HEX", value_parser = sotto_server::config_file::parse_auditor_key)]
     auditors: Vec<[u8; 32]>,
 
+    /// A push service whose endpoints browsers may register for Web Push
+    /// (an empty wake-up, no content): a host name or *.domain; repeat for
+    /// several. Replaces the default list (fcm.googleapis.com,
+    /// updates.push.services.mozilla.com, *.push.apple.com,
+    /// *.notify.windows.com).
+    #[arg(long = "push-service", value_name = "HOST")]
+    push_services: Vec<String>,
+
+    /// Turn Web Push off: no device may register a push endpoint.
+    #[arg(long, conflicts_with = "push_services")]
+    no_web_push: bool,
+
+    /// Who browser push services may contact about this server's pushes
+    /// (VAPID "sub"): a mailto: or https: URI [default: https:// and the
+    /// first --server-name].
+    #[arg(long, env = "SOTTO_PUSH_CONTACT", value_name = "URI")]
+    push_contact: Option<String>,
+
     /// Most active devices one account may have (each is a key-log entry
     /// every contact downloads) [default: 16].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -239,6 +257,15 @@ impl Args {
         }
         if !self.auditors.is_empty() {
             config.auditors.clone_from(&self.auditors);
+        }
+        if !self.push_services.is_empty() {
+            config.push.services.clone_from(&self.push_services);
+        }
+        if self.no_web_push {
+            config.push.services.clear();
+        }
+        if let Some(contact) = &self.push_contact {
+            config.push.contact = Some(contact.clone());
         }
         if let Some(n) = self.max_devices_per_account {
             config.limits.max_devices_per_account = usize::try_from(n).unwrap_or(usize::MAX);

@@ -4,8 +4,8 @@
 //!
 //! Aggregates only. No label names an account, device, group, capability or
 //! address: every label value is a fixed string from this crate (a request
-//! refusal's error code, a rate limit's name, a connection's kind), which
-//! `crates/server/tests/observability.rs` checks.
+//! refusal's error code, a rate limit's name, a connection's kind, a Web
+//! Push's outcome), which `crates/server/tests/observability.rs` checks.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +27,12 @@ pub(crate) struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct LimitName {
     limit: &'static str,
+}
+
+/// What became of a Web Push: `sent`, `gone`, `failed` or `dropped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PushOutcome {
+    outcome: &'static str,
 }
 
 /// What kind of connection: one that logged in, or one that did not
@@ -87,6 +93,8 @@ pub(crate) struct Metrics {
     /// (then the same on every node, refreshed each sweep).
     pub blob_store_bytes: Gauge,
     directory_epoch: Gauge,
+    /// Web Pushes, by outcome.
+    pushes: Family<PushOutcome, Counter>,
 }
 
 impl Metrics {
@@ -110,6 +118,7 @@ impl Metrics {
             log_entries: Gauge::default(),
             blob_store_bytes: Gauge::default(),
             directory_epoch: Gauge::default(),
+            pushes: Family::default(),
         };
         registry.register(
             "connections",
@@ -174,6 +183,11 @@ impl Metrics {
             metrics.blob_store_bytes.clone(),
         );
         registry.register(
+            "web_pushes",
+            "Web Pushes (empty wake-ups to browsers), by outcome: sent, gone (subscription ended), failed, dropped (queue full)",
+            metrics.pushes.clone(),
+        );
+        registry.register(
             "write_batch_size",
             "Requests committed by one database transaction (one fsync)",
             writer.batch_size.clone(),
@@ -193,6 +207,11 @@ impl Metrics {
     pub(crate) fn refused(&self, code: i32) {
         let reason = ErrorCode::try_from(code).map_or("UNKNOWN", |code| code.as_str_name());
         self.refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts a Web Push by its outcome.
+    pub(crate) fn push(&self, outcome: &'static str) {
+        self.pushes.get_or_create(&PushOutcome { outcome }).inc();
     }
 
     /// Counts a rate-limit hit.

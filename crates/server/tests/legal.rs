@@ -87,6 +87,18 @@ async fn export_report_tampering_and_canary() {
     let (mut client, alice) = server.registered("alice").await;
     let payload = vec![42u8; 1234];
     let stored = queue_for(&mut client, &alice.device_id, &payload).await;
+    // Web Push on (an allowed endpoint; nothing is queued for alice while
+    // she is offline, so nothing is pushed).
+    let endpoint = "https://fcm.googleapis.com/fcm/send/legal-export-test";
+    assert_done(
+        &client
+            .request(sotto_proto::v1::client_frame::Body::SetPushEndpoint(
+                sotto_proto::v1::SetPushEndpoint {
+                    endpoint: endpoint.into(),
+                },
+            ))
+            .await,
+    );
 
     // Day granularity in what the protocol stored.
     {
@@ -184,6 +196,7 @@ async fn export_report_tampering_and_canary() {
     assert_eq!(device["queued_messages"], 1);
     assert_eq!(device["queued_bytes"], stored);
     assert_eq!(device["key_packages"], 0);
+    assert_eq!(device["push_endpoint"], endpoint);
 
     // A signature over anything else fails.
     let mut forged = value.clone();

@@ -120,7 +120,7 @@ async fn metrics_move_with_traffic_and_name_no_one() {
                 for pair in labels.split("\",") {
                     let name = pair.split_once('=').unwrap().0;
                     assert!(
-                        ["kind", "reason", "limit", "le"].contains(&name),
+                        ["kind", "reason", "limit", "outcome", "le"].contains(&name),
                         "unexpected label {name} in {line}"
                     );
                 }

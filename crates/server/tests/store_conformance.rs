@@ -1626,6 +1626,82 @@ mod log_cases {
         assert_eq!(*second, [1; 32]);
     }
 
+    /// Web Push: the VAPID key is stored once; an endpoint is set, read,
+    /// replaced and cleared per device, only for active devices; a stale
+    /// clear (404/410 for an older endpoint) keeps a newer one; removing
+    /// the device clears it.
+    pub async fn push_endpoints_are_per_device_and_cleared<S: Store>(store: S) {
+        let first = store
+            .push_key_secret(zeroize::Zeroizing::new([1; 32]))
+            .await
+            .unwrap();
+        let second = store
+            .push_key_secret(zeroize::Zeroizing::new([2; 32]))
+            .await
+            .unwrap();
+        assert_eq!((*first, *second), ([1; 32], [1; 32]));
+        store.register(account("alice", 1)).await.unwrap();
+        store.add_device(new_device("alice", 3, 2)).await.unwrap();
+        let both = vec![device_id(1), device_id(3), device_id(9)];
+        assert!(
+            store.push_endpoints(both.clone()).await.unwrap().is_empty(),
+            "off by default"
+        );
+        assert!(
+            store
+                .set_push_endpoint(device_id(1), Some("https://a.example/1".into()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_push_endpoint(device_id(9), Some("https://a.example/9".into()))
+                .await
+                .unwrap(),
+            "no such device"
+        );
+        assert_eq!(
+            store.push_endpoints(both.clone()).await.unwrap(),
+            [(device_id(1), "https://a.example/1".to_owned())]
+        );
+        store
+            .set_push_endpoint(device_id(3), Some("https://a.example/3".into()))
+            .await
+            .unwrap();
+        store
+            .set_push_endpoint(device_id(1), Some("https://a.example/1b".into()))
+            .await
+            .unwrap();
+        // A stale clear keeps the newer endpoint.
+        store
+            .clear_push_endpoint(device_id(1), "https://a.example/1".into())
+            .await
+            .unwrap();
+        let mut found = store.push_endpoints(both.clone()).await.unwrap();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (device_id(1), "https://a.example/1b".to_owned()),
+                (device_id(3), "https://a.example/3".to_owned())
+            ]
+        );
+        store
+            .clear_push_endpoint(device_id(1), "https://a.example/1b".into())
+            .await
+            .unwrap();
+        store.remove_device(removal("alice", 3, 3)).await.unwrap();
+        assert!(store.push_endpoints(both).await.unwrap().is_empty());
+        assert!(
+            !store
+                .set_push_endpoint(device_id(3), Some("https://a.example/3".into()))
+                .await
+                .unwrap(),
+            "a removed device gets no endpoint"
+        );
+        assert!(store.set_push_endpoint(device_id(1), None).await.unwrap());
+    }
+
     fn countersignature(auditor: u8, epoch: u64, signed_at_ms: u64) -> CountersignatureRecord {
         CountersignatureRecord {
             auditor_key: vec![auditor; 32],
@@ -1725,6 +1801,7 @@ macro_rules! store_conformance_tests {
                 last_resort_claims_take_nothing,
                 log_key_is_stored_once,
                 countersignatures_keep_the_newest_per_auditor,
+                push_endpoints_are_per_device_and_cleared,
             );
             store_conformance_tests!(@operator_cases $make;
                 export_is_recorded_only_when_delivered,

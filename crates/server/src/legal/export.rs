@@ -104,5 +104,6 @@ fn device_json(device: &ExportedDevice) -> Value {
         "last_resort_key_package": device.last_resort_key_package,
         "queued_messages": device.queued_messages,
         "queued_bytes": device.queued_bytes,
+        "push_endpoint": device.push_endpoint,
     })
 }

@@ -25,6 +25,7 @@ mod link;
 mod log;
 mod messages;
 mod parse;
+mod push;
 mod report;
 pub(crate) mod wire_error;
 
@@ -77,6 +78,8 @@ pub(crate) struct Context<S> {
     /// Auditors whose countersignatures this server stores (the operator's
     /// invitation: `--auditor`).
     pub auditors: Vec<[u8; 32]>,
+    /// Web Push: the VAPID key and the allowed push services.
+    pub push: Arc<crate::push::WebPush>,
 }
 
 impl<S: Store> Context<S> {
@@ -85,6 +88,7 @@ impl<S: Store> Context<S> {
         store: Arc<S>,
         log: TransparencyLog,
         directory: Arc<ServerDirectory>,
+        push: Arc<crate::push::WebPush>,
         config: &ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -100,6 +104,7 @@ impl<S: Store> Context<S> {
             epoch_grace: Arc::new(EpochGrace::new(config.previous_epoch_grace)),
             metrics,
             auditors: config.auditors.clone(),
+            push,
         }
     }
 }
@@ -399,6 +404,10 @@ impl<S: Store> Session<S> {
             (Some(_), Body::OpenLink(open)) => self.open_link(open).await,
             (Some(_), Body::CompleteLink(complete)) => self.complete_link(complete),
             (Some(_), Body::ReportMessage(report)) => self.report_message(report).await,
+            (Some(_), Body::GetPushKey(_)) => self.get_push_key(),
+            (Some(device), Body::SetPushEndpoint(request)) => {
+                self.set_push_endpoint(device, request).await
+            }
         }
     }
 

@@ -483,3 +483,35 @@ impl InviteLinkStore for AnyStore {
         dispatch!(self, s => s.close_invite_links(group_id, day, plan).await)
     }
 }
+
+impl PushStore for AnyStore {
+    async fn push_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        dispatch!(self, s => s.push_key_secret(fresh).await)
+    }
+
+    async fn set_push_endpoint(
+        &self,
+        device_id: DeviceId,
+        endpoint: Option<String>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_push_endpoint(device_id, endpoint).await)
+    }
+
+    async fn push_endpoints(
+        &self,
+        devices: Vec<DeviceId>,
+    ) -> Result<Vec<(DeviceId, String)>, StoreError> {
+        dispatch!(self, s => s.push_endpoints(devices).await)
+    }
+
+    async fn clear_push_endpoint(
+        &self,
+        device_id: DeviceId,
+        endpoint: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.clear_push_endpoint(device_id, endpoint).await)
+    }
+}

@@ -116,6 +116,7 @@ pub trait Store:
     + ClusterStore
     + ModerationStore
     + InviteLinkStore
+    + PushStore
 {
     /// Counts what is stored.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
@@ -351,6 +352,43 @@ pub trait MailboxStore: Send + Sync + 'static {
 
     /// Sets the [`EntryListener`] (once; later calls are ignored).
     fn set_entry_listener(&self, listener: EntryListener);
+}
+
+/// Web Push (`crate::push`): the server's VAPID key and each device's push
+/// endpoint (off, `NULL`, by default).
+pub trait PushStore: Send + Sync + 'static {
+    /// The secret of the server's VAPID key (a P-256 scalar): the stored
+    /// one, or `fresh`, stored now, if there is none yet. Kept with the
+    /// other server keys, so every node signs with the same key. A lost key
+    /// only stops pushes to browsers that subscribed with the old one, until
+    /// they subscribe again: so it is created afresh rather than refused.
+    fn push_key_secret(
+        &self,
+        fresh: Zeroizing<[u8; 32]>,
+    ) -> impl Future<Output = Result<Zeroizing<[u8; 32]>, StoreError>> + Send;
+
+    /// Sets (`Some`) or clears (`None`) the push endpoint of an active
+    /// device. `Ok(false)`: no such active device (nothing stored).
+    fn set_push_endpoint(
+        &self,
+        device_id: DeviceId,
+        endpoint: Option<String>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The push endpoints of those of `devices` that are active and have
+    /// one. Changes nothing.
+    fn push_endpoints(
+        &self,
+        devices: Vec<DeviceId>,
+    ) -> impl Future<Output = Result<Vec<(DeviceId, String)>, StoreError>> + Send;
+
+    /// Clears the device's push endpoint if it is still `endpoint` (the push
+    /// service said it is gone; a newer one the device set meanwhile stays).
+    fn clear_push_endpoint(
+        &self,
+        device_id: DeviceId,
+        endpoint: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The transparency log's leaves and signing key.

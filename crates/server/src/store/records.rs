@@ -501,6 +501,8 @@ pub struct ExportedDevice {
     pub queued_messages: u64,
     /// Total size of those entries' payloads, in bytes.
     pub queued_bytes: u64,
+    /// Its Web Push endpoint, if it turned pushes on.
+    pub push_endpoint: Option<String>,
 }
 
 /// One entry of the transparency report of legal requests (`crate::legal`),

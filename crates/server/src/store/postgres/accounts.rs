@@ -178,7 +178,7 @@ impl AccountStore for PostgresStore {
                 }
                 execute(
                     &tx,
-                    "UPDATE devices SET removed_day = $1 WHERE device_id = $2",
+                    "UPDATE devices SET removed_day = $1, push_endpoint = NULL WHERE device_id = $2",
                     &[&to_i64(removal.today), &id],
                 )
                 .await?;

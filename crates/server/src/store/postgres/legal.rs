@@ -51,7 +51,8 @@ async fn exported_account(tx: &Tx, username: &str) -> Result<Option<ExportedAcco
            EXISTS(SELECT 1 FROM last_resort_key_packages l WHERE l.device_id = d.device_id), \
            (SELECT count(*) FROM mailbox m WHERE m.device_num = d.num), \
            (SELECT coalesce(sum(length(p.payload)), 0)::bigint FROM mailbox m \
-              JOIN messages p ON p.id = m.message_ref WHERE m.device_num = d.num) \
+              JOIN messages p ON p.id = m.message_ref WHERE m.device_num = d.num), \
+           d.push_endpoint \
          FROM devices d WHERE d.username = $1 ORDER BY d.num",
         &[&username],
     )
@@ -69,6 +70,7 @@ async fn exported_account(tx: &Tx, username: &str) -> Result<Option<ExportedAcco
             last_resort_key_package: get(r, 6)?,
             queued_messages: to_u64(get(r, 7)?),
             queued_bytes: to_u64(get(r, 8)?),
+            push_endpoint: get(r, 9)?,
         });
     }
     Ok(Some(ExportedAccount {

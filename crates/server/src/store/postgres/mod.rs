@@ -55,6 +55,7 @@ mod legal;
 mod log;
 mod mailbox;
 mod moderation;
+mod push;
 mod schema;
 mod writer;
 

@@ -160,7 +160,7 @@ impl AccountStore for SqliteStore {
                 return Err(RemoveDeviceError::StaleSequence { expected });
             }
             conn.execute(
-                "UPDATE devices SET removed_day = ?1 WHERE device_id = ?2",
+                "UPDATE devices SET removed_day = ?1, push_endpoint = NULL WHERE device_id = ?2",
                 params![to_i64(removal.today), id],
             )
             .map_err(StoreError::from)?;

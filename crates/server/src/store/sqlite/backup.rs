@@ -33,6 +33,7 @@ use std::io::{Read as _, Write as _};
 
 use super::legal::{LEGAL_KEY_NAME, LEGAL_KEY_SIGNED};
 use super::log::{DIRECTORY_VRF_KEY_NAME, FRANKING_KEY_NAME, LOG_KEY_SIGNED};
+use super::push::PUSH_KEY_NAME;
 use super::schema::SCHEMA_VERSION;
 use super::*;
 use crate::store::{BackupError, RestoreError};
@@ -566,6 +567,7 @@ fn import_keys(conn: &Connection, other: &Path) -> Result<bool, RestoreError> {
         LEGAL_KEY_NAME,
         DIRECTORY_VRF_KEY_NAME,
         FRANKING_KEY_NAME,
+        PUSH_KEY_NAME,
     ] {
         let Some(secret) = stored_server_key(&keys, name)? else {
             continue;

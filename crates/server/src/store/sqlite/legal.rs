@@ -48,7 +48,8 @@ fn exported_account(
            EXISTS(SELECT 1 FROM last_resort_key_packages l WHERE l.device_id = d.device_id), \
            (SELECT count(*) FROM mailbox m WHERE m.device_num = d.num), \
            (SELECT coalesce(sum(length(p.payload)), 0) FROM mailbox m \
-              JOIN messages p ON p.id = m.message_ref WHERE m.device_num = d.num) \
+              JOIN messages p ON p.id = m.message_ref WHERE m.device_num = d.num), \
+           d.push_endpoint \
          FROM devices d WHERE d.username = ?1 ORDER BY d.rowid",
     )?;
     let mut rows = stmt.query([username])?;
@@ -66,6 +67,7 @@ fn exported_account(
             last_resort_key_package: r.get(6)?,
             queued_messages: to_u64(r.get(7)?),
             queued_bytes: to_u64(r.get(8)?),
+            push_endpoint: r.get(9)?,
         });
     }
     Ok(Some(ExportedAccount {

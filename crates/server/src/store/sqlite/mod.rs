@@ -52,6 +52,7 @@ mod legal;
 mod log;
 mod mailbox;
 mod moderation;
+mod push;
 mod schema;
 mod space;
 mod writer;

@@ -238,6 +238,11 @@ CREATE TABLE invite_links (
 );
 CREATE INDEX invite_links_by_group ON invite_links(group_id);
 ",
+    // Web Push (`crate::push`): the device's push endpoint, if its user
+    // turned pushes on; NULL (off) by default.
+    r"
+ALTER TABLE devices ADD COLUMN push_endpoint TEXT;
+",
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
