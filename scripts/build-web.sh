@@ -104,7 +104,7 @@ cargo build --locked --profile web --target wasm32-unknown-unknown -p sotto-web 
 
 stage=$work/dist
 mkdir -p "$stage"
-cp "$work/bindgen/sotto_web.js" "$work/bindgen/sotto_web_bg.wasm" web/src/app.js web/src/style.css "$stage/"
+cp "$work/bindgen/sotto_web.js" "$work/bindgen/sotto_web_bg.wasm" web/src/app.js web/src/style.css web/src/sw.js "$stage/"
 
 # Subresource Integrity: sha384, base64.
 sri() { printf 'sha384-%s' "$(sha384sum "$1" | cut -d' ' -f1 | xxd -r -p | base64 -w0)"; }
@@ -121,7 +121,7 @@ if grep -n '@[A-Z_]*_SRI@' "$stage"/*.html "$stage"/*.js; then
 fi
 
 printf '%-20s %9s %9s\n' file bytes gzip
-for f in index.html app.js worker.js style.css sotto_web.js sotto_web_bg.wasm; do
+for f in index.html app.js worker.js sw.js style.css sotto_web.js sotto_web_bg.wasm; do
     printf '%-20s %9d %9d\n' "$f" "$(wc -c <"$stage/$f")" "$(gzip -9 -n -c "$stage/$f" | wc -c)"
 done
 
@@ -132,7 +132,7 @@ if $check; then
     fi
     echo "build-web.sh: $dist differs from a fresh build of this commit (above)." >&2
     echo "  Rebuild it with scripts/build-web.sh and commit web/dist." >&2
-    for f in index.html app.js worker.js style.css sotto_web.js; do
+    for f in index.html app.js worker.js sw.js style.css sotto_web.js; do
         [[ -f $dist/$f ]] && diff -u "$dist/$f" "$stage/$f" | head -20 >&2 || true
     done
     exit 1
@@ -140,7 +140,7 @@ fi
 
 out=${out:-$dist}
 mkdir -p "$out"
-rm -f "$out"/index.html "$out"/app.js "$out"/worker.js "$out"/style.css "$out"/sotto_web.js "$out"/sotto_web_bg.wasm
+rm -f "$out"/index.html "$out"/app.js "$out"/worker.js "$out"/sw.js "$out"/style.css "$out"/sotto_web.js "$out"/sotto_web_bg.wasm
 cp "$stage"/* "$out/"
 [[ $out == "$dist" ]] && echo "$toolchain" >web/TOOLCHAIN
 echo "build-web.sh: wrote $out"

@@ -513,6 +513,76 @@ test('replies, reactions, edits, deletes and receipts cross between a browser an
   await jay.context.close();
 });
 
+test('disappearing messages and group membership, set in the page and seen by the CLI', async () => {
+  const kim = await registerCli('kim-crew');
+  const lou = await registerCli('lou-crew');
+  const mia = await registerInBrowser('mia-crew');
+  const { page } = mia;
+
+  await page.getByTestId('new-group-name').fill('crew');
+  await page.getByTestId('new-group-members').fill('kim-crew, lou-crew');
+  await page.getByTestId('new-group').getByRole('button').click();
+  await page.getByTestId('chat-heading').filter({ hasText: 'Group crew' }).waitFor();
+  const members = () =>
+    page.getByTestId('member').evaluateAll((items) => items.map((i) => i.dataset.username).sort());
+  await page.locator('[data-testid=member][data-username="lou-crew"]').waitFor();
+  assert.deepEqual(await members(), ['kim-crew', 'lou-crew', 'mia-crew']);
+  assert.equal(await page.locator('[data-testid=member][data-username="mia-crew"]').getByTestId('remove-member').count(), 0);
+
+  // A timer set in the page reaches the CLI, as a history line and a setting.
+  await page.getByTestId('timer').selectOption('3600');
+  await waitForLine(page, 'system', 'mia-crew set disappearing messages to 1h');
+  await sotto(kim, ['sync']);
+  const kimHistory = (await sotto(kim, ['--json', 'history', '--group', 'crew']))
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l));
+  assert.ok(kimHistory.some((e) => e.text === 'mia-crew set disappearing messages to 1h'));
+
+  // One set in the CLI shows in the page; its messages leave the page when due.
+  await sotto(kim, ['timer', '--group', 'crew', '4s']);
+  await waitForLine(page, 'system', 'kim-crew set disappearing messages to 4s');
+  await page.waitForFunction(() => document.getElementById('timer').value === '4');
+  await sotto(kim, ['send', '--group', 'crew', 'this one disappears']);
+  const fleeting = page.locator('[data-testid=entry][data-sender="kim-crew"]').filter({ hasText: 'this one disappears' });
+  await fleeting.waitFor();
+  assert.equal(await fleeting.getByTestId('entry-expires').count(), 1);
+  const expiresAt = Number(await fleeting.getAttribute('data-expires-at'));
+  assert.ok(expiresAt > Date.now() - 5000 && expiresAt < Date.now() + 10_000, `expires at ${expiresAt}`);
+  await fleeting.waitFor({ state: 'detached', timeout: 20_000 });
+  // And the profile no longer has it: a reopened chat does not show it.
+  await conversation(page, 'group', 'crew').click();
+  await waitForLine(page, 'system', 'kim-crew set disappearing messages to 4s');
+  assert.equal(await fleeting.count(), 0);
+  await page.getByTestId('timer').selectOption('0');
+  await waitForLine(page, 'system', 'mia-crew turned off disappearing messages');
+
+  // Removing a member in the page removes them for everyone.
+  await page.locator('[data-testid=member][data-username="lou-crew"]').getByTestId('remove-member').click();
+  await page.locator('[data-testid=member][data-username="lou-crew"]').waitFor({ state: 'detached' });
+  // The list is drawn again, whole, once the removal is committed.
+  await page.locator('[data-testid=member][data-username="kim-crew"]').waitFor();
+  assert.deepEqual(await members(), ['kim-crew', 'mia-crew']);
+  await sotto(kim, ['sync']);
+  const kimSees = async () =>
+    (await sotto(kim, ['group', 'members', 'crew', '--json']))
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => JSON.parse(l).username)
+      .sort();
+  assert.deepEqual([...new Set(await kimSees())], ['kim-crew', 'mia-crew']);
+
+  // Leaving in the page: the remaining member commits it.
+  await page.getByTestId('leave-group').click();
+  await page.locator('#chat').waitFor({ state: 'hidden' });
+  await sotto(kim, ['sync']);
+  await sotto(kim, ['sync']);
+  assert.deepEqual([...new Set(await kimSees())], ['kim-crew']);
+
+  assert.deepEqual(mia.problems, []);
+  await mia.context.close();
+});
+
 test('the page shows the same safety number as the CLI, as digits and a QR code', async () => {
   const lee = await registerCli('lee');
   const max = await registerInBrowser('max');

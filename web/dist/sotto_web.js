@@ -68,7 +68,8 @@ export class Account {
     }
     /**
      * Every conversation, the most recently active first, with its unread
-     * count (`{kind, name, unread, last_at}`).
+     * count and disappearing-messages timer (`{kind, name, unread,
+     * last_at, timer_secs}`).
      * @returns {Promise<any>}
      */
     conversations() {
@@ -205,6 +206,18 @@ export class Account {
         return ret;
     }
     /**
+     * Leaves the group `name`: a remaining member commits the removal, and
+     * its messages are no longer shown.
+     * @param {string} name
+     * @returns {Promise<any>}
+     */
+    leaveGroup(name) {
+        const ptr0 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.account_leaveGroup(this.__wbg_ptr, ptr0, len0);
+        return ret;
+    }
+    /**
      * Marks the conversation `name` of `kind` read, as `history` does,
      * for a line the page shows as it arrives.
      * @param {string} kind
@@ -239,7 +252,7 @@ export class Account {
         return ret;
     }
     /**
-     * The group `name`'s members (`{username, devices, …}`).
+     * The group `name`'s member devices (`{username, device_id, admin}`).
      * @param {string} name
      * @returns {Promise<any>}
      */
@@ -272,6 +285,15 @@ export class Account {
      */
     static open(on_event) {
         const ret = wasm.account_open(on_event);
+        return ret;
+    }
+    /**
+     * The server's Web Push key (VAPID: an uncompressed P-256 point, as
+     * an array of bytes), the `applicationServerKey` to subscribe with.
+     * @returns {Promise<any>}
+     */
+    pushKey() {
+        const ret = wasm.account_pushKey(this.__wbg_ptr);
         return ret;
     }
     /**
@@ -329,6 +351,27 @@ export class Account {
             throw e;
         }
         const ret = wasm.account_register(ptr0, len0, ptr1, len1, on_event);
+        return ret;
+    }
+    /**
+     * Removes `username` (every device of theirs) from the group `name`.
+     * @param {string} name
+     * @param {string} username
+     * @returns {Promise<any>}
+     */
+    removeMember(name, username) {
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(username, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_removeMember(this.__wbg_ptr, ptr0, len0, ptr1, len1);
         return ret;
     }
     /**
@@ -440,6 +483,44 @@ export class Account {
             throw e;
         }
         const ret = wasm.account_sendTyping(this.__wbg_ptr, ptr0, len0, ptr1, len1, val3);
+        return ret;
+    }
+    /**
+     * Turns Web Push on for this device with the browser's push endpoint
+     * (`PushSubscription.endpoint`), or off (`null`). The server pushes
+     * nothing but "something arrived" (docs/SERVER_DATA.md).
+     * @param {string | null} [endpoint]
+     * @returns {Promise<any>}
+     */
+    setPushEndpoint(endpoint) {
+        var ptr0 = isLikeNone(endpoint) ? 0 : passStringToWasm0(endpoint, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        var len0 = WASM_VECTOR_LEN;
+        const ret = wasm.account_setPushEndpoint(this.__wbg_ptr, ptr0, len0);
+        return ret;
+    }
+    /**
+     * Sets the disappearing-messages timer of the conversation `name` of
+     * `kind` for everyone in it (`secs`; 0: off). Resolves with the
+     * history line that says so.
+     * @param {string} kind
+     * @param {string} name
+     * @param {number} secs
+     * @returns {Promise<any>}
+     */
+    setTimer(kind, name, secs) {
+        const val3 = +secs;
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(kind, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(name, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.account_setTimer(this.__wbg_ptr, ptr0, len0, ptr1, len1, val3);
         return ret;
     }
     /**
@@ -1129,32 +1210,32 @@ function __wbg_get_imports() {
             return ret;
         }, arguments); },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2510, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2556, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 835, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("CloseEvent")], shim_idx: 881, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 835, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 881, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_47);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 835, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_43);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("MessageEvent")], shim_idx: 881, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_48);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 800, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 846, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdcd4ee23349c8a60);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 836, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 882, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h28f50f0494aa9a90);
             return ret;
         },
@@ -1200,12 +1281,12 @@ function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg
     wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_42(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_47(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_47(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_43(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_43(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_48(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h20428ac40f88a15d_48(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h00db8841840ba3e5(arg0, arg1, arg2) {

@@ -19,7 +19,7 @@
 
 import init, * as sotto from './sotto_web.js';
 
-const WASM_INTEGRITY = 'sha384-T4oHZui0KjOizCac1JHo2Cf0NrCQiUZAsYx1hahj7vfZjLLFa/vo/n4A+b4RN5U5';
+const WASM_INTEGRITY = 'sha384-NQbl777wQ8ePlRo4NCtKsRGMsIx1y2OIcCGF+ezEU+bjLAcxTPNwYqIzL31Wghvt';
 const PROFILE_LOCK = 'sotto-profile';
 /** The IndexedDB database, and the record in it, of the wrapped profile key. */
 const KEY_STORE = 'sotto-keys';
@@ -188,7 +188,8 @@ const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
   'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
-  'accountWarnings', 'acknowledgeWarnings', 'sendTyping',
+  'accountWarnings', 'acknowledgeWarnings', 'sendTyping', 'pushKey',
+  'setPushEndpoint', 'removeMember', 'leaveGroup', 'setTimer',
 ];
 
 const methods = {

@@ -217,6 +217,18 @@ function entryItem(entry) {
     item.append(edited);
   }
   item.append(time);
+  if (entry.expires_at) {
+    // Disappearing: gone from the page when due (sweepExpired), as the
+    // library deletes it from the profile.
+    item.dataset.expiresAt = String(entry.expires_at);
+    const expires = document.createElement('span');
+    expires.className = 'note';
+    expires.dataset.testid = 'entry-expires';
+    expires.textContent = '⏱';
+    expires.title = `disappears at ${new Date(entry.expires_at).toLocaleString()}`;
+    expires.setAttribute('aria-label', expires.title);
+    item.append(expires);
+  }
   const receipts = Object.values(entry.receipts ?? {});
   if (mine && receipts.length > 0) {
     const receipt = document.createElement('span');
@@ -314,6 +326,70 @@ function isCurrent(kind, name) {
   return current !== undefined && current.kind === kind && current.name === name;
 }
 
+/** Removes the disappearing lines that are due from the open chat. */
+function sweepExpired() {
+  const now = Date.now();
+  for (const item of field('history').querySelectorAll('[data-expires-at]')) {
+    if (Number(item.dataset.expiresAt) <= now) item.remove();
+  }
+}
+
+/** Shows the open conversation's disappearing-messages timer. */
+function showTimer(secs) {
+  const select = field('timer');
+  const value = String(secs);
+  if (![...select.options].some((o) => o.value === value)) {
+    // Set elsewhere (the CLI takes any duration): shown as it is.
+    select.append(new Option(`${secs} seconds`, value));
+  }
+  select.value = value;
+}
+
+/** Lists the open group's members, with a remove button for the others. */
+async function showMembers(name) {
+  const devices = await call('members', name);
+  if (!isCurrent('group', name)) return;
+  const members = new Map();
+  for (const d of devices) {
+    const member = members.get(d.username) ?? { devices: 0, admin: false };
+    member.devices += 1;
+    member.admin ||= d.admin;
+    members.set(d.username, member);
+  }
+  field('member-list').replaceChildren(
+    ...[...members].map(([username, { devices: count, admin }]) => {
+      const item = document.createElement('li');
+      item.dataset.testid = 'member';
+      item.dataset.username = username;
+      const plural = count === 1 ? 'device' : 'devices';
+      item.textContent = `${username} (${count} ${plural}${admin ? ', admin' : ''})`;
+      if (username !== account.username) {
+        const remove = document.createElement('button');
+        remove.type = 'button';
+        remove.dataset.testid = 'remove-member';
+        remove.textContent = 'Remove';
+        remove.setAttribute('aria-label', `Remove ${username} from the group`);
+        remove.addEventListener('click', () =>
+          changeGroup(() => call('removeMember', name, username)),
+        );
+        item.append(' ', remove);
+      }
+      return item;
+    }),
+  );
+}
+
+/** Runs a change to the open group, then shows the group as it now is. */
+async function changeGroup(change) {
+  const { kind, name } = current;
+  try {
+    await change();
+  } catch (e) {
+    setAccountStatus('failed', e.message);
+  }
+  if (isCurrent(kind, name)) await openConversation(kind, name);
+}
+
 async function refreshConversations() {
   const list = field('conversation-list');
   let conversations;
@@ -323,6 +399,8 @@ async function refreshConversations() {
     setAccountStatus('failed', e.message);
     return;
   }
+  const open = conversations.find((c) => isCurrent(c.kind, c.name));
+  if (open) showTimer(open.timer_secs);
   list.replaceChildren(
     ...conversations.map((c) => {
       const item = document.createElement('li');
@@ -359,8 +437,12 @@ async function openConversation(kind, name) {
   field('show-safety').hidden = kind !== 'direct';
   field('chat').hidden = false;
   field('chat-heading').textContent = kind === 'group' ? `Group ${name}` : `Chat with ${name}`;
+  field('group-panel').hidden = kind !== 'group';
+  field('member-list').replaceChildren();
+  showTimer(0);
   const history = field('history');
   history.replaceChildren();
+  if (kind === 'group') showMembers(name).catch((e) => setAccountStatus('failed', e.message));
   try {
     const entries = await call('history', kind, name);
     if (isCurrent(kind, name)) history.replaceChildren(...entries.map(entryItem));
@@ -400,7 +482,11 @@ function onEvent(event) {
     showTyping(event.entry);
   } else if (event.type === 'entry') {
     const entry = event.entry;
-    if (isCurrent(entry.conversation_kind, entry.conversation) && entry.type !== 'system') hideTyping();
+    const here = isCurrent(entry.conversation_kind, entry.conversation);
+    if (here && entry.type !== 'system') hideTyping();
+    if (here && entry.type === 'system' && entry.conversation_kind === 'group') {
+      showMembers(entry.conversation).catch(() => {});
+    }
     if (showEntry(entry)) {
       // On screen means read: let the library mark it and send receipts.
       call('markRead', entry.conversation_kind, entry.conversation).catch(() => {});
@@ -471,6 +557,76 @@ async function signedIn(signedInAccount) {
   setAccountStatus('verified', 'online');
   await refreshConversations();
   await showWarnings();
+  await refreshNotifications();
+  await closeNotifications();
+}
+
+// ---------------------------------------------------------- notifications
+//
+// Web Push, off until the user turns it on for this device: sw.js shows
+// "something arrived" when a push comes and no Sotto page is in front. The
+// browser's subscription is the truth for this device; the server is told
+// its endpoint (and told again at every start, in case it dropped it).
+
+const notificationsToggle = field('notifications-toggle');
+
+/** This page's push subscription, or null when notifications are off. */
+async function pushSubscription() {
+  const registration = await navigator.serviceWorker.getRegistration();
+  return registration ? registration.pushManager.getSubscription() : null;
+}
+
+function showNotifications(on, text) {
+  notificationsToggle.setAttribute('aria-pressed', String(on));
+  notificationsToggle.textContent = on ? 'Turn off notifications' : 'Turn on notifications';
+  field('notifications-state').textContent = text;
+}
+
+/** Shows whether notifications are on, and reminds the server of the endpoint. */
+async function refreshNotifications() {
+  if (!('serviceWorker' in navigator) || !('PushManager' in window)) {
+    notificationsToggle.disabled = true;
+    showNotifications(false, 'This browser cannot receive push notifications.');
+    return;
+  }
+  const subscription = await pushSubscription();
+  if (subscription) await call('setPushEndpoint', subscription.endpoint);
+  showNotifications(subscription !== null, subscription ? 'On for this device.' : 'Off.');
+}
+
+async function toggleNotifications() {
+  const subscription = await pushSubscription();
+  if (subscription) {
+    // The server first: from then on it pushes nothing to this device.
+    await call('setPushEndpoint', null);
+    await subscription.unsubscribe();
+    showNotifications(false, 'Off.');
+    return;
+  }
+  if ((await Notification.requestPermission()) !== 'granted') {
+    showNotifications(false, 'Off: this browser does not allow Sotto to notify.');
+    return;
+  }
+  await navigator.serviceWorker.register('sw.js');
+  const registration = await navigator.serviceWorker.ready;
+  const subscribed = await registration.pushManager.subscribe({
+    userVisibleOnly: true,
+    applicationServerKey: new Uint8Array(await call('pushKey')),
+  });
+  try {
+    await call('setPushEndpoint', subscribed.endpoint);
+  } catch (e) {
+    await subscribed.unsubscribe();
+    throw e;
+  }
+  showNotifications(true, 'On for this device.');
+}
+
+/** A page in front has read what the notification announced. */
+async function closeNotifications() {
+  if (document.visibilityState !== 'visible' || !('serviceWorker' in navigator)) return;
+  const registration = await navigator.serviceWorker.getRegistration();
+  for (const shown of (await registration?.getNotifications()) ?? []) shown.close();
 }
 
 /** No account in this browser yet: offers to create one or link one. */
@@ -494,6 +650,10 @@ function setUpMessaging() {
     }
   });
   field('link-device').addEventListener('click', linkDevice);
+  notificationsToggle.addEventListener('click', () =>
+    toggleNotifications().catch((e) => showNotifications(false, `Off: ${e.message}`)),
+  );
+  document.addEventListener('visibilitychange', closeNotifications);
   field('link-approve').addEventListener('click', () => answerLink(true));
   field('link-refuse').addEventListener('click', () => answerLink(false));
   handleForm('new-direct', async () => {
@@ -501,6 +661,35 @@ function setUpMessaging() {
     field('new-direct-peer').value = '';
     await openConversation('direct', peer);
   });
+  field('timer').addEventListener('change', () => {
+    const { kind, name } = current;
+    const secs = Number(field('timer').value);
+    call('setTimer', kind, name, secs)
+      .then((entry) => {
+        showEntry(entry);
+        return refreshConversations();
+      })
+      .catch((e) => setAccountStatus('failed', e.message));
+  });
+  handleForm('add-member', async () => {
+    const username = field('add-member-username').value.trim();
+    field('add-member-username').value = '';
+    await changeGroup(() => call('addMember', current.name, username));
+  });
+  field('leave-group').addEventListener('click', async () => {
+    const { name } = current;
+    try {
+      await call('leaveGroup', name);
+    } catch (e) {
+      setAccountStatus('failed', e.message);
+      return;
+    }
+    // Left: its messages are no longer shown; the list keeps its history.
+    current = undefined;
+    field('chat').hidden = true;
+    await refreshConversations();
+  });
+  setInterval(sweepExpired, 1000);
   handleForm('new-group', async () => {
     const name = field('new-group-name').value.trim();
     const members = field('new-group-members')

@@ -188,7 +188,8 @@ const ACCOUNT_METHODS = [
   'sendDirect', 'createGroup', 'addMember', 'sendGroup', 'conversations',
   'history', 'markRead', 'members', 'devices', 'approveLink', 'refuseLink',
   'reply', 'react', 'edit', 'deleteMessage', 'safetyNumber', 'markVerified',
-  'accountWarnings', 'acknowledgeWarnings', 'sendTyping',
+  'accountWarnings', 'acknowledgeWarnings', 'sendTyping', 'pushKey',
+  'setPushEndpoint', 'removeMember', 'leaveGroup', 'setTimer',
 ];
 
 const methods = {

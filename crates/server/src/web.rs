@@ -44,6 +44,12 @@ pub(crate) const FILES: &[WebFile] = &[
         bytes: include_bytes!("../../../web/dist/worker.js"),
     },
     WebFile {
+        // Web Push only (sw.js): served from the root, so its scope is the page.
+        path: "/sw.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/dist/sw.js"),
+    },
+    WebFile {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
         bytes: include_bytes!("../../../web/dist/style.css"),

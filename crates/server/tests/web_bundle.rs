@@ -93,6 +93,7 @@ async fn the_server_serves_the_committed_bundle_with_a_strict_policy() {
         ("/index.html", "index.html", "text/html; charset=utf-8"),
         ("/app.js", "app.js", "text/javascript; charset=utf-8"),
         ("/worker.js", "worker.js", "text/javascript; charset=utf-8"),
+        ("/sw.js", "sw.js", "text/javascript; charset=utf-8"),
         (
             "/sotto_web.js",
             "sotto_web.js",

@@ -708,6 +708,7 @@ pub(crate) mod tests {
             name: name.into(),
             unread,
             last_at: 0,
+            timer_secs: 0,
         }
     }
 

@@ -323,6 +323,8 @@ pub struct ConversationSummary {
     /// When its newest line arrived (milliseconds since the Unix epoch; 0:
     /// none yet).
     pub last_at: u64,
+    /// Its disappearing-messages timer in seconds (0: off).
+    pub timer_secs: u64,
 }
 
 /// Every conversation with its unread count, the most recently active
@@ -338,7 +340,8 @@ pub fn conversation_summaries(
                  AND m.sender != ?1 AND m.kind = 'text' AND m.mimi = 1
                  AND m.seen = 0 AND m.deleted = 0),
              (SELECT coalesce(max(received_at_ms), 0) FROM messages m
-                 WHERE m.conversation_id = c.id) AS last
+                 WHERE m.conversation_id = c.id) AS last,
+             c.timer_secs
          FROM conversations c ORDER BY last DESC, c.kind, c.name",
     )?;
     let rows = stmt.query_map([own], |r| {
@@ -347,6 +350,7 @@ pub fn conversation_summaries(
             name: r.get(1)?,
             unread: r.get::<_, i64>(2)?.max(0) as u64,
             last_at: r.get::<_, i64>(3)?.max(0) as u64,
+            timer_secs: r.get::<_, i64>(4)?.max(0) as u64,
         })
     })?;
     rows.collect()

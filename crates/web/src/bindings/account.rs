@@ -190,6 +190,21 @@ impl JsAccount {
         })
     }
 
+    /// The server's Web Push key (VAPID: an uncompressed P-256 point, as
+    /// an array of bytes), the `applicationServerKey` to subscribe with.
+    #[wasm_bindgen(js_name = pushKey)]
+    pub fn push_key(&self) -> Promise {
+        self.request(async move |c| c.push_key().await)
+    }
+
+    /// Turns Web Push on for this device with the browser's push endpoint
+    /// (`PushSubscription.endpoint`), or off (`null`). The server pushes
+    /// nothing but "something arrived" (docs/SERVER_DATA.md).
+    #[wasm_bindgen(js_name = setPushEndpoint)]
+    pub fn set_push_endpoint(&self, endpoint: Option<String>) -> Promise {
+        self.request(async move |c| c.set_push_endpoint(endpoint.as_deref()).await)
+    }
+
     /// The safety number of this account and `username`:
     /// `{digits, grouped, verified, qrSvg}`, the QR code (of the digits, as
     /// `sotto verify` shows it) as an SVG document. Fails with a warning
@@ -229,7 +244,8 @@ impl JsAccount {
     }
 
     /// Every conversation, the most recently active first, with its unread
-    /// count (`{kind, name, unread, last_at}`).
+    /// count and disappearing-messages timer (`{kind, name, unread,
+    /// last_at, timer_secs}`).
     pub fn conversations(&self) -> Promise {
         self.request(async |c| c.conversations())
     }
@@ -247,9 +263,33 @@ impl JsAccount {
         self.request(async move |c| c.mark_read(conversation_kind(&kind)?, &name))
     }
 
-    /// The group `name`'s members (`{username, devices, …}`).
+    /// The group `name`'s member devices (`{username, device_id, admin}`).
     pub fn members(&self, name: String) -> Promise {
         self.request(async move |c| c.members(&name))
+    }
+
+    /// Removes `username` (every device of theirs) from the group `name`.
+    #[wasm_bindgen(js_name = removeMember)]
+    pub fn remove_member(&self, name: String, username: String) -> Promise {
+        self.request(async move |c| c.remove_member(&name, &username).await)
+    }
+
+    /// Leaves the group `name`: a remaining member commits the removal, and
+    /// its messages are no longer shown.
+    #[wasm_bindgen(js_name = leaveGroup)]
+    pub fn leave_group(&self, name: String) -> Promise {
+        self.request(async move |c| c.leave_group(&name).await)
+    }
+
+    /// Sets the disappearing-messages timer of the conversation `name` of
+    /// `kind` for everyone in it (`secs`; 0: off). Resolves with the
+    /// history line that says so.
+    #[wasm_bindgen(js_name = setTimer)]
+    pub fn set_timer(&self, kind: String, name: String, secs: u32) -> Promise {
+        self.request(async move |c| {
+            c.set_timer(conversation_kind(&kind)?, &name, u64::from(secs))
+                .await
+        })
     }
 
     /// This account's devices, from the key log.
