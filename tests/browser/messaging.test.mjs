@@ -6,7 +6,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { createInterface } from 'node:readline';
@@ -523,6 +523,7 @@ test('disappearing messages and group membership, set in the page and seen by th
   await page.getByTestId('new-group-members').fill('kim-crew, lou-crew');
   await page.getByTestId('new-group').getByRole('button').click();
   await page.getByTestId('chat-heading').filter({ hasText: 'Group crew' }).waitFor();
+  await page.getByTestId('members-summary').filter({ hasText: 'Members (3)' }).click();
   const members = () =>
     page.getByTestId('member').evaluateAll((items) => items.map((i) => i.dataset.username).sort());
   await page.locator('[data-testid=member][data-username="lou-crew"]').waitFor();
@@ -581,6 +582,70 @@ test('disappearing messages and group membership, set in the page and seen by th
 
   assert.deepEqual(mia.problems, []);
   await mia.context.close();
+});
+
+test('files cross between a browser and the CLI, both ways, with progress', async () => {
+  const nia = await registerCli('nia-files');
+  const oto = await registerInBrowser('oto-files');
+  const { page } = oto;
+  await sotto(nia, ['send', 'oto-files', 'files next']);
+  await conversation(page, 'direct', 'nia-files').click();
+  await waitForLine(page, 'nia-files', 'files next');
+
+  // From the page: more than one upload chunk (1 MiB), so it resumes in steps.
+  const report = Buffer.alloc(1_500_000);
+  for (let i = 0; i < report.length; i++) report[i] = (i * 7 + (i >> 11)) % 251;
+  const progress = [];
+  await page.exposeFunction('sottoTestProgress', (value) => progress.push(value));
+  await page.evaluate(() =>
+    new MutationObserver(() => {
+      const bar = document.getElementById('transfer');
+      window.sottoTestProgress([bar.value, bar.max]);
+    }).observe(document.getElementById('transfer'), { attributes: true }),
+  );
+  await page.getByTestId('attach').setInputFiles({
+    name: 'report.bin',
+    mimeType: 'application/octet-stream',
+    buffer: report,
+  });
+  await page.getByTestId('transfer-label').filter({ hasText: 'sent report.bin' }).waitFor();
+  await page.getByTestId('entry-attachment').filter({ hasText: 'report.bin' }).waitFor();
+  assert.ok(
+    progress.some(([value, max]) => value > 0 && value < max && max >= report.length),
+    `progress in between: ${JSON.stringify(progress)}`,
+  );
+
+  await sotto(nia, ['sync']);
+  const lines = (await sotto(nia, ['--json', 'history', 'oto-files']))
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l));
+  const fromPage = lines.find((e) => e.attachment?.name === 'report.bin');
+  assert.ok(fromPage, JSON.stringify(lines));
+  assert.equal(fromPage.sender, 'oto-files');
+  const saved = path.join(await freshDir('nia-saved'), 'report.bin');
+  await sotto(nia, ['save', fromPage.id, saved]);
+  assert.ok((await readFile(saved)).equals(report), 'the CLI saved the same bytes');
+
+  // From the CLI: the page saves the same bytes, under the sender's name.
+  const photo = Buffer.from('\x89PNG\r\n\x1a\n not really a picture, but bytes all the same');
+  const sentPath = path.join(await freshDir('nia-send'), 'photo.png');
+  await writeFile(sentPath, photo);
+  await sotto(nia, ['send', 'oto-files', '--file', sentPath, 'a picture']);
+  const line = page
+    .locator('[data-testid=entry][data-sender="nia-files"]')
+    .filter({ has: page.getByTestId('entry-attachment') });
+  await line.waitFor();
+  assert.match(await line.getByTestId('entry-attachment').textContent(), /photo\.png/);
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    line.getByTestId('save-attachment').click(),
+  ]);
+  assert.equal(download.suggestedFilename(), 'photo.png');
+  assert.ok((await readFile(await download.path())).equals(photo), 'the page saved the same bytes');
+
+  assert.deepEqual(oto.problems, []);
+  await oto.context.close();
 });
 
 test('the page shows the same safety number as the CLI, as digits and a QR code', async () => {

@@ -64,6 +64,9 @@ worker.addEventListener('message', ({ data }) => {
       field('link-code-line').hidden = false;
       setAccountStatus('connecting', 'waiting for the new device (10 minutes)');
       break;
+    case 'progress':
+      showTransfer(data.done, data.total);
+      break;
     case 'failed':
       setStatus('failed', `failed: ${data.reason}`);
       setAccountStatus('failed', data.reason);
@@ -209,6 +212,7 @@ function entryItem(entry) {
   time.dateTime = sent.toISOString();
   time.textContent = sent.toLocaleTimeString();
   item.append(sender, text);
+  if (entry.attachment && !entry.deleted) item.append(attachmentItem(entry));
   if (entry.edited && !entry.deleted) {
     const edited = document.createElement('span');
     edited.className = 'note';
@@ -249,6 +253,54 @@ function entryItem(entry) {
   }
   if (!system && !entry.deleted) item.append(entryActions(entry, mine));
   return item;
+}
+
+/** A file on a history line: its name and size, and a button to save it. */
+function attachmentItem(entry) {
+  const { name, size, content_type: type } = entry.attachment;
+  const shown = document.createElement('span');
+  shown.className = 'attachment';
+  shown.dataset.testid = 'entry-attachment';
+  shown.textContent = `📎 ${name} (${formatSize(size)}) `;
+  const save = document.createElement('button');
+  save.type = 'button';
+  save.dataset.testid = 'save-attachment';
+  save.textContent = 'Save';
+  save.setAttribute('aria-label', `Save ${name}`);
+  save.addEventListener('click', async () => {
+    save.disabled = true;
+    try {
+      const bytes = await call('attachmentBytes', entry.id);
+      const link = document.createElement('a');
+      link.href = URL.createObjectURL(new Blob([bytes], { type }));
+      link.download = name;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+      showTransfer(1, 1, `saved ${name}`);
+    } catch (e) {
+      showTransfer(0, 0, `cannot save ${name}: ${e.message}`);
+    } finally {
+      save.disabled = false;
+    }
+  });
+  shown.append(save);
+  return shown;
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/** Shows a file's transfer: `done` of `total` bytes, or a closing `label`. */
+function showTransfer(done, total, label) {
+  const bar = field('transfer');
+  bar.hidden = label !== undefined;
+  bar.max = Math.max(total, 1);
+  bar.value = done;
+  field('transfer-label').textContent =
+    label ?? `${formatSize(done)} of ${formatSize(total)}`;
 }
 
 /** How a reply shows the line it quotes (`{text, deleted}` from `sender`). */
@@ -345,7 +397,10 @@ function showTimer(secs) {
   select.value = value;
 }
 
-/** Lists the open group's members, with a remove button for the others. */
+/**
+ * Lists the open group's members, with a remove button for the others
+ * (in a panel the user opens: the history keeps the room).
+ */
 async function showMembers(name) {
   const devices = await call('members', name);
   if (!isCurrent('group', name)) return;
@@ -356,6 +411,7 @@ async function showMembers(name) {
     member.admin ||= d.admin;
     members.set(d.username, member);
   }
+  field('members-summary').textContent = `Members (${members.size})`;
   field('member-list').replaceChildren(
     ...[...members].map(([username, { devices: count, admin }]) => {
       const item = document.createElement('li');
@@ -690,6 +746,25 @@ function setUpMessaging() {
     await refreshConversations();
   });
   setInterval(sweepExpired, 1000);
+  field('attach').addEventListener('change', async () => {
+    const input = field('attach');
+    const file = input.files?.[0];
+    if (file === undefined || current === undefined) return;
+    const { kind, name } = current;
+    input.disabled = true;
+    try {
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      showTransfer(0, bytes.length);
+      showEntry(await call('sendFile', kind, name, file.name, bytes, null));
+      showTransfer(1, 1, `sent ${file.name}`);
+      await refreshConversations();
+    } catch (e) {
+      showTransfer(0, 0, `cannot send ${file.name}: ${e.message}`);
+    } finally {
+      input.value = '';
+      input.disabled = false;
+    }
+  });
   handleForm('new-group', async () => {
     const name = field('new-group-name').value.trim();
     const members = field('new-group-members')

@@ -7,7 +7,8 @@
 //   page → worker  {id, method, args}        a request (see `methods`)
 //   worker → page  {id, result} | {id, error} its answer
 //   worker → page  {type, ...}                news: 'loaded', 'busy',
-//                  'ready', 'event', 'check', 'fingerprint', 'link-code'
+//                  'ready', 'event', 'check', 'fingerprint', 'link-code',
+//                  'progress' (a file's upload or download)
 //
 // One tab at a time owns the profile (two clients on one MLS state would
 // fork it, and OPFS access handles are exclusive): the worker holds the Web
@@ -207,6 +208,19 @@ const methods = {
     const showFingerprint = (digits) => post({ type: 'fingerprint', digits });
     account = await sotto.Account.join(serverUrl, code, showFingerprint, onEvent);
     return describe(account);
+  },
+  /** Sends a file; its upload's progress comes as 'progress' news. */
+  async sendFile(kind, name, fileName, bytes, text) {
+    await storage;
+    if (account === undefined) throw new Error('no account is open in this page');
+    const report = (done, total) => post({ type: 'progress', done, total });
+    return account.sendFile(kind, name, fileName, bytes, text ?? undefined, report);
+  },
+  /** A received file's bytes; the download's progress comes as 'progress' news. */
+  async attachmentBytes(id) {
+    await storage;
+    if (account === undefined) throw new Error('no account is open in this page');
+    return account.attachmentBytes(id, (done, total) => post({ type: 'progress', done, total }));
   },
   async openLink() {
     await storage;

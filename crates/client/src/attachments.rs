@@ -2,11 +2,9 @@
 //! blob store (`/blobs`, a tus 1.0 subset: see `sotto_server::blobs`) and
 //! fetched back by the members the message names it to.
 //!
-//! HTTP is spoken with `hyper` directly (HTTP/1.1 client only), over the
-//! same byte stream the WebSocket uses ([`ServerUrl::open`]: the profile's
-//! TLS roots, its CA file, its loopback-only rule for plain HTTP). hyper is
-//! already in the build for the canary; reqwest would bring a second
-//! connection stack and its own TLS configuration for no gain.
+//! The protocol is the same everywhere; only the HTTP under it differs:
+//! hyper natively (`native_http.rs`), the browser's `fetch` in a page
+//! (`browser_http.rs`).
 //!
 //! An upload survives a broken connection: it is sent in chunks, each
 //! acknowledged by the server only once durable; after a failure the
@@ -20,16 +18,22 @@
 //! A receiver fetches only from its own server, whatever host the URL
 //! names, so a member cannot make others' clients connect elsewhere.
 
+#[cfg(target_arch = "wasm32")]
+mod browser_http;
+#[cfg(not(target_arch = "wasm32"))]
+mod native_http;
+
 use crate::ClientError;
-use crate::endpoint::{ServerUrl, Trust};
-use futures_util::StreamExt as _;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use crate::endpoint::Trust;
+#[cfg(target_arch = "wasm32")]
+use browser_http::{AnswerBody, Http};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+#[cfg(not(target_arch = "wasm32"))]
+use native_http::{AnswerBody, Http};
 use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Bytes per PATCH: each is fsynced by the server before it is
@@ -41,8 +45,12 @@ const MAX_RETRIES: u32 = 8;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Transfer progress: `(done, total)` bytes.
-#[allow(clippy::type_complexity)]
-pub(crate) type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+#[cfg(not(target_arch = "wasm32"))]
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+/// Transfer progress: `(done, total)` bytes (a page's callbacks are not
+/// `Send`, and a page has one thread).
+#[cfg(target_arch = "wasm32")]
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// What the server needs to let a blob be created: a group's send
 /// capability of one epoch, and how many fetches to expect.
@@ -117,132 +125,28 @@ impl BlobRef {
     }
 }
 
-type Body = BoxBody<Bytes, std::convert::Infallible>;
-
-/// Slices handed to the connection at a time (what the sent-bytes count
-/// is measured in).
-const PIECE_BYTES: usize = 64 * 1024;
-
-/// A request body that counts, into `sent`, the bytes hyper takes from it
-/// (so the count is what left for the connection, not what was meant to).
-fn counted(chunk: Bytes, sent: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Body {
-    let pieces: Vec<Bytes> = (0..chunk.len())
-        .step_by(PIECE_BYTES)
-        .map(|start| chunk.slice(start..chunk.len().min(start + PIECE_BYTES)))
-        .collect();
-    let stream = futures_util::stream::iter(pieces).map(move |piece| {
-        sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(piece))
-    });
-    BoxBody::new(StreamBody::new(stream))
+/// One answer of the blob store: its status, the headers the protocol
+/// reads, and its body.
+pub(crate) struct Answer {
+    status: u16,
+    location: Option<String>,
+    upload_offset: Option<u64>,
+    content_length: Option<u64>,
+    body: AnswerBody,
 }
 
-fn whole(bytes: Bytes) -> Body {
-    BoxBody::new(Full::new(bytes))
-}
-
-/// HTTP/1.1 requests to one server, on one connection opened on demand.
-struct Http<'a> {
-    server: ServerUrl,
-    trust: &'a Trust,
-    sender: Option<SendRequest<Body>>,
-}
-
-impl<'a> Http<'a> {
-    fn new(server_url: &str, trust: &'a Trust) -> Result<Self, ClientError> {
-        Ok(Self {
-            server: ServerUrl::parse(server_url)?,
-            trust,
-            sender: None,
-        })
+impl Answer {
+    fn is(&self, status: StatusCode) -> bool {
+        self.status == status.as_u16()
     }
-
-    /// Sends one request; a broken connection is dropped (the next request
-    /// opens a new one) and reported as a network error.
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: Body,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let result =
-            crate::clock::timeout(REQUEST_TIMEOUT, self.try_send(method, path, headers, body))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ClientError::Network(
-                        "the server did not answer in time".into(),
-                    ))
-                });
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-
-    async fn try_send(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: Body,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let mut sender = match self.sender.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => {
-                let stream = self.server.open(self.trust).await?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| ClientError::Network(format!("HTTP handshake failed: {e}")))?;
-                tokio::spawn(connection);
-                sender
-            }
-        };
-        sender
-            .ready()
-            .await
-            .map_err(|e| ClientError::Network(format!("HTTP connection failed: {e}")))?;
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(self.server.path(path))
-            .header(hyper::header::HOST, &self.server.authority)
-            .header("tus-resumable", "1.0.0");
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let request = request
-            .body(body)
-            .map_err(|e| ClientError::Internal(format!("bad request: {e}")))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| ClientError::Network(format!("{method} {path} failed: {e}")))?;
-        self.sender = Some(sender);
-        Ok(response)
-    }
-}
-
-fn header_u64(response: &hyper::Response<hyper::body::Incoming>, name: &str) -> Option<u64> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The server's refusal, with the sentence it gave.
-async fn refused(what: &str, response: hyper::Response<hyper::body::Incoming>) -> ClientError {
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+async fn refused(what: &str, mut answer: Answer) -> ClientError {
+    let body = answer.body.chunk().await.ok().flatten().unwrap_or_default();
     let why = String::from_utf8_lossy(body.get(..body.len().min(300)).unwrap_or_default());
-    let message = format!("{what}: the server answered {status}: {why}");
-    if status.is_server_error() || status == StatusCode::LOCKED {
+    let message = format!("{what}: the server answered {}: {why}", answer.status);
+    if answer.status >= 500 || answer.is(StatusCode::LOCKED) {
         ClientError::Network(message)
     } else {
         ClientError::Usage(message)
@@ -276,33 +180,33 @@ pub(crate) async fn upload(
                 ("sotto-fetch-key-hash", hash_of(&fetch_key)),
                 ("sotto-fetches", grant.fetches.max(1).to_string()),
             ],
-            whole(Bytes::new()),
+            Bytes::new(),
+            None,
         )
         .await?;
-    if created.status() != StatusCode::CREATED {
+    if !created.is(StatusCode::CREATED) {
         return Err(refused("creating the blob", created).await);
     }
     let path = created
-        .headers()
-        .get(hyper::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
+        .location
+        .as_deref()
         .and_then(|l| l.rsplit_once("/blobs/"))
         .map(|(_, id)| format!("/blobs/{id}"))
         .ok_or_else(|| ClientError::Protocol("the blob store gave no Location".into()))?;
     let key_header = || [("sotto-upload-key", upload_key_hex.as_str().to_owned())];
     let mut offset = 0u64;
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
     let mut failures = 0u32;
     let mut ask_offset = false;
     progress(0, total);
     while offset < total || ask_offset {
         if ask_offset {
             let head = http
-                .send(Method::HEAD, &path, &key_header(), whole(Bytes::new()))
+                .send(Method::HEAD, &path, &key_header(), Bytes::new(), None)
                 .await;
             match head {
-                Ok(r) if r.status() == StatusCode::OK => {
-                    offset = header_u64(&r, "upload-offset").ok_or_else(|| {
+                Ok(r) if r.is(StatusCode::OK) => {
+                    offset = r.upload_offset.ok_or_else(|| {
                         ClientError::Protocol("HEAD gave no Upload-Offset".into())
                     })?;
                     if offset > total {
@@ -315,7 +219,7 @@ pub(crate) async fn upload(
                     progress(offset, total);
                     continue;
                 }
-                Ok(r) if r.status() != StatusCode::LOCKED => {
+                Ok(r) if !r.is(StatusCode::LOCKED) => {
                     return Err(refused("asking the upload's offset", r).await);
                 }
                 Ok(_) | Err(ClientError::Network(_)) => {
@@ -338,14 +242,17 @@ pub(crate) async fn upload(
         headers.push(("upload-offset", offset.to_string()));
         headers.push(("content-type", "application/offset+octet-stream".into()));
         headers.push(("content-length", chunk.len().to_string()));
-        let body = counted(chunk, std::sync::Arc::clone(&sent));
-        match http.send(Method::PATCH, &path, &headers, body).await {
-            Ok(r) if r.status() == StatusCode::NO_CONTENT => {
-                offset = header_u64(&r, "upload-offset")
+        match http
+            .send(Method::PATCH, &path, &headers, chunk, Some(&sent))
+            .await
+        {
+            Ok(r) if r.is(StatusCode::NO_CONTENT) => {
+                offset = r
+                    .upload_offset
                     .ok_or_else(|| ClientError::Protocol("PATCH gave no Upload-Offset".into()))?;
                 progress(offset, total);
             }
-            Ok(r) if matches!(r.status(), StatusCode::CONFLICT | StatusCode::LOCKED) => {
+            Ok(r) if r.is(StatusCode::CONFLICT) || r.is(StatusCode::LOCKED) => {
                 ask_offset = true;
             }
             Ok(r) => return Err(refused("uploading", r).await),
@@ -367,9 +274,7 @@ pub(crate) async fn upload(
     }
     Ok(Uploaded {
         url: format!("{path}#{}", hex::encode(fetch_key)),
-        resent_bytes: sent
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(total),
+        resent_bytes: sent.load(Ordering::Relaxed).saturating_sub(total),
     })
 }
 
@@ -383,46 +288,42 @@ pub(crate) async fn download(
     progress: Progress<'_>,
 ) -> Result<Vec<u8>, ClientError> {
     let mut http = Http::new(server_url, trust)?;
-    let response = http
+    let mut response = http
         .send(
             Method::GET,
             &blob.path,
             &[("sotto-fetch-key", blob.fetch_key.as_str().to_owned())],
-            whole(Bytes::new()),
+            Bytes::new(),
+            None,
         )
         .await?;
-    if response.status() == StatusCode::NOT_FOUND {
+    if response.is(StatusCode::NOT_FOUND) {
         return Err(ClientError::Usage(
             "the server no longer has this attachment (it expired, or every recipient fetched it)"
                 .into(),
         ));
     }
-    if response.status() != StatusCode::OK {
+    if !response.is(StatusCode::OK) {
         return Err(refused("downloading", response).await);
     }
-    let total = header_u64(&response, "content-length").unwrap_or(max_len);
+    let total = response.content_length.unwrap_or(max_len);
     if total > max_len {
         return Err(ClientError::Protocol(format!(
             "the blob store offers {total} bytes for an attachment of {max_len}"
         )));
     }
-    let mut body = response.into_body();
     // Reserve no more than a chunk up front: `total` is what the server
     // claims, bounded only by the size a (possibly hostile) sender declared.
     let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(CHUNK_BYTES));
     progress(0, total);
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ClientError::Network(format!("the download broke off: {e}")))?;
-        if let Ok(bytes) = frame.into_data() {
-            if data.len() as u64 + bytes.len() as u64 > max_len {
-                return Err(ClientError::Protocol(
-                    "the blob store sent more bytes than the attachment has".into(),
-                ));
-            }
-            data.extend_from_slice(&bytes);
-            progress(data.len() as u64, total);
+    while let Some(bytes) = response.body.chunk().await? {
+        if data.len() as u64 + bytes.len() as u64 > max_len {
+            return Err(ClientError::Protocol(
+                "the blob store sent more bytes than the attachment has".into(),
+            ));
         }
+        data.extend_from_slice(&bytes);
+        progress(data.len() as u64, total);
     }
     Ok(data)
 }
@@ -438,7 +339,8 @@ pub(crate) async fn acknowledge(server_url: &str, trust: &Trust, blob: &BlobRef)
             Method::DELETE,
             &blob.path,
             &[("sotto-fetch-key", blob.fetch_key.as_str().to_owned())],
-            whole(Bytes::new()),
+            Bytes::new(),
+            None,
         )
         .await;
     if let Err(e) = result {
@@ -446,6 +348,7 @@ pub(crate) async fn acknowledge(server_url: &str, trust: &Trust, blob: &BlobRef)
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Writes `bytes` to `path` atomically: a temporary file beside it,
 /// fsynced, then renamed over it.
 pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {

@@ -9,8 +9,7 @@
 //! protocol logic of its own. Splitting it would scatter `impl Client`.
 
 use crate::ClientError;
-#[cfg(not(target_arch = "wasm32"))]
-use crate::attachments::{self, SentFile};
+use crate::attachments::{self, Progress, SentFile};
 use crate::devices::{self, DeviceInfo, LinkRequestInfo};
 use crate::endpoint::Trust;
 use crate::key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_POOL, KeyPackagePool};
@@ -22,7 +21,6 @@ use crate::store::{self, ConversationKind, HistoryEntry};
 use crate::transport::Transport;
 use crate::{chat, conversations, invite_links, membership, own_account, receipts, receive};
 use rusqlite::Connection;
-#[cfg(not(target_arch = "wasm32"))]
 use sotto_core::attachment;
 use sotto_core::group::AdminPolicy;
 use sotto_core::identity::{Account, DeviceId, Username};
@@ -428,35 +426,56 @@ impl Client {
     #[cfg(not(target_arch = "wasm32"))]
     /// Sends the file at `path`, with an optional `text`, to the direct
     /// conversation with `name` (started if needed) or to the group
-    /// `name`. The file is padded and encrypted here under a fresh key,
-    /// uploaded (resuming after a broken connection; `progress` sees the
-    /// bytes the server has), and the message carrying its key and hash
-    /// is sent.
+    /// `name`: [`Client::send_file_bytes`] with the file's name and bytes.
     pub async fn send_file(
         &mut self,
         kind: ConversationKind,
         name: &str,
         path: &Path,
         text: Option<&str>,
-        progress: &mut (dyn FnMut(u64, u64) + Send),
+        progress: Progress<'_>,
+    ) -> Result<SentFile, ClientError> {
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                ClientError::Usage(format!("{} is not a file name to send", path.display()))
+            })?;
+        let buffer = std::fs::read(path)
+            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        self.send_file_bytes(kind, name, &filename, buffer, text, progress)
+            .await
+    }
+
+    /// Sends the file `filename` (its bytes: `buffer`), with an optional
+    /// `text`, to the direct conversation with `name` (started if needed)
+    /// or to the group `name`. The file is padded and encrypted here under
+    /// a fresh key, uploaded (resuming after a broken connection;
+    /// `progress` sees the bytes the server has), and the message carrying
+    /// its key and hash is sent.
+    pub async fn send_file_bytes(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        filename: &str,
+        mut buffer: Vec<u8>,
+        text: Option<&str>,
+        progress: Progress<'_>,
     ) -> Result<SentFile, ClientError> {
         let target = self.target(kind, name)?;
         if let Some(text) = text {
             conversations::check_text(text)?;
         }
-        let filename = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| n.len() <= 255)
-            .ok_or_else(|| {
-                ClientError::Usage(format!("{} is not a file name to send", path.display()))
-            })?;
-        let mut buffer = std::fs::read(path)
-            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if filename.is_empty() || filename.len() > 255 || filename.contains(['/', '\\']) {
+            return Err(ClientError::Usage(format!(
+                "{filename:?} is not a file name to send"
+            )));
+        }
+        let filename = filename.to_owned();
         let key = zeroize::Zeroizing::new(rand::random::<[u8; attachment::KEY_LEN]>());
         let nonce: [u8; attachment::NONCE_LEN] = rand::random();
         let content_hash = attachment::seal(&mut buffer, &key, &nonce)
-            .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ClientError::Usage(format!("{filename}: {e}")))?;
         let size = buffer.len() as u64;
         let grant = self
             .connected(async |s| attachments::grant(s, &target).await)
@@ -506,16 +525,41 @@ impl Client {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    /// Downloads the attachment of message `id` (hex) to `path`: the
-    /// ciphertext's hash is checked against the one in the message, then
-    /// it is decrypted and written to a temporary file renamed to `path`.
-    /// Nothing is written if any check fails. Returns the file's size.
+    /// Downloads the attachment of message `id` (hex) to `path`
+    /// ([`Client::attachment_bytes`], then a temporary file renamed to
+    /// `path`). Nothing is written if any check fails. Returns the file's
+    /// size.
     pub async fn save_attachment(
         &mut self,
         id: &str,
         path: &Path,
-        progress: &mut (dyn FnMut(u64, u64) + Send),
+        progress: Progress<'_>,
     ) -> Result<u64, ClientError> {
+        let (buffer, blob) = self.fetch_attachment(id, progress).await?;
+        attachments::write_atomically(path, &buffer)?;
+        attachments::acknowledge(&self.server_url, &self.trust, &blob).await;
+        Ok(buffer.len() as u64)
+    }
+
+    /// The file of message `id` (hex), downloaded and opened: the
+    /// ciphertext's hash is checked against the one in the message before
+    /// it is decrypted. The server is told this device has it (once every
+    /// recipient has, the server deletes it).
+    pub async fn attachment_bytes(
+        &mut self,
+        id: &str,
+        progress: Progress<'_>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        let (buffer, blob) = self.fetch_attachment(id, progress).await?;
+        attachments::acknowledge(&self.server_url, &self.trust, &blob).await;
+        Ok(buffer)
+    }
+
+    async fn fetch_attachment(
+        &mut self,
+        id: &str,
+        progress: Progress<'_>,
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, attachments::BlobRef), ClientError> {
         let id = chat::parse_id(id)?;
         let file = store::attachment(&self.profile.db, id.as_bytes())?.ok_or_else(|| {
             ClientError::Usage(format!(
@@ -534,10 +578,7 @@ impl Client {
                 other => ClientError::Usage(format!("{other}; nothing was written")),
             }
         })?;
-        let buffer = zeroize::Zeroizing::new(buffer);
-        attachments::write_atomically(path, &buffer)?;
-        attachments::acknowledge(&self.server_url, &self.trust, &blob).await;
-        Ok(buffer.len() as u64)
+        Ok((zeroize::Zeroizing::new(buffer), blob))
     }
 
     /// Sends a text to the group `name`.

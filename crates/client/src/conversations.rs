@@ -64,7 +64,6 @@ async fn direct_group(s: &mut Session<'_>, peer: &Username) -> Result<Vec<u8>, C
 
 /// The group of `target`'s conversation after processing what is
 /// queued: the direct one (started if there is none) or the named group.
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) async fn target_group(
     s: &mut Session<'_>,
     target: &Target,

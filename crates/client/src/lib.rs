@@ -9,8 +9,6 @@
 //! state change that produced it, and resent after a crash with the same
 //! message id, which the server de-duplicates.
 
-// HTTP through hyper (attachments, the web audit): not yet in the browser.
-#[cfg(not(target_arch = "wasm32"))]
 mod attachments;
 pub mod auditor;
 pub mod canary;
@@ -39,8 +37,7 @@ pub mod transport;
 #[cfg(not(target_arch = "wasm32"))]
 mod web_audit;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use attachments::SentFile;
+pub use attachments::{Progress, SentFile};
 pub use client::Client;
 pub use devices::{DeviceInfo, LinkRequestInfo, Removal};
 pub use directory_audit::{AppendOnlyFailure, AuditedEpoch, DirectoryAuditReport, audit_directory};

@@ -190,6 +190,55 @@ impl JsAccount {
         })
     }
 
+    /// Sends the file `fileName` (`bytes`, a `Uint8Array`), with an
+    /// optional `text`, to the conversation `name` of `kind`: encrypted
+    /// here, uploaded to the server's blob store, announced in an MLS
+    /// message. `onProgress(done, total)` follows the upload. Resolves
+    /// with the history line.
+    #[wasm_bindgen(js_name = sendFile)]
+    pub fn send_file(
+        &self,
+        kind: String,
+        name: String,
+        file_name: String,
+        bytes: Vec<u8>,
+        text: Option<String>,
+        on_progress: Function,
+    ) -> Promise {
+        self.request(async move |c| {
+            let mut report = progress_to(on_progress);
+            let sent = c
+                .send_file_bytes(
+                    conversation_kind(&kind)?,
+                    &name,
+                    &file_name,
+                    bytes,
+                    text.as_deref(),
+                    &mut report,
+                )
+                .await?;
+            Ok(sent.entry)
+        })
+    }
+
+    /// The file of the history line `id`, downloaded, checked against its
+    /// hash and decrypted: a `Uint8Array`. `onProgress(done, total)`
+    /// follows the download.
+    #[wasm_bindgen(js_name = attachmentBytes)]
+    pub fn attachment_bytes(&self, id: String, on_progress: Function) -> Promise {
+        let messenger = self.messenger.clone();
+        future_to_promise(async move {
+            let bytes = messenger
+                .run(async move |c| {
+                    let mut report = progress_to(on_progress);
+                    c.attachment_bytes(&id, &mut report).await
+                })
+                .await
+                .map_err(js_error)?;
+            Ok(js_sys::Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+
     /// The server's Web Push key (VAPID: an uncompressed P-256 point, as
     /// an array of bytes), the `applicationServerKey` to subscribe with.
     #[wasm_bindgen(js_name = pushKey)]
@@ -383,6 +432,18 @@ fn conversation_kind(kind: &str) -> Result<ConversationKind, ClientError> {
         other => Err(ClientError::Usage(format!(
             "a conversation is \"direct\" or \"group\", not {other:?}"
         ))),
+    }
+}
+
+/// A transfer's progress, told to `callback(done, total)`.
+fn progress_to(callback: Function) -> impl FnMut(u64, u64) {
+    move |done, total| {
+        // A callback that throws changes nothing about the transfer.
+        let _ = callback.call2(
+            &JsValue::NULL,
+            &JsValue::from_f64(done as f64),
+            &JsValue::from_f64(total as f64),
+        );
     }
 }
 
