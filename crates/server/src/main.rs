@@ -657,7 +657,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         writeln!(out, "connect with: sotto register NAME --server {url}")?;
         writeln!(
             out,
-            "in a browser: {url}/ (the web page checks this server; messaging there is coming)"
+            "in a browser: {url}/ (register or link a device there, and chat)"
         )?;
         out.flush()?;
     }
