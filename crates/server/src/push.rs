@@ -546,16 +546,22 @@ pub(crate) async fn run<S: PushStore>(
         if devices.is_empty() {
             continue;
         }
-        let endpoints = match store.push_endpoints(devices.into_iter().collect()).await {
+        let looked_up: Vec<DeviceId> = devices.into_iter().collect();
+        let endpoints = match store.push_endpoints(looked_up.clone()).await {
             Ok(endpoints) => endpoints,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read push endpoints");
                 continue;
             }
         };
+        // Every device looked up waits for the window (or its next
+        // connection, which is also when it can turn pushes on): a device
+        // without an endpoint, most of them, costs one lookup per window,
+        // not one per message. Those with one are marked before the push
+        // goes.
+        push.pushed()
+            .extend(looked_up.into_iter().map(|device| (device, now)));
         for (device, endpoint) in endpoints {
-            // Marked before the push goes: later entries wait for the window.
-            push.pushed().insert(device, now);
             let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
                 push.count("dropped");
                 continue;
