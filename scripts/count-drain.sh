@@ -11,7 +11,7 @@ bin=$1; devices=$2; messages=$3; out=${4:-}
 data=$(mktemp -d /tmp/drain-data.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 if [ -n "$out" ]; then
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen 127.0.0.1:$port --data "$data" --no-rate-limits >/dev/null 2>"$out.log" &
+  valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --callgrind-out-file="$out" "$bin" --listen 127.0.0.1:$port --data "$data" --no-rate-limits >/dev/null 2>"$out.log" &
 else
   "$bin" --listen 127.0.0.1:$port --data "$data" --no-rate-limits >/dev/null 2>&1 &
 fi

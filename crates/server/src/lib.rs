@@ -79,7 +79,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Bytes of outgoing frames a connection collects before writing them to
 /// the socket, when it sends several at once (a drained page). The buffer
-/// keeps its capacity after a flush, so it is as small as the read buffer:
+/// keeps its capacity after a flush, so it stays small:
 /// 16 KiB wrote less often (bench/OPTIMISATIONS.md #8) but would leave
 /// every connection that once drained a page holding ~16–32 KiB (T1).
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
@@ -634,8 +634,11 @@ async fn websocket(
         .max_message_size(sotto_proto::MAX_FRAME_BYTES)
         .max_frame_size(sotto_proto::MAX_FRAME_BYTES)
         // Idle connections dominate memory: tungstenite's default 128 KiB
-        // read buffer per connection was most of the measured 141 KiB.
-        .read_buffer_size(4 * 1024)
+        // read buffer per connection was most of the measured 141 KiB, and
+        // 1 KiB instead of 4 KiB saved ~2.4 KiB more (bench/OPTIMISATIONS.md
+        // #11). A frame is read up to this much per `read` past its header:
+        // a message's ~600 bytes in one, a large commit in many.
+        .read_buffer_size(1024)
         // Frames are written once this much is buffered, or at a flush
         // (every single send flushes; a drained page is flushed once, see
         // `socket::send_all_encoded`).

@@ -371,6 +371,13 @@ impl SqliteStore {
 /// Deletes the acknowledged entries and the payloads no entry refers to any
 /// more; returns how many entries each acknowledgement deleted.
 ///
+/// A handful of set statements over `rarray(?)` however many entries the
+/// job holds: the devices' numbers, which of the acknowledged seqs are
+/// queued for the device that acknowledged them, their delete, and the
+/// orphaned payloads'. Two statements per entry cost more in SQLite's
+/// per-statement work (transaction and statement-journal set-up, cursors)
+/// than in the deletes themselves (bench/OPTIMISATIONS.md #10).
+///
 /// Runs straight in the batch's transaction, not in a SAVEPOINT: one
 /// savepoint around the acknowledgements of every connection (thousands of
 /// deletes in an offline drain) kept the writer busy for minutes (quick W3
@@ -383,47 +390,88 @@ impl SqliteStore {
 /// are answered with the error all the same, and their connections close
 /// and deliver again what is left.
 fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>, StoreError> {
-    let mut delete = conn.prepare_cached(
-        "DELETE FROM mailbox WHERE seq = ?1 AND device_num = ?2 RETURNING message_ref",
-    )?;
-    let mut message_refs = Vec::new();
+    use rusqlite::types::Value;
+    use rusqlite::vtab::array::Array;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    // device id -> its number in mailbox rows (unknown devices are absent).
+    let mut nums: HashMap<DeviceId, i64> = HashMap::new();
+    {
+        let ids: Array = Rc::new(
+            acks.iter()
+                .map(|a| Value::Blob(a.device_id.as_bytes().to_vec()))
+                .collect(),
+        );
+        let mut stmt = conn
+            .prepare_cached("SELECT device_id, num FROM devices WHERE device_id IN rarray(?1)")?;
+        let rows = stmt.query_map([ids], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (id, num) = row?;
+            if let Some(id) = DeviceId::from_slice(&id) {
+                nums.insert(id, num);
+            }
+        }
+    }
+    // Every acknowledged seq that is queued, and for which device.
+    let mut queued_for: HashMap<i64, i64> = HashMap::new();
+    {
+        let seqs: Array = Rc::new(
+            acks.iter()
+                .filter(|a| nums.contains_key(&a.device_id))
+                .flat_map(|a| a.seqs.iter().map(|&s| Value::Integer(to_i64(s))))
+                .collect(),
+        );
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, device_num FROM mailbox WHERE seq IN rarray(?1)")?;
+        let rows = stmt.query_map([seqs], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (seq, num) = row?;
+            queued_for.insert(seq, num);
+        }
+    }
+    // A device deletes only its own entries, and each entry counts once
+    // (for the first acknowledgement that named it).
     let mut counts = Vec::with_capacity(acks.len());
+    let mut doomed = Vec::new();
     for ack in acks {
         let mut deleted = 0;
-        if let Some(num) = device_num(conn, ack.device_id)? {
+        if let Some(&num) = nums.get(&ack.device_id) {
             for &seq in &ack.seqs {
-                let message_ref: Option<i64> = delete
-                    .query_row(params![to_i64(seq), num], |r| r.get(0))
-                    .optional()?;
-                if let Some(message_ref) = message_ref {
-                    message_refs.push(message_ref);
+                let seq = to_i64(seq);
+                if queued_for.get(&seq) == Some(&num) {
+                    queued_for.remove(&seq);
+                    doomed.push(Value::Integer(seq));
                     deleted += 1;
                 }
             }
         }
         counts.push(deleted);
     }
+    if doomed.is_empty() {
+        return Ok(counts);
+    }
+    let mut message_refs = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM mailbox WHERE seq IN rarray(?1) RETURNING message_ref")?;
+        let rows = stmt.query_map([Rc::new(doomed)], |r| r.get::<_, i64>(0))?;
+        for row in rows {
+            message_refs.push(row?);
+        }
+    }
     // A group message's recipients acknowledge it together: check it once.
     message_refs.sort_unstable();
     message_refs.dedup();
-    let mut orphan = conn.prepare_cached(
-        "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = ?1)",
-    )?;
-    for message_ref in message_refs {
-        orphan.execute([message_ref])?;
-    }
+    let message_refs: Array = Rc::new(message_refs.into_iter().map(Value::Integer).collect());
+    conn.prepare_cached(
+        "DELETE FROM messages WHERE id IN rarray(?1) \
+         AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_ref = messages.id)",
+    )?
+    .execute([message_refs])?;
     Ok(counts)
-}
-
-/// The number that names `device_id` in mailbox rows.
-pub(super) fn device_num(
-    conn: &Connection,
-    device_id: DeviceId,
-) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT num FROM devices WHERE device_id = ?1")?
-        .query_row([device_id.as_bytes().as_slice()], |r| r.get(0))
-        .optional()?)
 }
 
 pub(super) fn delete_orphaned_messages(conn: &Connection) -> Result<(), StoreError> {

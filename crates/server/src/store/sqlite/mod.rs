@@ -167,6 +167,8 @@ impl SqliteStore {
         convert: bool,
     ) -> Result<Self, StoreError> {
         configure(&conn)?;
+        // `rarray(?)` for the writer's set statements (`delete_acknowledged`).
+        rusqlite::vtab::array::load_module(&conn)?;
         space::tune(&conn, tuning, convert)?;
         migrate(&mut conn)?;
         let max_pages = max_db_bytes
