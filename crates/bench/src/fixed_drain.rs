@@ -88,7 +88,7 @@ pub async fn run(
 }
 
 /// Runs `command` with `sh -c`; fails unless it succeeds.
-async fn shell(command: &str) -> anyhow::Result<()> {
+pub(crate) async fn shell(command: &str) -> anyhow::Result<()> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)

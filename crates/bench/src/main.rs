@@ -91,6 +91,13 @@ enum Cmd {
         /// Messages sent to the group.
         #[arg(long, default_value_t = 10)]
         messages: u64,
+        /// A shell command run once the group exists and the registrations
+        /// settled, before the sends (e.g. `callgrind_control -z PID`).
+        #[arg(long, value_name = "COMMAND")]
+        before_sends: Option<String>,
+        /// A shell command run once every recipient is done.
+        #[arg(long, value_name = "COMMAND")]
+        after_sends: Option<String>,
     },
     /// W3's offline drain at a fixed size against a running server, for
     /// counting its instructions (see `src/fixed_drain.rs`).
@@ -148,9 +155,17 @@ fn main() -> ExitCode {
         server,
         devices,
         messages,
-    }) = args.command
+        before_sends,
+        after_sends,
+    }) = &args.command
     {
-        return run_counted(fixed_fanout::run(server, devices, messages));
+        return run_counted(fixed_fanout::run(
+            *server,
+            *devices,
+            *messages,
+            before_sends.as_deref(),
+            after_sends.as_deref(),
+        ));
     }
     if let Some(Cmd::FixedDrain {
         server,

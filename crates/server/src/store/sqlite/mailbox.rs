@@ -3,8 +3,12 @@
 
 use super::*;
 use crate::store::missed::{Missed, count_missed, notice_ids};
+use rusqlite::types::Value;
+use rusqlite::vtab::array::Array;
 use sotto_proto::missed_notice;
 use sotto_proto::v1::MissedMessages;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 pub(super) fn message_exists(conn: &Connection, message_id: MessageId) -> Result<bool, StoreError> {
     Ok(conn
@@ -94,9 +98,38 @@ fn place_envelope(
             }
         }
     }
-    let mut active = conn
-        .prepare_cached("SELECT num, removed_day IS NULL FROM devices WHERE device_id = ?1")
-        .map_err(StoreError::from)?;
+    // One statement for every recipient (a group message can name a
+    // thousand): its number and whether it is still active.
+    let mut status: HashMap<DeviceId, (i64, bool)> = HashMap::new();
+    {
+        let ids: Array = Rc::new(
+            envelope
+                .recipients
+                .iter()
+                .map(|d| Value::Blob(d.as_bytes().to_vec()))
+                .collect(),
+        );
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT device_id, num, removed_day IS NULL FROM devices WHERE device_id IN rarray(?1)",
+            )
+            .map_err(StoreError::from)?;
+        let rows = stmt
+            .query_map([ids], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })
+            .map_err(StoreError::from)?;
+        for row in rows {
+            let (id, num, active) = row.map_err(StoreError::from)?;
+            if let Some(id) = DeviceId::from_slice(&id) {
+                status.insert(id, (num, active));
+            }
+        }
+    }
     // (device, its number in mailbox rows)
     let mut recipients = Vec::new();
     for device in envelope
@@ -105,16 +138,10 @@ fn place_envelope(
         .copied()
         .filter(|d| seen.insert(*d))
     {
-        let status: Option<(i64, bool)> = active
-            .query_row([device.as_bytes().as_slice()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(StoreError::from)?;
-        match status {
+        match status.get(&device) {
             None => return Err(EnqueueError::UnknownDevice(device)),
-            Some((num, true)) => recipients.push((device, num)),
-            Some((_, false)) => {}
+            Some(&(num, true)) => recipients.push((device, num)),
+            Some(&(_, false)) => {}
         }
     }
     let mut skipped = Vec::new();
@@ -167,9 +194,7 @@ fn place_envelope(
         payload: &payload,
         frank: envelope.frank,
     };
-    for (device, num) in &recipients {
-        queue_entry(conn, *device, *num, &message, now)?;
-    }
+    queue_entries(conn, &recipients, &message, now)?;
     Ok(Placed {
         skipped,
         queued: recipients.len(),
@@ -205,6 +230,44 @@ fn queue_entry(
         frank: message.frank,
     };
     UNCOMMITTED.with_borrow_mut(|entries| entries.push(entry));
+    Ok(())
+}
+
+/// [`queue_entry`] for many devices in one statement (a group message's
+/// recipients; bench/OPTIMISATIONS.md #12).
+fn queue_entries(
+    conn: &Connection,
+    recipients: &[(DeviceId, i64)],
+    message: &StoredMessage<'_>,
+    now: UnixSeconds,
+) -> Result<(), StoreError> {
+    if let [(device, num)] = recipients {
+        return queue_entry(conn, *device, *num, message, now);
+    }
+    let nums: Array = Rc::new(recipients.iter().map(|&(_, n)| Value::Integer(n)).collect());
+    let device_of: HashMap<i64, DeviceId> = recipients.iter().map(|&(d, n)| (n, d)).collect();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO mailbox (device_num, message_ref, enqueued_day) \
+         SELECT value, ?2, ?3 FROM rarray(?1) RETURNING device_num, seq",
+    )?;
+    let rows = insert.query_map(params![nums, message.row, to_i64(day_of(now))], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut entries = Vec::with_capacity(recipients.len());
+    for row in rows {
+        let (num, seq) = row?;
+        let device_id = *device_of.get(&num).ok_or_else(|| {
+            StoreError::Backend("an inserted mailbox row names no recipient".into())
+        })?;
+        entries.push(NewEntry {
+            device_id,
+            seq: to_u64(seq),
+            message_id: message.id,
+            payload: Arc::clone(message.payload),
+            frank: message.frank,
+        });
+    }
+    UNCOMMITTED.with_borrow_mut(|pending| pending.extend(entries));
     Ok(())
 }
 
@@ -390,11 +453,6 @@ impl SqliteStore {
 /// are answered with the error all the same, and their connections close
 /// and deliver again what is left.
 fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>, StoreError> {
-    use rusqlite::types::Value;
-    use rusqlite::vtab::array::Array;
-    use std::collections::HashMap;
-    use std::rc::Rc;
-
     // device id -> its number in mailbox rows (unknown devices are absent).
     let mut nums: HashMap<DeviceId, i64> = HashMap::new();
     {
