@@ -43,6 +43,37 @@ enum StoredCopy {
     Different,
 }
 
+/// The devices among `ids` that exist: their number in mailbox rows and
+/// whether they are still active (not removed). One statement however many.
+fn device_rows(
+    conn: &Connection,
+    ids: &[DeviceId],
+) -> Result<HashMap<DeviceId, (i64, bool)>, StoreError> {
+    let ids: Array = Rc::new(
+        ids.iter()
+            .map(|d| Value::Blob(d.as_bytes().to_vec()))
+            .collect(),
+    );
+    let mut stmt = conn.prepare_cached(
+        "SELECT device_id, num, removed_day IS NULL FROM devices WHERE device_id IN rarray(?1)",
+    )?;
+    let rows = stmt.query_map([ids], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
+    })?;
+    let mut found = HashMap::new();
+    for row in rows {
+        let (id, num, active) = row?;
+        if let Some(id) = DeviceId::from_slice(&id) {
+            found.insert(id, (num, active));
+        }
+    }
+    Ok(found)
+}
+
 /// Stores the payload once and adds one mailbox entry per distinct
 /// recipient. Removed devices are skipped: a sender whose view of a roster
 /// is a moment old must not fail because of them. So are devices whose
@@ -99,37 +130,8 @@ fn place_envelope(
         }
     }
     // One statement for every recipient (a group message can name a
-    // thousand): its number and whether it is still active.
-    let mut status: HashMap<DeviceId, (i64, bool)> = HashMap::new();
-    {
-        let ids: Array = Rc::new(
-            envelope
-                .recipients
-                .iter()
-                .map(|d| Value::Blob(d.as_bytes().to_vec()))
-                .collect(),
-        );
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT device_id, num, removed_day IS NULL FROM devices WHERE device_id IN rarray(?1)",
-            )
-            .map_err(StoreError::from)?;
-        let rows = stmt
-            .query_map([ids], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, bool>(2)?,
-                ))
-            })
-            .map_err(StoreError::from)?;
-        for row in rows {
-            let (id, num, active) = row.map_err(StoreError::from)?;
-            if let Some(id) = DeviceId::from_slice(&id) {
-                status.insert(id, (num, active));
-            }
-        }
-    }
+    // thousand).
+    let status = device_rows(conn, &envelope.recipients)?;
     // (device, its number in mailbox rows)
     let mut recipients = Vec::new();
     for device in envelope
@@ -453,26 +455,12 @@ impl SqliteStore {
 /// are answered with the error all the same, and their connections close
 /// and deliver again what is left.
 fn delete_acknowledged(conn: &Connection, acks: &[QueuedAck]) -> Result<Vec<u64>, StoreError> {
+    let ids: Vec<DeviceId> = acks.iter().map(|a| a.device_id).collect();
     // device id -> its number in mailbox rows (unknown devices are absent).
-    let mut nums: HashMap<DeviceId, i64> = HashMap::new();
-    {
-        let ids: Array = Rc::new(
-            acks.iter()
-                .map(|a| Value::Blob(a.device_id.as_bytes().to_vec()))
-                .collect(),
-        );
-        let mut stmt = conn
-            .prepare_cached("SELECT device_id, num FROM devices WHERE device_id IN rarray(?1)")?;
-        let rows = stmt.query_map([ids], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (id, num) = row?;
-            if let Some(id) = DeviceId::from_slice(&id) {
-                nums.insert(id, num);
-            }
-        }
-    }
+    let nums: HashMap<DeviceId, i64> = device_rows(conn, &ids)?
+        .into_iter()
+        .map(|(id, (num, _))| (id, num))
+        .collect();
     // Every acknowledged seq that is queued, and for which device.
     let mut queued_for: HashMap<i64, i64> = HashMap::new();
     {
